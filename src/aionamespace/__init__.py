@@ -1,0 +1,43 @@
+"""aionamespace: multiprocessing's Namespace for the asyncio and trio era.
+
+A notice board shared between processes: an anyio server holds attributes and serves msgpack
+frames over a Unix socket or TCP; ``Namespace`` (blocking) and ``AsyncNamespace`` (awaitable)
+proxies read and write them; ``Manager`` starts a private server with no configuration.
+"""
+
+from __future__ import annotations
+
+from ._async import AsyncNamespace as AsyncNamespace
+from ._errors import ConnectionLost as ConnectionLost
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import NamespaceError as NamespaceError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteError as RemoteError
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._manager import Manager as Manager
+from ._protocol import Limits as Limits
+from ._server import Server as Server
+from ._server import ServerThread as ServerThread
+from ._store import MemoryStore as MemoryStore
+from ._store import Store as Store
+from ._sync import Namespace as Namespace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncNamespace",
+    "ConnectionLost",
+    "Limits",
+    "LocalProtocolError",
+    "Manager",
+    "MemoryStore",
+    "Namespace",
+    "NamespaceError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "Server",
+    "ServerThread",
+    "Store",
+    "__version__",
+]

@@ -1,0 +1,91 @@
+"""Command line: ``python -m aionamespace serve|demo``.
+
+``serve --unix PATH`` or ``serve --tcp HOST:PORT`` runs a server until Ctrl-C or SIGTERM, which
+stop it cleanly (the socket file is removed). ``demo`` runs the stdlib Namespace lesson on
+spawned processes against an embedded server, then reads the same board with ``await``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+import anyio.abc
+
+from ._protocol import Address, format_address, parse_address
+from ._server import Server
+
+__all__ = ["main"]
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+async def _stop_on_parent_exit(scope: anyio.CancelScope) -> None:
+    """Stop when stdin reaches EOF: the Manager that spawned us closed it, or died."""
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            if not os.read(fd, 4096):
+                break
+        except BlockingIOError:
+            continue
+    scope.cancel()
+
+
+async def serve(address: Address, *, parent_pipe: bool = False) -> None:
+    """Run a server at ``address`` until a signal (or, with ``parent_pipe``, stdin EOF)."""
+    server = Server(address)
+    async with anyio.create_task_group() as group:
+        bound = await group.start(server.serve)
+        group.start_soon(_stop_on_signal, group.cancel_scope)
+        if parent_pipe:
+            group.start_soon(_stop_on_parent_exit, group.cancel_scope)
+            print(json.dumps({"address": bound}), flush=True)
+        else:
+            print(f"aionamespace: serving on {format_address(bound)} (Ctrl-C stops)", flush=True)
+    if not parent_pipe:
+        print("aionamespace: stopped", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m aionamespace", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run a server until Ctrl-C")
+    where = serve_cmd.add_mutually_exclusive_group(required=True)
+    where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket (mode 0600)")
+    where.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP (port 0: any free port)")
+    serve_cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
+    commands.add_parser("demo", help="the Namespace lesson on spawned processes, then asyncio")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        run_demo()
+        return 0
+    address: Address = args.unix if args.unix else parse_address(f"tcp:{args.tcp}")
+    anyio.run(functools.partial(serve, address, parent_pipe=args.parent_pipe),
+              backend=args.backend)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The exception tree of aionamespace.
+
+Every error the library raises on purpose is one of these, or a builtin exception with its
+usual meaning (``AttributeError`` for a missing name, ``TypeError`` for a value that cannot be
+shared, ``ValueError`` for a bad argument)::
+
+    NamespaceError
+    ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
+    ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
+    │   ├── LocalProtocolError    we were about to send something the protocol forbids
+    │   └── RemoteProtocolError   the peer sent something the protocol forbids
+    └── RemoteError               the server failed with an error that has no local twin
+
+Socket and anyio exceptions never reach the caller: the I/O shells translate them at one
+point (``map_connection_errors`` below) into ``ConnectionLost``, keeping the original as
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import anyio
+
+__all__ = [
+    "ConnectionLost",
+    "LocalProtocolError",
+    "NamespaceError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "exception_from_reply",
+    "map_connection_errors",
+]
+
+
+class NamespaceError(Exception):
+    """Base class of every aionamespace-specific error."""
+
+
+class ConnectionLost(NamespaceError, ConnectionError):
+    """The server cannot be reached, or the connection to it broke."""
+
+
+class ProtocolError(NamespaceError):
+    """Bytes that do not follow the aionamespace protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol cannot carry (our bug or the caller's)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent malformed or unexpected data."""
+
+
+class RemoteError(NamespaceError):
+    """The server failed with an error that has no builtin counterpart.
+
+    ``remote_type`` holds the exception type name the server reported.
+    """
+
+    def __init__(self, remote_type: str, message: str) -> None:
+        super().__init__(f"{remote_type}: {message}")
+        self.remote_type = remote_type
+
+
+# Error replies carry a type *name*; only these names are turned back into local types.
+# Names are looked up in this table, never evaluated.
+_REMOTE_TYPES: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        AttributeError,
+        KeyError,
+        LookupError,
+        OverflowError,
+        TimeoutError,
+        TypeError,
+        ValueError,
+        NamespaceError,
+        ProtocolError,
+        RemoteProtocolError,
+    )
+}
+
+
+def exception_from_reply(type_name: str, message: str) -> Exception:
+    """Rebuild the exception an error reply describes (see docs/PROTOCOL.md, "Errors")."""
+    cls = _REMOTE_TYPES.get(type_name)
+    if cls is None:
+        return RemoteError(type_name, message)
+    if cls is RemoteProtocolError:
+        # The server says *we* sent garbage: from our side that is a local protocol error.
+        return LocalProtocolError(message)
+    return cls(message)
+
+
+_TRANSPORT_ERRORS = (
+    OSError,
+    EOFError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
+
+
+@contextlib.contextmanager
+def map_connection_errors(address: object) -> Iterator[None]:
+    """Translate socket and anyio failures into ``ConnectionLost`` naming the address."""
+    try:
+        yield
+    except ConnectionLost:
+        raise
+    except _TRANSPORT_ERRORS as exc:
+        detail = str(exc) or type(exc).__name__
+        raise ConnectionLost(f"connection to aionamespace server at {address!r} lost: {detail}") from exc

@@ -1,0 +1,360 @@
+"""The wire protocol, sans-IO: bytes in, events out, bytes out.
+
+Nothing here touches a socket or an event loop, so the server, the sync proxy and the async
+proxy share it as thin I/O shells, and it is tested (and fuzzed) without any of them. The
+format is specified in docs/PROTOCOL.md; in short, a connection carries a stream of msgpack
+values ("frames"), each one self-delimiting:
+
+* the client opens with a hello map, the server answers with its own hello map;
+* then the client sends requests ``[id, op, *args]`` and the server answers every request, in
+  order, with ``[id, 0, result]`` or ``[id, 1, error_type, message]``;
+* attribute values travel as msgpack ``bin`` holding the value encoded by ``_codec``, so the
+  server stores and forwards them without re-encoding.
+
+Like h11, the parser's promise is: whatever bytes arrive, it either yields events or raises
+``RemoteProtocolError``, never anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Union
+
+import msgpack
+
+from ._codec import ValueDecodeError, decode_value
+from ._errors import LocalProtocolError, RemoteProtocolError, exception_from_reply
+
+__all__ = [
+    "OPS",
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSION",
+    "Address",
+    "BadRequest",
+    "ClientConnection",
+    "FrameDecoder",
+    "Hello",
+    "Limits",
+    "Reply",
+    "Request",
+    "ServerConnection",
+    "format_address",
+    "parse_address",
+]
+
+PROTOCOL_NAME = "aionamespace"
+PROTOCOL_VERSION = 1
+
+REPLY_OK = 0
+REPLY_ERROR = 1
+
+#: op -> the msgpack types of its arguments, checked exactly (docs/PROTOCOL.md, "Operations").
+OPS: dict[str, tuple[type, ...]] = {
+    "ping": (),
+    "open": (str, dict),  # key, defaults {name: value} -> nil; creates, sets missing names
+    "get": (str, str),  # key, name -> value
+    "set": (str, str, bytes),  # key, name, value -> nil
+    "del": (str, str),  # key, name -> nil
+    "dump": (str,),  # key -> {name: value}
+}
+
+#: How many leading arguments of each op are names (namespace key, attribute name).
+_NAMED_ARGS = {"ping": 0, "open": 1, "get": 2, "set": 2, "del": 2, "dump": 1}
+
+#: A Unix socket path, or a (host, port) pair for TCP.
+Address = Union[str, "tuple[str, int]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Sizes both ends enforce. Each is a constructor argument, never a buried constant."""
+
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_name_length: int = 256
+
+    def check_name(self, name: object) -> str | None:
+        """Why ``name`` cannot name an attribute or a namespace, or None if it can."""
+        if type(name) is not str:
+            return f"names must be str, not {type(name).__name__}"
+        if not name:
+            return "names must not be empty"
+        if len(name) > self.max_name_length:
+            return f"name longer than {self.max_name_length} characters"
+        return None
+
+
+class FrameDecoder:
+    """Incremental frame parser: ``feed(bytes)`` returns every frame completed so far."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self._unpacker = msgpack.Unpacker(
+            max_buffer_size=max_frame_bytes, raw=False, strict_map_key=True, use_list=True
+        )
+        self._broken = False
+
+    def feed(self, data: bytes) -> list[Any]:
+        if self._broken:
+            raise RemoteProtocolError("the connection already sent malformed data")
+        try:
+            self._unpacker.feed(data)
+            return list(self._unpacker)
+        except msgpack.BufferFull:
+            self._broken = True
+            raise RemoteProtocolError("frame larger than max_frame_bytes") from None
+        except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
+            self._broken = True
+            raise RemoteProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from None
+
+
+def pack_frame(frame: Any) -> bytes:
+    return msgpack.packb(frame, use_bin_type=True)
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hello:
+    """The peer's hello map, validated."""
+
+    version: int
+    info: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """A well-formed request the server should apply."""
+
+    id: int
+    op: str
+    args: tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A request with a usable id but unusable contents: answer it with an error."""
+
+    id: int
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to request ``id``: a result, or the exception to raise in the caller."""
+
+    id: int
+    result: Any = None
+    error: Exception | None = None
+
+
+def _check_hello(frame: Any) -> Hello:
+    if type(frame) is not dict or frame.get("protocol") != PROTOCOL_NAME:
+        raise RemoteProtocolError("peer does not speak the aionamespace protocol")
+    if "error" in frame:
+        error = frame["error"]
+        if type(error) is list and len(error) == 2 and all(type(e) is str for e in error):
+            raise exception_from_reply(error[0], error[1])
+        raise RemoteProtocolError("malformed error in hello")
+    version = frame.get("version")
+    if type(version) is not int:
+        raise RemoteProtocolError("hello without a protocol version")
+    return Hello(version, frame)
+
+
+# ------------------------------------------------------------------------------ server side
+
+
+class ServerConnection:
+    """One connection as the server sees it."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self.greeted = False
+
+    def receive_data(self, data: bytes) -> list[Hello | Request | BadRequest]:
+        """Parse bytes into events; raises RemoteProtocolError if the stream is unusable."""
+        events: list[Hello | Request | BadRequest] = []
+        for frame in self._decoder.feed(data):
+            if not self.greeted:
+                hello = _check_hello(frame)
+                if hello.version != PROTOCOL_VERSION:
+                    raise RemoteProtocolError(
+                        f"unsupported protocol version {hello.version}; "
+                        f"this server speaks {PROTOCOL_VERSION}"
+                    )
+                self.greeted = True
+                events.append(hello)
+            else:
+                events.append(self._check_request(frame))
+        return events
+
+    def _check_request(self, frame: Any) -> Request | BadRequest:
+        if type(frame) is not list or len(frame) < 2 or type(frame[0]) is not int:
+            raise RemoteProtocolError("a request must be an array [id, op, *args]")
+        request_id, op, args = frame[0], frame[1], tuple(frame[2:])
+        if request_id <= 0:
+            raise RemoteProtocolError("request ids must be positive")
+        types = OPS.get(op) if type(op) is str else None
+        if types is None:
+            return BadRequest(request_id, f"unknown operation {op!r}")
+        if len(args) != len(types) or any(type(a) is not t for a, t in zip(args, types)):
+            expected = ", ".join(t.__name__ for t in types)
+            return BadRequest(request_id, f"{op} takes ({expected})")
+        problem = self._check_args(op, args)
+        if problem is not None:
+            return BadRequest(request_id, problem)
+        return Request(request_id, op, args)
+
+    def _check_args(self, op: str, args: tuple[Any, ...]) -> str | None:
+        """Validate names and values so the store only ever sees well-formed ones."""
+        for name in args[:_NAMED_ARGS[op]]:
+            problem = self.limits.check_name(name)
+            if problem is not None:
+                return problem
+        if op == "open":
+            return self._check_values(args[1])
+        if op == "set":
+            return _check_value(args[2])
+        return None
+
+    def _check_values(self, values: dict[Any, Any]) -> str | None:
+        for name, value in values.items():
+            problem = self.limits.check_name(name)
+            if problem is None and type(value) is not bytes:
+                problem = "values must be bin"
+            problem = problem or _check_value(value)
+            if problem is not None:
+                return problem
+        return None
+
+    def send_hello(self) -> bytes:
+        return pack_frame({
+            "protocol": PROTOCOL_NAME,
+            "version": PROTOCOL_VERSION,
+            "max_frame_bytes": self.limits.max_frame_bytes,
+        })
+
+    @staticmethod
+    def send_hello_error(error: Exception) -> bytes:
+        return pack_frame({"protocol": PROTOCOL_NAME, "error": [type(error).__name__, str(error)]})
+
+    @staticmethod
+    def send_result(request_id: int, result: Any) -> bytes:
+        return pack_frame([request_id, REPLY_OK, result])
+
+    @staticmethod
+    def send_error(request_id: int, error: BaseException) -> bytes:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        return pack_frame([request_id, REPLY_ERROR, type(error).__name__, message])
+
+
+def _check_value(blob: bytes) -> str | None:
+    try:
+        decode_value(blob)
+    except ValueDecodeError as exc:
+        return str(exc)
+    return None
+
+
+# ------------------------------------------------------------------------------ client side
+
+
+class ClientConnection:
+    """One connection as a proxy sees it: request ids, the handshake, reply parsing."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self._next_id = 1
+        self.greeted = False
+
+    def reset(self) -> None:
+        """Start over on a new connection; request ids keep counting up."""
+        self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self.greeted = False
+
+    def send_hello(self) -> bytes:
+        return pack_frame({"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION})
+
+    def send_request(self, op: str, *args: Any) -> tuple[int, bytes]:
+        """Allocate an id and encode ``[id, op, *args]``."""
+        types = OPS[op]
+        if len(args) != len(types):
+            raise LocalProtocolError(f"{op} takes {len(types)} arguments, got {len(args)}")
+        for name in args[:_NAMED_ARGS[op]]:
+            problem = self.limits.check_name(name)
+            if problem is not None:
+                raise ValueError(problem)
+        request_id = self._next_id
+        self._next_id += 1
+        frame = pack_frame([request_id, op, *args])
+        if len(frame) > self.limits.max_frame_bytes:
+            raise ValueError(
+                f"{op} request is {len(frame)} bytes, over max_frame_bytes "
+                f"({self.limits.max_frame_bytes})"
+            )
+        return request_id, frame
+
+    def receive_data(self, data: bytes) -> list[Hello | Reply]:
+        events: list[Hello | Reply] = []
+        for frame in self._decoder.feed(data):
+            if not self.greeted:
+                hello = _check_hello(frame)
+                self.greeted = True
+                events.append(hello)
+                continue
+            events.append(_check_reply(frame))
+        return events
+
+
+def _check_reply(frame: Any) -> Reply:
+    if type(frame) is not list or len(frame) < 3 or type(frame[0]) is not int:
+        raise RemoteProtocolError("a reply must be an array [id, status, ...]")
+    if frame[1] == REPLY_OK and len(frame) == 3:
+        return Reply(frame[0], frame[2])
+    if frame[1] == REPLY_ERROR and len(frame) == 4 and type(frame[2]) is type(frame[3]) is str:
+        return Reply(frame[0], error=exception_from_reply(frame[2], frame[3]))
+    raise RemoteProtocolError("malformed reply")
+
+
+# ------------------------------------------------------------------------------ addresses
+
+
+def parse_address(address: object) -> Address:
+    """Normalise a user-supplied address: a Unix path, ``(host, port)`` or ``"host:port"``."""
+    if isinstance(address, tuple):
+        if len(address) != 2 or not isinstance(address[0], str):
+            raise ValueError(f"a TCP address is (host, port), not {address!r}")
+        return (address[0], _port(address[1]))
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"an address is a Unix socket path or (host, port), not {address!r}")
+    if address.startswith("unix:"):
+        return address[len("unix:"):]
+    if address.startswith("tcp:"):
+        address = address[len("tcp:"):].lstrip("/")
+    elif "/" in address or ":" not in address:
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"a TCP address is HOST:PORT, not {address!r}")
+    return (host.strip("[]") or "127.0.0.1", _port(port))
+
+
+def _port(port: object) -> int:
+    try:
+        value = int(port)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid TCP port {port!r}") from None
+    if not 0 <= value <= 65535:
+        raise ValueError(f"TCP port {value} is out of range")
+    return value
+
+
+def format_address(address: Address) -> str:
+    """The address as the CLI prints it and parse_address reads it back."""
+    if isinstance(address, tuple):
+        host, port = address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return address
