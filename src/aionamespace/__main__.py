@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import anyio
 import anyio.abc
 
+from ._busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
 from ._protocol import Address, format_address, parse_address
 from ._server import Server
 
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket (mode 0600)")
     where.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP (port 0: any free port)")
     serve_cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    serve_cmd.add_argument(
+        "--busy-poll-us", type=float, default=DEFAULT_SPIN_SECONDS * 1e6, metavar="US",
+        help="asyncio only: poll this long before sleeping, trading CPU for latency "
+             "(default %(default)s; 0 disables)")
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("demo", help="the Namespace lesson on spawned processes, then asyncio")
     return parser
@@ -82,8 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_demo()
         return 0
     address: Address = args.unix if args.unix else parse_address(f"tcp:{args.tcp}")
+    options: dict[str, object] = {}
+    if args.backend == "asyncio" and args.busy_poll_us > 0:
+        options["loop_factory"] = functools.partial(busy_poll_loop_factory,
+                                                    args.busy_poll_us / 1e6)
     anyio.run(functools.partial(serve, address, parent_pipe=args.parent_pipe),
-              backend=args.backend)
+              backend=args.backend, backend_options=options)
     return 0
 
 

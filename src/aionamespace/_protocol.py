@@ -236,9 +236,12 @@ class ServerConnection:
             "max_frame_bytes": self.limits.max_frame_bytes,
         })
 
-    @staticmethod
-    def send_hello_error(error: Exception) -> bytes:
-        return pack_frame({"protocol": PROTOCOL_NAME, "error": [type(error).__name__, str(error)]})
+    def send_refusal(self, error: Exception) -> bytes:
+        """The last frame before the server drops this connection: why it does."""
+        if not self.greeted:
+            return pack_frame({"protocol": PROTOCOL_NAME,
+                               "error": [type(error).__name__, str(error)]})
+        return self.send_error(0, error)
 
     @staticmethod
     def send_result(request_id: int, result: Any) -> bytes:

@@ -15,9 +15,11 @@ Three ways to run it:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable
@@ -27,7 +29,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.from_thread
-from anyio.abc import SocketAttribute
 
 from ._errors import ProtocolError, RemoteProtocolError
 from ._protocol import (
@@ -35,6 +36,7 @@ from ._protocol import (
     BadRequest,
     Hello,
     Limits,
+    Request,
     ServerConnection,
     parse_address,
 )
@@ -44,7 +46,7 @@ __all__ = ["Server", "ServerThread"]
 
 logger = logging.getLogger("aionamespace.server")
 
-READ_CHUNK_BYTES = 256 * 1024
+READ_CHUNK_BYTES = 64 * 1024
 DEFAULT_TCP_ADDRESS: tuple[str, int] = ("127.0.0.1", 0)
 
 # Exceptions an op may raise on purpose; they go back to the caller as an error reply.
@@ -90,29 +92,60 @@ class Server:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Address] = anyio.TASK_STATUS_IGNORED,
                     ) -> None:
         """Listen and serve until cancelled; reports the bound address through ``task_status``."""
-        listener, address = await self._listen()
+        sock, address = make_listening_socket(self._requested)
         try:
             with anyio.CancelScope() as self._cancel_scope:
-                async with listener, anyio.create_task_group() as connections:
-                    self._address = address
-                    task_status.started(address)
-                    await listener.serve(self._handle, connections)
+                if _running_on_asyncio():
+                    await self._serve_asyncio(sock, address, task_status)
+                else:
+                    await self._serve_streams(sock, address, task_status)
         finally:
             self._address = None
+            sock.close()
             if isinstance(address, str):
                 with contextlib.suppress(OSError):
                     if stat.S_ISSOCK(os.stat(address).st_mode):
                         os.unlink(address)
 
-    async def _listen(self) -> tuple[anyio.abc.Listener[Any], Address]:
-        requested = self._requested
-        if isinstance(requested, str):
-            listener = await anyio.create_unix_listener(requested, mode=0o600)
-            return listener, requested
-        host, port = requested
-        tcp = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        bound = tcp.listeners[0].extra(SocketAttribute.local_address)
-        return tcp, (host, bound[1])
+    async def _serve_streams(self, sock: socket.socket, address: Address,
+                             task_status: anyio.abc.TaskStatus[Address]) -> None:
+        """Any anyio backend: one task per connection (used on trio)."""
+        listener = await anyio.abc.SocketListener.from_socket(sock)
+        async with listener, anyio.create_task_group() as connections:
+            self._address = address
+            task_status.started(address)
+            await listener.serve(self._handle, connections)
+
+    async def _serve_asyncio(self, sock: socket.socket, address: Address,
+                             task_status: anyio.abc.TaskStatus[Address]) -> None:
+        """asyncio: protocol callbacks, no task per connection.
+
+        anyio's asyncio streams cost four event-loop iterations per request on a Unix socket
+        (checkpoint, EAGAIN, add_reader, wake-up); ``data_received`` answers in the same
+        iteration that read the bytes. Measured: 0.73x the stdlib's round trips before, see
+        benchmarks/roundtrip.py for after.
+        """
+        loop = asyncio.get_running_loop()
+        connections: set[_AsyncioConnection] = set()
+        buffer = memoryview(bytearray(READ_CHUNK_BYTES))
+
+        def factory() -> _AsyncioConnection:
+            return _AsyncioConnection(self, connections, buffer)
+
+        if sock.family == socket.AF_UNIX:
+            server = await loop.create_unix_server(factory, sock=sock)
+        else:
+            server = await loop.create_server(factory, sock=sock)
+        try:
+            self._address = address
+            task_status.started(address)
+            await anyio.sleep_forever()
+        finally:
+            server.close()
+            for connection in list(connections):
+                connection.transport.close()
+            with anyio.move_on_after(1, shield=True):
+                await server.wait_closed()
 
     def stop(self) -> None:
         """Stop listening and close every connection (idempotent; call from the loop's thread)."""
@@ -153,17 +186,22 @@ class Server:
                 except ProtocolError as exc:
                     await self._refuse(stream, protocol, exc)
                     return
-                replies = [self._apply(protocol, event) for event in events]
                 try:
-                    await stream.send(b"".join(replies))
+                    await stream.send(self.respond(protocol, events))
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
 
-    def _apply(self, protocol: ServerConnection, event: Hello | BadRequest | Any) -> bytes:
+    def respond(self, protocol: ServerConnection, events: list[Hello | Request | BadRequest],
+                ) -> bytes:
+        """Apply a batch of events, in order, and return every answer as one write."""
+        return b"".join([self._apply(protocol, event) for event in events])
+
+    def _apply(self, protocol: ServerConnection, event: Hello | Request | BadRequest) -> bytes:
         if type(event) is Hello:
             return protocol.send_hello()
         if type(event) is BadRequest:
             return protocol.send_error(event.id, RemoteProtocolError(event.message))
+        assert type(event) is Request
         try:
             result = self._ops[event.op](*event.args)
         except _CALLER_ERRORS as exc:
@@ -177,13 +215,85 @@ class Server:
     async def _refuse(stream: anyio.abc.ByteStream, protocol: ServerConnection,
                       error: ProtocolError) -> None:
         """Tell the peer why it is being disconnected, best effort, then let the caller close."""
-        if protocol.greeted:
-            frame = protocol.send_error(0, error)
-        else:
-            frame = protocol.send_hello_error(error)
+        frame = protocol.send_refusal(error)
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             with anyio.move_on_after(1):
                 await stream.send(frame)
+
+
+class _AsyncioConnection(asyncio.BufferedProtocol):
+    """One connection on asyncio: bytes in, the batch applied, one write out, same iteration.
+
+    Every connection reads into the server's one buffer (``recv_into``): the bytes are handed
+    to the connection's decoder before the next read, and idle connections hold no buffer.
+    """
+
+    def __init__(self, server: Server, connections: set[_AsyncioConnection],
+                 buffer: memoryview) -> None:
+        self.server = server
+        self.connections = connections
+        self.buffer = buffer
+        self.protocol = ServerConnection(server.limits)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connections.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            events = self.protocol.receive_data(self.buffer[:nbytes])
+        except ProtocolError as exc:
+            self.transport.write(self.protocol.send_refusal(exc))
+            self.transport.close()
+            return
+        if events:
+            self.transport.write(self.server.respond(self.protocol, events))
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its replies: stop reading its requests, so the memory we
+        # hold for it stays bounded by the transport's high-water mark.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+
+
+def make_listening_socket(address: Address, backlog: int = 4096,
+                          ) -> tuple[socket.socket, Address]:
+    """A bound, listening socket; Unix sockets get mode 0600 and replace a stale socket file."""
+    if isinstance(address, tuple):
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=backlog)
+        return sock, (host, sock.getsockname()[1])
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(address).st_mode):
+            os.unlink(address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        os.chmod(address, 0o600)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, address
+
+
+def _running_on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class ServerThread:

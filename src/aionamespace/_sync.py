@@ -24,7 +24,7 @@ from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
 
 __all__ = ["Namespace"]
 
-READ_CHUNK_BYTES = 256 * 1024
+READ_CHUNK_BYTES = 64 * 1024
 
 
 def open_socket(address: Address) -> socket.socket:
@@ -50,6 +50,8 @@ class SyncConnection:
         self.pid = os.getpid()
         self.protocol = ClientConnection(target.limits)
         self.sock: socket.socket | None = None
+        # recv_into one buffer per connection: recv(n) would allocate n bytes on every call.
+        self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         with map_connection_errors(self.address):
             self.sock = open_socket(self.address)
             try:
@@ -82,12 +84,12 @@ class SyncConnection:
     def _receive_until(self, wanted: Any) -> Hello | Reply:
         assert self.sock is not None
         while True:
-            data = self.sock.recv(READ_CHUNK_BYTES)
-            if not data:
+            received = self.sock.recv_into(self._buffer)
+            if not received:
                 raise ConnectionLost(f"the aionamespace server at {self.address!r} closed the "
                                      "connection")
             found = None
-            for event in self.protocol.receive_data(data):
+            for event in self.protocol.receive_data(self._buffer[:received]):
                 if wanted(event):
                     found = event
             if found is not None:

@@ -1,0 +1,55 @@
+"""An event loop that polls briefly before it sleeps, for a server that owns its loop.
+
+On a machine where waking a sleeping CPU is expensive (virtual machines above all), an event
+loop loses to the stdlib's thread-per-connection server on one client's sequential round trips:
+a thread blocked in ``recv`` gets a *synchronous* wake-up on the sender's CPU, while
+``epoll_wait`` gets an ordinary cross-CPU one. Measured on the 2-core VM this project is built
+on: a Python epoll loop answered 24k round trips/s, a blocked thread 38k/s.
+
+``BusyPollSelector`` closes that gap the way kernel busy polling does: after the loop wakes up,
+each ``select`` first polls without blocking for up to ``spin_seconds`` (50 us by default), so a
+client's next request usually arrives while the server is still awake. It spins at most that
+long per sleep, and not at all while events keep arriving, so an idle server still sleeps.
+Only processes that own their loop use it (``python -m aionamespace serve``, ``Manager``);
+a ``Server`` run inside your own event loop leaves your loop alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import time
+from typing import Any
+
+__all__ = ["DEFAULT_SPIN_SECONDS", "BusyPollSelector", "busy_poll_loop_factory"]
+
+DEFAULT_SPIN_SECONDS = 50e-6
+
+
+class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The platform's selector, polling for ``spin_seconds`` before each blocking wait."""
+
+    def __init__(self, spin_seconds: float = DEFAULT_SPIN_SECONDS) -> None:
+        super().__init__()
+        self._spin_seconds = spin_seconds
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        if timeout is not None and timeout <= 0:
+            return super().select(timeout)  # type: ignore[no-any-return]
+        spin = self._spin_seconds if timeout is None else min(self._spin_seconds, timeout)
+        deadline = time.perf_counter() + spin
+        while True:
+            ready = super().select(0)
+            if ready:
+                return ready  # type: ignore[no-any-return]
+            if time.perf_counter() >= deadline:
+                break
+        if timeout is not None:
+            timeout = max(0.0, timeout - spin)
+        return super().select(timeout)  # type: ignore[no-any-return]
+
+
+def busy_poll_loop_factory(spin_seconds: float = DEFAULT_SPIN_SECONDS,
+                           ) -> asyncio.AbstractEventLoop:
+    """A new selector event loop using ``BusyPollSelector`` (for anyio's ``loop_factory``)."""
+    return asyncio.SelectorEventLoop(BusyPollSelector(spin_seconds))

@@ -1,0 +1,52 @@
+"""Shared fixtures: real servers on real sockets, both transports, both async backends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from aionamespace import Manager, ServerThread
+from aionamespace._protocol import Address
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs on asyncio and on trio."""
+    return str(request.param)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A short directory for Unix sockets (pytest's tmp_path can exceed AF_UNIX's 108 bytes)."""
+    path = tempfile.mkdtemp(prefix="ans-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def server(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[ServerThread]:
+    """A server in a background thread of this process, on a Unix socket or on TCP."""
+    address: Address = (
+        os.path.join(short_tmp, "ns.sock") if request.param == "unix" else ("127.0.0.1", 0)
+    )
+    with ServerThread(address) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def manager() -> Iterator[Manager]:
+    """One spawned server process shared by the session (each test uses its own namespace)."""
+    with Manager() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tcp_manager() -> Iterator[Manager]:
+    with Manager(("127.0.0.1", 0)) as running:
+        yield running
