@@ -8,6 +8,7 @@ proxies read and write them; ``Manager`` starts a private server with no configu
 from __future__ import annotations
 
 from ._async import AsyncNamespace as AsyncNamespace
+from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import NamespaceError as NamespaceError
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncNamespace",
+    "AuthenticationError",
     "ConnectionLost",
     "Limits",
     "LocalProtocolError",

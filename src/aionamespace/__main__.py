@@ -1,7 +1,8 @@
 """Command line: ``python -m aionamespace serve|demo``.
 
 ``serve --unix PATH`` or ``serve --tcp HOST:PORT`` runs a server until Ctrl-C or SIGTERM, which
-stop it cleanly (the socket file is removed). ``demo`` runs the stdlib Namespace lesson on
+stop it cleanly (the socket file is removed). With AIONAMESPACE_AUTHKEY set in its environment,
+clients must prove they know that key. ``demo`` runs the stdlib Namespace lesson on
 spawned processes against an embedded server, then reads the same board with ``await``.
 """
 
@@ -22,7 +23,10 @@ from ._busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
 from ._protocol import Address, format_address, parse_address
 from ._server import Server
 
-__all__ = ["main"]
+__all__ = ["AUTHKEY_ENV", "main"]
+
+#: ``serve`` requires clients to know this key when the variable is set (its UTF-8 bytes).
+AUTHKEY_ENV = "AIONAMESPACE_AUTHKEY"
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -46,9 +50,10 @@ async def _stop_on_parent_exit(scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
-async def serve(address: Address, *, parent_pipe: bool = False) -> None:
+async def serve(address: Address, *, authkey: bytes | None = None,
+                parent_pipe: bool = False) -> None:
     """Run a server at ``address`` until a signal (or, with ``parent_pipe``, stdin EOF)."""
-    server = Server(address)
+    server = Server(address, authkey=authkey)
     async with anyio.create_task_group() as group:
         bound = await group.start(server.serve)
         group.start_soon(_stop_on_signal, group.cancel_scope)
@@ -87,11 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_demo()
         return 0
     address: Address = args.unix if args.unix else parse_address(f"tcp:{args.tcp}")
+    if args.parent_pipe:  # a Manager started us: its first line says what key to require
+        config = json.loads(sys.stdin.buffer.readline() or b"{}")
+        authkey = bytes.fromhex(config["authkey"]) if config.get("authkey") else None
+    else:
+        key_text = os.environ.get(AUTHKEY_ENV)
+        authkey = key_text.encode() if key_text else None
     options: dict[str, object] = {}
     if args.backend == "asyncio" and args.busy_poll_us > 0:
         options["loop_factory"] = functools.partial(busy_poll_loop_factory,
                                                     args.busy_poll_us / 1e6)
-    anyio.run(functools.partial(serve, address, parent_pipe=args.parent_pipe),
+    anyio.run(functools.partial(serve, address, authkey=authkey, parent_pipe=args.parent_pipe),
               backend=args.backend, backend_options=options)
     return 0
 

@@ -65,10 +65,9 @@ class _Waiter:
 class _State:
     """Connection state of one AsyncNamespace, bound to the event loop that first used it."""
 
-    def __init__(self, target: Target, credentials: Any) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
-        self.credentials = credentials
-        self.protocol = ClientConnection(target.limits)
+        self.protocol = ClientConnection(target.limits, target.authkey)
         self.outbox: list[tuple[int, bytes]] = []  # (request id, frame), not sent yet
         self.queued_writes: set[int] = set()  # write ids in the outbox
         self.inflight_writes: set[int] = set()  # write ids sent, not yet acknowledged
@@ -158,11 +157,11 @@ class AsyncNamespace(ProxyBase):
     __slots__ = ()
 
     def __init__(self, address: Address, name: str | None = None, /, *,
-                 limits: Limits | None = None) -> None:
-        self._attach(Target.create(address, name, limits), None)
+                 authkey: bytes | None = None, limits: Limits | None = None) -> None:
+        self._attach(Target.create(address, name, authkey, limits))
 
-    def _attach(self, target: Target, credentials: Any) -> None:
-        object.__setattr__(self, "_aionamespace", _State(target, credentials))
+    def _attach(self, target: Target) -> None:
+        object.__setattr__(self, "_aionamespace", _State(target))
 
     # ------------------------------------------------------------------ attribute protocol
 
@@ -274,6 +273,8 @@ class AsyncNamespace(ProxyBase):
             await self._wait(waiter)
         finally:
             state.by_id.pop(request_id, None)
+            if not waiter.done:  # failed or cancelled: if the frame was never sent, drop it
+                state.outbox = [(i, frame) for i, frame in state.outbox if i != request_id]
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -287,7 +288,7 @@ class AsyncNamespace(ProxyBase):
             if state.stream is not None:
                 return
             address = state.target.address
-            with map_connection_errors(address):
+            with map_connection_errors(address, connecting=True):
                 stream = await open_stream(address)
                 try:
                     state.protocol.reset()
@@ -296,6 +297,9 @@ class AsyncNamespace(ProxyBase):
                         events = state.protocol.receive_data(await stream.receive())
                         if events and type(events[0]) is not Hello:
                             raise ProtocolError("the server answered before greeting")
+                    proof = state.protocol.send_proof()
+                    if proof:
+                        await stream.send(proof)
                 except BaseException:
                     await anyio.aclose_forcefully(stream)
                     raise

@@ -83,7 +83,7 @@ def run_demo() -> None:
 
         print("3. the same board from asyncio: await, never blocking the event loop")
         key = shared_vars._aionamespace.target.key
-        board = AsyncNamespace(manager.address, key)
+        board = manager.AsyncNamespace(key)  # the same board, by its key
         asyncio.run(_read_from_asyncio(board))
         print(f"\n   back in sync code: {shared_vars}")
     print("\nserver shut down; demo finished")

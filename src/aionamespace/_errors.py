@@ -6,6 +6,7 @@ shared, ``ValueError`` for a bad argument)::
 
     NamespaceError
     ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
+    ├── AuthenticationError       a wrong or missing authkey, on either side
     ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
     │   ├── LocalProtocolError    we were about to send something the protocol forbids
     │   └── RemoteProtocolError   the peer sent something the protocol forbids
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 import anyio
 
 __all__ = [
+    "AuthenticationError",
     "ConnectionLost",
     "LocalProtocolError",
     "NamespaceError",
@@ -41,6 +43,10 @@ class NamespaceError(Exception):
 
 class ConnectionLost(NamespaceError, ConnectionError):
     """The server cannot be reached, or the connection to it broke."""
+
+
+class AuthenticationError(NamespaceError):
+    """The peer does not know the authkey (or one side has a key and the other has none)."""
 
 
 class ProtocolError(NamespaceError):
@@ -72,6 +78,7 @@ _REMOTE_TYPES: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (
         AttributeError,
+        AuthenticationError,
         KeyError,
         LookupError,
         OverflowError,
@@ -106,7 +113,7 @@ _TRANSPORT_ERRORS = (
 
 
 @contextlib.contextmanager
-def map_connection_errors(address: object) -> Iterator[None]:
+def map_connection_errors(address: object, *, connecting: bool = False) -> Iterator[None]:
     """Translate socket and anyio failures into ``ConnectionLost`` naming the address."""
     try:
         yield
@@ -114,4 +121,5 @@ def map_connection_errors(address: object) -> Iterator[None]:
         raise
     except _TRANSPORT_ERRORS as exc:
         detail = str(exc) or type(exc).__name__
-        raise ConnectionLost(f"connection to aionamespace server at {address!r} lost: {detail}") from exc
+        what = "cannot connect to" if connecting else "lost the connection to"
+        raise ConnectionLost(f"{what} the aionamespace server at {address!r}: {detail}") from exc

@@ -2,8 +2,9 @@
 
 ``start()`` runs the server in a spawned child process (``python -m aionamespace serve
 --parent-pipe``), with no configuration: by default it listens on a Unix socket in a private
-0700 directory. The child's stdin is a pipe from us: when we shut down, or die, it reads EOF and
-stops, so a crashed parent never leaves a server behind. ``shutdown()`` asks for that, waits a
+0700 directory, with a random authkey. The child's stdin is a pipe from us: the first line
+carries the authkey, and when we shut down, or die, it reads EOF and stops, so a crashed parent
+never leaves a server behind. ``shutdown()`` asks for that, waits a
 bounded time, then terminates and finally kills: it never hangs.
 
 ``connect()`` attaches to a server that is already running (another Manager's, or the CLI's).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import selectors
 import shutil
 import subprocess
@@ -38,12 +40,16 @@ class Manager:
     """Start (or connect to) an aionamespace server and make proxies for its namespaces.
 
     ``address`` is a Unix socket path or a ``(host, port)`` pair (port 0: any free port); by
-    default ``start()`` picks a private Unix socket. ``backend`` is the event loop the server
-    process runs on ("asyncio" or "trio").
+    default ``start()`` picks a private Unix socket. ``authkey`` (bytes) is the shared secret
+    clients must prove they know; ``start()`` makes a random one when none is given, and the
+    proxies carry it (also when pickled into child processes). ``backend`` is the event loop
+    the server process runs on ("asyncio" or "trio").
     """
 
     def __init__(self, address: Address | None = None, authkey: bytes | None = None, *,
                  backend: str = "asyncio") -> None:
+        if authkey is not None and not isinstance(authkey, bytes):
+            raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         self._requested = parse_address(address) if address is not None else None
         self._authkey = authkey
         self._backend = backend
@@ -56,6 +62,11 @@ class Manager:
         if self._address is None:
             raise RuntimeError("the manager is neither started nor connected")
         return self._address
+
+    @property
+    def authkey(self) -> bytes | None:
+        """The key clients authenticate with (made at ``start()`` if none was given)."""
+        return self._authkey
 
     def __repr__(self) -> str:
         state = "started" if self._process else "connected" if self._address else "idle"
@@ -79,7 +90,13 @@ class Manager:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_environment(),
         )
         self._finalizer = weakref.finalize(self, _stop_process, process, private_dir)
+        if self._authkey is None:
+            self._authkey = secrets.token_bytes(32)
         try:
+            # The key goes through the pipe, never the command line (which `ps` shows).
+            assert process.stdin is not None
+            process.stdin.write(json.dumps({"authkey": self._authkey.hex()}).encode() + b"\n")
+            process.stdin.flush()
             self._address = _read_ready_line(process)
         except BaseException:
             self._finalizer()
@@ -92,7 +109,7 @@ class Manager:
             raise ValueError("connect() needs the address of a running server")
         if self._address is not None:
             raise RuntimeError("the manager is already started or connected")
-        probe = Namespace(self._requested)
+        probe = Namespace(self._requested, authkey=self._authkey)
         try:
             probe._ping()
         finally:
@@ -123,14 +140,14 @@ class Manager:
         ``initial`` values are set on a new namespace; on an existing named one they only fill
         in names it lacks (so every process may pass the same defaults).
         """
-        ns = Namespace(self.address, name)
+        ns = Namespace(self.address, name, authkey=self._authkey)
         ns._open(**initial)  # one round trip, like the stdlib's: a dead server fails here
         return ns
 
     def AsyncNamespace(self, name: str | None = None, /,  # noqa: N802
                        **initial: Any) -> AsyncNamespace:
         """An awaitable proxy; ``initial`` values are sent with its first operation."""
-        ns = AsyncNamespace(self.address, name)
+        ns = AsyncNamespace(self.address, name, authkey=self._authkey)
         if initial:
             encoded = {attr: encode_value(value) for attr, value in initial.items()}
             ns._queue_write("open", ns._aionamespace.target.key, encoded)

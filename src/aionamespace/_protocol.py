@@ -23,8 +23,14 @@ from typing import Any, Union
 
 import msgpack
 
+from . import _auth
 from ._codec import ValueDecodeError, decode_value
-from ._errors import LocalProtocolError, RemoteProtocolError, exception_from_reply
+from ._errors import (
+    AuthenticationError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    exception_from_reply,
+)
 
 __all__ = [
     "OPS",
@@ -36,6 +42,7 @@ __all__ = [
     "FrameDecoder",
     "Hello",
     "Limits",
+    "Refusal",
     "Reply",
     "Request",
     "ServerConnection",
@@ -140,6 +147,13 @@ class BadRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """The connection cannot go on: send ``send_refusal(error)`` and close."""
+
+    error: Exception
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
     """The answer to request ``id``: a result, or the exception to raise in the caller."""
 
@@ -168,27 +182,59 @@ def _check_hello(frame: Any) -> Hello:
 class ServerConnection:
     """One connection as the server sees it."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, authkey: bytes | None = None) -> None:
         self.limits = limits or Limits()
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self._authkey = authkey
+        self._challenges = (b"", b"")  # (client's, ours)
         self.greeted = False
+        self.authenticated = authkey is None
+        self.refused = False
 
-    def receive_data(self, data: bytes) -> list[Hello | Request | BadRequest]:
-        """Parse bytes into events; raises RemoteProtocolError if the stream is unusable."""
-        events: list[Hello | Request | BadRequest] = []
-        for frame in self._decoder.feed(data):
-            if not self.greeted:
-                hello = _check_hello(frame)
-                if hello.version != PROTOCOL_VERSION:
-                    raise RemoteProtocolError(
-                        f"unsupported protocol version {hello.version}; "
-                        f"this server speaks {PROTOCOL_VERSION}"
-                    )
-                self.greeted = True
-                events.append(hello)
-            else:
-                events.append(self._check_request(frame))
+    def receive_data(self, data: bytes) -> list[Hello | Request | BadRequest | Refusal]:
+        """Parse bytes into events, in order.
+
+        Malformed input (RemoteProtocolError) or a failed authentication (AuthenticationError)
+        ends the list with a ``Refusal``: answer what came before it, send the refusal, close.
+        Nothing after it is parsed, so a request pipelined behind a bad proof never runs.
+        """
+        events: list[Hello | Request | BadRequest | Refusal] = []
+        if self.refused:
+            return events
+        try:
+            for frame in self._decoder.feed(data):
+                if not self.greeted:
+                    events.append(self._check_client_hello(frame))
+                elif not self.authenticated:
+                    self._check_client_proof(frame)
+                else:
+                    events.append(self._check_request(frame))
+        except (RemoteProtocolError, AuthenticationError) as exc:
+            self.refused = True
+            events.append(Refusal(exc))
         return events
+
+    def _check_client_hello(self, frame: Any) -> Hello:
+        hello = _check_hello(frame)
+        if hello.version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"unsupported protocol version {hello.version}; "
+                f"this server speaks {PROTOCOL_VERSION}"
+            )
+        if self._authkey is not None:
+            challenge = hello.info.get("challenge")
+            if not _auth.is_challenge(challenge):
+                raise AuthenticationError("this server requires an authkey; none was given")
+            self._challenges = (challenge, _auth.new_challenge())
+        self.greeted = True
+        return hello
+
+    def _check_client_proof(self, frame: Any) -> None:
+        assert self._authkey is not None
+        expected = _auth.client_proof(self._authkey, *self._challenges)
+        if type(frame) is not dict or not _auth.proof_matches(expected, frame.get("proof")):
+            raise AuthenticationError("authentication failed: wrong authkey")
+        self.authenticated = True
 
     def _check_request(self, frame: Any) -> Request | BadRequest:
         if type(frame) is not list or len(frame) < 2 or type(frame[0]) is not int:
@@ -230,14 +276,21 @@ class ServerConnection:
         return None
 
     def send_hello(self) -> bytes:
-        return pack_frame({
+        hello: dict[str, Any] = {
             "protocol": PROTOCOL_NAME,
             "version": PROTOCOL_VERSION,
             "max_frame_bytes": self.limits.max_frame_bytes,
-        })
+        }
+        if self._authkey is not None:
+            hello["challenge"] = self._challenges[1]
+            hello["proof"] = _auth.server_proof(self._authkey, *self._challenges)
+        return pack_frame(hello)
 
     def send_refusal(self, error: Exception) -> bytes:
-        """The last frame before the server drops this connection: why it does."""
+        """The last frame before the server drops this connection: why it does.
+
+        Before the hello it is an error hello; after it, a reply with id 0.
+        """
         if not self.greeted:
             return pack_frame({"protocol": PROTOCOL_NAME,
                                "error": [type(error).__name__, str(error)]})
@@ -267,9 +320,12 @@ def _check_value(blob: bytes) -> str | None:
 class ClientConnection:
     """One connection as a proxy sees it: request ids, the handshake, reply parsing."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, authkey: bytes | None = None) -> None:
         self.limits = limits or Limits()
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self._authkey = authkey
+        self._challenge = b""
+        self._proof = b""
         self._next_id = 1
         self.greeted = False
 
@@ -279,7 +335,29 @@ class ClientConnection:
         self.greeted = False
 
     def send_hello(self) -> bytes:
-        return pack_frame({"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION})
+        hello: dict[str, Any] = {"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION}
+        if self._authkey is not None:
+            self._challenge = hello["challenge"] = _auth.new_challenge()
+        return pack_frame(hello)
+
+    def send_proof(self) -> bytes:
+        """What to send once greeted: our proof of the authkey (nothing without a key)."""
+        return self._proof
+
+    def _check_server_hello(self, frame: Any) -> Hello:
+        hello = _check_hello(frame)
+        if self._authkey is not None:
+            server_challenge = hello.info.get("challenge")
+            if not _auth.is_challenge(server_challenge):
+                raise AuthenticationError("the server does not use an authkey, but we have one")
+            expected = _auth.server_proof(self._authkey, self._challenge, server_challenge)
+            if not _auth.proof_matches(expected, hello.info.get("proof")):
+                raise AuthenticationError(
+                    "authentication failed: the server does not know our authkey")
+            self._proof = pack_frame(
+                {"proof": _auth.client_proof(self._authkey, self._challenge, server_challenge)})
+        self.greeted = True
+        return hello
 
     def send_request(self, op: str, *args: Any) -> tuple[int, bytes]:
         """Allocate an id and encode ``[id, op, *args]``."""
@@ -304,9 +382,7 @@ class ClientConnection:
         events: list[Hello | Reply] = []
         for frame in self._decoder.feed(data):
             if not self.greeted:
-                hello = _check_hello(frame)
-                self.greeted = True
-                events.append(hello)
+                events.append(self._check_server_hello(frame))
                 continue
             events.append(_check_reply(frame))
         return events

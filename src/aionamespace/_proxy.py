@@ -1,7 +1,7 @@
 """What the sync and async proxies share: identity, local ``_`` names, pickling, printing.
 
-A proxy is a *target* (server address, namespace key, credentials) plus a connection. Only the
-target is pickled: a proxy sent to another process (as a ``Process`` argument, through a
+A proxy is a *target* (server address, namespace key, authkey) plus a connection. Only the
+target is pickled (so the pickle holds the authkey: treat it as a secret): a proxy sent to another process (as a ``Process`` argument, through a
 ``Queue``, as a ``Pool`` initializer argument) reconnects there by itself on first use. Local
 ``_underscore`` attributes are not pickled, exactly like the stdlib's proxies: a spawned child
 does not see them, a forked child keeps them because it copies the parent's memory.
@@ -31,20 +31,24 @@ class Target:
     address: Address
     key: str
     named: bool
+    authkey: bytes | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     @classmethod
-    def create(cls, address: object, name: str | None, limits: Limits | None = None) -> Target:
+    def create(cls, address: object, name: str | None, authkey: bytes | None = None,
+               limits: Limits | None = None) -> Target:
         limits = limits or Limits()
+        if authkey is not None and not isinstance(authkey, bytes):
+            raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         if name is None:
             # Anonymous namespaces get a random key made here, so creating one needs no round
             # trip; 128 random bits make a collision with anyone else's key a non-event.
             return cls(parse_address(address), ANONYMOUS_PREFIX + secrets.token_hex(16), False,
-                       limits)
+                       authkey, limits)
         problem = limits.check_name(name)
         if problem is not None:
             raise ValueError(f"invalid namespace name {name!r}: {problem}")
-        return cls(parse_address(address), name, True, limits)
+        return cls(parse_address(address), name, True, authkey, limits)
 
     def describe(self) -> str:
         which = repr(self.key) if self.named else "anonymous"
@@ -71,15 +75,14 @@ class ProxyBase:
     _aionamespace: Any  # the subclass's connection state; holds ``.target``
 
     def __reduce__(self) -> tuple[Any, ...]:
-        state = self._aionamespace
-        return (_rebuild, (type(self), state.target, state.credentials))
+        return (_rebuild, (type(self), self._aionamespace.target))
 
     def __repr__(self) -> str:
         return f"<aionamespace.{type(self).__name__} {self._aionamespace.target.describe()}>"
 
 
-def _rebuild(cls: type[Any], target: Target, credentials: Any) -> Any:
+def _rebuild(cls: type[Any], target: Target) -> Any:
     """Unpickle a proxy: a fresh one, same target, no connection yet, no local attributes."""
     proxy = cls.__new__(cls)
-    proxy._attach(target, credentials)
+    proxy._attach(target)
     return proxy

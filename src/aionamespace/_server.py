@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import stat
@@ -36,6 +37,7 @@ from ._protocol import (
     BadRequest,
     Hello,
     Limits,
+    Refusal,
     Request,
     ServerConnection,
     parse_address,
@@ -47,6 +49,7 @@ __all__ = ["Server", "ServerThread"]
 logger = logging.getLogger("aionamespace.server")
 
 READ_CHUNK_BYTES = 64 * 1024
+REFUSAL_TIMEOUT_SECONDS = 1.0  # a peer being dropped gets this long to take our last words
 DEFAULT_TCP_ADDRESS: tuple[str, int] = ("127.0.0.1", 0)
 
 # Exceptions an op may raise on purpose; they go back to the caller as an error reply.
@@ -60,10 +63,14 @@ class Server:
         self,
         address: Address | None = None,
         *,
+        authkey: bytes | None = None,
         store: Store | None = None,
         limits: Limits | None = None,
     ) -> None:
+        if authkey is not None and not isinstance(authkey, bytes):
+            raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         self._requested = parse_address(address) if address is not None else DEFAULT_TCP_ADDRESS
+        self._authkey = authkey
         self.store: Store = store if store is not None else MemoryStore()
         self.limits = limits or Limits()
         self._address: Address | None = None
@@ -174,31 +181,38 @@ class Server:
     # -------------------------------------------------------------------- one connection
 
     async def _handle(self, stream: anyio.abc.ByteStream) -> None:
-        protocol = ServerConnection(self.limits)
+        protocol = self.new_connection()
         async with stream:
             while True:
                 try:
                     data = await stream.receive(READ_CHUNK_BYTES)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     return
+                events = protocol.receive_data(data)
                 try:
-                    events = protocol.receive_data(data)
-                except ProtocolError as exc:
-                    await self._refuse(stream, protocol, exc)
-                    return
-                try:
-                    await stream.send(self.respond(protocol, events))
+                    with anyio.move_on_after(REFUSAL_TIMEOUT_SECONDS if protocol.refused
+                                             else math.inf):
+                        await stream.send(self.respond(protocol, events))
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
+                if protocol.refused:
+                    return
 
-    def respond(self, protocol: ServerConnection, events: list[Hello | Request | BadRequest],
-                ) -> bytes:
+    def new_connection(self) -> ServerConnection:
+        """The sans-IO state of one new connection."""
+        return ServerConnection(self.limits, self._authkey)
+
+    def respond(self, protocol: ServerConnection,
+                events: list[Hello | Request | BadRequest | Refusal]) -> bytes:
         """Apply a batch of events, in order, and return every answer as one write."""
         return b"".join([self._apply(protocol, event) for event in events])
 
-    def _apply(self, protocol: ServerConnection, event: Hello | Request | BadRequest) -> bytes:
+    def _apply(self, protocol: ServerConnection,
+               event: Hello | Request | BadRequest | Refusal) -> bytes:
         if type(event) is Hello:
             return protocol.send_hello()
+        if type(event) is Refusal:
+            return protocol.send_refusal(event.error)
         if type(event) is BadRequest:
             return protocol.send_error(event.id, RemoteProtocolError(event.message))
         assert type(event) is Request
@@ -210,15 +224,6 @@ class Server:
             logger.exception("internal error applying %s", event.op)
             return protocol.send_error(event.id, exc)
         return protocol.send_result(event.id, result)
-
-    @staticmethod
-    async def _refuse(stream: anyio.abc.ByteStream, protocol: ServerConnection,
-                      error: ProtocolError) -> None:
-        """Tell the peer why it is being disconnected, best effort, then let the caller close."""
-        frame = protocol.send_refusal(error)
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            with anyio.move_on_after(1):
-                await stream.send(frame)
 
 
 class _AsyncioConnection(asyncio.BufferedProtocol):
@@ -233,7 +238,7 @@ class _AsyncioConnection(asyncio.BufferedProtocol):
         self.server = server
         self.connections = connections
         self.buffer = buffer
-        self.protocol = ServerConnection(server.limits)
+        self.protocol = server.new_connection()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -245,14 +250,11 @@ class _AsyncioConnection(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        try:
-            events = self.protocol.receive_data(self.buffer[:nbytes])
-        except ProtocolError as exc:
-            self.transport.write(self.protocol.send_refusal(exc))
-            self.transport.close()
-            return
+        events = self.protocol.receive_data(self.buffer[:nbytes])
         if events:
             self.transport.write(self.server.respond(self.protocol, events))
+        if self.protocol.refused:
+            self.transport.close()  # after the buffered answers and the refusal are written
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests, so the memory we

@@ -48,15 +48,18 @@ class SyncConnection:
     def __init__(self, target: Target) -> None:
         self.address = target.address
         self.pid = os.getpid()
-        self.protocol = ClientConnection(target.limits)
+        self.protocol = ClientConnection(target.limits, target.authkey)
         self.sock: socket.socket | None = None
         # recv_into one buffer per connection: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
-        with map_connection_errors(self.address):
+        with map_connection_errors(self.address, connecting=True):
             self.sock = open_socket(self.address)
             try:
                 self.sock.sendall(self.protocol.send_hello())
                 self._receive_until(lambda event: type(event) is Hello)
+                proof = self.protocol.send_proof()
+                if proof:
+                    self.sock.sendall(proof)
             except BaseException:
                 self.close()
                 raise
@@ -120,20 +123,21 @@ class _Pool:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.locals: dict[Address, threading.local] = {}
+        self.locals: dict[tuple[Address, bytes | None], threading.local] = {}
 
     def connection(self, target: Target) -> SyncConnection:
-        local = self.locals.get(target.address)
+        server = (target.address, target.authkey)
+        local = self.locals.get(server)
         if local is None:
             with self.lock:
-                local = self.locals.setdefault(target.address, threading.local())
+                local = self.locals.setdefault(server, threading.local())
         connection: SyncConnection | None = getattr(local, "connection", None)
         if connection is None or connection.closed or connection.pid != os.getpid():
             connection = local.connection = SyncConnection(target)
         return connection
 
     def discard(self, target: Target) -> None:
-        local = self.locals.get(target.address)
+        local = self.locals.get((target.address, target.authkey))
         connection = getattr(local, "connection", None)
         if connection is not None:
             connection.close()
@@ -150,11 +154,10 @@ if hasattr(os, "register_at_fork"):
 
 
 class _State:
-    __slots__ = ("credentials", "target")
+    __slots__ = ("target",)
 
-    def __init__(self, target: Target, credentials: Any) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
-        self.credentials = credentials
 
 
 class Namespace(ProxyBase):
@@ -162,17 +165,18 @@ class Namespace(ProxyBase):
 
     ``ns.x``, ``ns.x = v`` and ``del ns.x`` are round trips to the server; names starting with
     ``_`` stay on this proxy. Usually made by ``Manager.Namespace()``; to reach a namespace
-    directly: ``Namespace(address, name=None)`` (``name=None`` creates a new anonymous one).
+    directly: ``Namespace(address, name=None, authkey=None)`` (``name=None`` creates a new
+    anonymous one).
     """
 
     __slots__ = ()
 
     def __init__(self, address: Address, name: str | None = None, /, *,
-                 limits: Limits | None = None) -> None:
-        self._attach(Target.create(address, name, limits), None)
+                 authkey: bytes | None = None, limits: Limits | None = None) -> None:
+        self._attach(Target.create(address, name, authkey, limits))
 
-    def _attach(self, target: Target, credentials: Any) -> None:
-        object.__setattr__(self, "_aionamespace", _State(target, credentials))
+    def _attach(self, target: Target) -> None:
+        object.__setattr__(self, "_aionamespace", _State(target))
 
     def _call(self, op: str, *args: Any) -> Any:
         state: _State = self._aionamespace
