@@ -145,7 +145,7 @@ async def test_close_then_reuse_reconnects(server: ServerThread) -> None:
 
 async def test_connection_refused_is_connection_lost(short_tmp: str) -> None:
     ns = AsyncNamespace(os.path.join(short_tmp, "nobody.sock"))
-    with pytest.raises(ConnectionLost, match="nobody.sock"):
+    with pytest.raises(ConnectionLost, match=r"nobody\.sock"):
         await ns.anything
     await ns._close()
 

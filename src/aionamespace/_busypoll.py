@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_SPIN_SECONDS", "BusyPollSelector", "busy_poll_loop_factory"]
 DEFAULT_SPIN_SECONDS = 50e-6
 
 
-class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class BusyPollSelector(selectors.DefaultSelector):
     """The platform's selector, polling for ``spin_seconds`` before each blocking wait."""
 
     def __init__(self, spin_seconds: float = DEFAULT_SPIN_SECONDS) -> None:
@@ -35,18 +35,18 @@ class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         if timeout is not None and timeout <= 0:
-            return super().select(timeout)  # type: ignore[no-any-return]
+            return super().select(timeout)
         spin = self._spin_seconds if timeout is None else min(self._spin_seconds, timeout)
         deadline = time.perf_counter() + spin
         while True:
             ready = super().select(0)
             if ready:
-                return ready  # type: ignore[no-any-return]
+                return ready
             if time.perf_counter() >= deadline:
                 break
         if timeout is not None:
             timeout = max(0.0, timeout - spin)
-        return super().select(timeout)  # type: ignore[no-any-return]
+        return super().select(timeout)
 
 
 def busy_poll_loop_factory(spin_seconds: float = DEFAULT_SPIN_SECONDS,

@@ -109,8 +109,9 @@ class _MarkedBytearray:
 
 def _packb(obj: Any) -> bytes:
     try:
-        return msgpack.packb(obj, default=_default, strict_types=True, use_bin_type=True,
-                             datetime=False)
+        packed: bytes = msgpack.packb(obj, default=_default, strict_types=True,
+                                      use_bin_type=True, datetime=False)
+        return packed
     except ValueError as exc:  # msgpack's own nesting limit
         raise ValueError(f"value nested too deeply to share ({exc})") from None
 
@@ -175,8 +176,9 @@ def _default_with_rewrites(obj: Any) -> msgpack.ExtType:
 
 
 def _packb_rewritten(obj: Any) -> bytes:
-    return msgpack.packb(obj, default=_default_with_rewrites, strict_types=True,
-                         use_bin_type=True, datetime=False)
+    packed: bytes = msgpack.packb(obj, default=_default_with_rewrites, strict_types=True,
+                                  use_bin_type=True, datetime=False)
+    return packed
 
 
 def encode_value(value: Any) -> bytes:

@@ -55,7 +55,7 @@ class Manager:
         self._backend = backend
         self._address: Address | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @property
     def address(self) -> Address:
@@ -134,7 +134,7 @@ class Manager:
 
     # ------------------------------------------------------------------ proxies
 
-    def Namespace(self, name: str | None = None, /, **initial: Any) -> Namespace:  # noqa: N802
+    def Namespace(self, name: str | None = None, /, **initial: Any) -> Namespace:
         """A blocking proxy: a new anonymous namespace, or the one called ``name``.
 
         ``initial`` values are set on a new namespace; on an existing named one they only fill
@@ -144,7 +144,7 @@ class Manager:
         ns._open(**initial)  # one round trip, like the stdlib's: a dead server fails here
         return ns
 
-    def AsyncNamespace(self, name: str | None = None, /,  # noqa: N802
+    def AsyncNamespace(self, name: str | None = None, /,
                        **initial: Any) -> AsyncNamespace:
         """An awaitable proxy; ``initial`` values are sent with its first operation."""
         ns = AsyncNamespace(self.address, name, authkey=self._authkey)

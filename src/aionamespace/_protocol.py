@@ -100,7 +100,7 @@ class FrameDecoder:
         )
         self._broken = False
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | memoryview) -> list[Any]:
         if self._broken:
             raise RemoteProtocolError("the connection already sent malformed data")
         try:
@@ -115,7 +115,8 @@ class FrameDecoder:
 
 
 def pack_frame(frame: Any) -> bytes:
-    return msgpack.packb(frame, use_bin_type=True)
+    packed: bytes = msgpack.packb(frame, use_bin_type=True)
+    return packed
 
 
 # ------------------------------------------------------------------------------ events
@@ -191,7 +192,8 @@ class ServerConnection:
         self.authenticated = authkey is None
         self.refused = False
 
-    def receive_data(self, data: bytes) -> list[Hello | Request | BadRequest | Refusal]:
+    def receive_data(self, data: bytes | memoryview,
+                     ) -> list[Hello | Request | BadRequest | Refusal]:
         """Parse bytes into events, in order.
 
         Malformed input (RemoteProtocolError) or a failed authentication (AuthenticationError)
@@ -223,7 +225,7 @@ class ServerConnection:
             )
         if self._authkey is not None:
             challenge = hello.info.get("challenge")
-            if not _auth.is_challenge(challenge):
+            if not isinstance(challenge, bytes) or not _auth.is_challenge(challenge):
                 raise AuthenticationError("this server requires an authkey; none was given")
             self._challenges = (challenge, _auth.new_challenge())
         self.greeted = True
@@ -245,7 +247,8 @@ class ServerConnection:
         types = OPS.get(op) if type(op) is str else None
         if types is None:
             return BadRequest(request_id, f"unknown operation {op!r}")
-        if len(args) != len(types) or any(type(a) is not t for a, t in zip(args, types)):
+        if len(args) != len(types) or any(
+                type(a) is not t for a, t in zip(args, types, strict=True)):
             expected = ", ".join(t.__name__ for t in types)
             return BadRequest(request_id, f"{op} takes ({expected})")
         problem = self._check_args(op, args)
@@ -348,7 +351,7 @@ class ClientConnection:
         hello = _check_hello(frame)
         if self._authkey is not None:
             server_challenge = hello.info.get("challenge")
-            if not _auth.is_challenge(server_challenge):
+            if not isinstance(server_challenge, bytes) or not _auth.is_challenge(server_challenge):
                 raise AuthenticationError("the server does not use an authkey, but we have one")
             expected = _auth.server_proof(self._authkey, self._challenge, server_challenge)
             if not _auth.proof_matches(expected, hello.info.get("proof")):
@@ -378,7 +381,7 @@ class ClientConnection:
             )
         return request_id, frame
 
-    def receive_data(self, data: bytes) -> list[Hello | Reply]:
+    def receive_data(self, data: bytes | memoryview) -> list[Hello | Reply]:
         events: list[Hello | Reply] = []
         for frame in self._decoder.feed(data):
             if not self.greeted:
@@ -422,9 +425,11 @@ def parse_address(address: object) -> Address:
 
 
 def _port(port: object) -> int:
+    if not isinstance(port, (int, str)) or isinstance(port, bool):
+        raise ValueError(f"invalid TCP port {port!r}")
     try:
-        value = int(port)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+        value = int(port)
+    except ValueError:
         raise ValueError(f"invalid TCP port {port!r}") from None
     if not 0 <= value <= 65535:
         raise ValueError(f"TCP port {value} is out of range")

@@ -1,8 +1,9 @@
 """What the sync and async proxies share: identity, local ``_`` names, pickling, printing.
 
 A proxy is a *target* (server address, namespace key, authkey) plus a connection. Only the
-target is pickled (so the pickle holds the authkey: treat it as a secret): a proxy sent to another process (as a ``Process`` argument, through a
-``Queue``, as a ``Pool`` initializer argument) reconnects there by itself on first use. Local
+target is pickled (so a pickled proxy holds the authkey: treat it as a secret): a proxy sent
+to another process (as a ``Process`` argument, through a ``Queue``, as a ``Pool`` initializer
+argument) reconnects there by itself on first use. Local
 ``_underscore`` attributes are not pickled, exactly like the stdlib's proxies: a spawned child
 does not see them, a forked child keeps them because it copies the parent's memory.
 
@@ -81,8 +82,8 @@ class ProxyBase:
         return f"<aionamespace.{type(self).__name__} {self._aionamespace.target.describe()}>"
 
 
-def _rebuild(cls: type[Any], target: Target) -> Any:
+def _rebuild(cls: type[ProxyBase], target: Target) -> Any:
     """Unpickle a proxy: a fresh one, same target, no connection yet, no local attributes."""
-    proxy = cls.__new__(cls)
+    proxy: Any = object.__new__(cls)
     proxy._attach(target)
     return proxy
