@@ -7,6 +7,7 @@ shared, ``ValueError`` for a bad argument)::
     NamespaceError
     ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
     ├── AuthenticationError       a wrong or missing authkey, on either side
+    ├── HistoryExpired            a watch asked for changes older than the history kept
     ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
     │   ├── LocalProtocolError    we were about to send something the protocol forbids
     │   └── RemoteProtocolError   the peer sent something the protocol forbids
@@ -27,6 +28,7 @@ import anyio
 __all__ = [
     "AuthenticationError",
     "ConnectionLost",
+    "HistoryExpired",
     "LocalProtocolError",
     "NamespaceError",
     "ProtocolError",
@@ -47,6 +49,11 @@ class ConnectionLost(NamespaceError, ConnectionError):
 
 class AuthenticationError(NamespaceError):
     """The peer does not know the authkey (or one side has a key and the other has none)."""
+
+
+class HistoryExpired(NamespaceError):
+    """A watch's ``since`` revision is older than the server's history (or from before a
+    restart): resync with ``_snapshot()`` and watch from the revision it returns."""
 
 
 class ProtocolError(NamespaceError):
@@ -79,6 +86,7 @@ _REMOTE_TYPES: dict[str, type[Exception]] = {
     for cls in (
         AttributeError,
         AuthenticationError,
+        HistoryExpired,
         KeyError,
         LookupError,
         OverflowError,
@@ -117,7 +125,7 @@ def map_connection_errors(address: object, *, connecting: bool = False) -> Itera
     """Translate socket and anyio failures into ``ConnectionLost`` naming the address."""
     try:
         yield
-    except ConnectionLost:
+    except (ConnectionLost, TimeoutError):  # a timeout we asked for is not a lost connection
         raise
     except _TRANSPORT_ERRORS as exc:
         detail = str(exc) or type(exc).__name__

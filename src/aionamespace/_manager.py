@@ -24,8 +24,8 @@ import weakref
 from types import TracebackType
 from typing import Any
 
+from . import _calls as calls
 from ._async import AsyncNamespace
-from ._codec import encode_value
 from ._errors import ConnectionLost
 from ._protocol import Address, format_address, parse_address
 from ._sync import Namespace
@@ -149,8 +149,7 @@ class Manager:
         """An awaitable proxy; ``initial`` values are sent with its first operation."""
         ns = AsyncNamespace(self.address, name, authkey=self._authkey)
         if initial:
-            encoded = {attr: encode_value(value) for attr, value in initial.items()}
-            ns._queue_write("open", ns._aionamespace.target.key, encoded)
+            ns._queue(calls.open_(ns._key, initial))
         return ns
 
 

@@ -24,13 +24,13 @@ from typing import Any, Union
 import msgpack
 
 from . import _auth
-from ._codec import ValueDecodeError, decode_value
 from ._errors import (
     AuthenticationError,
     LocalProtocolError,
     RemoteProtocolError,
     exception_from_reply,
 )
+from ._ops import OPS, check_args, check_names
 
 __all__ = [
     "OPS",
@@ -42,6 +42,7 @@ __all__ = [
     "FrameDecoder",
     "Hello",
     "Limits",
+    "Push",
     "Refusal",
     "Reply",
     "Request",
@@ -55,19 +56,7 @@ PROTOCOL_VERSION = 1
 
 REPLY_OK = 0
 REPLY_ERROR = 1
-
-#: op -> the msgpack types of its arguments, checked exactly (docs/PROTOCOL.md, "Operations").
-OPS: dict[str, tuple[type, ...]] = {
-    "ping": (),
-    "open": (str, dict),  # key, defaults {name: value} -> nil; creates, sets missing names
-    "get": (str, str),  # key, name -> value
-    "set": (str, str, bytes),  # key, name, value -> nil
-    "del": (str, str),  # key, name -> nil
-    "dump": (str,),  # key -> {name: value}
-}
-
-#: How many leading arguments of each op are names (namespace key, attribute name).
-_NAMED_ARGS = {"ping": 0, "open": 1, "get": 2, "set": 2, "del": 2, "dump": 1}
+PUSH_EVENT = 2  # [0, 2, watch id, revision, name, value or nil]
 
 #: A Unix socket path, or a (host, port) pair for TCP.
 Address = Union[str, "tuple[str, int]"]
@@ -145,6 +134,16 @@ class BadRequest:
 
     id: int
     message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Push:
+    """A watch event the server pushed: ``name`` changed at ``revision`` (None: deleted)."""
+
+    watch_id: int
+    revision: int
+    name: str
+    value: bytes | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -244,39 +243,12 @@ class ServerConnection:
         request_id, op, args = frame[0], frame[1], tuple(frame[2:])
         if request_id <= 0:
             raise RemoteProtocolError("request ids must be positive")
-        types = OPS.get(op) if type(op) is str else None
-        if types is None:
+        if type(op) is not str or op not in OPS:
             return BadRequest(request_id, f"unknown operation {op!r}")
-        if len(args) != len(types) or any(
-                type(a) is not t for a, t in zip(args, types, strict=True)):
-            expected = ", ".join(t.__name__ for t in types)
-            return BadRequest(request_id, f"{op} takes ({expected})")
-        problem = self._check_args(op, args)
+        problem = check_args(self.limits, op, args)
         if problem is not None:
-            return BadRequest(request_id, problem)
+            return BadRequest(request_id, f"{op}: {problem}")
         return Request(request_id, op, args)
-
-    def _check_args(self, op: str, args: tuple[Any, ...]) -> str | None:
-        """Validate names and values so the store only ever sees well-formed ones."""
-        for name in args[:_NAMED_ARGS[op]]:
-            problem = self.limits.check_name(name)
-            if problem is not None:
-                return problem
-        if op == "open":
-            return self._check_values(args[1])
-        if op == "set":
-            return _check_value(args[2])
-        return None
-
-    def _check_values(self, values: dict[Any, Any]) -> str | None:
-        for name, value in values.items():
-            problem = self.limits.check_name(name)
-            if problem is None and type(value) is not bytes:
-                problem = "values must be bin"
-            problem = problem or _check_value(value)
-            if problem is not None:
-                return problem
-        return None
 
     def send_hello(self) -> bytes:
         hello: dict[str, Any] = {
@@ -300,6 +272,11 @@ class ServerConnection:
         return self.send_error(0, error)
 
     @staticmethod
+    def send_event(watch_id: int, revision: int, name: str, value: bytes | None) -> bytes:
+        """A watch push: ``name`` changed at ``revision`` (value None: deleted)."""
+        return pack_frame([0, PUSH_EVENT, watch_id, revision, name, value])
+
+    @staticmethod
     def send_result(request_id: int, result: Any) -> bytes:
         return pack_frame([request_id, REPLY_OK, result])
 
@@ -307,14 +284,6 @@ class ServerConnection:
     def send_error(request_id: int, error: BaseException) -> bytes:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         return pack_frame([request_id, REPLY_ERROR, type(error).__name__, message])
-
-
-def _check_value(blob: bytes) -> str | None:
-    try:
-        decode_value(blob)
-    except ValueDecodeError as exc:
-        return str(exc)
-    return None
 
 
 # ------------------------------------------------------------------------------ client side
@@ -364,13 +333,11 @@ class ClientConnection:
 
     def send_request(self, op: str, *args: Any) -> tuple[int, bytes]:
         """Allocate an id and encode ``[id, op, *args]``."""
-        types = OPS[op]
-        if len(args) != len(types):
-            raise LocalProtocolError(f"{op} takes {len(types)} arguments, got {len(args)}")
-        for name in args[:_NAMED_ARGS[op]]:
-            problem = self.limits.check_name(name)
-            if problem is not None:
-                raise ValueError(problem)
+        if len(args) != len(OPS[op]):
+            raise LocalProtocolError(f"{op} takes {len(OPS[op])} arguments, got {len(args)}")
+        problem = check_names(self.limits, op, args)
+        if problem is not None:
+            raise ValueError(problem)
         request_id = self._next_id
         self._next_id += 1
         frame = pack_frame([request_id, op, *args])
@@ -381,8 +348,8 @@ class ClientConnection:
             )
         return request_id, frame
 
-    def receive_data(self, data: bytes | memoryview) -> list[Hello | Reply]:
-        events: list[Hello | Reply] = []
+    def receive_data(self, data: bytes | memoryview) -> list[Hello | Reply | Push]:
+        events: list[Hello | Reply | Push] = []
         for frame in self._decoder.feed(data):
             if not self.greeted:
                 events.append(self._check_server_hello(frame))
@@ -391,9 +358,14 @@ class ClientConnection:
         return events
 
 
-def _check_reply(frame: Any) -> Reply:
+def _check_reply(frame: Any) -> Reply | Push:
     if type(frame) is not list or len(frame) < 3 or type(frame[0]) is not int:
         raise RemoteProtocolError("a reply must be an array [id, status, ...]")
+    if frame[0] == 0 and frame[1] == PUSH_EVENT:
+        if (len(frame) == 6 and type(frame[2]) is int and type(frame[3]) is int
+                and type(frame[4]) is str and type(frame[5]) in (bytes, type(None))):
+            return Push(frame[2], frame[3], frame[4], frame[5])
+        raise RemoteProtocolError("malformed watch event")
     if frame[1] == REPLY_OK and len(frame) == 3:
         return Reply(frame[0], frame[2])
     if frame[1] == REPLY_ERROR and len(frame) == 4 and type(frame[2]) is type(frame[3]) is str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import math
 import os
 import socket
 import stat
@@ -31,29 +29,15 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 
-from ._errors import ProtocolError, RemoteProtocolError
-from ._protocol import (
-    Address,
-    BadRequest,
-    Hello,
-    Limits,
-    Refusal,
-    Request,
-    ServerConnection,
-    parse_address,
-)
+from ._dispatch import Dispatcher
+from ._protocol import Address, Limits, ServerConnection, parse_address
 from ._store import MemoryStore, Store
 
 __all__ = ["Server", "ServerThread"]
 
-logger = logging.getLogger("aionamespace.server")
-
 READ_CHUNK_BYTES = 64 * 1024
 REFUSAL_TIMEOUT_SECONDS = 1.0  # a peer being dropped gets this long to take our last words
 DEFAULT_TCP_ADDRESS: tuple[str, int] = ("127.0.0.1", 0)
-
-# Exceptions an op may raise on purpose; they go back to the caller as an error reply.
-_CALLER_ERRORS = (AttributeError, KeyError, TypeError, ValueError, OverflowError, ProtocolError)
 
 
 class Server:
@@ -75,15 +59,9 @@ class Server:
         self.limits = limits or Limits()
         self._address: Address | None = None
         self._cancel_scope: anyio.CancelScope | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._ops: dict[str, Callable[..., Any]] = {
-            "ping": lambda: None,
-            "open": self.store.open,
-            "get": self.store.get,
-            "set": self.store.set,
-            "del": self.store.delete,
-            "dump": self.store.dump,
-        }
+        self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
+        self._timers: anyio.abc.TaskGroup | None = None
+        self.dispatcher = Dispatcher(self.store, self._call_later)
 
     @property
     def address(self) -> Address:
@@ -102,11 +80,13 @@ class Server:
         sock, address = make_listening_socket(self._requested)
         try:
             with anyio.CancelScope() as self._cancel_scope:
-                if _running_on_asyncio():
-                    await self._serve_asyncio(sock, address, task_status)
-                else:
-                    await self._serve_streams(sock, address, task_status)
+                async with anyio.create_task_group() as self._timers:
+                    if _running_on_asyncio():
+                        await self._serve_asyncio(sock, address, task_status)
+                    else:
+                        await self._serve_streams(sock, address, task_status)
         finally:
+            self._timers = None
             self._address = None
             sock.close()
             if isinstance(address, str):
@@ -180,50 +160,86 @@ class Server:
 
     # -------------------------------------------------------------------- one connection
 
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
-        protocol = self.new_connection()
-        async with stream:
-            while True:
-                try:
-                    data = await stream.receive(READ_CHUNK_BYTES)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    return
-                events = protocol.receive_data(data)
-                try:
-                    with anyio.move_on_after(REFUSAL_TIMEOUT_SECONDS if protocol.refused
-                                             else math.inf):
-                        await stream.send(self.respond(protocol, events))
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                if protocol.refused:
-                    return
-
     def new_connection(self) -> ServerConnection:
         """The sans-IO state of one new connection."""
         return ServerConnection(self.limits, self._authkey)
 
-    def respond(self, protocol: ServerConnection,
-                events: list[Hello | Request | BadRequest | Refusal]) -> bytes:
-        """Apply a batch of events, in order, and return every answer as one write."""
-        return b"".join([self._apply(protocol, event) for event in events])
+    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+        """One connection on anyio streams: this task reads and applies, a helper sends."""
+        peer = _StreamPeer(self.new_connection())
+        async with stream, anyio.create_task_group() as group:
+            group.start_soon(peer.send_forever, stream)
+            try:
+                while not peer.protocol.refused:
+                    data = await stream.receive(READ_CHUNK_BYTES)
+                    events = peer.protocol.receive_data(data)
+                    if events:
+                        peer.write(self.dispatcher.respond(peer, events))
+                    await peer.below_high_water()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                    OSError):
+                pass
+            finally:
+                self.dispatcher.connection_lost(peer)
+            with anyio.move_on_after(REFUSAL_TIMEOUT_SECONDS):
+                await peer.drained()  # a refused peer still gets the reason
+            group.cancel_scope.cancel()
 
-    def _apply(self, protocol: ServerConnection,
-               event: Hello | Request | BadRequest | Refusal) -> bytes:
-        if type(event) is Hello:
-            return protocol.send_hello()
-        if type(event) is Refusal:
-            return protocol.send_refusal(event.error)
-        if type(event) is BadRequest:
-            return protocol.send_error(event.id, RemoteProtocolError(event.message))
-        assert type(event) is Request
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` after ``delay`` seconds unless cancelled: the lock timeouts."""
+        scope = anyio.CancelScope()
+
+        async def timer() -> None:
+            with scope:
+                await anyio.sleep(delay)
+                callback()
+
+        assert self._timers is not None
+        self._timers.start_soon(timer)
+        return scope.cancel
+
+
+class _StreamPeer:
+    """A connection on anyio streams: a writer task sends whatever was queued, coalesced."""
+
+    HIGH_WATER_BYTES = 1024 * 1024
+
+    def __init__(self, protocol: ServerConnection) -> None:
+        self.protocol = protocol
+        self._outbox: list[bytes] = []
+        self._queued_bytes = 0
+        self._wakeup = anyio.Event()
+        self._sent = anyio.Event()
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._outbox.append(data)
+            self._queued_bytes += len(data)
+            self._wakeup.set()
+
+    async def send_forever(self, stream: anyio.abc.ByteStream) -> None:
         try:
-            result = self._ops[event.op](*event.args)
-        except _CALLER_ERRORS as exc:
-            return protocol.send_error(event.id, exc)
-        except Exception as exc:  # a bug in a store must not take the server down
-            logger.exception("internal error applying %s", event.op)
-            return protocol.send_error(event.id, exc)
-        return protocol.send_result(event.id, result)
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                data = b"".join(self._outbox)
+                self._outbox.clear()
+                self._queued_bytes = 0
+                await stream.send(data)
+                self._sent.set()
+                self._sent = anyio.Event()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self._outbox.clear()  # the reader sees the broken stream and ends the connection
+            self._sent.set()
+
+    async def below_high_water(self) -> None:
+        """Backpressure: stop reading a peer that does not read our answers."""
+        while self._queued_bytes > self.HIGH_WATER_BYTES:
+            await self._sent.wait()
+
+    async def drained(self) -> None:
+        while self._outbox:
+            await self._sent.wait()
 
 
 class _AsyncioConnection(asyncio.BufferedProtocol):
@@ -249,10 +265,14 @@ class _AsyncioConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
 
+    def write(self, data: bytes) -> None:
+        if data:
+            self.transport.write(data)
+
     def buffer_updated(self, nbytes: int) -> None:
         events = self.protocol.receive_data(self.buffer[:nbytes])
         if events:
-            self.transport.write(self.server.respond(self.protocol, events))
+            self.write(self.server.dispatcher.respond(self, events))
         if self.protocol.refused:
             self.transport.close()  # after the buffered answers and the refusal are written
 
@@ -266,6 +286,7 @@ class _AsyncioConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        self.server.dispatcher.connection_lost(self)
 
 
 def make_listening_socket(address: Address, backlog: int = 4096,

@@ -1,19 +1,31 @@
 """The attribute store: the server's only state, behind a small interface.
 
 A store maps a namespace *key* to its attributes, each attribute an encoded value (the bytes
-``_codec.encode_value`` made). The server never looks inside values to store or serve them, so
-another store (persistent, or backed by Redis) only has to keep bytes.
+``_codec.encode_value`` made). Plain reads and writes never look inside values, so another
+store (persistent, or backed by Redis) mostly keeps bytes; only the atomic read-modify-write
+operations (``incr``, ``append``, ``cas``) decode the one value they change.
+
+Every change gets a *revision*: each namespace counts its changes, and a bounded history of
+recent changes lets a watcher resume from a revision (the etcd model). When a watcher asks for
+a revision the history no longer reaches, ``HistoryExpired`` tells it to resync.
 
 Methods are synchronous on purpose: the server applies every frame of a chunk in one go,
-without awaiting between them, and an in-memory store never needs to wait.
+without awaiting between them, so each method is atomic and an in-memory store never waits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+import collections
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
-__all__ = ["MemoryStore", "Store", "missing_attribute"]
+from ._codec import decode_value, encode_value
+from ._errors import HistoryExpired
+
+__all__ = ["Change", "MemoryStore", "Store", "missing_attribute"]
+
+DEFAULT_HISTORY = 10_000
 
 
 def missing_attribute(name: str) -> AttributeError:
@@ -21,53 +33,190 @@ def missing_attribute(name: str) -> AttributeError:
     return AttributeError(f"'Namespace' object has no attribute {name!r}")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """One attribute changed at ``revision``: its new encoded value, or None if deleted."""
+
+    key: str
+    revision: int
+    name: str
+    value: bytes | None
+
+
 class Store(Protocol):
-    """What the server needs from a store. Keys and names arrive already validated."""
+    """What the server needs from a store. Keys, names and values arrive validated."""
 
-    def open(self, key: str, defaults: Mapping[str, bytes]) -> None:
-        """Get or create the namespace ``key``; set the ``defaults`` it lacks."""
+    #: Called with every Change, in revision order, as it happens (the server's watch hook).
+    on_change: Callable[[Change], None] | None
 
-    def get(self, key: str, name: str) -> bytes:
-        """The value of ``name``; AttributeError if unset."""
+    def open(self, key: str, defaults: Mapping[str, bytes]) -> None: ...
+    def get(self, key: str, name: str) -> bytes: ...
+    def set(self, key: str, name: str, value: bytes) -> int: ...
+    def delete(self, key: str, name: str) -> int: ...
+    def snapshot(self, key: str, names: Sequence[str] | None) -> tuple[int, dict[str, bytes]]: ...
+    def update(self, key: str, values: Mapping[str, bytes]) -> int: ...
+    def setdefault(self, key: str, name: str, value: bytes) -> bytes: ...
+    def pop(self, key: str, name: str) -> bytes: ...
+    def incr(self, key: str, name: str, by: bytes) -> bytes: ...
+    def append(self, key: str, name: str, items: Sequence[bytes]) -> int: ...
+    def cas(self, key: str, name: str, expected: bytes, new: bytes) -> bool: ...
+    def history(self, key: str, since: int) -> list[Change]: ...
+    def keys(self) -> list[str]: ...
 
-    def set(self, key: str, name: str, value: bytes) -> None:
-        """Set ``name`` (creating the namespace if it does not exist yet)."""
 
-    def delete(self, key: str, name: str) -> None:
-        """Remove ``name``; AttributeError if unset."""
+class _Namespace:
+    __slots__ = ("attributes", "history", "revision")
 
-    def dump(self, key: str) -> dict[str, bytes]:
-        """Every attribute of the namespace (empty if it does not exist)."""
+    def __init__(self, history: int) -> None:
+        self.attributes: dict[str, bytes] = {}
+        self.revision = 0
+        self.history: collections.deque[Change] = collections.deque(maxlen=history)
 
 
 class MemoryStore:
-    """Namespaces in a dict of dicts, living as long as the server."""
+    """Namespaces in memory, living as long as the server; ``history`` changes kept per one."""
 
-    def __init__(self) -> None:
-        self._namespaces: dict[str, dict[str, bytes]] = {}
+    def __init__(self, history: int = DEFAULT_HISTORY) -> None:
+        self._namespaces: dict[str, _Namespace] = {}
+        self._history = history
+        self.on_change: Callable[[Change], None] | None = None
+
+    def _ns(self, key: str) -> _Namespace:
+        namespace = self._namespaces.get(key)
+        if namespace is None:
+            namespace = self._namespaces[key] = _Namespace(self._history)
+        return namespace
+
+    def _commit(self, key: str, namespace: _Namespace,
+                changes: Iterable[tuple[str, bytes | None]]) -> int:
+        """Apply changes as one revision, record them, tell the listener."""
+        namespace.revision += 1
+        revision = namespace.revision
+        for name, value in changes:
+            if value is None:
+                del namespace.attributes[name]
+            else:
+                namespace.attributes[name] = value
+            change = Change(key, revision, name, value)
+            namespace.history.append(change)
+            if self.on_change is not None:
+                self.on_change(change)
+        return revision
+
+    # ------------------------------------------------------------------ plain access
 
     def open(self, key: str, defaults: Mapping[str, bytes]) -> None:
-        attributes = self._namespaces.setdefault(key, {})
-        for name, value in defaults.items():
-            attributes.setdefault(name, value)
+        namespace = self._ns(key)
+        missing = [(n, v) for n, v in defaults.items() if n not in namespace.attributes]
+        if missing:
+            self._commit(key, namespace, missing)
 
     def get(self, key: str, name: str) -> bytes:
         try:
-            return self._namespaces[key][name]
+            return self._namespaces[key].attributes[name]
         except KeyError:
             raise missing_attribute(name) from None
 
-    def set(self, key: str, name: str, value: bytes) -> None:
-        attributes = self._namespaces.get(key)
-        if attributes is None:
-            attributes = self._namespaces[key] = {}
-        attributes[name] = value
+    def set(self, key: str, name: str, value: bytes) -> int:
+        return self._commit(key, self._ns(key), [(name, value)])
 
-    def delete(self, key: str, name: str) -> None:
-        try:
-            del self._namespaces[key][name]
-        except KeyError:
-            raise missing_attribute(name) from None
+    def delete(self, key: str, name: str) -> int:
+        namespace = self._namespaces.get(key)
+        if namespace is None or name not in namespace.attributes:
+            raise missing_attribute(name)
+        return self._commit(key, namespace, [(name, None)])
 
-    def dump(self, key: str) -> dict[str, bytes]:
-        return dict(self._namespaces.get(key, {}))
+    def snapshot(self, key: str, names: Sequence[str] | None) -> tuple[int, dict[str, bytes]]:
+        """The revision and the attributes (all, or those of ``names`` that exist), together."""
+        namespace = self._namespaces.get(key)
+        if namespace is None:
+            return 0, {}
+        attributes = namespace.attributes
+        if names is None:
+            return namespace.revision, dict(attributes)
+        return namespace.revision, {n: attributes[n] for n in names if n in attributes}
+
+    def keys(self) -> list[str]:
+        return sorted(self._namespaces)
+
+    # ------------------------------------------------------------------ atomic operations
+
+    def update(self, key: str, values: Mapping[str, bytes]) -> int:
+        """Set every name at once, as one revision (validated beforehand: all or nothing)."""
+        namespace = self._ns(key)
+        if not values:
+            return namespace.revision
+        return self._commit(key, namespace, values.items())
+
+    def setdefault(self, key: str, name: str, value: bytes) -> bytes:
+        namespace = self._ns(key)
+        current = namespace.attributes.get(name)
+        if current is not None:
+            return current
+        self._commit(key, namespace, [(name, value)])
+        return value
+
+    def pop(self, key: str, name: str) -> bytes:
+        value = self.get(key, name)
+        self._commit(key, self._namespaces[key], [(name, None)])
+        return value
+
+    def incr(self, key: str, name: str, by: bytes) -> bytes:
+        step = decode_value(by)
+        if type(step) not in (int, float):
+            raise TypeError(f"can only increment by an int or a float, not {_kind(step)}")
+        namespace = self._ns(key)
+        current_blob = namespace.attributes.get(name)
+        current = 0 if current_blob is None else decode_value(current_blob)
+        if type(current) not in (int, float):
+            raise TypeError(f"cannot increment {name!r}: it holds {_kind(current)}, "
+                            "not an int or a float")
+        value = encode_value(current + step)
+        self._commit(key, namespace, [(name, value)])
+        return value
+
+    def append(self, key: str, name: str, items: Sequence[bytes]) -> int:
+        namespace = self._ns(key)
+        current_blob = namespace.attributes.get(name)
+        current = [] if current_blob is None else decode_value(current_blob)
+        if type(current) is not list:
+            raise TypeError(f"cannot append to {name!r}: it holds {_kind(current)}, not a list")
+        current.extend(decode_value(item) for item in items)
+        self._commit(key, namespace, [(name, encode_value(current))])
+        return len(current)
+
+    def cas(self, key: str, name: str, expected: bytes, new: bytes) -> bool:
+        """Set ``name`` to ``new`` if it holds a value equal to (and of the type of) expected."""
+        namespace = self._ns(key)
+        current_blob = namespace.attributes.get(name)
+        if current_blob is None:
+            return False
+        if current_blob != expected:
+            current, wanted = decode_value(current_blob), decode_value(expected)
+            if type(current) is not type(wanted) or current != wanted:
+                return False
+        self._commit(key, namespace, [(name, new)])
+        return True
+
+    # ------------------------------------------------------------------ history
+
+    def history(self, key: str, since: int) -> list[Change]:
+        """Every change after revision ``since``; HistoryExpired if some were forgotten."""
+        namespace = self._namespaces.get(key)
+        revision = 0 if namespace is None else namespace.revision
+        if since > revision:
+            raise HistoryExpired(
+                f"revision {since} is ahead of this namespace ({revision}): the server was "
+                "restarted; resync with _snapshot() and watch from its revision")
+        if namespace is None or since == revision:
+            return []
+        oldest = namespace.history[0].revision if namespace.history else namespace.revision + 1
+        if since < oldest - 1:
+            raise HistoryExpired(
+                f"revision {since} is older than the history kept (oldest: {oldest}); "
+                "resync with _snapshot() and watch from its revision")
+        return [change for change in namespace.history if change.revision > since]
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__}"

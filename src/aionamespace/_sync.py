@@ -11,15 +11,18 @@ the parent's sockets down) and opens fresh ones on first use.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from ._codec import decode_value, encode_value
+from . import _calls as calls
 from ._errors import ConnectionLost, map_connection_errors
-from ._protocol import Address, ClientConnection, Hello, Limits, Reply
+from ._protocol import Address, ClientConnection, Hello, Limits, Push, Reply
 from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
 
 __all__ = ["Namespace"]
@@ -52,6 +55,7 @@ class SyncConnection:
         self.sock: socket.socket | None = None
         # recv_into one buffer per connection: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
+        self.pushes: collections.deque[Push] = collections.deque()
         with map_connection_errors(self.address, connecting=True):
             self.sock = open_socket(self.address)
             try:
@@ -84,7 +88,23 @@ class SyncConnection:
             raise reply.error
         return reply.result
 
-    def _receive_until(self, wanted: Any) -> Hello | Reply:
+    def next_push(self, timeout: float | None = None) -> Push:
+        """The next watch event on this connection; TimeoutError after ``timeout`` seconds."""
+        if not self.pushes:
+            assert self.sock is not None
+            self.sock.settimeout(timeout)
+            try:
+                with map_connection_errors(self.address):
+                    self._receive_until(lambda event: type(event) is Push)
+            except TimeoutError:
+                raise
+            except BaseException:
+                self.close()
+                raise
+        return self.pushes.popleft()
+
+    def _receive_until(self, wanted: Any) -> Hello | Reply | Push:
+        """Read until an event ``wanted`` accepts; watch events are kept in ``pushes``."""
         assert self.sock is not None
         while True:
             received = self.sock.recv_into(self._buffer)
@@ -93,6 +113,8 @@ class SyncConnection:
                                      "connection")
             found = None
             for event in self.protocol.receive_data(self._buffer[:received]):
+                if type(event) is Push:
+                    self.pushes.append(event)
                 if wanted(event):
                     found = event
             if found is not None:
@@ -153,6 +175,70 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=POOL.after_fork)
 
 
+class Lock:
+    """``with ns._lock(name, timeout=None):`` -- see ``Namespace._lock``."""
+
+    def __init__(self, ns: Namespace, name: str, timeout: float | None) -> None:
+        self._ns, self._name, self._timeout = ns, name, timeout
+        self._token = b""
+
+    def __enter__(self) -> Lock:
+        if self._token:
+            raise RuntimeError(f"lock {self._name!r} is already held by this Lock object")
+        token = os.urandom(16)
+        self._ns._run(calls.acquire(self._ns._key, self._name, token, self._timeout))
+        self._token = token
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        token, self._token = self._token, b""
+        self._ns._run(calls.release(self._ns._key, self._name, token))
+
+
+class Watch:
+    """An iterator of ``WatchEvent`` on a dedicated connection (see ``Namespace._watch``).
+
+    ``revision`` is the namespace revision the watch started at; ``values`` the watched
+    attributes at that revision (empty when resuming with ``since``).
+    """
+
+    def __init__(self, target: Target, names: tuple[str, ...], since: int | None) -> None:
+        call = calls.watch(target.key, names, since)
+        self._connection = SyncConnection(target)
+        try:
+            self._id, self.revision, values = self._connection.call(call.op, *call.args)
+        except BaseException:
+            self._connection.close()
+            raise
+        self.values = calls.decode_values(values)
+
+    def next(self, timeout: float | None = None) -> calls.WatchEvent:
+        """The next change; TimeoutError if none comes within ``timeout`` seconds."""
+        push = self._connection.next_push(timeout)
+        return calls.event_from_push(push.name, push.revision, push.value)
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> calls.WatchEvent:
+        return self.next()
+
+    def close(self) -> None:
+        """Stop watching: closes the watch's connection."""
+        self._connection.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        connection = getattr(self, "_connection", None)
+        if connection is not None:
+            connection.close()
+
+
 class _State:
     __slots__ = ("target",)
 
@@ -182,37 +268,106 @@ class Namespace(ProxyBase):
         state: _State = self._aionamespace
         return POOL.connection(state.target).call(op, *args)
 
+    def _run(self, call: calls.Call) -> Any:
+        return call.read(self._call(call.op, *call.args))
+
+    @property
+    def _key(self) -> str:
+        return self._aionamespace.target.key  # type: ignore[no-any-return]
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return decode_value(self._call("get", self._aionamespace.target.key, name))
+        return self._run(calls.get(self._key, name))
 
     def __setattr__(self, name: str, value: Any) -> None:
         check_attribute_name(name)
         if name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        self._call("set", self._aionamespace.target.key, name, encode_value(value))
+        self._run(calls.set_(self._key, name, value))
 
     def __delattr__(self, name: str) -> None:
         check_attribute_name(name)
         if name.startswith("_"):
             object.__delattr__(self, name)
             return
-        self._call("del", self._aionamespace.target.key, name)
+        self._run(calls.delete(self._key, name))
 
     def __str__(self) -> str:
-        return format_namespace(self._call("dump", self._aionamespace.target.key))
+        return format_namespace(self._run(calls.dump(self._key)))
 
     def _open(self, **defaults: Any) -> None:
         """Create the namespace on the server now, giving it the ``defaults`` it lacks."""
-        encoded = {name: encode_value(value) for name, value in defaults.items()}
-        self._call("open", self._aionamespace.target.key, encoded)
+        self._run(calls.open_(self._key, defaults))
 
-    def _snapshot(self) -> dict[str, Any]:
-        """Every shared attribute, as a dict, in one round trip."""
-        blobs = self._call("dump", self._aionamespace.target.key)
-        return {name: decode_value(blob) for name, blob in blobs.items()}
+    # ------------------------------------------------------------------ atomic operations
+
+    def _snapshot(self, *names: str) -> calls.Snapshot:
+        """All attributes (or those of ``names`` that exist), read together; ``.revision``."""
+        return self._run(calls.snapshot(self._key, names))  # type: ignore[no-any-return]
+
+    def _update(self, **values: Any) -> int:
+        """Set several attributes at once (one revision, all or nothing); returns it."""
+        return self._run(calls.update(self._key, values))  # type: ignore[no-any-return]
+
+    def _incr(self, name: str, by: int | float = 1) -> Any:
+        """Add ``by`` on the server (a missing name starts at 0); returns the new value."""
+        return self._run(calls.incr(self._key, name, by))
+
+    def _append(self, name: str, *items: Any) -> int:
+        """Extend a shared list in place (a missing name starts empty); returns its length."""
+        return self._run(calls.append(self._key, name, items))  # type: ignore[no-any-return]
+
+    def _setdefault(self, name: str, value: Any) -> Any:
+        """Set ``name`` unless it is set; returns the value it holds afterwards."""
+        return self._run(calls.setdefault(self._key, name, value))
+
+    def _pop(self, name: str, *default: Any) -> Any:
+        """Remove ``name`` and return its value (or ``default``, if given, when it is unset)."""
+        try:
+            return self._run(calls.pop(self._key, name))
+        except AttributeError:
+            if default:
+                return default[0]
+            raise
+
+    def _cas(self, name: str, expected: Any, new: Any) -> bool:
+        """Set ``name`` to ``new`` only if it equals ``expected`` (same type); whether it did."""
+        return self._run(calls.cas(self._key, name, expected, new))  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ watches and locks
+
+    def _watch(self, *names: str, since: int | None = None) -> Watch:
+        """Iterate over changes (of ``names``, or all) as the server pushes them.
+
+        ``since=revision`` first replays what changed after that revision (HistoryExpired if
+        the server no longer remembers that far). The watch has its own connection: close it
+        (``with`` / ``break`` out of a ``for`` loop) when done.
+        """
+        return Watch(self._aionamespace.target, names, since)
+
+    def _wait_for(self, name: str, predicate: Callable[[Any], bool] | None = None,
+                  timeout: float | None = None) -> Any:
+        """Block until ``predicate(value)`` holds (or, without one, until ``name`` is set
+        again) and return the value; TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._watch(name) as watch:
+            if predicate is not None and name in watch.values and predicate(watch.values[name]):
+                return watch.values[name]
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                event = watch.next(timeout=remaining)
+                if not event.deleted and (predicate is None or predicate(event.value)):
+                    return event.value
+
+    def _lock(self, name: str, timeout: float | None = None) -> Lock:
+        """A lock shared by every process using this server: ``with ns._lock("name"):``.
+
+        Released on exit, or by the server as soon as this connection dies. ``timeout``
+        seconds without getting it raise TimeoutError.
+        """
+        return Lock(self, name, timeout)
 
     def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""

@@ -1,0 +1,178 @@
+"""Applying requests: the store, watches and locks, for any number of connections.
+
+The server's I/O shells hand each connection's parsed events to ``Dispatcher.respond`` and
+write back the bytes it returns, in one write. Everything here is synchronous, so a batch is
+applied atomically, in order. Two things reach a connection *outside* its own replies, through
+``Peer.write``:
+
+* watch pushes: every change a store commits is pushed to the connections watching that
+  namespace, gathered per connection during a batch and written once at its end;
+* deferred replies: an ``acquire`` that has to wait is answered when the lock is handed over.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ._errors import HistoryExpired, ProtocolError, RemoteProtocolError
+from ._locks import LockTable
+from ._protocol import BadRequest, Hello, Refusal, Request, ServerConnection
+from ._store import Change, Store
+
+__all__ = ["Dispatcher", "Peer"]
+
+logger = logging.getLogger("aionamespace.server")
+
+# Exceptions an op may raise on purpose; they go back to the caller as an error reply.
+_CALLER_ERRORS = (AttributeError, KeyError, TypeError, ValueError, OverflowError,
+                  TimeoutError, ProtocolError, HistoryExpired)
+
+
+class Peer(Protocol):
+    """What the dispatcher needs of a connection."""
+
+    protocol: ServerConnection
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for this connection without blocking."""
+
+
+class _Watch:
+    __slots__ = ("id", "names", "peer")
+
+    def __init__(self, watch_id: int, peer: Peer, names: frozenset[str] | None) -> None:
+        self.id, self.peer, self.names = watch_id, peer, names
+
+
+class Dispatcher:
+    """The op layer between the protocol and the store, shared by all connections."""
+
+    def __init__(self, store: Store,
+                 call_later: Callable[[float, Callable[[], None]], Callable[[], None]]) -> None:
+        self.store = store
+        store.on_change = self._changed
+        self.locks = LockTable(call_later)
+        self._watches: dict[str, dict[int, _Watch]] = {}  # namespace key -> watch id -> watch
+        self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
+        self._last_watch_id = 0
+        self._pushes: dict[Peer, list[bytes]] = {}
+        self._store_ops: dict[str, Callable[..., Any]] = {
+            "ping": lambda: None,
+            "keys": store.keys,
+            "open": store.open,
+            "get": store.get,
+            "set": store.set,
+            "del": store.delete,
+            "dump": lambda key: store.snapshot(key, None)[1],
+            "snapshot": lambda key, names: list(store.snapshot(key, names)),
+            "update": store.update,
+            "setdefault": store.setdefault,
+            "pop": store.pop,
+            "incr": store.incr,
+            "append": store.append,
+            "cas": store.cas,
+        }
+        self._peer_ops: dict[str, Callable[..., bytes]] = {
+            "watch": self._watch,
+            "unwatch": self._unwatch,
+            "acquire": self._acquire,
+            "release": self._release,
+        }
+
+    def respond(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal]) -> bytes:
+        """Apply a batch of events in order; return the answers (and pushes) as one write."""
+        out = [self._apply(peer, event) for event in events]
+        if self._pushes:
+            pushes, self._pushes = self._pushes, {}
+            for other, frames in pushes.items():
+                if other is peer:
+                    out.extend(frames)
+                else:
+                    other.write(b"".join(frames))
+        return b"".join(out)
+
+    def connection_lost(self, peer: Peer) -> None:
+        """Forget a connection's watches; release its locks (the next waiter gets them)."""
+        for watch_id, key in self._peer_watches.pop(peer, {}).items():
+            self._remove_watch(key, watch_id)
+        self._pushes.pop(peer, None)
+        self.locks.drop_connection(peer)
+
+    def _apply(self, peer: Peer, event: Hello | Request | BadRequest | Refusal) -> bytes:
+        protocol = peer.protocol
+        if type(event) is Request:
+            try:
+                store_op = self._store_ops.get(event.op)
+                if store_op is not None:
+                    return protocol.send_result(event.id, store_op(*event.args))
+                return self._peer_ops[event.op](peer, event.id, *event.args)
+            except _CALLER_ERRORS as exc:
+                return protocol.send_error(event.id, exc)
+            except Exception as exc:  # a bug in a store must not take the server down
+                logger.exception("internal error applying %s", event.op)
+                return protocol.send_error(event.id, exc)
+        if type(event) is Hello:
+            return protocol.send_hello()
+        if type(event) is BadRequest:
+            return protocol.send_error(event.id, RemoteProtocolError(event.message))
+        assert type(event) is Refusal
+        return protocol.send_refusal(event.error)
+
+    # ------------------------------------------------------------------ watches
+
+    def _changed(self, change: Change) -> None:
+        for watch in self._watches.get(change.key, {}).values():
+            if watch.names is None or change.name in watch.names:
+                self._pushes.setdefault(watch.peer, []).append(
+                    ServerConnection.send_event(watch.id, change.revision, change.name,
+                                                change.value))
+
+    def _watch(self, peer: Peer, request_id: int, key: str, names: list[str] | None,
+               since: int | None) -> bytes:
+        selected = frozenset(names) if names is not None else None
+        revision, values = self.store.snapshot(key, names)
+        replay = [] if since is None else self.store.history(key, since)  # may raise
+        self._last_watch_id += 1
+        watch = _Watch(self._last_watch_id, peer, selected)
+        self._watches.setdefault(key, {})[watch.id] = watch
+        self._peer_watches.setdefault(peer, {})[watch.id] = key
+        frames = [ServerConnection.send_event(watch.id, c.revision, c.name, c.value)
+                  for c in replay if selected is None or c.name in selected]
+        if frames:  # sent after the reply, which tells the client the watch id
+            self._pushes.setdefault(peer, []).extend(frames)
+        return peer.protocol.send_result(
+            request_id, [watch.id, revision, values if since is None else {}])
+
+    def _unwatch(self, peer: Peer, request_id: int, watch_id: int) -> bytes:
+        key = self._peer_watches.get(peer, {}).pop(watch_id, None)
+        if key is not None:
+            self._remove_watch(key, watch_id)
+        return peer.protocol.send_result(request_id, key is not None)
+
+    def _remove_watch(self, key: str, watch_id: int) -> None:
+        watches = self._watches.get(key)
+        if watches is not None:
+            watches.pop(watch_id, None)
+            if not watches:
+                del self._watches[key]
+
+    # ------------------------------------------------------------------ locks
+
+    def _acquire(self, peer: Peer, request_id: int, key: str, name: str, token: bytes,
+                 timeout: float | None) -> bytes:
+        protocol = peer.protocol
+
+        def grant(error: BaseException | None) -> None:
+            if error is None:
+                peer.write(protocol.send_result(request_id, None))
+            else:
+                peer.write(protocol.send_error(request_id, error))
+
+        if self.locks.acquire(key, name, (peer, token), timeout, grant):
+            return protocol.send_result(request_id, None)
+        return b""  # answered later, by grant()
+
+    def _release(self, peer: Peer, request_id: int, key: str, name: str, token: bytes) -> bytes:
+        return peer.protocol.send_result(request_id, self.locks.release(key, name, (peer, token)))

@@ -1,0 +1,332 @@
+"""Many tasks, one connection: the I/O machinery behind ``AsyncNamespace``.
+
+No background task is required:
+
+* every operation encodes its frame at once and appends it to the *outbox*; whoever holds the
+  send lock sends the whole outbox in one write, so concurrent requests are pipelined and
+  ``ns.x = v`` (which cannot await) is sent, in order, by the next await on the proxy;
+* replies are matched by request id. One waiting task at a time is the *reader*: it reads
+  chunks and hands each reply to its owner's event; when its own reply arrives it passes the
+  role to another waiter. A cancelled waiter's reply is read and dropped, never delivered to
+  anyone else;
+* inside ``async with ns:`` a pump task sends queued writes as soon as they are made and reads
+  their acknowledgements.
+
+While a large outbox is being sent, a helper reads concurrently, so a server blocked on
+answering us can never deadlock against us blocked on sending to it.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ._errors import ConnectionLost, ProtocolError, map_connection_errors
+from ._protocol import Address, ClientConnection, Hello, Push, Reply
+from ._proxy import Target
+
+__all__ = ["Multiplexer", "open_connection"]
+
+READ_CHUNK_BYTES = 256 * 1024
+CONCURRENT_READ_ABOVE_BYTES = 64 * 1024
+
+
+async def open_stream(address: Address) -> anyio.abc.ByteStream:
+    if isinstance(address, tuple):
+        return await anyio.connect_tcp(*address)
+    return await anyio.connect_unix(address)
+
+
+async def open_connection(target: Target, protocol: ClientConnection) -> anyio.abc.ByteStream:
+    """Connect to ``target`` and complete the handshake (hello, then the authkey proof)."""
+    with map_connection_errors(target.address, connecting=True):
+        stream = await open_stream(target.address)
+        try:
+            protocol.reset()
+            await stream.send(protocol.send_hello())
+            while not protocol.greeted:
+                events = protocol.receive_data(await stream.receive())
+                if events and type(events[0]) is not Hello:
+                    raise ProtocolError("the server answered before greeting")
+            proof = protocol.send_proof()
+            if proof:
+                await stream.send(proof)
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
+    return stream
+
+
+class _Waiter:
+    """A task waiting for reply ``id`` (or, with ``until``, for every reply up to that id)."""
+
+    __slots__ = ("done", "error", "id", "result", "until", "wakeup", "wants_push")
+
+    def __init__(self, request_id: int = 0, until: int = 0, wants_push: bool = False) -> None:
+        self.id = request_id
+        self.until = until
+        self.wants_push = wants_push
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.wakeup = anyio.Event()
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.done = result, error, True
+        self.wakeup.set()
+
+
+class Multiplexer:
+    """One connection shared by every task of one AsyncNamespace, bound to the event loop
+    that first used it."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.protocol = ClientConnection(target.limits, target.authkey)
+        self.outbox: list[tuple[int, bytes]] = []  # (request id, frame), not sent yet
+        self.queued_writes: set[int] = set()  # write ids in the outbox
+        self.inflight_writes: set[int] = set()  # write ids sent, not yet acknowledged
+        self.write_errors: list[BaseException] = []
+        self.loop: object = None
+        self.stream: anyio.abc.ByteStream | None = None
+        self.last_error: BaseException | None = None
+        self.waiting: dict[_Waiter, None] = {}  # every task waiting on this connection
+        self.by_id: dict[int, _Waiter] = {}
+        self.reading = False
+        self.send_lock: anyio.Lock | None = None
+        self.connect_lock: anyio.Lock | None = None
+        self.kick: anyio.Event | None = None  # set while a pump task runs (async with)
+        self.pump_group: anyio.abc.TaskGroup | None = None
+        self.pushes: collections.deque[Push] = collections.deque()  # for a watch's connection
+
+    def bind(self) -> None:
+        """Bind to the running event loop (a proxy unpickled or reused in a new loop rebinds)."""
+        loop = anyio.lowlevel.current_token()
+        if self.loop == loop:
+            return
+        if self.stream is not None:  # left over from a loop that has ended: drop it
+            self.stream = None
+            self.lost(ConnectionLost("the event loop that opened the connection has ended"))
+        self.loop = loop
+        self.send_lock = anyio.Lock()
+        self.connect_lock = anyio.Lock()
+        self.reading = False
+
+    def lost(self, error: BaseException) -> None:
+        """The connection is gone: fail every waiter; keep unsent writes for the next one."""
+        self.stream = None
+        self.last_error = error
+        if self.inflight_writes:
+            count = len(self.inflight_writes)
+            self.inflight_writes.clear()
+            self.write_errors.append(ConnectionLost(
+                f"{count} write(s) were sent but not acknowledged before the connection was "
+                f"lost ({error}); they may or may not have been applied"))
+        self.outbox = [(i, frame) for i, frame in self.outbox if i in self.queued_writes]
+        for waiter in list(self.waiting):
+            waiter.finish(error=error)
+
+    def dispatch(self, reply: Reply) -> None:
+        if reply.id == 0:  # the server is dropping the connection and says why
+            self.lost(reply.error or ConnectionLost("the server closed the connection"))
+            return
+        if reply.id in self.inflight_writes:
+            self.inflight_writes.discard(reply.id)
+            if reply.error is not None:
+                self.write_errors.append(reply.error)
+        waiter = self.by_id.pop(reply.id, None)
+        if waiter is not None:
+            waiter.finish(reply.result, reply.error)
+        for waiter in list(self.waiting):
+            if waiter.until and not waiter.done and reply.id >= waiter.until:
+                waiter.finish()
+
+    def wake_next_reader(self) -> None:
+        for waiter in self.waiting:
+            if not waiter.done:
+                waiter.wakeup.set()
+                return
+
+    def queue_write(self, op: str, *args: Any) -> None:
+        request_id, frame = self.protocol.send_request(op, *args)
+        self.outbox.append((request_id, frame))
+        self.queued_writes.add(request_id)
+        if self.kick is not None:
+            self.kick.set()
+
+    async def flush(self) -> None:
+        """Send every queued write, wait for all acknowledgements, raise the first failure."""
+        self.bind()
+        if self.outbox:
+            await self.connect()
+            await self.drain()
+        if self.inflight_writes:
+            await self.wait(_Waiter(until=max(self.inflight_writes)))
+        errors, self.write_errors = self.write_errors, []
+        if errors:
+            raise errors[0]
+
+    async def close(self) -> None:
+        """Flush queued writes, then close the connection (a later use reconnects)."""
+        try:
+            if self.outbox or self.inflight_writes:
+                await self.flush()
+        finally:
+            stream = self.stream
+            self.lost(ConnectionLost("the proxy was closed"))
+            if stream is not None:
+                await anyio.aclose_forcefully(stream)
+
+    async def request(self, op: str, *args: Any) -> Any:
+        self.bind()
+        request_id, frame = self.protocol.send_request(op, *args)
+        waiter = _Waiter(request_id)
+        self.by_id[request_id] = waiter
+        self.outbox.append((request_id, frame))
+        try:
+            await self.connect()
+            await self.drain()
+            await self.wait(waiter)
+        finally:
+            self.by_id.pop(request_id, None)
+            if not waiter.done:  # failed or cancelled: if the frame was never sent, drop it
+                self.outbox = [(i, frame) for i, frame in self.outbox if i != request_id]
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    async def next_push(self) -> Push:
+        """The next watch event pushed on this connection."""
+        self.bind()
+        while not self.pushes:
+            waiter = _Waiter(wants_push=True)
+            await self.wait(waiter)
+            if waiter.error is not None:
+                raise waiter.error
+        return self.pushes.popleft()
+
+    async def connect(self) -> None:
+        if self.stream is not None:
+            return
+        assert self.connect_lock is not None
+        async with self.connect_lock:
+            if self.stream is None:
+                self.stream = await open_connection(self.target, self.protocol)
+                self.last_error = None
+
+    async def start_pump(self) -> None:
+        """``async with ns:`` -- run a task that sends writes as soon as they are queued."""
+        self.bind()
+        if self.pump_group is not None:
+            raise RuntimeError("this AsyncNamespace is already in an 'async with' block")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self.pump_group, self.kick = group, anyio.Event()
+        group.start_soon(self.pump)
+
+    async def stop_pump(self) -> None:
+        group, self.pump_group, self.kick = self.pump_group, None, None
+        try:
+            await self.close()
+        finally:
+            if group is not None:
+                group.cancel_scope.cancel()
+                await group.__aexit__(None, None, None)
+
+    async def drain(self) -> None:
+        """Send the whole outbox (coalesced); a task finding the lock taken waits its turn."""
+        assert self.send_lock is not None
+        async with self.send_lock:
+            while self.outbox and self.stream is not None:
+                batch, self.outbox = self.outbox, []
+                for request_id, _ in batch:
+                    if request_id in self.queued_writes:
+                        self.queued_writes.discard(request_id)
+                        self.inflight_writes.add(request_id)
+                data = b"".join(frame for _, frame in batch)
+                # Shielded: a frame half sent would desynchronise the stream for every task.
+                with anyio.CancelScope(shield=True):
+                    await self.send(self.stream, data)
+
+    async def send(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
+        try:
+            with map_connection_errors(self.target.address):
+                if len(data) <= CONCURRENT_READ_ABOVE_BYTES:
+                    await stream.send(data)
+                    return
+                helper = _Waiter()
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self.wait, helper)
+                    await stream.send(data)
+                    helper.finish()
+                    group.cancel_scope.cancel()
+        except ConnectionLost as exc:
+            if self.stream is stream:
+                self.lost(exc)
+            raise
+
+    async def wait(self, waiter: _Waiter) -> None:
+        """Wait until ``waiter`` is done, taking the reader role whenever nobody holds it."""
+        self.waiting[waiter] = None
+        try:
+            while not waiter.done:
+                if self.reading:
+                    await waiter.wakeup.wait()
+                    if not waiter.done:
+                        waiter.wakeup = anyio.Event()
+                    continue
+                self.reading = True
+                try:
+                    while not waiter.done:
+                        await self.read_once()
+                finally:
+                    self.reading = False
+                    del self.waiting[waiter]
+                    self.wake_next_reader()
+        finally:
+            self.waiting.pop(waiter, None)
+
+    async def read_once(self) -> None:
+        stream = self.stream
+        if stream is None:
+            self.lost(self.last_error or ConnectionLost("not connected"))
+            return
+        try:
+            with map_connection_errors(self.target.address):
+                data = await stream.receive(READ_CHUNK_BYTES)
+            events = self.protocol.receive_data(data)
+        except (ConnectionLost, ProtocolError) as exc:
+            if self.stream is stream:
+                self.lost(exc)
+                await anyio.aclose_forcefully(stream)
+            return
+        for event in events:
+            if type(event) is Reply:
+                self.dispatch(event)
+            elif type(event) is Push:
+                self.pushes.append(event)
+                for waiter in list(self.waiting):
+                    if waiter.wants_push:
+                        waiter.finish()
+        if self.stream is not stream:  # the server said goodbye in one of those frames
+            await anyio.aclose_forcefully(stream)
+
+    async def pump(self) -> None:
+        """Inside ``async with``: send writes as they are queued and read their acks."""
+        while self.kick is not None:
+            kick = self.kick
+            await kick.wait()
+            if self.kick is kick:
+                self.kick = anyio.Event()
+            try:
+                if self.outbox:
+                    await self.connect()
+                    await self.drain()
+                if self.inflight_writes:
+                    await self.wait(_Waiter(until=max(self.inflight_writes)))
+            except ConnectionLost:
+                pass  # unsent writes stay queued; flush() reconnects and reports

@@ -1,0 +1,155 @@
+"""The operations a request may name, and what their arguments must be (sans-IO).
+
+Each op lists the *kinds* of its arguments; every kind has one check. The server runs the
+checks before an op reaches the store, so the store only ever sees valid keys, names and
+encoded values; the client runs the name checks before sending, so a bad name fails at the
+call site. docs/PROTOCOL.md, "Operations", is this table in prose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._codec import ValueDecodeError, decode_value
+
+if TYPE_CHECKING:
+    from ._protocol import Limits
+
+__all__ = ["DEFERRED_OPS", "OPS", "check_args", "check_names"]
+
+MAX_TOKEN_BYTES = 64
+
+#: op -> the kinds of its arguments.
+OPS: dict[str, tuple[str, ...]] = {
+    "ping": (),
+    "keys": (),  # -> [key, ...]: every namespace the server holds
+    "open": ("key", "values"),  # create; set the names it lacks -> nil
+    "get": ("key", "name"),  # -> value
+    "set": ("key", "name", "value"),  # -> revision
+    "del": ("key", "name"),  # -> revision
+    "dump": ("key",),  # -> {name: value}
+    "snapshot": ("key", "names?"),  # -> [revision, {name: value}]
+    "update": ("key", "values"),  # all at once, one revision -> revision
+    "setdefault": ("key", "name", "value"),  # -> the value now held
+    "pop": ("key", "name"),  # -> the value removed
+    "incr": ("key", "name", "value"),  # add an int or float -> new value
+    "append": ("key", "name", "items"),  # extend a list in place -> new length
+    "cas": ("key", "name", "value", "value"),  # compare and swap -> bool
+    "watch": ("key", "names?", "revision?"),  # -> [watch id, revision, {name: value}]
+    "unwatch": ("watch_id",),  # -> nil
+    "acquire": ("key", "name", "token", "timeout?"),  # -> nil, when acquired (deferred)
+    "release": ("key", "name", "token"),  # -> bool: whether it was held or awaited
+}
+
+#: Ops whose reply may come after the replies to later requests (docs/PROTOCOL.md).
+DEFERRED_OPS = frozenset({"acquire"})
+
+
+def _name(limits: Limits, value: Any) -> str | None:
+    return limits.check_name(value)
+
+
+def _value(limits: Limits, value: Any) -> str | None:
+    if type(value) is not bytes:
+        return "values travel as bin"
+    try:
+        decode_value(value)
+    except ValueDecodeError as exc:
+        return str(exc)
+    return None
+
+
+def _values(limits: Limits, values: Any) -> str | None:
+    if type(values) is not dict:
+        return "expected a map of name to value"
+    for name, value in values.items():
+        problem = limits.check_name(name) or _value(limits, value)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _items(limits: Limits, items: Any) -> str | None:
+    if type(items) is not list:
+        return "expected an array of values"
+    for item in items:
+        problem = _value(limits, item)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _names(limits: Limits, names: Any) -> str | None:
+    if names is None:
+        return None
+    if type(names) is not list:
+        return "expected an array of names or nil"
+    for name in names:
+        problem = limits.check_name(name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _revision(limits: Limits, revision: Any) -> str | None:
+    if revision is None or (type(revision) is int and revision >= 0):
+        return None
+    return "a revision is a non-negative integer or nil"
+
+
+def _watch_id(limits: Limits, watch_id: Any) -> str | None:
+    return None if type(watch_id) is int and watch_id > 0 else "a watch id is a positive integer"
+
+
+def _token(limits: Limits, token: Any) -> str | None:
+    if type(token) is bytes and 0 < len(token) <= MAX_TOKEN_BYTES:
+        return None
+    return f"a lock token is 1 to {MAX_TOKEN_BYTES} bytes"
+
+
+def _timeout(limits: Limits, timeout: Any) -> str | None:
+    if timeout is None:
+        return None
+    if type(timeout) in (int, float) and 0 <= timeout and math.isfinite(timeout):
+        return None
+    return "a timeout is a non-negative finite number of seconds or nil"
+
+
+_CHECKS: dict[str, Callable[[Limits, Any], str | None]] = {
+    "key": _name,
+    "name": _name,
+    "value": _value,
+    "values": _values,
+    "items": _items,
+    "names?": _names,
+    "revision?": _revision,
+    "watch_id": _watch_id,
+    "token": _token,
+    "timeout?": _timeout,
+}
+
+_NAME_KINDS = frozenset({"key", "name", "names?"})
+
+
+def check_args(limits: Limits, op: str, args: tuple[Any, ...]) -> str | None:
+    """Why ``args`` are not valid for ``op`` (which must be in OPS), or None."""
+    kinds = OPS[op]
+    if len(args) != len(kinds):
+        return f"{op} takes {len(kinds)} arguments ({', '.join(kinds)}), not {len(args)}"
+    for kind, arg in zip(kinds, args, strict=True):
+        problem = _CHECKS[kind](limits, arg)
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_names(limits: Limits, op: str, args: tuple[Any, ...]) -> str | None:
+    """The name checks only: what a client verifies before sending."""
+    for kind, arg in zip(OPS[op], args, strict=False):
+        if kind in _NAME_KINDS:
+            problem = _CHECKS[kind](limits, arg)
+            if problem is not None:
+                return problem
+    return None
