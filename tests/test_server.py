@@ -1,4 +1,4 @@
-"""Server behaviour on bad input and limits: answer what came before, refuse cleanly, keep serving."""
+"""Server behaviour on bad input and limits: answer what came first, refuse, keep serving."""
 
 from __future__ import annotations
 
