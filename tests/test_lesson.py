@@ -1,4 +1,4 @@
-"""The stdlib Namespace lesson (shared/reference/namespace-lesson.txt), on our proxy and the stdlib's.
+"""The stdlib Namespace lesson (shared/reference/namespace-lesson.txt), ours beside the stdlib's.
 
 Every lesson program runs twice, once on ``aionamespace.Manager().Namespace()`` and once on
 ``multiprocessing.managers.SyncManager().Namespace()``, in real spawned or forked processes: the

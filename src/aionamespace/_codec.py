@@ -30,7 +30,14 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["MAX_DEPTH", "ExtCode", "ValueDecodeError", "decode_value", "encode_value"]
+__all__ = [
+    "MAX_DEPTH",
+    "ExtCode",
+    "ValueDecodeError",
+    "check_value",
+    "decode_value",
+    "encode_value",
+]
 
 #: Containers nested deeper than this are refused both ways (a self-referencing list, a bomb).
 MAX_DEPTH = 256
@@ -68,7 +75,7 @@ def _default(obj: Any) -> msgpack.ExtType:
     """Encode what msgpack cannot carry natively (called by the packer)."""
     cls = type(obj)
     if cls is int:  # only reached when it does not fit in 64 bits
-        length = (obj.bit_length() + 8) // 8  # +1 bit for the sign
+        length = (obj if obj >= 0 else ~obj).bit_length() // 8 + 1  # minimal, with a sign bit
         return msgpack.ExtType(ExtCode.BIGINT, obj.to_bytes(length, "big", signed=True))
     if cls is tuple:
         return msgpack.ExtType(ExtCode.TUPLE, _pack_items(obj))
@@ -135,7 +142,11 @@ def _needs_rewrite(obj: Any, depth: int) -> bool:
 
 
 def _rewrite(obj: Any) -> Any:
-    """Copy ``obj`` with bytearrays marked and memoryviews refused (the rare slow path)."""
+    """Copy ``obj`` with bytearrays marked and memoryviews refused (the rare slow path).
+
+    Set items and dict keys are hashable, so they never hold a bytearray; they are only
+    searched for a (hashable, read-only) memoryview, and kept as they are.
+    """
     cls = type(obj)
     if cls is bytearray:
         return _MarkedBytearray(obj)
@@ -147,30 +158,21 @@ def _rewrite(obj: Any) -> Any:
         return [_rewrite(item) for item in obj]
     if cls is tuple:
         return tuple(_rewrite(item) for item in obj)
-    if cls is set:
-        return _RewrittenSet(_rewrite(item) for item in obj)
-    if cls is frozenset:
-        return _RewrittenFrozenset(_rewrite(item) for item in obj)
+    if cls is set or cls is frozenset:
+        for item in obj:
+            _rewrite(item)
+        return obj
     if cls is dict:
-        return {_rewrite(k): _rewrite(v) for k, v in obj.items()}
+        rewritten = {}
+        for key, value in obj.items():
+            _rewrite(key)
+            rewritten[key] = _rewrite(value)
+        return rewritten
     return obj
 
 
-class _RewrittenSet(list):  # type: ignore[type-arg]
-    """A set whose items had to be rewritten (marked bytearrays are not hashable)."""
-
-
-class _RewrittenFrozenset(list):  # type: ignore[type-arg]
-    """A frozenset whose items had to be rewritten."""
-
-
 def _default_with_rewrites(obj: Any) -> msgpack.ExtType:
-    cls = type(obj)
-    if cls is _RewrittenSet:
-        return msgpack.ExtType(ExtCode.SET, _packb_rewritten(list(obj)))
-    if cls is _RewrittenFrozenset:
-        return msgpack.ExtType(ExtCode.FROZENSET, _packb_rewritten(list(obj)))
-    if cls is tuple:
+    if type(obj) is tuple:  # may hold marked bytearrays: pack its items on this path too
         return msgpack.ExtType(ExtCode.TUPLE, _packb_rewritten(list(obj)))
     return _default(obj)
 
@@ -254,4 +256,32 @@ def decode_value(data: bytes) -> Any:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, decimal.InvalidOperation,
             msgpack.UnpackException) as exc:
-        raise ValueDecodeError(f"malformed value: {exc}") from None
+        raise ValueDecodeError(f"malformed value: {type(exc).__name__}: {exc}") from None
+
+
+# msgpack decodes its timestamp extension (code -1) itself, into msgpack.Timestamp, which is
+# not a value we carry. Its three encodings start with these bytes; only a value holding one
+# of them needs the walk that looks for a Timestamp.
+_TIMESTAMP_MARKERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+def check_value(data: bytes) -> None:
+    """Raise ValueDecodeError unless ``data`` is a value another client can read back.
+
+    Stricter than ``decode_value``: it also refuses msgpack timestamps. The server runs it on
+    every value it is asked to store.
+    """
+    value = decode_value(data)
+    if any(marker in data for marker in _TIMESTAMP_MARKERS) and _holds_timestamp(value):
+        raise ValueDecodeError("msgpack timestamps (extension -1) are not supported values")
+
+
+def _holds_timestamp(value: Any) -> bool:
+    cls = type(value)
+    if cls is msgpack.Timestamp:
+        return True
+    if cls in (list, tuple, set, frozenset):
+        return any(_holds_timestamp(item) for item in value)
+    if cls is dict:
+        return any(_holds_timestamp(k) or _holds_timestamp(v) for k, v in value.items())
+    return False

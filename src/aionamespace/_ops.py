@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._codec import ValueDecodeError, decode_value
+from ._codec import ValueDecodeError, check_value
 
 if TYPE_CHECKING:
     from ._protocol import Limits
@@ -55,7 +55,7 @@ def _value(limits: Limits, value: Any) -> str | None:
     if type(value) is not bytes:
         return "values travel as bin"
     try:
-        decode_value(value)
+        check_value(value)
     except ValueDecodeError as exc:
         return str(exc)
     return None

@@ -81,26 +81,47 @@ class Limits:
 
 
 class FrameDecoder:
-    """Incremental frame parser: ``feed(bytes)`` returns every frame completed so far."""
+    """Incremental frame parser: ``feed(bytes)`` returns every frame completed so far.
+
+    ``max_frame_bytes`` bounds one frame, not a read: bytes are fed to msgpack no faster than
+    the unfinished frame leaves room for, so any number of small pipelined frames pass while
+    one frame over the limit is refused before it is buffered whole. Once the stream breaks,
+    ``error`` holds why: ``feed`` still returns the frames completed before the bad bytes
+    (they deserve their answers) and raises only when there are none.
+    """
 
     def __init__(self, max_frame_bytes: int) -> None:
+        self._max = max_frame_bytes
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=max_frame_bytes, raw=False, strict_map_key=True, use_list=True
         )
-        self._broken = False
+        self._fed = 0
+        self.error: RemoteProtocolError | None = None
 
     def feed(self, data: bytes | memoryview) -> list[Any]:
-        if self._broken:
-            raise RemoteProtocolError("the connection already sent malformed data")
+        if self.error is not None:
+            raise self.error
+        frames: list[Any] = []
+        view = memoryview(data)
         try:
-            self._unpacker.feed(data)
-            return list(self._unpacker)
-        except msgpack.BufferFull:
-            self._broken = True
-            raise RemoteProtocolError("frame larger than max_frame_bytes") from None
+            while True:
+                room = self._max - (self._fed - self._unpacker.tell())
+                if room <= 0:
+                    raise RemoteProtocolError(f"frame larger than max_frame_bytes ({self._max})")
+                piece, view = view[:room], view[room:]
+                self._unpacker.feed(piece)
+                self._fed += len(piece)
+                frames.extend(self._unpacker)
+                if not view:
+                    return frames
+        except RemoteProtocolError as exc:
+            self.error = exc
         except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
-            self._broken = True
-            raise RemoteProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from None
+            detail = str(exc) or "invalid msgpack"
+            self.error = RemoteProtocolError(f"malformed frame: {type(exc).__name__}: {detail}")
+        if not frames:
+            raise self.error
+        return frames
 
 
 def pack_frame(frame: Any) -> bytes:
@@ -162,10 +183,12 @@ class Reply:
     error: Exception | None = None
 
 
-def _check_hello(frame: Any) -> Hello:
+def _check_hello(frame: Any, *, from_server: bool) -> Hello:
     if type(frame) is not dict or frame.get("protocol") != PROTOCOL_NAME:
         raise RemoteProtocolError("peer does not speak the aionamespace protocol")
     if "error" in frame:
+        if not from_server:
+            raise RemoteProtocolError("a client hello cannot carry an error")
         error = frame["error"]
         if type(error) is list and len(error) == 2 and all(type(e) is str for e in error):
             raise exception_from_reply(error[0], error[1])
@@ -210,13 +233,18 @@ class ServerConnection:
                     self._check_client_proof(frame)
                 else:
                     events.append(self._check_request(frame))
+            if self._decoder.error is not None:
+                raise self._decoder.error
         except (RemoteProtocolError, AuthenticationError) as exc:
             self.refused = True
             events.append(Refusal(exc))
+        except Exception as exc:  # never let a peer's bytes raise anything unexpected here
+            self.refused = True
+            events.append(Refusal(RemoteProtocolError(f"unusable frame: {exc!r}")))
         return events
 
     def _check_client_hello(self, frame: Any) -> Hello:
-        hello = _check_hello(frame)
+        hello = _check_hello(frame, from_server=False)
         if hello.version != PROTOCOL_VERSION:
             raise RemoteProtocolError(
                 f"unsupported protocol version {hello.version}; "
@@ -317,7 +345,10 @@ class ClientConnection:
         return self._proof
 
     def _check_server_hello(self, frame: Any) -> Hello:
-        hello = _check_hello(frame)
+        hello = _check_hello(frame, from_server=True)
+        if hello.version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"the server speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}")
         if self._authkey is not None:
             server_challenge = hello.info.get("challenge")
             if not isinstance(server_challenge, bytes) or not _auth.is_challenge(server_challenge):
@@ -355,6 +386,8 @@ class ClientConnection:
                 events.append(self._check_server_hello(frame))
                 continue
             events.append(_check_reply(frame))
+        if self._decoder.error is not None:  # the server sent garbage: this connection is done
+            raise self._decoder.error
         return events
 
 
