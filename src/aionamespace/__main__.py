@@ -1,14 +1,19 @@
-"""Command line: ``python -m aionamespace serve|demo``.
+"""Command line: ``python -m aionamespace serve|demo|get|set|del|dump|watch``.
 
 ``serve --unix PATH`` or ``serve --tcp HOST:PORT`` runs a server until Ctrl-C or SIGTERM, which
 stop it cleanly (the socket file is removed). With AIONAMESPACE_AUTHKEY set in its environment,
-clients must prove they know that key. ``demo`` runs the stdlib Namespace lesson on
-spawned processes against an embedded server, then reads the same board with ``await``.
+clients must prove they know that key. ``demo`` runs the stdlib Namespace lesson on spawned
+processes against an embedded server, then reads the same board with ``await``.
+
+``get|set|del|dump|watch ADDRESS ...`` inspect and change a running server (ADDRESS: a Unix
+socket path or HOST:PORT; values are given and shown as Python literals; the client side also
+reads AIONAMESPACE_AUTHKEY). ``watch`` prints every change as it happens, until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import json
 import os
@@ -20,8 +25,10 @@ import anyio
 import anyio.abc
 
 from ._busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
+from ._errors import NamespaceError
 from ._protocol import Address, format_address, parse_address
 from ._server import Server
+from ._sync import Namespace
 
 __all__ = ["AUTHKEY_ENV", "main"]
 
@@ -81,7 +88,58 @@ def _parser() -> argparse.ArgumentParser:
              "(default %(default)s; 0 disables)")
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("demo", help="the Namespace lesson on spawned processes, then asyncio")
+    get_cmd = commands.add_parser("get", help="print one attribute")
+    set_cmd = commands.add_parser("set", help="set one attribute to a Python literal")
+    del_cmd = commands.add_parser("del", help="delete one attribute")
+    for command in (get_cmd, set_cmd, del_cmd):
+        command.add_argument("address", help="a Unix socket path or HOST:PORT")
+        command.add_argument("namespace", help="the namespace's name (or anonymous key)")
+        command.add_argument("name", help="the attribute")
+    set_cmd.add_argument("value", help="a Python literal: 42, 'text', [1, 2], {'a': (1, 2)}")
+    dump_cmd = commands.add_parser("dump", help="print namespaces and their attributes")
+    dump_cmd.add_argument("address")
+    dump_cmd.add_argument("namespace", nargs="?", help="only this one (default: all)")
+    watch_cmd = commands.add_parser("watch", help="print changes as they happen")
+    watch_cmd.add_argument("address")
+    watch_cmd.add_argument("namespace")
+    watch_cmd.add_argument("names", nargs="*", help="only these attributes (default: all)")
+    watch_cmd.add_argument("--since", type=int, metavar="REVISION",
+                           help="first replay the changes made after this revision")
     return parser
+
+
+def _client_authkey() -> bytes | None:
+    key_text = os.environ.get(AUTHKEY_ENV)
+    return key_text.encode() if key_text else None
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    address = parse_address(args.address)
+    authkey = _client_authkey()
+    if args.command == "dump":
+        keys = [args.namespace] if args.namespace else Namespace(address, authkey=authkey)._keys()
+        for key in keys:
+            print(f"{key}: {Namespace(address, key, authkey=authkey)}")
+        return 0
+    ns = Namespace(address, args.namespace, authkey=authkey)
+    if args.command == "get":
+        print(repr(getattr(ns, args.name)))
+    elif args.command == "set":
+        try:
+            value = ast.literal_eval(args.value)
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(f"not a Python literal: {args.value!r} ({exc})") from None
+        setattr(ns, args.name, value)
+    elif args.command == "del":
+        delattr(ns, args.name)
+    else:
+        with ns._watch(*args.names, since=args.since) as watch:
+            print(f"watching {args.namespace!r} from revision {watch.revision} (Ctrl-C stops)",
+                  flush=True)
+            for event in watch:
+                change = "deleted" if event.deleted else f"= {event.value!r}"
+                print(f"{event.revision:>8}  {event.name} {change}", flush=True)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_demo()
         return 0
+    if args.command != "serve":
+        try:
+            return _run_client_command(args)
+        except KeyboardInterrupt:
+            return 130
+        except (NamespaceError, AttributeError, TypeError, ValueError) as exc:
+            print(f"aionamespace: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     address: Address = args.unix if args.unix else parse_address(f"tcp:{args.tcp}")
     if args.parent_pipe:  # a Manager started us: its first line says what key to require
         config = json.loads(sys.stdin.buffer.readline() or b"{}")

@@ -369,6 +369,10 @@ class Namespace(ProxyBase):
         """
         return Lock(self, name, timeout)
 
+    def _keys(self) -> list[str]:
+        """The keys of every namespace on this proxy's server (named and anonymous)."""
+        return self._call("keys")  # type: ignore[no-any-return]
+
     def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""
         self._call("ping")
