@@ -215,9 +215,14 @@ class AsyncNamespace(ProxyBase):
         """Send every queued write, wait for all acknowledgements, raise the first failure."""
         state: _State = self._aionamespace
         state.bind()
-        if state.outbox:
-            await self._connect()
-            await self._drain()
+        try:
+            if state.outbox:
+                await self._connect()
+                await self._drain()
+        except ConnectionLost:
+            if not state.write_errors:
+                raise
+            # else: the loss is already recorded against the writes it hit; report it once
         if state.inflight_writes:
             await self._wait(_Waiter(until=max(state.inflight_writes)))
         errors, state.write_errors = state.write_errors, []
@@ -337,6 +342,7 @@ class AsyncNamespace(ProxyBase):
         except ConnectionLost as exc:
             if state.stream is stream:
                 state.lost(exc)
+            await anyio.aclose_forcefully(stream)
             raise
 
     async def _wait(self, waiter: _Waiter) -> None:

@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import Any
 
 from ._async import AsyncNamespace
-from ._codec import encode_value
 from ._errors import ConnectionLost
 from ._protocol import Address, format_address, parse_address
 from ._sync import Namespace
@@ -146,11 +145,14 @@ class Manager:
 
     def AsyncNamespace(self, name: str | None = None, /,
                        **initial: Any) -> AsyncNamespace:
-        """An awaitable proxy; ``initial`` values are sent with its first operation."""
+        """An awaitable proxy (see ``Namespace`` for ``name`` and ``initial``)."""
         ns = AsyncNamespace(self.address, name, authkey=self._authkey)
         if initial:
-            encoded = {attr: encode_value(value) for attr, value in initial.items()}
-            ns._queue_write("open", ns._aionamespace.target.key, encoded)
+            # One blocking round trip, as Manager.Namespace: the values must exist before the
+            # proxy can be handed to another process.
+            with Namespace(self.address, ns._aionamespace.target.key,
+                           authkey=self._authkey) as creator:
+                creator._open(**initial)
         return ns
 
 

@@ -395,10 +395,15 @@ class ClientConnection:
 
     def send_request(self, op: str, *args: Any) -> tuple[int, bytes]:
         """Allocate an id and encode ``[id, op, *args]``."""
-        types = OPS[op]
+        types = OPS.get(op, ())
         if len(args) != len(types):
             raise LocalProtocolError(f"{op} takes {len(types)} arguments, got {len(args)}")
-        for name in args[:_NAMED_ARGS[op]]:
+        if op not in OPS:
+            raise LocalProtocolError(f"unknown operation {op!r}")
+        names = list(args[:_NAMED_ARGS[op]])
+        if op == "open":
+            names.extend(args[1])
+        for name in names:
             problem = self.limits.check_name(name)
             if problem is not None:
                 raise ValueError(problem)
@@ -474,4 +479,8 @@ def format_address(address: Address) -> str:
     if isinstance(address, tuple):
         host, port = address
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return address
+    try:
+        plain = parse_address(address) == address
+    except ValueError:
+        plain = False
+    return address if plain else f"unix:{address}"
