@@ -36,8 +36,11 @@ __all__ = ["AUTHKEY_ENV", "main"]
 AUTHKEY_ENV = "AIONAMESPACE_AUTHKEY"
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+async def _stop_on_signal(scope: anyio.CancelScope, *,
+                          task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+                          ) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()  # handlers installed: from now on a signal stops us cleanly
         async for _ in signals:
             scope.cancel()
             return
@@ -62,8 +65,8 @@ async def serve(address: Address, *, authkey: bytes | None = None,
     """Run a server at ``address`` until a signal (or, with ``parent_pipe``, stdin EOF)."""
     server = Server(address, authkey=authkey)
     async with anyio.create_task_group() as group:
+        await group.start(_stop_on_signal, group.cancel_scope)
         bound = await group.start(server.serve)
-        group.start_soon(_stop_on_signal, group.cancel_scope)
         if parent_pipe:
             group.start_soon(_stop_on_parent_exit, group.cancel_scope)
             print(json.dumps({"address": bound}), flush=True)

@@ -4,18 +4,24 @@ msgpack carries None, bool, int (64-bit), float, str, bytes, list and dict nativ
 else a namespace may hold travels as a msgpack *extension* (``ExtType(code, data)``); the codes
 are listed in ``ExtCode`` and described byte for byte in docs/PROTOCOL.md, "Values".
 
+Containers other than list and dict (tuple, set, frozenset) are msgpack *arrays whose first
+element is a marker*: a zero-length extension of the container's code. They are built by
+``list_hook`` as the C unpacker finishes each array, so decoding never calls msgpack
+recursively: nesting depth costs no C stack (a payload-in-extension design decoded each level
+with a nested ``unpackb``, whose 40 KB of stack per level let a 1.5 KB request crash a server),
+and msgpack's own bounded stack refuses bombs with an ordinary error.
+
 Two msgpack behaviours would silently change a value, so they are handled here:
 
 * ``tuple`` would become ``list``: the packer runs with ``strict_types=True``, which sends
   tuples (and every subclass of a native type, e.g. an ``IntEnum``) to ``default``, where a tuple
-  becomes its own extension and anything unknown raises ``TypeError`` naming its type.
+  becomes its marked array and anything unknown raises ``TypeError`` naming its type.
 * ``bytearray`` and ``memoryview`` are packed as ``bin`` even with ``strict_types`` and would
-  come back as ``bytes``. ``_prepare`` walks containers once, cheaply, and only rebuilds the rare
-  value that holds one: a bytearray becomes its extension, a memoryview a ``TypeError``.
+  come back as ``bytes``. ``_needs_rewrite`` walks containers once, cheaply, and only the rare
+  value that holds one is rebuilt: a bytearray becomes its extension, a memoryview a TypeError.
 
-Decoding never runs code: extension data is parsed by fixed rules, nesting is bounded, and any
-failure is one ``ValueError`` subclass (``ValueDecodeError``) the caller turns into a protocol
-error.
+Decoding never runs code: extension data is parsed by fixed rules, and any failure is one
+``ValueError`` subclass (``ValueDecodeError``) the caller turns into a protocol error.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
-import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +44,9 @@ __all__ = [
     "encode_value",
 ]
 
-#: Containers nested deeper than this are refused both ways (a self-referencing list, a bomb).
+#: Values nested deeper than this are refused when encoding (a self-referencing list, say).
+#: Decoding is bounded by msgpack's own stack instead, deeper than this, so any value we encode
+#: decodes.
 MAX_DEPTH = 256
 
 
@@ -47,9 +54,9 @@ class ExtCode(enum.IntEnum):
     """msgpack extension type codes used for values (docs/PROTOCOL.md, "Values")."""
 
     BIGINT = 1  # two's complement, big-endian, minimal length
-    TUPLE = 2  # data: a msgpack array of values
-    SET = 3  # data: a msgpack array of values
-    FROZENSET = 4  # data: a msgpack array of values
+    TUPLE = 2  # zero-length marker: first element of an array holding the items
+    SET = 3  # zero-length marker, as TUPLE
+    FROZENSET = 4  # zero-length marker, as TUPLE
     BYTEARRAY = 5  # data: the raw bytes
     COMPLEX = 6  # data: msgpack array [real, imag] of floats
     DATETIME = 7  # data: ISO 8601 text, as datetime.isoformat()
@@ -67,22 +74,22 @@ class ValueDecodeError(ValueError):
 _NATIVE_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 
-def _pack_items(items: Any) -> bytes:
-    return _packb(list(items))
+_MARKERS = {code: msgpack.ExtType(code, b"") for code in
+            (ExtCode.TUPLE, ExtCode.SET, ExtCode.FROZENSET)}
 
 
-def _default(obj: Any) -> msgpack.ExtType:
+def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     """Encode what msgpack cannot carry natively (called by the packer)."""
     cls = type(obj)
     if cls is int:  # only reached when it does not fit in 64 bits
         length = (obj if obj >= 0 else ~obj).bit_length() // 8 + 1  # minimal, with a sign bit
         return msgpack.ExtType(ExtCode.BIGINT, obj.to_bytes(length, "big", signed=True))
     if cls is tuple:
-        return msgpack.ExtType(ExtCode.TUPLE, _pack_items(obj))
+        return [_MARKERS[ExtCode.TUPLE], *obj]
     if cls is set:
-        return msgpack.ExtType(ExtCode.SET, _pack_items(obj))
+        return [_MARKERS[ExtCode.SET], *obj]
     if cls is frozenset:
-        return msgpack.ExtType(ExtCode.FROZENSET, _pack_items(obj))
+        return [_MARKERS[ExtCode.FROZENSET], *obj]
     if cls is _MarkedBytearray:
         return msgpack.ExtType(ExtCode.BYTEARRAY, obj.data)
     if cls is complex:
@@ -119,33 +126,41 @@ def _packb(obj: Any) -> bytes:
         packed: bytes = msgpack.packb(obj, default=_default, strict_types=True,
                                       use_bin_type=True, datetime=False)
         return packed
-    except ValueError as exc:  # msgpack's own nesting limit
-        raise ValueError(f"value nested too deeply to share ({exc})") from None
+    except ValueError as exc:
+        if "recursion limit" in str(exc):  # msgpack's own nesting limit
+            raise ValueError(f"value nested deeper than msgpack allows ({exc})") from None
+        raise
 
 
 def _needs_rewrite(obj: Any, depth: int) -> bool:
-    """True when ``obj`` holds a bytearray or memoryview that msgpack would mangle."""
-    if depth > MAX_DEPTH:
-        raise ValueError(f"value nested deeper than {MAX_DEPTH} levels (or refers to itself)")
+    """True when ``obj`` holds a bytearray or memoryview that msgpack would mangle.
+
+    Walks everything (no early exit), so the depth limit is always enforced.
+    """
     cls = type(obj)
     if cls in _NATIVE_SCALARS:
         return False
     if cls is bytearray or cls is memoryview:
         return True
+    if depth >= MAX_DEPTH and cls in _CONTAINERS:
+        raise ValueError(f"value nested deeper than {MAX_DEPTH} levels (or refers to itself)")
+    found = False
     if cls is list or cls is tuple or cls is set or cls is frozenset:
-        return any(_needs_rewrite(item, depth + 1) for item in obj)
-    if cls is dict:
-        return any(
-            _needs_rewrite(k, depth + 1) or _needs_rewrite(v, depth + 1) for k, v in obj.items()
-        )
-    return False
+        for item in obj:
+            found = _needs_rewrite(item, depth + 1) or found
+    elif cls is dict:
+        for key, value in obj.items():
+            found = _needs_rewrite(key, depth + 1) or found
+            found = _needs_rewrite(value, depth + 1) or found
+    return found
 
 
 def _rewrite(obj: Any) -> Any:
     """Copy ``obj`` with bytearrays marked and memoryviews refused (the rare slow path).
 
-    Set items and dict keys are hashable, so they never hold a bytearray; they are only
-    searched for a (hashable, read-only) memoryview, and kept as they are.
+    Only reached after ``_needs_rewrite`` checked the depth. Set items and dict keys are
+    hashable, so they never hold a bytearray; they are only searched for a (hashable,
+    read-only) memoryview, and kept as they are.
     """
     cls = type(obj)
     if cls is bytearray:
@@ -171,59 +186,70 @@ def _rewrite(obj: Any) -> Any:
     return obj
 
 
-def _default_with_rewrites(obj: Any) -> msgpack.ExtType:
-    if type(obj) is tuple:  # may hold marked bytearrays: pack its items on this path too
-        return msgpack.ExtType(ExtCode.TUPLE, _packb_rewritten(list(obj)))
-    return _default(obj)
-
-
-def _packb_rewritten(obj: Any) -> bytes:
-    packed: bytes = msgpack.packb(obj, default=_default_with_rewrites, strict_types=True,
-                                  use_bin_type=True, datetime=False)
-    return packed
-
-
 def encode_value(value: Any) -> bytes:
     """Encode one value; ``TypeError`` names the type of anything that cannot be shared."""
     if type(value) in _NATIVE_SCALARS:
         return _packb(value)
     if _needs_rewrite(value, 0):
-        return _packb_rewritten(_rewrite(value))
+        return _packb(_rewrite(value))
     return _packb(value)
 
 
 # ---------------------------------------------------------------------------- decoding
 
 
-def _items(data: bytes, depth: int) -> list[Any]:
-    items = _unpackb(data, depth + 1)
+class _Marker:
+    """What a container marker decodes to, until ``_list_hook`` turns its array into one."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[list[Any]], Any]) -> None:
+        self.build = build
+
+
+_DECODED_MARKERS: dict[int, _Marker] = {
+    ExtCode.TUPLE: _Marker(tuple),
+    ExtCode.SET: _Marker(set),
+    ExtCode.FROZENSET: _Marker(frozenset),
+}
+
+
+def _list_hook(items: list[Any]) -> Any:
+    if items and type(items[0]) is _Marker:
+        return items[0].build(items[1:])
+    return items
+
+
+def _scalars(data: bytes) -> list[Any]:
+    """An extension payload that is an array of plain numbers (never anything nested)."""
+    items = msgpack.unpackb(data, raw=False, use_list=True, ext_hook=_refuse_ext)
     if type(items) is not list:
         raise ValueDecodeError("extension payload is not an array")
     return items
 
 
-def _ext_hook(depth: int, code: int, data: bytes) -> Any:
-    if depth >= MAX_DEPTH:
-        raise ValueDecodeError(f"value nested deeper than {MAX_DEPTH} levels")
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueDecodeError("an extension payload cannot hold an extension")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code in _DECODED_MARKERS:
+        if data:
+            raise ValueDecodeError(f"extension {code} is a zero-length container marker")
+        return _DECODED_MARKERS[code]
     if code == ExtCode.BIGINT:
         return int.from_bytes(data, "big", signed=True)
-    if code == ExtCode.TUPLE:
-        return tuple(_items(data, depth))
-    if code == ExtCode.SET:
-        return set(_items(data, depth))
-    if code == ExtCode.FROZENSET:
-        return frozenset(_items(data, depth))
     if code == ExtCode.BYTEARRAY:
         return bytearray(data)
     if code == ExtCode.COMPLEX:
-        parts = _items(data, depth)
+        parts = _scalars(data)
         if len(parts) != 2 or not all(type(p) is float for p in parts):
             raise ValueDecodeError("complex payload is not [real, imag]")
         return complex(parts[0], parts[1])
     if code in _ISO_PARSERS:
         return _ISO_PARSERS[code](data.decode())
     if code == ExtCode.TIMEDELTA:
-        parts = _items(data, depth)
+        parts = _scalars(data)
         if len(parts) != 3 or not all(type(p) is int for p in parts):
             raise ValueDecodeError("timedelta payload is not [days, seconds, microseconds]")
         return _dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2])
@@ -240,48 +266,65 @@ _ISO_PARSERS: dict[int, Callable[[str], Any]] = {
     ExtCode.TIME: _dt.time.fromisoformat,
 }
 
-_HOOKS = [functools.partial(_ext_hook, depth) for depth in range(MAX_DEPTH + 1)]
-
-
-def _unpackb(data: bytes, depth: int) -> Any:
-    return msgpack.unpackb(data, ext_hook=_HOOKS[min(depth, MAX_DEPTH)], raw=False,
-                           strict_map_key=False, use_list=True, timestamp=0)
-
 
 def decode_value(data: bytes) -> Any:
     """Decode bytes made by ``encode_value`` (or by another client following PROTOCOL.md)."""
     try:
-        return _unpackb(data, 0)
+        value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False,
+                                strict_map_key=False, use_list=True, timestamp=0)
     except ValueDecodeError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, decimal.InvalidOperation,
             msgpack.UnpackException) as exc:
         raise ValueDecodeError(f"malformed value: {type(exc).__name__}: {exc}") from None
+    if type(value) is _Marker:
+        raise ValueDecodeError("a container marker alone is not a value")
+    return value
 
 
-# msgpack decodes its timestamp extension (code -1) itself, into msgpack.Timestamp, which is
-# not a value we carry. Its three encodings start with these bytes; only a value holding one
-# of them needs the walk that looks for a Timestamp.
-_TIMESTAMP_MARKERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+# Some bytes decode without error yet are no value we would make: msgpack's timestamp
+# extension (code -1, turned into msgpack.Timestamp by msgpack itself), a container marker that
+# is not the first element of an array, and nesting deeper than MAX_DEPTH (msgpack's own stack
+# allows more). Timestamps and markers always leave these bytes in the encoding (an extension
+# type byte 0xff; a zero-length ext 8 header), and MAX_DEPTH levels take MAX_DEPTH bytes, so
+# most values need no walk at all.
+_SUSPECT_BYTES = (b"\xff", b"\xc7\x00")
+_CONTAINERS = (list, tuple, set, frozenset, dict)
 
 
 def check_value(data: bytes) -> None:
-    """Raise ValueDecodeError unless ``data`` is a value another client can read back.
+    """Raise ValueDecodeError unless ``data`` is a value this codec could have made.
 
-    Stricter than ``decode_value``: it also refuses msgpack timestamps. The server runs it on
-    every value it is asked to store.
+    Stricter than ``decode_value``, which stays liberal: the server runs this on every value it
+    is asked to store, so clients only ever read values they can use.
     """
     value = decode_value(data)
-    if any(marker in data for marker in _TIMESTAMP_MARKERS) and _holds_timestamp(value):
-        raise ValueDecodeError("msgpack timestamps (extension -1) are not supported values")
+    if type(value) not in _CONTAINERS and type(value) is not msgpack.Timestamp:
+        return
+    if len(data) > MAX_DEPTH or any(suspect in data for suspect in _SUSPECT_BYTES):
+        problem = _find_non_value(value)
+        if problem is not None:
+            raise ValueDecodeError(problem)
 
 
-def _holds_timestamp(value: Any) -> bool:
-    cls = type(value)
-    if cls is msgpack.Timestamp:
-        return True
-    if cls in (list, tuple, set, frozenset):
-        return any(_holds_timestamp(item) for item in value)
-    if cls is dict:
-        return any(_holds_timestamp(k) or _holds_timestamp(v) for k, v in value.items())
-    return False
+def _find_non_value(value: Any) -> str | None:
+    """Why a decoded value is not one we would make, or None (an iterative walk)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        cls = type(item)
+        if cls is msgpack.Timestamp:
+            return "msgpack timestamps (extension -1) are not supported values"
+        if cls is _Marker:
+            return "a container marker must be the first element of an array"
+        if cls in _CONTAINERS:
+            if depth >= MAX_DEPTH:
+                return f"value nested deeper than {MAX_DEPTH} levels"
+            children = item.items() if cls is dict else item
+            for child in children:
+                if cls is dict:
+                    pending.append((child[0], depth + 1))
+                    pending.append((child[1], depth + 1))
+                else:
+                    pending.append((child, depth + 1))
+    return None

@@ -24,7 +24,6 @@ import weakref
 from types import TracebackType
 from typing import Any
 
-from . import _calls as calls
 from ._async import AsyncNamespace
 from ._errors import ConnectionLost
 from ._protocol import Address, format_address, parse_address
@@ -146,10 +145,14 @@ class Manager:
 
     def AsyncNamespace(self, name: str | None = None, /,
                        **initial: Any) -> AsyncNamespace:
-        """An awaitable proxy; ``initial`` values are sent with its first operation."""
+        """An awaitable proxy (see ``Namespace`` for ``name`` and ``initial``)."""
         ns = AsyncNamespace(self.address, name, authkey=self._authkey)
         if initial:
-            ns._queue(calls.open_(ns._key, initial))
+            # One blocking round trip, as Manager.Namespace: the values must exist before the
+            # proxy can be handed to another process.
+            with Namespace(self.address, ns._aionamespace.target.key,
+                           authkey=self._authkey) as creator:
+                creator._open(**initial)
         return ns
 
 

@@ -161,9 +161,14 @@ class Multiplexer:
     async def flush(self) -> None:
         """Send every queued write, wait for all acknowledgements, raise the first failure."""
         self.bind()
-        if self.outbox:
-            await self.connect()
-            await self.drain()
+        try:
+            if self.outbox:
+                await self.connect()
+                await self.drain()
+        except ConnectionLost:
+            if not self.write_errors:
+                raise
+            # else: the loss is already recorded against the writes it hit; report it once
         if self.inflight_writes:
             await self.wait(_Waiter(until=max(self.inflight_writes)))
         errors, self.write_errors = self.write_errors, []
@@ -267,6 +272,7 @@ class Multiplexer:
         except ConnectionLost as exc:
             if self.stream is stream:
                 self.lost(exc)
+            await anyio.aclose_forcefully(stream)
             raise
 
     async def wait(self, waiter: _Waiter) -> None:

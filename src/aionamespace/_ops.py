@@ -150,6 +150,10 @@ def check_names(limits: Limits, op: str, args: tuple[Any, ...]) -> str | None:
     for kind, arg in zip(OPS[op], args, strict=False):
         if kind in _NAME_KINDS:
             problem = _CHECKS[kind](limits, arg)
-            if problem is not None:
-                return problem
+        elif kind == "values":
+            problem = next(filter(None, map(limits.check_name, arg)), None)
+        else:
+            continue
+        if problem is not None:
+            return problem
     return None

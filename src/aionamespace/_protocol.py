@@ -364,6 +364,8 @@ class ClientConnection:
 
     def send_request(self, op: str, *args: Any) -> tuple[int, bytes]:
         """Allocate an id and encode ``[id, op, *args]``."""
+        if op not in OPS:
+            raise LocalProtocolError(f"unknown operation {op!r}")
         if len(args) != len(OPS[op]):
             raise LocalProtocolError(f"{op} takes {len(OPS[op])} arguments, got {len(args)}")
         problem = check_names(self.limits, op, args)
@@ -446,4 +448,8 @@ def format_address(address: Address) -> str:
     if isinstance(address, tuple):
         host, port = address
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return address
+    try:
+        plain = parse_address(address) == address
+    except ValueError:
+        plain = False
+    return address if plain else f"unix:{address}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -297,9 +298,7 @@ def make_listening_socket(address: Address, backlog: int = 4096,
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=backlog)
         return sock, (host, sock.getsockname()[1])
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(address).st_mode):
-            os.unlink(address)
+    _remove_stale_socket(address)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(address)
@@ -309,6 +308,22 @@ def make_listening_socket(address: Address, backlog: int = 4096,
         sock.close()
         raise
     return sock, address
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket file left by a server that died; refuse one a live server listens on."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # not a socket: let bind() fail with EADDRINUSE rather than delete a file
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # nobody listens: stale
+            return
+    raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
 
 
 def _running_on_asyncio() -> bool:
