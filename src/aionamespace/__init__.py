@@ -10,13 +10,16 @@ from __future__ import annotations
 from ._async import AsyncNamespace as AsyncNamespace
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionLost as ConnectionLost
+from ._errors import HistoryExpired as HistoryExpired
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import NamespaceError as NamespaceError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import WriteQueueFull as WriteQueueFull
 from ._manager import Manager as Manager
 from ._protocol import Limits as Limits
+from ._proxy import Retry as Retry
 from ._server import Server as Server
 from ._server import ServerThread as ServerThread
 from ._store import MemoryStore as MemoryStore
@@ -29,6 +32,7 @@ __all__ = [
     "AsyncNamespace",
     "AuthenticationError",
     "ConnectionLost",
+    "HistoryExpired",
     "Limits",
     "LocalProtocolError",
     "Manager",
@@ -38,8 +42,10 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
+    "Retry",
     "Server",
     "ServerThread",
     "Store",
+    "WriteQueueFull",
     "__version__",
 ]

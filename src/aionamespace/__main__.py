@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import functools
 import json
 import os
 import signal
+import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import anyio.abc
@@ -36,17 +38,16 @@ __all__ = ["AUTHKEY_ENV", "main"]
 AUTHKEY_ENV = "AIONAMESPACE_AUTHKEY"
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, *,
+async def _stop_on_signal(stop: Callable[[], None], *,
                           task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
                           ) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()  # handlers installed: from now on a signal stops us cleanly
         async for _ in signals:
-            scope.cancel()
-            return
+            stop()
 
 
-async def _stop_on_parent_exit(scope: anyio.CancelScope) -> None:
+async def _stop_on_parent_exit(stop: Callable[[], None]) -> None:
     """Stop when stdin reaches EOF: the Manager that spawned us closed it, or died."""
     fd = sys.stdin.fileno()
     os.set_blocking(fd, False)
@@ -57,18 +58,37 @@ async def _stop_on_parent_exit(scope: anyio.CancelScope) -> None:
                 break
         except BlockingIOError:
             continue
-    scope.cancel()
+    stop()
 
 
-async def serve(address: Address, *, authkey: bytes | None = None,
-                parent_pipe: bool = False) -> None:
+def _raise_open_file_limit() -> None:
+    """A server holds a descriptor per client: lift the soft limit (often 1024) to the hard one."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+async def serve(address: Address, *, authkey: bytes | None = None, parent_pipe: bool = False,
+                ssl_context: ssl.SSLContext | None = None) -> None:
     """Run a server at ``address`` until a signal (or, with ``parent_pipe``, stdin EOF)."""
-    server = Server(address, authkey=authkey)
+    _raise_open_file_limit()
+    server = Server(address, authkey=authkey, ssl_context=ssl_context)
+
+    async def run(*, task_status: anyio.abc.TaskStatus[Address]) -> None:
+        await server.serve(task_status=task_status)
+        group.cancel_scope.cancel()  # served and said goodbye: stop the watchers too
+
     async with anyio.create_task_group() as group:
-        await group.start(_stop_on_signal, group.cancel_scope)
-        bound = await group.start(server.serve)
+        await group.start(_stop_on_signal, server.stop)
+        bound = await group.start(run)
         if parent_pipe:
-            group.start_soon(_stop_on_parent_exit, group.cancel_scope)
+            group.start_soon(_stop_on_parent_exit, server.stop)
             print(json.dumps({"address": bound}), flush=True)
         else:
             print(f"aionamespace: serving on {format_address(bound)} (Ctrl-C stops)", flush=True)
@@ -89,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         "--busy-poll-us", type=float, default=DEFAULT_SPIN_SECONDS * 1e6, metavar="US",
         help="asyncio only: poll this long before sleeping, trading CPU for latency "
              "(default %(default)s; 0 disables)")
+    serve_cmd.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate "
+                           "chain (PEM); with --tls-key")
+    serve_cmd.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("demo", help="the Namespace lesson on spawned processes, then asyncio")
     get_cmd = commands.add_parser("get", help="print one attribute")
@@ -171,7 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.backend == "asyncio" and args.busy_poll_us > 0:
         options["loop_factory"] = functools.partial(busy_poll_loop_factory,
                                                     args.busy_poll_us / 1e6)
-    anyio.run(functools.partial(serve, address, authkey=authkey, parent_pipe=args.parent_pipe),
+    ssl_context = None
+    if args.tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    anyio.run(functools.partial(serve, address, authkey=authkey, parent_pipe=args.parent_pipe,
+                                ssl_context=ssl_context),
               backend=args.backend, backend_options=options)
     return 0
 

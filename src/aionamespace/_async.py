@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any
@@ -20,7 +21,7 @@ from . import _calls as calls
 from ._errors import ConnectionLost
 from ._multiplex import Multiplexer
 from ._protocol import Address, Limits
-from ._proxy import ProxyBase, Target, check_attribute_name
+from ._proxy import ProxyBase, Retry, Target, check_attribute_name
 
 __all__ = ["AsyncLock", "AsyncNamespace", "AsyncWatch"]
 
@@ -51,8 +52,11 @@ class AsyncNamespace(ProxyBase):
     _aionamespace: Multiplexer
 
     def __init__(self, address: Address, name: str | None = None, /, *,
-                 authkey: bytes | None = None, limits: Limits | None = None) -> None:
-        self._attach(Target.create(address, name, authkey, limits))
+                 authkey: bytes | None = None, limits: Limits | None = None,
+                 retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
+                 ) -> None:
+        self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
+                                   ssl_context=ssl_context))
 
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", Multiplexer(target))
@@ -62,7 +66,17 @@ class AsyncNamespace(ProxyBase):
         return self._aionamespace.target.key
 
     async def _run(self, call: calls.Call) -> Any:
-        return call.read(await self._aionamespace.request(call.op, *call.args))
+        retry = self._aionamespace.target.retry
+        failures = 0
+        while True:
+            try:
+                return call.read(await self._aionamespace.request(call.op, *call.args))
+            except ConnectionLost as exc:
+                failures += 1
+                delay = retry.delay(call.op, failures, exc)
+                if delay is None:
+                    raise
+                await anyio.sleep(delay)  # back off before reconnecting
 
     def _queue(self, call: calls.Call) -> None:
         self._aionamespace.queue_write(call.op, *call.args)

@@ -8,6 +8,7 @@ shared, ``ValueError`` for a bad argument)::
     ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
     ├── AuthenticationError       a wrong or missing authkey, on either side
     ├── HistoryExpired            a watch asked for changes older than the history kept
+    ├── WriteQueueFull            too many async writes await acknowledgement: await _flush()
     ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
     │   ├── LocalProtocolError    we were about to send something the protocol forbids
     │   └── RemoteProtocolError   the peer sent something the protocol forbids
@@ -34,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
+    "WriteQueueFull",
     "exception_from_reply",
     "map_connection_errors",
 ]
@@ -44,7 +46,17 @@ class NamespaceError(Exception):
 
 
 class ConnectionLost(NamespaceError, ConnectionError):
-    """The server cannot be reached, or the connection to it broke."""
+    """The server cannot be reached, or the connection to it broke.
+
+    ``request_sent`` tells whether the failed request had left for the server: if it had, a
+    write may or may not have been applied, and it is never retried.
+    """
+
+    request_sent: bool = False
+
+
+class WriteQueueFull(NamespaceError):
+    """An async proxy holds ``Limits.max_queued_writes`` unacknowledged writes already."""
 
 
 class AuthenticationError(NamespaceError):
@@ -86,6 +98,7 @@ _REMOTE_TYPES: dict[str, type[Exception]] = {
     for cls in (
         AttributeError,
         AuthenticationError,
+        ConnectionLost,
         HistoryExpired,
         KeyError,
         LookupError,

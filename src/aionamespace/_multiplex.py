@@ -19,13 +19,15 @@ answering us can never deadlock against us blocked on sending to it.
 from __future__ import annotations
 
 import collections
+import ssl
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+from anyio.streams.tls import TLSStream
 
-from ._errors import ConnectionLost, ProtocolError, map_connection_errors
+from ._errors import ConnectionLost, ProtocolError, WriteQueueFull, map_connection_errors
 from ._protocol import Address, ClientConnection, Hello, Push, Reply
 from ._proxy import Target
 
@@ -35,16 +37,24 @@ READ_CHUNK_BYTES = 256 * 1024
 CONCURRENT_READ_ABOVE_BYTES = 64 * 1024
 
 
-async def open_stream(address: Address) -> anyio.abc.ByteStream:
+async def open_stream(address: Address, ssl_context: ssl.SSLContext | None = None,
+                      ) -> anyio.abc.ByteStream:
     if isinstance(address, tuple):
-        return await anyio.connect_tcp(*address)
-    return await anyio.connect_unix(address)
+        if ssl_context is None:
+            return await anyio.connect_tcp(*address)
+        return await anyio.connect_tcp(*address, ssl_context=ssl_context,
+                                       tls_standard_compatible=False)
+    stream: anyio.abc.ByteStream = await anyio.connect_unix(address)
+    if ssl_context is not None:
+        stream = await TLSStream.wrap(stream, ssl_context=ssl_context,
+                                      standard_compatible=False)
+    return stream
 
 
 async def open_connection(target: Target, protocol: ClientConnection) -> anyio.abc.ByteStream:
     """Connect to ``target`` and complete the handshake (hello, then the authkey proof)."""
     with map_connection_errors(target.address, connecting=True):
-        stream = await open_stream(target.address)
+        stream = await open_stream(target.address, target.ssl_context)
         try:
             protocol.reset()
             await stream.send(protocol.send_hello())
@@ -102,6 +112,7 @@ class Multiplexer:
         self.kick: anyio.Event | None = None  # set while a pump task runs (async with)
         self.pump_group: anyio.abc.TaskGroup | None = None
         self.pushes: collections.deque[Push] = collections.deque()  # for a watch's connection
+        self.sent_through = 0  # the highest request id ever handed to a socket
 
     def bind(self) -> None:
         """Bind to the running event loop (a proxy unpickled or reused in a new loop rebinds)."""
@@ -152,6 +163,11 @@ class Multiplexer:
                 return
 
     def queue_write(self, op: str, *args: Any) -> None:
+        limit = self.target.limits.max_queued_writes
+        if len(self.queued_writes) + len(self.inflight_writes) >= limit:
+            raise WriteQueueFull(
+                f"{limit} writes are waiting to be acknowledged (Limits.max_queued_writes): "
+                "await ns._flush(), or use 'async with ns:' so that a task sends them")
         request_id, frame = self.protocol.send_request(op, *args)
         self.outbox.append((request_id, frame))
         self.queued_writes.add(request_id)
@@ -200,6 +216,12 @@ class Multiplexer:
             self.by_id.pop(request_id, None)
             if not waiter.done:  # failed or cancelled: if the frame was never sent, drop it
                 self.outbox = [(i, frame) for i, frame in self.outbox if i != request_id]
+        if isinstance(waiter.error, ConnectionLost):
+            # One error object fails every waiter; each caller gets its own, saying whether
+            # its request had left (and so whether retrying it could apply a write twice).
+            error = ConnectionLost(str(waiter.error))
+            error.request_sent = request_id <= self.sent_through
+            raise error from waiter.error
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -248,6 +270,7 @@ class Multiplexer:
         async with self.send_lock:
             while self.outbox and self.stream is not None:
                 batch, self.outbox = self.outbox, []
+                self.sent_through = batch[-1][0]  # ids rise along the outbox
                 for request_id, _ in batch:
                     if request_id in self.queued_writes:
                         self.queued_writes.discard(request_id)

@@ -17,7 +17,7 @@ from ._codec import ValueDecodeError, check_value
 if TYPE_CHECKING:
     from ._protocol import Limits
 
-__all__ = ["DEFERRED_OPS", "OPS", "check_args", "check_names"]
+__all__ = ["DEFERRED_OPS", "OPS", "SAFE_TO_RESEND", "check_args", "check_names"]
 
 MAX_TOKEN_BYTES = 64
 
@@ -45,6 +45,10 @@ OPS: dict[str, tuple[str, ...]] = {
 
 #: Ops whose reply may come after the replies to later requests (docs/PROTOCOL.md).
 DEFERRED_OPS = frozenset({"acquire"})
+
+#: Ops a client may send again after losing the connection: they change nothing (``open``
+#: only fills in missing names, so a second one is a no-op).
+SAFE_TO_RESEND = frozenset({"ping", "keys", "get", "dump", "snapshot", "open"})
 
 
 def _name(limits: Limits, value: Any) -> str | None:

@@ -64,10 +64,20 @@ Address = Union[str, "tuple[str, int]"]
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Sizes both ends enforce. Each is a constructor argument, never a buried constant."""
+    """Bounds both ends enforce; each is a constructor argument, never a buried constant.
+
+    ``max_frame_bytes`` and ``max_name_length`` apply on both sides. The server alone uses
+    ``max_connections`` (more are refused at the hello) and ``handshake_timeout`` (seconds a
+    new connection has to say hello and authenticate); the async proxy alone uses
+    ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
+    acknowledged).
+    """
 
     max_frame_bytes: int = 64 * 1024 * 1024
     max_name_length: int = 256
+    max_connections: int = 10_000
+    handshake_timeout: float = 10.0
+    max_queued_writes: int = 100_000
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""
@@ -242,6 +252,11 @@ class ServerConnection:
             self.refused = True
             events.append(Refusal(RemoteProtocolError(f"unusable frame: {exc!r}")))
         return events
+
+    @property
+    def ready(self) -> bool:
+        """Greeted and authenticated: requests may flow."""
+        return self.greeted and self.authenticated
 
     def _check_client_hello(self, frame: Any) -> Hello:
         hello = _check_hello(frame, from_server=False)

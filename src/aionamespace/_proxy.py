@@ -15,41 +15,77 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import ssl
 from typing import Any
 
 from ._codec import decode_value
+from ._errors import ConnectionLost
+from ._ops import SAFE_TO_RESEND
 from ._protocol import Address, Limits, format_address, parse_address
 
-__all__ = ["ProxyBase", "Target", "format_namespace"]
+__all__ = ["ProxyBase", "Retry", "Target", "format_namespace"]
 
 ANONYMOUS_PREFIX = "#"
 
 
 @dataclasses.dataclass(frozen=True)
+class Retry:
+    """How a proxy retries after ``ConnectionLost`` (for instance while a server restarts).
+
+    A request that never left (the connection could not be made) and a read (``get``,
+    ``_snapshot``...) are tried up to ``attempts`` times in all, waiting ``backoff`` seconds,
+    doubling each time up to ``max_backoff``. A write that may have reached the server is never
+    sent again, so no write is ever applied twice: it raises ``ConnectionLost`` with
+    ``request_sent`` true. ``Retry(attempts=1)`` turns retrying off.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.05
+    max_backoff: float = 1.0
+
+    def delay(self, op: str, failures: int, error: ConnectionLost) -> float | None:
+        """Seconds to wait before trying ``op`` again after ``failures`` failures, or None."""
+        if failures >= self.attempts or (error.request_sent and op not in SAFE_TO_RESEND):
+            return None
+        return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
+
+
+@dataclasses.dataclass(frozen=True)
 class Target:
-    """Where a proxy points: everything a pickled proxy carries."""
+    """Where a proxy points: everything a pickled proxy carries (never the SSL context)."""
 
     address: Address
     key: str
     named: bool
     authkey: bytes | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
+    retry: Retry = dataclasses.field(default_factory=Retry)
+    ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, repr=False,
+                                                           compare=False)
 
     @classmethod
-    def create(cls, address: object, name: str | None, authkey: bytes | None = None,
-               limits: Limits | None = None) -> Target:
+    def create(cls, address: object, name: str | None, *, authkey: bytes | None = None,
+               limits: Limits | None = None, retry: Retry | None = None,
+               ssl_context: ssl.SSLContext | None = None) -> Target:
         limits = limits or Limits()
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         if name is None:
             # Anonymous namespaces get a random key made here, so creating one needs no round
             # trip; 128 random bits make a collision with anyone else's key a non-event.
-            return cls(parse_address(address), ANONYMOUS_PREFIX + secrets.token_hex(16), False,
-                       authkey, limits)
-        problem = limits.check_name(name)
-        if problem is not None:
-            raise ValueError(f"invalid namespace name {name!r}: {problem}")
-        return cls(parse_address(address), name, True, authkey, limits)
+            key, named = ANONYMOUS_PREFIX + secrets.token_hex(16), False
+        else:
+            problem = limits.check_name(name)
+            if problem is not None:
+                raise ValueError(f"invalid namespace name {name!r}: {problem}")
+            key, named = name, True
+        return cls(parse_address(address), key, named, authkey, limits, retry or Retry(),
+                   ssl_context)
+
+    @property
+    def server(self) -> tuple[Address, bytes | None, ssl.SSLContext | None]:
+        """What a connection to the server depends on (proxies sharing it share connections)."""
+        return (self.address, self.authkey, self.ssl_context)
 
     def describe(self) -> str:
         which = repr(self.key) if self.named else "anonymous"
@@ -76,7 +112,11 @@ class ProxyBase:
     _aionamespace: Any  # the subclass's connection state; holds ``.target``
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._aionamespace.target))
+        target = self._aionamespace.target
+        if target.ssl_context is not None:
+            raise TypeError("a proxy using TLS cannot be pickled (an ssl.SSLContext cannot "
+                            "be): make the proxy in the child process with its own context")
+        return (_rebuild, (type(self), target))
 
     def __repr__(self) -> str:
         return f"<aionamespace.{type(self).__name__} {self._aionamespace.target.describe()}>"

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import socket
+import ssl
 import stat
 import threading
 from collections.abc import Callable
@@ -29,15 +30,15 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.from_thread
+from anyio.streams.tls import TLSListener
 
+from ._connections import READ_CHUNK_BYTES, AsyncioConnection, Connections, StreamConnection
 from ._dispatch import Dispatcher
 from ._protocol import Address, Limits, ServerConnection, parse_address
 from ._store import MemoryStore, Store
 
 __all__ = ["Server", "ServerThread"]
 
-READ_CHUNK_BYTES = 64 * 1024
-REFUSAL_TIMEOUT_SECONDS = 1.0  # a peer being dropped gets this long to take our last words
 DEFAULT_TCP_ADDRESS: tuple[str, int] = ("127.0.0.1", 0)
 
 
@@ -51,6 +52,7 @@ class Server:
         authkey: bytes | None = None,
         store: Store | None = None,
         limits: Limits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
@@ -59,7 +61,8 @@ class Server:
         self.store: Store = store if store is not None else MemoryStore()
         self.limits = limits or Limits()
         self._address: Address | None = None
-        self._cancel_scope: anyio.CancelScope | None = None
+        self._stop: anyio.Event | None = None
+        self._ssl_context = ssl_context
         self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
         self._timers: anyio.abc.TaskGroup | None = None
         self.dispatcher = Dispatcher(self.store, self._call_later)
@@ -77,15 +80,26 @@ class Server:
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Address] = anyio.TASK_STATUS_IGNORED,
                     ) -> None:
-        """Listen and serve until cancelled; reports the bound address through ``task_status``."""
+        """Listen and serve until ``stop()``; reports the bound address through ``task_status``.
+
+        ``stop()`` (or cancelling this task) ends it gracefully: every client is told the server
+        is shutting down, and the whole shutdown is bounded by about a second.
+        """
         sock, address = make_listening_socket(self._requested)
+        self._stop = stop = anyio.Event()
         try:
-            with anyio.CancelScope() as self._cancel_scope:
-                async with anyio.create_task_group() as self._timers:
+            async with anyio.create_task_group() as self._timers:
+                connections = Connections(self.limits, self.dispatcher, self._call_later,
+                                          self.new_connection)
+                try:
                     if _running_on_asyncio():
-                        await self._serve_asyncio(sock, address, task_status)
+                        await self._serve_asyncio(sock, address, connections, stop, task_status)
                     else:
-                        await self._serve_streams(sock, address, task_status)
+                        await self._serve_streams(sock, address, connections, stop, task_status)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await connections.goodbye()
+                    self._timers.cancel_scope.cancel()
         finally:
             self._timers = None
             self._address = None
@@ -96,49 +110,55 @@ class Server:
                         os.unlink(address)
 
     async def _serve_streams(self, sock: socket.socket, address: Address,
+                             connections: Connections, stop: anyio.Event,
                              task_status: anyio.abc.TaskStatus[Address]) -> None:
         """Any anyio backend: one task per connection (used on trio)."""
-        listener = await anyio.abc.SocketListener.from_socket(sock)
-        async with listener, anyio.create_task_group() as connections:
+        listener: anyio.abc.Listener[Any] = await anyio.abc.SocketListener.from_socket(sock)
+        if self._ssl_context is not None:
+            listener = TLSListener(listener, self._ssl_context, standard_compatible=False,
+                                   handshake_timeout=self.limits.handshake_timeout)
+
+        async def handle(stream: anyio.abc.ByteStream) -> None:
+            await StreamConnection(connections).run(stream)
+
+        async with listener, anyio.create_task_group() as group:
+            group.start_soon(listener.serve, handle, group)
             self._address = address
             task_status.started(address)
-            await listener.serve(self._handle, connections)
+            await stop.wait()
+            await connections.goodbye()  # while the connections' tasks can still send it
+            group.cancel_scope.cancel()
 
     async def _serve_asyncio(self, sock: socket.socket, address: Address,
+                             connections: Connections, stop: anyio.Event,
                              task_status: anyio.abc.TaskStatus[Address]) -> None:
-        """asyncio: protocol callbacks, no task per connection.
-
-        anyio's asyncio streams cost four event-loop iterations per request on a Unix socket
-        (checkpoint, EAGAIN, add_reader, wake-up); ``data_received`` answers in the same
-        iteration that read the bytes. Measured: 0.73x the stdlib's round trips before, see
-        benchmarks/roundtrip.py for after.
-        """
+        """asyncio: protocol callbacks, no task per connection (see _connections.py)."""
         loop = asyncio.get_running_loop()
-        connections: set[_AsyncioConnection] = set()
         buffer = memoryview(bytearray(READ_CHUNK_BYTES))
 
-        def factory() -> _AsyncioConnection:
-            return _AsyncioConnection(self, connections, buffer)
+        def factory() -> AsyncioConnection:
+            return AsyncioConnection(connections, buffer)
 
+        tls: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            tls = {"ssl": self._ssl_context,
+                   "ssl_handshake_timeout": self.limits.handshake_timeout}
         if sock.family == socket.AF_UNIX:
-            server = await loop.create_unix_server(factory, sock=sock)
+            server = await loop.create_unix_server(factory, sock=sock, **tls)
         else:
-            server = await loop.create_server(factory, sock=sock)
+            server = await loop.create_server(factory, sock=sock, **tls)
         try:
             self._address = address
             task_status.started(address)
-            await anyio.sleep_forever()
+            await stop.wait()
         finally:
-            server.close()
-            for connection in list(connections):
-                connection.transport.close()
-            with anyio.move_on_after(1, shield=True):
-                await server.wait_closed()
+            server.close()  # stop accepting; connections are told goodbye by serve()
 
     def stop(self) -> None:
-        """Stop listening and close every connection (idempotent; call from the loop's thread)."""
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
+        """Stop gracefully: clients are told, the listener closes (idempotent; call it from the
+        event loop's thread, e.g. through a portal)."""
+        if self._stop is not None:
+            self._stop.set()
 
     async def __aenter__(self) -> Server:
         self._task_group = anyio.create_task_group()
@@ -159,32 +179,9 @@ class Server:
         finally:
             self._task_group = None
 
-    # -------------------------------------------------------------------- one connection
-
     def new_connection(self) -> ServerConnection:
         """The sans-IO state of one new connection."""
         return ServerConnection(self.limits, self._authkey)
-
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
-        """One connection on anyio streams: this task reads and applies, a helper sends."""
-        peer = _StreamPeer(self.new_connection())
-        async with stream, anyio.create_task_group() as group:
-            group.start_soon(peer.send_forever, stream)
-            try:
-                while not peer.protocol.refused:
-                    data = await stream.receive(READ_CHUNK_BYTES)
-                    events = peer.protocol.receive_data(data)
-                    if events:
-                        peer.write(self.dispatcher.respond(peer, events))
-                    await peer.below_high_water()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                    OSError):
-                pass
-            finally:
-                self.dispatcher.connection_lost(peer)
-            with anyio.move_on_after(REFUSAL_TIMEOUT_SECONDS):
-                await peer.drained()  # a refused peer still gets the reason
-            group.cancel_scope.cancel()
 
     def _call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` after ``delay`` seconds unless cancelled: the lock timeouts."""
@@ -198,96 +195,6 @@ class Server:
         assert self._timers is not None
         self._timers.start_soon(timer)
         return scope.cancel
-
-
-class _StreamPeer:
-    """A connection on anyio streams: a writer task sends whatever was queued, coalesced."""
-
-    HIGH_WATER_BYTES = 1024 * 1024
-
-    def __init__(self, protocol: ServerConnection) -> None:
-        self.protocol = protocol
-        self._outbox: list[bytes] = []
-        self._queued_bytes = 0
-        self._wakeup = anyio.Event()
-        self._sent = anyio.Event()
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self._outbox.append(data)
-            self._queued_bytes += len(data)
-            self._wakeup.set()
-
-    async def send_forever(self, stream: anyio.abc.ByteStream) -> None:
-        try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
-                data = b"".join(self._outbox)
-                self._outbox.clear()
-                self._queued_bytes = 0
-                await stream.send(data)
-                self._sent.set()
-                self._sent = anyio.Event()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            self._outbox.clear()  # the reader sees the broken stream and ends the connection
-            self._sent.set()
-
-    async def below_high_water(self) -> None:
-        """Backpressure: stop reading a peer that does not read our answers."""
-        while self._queued_bytes > self.HIGH_WATER_BYTES:
-            await self._sent.wait()
-
-    async def drained(self) -> None:
-        while self._outbox:
-            await self._sent.wait()
-
-
-class _AsyncioConnection(asyncio.BufferedProtocol):
-    """One connection on asyncio: bytes in, the batch applied, one write out, same iteration.
-
-    Every connection reads into the server's one buffer (``recv_into``): the bytes are handed
-    to the connection's decoder before the next read, and idle connections hold no buffer.
-    """
-
-    def __init__(self, server: Server, connections: set[_AsyncioConnection],
-                 buffer: memoryview) -> None:
-        self.server = server
-        self.connections = connections
-        self.buffer = buffer
-        self.protocol = server.new_connection()
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.connections.add(self)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self.transport.write(data)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        events = self.protocol.receive_data(self.buffer[:nbytes])
-        if events:
-            self.write(self.server.dispatcher.respond(self, events))
-        if self.protocol.refused:
-            self.transport.close()  # after the buffered answers and the refusal are written
-
-    def pause_writing(self) -> None:
-        # The peer is not reading its replies: stop reading its requests, so the memory we
-        # hold for it stays bounded by the transport's high-water mark.
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.discard(self)
-        self.server.dispatcher.connection_lost(self)
 
 
 def make_listening_socket(address: Address, backlog: int = 4096,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -23,26 +24,33 @@ from typing import Any
 from . import _calls as calls
 from ._errors import ConnectionLost, map_connection_errors
 from ._protocol import Address, ClientConnection, Hello, Limits, Push, Reply
-from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
+from ._proxy import ProxyBase, Retry, Target, check_attribute_name, format_namespace
 
 __all__ = ["Namespace"]
 
 READ_CHUNK_BYTES = 64 * 1024
 
 
-def open_socket(address: Address) -> socket.socket:
+def open_socket(address: Address, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
     """A connected blocking socket (TCP_NODELAY for TCP: every frame is a whole message)."""
     if isinstance(address, tuple):
         sock = socket.create_connection(address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+    if ssl_context is None:
         return sock
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hostname = address[0] if isinstance(address, tuple) else None
     try:
-        sock.connect(address)
+        return ssl_context.wrap_socket(sock, server_hostname=hostname)
     except BaseException:
         sock.close()
         raise
-    return sock
 
 
 class SyncConnection:
@@ -57,7 +65,7 @@ class SyncConnection:
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.pushes: collections.deque[Push] = collections.deque()
         with map_connection_errors(self.address, connecting=True):
-            self.sock = open_socket(self.address)
+            self.sock = open_socket(self.address, target.ssl_context)
             try:
                 self.sock.sendall(self.protocol.send_hello())
                 self._receive_until(lambda event: type(event) is Hello)
@@ -72,14 +80,18 @@ class SyncConnection:
         """Send one request and block until its reply; raise what the server raised."""
         request_id, frame = self.protocol.send_request(op, *args)
         assert self.sock is not None
+        sent = False
         try:
             with map_connection_errors(self.address):
                 self.sock.sendall(frame)
+                sent = True
                 reply = self._receive_until(
                     lambda event: type(event) is Reply and event.id in (request_id, 0))
-        except BaseException:
+        except BaseException as exc:
             # Interrupted or broken mid-call: the stream position is unknown, never reuse it.
             self.close()
+            if isinstance(exc, ConnectionLost):
+                exc.request_sent = sent
             raise
         assert isinstance(reply, Reply)
         if reply.error is not None:
@@ -145,10 +157,10 @@ class _Pool:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.locals: dict[tuple[Address, bytes | None], threading.local] = {}
+        self.locals: dict[tuple[Any, ...], threading.local] = {}
 
     def connection(self, target: Target) -> SyncConnection:
-        server = (target.address, target.authkey)
+        server = target.server
         local = self.locals.get(server)
         if local is None:
             with self.lock:
@@ -159,7 +171,7 @@ class _Pool:
         return connection
 
     def discard(self, target: Target) -> None:
-        local = self.locals.get((target.address, target.authkey))
+        local = self.locals.get(target.server)
         connection = getattr(local, "connection", None)
         if connection is not None:
             connection.close()
@@ -258,15 +270,27 @@ class Namespace(ProxyBase):
     __slots__ = ()
 
     def __init__(self, address: Address, name: str | None = None, /, *,
-                 authkey: bytes | None = None, limits: Limits | None = None) -> None:
-        self._attach(Target.create(address, name, authkey, limits))
+                 authkey: bytes | None = None, limits: Limits | None = None,
+                 retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
+                 ) -> None:
+        self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
+                                   ssl_context=ssl_context))
 
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", _State(target))
 
     def _call(self, op: str, *args: Any) -> Any:
-        state: _State = self._aionamespace
-        return POOL.connection(state.target).call(op, *args)
+        target = self._aionamespace.target
+        failures = 0
+        while True:
+            try:
+                return POOL.connection(target).call(op, *args)
+            except ConnectionLost as exc:
+                failures += 1
+                delay = target.retry.delay(op, failures, exc)
+                if delay is None:
+                    raise
+                time.sleep(delay)  # back off before reconnecting (not synchronisation)
 
     def _run(self, call: calls.Call) -> Any:
         return call.read(self._call(call.op, *call.args))
