@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
 import ssl
@@ -38,6 +39,8 @@ from ._protocol import Address, Limits, ServerConnection, parse_address
 from ._store import MemoryStore, Store
 
 __all__ = ["Server", "ServerThread"]
+
+logger = logging.getLogger("aionamespace.server")
 
 DEFAULT_TCP_ADDRESS: tuple[str, int] = ("127.0.0.1", 0)
 
@@ -115,8 +118,8 @@ class Server:
         """Any anyio backend: one task per connection (used on trio)."""
         listener: anyio.abc.Listener[Any] = await anyio.abc.SocketListener.from_socket(sock)
         if self._ssl_context is not None:
-            listener = TLSListener(listener, self._ssl_context, standard_compatible=False,
-                                   handshake_timeout=self.limits.handshake_timeout)
+            listener = _TLSListener(listener, self._ssl_context, standard_compatible=False,
+                                    handshake_timeout=self.limits.handshake_timeout)
 
         async def handle(stream: anyio.abc.ByteStream) -> None:
             await StreamConnection(connections).run(stream)
@@ -195,6 +198,19 @@ class Server:
         assert self._timers is not None
         self._timers.start_soon(timer)
         return scope.cancel
+
+
+class _TLSListener(TLSListener):
+    """anyio's TLS listener, but a client failing its TLS handshake is logged at debug level:
+    it is the client's problem, not the server's (asyncio's transports do the same)."""
+
+    @staticmethod
+    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream,
+                                     ) -> None:
+        await anyio.aclose_forcefully(stream)
+        if not isinstance(exc, Exception) or isinstance(exc, anyio.get_cancelled_exc_class()):
+            raise exc
+        logger.debug("TLS handshake failed: %r", exc)
 
 
 def make_listening_socket(address: Address, backlog: int = 4096,
