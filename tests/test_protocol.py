@@ -1059,7 +1059,7 @@ def test_conversation_garbage_gets_a_connection_level_error() -> None:
     assert refusal.id == 0
     assert type(refusal.error) is LocalProtocolError
     assert wire.server_side.refused
-    assert wire.store.dump("ns") == {"a": ONE}
+    assert wire.store.snapshot("ns", None)[1] == {"a": ONE}
 
 
 def test_conversation_wrong_version_gets_the_hello_error_form() -> None:
