@@ -1,8 +1,8 @@
 """The sans-IO wire protocol (``_protocol``): frames, both state machines, addresses.
 
 No sockets and no event loop: bytes go from a ``ClientConnection`` into a ``ServerConnection``,
-the server's events are applied by the server's ``Dispatcher`` against a ``MemoryStore``, and the reply
-bytes go back into the ``ClientConnection``.
+the server's events are applied by the server's ``Dispatcher`` against a ``MemoryStore``, and
+the reply bytes go back into the ``ClientConnection``.
 
 The parser's promise, checked here by example and by fuzzing: whatever bytes arrive,
 ``FrameDecoder.feed`` returns frames (those completed before any bad bytes) or raises
@@ -1044,7 +1044,8 @@ def test_conversation_hello_pipelined_with_requests() -> None:
     set_id, set_frame = client.send_request("set", "ns", "a", ONE)
     get_id, get_frame = client.send_request("get", "ns", "a")
     events = server_side.receive_data(client.send_hello() + set_frame + get_frame)
-    hello, set_reply, get_reply = client.receive_data(server.dispatcher.respond(Peer(server_side), events))
+    answer = server.dispatcher.respond(Peer(server_side), events)
+    hello, set_reply, get_reply = client.receive_data(answer)
     assert type(hello) is Hello
     assert set_reply == Reply(set_id, 1)
     assert get_reply == Reply(get_id, ONE)
@@ -1085,8 +1086,10 @@ def test_conversation_over_a_byte_at_a_time() -> None:
         ids.append(request_id)
         outgoing += frame
     answer = b""
+    peer = Peer(server_side)
     for index in range(len(outgoing)):
-        answer += server.dispatcher.respond(Peer(server_side), server_side.receive_data(outgoing[index:index + 1]))
+        events_in = server_side.receive_data(outgoing[index:index + 1])
+        answer += server.dispatcher.respond(peer, events_in)
     events: list[Any] = []
     for index in range(len(answer)):
         events += client.receive_data(answer[index : index + 1])
