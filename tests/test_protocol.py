@@ -407,7 +407,7 @@ BAD_REQUESTS: list[tuple[list[Any], str]] = [
     ([5, None, "k"], "unknown operation"),
     ([5, b"get", "k", "n"], "unknown operation"),
     ([5, ["get"], "k", "n"], "unknown operation"),
-    ([5, "ping", "extra"], "ping takes"),
+    ([5, "ping", "extra"], "takes 0 arguments"),
     ([5, "get", "k"], "get:"),
     ([5, "get", "k", "n", "extra"], "get:"),
     ([5, "set", "k", "n"], "set:"),

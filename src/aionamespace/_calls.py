@@ -52,6 +52,14 @@ class WatchEvent:
     deleted: bool = False
 
 
+def shared(name: str) -> str:
+    """An attribute name an operation may share: ``_`` names stay on the proxy."""
+    if isinstance(name, str) and name.startswith("_"):
+        raise ValueError(f"{name!r} starts with '_': such names stay on the proxy and are "
+                         "never shared")
+    return name
+
+
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
     return {name: decode_value(blob) for name, blob in blobs.items()}
 
@@ -77,6 +85,7 @@ def delete(key: str, name: str) -> Call:
 
 
 def open_(key: str, defaults: dict[str, Any]) -> Call:
+    # Not shared(): like the stdlib's Namespace(_x=1), an initial _ name is stored, unreachable.
     return Call("open", (key, _encode_all(defaults)))
 
 
@@ -85,33 +94,33 @@ def dump(key: str) -> Call:
 
 
 def snapshot(key: str, names: tuple[str, ...]) -> Call:
-    return Call("snapshot", (key, list(names) if names else None), _read_snapshot)
+    return Call("snapshot", (key, [shared(n) for n in names] or None), _read_snapshot)
 
 
 def update(key: str, values: dict[str, Any]) -> Call:
-    return Call("update", (key, _encode_all(values)))
+    return Call("update", (key, _encode_all({shared(n): v for n, v in values.items()})))
 
 
 def setdefault(key: str, name: str, value: Any) -> Call:
-    return Call("setdefault", (key, name, encode_value(value)), decode_value)
+    return Call("setdefault", (key, shared(name), encode_value(value)), decode_value)
 
 
 def pop(key: str, name: str) -> Call:
-    return Call("pop", (key, name), decode_value)
+    return Call("pop", (key, shared(name)), decode_value)
 
 
 def incr(key: str, name: str, by: int | float) -> Call:
     if type(by) not in (int, float):
         raise TypeError(f"can only increment by an int or a float, not {type(by).__name__}")
-    return Call("incr", (key, name, encode_value(by)), decode_value)
+    return Call("incr", (key, shared(name), encode_value(by)), decode_value)
 
 
 def append(key: str, name: str, items: Iterable[Any]) -> Call:
-    return Call("append", (key, name, [encode_value(item) for item in items]))
+    return Call("append", (key, shared(name), [encode_value(item) for item in items]))
 
 
 def cas(key: str, name: str, expected: Any, new: Any) -> Call:
-    return Call("cas", (key, name, encode_value(expected), encode_value(new)))
+    return Call("cas", (key, shared(name), encode_value(expected), encode_value(new)))
 
 
 def acquire(key: str, name: str, token: bytes, timeout: float | None) -> Call:
@@ -127,7 +136,7 @@ def release(key: str, name: str, token: bytes) -> Call:
 def watch(key: str, names: tuple[str, ...], since: int | None) -> Call:
     if since is not None and (type(since) is not int or since < 0):
         raise ValueError(f"since must be a revision (an int >= 0), not {since!r}")
-    return Call("watch", (key, list(names) if names else None, since))
+    return Call("watch", (key, [shared(n) for n in names] or None, since))
 
 
 def event_from_push(name: str, revision: int, value: bytes | None) -> WatchEvent:

@@ -29,19 +29,22 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
 
 __all__ = [
+    "EMPTY_LIST",
     "MAX_DEPTH",
     "ExtCode",
     "ValueDecodeError",
     "check_value",
     "decode_value",
     "encode_value",
+    "extend_list",
 ]
 
 #: Values nested deeper than this are refused when encoding (a self-referencing list, say).
@@ -328,3 +331,37 @@ def _find_non_value(value: Any) -> str | None:
                 else:
                     pending.append((child, depth + 1))
     return None
+
+
+# ------------------------------------------------------------------------ lists in place
+
+EMPTY_LIST = b"\x90"
+_ARRAY_HEADERS = {0xDC: (3, ">H"), 0xDD: (5, ">I")}  # array 16, array 32: length, format
+
+
+def extend_list(encoded: bytes, items: Sequence[bytes]) -> tuple[bytes, int] | None:
+    """Append encoded ``items`` to an encoded list without decoding it; None if not a list.
+
+    A list is a msgpack array whose first element is not a container marker, so splicing is
+    a new array header, the old elements' bytes, then the new ones: linear in bytes, with no
+    per-element work (decoding and re-encoding made repeated appends quadratic).
+    """
+    first = encoded[0]
+    if 0x90 <= first <= 0x9F:
+        count, header = first & 0x0F, 1
+    elif first in _ARRAY_HEADERS:
+        header, fmt = _ARRAY_HEADERS[first]
+        count = struct.unpack_from(fmt, encoded, 1)[0]
+    else:
+        return None
+    body = encoded[header:]
+    if count and body[:2] == b"\xc7\x00" and body[2:3] and body[2] in _DECODED_MARKERS:
+        return None  # a tuple, set or frozenset
+    total = count + len(items)
+    if total < 16:
+        new_header = bytes([0x90 | total])
+    elif total < 1 << 16:
+        new_header = b"\xdc" + struct.pack(">H", total)
+    else:
+        new_header = b"\xdd" + struct.pack(">I", total)
+    return b"".join((new_header, body, *items)), total

@@ -136,6 +136,9 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()  # after what is buffered has been written
 
+    def backlog(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def pause_writing(self) -> None:
         # The peer does not read its answers: stop reading its requests, so the memory we hold
         # for it stays bounded by the transport's high-water mark.
@@ -171,6 +174,9 @@ class StreamConnection:
 
     def close(self) -> None:
         self._reading.cancel()  # run() then flushes (bounded) and closes the stream
+
+    def backlog(self) -> int:
+        return self._queued_bytes
 
     async def run(self, stream: anyio.abc.ByteStream) -> None:
         async with stream, anyio.create_task_group() as group:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._errors import HistoryExpired, ProtocolError, RemoteProtocolError
+from ._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtocolError
 from ._locks import LockTable
 from ._protocol import BadRequest, Hello, Refusal, Request, ServerConnection
 from ._store import Change, Store
@@ -24,6 +24,9 @@ from ._store import Change, Store
 __all__ = ["Dispatcher", "Peer"]
 
 logger = logging.getLogger("aionamespace.server")
+
+#: A connection with more unsent bytes than this gets no more pushes: it is dropped instead.
+MAX_PUSH_BACKLOG_BYTES = 16 * 1024 * 1024
 
 # Exceptions an op may raise on purpose; they go back to the caller as an error reply.
 _CALLER_ERRORS = (AttributeError, KeyError, TypeError, ValueError, OverflowError,
@@ -37,6 +40,12 @@ class Peer(Protocol):
 
     def write(self, data: bytes) -> None:
         """Queue bytes for this connection without blocking."""
+
+    def backlog(self) -> int:
+        """Bytes queued for this connection and not yet sent."""
+
+    def close(self) -> None:
+        """Close after sending what is queued."""
 
 
 class _Watch:
@@ -58,6 +67,7 @@ class Dispatcher:
         self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
         self._last_watch_id = 0
         self._pushes: dict[Peer, list[bytes]] = {}
+        self._in_batch = False
         self._store_ops: dict[str, Callable[..., Any]] = {
             "ping": lambda: None,
             "keys": store.keys,
@@ -82,16 +92,43 @@ class Dispatcher:
         }
 
     def respond(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal]) -> bytes:
-        """Apply a batch of events in order; return the answers (and pushes) as one write."""
-        out = [self._apply(peer, event) for event in events]
+        """Apply a batch of events in order; return the answers (and pushes) as one write.
+
+        Frames for other connections (watch events, deferred replies) are gathered during the
+        batch and written once each at its end, in the order they arose.
+        """
+        self._in_batch = True
+        try:
+            out = [self._apply(peer, event) for event in events]
+        finally:
+            self._in_batch = False
         if self._pushes:
             pushes, self._pushes = self._pushes, {}
             for other, frames in pushes.items():
                 if other is peer:
-                    out.extend(frames)
+                    # after the answers, but before a refusal: that is always the last frame
+                    at = len(out) - 1 if events and type(events[-1]) is Refusal else len(out)
+                    out[at:at] = frames
                 else:
-                    other.write(b"".join(frames))
+                    self._write(other, b"".join(frames))
         return b"".join(out)
+
+    def _send(self, peer: Peer, frame: bytes) -> None:
+        """A frame for ``peer`` outside its own answers: queued during a batch, else written."""
+        if self._in_batch:
+            self._pushes.setdefault(peer, []).append(frame)
+        else:
+            self._write(peer, frame)
+
+    def _write(self, peer: Peer, data: bytes) -> None:
+        if peer.backlog() > MAX_PUSH_BACKLOG_BYTES:
+            # A watcher that does not read cannot make us hold its events forever.
+            peer.write(peer.protocol.send_refusal(ConnectionLost(
+                f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread; watch again "
+                "from the last revision seen")))
+            peer.close()
+            return
+        peer.write(data)
 
     def connection_lost(self, peer: Peer) -> None:
         """Forget a connection's watches; release its locks (the next waiter gets them)."""
@@ -166,9 +203,9 @@ class Dispatcher:
 
         def grant(error: BaseException | None) -> None:
             if error is None:
-                peer.write(protocol.send_result(request_id, None))
+                self._send(peer, protocol.send_result(request_id, None))
             else:
-                peer.write(protocol.send_error(request_id, error))
+                self._send(peer, protocol.send_error(request_id, error))
 
         if self.locks.acquire(key, name, (peer, token), timeout, grant):
             return protocol.send_result(request_id, None)

@@ -38,7 +38,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "append": ("key", "name", "items"),  # extend a list in place -> new length
     "cas": ("key", "name", "value", "value"),  # compare and swap -> bool
     "watch": ("key", "names?", "revision?"),  # -> [watch id, revision, {name: value}]
-    "unwatch": ("watch_id",),  # -> nil
+    "unwatch": ("watch_id",),  # -> bool: whether that watch existed
     "acquire": ("key", "name", "token", "timeout?"),  # -> nil, when acquired (deferred)
     "release": ("key", "name", "token"),  # -> bool: whether it was held or awaited
 }
@@ -141,7 +141,7 @@ def check_args(limits: Limits, op: str, args: tuple[Any, ...]) -> str | None:
     """Why ``args`` are not valid for ``op`` (which must be in OPS), or None."""
     kinds = OPS[op]
     if len(args) != len(kinds):
-        return f"{op} takes {len(kinds)} arguments ({', '.join(kinds)}), not {len(args)}"
+        return f"takes {len(kinds)} arguments ({', '.join(kinds)}), not {len(args)}"
     for kind, arg in zip(kinds, args, strict=True):
         problem = _CHECKS[kind](limits, arg)
         if problem is not None:

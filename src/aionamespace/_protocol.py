@@ -105,7 +105,9 @@ class FrameDecoder:
         self._unpacker = msgpack.Unpacker(
             max_buffer_size=max_frame_bytes, raw=False, strict_map_key=True, use_list=True
         )
-        self._fed = 0
+        self._fed = 0  # bytes given to msgpack so far
+        self._frame_start = 0  # where the unfinished frame begins (msgpack's tell() moves on
+        #                        past the complete elements of an unfinished array)
         self.error: RemoteProtocolError | None = None
 
     def feed(self, data: bytes | memoryview) -> list[Any]:
@@ -115,13 +117,15 @@ class FrameDecoder:
         view = memoryview(data)
         try:
             while True:
-                room = self._max - (self._fed - self._unpacker.tell())
+                room = self._max - (self._fed - self._frame_start)
                 if room <= 0:
                     raise RemoteProtocolError(f"frame larger than max_frame_bytes ({self._max})")
                 piece, view = view[:room], view[room:]
                 self._unpacker.feed(piece)
                 self._fed += len(piece)
-                frames.extend(self._unpacker)
+                for frame in self._unpacker:
+                    frames.append(frame)
+                    self._frame_start = self._unpacker.tell()
                 if not view:
                     return frames
         except RemoteProtocolError as exc:

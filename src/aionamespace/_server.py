@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.from_thread
+import anyio.lowlevel
 from anyio.streams.tls import TLSListener
 
 from ._connections import READ_CHUNK_BYTES, AsyncioConnection, Connections, StreamConnection
@@ -279,6 +280,13 @@ class ServerThread:
         return self.server.address
 
     def start(self) -> Address:
+        try:
+            anyio.lowlevel.current_token()
+        except RuntimeError:
+            pass  # no event loop here: good, the thread runs its own
+        else:
+            raise RuntimeError("ServerThread runs its own event loop in a thread: start it from "
+                               "synchronous code, or use 'async with Server(...)' in async code")
         with self._lock:
             if self._portal is not None:
                 raise RuntimeError("the server thread is already running")

@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ._codec import decode_value, encode_value
+from ._codec import EMPTY_LIST, decode_value, encode_value, extend_list
 from ._errors import HistoryExpired
 
 __all__ = ["Change", "MemoryStore", "Store", "missing_attribute"]
@@ -70,11 +70,13 @@ class _Namespace:
     def __init__(self, history: int) -> None:
         self.attributes: dict[str, bytes] = {}
         self.revision = 0
-        self.history: collections.deque[Change] = collections.deque(maxlen=history)
+        # Whole revisions (an update's changes stay together): a watch never replays half one.
+        self.history: collections.deque[tuple[Change, ...]] = collections.deque(maxlen=history)
 
 
 class MemoryStore:
-    """Namespaces in memory, living as long as the server; ``history`` changes kept per one."""
+    """Namespaces in memory, living as long as the server; each keeps its last ``history``
+    revisions for watches to resume from."""
 
     def __init__(self, history: int = DEFAULT_HISTORY) -> None:
         self._namespaces: dict[str, _Namespace] = {}
@@ -92,15 +94,17 @@ class MemoryStore:
         """Apply changes as one revision, record them, tell the listener."""
         namespace.revision += 1
         revision = namespace.revision
+        committed = []
         for name, value in changes:
             if value is None:
                 del namespace.attributes[name]
             else:
                 namespace.attributes[name] = value
             change = Change(key, revision, name, value)
-            namespace.history.append(change)
+            committed.append(change)
             if self.on_change is not None:
                 self.on_change(change)
+        namespace.history.append(tuple(committed))
         return revision
 
     # ------------------------------------------------------------------ plain access
@@ -176,14 +180,16 @@ class MemoryStore:
         return value
 
     def append(self, key: str, name: str, items: Sequence[bytes]) -> int:
+        """Extend a list in place: the encoded items are spliced in, nothing is re-encoded."""
         namespace = self._ns(key)
-        current_blob = namespace.attributes.get(name)
-        current = [] if current_blob is None else decode_value(current_blob)
-        if type(current) is not list:
-            raise TypeError(f"cannot append to {name!r}: it holds {_kind(current)}, not a list")
-        current.extend(decode_value(item) for item in items)
-        self._commit(key, namespace, [(name, encode_value(current))])
-        return len(current)
+        current = namespace.attributes.get(name, EMPTY_LIST)
+        spliced = extend_list(current, items)
+        if spliced is None:
+            raise TypeError(f"cannot append to {name!r}: it holds "
+                            f"{_kind(decode_value(current))}, not a list")
+        value, length = spliced
+        self._commit(key, namespace, [(name, value)])
+        return length
 
     def cas(self, key: str, name: str, expected: bytes, new: bytes) -> bool:
         """Set ``name`` to ``new`` if it holds a value equal to (and of the type of) expected."""
@@ -210,12 +216,13 @@ class MemoryStore:
                 "restarted; resync with _snapshot() and watch from its revision")
         if namespace is None or since == revision:
             return []
-        oldest = namespace.history[0].revision if namespace.history else namespace.revision + 1
+        oldest = namespace.history[0][0].revision if namespace.history else revision + 1
         if since < oldest - 1:
             raise HistoryExpired(
                 f"revision {since} is older than the history kept (oldest: {oldest}); "
                 "resync with _snapshot() and watch from its revision")
-        return [change for change in namespace.history if change.revision > since]
+        return [change for changes in namespace.history if changes[0].revision > since
+                for change in changes]
 
 
 def _kind(value: Any) -> str:

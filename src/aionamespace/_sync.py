@@ -104,6 +104,8 @@ class SyncConnection:
         """The next watch event on this connection; TimeoutError after ``timeout`` seconds."""
         if not self.pushes:
             assert self.sock is not None
+            if timeout is not None and timeout <= 0:  # settimeout(0) would mean non-blocking
+                raise TimeoutError("no watch event arrived in time")
             self.sock.settimeout(timeout)
             try:
                 with map_connection_errors(self.address):
