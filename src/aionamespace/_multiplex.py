@@ -107,7 +107,7 @@ class Multiplexer:
         self.waiting: dict[_Waiter, None] = {}  # every task waiting on this connection
         self.by_id: dict[int, _Waiter] = {}
         self.reading = False
-        self.send_lock: anyio.Lock | None = None
+        self.sending = False  # a task is in drain(), sending the outbox
         self.connect_lock: anyio.Lock | None = None
         self.kick: anyio.Event | None = None  # set while a pump task runs (async with)
         self.pump_group: anyio.abc.TaskGroup | None = None
@@ -123,7 +123,7 @@ class Multiplexer:
             self.stream = None
             self.lost(ConnectionLost("the event loop that opened the connection has ended"))
         self.loop = loop
-        self.send_lock = anyio.Lock()
+        self.sending = False
         self.connect_lock = anyio.Lock()
         self.reading = False
 
@@ -185,8 +185,9 @@ class Multiplexer:
             if not self.write_errors:
                 raise
             # else: the loss is already recorded against the writes it hit; report it once
-        if self.inflight_writes:
-            await self.wait(_Waiter(until=max(self.inflight_writes)))
+        unacknowledged = self.queued_writes | self.inflight_writes
+        if unacknowledged:  # some may still be on their way out, with another task's batch
+            await self.wait(_Waiter(until=max(unacknowledged)))
         errors, self.write_errors = self.write_errors, []
         if errors:
             raise errors[0]
@@ -265,20 +266,31 @@ class Multiplexer:
                 await group.__aexit__(None, None, None)
 
     async def drain(self) -> None:
-        """Send the whole outbox (coalesced); a task finding the lock taken waits its turn."""
-        assert self.send_lock is not None
-        async with self.send_lock:
-            while self.outbox and self.stream is not None:
-                batch, self.outbox = self.outbox, []
-                self.sent_through = batch[-1][0]  # ids rise along the outbox
-                for request_id, _ in batch:
-                    if request_id in self.queued_writes:
-                        self.queued_writes.discard(request_id)
-                        self.inflight_writes.add(request_id)
-                data = b"".join(frame for _, frame in batch)
-                # Shielded: a frame half sent would desynchronise the stream for every task.
-                with anyio.CancelScope(shield=True):
-                    await self.send(self.stream, data)
+        """Send the outbox, coalescing what concurrent tasks queue meanwhile (auto-pipelining).
+
+        One task at a time is the sender; others return at once (their frames are in the outbox
+        the sender empties). When other requests are in flight, the sender first yields once,
+        so that every task ready to run queues its frame and one write carries them all. It
+        cannot be cancelled from then until the outbox is empty: a frame half sent would
+        desynchronise the stream, and a frame left behind would never be answered.
+        """
+        if self.sending:
+            return
+        self.sending = True
+        try:
+            with anyio.CancelScope(shield=True):
+                if len(self.by_id) > 1:
+                    await anyio.lowlevel.cancel_shielded_checkpoint()
+                while self.outbox and self.stream is not None:
+                    batch, self.outbox = self.outbox, []
+                    self.sent_through = batch[-1][0]  # ids rise along the outbox
+                    for request_id, _ in batch:
+                        if request_id in self.queued_writes:
+                            self.queued_writes.discard(request_id)
+                            self.inflight_writes.add(request_id)
+                    await self.send(self.stream, b"".join(frame for _, frame in batch))
+        finally:
+            self.sending = False
 
     async def send(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
         try:
