@@ -27,6 +27,7 @@ class Call:
     op: str
     args: tuple[Any, ...]
     read: Callable[[Any], Any] = _unchanged
+    changes: tuple[str, ...] = ()  # attribute names it may change (a client cache forgets them)
 
 
 class Snapshot(dict[str, Any]):
@@ -77,16 +78,16 @@ def get(key: str, name: str) -> Call:
 
 
 def set_(key: str, name: str, value: Any) -> Call:
-    return Call("set", (key, name, encode_value(value)))
+    return Call("set", (key, name, encode_value(value)), changes=(name,))
 
 
 def delete(key: str, name: str) -> Call:
-    return Call("del", (key, name))
+    return Call("del", (key, name), changes=(name,))
 
 
 def open_(key: str, defaults: dict[str, Any]) -> Call:
     # Not shared(): like the stdlib's Namespace(_x=1), an initial _ name is stored, unreachable.
-    return Call("open", (key, _encode_all(defaults)))
+    return Call("open", (key, _encode_all(defaults)), changes=tuple(defaults))
 
 
 def dump(key: str) -> Call:
@@ -98,29 +99,33 @@ def snapshot(key: str, names: tuple[str, ...]) -> Call:
 
 
 def update(key: str, values: dict[str, Any]) -> Call:
-    return Call("update", (key, _encode_all({shared(n): v for n, v in values.items()})))
+    return Call("update", (key, _encode_all({shared(n): v for n, v in values.items()})),
+                changes=tuple(values))
 
 
 def setdefault(key: str, name: str, value: Any) -> Call:
-    return Call("setdefault", (key, shared(name), encode_value(value)), decode_value)
+    return Call("setdefault", (key, shared(name), encode_value(value)), decode_value,
+                changes=(name,))
 
 
 def pop(key: str, name: str) -> Call:
-    return Call("pop", (key, shared(name)), decode_value)
+    return Call("pop", (key, shared(name)), decode_value, changes=(name,))
 
 
 def incr(key: str, name: str, by: int | float) -> Call:
     if type(by) not in (int, float):
         raise TypeError(f"can only increment by an int or a float, not {type(by).__name__}")
-    return Call("incr", (key, shared(name), encode_value(by)), decode_value)
+    return Call("incr", (key, shared(name), encode_value(by)), decode_value, changes=(name,))
 
 
 def append(key: str, name: str, items: Iterable[Any]) -> Call:
-    return Call("append", (key, shared(name), [encode_value(item) for item in items]))
+    return Call("append", (key, shared(name), [encode_value(item) for item in items]),
+                changes=(name,))
 
 
 def cas(key: str, name: str, expected: Any, new: Any) -> Call:
-    return Call("cas", (key, shared(name), encode_value(expected), encode_value(new)))
+    return Call("cas", (key, shared(name), encode_value(expected), encode_value(new)),
+                changes=(name,))
 
 
 def acquire(key: str, name: str, token: bytes, timeout: float | None) -> Call:

@@ -72,7 +72,6 @@ class Dispatcher:
             "ping": lambda: None,
             "keys": store.keys,
             "open": store.open,
-            "get": store.get,
             "set": store.set,
             "del": store.delete,
             "dump": lambda key: store.snapshot(key, None)[1],
@@ -84,7 +83,12 @@ class Dispatcher:
             "append": store.append,
             "cas": store.cas,
         }
+        self._tracking: set[Peer] = set()  # connections with a client cache
+        self._tracked: dict[tuple[str, str], set[Peer]] = {}  # (key, name) -> who cached it
+        self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
         self._peer_ops: dict[str, Callable[..., bytes]] = {
+            "get": self._get,
+            "track": self._track,
             "watch": self._watch,
             "unwatch": self._unwatch,
             "acquire": self._acquire,
@@ -131,9 +135,16 @@ class Dispatcher:
         peer.write(data)
 
     def connection_lost(self, peer: Peer) -> None:
-        """Forget a connection's watches; release its locks (the next waiter gets them)."""
+        """Forget a connection's watches and cache; release its locks (to the next waiter)."""
         for watch_id, key in self._peer_watches.pop(peer, {}).items():
             self._remove_watch(key, watch_id)
+        self._tracking.discard(peer)
+        for item in self._peer_tracked.pop(peer, ()):
+            readers = self._tracked.get(item)
+            if readers is not None:
+                readers.discard(peer)
+                if not readers:
+                    del self._tracked[item]
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
 
@@ -160,6 +171,14 @@ class Dispatcher:
     # ------------------------------------------------------------------ watches
 
     def _changed(self, change: Change) -> None:
+        if self._tracked:
+            item = (change.key, change.name)
+            readers = self._tracked.pop(item, None)
+            if readers:
+                frame = ServerConnection.send_invalidation(change.key, change.name)
+                for reader in readers:  # invalidated once: a reader that gets again re-tracks
+                    self._peer_tracked[reader].discard(item)
+                    self._pushes.setdefault(reader, []).append(frame)
         for watch in self._watches.get(change.key, {}).values():
             if watch.names is None or change.name in watch.names:
                 self._pushes.setdefault(watch.peer, []).append(
@@ -194,6 +213,22 @@ class Dispatcher:
             watches.pop(watch_id, None)
             if not watches:
                 del self._watches[key]
+
+    # ------------------------------------------------------------------ client caches
+
+    def _get(self, peer: Peer, request_id: int, key: str, name: str) -> bytes:
+        if peer in self._tracking:  # tracked even when missing: the cache keeps that too
+            self._tracked.setdefault((key, name), set()).add(peer)
+            self._peer_tracked.setdefault(peer, set()).add((key, name))
+        return peer.protocol.send_result(request_id, self.store.get(key, name))
+
+    def _track(self, peer: Peer, request_id: int, on: bool) -> bytes:
+        """Like Redis client tracking: invalidate (once) every value this connection gets."""
+        if on:
+            self._tracking.add(peer)
+        else:
+            self._tracking.discard(peer)
+        return peer.protocol.send_result(request_id, None)
 
     # ------------------------------------------------------------------ locks
 

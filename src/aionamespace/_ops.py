@@ -41,6 +41,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "unwatch": ("watch_id",),  # -> bool: whether that watch existed
     "acquire": ("key", "name", "token", "timeout?"),  # -> nil, when acquired (deferred)
     "release": ("key", "name", "token"),  # -> bool: whether it was held or awaited
+    "track": ("flag",),  # client cache: from now on, invalidate what this connection gets
 }
 
 #: Ops whose reply may come after the replies to later requests (docs/PROTOCOL.md).
@@ -113,6 +114,10 @@ def _token(limits: Limits, token: Any) -> str | None:
     return f"a lock token is 1 to {MAX_TOKEN_BYTES} bytes"
 
 
+def _flag(limits: Limits, flag: Any) -> str | None:
+    return None if type(flag) is bool else "expected true or false"
+
+
 def _timeout(limits: Limits, timeout: Any) -> str | None:
     if timeout is None:
         return None
@@ -132,6 +137,7 @@ _CHECKS: dict[str, Callable[[Limits, Any], str | None]] = {
     "watch_id": _watch_id,
     "token": _token,
     "timeout?": _timeout,
+    "flag": _flag,
 }
 
 _NAME_KINDS = frozenset({"key", "name", "names?"})

@@ -41,6 +41,7 @@ __all__ = [
     "ClientConnection",
     "FrameDecoder",
     "Hello",
+    "Invalidate",
     "Limits",
     "Push",
     "Refusal",
@@ -57,6 +58,7 @@ PROTOCOL_VERSION = 1
 REPLY_OK = 0
 REPLY_ERROR = 1
 PUSH_EVENT = 2  # [0, 2, watch id, revision, name, value or nil]
+PUSH_INVALIDATE = 3  # [0, 3, key, name]: a value this connection read (tracked) changed
 
 #: A Unix socket path, or a (host, port) pair for TCP.
 Address = Union[str, "tuple[str, int]"]
@@ -179,6 +181,14 @@ class Push:
     revision: int
     name: str
     value: bytes | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invalidate:
+    """The server says: ``name`` in namespace ``key``, which this connection read, changed."""
+
+    key: str
+    name: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -324,6 +334,11 @@ class ServerConnection:
         return pack_frame([0, PUSH_EVENT, watch_id, revision, name, value])
 
     @staticmethod
+    def send_invalidation(key: str, name: str) -> bytes:
+        """A cache invalidation: ``name`` in ``key``, which this connection read, changed."""
+        return pack_frame([0, PUSH_INVALIDATE, key, name])
+
+    @staticmethod
     def send_result(request_id: int, result: Any) -> bytes:
         return pack_frame([request_id, REPLY_OK, result])
 
@@ -400,8 +415,9 @@ class ClientConnection:
             )
         return request_id, frame
 
-    def receive_data(self, data: bytes | memoryview) -> list[Hello | Reply | Push]:
-        events: list[Hello | Reply | Push] = []
+    def receive_data(self, data: bytes | memoryview,
+                     ) -> list[Hello | Reply | Push | Invalidate]:
+        events: list[Hello | Reply | Push | Invalidate] = []
         for frame in self._decoder.feed(data):
             if not self.greeted:
                 events.append(self._check_server_hello(frame))
@@ -412,9 +428,13 @@ class ClientConnection:
         return events
 
 
-def _check_reply(frame: Any) -> Reply | Push:
+def _check_reply(frame: Any) -> Reply | Push | Invalidate:
     if type(frame) is not list or len(frame) < 3 or type(frame[0]) is not int:
         raise RemoteProtocolError("a reply must be an array [id, status, ...]")
+    if frame[0] == 0 and frame[1] == PUSH_INVALIDATE:
+        if len(frame) == 4 and type(frame[2]) is str and type(frame[3]) is str:
+            return Invalidate(frame[2], frame[3])
+        raise RemoteProtocolError("malformed invalidation")
     if frame[0] == 0 and frame[1] == PUSH_EVENT:
         if (len(frame) == 6 and type(frame[2]) is int and type(frame[3]) is int
                 and type(frame[4]) is str and type(frame[5]) in (bytes, type(None))):

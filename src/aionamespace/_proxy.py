@@ -62,11 +62,12 @@ class Target:
     retry: Retry = dataclasses.field(default_factory=Retry)
     ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, repr=False,
                                                            compare=False)
+    cache: bool = False
 
     @classmethod
     def create(cls, address: object, name: str | None, *, authkey: bytes | None = None,
                limits: Limits | None = None, retry: Retry | None = None,
-               ssl_context: ssl.SSLContext | None = None) -> Target:
+               ssl_context: ssl.SSLContext | None = None, cache: bool = False) -> Target:
         limits = limits or Limits()
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
@@ -80,7 +81,7 @@ class Target:
                 raise ValueError(f"invalid namespace name {name!r}: {problem}")
             key, named = name, True
         return cls(parse_address(address), key, named, authkey, limits, retry or Retry(),
-                   ssl_context)
+                   ssl_context, cache)
 
     @property
     def server(self) -> tuple[Address, bytes | None, ssl.SSLContext | None]:

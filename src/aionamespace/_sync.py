@@ -22,11 +22,14 @@ from types import TracebackType
 from typing import Any
 
 from . import _calls as calls
+from ._cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
 from ._errors import ConnectionLost, map_connection_errors
-from ._protocol import Address, ClientConnection, Hello, Limits, Push, Reply
+from ._protocol import Address, ClientConnection, Hello, Invalidate, Limits, Push, Reply
 from ._proxy import ProxyBase, Retry, Target, check_attribute_name, format_namespace
 
 __all__ = ["Namespace"]
+
+_ABSENT = object()
 
 READ_CHUNK_BYTES = 64 * 1024
 
@@ -117,16 +120,20 @@ class SyncConnection:
                 raise
         return self.pushes.popleft()
 
-    def _receive_until(self, wanted: Any) -> Hello | Reply | Push:
-        """Read until an event ``wanted`` accepts; watch events are kept in ``pushes``."""
+    def receive_events(self) -> list[Hello | Reply | Push | Invalidate]:
+        """Block for the next chunk and return the events it completes (maybe none)."""
         assert self.sock is not None
+        received = self.sock.recv_into(self._buffer)
+        if not received:
+            raise ConnectionLost(f"the aionamespace server at {self.address!r} closed the "
+                                 "connection")
+        return self.protocol.receive_data(self._buffer[:received])
+
+    def _receive_until(self, wanted: Any) -> Hello | Reply | Push | Invalidate:
+        """Read until an event ``wanted`` accepts; watch events are kept in ``pushes``."""
         while True:
-            received = self.sock.recv_into(self._buffer)
-            if not received:
-                raise ConnectionLost(f"the aionamespace server at {self.address!r} closed the "
-                                     "connection")
             found = None
-            for event in self.protocol.receive_data(self._buffer[:received]):
+            for event in self.receive_events():
                 if type(event) is Push:
                     self.pushes.append(event)
                 if wanted(event):
@@ -254,10 +261,11 @@ class Watch:
 
 
 class _State:
-    __slots__ = ("target",)
+    __slots__ = ("cache", "target")
 
     def __init__(self, target: Target) -> None:
         self.target = target
+        self.cache: CacheConnection | None = None
 
 
 class Namespace(ProxyBase):
@@ -274,37 +282,64 @@ class Namespace(ProxyBase):
     def __init__(self, address: Address, name: str | None = None, /, *,
                  authkey: bytes | None = None, limits: Limits | None = None,
                  retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
-                 ) -> None:
+                 cache: bool = False) -> None:
         self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
-                                   ssl_context=ssl_context))
+                                   ssl_context=ssl_context, cache=cache))
 
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", _State(target))
 
     def _call(self, op: str, *args: Any) -> Any:
         target = self._aionamespace.target
+        return self._retrying(op, lambda: POOL.connection(target).call(op, *args))
+
+    def _retrying(self, op: str, attempt: Callable[[], Any]) -> Any:
+        """``attempt()``, again after a lost connection when the retry policy allows."""
+        retry = self._aionamespace.target.retry
         failures = 0
         while True:
             try:
-                return POOL.connection(target).call(op, *args)
+                return attempt()
             except ConnectionLost as exc:
                 failures += 1
-                delay = target.retry.delay(op, failures, exc)
+                delay = retry.delay(op, failures, exc)
                 if delay is None:
                     raise
                 time.sleep(delay)  # back off before reconnecting (not synchronisation)
 
     def _run(self, call: calls.Call) -> Any:
+        target = self._aionamespace.target
+        if target.cache and call.changes:
+            cache = CACHES.existing(target)
+            if cache is not None:
+                cache.forget(target.key, call.changes)
         return call.read(self._call(call.op, *call.args))
 
     @property
     def _key(self) -> str:
         return self._aionamespace.target.key  # type: ignore[no-any-return]
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return self._run(calls.get(self._key, name))
+    def __getattribute__(self, name: str) -> Any:
+        # Shared names are looked up here, not in __getattr__: that is only called after the
+        # normal lookup has raised (and thrown away) an AttributeError, which would cost a
+        # cached read a third of its time. Everything of the proxy's own starts with "_".
+        if name[:1] == "_":
+            return object.__getattribute__(self, name)
+        state: _State = object.__getattribute__(self, "_aionamespace")
+        if state.target.cache:
+            cache = state.cache
+            if cache is not None and cache.usable:  # the hot path: one dict lookup
+                entry = cache.values.get((state.target.key, name), _ABSENT)
+                if entry is not _ABSENT:
+                    return entry if type(entry) not in SPECIAL_ENTRIES else entry_value(
+                        entry, name)
+            return self._retrying("get", lambda: self._cache().get(state.target.key, name))
+        return self._run(calls.get(state.target.key, name))
+
+    def _cache(self) -> CacheConnection:
+        state: _State = self._aionamespace
+        state.cache = CACHES.connection(state.target)
+        return state.cache
 
     def __setattr__(self, name: str, value: Any) -> None:
         check_attribute_name(name)
