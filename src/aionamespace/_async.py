@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from . import _calls as calls
+from ._cache import ABSENT, entry_value
 from ._errors import ConnectionLost
 from ._multiplex import Multiplexer
 from ._protocol import Address, Limits
@@ -35,7 +36,7 @@ class _PendingGet:
         self._proxy, self._name = proxy, name
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._proxy._run(calls.get(self._proxy._key, self._name)).__await__()
+        return self._proxy._get(self._name).__await__()
 
     def __repr__(self) -> str:
         return f"<pending read of {self._name!r}: await it>"
@@ -54,9 +55,9 @@ class AsyncNamespace(ProxyBase):
     def __init__(self, address: Address, name: str | None = None, /, *,
                  authkey: bytes | None = None, limits: Limits | None = None,
                  retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
-                 ) -> None:
+                 cache: bool = False) -> None:
         self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
-                                   ssl_context=ssl_context))
+                                   ssl_context=ssl_context, cache=cache))
 
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", Multiplexer(target))
@@ -65,7 +66,19 @@ class AsyncNamespace(ProxyBase):
     def _key(self) -> str:
         return self._aionamespace.target.key
 
+    async def _get(self, name: str) -> Any:
+        entry = self._aionamespace.cached(self._key, name)
+        if entry is not ABSENT:
+            return entry_value(entry, name)
+        return await self._run(calls.get(self._key, name))
+
+    def _forget(self, call: calls.Call) -> None:
+        cache = self._aionamespace.cache
+        if cache is not None and call.changes:
+            cache.forget(self._key, call.changes)  # read-your-writes
+
     async def _run(self, call: calls.Call) -> Any:
+        self._forget(call)
         retry = self._aionamespace.target.retry
         failures = 0
         while True:
@@ -79,6 +92,7 @@ class AsyncNamespace(ProxyBase):
                 await anyio.sleep(delay)  # back off before reconnecting
 
     def _queue(self, call: calls.Call) -> None:
+        self._forget(call)
         self._aionamespace.queue_write(call.op, *call.args)
 
     # ------------------------------------------------------------------ attribute protocol

@@ -27,7 +27,7 @@ from ._protocol import Invalidate, Reply
 from ._proxy import Target
 from ._store import missing_attribute
 
-__all__ = ["CACHES", "SPECIAL_ENTRIES", "CacheConnection", "entry_value"]
+__all__ = ["ABSENT", "CACHES", "SPECIAL_ENTRIES", "CacheConnection", "CacheTable", "entry_value"]
 
 #: Decoded values of these types are immutable: the cache may hand out the same object.
 _IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes, complex})
@@ -36,7 +36,7 @@ class _Missing:
 
 
 _MISSING = _Missing()
-_ABSENT = object()  # not in the cache
+ABSENT = object()  # not in the cache
 
 
 class _Blob:
@@ -62,13 +62,60 @@ def entry_value(entry: Any, name: str) -> Any:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "generation", "item", "result")
+    __slots__ = ("done", "error", "result")
 
-    def __init__(self, item: tuple[str, str], generation: int) -> None:
-        self.item, self.generation = item, generation
+    def __init__(self) -> None:
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+class CacheTable:
+    """What a cache holds, and the rules for changing it: shared by both proxies.
+
+    ``expect`` notes a read on its way (with the name's generation), ``answered`` turns its
+    reply into an entry and keeps it unless our own write came since, ``invalidate`` applies
+    the server's word, ``forget`` our own writes'.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], Any] = {}  # what reads serve, see entry_value
+        self._generations: dict[tuple[str, str], int] = {}
+        self._expected: dict[int, tuple[tuple[str, str], int]] = {}  # request id -> item, gen
+
+    def expect(self, request_id: int, item: tuple[str, str]) -> None:
+        self._expected[request_id] = (item, self._generations.get(item, 0))
+
+    def answered(self, request_id: int, result: Any, error: BaseException | None) -> Any:
+        """The entry a reply to an expected read makes (None for other replies)."""
+        expected = self._expected.pop(request_id, None)
+        if expected is None:
+            return None
+        if isinstance(error, AttributeError):
+            entry: Any = _MISSING
+        elif error is not None or type(result) is not bytes:
+            return None
+        else:
+            value = decode_value(result)
+            entry = value if type(value) in _IMMUTABLE else _Blob(result)
+        item, generation = expected
+        if self._generations.get(item, 0) == generation:
+            self.values[item] = entry  # else our own write came since: don't keep it
+        return entry
+
+    def invalidate(self, key: str, name: str) -> None:
+        self.values.pop((key, name), None)
+
+    def forget(self, key: str, names: tuple[str, ...]) -> None:
+        for name in names:
+            item = (key, name)
+            self._generations[item] = self._generations.get(item, 0) + 1
+            self.values.pop(item, None)
+
+    def clear(self) -> None:
+        """The connection is gone: nothing cached can be trusted any more."""
+        self.values.clear()
+        self._expected.clear()
 
 
 class CacheConnection:
@@ -86,8 +133,8 @@ class CacheConnection:
             self._connection.close()
             raise
         self.alive = True
-        self.values: dict[tuple[str, str], Any] = {}  # what ``get`` serves, see _entry_value
-        self._generations: dict[tuple[str, str], int] = {}
+        self.table = CacheTable()
+        self.values = self.table.values  # what reads serve (the proxy's hot path reads it)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()  # sending, and the pending table
         self._reader = threading.Thread(target=self._read_forever, daemon=True,
@@ -101,26 +148,24 @@ class CacheConnection:
     def get(self, key: str, name: str) -> Any:
         """The value of ``name``: from the cache, or read (and cached) through the server."""
         item = (key, name)
-        entry = self.values.get(item, _ABSENT)
-        if entry is _ABSENT:
+        entry = self.values.get(item, ABSENT)
+        if entry is ABSENT:
             entry = self._read(item)
         return entry_value(entry, name)
 
     def forget(self, key: str, names: tuple[str, ...]) -> None:
         """Our own write is about to change these: drop them, and any read still in flight."""
-        for name in names:
-            item = (key, name)
-            self._generations[item] = self._generations.get(item, 0) + 1
-            self.values.pop(item, None)
+        self.table.forget(key, names)
 
     def _read(self, item: tuple[str, str]) -> Any:
-        pending = _Pending(item, self._generations.get(item, 0))
+        pending = _Pending()
         protocol = self._connection.protocol
         with self._lock:
             if not self.alive:
                 raise ConnectionLost("the cache's connection to the server was lost")
             request_id, frame = protocol.send_request("get", *item)
             self._pending[request_id] = pending
+            self.table.expect(request_id, item)
             sock = self._connection.sock
             assert sock is not None
             try:
@@ -141,7 +186,7 @@ class CacheConnection:
             while True:
                 for event in connection.receive_events():
                     if type(event) is Invalidate:
-                        self.values.pop((event.key, event.name), None)
+                        self.table.invalidate(event.key, event.name)
                     elif type(event) is Reply:
                         self._answer(event)
         except Exception as exc:  # every way out fails the waiters
@@ -149,7 +194,7 @@ class CacheConnection:
         finally:
             with self._lock:
                 self.alive = False
-                self.values.clear()
+                self.table.clear()
                 pending, self._pending = self._pending, {}
             for waiter in pending.values():
                 waiter.error = error
@@ -159,19 +204,11 @@ class CacheConnection:
     def _answer(self, reply: Reply) -> None:
         with self._lock:
             pending = self._pending.pop(reply.id, None)
+            entry = self.table.answered(reply.id, reply.result, reply.error)
         if pending is None:
             return
-        if isinstance(reply.error, AttributeError):
-            entry: Any = _MISSING
-        elif reply.error is not None:
-            pending.error = reply.error
-            pending.done.set()
-            return
-        else:
-            value = decode_value(reply.result)
-            entry = value if type(value) in _IMMUTABLE else _Blob(reply.result)
-        if self._generations.get(pending.item, 0) == pending.generation:
-            self.values[pending.item] = entry  # else our own write came since: don't keep it
+        if entry is None:
+            pending.error = reply.error or ConnectionLost("unexpected reply to a cached read")
         pending.result = entry
         pending.done.set()
 

@@ -27,8 +27,9 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.tls import TLSStream
 
+from ._cache import ABSENT, CacheTable
 from ._errors import ConnectionLost, ProtocolError, WriteQueueFull, map_connection_errors
-from ._protocol import Address, ClientConnection, Hello, Push, Reply
+from ._protocol import Address, ClientConnection, Hello, Invalidate, Push, Reply
 from ._proxy import Target
 
 __all__ = ["Multiplexer", "open_connection"]
@@ -65,6 +66,12 @@ async def open_connection(target: Target, protocol: ClientConnection) -> anyio.a
             proof = protocol.send_proof()
             if proof:
                 await stream.send(proof)
+            if target.cache:  # client tracking: the server will invalidate what we get
+                track_id, frame = protocol.send_request("track", True)
+                await stream.send(frame)
+                while not any(type(event) is Reply and event.id == track_id
+                              for event in protocol.receive_data(await stream.receive())):
+                    pass
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
@@ -112,6 +119,9 @@ class Multiplexer:
         self.kick: anyio.Event | None = None  # set while a pump task runs (async with)
         self.pump_group: anyio.abc.TaskGroup | None = None
         self.pushes: collections.deque[Push] = collections.deque()  # for a watch's connection
+        self.cache = CacheTable() if target.cache else None
+        self.connected: anyio.Event | None = None  # set while a connection is up
+        self.keeping_cache = False  # a task reads invalidations as they come (read_forever)
         self.sent_through = 0  # the highest request id ever handed to a socket
 
     def bind(self) -> None:
@@ -126,11 +136,16 @@ class Multiplexer:
         self.sending = False
         self.connect_lock = anyio.Lock()
         self.reading = False
+        self.connected = None
 
     def lost(self, error: BaseException) -> None:
         """The connection is gone: fail every waiter; keep unsent writes for the next one."""
         self.stream = None
         self.last_error = error
+        if self.connected is not None and self.connected.is_set():
+            self.connected = anyio.Event()  # read_forever waits for the next connection
+        if self.cache is not None:
+            self.cache.clear()
         if self.inflight_writes:
             count = len(self.inflight_writes)
             self.inflight_writes.clear()
@@ -149,6 +164,8 @@ class Multiplexer:
             self.inflight_writes.discard(reply.id)
             if reply.error is not None:
                 self.write_errors.append(reply.error)
+        if self.cache is not None:  # a cached read's answer fills the cache, in stream order
+            self.cache.answered(reply.id, reply.result, reply.error)
         waiter = self.by_id.pop(reply.id, None)
         if waiter is not None:
             waiter.finish(reply.result, reply.error)
@@ -203,9 +220,33 @@ class Multiplexer:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)
 
+    def cached(self, key: str, name: str) -> Any:
+        """The cache entry for a name, or ABSENT; only while the cache is being kept current
+        (inside ``async with``, where a task reads the server's invalidations as they come)."""
+        if self.cache is None or not self.keeping_cache or self.stream is None:
+            return ABSENT
+        return self.cache.values.get((key, name), ABSENT)
+
+    async def read_forever(self) -> None:
+        """With a cache, inside ``async with``: be the reader whenever connected, so that the
+        server's invalidations are applied as they arrive (other tasks get their replies
+        through their events)."""
+        try:
+            while True:
+                if self.connected is None:
+                    self.connected = anyio.Event()
+                await self.connected.wait()
+                self.keeping_cache = True
+                await self.wait(_Waiter(wants_push=True))  # ends when the connection does
+                self.keeping_cache = False
+        finally:
+            self.keeping_cache = False
+
     async def request(self, op: str, *args: Any) -> Any:
         self.bind()
         request_id, frame = self.protocol.send_request(op, *args)
+        if self.cache is not None and op == "get":
+            self.cache.expect(request_id, (args[0], args[1]))
         waiter = _Waiter(request_id)
         self.by_id[request_id] = waiter
         self.outbox.append((request_id, frame))
@@ -245,6 +286,9 @@ class Multiplexer:
             if self.stream is None:
                 self.stream = await open_connection(self.target, self.protocol)
                 self.last_error = None
+                if self.connected is None:
+                    self.connected = anyio.Event()
+                self.connected.set()
 
     async def start_pump(self) -> None:
         """``async with ns:`` -- run a task that sends writes as soon as they are queued."""
@@ -255,6 +299,8 @@ class Multiplexer:
         await group.__aenter__()
         self.pump_group, self.kick = group, anyio.Event()
         group.start_soon(self.pump)
+        if self.cache is not None:
+            group.start_soon(self.read_forever)
 
     async def stop_pump(self) -> None:
         group, self.pump_group, self.kick = self.pump_group, None, None
@@ -348,6 +394,9 @@ class Multiplexer:
         for event in events:
             if type(event) is Reply:
                 self.dispatch(event)
+            elif type(event) is Invalidate:
+                if self.cache is not None:
+                    self.cache.invalidate(event.key, event.name)
             elif type(event) is Push:
                 self.pushes.append(event)
                 for waiter in list(self.waiting):
