@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -117,8 +118,8 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one
+        self.transport = cast(asyncio.Transport, transport)
         self.admitted = self.connections.admit(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
