@@ -1,0 +1,129 @@
+"""The client cache: local reads, invalidated by the server; read-your-writes; copies."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
+from aionamespace._cache import CACHES
+
+DEADLINE_SECONDS = 5.0
+
+
+def eventually(read: Callable[[], Any], expected: Any) -> None:
+    """Cached reads converge: the invalidation is on its way (no sleep: each try is a read)."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while read() != expected:
+        assert time.monotonic() < deadline, f"the cache still shows {read()!r}"
+
+
+def test_cached_reads_see_other_writers(server: ServerThread) -> None:
+    writer = Namespace(server.address, "board")
+    reader = Namespace(server.address, "board", cache=True)
+    writer.x = 1
+    assert reader.x == 1
+    cache = CACHES.existing(reader._aionamespace.target)
+    assert cache is not None
+    assert cache.values[("board", "x")] == 1  # served locally from now on
+    for value in range(2, 50):
+        writer.x = value
+        eventually(lambda: reader.x, value)
+    del writer.x
+    eventually(lambda: hasattr(reader, "x"), False)
+
+
+def test_missing_names_are_cached_until_set(server: ServerThread) -> None:
+    writer = Namespace(server.address, "missing")
+    reader = Namespace(server.address, "missing", cache=True)
+    with pytest.raises(AttributeError, match="'ghost'"):
+        _ = reader.ghost
+    writer.ghost = "here"
+    eventually(lambda: getattr(reader, "ghost", None), "here")
+
+
+def test_read_your_writes(server: ServerThread) -> None:
+    ns = Namespace(server.address, "own", cache=True)
+    for value in range(100):
+        ns.x = value
+        assert ns.x == value  # never the cached previous value
+        ns._incr("n")
+        assert ns.n == value + 1
+
+
+def test_mutable_values_are_copies(server: ServerThread) -> None:
+    ns = Namespace(server.address, "copies", cache=True)
+    ns.log = [1]
+    first = ns.log
+    first.append(2)
+    assert ns.log == [1]
+    assert ns.log is not ns.log
+
+
+def test_a_lost_connection_empties_the_cache(short_tmp: str) -> None:
+    address = f"{short_tmp}/c.sock"
+    with ServerThread(address) as running:
+        ns = Namespace(running.address, "gone", cache=True)
+        ns.x = 1
+        assert ns.x == 1
+    with pytest.raises(ConnectionLost):
+        _ = ns.x  # not a stale cached 1
+    cache = CACHES.existing(ns._aionamespace.target)
+    assert cache is None
+
+
+def _child_reads(ns: Namespace, queue: Any) -> None:
+    queue.put(ns.x)
+
+
+def test_a_forked_child_reads_through_its_own_cache(server: ServerThread) -> None:
+    writer = Namespace(server.address, "forked")
+    reader = Namespace(server.address, "forked", cache=True)
+    writer.x = "before"
+    assert reader.x == "before"
+    writer.x = "after"
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_reads, args=(reader, queue))
+    child.start()
+    assert queue.get(timeout=10) == "after"  # the child never trusts the parent's cache
+    child.join(timeout=10)
+    assert child.exitcode == 0
+    queue.close()
+    queue.join_thread()
+
+
+@pytest.mark.anyio
+async def test_async_cache_inside_async_with(server: ServerThread) -> None:
+    writer = Namespace(server.address, "acache")
+    writer.x = 1
+    async with AsyncNamespace(server.address, "acache", cache=True) as ns:
+        assert await ns.x == 1
+        assert ns._aionamespace.cache is not None
+        with anyio.fail_after(DEADLINE_SECONDS):
+            for value in range(2, 30):
+                writer.x = value
+                while await ns.x != value:
+                    await anyio.lowlevel.checkpoint()
+        ns.x = "mine"
+        assert await ns.x == "mine"  # read-your-writes, before any acknowledgement
+        ns.log = [1]
+        first = await ns.log
+        first.append(2)
+        assert await ns.log == [1]
+
+
+@pytest.mark.anyio
+async def test_async_cache_outside_async_with_reads_through(server: ServerThread) -> None:
+    writer = Namespace(server.address, "through")
+    writer.x = 1
+    ns = AsyncNamespace(server.address, "through", cache=True)
+    assert await ns.x == 1
+    writer.x = 2
+    assert await ns.x == 2  # nobody keeps the cache current here: every read asks the server
+    await ns._close()
