@@ -30,6 +30,7 @@ import datetime as _dt
 import decimal
 import enum
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,7 +97,7 @@ def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     if cls is _MarkedBytearray:
         return msgpack.ExtType(ExtCode.BYTEARRAY, obj.data)
     if cls is complex:
-        return msgpack.ExtType(ExtCode.COMPLEX, _packb([obj.real, obj.imag]))
+        return msgpack.ExtType(ExtCode.COMPLEX, msgpack.packb([obj.real, obj.imag]))
     if cls is _dt.datetime:
         return msgpack.ExtType(ExtCode.DATETIME, obj.isoformat().encode())
     if cls is _dt.date:
@@ -104,7 +105,8 @@ def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     if cls is _dt.time:
         return msgpack.ExtType(ExtCode.TIME, obj.isoformat().encode())
     if cls is _dt.timedelta:
-        return msgpack.ExtType(ExtCode.TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
+        return msgpack.ExtType(ExtCode.TIMEDELTA,
+                               msgpack.packb([obj.days, obj.seconds, obj.microseconds]))
     if cls is decimal.Decimal:
         return msgpack.ExtType(ExtCode.DECIMAL, str(obj).encode())
     if cls is uuid.UUID:
@@ -124,13 +126,23 @@ class _MarkedBytearray:
         self.data = bytes(data)
 
 
+_packers = threading.local()
+
+
 def _packb(obj: Any) -> bytes:
+    # One Packer per thread, reused: msgpack.packb builds a new one on every call, which is
+    # a third of encoding a small value. Per thread, because ``default`` runs Python code, so a
+    # thread switch can happen in the middle of a pack (and _default never packs with it).
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(
+            default=_default, strict_types=True, use_bin_type=True, datetime=False)
     try:
-        packed: bytes = msgpack.packb(obj, default=_default, strict_types=True,
-                                      use_bin_type=True, datetime=False)
+        packed: bytes = packer.pack(obj)
         return packed
-    except ValueError as exc:
-        if "recursion limit" in str(exc):  # msgpack's own nesting limit
+    except BaseException as exc:
+        packer.reset()  # a failed pack may leave half a value in the packer's buffer
+        if isinstance(exc, ValueError) and "recursion limit" in str(exc):
             raise ValueError(f"value nested deeper than msgpack allows ({exc})") from None
         raise
 

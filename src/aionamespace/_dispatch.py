@@ -48,6 +48,9 @@ class Peer(Protocol):
         """Close after sending what is queued."""
 
 
+_NO_WATCHES: dict[int, Any] = {}
+
+
 class _Watch:
     __slots__ = ("id", "names", "peer")
 
@@ -171,6 +174,8 @@ class Dispatcher:
     # ------------------------------------------------------------------ watches
 
     def _changed(self, change: Change) -> None:
+        if not self._tracked and not self._watches:
+            return  # nobody to tell: the common case, kept cheap
         if self._tracked:
             item = (change.key, change.name)
             readers = self._tracked.pop(item, None)
@@ -179,7 +184,7 @@ class Dispatcher:
                 for reader in readers:  # invalidated once: a reader that gets again re-tracks
                     self._peer_tracked[reader].discard(item)
                     self._pushes.setdefault(reader, []).append(frame)
-        for watch in self._watches.get(change.key, {}).values():
+        for watch in self._watches.get(change.key, _NO_WATCHES).values():
             if watch.names is None or change.name in watch.names:
                 self._pushes.setdefault(watch.peer, []).append(
                     ServerConnection.send_event(watch.id, change.revision, change.name,
