@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -62,19 +62,33 @@ class Connections:
             self.limits.handshake_timeout, lambda: self._deadline(connection))
         return True
 
-    def received(self, connection: Connection, data: bytes | memoryview) -> None:
-        """Apply what a connection sent; answer it in one write; enforce the rules."""
+    def received(self, connection: Connection, data: bytes | memoryview) -> bool:
+        """Parse what a connection sent and apply it: see ``apply``."""
+        connection.pending.extend(connection.protocol.receive_data(data))
+        return self.apply(connection)
+
+    def apply(self, connection: Connection) -> bool:
+        """Apply a connection's parsed requests while its unsent answers stay under the high
+        water mark, answering in one write per batch. False: some wait for the peer to read
+        (the shell stops reading it until then), so what it costs us stays bounded."""
+        pending = connection.pending
+        while pending and not connection.closed:
+            if connection.backlog() > HIGH_WATER_BYTES:
+                return False
+            answers, applied = self.dispatcher.respond_some(connection, pending,
+                                                            HIGH_WATER_BYTES)
+            del pending[:applied]
+            connection.write(answers)
         protocol = connection.protocol
-        events = protocol.receive_data(data)
-        if events:
-            connection.write(self.dispatcher.respond(connection, events))
         if protocol.refused:
+            pending.clear()
             connection.close()
         elif protocol.ready and self.open.get(connection) is not None:
             cancel_deadline = self.open[connection]
             self.open[connection] = None
             assert cancel_deadline is not None
             cancel_deadline()
+        return True
 
     def gone(self, connection: Connection) -> None:
         cancel_deadline = self.open.pop(connection, None)
@@ -114,8 +128,11 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         self.connections = connections
         self.buffer = buffer
         self.protocol = connections.new_protocol()
+        self.pending: list[Any] = []  # parsed requests not applied yet (see Connections.apply)
         self.transport: asyncio.Transport | None = None
         self.admitted = False
+        self.closed = False
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one
@@ -126,29 +143,36 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.admitted:
-            self.connections.received(self, self.buffer[:nbytes])
+        if self.admitted and not self.connections.received(self, self.buffer[:nbytes]):
+            self._pause()
 
     def write(self, data: bytes) -> None:
-        if data and self.transport is not None:
+        if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def close(self) -> None:
+        self.closed = True  # nothing more is written: a refusal or goodbye stays the last frame
         if self.transport is not None:
             self.transport.close()  # after what is buffered has been written
 
     def backlog(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
     def pause_writing(self) -> None:
-        # The peer does not read its answers: stop reading its requests, so the memory we hold
-        # for it stays bounded by the transport's high-water mark.
-        assert self.transport is not None
-        self.transport.pause_reading()
+        # The peer does not read its answers: stop reading its requests too.
+        self._pause()
 
     def resume_writing(self) -> None:
-        assert self.transport is not None
-        self.transport.resume_reading()
+        # It reads again: apply what waited, then read more once nothing waits.
+        if self.connections.apply(self) and self._paused and not self.closed:
+            self._paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.admitted:
@@ -161,19 +185,23 @@ class StreamConnection:
     def __init__(self, connections: Connections) -> None:
         self.connections = connections
         self.protocol = connections.new_protocol()
+        self.pending: list[Any] = []  # parsed requests not applied yet (see Connections.apply)
+        self.closed = False
         self._outbox: list[bytes] = []
-        self._queued_bytes = 0
+        self._queued_bytes = 0  # queued or being sent
+        self._sending = False
         self._wakeup = anyio.Event()
         self._sent = anyio.Event()
         self._reading = anyio.CancelScope()
 
     def write(self, data: bytes) -> None:
-        if data:
+        if data and not self.closed:
             self._outbox.append(data)
             self._queued_bytes += len(data)
             self._wakeup.set()
 
     def close(self) -> None:
+        self.closed = True  # nothing more is written: a refusal or goodbye stays the last frame
         self._reading.cancel()  # run() then flushes (bounded) and closes the stream
 
     def backlog(self) -> int:
@@ -186,16 +214,17 @@ class StreamConnection:
                 try:
                     with self._reading:
                         while True:
-                            self.connections.received(self, await stream.receive(READ_CHUNK_BYTES))
-                            while self._queued_bytes > HIGH_WATER_BYTES:  # backpressure
-                                await self._sent.wait()
+                            data = await stream.receive(READ_CHUNK_BYTES)
+                            while not self.connections.received(self, data):
+                                await self._sent.wait()  # the peer reads: apply what waits
+                                data = b""
                 except (anyio.EndOfStream, anyio.BrokenResourceError,
                         anyio.ClosedResourceError, OSError):
                     pass
                 finally:
                     self.connections.gone(self)
             with anyio.move_on_after(FAREWELL_SECONDS, shield=True):
-                while self._outbox:  # answers, a refusal or the goodbye still to go out
+                while self._outbox or self._sending:  # answers, a refusal, the goodbye
                     await self._sent.wait()
             group.cancel_scope.cancel()
 
@@ -206,11 +235,15 @@ class StreamConnection:
                 self._wakeup = anyio.Event()
                 data = b"".join(self._outbox)
                 self._outbox.clear()
-                self._queued_bytes = 0
+                self._sending = True
                 await stream.send(data)
+                self._sending = False
+                self._queued_bytes -= len(data)
                 self._sent.set()
                 self._sent = anyio.Event()
         self._outbox.clear()  # the peer is gone: nothing more can be sent
+        self._sending = False
+        self._queued_bytes = 0
         self._sent.set()
 
 

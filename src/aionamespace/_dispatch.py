@@ -13,6 +13,7 @@ applied atomically, in order. Two things reach a connection *outside* its own re
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -99,14 +100,28 @@ class Dispatcher:
         }
 
     def respond(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal]) -> bytes:
-        """Apply a batch of events in order; return the answers (and pushes) as one write.
+        """Apply a batch of events in order; return the answers (and pushes) as one write."""
+        return self.respond_some(peer, events, math.inf)[0]
 
-        Frames for other connections (watch events, deferred replies) are gathered during the
-        batch and written once each at its end, in the order they arose.
+    def respond_some(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal],
+                     budget: float) -> tuple[bytes, int]:
+        """Apply events in order until the answers pass ``budget`` bytes: (answers, applied).
+
+        The events applied form one batch: frames for other connections (watch events,
+        deferred replies) arising during it are gathered and written once each at its end,
+        in the order they arose. A connection that does not read its answers is applied a
+        budget at a time, so the memory it costs the server stays bounded.
         """
+        out: list[bytes] = []
+        size = 0
         self._in_batch = True
         try:
-            out = [self._apply(peer, event) for event in events]
+            for event in events:
+                answer = self._apply(peer, event)
+                out.append(answer)
+                size += len(answer)
+                if size > budget:
+                    break
         finally:
             self._in_batch = False
         if self._pushes:
@@ -114,11 +129,12 @@ class Dispatcher:
             for other, frames in pushes.items():
                 if other is peer:
                     # after the answers, but before a refusal: that is always the last frame
-                    at = len(out) - 1 if events and type(events[-1]) is Refusal else len(out)
+                    applied = events[len(out) - 1] if out else None
+                    at = len(out) - 1 if type(applied) is Refusal else len(out)
                     out[at:at] = frames
                 else:
                     self._write(other, b"".join(frames))
-        return b"".join(out)
+        return b"".join(out), len(out)
 
     def _send(self, peer: Peer, frame: bytes) -> None:
         """A frame for ``peer`` outside its own answers: queued during a batch, else written."""

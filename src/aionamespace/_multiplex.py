@@ -59,7 +59,12 @@ async def open_connection(target: Target, protocol: ClientConnection) -> anyio.a
         stream = await open_stream(target.address, target.ssl_context)
         try:
             protocol.reset()
-            await stream.send(protocol.send_hello())
+            try:
+                await stream.send(protocol.send_hello())
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                with anyio.move_on_after(1.0):  # a server refusing us at once may say why
+                    protocol.receive_data(await stream.receive())  # raises that reason
+                raise
             while not protocol.greeted:
                 events = protocol.receive_data(await stream.receive())
                 if events and type(events[0]) is not Hello:

@@ -200,7 +200,10 @@ class MemoryStore:
             return False
         if current_blob != expected:
             current, wanted = decode_value(current_blob), decode_value(expected)
-            if type(current) is not type(wanted) or current != wanted:
+            try:
+                if type(current) is not type(wanted) or current != wanted:
+                    return False
+            except ArithmeticError:  # Decimal('sNaN') refuses to be compared: not equal
                 return False
         self._commit(key, namespace, [(name, new)])
         return True

@@ -70,7 +70,11 @@ class SyncConnection:
         with map_connection_errors(self.address, connecting=True):
             self.sock = open_socket(self.address, target.ssl_context)
             try:
-                self.sock.sendall(self.protocol.send_hello())
+                try:
+                    self.sock.sendall(self.protocol.send_hello())
+                except OSError:
+                    self._read_refusal()  # a server refusing us at once may have said why
+                    raise
                 self._receive_until(lambda event: type(event) is Hello)
                 proof = self.protocol.send_proof()
                 if proof:
@@ -78,6 +82,18 @@ class SyncConnection:
             except BaseException:
                 self.close()
                 raise
+
+    def _read_refusal(self) -> None:
+        """Raise the reason a refusing server sent before closing, if it is there to read."""
+        assert self.sock is not None
+        self.sock.settimeout(1.0)
+        try:
+            received = self.sock.recv_into(self._buffer)
+        except OSError:
+            return  # nothing readable: the caller raises its own error
+        finally:
+            self.sock.settimeout(None)
+        self.protocol.receive_data(self._buffer[:received])  # a refusal raises its reason
 
     def call(self, op: str, *args: Any) -> Any:
         """Send one request and block until its reply; raise what the server raised."""
