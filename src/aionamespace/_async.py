@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import ssl
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any
@@ -21,8 +20,7 @@ from . import _calls as calls
 from ._cache import ABSENT, entry_value
 from ._errors import ConnectionLost
 from ._multiplex import Multiplexer
-from ._protocol import Address, Limits
-from ._proxy import ProxyBase, Retry, Target, check_attribute_name
+from ._proxy import ProxyBase, Target, check_attribute_name
 
 __all__ = ["AsyncLock", "AsyncNamespace", "AsyncWatch"]
 
@@ -51,13 +49,6 @@ class AsyncNamespace(ProxyBase):
 
     __slots__ = ()
     _aionamespace: Multiplexer
-
-    def __init__(self, address: Address, name: str | None = None, /, *,
-                 authkey: bytes | None = None, limits: Limits | None = None,
-                 retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
-                 cache: bool = False) -> None:
-        self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
-                                   ssl_context=ssl_context, cache=cache))
 
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", Multiplexer(target))

@@ -112,6 +112,17 @@ class ProxyBase:
     __slots__ = ("__dict__", "__weakref__", "_aionamespace")
     _aionamespace: Any  # the subclass's connection state; holds ``.target``
 
+    def __init__(self, address: Address, name: str | None = None, /, *,
+                 authkey: bytes | None = None, limits: Limits | None = None,
+                 retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
+                 cache: bool = False) -> None:
+        self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
+                                   ssl_context=ssl_context, cache=cache))
+
+    def _attach(self, target: Target) -> None:
+        """Give the proxy its connection state (subclasses: theirs)."""
+        raise NotImplementedError
+
     def __reduce__(self) -> tuple[Any, ...]:
         target = self._aionamespace.target
         if target.ssl_context is not None:

@@ -24,8 +24,8 @@ from typing import Any
 from . import _calls as calls
 from ._cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
 from ._errors import ConnectionLost, map_connection_errors
-from ._protocol import Address, ClientConnection, Hello, Invalidate, Limits, Push, Reply
-from ._proxy import ProxyBase, Retry, Target, check_attribute_name, format_namespace
+from ._protocol import Address, ClientConnection, Hello, Invalidate, Push, Reply
+from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
 
 __all__ = ["Namespace"]
 
@@ -294,13 +294,6 @@ class Namespace(ProxyBase):
     """
 
     __slots__ = ()
-
-    def __init__(self, address: Address, name: str | None = None, /, *,
-                 authkey: bytes | None = None, limits: Limits | None = None,
-                 retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
-                 cache: bool = False) -> None:
-        self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
-                                   ssl_context=ssl_context, cache=cache))
 
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", _State(target))
