@@ -1,16 +1,18 @@
 """docs/PROTOCOL.md, tested: an independent client written from the document alone.
 
-The client below uses plain ``socket`` and ``msgpack`` and nothing from aionamespace's
-``_protocol``, ``_ops`` or ``_codec``: if it can talk to a real server and exchange values,
-watch events and locks with the real proxies, the document is precise enough to write a client
-from. The worked examples, the authentication test vector and the value examples in the
-document are hex dumps; they are parsed out of PROTOCOL.md and compared with what the library
-produces, and the document's tables are compared with the library's (only those tests import
-the library's internals, as the reference), so the document cannot silently drift from the code.
+The client below uses plain ``socket``, ``ssl`` and ``msgpack`` and nothing from aionamespace's
+``_protocol``, ``_ops`` or ``_codec``: if it can talk to a real server (on asyncio and on trio,
+over Unix sockets, TCP and TLS) and exchange values, watch events and locks with the real
+proxies, the document is precise enough to write a client from. The worked examples, the
+authentication test vector and the value examples in the document are hex dumps; they are
+parsed out of PROTOCOL.md and compared with what the library produces, and the document's
+tables and limits are compared with the library's (only those tests import the library's
+internals, as the reference), so the document cannot silently drift from the code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import hashlib
@@ -18,6 +20,7 @@ import hmac
 import os
 import re
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,12 +30,14 @@ from typing import Any
 
 import msgpack
 import pytest
+import trustme
 
 from aionamespace import Limits, MemoryStore, Namespace, ServerThread
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+BACKENDS = ["asyncio", "trio"]  # the reference server's two I/O shells
 
-# ------------------------------------------------------------------ values (PROTOCOL.md, 12)
+# ------------------------------------------------------------------ values (PROTOCOL.md, 9)
 
 BIGINT, TUPLE, SET, FROZENSET, BYTEARRAY, COMPLEX = 1, 2, 3, 4, 5, 6
 DATETIME, DATE, TIME, TIMEDELTA, DECIMAL, UUID = 7, 8, 9, 10, 11, 12
@@ -185,14 +190,28 @@ class Client:
     or a push arriving among other replies is kept until it is asked for.
     """
 
-    def __init__(self, address: str | tuple[str, int]) -> None:
+    def __init__(self, address: str | tuple[str, int],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if isinstance(address, tuple):
-            self.sock = socket.create_connection(address, timeout=10)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = socket.create_connection(address, timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(address)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            try:
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
+        if ssl_context is not None:  # TLS first; everything else runs inside it (2)
+            # The test certificate names 127.0.0.1 and localhost; a Unix socket has no host name.
+            hostname = address[0] if isinstance(address, tuple) else "localhost"
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname=hostname)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.frames = msgpack.Unpacker(raw=False, use_list=True)
         self.inbox: list[Any] = []  # complete frames received and not taken yet
         self.next_id = 1
@@ -267,6 +286,14 @@ class Client:
     def at_eof(self) -> bool:
         """True when the server has closed the connection and sent nothing more."""
         return not self.inbox and self.sock.recv(65536) == b""
+
+    def until_eof(self) -> list[Any]:
+        """Every frame until the server closes the connection."""
+        frames: list[Any] = []
+        with contextlib.suppress(EOFError):
+            while True:
+                frames.extend(self.receive())
+        return frames
 
     def handshake(self, authkey: bytes | None = None) -> dict[str, Any]:
         challenge = os.urandom(32)
@@ -491,6 +518,17 @@ def test_bad_requests_get_error_replies(client: Client, op: str, args: tuple[Any
     assert client.result("keys") == []  # nothing was applied, not even a namespace created
 
 
+def test_underscore_names_are_valid_on_the_wire(server: ServerThread, client: Client) -> None:
+    """Only the Python proxies keep _ names to themselves (6)."""
+    assert client.result("set", "board", "_private", encode(1)) == 1
+    with Namespace(server.address, "board") as ns:
+        ns._local = 2  # stays on the proxy
+        with pytest.raises(ValueError, match="_private"):
+            ns._incr("_private")  # refused before anything is sent
+        assert str(ns) == "Namespace()"
+    assert client.result("snapshot", "board", None) == [1, {"_private": encode(1)}]
+
+
 def test_names_of_256_characters_are_valid(client: Client) -> None:
     key, name = "k" * 256, "\N{SNOWMAN}" * 256  # characters, not UTF-8 bytes
     assert_error(client.call("get", key, name), "AttributeError")
@@ -556,6 +594,10 @@ def test_cas(client: Client) -> None:
     assert client.result("cas", "state", "s", encode(frozenset({1, 2})), encode(0)) is False
     assert client.result("cas", "state", "s", encode({2, 1}), encode(0)) is True
     assert client.result("snapshot", "state", []) == [6, {}]  # only swaps were changes
+    signalling = b"\xd6\x0b" + b"sNaN"  # Decimal('sNaN'): fixext 4, code DECIMAL
+    assert client.result("set", "state", "d", signalling) == 7
+    assert client.result("cas", "state", "d", b"\xc7\x04\x0b" + b"sNaN", encode(0)) is False
+    assert client.result("cas", "state", "d", signalling, encode(0)) is True  # its own bytes
 
 
 def test_append(client: Client) -> None:
@@ -563,11 +605,30 @@ def test_append(client: Client) -> None:
     assert client.result("append", "log", "lines", [encode(2), encode((3,))]) == 3
     assert client.result("append", "log", "lines", []) == 3  # still a change
     stored = client.result("get", "log", "lines")
-    assert stored == encode(["a", 2, (3,)])  # the whole list, encoded by the server
+    assert stored == encode(["a", 2, (3,)])  # the whole list
     assert client.result("snapshot", "log", []) == [3, {}]
-    assert client.result("set", "log", "pair", encode((1, 2))) == 4
-    assert_error(client.call("append", "log", "pair", [encode(3)]), "TypeError")  # not a list
-    assert client.result("snapshot", "log", []) == [4, {}]
+    for revision, container in enumerate([(1, 2), {1, 2}, frozenset({1})], start=4):
+        assert client.result("set", "log", "other", encode(container)) == revision
+        assert_error(client.call("append", "log", "other", [encode(3)]), "TypeError")  # no list
+    assert client.result("set", "log", "text", encode("abc")) == 7
+    assert_error(client.call("append", "log", "text", [encode(3)]), "TypeError")
+    assert client.result("snapshot", "log", []) == [7, {}]
+
+
+def test_append_splices_bytes(client: Client) -> None:
+    """A new array header, then the stored elements and the items byte for byte (5.3, 9.1)."""
+    seven, eight = b"\xd0\x07", b"\xd1\x00\x08"  # 7 and 8 in longer forms than needed
+    assert client.result("set", "k", "raw", b"\xdc\x00\x01" + seven) == 1  # [7], array 16
+    assert client.result("append", "k", "raw", [eight]) == 2
+    assert client.result("get", "k", "raw") == b"\x92" + seven + eight  # the shortest header
+    assert client.result("append", "k", "raw", [b"\xc0"] * 14) == 16  # array 16 from 16 on
+    assert client.result("get", "k", "raw") == b"\xdc\x00\x10" + seven + eight + b"\xc0" * 14
+    watch_id, revision, _ = client.result("watch", "k", None, None)
+    assert client.result("append", "k", "raw", [encode("x")]) == 17
+    stored = client.result("get", "k", "raw")
+    assert stored == b"\xdc\x00\x11" + seven + eight + b"\xc0" * 14 + encode("x")
+    assert collect_pushes(client, 1) == [[watch_id, revision + 1, "raw", stored]]  # pushed whole
+    assert decode(stored) == [7, 8, *[None] * 14, "x"]
 
 
 def test_setdefault_pop_and_keys(client: Client) -> None:
@@ -579,7 +640,7 @@ def test_setdefault_pop_and_keys(client: Client) -> None:
     assert client.result("keys") == ["jobs"]
 
 
-# ------------------------------------------------------------------ watches (7, 8)
+# ------------------------------------------------------------------ watches (10, 11)
 
 
 def collect_pushes(client: Client, count: int) -> list[list[Any]]:
@@ -587,16 +648,6 @@ def collect_pushes(client: Client, count: int) -> list[list[Any]]:
     pushes = [client.push() for _ in range(count)]
     assert client.quiet()
     return pushes
-
-
-def pushes_until_quiet(client: Client) -> list[list[Any]]:
-    """Every push that arrives until the connection goes quiet."""
-    pushes: list[list[Any]] = []
-    while True:
-        while any(map(is_push, client.inbox)):
-            pushes.append(client.push())
-        if client.quiet():
-            return pushes
 
 
 def test_watch_sees_the_changes_of_the_real_proxy(server: ServerThread, client: Client) -> None:
@@ -643,7 +694,7 @@ def test_watch_sees_the_changes_of_the_real_proxy(server: ServerThread, client: 
 def test_own_changes_are_pushed_after_the_reply(client: Client) -> None:
     watch_id, _, _ = client.result("watch", "mine", None, None)
     client.send(client.frame("set", "mine", "x", encode(1)))
-    reply, push = client.receive(2)  # the reply to the set first, then its push (8.4)
+    reply, push = client.receive(2)  # the reply to the set first, then its push (11.4)
     assert reply == [2, OK, 1]
     assert push == [0, PUSH, watch_id, 1, "x", encode(1)]
 
@@ -690,13 +741,76 @@ def test_history_expired(short_history_server: ServerThread) -> None:
     with connect(short_history_server) as client:
         for i in range(1, 6):
             assert client.result("set", "h", "x", encode(i)) == i
-        for since in (0, 1):  # changes 2 and earlier are forgotten: 3 entries are kept
+        for since in (0, 1):  # revisions 2 and earlier are forgotten: 3 are kept
             assert_error(client.call("watch", "h", None, since), "HistoryExpired")
         watch_id, revision, _ = client.result("watch", "h", None, 2)
         assert revision == 5
         assert collect_pushes(client, 3) == [
             [watch_id, 3, "x", encode(3)], [watch_id, 4, "x", encode(4)],
             [watch_id, 5, "x", encode(5)]]
+
+
+@pytest.fixture
+def tiny_history_server(short_tmp: str) -> Iterator[ServerThread]:
+    with ServerThread(os.path.join(short_tmp, "t.sock"), store=MemoryStore(history=2)) as running:
+        yield running
+
+
+def test_history_keeps_whole_revisions(tiny_history_server: ServerThread) -> None:
+    """The history counts revisions, not names, and never replays part of one (10.2, 10.3)."""
+    with connect(tiny_history_server) as client:
+        values = {"a": encode(1), "b": encode(2), "c": encode(3)}
+        assert client.result("update", "h", values) == 1  # three names, one revision
+        assert client.result("update", "h", {"a": encode(4), "d": encode(5)}) == 2
+        watch_id, revision, _ = client.result("watch", "h", None, 0)  # 2 revisions are kept
+        assert revision == 2
+        assert collect_pushes(client, 5) == [
+            [watch_id, 1, "a", encode(1)], [watch_id, 1, "b", encode(2)],
+            [watch_id, 1, "c", encode(3)], [watch_id, 2, "a", encode(4)],
+            [watch_id, 2, "d", encode(5)]]
+        assert client.result("set", "h", "e", encode(6)) == 3  # revision 1 is forgotten, whole
+        assert collect_pushes(client, 1) == [[watch_id, 3, "e", encode(6)]]
+        assert_error(client.call("watch", "h", None, 0), "HistoryExpired")
+        other_id, _, _ = client.result("watch", "h", None, 1)
+        assert collect_pushes(client, 3) == [
+            [other_id, 2, "a", encode(4)], [other_id, 2, "d", encode(5)],
+            [other_id, 3, "e", encode(6)]]
+
+
+def test_tracking_invalidates_once(server: ServerThread, client: Client) -> None:
+    """track: every get tracks its name; its next change is invalidated, once (11.5)."""
+    assert_error(client.call("track", 1), "RemoteProtocolError")  # a flag is a bool
+    assert client.result("track", True) is None
+    with connect(server) as other:
+        assert other.result("set", "k", "x", encode(1)) == 1
+        assert decode(client.result("get", "k", "x")) == 1  # tracks x
+        assert_error(client.call("get", "k", "missing"), "AttributeError")  # a miss too
+        assert client.result("snapshot", "k", None)[0] == 1  # snapshot and dump track nothing
+        assert set(client.result("dump", "k")) == {"x"}
+        assert other.result("set", "k", "y", encode(2)) == 2  # not read with get: nothing
+        assert other.result("set", "k", "x", encode(2)) == 3
+        assert other.result("set", "k", "x", encode(3)) == 4  # once: x is not tracked now
+        assert other.result("cas", "k", "missing", encode(0), encode(1)) is False  # no change
+        assert other.result("update", "k", {"missing": encode(5), "y": encode(6)}) == 5
+        assert client.receive(2) == [[0, 3, "k", "x"], [0, 3, "k", "missing"]]
+        assert client.quiet()
+
+        # Its own change too: after the replies of its batch, as every push (2).
+        assert decode(client.result("get", "k", "x")) == 3
+        change, ping = client.frame("set", "k", "x", encode(4)), client.frame("ping")
+        client.send(change, ping)
+        frames = client.receive(3)
+        assert frames.index([change[0], OK, 6]) < frames.index([0, 3, "k", "x"])
+        assert [ping[0], OK, None] in frames
+
+        # Off: later gets track nothing, but what was tracked is still invalidated, once.
+        assert decode(client.result("get", "k", "x")) == 4
+        assert client.result("track", False) is None
+        assert decode(client.result("get", "k", "y")) == 6
+        assert other.result("set", "k", "y", encode(7)) == 7
+        assert other.result("set", "k", "x", encode(8)) == 8
+        assert client.receive() == [[0, 3, "k", "x"]]
+        assert client.quiet()
 
 
 def test_unwatch(server: ServerThread, client: Client) -> None:
@@ -708,7 +822,7 @@ def test_unwatch(server: ServerThread, client: Client) -> None:
     assert client.quiet()  # stopped: no pushes
 
 
-# ------------------------------------------------------------------ locks (9)
+# ------------------------------------------------------------------ locks (12)
 
 
 def test_acquire_waits_and_its_reply_is_deferred(server: ServerThread) -> None:
@@ -740,20 +854,18 @@ def test_waits_are_first_in_first_out_and_withdrawn(server: ServerThread) -> Non
         assert b.quiet()
         a.send(second)
         assert a.quiet()
-        # Withdrawing a wait answers it with TimeoutError, before the release's own reply, and
-        # possibly before replies to requests sent earlier (9.3).
+        # Withdrawing a wait answers it with TimeoutError. That deferred reply arises while the
+        # release's batch is applied, so it follows the replies to that batch, the release's
+        # own included, however the server splits the write into batches (2, 12.2, 12.3).
         ping = b.frame("ping")
         withdrawn = b.frame("acquire", "k", "lock", b"x", None)
         release = b.frame("release", "k", "lock", b"x")
         b.send(ping, withdrawn, release)
         replies = b.receive(3)
-        ids = [reply[0] for reply in replies]
-        assert sorted(ids) == [ping[0], withdrawn[0], release[0]]
-        assert ids.index(withdrawn[0]) < ids.index(release[0])
-        by_id = {reply[0]: reply for reply in replies}
-        assert_error(by_id[withdrawn[0]], "TimeoutError")
-        assert by_id[release[0]] == [release[0], OK, True]
-        assert by_id[ping[0]] == [ping[0], OK, None]
+        assert replies[:2] == [[ping[0], OK, None], [release[0], OK, True]]
+        assert replies[2][0] == withdrawn[0]
+        assert_error(replies[2], "TimeoutError")
+        assert replies[2][3] == "the wait for lock 'lock' was withdrawn"
         assert a.result("release", "k", "lock", b"holder") is True
         assert b.receive() == [[first[0], OK, None]]  # first in, first served
         assert a.quiet()
@@ -779,6 +891,51 @@ def test_lock_passes_on_when_its_holder_disconnects(server: ServerThread) -> Non
             b.send(waiting)
             assert b.quiet()
         assert b.receive() == [[waiting[0], OK, None]]  # a's connection closed: b holds it
+
+
+def test_frames_for_another_connection_keep_the_order_they_arose_in(server: ServerThread,
+                                                                   ) -> None:
+    """A batch's pushes and deferred replies for another connection, in order (2, 4.4, 11.4)."""
+    with connect(server) as a, connect(server) as b:
+        watch_id = b.result("watch", "k", None, None)[0]
+        assert a.result("acquire", "k", "lock", b"a", None) is None
+        waiting = b.frame("acquire", "k", "lock", b"b", None)
+        b.send(waiting)
+        assert b.quiet()
+        first, release, second = (a.frame("set", "k", "x", encode(1)),
+                                  a.frame("release", "k", "lock", b"a"),
+                                  a.frame("set", "k", "y", encode(2)))
+        a.send(first, release, second)
+        assert a.receive(3) == [[first[0], OK, 1], [release[0], OK, True], [second[0], OK, 2]]
+        assert b.receive(3) == [
+            [0, PUSH, watch_id, 1, "x", encode(1)],  # the change made before the release...
+            [waiting[0], OK, None],  # ...then the lock granted by the release...
+            [0, PUSH, watch_id, 2, "y", encode(2)],  # ...then the change made after it
+        ]
+        assert b.quiet()
+        assert a.quiet()
+
+
+def test_frames_for_the_own_connection_follow_the_replies(client: Client) -> None:
+    """A batch's own pushes and deferred replies: after its replies, in the order they arose."""
+    watch_id = client.result("watch", "k", None, None)[0]
+    assert client.result("acquire", "k", "lock", b"holder", None) is None
+    waiting = client.frame("acquire", "k", "lock", b"waiter", None)  # same connection, new owner
+    client.send(waiting)
+    assert client.quiet()
+    change, release, ping = (client.frame("set", "k", "x", encode(1)),
+                             client.frame("release", "k", "lock", b"holder"),
+                             client.frame("ping"))
+    client.send(change, release, ping)
+    frames = client.receive(5)
+    replies = [frame for frame in frames if frame[0] != waiting[0] and not is_push(frame)]
+    assert replies == [[change[0], OK, 1], [release[0], OK, True], [ping[0], OK, None]]
+    push, grant = [0, PUSH, watch_id, 1, "x", encode(1)], [waiting[0], OK, None]
+    # However the server splits the write into batches, the push follows the set's reply, and
+    # the grant follows the release's reply and the push, which arose before it.
+    assert frames.index([change[0], OK, 1]) < frames.index(push) < frames.index(grant)
+    assert frames.index([release[0], OK, True]) < frames.index(grant)
+    assert client.quiet()
 
 
 def test_lock_names_are_not_attributes(client: Client) -> None:
@@ -841,6 +998,132 @@ def test_malformed_bytes_in_the_same_read(server: ServerThread) -> None:
         assert decode(other.result("get", "k", "x")) == 1  # it was applied
 
 
+def test_connection_level_error_is_the_last_frame(client: Client) -> None:
+    """The breaking batch's pushes and deferred replies come before the error, never after."""
+    watch_id = client.result("watch", "k", None, None)[0]
+    assert client.result("acquire", "k", "lock", b"holder", None) is None
+    waiting = client.frame("acquire", "k", "lock", b"waiter", None)
+    client.send(waiting)
+    assert client.quiet()
+    change, release = (client.frame("set", "k", "x", encode(1)),
+                       client.frame("release", "k", "lock", b"holder"))
+    client.sock.sendall(pack(change) + pack(release) + b"\xc1")
+    *frames, error = client.until_eof()
+    assert error[:3] == [0, ERROR, "RemoteProtocolError"]
+    push, grant = [0, PUSH, watch_id, 1, "x", encode(1)], [waiting[0], OK, None]
+    assert sorted(frames, key=repr) == sorted(
+        [[change[0], OK, 1], [release[0], OK, True], push, grant], key=repr)
+    assert frames.index([change[0], OK, 1]) < frames.index(push) < frames.index(grant)
+    assert frames.index([release[0], OK, True]) < frames.index(grant)
+
+
+@pytest.mark.parametrize(
+    ("request_args", "message"),
+    [
+        (("x",), "unknown operation 'x'"),
+        (("get", "board"), "get: takes 2 arguments (key, name), not 1"),
+        (("get", "board", 1), "get: names must be str, not int"),
+        (("set", "board", "", encode(1)), "set: names must not be empty"),
+        (("get", "board", "x" * 257), "get: name longer than 256 characters"),
+        (("set", "board", "x", "1"), "set: values travel as bin"),
+        (("set", "board", "x", pack(msgpack.ExtType(13, b""))),
+         "set: unknown value extension code 13"),
+        (("acquire", "board", "lock", b"", None), "acquire: a lock token is 1 to 64 bytes"),
+        (("track", 1), "track: expected true or false"),
+    ],
+)
+def test_error_messages_are_as_documented(client: Client, request_args: tuple[Any, ...],
+                                          message: str) -> None:
+    """Messages are for humans (5.3), but the ones the document quotes are the real ones."""
+    reply = client.call(*request_args)
+    assert_error(reply, "RemoteProtocolError")
+    assert reply[3] == message
+    assert f"`{message}`" in " ".join(DOC.read_text(encoding="utf-8").split())  # unwrapped
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_goodbye_when_the_server_stops(short_tmp: str, backend: str) -> None:
+    """Every open connection is told why it ends (7.4): the connection-level error, or the hello
+    error form where no hello was accepted; then the connection closes."""
+    goodbye = hex_bytes(doc_examples()["goodbye"])
+    with ServerThread(os.path.join(short_tmp, "g.sock"), backend=backend) as server:
+        with Client(server.address) as silent, Client(server.address) as partial:
+            partial.sock.sendall(pack(HELLO)[:5])  # part of a hello: none accepted yet
+            with connect(server) as greeted:
+                # A round trip on a later connection: the server has taken the others in.
+                assert greeted.result("ping") is None
+                server.stop()
+                assert recv_exactly(greeted.sock, len(goodbye) + 1) == goodbye  # then the end
+            for client in (silent, partial):
+                assert client.receive() == [{"protocol": "aionamespace",
+                                             "error": ["ConnectionLost",
+                                                       "the server is shutting down"]}]
+                assert client.at_eof()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_connections(short_tmp: str, backend: str) -> None:
+    """One connection too many gets the hello error form at once, unasked (3, 3.3, 8)."""
+    limits = Limits(max_connections=2)
+    with ServerThread(os.path.join(short_tmp, "m.sock"), backend=backend,
+                      limits=limits) as server:
+        with connect(server) as first, connect(server) as second:
+            with Client(server.address) as third:  # sends nothing: the server speaks first
+                assert third.receive() == [{
+                    "protocol": "aionamespace",
+                    "error": ["ConnectionLost", "the server is at its limit of 2 connections"]}]
+                assert third.at_eof()
+            assert first.result("ping") is None  # the others are unaffected
+            assert second.result("ping") is None
+        deadline = time.monotonic() + 5
+        while True:  # once the server has seen them close, a new client is served
+            with Client(server.address) as fourth:
+                fourth.send(HELLO)
+                (hello,) = fourth.receive()
+                if "version" in hello:
+                    assert fourth.result("ping") is None
+                    break
+            assert time.monotonic() < deadline, hello
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_handshake_timeout(short_tmp: str, backend: str) -> None:
+    """No hello within handshake_timeout: the hello error form, then the end (3, 3.3, 8)."""
+    refusal = {"protocol": "aionamespace",
+               "error": ["RemoteProtocolError", "no hello and authentication within 0.3 seconds"]}
+    with ServerThread(os.path.join(short_tmp, "h.sock"), backend=backend,
+                      limits=Limits(handshake_timeout=0.3)) as server:
+        with Client(server.address) as silent, Client(server.address) as slow, \
+                Client(server.address) as prompt:
+            started = time.monotonic()
+            slow.sock.sendall(pack(HELLO)[:-1])  # all of the hello but its last byte
+            prompt.send(HELLO)
+            assert silent.receive() == [refusal]
+            assert time.monotonic() - started >= 0.25
+            assert silent.at_eof()
+            assert slow.receive() == [refusal]
+            assert slow.at_eof()
+            assert prompt.receive()[0]["version"] == 1
+            time.sleep(0.4)  # the deadline is long past: a client that said hello is served
+            assert prompt.result("ping") is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_handshake_timeout_covers_the_proof(short_tmp: str, backend: str) -> None:
+    """With an authkey, a hello without its proof in time: a connection-level error (3.4, 7.3)."""
+    with ServerThread(os.path.join(short_tmp, "p.sock"), backend=backend, authkey=KEY,
+                      limits=Limits(handshake_timeout=0.3)) as server:
+        with Client(server.address) as client:
+            client.send({**HELLO, "challenge": os.urandom(32)})
+            hello, error = client.receive(2)
+            assert hello["version"] == 1
+            assert "proof" in hello
+            assert error == [0, ERROR, "RemoteProtocolError",
+                             "no hello and authentication within 0.3 seconds"]
+            assert client.at_eof()
+
+
 KEY = b"doc key"
 
 
@@ -882,7 +1165,7 @@ def test_missing_challenge_is_refused(keyed_server: ServerThread) -> None:
         assert client.at_eof()
 
 
-# ------------------------------------------------------------------ limits (11)
+# ------------------------------------------------------------------ limits (8)
 
 SMALL = 100_000
 
@@ -923,58 +1206,123 @@ def test_frames_over_max_frame_bytes_drop_the_connection(small_server: ServerThr
         assert client.at_eof()
 
 
-# ------------------------------------------------------------------ promises the server breaks
-# Each test states what PROTOCOL.md promises, and fails on the reference server today. They are
-# strict xfails: once the server is fixed they pass, and the marker must go.
-
-
-@pytest.mark.xfail(strict=True, reason="a frame's completed leading elements are not counted "
-                   "against max_frame_bytes (FrameDecoder relies on Unpacker.tell())")
 @pytest.mark.parametrize("frame", ["one_byte_over", "many_items"])
 def test_max_frame_bytes_bounds_whole_frames(small_server: ServerThread, frame: str) -> None:
+    """Counted from the frame's first byte, however small its parts (8)."""
     with connect(small_server) as client:
         if frame == "one_byte_over":
             data = set_frame_of(SMALL + 1, 1, "over")
         else:  # 300 KB in one append request, made of items each far below the limit
             data = pack([1, "append", "board", "log", [encode("x" * 1000)] * 300])
         assert len(data) > SMALL
-        client.sock.sendall(data)
+        # The server may close the connection before it has all of the frame (8).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.sock.sendall(data)
         (error,) = client.receive()
-        assert error[:3] == [0, ERROR, "RemoteProtocolError"]
+        assert error == [0, ERROR, "RemoteProtocolError",
+                         f"frame larger than max_frame_bytes ({SMALL})"]
 
 
-@pytest.mark.xfail(strict=True, reason="Dispatcher.respond appends the batch's own pushes after "
-                   "the refusal frame")
-def test_connection_level_error_is_the_last_frame(client: Client) -> None:
-    client.result("watch", "k", None, None)
-    client.sock.sendall(pack([2, "set", "k", "x", encode(1)]) + b"\xc1")
-    frames: list[Any] = []
-    while True:
-        try:
-            frames.extend(client.receive())
-        except EOFError:
-            break
-    assert frames[0] == [2, OK, 1]
-    assert frames[-1][:3] == [0, ERROR, "RemoteProtocolError"]
+@pytest.mark.parametrize(
+    "backend",
+    ["asyncio", "trio"],
+)
+def test_a_client_that_leaves_16_mib_unread_is_dropped(short_tmp: str, backend: str) -> None:
+    """Pushes do not pile up without a bound: past 16 MiB unread, ConnectionLost (7.3, 8)."""
+    with ServerThread(os.path.join(short_tmp, "u.sock"), backend=backend) as server:
+        with connect(server) as watcher, connect(server) as writer:
+            watch_id = watcher.result("watch", "k", None, None)[0]
+            assert watcher.result("acquire", "k", "lock", b"watcher", None) is None
+            big = encode(b"x" * 2**20)
+            for revision in range(1, 25):  # 24 MiB of pushes the watcher does not read yet
+                assert writer.result("set", "k", "x", big) == revision
+            waiting = writer.frame("acquire", "k", "lock", b"writer", 2)
+            writer.send(waiting)
+            assert writer.reply(waiting[0]) == [waiting[0], OK, None]  # dropped: the lock passed
+            *pushes, last = watcher.until_eof()
+            assert last == [0, ERROR, "ConnectionLost", "more than 16777216 bytes of events "
+                            "went unread; watch again from the last revision seen"]
+            assert 16 <= len(pushes) < 24
+            assert pushes == [[0, PUSH, watch_id, revision, "x", big]
+                              for revision in range(1, len(pushes) + 1)]
 
 
-@pytest.fixture
-def tiny_history_server(short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "t.sock"), store=MemoryStore(history=2)) as running:
-        yield running
+# ------------------------------------------------------------------ TLS (2, 14)
 
 
-@pytest.mark.xfail(strict=True, reason="the bounded history drops entries one name at a time "
-                   "and MemoryStore.history replays a revision it only partly holds")
-def test_no_partial_replay(tiny_history_server: ServerThread) -> None:
-    with connect(tiny_history_server) as client:
-        values = {"a": encode(1), "b": encode(2), "c": encode(3)}
-        assert client.result("update", "h", values) == 1  # three history entries, one revision
-        reply = client.call("watch", "h", None, 0)
-        if reply[1] == ERROR:
-            assert_error(reply, "HistoryExpired")
-        else:  # all of revision 1, or nothing
-            assert [push[2] for push in pushes_until_quiet(client)] == ["a", "b", "c"]
+@pytest.fixture(scope="module")
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 and localhost; a client trusting it."""
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    return server_context, client_context
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_tls(short_tmp: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+             transport: str, backend: str) -> None:
+    """The whole protocol inside TLS, the handshake and HMAC authentication included."""
+    server_context, client_context = tls_contexts
+    address = ("127.0.0.1", 0) if transport == "tcp" else os.path.join(short_tmp, "tls.sock")
+    with ServerThread(address, backend=backend, authkey=KEY,
+                      ssl_context=server_context) as server:
+        with Client(server.address, client_context) as client:
+            assert isinstance(client.sock, ssl.SSLSocket)
+            assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
+            assert len(client.handshake(KEY)["challenge"]) == 32
+            assert client.result("set", "vault", "secret", encode((1, 2))) == 1
+            watch_id = client.result("watch", "vault", None, None)[0]
+            if transport == "tcp":  # the real proxy checks the host name it connects to
+                with Namespace(server.address, "vault", authkey=KEY,
+                               ssl_context=client_context) as ns:
+                    assert ns.secret == (1, 2)
+                    ns.answer = 42
+            else:
+                with connect_tls(server.address, client_context) as other:
+                    assert other.result("set", "vault", "answer", encode(42)) == 2
+            assert collect_pushes(client, 1) == [[watch_id, 2, "answer", encode(42)]]
+        with Client(server.address) as plain:  # plain msgpack to a TLS server
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                plain.send(HELLO)
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := plain.sock.recv(65536):
+                    received += chunk
+            assert b"aionamespace" not in received  # no hello, no frame: only the end
+
+
+def connect_tls(address: str | tuple[str, int], context: ssl.SSLContext) -> Client:
+    client = Client(address, context)
+    try:
+        client.handshake(KEY)
+    except BaseException:
+        client.sock.close()
+        raise
+    return client
+
+
+# ------------------------------------------------------------------ promises once broken
+# Each test states what PROTOCOL.md promises where the reference server once failed it.
+
+
+def test_append_refuses_a_tuple_whatever_its_marker_header(client: Client) -> None:
+    one = b"\x92\xc8\x00\x00\x02\x01"  # (1,), its marker an ext 16: decoders MUST accept it (9.4)
+    assert_same(decode(one), (1,))
+    assert client.result("set", "k", "t", one) == 1  # the server takes it as a tuple...
+    assert_error(client.call("append", "k", "t", [encode(2)]), "TypeError")  # ...not a list
+    assert client.result("get", "k", "t") == one
+
+
+def test_append_refuses_a_list_nested_too_deeply(client: Client) -> None:
+    deep = b"\x91" * 256 + b"\xc0"  # 256 levels: as deep as a value may be (9.4)
+    assert client.result("set", "k", "deep", deep) == 1
+    # 257 levels: refused like any value nested too deeply (a bad request, section 9.4)
+    assert_error(client.call("append", "k", "list", [deep]), "RemoteProtocolError")
+    assert client.result("snapshot", "k", []) == [1, {}]
 
 
 # ------------------------------------------------------------------ the document itself
@@ -1004,6 +1352,7 @@ def recv_exactly(sock: socket.socket, count: int) -> bytes:
 
 def test_worked_examples_match_the_library(server: ServerThread) -> None:
     # The doc tests alone use the library's internals: they are the reference the document shows.
+    from aionamespace import ConnectionLost
     from aionamespace._codec import encode_value
     from aionamespace._protocol import ClientConnection, ServerConnection
 
@@ -1026,6 +1375,11 @@ def test_worked_examples_match_the_library(server: ServerThread) -> None:
     assert examples["watch-reply"] == ServerConnection.send_result(4, [1, 1, {"item": empty}])
     assert examples["watch-push"] == ServerConnection.send_event(1, 2, "item", full)
     assert examples["watch-push"] == pack([0, PUSH, 1, 2, "item", full])
+    greeted = ServerConnection()
+    greeted.receive_data(pack(HELLO))
+    goodbye = greeted.send_refusal(ConnectionLost("the server is shutting down"))
+    assert examples["goodbye"] == goodbye
+    assert examples["goodbye"] == pack([0, ERROR, "ConnectionLost", "the server is shutting down"])
 
     # Replay the client's side against a real server; its answers must be the documented bytes.
     with Client(server.address) as client:
@@ -1107,10 +1461,10 @@ def test_value_examples_match_the_library() -> None:
 def doc_table(name: str) -> list[list[str]]:
     """The body rows of the table after ``<!-- table: name -->``, as lists of cells."""
     text = DOC.read_text(encoding="utf-8")
-    match = re.search(rf"<!-- table: {name} -->\n((?:\|.*\n)+)", text)
+    match = re.search(rf"<!-- table: {name} -->\n((?: *\|.*\n)+)", text)  # maybe in a list
     assert match is not None, name
     rows = match.group(1).splitlines()[2:]
-    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
 
 
 def test_operation_table_matches_the_library() -> None:
@@ -1136,3 +1490,29 @@ def test_doc_tables_list_what_the_library_has() -> None:
     names = [row[0].strip("`") for row in doc_table("error-types")]
     assert names[-1] == "any other name"
     assert sorted(names[:-1]) == sorted(_REMOTE_TYPES)
+
+
+def test_safe_to_resend_table_matches_the_library() -> None:
+    from aionamespace._ops import OPS, SAFE_TO_RESEND
+
+    ops = [row[0].strip("`") for row in doc_table("safe-to-resend")]
+    assert sorted(ops) == sorted(SAFE_TO_RESEND)
+    assert ops == [op for op in OPS if op in SAFE_TO_RESEND]  # in the order of 5.2
+
+
+def test_documented_limits_match_the_library() -> None:
+    from aionamespace._dispatch import MAX_PUSH_BACKLOG_BYTES
+    from aionamespace._store import DEFAULT_HISTORY
+
+    text = " ".join(DOC.read_text(encoding="utf-8").split())
+    limits = Limits()
+    assert f"| `max_frame_bytes` | {limits.max_frame_bytes} (64 MiB) |" in text
+    assert f"| `max_name_length` | {limits.max_name_length} characters |" in text
+    assert f"| `max_connections` | {limits.max_connections:,} connections at once |" in text
+    assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
+    assert f"| history | {DEFAULT_HISTORY:,} revisions per namespace |" in text
+    assert f"| unread frames | 16 MiB ({MAX_PUSH_BACKLOG_BYTES} bytes) |" in text
+    for message in (f"the server is at its limit of {limits.max_connections} connections",
+                    f"no hello and authentication within {limits.handshake_timeout} seconds",
+                    f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread"):
+        assert message in text

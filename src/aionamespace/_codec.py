@@ -307,22 +307,23 @@ _SUSPECT_BYTES = (b"\xff", b"\xc7\x00")
 _CONTAINERS = (list, tuple, set, frozenset, dict)
 
 
-def check_value(data: bytes) -> None:
+def check_value(data: bytes, max_depth: int = MAX_DEPTH) -> None:
     """Raise ValueDecodeError unless ``data`` is a value this codec could have made.
 
     Stricter than ``decode_value``, which stays liberal: the server runs this on every value it
-    is asked to store, so clients only ever read values they can use.
+    is asked to store, so clients only ever read values they can use. ``max_depth`` is lower
+    for a value that will sit inside another (an item appended to a list).
     """
     value = decode_value(data)
     if type(value) not in _CONTAINERS and type(value) is not msgpack.Timestamp:
         return
-    if len(data) > MAX_DEPTH or any(suspect in data for suspect in _SUSPECT_BYTES):
-        problem = _find_non_value(value)
+    if len(data) > max_depth or any(suspect in data for suspect in _SUSPECT_BYTES):
+        problem = _find_non_value(value, max_depth)
         if problem is not None:
             raise ValueDecodeError(problem)
 
 
-def _find_non_value(value: Any) -> str | None:
+def _find_non_value(value: Any, max_depth: int) -> str | None:
     """Why a decoded value is not one we would make, or None (an iterative walk)."""
     pending = [(value, 0)]
     while pending:
@@ -333,7 +334,7 @@ def _find_non_value(value: Any) -> str | None:
         if cls is _Marker:
             return "a container marker must be the first element of an array"
         if cls in _CONTAINERS:
-            if depth >= MAX_DEPTH:
+            if depth >= max_depth:
                 return f"value nested deeper than {MAX_DEPTH} levels"
             children = item.items() if cls is dict else item
             for child in children:
@@ -346,6 +347,17 @@ def _find_non_value(value: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------ lists in place
+
+# A zero-length extension is written ext 8, 16 or 32: header byte, length bytes, type byte.
+_ZERO_LENGTH_EXT = {0xC7: b"\x00", 0xC8: b"\x00\x00", 0xC9: b"\x00\x00\x00\x00"}
+
+
+def _starts_with_marker(body: bytes) -> bool:
+    """Whether an array's first element is a container marker (in any of its encodings)."""
+    length = _ZERO_LENGTH_EXT.get(body[0])
+    if length is None or body[1:1 + len(length)] != length:
+        return False
+    return body[1 + len(length)] in _DECODED_MARKERS
 
 EMPTY_LIST = b"\x90"
 _ARRAY_HEADERS = {0xDC: (3, ">H"), 0xDD: (5, ">I")}  # array 16, array 32: length, format
@@ -367,7 +379,7 @@ def extend_list(encoded: bytes, items: Sequence[bytes]) -> tuple[bytes, int] | N
     else:
         return None
     body = encoded[header:]
-    if count and body[:2] == b"\xc7\x00" and body[2:3] and body[2] in _DECODED_MARKERS:
+    if count and _starts_with_marker(body):
         return None  # a tuple, set or frozenset
     total = count + len(items)
     if total < 16:

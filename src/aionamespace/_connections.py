@@ -45,7 +45,7 @@ class Connections:
         self.limits = limits
         self.dispatcher = dispatcher
         self.new_protocol = new_protocol
-        self._call_later = call_later
+        self.call_later = call_later
         self.open: dict[Connection, Callable[[], None] | None] = {}  # -> cancels its deadline
         self.closing = False
         self._all_closed: anyio.Event | None = None
@@ -58,7 +58,7 @@ class Connections:
             connection.write(connection.protocol.send_refusal(ConnectionLost(reason)))
             connection.close()
             return False
-        self.open[connection] = self._call_later(
+        self.open[connection] = self.call_later(
             self.limits.handshake_timeout, lambda: self._deadline(connection))
         return True
 
@@ -158,6 +158,17 @@ class AsyncioConnection(asyncio.BufferedProtocol):
     def backlog(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
+    def drop(self) -> None:
+        """Let go of a peer that does not read: its locks and watches at once, and its socket
+        once the refusal and what it has not read went out, or after FAREWELL_SECONDS."""
+        if self.admitted:
+            self.admitted = False
+            self.connections.gone(self)
+        self.close()
+        transport = self.transport
+        if transport is not None:
+            self.connections.call_later(FAREWELL_SECONDS, transport.abort)
+
     def _pause(self) -> None:
         if not self._paused and self.transport is not None and not self.closed:
             self._paused = True
@@ -207,6 +218,9 @@ class StreamConnection:
     def backlog(self) -> int:
         return self._queued_bytes
 
+    def drop(self) -> None:
+        self.close()  # run() gives the farewell a bounded time, then cancels the send
+
     async def run(self, stream: anyio.abc.ByteStream) -> None:
         async with stream, anyio.create_task_group() as group:
             group.start_soon(self._send_forever, stream)
@@ -229,22 +243,25 @@ class StreamConnection:
             group.cancel_scope.cancel()
 
     async def _send_forever(self, stream: anyio.abc.ByteStream) -> None:
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
-                data = b"".join(self._outbox)
-                self._outbox.clear()
-                self._sending = True
-                await stream.send(data)
-                self._sending = False
-                self._queued_bytes -= len(data)
-                self._sent.set()
-                self._sent = anyio.Event()
-        self._outbox.clear()  # the peer is gone: nothing more can be sent
-        self._sending = False
-        self._queued_bytes = 0
-        self._sent.set()
+        try:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                     OSError):
+                while True:
+                    await self._wakeup.wait()
+                    self._wakeup = anyio.Event()
+                    data = b"".join(self._outbox)
+                    self._outbox.clear()
+                    self._sending = True
+                    await stream.send(data)
+                    self._sending = False
+                    self._queued_bytes -= len(data)
+                    self._sent.set()
+                    self._sent = anyio.Event()
+        finally:  # the peer is gone, or we are cancelled: nothing more will be sent
+            self._outbox.clear()
+            self._sending = False
+            self._queued_bytes = 0
+            self._sent.set()
 
 
 Connection = AsyncioConnection | StreamConnection

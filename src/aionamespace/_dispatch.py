@@ -48,6 +48,9 @@ class Peer(Protocol):
     def close(self) -> None:
         """Close after sending what is queued."""
 
+    def drop(self) -> None:
+        """Close now, whatever is still queued (a peer that does not read)."""
+
 
 _NO_WATCHES: dict[int, Any] = {}
 
@@ -149,7 +152,7 @@ class Dispatcher:
             peer.write(peer.protocol.send_refusal(ConnectionLost(
                 f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread; watch again "
                 "from the last revision seen")))
-            peer.close()
+            peer.drop()  # at once: a close would wait for the unread bytes to drain
             return
         peer.write(data)
 

@@ -117,6 +117,8 @@ class _Waiter:
         self.wakeup = new_event()
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        if self.done:  # the first outcome stands (a reply behind a goodbye changes nothing)
+            return
         self.result, self.error, self.done = result, error, True
         self.wakeup.set()
 
@@ -174,9 +176,11 @@ class Multiplexer:
         if self.inflight_writes:
             count = len(self.inflight_writes)
             self.inflight_writes.clear()
-            self.write_errors.append(ConnectionLost(
+            unknown = ConnectionLost(
                 f"{count} write(s) were sent but not acknowledged before the connection was "
-                f"lost ({error}); they may or may not have been applied"))
+                f"lost ({error}); they may or may not have been applied")
+            unknown.request_sent = True
+            self.write_errors.append(unknown)
         self.outbox = [(i, frame) for i, frame in self.outbox if i in self.queued_writes]
         for waiter in list(self.waiting):
             waiter.finish(error=error)
@@ -423,6 +427,8 @@ class Multiplexer:
                 await anyio.aclose_forcefully(stream)
             return
         for event in events:
+            if self.stream is not stream:
+                break  # the server said goodbye: nothing behind that counts
             if type(event) is Reply:
                 self.dispatch(event)
             elif type(event) is Invalidate:

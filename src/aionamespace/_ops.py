@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._codec import ValueDecodeError, check_value
+from ._codec import MAX_DEPTH, ValueDecodeError, check_value
 
 if TYPE_CHECKING:
     from ._protocol import Limits
@@ -79,10 +79,13 @@ def _values(limits: Limits, values: Any) -> str | None:
 def _items(limits: Limits, items: Any) -> str | None:
     if type(items) is not list:
         return "expected an array of values"
-    for item in items:
-        problem = _value(limits, item)
-        if problem is not None:
-            return problem
+    for item in items:  # each will sit one level down, inside the list
+        if type(item) is not bytes:
+            return "values travel as bin"
+        try:
+            check_value(item, MAX_DEPTH - 1)
+        except ValueDecodeError as exc:
+            return str(exc)
     return None
 
 

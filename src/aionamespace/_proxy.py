@@ -80,8 +80,11 @@ class Target:
             if problem is not None:
                 raise ValueError(f"invalid namespace name {name!r}: {problem}")
             key, named = name, True
-        return cls(parse_address(address), key, named, authkey, limits, retry or Retry(),
-                   ssl_context, cache)
+        parsed = parse_address(address)
+        if ssl_context is not None and isinstance(parsed, str) and ssl_context.check_hostname:
+            raise ValueError("TLS over a Unix socket has no host name to check: use an "
+                             "ssl_context with check_hostname = False")
+        return cls(parsed, key, named, authkey, limits, retry or Retry(), ssl_context, cache)
 
     @property
     def server(self) -> tuple[Address, bytes | None, ssl.SSLContext | None]:

@@ -34,7 +34,13 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.streams.tls import TLSListener
 
-from ._connections import READ_CHUNK_BYTES, AsyncioConnection, Connections, StreamConnection
+from ._connections import (
+    FAREWELL_SECONDS,
+    READ_CHUNK_BYTES,
+    AsyncioConnection,
+    Connections,
+    StreamConnection,
+)
 from ._dispatch import Dispatcher
 from ._protocol import Address, Limits, ServerConnection, parse_address
 from ._store import MemoryStore, Store
@@ -125,13 +131,15 @@ class Server:
         async def handle(stream: anyio.abc.ByteStream) -> None:
             await StreamConnection(connections).run(stream)
 
-        async with listener, anyio.create_task_group() as group:
-            group.start_soon(listener.serve, handle, group)
-            self._address = address
-            task_status.started(address)
-            await stop.wait()
-            await connections.goodbye()  # while the connections' tasks can still send it
-            group.cancel_scope.cancel()
+        async with anyio.create_task_group() as connection_tasks:
+            async with listener, anyio.create_task_group() as accepting:
+                accepting.start_soon(listener.serve, handle, connection_tasks)
+                self._address = address
+                task_status.started(address)
+                await stop.wait()
+                accepting.cancel_scope.cancel()  # no new connections; the open ones go on
+            await connections.goodbye()  # each connection's tasks send it, then finish
+            connection_tasks.cancel_scope.deadline = anyio.current_time() + FAREWELL_SECONDS
 
     async def _serve_asyncio(self, sock: socket.socket, address: Address,
                              connections: Connections, stop: anyio.Event,

@@ -150,6 +150,8 @@ class SyncConnection:
         while True:
             found = None
             for event in self.receive_events():
+                if type(event) is Reply and event.id == 0:
+                    return event  # the server's goodbye: nothing behind it counts
                 if type(event) is Push:
                     self.pushes.append(event)
                 if wanted(event):
