@@ -207,7 +207,7 @@ class _Marker:
         self.build = build
 
 
-_DECODED_MARKERS = {
+_DECODED_MARKERS: dict[int, _Marker] = {
     ExtCode.TUPLE: _Marker(tuple),
     ExtCode.SET: _Marker(set),
     ExtCode.FROZENSET: _Marker(frozenset),
