@@ -8,9 +8,16 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from aionamespace import Manager, ServerThread
 from aionamespace._protocol import Address
+
+# CI explores the same examples on every run, so a red build is about the change, not luck;
+# a developer's run explores new ones (and keeps failures in .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import re
 import struct
 import threading
 import uuid
@@ -275,10 +276,33 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueDecodeError(f"unknown value extension code {code}")
 
 
+# The UTC offset at the end of an isoformat() text, down to microseconds.
+_OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{6}))?)?$")
+
+
+def _with_exact_offset(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """fromisoformat, but trusting the text's offset: CPython 3.10-3.13 read
+    "+00:00:00.000001" (a one-microsecond offset isoformat() writes) as UTC."""
+
+    def parse_exactly(text: str) -> Any:
+        value = parse(text)
+        match = _OFFSET.search(text) if value.tzinfo is not None else None
+        if match is not None:
+            sign, hours, minutes, seconds, micros = match.groups()
+            offset = _dt.timedelta(hours=int(hours), minutes=int(minutes),
+                                   seconds=int(seconds or 0), microseconds=int(micros or 0))
+            offset = -offset if sign == "-" else offset
+            if value.utcoffset() != offset:
+                value = value.replace(tzinfo=_dt.timezone(offset))
+        return value
+
+    return parse_exactly
+
+
 _ISO_PARSERS: dict[int, Callable[[str], Any]] = {
-    ExtCode.DATETIME: _dt.datetime.fromisoformat,
+    ExtCode.DATETIME: _with_exact_offset(_dt.datetime.fromisoformat),
     ExtCode.DATE: _dt.date.fromisoformat,
-    ExtCode.TIME: _dt.time.fromisoformat,
+    ExtCode.TIME: _with_exact_offset(_dt.time.fromisoformat),
 }
 
 
