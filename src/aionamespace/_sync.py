@@ -23,6 +23,7 @@ from typing import Any
 
 from . import _calls as calls
 from ._cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
+from ._codec import decode_value, encode_value
 from ._errors import ConnectionLost, map_connection_errors
 from ._protocol import Address, ClientConnection, Hello, Invalidate, Push, Reply
 from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
@@ -304,19 +305,23 @@ class Namespace(ProxyBase):
         target = self._aionamespace.target
         return self._retrying(op, lambda: POOL.connection(target).call(op, *args))
 
-    def _retrying(self, op: str, attempt: Callable[[], Any]) -> Any:
-        """``attempt()``, again after a lost connection when the retry policy allows."""
+    def _retrying(self, op: str, attempt: Callable[[], Any],
+                  failed: ConnectionLost | None = None) -> Any:
+        """``attempt()``, again after a lost connection when the retry policy allows
+        (``failed``: the first attempt, made by a fast path, already failed so)."""
         retry = self._aionamespace.target.retry
         failures = 0
         while True:
+            if failed is not None:
+                failures += 1
+                delay = retry.delay(op, failures, failed)
+                if delay is None:
+                    raise failed
+                time.sleep(delay)  # back off before reconnecting (not synchronisation)
             try:
                 return attempt()
             except ConnectionLost as exc:
-                failures += 1
-                delay = retry.delay(op, failures, exc)
-                if delay is None:
-                    raise
-                time.sleep(delay)  # back off before reconnecting (not synchronisation)
+                failed = exc
 
     def _run(self, call: calls.Call) -> Any:
         target = self._aionamespace.target
@@ -345,7 +350,13 @@ class Namespace(ProxyBase):
                     return entry if type(entry) not in SPECIAL_ENTRIES else entry_value(
                         entry, name)
             return self._retrying("get", lambda: self._cache().get(state.target.key, name))
-        return self._run(calls.get(state.target.key, name))
+        target = state.target
+        try:  # the fast path: one round trip, no Call object, no closures
+            return decode_value(POOL.connection(target).call("get", target.key, name))
+        except ConnectionLost as exc:
+            def attempt() -> Any:
+                return decode_value(POOL.connection(target).call("get", target.key, name))
+            return self._retrying("get", attempt, exc)
 
     def _cache(self) -> CacheConnection:
         state: _State = self._aionamespace
@@ -357,7 +368,16 @@ class Namespace(ProxyBase):
         if name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        self._run(calls.set_(self._key, name, value))
+        target = self._aionamespace.target
+        if target.cache:
+            self._run(calls.set_(target.key, name, value))  # forgets the cached value first
+            return
+        blob = encode_value(value)
+        try:  # the fast path, as for reads
+            POOL.connection(target).call("set", target.key, name, blob)
+        except ConnectionLost as exc:
+            self._retrying("set", lambda: POOL.connection(target).call(
+                "set", target.key, name, blob), exc)
 
     def __delattr__(self, name: str) -> None:
         check_attribute_name(name)
