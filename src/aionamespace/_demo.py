@@ -36,6 +36,16 @@ def read_underscore(ns: Namespace) -> None:
         print(f"   child (pid {os.getpid()}) gets AttributeError: {exc}")
 
 
+def count_up(ns: Namespace, times: int) -> None:
+    for _ in range(times):
+        ns._incr("counter")
+
+
+def finish_later(ns: Namespace) -> None:
+    ns._append("log", f"pid {os.getpid()} finished")
+    ns.status = "done"
+
+
 def _run_child(context: Any, target: Any, ns: Namespace) -> None:
     process = context.Process(target=target, args=(ns,))
     process.start()
@@ -85,5 +95,20 @@ def run_demo() -> None:
         key = shared_vars._aionamespace.target.key
         board = manager.AsyncNamespace(key)  # the same board, by its key
         asyncio.run(_read_from_asyncio(board))
-        print(f"\n   back in sync code: {shared_vars}")
+        print(f"\n   back in sync code: {shared_vars}\n")
+
+        print("4. correct under concurrency (what the stdlib's ns.counter += 1 gets wrong)")
+        workers = [spawn.Process(target=count_up, args=(shared_vars, 500)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        print(f"   4 spawned processes x 500 ns._incr('counter') -> {shared_vars.counter}")
+        shared_vars.status = "working"
+        helper = spawn.Process(target=finish_later, args=(shared_vars,))
+        helper.start()
+        status = shared_vars._wait_for("status", lambda value: value == "done", timeout=30)
+        helper.join()
+        print(f"   ns._wait_for('status', ...) woke on the change, no polling: {status!r}, "
+              f"log {shared_vars.log!r}")
     print("\nserver shut down; demo finished")
