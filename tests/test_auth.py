@@ -137,3 +137,15 @@ def test_manager_makes_a_random_key_and_pickled_proxies_carry_it() -> None:
     with Manager(authkey=b"chosen") as manager:
         assert manager.authkey == b"chosen"
         assert Namespace(manager.address, "n", authkey=b"chosen")._snapshot() == {}
+
+
+@pytest.mark.anyio
+async def test_async_writes_refused_for_a_wrong_key_are_reported_once(
+        keyed_server: ServerThread) -> None:
+    ns = AsyncNamespace(keyed_server.address, "vault", authkey=b"wrong")
+    ns.secret = "stolen"
+    with pytest.raises(AuthenticationError):
+        await ns._flush()
+    await ns._flush()  # nothing is left queued: the write could never be delivered
+    await ns._close()
+    _vault_is_intact(keyed_server)

@@ -29,7 +29,13 @@ import anyio.lowlevel
 from anyio.streams.tls import TLSStream
 
 from ._cache import ABSENT, CacheTable
-from ._errors import ConnectionLost, ProtocolError, WriteQueueFull, map_connection_errors
+from ._errors import (
+    AuthenticationError,
+    ConnectionLost,
+    ProtocolError,
+    WriteQueueFull,
+    map_connection_errors,
+)
 from ._protocol import Address, ClientConnection, Hello, Invalidate, Push, Reply
 from ._proxy import Target
 
@@ -315,7 +321,14 @@ class Multiplexer:
         assert self.connect_lock is not None
         async with self.connect_lock:
             if self.stream is None:
-                self.stream = await open_connection(self.target, self.protocol)
+                try:
+                    self.stream = await open_connection(self.target, self.protocol)
+                except AuthenticationError:
+                    # Queued writes can never be delivered with this key: drop them, so that
+                    # the error is reported once, not by every later _flush().
+                    self.outbox.clear()
+                    self.queued_writes.clear()
+                    raise
                 self.last_error = None
                 if self.connected is None:
                     self.connected = anyio.Event()
