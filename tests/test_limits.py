@@ -33,7 +33,7 @@ import msgpack
 import pytest
 
 import aionamespace._multiplex
-import aionamespace._sync
+import aionamespace._sync_connection
 from aionamespace import (
     AsyncNamespace,
     ConnectionLost,
@@ -192,7 +192,7 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     after that close depending on scheduling. This pins the slow case, deterministically: the
     refusal frame is then already waiting in the client's receive buffer.
     """
-    open_socket = aionamespace._sync.open_socket
+    open_socket = aionamespace._sync_connection.open_socket
     open_stream = aionamespace._multiplex.open_stream
 
     def slow_socket(*args: Any) -> socket.socket:
@@ -206,7 +206,7 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         await anyio.to_thread.run_sync(wait_until_the_server_closes, sock)
         return stream
 
-    monkeypatch.setattr(aionamespace._sync, "open_socket", slow_socket)
+    monkeypatch.setattr(aionamespace._sync_connection, "open_socket", slow_socket)
     monkeypatch.setattr(aionamespace._multiplex, "open_stream", slow_stream)
 
 

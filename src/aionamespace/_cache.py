@@ -122,7 +122,7 @@ class CacheConnection:
     """One tracking connection per process and server, shared by the process's threads."""
 
     def __init__(self, target: Target) -> None:
-        from ._sync import SyncConnection  # the handshake and blocking socket
+        from ._sync_connection import SyncConnection  # the handshake and blocking socket
 
         self.pid = os.getpid()
         self.forks = CACHES.forks  # stale in a forked child, which then opens its own

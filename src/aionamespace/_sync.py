@@ -1,21 +1,14 @@
-"""``Namespace``: the blocking proxy, a thin shell of plain sockets around the protocol.
+"""``Namespace``: the blocking proxy, a thin shell over blocking connections.
 
-Connections are per thread and per server, shared by every proxy of this process that points at
-that server, as the stdlib's proxies do: threads never wait for each other, and a thread has at
-most one request in flight, so the next reply on its socket is the answer to its request.
-
-Fork safety, after redis-py: each connection remembers the pid that opened it. A forked child
-drops the inherited connections (closing only its own copies of the descriptors, never shutting
-the parent's sockets down) and opens fresh ones on first use.
+``ns.x``, ``ns.x = v`` and ``del ns.x`` are one round trip each on the calling thread's
+connection to the server (``_sync_connection.py``); what each operation sends and how its answer
+is read is ``_calls.py``'s. Watches get a connection of their own; cached reads go through the
+process's cache connection (``_cache.py``).
 """
 
 from __future__ import annotations
 
-import collections
 import os
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -24,195 +17,13 @@ from typing import Any
 from . import _calls as calls
 from ._cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
 from ._codec import decode_value, encode_value
-from ._errors import ConnectionLost, map_connection_errors
-from ._protocol import Address, ClientConnection, Hello, Invalidate, Push, Reply
+from ._errors import ConnectionLost
 from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
+from ._sync_connection import POOL, SyncConnection
 
-__all__ = ["Namespace"]
+__all__ = ["Lock", "Namespace", "Watch"]
 
 _ABSENT = object()
-
-READ_CHUNK_BYTES = 256 * 1024  # one buffer per connection, reused: large values in fewer reads
-
-
-def open_socket(address: Address, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
-    """A connected blocking socket (TCP_NODELAY for TCP: every frame is a whole message)."""
-    if isinstance(address, tuple):
-        sock = socket.create_connection(address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    else:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(address)
-        except BaseException:
-            sock.close()
-            raise
-    if ssl_context is None:
-        return sock
-    hostname = address[0] if isinstance(address, tuple) else None
-    try:
-        return ssl_context.wrap_socket(sock, server_hostname=hostname)
-    except BaseException:
-        sock.close()
-        raise
-
-
-class SyncConnection:
-    """One blocking socket, its protocol state, and the pid that owns it."""
-
-    def __init__(self, target: Target) -> None:
-        self.address = target.address
-        self.pid = os.getpid()
-        self.protocol = ClientConnection(target.limits, target.authkey)
-        self.sock: socket.socket | None = None
-        # recv_into one buffer per connection: recv(n) would allocate n bytes on every call.
-        self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
-        self.pushes: collections.deque[Push] = collections.deque()
-        with map_connection_errors(self.address, connecting=True):
-            self.sock = open_socket(self.address, target.ssl_context)
-            try:
-                try:
-                    self.sock.sendall(self.protocol.send_hello())
-                except OSError:
-                    self._read_refusal()  # a server refusing us at once may have said why
-                    raise
-                self._receive_until(lambda event: type(event) is Hello)
-                proof = self.protocol.send_proof()
-                if proof:
-                    self.sock.sendall(proof)
-            except BaseException:
-                self.close()
-                raise
-
-    def _read_refusal(self) -> None:
-        """Raise the reason a refusing server sent before closing, if it is there to read."""
-        assert self.sock is not None
-        self.sock.settimeout(1.0)
-        try:
-            received = self.sock.recv_into(self._buffer)
-        except OSError:
-            return  # nothing readable: the caller raises its own error
-        finally:
-            self.sock.settimeout(None)
-        self.protocol.receive_data(self._buffer[:received])  # a refusal raises its reason
-
-    def call(self, op: str, *args: Any) -> Any:
-        """Send one request and block until its reply; raise what the server raised."""
-        request_id, frame = self.protocol.send_request(op, *args)
-        assert self.sock is not None
-        sent = False
-        try:
-            with map_connection_errors(self.address):
-                self.sock.sendall(frame)
-                sent = True
-                reply = self._receive_until(
-                    lambda event: type(event) is Reply and event.id in (request_id, 0))
-        except BaseException as exc:
-            # Interrupted or broken mid-call: the stream position is unknown, never reuse it.
-            self.close()
-            if isinstance(exc, ConnectionLost):
-                exc.request_sent = sent
-            raise
-        assert isinstance(reply, Reply)
-        if reply.error is not None:
-            if reply.id == 0:  # the server dropped the whole connection
-                self.close()
-            raise reply.error
-        return reply.result
-
-    def next_push(self, timeout: float | None = None) -> Push:
-        """The next watch event on this connection; TimeoutError after ``timeout`` seconds."""
-        if not self.pushes:
-            assert self.sock is not None
-            if timeout is not None and timeout <= 0:  # settimeout(0) would mean non-blocking
-                raise TimeoutError("no watch event arrived in time")
-            self.sock.settimeout(timeout)
-            try:
-                with map_connection_errors(self.address):
-                    self._receive_until(lambda event: type(event) is Push)
-            except TimeoutError:
-                raise
-            except BaseException:
-                self.close()
-                raise
-        return self.pushes.popleft()
-
-    def receive_events(self) -> list[Hello | Reply | Push | Invalidate]:
-        """Block for the next chunk and return the events it completes (maybe none)."""
-        assert self.sock is not None
-        received = self.sock.recv_into(self._buffer)
-        if not received:
-            raise ConnectionLost(f"the aionamespace server at {self.address!r} closed the "
-                                 "connection")
-        return self.protocol.receive_data(self._buffer[:received])
-
-    def _receive_until(self, wanted: Any) -> Hello | Reply | Push | Invalidate:
-        """Read until an event ``wanted`` accepts; watch events are kept in ``pushes``."""
-        while True:
-            found = None
-            for event in self.receive_events():
-                if type(event) is Reply and event.id == 0:
-                    return event  # the server's goodbye: nothing behind it counts
-                if type(event) is Push:
-                    self.pushes.append(event)
-                if wanted(event):
-                    found = event
-            if found is not None:
-                return found
-
-    @property
-    def closed(self) -> bool:
-        return self.sock is None
-
-    def close(self) -> None:
-        """Release this process's descriptor; only the opening process shuts the socket down."""
-        sock, self.sock = self.sock, None
-        if sock is None:
-            return
-        if self.pid == os.getpid():
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        sock.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-class _Pool:
-    """Per-thread connections, keyed by server; emptied in a forked child."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.locals: dict[tuple[Any, ...], threading.local] = {}
-
-    def connection(self, target: Target) -> SyncConnection:
-        server = target.server
-        local = self.locals.get(server)
-        if local is None:
-            with self.lock:
-                local = self.locals.setdefault(server, threading.local())
-        connection: SyncConnection | None = getattr(local, "connection", None)
-        if connection is None or connection.closed or connection.pid != os.getpid():
-            connection = local.connection = SyncConnection(target)
-        return connection
-
-    def discard(self, target: Target) -> None:
-        local = self.locals.get(target.server)
-        connection = getattr(local, "connection", None)
-        if connection is not None:
-            connection.close()
-            del local.connection  # type: ignore[union-attr]
-
-    def after_fork(self) -> None:
-        self.lock = threading.Lock()
-        self.locals = {}  # inherited connections are closed (not shut down) as they are collected
-
-
-POOL = _Pool()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=POOL.after_fork)
 
 
 class Lock:
