@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
-import selectors
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +19,9 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Manager, Namespace, NamespaceError
+from support import NO_HANG_SECONDS, ServeProcess, kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a call must raise once the server is gone
-NO_HANG_SECONDS = 10.0  # the bound that turns a hang into a failure instead of a stuck suite
 
 
 @pytest.fixture(autouse=True)
@@ -46,16 +43,6 @@ def fresh_manager(request: pytest.FixtureRequest) -> Iterator[Manager]:
 def unix_manager() -> Iterator[Manager]:
     with Manager() as running:
         yield running
-
-
-def kill_server(manager: Manager) -> float:
-    """SIGKILL the manager's server process, reap it, and return when it was killed."""
-    process = manager._process
-    assert process is not None
-    killed_at = time.monotonic()
-    process.kill()
-    process.wait(timeout=NO_HANG_SECONDS)
-    return killed_at
 
 
 def time_to_fail(operation: Any) -> float:
@@ -293,32 +280,9 @@ def test_shutdown_of_a_stopped_server_is_bounded() -> None:
     assert not os.path.exists(private_dir)
 
 
-class CliServer:
-    """``python -m aionamespace serve --unix PATH`` in a subprocess, ready once it says so."""
-
-    def __init__(self, path: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aionamespace", "serve", "--unix", path],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(NO_HANG_SECONDS)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if "serving on" not in line:
-            self.kill()
-            pytest.fail(f"the server did not start: {line!r}")
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=NO_HANG_SECONDS)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-
 def test_sync_proxy_works_again_after_a_restart(short_tmp: str) -> None:
     path = os.path.join(short_tmp, "ns.sock")
-    server = CliServer(path)
+    server = ServeProcess(path)
     try:
         ns = Namespace(path, "board")
         ns.x = 1
@@ -329,7 +293,7 @@ def test_sync_proxy_works_again_after_a_restart(short_tmp: str) -> None:
         ns.x = 2
     with pytest.raises(ConnectionLost):  # still down: the proxy reports it, again
         ns.x = 2
-    server = CliServer(path)  # same path; the old socket file is stale
+    server = ServeProcess(path)  # same path; the old socket file is stale
     try:
         ns.x = 3  # the same proxy reconnects by itself
         assert ns.x == 3
@@ -341,7 +305,7 @@ def test_sync_proxy_works_again_after_a_restart(short_tmp: str) -> None:
 @pytest.mark.anyio
 async def test_async_proxy_works_again_after_a_restart(short_tmp: str) -> None:
     path = os.path.join(short_tmp, "ns.sock")
-    server = await anyio.to_thread.run_sync(CliServer, path)
+    server = await anyio.to_thread.run_sync(ServeProcess, path)
     ns = AsyncNamespace(path, "board")
     try:
         ns.x = 1
@@ -353,7 +317,7 @@ async def test_async_proxy_works_again_after_a_restart(short_tmp: str) -> None:
     ns.x = 2
     with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ConnectionLost):
         await ns._flush()
-    server = await anyio.to_thread.run_sync(CliServer, path)
+    server = await anyio.to_thread.run_sync(ServeProcess, path)
     try:
         with anyio.fail_after(NO_HANG_SECONDS):
             ns.x = 3

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from aionamespace import Manager, Namespace
 from aionamespace._protocol import format_address
+from support import Reports, run_child
 
-CHILD_TIMEOUT_SECONDS = 60
 MISSING_MESSAGE = "'Namespace' object has no attribute 'missing'"
 
 # Python 3.12+ warns when forking a multi-threaded process; our fork tests fork on purpose.
@@ -78,35 +78,6 @@ def make_namespace(request: pytest.FixtureRequest, manager: Manager) -> Namespac
     return manager.Namespace
 
 
-def run_child(context: Any, target: Callable[..., None], *args: Any) -> None:
-    """Start a child, wait for it (bounded), and require a clean exit."""
-    process = context.Process(target=target, args=args)
-    process.start()
-    process.join(CHILD_TIMEOUT_SECONDS)
-    try:
-        if process.is_alive():
-            process.kill()
-            process.join()
-            pytest.fail(f"{target.__name__} did not finish in {CHILD_TIMEOUT_SECONDS}s")
-        assert process.exitcode == 0, f"{target.__name__} exited with {process.exitcode}"
-    finally:
-        process.close()
-
-
-class Reports:
-    """A multiprocessing queue the children report on, closed properly at the end."""
-
-    def __init__(self, context: Any) -> None:
-        self.queue = context.Queue()
-
-    def get(self) -> Any:
-        return self.queue.get(timeout=CHILD_TIMEOUT_SECONDS)
-
-    def close(self) -> None:
-        self.queue.close()
-        self.queue.join_thread()
-
-
 @pytest.fixture
 def spawn_reports() -> Iterator[Reports]:
     reports = Reports(multiprocessing.get_context("spawn"))
@@ -125,8 +96,8 @@ def test_spawned_processes_share_attributes(make_namespace: NamespaceFactory,
     shared_vars = make_namespace()
     shared_vars.item = "empty"
 
-    run_child(spawn, process1, shared_vars, spawn_reports.queue)
-    run_child(spawn, process2, shared_vars, spawn_reports.queue)
+    assert run_child(spawn, process1, shared_vars, spawn_reports.queue) == 0
+    assert run_child(spawn, process2, shared_vars, spawn_reports.queue) == 0
 
     assert spawn_reports.get() == ("process1", "empty")
     assert spawn_reports.get() == ("process2", "educative")
@@ -141,8 +112,8 @@ def test_underscore_attribute_is_not_seen_by_a_spawned_child(make_namespace: Nam
     shared_vars = make_namespace()
     shared_vars._item = "empty"
 
-    run_child(multiprocessing.get_context("spawn"), read_underscore, shared_vars,
-              spawn_reports.queue)
+    assert run_child(multiprocessing.get_context("spawn"), read_underscore, shared_vars,
+              spawn_reports.queue) == 0
 
     kind, message = spawn_reports.get()
     assert kind == "AttributeError"
@@ -161,7 +132,7 @@ def test_underscore_attribute_is_seen_by_a_forked_child(make_namespace: Namespac
     shared_vars._item = "empty"
     reports = Reports(fork)
     try:
-        run_child(fork, read_underscore, shared_vars, reports.queue)
+        assert run_child(fork, read_underscore, shared_vars, reports.queue) == 0
         assert reports.get() == ("value", "empty")
     finally:
         reports.close()

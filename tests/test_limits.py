@@ -19,10 +19,7 @@ import dataclasses
 import gc
 import os
 import select
-import selectors
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,6 +45,7 @@ from aionamespace import (
 from aionamespace._auth import new_challenge
 from aionamespace._codec import encode_value
 from aionamespace._protocol import PROTOCOL_NAME, Address
+from support import ServeProcess
 
 BACKENDS = ["asyncio", "trio"]
 NO_RETRY = Retry(attempts=1)
@@ -523,45 +521,12 @@ BLAST_REQUESTS = 2000
 RSS_GROWTH_LIMIT = 64 * MIB
 
 
-class CliServer:
-    """``python -m aionamespace serve --unix PATH`` in a subprocess, ready once it says so."""
-
-    def __init__(self, path: str, backend: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
-             "--backend", backend], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(NO_HANG_SECONDS)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if "serving on" not in line:
-            self.kill()
-            pytest.fail(f"the server did not start: {line!r}")
-
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS) of the server process, in bytes."""
-        sizes = {}
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                field, _, value = line.partition(":")
-                if field in ("VmRSS", "VmHWM"):
-                    sizes[field] = int(value.split()[0]) * 1024
-        return sizes
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=NO_HANG_SECONDS)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_a_client_that_never_reads_costs_the_server_bounded_memory(
         short_tmp: str, backend: str) -> None:
     path = os.path.join(short_tmp, "ns.sock")
-    server = CliServer(path, backend)
+    server = ServeProcess(path, backend)
     try:
         with Namespace(path, "big") as ns:
             ns.value = os.urandom(MIB)

@@ -11,11 +11,9 @@ import asyncio
 import gc
 import multiprocessing
 import os
-import queue
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,8 +22,8 @@ import pytest
 import aionamespace
 from aionamespace import AsyncNamespace, Manager, Namespace
 from aionamespace._protocol import Address
+from support import CHILD_TIMEOUT_SECONDS, Reports, run_child
 
-CHILD_TIMEOUT_SECONDS = 60
 START_METHODS = ["spawn", "forkserver", "fork"]
 
 # Python 3.12+ warns when forking a multi-threaded process; these tests fork on purpose.
@@ -42,44 +40,6 @@ def context_for(method: str) -> Any:
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"start method {method!r} is not available here")
     return multiprocessing.get_context(method)
-
-
-def run_child(context: Any, target: Callable[..., None], *args: Any) -> int:
-    """Start a child, join it (bounded), return its exit code."""
-    process = context.Process(target=target, args=args)
-    process.start()
-    process.join(CHILD_TIMEOUT_SECONDS)
-    try:
-        if process.is_alive():
-            process.kill()
-            process.join()
-            pytest.fail(f"{target.__name__} did not finish in {CHILD_TIMEOUT_SECONDS}s")
-        return int(process.exitcode)
-    finally:
-        process.close()
-
-
-class Reports:
-    """A multiprocessing queue for children's reports, closed properly at the end."""
-
-    def __init__(self, context: Any) -> None:
-        self.queue = context.Queue()
-
-    def get(self, sender: Any = None) -> Any:
-        """The next report; fails at once if ``sender`` (a Process) died without sending one."""
-        deadline = time.monotonic() + CHILD_TIMEOUT_SECONDS
-        while True:
-            try:
-                return self.queue.get(timeout=0.05)
-            except queue.Empty:
-                if sender is not None and not sender.is_alive() and self.queue.empty():
-                    pytest.fail(f"the child exited with {sender.exitcode} without reporting")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no report in {CHILD_TIMEOUT_SECONDS}s")
-
-    def close(self) -> None:
-        self.queue.close()
-        self.queue.join_thread()
 
 
 @pytest.fixture

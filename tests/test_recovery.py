@@ -25,11 +25,9 @@ import fcntl
 import gc
 import os
 import resource
-import selectors
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import termios
 import threading
@@ -51,8 +49,8 @@ from aionamespace import (
     ServerThread,
 )
 from aionamespace._protocol import PROTOCOL_NAME, PROTOCOL_VERSION
+from support import NO_HANG_SECONDS, ServeProcess, kill_server
 
-NO_HANG_SECONDS = 10.0  # turns a hang into a failure instead of a stuck suite
 FAIL_FAST_SECONDS = 1.0  # how soon a waiting call must raise once the server is killed
 SHUTDOWN_SECONDS = 1.5  # how long a graceful stop may take, with every client told
 SHUTDOWN_CLIENTS = 1000
@@ -67,39 +65,6 @@ def collect_garbage() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-class CliServer:
-    """``python -m aionamespace serve --unix PATH`` in a subprocess, ready once it says so."""
-
-    def __init__(self, path: str, backend: str = "asyncio") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
-             "--backend", backend],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(NO_HANG_SECONDS)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if "serving on" not in line:
-            self.kill()
-            raise RuntimeError(f"the server did not start: {line!r}")
-
-    def kill(self) -> float:
-        """SIGKILL and reap it; return when it was killed."""
-        killed_at = time.monotonic()
-        if self.process.poll() is None:
-            self.process.kill()
-        self.close()
-        return killed_at
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=NO_HANG_SECONDS)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,18 +92,18 @@ class Restart(threading.Thread):
     def __init__(self, path: str, after: threading.Event) -> None:
         super().__init__(name="restart")
         self.path, self.after = path, after
-        self.server: CliServer | None = None
+        self.server: ServeProcess | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             if not self.after.wait(NO_HANG_SECONDS):
                 raise RuntimeError("the proxy never reported a failed attempt")
-            self.server = CliServer(self.path)
+            self.server = ServeProcess(self.path)
         except BaseException as exc:  # reported by finish()
             self.error = exc
 
-    def finish(self) -> CliServer:
+    def finish(self) -> ServeProcess:
         self.join(NO_HANG_SECONDS * 2)
         assert not self.is_alive(), "the restart hangs"
         if self.error is not None:
@@ -153,9 +118,9 @@ def socket_path(short_tmp: str) -> str:
 
 
 @pytest.fixture
-def cli_servers() -> Iterator[list[CliServer]]:
+def cli_servers() -> Iterator[list[ServeProcess]]:
     """Every CLI server a test registers here is killed and reaped, pass or fail."""
-    started: list[CliServer] = []
+    started: list[ServeProcess] = []
     yield started
     for server in started:
         server.close()
@@ -288,10 +253,10 @@ def request_waiting(ns: AsyncNamespace, count: int = 1) -> Callable[[], bool]:
 # ---------------------------------------------------------------------- restart: sync
 
 
-def test_sync_read_spans_a_restart(socket_path: str, cli_servers: list[CliServer]) -> None:
+def test_sync_read_spans_a_restart(socket_path: str, cli_servers: list[ServeProcess]) -> None:
     """kill -9, then a read: it fails against the dead server, is retried, and answers from
     the new one; the caller sees no error."""
-    cli_servers.append(old := CliServer(socket_path))
+    cli_servers.append(old := ServeProcess(socket_path))
     retry = restart_retry()
     ns = Namespace(socket_path, "board", retry=retry)
     ns.x = 1
@@ -311,10 +276,10 @@ def test_sync_read_spans_a_restart(socket_path: str, cli_servers: list[CliServer
 
 
 def test_sync_write_never_sent_is_retried_once(socket_path: str,
-                                               cli_servers: list[CliServer]) -> None:
+                                               cli_servers: list[ServeProcess]) -> None:
     """Writes made while the server is down never leave (the pooled socket is dead, then
     connecting is refused): they are retried until the new server applies each one once."""
-    cli_servers.append(old := CliServer(socket_path))
+    cli_servers.append(old := ServeProcess(socket_path))
     retry = restart_retry()
     ns = Namespace(socket_path, "board", retry=retry)
     ns.x = 1
@@ -364,8 +329,8 @@ def test_sync_write_that_reached_a_dying_server_is_not_resent(socket_path: str) 
 
 @pytest.mark.anyio
 async def test_async_read_spans_a_restart(socket_path: str,
-                                          cli_servers: list[CliServer]) -> None:
-    cli_servers.append(old := await anyio.to_thread.run_sync(CliServer, socket_path))
+                                          cli_servers: list[ServeProcess]) -> None:
+    cli_servers.append(old := await anyio.to_thread.run_sync(ServeProcess, socket_path))
     retry = restart_retry()
     ns = AsyncNamespace(socket_path, "board", retry=retry)
     ns.x = 1
@@ -387,8 +352,8 @@ async def test_async_read_spans_a_restart(socket_path: str,
 
 @pytest.mark.anyio
 async def test_async_write_never_sent_is_retried_once(socket_path: str,
-                                                      cli_servers: list[CliServer]) -> None:
-    cli_servers.append(old := await anyio.to_thread.run_sync(CliServer, socket_path))
+                                                      cli_servers: list[ServeProcess]) -> None:
+    cli_servers.append(old := await anyio.to_thread.run_sync(ServeProcess, socket_path))
     retry = restart_retry()
     ns = AsyncNamespace(socket_path, "board", retry=retry)
     ns.x = 1
@@ -661,9 +626,9 @@ def test_server_thread_stop_says_goodbye_to_1000_clients(socket_path: str,
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sigterm_says_goodbye_to_1000_clients(socket_path: str, backend: str,
-                                              cli_servers: list[CliServer]) -> None:
+                                              cli_servers: list[ServeProcess]) -> None:
     with open_file_limit(SHUTDOWN_CLIENTS + 256):
-        cli_servers.append(server := CliServer(socket_path, backend))
+        cli_servers.append(server := ServeProcess(socket_path, backend))
         limit = process_open_file_limit(server.process.pid)
         if limit is not None and limit < SHUTDOWN_CLIENTS + 64:
             pytest.skip(f"the server process may open only {limit} files")
@@ -796,15 +761,6 @@ async def test_async_proxy_ignores_a_reply_behind_the_goodbye(socket_path: str) 
 def killable_manager() -> Iterator[Manager]:
     with Manager() as running:
         yield running
-
-
-def kill_server(manager: Manager) -> float:
-    process = manager._process
-    assert process is not None
-    killed_at = time.monotonic()
-    process.kill()
-    process.wait(timeout=NO_HANG_SECONDS)
-    return killed_at
 
 
 def test_sigkill_fails_every_waiting_sync_call(killable_manager: Manager) -> None:
