@@ -162,11 +162,13 @@ class Namespace(ProxyBase):
                         entry, name)
             return self._retrying("get", lambda: self._cache().get(state.target.key, name))
         target = state.target
-        try:  # the fast path: one round trip, no Call object, no closures
+
+        def attempt() -> Any:  # a round trip, without building a Call object
             return decode_value(POOL.connection(target).call("get", target.key, name))
+
+        try:
+            return attempt()
         except ConnectionLost as exc:
-            def attempt() -> Any:
-                return decode_value(POOL.connection(target).call("get", target.key, name))
             return self._retrying("get", attempt, exc)
 
     def _cache(self) -> CacheConnection:
@@ -184,11 +186,14 @@ class Namespace(ProxyBase):
             self._run(calls.set_(target.key, name, value))  # forgets the cached value first
             return
         blob = encode_value(value)
-        try:  # the fast path, as for reads
-            POOL.connection(target).call("set", target.key, name, blob)
+
+        def attempt() -> Any:  # as for reads
+            return POOL.connection(target).call("set", target.key, name, blob)
+
+        try:
+            attempt()
         except ConnectionLost as exc:
-            self._retrying("set", lambda: POOL.connection(target).call(
-                "set", target.key, name, blob), exc)
+            self._retrying("set", attempt, exc)
 
     def __delattr__(self, name: str) -> None:
         check_attribute_name(name)
