@@ -912,7 +912,7 @@ class Wire:
 
     def exchange(self, data: bytes) -> list[Hello | Reply]:
         events = self.server_side.receive_data(data)
-        return self.client.receive_data(self.server.dispatcher.respond(self.peer, events))
+        return self.client.receive_data(b"".join(self.server.dispatcher.respond(self.peer, events)))
 
     def call(self, op: str, *args: Any) -> Any:
         request_id, frame = self.client.send_request(op, *args)
@@ -1044,7 +1044,7 @@ def test_conversation_hello_pipelined_with_requests() -> None:
     set_id, set_frame = client.send_request("set", "ns", "a", ONE)
     get_id, get_frame = client.send_request("get", "ns", "a")
     events = server_side.receive_data(client.send_hello() + set_frame + get_frame)
-    answer = server.dispatcher.respond(Peer(server_side), events)
+    answer = b"".join(server.dispatcher.respond(Peer(server_side), events))
     hello, set_reply, get_reply = client.receive_data(answer)
     assert type(hello) is Hello
     assert set_reply == Reply(set_id, 1)
@@ -1071,7 +1071,7 @@ def test_conversation_wrong_version_gets_the_hello_error_form() -> None:
     events = server_side.receive_data(pack({"protocol": PROTOCOL_NAME, "version": 2}))
     client = ClientConnection()
     with pytest.raises(LocalProtocolError, match="unsupported protocol version 2"):
-        client.receive_data(server.dispatcher.respond(Peer(server_side), events))
+        client.receive_data(b"".join(server.dispatcher.respond(Peer(server_side), events)))
 
 
 def test_conversation_over_a_byte_at_a_time() -> None:
@@ -1089,7 +1089,7 @@ def test_conversation_over_a_byte_at_a_time() -> None:
     peer = Peer(server_side)
     for index in range(len(outgoing)):
         events_in = server_side.receive_data(outgoing[index:index + 1])
-        answer += server.dispatcher.respond(peer, events_in)
+        answer += b"".join(server.dispatcher.respond(peer, events_in))
     events: list[Any] = []
     for index in range(len(answer)):
         events += client.receive_data(answer[index : index + 1])

@@ -93,7 +93,7 @@ class CacheTable:
             return None
         if isinstance(error, AttributeError):
             entry: Any = _MISSING
-        elif error is not None or type(result) is not bytes:
+        elif error is not None or type(result) not in (bytes, bytearray):
             return None
         else:
             value = decode_value(result)

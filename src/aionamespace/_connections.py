@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ import anyio.abc
 
 from ._dispatch import Dispatcher
 from ._errors import ConnectionLost, RemoteProtocolError
+from ._frames import LARGE_VALUE_BYTES, coalesce
 from ._protocol import Limits, ServerConnection
 
 __all__ = ["AsyncioConnection", "Connections", "StreamConnection"]
@@ -34,7 +36,24 @@ READ_CHUNK_BYTES = 64 * 1024
 FAREWELL_SECONDS = 1.0  # a connection being dropped gets this long to take our last words
 HIGH_WATER_BYTES = 1024 * 1024  # stop reading a peer whose unsent answers exceed this
 
+#: The kernel send buffer of a connection that is sent a large value (Linux doubles it). Its
+#: default (~208 KiB) makes 1 MiB leave in five rounds of fill, wake the reader, drain, wake
+#: us; this sends it in one (measured: 1 MiB gets 1.15x -> 1.7x the stdlib's MiB/s). Only such
+#: connections get it, so 10,000 idle ones do not; the kernel caps it at net.core.wmem_max.
+LARGE_SEND_BUFFER_BYTES = 1024 * 1024
+
 CallLater = Callable[[float, Callable[[], None]], Callable[[], None]]
+
+
+def widen_send_buffer(sock: socket.socket | None) -> bool:
+    """Give ``sock`` LARGE_SEND_BUFFER_BYTES of send buffer; False if it could not be done."""
+    if sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LARGE_SEND_BUFFER_BYTES)
+    except OSError:
+        return False
+    return True
 
 
 class Connections:
@@ -78,7 +97,8 @@ class Connections:
             answers, applied = self.dispatcher.respond_some(connection, pending,
                                                             HIGH_WATER_BYTES)
             del pending[:applied]
-            connection.write(answers)
+            for data in answers:
+                connection.write(data)
         protocol = connection.protocol
         if protocol.refused:
             pending.clear()
@@ -133,6 +153,7 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         self.admitted = False
         self.closed = False
         self._paused = False
+        self._widened = False  # see widen_send_buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one
@@ -148,6 +169,8 @@ class AsyncioConnection(asyncio.BufferedProtocol):
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
+            if len(data) >= LARGE_VALUE_BYTES and not self._widened:
+                self._widened = widen_send_buffer(self.transport.get_extra_info("socket"))
             self.transport.write(data)
 
     def close(self) -> None:
@@ -204,9 +227,14 @@ class StreamConnection:
         self._wakeup = anyio.Event()
         self._sent = anyio.Event()
         self._reading = anyio.CancelScope()
+        self._stream: anyio.abc.ByteStream | None = None
+        self._widened = False  # see widen_send_buffer
 
     def write(self, data: bytes) -> None:
         if data and not self.closed:
+            if len(data) >= LARGE_VALUE_BYTES and not self._widened and self._stream is not None:
+                self._widened = widen_send_buffer(
+                    self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None))
             self._outbox.append(data)
             self._queued_bytes += len(data)
             self._wakeup.set()
@@ -222,6 +250,7 @@ class StreamConnection:
         self.close()  # run() gives the farewell a bounded time, then cancels the send
 
     async def run(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
         async with stream, anyio.create_task_group() as group:
             group.start_soon(self._send_forever, stream)
             if self.connections.admit(self):
@@ -249,12 +278,12 @@ class StreamConnection:
                 while True:
                     await self._wakeup.wait()
                     self._wakeup = anyio.Event()
-                    data = b"".join(self._outbox)
-                    self._outbox.clear()
+                    outbox, self._outbox = coalesce(self._outbox), []
                     self._sending = True
-                    await stream.send(data)
+                    for data in outbox:
+                        await stream.send(data)
+                        self._queued_bytes -= len(data)
                     self._sending = False
-                    self._queued_bytes -= len(data)
                     self._sent.set()
                     self._sent = anyio.Event()
         finally:  # the peer is gone, or we are cancelled: nothing more will be sent

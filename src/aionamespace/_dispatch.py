@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtocolError
+from ._frames import coalesce
 from ._locks import LockTable
 from ._protocol import BadRequest, Hello, Refusal, Request, ServerConnection
 from ._store import Change, Store
@@ -51,6 +52,9 @@ class Peer(Protocol):
     def drop(self) -> None:
         """Close now, whatever is still queued (a peer that does not read)."""
 
+
+#: One request's answer: a frame, or a large value's header and its bytes (written as they are).
+Answer = bytes | tuple[bytes, bytes]
 
 _NO_WATCHES: dict[int, Any] = {}
 
@@ -93,7 +97,7 @@ class Dispatcher:
         self._tracking: set[Peer] = set()  # connections with a client cache
         self._tracked: dict[tuple[str, str], set[Peer]] = {}  # (key, name) -> who cached it
         self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
-        self._peer_ops: dict[str, Callable[..., bytes]] = {
+        self._peer_ops: dict[str, Callable[..., Answer]] = {
             "get": self._get,
             "track": self._track,
             "watch": self._watch,
@@ -102,27 +106,37 @@ class Dispatcher:
             "release": self._release,
         }
 
-    def respond(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal]) -> bytes:
-        """Apply a batch of events in order; return the answers (and pushes) as one write."""
+    def respond(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal],
+                ) -> list[bytes]:
+        """Apply a batch of events in order; return the answers (and pushes) to write."""
         return self.respond_some(peer, events, math.inf)[0]
 
     def respond_some(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal],
-                     budget: float) -> tuple[bytes, int]:
+                     budget: float) -> tuple[list[bytes], int]:
         """Apply events in order until the answers pass ``budget`` bytes: (answers, applied).
 
-        The events applied form one batch: frames for other connections (watch events,
-        deferred replies) arising during it are gathered and written once each at its end,
-        in the order they arose. A connection that does not read its answers is applied a
-        budget at a time, so the memory it costs the server stays bounded.
+        The answers come as few buffers as possible: one, unless a large value stands apart
+        (it is written as the store holds it, never copied into a frame). The events applied
+        form one batch: frames for other connections (watch events, deferred replies)
+        arising during it are gathered and written once each at its end, in the order they
+        arose. A connection that does not read its answers is applied a budget at a time, so
+        the memory it costs the server stays bounded.
         """
         out: list[bytes] = []
-        size = 0
+        size = applied = 0
+        large = False
         self._in_batch = True
         try:
             for event in events:
                 answer = self._apply(peer, event)
-                out.append(answer)
-                size += len(answer)
+                applied += 1
+                if isinstance(answer, tuple):
+                    out.extend(answer)
+                    size += len(answer[0]) + len(answer[1])
+                    large = True
+                else:
+                    out.append(answer)
+                    size += len(answer)
                 if size > budget:
                     break
         finally:
@@ -132,12 +146,12 @@ class Dispatcher:
             for other, frames in pushes.items():
                 if other is peer:
                     # after the answers, but before a refusal: that is always the last frame
-                    applied = events[len(out) - 1] if out else None
-                    at = len(out) - 1 if type(applied) is Refusal else len(out)
+                    refused = applied and type(events[applied - 1]) is Refusal
+                    at = len(out) - 1 if refused else len(out)
                     out[at:at] = frames
                 else:
                     self._write(other, b"".join(frames))
-        return b"".join(out), len(out)
+        return (coalesce(out) if large else [b"".join(out)]), applied
 
     def _send(self, peer: Peer, frame: bytes) -> None:
         """A frame for ``peer`` outside its own answers: queued during a batch, else written."""
@@ -170,7 +184,7 @@ class Dispatcher:
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
 
-    def _apply(self, peer: Peer, event: Hello | Request | BadRequest | Refusal) -> bytes:
+    def _apply(self, peer: Peer, event: Hello | Request | BadRequest | Refusal) -> Answer:
         protocol = peer.protocol
         if type(event) is Request:
             try:
@@ -240,11 +254,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ client caches
 
-    def _get(self, peer: Peer, request_id: int, key: str, name: str) -> bytes:
+    def _get(self, peer: Peer, request_id: int, key: str, name: str) -> Answer:
         if peer in self._tracking:  # tracked even when missing: the cache keeps that too
             self._tracked.setdefault((key, name), set()).add(peer)
             self._peer_tracked.setdefault(peer, set()).add((key, name))
-        return peer.protocol.send_result(request_id, self.store.get(key, name))
+        return peer.protocol.send_value(request_id, self.store.get(key, name))
 
     def _track(self, peer: Peer, request_id: int, on: bool) -> bytes:
         """Like Redis client tracking: invalidate (once) every value this connection gets."""

@@ -21,8 +21,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import msgpack
-
 from . import _auth
 from ._address import Address, format_address, parse_address
 from ._errors import (
@@ -30,6 +28,14 @@ from ._errors import (
     LocalProtocolError,
     RemoteProtocolError,
     exception_from_reply,
+)
+from ._frames import (
+    LARGE_VALUE_BYTES,
+    FrameDecoder,
+    LargeValue,
+    large_reply,
+    large_reply_header,
+    pack_frame,
 )
 from ._ops import OPS, check_args, check_names
 
@@ -89,78 +95,6 @@ class Limits:
         if len(name) > self.max_name_length:
             return f"name longer than {self.max_name_length} characters"
         return None
-
-
-class FrameDecoder:
-    """Incremental frame parser: ``feed(bytes)`` returns every frame completed so far.
-
-    ``max_frame_bytes`` bounds one frame, not a read: bytes are fed to msgpack no faster than
-    the unfinished frame leaves room for, so any number of small pipelined frames pass while
-    one frame over the limit is refused before it is buffered whole. Once the stream breaks,
-    ``error`` holds why: ``feed`` still returns the frames completed before the bad bytes
-    (they deserve their answers) and raises only when there are none.
-    """
-
-    def __init__(self, max_frame_bytes: int) -> None:
-        self._max = max_frame_bytes
-        # An Unpacker costs ~42 KiB (msgpack's parse stack), so one is borrowed only while a
-        # frame is unfinished: 10,000 idle connections would otherwise hold 420 MB.
-        self._unpacker: msgpack.Unpacker | None = None
-        self._fed = 0  # bytes given to msgpack so far (its tell() counts from its first use)
-        self._frame_start = 0  # where the unfinished frame begins (msgpack's tell() moves on
-        #                        past the complete elements of an unfinished array)
-        self.error: RemoteProtocolError | None = None
-
-    def feed(self, data: bytes | memoryview) -> list[Any]:
-        if self.error is not None:
-            raise self.error
-        frames: list[Any] = []
-        view = memoryview(data)
-        unpacker = self._unpacker
-        if unpacker is None:
-            unpacker = self._unpacker = _borrow_unpacker(self._max)
-            self._fed = self._frame_start = unpacker.tell()
-        try:
-            while True:
-                room = self._max - (self._fed - self._frame_start)
-                if room <= 0:
-                    raise RemoteProtocolError(f"frame larger than max_frame_bytes ({self._max})")
-                piece, view = view[:room], view[room:]
-                unpacker.feed(piece)
-                self._fed += len(piece)
-                for frame in unpacker:
-                    frames.append(frame)
-                    self._frame_start = unpacker.tell()
-                if not view:
-                    if self._fed == self._frame_start:  # nothing unfinished: give it back
-                        self._unpacker = None
-                        _IDLE_UNPACKERS.setdefault(self._max, []).append(unpacker)
-                    return frames
-        except RemoteProtocolError as exc:
-            self.error = exc
-        except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
-            detail = str(exc) or "invalid msgpack"
-            self.error = RemoteProtocolError(f"malformed frame: {type(exc).__name__}: {detail}")
-        if not frames:
-            raise self.error
-        return frames
-
-
-#: Unpackers holding no bytes, by frame limit, for the next decoder that has some.
-_IDLE_UNPACKERS: dict[int, list[msgpack.Unpacker]] = {}
-
-
-def _borrow_unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
-    try:
-        return _IDLE_UNPACKERS.get(max_frame_bytes, []).pop()
-    except IndexError:
-        return msgpack.Unpacker(max_buffer_size=max_frame_bytes, raw=False,
-                                strict_map_key=True, use_list=True)
-
-
-def pack_frame(frame: Any) -> bytes:
-    packed: bytes = msgpack.packb(frame, use_bin_type=True)
-    return packed
 
 
 # ------------------------------------------------------------------------------ events
@@ -361,6 +295,14 @@ class ServerConnection:
         return pack_frame([request_id, REPLY_OK, result])
 
     @staticmethod
+    def send_value(request_id: int, value: bytes | None) -> bytes | tuple[bytes, bytes]:
+        """The reply to a get: a large value as (header, the value's bytes), written one after
+        the other so the value itself is never copied into a frame."""
+        if value is not None and len(value) >= LARGE_VALUE_BYTES:
+            return large_reply_header(request_id, len(value)), value
+        return pack_frame([request_id, REPLY_OK, value])
+
+    @staticmethod
     def send_error(request_id: int, error: BaseException) -> bytes:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         return pack_frame([request_id, REPLY_ERROR, type(error).__name__, message])
@@ -379,11 +321,13 @@ class ClientConnection:
         self._challenge = b""
         self._proof = b""
         self._next_id = 1
+        self._large: LargeValue | None = None  # a large value being received
         self.greeted = False
 
     def reset(self) -> None:
         """Start over on a new connection; request ids keep counting up."""
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self._large = None
         self.greeted = False
 
     def send_hello(self) -> bytes:
@@ -435,7 +379,42 @@ class ClientConnection:
 
     def receive_data(self, data: bytes | memoryview,
                      ) -> list[Hello | Reply | Push | Invalidate]:
+        """Parse bytes into events, in order; RemoteProtocolError if the server sent garbage."""
         events: list[Hello | Reply | Push | Invalidate] = []
+        view = memoryview(data)
+        while view:
+            large = self._large
+            if large is not None:
+                view = large.take(view)
+                if large.complete:
+                    self._large = None
+                    events.append(Reply(large.request_id, large.buffer))
+                continue
+            if self.greeted and self._decoder.idle:
+                found = large_reply(view, self.limits.max_frame_bytes)
+                if found is not None:
+                    self._large, header = found
+                    view = view[header:]
+                    continue
+            self._decode(view, events)
+            break
+        return events
+
+    def large_value(self) -> memoryview | None:
+        """Where the rest of a large value being received goes, if one is: ``recv_into`` it
+        and call ``large_received``, so its bytes are copied by the kernel alone."""
+        return self._large.unfilled() if self._large is not None else None
+
+    def large_received(self, nbytes: int) -> list[Hello | Reply | Push | Invalidate]:
+        """``nbytes`` were written into ``large_value()``: the reply, once the value is whole."""
+        large = self._large
+        assert large is not None
+        if not large.filled_by(nbytes):
+            return []
+        self._large = None
+        return [Reply(large.request_id, large.buffer)]
+
+    def _decode(self, data: memoryview, events: list[Hello | Reply | Push | Invalidate]) -> None:
         for frame in self._decoder.feed(data):
             if not self.greeted:
                 events.append(self._check_server_hello(frame))
@@ -443,7 +422,6 @@ class ClientConnection:
             events.append(_check_reply(frame))
         if self._decoder.error is not None:  # the server sent garbage: this connection is done
             raise self._decoder.error
-        return events
 
 
 def _check_reply(frame: Any) -> Reply | Push | Invalidate:

@@ -132,10 +132,13 @@ class SyncConnection:
     def receive_events(self) -> list[Hello | Reply | Push | Invalidate]:
         """Block for the next chunk and return the events it completes (maybe none)."""
         assert self.sock is not None
-        received = self.sock.recv_into(self._buffer)
+        large = self.protocol.large_value()
+        received = self.sock.recv_into(self._buffer if large is None else large)
         if not received:
             raise ConnectionLost(f"the aionamespace server at {self.address!r} closed the "
                                  "connection")
+        if large is not None:  # the kernel wrote straight into the value's own buffer
+            return self.protocol.large_received(received)
         return self.protocol.receive_data(self._buffer[:received])
 
     def _receive_until(self, wanted: Any) -> Hello | Reply | Push | Invalidate:

@@ -1,0 +1,190 @@
+"""Frames, sans-IO: msgpack values in a byte stream, and the bounds on them.
+
+``FrameDecoder`` turns bytes into frames and enforces ``max_frame_bytes``. A client receives the
+reply to a get of a large value (``[id, 0, bin 32]``, PROTOCOL.md) past the decoder instead:
+``large_reply`` recognises its header, and ``LargeValue`` takes the value's bytes into a buffer
+of its exact size, which a socket can ``recv_into`` directly. Through msgpack's Unpacker the
+same bytes would be copied twice more (into its buffer, then out as a new ``bytes``).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from ._errors import RemoteProtocolError
+
+__all__ = ["LARGE_VALUE_BYTES", "FrameDecoder", "LargeValue", "coalesce", "large_reply",
+           "large_reply_header", "pack_frame"]
+
+#: Replies carrying a value at least this long take the LargeValue path. msgpack encodes a bin
+#: of this size or more as bin 32, so one header shape covers them all.
+LARGE_VALUE_BYTES = 64 * 1024
+
+
+class FrameDecoder:
+    """Incremental frame parser: ``feed(bytes)`` returns every frame completed so far.
+
+    ``max_frame_bytes`` bounds one frame, not a read: bytes are fed to msgpack no faster than
+    the unfinished frame leaves room for, so any number of small pipelined frames pass while
+    one frame over the limit is refused before it is buffered whole. Once the stream breaks,
+    ``error`` holds why: ``feed`` still returns the frames completed before the bad bytes
+    (they deserve their answers) and raises only when there are none.
+    """
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self._max = max_frame_bytes
+        # An Unpacker costs ~42 KiB (msgpack's parse stack), so one is borrowed only while a
+        # frame is unfinished: 10,000 idle connections would otherwise hold 420 MB.
+        self._unpacker: msgpack.Unpacker | None = None
+        self._fed = 0  # bytes given to msgpack so far (its tell() counts from its first use)
+        self._frame_start = 0  # where the unfinished frame begins (msgpack's tell() moves on
+        #                        past the complete elements of an unfinished array)
+        self.error: RemoteProtocolError | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No unfinished frame: the next byte fed starts a new one."""
+        return self._unpacker is None and self.error is None
+
+    def feed(self, data: bytes | memoryview) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        frames: list[Any] = []
+        view = memoryview(data)
+        unpacker = self._unpacker
+        if unpacker is None:
+            unpacker = self._unpacker = _borrow_unpacker(self._max)
+            self._fed = self._frame_start = unpacker.tell()
+        try:
+            while True:
+                room = self._max - (self._fed - self._frame_start)
+                if room <= 0:
+                    raise RemoteProtocolError(f"frame larger than max_frame_bytes ({self._max})")
+                piece, view = view[:room], view[room:]
+                unpacker.feed(piece)
+                self._fed += len(piece)
+                for frame in unpacker:
+                    frames.append(frame)
+                    self._frame_start = unpacker.tell()
+                if not view:
+                    if self._fed == self._frame_start:  # nothing unfinished: give it back
+                        self._unpacker = None
+                        _IDLE_UNPACKERS.setdefault(self._max, []).append(unpacker)
+                    return frames
+        except RemoteProtocolError as exc:
+            self.error = exc
+        except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
+            detail = str(exc) or "invalid msgpack"
+            self.error = RemoteProtocolError(f"malformed frame: {type(exc).__name__}: {detail}")
+        if not frames:
+            raise self.error
+        return frames
+
+
+#: Unpackers holding no bytes, by frame limit, for the next decoder that has some.
+_IDLE_UNPACKERS: dict[int, list[msgpack.Unpacker]] = {}
+
+
+def _borrow_unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
+    try:
+        return _IDLE_UNPACKERS.get(max_frame_bytes, []).pop()
+    except IndexError:
+        return msgpack.Unpacker(max_buffer_size=max_frame_bytes, raw=False,
+                                strict_map_key=True, use_list=True)
+
+
+def pack_frame(frame: Any) -> bytes:
+    packed: bytes = msgpack.packb(frame, use_bin_type=True)
+    return packed
+
+
+_ID_FORMATS = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"), 0xCE: struct.Struct(">I"),
+               0xCF: struct.Struct(">Q")}
+_BIN32 = struct.Struct(">BI")
+
+
+def large_reply_header(request_id: int, size: int) -> bytes:
+    """The bytes of ``[request_id, 0, bin 32 of size]`` before the value's own: a server writes
+    them and then the stored value as it is, instead of copying the value into a frame."""
+    packed_id: bytes = msgpack.packb(request_id)
+    return b"\x93" + packed_id + b"\x00" + _BIN32.pack(0xC6, size)
+
+
+def coalesce(buffers: list[bytes]) -> list[bytes]:
+    """Join runs of small buffers into one write each; large values stay apart, uncopied."""
+    joined: list[bytes] = []
+    run: list[bytes] = []
+    for buffer in buffers:
+        if len(buffer) < LARGE_VALUE_BYTES:
+            run.append(buffer)
+            continue
+        if run:
+            joined.append(b"".join(run))
+            run = []
+        joined.append(buffer)
+    if run:
+        joined.append(b"".join(run))
+    return joined
+
+
+class LargeValue:
+    """The value of a reply ``[id, 0, bin 32]``, received into a buffer of its own size."""
+
+    __slots__ = ("buffer", "filled", "request_id")
+
+    def __init__(self, request_id: int, size: int) -> None:
+        self.request_id = request_id
+        self.buffer = bytearray(size)
+        self.filled = 0
+
+    def unfilled(self) -> memoryview:
+        """Where the value's next bytes go (``recv_into`` it, then ``filled_by``)."""
+        return memoryview(self.buffer)[self.filled:]
+
+    def filled_by(self, nbytes: int) -> bool:
+        """``nbytes`` more were written into ``unfilled()``; True once the value is whole."""
+        self.filled += nbytes
+        return self.filled == len(self.buffer)
+
+    def take(self, data: memoryview) -> memoryview:
+        """Copy the value's share of ``data`` in; return the bytes behind it."""
+        count = min(len(data), len(self.buffer) - self.filled)
+        self.buffer[self.filled:self.filled + count] = data[:count]
+        self.filled += count
+        return data[count:]
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == len(self.buffer)
+
+
+def large_reply(data: memoryview, max_frame_bytes: int) -> tuple[LargeValue, int] | None:
+    """If ``data`` starts a reply ``[id, 0, bin 32]`` of LARGE_VALUE_BYTES or more: the value to
+    fill and the header's length. None for anything else (the FrameDecoder's business),
+    including a header not whole yet: that reply just takes the slower path.
+    """
+    if len(data) < 8 or data[0] != 0x93:  # fixarray of 3
+        return None
+    marker = data[1]
+    if marker <= 0x7F:
+        request_id, at = marker, 2
+    else:
+        id_format = _ID_FORMATS.get(marker)
+        if id_format is None:
+            return None
+        at = 2 + id_format.size
+        if len(data) < at + 6:
+            return None
+        (request_id,) = id_format.unpack_from(data, 2)
+    if len(data) < at + 6 or data[at] != 0x00:  # status 0: a result
+        return None
+    kind, size = _BIN32.unpack_from(data, at + 1)
+    if kind != 0xC6 or size < LARGE_VALUE_BYTES:
+        return None
+    header = at + 6
+    if header + size > max_frame_bytes:
+        raise RemoteProtocolError(f"frame larger than max_frame_bytes ({max_frame_bytes})")
+    return LargeValue(request_id, size), header
