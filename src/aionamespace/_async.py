@@ -18,6 +18,7 @@ import anyio
 
 from . import _calls as calls
 from ._cache import ABSENT, entry_value
+from ._codec import decode_values
 from ._errors import ConnectionLost
 from ._multiplex import Multiplexer
 from ._proxy import ProxyBase, Target, check_attribute_name
@@ -253,7 +254,7 @@ class AsyncWatch:
         except BaseException:
             await self._connection.close()
             raise
-        self.values = calls.decode_values(values)
+        self.values = decode_values(values)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

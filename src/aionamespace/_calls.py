@@ -9,11 +9,12 @@ proxy sends it its own way and hands the result to ``call.read``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from ._codec import decode_value, encode_value
+from ._codec import decode_value, decode_values, encode_value, encode_values
 
 __all__ = ["Call", "Snapshot", "WatchEvent"]
 
@@ -61,16 +62,19 @@ def shared(name: str) -> str:
     return name
 
 
-def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
-    return {name: decode_value(blob) for name, blob in blobs.items()}
-
-
 def _read_snapshot(result: list[Any]) -> Snapshot:
     return Snapshot(result[0], decode_values(result[1]))
 
 
-def _encode_all(values: dict[str, Any]) -> dict[str, bytes]:
-    return {name: encode_value(value) for name, value in values.items()}
+def _shared_names(names: Collection[str]) -> None:
+    """``shared`` for many names at once (a loop in C: batches are big)."""
+    try:
+        private = any(map(str.startswith, names, itertools.repeat("_", len(names))))
+    except TypeError:  # not all str: the name check before sending says why
+        private = any(isinstance(name, str) and name[:1] == "_" for name in names)
+    if private:
+        for name in names:
+            shared(name)  # raises for the first
 
 
 def get(key: str, name: str) -> Call:
@@ -87,7 +91,7 @@ def delete(key: str, name: str) -> Call:
 
 def open_(key: str, defaults: dict[str, Any]) -> Call:
     # Not shared(): like the stdlib's Namespace(_x=1), an initial _ name is stored, unreachable.
-    return Call("open", (key, _encode_all(defaults)), changes=tuple(defaults))
+    return Call("open", (key, encode_values(defaults)), changes=tuple(defaults))
 
 
 def dump(key: str) -> Call:
@@ -95,12 +99,13 @@ def dump(key: str) -> Call:
 
 
 def snapshot(key: str, names: tuple[str, ...]) -> Call:
-    return Call("snapshot", (key, [shared(n) for n in names] or None), _read_snapshot)
+    _shared_names(names)
+    return Call("snapshot", (key, list(names) or None), _read_snapshot)
 
 
 def update(key: str, values: dict[str, Any]) -> Call:
-    return Call("update", (key, _encode_all({shared(n): v for n, v in values.items()})),
-                changes=tuple(values))
+    _shared_names(values)
+    return Call("update", (key, encode_values(values)), changes=tuple(values))
 
 
 def setdefault(key: str, name: str, value: Any) -> Call:

@@ -41,11 +41,14 @@ import msgpack
 __all__ = [
     "EMPTY_LIST",
     "MAX_DEPTH",
+    "SCALAR_LENGTHS",
     "ExtCode",
     "ValueDecodeError",
     "check_value",
     "decode_value",
+    "decode_values",
     "encode_value",
+    "encode_values",
     "extend_list",
 ]
 
@@ -130,7 +133,7 @@ class _MarkedBytearray:
 _packers = threading.local()
 
 
-def _packb(obj: Any) -> bytes:
+def _packer() -> msgpack.Packer:
     # One Packer per thread, reused: msgpack.packb builds a new one on every call, which is
     # a third of encoding a small value. Per thread, because ``default`` runs Python code, so a
     # thread switch can happen in the middle of a pack (and _default never packs with it).
@@ -138,6 +141,11 @@ def _packb(obj: Any) -> bytes:
     if packer is None:
         packer = _packers.packer = msgpack.Packer(
             default=_default, strict_types=True, use_bin_type=True, datetime=False)
+    return packer
+
+
+def _packb(obj: Any) -> bytes:
+    packer = _packer()
     try:
         packed: bytes = packer.pack(obj)
         return packed
@@ -209,6 +217,13 @@ def encode_value(value: Any) -> bytes:
     if _needs_rewrite(value, 0):
         return _packb(_rewrite(value))
     return _packb(value)
+
+
+def encode_values(values: dict[str, Any]) -> dict[str, bytes]:
+    """``encode_value`` of each value (a batch of scalars is packed without a call each)."""
+    pack = _packer().pack  # a scalar of a native type cannot fail half-way through
+    return {name: pack(value) if type(value) in _NATIVE_SCALARS else encode_value(value)
+            for name, value in values.items()}
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -306,8 +321,12 @@ _ISO_PARSERS: dict[int, Callable[[str], Any]] = {
 }
 
 
-def decode_value(data: bytes) -> Any:
+def decode_value(data: bytes | bytearray) -> Any:
     """Decode bytes made by ``encode_value`` (or by another client following PROTOCOL.md)."""
+    if len(data) == 1:  # small ints, None, booleans: the commonest values, looked up
+        value = _ONE_BYTE_VALUES[data[0]]
+        if value is not _NOT_ONE_BYTE:
+            return value
     try:
         value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False,
                                 strict_map_key=False, use_list=True, timestamp=0)
@@ -321,6 +340,19 @@ def decode_value(data: bytes) -> Any:
     return value
 
 
+# Every one-byte encoding that is a whole value (fixints, nil, false, true), by its byte.
+_NOT_ONE_BYTE = object()
+_ONE_BYTE_VALUES: list[Any] = [_NOT_ONE_BYTE] * 256
+for _byte in [*range(0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3]:
+    _ONE_BYTE_VALUES[_byte] = msgpack.unpackb(bytes([_byte]))
+
+# The length of a whole fixed-size scalar (int, float, nil, bool) by its first byte; 0 for the
+# first bytes of anything else. A value of that length needs no further check.
+_FIXED_LENGTHS = {0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9,
+                  0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+SCALAR_LENGTHS = bytes(1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0)
+                        for b in range(256))
+
 # Some bytes decode without error yet are no value we would make: msgpack's timestamp
 # extension (code -1, turned into msgpack.Timestamp by msgpack itself), a container marker that
 # is not the first element of an array, and nesting deeper than MAX_DEPTH (msgpack's own stack
@@ -331,6 +363,16 @@ _SUSPECT_BYTES = (b"\xff", b"\xc7\x00")
 _CONTAINERS = (list, tuple, set, frozenset, dict)
 
 
+def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
+    """``decode_value`` of each value (one-byte values looked up without a call each)."""
+    one_byte = _ONE_BYTE_VALUES
+    values = {}
+    for name, blob in blobs.items():
+        value = one_byte[blob[0]] if len(blob) == 1 else _NOT_ONE_BYTE
+        values[name] = decode_value(blob) if value is _NOT_ONE_BYTE else value
+    return values
+
+
 def check_value(data: bytes, max_depth: int = MAX_DEPTH) -> None:
     """Raise ValueDecodeError unless ``data`` is a value this codec could have made.
 
@@ -338,6 +380,8 @@ def check_value(data: bytes, max_depth: int = MAX_DEPTH) -> None:
     is asked to store, so clients only ever read values they can use. ``max_depth`` is lower
     for a value that will sit inside another (an item appended to a list).
     """
+    if data and len(data) == SCALAR_LENGTHS[data[0]]:
+        return  # an int, float, None or bool, whole: nothing else to look at
     value = decode_value(data)
     if type(value) not in _CONTAINERS and type(value) is not msgpack.Timestamp:
         return

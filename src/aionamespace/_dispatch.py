@@ -21,7 +21,7 @@ from ._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtoc
 from ._frames import coalesce
 from ._locks import LockTable
 from ._protocol import BadRequest, Hello, Refusal, Request, ServerConnection
-from ._store import Change, Store
+from ._store import Changes, Store
 
 __all__ = ["Dispatcher", "Peer"]
 
@@ -72,7 +72,7 @@ class Dispatcher:
     def __init__(self, store: Store,
                  call_later: Callable[[float, Callable[[], None]], Callable[[], None]]) -> None:
         self.store = store
-        store.on_change = self._changed
+        store.on_commit = self._committed
         self.locks = LockTable(call_later)
         self._watches: dict[str, dict[int, _Watch]] = {}  # namespace key -> watch id -> watch
         self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
@@ -206,22 +206,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ watches
 
-    def _changed(self, change: Change) -> None:
+    def _committed(self, key: str, revision: int, changes: Changes) -> None:
         if not self._tracked and not self._watches:
             return  # nobody to tell: the common case, kept cheap
-        if self._tracked:
-            item = (change.key, change.name)
-            readers = self._tracked.pop(item, None)
-            if readers:
-                frame = ServerConnection.send_invalidation(change.key, change.name)
-                for reader in readers:  # invalidated once: a reader that gets again re-tracks
-                    self._peer_tracked[reader].discard(item)
-                    self._pushes.setdefault(reader, []).append(frame)
-        for watch in self._watches.get(change.key, _NO_WATCHES).values():
-            if watch.names is None or change.name in watch.names:
-                self._pushes.setdefault(watch.peer, []).append(
-                    ServerConnection.send_event(watch.id, change.revision, change.name,
-                                                change.value))
+        for name, value in changes.items():
+            if self._tracked:
+                item = (key, name)
+                readers = self._tracked.pop(item, None)
+                if readers:
+                    frame = ServerConnection.send_invalidation(key, name)
+                    for reader in readers:  # invalidated once: a reader that gets again re-tracks
+                        self._peer_tracked[reader].discard(item)
+                        self._pushes.setdefault(reader, []).append(frame)
+            for watch in self._watches.get(key, _NO_WATCHES).values():
+                if watch.names is None or name in watch.names:
+                    self._pushes.setdefault(watch.peer, []).append(
+                        ServerConnection.send_event(watch.id, revision, name, value))
 
     def _watch(self, peer: Peer, request_id: int, key: str, names: list[str] | None,
                since: int | None) -> bytes:

@@ -9,10 +9,10 @@ call site. docs/PROTOCOL.md, "Operations", is this table in prose.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from ._codec import MAX_DEPTH, ValueDecodeError, check_value
+from ._codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
 
 if TYPE_CHECKING:
     from ._protocol import Limits
@@ -69,11 +69,26 @@ def _value(limits: Limits, value: Any) -> str | None:
 def _values(limits: Limits, values: Any) -> str | None:
     if type(values) is not dict:
         return "expected a map of name to value"
-    for name, value in values.items():
-        problem = limits.check_name(name) or _value(limits, value)
+    problem = _each_name(limits, values)
+    if problem is not None:
+        return problem
+    lengths = SCALAR_LENGTHS
+    for value in values.values():
+        if type(value) is bytes and value and len(value) == lengths[value[0]]:
+            continue  # a whole int, float, None or bool: check_value's own first test, inlined
+        problem = _value(limits, value)
         if problem is not None:
             return problem
     return None
+
+
+def _each_name(limits: Limits, names: Collection[Any]) -> str | None:
+    """The first problem ``limits.check_name`` finds among ``names`` (loops in C: batches are
+    big; the loop in Python only runs to say what is wrong)."""
+    if not names or (set(map(type, names)) == {str} and 0 < min(map(len, names))
+                     and max(map(len, names)) <= limits.max_name_length):
+        return None
+    return next(filter(None, map(limits.check_name, names)))
 
 
 def _items(limits: Limits, items: Any) -> str | None:
@@ -94,11 +109,7 @@ def _names(limits: Limits, names: Any) -> str | None:
         return None
     if type(names) is not list:
         return "expected an array of names or nil"
-    for name in names:
-        problem = limits.check_name(name)
-        if problem is not None:
-            return problem
-    return None
+    return _each_name(limits, names)
 
 
 def _revision(limits: Limits, revision: Any) -> str | None:
@@ -164,7 +175,7 @@ def check_names(limits: Limits, op: str, args: tuple[Any, ...]) -> str | None:
         if kind in _NAME_KINDS:
             problem = _CHECKS[kind](limits, arg)
         elif kind == "values":
-            problem = next(filter(None, map(limits.check_name, arg)), None)
+            problem = _each_name(limits, arg)
         else:
             continue
         if problem is not None:

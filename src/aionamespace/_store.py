@@ -16,13 +16,13 @@ without awaiting between them, so each method is atomic and an in-memory store n
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from ._codec import EMPTY_LIST, decode_value, encode_value, extend_list
 from ._errors import HistoryExpired
 
-__all__ = ["Change", "MemoryStore", "Store", "missing_attribute"]
+__all__ = ["Change", "Changes", "MemoryStore", "Store", "missing_attribute"]
 
 DEFAULT_HISTORY = 10_000
 
@@ -33,10 +33,7 @@ def missing_attribute(name: str) -> AttributeError:
 
 
 class Change(NamedTuple):
-    """One attribute changed at ``revision``: its new encoded value, or None if deleted.
-
-    A named tuple: one is made per change, and a frozen dataclass costs twice as much to build.
-    """
+    """One attribute changed at ``revision``: its new encoded value, or None if deleted."""
 
     key: str
     revision: int
@@ -44,11 +41,16 @@ class Change(NamedTuple):
     value: bytes | None
 
 
+#: What one revision changed: name -> new encoded value, or None if deleted.
+Changes = Mapping[str, bytes | None]
+
+
 class Store(Protocol):
     """What the server needs from a store. Keys, names and values arrive validated."""
 
-    #: Called with every Change, in revision order, as it happens (the server's watch hook).
-    on_change: Callable[[Change], None] | None
+    #: Called once per revision, in revision order, as it happens: (key, revision, changes).
+    #: The server's watch and cache hook; it must not keep ``changes`` beyond the call.
+    on_commit: Callable[[str, int, Changes], None] | None
 
     def open(self, key: str, defaults: Mapping[str, bytes]) -> None: ...
     def get(self, key: str, name: str) -> bytes: ...
@@ -72,7 +74,8 @@ class _Namespace:
         self.attributes: dict[str, bytes] = {}
         self.revision = 0
         # Whole revisions (an update's changes stay together): a watch never replays half one.
-        self.history: collections.deque[tuple[Change, ...]] = collections.deque(maxlen=history)
+        # Plain tuples: Change objects are made only when a watch replays them.
+        self.history: collections.deque[tuple[int, Changes]] = collections.deque(maxlen=history)
 
 
 class MemoryStore:
@@ -82,7 +85,7 @@ class MemoryStore:
     def __init__(self, history: int = DEFAULT_HISTORY) -> None:
         self._namespaces: dict[str, _Namespace] = {}
         self._history = history
-        self.on_change: Callable[[Change], None] | None = None
+        self.on_commit: Callable[[str, int, Changes], None] | None = None
 
     def _ns(self, key: str) -> _Namespace:
         namespace = self._namespaces.get(key)
@@ -90,29 +93,34 @@ class MemoryStore:
             namespace = self._namespaces[key] = _Namespace(self._history)
         return namespace
 
-    def _commit(self, key: str, namespace: _Namespace,
-                changes: Iterable[tuple[str, bytes | None]]) -> int:
-        """Apply changes as one revision, record them, tell the listener."""
+    def _commit(self, key: str, namespace: _Namespace, changes: Changes,
+                deletes: bool = True) -> int:
+        """Apply changes as one revision, record them, tell the listener.
+
+        ``changes`` is kept in the history as it is (not copied: callers pass a mapping of
+        their own). ``deletes=False`` promises every value is bytes: applied in one C call.
+        """
         namespace.revision += 1
         revision = namespace.revision
-        committed = []
-        for name, value in changes:
-            if value is None:
-                del namespace.attributes[name]
-            else:
-                namespace.attributes[name] = value
-            change = Change(key, revision, name, value)
-            committed.append(change)
-            if self.on_change is not None:
-                self.on_change(change)
-        namespace.history.append(tuple(committed))
+        attributes = namespace.attributes
+        if deletes:
+            for name, value in changes.items():
+                if value is None:
+                    del attributes[name]
+                else:
+                    attributes[name] = value
+        else:
+            attributes.update(changes)  # type: ignore[arg-type]
+        namespace.history.append((revision, changes))
+        if self.on_commit is not None:
+            self.on_commit(key, revision, changes)
         return revision
 
     # ------------------------------------------------------------------ plain access
 
     def open(self, key: str, defaults: Mapping[str, bytes]) -> None:
         namespace = self._ns(key)
-        missing = [(n, v) for n, v in defaults.items() if n not in namespace.attributes]
+        missing = {n: v for n, v in defaults.items() if n not in namespace.attributes}
         if missing:
             self._commit(key, namespace, missing)
 
@@ -123,13 +131,13 @@ class MemoryStore:
             raise missing_attribute(name) from None
 
     def set(self, key: str, name: str, value: bytes) -> int:
-        return self._commit(key, self._ns(key), [(name, value)])
+        return self._commit(key, self._ns(key), {name: value})
 
     def delete(self, key: str, name: str) -> int:
         namespace = self._namespaces.get(key)
         if namespace is None or name not in namespace.attributes:
             raise missing_attribute(name)
-        return self._commit(key, namespace, [(name, None)])
+        return self._commit(key, namespace, {name: None})
 
     def snapshot(self, key: str, names: Sequence[str] | None) -> tuple[int, dict[str, bytes]]:
         """The revision and the attributes (all, or those of ``names`` that exist), together."""
@@ -147,23 +155,26 @@ class MemoryStore:
     # ------------------------------------------------------------------ atomic operations
 
     def update(self, key: str, values: Mapping[str, bytes]) -> int:
-        """Set every name at once, as one revision (validated beforehand: all or nothing)."""
+        """Set every name at once, as one revision (validated beforehand: all or nothing).
+
+        The store keeps ``values`` itself in its history: the caller hands it over.
+        """
         namespace = self._ns(key)
         if not values:
             return namespace.revision
-        return self._commit(key, namespace, values.items())
+        return self._commit(key, namespace, values, deletes=False)
 
     def setdefault(self, key: str, name: str, value: bytes) -> bytes:
         namespace = self._ns(key)
         current = namespace.attributes.get(name)
         if current is not None:
             return current
-        self._commit(key, namespace, [(name, value)])
+        self._commit(key, namespace, {name: value})
         return value
 
     def pop(self, key: str, name: str) -> bytes:
         value = self.get(key, name)
-        self._commit(key, self._namespaces[key], [(name, None)])
+        self._commit(key, self._namespaces[key], {name: None})
         return value
 
     def incr(self, key: str, name: str, by: bytes) -> bytes:
@@ -177,7 +188,7 @@ class MemoryStore:
             raise TypeError(f"cannot increment {name!r}: it holds {_kind(current)}, "
                             "not an int or a float")
         value = encode_value(current + step)
-        self._commit(key, namespace, [(name, value)])
+        self._commit(key, namespace, {name: value})
         return value
 
     def append(self, key: str, name: str, items: Sequence[bytes]) -> int:
@@ -189,7 +200,7 @@ class MemoryStore:
             raise TypeError(f"cannot append to {name!r}: it holds "
                             f"{_kind(decode_value(current))}, not a list")
         value, length = spliced
-        self._commit(key, namespace, [(name, value)])
+        self._commit(key, namespace, {name: value})
         return length
 
     def cas(self, key: str, name: str, expected: bytes, new: bytes) -> bool:
@@ -205,7 +216,7 @@ class MemoryStore:
                     return False
             except ArithmeticError:  # Decimal('sNaN') refuses to be compared: not equal
                 return False
-        self._commit(key, namespace, [(name, new)])
+        self._commit(key, namespace, {name: new})
         return True
 
     # ------------------------------------------------------------------ history
@@ -220,13 +231,14 @@ class MemoryStore:
                 "restarted; resync with _snapshot() and watch from its revision")
         if namespace is None or since == revision:
             return []
-        oldest = namespace.history[0][0].revision if namespace.history else revision + 1
+        oldest = namespace.history[0][0] if namespace.history else revision + 1
         if since < oldest - 1:
             raise HistoryExpired(
                 f"revision {since} is older than the history kept (oldest: {oldest}); "
                 "resync with _snapshot() and watch from its revision")
-        return [change for changes in namespace.history if changes[0].revision > since
-                for change in changes]
+        return [Change(key, committed, name, value)
+                for committed, changes in namespace.history if committed > since
+                for name, value in changes.items()]
 
 
 def _kind(value: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _calls as calls
 from ._cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
-from ._codec import decode_value, encode_value
+from ._codec import decode_value, decode_values, encode_value
 from ._errors import ConnectionLost
 from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
 from ._sync_connection import POOL, SyncConnection
@@ -61,7 +61,7 @@ class Watch:
         except BaseException:
             self._connection.close()
             raise
-        self.values = calls.decode_values(values)
+        self.values = decode_values(values)
 
     def next(self, timeout: float | None = None) -> calls.WatchEvent:
         """The next change; TimeoutError if none comes within ``timeout`` seconds."""

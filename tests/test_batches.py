@@ -1,0 +1,158 @@
+"""The shortcuts that make `_update` and `_snapshot` of many names cheap say what the long way says.
+
+Each shortcut is held against the general path it skips: one-byte values looked up instead of
+decoded, whole fixed-size scalars accepted by length instead of decoded, names checked by loops
+in C, values encoded with one packer lookup, and the store's history kept as the mappings it
+was given. Whatever a shortcut cannot decide goes the long way, with the long way's message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aionamespace import Limits, Namespace, ServerThread
+from aionamespace._codec import (
+    SCALAR_LENGTHS,
+    ValueDecodeError,
+    check_value,
+    decode_value,
+    decode_values,
+    encode_value,
+    encode_values,
+)
+from aionamespace._ops import check_args, check_names
+from aionamespace._store import Change, MemoryStore
+
+
+@pytest.mark.parametrize("byte", range(256))
+def test_one_byte_values_are_what_msgpack_decodes(byte: int) -> None:
+    data = bytes([byte])
+    try:
+        expected: Any = msgpack.unpackb(data)
+    except Exception:  # an incomplete or reserved byte: the long way refuses it
+        with pytest.raises(ValueDecodeError):
+            decode_value(data)
+        return
+    value = decode_value(data)
+    assert value == expected
+    assert type(value) is type(expected)
+    assert decode_value(bytearray(data)) == expected  # what the large-value path hands over
+
+
+@given(st.binary(min_size=1, max_size=10))
+def test_the_scalar_shortcut_accepts_exactly_the_whole_scalars(data: bytes) -> None:
+    fixed = len(data) == SCALAR_LENGTHS[data[0]]
+    try:
+        msgpack.unpackb(data)  # ExtraData for trailing bytes, errors for short ones
+        decodes = True
+    except Exception:
+        decodes = False
+    if fixed:  # the shortcut said yes: the long way must agree it is a whole int/float/nil/bool
+        assert decodes
+        assert type(msgpack.unpackb(data)) in (int, float, bool, type(None))
+        check_value(data)
+    elif SCALAR_LENGTHS[data[0]]:  # a scalar's first byte, the wrong length: refused
+        with pytest.raises(ValueDecodeError):
+            check_value(data)
+
+
+@pytest.mark.parametrize("value", [0, -32, 127, 128, -33, 2**63 - 1, -(2**63), 2**64 - 1, 1.5,
+                                   float("inf"), None, True, False])
+def test_every_fixed_size_scalar_takes_the_shortcut(value: Any) -> None:
+    data = encode_value(value)
+    assert len(data) == SCALAR_LENGTHS[data[0]]
+    assert decode_value(data) == value
+
+
+VALUES: dict[str, Any] = {
+    "small": 7, "negative": -3, "none": None, "true": True, "big": 2**70, "float": 0.1,
+    "text": "é" * 40, "blob": os.urandom(100), "tuple": (1, (2, 3)), "set": {1, 2},
+    "when": dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc), "nested": [{"a": b"x"}],
+    "array": bytearray(b"ab"),
+}
+
+
+def test_encode_values_is_encode_value_of_each() -> None:
+    encoded = encode_values(VALUES)
+    assert encoded == {name: encode_value(value) for name, value in VALUES.items()}
+    assert list(encoded) == list(VALUES)
+
+
+def test_encode_values_names_an_unshareable_type() -> None:
+    with pytest.raises(TypeError, match="object"):
+        encode_values({"a": 1, "b": object()})
+    assert encode_values({"a": 1}) == {"a": encode_value(1)}  # the packer was left clean
+
+
+def test_decode_values_is_decode_value_of_each() -> None:
+    blobs = encode_values(VALUES)
+    decoded = decode_values(blobs)
+    assert decoded == VALUES
+    assert {name: type(value) for name, value in decoded.items()} == {
+        name: type(value) for name, value in VALUES.items()}
+
+
+@pytest.mark.parametrize(("names", "problem"), [
+    (["a", 5], "names must be str, not int"),
+    (["a", ""], "names must not be empty"),
+    (["a", "n" * 300], "name longer than 256 characters"),
+    ([b"a"], "names must be str, not bytes"),
+])
+def test_many_names_are_checked_with_the_single_name_messages(names: list[Any],
+                                                              problem: str) -> None:
+    limits = Limits()
+    assert check_names(limits, "snapshot", ("k", names)) == problem
+    assert check_args(limits, "snapshot", ("k", names)) == problem
+    values = {name: encode_value(1) for name in names}
+    assert check_names(limits, "update", ("k", values)) == problem
+    assert check_args(limits, "update", ("k", values)) == problem
+
+
+def test_a_batch_of_values_is_checked_like_one_value() -> None:
+    limits = Limits()
+    good = {f"n{i}": encode_value(i) for i in range(100)}
+    assert check_args(limits, "update", ("k", good)) is None
+    for bad, problem in [(b"\xcb\x00", "malformed value"), (b"", "malformed value"),
+                         ("text", "values travel as bin"), (b"\x01\x02", "malformed value")]:
+        batch = {**good, "bad": bad}
+        found = check_args(limits, "update", ("k", batch))
+        assert found is not None
+        assert problem in found
+
+
+def test_the_history_replays_what_each_revision_changed() -> None:
+    store = MemoryStore()
+    seen: list[tuple[str, int, dict[str, bytes | None]]] = []
+    store.on_commit = lambda key, revision, changes: seen.append((key, revision, dict(changes)))
+    one, two = encode_value(1), encode_value(2)
+    store.set("k", "a", one)
+    store.update("k", {"b": one, "c": two})
+    store.delete("k", "a")
+    assert store.update("k", {}) == 3  # nothing: no revision
+    assert seen == [("k", 1, {"a": one}), ("k", 2, {"b": one, "c": two}), ("k", 3, {"a": None})]
+    assert store.history("k", 0) == [Change("k", 1, "a", one), Change("k", 2, "b", one),
+                                     Change("k", 2, "c", two), Change("k", 3, "a", None)]
+    assert store.history("k", 2) == [Change("k", 3, "a", None)]
+    assert store.snapshot("k", None) == (3, {"b": one, "c": two})
+
+
+def test_private_names_in_a_batch_are_refused_before_sending(server: ServerThread) -> None:
+    ns = Namespace(server.address, "batch")
+    ns._update(**{f"n{i}": i for i in range(100)})
+    with pytest.raises(ValueError, match="'_secret' starts with '_'"):
+        ns._update(a=1, _secret=2)
+    with pytest.raises(ValueError, match="'_secret' starts with '_'"):
+        ns._snapshot("n1", "_secret")
+    with pytest.raises(ValueError, match="names must be str, not int"):
+        ns._snapshot("n1", 5)  # type: ignore[arg-type]
+    snapshot = ns._snapshot(*(f"n{i}" for i in range(100)))
+    assert snapshot == {f"n{i}": i for i in range(100)}
+    assert snapshot.revision == 1
+    assert not hasattr(ns, "a")  # the refused update changed nothing
