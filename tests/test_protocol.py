@@ -839,6 +839,30 @@ def test_send_request_rejects_invalid_names(op: str, args: tuple[Any, ...]) -> N
         client.send_request(op, *args)
 
 
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [("", "n"), ("k", ""), ("k", "n" * 9), ("k" * 9, "n"), ("k", b"n"), (1, "n")],
+    ids=repr,
+)
+def test_send_get_checks_names_like_send_request(key: Any, name: Any) -> None:
+    client = ClientConnection(Limits(max_name_length=8))
+    with pytest.raises(ValueError, match="name") as expected:
+        client.send_request("get", key, name)
+    with pytest.raises(ValueError, match="name") as got:
+        client.send_get(key, name)
+    assert str(got.value) == str(expected.value)
+    with pytest.raises(ValueError, match="name"):  # every time, not only the first
+        client.send_get(key, name)
+
+
+def test_send_get_frames_are_send_requests() -> None:
+    fast, general = ClientConnection(), ClientConnection()
+    for name in ["a", "b", "a", "é" * 8]:  # a name checked before takes the short way
+        fast_id, fast_frame = fast.send_get("key", name)
+        general_id, general_frame = general.send_request("get", "key", name)
+        assert (fast_id, fast_frame) == (general_id, general_frame)
+
+
 @pytest.mark.parametrize("defaults", [{"": ONE}, {"n" * 9: ONE}], ids=repr)
 def test_send_request_rejects_invalid_default_names(defaults: dict[str, bytes]) -> None:
     """The names in open's defaults are attribute names too (PROTOCOL.md 6)."""

@@ -18,7 +18,7 @@ import anyio
 
 from . import _calls as calls
 from ._cache import ABSENT, entry_value
-from ._codec import decode_values
+from ._codec import decode_value, decode_values
 from ._errors import ConnectionLost
 from ._multiplex import Multiplexer
 from ._proxy import ProxyBase, Target, check_attribute_name
@@ -59,29 +59,39 @@ class AsyncNamespace(ProxyBase):
         return self._aionamespace.target.key
 
     async def _get(self, name: str) -> Any:
-        entry = self._aionamespace.cached(self._key, name)
-        if entry is not ABSENT:
-            return entry_value(entry, name)
-        return await self._run(calls.get(self._key, name))
+        multiplexer = self._aionamespace
+        key = multiplexer.target.key
+        if multiplexer.cache is not None:
+            entry = multiplexer.cached(key, name)
+            if entry is not ABSENT:
+                return entry_value(entry, name)
+        try:  # the commonest call, without building a Call (_run below does the same)
+            return decode_value(await multiplexer.request("get", key, name))
+        except ConnectionLost as exc:
+            return await self._run(calls.get(key, name), exc)  # retried as the policy says
 
     def _forget(self, call: calls.Call) -> None:
         cache = self._aionamespace.cache
         if cache is not None and call.changes:
             cache.forget(self._key, call.changes)  # read-your-writes
 
-    async def _run(self, call: calls.Call) -> Any:
+    async def _run(self, call: calls.Call, failed: ConnectionLost | None = None) -> Any:
+        """Run ``call``, retrying as the target's policy says (``failed``: a first attempt,
+        made by the caller, lost the connection so)."""
         self._forget(call)
         retry = self._aionamespace.target.retry
         failures = 0
         while True:
+            if failed is not None:
+                failures += 1
+                delay = retry.delay(call.op, failures, failed)
+                if delay is None:
+                    raise failed
+                await anyio.sleep(delay)  # back off before reconnecting
             try:
                 return call.read(await self._aionamespace.request(call.op, *call.args))
             except ConnectionLost as exc:
-                failures += 1
-                delay = retry.delay(call.op, failures, exc)
-                if delay is None:
-                    raise
-                await anyio.sleep(delay)  # back off before reconnecting
+                failed = exc
 
     def _queue(self, call: calls.Call) -> None:
         self._forget(call)

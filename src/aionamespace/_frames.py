@@ -10,6 +10,7 @@ same bytes would be copied twice more (into its buffer, then out as a new ``byte
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -96,8 +97,19 @@ def _borrow_unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
                                 strict_map_key=True, use_list=True)
 
 
+_packers = threading.local()
+
+
 def pack_frame(frame: Any) -> bytes:
-    packed: bytes = msgpack.packb(frame, use_bin_type=True)
+    # One Packer per thread, reused (msgpack.packb makes one per call: a sixth of a get).
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        packed: bytes = packer.pack(frame)
+    except BaseException:
+        packer.reset()  # a failed pack may leave half a frame in the packer's buffer
+        raise
     return packed
 
 

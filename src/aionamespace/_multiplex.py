@@ -90,22 +90,32 @@ async def open_connection(target: Target, protocol: ClientConnection) -> anyio.a
     return stream
 
 
+class _FutureEvent(asyncio.Future):  # type: ignore[type-arg]
+    """A one-shot event on asyncio: a bare Future (in C) with Event's two methods. asyncio's
+    Event builds a Future in every wait() on top of its own Python bookkeeping."""
+
+    def set(self) -> None:
+        if not self.done():
+            self.set_result(None)
+
+    def wait(self) -> _FutureEvent:
+        return self
+
+
 def new_event() -> Any:
-    """An event for the running loop: asyncio's own when on asyncio (anyio.Event() asks sniffio
+    """An event for the running loop: a Future when on asyncio (anyio.Event() asks sniffio
     which library runs, on every call: a third of a pipelined request's cost), else anyio's."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return anyio.Event()
-    return asyncio.Event()
+    return _FutureEvent()
 
 
 def loop_identity() -> object:
     """What identifies the running event loop, cheaply on asyncio."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return anyio.lowlevel.current_token()
+    loop = asyncio._get_running_loop()  # None, not an exception, outside asyncio: cheaper
+    return loop if loop is not None else anyio.lowlevel.current_token()
 
 
 class _Waiter:
@@ -159,7 +169,7 @@ class Multiplexer:
 
     def bind(self) -> None:
         """Bind to the running event loop (a proxy unpickled or reused in a new loop rebinds)."""
-        loop = loop_identity()
+        loop = asyncio._get_running_loop() or loop_identity()
         if self.loop is loop or self.loop == loop:
             return
         if self.stream is not None:  # left over from a loop that has ended: drop it
@@ -281,15 +291,20 @@ class Multiplexer:
 
     async def request(self, op: str, *args: Any) -> Any:
         self.bind()
-        request_id, frame = self.protocol.send_request(op, *args)
-        if self.cache is not None and op == "get":
-            self.cache.expect(request_id, (args[0], args[1]))
+        if op == "get":
+            request_id, frame = self.protocol.send_get(*args)
+            if self.cache is not None:
+                self.cache.expect(request_id, (args[0], args[1]))
+        else:
+            request_id, frame = self.protocol.send_request(op, *args)
         waiter = _Waiter(request_id)
         self.by_id[request_id] = waiter
         self.outbox.append((request_id, frame))
         try:
-            await self.connect()
-            await self.drain()
+            if self.stream is None:
+                await self.connect()
+            if not self.sending:
+                await self.drain()
             await self.wait(waiter)
         finally:
             self.by_id.pop(request_id, None)

@@ -150,7 +150,7 @@ class Refusal:
     error: Exception
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one per reply, and frozen's __init__ is slow
 class Reply:
     """The answer to request ``id``: a result, or the exception to raise in the caller."""
 
@@ -322,6 +322,7 @@ class ClientConnection:
         self._proof = b""
         self._next_id = 1
         self._large: LargeValue | None = None  # a large value being received
+        self._checked: set[tuple[str, str]] = set()  # (key, name) pairs send_get has checked
         self.greeted = False
 
     def reset(self) -> None:
@@ -377,6 +378,20 @@ class ClientConnection:
             )
         return request_id, frame
 
+    def send_get(self, key: str, name: str) -> tuple[int, bytes]:
+        """``send_request("get", key, name)``, for the commonest request: each pair of names
+        is checked once per connection, not on every read."""
+        if (key, name) not in self._checked:
+            problem = self.limits.check_name(key) or self.limits.check_name(name)
+            if problem is not None:
+                raise ValueError(problem)
+            if len(self._checked) >= 10_000:
+                self._checked.clear()
+            self._checked.add((key, name))
+        request_id = self._next_id
+        self._next_id += 1
+        return request_id, pack_frame([request_id, "get", key, name])
+
     def receive_data(self, data: bytes | memoryview,
                      ) -> list[Hello | Reply | Push | Invalidate]:
         """Parse bytes into events, in order; RemoteProtocolError if the server sent garbage."""
@@ -425,6 +440,9 @@ class ClientConnection:
 
 
 def _check_reply(frame: Any) -> Reply | Push | Invalidate:
+    if type(frame) is list and len(frame) == 3 and frame[1] == REPLY_OK and type(frame[0]) is int \
+            and frame[0] > 0:
+        return Reply(frame[0], frame[2])  # the commonest frame, first
     if type(frame) is not list or len(frame) < 3 or type(frame[0]) is not int:
         raise RemoteProtocolError("a reply must be an array [id, status, ...]")
     if frame[0] == 0 and frame[1] == PUSH_INVALIDATE:
