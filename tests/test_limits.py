@@ -30,6 +30,7 @@ import msgpack
 import pytest
 
 import aionamespace._multiplex
+import aionamespace._push
 import aionamespace._sync_connection
 from aionamespace import (
     AsyncNamespace,
@@ -204,8 +205,16 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         await anyio.to_thread.run_sync(wait_until_the_server_closes, sock)
         return stream
 
+    connect = aionamespace._push._connect
+
+    async def slow_connect(*args: Any) -> socket.socket:  # asyncio's AsyncNamespace
+        sock = await connect(*args)
+        await anyio.to_thread.run_sync(wait_until_the_server_closes, sock)
+        return sock
+
     monkeypatch.setattr(aionamespace._sync_connection, "open_socket", slow_socket)
     monkeypatch.setattr(aionamespace._multiplex, "open_stream", slow_stream)
+    monkeypatch.setattr(aionamespace._push, "_connect", slow_connect)
 
 
 @pytest.mark.anyio

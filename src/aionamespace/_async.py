@@ -99,9 +99,12 @@ class AsyncNamespace(ProxyBase):
 
     # ------------------------------------------------------------------ attribute protocol
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    def __getattribute__(self, name: str) -> Any:
+        # Shared names are answered here, not in __getattr__, which only runs after the normal
+        # lookup has raised (and thrown away) an AttributeError: a sixth of an awaited get.
+        # The proxy's own attributes all start with "_" (it has no public ones to shadow).
+        if name[:1] == "_":
+            return object.__getattribute__(self, name)
         return _PendingGet(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._protocol import Address, ClientConnection, Hello, Invalidate, Push, Reply
 from ._proxy import Target
+from ._push import PushConnection, open_push_connection
 
 __all__ = ["Multiplexer", "open_connection"]
 
@@ -151,7 +152,7 @@ class Multiplexer:
         self.inflight_writes: set[int] = set()  # write ids sent, not yet acknowledged
         self.write_errors: list[BaseException] = []
         self.loop: object = None
-        self.stream: anyio.abc.ByteStream | None = None
+        self.stream: anyio.abc.ByteStream | PushConnection | None = None
         self.last_error: BaseException | None = None
         self.waiting: dict[_Waiter, None] = {}  # every task waiting on this connection
         self.flushing: list[_Waiter] = []  # those of them waiting for all replies up to an id
@@ -183,6 +184,9 @@ class Multiplexer:
 
     def lost(self, error: BaseException) -> None:
         """The connection is gone: fail every waiter; keep unsent writes for the next one."""
+        if isinstance(self.stream, PushConnection):
+            self.stream.close()  # (no-op if it is what ended)
+            self.reading = False  # waiters take the reader role again, and find no stream
         self.stream = None
         self.last_error = error
         if self.connected is not None and self.connected.is_set():
@@ -290,7 +294,9 @@ class Multiplexer:
             self.keeping_cache = False
 
     async def request(self, op: str, *args: Any) -> Any:
-        self.bind()
+        loop = asyncio._get_running_loop()
+        if loop is None or self.loop is not loop:  # (None on trio: bind() decides)
+            self.bind()
         if op == "get":
             request_id, frame = self.protocol.send_get(*args)
             if self.cache is not None:
@@ -305,7 +311,14 @@ class Multiplexer:
                 await self.connect()
             if not self.sending:
                 await self.drain()
-            await self.wait(waiter)
+            if type(self.stream) is PushConnection and not waiter.done:
+                self.waiting[waiter] = None  # the protocol reads: nothing to do but wait
+                try:
+                    await waiter.wakeup  # a _FutureEvent: PushConnections are asyncio's
+                finally:
+                    self.waiting.pop(waiter, None)
+            else:
+                await self.wait(waiter)
         finally:
             self.by_id.pop(request_id, None)
             if not waiter.done:  # failed or cancelled: if the frame was never sent, drop it
@@ -337,7 +350,13 @@ class Multiplexer:
         async with self.connect_lock:
             if self.stream is None:
                 try:
-                    self.stream = await open_connection(self.target, self.protocol)
+                    if self.target.ssl_context is None and asyncio._get_running_loop():
+                        pushed = await open_push_connection(self.target, self.protocol)
+                        pushed.on_events, pushed.on_lost = self.handle_events, self.lost
+                        self.stream = pushed
+                        self.reading = True  # the protocol reads: every waiter just waits
+                    else:
+                        self.stream = await open_connection(self.target, self.protocol)
                 except AuthenticationError:
                     # Queued writes can never be delivered with this key: drop them, so that
                     # the error is reported once, not by every later _flush().
@@ -397,11 +416,11 @@ class Multiplexer:
         finally:
             self.sending = False
 
-    async def send(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
+    async def send(self, stream: anyio.abc.ByteStream | PushConnection, data: bytes) -> None:
         try:
             with map_connection_errors(self.target.address):
-                if len(data) <= CONCURRENT_READ_ABOVE_BYTES:
-                    await stream.send(data)
+                if len(data) <= CONCURRENT_READ_ABOVE_BYTES or isinstance(stream, PushConnection):
+                    await stream.send(data)  # (a PushConnection reads while it waits to send)
                     return
                 helper = _Waiter()
                 async with anyio.create_task_group() as group:
@@ -445,6 +464,7 @@ class Multiplexer:
         if stream is None:
             self.lost(self.last_error or ConnectionLost("not connected"))
             return
+        assert not isinstance(stream, PushConnection)  # that one reads by itself
         try:
             with map_connection_errors(self.target.address):
                 data = await stream.receive(READ_CHUNK_BYTES)
@@ -454,6 +474,13 @@ class Multiplexer:
                 self.lost(exc)
                 await anyio.aclose_forcefully(stream)
             return
+        self.handle_events(events)
+        if self.stream is not stream:  # the server said goodbye in one of those frames
+            await anyio.aclose_forcefully(stream)
+
+    def handle_events(self, events: list[Any]) -> None:
+        """Hand what arrived to its waiters (called by the reader, or by a PushConnection)."""
+        stream = self.stream
         for event in events:
             if self.stream is not stream:
                 break  # the server said goodbye: nothing behind that counts
@@ -467,8 +494,6 @@ class Multiplexer:
                 for waiter in list(self.waiting):
                     if waiter.wants_push:
                         waiter.finish()
-        if self.stream is not stream:  # the server said goodbye in one of those frames
-            await anyio.aclose_forcefully(stream)
 
     async def pump(self) -> None:
         """Inside ``async with``: send writes as they are queued and read their acks."""

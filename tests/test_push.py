@@ -1,0 +1,123 @@
+"""AsyncNamespace on asyncio: replies delivered by protocol callbacks (PushConnection).
+
+The rest of the suite runs every async test on both paths (asyncio: PushConnection; trio: the
+reader role on anyio streams). These tests pin which path is taken, and what only the push path
+has to get right itself: a server that answers with garbage or goes away while tasks wait, and
+flow control while a large outbox is sent and replies keep coming.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import anyio
+import anyio.abc
+import msgpack
+import pytest
+
+from aionamespace import AsyncNamespace, ConnectionLost, Retry, ServerThread
+from aionamespace._errors import ProtocolError
+from aionamespace._protocol import PROTOCOL_NAME
+from aionamespace._push import PushConnection
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_asyncio_uses_a_push_connection_and_trio_the_reader_role(
+        server: ServerThread, anyio_backend: str) -> None:
+    ns = AsyncNamespace(server.address, "which")
+    ns.x = 1
+    assert await ns.x == 1
+    stream = ns._aionamespace.stream
+    if anyio_backend == "asyncio":
+        assert type(stream) is PushConnection
+    else:
+        assert isinstance(stream, anyio.abc.ByteStream)
+    await ns._close()
+    assert ns._aionamespace.stream is None
+
+
+class Scripted:
+    """A server that greets, reads ``wait_for`` requests, then does ``then`` to the socket."""
+
+    def __init__(self, path: str, wait_for: int, then: bytes | None) -> None:
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen()
+        self.wait_for, self.then = wait_for, then
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, _ = self.listener.accept()
+        self.listener.close()  # one connection: a reconnect is refused, not left unanswered
+        with conn:
+            unpacker = msgpack.Unpacker(raw=False)
+            seen = 0
+            while seen < 1 + self.wait_for:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                unpacker.feed(data)
+                for _frame in unpacker:
+                    if seen == 0:
+                        conn.sendall(msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1}))
+                    seen += 1
+            if self.then is not None:
+                conn.sendall(self.then)  # garbage; None: just close
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def short_path(short_tmp: str) -> str:
+    return os.path.join(short_tmp, "scripted.sock")
+
+
+ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the push path is asyncio's
+
+
+@ASYNCIO_ONLY
+@pytest.mark.parametrize(("then", "error"), [
+    (None, ConnectionLost),  # the server goes away
+    (b"\xc1", ProtocolError),  # 0xc1: never valid msgpack
+    (msgpack.packb("not a reply"), ProtocolError),
+])
+async def test_every_waiting_task_hears_what_ended_the_connection(
+        short_path: str, then: bytes | None, error: type[Exception]) -> None:
+    scripted = Scripted(short_path, wait_for=8, then=then)
+    ns = AsyncNamespace(short_path, "n", retry=Retry(attempts=1))  # this server serves once
+    failures: list[BaseException] = []
+
+    async def get(name: str) -> None:
+        try:
+            await getattr(ns, name)
+        except Exception as exc:
+            failures.append(exc)
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for i in range(8):
+                    group.start_soon(get, f"n{i}")
+    finally:
+        await ns._close()
+        scripted.close()
+    assert len(failures) == 8
+    assert all(isinstance(failure, error) for failure in failures), failures
+
+
+@ASYNCIO_ONLY
+async def test_a_large_outbox_waits_for_the_socket_while_replies_arrive(
+        server: ServerThread) -> None:
+    blob = os.urandom(4 * 1024 * 1024)
+    async with AsyncNamespace(server.address, "flow") as ns:
+        for i in range(8):  # 32 MiB queued in one go: the transport pauses us, repeatedly
+            setattr(ns, f"b{i}", blob)
+        with anyio.fail_after(30):
+            values = [await getattr(ns, f"b{i}") for i in range(8)]
+        assert all(value == blob for value in values)
