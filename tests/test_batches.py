@@ -156,3 +156,23 @@ def test_private_names_in_a_batch_are_refused_before_sending(server: ServerThrea
     assert snapshot == {f"n{i}": i for i in range(100)}
     assert snapshot.revision == 1
     assert not hasattr(ns, "a")  # the refused update changed nothing
+
+
+def test_names_found_valid_once_are_still_checked_against_each_limit() -> None:
+    names = {f"name{i:04d}": encode_value(i) for i in range(100)}  # 8 characters each
+    assert check_args(Limits(), "update", ("k", names)) is None  # now remembered as valid
+    assert check_args(Limits(), "update", ("k", names)) is None
+    assert check_args(Limits(max_name_length=7), "update", ("k", names)) == (
+        "name longer than 7 characters")
+    assert check_names(Limits(max_name_length=8), "snapshot", ("k", list(names))) is None
+    assert check_names(Limits(), "snapshot", ("k", [*names, ["unhashable"]])) == (
+        "names must be str, not list")
+
+
+def test_the_memory_of_valid_names_is_bounded() -> None:
+    from aionamespace import _ops
+
+    limits = Limits(max_name_length=200)
+    for batch in range(30):
+        check_names(limits, "snapshot", ("k", [f"b{batch}-{i}" for i in range(5_000)]))
+    assert len(_ops._VALID_NAMES[200]) <= _ops._MAX_VALID_NAMES + 5_000

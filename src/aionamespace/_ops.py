@@ -82,11 +82,26 @@ def _values(limits: Limits, values: Any) -> str | None:
     return None
 
 
+#: Names found valid, by the name length limit they were checked against: a batch of names
+#: seen before (the same _update in a loop) is then one subset test in C. Bounded.
+_VALID_NAMES: dict[int, set[str]] = {}
+_MAX_VALID_NAMES = 100_000
+
+
 def _each_name(limits: Limits, names: Collection[Any]) -> str | None:
-    """The first problem ``limits.check_name`` finds among ``names`` (loops in C: batches are
+    """The first problem ``limits.check_name`` finds among ``names`` (in C loops: batches are
     big; the loop in Python only runs to say what is wrong)."""
+    valid = _VALID_NAMES.setdefault(limits.max_name_length, set())
+    try:
+        if valid.issuperset(names):
+            return None
+    except TypeError:  # an unhashable "name": said below
+        pass
     if not names or (set(map(type, names)) == {str} and 0 < min(map(len, names))
                      and max(map(len, names)) <= limits.max_name_length):
+        if len(valid) > _MAX_VALID_NAMES:
+            valid.clear()
+        valid.update(names)
         return None
     return next(filter(None, map(limits.check_name, names)))
 
