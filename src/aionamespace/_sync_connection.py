@@ -90,7 +90,10 @@ class SyncConnection:
 
     def call(self, op: str, *args: Any) -> Any:
         """Send one request and block until its reply; raise what the server raised."""
-        request_id, frame = self.protocol.send_request(op, *args)
+        if op == "get":
+            request_id, frame = self.protocol.send_get(*args)
+        else:
+            request_id, frame = self.protocol.send_request(op, *args)
         assert self.sock is not None
         sent = False
         try:
