@@ -1,9 +1,9 @@
 """AsyncNamespace on asyncio: replies delivered by protocol callbacks (PushConnection).
 
 The rest of the suite runs every async test on both paths (asyncio: PushConnection; trio: the
-reader role on anyio streams). These tests pin which path is taken, and what only the push path
-has to get right itself: a server that answers with garbage or goes away while tasks wait, and
-flow control while a large outbox is sent and replies keep coming.
+reader role on anyio streams). These tests pin which path is taken, and what the push path has
+to get right itself: a server that answers with garbage or goes away while tasks wait (on both
+paths), and flow control while a large outbox is sent and replies keep coming.
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ def short_path(short_tmp: str) -> str:
 ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the push path is asyncio's
 
 
-@ASYNCIO_ONLY
 @pytest.mark.parametrize(("then", "error"), [
     (None, ConnectionLost),  # the server goes away
     (b"\xc1", ProtocolError),  # 0xc1: never valid msgpack
@@ -89,6 +88,7 @@ ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the push
 ])
 async def test_every_waiting_task_hears_what_ended_the_connection(
         short_path: str, then: bytes | None, error: type[Exception]) -> None:
+    """Also those still queued behind the connect lock when it ended (both paths)."""
     scripted = Scripted(short_path, wait_for=8, then=then)
     ns = AsyncNamespace(short_path, "n", retry=Retry(attempts=1))  # this server serves once
     failures: list[BaseException] = []

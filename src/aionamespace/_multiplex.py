@@ -202,7 +202,9 @@ class Multiplexer:
             unknown.request_sent = True
             self.write_errors.append(unknown)
         self.outbox = [(i, frame) for i, frame in self.outbox if i in self.queued_writes]
-        for waiter in list(self.waiting):
+        # Every request is failed, also those whose tasks are not waiting yet (queued behind
+        # the connect lock, say): sent, they will never be answered; unsent, they were dropped.
+        for waiter in [*self.by_id.values(), *self.waiting]:
             waiter.finish(error=error)
 
     def dispatch(self, reply: Reply) -> None:
@@ -309,9 +311,11 @@ class Multiplexer:
         try:
             if self.stream is None:
                 await self.connect()
-            if not self.sending:
+            if not self.sending and not waiter.done:
                 await self.drain()
-            if type(self.stream) is PushConnection and not waiter.done:
+            if waiter.done:
+                pass  # answered, or failed by a lost connection, already
+            elif type(self.stream) is PushConnection:
                 self.waiting[waiter] = None  # the protocol reads: nothing to do but wait
                 try:
                     await waiter.wakeup  # a _FutureEvent: PushConnections are asyncio's
@@ -319,6 +323,9 @@ class Multiplexer:
                     self.waiting.pop(waiter, None)
             else:
                 await self.wait(waiter)
+        except ConnectionLost:
+            if not waiter.done:  # (else the loss that failed this request is what it reports)
+                raise
         finally:
             self.by_id.pop(request_id, None)
             if not waiter.done:  # failed or cancelled: if the frame was never sent, drop it
@@ -400,21 +407,52 @@ class Multiplexer:
         """
         if self.sending:
             return
+        if type(self.stream) is PushConnection:
+            await self._drain_pushed(self.stream)
+            return
         self.sending = True
         try:
             with anyio.CancelScope(shield=True):
                 if len(self.by_id) > 1:
                     await anyio.lowlevel.cancel_shielded_checkpoint()
                 while self.outbox and self.stream is not None:
-                    batch, self.outbox = self.outbox, []
-                    self.sent_through = batch[-1][0]  # ids rise along the outbox
-                    for request_id, _ in batch:
-                        if request_id in self.queued_writes:
-                            self.queued_writes.discard(request_id)
-                            self.inflight_writes.add(request_id)
-                    await self.send(self.stream, b"".join(frame for _, frame in batch))
+                    before = self.sent_through
+                    try:
+                        await self.send(self.stream, self._take_outbox())
+                    except ConnectionLost:
+                        self.sent_through = before  # a send that failed delivered nothing
+                        raise
         finally:
             self.sending = False
+
+    async def _drain_pushed(self, stream: PushConnection) -> None:
+        """``drain`` on asyncio's PushConnection, whose write never blocks: no shield needed,
+        since the outbox is handed to the transport whole even if we are cancelled."""
+        self.sending = True
+        try:
+            if len(self.by_id) > 1:
+                await asyncio.sleep(0)  # every task ready to run queues its frame first
+        finally:
+            self.sending = False
+            if self.outbox and self.stream is stream:
+                before = self.sent_through
+                try:
+                    stream.write(self._take_outbox())
+                except ConnectionLost as exc:  # it had already ended: nothing was written
+                    self.sent_through = before
+                    self.lost(exc)
+                    raise
+        await stream.writable()  # (cancellable: what we wrote is the transport's already)
+
+    def _take_outbox(self) -> bytes:
+        """Empty the outbox into the bytes of one write; its writes are now in flight."""
+        batch, self.outbox = self.outbox, []
+        self.sent_through = batch[-1][0]  # ids rise along the outbox
+        for request_id, _ in batch:
+            if request_id in self.queued_writes:
+                self.queued_writes.discard(request_id)
+                self.inflight_writes.add(request_id)
+        return b"".join(frame for _, frame in batch)
 
     async def send(self, stream: anyio.abc.ByteStream | PushConnection, data: bytes) -> None:
         try:

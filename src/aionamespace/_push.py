@@ -87,16 +87,24 @@ class PushConnection(asyncio.BufferedProtocol, anyio.abc.AsyncResource):
 
     # ------------------------------------------------------------------ for the multiplexer
 
-    async def send(self, data: bytes) -> None:
-        """Write ``data``; wait while the transport's buffer is over its high-water mark."""
+    def write(self, data: bytes) -> None:
+        """Hand ``data`` to the transport (which never blocks); ConnectionLost once ended."""
         if self.error is not None:
             raise self.error
         assert self.transport is not None
         self.transport.write(data)
+
+    async def writable(self) -> None:
+        """Wait while the transport's buffer is over its high-water mark."""
         while self._writable is not None and self.error is None:
             await self._writable
         if self.error is not None:
             raise self.error
+
+    async def send(self, data: bytes) -> None:
+        """``write``, then ``writable``."""
+        self.write(data)
+        await self.writable()
 
     def close(self) -> None:
         """Drop the connection now (what is unsent is lost: the caller reports it)."""
