@@ -25,10 +25,10 @@ CHILD_TIMEOUT_SECONDS = 60.0
 class ServeProcess:
     """``python -m aionamespace serve --unix PATH`` in a subprocess, ready once it says so."""
 
-    def __init__(self, path: str, backend: str = "asyncio") -> None:
+    def __init__(self, path: str, backend: str = "asyncio", *options: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
-             "--backend", backend],
+             "--backend", backend, *options],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.process.stdout is not None
         with selectors.DefaultSelector() as selector:

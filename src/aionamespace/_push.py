@@ -122,7 +122,7 @@ class PushConnection(asyncio.BufferedProtocol, anyio.abc.AsyncResource):
             # closing us as its loop ends may never see: shutting it down now tells the server.
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, TypeError):  # (uvloop's refuses: TypeError)
                     sock.shutdown(socket.SHUT_RDWR)
             self.transport.abort()
         self._wake(self._writable)
