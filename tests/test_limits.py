@@ -29,8 +29,7 @@ import anyio.abc
 import msgpack
 import pytest
 
-import aionamespace._multiplex
-import aionamespace._push
+import aionamespace._connect
 import aionamespace._sync_connection
 from aionamespace import (
     AsyncNamespace,
@@ -192,7 +191,7 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     refusal frame is then already waiting in the client's receive buffer.
     """
     open_socket = aionamespace._sync_connection.open_socket
-    open_stream = aionamespace._multiplex.open_stream
+    open_stream = aionamespace._connect.open_stream
 
     def slow_socket(*args: Any) -> socket.socket:
         sock = open_socket(*args)
@@ -205,7 +204,7 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         await anyio.to_thread.run_sync(wait_until_the_server_closes, sock)
         return stream
 
-    connect = aionamespace._push._connect
+    connect = aionamespace._connect._connect
 
     async def slow_connect(*args: Any) -> socket.socket:  # asyncio's AsyncNamespace
         sock = await connect(*args)
@@ -213,8 +212,8 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         return sock
 
     monkeypatch.setattr(aionamespace._sync_connection, "open_socket", slow_socket)
-    monkeypatch.setattr(aionamespace._multiplex, "open_stream", slow_stream)
-    monkeypatch.setattr(aionamespace._push, "_connect", slow_connect)
+    monkeypatch.setattr(aionamespace._connect, "open_stream", slow_stream)
+    monkeypatch.setattr(aionamespace._connect, "_connect", slow_connect)
 
 
 @pytest.mark.anyio

@@ -5,30 +5,31 @@ No background task is required:
 * every operation encodes its frame at once and appends it to the *outbox*; whoever holds the
   send lock sends the whole outbox in one write, so concurrent requests are pipelined and
   ``ns.x = v`` (which cannot await) is sent, in order, by the next await on the proxy;
-* replies are matched by request id. One waiting task at a time is the *reader*: it reads
-  chunks and hands each reply to its owner's event; when its own reply arrives it passes the
-  role to another waiter. A cancelled waiter's reply is read and dropped, never delivered to
-  anyone else;
+* replies are matched by request id. On asyncio's plain sockets a ``PushConnection``
+  (``_push.py``) hands each reply to its waiter from the protocol's callback. Elsewhere (trio,
+  TLS) one waiting task at a time is the *reader*: it reads chunks and hands each reply to its
+  owner's event; when its own reply arrives it passes the role to another waiter. Either way, a
+  cancelled waiter's reply is read and dropped, never delivered to anyone else;
 * inside ``async with ns:`` a pump task sends queued writes as soon as they are made and reads
   their acknowledgements.
 
-While a large outbox is being sent, a helper reads concurrently, so a server blocked on
-answering us can never deadlock against us blocked on sending to it.
+While a large outbox is being sent, replies keep being read (by a helper task, or by the
+PushConnection's callbacks), so a server blocked on answering us can never deadlock against us
+blocked on sending to it. Connecting is ``_connect.py``'s business, waiting ``_waiters.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.tls import TLSStream
 
 from ._cache import ABSENT, CacheTable
+from ._connect import open_connection, open_push_connection
 from ._errors import (
     AuthenticationError,
     ConnectionLost,
@@ -36,108 +37,15 @@ from ._errors import (
     WriteQueueFull,
     map_connection_errors,
 )
-from ._protocol import Address, ClientConnection, Hello, Invalidate, Push, Reply
+from ._protocol import ClientConnection, Invalidate, Push, Reply
 from ._proxy import Target
-from ._push import PushConnection, open_push_connection
+from ._push import PushConnection
+from ._waiters import Waiter, loop_identity, new_event
 
-__all__ = ["Multiplexer", "open_connection"]
+__all__ = ["Multiplexer"]
 
 READ_CHUNK_BYTES = 256 * 1024
 CONCURRENT_READ_ABOVE_BYTES = 64 * 1024
-
-
-async def open_stream(address: Address, ssl_context: ssl.SSLContext | None = None,
-                      ) -> anyio.abc.ByteStream:
-    if isinstance(address, tuple):
-        if ssl_context is None:
-            return await anyio.connect_tcp(*address)
-        return await anyio.connect_tcp(*address, ssl_context=ssl_context,
-                                       tls_standard_compatible=False)
-    stream: anyio.abc.ByteStream = await anyio.connect_unix(address)
-    if ssl_context is not None:
-        stream = await TLSStream.wrap(stream, ssl_context=ssl_context,
-                                      standard_compatible=False)
-    return stream
-
-
-async def open_connection(target: Target, protocol: ClientConnection) -> anyio.abc.ByteStream:
-    """Connect to ``target`` and complete the handshake (hello, then the authkey proof)."""
-    with map_connection_errors(target.address, connecting=True):
-        stream = await open_stream(target.address, target.ssl_context)
-        try:
-            protocol.reset()
-            try:
-                await stream.send(protocol.send_hello())
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                with anyio.move_on_after(1.0):  # a server refusing us at once may say why
-                    protocol.receive_data(await stream.receive())  # raises that reason
-                raise
-            while not protocol.greeted:
-                events = protocol.receive_data(await stream.receive())
-                if events and type(events[0]) is not Hello:
-                    raise ProtocolError("the server answered before greeting")
-            proof = protocol.send_proof()
-            if proof:
-                await stream.send(proof)
-            if target.cache:  # client tracking: the server will invalidate what we get
-                track_id, frame = protocol.send_request("track", True)
-                await stream.send(frame)
-                while not any(type(event) is Reply and event.id == track_id
-                              for event in protocol.receive_data(await stream.receive())):
-                    pass
-        except BaseException:
-            await anyio.aclose_forcefully(stream)
-            raise
-    return stream
-
-
-class _FutureEvent(asyncio.Future):  # type: ignore[type-arg]
-    """A one-shot event on asyncio: a bare Future (in C) with Event's two methods. asyncio's
-    Event builds a Future in every wait() on top of its own Python bookkeeping."""
-
-    def set(self) -> None:
-        if not self.done():
-            self.set_result(None)
-
-    def wait(self) -> _FutureEvent:
-        return self
-
-
-def new_event() -> Any:
-    """An event for the running loop: a Future when on asyncio (anyio.Event() asks sniffio
-    which library runs, on every call: a third of a pipelined request's cost), else anyio's."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return anyio.Event()
-    return _FutureEvent()
-
-
-def loop_identity() -> object:
-    """What identifies the running event loop, cheaply on asyncio."""
-    loop = asyncio._get_running_loop()  # None, not an exception, outside asyncio: cheaper
-    return loop if loop is not None else anyio.lowlevel.current_token()
-
-
-class _Waiter:
-    """A task waiting for reply ``id`` (or, with ``until``, for every reply up to that id)."""
-
-    __slots__ = ("done", "error", "id", "result", "until", "wakeup", "wants_push")
-
-    def __init__(self, request_id: int = 0, until: int = 0, wants_push: bool = False) -> None:
-        self.id = request_id
-        self.until = until
-        self.wants_push = wants_push
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.wakeup = new_event()
-
-    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        if self.done:  # the first outcome stands (a reply behind a goodbye changes nothing)
-            return
-        self.result, self.error, self.done = result, error, True
-        self.wakeup.set()
 
 
 class Multiplexer:
@@ -154,9 +62,9 @@ class Multiplexer:
         self.loop: object = None
         self.stream: anyio.abc.ByteStream | PushConnection | None = None
         self.last_error: BaseException | None = None
-        self.waiting: dict[_Waiter, None] = {}  # every task waiting on this connection
-        self.flushing: list[_Waiter] = []  # those of them waiting for all replies up to an id
-        self.by_id: dict[int, _Waiter] = {}
+        self.waiting: dict[Waiter, None] = {}  # every task waiting on this connection
+        self.flushing: list[Waiter] = []  # those of them waiting for all replies up to an id
+        self.by_id: dict[int, Waiter] = {}
         self.reading = False
         self.sending = False  # a task is in drain(), sending the outbox
         self.connect_lock: anyio.Lock | None = None
@@ -257,7 +165,7 @@ class Multiplexer:
             # else: the loss is already recorded against the writes it hit; report it once
         unacknowledged = self.queued_writes | self.inflight_writes
         if unacknowledged:  # some may still be on their way out, with another task's batch
-            await self.wait(_Waiter(until=max(unacknowledged)))
+            await self.wait(Waiter(until=max(unacknowledged)))
         errors, self.write_errors = self.write_errors, []
         if errors:
             raise errors[0]
@@ -290,7 +198,7 @@ class Multiplexer:
                     self.connected = anyio.Event()
                 await self.connected.wait()
                 self.keeping_cache = True
-                await self.wait(_Waiter(wants_push=True))  # ends when the connection does
+                await self.wait(Waiter(wants_push=True))  # ends when the connection does
                 self.keeping_cache = False
         finally:
             self.keeping_cache = False
@@ -305,7 +213,7 @@ class Multiplexer:
                 self.cache.expect(request_id, (args[0], args[1]))
         else:
             request_id, frame = self.protocol.send_request(op, *args)
-        waiter = _Waiter(request_id)
+        waiter = Waiter(request_id)
         self.by_id[request_id] = waiter
         self.outbox.append((request_id, frame))
         try:
@@ -344,7 +252,7 @@ class Multiplexer:
         """The next watch event pushed on this connection."""
         self.bind()
         while not self.pushes:
-            waiter = _Waiter(wants_push=True)
+            waiter = Waiter(wants_push=True)
             await self.wait(waiter)
             if waiter.error is not None:
                 raise waiter.error
@@ -460,7 +368,7 @@ class Multiplexer:
                 if len(data) <= CONCURRENT_READ_ABOVE_BYTES or isinstance(stream, PushConnection):
                     await stream.send(data)  # (a PushConnection reads while it waits to send)
                     return
-                helper = _Waiter()
+                helper = Waiter()
                 async with anyio.create_task_group() as group:
                     group.start_soon(self.wait, helper)
                     await stream.send(data)
@@ -472,7 +380,7 @@ class Multiplexer:
             await anyio.aclose_forcefully(stream)
             raise
 
-    async def wait(self, waiter: _Waiter) -> None:
+    async def wait(self, waiter: Waiter) -> None:
         """Wait until ``waiter`` is done, taking the reader role whenever nobody holds it."""
         self.waiting[waiter] = None
         if waiter.until:
@@ -545,6 +453,6 @@ class Multiplexer:
                     await self.connect()
                     await self.drain()
                 if self.inflight_writes:
-                    await self.wait(_Waiter(until=max(self.inflight_writes)))
+                    await self.wait(Waiter(until=max(self.inflight_writes)))
             except ConnectionLost:
                 pass  # unsent writes stay queued; flush() reconnects and reports

@@ -22,11 +22,11 @@ from typing import Any
 
 import anyio.abc
 
-from ._errors import ConnectionLost, ProtocolError, map_connection_errors
-from ._protocol import Address, ClientConnection, Hello, Reply
+from ._errors import ConnectionLost, ProtocolError
+from ._protocol import ClientConnection
 from ._proxy import Target
 
-__all__ = ["PushConnection", "open_push_connection"]
+__all__ = ["READ_CHUNK_BYTES", "PushConnection"]
 
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -133,82 +133,3 @@ class PushConnection(asyncio.BufferedProtocol, anyio.abc.AsyncResource):
     def _wake(future: asyncio.Future[None] | None) -> None:
         if future is not None and not future.done():
             future.set_result(None)
-
-
-async def open_push_connection(target: Target, protocol: ClientConnection) -> PushConnection:
-    """Connect on a plain asyncio socket and complete the handshake (see open_connection).
-
-    The handshake runs on the bare non-blocking socket (``loop.sock_*``), so that a server
-    refusing us is heard out exactly as on a stream; the transport takes the socket after it.
-    """
-    loop = asyncio.get_running_loop()
-    address = target.address
-    with map_connection_errors(address, connecting=True):
-        sock = await _connect(loop, address)
-        try:
-            protocol.reset()
-            try:
-                await loop.sock_sendall(sock, protocol.send_hello())
-            except OSError as unsent:
-                try:  # a server refusing us at once may have said why
-                    data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 1)
-                except (OSError, TimeoutError):
-                    raise unsent from None
-                protocol.receive_data(data)  # raises that reason (ConnectionLost is an OSError)
-                raise
-            while not protocol.greeted:
-                events = protocol.receive_data(await _receive(loop, sock))
-                if events and type(events[0]) is not Hello:
-                    raise ProtocolError("the server answered before greeting")
-            proof = protocol.send_proof()
-            if proof:
-                await loop.sock_sendall(sock, proof)
-            if target.cache:  # client tracking: the server will invalidate what we get
-                track_id, frame = protocol.send_request("track", True)
-                await loop.sock_sendall(sock, frame)
-                while not any(type(event) is Reply and event.id == track_id
-                              for event in protocol.receive_data(await _receive(loop, sock))):
-                    pass
-            if isinstance(address, tuple):
-                _, connection = await loop.create_connection(
-                    lambda: PushConnection(target, protocol), sock=sock)
-            else:
-                _, connection = await loop.create_unix_connection(
-                    lambda: PushConnection(target, protocol), sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-    return connection
-
-
-async def _connect(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
-    candidates: list[tuple[int, Any]]
-    if not isinstance(address, tuple):
-        candidates = [(socket.AF_UNIX, address)]
-    else:
-        found = await loop.getaddrinfo(*address, type=socket.SOCK_STREAM)
-        candidates = [(family, sockaddr) for family, _, _, _, sockaddr in found]
-    error: OSError = OSError(f"no address for {address!r}")
-    for family, sockaddr in candidates:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, sockaddr)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    raise error
-
-
-async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
-    data = await loop.sock_recv(sock, READ_CHUNK_BYTES)
-    if not data:
-        raise EOFError("the server closed the connection")
-    return data

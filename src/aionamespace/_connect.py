@@ -1,0 +1,149 @@
+"""Opening the async proxy's connection: the handshake, then a connection ready for requests.
+
+On an anyio stream (trio, and TLS on any backend): ``open_connection``. On a plain asyncio
+socket: ``open_push_connection``, which runs the handshake on the bare non-blocking socket
+(``loop.sock_*``), so that a server refusing us is heard out exactly as on a stream, and then
+lets a transport take the socket over with a ``PushConnection`` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSStream
+
+from ._errors import ProtocolError, map_connection_errors
+from ._protocol import Address, ClientConnection, Hello, Reply
+from ._proxy import Target
+from ._push import READ_CHUNK_BYTES, PushConnection
+
+__all__ = ["open_connection", "open_push_connection", "open_stream"]
+
+
+async def open_stream(address: Address, ssl_context: ssl.SSLContext | None = None,
+                      ) -> anyio.abc.ByteStream:
+    if isinstance(address, tuple):
+        if ssl_context is None:
+            return await anyio.connect_tcp(*address)
+        return await anyio.connect_tcp(*address, ssl_context=ssl_context,
+                                       tls_standard_compatible=False)
+    stream: anyio.abc.ByteStream = await anyio.connect_unix(address)
+    if ssl_context is not None:
+        stream = await TLSStream.wrap(stream, ssl_context=ssl_context,
+                                      standard_compatible=False)
+    return stream
+
+
+async def open_connection(target: Target, protocol: ClientConnection) -> anyio.abc.ByteStream:
+    """Connect to ``target`` and complete the handshake (hello, then the authkey proof)."""
+    with map_connection_errors(target.address, connecting=True):
+        stream = await open_stream(target.address, target.ssl_context)
+        try:
+            protocol.reset()
+            try:
+                await stream.send(protocol.send_hello())
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                with anyio.move_on_after(1.0):  # a server refusing us at once may say why
+                    protocol.receive_data(await stream.receive())  # raises that reason
+                raise
+            while not protocol.greeted:
+                events = protocol.receive_data(await stream.receive())
+                if events and type(events[0]) is not Hello:
+                    raise ProtocolError("the server answered before greeting")
+            proof = protocol.send_proof()
+            if proof:
+                await stream.send(proof)
+            if target.cache:  # client tracking: the server will invalidate what we get
+                track_id, frame = protocol.send_request("track", True)
+                await stream.send(frame)
+                while not any(type(event) is Reply and event.id == track_id
+                              for event in protocol.receive_data(await stream.receive())):
+                    pass
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
+    return stream
+
+
+async def open_push_connection(target: Target, protocol: ClientConnection) -> PushConnection:
+    """Connect on a plain asyncio socket and complete the handshake (see open_connection).
+
+    The handshake runs on the bare non-blocking socket (``loop.sock_*``), so that a server
+    refusing us is heard out exactly as on a stream; the transport takes the socket after it.
+    """
+    loop = asyncio.get_running_loop()
+    address = target.address
+    with map_connection_errors(address, connecting=True):
+        sock = await _connect(loop, address)
+        try:
+            protocol.reset()
+            try:
+                await loop.sock_sendall(sock, protocol.send_hello())
+            except OSError as unsent:
+                try:  # a server refusing us at once may have said why
+                    data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 1)
+                except (OSError, TimeoutError):
+                    raise unsent from None
+                protocol.receive_data(data)  # raises that reason (ConnectionLost is an OSError)
+                raise
+            while not protocol.greeted:
+                events = protocol.receive_data(await _receive(loop, sock))
+                if events and type(events[0]) is not Hello:
+                    raise ProtocolError("the server answered before greeting")
+            proof = protocol.send_proof()
+            if proof:
+                await loop.sock_sendall(sock, proof)
+            if target.cache:  # client tracking: the server will invalidate what we get
+                track_id, frame = protocol.send_request("track", True)
+                await loop.sock_sendall(sock, frame)
+                while not any(type(event) is Reply and event.id == track_id
+                              for event in protocol.receive_data(await _receive(loop, sock))):
+                    pass
+            if isinstance(address, tuple):
+                _, connection = await loop.create_connection(
+                    lambda: PushConnection(target, protocol), sock=sock)
+            else:
+                _, connection = await loop.create_unix_connection(
+                    lambda: PushConnection(target, protocol), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+    return connection
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
+    candidates: list[tuple[int, Any]]
+    if not isinstance(address, tuple):
+        candidates = [(socket.AF_UNIX, address)]
+    else:
+        found = await loop.getaddrinfo(*address, type=socket.SOCK_STREAM)
+        candidates = [(family, sockaddr) for family, _, _, _, sockaddr in found]
+    error: OSError = OSError(f"no address for {address!r}")
+    for family, sockaddr in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    data = await loop.sock_recv(sock, READ_CHUNK_BYTES)
+    if not data:
+        raise EOFError("the server closed the connection")
+    return data
