@@ -18,7 +18,15 @@ from typing import Any
 import anyio
 import pytest
 
-from aionamespace import AsyncNamespace, ConnectionLost, Manager, Namespace, NamespaceError
+from aionamespace import (
+    AsyncNamespace,
+    ConnectionLost,
+    Limits,
+    Manager,
+    Namespace,
+    NamespaceError,
+    Retry,
+)
 from support import NO_HANG_SECONDS, ServeProcess, kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a call must raise once the server is gone
@@ -326,3 +334,39 @@ async def test_async_proxy_works_again_after_a_restart(short_tmp: str) -> None:
             await ns._close()
     finally:
         await anyio.to_thread.run_sync(server.kill)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def mute_server(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[Any]:
+    """A socket that listens but never accepts: connecting works, nobody ever greets us."""
+    if request.param == "unix":
+        listener = socket.socket(socket.AF_UNIX)
+        address: Any = os.path.join(short_tmp, "mute.sock")
+        listener.bind(address)
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        address = listener.getsockname()
+    listener.listen(16)
+    with listener:
+        yield address
+
+
+MUTE = Limits(handshake_timeout=0.3)
+
+
+def test_a_sync_proxy_gives_up_on_a_server_that_never_greets(mute_server: Any) -> None:
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match=r"no handshake within 0\.3 seconds"):
+        Namespace(mute_server, "n", limits=MUTE, retry=Retry(attempts=1))._ping()
+    assert time.monotonic() - started < 0.3 + FAIL_FAST_SECONDS
+
+
+@pytest.mark.anyio
+async def test_an_async_proxy_gives_up_on_a_server_that_never_greets(mute_server: Any) -> None:
+    ns = AsyncNamespace(mute_server, "n", limits=MUTE, retry=Retry(attempts=1))
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match=r"no handshake within 0\.3 seconds"):
+        await ns._ping()
+    assert time.monotonic() - started < 0.3 + FAIL_FAST_SECONDS
+    await ns._close()

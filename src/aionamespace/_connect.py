@@ -40,8 +40,11 @@ async def open_stream(address: Address, ssl_context: ssl.SSLContext | None = Non
 
 
 async def open_connection(target: Target, protocol: ClientConnection) -> anyio.abc.ByteStream:
-    """Connect to ``target`` and complete the handshake (hello, then the authkey proof)."""
-    with map_connection_errors(target.address, connecting=True):
+    """Connect to ``target`` and complete the handshake (hello, then the authkey proof), in
+    at most ``Limits.handshake_timeout`` seconds."""
+    timeout = target.limits.handshake_timeout
+    with map_connection_errors(target.address, connecting=True, handshake_timeout=timeout), \
+            anyio.fail_after(timeout):
         stream = await open_stream(target.address, target.ssl_context)
         try:
             protocol.reset()
@@ -78,7 +81,9 @@ async def open_push_connection(target: Target, protocol: ClientConnection) -> Pu
     """
     loop = asyncio.get_running_loop()
     address = target.address
-    with map_connection_errors(address, connecting=True):
+    timeout = target.limits.handshake_timeout
+    with map_connection_errors(address, connecting=True, handshake_timeout=timeout), \
+            anyio.fail_after(timeout):
         sock = await _connect(loop, address)
         try:
             protocol.reset()

@@ -134,11 +134,23 @@ _TRANSPORT_ERRORS = (
 
 
 @contextlib.contextmanager
-def map_connection_errors(address: object, *, connecting: bool = False) -> Iterator[None]:
-    """Translate socket and anyio failures into ``ConnectionLost`` naming the address."""
+def map_connection_errors(address: object, *, connecting: bool = False,
+                          handshake_timeout: float | None = None) -> Iterator[None]:
+    """Translate socket and anyio failures into ``ConnectionLost`` naming the address.
+
+    A TimeoutError passes through (a timeout the caller asked for is not a lost connection),
+    except while connecting with a ``handshake_timeout``: a server that does not greet us in
+    that time is as good as none.
+    """
     try:
         yield
-    except (ConnectionLost, TimeoutError):  # a timeout we asked for is not a lost connection
+    except TimeoutError as exc:
+        if handshake_timeout is None:
+            raise
+        raise ConnectionLost(
+            f"cannot connect to the aionamespace server at {address!r}: no handshake within "
+            f"{handshake_timeout} seconds") from exc
+    except ConnectionLost:
         raise
     except _TRANSPORT_ERRORS as exc:
         detail = str(exc) or type(exc).__name__

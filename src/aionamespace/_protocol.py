@@ -73,9 +73,10 @@ PUSH_INVALIDATE = 3  # [0, 3, key, name]: a value this connection read (tracked)
 class Limits:
     """Bounds both ends enforce; each is a constructor argument, never a buried constant.
 
-    ``max_frame_bytes`` and ``max_name_length`` apply on both sides. The server alone uses
-    ``max_connections`` (more are refused at the hello) and ``handshake_timeout`` (seconds a
-    new connection has to say hello and authenticate); the async proxy alone uses
+    ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
+    ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
+    proxy whose server has not greeted it by then raises ConnectionLost). The server alone uses
+    ``max_connections`` (more are refused at the hello); the async proxy alone uses
     ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
     acknowledged).
     """

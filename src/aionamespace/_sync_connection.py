@@ -27,13 +27,16 @@ __all__ = ["POOL", "SyncConnection", "open_socket"]
 READ_CHUNK_BYTES = 256 * 1024  # one buffer per connection, reused: large values in fewer reads
 
 
-def open_socket(address: Address, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
-    """A connected blocking socket (TCP_NODELAY for TCP: every frame is a whole message)."""
+def open_socket(address: Address, ssl_context: ssl.SSLContext | None = None,
+                timeout: float | None = None) -> socket.socket:
+    """A connected socket (TCP_NODELAY for TCP: every frame is a whole message), with
+    ``timeout`` on its operations until the caller lifts it (the handshake's bound)."""
     if isinstance(address, tuple):
-        sock = socket.create_connection(address)
+        sock = socket.create_connection(address, timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
             sock.connect(address)
         except BaseException:
@@ -60,8 +63,9 @@ class SyncConnection:
         # recv_into one buffer per connection: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.pushes: collections.deque[Push] = collections.deque()
-        with map_connection_errors(self.address, connecting=True):
-            self.sock = open_socket(self.address, target.ssl_context)
+        timeout = target.limits.handshake_timeout
+        with map_connection_errors(self.address, connecting=True, handshake_timeout=timeout):
+            self.sock = open_socket(self.address, target.ssl_context, timeout)
             try:
                 try:
                     self.sock.sendall(self.protocol.send_hello())
@@ -72,6 +76,7 @@ class SyncConnection:
                 proof = self.protocol.send_proof()
                 if proof:
                     self.sock.sendall(proof)
+                self.sock.settimeout(None)  # from here on, a call waits as long as it takes
             except BaseException:
                 self.close()
                 raise
