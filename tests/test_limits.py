@@ -386,10 +386,10 @@ def test_an_oversized_frame_ends_only_its_own_connection(server: ServerThread) -
             frames = FrameReader(sock).rest()
         assert frames[1:] == [[0, 1, "RemoteProtocolError",
                                "frame larger than max_frame_bytes (4096)"]]
-        with Namespace(server.address, "k") as ns:  # a proxy that does not know the limit
-            with pytest.raises(LocalProtocolError, match=r"max_frame_bytes \(4096\)"):
-                ns.big = b"x" * 5000
-            ns.small = 1  # the same proxy reconnects and goes on
+        with Namespace(server.address, "k") as ns:  # knows the limit from the server's hello
+            with pytest.raises(ValueError, match=r"over the server's max_frame_bytes \(4096\)"):
+                ns.big = b"x" * 5000  # never sent
+            ns.small = 1  # the same connection goes on
             assert ns.small == 1
             with pytest.raises(AttributeError):
                 _ = ns.big
@@ -406,11 +406,11 @@ def test_an_oversized_frame_ends_only_its_own_connection(server: ServerThread) -
 async def test_an_oversized_async_write_is_reported_by_flush(server: ServerThread) -> None:
     ns = AsyncNamespace(server.address, "k", retry=NO_RETRY)
     with anyio.fail_after(NO_HANG_SECONDS):
-        ns.big = b"x" * 5000
+        ns.big = b"x" * 5000  # queued before any connection: the server's limit is not known
         with pytest.raises(NamespaceError, match=r"max_frame_bytes \(4096\)"):
-            await ns._flush()
-        with pytest.raises(LocalProtocolError, match=r"max_frame_bytes \(4096\)"):
-            await ns._update(big=b"x" * 5000)
+            await ns._flush()  # the server refused it, and closed that connection
+        with pytest.raises(ValueError, match=r"over the server's max_frame_bytes \(4096\)"):
+            await ns._update(big=b"x" * 5000)  # now it is known: refused before sending
         ns.small = 2
         await ns._flush()
         assert await ns._snapshot() == {"small": 2}
@@ -581,3 +581,26 @@ def ping_delay(address: Address) -> float | None:
     except TimeoutError:
         return None
     return time.monotonic() - start
+
+
+@with_server(limits=Limits(max_frame_bytes=4096), transports=("unix",))
+def test_a_sync_proxy_keeps_to_the_limit_the_server_announced(server: ServerThread) -> None:
+    with Namespace(server.address, "announced") as ns:
+        ns.small = 1
+        with pytest.raises(ValueError, match=r"over the server's max_frame_bytes \(4096\)"):
+            ns.big = b"x" * 10_000  # refused here: the connection is not thrown away
+        assert ns.small == 1
+        assert not hasattr(ns, "big")
+
+
+@pytest.mark.anyio
+@with_server(limits=Limits(max_frame_bytes=4096), transports=("unix",))
+async def test_an_async_proxy_keeps_to_the_limit_the_server_announced(
+        server: ServerThread) -> None:
+    async with AsyncNamespace(server.address, "announced") as ns:
+        await ns._ping()  # greeted: the limit is known
+        with pytest.raises(ValueError, match=r"over the server's max_frame_bytes \(4096\)"):
+            ns.big = b"x" * 10_000
+        ns.small = 2
+        await ns._flush()  # nothing failed: the refused write was never queued
+        assert await ns.small == 2

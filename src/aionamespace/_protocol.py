@@ -324,6 +324,9 @@ class ClientConnection:
         self._next_id = 1
         self._large: LargeValue | None = None  # a large value being received
         self._checked: set[tuple[str, str]] = set()  # (key, name) pairs send_get has checked
+        # The largest request we send: ours, or the server's announced limit if smaller (kept
+        # across reconnects: requests queued before a connection are checked against it).
+        self.send_limit = self.limits.max_frame_bytes
         self.greeted = False
 
     def reset(self) -> None:
@@ -357,6 +360,9 @@ class ClientConnection:
                     "authentication failed: the server does not know our authkey")
             self._proof = pack_frame(
                 {"proof": _auth.client_proof(self._authkey, self._challenge, server_challenge)})
+        announced = hello.info.get("max_frame_bytes")
+        if type(announced) is int and announced > 0:  # it would refuse more: say so here
+            self.send_limit = min(self.limits.max_frame_bytes, announced)
         self.greeted = True
         return hello
 
@@ -372,10 +378,11 @@ class ClientConnection:
         request_id = self._next_id
         self._next_id += 1
         frame = pack_frame([request_id, op, *args])
-        if len(frame) > self.limits.max_frame_bytes:
+        if len(frame) > self.send_limit:
+            whose = "" if self.send_limit == self.limits.max_frame_bytes else "the server's "
             raise ValueError(
-                f"{op} request is {len(frame)} bytes, over max_frame_bytes "
-                f"({self.limits.max_frame_bytes})"
+                f"{op} request is {len(frame)} bytes, over {whose}max_frame_bytes "
+                f"({self.send_limit})"
             )
         return request_id, frame
 
