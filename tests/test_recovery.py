@@ -245,7 +245,7 @@ def request_waiting(ns: AsyncNamespace, count: int = 1) -> Callable[[], bool]:
     mux = ns._aionamespace
 
     def check() -> bool:
-        return len(mux.waiting) >= count and not mux.outbox and mux.stream is not None
+        return len(mux.by_id) >= count and not mux.outbox and mux.stream is not None
 
     return check
 

@@ -40,7 +40,7 @@ from ._errors import (
 from ._protocol import ClientConnection, Invalidate, Push, Reply
 from ._proxy import Target
 from ._push import PushConnection
-from ._waiters import Waiter, loop_identity, new_event
+from ._waiters import FutureEvent, Waiter, loop_identity, new_event
 
 __all__ = ["Multiplexer"]
 
@@ -213,7 +213,8 @@ class Multiplexer:
                 self.cache.expect(request_id, (args[0], args[1]))
         else:
             request_id, frame = self.protocol.send_request(op, *args)
-        waiter = Waiter(request_id)
+        # (the event made here, not by new_event(): the loop is known, and this is hot)
+        waiter = Waiter(request_id, 0, False, FutureEvent() if loop is not None else None)
         self.by_id[request_id] = waiter
         self.outbox.append((request_id, frame))
         try:
@@ -224,11 +225,8 @@ class Multiplexer:
             if waiter.done:
                 pass  # answered, or failed by a lost connection, already
             elif type(self.stream) is PushConnection:
-                self.waiting[waiter] = None  # the protocol reads: nothing to do but wait
-                try:
-                    await waiter.wakeup  # a _FutureEvent: PushConnections are asyncio's
-                finally:
-                    self.waiting.pop(waiter, None)
+                # The protocol reads: nothing to do but wait (lost() finds us in by_id).
+                await waiter.wakeup  # a FutureEvent: PushConnections are asyncio's
             else:
                 await self.wait(waiter)
         except ConnectionLost:

@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Waiter", "loop_identity", "new_event"]
+__all__ = ["FutureEvent", "Waiter", "loop_identity", "new_event"]
 
 
-class _FutureEvent(asyncio.Future):  # type: ignore[type-arg]
+class FutureEvent(asyncio.Future):  # type: ignore[type-arg]
     """A one-shot event on asyncio: a bare Future (in C) with Event's two methods. asyncio's
     Event builds a Future in every wait() on top of its own Python bookkeeping."""
 
@@ -24,7 +24,7 @@ class _FutureEvent(asyncio.Future):  # type: ignore[type-arg]
         if not self.done():
             self.set_result(None)
 
-    def wait(self) -> _FutureEvent:
+    def wait(self) -> FutureEvent:
         return self
 
 
@@ -35,7 +35,7 @@ def new_event() -> Any:
         asyncio.get_running_loop()
     except RuntimeError:
         return anyio.Event()
-    return _FutureEvent()
+    return FutureEvent()
 
 
 def loop_identity() -> object:
@@ -49,14 +49,15 @@ class Waiter:
 
     __slots__ = ("done", "error", "id", "result", "until", "wakeup", "wants_push")
 
-    def __init__(self, request_id: int = 0, until: int = 0, wants_push: bool = False) -> None:
+    def __init__(self, request_id: int = 0, until: int = 0, wants_push: bool = False,
+                 wakeup: Any = None) -> None:
         self.id = request_id
         self.until = until
         self.wants_push = wants_push
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
-        self.wakeup = new_event()
+        self.wakeup = wakeup if wakeup is not None else new_event()
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         if self.done:  # the first outcome stands (a reply behind a goodbye changes nothing)
