@@ -322,6 +322,7 @@ class Multiplexer:
                 if len(self.by_id) > 1:
                     await anyio.lowlevel.cancel_shielded_checkpoint()
                 while self.outbox and self.stream is not None:
+                    assert not isinstance(self.stream, PushConnection)  # (_drain_pushed's)
                     before = self.sent_through
                     try:
                         await self.send(self.stream, self._take_outbox())
@@ -360,11 +361,11 @@ class Multiplexer:
                 self.inflight_writes.add(request_id)
         return b"".join(frame for _, frame in batch)
 
-    async def send(self, stream: anyio.abc.ByteStream | PushConnection, data: bytes) -> None:
+    async def send(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
         try:
             with map_connection_errors(self.target.address):
-                if len(data) <= CONCURRENT_READ_ABOVE_BYTES or isinstance(stream, PushConnection):
-                    await stream.send(data)  # (a PushConnection reads while it waits to send)
+                if len(data) <= CONCURRENT_READ_ABOVE_BYTES:
+                    await stream.send(data)
                     return
                 helper = Waiter()
                 async with anyio.create_task_group() as group:

@@ -7,8 +7,8 @@ does the reading instead: bytes are parsed in ``buffer_updated`` and each reply 
 to its waiter's future, in the same loop iteration, the way the server's own connections work
 (``_connections.AsyncioConnection``).
 
-Sending stays a coroutine (``send``) honouring the transport's flow control, so a large outbox
-waits for the socket while replies keep arriving: nothing can deadlock against a server that is
+Writing never blocks (``write``); a sender then waits for the transport's flow control
+(``writable``) while replies keep arriving, so nothing can deadlock against a server that is
 itself waiting for us to read.
 """
 
@@ -100,11 +100,6 @@ class PushConnection(asyncio.BufferedProtocol, anyio.abc.AsyncResource):
             await self._writable
         if self.error is not None:
             raise self.error
-
-    async def send(self, data: bytes) -> None:
-        """``write``, then ``writable``."""
-        self.write(data)
-        await self.writable()
 
     def close(self) -> None:
         """Drop the connection now (what is unsent is lost: the caller reports it)."""
