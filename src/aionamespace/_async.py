@@ -35,7 +35,8 @@ class _PendingGet:
         self._proxy, self._name = proxy, name
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._proxy._get(self._name).__await__()
+        # (through the class: the proxy's own __getattribute__ is Python code)
+        return AsyncNamespace._get(self._proxy, self._name).__await__()
 
     def __repr__(self) -> str:
         return f"<pending read of {self._name!r}: await it>"
@@ -59,7 +60,7 @@ class AsyncNamespace(ProxyBase):
         return self._aionamespace.target.key
 
     async def _get(self, name: str) -> Any:
-        multiplexer = self._aionamespace
+        multiplexer: Multiplexer = object.__getattribute__(self, "_aionamespace")  # (hot path)
         key = multiplexer.target.key
         if multiplexer.cache is not None:
             entry = multiplexer.cached(key, name)

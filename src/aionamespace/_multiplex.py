@@ -355,11 +355,12 @@ class Multiplexer:
         """Empty the outbox into the bytes of one write; its writes are now in flight."""
         batch, self.outbox = self.outbox, []
         self.sent_through = batch[-1][0]  # ids rise along the outbox
-        for request_id, _ in batch:
-            if request_id in self.queued_writes:
-                self.queued_writes.discard(request_id)
-                self.inflight_writes.add(request_id)
-        return b"".join(frame for _, frame in batch)
+        if self.queued_writes:  # (reads alone, the common pipelined case, skip this loop)
+            for request_id, _ in batch:
+                if request_id in self.queued_writes:
+                    self.queued_writes.discard(request_id)
+                    self.inflight_writes.add(request_id)
+        return b"".join([frame for _, frame in batch])
 
     async def send(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
         try:
