@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
 
 if TYPE_CHECKING:
-    from ._protocol import Limits
+    from ._events import Limits
 
 __all__ = ["DEFERRED_OPS", "OPS", "SAFE_TO_RESEND", "check_args", "check_names"]
 
