@@ -30,16 +30,15 @@ import datetime as _dt
 import decimal
 import enum
 import re
-import struct
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 __all__ = [
-    "EMPTY_LIST",
+    "MARKER_CODES",
     "MAX_DEPTH",
     "SCALAR_LENGTHS",
     "ExtCode",
@@ -49,7 +48,6 @@ __all__ = [
     "decode_values",
     "encode_value",
     "encode_values",
-    "extend_list",
 ]
 
 #: Values nested deeper than this are refused when encoding (a self-referencing list, say).
@@ -414,46 +412,6 @@ def _find_non_value(value: Any, max_depth: int) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------------ lists in place
-
-# A zero-length extension is written ext 8, 16 or 32: header byte, length bytes, type byte.
-_ZERO_LENGTH_EXT = {0xC7: b"\x00", 0xC8: b"\x00\x00", 0xC9: b"\x00\x00\x00\x00"}
-
-
-def _starts_with_marker(body: bytes) -> bool:
-    """Whether an array's first element is a container marker (in any of its encodings)."""
-    length = _ZERO_LENGTH_EXT.get(body[0])
-    if length is None or body[1:1 + len(length)] != length:
-        return False
-    return body[1 + len(length)] in _DECODED_MARKERS
-
-EMPTY_LIST = b"\x90"
-_ARRAY_HEADERS = {0xDC: (3, ">H"), 0xDD: (5, ">I")}  # array 16, array 32: length, format
-
-
-def extend_list(encoded: bytes, items: Sequence[bytes]) -> tuple[bytes, int] | None:
-    """Append encoded ``items`` to an encoded list without decoding it; None if not a list.
-
-    A list is a msgpack array whose first element is not a container marker, so splicing is
-    a new array header, the old elements' bytes, then the new ones: linear in bytes, with no
-    per-element work (decoding and re-encoding made repeated appends quadratic).
-    """
-    first = encoded[0]
-    if 0x90 <= first <= 0x9F:
-        count, header = first & 0x0F, 1
-    elif first in _ARRAY_HEADERS:
-        header, fmt = _ARRAY_HEADERS[first]
-        count = struct.unpack_from(fmt, encoded, 1)[0]
-    else:
-        return None
-    body = encoded[header:]
-    if count and _starts_with_marker(body):
-        return None  # a tuple, set or frozenset
-    total = count + len(items)
-    if total < 16:
-        new_header = bytes([0x90 | total])
-    elif total < 1 << 16:
-        new_header = b"\xdc" + struct.pack(">H", total)
-    else:
-        new_header = b"\xdd" + struct.pack(">I", total)
-    return b"".join((new_header, body, *items)), total
+#: The extension codes of the container markers (tuple, set, frozenset): an array led by one
+#: is that container, not a list.
+MARKER_CODES = frozenset(_DECODED_MARKERS)
