@@ -171,16 +171,6 @@ class LargeValue:
         self.filled += nbytes
         return self.filled == len(self.buffer)
 
-    def take(self, data: memoryview) -> memoryview:
-        """Copy the value's share of ``data`` in; return the bytes behind it."""
-        count = min(len(data), len(self.buffer) - self.filled)
-        self.buffer[self.filled:self.filled + count] = data[:count]
-        self.filled += count
-        return data[count:]
-
-    @property
-    def complete(self) -> bool:
-        return self.filled == len(self.buffer)
 
 
 def large_reply(data: memoryview, max_frame_bytes: int) -> tuple[LargeValue, int] | None:

@@ -301,12 +301,11 @@ class ClientConnection:
         events: list[Hello | Reply | Push | Invalidate] = []
         view = memoryview(data)
         while view:
-            large = self._large
-            if large is not None:
-                view = large.take(view)
-                if large.complete:
-                    self._large = None
-                    events.append(Reply(large.request_id, large.buffer))
+            if self._large is not None:  # copy the value's share in, as a recv_into would
+                target = self._large.unfilled()
+                count = min(len(view), len(target))
+                target[:count], view = view[:count], view[count:]
+                events.extend(self.large_received(count))
                 continue
             if self.greeted and self._decoder.idle:
                 found = large_reply(view, self.limits.max_frame_bytes)
