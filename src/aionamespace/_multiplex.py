@@ -39,12 +39,11 @@ from ._errors import (
 )
 from ._protocol import ClientConnection, Invalidate, Push, Reply
 from ._proxy import Target
-from ._push import PushConnection
+from ._push import READ_CHUNK_BYTES, PushConnection
 from ._waiters import FutureEvent, Waiter, loop_identity, new_event
 
 __all__ = ["Multiplexer"]
 
-READ_CHUNK_BYTES = 256 * 1024
 CONCURRENT_READ_ABOVE_BYTES = 64 * 1024
 
 
@@ -78,7 +77,7 @@ class Multiplexer:
 
     def bind(self) -> None:
         """Bind to the running event loop (a proxy unpickled or reused in a new loop rebinds)."""
-        loop = asyncio._get_running_loop() or loop_identity()
+        loop = loop_identity()
         if self.loop is loop or self.loop == loop:
             return
         if self.stream is not None:  # left over from a loop that has ended: drop it
