@@ -17,7 +17,8 @@ from ._codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
 if TYPE_CHECKING:
     from ._events import Limits
 
-__all__ = ["DEFERRED_OPS", "OPS", "SAFE_TO_RESEND", "check_args", "check_names"]
+__all__ = ["DEFERRED_OPS", "OPS", "SAFE_TO_RESEND", "check_args", "check_each_name", "check_names",
+           "valid_names"]
 
 MAX_TOKEN_BYTES = 64
 
@@ -69,7 +70,7 @@ def _value(limits: Limits, value: Any) -> str | None:
 def _values(limits: Limits, values: Any) -> str | None:
     if type(values) is not dict:
         return "expected a map of name to value"
-    problem = _each_name(limits, values)
+    problem = check_each_name(limits, values)
     if problem is not None:
         return problem
     lengths = SCALAR_LENGTHS
@@ -88,10 +89,15 @@ _VALID_NAMES: dict[int, set[str]] = {}
 _MAX_VALID_NAMES = 100_000
 
 
-def _each_name(limits: Limits, names: Collection[Any]) -> str | None:
+def valid_names(limits: Limits) -> set[str]:
+    """The names found valid under ``limits`` so far: a name in it needs no check."""
+    return _VALID_NAMES.setdefault(limits.max_name_length, set())
+
+
+def check_each_name(limits: Limits, names: Collection[Any]) -> str | None:
     """The first problem ``limits.check_name`` finds among ``names`` (in C loops: batches are
-    big; the loop in Python only runs to say what is wrong)."""
-    valid = _VALID_NAMES.setdefault(limits.max_name_length, set())
+    big; the loop in Python only runs to say what is wrong); valid names are remembered."""
+    valid = valid_names(limits)
     try:
         if valid.issuperset(names):
             return None
@@ -124,7 +130,7 @@ def _names(limits: Limits, names: Any) -> str | None:
         return None
     if type(names) is not list:
         return "expected an array of names or nil"
-    return _each_name(limits, names)
+    return check_each_name(limits, names)
 
 
 def _revision(limits: Limits, revision: Any) -> str | None:
@@ -190,7 +196,7 @@ def check_names(limits: Limits, op: str, args: tuple[Any, ...]) -> str | None:
         if kind in _NAME_KINDS:
             problem = _CHECKS[kind](limits, arg)
         elif kind == "values":
-            problem = _each_name(limits, arg)
+            problem = check_each_name(limits, arg)
         else:
             continue
         if problem is not None:

@@ -49,7 +49,7 @@ from ._frames import (
     large_reply_header,
     pack_frame,
 )
-from ._ops import OPS, check_args, check_names
+from ._ops import OPS, check_args, check_each_name, check_names, valid_names
 
 __all__ = [
     "OPS",
@@ -218,7 +218,7 @@ class ClientConnection:
         self._proof = b""
         self._next_id = 1
         self._large: LargeValue | None = None  # a large value being received
-        self._checked: set[tuple[str, str]] = set()  # (key, name) pairs send_get has checked
+        self._valid_names = valid_names(self.limits)  # see send_get
         # The largest request we send: ours, or the server's announced limit if smaller (kept
         # across reconnects: requests queued before a connection are checked against it).
         self.send_limit = self.limits.max_frame_bytes
@@ -282,15 +282,13 @@ class ClientConnection:
         return request_id, frame
 
     def send_get(self, key: str, name: str) -> tuple[int, bytes]:
-        """``send_request("get", key, name)``, for the commonest request: each pair of names
-        is checked once per connection, not on every read."""
-        if (key, name) not in self._checked:
-            problem = self.limits.check_name(key) or self.limits.check_name(name)
+        """``send_request("get", key, name)``, for the commonest request: names found valid
+        before (``_ops.valid_names``) are not checked again on every read."""
+        valid = self._valid_names
+        if key not in valid or name not in valid:
+            problem = check_each_name(self.limits, (key, name))
             if problem is not None:
                 raise ValueError(problem)
-            if len(self._checked) >= 10_000:
-                self._checked.clear()
-            self._checked.add((key, name))
         request_id = self._next_id
         self._next_id += 1
         return request_id, pack_frame([request_id, "get", key, name])
