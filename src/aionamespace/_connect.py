@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from ._errors import ProtocolError, map_connection_errors
+from ._errors import TRANSPORT_ERRORS, ProtocolError, map_connection_errors
 from ._protocol import Address, ClientConnection, Hello, Reply
 from ._proxy import Target
 from ._push import READ_CHUNK_BYTES, PushConnection
@@ -47,26 +48,7 @@ async def open_connection(target: Target, protocol: ClientConnection) -> anyio.a
             anyio.fail_after(timeout):
         stream = await open_stream(target.address, target.ssl_context)
         try:
-            protocol.reset()
-            try:
-                await stream.send(protocol.send_hello())
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                with anyio.move_on_after(1.0):  # a server refusing us at once may say why
-                    protocol.receive_data(await stream.receive())  # raises that reason
-                raise
-            while not protocol.greeted:
-                events = protocol.receive_data(await stream.receive())
-                if events and type(events[0]) is not Hello:
-                    raise ProtocolError("the server answered before greeting")
-            proof = protocol.send_proof()
-            if proof:
-                await stream.send(proof)
-            if target.cache:  # client tracking: the server will invalidate what we get
-                track_id, frame = protocol.send_request("track", True)
-                await stream.send(frame)
-                while not any(type(event) is Reply and event.id == track_id
-                              for event in protocol.receive_data(await stream.receive())):
-                    pass
+            await _handshake(target, protocol, stream.send, stream.receive)
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
@@ -86,29 +68,8 @@ async def open_push_connection(target: Target, protocol: ClientConnection) -> Pu
             anyio.fail_after(timeout):
         sock = await _connect(loop, address)
         try:
-            protocol.reset()
-            try:
-                await loop.sock_sendall(sock, protocol.send_hello())
-            except OSError as unsent:
-                try:  # a server refusing us at once may have said why
-                    data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 1)
-                except (OSError, TimeoutError):
-                    raise unsent from None
-                protocol.receive_data(data)  # raises that reason (ConnectionLost is an OSError)
-                raise
-            while not protocol.greeted:
-                events = protocol.receive_data(await _receive(loop, sock))
-                if events and type(events[0]) is not Hello:
-                    raise ProtocolError("the server answered before greeting")
-            proof = protocol.send_proof()
-            if proof:
-                await loop.sock_sendall(sock, proof)
-            if target.cache:  # client tracking: the server will invalidate what we get
-                track_id, frame = protocol.send_request("track", True)
-                await loop.sock_sendall(sock, frame)
-                while not any(type(event) is Reply and event.id == track_id
-                              for event in protocol.receive_data(await _receive(loop, sock))):
-                    pass
+            await _handshake(target, protocol, lambda data: loop.sock_sendall(sock, data),
+                             lambda: _receive(loop, sock))
             if isinstance(address, tuple):
                 _, connection = await loop.create_connection(
                     lambda: PushConnection(target, protocol), sock=sock)
@@ -119,6 +80,37 @@ async def open_push_connection(target: Target, protocol: ClientConnection) -> Pu
             sock.close()
             raise
     return connection
+
+
+async def _handshake(target: Target, protocol: ClientConnection,
+                     send: Callable[[bytes], Awaitable[object]],
+                     receive: Callable[[], Awaitable[bytes]]) -> None:
+    """Hello, the authkey proof, and with a cache the ``track`` request, over ``send`` and
+    ``receive`` (a stream's, or a bare socket's): raise why the server will not have us."""
+    protocol.reset()
+    try:
+        await send(protocol.send_hello())
+    except TRANSPORT_ERRORS as unsent:
+        try:  # a server refusing us at once may have said why
+            with anyio.fail_after(1.0):
+                data = await receive()
+        except (*TRANSPORT_ERRORS, TimeoutError):
+            raise unsent from None
+        protocol.receive_data(data)  # raises that reason (ConnectionLost is an OSError)
+        raise
+    while not protocol.greeted:
+        events = protocol.receive_data(await receive())
+        if events and type(events[0]) is not Hello:
+            raise ProtocolError("the server answered before greeting")
+    proof = protocol.send_proof()
+    if proof:
+        await send(proof)
+    if target.cache:  # client tracking: the server will invalidate what we get
+        track_id, frame = protocol.send_request("track", True)
+        await send(frame)
+        while not any(type(event) is Reply and event.id == track_id
+                      for event in protocol.receive_data(await receive())):
+            pass
 
 
 async def _connect(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:

@@ -124,7 +124,8 @@ def exception_from_reply(type_name: str, message: str) -> Exception:
     return cls(message)
 
 
-_TRANSPORT_ERRORS = (
+#: What a socket or an anyio stream raises when the connection breaks (or the peer left).
+TRANSPORT_ERRORS = (
     OSError,
     EOFError,
     anyio.EndOfStream,
@@ -152,7 +153,7 @@ def map_connection_errors(address: object, *, connecting: bool = False,
             f"{handshake_timeout} seconds") from exc
     except ConnectionLost:
         raise
-    except _TRANSPORT_ERRORS as exc:
+    except TRANSPORT_ERRORS as exc:
         detail = str(exc) or type(exc).__name__
         what = "cannot connect to" if connecting else "lost the connection to"
         raise ConnectionLost(f"{what} the aionamespace server at {address!r}: {detail}") from exc
