@@ -82,9 +82,10 @@ class Hello:
     info: Mapping[str, Any]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Request:
-    """A well-formed request the server should apply."""
+    """A well-formed request the server should apply (not frozen: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, a tenth of a pipelined get)."""
 
     id: int
     op: str

@@ -54,7 +54,10 @@ SAFE_TO_RESEND = frozenset({"ping", "keys", "get", "dump", "snapshot", "open"})
 
 
 def _name(limits: Limits, value: Any) -> str | None:
-    return limits.check_name(value)
+    problem = limits.check_name(value)
+    if problem is None:
+        _remember(valid_names(limits), (value,))  # (a get of it is then checked in one test)
+    return problem
 
 
 def _value(limits: Limits, value: Any) -> str | None:
@@ -105,11 +108,15 @@ def check_each_name(limits: Limits, names: Collection[Any]) -> str | None:
         pass
     if not names or (set(map(type, names)) == {str} and 0 < min(map(len, names))
                      and max(map(len, names)) <= limits.max_name_length):
-        if len(valid) > _MAX_VALID_NAMES:
-            valid.clear()
-        valid.update(names)
+        _remember(valid, names)
         return None
     return next(filter(None, map(limits.check_name, names)))
+
+
+def _remember(valid: set[str], names: Collection[str]) -> None:
+    if len(valid) > _MAX_VALID_NAMES:
+        valid.clear()
+    valid.update(names)
 
 
 def _items(limits: Limits, items: Any) -> str | None:

@@ -85,6 +85,7 @@ class ServerConnection:
         self.greeted = False
         self.authenticated = authkey is None
         self.refused = False
+        self._valid_names = valid_names(self.limits)  # see _check_request
 
     def receive_data(self, data: bytes | memoryview,
                      ) -> list[Hello | Request | BadRequest | Refusal]:
@@ -145,9 +146,15 @@ class ServerConnection:
     def _check_request(self, frame: Any) -> Request | BadRequest:
         if type(frame) is not list or len(frame) < 2 or type(frame[0]) is not int:
             raise RemoteProtocolError("a request must be an array [id, op, *args]")
-        request_id, op, args = frame[0], frame[1], tuple(frame[2:])
+        request_id, op = frame[0], frame[1]
         if request_id <= 0:
             raise RemoteProtocolError("request ids must be positive")
+        if op == "get" and len(frame) == 4:  # the commonest request: names seen valid before
+            key, name = frame[2], frame[3]
+            valid = self._valid_names
+            if type(key) is str and type(name) is str and key in valid and name in valid:
+                return Request(request_id, op, (key, name))
+        args = tuple(frame[2:])
         if type(op) is not str or op not in OPS:
             return BadRequest(request_id, f"unknown operation {op!r}")
         problem = check_args(self.limits, op, args)
