@@ -8,6 +8,7 @@ paths), and flow control while a large outbox is sent and replies keep coming.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import threading
@@ -19,6 +20,7 @@ import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Retry, ServerThread
 from aionamespace._errors import ProtocolError
+from aionamespace._multiplex import WRITE_AT_FRAMES
 from aionamespace._protocol import PROTOCOL_NAME
 from aionamespace._push import PushConnection
 
@@ -121,3 +123,40 @@ async def test_a_large_outbox_waits_for_the_socket_while_replies_arrive(
         with anyio.fail_after(30):
             values = [await getattr(ns, f"b{i}") for i in range(8)]
         assert all(value == blob for value in values)
+
+
+@ASYNCIO_ONLY
+async def test_a_long_outbox_is_written_before_every_task_has_queued(
+        server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WRITE_AT_FRAMES frames go out at once, so the server works while more are queued; the
+    frames still leave in order: each task reads back the value it queued just before."""
+    tasks = 4 * WRITE_AT_FRAMES
+    writes: list[int] = []
+    write = PushConnection.write
+
+    def counting_write(self: PushConnection, data: bytes) -> None:
+        writes.append(len(list(msgpack.Unpacker(io.BytesIO(data)))))  # frames in this write
+        write(self, data)
+
+    monkeypatch.setattr(PushConnection, "write", counting_write)
+    ns = AsyncNamespace(server.address, "early")
+    ns.warm = 1
+    await ns._flush()
+    writes.clear()
+    got: dict[int, object] = {}
+
+    async def set_then_get(i: int) -> None:
+        setattr(ns, f"v{i}", i)  # queued in the outbox, ahead of the get below
+        got[i] = await getattr(ns, f"v{i}")
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for i in range(tasks):
+                    group.start_soon(set_then_get, i)
+    finally:
+        await ns._close()
+    assert got == {i: i for i in range(tasks)}
+    assert sum(writes) == 2 * tasks  # every set and get, each written once
+    assert len(writes) > 1, writes
+    assert max(writes) <= 2 * WRITE_AT_FRAMES, writes

@@ -45,6 +45,10 @@ from ._waiters import FutureEvent, Waiter, loop_identity, new_event
 __all__ = ["Multiplexer"]
 
 CONCURRENT_READ_ABOVE_BYTES = 64 * 1024
+#: On asyncio, an outbox this long is written at once rather than when every ready task has
+#: queued its frame: the server answers these while our other tasks queue theirs, so both
+#: ends work at the same time (64 tasks: 1.4x the gets/s of one write per round, measured).
+WRITE_AT_FRAMES = 16
 
 
 class Multiplexer:
@@ -219,7 +223,9 @@ class Multiplexer:
         try:
             if self.stream is None:
                 await self.connect()
-            if not self.sending and not waiter.done:
+            if len(self.outbox) >= WRITE_AT_FRAMES and type(self.stream) is PushConnection:
+                self._write_pushed(self.stream)  # the server starts on these meanwhile
+            elif not self.sending and not waiter.done:
                 await self.drain()
             if waiter.done:
                 pass  # answered, or failed by a lost connection, already
@@ -340,15 +346,19 @@ class Multiplexer:
                 await asyncio.sleep(0)  # every task ready to run queues its frame first
         finally:
             self.sending = False
-            if self.outbox and self.stream is stream:
-                before = self.sent_through
-                try:
-                    stream.write(self._take_outbox())
-                except ConnectionLost as exc:  # it had already ended: nothing was written
-                    self.sent_through = before
-                    self.lost(exc)
-                    raise
+            self._write_pushed(stream)
         await stream.writable()  # (cancellable: what we wrote is the transport's already)
+
+    def _write_pushed(self, stream: PushConnection) -> None:
+        """Hand the outbox to a PushConnection (whose write never blocks) in one write."""
+        if self.outbox and self.stream is stream:
+            before = self.sent_through
+            try:
+                stream.write(self._take_outbox())
+            except ConnectionLost as exc:  # it had already ended: nothing was written
+                self.sent_through = before
+                self.lost(exc)
+                raise
 
     def _take_outbox(self) -> bytes:
         """Empty the outbox into the bytes of one write; its writes are now in flight."""
