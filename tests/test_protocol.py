@@ -34,8 +34,10 @@ from aionamespace import (
 )
 from aionamespace._codec import decode_value, encode_value
 from aionamespace._errors import AuthenticationError
+from aionamespace._events import PUSH_INVALIDATE
 from aionamespace._ops import check_args
 from aionamespace._protocol import (
+    NO_FRAME,
     OPS,
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
@@ -795,6 +797,49 @@ def test_fuzz_client_replies(data: bytes) -> None:
     except RemoteProtocolError:
         return
     assert all(type(event) is Reply for event in events)
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (pack([7, 0, b"\x01"]) + pack([8, 0, None]), "two replies"),
+    (pack([7, 0, b"\x01"])[:-1], "part of a reply"),
+    (pack([6, 0, b"\x01"]), "another request's reply"),
+    (pack([True, 0, b"\x01"]), "an id that is not an int"),
+    (pack([7, 1, "KeyError", "x"]), "an error reply"),
+    (pack([0, PUSH_INVALIDATE, "k", "n"]) + pack([7, 0, b"\x01"]), "a push first"),
+    (b"\xc1", "garbage"),
+])
+def test_lone_result_takes_only_one_whole_successful_reply(data: bytes, why: str) -> None:
+    """The sync proxy's fast path; whatever it declines must still parse as before, since it
+    consumed nothing."""
+    client = greeted_client()
+    assert client.lone_result(7, data) is NO_FRAME, why
+    try:
+        expected = greeted_client().receive_data(data)
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):
+            client.receive_data(data)
+    else:  # (repr: an error reply's exception compares by identity)
+        assert repr(client.receive_data(data)) == repr(expected)
+
+
+def test_lone_result_returns_the_result_of_a_whole_reply() -> None:
+    client = greeted_client()
+    assert client.lone_result(7, pack([7, 0, b"\x01"])) == b"\x01"
+    assert client.lone_result(7, pack([7, 0, None])) is None  # nil is a result, not NO_FRAME
+    assert client.receive_data(pack([9, 0, 5])) == [Reply(9, 5)]  # nothing was left behind
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3), st.one_of(
+    st.binary(max_size=60),
+    st.lists(st.one_of(st.integers(-1, 3), st.none(), st.booleans(), st.binary(max_size=3),
+                       st.text(max_size=3)), max_size=4).map(pack),
+))
+def test_fuzz_lone_result_agrees_with_receive_data(request_id: int, data: bytes) -> None:
+    result = greeted_client().lone_result(request_id, data)
+    if result is NO_FRAME:
+        return
+    assert greeted_client().receive_data(data) == [Reply(request_id, result)]
 
 
 # ----------------------------------------------------------------------------- client side

@@ -215,14 +215,17 @@ def fake_server(path: str, last_words: Callable[[list[Any]], bytes] = lambda req
 
 
 def blocked_reading(thread: threading.Thread, function: str) -> bool:
-    """Whether ``thread`` is blocked reading its socket inside ``function`` (its request sent:
-    the sync proxy sends before it reads)."""
+    """Whether ``thread`` is blocked reading its socket inside ``function``: in a call whose
+    request is sent (SyncConnection.call reads its reply itself), or waiting for a push."""
     frame = sys._current_frames().get(thread.ident or -1)
     names = set()
+    reading = False
     while frame is not None:
         names.add(frame.f_code.co_name)
+        if frame.f_code.co_name == "call" and frame.f_locals.get("sent") is True:
+            reading = True
         frame = frame.f_back
-    return "_receive_until" in names and function in names
+    return (reading or "_receive_until" in names) and function in names
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:

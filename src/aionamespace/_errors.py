@@ -36,6 +36,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "WriteQueueFull",
+    "connection_lost",
     "exception_from_reply",
     "map_connection_errors",
 ]
@@ -145,15 +146,26 @@ def map_connection_errors(address: object, *, connecting: bool = False,
     """
     try:
         yield
-    except TimeoutError as exc:
-        if handshake_timeout is None:
+    except Exception as exc:
+        lost = connection_lost(exc, address, connecting=connecting,
+                               handshake_timeout=handshake_timeout)
+        if lost is None:
             raise
-        raise ConnectionLost(
+        raise lost from exc
+
+
+def connection_lost(exc: BaseException, address: object, *, connecting: bool = False,
+                    handshake_timeout: float | None = None) -> ConnectionLost | None:
+    """The ``ConnectionLost`` that ``exc`` stands for (``map_connection_errors``), or None if
+    it should pass as it is (for a hot path that cannot afford a context manager)."""
+    if isinstance(exc, TimeoutError):
+        if handshake_timeout is None:
+            return None
+        return ConnectionLost(
             f"cannot connect to the aionamespace server at {address!r}: no handshake within "
-            f"{handshake_timeout} seconds") from exc
-    except ConnectionLost:
-        raise
-    except TRANSPORT_ERRORS as exc:
-        detail = str(exc) or type(exc).__name__
-        what = "cannot connect to" if connecting else "lost the connection to"
-        raise ConnectionLost(f"{what} the aionamespace server at {address!r}: {detail}") from exc
+            f"{handshake_timeout} seconds")
+    if isinstance(exc, ConnectionLost) or not isinstance(exc, TRANSPORT_ERRORS):
+        return None
+    detail = str(exc) or type(exc).__name__
+    what = "cannot connect to" if connecting else "lost the connection to"
+    return ConnectionLost(f"{what} the aionamespace server at {address!r}: {detail}")

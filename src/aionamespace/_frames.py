@@ -17,12 +17,16 @@ import msgpack
 
 from ._errors import RemoteProtocolError
 
-__all__ = ["LARGE_VALUE_BYTES", "FrameDecoder", "LargeValue", "coalesce", "large_reply",
+__all__ = ["LARGE_VALUE_BYTES", "NO_FRAME", "FrameDecoder", "LargeValue", "coalesce", "large_reply",
            "large_reply_header", "pack_frame"]
 
 #: Replies carrying a value at least this long take the LargeValue path. msgpack encodes a bin
 #: of this size or more as bin 32, so one header shape covers them all.
 LARGE_VALUE_BYTES = 64 * 1024
+
+
+#: ``FrameDecoder.lone_frame``'s "not one whole frame" (None is a frame: msgpack's nil).
+NO_FRAME: Any = object()
 
 
 class FrameDecoder:
@@ -49,6 +53,17 @@ class FrameDecoder:
     def idle(self) -> bool:
         """No unfinished frame: the next byte fed starts a new one."""
         return self._unpacker is None and self.error is None
+
+    def lone_frame(self, data: bytes | memoryview) -> Any:
+        """``data`` decoded, if it is exactly one whole frame and none is unfinished (a sync
+        client's usual read: one call into msgpack); else ``NO_FRAME``, and nothing was
+        consumed: ``feed`` it."""
+        if self._unpacker is None and self.error is None and len(data) <= self._max:
+            try:
+                return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+            except Exception:  # several frames, part of one, or garbage: feed() says which
+                pass
+        return NO_FRAME
 
     def feed(self, data: bytes | memoryview) -> list[Any]:
         if self.error is not None:

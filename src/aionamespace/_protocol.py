@@ -43,6 +43,7 @@ from ._events import (
 )
 from ._frames import (
     LARGE_VALUE_BYTES,
+    NO_FRAME,
     FrameDecoder,
     LargeValue,
     large_reply,
@@ -52,6 +53,7 @@ from ._frames import (
 from ._ops import OPS, check_args, check_each_name, check_names, valid_names
 
 __all__ = [
+    "NO_FRAME",
     "OPS",
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
@@ -321,6 +323,17 @@ class ClientConnection:
             self._decode(view, events)
             break
         return events
+
+    def lone_result(self, request_id: int, data: bytes | memoryview) -> Any:
+        """The result in ``data`` if it is exactly the successful reply to ``request_id`` and
+        nothing else (a sync client's usual read, decoded in one call); else ``NO_FRAME``,
+        and nothing was consumed: pass ``data`` to ``receive_data``."""
+        if self._large is None and self.greeted:
+            frame = self._decoder.lone_frame(data)
+            if (type(frame) is list and len(frame) == 3 and frame[0] == request_id
+                    and type(frame[0]) is int and frame[1] == REPLY_OK):
+                return frame[2]
+        return NO_FRAME
 
     def large_value(self) -> memoryview | None:
         """Where the rest of a large value being received goes, if one is: ``recv_into`` it

@@ -8,6 +8,7 @@ process's cache connection (``_cache.py``).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -90,6 +91,10 @@ class Watch:
             connection.close()
 
 
+def _get(target: Target, name: str) -> Any:
+    return decode_value(POOL.connection(target).call("get", target.key, name))
+
+
 class _State:
     __slots__ = ("cache", "target")
 
@@ -162,14 +167,10 @@ class Namespace(ProxyBase):
                         entry, name)
             return self._retrying("get", lambda: self._cache().get(state.target.key, name))
         target = state.target
-
-        def attempt() -> Any:  # a round trip, without building a Call object
+        try:  # a round trip, without building a Call object
             return decode_value(POOL.connection(target).call("get", target.key, name))
-
-        try:
-            return attempt()
         except ConnectionLost as exc:
-            return self._retrying("get", attempt, exc)
+            return self._retrying("get", functools.partial(_get, target, name), exc)
 
     def _cache(self) -> CacheConnection:
         state: _State = self._aionamespace
