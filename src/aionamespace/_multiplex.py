@@ -217,7 +217,7 @@ class Multiplexer:
         else:
             request_id, frame = self.protocol.send_request(op, *args)
         # (the event made here, not by new_event(): the loop is known, and this is hot)
-        waiter = Waiter(request_id, 0, False, FutureEvent() if loop is not None else None)
+        waiter = Waiter(request_id, 0, False, FutureEvent(loop=loop) if loop is not None else None)
         self.by_id[request_id] = waiter
         self.outbox.append((request_id, frame))
         try:
@@ -436,11 +436,20 @@ class Multiplexer:
     def handle_events(self, events: list[Any]) -> None:
         """Hand what arrived to its waiters (called by the reader, or by a PushConnection)."""
         stream = self.stream
+        by_id = self.by_id
+        # Replies to plain requests go straight to their waiters (nothing else can change
+        # that while these events are handed out: waking a task only schedules it).
+        plain = not (self.inflight_writes or self.flushing or self.cache is not None)
         for event in events:
             if self.stream is not stream:
                 break  # the server said goodbye: nothing behind that counts
             if type(event) is Reply:
-                self.dispatch(event)
+                if plain and event.id:
+                    waiter = by_id.pop(event.id, None)
+                    if waiter is not None:
+                        waiter.finish(event.result, event.error)
+                else:
+                    self.dispatch(event)
             elif type(event) is Invalidate:
                 if self.cache is not None:
                     self.cache.invalidate(event.key, event.name)
