@@ -40,7 +40,7 @@ from ._errors import (
 from ._protocol import ClientConnection, Invalidate, Push, Reply
 from ._proxy import Target
 from ._push import READ_CHUNK_BYTES, PushConnection
-from ._waiters import FutureEvent, Waiter, loop_identity, new_event
+from ._waiters import Waiter, loop_identity, new_event
 
 __all__ = ["Multiplexer"]
 
@@ -140,7 +140,7 @@ class Multiplexer:
     def wake_next_reader(self) -> None:
         for waiter in self.waiting:
             if not waiter.done:
-                waiter.wakeup.set()
+                waiter.wake()
                 return
 
     def queue_write(self, op: str, *args: Any) -> None:
@@ -217,7 +217,7 @@ class Multiplexer:
         else:
             request_id, frame = self.protocol.send_request(op, *args)
         # (the event made here, not by new_event(): the loop is known, and this is hot)
-        waiter = Waiter(request_id, 0, False, FutureEvent(loop=loop) if loop is not None else None)
+        waiter = Waiter(request_id, 0, False, loop.create_future() if loop is not None else None)
         self.by_id[request_id] = waiter
         self.outbox.append((request_id, frame))
         try:
@@ -231,7 +231,7 @@ class Multiplexer:
                 pass  # answered, or failed by a lost connection, already
             elif type(self.stream) is PushConnection:
                 # The protocol reads: nothing to do but wait (lost() finds us in by_id).
-                await waiter.wakeup  # a FutureEvent: PushConnections are asyncio's
+                await waiter.wakeup  # a Future: PushConnections are asyncio's
             else:
                 await self.wait(waiter)
         except ConnectionLost:
@@ -397,7 +397,7 @@ class Multiplexer:
         try:
             while not waiter.done:
                 if self.reading:
-                    await waiter.wakeup.wait()
+                    await waiter.woken()
                     if not waiter.done:
                         waiter.wakeup = new_event()
                     continue
