@@ -25,6 +25,18 @@ async def test_await_reads_and_missing_raises_attribute_error(server: ServerThre
             await ns.item2
 
 
+async def test_a_read_never_awaited_sends_nothing_and_says_so(server: ServerThread) -> None:
+    """``ns.x`` is a coroutine: nothing happens until it is awaited, and Python warns about
+    one that never is (the usual sign of a forgotten ``await``)."""
+    ns = AsyncNamespace(server.address, "lazy")
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        ns.x  # noqa: B018  (CPython warns as the coroutine is dropped, at once)
+    assert ns._aionamespace.stream is None  # not even connected
+    ns.x = 1
+    assert await ns.x == 1
+    await ns._close()
+
+
 async def test_writes_are_queued_in_order_and_seen_by_a_later_await(
         server: ServerThread) -> None:
     ns = AsyncNamespace(server.address)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -24,22 +24,6 @@ from ._multiplex import Multiplexer
 from ._proxy import ProxyBase, Target, check_attribute_name
 
 __all__ = ["AsyncLock", "AsyncNamespace", "AsyncWatch"]
-
-
-class _PendingGet:
-    """What ``ns.name`` returns: awaiting it fetches the value (no coroutine until awaited)."""
-
-    __slots__ = ("_name", "_proxy")
-
-    def __init__(self, proxy: AsyncNamespace, name: str) -> None:
-        self._proxy, self._name = proxy, name
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        # (through the class: the proxy's own __getattribute__ is Python code)
-        return AsyncNamespace._get(self._proxy, self._name).__await__()
-
-    def __repr__(self) -> str:
-        return f"<pending read of {self._name!r}: await it>"
 
 
 class AsyncNamespace(ProxyBase):
@@ -104,9 +88,11 @@ class AsyncNamespace(ProxyBase):
         # Shared names are answered here, not in __getattr__, which only runs after the normal
         # lookup has raised (and thrown away) an AttributeError: a sixth of an awaited get.
         # The proxy's own attributes all start with "_" (it has no public ones to shadow).
+        # ``ns.x`` is the coroutine itself (an awaitable object wrapping it cost a tenth of
+        # an awaited get); forgetting the await draws Python's "never awaited" warning.
         if name[:1] == "_":
             return object.__getattribute__(self, name)
-        return _PendingGet(self, name)
+        return AsyncNamespace._get(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         check_attribute_name(name)
