@@ -11,7 +11,7 @@ No background task is required:
   owner's event; when its own reply arrives it passes the role to another waiter. Either way, a
   cancelled waiter's reply is read and dropped, never delivered to anyone else;
 * inside ``async with ns:`` a pump task sends queued writes as soon as they are made and reads
-  their acknowledgements.
+  their acknowledgements (``_pump.py``).
 
 While a large outbox is being sent, replies keep being read (by a helper task, or by the
 PushConnection's callbacks), so a server blocked on answering us can never deadlock against us
@@ -39,6 +39,7 @@ from ._errors import (
 )
 from ._protocol import ClientConnection, Invalidate, Push, Reply
 from ._proxy import Target
+from ._pump import Pump
 from ._push import READ_CHUNK_BYTES, PushConnection
 from ._waiters import Waiter, loop_identity, new_event
 
@@ -71,12 +72,11 @@ class Multiplexer:
         self.reading = False
         self.sending = False  # a task is in drain(), sending the outbox
         self.connect_lock: anyio.Lock | None = None
-        self.kick: anyio.Event | None = None  # set while a pump task runs (async with)
-        self.pump_group: anyio.abc.TaskGroup | None = None
+        self.pump: Pump | None = None  # inside async with
         self.pushes: collections.deque[Push] = collections.deque()  # for a watch's connection
         self.cache = CacheTable() if target.cache else None
         self.connected: anyio.Event | None = None  # set while a connection is up
-        self.keeping_cache = False  # a task reads invalidations as they come (read_forever)
+        self.keeping_cache = False  # a task reads invalidations as they come (the pump's)
         self.sent_through = 0  # the highest request id ever handed to a socket
 
     def bind(self) -> None:
@@ -152,8 +152,8 @@ class Multiplexer:
         request_id, frame = self.protocol.send_request(op, *args)
         self.outbox.append((request_id, frame))
         self.queued_writes.add(request_id)
-        if self.kick is not None:
-            self.kick.set()
+        if self.pump is not None:
+            self.pump.kick.set()
 
     async def flush(self) -> None:
         """Send every queued write, wait for all acknowledgements, raise the first failure."""
@@ -191,20 +191,22 @@ class Multiplexer:
             return ABSENT
         return self.cache.values.get((key, name), ABSENT)
 
-    async def read_forever(self) -> None:
-        """With a cache, inside ``async with``: be the reader whenever connected, so that the
-        server's invalidations are applied as they arrive (other tasks get their replies
-        through their events)."""
+    async def start_pump(self) -> None:
+        """``async with ns:`` -- see ``_pump.py``."""
+        self.bind()
+        if self.pump is not None:
+            raise RuntimeError("this AsyncNamespace is already in an 'async with' block")
+        self.pump = Pump(self)
         try:
-            while True:
-                if self.connected is None:
-                    self.connected = anyio.Event()
-                await self.connected.wait()
-                self.keeping_cache = True
-                await self.wait(Waiter(wants_push=True))  # ends when the connection does
-                self.keeping_cache = False
-        finally:
-            self.keeping_cache = False
+            await self.pump.start()
+        except BaseException:
+            self.pump = None
+            raise
+
+    async def stop_pump(self) -> None:
+        pump, self.pump = self.pump, None
+        if pump is not None:
+            await pump.stop()
 
     async def request(self, op: str, *args: Any) -> Any:
         loop = asyncio._get_running_loop()
@@ -285,27 +287,6 @@ class Multiplexer:
                 if self.connected is None:
                     self.connected = anyio.Event()
                 self.connected.set()
-
-    async def start_pump(self) -> None:
-        """``async with ns:`` -- run a task that sends writes as soon as they are queued."""
-        self.bind()
-        if self.pump_group is not None:
-            raise RuntimeError("this AsyncNamespace is already in an 'async with' block")
-        group = anyio.create_task_group()
-        await group.__aenter__()
-        self.pump_group, self.kick = group, anyio.Event()
-        group.start_soon(self.pump)
-        if self.cache is not None:
-            group.start_soon(self.read_forever)
-
-    async def stop_pump(self) -> None:
-        group, self.pump_group, self.kick = self.pump_group, None, None
-        try:
-            await self.close()
-        finally:
-            if group is not None:
-                group.cancel_scope.cancel()
-                await group.__aexit__(None, None, None)
 
     async def drain(self) -> None:
         """Send the outbox, coalescing what concurrent tasks queue meanwhile (auto-pipelining).
@@ -458,19 +439,3 @@ class Multiplexer:
                 for waiter in list(self.waiting):
                     if waiter.wants_push:
                         waiter.finish()
-
-    async def pump(self) -> None:
-        """Inside ``async with``: send writes as they are queued and read their acks."""
-        while self.kick is not None:
-            kick = self.kick
-            await kick.wait()
-            if self.kick is kick:
-                self.kick = anyio.Event()
-            try:
-                if self.outbox:
-                    await self.connect()
-                    await self.drain()
-                if self.inflight_writes:
-                    await self.wait(Waiter(until=max(self.inflight_writes)))
-            except ConnectionLost:
-                pass  # unsent writes stay queued; flush() reconnects and reports
