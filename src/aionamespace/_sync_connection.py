@@ -6,7 +6,9 @@ most one request in flight, so the next reply on its socket is the answer to its
 
 Fork safety, after redis-py: each connection remembers the pid that opened it. A forked child
 drops the inherited connections (closing only its own copies of the descriptors, never shutting
-the parent's sockets down) and opens fresh ones on first use.
+the parent's sockets down) and opens fresh ones on first use. It never finds them: the pool is
+emptied in the child right after the fork (``os.register_at_fork``), so a call needs no
+``getpid()`` (a system call, on every get) to tell whose connection it holds.
 """
 
 from __future__ import annotations
@@ -220,7 +222,7 @@ class _Pool:
             with self.lock:
                 local = self.locals.setdefault(server, threading.local())
         connection: SyncConnection | None = getattr(local, "connection", None)
-        if connection is None or connection.sock is None or connection.pid != os.getpid():
+        if connection is None or connection.sock is None:  # (a forked child: see after_fork)
             connection = local.connection = SyncConnection(target)
         return connection
 
