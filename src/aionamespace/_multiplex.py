@@ -417,20 +417,11 @@ class Multiplexer:
     def handle_events(self, events: list[Any]) -> None:
         """Hand what arrived to its waiters (called by the reader, or by a PushConnection)."""
         stream = self.stream
-        by_id = self.by_id
-        # Replies to plain requests go straight to their waiters (nothing else can change
-        # that while these events are handed out: waking a task only schedules it).
-        plain = not (self.inflight_writes or self.flushing or self.cache is not None)
         for event in events:
             if self.stream is not stream:
                 break  # the server said goodbye: nothing behind that counts
             if type(event) is Reply:
-                if plain and event.id:
-                    waiter = by_id.pop(event.id, None)
-                    if waiter is not None:
-                        waiter.finish(event.result, event.error)
-                else:
-                    self.dispatch(event)
+                self.dispatch(event)
             elif type(event) is Invalidate:
                 if self.cache is not None:
                     self.cache.invalidate(event.key, event.name)
