@@ -88,10 +88,11 @@ ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the push
     (b"\xc1", ProtocolError),  # 0xc1: never valid msgpack
     (msgpack.packb("not a reply"), ProtocolError),
 ])
+@pytest.mark.parametrize("tasks", [8, 3 * WRITE_AT_FRAMES])  # (more: written in several goes)
 async def test_every_waiting_task_hears_what_ended_the_connection(
-        short_path: str, then: bytes | None, error: type[Exception]) -> None:
+        short_path: str, then: bytes | None, error: type[Exception], tasks: int) -> None:
     """Also those still queued behind the connect lock when it ended (both paths)."""
-    scripted = Scripted(short_path, wait_for=8, then=then)
+    scripted = Scripted(short_path, wait_for=tasks, then=then)
     ns = AsyncNamespace(short_path, "n", retry=Retry(attempts=1))  # this server serves once
     failures: list[BaseException] = []
 
@@ -104,12 +105,12 @@ async def test_every_waiting_task_hears_what_ended_the_connection(
     try:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as group:
-                for i in range(8):
+                for i in range(tasks):
                     group.start_soon(get, f"n{i}")
     finally:
         await ns._close()
         scripted.close()
-    assert len(failures) == 8
+    assert len(failures) == tasks
     assert all(isinstance(failure, error) for failure in failures), failures
 
 
