@@ -66,6 +66,10 @@ from aionamespace._codec import encode_value
 from aionamespace._protocol import Address
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the probes the tests use (tests/probes.py)
+import probes  # noqa: E402
+from probes import blocked_reading, read_frames, request_waiting  # noqa: E402
+
 DEFAULT_OUTPUT = ROOT / "docs" / "RELIABILITY.md"
 BACKENDS = ("asyncio", "trio")
 NO_HANG = 30.0  # any single wait longer than this is a failure, not a hang
@@ -155,18 +159,6 @@ def scratch_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def read_frames(sock: socket.socket, unpacker: msgpack.Unpacker, until_eof: bool) -> list[Any]:
-    frames: list[Any] = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return frames
-        unpacker.feed(data)
-        frames.extend(unpacker)
-        if frames and not until_eof:
-            return frames
-
-
 def raw_clients(path: str, count: int) -> list[tuple[socket.socket, msgpack.Unpacker]]:
     """``count`` raw connections that completed the hello."""
     clients: list[tuple[socket.socket, msgpack.Unpacker]] = []
@@ -188,33 +180,12 @@ def raw_clients(path: str, count: int) -> list[tuple[socket.socket, msgpack.Unpa
     return clients
 
 
-def blocked_reading(thread: threading.Thread, function: str) -> bool:
-    """Whether a sync proxy's ``thread`` is blocked reading its socket inside ``function``."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    names = set()
-    while frame is not None:
-        names.add(frame.f_code.co_name)
-        frame = frame.f_back
-    return "_receive_until" in names and function in names
-
-
 def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + NO_HANG
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting until {what}")
-        time.sleep(0.002)
+    probes.wait_until(condition, what, NO_HANG)
 
 
-async def async_wait_until(condition: Callable[[], bool]) -> None:
-    with anyio.fail_after(NO_HANG):
-        while not condition():  # noqa: ASYNC110 - proxy state that no event announces
-            await anyio.sleep(0.002)
-
-
-def requests_waiting(ns: AsyncNamespace, count: int) -> Callable[[], bool]:
-    mux = ns._aionamespace
-    return lambda: len(mux.waiting) >= count and not mux.outbox and mux.stream is not None
+async def async_wait_until(condition: Callable[[], bool], what: str) -> None:
+    await probes.async_wait_until(condition, what, NO_HANG)
 
 
 # ====================================================================== 1. load
@@ -543,7 +514,7 @@ class AsyncKillClients(threading.Thread):
             for index in range(self.tasks):
                 group.start_soon(self.call, "read/write",
                                  lambda i=index: read_write(shared[i % 4], i))
-            await async_wait_until(requests_waiting(waiters, 2))
+            await async_wait_until(request_waiting(waiters, 2), "both waiters wait")
             await watching.wait()
             await running.wait()
             self.ready.set()
@@ -842,7 +813,7 @@ class ShutdownProxies(threading.Thread):
             for _ in range(2):
                 group.start_soon(call, lambda: waiters._lock("L").__aenter__())
             group.start_soon(call, lambda: watcher._wait_for("w", seen))
-            await async_wait_until(requests_waiting(waiters, 2))
+            await async_wait_until(request_waiting(waiters, 2), "both waiters wait")
             await watching.wait()
             self.ready.set()
         for ns in (holder, waiters, watcher):

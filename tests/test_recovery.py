@@ -28,7 +28,6 @@ import resource
 import signal
 import socket
 import struct
-import sys
 import termios
 import threading
 import time
@@ -39,6 +38,7 @@ import anyio
 import msgpack
 import pytest
 
+import probes
 from aionamespace import (
     AsyncNamespace,
     ConnectionLost,
@@ -49,6 +49,7 @@ from aionamespace import (
     ServerThread,
 )
 from aionamespace._protocol import PROTOCOL_NAME, PROTOCOL_VERSION
+from probes import blocked_reading, read_frames, request_waiting
 from support import NO_HANG_SECONDS, ServeProcess, kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a waiting call must raise once the server is killed
@@ -214,43 +215,12 @@ def fake_server(path: str, last_words: Callable[[list[Any]], bytes] = lambda req
         fake.stop()
 
 
-def blocked_reading(thread: threading.Thread, function: str) -> bool:
-    """Whether ``thread`` is blocked reading its socket inside ``function``: in a call whose
-    request is sent (SyncConnection.call reads its reply itself), or waiting for a push."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    names = set()
-    reading = False
-    while frame is not None:
-        names.add(frame.f_code.co_name)
-        if frame.f_code.co_name == "call" and frame.f_locals.get("sent") is True:
-            reading = True
-        frame = frame.f_back
-    return (reading or "_receive_until" in names) and function in names
-
-
 def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` (bounded): for states that no event announces."""
-    deadline = time.monotonic() + NO_HANG_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.005)
+    probes.wait_until(condition, what, NO_HANG_SECONDS)
 
 
 async def async_wait_until(condition: Callable[[], bool], what: str) -> None:
-    with anyio.fail_after(NO_HANG_SECONDS):
-        while not condition():  # noqa: ASYNC110 - proxy state that no event announces
-            await anyio.sleep(0.005)
-
-
-def request_waiting(ns: AsyncNamespace, count: int = 1) -> Callable[[], bool]:
-    """An async proxy has ``count`` tasks waiting for replies to requests already sent."""
-    mux = ns._aionamespace
-
-    def check() -> bool:
-        return len(mux.by_id) >= count and not mux.outbox and mux.stream is not None
-
-    return check
+    await probes.async_wait_until(condition, what, NO_HANG_SECONDS)
 
 
 # ---------------------------------------------------------------------- restart: sync
@@ -459,19 +429,6 @@ def process_open_file_limit(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def read_frames(sock: socket.socket, unpacker: msgpack.Unpacker, until_eof: bool) -> list[Any]:
-    """The frames of the next read(s) until one is complete, or (``until_eof``) all of them."""
-    frames: list[Any] = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return frames
-        unpacker.feed(data)
-        frames.extend(unpacker)
-        if frames and not until_eof:
-            return frames
 
 
 class RawClients:

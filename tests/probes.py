@@ -1,0 +1,79 @@
+"""Probes for states that no event announces, shared by the tests and benchmarks/reliability.py.
+
+A sync proxy blocked reading its reply, a condition polled with a bound, the frames a raw socket
+reads. The reliability script imports this module too (it puts ``tests/`` on its path), so it
+needs nothing but aionamespace's own dependencies: no pytest here.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgpack
+
+__all__ = ["async_wait_until", "blocked_reading", "read_frames", "request_waiting", "wait_until"]
+
+POLL_SECONDS = 0.005
+
+
+def blocked_reading(thread: threading.Thread, function: str) -> bool:
+    """Whether a sync proxy's ``thread`` is blocked reading its socket inside ``function``: in
+    a call whose request is sent (SyncConnection.call reads its reply itself), or waiting for a
+    push."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    names = set()
+    reading = False
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        if frame.f_code.co_name == "call" and frame.f_locals.get("sent") is True:
+            reading = True
+        frame = frame.f_back
+    return (reading or "_receive_until" in names) and function in names
+
+
+def request_waiting(ns: Any, count: int = 1) -> Callable[[], bool]:
+    """Whether an AsyncNamespace has ``count`` tasks waiting for replies to requests already
+    sent (on either path: a PushConnection's waiters, too, are found by request id)."""
+    mux = ns._aionamespace
+
+    def check() -> bool:
+        return len(mux.by_id) >= count and not mux.outbox and mux.stream is not None
+
+    return check
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float) -> None:
+    """Poll ``condition`` for at most ``seconds``; TimeoutError naming ``what``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting until {what}")
+        time.sleep(POLL_SECONDS)
+
+
+async def async_wait_until(condition: Callable[[], bool], what: str, seconds: float) -> None:
+    """``wait_until`` for async code (the proxy state polled is not announced by any event)."""
+    with anyio.move_on_after(seconds):
+        while not condition():  # noqa: ASYNC110 - proxy state that no event announces
+            await anyio.sleep(POLL_SECONDS)
+        return
+    raise TimeoutError(f"timed out waiting until {what}")
+
+
+def read_frames(sock: socket.socket, unpacker: msgpack.Unpacker, until_eof: bool) -> list[Any]:
+    """The frames of the next read(s) until one is complete, or (``until_eof``) all of them."""
+    frames: list[Any] = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return frames
+        unpacker.feed(data)
+        frames.extend(unpacker)
+        if frames and not until_eof:
+            return frames
