@@ -63,19 +63,18 @@ import msgpack
 import aionamespace
 from aionamespace import AsyncNamespace, ConnectionLost, Manager, Namespace, Retry
 from aionamespace._codec import encode_value
-from aionamespace._protocol import Address
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the probes the tests use (tests/probes.py)
+sys.path.insert(0, str(ROOT / "tests"))  # what the tests use: probes.py, workload.py
 import probes  # noqa: E402
 from probes import blocked_reading, read_frames, request_waiting  # noqa: E402
+from workload import INITIAL, plan, run_process  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "docs" / "RELIABILITY.md"
 BACKENDS = ("asyncio", "trio")
 NO_HANG = 30.0  # any single wait longer than this is a failure, not a hang
 GOODBYE = [0, 1, "ConnectionLost", "the server is shutting down"]
 HELLO = msgpack.packb({"protocol": "aionamespace", "version": 1})
-INITIAL = ("init", 0)
 RESTART_RETRY = Retry(attempts=50, backoff=0.02, max_backoff=0.1)
 
 
@@ -191,143 +190,19 @@ async def async_wait_until(condition: Callable[[], bool], what: str) -> None:
 # ====================================================================== 1. load
 
 
-class Tally:
-    """What one load client did and saw."""
-
-    def __init__(self, client: int) -> None:
-        self.client = client
-        self.ops = 0
-        self.sets = 0
-        self.increments = 0
-        self.seen: dict[int, int] = {}
-        self.bad_values: list[Any] = []
-        self.errors: list[str] = []
-        self.latencies: list[float] = []
-
-    def saw(self, value: Any) -> None:
-        if value == INITIAL:
-            return
-        if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
-                and type(value[1]) is int):
-            if value[1] > self.seen.get(value[0], -1):
-                self.seen[value[0]] = value[1]
-        elif len(self.bad_values) < 5:
-            self.bad_values.append(value)
-
-
-def load_sync_client(ns: Namespace, tally: Tally, go: threading.Event,
-                     deadline: list[float]) -> None:
-    rng = random.Random(tally.client)
-    try:
-        ns._ping()
-        if not go.wait(NO_HANG * 4):
-            raise TimeoutError("no start signal")
-        while (start := time.monotonic()) < deadline[0]:
-            choice = rng.random()
-            if choice < 0.4:
-                tally.saw(ns.shared)
-            elif choice < 0.7:
-                ns.shared = (tally.client, tally.sets)
-                tally.sets += 1
-            else:
-                by = rng.randint(1, 3)
-                ns._incr("counter", by)
-                tally.increments += by
-            tally.latencies.append(time.monotonic() - start)
-            tally.ops += 1
-    except Exception as exc:  # reported
-        tally.errors.append(repr(exc))
-    finally:
-        ns._close()
-
-
-async def load_async_client(ns: AsyncNamespace, tally: Tally, go: anyio.Event,
-                            deadline: list[float]) -> None:
-    rng = random.Random(tally.client)
-    try:
-        await go.wait()
-        while (start := time.monotonic()) < deadline[0]:
-            choice = rng.random()
-            if choice < 0.4:
-                tally.saw(await ns.shared)
-            elif choice < 0.7:
-                ns.shared = (tally.client, tally.sets)
-                tally.sets += 1
-                await ns._flush()
-            else:
-                by = rng.randint(1, 3)
-                await ns._incr("counter", by)
-                tally.increments += by
-            tally.latencies.append(time.monotonic() - start)
-            tally.ops += 1
-    except Exception as exc:  # reported
-        tally.errors.append(repr(exc))
-    finally:
-        with contextlib.suppress(ConnectionLost):
-            await ns._close()
-
-
-def load_process(address: Address, authkey: bytes, name: str, backend: str, first: int,
-                 threads: int, tasks: int, total: int, seconds: float, reports: Any) -> None:
-    """One spawned load process: ``threads`` sync clients, ``tasks`` async ones."""
-    tallies = [Tally(first + i) for i in range(threads + tasks)]
-    go = threading.Event()
-    deadline = [0.0]
-    workers = [threading.Thread(target=load_sync_client, args=(
-        Namespace(address, name, authkey=authkey), tally, go, deadline), daemon=True)
-        for tally in tallies[:threads]]
-    for worker in workers:
-        worker.start()
-
-    async def main() -> None:
-        async_go = anyio.Event()
-        async with anyio.create_task_group() as group:
-            for tally in tallies[threads:]:
-                ns = AsyncNamespace(address, name, authkey=authkey)
-                await ns._ping()
-                group.start_soon(load_async_client, ns, tally, async_go, deadline)
-            line = AsyncNamespace(address, name, authkey=authkey)
-            await line._incr("connected", threads + tasks)
-            await line._wait_for("connected", lambda count: count >= total, timeout=NO_HANG * 4)
-            await line._close()
-            deadline[0] = time.monotonic() + seconds
-            go.set()
-            async_go.set()
-        for worker in workers:
-            await anyio.to_thread.run_sync(worker.join, NO_HANG * 4)
-
-    try:
-        anyio.run(main, backend=backend)
-    finally:
-        go.set()
-        reports.put({"tallies": [vars(tally) for tally in tallies], "backend": backend})
-
-
-def load_plan(clients: int, processes: int) -> list[tuple[str, int, int, int]]:
-    """(backend, first client, threads, tasks) per process: a third threads, the rest tasks."""
-    processes = max(1, min(processes, clients))
-    plans, first = [], 0
-    for index in range(processes):
-        count = clients // processes + (index < clients % processes)
-        threads = count // 3
-        plans.append((BACKENDS[index % 2], first, threads, count - threads))
-        first += count
-    return plans
-
-
 def run_load(server_backend: str, clients: int, seconds: float, processes: int,
              checks: Checks) -> dict[str, Any]:
     log(f"load: {clients} clients for {seconds} s on a {server_backend} server ...")
     spawn = multiprocessing.get_context("spawn")
-    plans = load_plan(clients, processes)
+    plans = plan(clients, processes, per_thread=3)  # a third threads, the rest tasks
     with Manager(backend=server_backend) as manager:
         assert manager.authkey is not None
         ns = manager.Namespace("load", shared=INITIAL, counter=0)
         reports = spawn.Queue()
-        procs = [spawn.Process(target=load_process, args=(
+        procs = [spawn.Process(target=run_process, args=(
             manager.address, manager.authkey, "load", backend, first, threads, tasks, clients,
-            seconds, reports)) for backend, first, threads, tasks in plans]
-        results: list[dict[str, Any]] = []
+            seconds, NO_HANG * 4, reports)) for backend, first, threads, tasks in plans]
+        results: list[list[dict[str, Any]]] = []
         try:
             for proc in procs:
                 proc.start()
@@ -350,7 +225,7 @@ def run_load(server_backend: str, clients: int, seconds: float, processes: int,
             reports.join_thread()
         final = ns._snapshot()
         ns._close()
-    tallies = [tally for result in results for tally in result["tallies"]]
+    tallies = [tally for result in results for tally in result]
     ops = sum(t["ops"] for t in tallies)
     errors = [e for t in tallies for e in t["errors"]]
     increments = sum(t["increments"] for t in tallies)

@@ -4,7 +4,8 @@ Spawned processes each run sync ``Namespace`` proxies in threads and ``AsyncName
 proxies in tasks (asyncio in even-numbered processes, trio in odd ones); every thread and task
 is one client with its own connection. They all connect, meet at a start line (a counter on the
 server itself), then for a fixed time do random ``get`` / ``set`` / ``_incr`` on one shared
-namespace. Afterwards:
+namespace (the workload is tests/workload.py's, which benchmarks/reliability.py runs too).
+Afterwards:
 
 * no client saw an error;
 * no increment was lost: the server's counter equals the sum of the increments the clients
@@ -29,163 +30,23 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import random
-import threading
 import time
 from typing import Any
 
-import anyio
 import pytest
 
-from aionamespace import AsyncNamespace, Manager, Namespace
-from aionamespace._protocol import Address
+from aionamespace import Manager
+from workload import INITIAL, plan, run_process
 
 CLIENTS = int(os.environ.get("AIONAMESPACE_LOAD_CLIENTS", "120"))
 SECONDS = float(os.environ.get("AIONAMESPACE_LOAD_SECONDS", "3"))
 PROCESSES = int(os.environ.get("AIONAMESPACE_LOAD_PROCESSES", "4"))
 START_SECONDS = 60.0  # for every client of every process to connect and reach the start line
-INITIAL = ("init", 0)
 
 pytestmark = pytest.mark.timeout(max(60.0, 4 * SECONDS + 30))  # 60 s at the CI size
 
 
-# ---------------------------------------------------------------------- a client's work
-
-
-class Tally:
-    """What one client did and saw."""
-
-    def __init__(self, client: int) -> None:
-        self.client = client
-        self.ops = 0
-        self.sets = 0  # this client's values were (client, 0) .. (client, sets - 1)
-        self.increments = 0  # the sum of every ``by`` it added to the counter
-        self.seen: dict[int, int] = {}  # writer -> highest sequence number read
-        self.bad_values: list[Any] = []
-        self.errors: list[str] = []
-
-    def saw(self, value: Any) -> None:
-        if value == INITIAL:
-            return
-        if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
-                and type(value[1]) is int):
-            writer, sequence = value
-            if sequence > self.seen.get(writer, -1):
-                self.seen[writer] = sequence
-        elif len(self.bad_values) < 5:
-            self.bad_values.append(value)
-
-    def report(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-def sync_client(ns: Namespace, tally: Tally, go: threading.Event, deadline: list[float]) -> None:
-    rng = random.Random(tally.client)
-    try:
-        ns._ping()  # connected before the start
-        if not go.wait(START_SECONDS):
-            raise TimeoutError("no start signal")
-        while time.monotonic() < deadline[0]:
-            choice = rng.random()
-            if choice < 0.4:
-                tally.saw(ns.shared)
-            elif choice < 0.7:
-                ns.shared = (tally.client, tally.sets)
-                tally.sets += 1
-            else:
-                by = rng.randint(1, 3)
-                ns._incr("counter", by)
-                tally.increments += by
-            tally.ops += 1
-    except Exception as exc:  # reported to the parent, which fails the test
-        tally.errors.append(repr(exc))
-    finally:
-        ns._close()
-
-
-async def async_client(ns: AsyncNamespace, tally: Tally, go: anyio.Event,
-                       deadline: list[float]) -> None:
-    rng = random.Random(tally.client)
-    try:
-        await go.wait()
-        while time.monotonic() < deadline[0]:
-            choice = rng.random()
-            if choice < 0.4:
-                tally.saw(await ns.shared)
-            elif choice < 0.7:
-                ns.shared = (tally.client, tally.sets)
-                tally.sets += 1
-                await ns._flush()
-            else:
-                by = rng.randint(1, 3)
-                await ns._incr("counter", by)
-                tally.increments += by
-            tally.ops += 1
-    except Exception as exc:  # reported to the parent, which fails the test
-        tally.errors.append(repr(exc))
-    finally:
-        await ns._close()
-
-
-# ---------------------------------------------------------------------- one process
-
-
-def run_process(address: Address, authkey: bytes, name: str, backend: str, first_client: int,
-                threads: int, tasks: int, total: int, seconds: float, reports: Any) -> None:
-    """A spawned process: ``threads`` sync clients and ``tasks`` async clients on ``backend``."""
-    tallies = [Tally(first_client + i) for i in range(threads + tasks)]
-    go = threading.Event()
-    deadline = [0.0]
-    workers = [threading.Thread(target=sync_client, args=(
-        Namespace(address, name, authkey=authkey), tally, go, deadline))
-        for tally in tallies[:threads]]
-    for worker in workers:
-        worker.start()
-
-    async def main() -> None:
-        async_go = anyio.Event()
-        proxies = [AsyncNamespace(address, name, authkey=authkey) for _ in range(tasks)]
-        async with anyio.create_task_group() as group:
-            for ns, tally in zip(proxies, tallies[threads:], strict=True):
-                await ns._ping()  # connected before the start
-                group.start_soon(async_client, ns, tally, async_go, deadline)
-            # The start line: this process is connected; wait until every process is.
-            line = AsyncNamespace(address, name, authkey=authkey)
-            await line._incr("connected", threads + tasks)
-            await line._wait_for("connected", lambda count: count >= total,
-                                 timeout=START_SECONDS)
-            await line._close()
-            deadline[0] = time.monotonic() + seconds
-            go.set()
-            async_go.set()
-        await anyio.to_thread.run_sync(join_all, workers)
-
-    try:
-        anyio.run(main, backend=backend)
-    finally:
-        go.set()
-        join_all(workers)
-        reports.put([tally.report() for tally in tallies])
-
-
-def join_all(workers: list[threading.Thread]) -> None:
-    for worker in workers:
-        worker.join(START_SECONDS + 60)
-
-
 # ---------------------------------------------------------------------- the test
-
-
-def plan(clients: int, processes: int) -> list[tuple[str, int, int, int]]:
-    """(backend, first client, threads, tasks) per process: half threads, half tasks."""
-    processes = max(1, min(processes, clients))
-    plans, first = [], 0
-    for index in range(processes):
-        count = clients // processes + (index < clients % processes)
-        threads = count // 2
-        plans.append(("asyncio" if index % 2 == 0 else "trio", first, threads, count - threads))
-        first += count
-    return plans
 
 
 def collect(reports: Any, processes: list[Any], expected: int) -> list[dict[str, Any]]:
@@ -211,14 +72,14 @@ def collect(reports: Any, processes: list[Any], expected: int) -> list[dict[str,
 def test_load_loses_nothing(server_backend: str) -> None:
     spawn = multiprocessing.get_context("spawn")
     name = "load"
-    plans = plan(CLIENTS, PROCESSES)
+    plans = plan(CLIENTS, PROCESSES, per_thread=2)  # half threads, half tasks
     with Manager(backend=server_backend) as manager:
         ns = manager.Namespace(name, shared=INITIAL, counter=0)
         assert manager.authkey is not None
         reports = spawn.Queue()
         processes = [spawn.Process(target=run_process, args=(
             manager.address, manager.authkey, name, backend, first, threads, tasks, CLIENTS,
-            SECONDS, reports)) for backend, first, threads, tasks in plans]
+            SECONDS, START_SECONDS, reports)) for backend, first, threads, tasks in plans]
         try:
             for process in processes:
                 process.start()
