@@ -184,19 +184,24 @@ class Dispatcher:
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
 
+    def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> Answer:
+        """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
+        get, see ``Connections.received``) only for an op that pushes nothing."""
+        try:
+            store_op = self._store_ops.get(op)
+            if store_op is not None:
+                return peer.protocol.send_result(request_id, store_op(*args))
+            return self._peer_ops[op](peer, request_id, *args)
+        except _CALLER_ERRORS as exc:
+            return peer.protocol.send_error(request_id, exc)
+        except Exception as exc:  # a bug in a store must not take the server down
+            logger.exception("internal error applying %s", op)
+            return peer.protocol.send_error(request_id, exc)
+
     def _apply(self, peer: Peer, event: Hello | Request | BadRequest | Refusal) -> Answer:
-        protocol = peer.protocol
         if type(event) is Request:
-            try:
-                store_op = self._store_ops.get(event.op)
-                if store_op is not None:
-                    return protocol.send_result(event.id, store_op(*event.args))
-                return self._peer_ops[event.op](peer, event.id, *event.args)
-            except _CALLER_ERRORS as exc:
-                return protocol.send_error(event.id, exc)
-            except Exception as exc:  # a bug in a store must not take the server down
-                logger.exception("internal error applying %s", event.op)
-                return protocol.send_error(event.id, exc)
+            return self.answer(peer, event.id, event.op, event.args)
+        protocol = peer.protocol
         if type(event) is Hello:
             return protocol.send_hello()
         if type(event) is BadRequest:
