@@ -498,34 +498,55 @@ def _read_msgpack_object(sock: socket.socket) -> Any:
             return obj
 
 
+def hold_idle(process: subprocess.Popen[bytes], count: int,
+              connect: Callable[[int], Any], what: str) -> dict[str, Any]:
+    """The server ``process``'s RSS when settled, then while it holds ``count`` connections,
+    each opened by ``connect(i)`` (which returns something to ``close()``)."""
+    time.sleep(SETTLE_SECONDS)
+    baseline = rss_mb(process.pid)
+    held: list[Any] = []
+    try:
+        for i in range(count):
+            held.append(connect(i))
+        time.sleep(SETTLE_SECONDS)
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} died holding the connections")
+        rss = rss_mb(process.pid)
+    finally:
+        for connection in held:
+            connection.close()
+    return {"connections": count, "rss_mb": rss, "baseline_mb": baseline,
+            "per_connection_kib": (rss - baseline) * 1e6 / 1024 / count}
+
+
+def _connected_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def idle_aionamespace(directory: str, count: int) -> dict[str, Any]:
     """``python -m aionamespace serve``, then ``count`` raw connections that said hello."""
     path = os.path.join(directory, "idle-aionamespace.sock")
     command = [sys.executable, "-m", "aionamespace", "serve", "--unix", path]
     hello = msgpack.packb({"protocol": "aionamespace", "version": 1}, use_bin_type=True)
-    sockets: list[socket.socket] = []
+
+    def connect(i: int) -> socket.socket:
+        sock = _connected_socket(path)
+        sock.sendall(hello)
+        reply = _read_msgpack_object(sock)
+        if type(reply) is not dict or reply.get("version") != 1 or "error" in reply:
+            sock.close()
+            raise RuntimeError(f"connection {i + 1} was refused: {reply!r}")
+        return sock
+
     with child_process(command, server_environment()) as process:
         wait_for_line(process, b"serving on")
-        time.sleep(SETTLE_SECONDS)
-        baseline = rss_mb(process.pid)
-        try:
-            for _ in range(count):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.connect(path)
-                sock.sendall(hello)
-                reply = _read_msgpack_object(sock)
-                if type(reply) is not dict or reply.get("version") != 1 or "error" in reply:
-                    raise RuntimeError(f"connection {len(sockets)} was refused: {reply!r}")
-            time.sleep(SETTLE_SECONDS)
-            if process.poll() is not None:
-                raise RuntimeError("the aionamespace server died holding the connections")
-            held = rss_mb(process.pid)
-        finally:
-            for sock in sockets:
-                sock.close()
-    return {"connections": count, "rss_mb": held, "baseline_mb": baseline,
-            "per_connection_kib": (held - baseline) * 1e6 / 1024 / count}
+        return hold_idle(process, count, connect, "the aionamespace server")
 
 
 STDLIB_SERVER = """
@@ -546,54 +567,36 @@ def idle_stdlib(directory: str, count: int) -> dict[str, Any]:
     path = os.path.join(directory, "idle-stdlib.sock")
     authkey = os.urandom(32)
     env = dict(os.environ, COMPARE_AUTHKEY=authkey.hex())
-    conns: list[multiprocessing.connection.Connection] = []
+
+    def connect(i: int) -> multiprocessing.connection.Connection:
+        conn = multiprocessing.connection.Client(path, authkey=authkey)
+        dispatch(conn, None, "accept_connection", (f"idle-{i}",))
+        return conn
+
     with child_process([sys.executable, "-c", STDLIB_SERVER, path], env) as process:
         wait_for_line(process, b"ready")
-        time.sleep(SETTLE_SECONDS)
-        baseline = rss_mb(process.pid)
-        try:
-            for i in range(count):
-                conn = multiprocessing.connection.Client(path, authkey=authkey)
-                conns.append(conn)
-                dispatch(conn, None, "accept_connection", (f"idle-{i}",))
-            time.sleep(SETTLE_SECONDS)
-            if process.poll() is not None:
-                raise RuntimeError("the stdlib manager died holding the connections")
-            held = rss_mb(process.pid)
-        finally:
-            for conn in conns:
-                conn.close()
-    return {"connections": count, "rss_mb": held, "baseline_mb": baseline,
-            "per_connection_kib": (held - baseline) * 1e6 / 1024 / count}
+        return hold_idle(process, count, connect, "the stdlib manager")
 
 
 def idle_redis(directory: str, count: int) -> dict[str, Any]:
     """A fresh redis-server; ``count`` connections, each answered one PING."""
-    sockets: list[socket.socket] = []
-    with redis_server(directory, "idle-redis", maxclients=count + 100) as (process, path):
-        time.sleep(SETTLE_SECONDS)
-        baseline = rss_mb(process.pid)
-        try:
-            for _ in range(count):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.connect(path)
-                sock.sendall(b"PING\r\n")
-                reply = b""
-                while not reply.endswith(b"\r\n"):
-                    data = sock.recv(256)
-                    if not data:
-                        raise ConnectionError("redis closed a connection")
-                    reply += data
-                if reply != b"+PONG\r\n":
-                    raise RuntimeError(f"redis refused connection {len(sockets)}: {reply!r}")
-            time.sleep(SETTLE_SECONDS)
-            held = rss_mb(process.pid)
-        finally:
-            for sock in sockets:
+    def connect(i: int) -> socket.socket:
+        sock = _connected_socket(path)
+        sock.sendall(b"PING\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            data = sock.recv(256)
+            if not data:
                 sock.close()
-    return {"connections": count, "rss_mb": held, "baseline_mb": baseline,
-            "per_connection_kib": (held - baseline) * 1e6 / 1024 / count}
+                raise ConnectionError("redis closed a connection")
+            reply += data
+        if reply != b"+PONG\r\n":
+            sock.close()
+            raise RuntimeError(f"redis refused connection {i + 1}: {reply!r}")
+        return sock
+
+    with redis_server(directory, "idle-redis", maxclients=count + 100) as (process, path):
+        return hold_idle(process, count, connect, "redis-server")
 
 
 def measure_idle(row: Row, settings: Settings, directory: str, redis: RedisInfo) -> None:
