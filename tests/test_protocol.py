@@ -822,47 +822,6 @@ def test_lone_result_takes_only_one_whole_successful_reply(data: bytes, why: str
         assert repr(client.receive_data(data)) == repr(expected)
 
 
-def test_lone_get_takes_one_get_of_names_seen_before() -> None:
-    """The server's path for a sync client's get; a get of names never checked goes the long
-    way first (and is remembered), and what lone_get declines was not consumed."""
-    server = greeted_server()
-    fresh = "lone-get-" + "q" * 40  # never seen by any test before
-    first = pack([5, "get", "k", fresh])
-    assert server.lone_get(first) is None
-    assert server.receive_data(first) == [Request(5, "get", ("k", fresh))]
-    assert server.lone_get(pack([6, "get", "k", fresh])) == (6, "k", fresh)
-
-
-@pytest.mark.parametrize(("frames", "why"), [
-    ([[7, "get", "k", "x"], [8, "get", "k", "x"]], "two gets"),
-    ([[7, "set", "k", "x", ONE]], "another op"),
-    ([[0, "get", "k", "x"]], "id 0"),
-    ([[True, "get", "k", "x"]], "an id that is not an int"),
-    ([[7, "get", "k", 5]], "a name that is not a str"),
-    ([[7, "get", "k"]], "too few arguments"),
-    ([[7, "get", "k", "x", "y"]], "too many arguments"),
-])
-def test_lone_get_declines_anything_else(frames: list[Any], why: str) -> None:
-    warm = greeted_server()
-    warm.receive_data(pack([1, "get", "k", "x"]))  # "k" and "x" are names seen valid now
-    data = b"".join(pack(frame) for frame in frames)
-    server = greeted_server()
-    assert server.lone_get(data) is None, why
-    assert repr(server.receive_data(data)) == repr(greeted_server().receive_data(data))
-
-
-def test_lone_get_waits_for_the_handshake_and_stops_after_a_refusal() -> None:
-    get = pack([1, "get", "k", "x"])
-    greeted_server().receive_data(get)  # names seen valid
-    assert ServerConnection().lone_get(get) is None  # no hello yet
-    assert ServerConnection(authkey=b"secret").lone_get(get) is None
-    refused = greeted_server()
-    refused.receive_data(b"\xc1")
-    assert refused.refused
-    assert refused.lone_get(get) is None
-    assert greeted_server().lone_get(get[:-1]) is None  # part of a frame
-
-
 def test_lone_result_returns_the_result_of_a_whole_reply() -> None:
     client = greeted_client()
     assert client.lone_result(7, pack([7, 0, b"\x01"])) == b"\x01"

@@ -17,8 +17,8 @@ from ._codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
 if TYPE_CHECKING:
     from ._events import Limits
 
-__all__ = ["DEFERRED_OPS", "OPS", "SAFE_TO_RESEND", "check_args", "check_each_name", "check_names",
-           "valid_names"]
+__all__ = ["DEFERRED_OPS", "OPS", "READ_OPS", "SAFE_TO_RESEND", "check_args", "check_each_name",
+           "check_names", "valid_names"]
 
 MAX_TOKEN_BYTES = 64
 
@@ -51,6 +51,8 @@ DEFERRED_OPS = frozenset({"acquire"})
 #: Ops a client may send again after losing the connection: they change nothing (``open``
 #: only fills in missing names, so a second one is a no-op).
 SAFE_TO_RESEND = frozenset({"ping", "keys", "get", "dump", "snapshot", "open"})
+#: Ops that only read: they commit nothing, so they push nothing to anyone.
+READ_OPS = SAFE_TO_RESEND - {"open"}
 
 
 def _name(limits: Limits, value: Any) -> str | None:

@@ -88,8 +88,6 @@ class ServerConnection:
         self.authenticated = authkey is None
         self.refused = False
         self._valid_names = valid_names(self.limits)  # see _check_request
-        # The longest get frame: two names of max_name_length 4-byte characters, and the rest.
-        self._max_get_bytes = 2 * (4 * self.limits.max_name_length + 5) + 16
 
     def receive_data(self, data: bytes | memoryview,
                      ) -> list[Hello | Request | BadRequest | Refusal]:
@@ -147,33 +145,17 @@ class ServerConnection:
             raise AuthenticationError("authentication failed: wrong authkey")
         self.authenticated = True
 
-    def lone_get(self, data: bytes | memoryview) -> tuple[int, str, str] | None:
-        """``(id, key, name)`` if ``data`` is exactly one get of names seen valid before (what
-        a sync client sends, one request per read); else None, and nothing was consumed: pass
-        ``data`` to ``receive_data``. The server answers such a get without building a batch."""
-        if self.greeted and self.authenticated and not self.refused and (
-                len(data) <= self._max_get_bytes):  # (more is several frames: not worth a try)
-            frame = self._decoder.lone_frame(data)
-            if (type(frame) is list and len(frame) == 4 and type(frame[0]) is int
-                    and frame[0] > 0 and self._is_plain_get(frame)):
-                return frame[0], frame[2], frame[3]
-        return None
-
-    def _is_plain_get(self, frame: list[Any]) -> bool:
-        """A get of a key and a name seen valid before: nothing more to check."""
-        if frame[1] != "get" or len(frame) != 4:
-            return False
-        key, name, valid = frame[2], frame[3], self._valid_names
-        return type(key) is str and type(name) is str and key in valid and name in valid
-
     def _check_request(self, frame: Any) -> Request | BadRequest:
         if type(frame) is not list or len(frame) < 2 or type(frame[0]) is not int:
             raise RemoteProtocolError("a request must be an array [id, op, *args]")
         request_id, op = frame[0], frame[1]
         if request_id <= 0:
             raise RemoteProtocolError("request ids must be positive")
-        if self._is_plain_get(frame):  # the commonest request, checked in one line
-            return Request(request_id, op, (frame[2], frame[3]))
+        if op == "get" and len(frame) == 4:  # the commonest request: names seen valid before
+            key, name = frame[2], frame[3]
+            valid = self._valid_names
+            if type(key) is str and type(name) is str and key in valid and name in valid:
+                return Request(request_id, op, (key, name))
         args = tuple(frame[2:])
         if type(op) is not str or op not in OPS:
             return BadRequest(request_id, f"unknown operation {op!r}")
