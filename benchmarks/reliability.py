@@ -41,7 +41,6 @@ import queue
 import random
 import resource
 import secrets
-import selectors
 import shlex
 import shutil
 import signal
@@ -67,7 +66,7 @@ from aionamespace._codec import encode_value
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # what the tests use: probes.py, workload.py
 import probes  # noqa: E402
-from probes import blocked_reading, read_frames, request_waiting  # noqa: E402
+from probes import ServeProcess, blocked_reading, read_frames, request_waiting  # noqa: E402
 from workload import INITIAL, plan, run_process  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "docs" / "RELIABILITY.md"
@@ -116,37 +115,6 @@ class Checks:
 
 
 # ====================================================================== servers and raw clients
-
-
-class CliServer:
-    """``python -m aionamespace serve --unix PATH --backend B``, ready once it says so."""
-
-    def __init__(self, path: str, backend: str) -> None:
-        self.path = path
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aionamespace", "serve", "--unix", path, "--backend", backend],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(NO_HANG)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if "serving on" not in line:
-            self.close()
-            raise RuntimeError(f"the server did not start: {line!r}")
-
-    def kill(self) -> float:
-        killed_at = time.monotonic()
-        self.process.kill()
-        self.close()
-        return killed_at
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=NO_HANG)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
 
 
 @contextlib.contextmanager
@@ -269,7 +237,7 @@ def server_kill(backend: str, sync_threads: int, async_tasks: int,
 
     with scratch_dir() as tmp:
         path = os.path.join(tmp, "ns.sock")
-        server = CliServer(path, backend)
+        server = ServeProcess(path, backend)
         try:
             ns = Namespace(path, "kill", retry=once)
             ns.w = "probe"
@@ -434,7 +402,7 @@ def client_kill(backend: str, rounds: int, checks: Checks) -> dict[str, Any]:
     intact = applied = 0
     with scratch_dir() as tmp:
         path = os.path.join(tmp, "ns.sock")
-        server = CliServer(path, backend)
+        server = ServeProcess(path, backend)
         try:
             for round_ in range(rounds):
                 key = f"victim{round_}"
@@ -575,7 +543,7 @@ def unknown_fate_writes(path: str, backend: str) -> dict[str, tuple[bool, bool]]
         except ConnectionLost as exc:
             sent = exc.request_sent
         fake.join(NO_HANG)
-        server = CliServer(path, backend)
+        server = ServeProcess(path, backend)
         try:
             results[name] = (sent, len(requests) != 1 or check())
         finally:
@@ -617,7 +585,7 @@ def restart(backend: str, rounds: int, checks: Checks) -> dict[str, Any]:
     with scratch_dir() as tmp:
         path = os.path.join(tmp, "ns.sock")
         for _ in range(rounds):
-            server = CliServer(path, backend)
+            server = ServeProcess(path, backend)
             readers = [Reader(path, None), Reader(path, "asyncio"), Reader(path, "trio")]
             writer = Namespace(path, "restart", retry=RESTART_RETRY)
             try:
@@ -627,7 +595,7 @@ def restart(backend: str, rounds: int, checks: Checks) -> dict[str, Any]:
                 for reader in readers:
                     reader.running.wait(NO_HANG)
                 killed_at = server.kill()
-                server = CliServer(path, backend)
+                server = ServeProcess(path, backend)
                 downtimes.append(time.monotonic() - killed_at)
                 # Written after the restart through a connection the kill broke: never sent
                 # on it, so retried, and applied exactly once.
@@ -701,7 +669,7 @@ def shutdown(backend: str, clients: int, checks: Checks) -> dict[str, Any]:
     log(f"fault: graceful shutdown with {clients} clients ({backend} server) ...")
     with scratch_dir() as tmp:
         path = os.path.join(tmp, "ns.sock")
-        server = CliServer(path, backend)
+        server = ServeProcess(path, backend)
         raw: list[tuple[socket.socket, msgpack.Unpacker]] = []
         try:
             raw = raw_clients(path, clients)
@@ -883,7 +851,7 @@ def fuzz(backend: str, frames_total: int, seed: int, checks: Checks) -> dict[str
     sent = len(jobs)
     with scratch_dir() as tmp:
         path = os.path.join(tmp, "ns.sock")
-        server = CliServer(path, backend)
+        server = ServeProcess(path, backend)
         try:
             with Namespace(path, intact_key) as ns:
                 ns._update(**intact_values)

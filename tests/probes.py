@@ -1,13 +1,17 @@
-"""Probes for states that no event announces, shared by the tests and benchmarks/reliability.py.
+"""What the tests share with benchmarks/reliability.py: a CLI server process, and probes for
+states that no event announces.
 
-A sync proxy blocked reading its reply, a condition polled with a bound, the frames a raw socket
-reads. The reliability script imports this module too (it puts ``tests/`` on its path), so it
-needs nothing but aionamespace's own dependencies: no pytest here.
+A server started by ``python -m aionamespace serve``; a sync proxy blocked reading its reply, a
+condition polled with a bound, the frames a raw socket reads. The reliability script imports
+this module too (it puts ``tests/`` on its path), so it needs nothing but aionamespace's own
+dependencies: no pytest here.
 """
 
 from __future__ import annotations
 
+import selectors
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -17,9 +21,53 @@ from typing import Any
 import anyio
 import msgpack
 
-__all__ = ["async_wait_until", "blocked_reading", "read_frames", "request_waiting", "wait_until"]
+__all__ = ["NO_HANG_SECONDS", "ServeProcess", "async_wait_until", "blocked_reading", "read_frames",
+           "request_waiting", "wait_until"]
 
+NO_HANG_SECONDS = 10.0  # the bound that turns a hang into a failure instead of a stuck suite
 POLL_SECONDS = 0.005
+
+
+class ServeProcess:
+    """``python -m aionamespace serve --unix PATH`` in a subprocess, ready once it says so."""
+
+    def __init__(self, path: str, backend: str = "asyncio", *options: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
+             "--backend", backend, *options],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = selector.select(NO_HANG_SECONDS)
+        line = self.process.stdout.readline().decode() if ready else ""
+        if "serving on" not in line:
+            self.kill()
+            # Not pytest.fail: servers are also started from helper threads.
+            raise RuntimeError(f"the server did not start: {line!r}")
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS) of the server process, in bytes (Linux)."""
+        sizes = {}
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                field, _, value = line.partition(":")
+                if field in ("VmRSS", "VmHWM"):
+                    sizes[field] = int(value.split()[0]) * 1024
+        return sizes
+
+    def kill(self) -> float:
+        """SIGKILL and reap it; return when it was killed."""
+        killed_at = time.monotonic()
+        self.close()
+        return killed_at
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=NO_HANG_SECONDS)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
 
 
 def blocked_reading(thread: threading.Thread, function: str) -> bool:

@@ -7,9 +7,6 @@ them directly; conftest.py keeps the fixtures.
 from __future__ import annotations
 
 import queue
-import selectors
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,51 +14,9 @@ from typing import Any
 import pytest
 
 from aionamespace import Manager
+from probes import NO_HANG_SECONDS
 
-NO_HANG_SECONDS = 10.0  # the bound that turns a hang into a failure instead of a stuck suite
 CHILD_TIMEOUT_SECONDS = 60.0
-
-
-class ServeProcess:
-    """``python -m aionamespace serve --unix PATH`` in a subprocess, ready once it says so."""
-
-    def __init__(self, path: str, backend: str = "asyncio", *options: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
-             "--backend", backend, *options],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(NO_HANG_SECONDS)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if "serving on" not in line:
-            self.kill()
-            # Not pytest.fail: servers are also started from helper threads.
-            raise RuntimeError(f"the server did not start: {line!r}")
-
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS) of the server process, in bytes (Linux)."""
-        sizes = {}
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                field, _, value = line.partition(":")
-                if field in ("VmRSS", "VmHWM"):
-                    sizes[field] = int(value.split()[0]) * 1024
-        return sizes
-
-    def kill(self) -> float:
-        """SIGKILL and reap it; return when it was killed."""
-        killed_at = time.monotonic()
-        self.close()
-        return killed_at
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=NO_HANG_SECONDS)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
 
 
 def kill_server(manager: Manager) -> float:

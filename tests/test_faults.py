@@ -27,7 +27,8 @@ from aionamespace import (
     NamespaceError,
     Retry,
 )
-from support import NO_HANG_SECONDS, ServeProcess, kill_server
+from probes import NO_HANG_SECONDS, ServeProcess
+from support import kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a call must raise once the server is gone
 

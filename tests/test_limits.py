@@ -45,7 +45,7 @@ from aionamespace import (
 from aionamespace._auth import new_challenge
 from aionamespace._codec import encode_value
 from aionamespace._protocol import PROTOCOL_NAME, Address
-from support import ServeProcess
+from probes import ServeProcess
 
 BACKENDS = ["asyncio", "trio"]
 NO_RETRY = Retry(attempts=1)

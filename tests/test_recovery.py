@@ -49,8 +49,8 @@ from aionamespace import (
     ServerThread,
 )
 from aionamespace._protocol import PROTOCOL_NAME, PROTOCOL_VERSION
-from probes import blocked_reading, read_frames, request_waiting
-from support import NO_HANG_SECONDS, ServeProcess, kill_server
+from probes import NO_HANG_SECONDS, ServeProcess, blocked_reading, read_frames, request_waiting
+from support import kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a waiting call must raise once the server is killed
 SHUTDOWN_SECONDS = 1.5  # how long a graceful stop may take, with every client told

@@ -16,7 +16,8 @@ import pytest
 
 from aionamespace import AsyncNamespace, Namespace
 from aionamespace._push import PushConnection
-from support import Reports, ServeProcess, run_child
+from probes import ServeProcess
+from support import Reports, run_child
 
 uvloop = pytest.importorskip("uvloop", reason="the uvloop extra (a test dependency on Linux)")
 
