@@ -224,6 +224,10 @@ class AsyncioConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.admitted:
             self.connections.gone(self)
+        if self.transport is not None:
+            # (a no-op, except for Python 3.10's TLS transports: asyncio leaves them open when
+            # the connection is lost and warns as they are collected, CPython issue 90476)
+            self.transport.close()
 
 
 class StreamConnection:

@@ -101,7 +101,7 @@ class Multiplexer:
         self.stream = None
         self.last_error = error
         if self.connected is not None and self.connected.is_set():
-            self.connected = anyio.Event()  # read_forever waits for the next connection
+            self.connected = anyio.Event()  # the pump's cache keeper waits for the next one
         if self.cache is not None:
             self.cache.clear()
         if self.inflight_writes:
