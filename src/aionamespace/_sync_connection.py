@@ -188,10 +188,6 @@ class SyncConnection:
                 return found
             events = self.receive_events()
 
-    @property
-    def closed(self) -> bool:
-        return self.sock is None
-
     def close(self) -> None:
         """Release this process's descriptor; only the opening process shuts the socket down."""
         sock, self.sock = self.sock, None
