@@ -147,12 +147,8 @@ def raw_clients(path: str, count: int) -> list[tuple[socket.socket, msgpack.Unpa
     return clients
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    probes.wait_until(condition, what, NO_HANG)
-
-
-async def async_wait_until(condition: Callable[[], bool], what: str) -> None:
-    await probes.async_wait_until(condition, what, NO_HANG)
+wait_until = functools.partial(probes.wait_until, seconds=NO_HANG)
+async_wait_until = functools.partial(probes.async_wait_until, seconds=NO_HANG)
 
 
 # ====================================================================== 1. load

@@ -96,7 +96,8 @@ def request_waiting(ns: Any, count: int = 1) -> Callable[[], bool]:
     return check
 
 
-def wait_until(condition: Callable[[], bool], what: str, seconds: float) -> None:
+def wait_until(condition: Callable[[], bool], what: str,
+               seconds: float = NO_HANG_SECONDS) -> None:
     """Poll ``condition`` for at most ``seconds``; TimeoutError naming ``what``."""
     deadline = time.monotonic() + seconds
     while not condition():
@@ -105,7 +106,8 @@ def wait_until(condition: Callable[[], bool], what: str, seconds: float) -> None
         time.sleep(POLL_SECONDS)
 
 
-async def async_wait_until(condition: Callable[[], bool], what: str, seconds: float) -> None:
+async def async_wait_until(condition: Callable[[], bool], what: str,
+                           seconds: float = NO_HANG_SECONDS) -> None:
     """``wait_until`` for async code (the proxy state polled is not announced by any event)."""
     with anyio.move_on_after(seconds):
         while not condition():  # noqa: ASYNC110 - proxy state that no event announces

@@ -38,7 +38,6 @@ import anyio
 import msgpack
 import pytest
 
-import probes
 from aionamespace import (
     AsyncNamespace,
     ConnectionLost,
@@ -49,7 +48,15 @@ from aionamespace import (
     ServerThread,
 )
 from aionamespace._protocol import PROTOCOL_NAME, PROTOCOL_VERSION
-from probes import NO_HANG_SECONDS, ServeProcess, blocked_reading, read_frames, request_waiting
+from probes import (
+    NO_HANG_SECONDS,
+    ServeProcess,
+    async_wait_until,
+    blocked_reading,
+    read_frames,
+    request_waiting,
+    wait_until,
+)
 from support import kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a waiting call must raise once the server is killed
@@ -213,14 +220,6 @@ def fake_server(path: str, last_words: Callable[[list[Any]], bytes] = lambda req
         yield fake
     finally:
         fake.stop()
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    probes.wait_until(condition, what, NO_HANG_SECONDS)
-
-
-async def async_wait_until(condition: Callable[[], bool], what: str) -> None:
-    await probes.async_wait_until(condition, what, NO_HANG_SECONDS)
 
 
 # ---------------------------------------------------------------------- restart: sync
