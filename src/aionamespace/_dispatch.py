@@ -186,7 +186,7 @@ class Dispatcher:
 
     def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> Answer:
         """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
-        get, see ``Connections.received``) only for an op that pushes nothing."""
+        read, see ``Connections.received``) only for an op that pushes nothing."""
         try:
             store_op = self._store_ops.get(op)
             if store_op is not None:

@@ -187,7 +187,6 @@ class LargeValue:
         return self.filled == len(self.buffer)
 
 
-
 def large_reply(data: memoryview, max_frame_bytes: int) -> tuple[LargeValue, int] | None:
     """If ``data`` starts a reply ``[id, 0, bin 32]`` of LARGE_VALUE_BYTES or more: the value to
     fill and the header's length. None for anything else (the FrameDecoder's business),

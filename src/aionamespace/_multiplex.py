@@ -293,7 +293,8 @@ class Multiplexer:
 
         One task at a time is the sender; others return at once (their frames are in the outbox
         the sender empties). When other requests are in flight, the sender first yields once,
-        so that every task ready to run queues its frame and one write carries them all. It
+        so that every task ready to run queues its frame and one write carries them all (on a
+        PushConnection, ``request`` writes early once WRITE_AT_FRAMES are queued). It
         cannot be cancelled from then until the outbox is empty: a frame half sent would
         desynchronise the stream, and a frame left behind would never be answered.
         """
