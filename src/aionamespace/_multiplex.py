@@ -41,7 +41,7 @@ from ._protocol import ClientConnection, Invalidate, Push, Reply
 from ._proxy import Target
 from ._pump import Pump
 from ._push import READ_CHUNK_BYTES, PushConnection
-from ._waiters import Waiter, loop_identity, new_event
+from ._waiters import Waiter, loop_identity, new_event, settle
 
 __all__ = ["Multiplexer"]
 
@@ -64,11 +64,12 @@ class Multiplexer:
         self.inflight_writes: set[int] = set()  # write ids sent, not yet acknowledged
         self.write_errors: list[BaseException] = []
         self.loop: object = None
+        self.pushed = False  # replies come by protocol callbacks (asyncio's plain sockets)
         self.stream: anyio.abc.ByteStream | PushConnection | None = None
         self.last_error: BaseException | None = None
         self.waiting: dict[Waiter, None] = {}  # every task waiting on this connection
         self.flushing: list[Waiter] = []  # those of them waiting for all replies up to an id
-        self.by_id: dict[int, Waiter] = {}
+        self.by_id: dict[int, Waiter | asyncio.Future[Any]] = {}  # requests awaiting replies
         self.reading = False
         self.sending = False  # a task is in drain(), sending the outbox
         self.connect_lock: anyio.Lock | None = None
@@ -88,6 +89,8 @@ class Multiplexer:
             self.stream = None
             self.lost(ConnectionLost("the event loop that opened the connection has ended"))
         self.loop = loop
+        self.pushed = (isinstance(loop, asyncio.AbstractEventLoop)
+                       and self.target.ssl_context is None)
         self.sending = False
         self.connect_lock = anyio.Lock()
         self.reading = False
@@ -116,9 +119,13 @@ class Multiplexer:
         # Every request is failed, also those whose tasks are not waiting yet (queued behind
         # the connect lock, say): sent, they will never be answered; unsent, they were dropped.
         for waiter in [*self.by_id.values(), *self.waiting]:
-            waiter.finish(error=error)
+            settle(waiter, error=error)
 
     def dispatch(self, reply: Reply) -> None:
+        waiter = self.by_id.pop(reply.id, None)
+        if waiter is not None and self.cache is None and not self.flushing:
+            settle(waiter, reply.result, reply.error)  # a request's reply: the common case
+            return
         if reply.id == 0:  # the server is dropping the connection and says why
             self.lost(reply.error or ConnectionLost("the server closed the connection"))
             return
@@ -128,9 +135,8 @@ class Multiplexer:
                 self.write_errors.append(reply.error)
         if self.cache is not None:  # a cached read's answer fills the cache, in stream order
             self.cache.answered(reply.id, reply.result, reply.error)
-        waiter = self.by_id.pop(reply.id, None)
         if waiter is not None:
-            waiter.finish(reply.result, reply.error)
+            settle(waiter, reply.result, reply.error)
         if self.flushing:  # waiters for every reply up to an id (few: _flush, the pump)
             for waiter in list(self.flushing):
                 if reply.id >= waiter.until:
@@ -209,6 +215,7 @@ class Multiplexer:
             await pump.stop()
 
     async def request(self, op: str, *args: Any) -> Any:
+        """Send one request; return its reply's result, or raise its error."""
         loop = asyncio._get_running_loop()
         if loop is None or self.loop is not loop:  # (None on trio: bind() decides)
             self.bind()
@@ -218,23 +225,57 @@ class Multiplexer:
                 self.cache.expect(request_id, (args[0], args[1]))
         else:
             request_id, frame = self.protocol.send_request(op, *args)
-        # (the event made here, not by new_event(): the loop is known, and this is hot)
-        waiter = Waiter(request_id, 0, False, loop.create_future() if loop is not None else None)
-        self.by_id[request_id] = waiter
         self.outbox.append((request_id, frame))
+        if not self.pushed:
+            return await self._await_reply(request_id)
+        # asyncio's plain socket: the reply comes as this Future's result (or error), set by
+        # the protocol's callback (lost() finds it in by_id). This is the hot path.
+        future: asyncio.Future[Any] = asyncio.Future(loop=loop)
+        self.by_id[request_id] = future
         try:
             if self.stream is None:
                 await self.connect()
-            if len(self.outbox) >= WRITE_AT_FRAMES and type(self.stream) is PushConnection:
-                self._write_pushed(self.stream)  # the server starts on these meanwhile
-            elif not self.sending and not waiter.done:
+            stream = self.stream
+            if len(self.outbox) >= WRITE_AT_FRAMES and type(stream) is PushConnection:
+                self._write_pushed(stream)  # the server starts on these meanwhile
+            elif not self.sending and not future.done():
                 await self.drain()
-            if waiter.done:
-                pass  # answered, or failed by a lost connection, already
-            elif type(self.stream) is PushConnection:
-                # The protocol reads: nothing to do but wait (lost() finds us in by_id).
-                await waiter.wakeup  # a Future: PushConnections are asyncio's
-            else:
+            return await future
+        except BaseException as exc:
+            raise self._unanswered(request_id, future, exc)  # noqa: B904 (its own cause)
+
+    def _unanswered(self, request_id: int, future: asyncio.Future[Any],
+                    exc: BaseException) -> BaseException:
+        """A pushed request ends without a result: forget it, and say what to raise."""
+        self.by_id.pop(request_id, None)
+        if future.cancelled() or not future.done():  # no reply is coming for it any more
+            future.cancel()
+            self.outbox = [(i, frame) for i, frame in self.outbox if i != request_id]
+            return exc
+        error = future.exception()  # (which also marks it retrieved)
+        if error is None or not isinstance(exc, ConnectionLost):
+            return exc  # (cancelled, say, after its reply came)
+        # What failed this request is what it reports (not a later failure to reconnect).
+        return self._own_loss(error, request_id) if isinstance(error, ConnectionLost) else error
+
+    def _own_loss(self, error: ConnectionLost, request_id: int) -> ConnectionLost:
+        """One error object fails every waiter; each caller gets its own, saying whether its
+        request had left (and so whether retrying it could apply a write twice)."""
+        own = ConnectionLost(str(error))
+        own.request_sent = request_id <= self.sent_through
+        own.__cause__ = error
+        return own
+
+    async def _await_reply(self, request_id: int) -> Any:
+        """``request`` on an anyio stream (trio, TLS): wait, taking the reader role in turn."""
+        waiter = Waiter(request_id)
+        self.by_id[request_id] = waiter
+        try:
+            if self.stream is None:
+                await self.connect()
+            if not self.sending and not waiter.done:
+                await self.drain()
+            if not waiter.done:
                 await self.wait(waiter)
         except ConnectionLost:
             if not waiter.done:  # (else the loss that failed this request is what it reports)
@@ -244,11 +285,7 @@ class Multiplexer:
             if not waiter.done:  # failed or cancelled: if the frame was never sent, drop it
                 self.outbox = [(i, frame) for i, frame in self.outbox if i != request_id]
         if isinstance(waiter.error, ConnectionLost):
-            # One error object fails every waiter; each caller gets its own, saying whether
-            # its request had left (and so whether retrying it could apply a write twice).
-            error = ConnectionLost(str(waiter.error))
-            error.request_sent = request_id <= self.sent_through
-            raise error from waiter.error
+            raise self._own_loss(waiter.error, request_id)
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -270,7 +307,7 @@ class Multiplexer:
         async with self.connect_lock:
             if self.stream is None:
                 try:
-                    if self.target.ssl_context is None and asyncio._get_running_loop():
+                    if self.pushed:
                         pushed = await open_push_connection(self.target, self.protocol)
                         pushed.on_events, pushed.on_lost = self.handle_events, self.lost
                         self.stream = pushed

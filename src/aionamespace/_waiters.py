@@ -3,6 +3,10 @@
 A ``Waiter`` stands for one task waiting for reply ``id`` (or, with ``until``, for every reply
 up to that id; or, with ``wants_push``, for a watch event). It is woken through an event native
 to the running loop: on asyncio a bare Future, elsewhere anyio's Event.
+
+On asyncio's plain sockets, where replies are delivered by protocol callbacks, a request waits
+on a bare Future instead of a Waiter: the reply's result (or error) is the Future's, and the
+task resumes with it straight from asyncio's C code. ``settle`` finishes either kind.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Waiter", "loop_identity", "new_event"]
+__all__ = ["Waiter", "loop_identity", "new_event", "settle"]
 
 
 def new_event() -> Any:
@@ -67,3 +71,15 @@ class Waiter:
         """What to await until ``wake()`` (then ``done`` says whether it was finished)."""
         wakeup = self.wakeup
         return wakeup if isinstance(wakeup, asyncio.Future) else wakeup.wait()
+
+
+def settle(waiter: Waiter | asyncio.Future[Any], result: Any = None,
+           error: BaseException | None = None) -> None:
+    """Give ``waiter`` its outcome (a Future whose task was cancelled is left as it is)."""
+    if isinstance(waiter, Waiter):
+        waiter.finish(result, error)
+    elif not waiter.done():
+        if error is None:
+            waiter.set_result(result)
+        else:
+            waiter.set_exception(error)
