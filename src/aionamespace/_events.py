@@ -20,6 +20,7 @@ __all__ = [
     "PUSH_INVALIDATE",
     "REPLY_ERROR",
     "REPLY_OK",
+    "Answer",
     "BadRequest",
     "Hello",
     "Invalidate",
@@ -123,6 +124,11 @@ class Refusal:
     """The connection cannot go on: send ``send_refusal(error)`` and close."""
 
     error: Exception
+
+
+#: A successful reply as ``ClientConnection.receive_frames`` hands it over: the frame itself,
+#: ``[id, REPLY_OK, result]`` with ``id > 0``, checked (what ``check_reply`` makes a Reply of).
+Answer = list[Any]
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: one per reply, and frozen's __init__ is slow

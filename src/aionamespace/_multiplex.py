@@ -121,11 +121,8 @@ class Multiplexer:
         for waiter in [*self.by_id.values(), *self.waiting]:
             settle(waiter, error=error)
 
-    def dispatch(self, reply: Reply) -> None:
-        waiter = self.by_id.pop(reply.id, None)
-        if waiter is not None and self.cache is None and not self.flushing:
-            settle(waiter, reply.result, reply.error)  # a request's reply: the common case
-            return
+    def dispatch(self, reply: Reply, waiter: Waiter | asyncio.Future[Any] | None) -> None:
+        """Act on ``reply``; ``waiter`` is its request's, taken out of ``by_id``."""
         if reply.id == 0:  # the server is dropping the connection and says why
             self.lost(reply.error or ConnectionLost("the server closed the connection"))
             return
@@ -238,7 +235,7 @@ class Multiplexer:
             stream = self.stream
             if len(self.outbox) >= WRITE_AT_FRAMES and type(stream) is PushConnection:
                 self._write_pushed(stream)  # the server starts on these meanwhile
-            elif not self.sending and not future.done():
+            elif not self.sending:
                 await self.drain()
             return await future
         except BaseException as exc:
@@ -442,7 +439,7 @@ class Multiplexer:
         try:
             with map_connection_errors(self.target.address):
                 data = await stream.receive(READ_CHUNK_BYTES)
-            events = self.protocol.receive_data(data)
+            events = self.protocol.receive_frames(data)
         except (ConnectionLost, ProtocolError) as exc:
             if self.stream is stream:
                 self.lost(exc)
@@ -453,13 +450,19 @@ class Multiplexer:
             await anyio.aclose_forcefully(stream)
 
     def handle_events(self, events: list[Any]) -> None:
-        """Hand what arrived to its waiters (called by the reader, or by a PushConnection)."""
-        stream = self.stream
+        """Hand what arrived (``receive_frames``'s events) to its waiters: called by the
+        reader, or by a PushConnection."""
+        stream, by_id, future_type = self.stream, self.by_id, asyncio.Future
         for event in events:
-            if self.stream is not stream:
-                break  # the server said goodbye: nothing behind that counts
-            if type(event) is Reply:
-                self.dispatch(event)
+            if type(event) is list:  # an Answer, [id, REPLY_OK, result]: the commonest
+                waiter = by_id.pop(event[0], None)
+                if type(waiter) is future_type and self.cache is None and not self.flushing:
+                    if not waiter.done():  # dispatch()'s common case, without two calls
+                        waiter.set_result(event[2])
+                    continue
+                self.dispatch(Reply(event[0], event[2]), waiter)
+            elif type(event) is Reply:
+                self.dispatch(event, by_id.pop(event.id, None))
             elif type(event) is Invalidate:
                 if self.cache is not None:
                     self.cache.invalidate(event.key, event.name)
@@ -468,3 +471,5 @@ class Multiplexer:
                 for waiter in list(self.waiting):
                     if waiter.wants_push:
                         waiter.finish()
+            if self.stream is not stream:
+                break  # the server said goodbye: nothing behind that counts

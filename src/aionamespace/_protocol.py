@@ -30,6 +30,7 @@ from ._events import (
     PUSH_INVALIDATE,
     REPLY_ERROR,
     REPLY_OK,
+    Answer,
     BadRequest,
     Hello,
     Invalidate,
@@ -58,6 +59,7 @@ __all__ = [
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
     "Address",
+    "Answer",
     "BadRequest",
     "ClientConnection",
     "FrameDecoder",
@@ -305,7 +307,15 @@ class ClientConnection:
     def receive_data(self, data: bytes | memoryview,
                      ) -> list[Hello | Reply | Push | Invalidate]:
         """Parse bytes into events, in order; RemoteProtocolError if the server sent garbage."""
-        events: list[Hello | Reply | Push | Invalidate] = []
+        return [Reply(event[0], event[2]) if isinstance(event, list) else event
+                for event in self.receive_frames(data)]
+
+    def receive_frames(self, data: bytes | memoryview,
+                       ) -> list[Answer | Hello | Reply | Push | Invalidate]:
+        """``receive_data``, except that a successful reply is left as the frame it came in:
+        an ``Answer``, ``[id, REPLY_OK, result]``, checked. The async proxy takes its
+        pipelined replies so: a Reply built for each cost a twelfth of an awaited get."""
+        events: list[Answer | Hello | Reply | Push | Invalidate] = []
         view = memoryview(data)
         while view:
             if self._large is not None:  # copy the value's share in, as a recv_into would
@@ -349,11 +359,17 @@ class ClientConnection:
         self._large = None
         return [Reply(large.request_id, large.buffer)]
 
-    def _decode(self, data: memoryview, events: list[Hello | Reply | Push | Invalidate]) -> None:
+    def _decode(self, data: memoryview,
+                events: list[Answer | Hello | Reply | Push | Invalidate]) -> None:
+        greeted = self.greeted
         for frame in self._decoder.feed(data):
-            if not self.greeted:
+            if (greeted and type(frame) is list and len(frame) == 3 and frame[1] == REPLY_OK
+                    and type(frame[0]) is int and frame[0] > 0):
+                events.append(frame)  # an Answer: the commonest frame (check_reply's first)
+            elif not greeted:
                 events.append(self._check_server_hello(frame))
-                continue
-            events.append(check_reply(frame))
+                greeted = self.greeted
+            else:
+                events.append(check_reply(frame))
         if self._decoder.error is not None:  # the server sent garbage: this connection is done
             raise self._decoder.error

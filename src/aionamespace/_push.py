@@ -58,11 +58,12 @@ class PushConnection(asyncio.BufferedProtocol, anyio.abc.AsyncResource):
         return large if large is not None else self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        events: Events
         try:
             if self._into_large:
                 events = self.protocol.large_received(nbytes)
             else:
-                events = self.protocol.receive_data(self.buffer[:nbytes])
+                events = self.protocol.receive_frames(self.buffer[:nbytes])
         except Exception as exc:  # garbage from the server
             self._end(exc if isinstance(exc, ProtocolError) else ConnectionLost(str(exc)))
             return
