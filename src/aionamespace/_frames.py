@@ -18,7 +18,7 @@ import msgpack
 from ._errors import RemoteProtocolError
 
 __all__ = ["LARGE_VALUE_BYTES", "NO_FRAME", "FrameDecoder", "LargeValue", "coalesce", "large_reply",
-           "large_reply_header", "pack_frame"]
+           "large_reply_header", "new_packer", "pack_frame"]
 
 #: Replies carrying a value at least this long take the LargeValue path. msgpack encodes a bin
 #: of this size or more as bin 32, so one header shape covers them all.
@@ -125,11 +125,16 @@ def _borrow_unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
 _packers = threading.local()
 
 
+def new_packer() -> msgpack.Packer:
+    """A Packer of frames, as ``pack_frame`` uses; not thread-safe."""
+    return msgpack.Packer(use_bin_type=True)
+
+
 def pack_frame(frame: Any) -> bytes:
     # One Packer per thread, reused (msgpack.packb makes one per call: a sixth of a get).
     packer = getattr(_packers, "packer", None)
     if packer is None:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+        packer = _packers.packer = new_packer()
     try:
         packed: bytes = packer.pack(frame)
     except BaseException:

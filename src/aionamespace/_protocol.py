@@ -49,6 +49,7 @@ from ._frames import (
     LargeValue,
     large_reply,
     large_reply_header,
+    new_packer,
     pack_frame,
 )
 from ._ops import OPS, check_args, check_each_name, check_names, valid_names
@@ -230,6 +231,10 @@ class ClientConnection:
         self._next_id = 1
         self._large: LargeValue | None = None  # a large value being received
         self._valid_names = valid_names(self.limits)  # see send_get
+        # send_get's own packer: pack_frame looks its packer up in a thread-local on every
+        # call (a fiftieth of an awaited get). A get's frame cannot fail to pack (an int and
+        # three checked strs), and a connection is used by one thread at a time.
+        self._pack_get = new_packer().pack
         # The largest request we send: ours, or the server's announced limit if smaller (kept
         # across reconnects: requests queued before a connection are checked against it).
         self.send_limit = self.limits.max_frame_bytes
@@ -302,7 +307,7 @@ class ClientConnection:
                 raise ValueError(problem)
         request_id = self._next_id
         self._next_id += 1
-        return request_id, pack_frame([request_id, "get", key, name])
+        return request_id, self._pack_get([request_id, "get", key, name])
 
     def receive_data(self, data: bytes | memoryview,
                      ) -> list[Hello | Reply | Push | Invalidate]:
