@@ -161,6 +161,9 @@ def make_rows(settings: Settings) -> dict[str, Row]:
 # ---------------------------------------------------------------------------------- samplers
 
 
+#: AsyncRepeat's tasks read the clock once every this many awaits.
+AWAITS_PER_CLOCK = 8
+
 #: A sampler runs for about the seconds it is given and says (units done, seconds it took).
 Sampler = Callable[[float], "tuple[float, float]"]
 
@@ -197,7 +200,12 @@ class Repeat:
 
 
 class AsyncRepeat:
-    """``tasks`` tasks awaiting ``op()`` in a loop for about ``seconds``."""
+    """``tasks`` tasks awaiting ``op()`` in a loop for about ``seconds``.
+
+    Each task reads the clock once every ``AWAITS_PER_CLOCK`` awaits, as ``Repeat`` reads it
+    once a batch: read after every await, it cost aionamespace 5% of its rate (295k against
+    310k gets/s, 6 paired samples).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, op: Callable[[], Awaitable[object]],
                  tasks: int) -> None:
@@ -213,8 +221,9 @@ class AsyncRepeat:
             nonlocal done
             count = 0
             while time.perf_counter() < deadline:
-                await op()
-                count += 1
+                for _ in range(AWAITS_PER_CLOCK):
+                    await op()
+                count += AWAITS_PER_CLOCK
             done += count
 
         start = time.perf_counter()

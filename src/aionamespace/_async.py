@@ -17,8 +17,7 @@ from typing import Any
 import anyio
 
 from . import _calls as calls
-from ._cache import ABSENT, entry_value
-from ._codec import decode_value, decode_values
+from ._codec import decode_values
 from ._errors import ConnectionLost
 from ._multiplex import Multiplexer
 from ._proxy import ProxyBase, Target, check_attribute_name
@@ -43,40 +42,15 @@ class AsyncNamespace(ProxyBase):
     def _key(self) -> str:
         return self._aionamespace.target.key
 
-    async def _get(self, name: str) -> Any:
-        multiplexer: Multiplexer = object.__getattribute__(self, "_aionamespace")  # (hot path)
-        key = multiplexer.target.key
-        if multiplexer.cache is not None:
-            entry = multiplexer.cached(key, name)
-            if entry is not ABSENT:
-                return entry_value(entry, name)
-        try:  # the commonest call, without building a Call (_run below does the same)
-            return decode_value(await multiplexer.request("get", key, name))
-        except ConnectionLost as exc:
-            return await self._run(calls.get(key, name), exc)  # retried as the policy says
-
     def _forget(self, call: calls.Call) -> None:
         cache = self._aionamespace.cache
         if cache is not None and call.changes:
             cache.forget(self._key, call.changes)  # read-your-writes
 
-    async def _run(self, call: calls.Call, failed: ConnectionLost | None = None) -> Any:
-        """Run ``call``, retrying as the target's policy says (``failed``: a first attempt,
-        made by the caller, lost the connection so)."""
+    async def _run(self, call: calls.Call) -> Any:
+        """Run ``call``, retrying as the target's policy says."""
         self._forget(call)
-        retry = self._aionamespace.target.retry
-        failures = 0
-        while True:
-            if failed is not None:
-                failures += 1
-                delay = retry.delay(call.op, failures, failed)
-                if delay is None:
-                    raise failed
-                await anyio.sleep(delay)  # back off before reconnecting
-            try:
-                return call.read(await self._aionamespace.request(call.op, *call.args))
-            except ConnectionLost as exc:
-                failed = exc
+        return await self._aionamespace.run(call)
 
     def _queue(self, call: calls.Call) -> None:
         self._forget(call)
@@ -92,7 +66,8 @@ class AsyncNamespace(ProxyBase):
         # an awaited get); forgetting the await draws Python's "never awaited" warning.
         if name[:1] == "_":
             return object.__getattribute__(self, name)
-        return AsyncNamespace._get(self, name)
+        multiplexer: Multiplexer = object.__getattribute__(self, "_aionamespace")
+        return multiplexer.get(multiplexer.target.key, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         check_attribute_name(name)

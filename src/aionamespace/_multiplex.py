@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._cache import ABSENT, CacheTable
+from . import _calls as calls
+from ._cache import ABSENT, CacheTable, entry_value
+from ._codec import decode_value
 from ._connect import open_connection, open_push_connection
 from ._errors import (
     AuthenticationError,
@@ -211,6 +214,54 @@ class Multiplexer:
         if pump is not None:
             await pump.stop()
 
+    async def get(self, key: str, name: str) -> Any:
+        """What ``await ns.x`` awaits: the value of ``name``.
+
+        On asyncio's plain sockets, the commonest call is this one coroutine: no Call object,
+        no ``request`` under it (a tenth of an awaited get). Anything else takes ``read``.
+        """
+        loop = asyncio._get_running_loop()
+        if self.loop is not loop or not self.pushed or self.cache is not None:
+            return await self.read(key, name)
+        request_id, frame = self.protocol.send_get(key, name)
+        future = self._push_request(request_id, frame, loop)
+        try:
+            sending = self._send_pushed()
+            if sending is not None:
+                await sending
+            return decode_value(await future)
+        except BaseException as exc:
+            error = self._unanswered(request_id, future, exc)
+        if isinstance(error, ConnectionLost):
+            return await self.run(calls.get(key, name), error)  # retried as the policy says
+        raise error
+
+    async def read(self, key: str, name: str) -> Any:
+        """``get`` in general: from the cache when it holds the name (``cached``), else by a
+        request, retried as the target's policy says."""
+        if self.cache is not None:
+            entry = self.cached(key, name)
+            if entry is not ABSENT:
+                return entry_value(entry, name)
+        return await self.run(calls.get(key, name))
+
+    async def run(self, call: calls.Call, failed: ConnectionLost | None = None) -> Any:
+        """Run ``call``, retrying as the target's policy says (``failed``: a first attempt,
+        made by the caller, lost the connection so)."""
+        retry = self.target.retry
+        failures = 0
+        while True:
+            if failed is not None:
+                failures += 1
+                delay = retry.delay(call.op, failures, failed)
+                if delay is None:
+                    raise failed
+                await anyio.sleep(delay)  # back off before reconnecting
+            try:
+                return call.read(await self.request(call.op, *call.args))
+            except ConnectionLost as exc:
+                failed = exc
+
     async def request(self, op: str, *args: Any) -> Any:
         """Send one request; return its reply's result, or raise its error."""
         loop = asyncio._get_running_loop()
@@ -222,24 +273,41 @@ class Multiplexer:
                 self.cache.expect(request_id, (args[0], args[1]))
         else:
             request_id, frame = self.protocol.send_request(op, *args)
-        self.outbox.append((request_id, frame))
         if not self.pushed:
+            self.outbox.append((request_id, frame))
             return await self._await_reply(request_id)
-        # asyncio's plain socket: the reply comes as this Future's result (or error), set by
-        # the protocol's callback (lost() finds it in by_id). This is the hot path.
-        future: asyncio.Future[Any] = asyncio.Future(loop=loop)
-        self.by_id[request_id] = future
+        future = self._push_request(request_id, frame, loop)
         try:
-            if self.stream is None:
-                await self.connect()
-            stream = self.stream
-            if len(self.outbox) >= WRITE_AT_FRAMES and type(stream) is PushConnection:
-                self._write_pushed(stream)  # the server starts on these meanwhile
-            elif not self.sending:
-                await self.drain()
+            sending = self._send_pushed()
+            if sending is not None:
+                await sending
             return await future
         except BaseException as exc:
             raise self._unanswered(request_id, future, exc)  # noqa: B904 (its own cause)
+
+    def _push_request(self, request_id: int, frame: bytes, loop: Any) -> asyncio.Future[Any]:
+        """Queue a request on asyncio's plain socket: its reply will come as the Future's
+        result (or error), set by the protocol's callback; lost() finds it in by_id."""
+        self.outbox.append((request_id, frame))
+        future: asyncio.Future[Any] = asyncio.Future(loop=loop)
+        self.by_id[request_id] = future
+        return future
+
+    def _send_pushed(self) -> Awaitable[None] | None:
+        """See the outbox sent, after a request was pushed on it: what to await for that,
+        if anything (a connection to make, or the send to coalesce)."""
+        stream = self.stream
+        if stream is None:
+            return self._connect_and_drain()
+        if len(self.outbox) >= WRITE_AT_FRAMES and type(stream) is PushConnection:
+            self._write_pushed(stream)  # the server starts on these meanwhile
+        elif not self.sending:
+            return self.drain()
+        return None
+
+    async def _connect_and_drain(self) -> None:
+        await self.connect()
+        await self.drain()
 
     def _unanswered(self, request_id: int, future: asyncio.Future[Any],
                     exc: BaseException) -> BaseException:
