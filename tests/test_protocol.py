@@ -41,11 +41,13 @@ from aionamespace._protocol import (
     OPS,
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
+    REPLY_OK,
     Address,
     BadRequest,
     ClientConnection,
     FrameDecoder,
     Hello,
+    Invalidate,
     Limits,
     Refusal,
     Reply,
@@ -840,6 +842,41 @@ def test_fuzz_lone_result_agrees_with_receive_data(request_id: int, data: bytes)
     if result is NO_FRAME:
         return
     assert greeted_client().receive_data(data) == [Reply(request_id, result)]
+
+
+def test_receive_frames_leaves_successful_replies_as_their_frames() -> None:
+    """The async proxy's view: an Answer is the checked frame; everything else is an event."""
+    client = greeted_client()
+    data = pack([4, 0, b"\x01"]) + pack([5, 1, "KeyError", "gone"]) + pack([0, 3, "k", "n"])
+    answer, error, invalidate = client.receive_frames(data)
+    assert answer == [4, REPLY_OK, b"\x01"]
+    assert error == Reply(5, error=error.error)
+    assert isinstance(error.error, KeyError)
+    assert invalidate == Invalidate("k", "n")
+    for bad in ([0, 0, 1], [-1, 0, 1], [True, 0, 1], [4, 0]):  # never Answers
+        try:
+            events = greeted_client().receive_frames(pack(bad))
+        except RemoteProtocolError:
+            continue
+        assert not any(type(event) is list for event in events), bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=20),
+    st.lists(st.one_of(st.integers(-1, 3), st.none(), st.booleans(), st.binary(max_size=3),
+                       st.text(max_size=3)), max_size=4).map(pack),
+), max_size=4).map(b"".join))
+def test_fuzz_receive_frames_agrees_with_receive_data(data: bytes) -> None:
+    try:
+        expected = greeted_client().receive_data(data)
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):
+            greeted_client().receive_frames(data)
+        return
+    frames = greeted_client().receive_frames(data)
+    as_events = [Reply(f[0], f[2]) if type(f) is list else f for f in frames]
+    assert repr(as_events) == repr(expected)  # (an error reply's exception: by identity)
 
 
 # ----------------------------------------------------------------------------- client side

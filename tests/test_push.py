@@ -8,6 +8,8 @@ paths), and flow control while a large outbox is sent and replies keep coming.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import os
 import socket
@@ -23,6 +25,7 @@ from aionamespace._errors import ProtocolError
 from aionamespace._multiplex import WRITE_AT_FRAMES
 from aionamespace._protocol import PROTOCOL_NAME
 from aionamespace._push import PushConnection
+from probes import async_wait_until, request_waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +164,37 @@ async def test_a_long_outbox_is_written_before_every_task_has_queued(
     assert sum(writes) == 2 * tasks  # every set and get, each written once
     assert len(writes) > 1, writes
     assert max(writes) <= 2 * WRITE_AT_FRAMES, writes
+
+
+@ASYNCIO_ONLY
+async def test_a_request_waits_on_a_bare_future_that_is_forgotten_when_it_ends(
+        short_path: str) -> None:
+    """On the push path each request's waiter is its reply's Future. Cancelled tasks take
+    theirs out of the proxy at once; the others get the loss as their error, retrieved (else
+    asyncio would report "Future exception was never retrieved"), and nothing is left."""
+    loop = asyncio.get_running_loop()
+    reports: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+    scripted = Scripted(short_path, wait_for=9, then=None)  # closes at the 9th request
+    ns = AsyncNamespace(short_path, "n", retry=Retry(attempts=1))
+    mux = ns._aionamespace
+    tasks = [asyncio.ensure_future(getattr(ns, f"n{i}")) for i in range(8)]
+    try:
+        await async_wait_until(request_waiting(ns, 8), "8 requests sent and waiting")
+        assert all(type(waiter) is asyncio.Future for waiter in mux.by_id.values())
+        for task in tasks[:4]:
+            task.cancel()
+        await asyncio.wait(tasks[:4])
+        assert len(mux.by_id) == 4  # the cancelled ones are forgotten already
+        last = asyncio.ensure_future(ns.last)  # the 9th: the server hangs up
+        outcomes = await asyncio.gather(*tasks[4:], last, return_exceptions=True)
+    finally:
+        await ns._close()
+        scripted.close()
+    assert all(type(outcome) is ConnectionLost for outcome in outcomes), outcomes
+    assert all(outcome.request_sent for outcome in outcomes)  # each its own, saying so
+    assert len({id(outcome) for outcome in outcomes}) == len(outcomes)
+    assert mux.by_id == {}
+    del tasks, last, outcomes
+    gc.collect()
+    assert reports == []

@@ -6,10 +6,10 @@ No background task is required:
   send lock sends the whole outbox in one write, so concurrent requests are pipelined and
   ``ns.x = v`` (which cannot await) is sent, in order, by the next await on the proxy;
 * replies are matched by request id. On asyncio's plain sockets a ``PushConnection``
-  (``_push.py``) hands each reply to its waiter from the protocol's callback. Elsewhere (trio,
-  TLS) one waiting task at a time is the *reader*: it reads chunks and hands each reply to its
-  owner's event; when its own reply arrives it passes the role to another waiter. Either way, a
-  cancelled waiter's reply is read and dropped, never delivered to anyone else;
+  (``_push.py``) resolves each request's Future from the protocol's callback, and
+  ``await ns.x`` is one coroutine, ``get``. Elsewhere (trio, TLS) one waiting task at a time
+  is the *reader* (``_reading.py``). Either way, a cancelled waiter's reply is read and
+  dropped, never delivered to anyone else;
 * inside ``async with ns:`` a pump task sends queued writes as soon as they are made and reads
   their acknowledgements (``_pump.py``).
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -36,26 +35,24 @@ from ._connect import open_connection, open_push_connection
 from ._errors import (
     AuthenticationError,
     ConnectionLost,
-    ProtocolError,
     WriteQueueFull,
-    map_connection_errors,
 )
 from ._protocol import ClientConnection, Invalidate, Push, Reply
 from ._proxy import Target
 from ._pump import Pump
-from ._push import READ_CHUNK_BYTES, PushConnection
-from ._waiters import Waiter, loop_identity, new_event, settle
+from ._push import PushConnection
+from ._reading import Reading
+from ._waiters import Waiter, loop_identity, settle
 
 __all__ = ["Multiplexer"]
 
-CONCURRENT_READ_ABOVE_BYTES = 64 * 1024
 #: On asyncio, an outbox this long is written at once rather than when every ready task has
 #: queued its frame: the server answers these while our other tasks queue theirs, so both
 #: ends work at the same time (64 tasks: 1.4x the gets/s of one write per round, measured).
 WRITE_AT_FRAMES = 16
 
 
-class Multiplexer:
+class Multiplexer(Reading):
     """One connection shared by every task of one AsyncNamespace, bound to the event loop
     that first used it."""
 
@@ -143,12 +140,6 @@ class Multiplexer:
                     waiter.finish()
                     self.flushing.remove(waiter)
 
-    def wake_next_reader(self) -> None:
-        for waiter in self.waiting:
-            if not waiter.done:
-                waiter.wake()
-                return
-
     def queue_write(self, op: str, *args: Any) -> None:
         limit = self.target.limits.max_queued_writes
         if len(self.queued_writes) + len(self.inflight_writes) >= limit:
@@ -223,12 +214,19 @@ class Multiplexer:
         loop = asyncio._get_running_loop()
         if self.loop is not loop or not self.pushed or self.cache is not None:
             return await self.read(key, name)
+        # request's steps, inlined (a call each cost 2%)
         request_id, frame = self.protocol.send_get(key, name)
-        future = self._push_request(request_id, frame, loop)
+        self.outbox.append((request_id, frame))
+        future: asyncio.Future[Any] = asyncio.Future(loop=loop)
+        self.by_id[request_id] = future
         try:
-            sending = self._send_pushed()
-            if sending is not None:
-                await sending
+            stream = self.stream
+            if stream is None:
+                await self._connect_and_drain()
+            elif len(self.outbox) >= WRITE_AT_FRAMES and type(stream) is PushConnection:
+                self._write_pushed(stream)  # the server starts on these meanwhile
+            elif not self.sending:
+                await self.drain()
             return decode_value(await future)
         except BaseException as exc:
             error = self._unanswered(request_id, future, exc)
@@ -278,9 +276,13 @@ class Multiplexer:
             return await self._await_reply(request_id)
         future = self._push_request(request_id, frame, loop)
         try:
-            sending = self._send_pushed()
-            if sending is not None:
-                await sending
+            stream = self.stream
+            if stream is None:
+                await self._connect_and_drain()
+            elif len(self.outbox) >= WRITE_AT_FRAMES and type(stream) is PushConnection:
+                self._write_pushed(stream)  # the server starts on these meanwhile
+            elif not self.sending:
+                await self.drain()
             return await future
         except BaseException as exc:
             raise self._unanswered(request_id, future, exc)  # noqa: B904 (its own cause)
@@ -292,18 +294,6 @@ class Multiplexer:
         future: asyncio.Future[Any] = asyncio.Future(loop=loop)
         self.by_id[request_id] = future
         return future
-
-    def _send_pushed(self) -> Awaitable[None] | None:
-        """See the outbox sent, after a request was pushed on it: what to await for that,
-        if anything (a connection to make, or the send to coalesce)."""
-        stream = self.stream
-        if stream is None:
-            return self._connect_and_drain()
-        if len(self.outbox) >= WRITE_AT_FRAMES and type(stream) is PushConnection:
-            self._write_pushed(stream)  # the server starts on these meanwhile
-        elif not self.sending:
-            return self.drain()
-        return None
 
     async def _connect_and_drain(self) -> None:
         await self.connect()
@@ -330,30 +320,6 @@ class Multiplexer:
         own.request_sent = request_id <= self.sent_through
         own.__cause__ = error
         return own
-
-    async def _await_reply(self, request_id: int) -> Any:
-        """``request`` on an anyio stream (trio, TLS): wait, taking the reader role in turn."""
-        waiter = Waiter(request_id)
-        self.by_id[request_id] = waiter
-        try:
-            if self.stream is None:
-                await self.connect()
-            if not self.sending and not waiter.done:
-                await self.drain()
-            if not waiter.done:
-                await self.wait(waiter)
-        except ConnectionLost:
-            if not waiter.done:  # (else the loss that failed this request is what it reports)
-                raise
-        finally:
-            self.by_id.pop(request_id, None)
-            if not waiter.done:  # failed or cancelled: if the frame was never sent, drop it
-                self.outbox = [(i, frame) for i, frame in self.outbox if i != request_id]
-        if isinstance(waiter.error, ConnectionLost):
-            raise self._own_loss(waiter.error, request_id)
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
 
     async def next_push(self) -> Push:
         """The next watch event pushed on this connection."""
@@ -404,22 +370,8 @@ class Multiplexer:
             return
         if type(self.stream) is PushConnection:
             await self._drain_pushed(self.stream)
-            return
-        self.sending = True
-        try:
-            with anyio.CancelScope(shield=True):
-                if len(self.by_id) > 1:
-                    await anyio.lowlevel.cancel_shielded_checkpoint()
-                while self.outbox and self.stream is not None:
-                    assert not isinstance(self.stream, PushConnection)  # (_drain_pushed's)
-                    before = self.sent_through
-                    try:
-                        await self.send(self.stream, self._take_outbox())
-                    except ConnectionLost:
-                        self.sent_through = before  # a send that failed delivered nothing
-                        raise
-        finally:
-            self.sending = False
+        else:
+            await self._drain_stream()
 
     async def _drain_pushed(self, stream: PushConnection) -> None:
         """``drain`` on asyncio's PushConnection, whose write never blocks: no shield needed,
@@ -454,68 +406,6 @@ class Multiplexer:
                     self.queued_writes.discard(request_id)
                     self.inflight_writes.add(request_id)
         return b"".join([frame for _, frame in batch])
-
-    async def send(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
-        try:
-            with map_connection_errors(self.target.address):
-                if len(data) <= CONCURRENT_READ_ABOVE_BYTES:
-                    await stream.send(data)
-                    return
-                helper = Waiter()
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self.wait, helper)
-                    await stream.send(data)
-                    helper.finish()
-                    group.cancel_scope.cancel()
-        except ConnectionLost as exc:
-            if self.stream is stream:
-                self.lost(exc)
-            await anyio.aclose_forcefully(stream)
-            raise
-
-    async def wait(self, waiter: Waiter) -> None:
-        """Wait until ``waiter`` is done, taking the reader role whenever nobody holds it."""
-        self.waiting[waiter] = None
-        if waiter.until:
-            self.flushing.append(waiter)
-        try:
-            while not waiter.done:
-                if self.reading:
-                    await waiter.woken()
-                    if not waiter.done:
-                        waiter.wakeup = new_event()
-                    continue
-                self.reading = True
-                try:
-                    while not waiter.done:
-                        await self.read_once()
-                finally:
-                    self.reading = False
-                    del self.waiting[waiter]
-                    self.wake_next_reader()
-        finally:
-            self.waiting.pop(waiter, None)
-            if waiter.until and waiter in self.flushing:
-                self.flushing.remove(waiter)
-
-    async def read_once(self) -> None:
-        stream = self.stream
-        if stream is None:
-            self.lost(self.last_error or ConnectionLost("not connected"))
-            return
-        assert not isinstance(stream, PushConnection)  # that one reads by itself
-        try:
-            with map_connection_errors(self.target.address):
-                data = await stream.receive(READ_CHUNK_BYTES)
-            events = self.protocol.receive_frames(data)
-        except (ConnectionLost, ProtocolError) as exc:
-            if self.stream is stream:
-                self.lost(exc)
-                await anyio.aclose_forcefully(stream)
-            return
-        self.handle_events(events)
-        if self.stream is not stream:  # the server said goodbye in one of those frames
-            await anyio.aclose_forcefully(stream)
 
     def handle_events(self, events: list[Any]) -> None:
         """Hand what arrived (``receive_frames``'s events) to its waiters: called by the
