@@ -67,7 +67,9 @@ class AsyncNamespace(ProxyBase):
         if name[:1] == "_":
             return object.__getattribute__(self, name)
         multiplexer: Multiplexer = object.__getattribute__(self, "_aionamespace")
-        return multiplexer.get(multiplexer.target.key, name)
+        if multiplexer.pushed:  # asyncio's plain sockets (trio and TLS: one coroutine fewer)
+            return multiplexer.get(multiplexer.target.key, name)
+        return multiplexer.read(multiplexer.target.key, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         check_attribute_name(name)

@@ -241,7 +241,10 @@ class Multiplexer(Reading):
             entry = self.cached(key, name)
             if entry is not ABSENT:
                 return entry_value(entry, name)
-        return await self.run(calls.get(key, name))
+        try:  # without building a Call, which only a retry needs
+            return decode_value(await self.request("get", key, name))
+        except ConnectionLost as exc:
+            return await self.run(calls.get(key, name), exc)
 
     async def run(self, call: calls.Call, failed: ConnectionLost | None = None) -> Any:
         """Run ``call``, retrying as the target's policy says (``failed``: a first attempt,
