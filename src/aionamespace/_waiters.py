@@ -43,15 +43,14 @@ class Waiter:
 
     __slots__ = ("done", "error", "id", "result", "until", "wakeup", "wants_push")
 
-    def __init__(self, request_id: int = 0, until: int = 0, wants_push: bool = False,
-                 wakeup: Any = None) -> None:
+    def __init__(self, request_id: int = 0, until: int = 0, wants_push: bool = False) -> None:
         self.id = request_id
         self.until = until
         self.wants_push = wants_push
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
-        self.wakeup = wakeup if wakeup is not None else new_event()
+        self.wakeup: Any = new_event()
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         if self.done:  # the first outcome stands (a reply behind a goodbye changes nothing)
