@@ -51,6 +51,11 @@ class Tally:
         elif len(self.bad_values) < 5:
             self.bad_values.append(value)
 
+    def choose(self, rng: random.Random) -> str:
+        """The next operation, by the workload's mix: 40% get, 30% set, 30% _incr."""
+        choice = rng.random()
+        return "get" if choice < 0.4 else "set" if choice < 0.7 else "incr"
+
     def report(self) -> dict[str, Any]:
         return dict(vars(self))
 
@@ -63,10 +68,10 @@ def sync_client(ns: Namespace, tally: Tally, go: threading.Event, deadline: list
         if not go.wait(start_seconds):
             raise TimeoutError("no start signal")
         while (start := time.monotonic()) < deadline[0]:
-            choice = rng.random()
-            if choice < 0.4:
+            op = tally.choose(rng)
+            if op == "get":
                 tally.saw(ns.shared)
-            elif choice < 0.7:
+            elif op == "set":
                 ns.shared = (tally.client, tally.sets)
                 tally.sets += 1
             else:
@@ -87,10 +92,10 @@ async def async_client(ns: AsyncNamespace, tally: Tally, go: anyio.Event,
     try:
         await go.wait()
         while (start := time.monotonic()) < deadline[0]:
-            choice = rng.random()
-            if choice < 0.4:
+            op = tally.choose(rng)
+            if op == "get":
                 tally.saw(await ns.shared)
-            elif choice < 0.7:
+            elif op == "set":
                 ns.shared = (tally.client, tally.sets)
                 tally.sets += 1
                 await ns._flush()
