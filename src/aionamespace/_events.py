@@ -127,7 +127,7 @@ class Refusal:
 
 
 #: A successful reply as ``ClientConnection.receive_frames`` hands it over: the frame itself,
-#: ``[id, REPLY_OK, result]`` with ``id > 0``, checked (what ``check_reply`` makes a Reply of).
+#: ``[id, REPLY_OK, result]`` with ``id > 0``, checked (``ClientConnection._decode`` says which).
 Answer = list[Any]
 
 
@@ -157,9 +157,8 @@ def check_hello(frame: Any, *, from_server: bool) -> Hello:
 
 
 def check_reply(frame: Any) -> Reply | Push | Invalidate:
-    if type(frame) is list and len(frame) == 3 and frame[1] == REPLY_OK and type(frame[0]) is int \
-            and frame[0] > 0:
-        return Reply(frame[0], frame[2])  # the commonest frame, first
+    """A frame from a greeted server, as an event. The commonest, an Answer, is recognised by
+    ``ClientConnection._decode`` before this is called (this would make a Reply of it)."""
     if type(frame) is not list or len(frame) < 3 or type(frame[0]) is not int:
         raise RemoteProtocolError("a reply must be an array [id, status, ...]")
     if frame[0] == 0 and frame[1] == PUSH_INVALIDATE:

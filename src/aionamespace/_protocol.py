@@ -370,7 +370,7 @@ class ClientConnection:
         for frame in self._decoder.feed(data):
             if (greeted and type(frame) is list and len(frame) == 3 and frame[1] == REPLY_OK
                     and type(frame[0]) is int and frame[0] > 0):
-                events.append(frame)  # an Answer: the commonest frame (check_reply's first)
+                events.append(frame)  # an Answer: the commonest frame, checked here
             elif not greeted:
                 events.append(self._check_server_hello(frame))
                 greeted = self.greeted
