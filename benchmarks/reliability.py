@@ -61,7 +61,7 @@ import msgpack
 
 import aionamespace
 from aionamespace import AsyncNamespace, ConnectionLost, Manager, Namespace, Retry
-from aionamespace._codec import encode_value
+from aionamespace.protocol.codec import encode_value
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # what the tests use: probes.py, workload.py
@@ -364,7 +364,7 @@ class AsyncKillClients(threading.Thread):
 
 CLIENT_MID_FRAME = r"""
 import socket, sys, msgpack
-from aionamespace._codec import encode_value
+from aionamespace.protocol.codec import encode_value
 path, key = sys.argv[1], sys.argv[2]
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 sock.connect(path)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import settings
 
 from aionamespace import Manager, ServerThread
-from aionamespace._protocol import Address
+from aionamespace.protocol.connection import Address
 
 # CI explores the same examples on every run, so a red build is about the change, not luck;
 # a developer's run explores new ones (and keeps failures in .hypothesis/).

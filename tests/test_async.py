@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
-from aionamespace._codec import encode_value
-from aionamespace._protocol import Hello, Request, ServerConnection
+from aionamespace.protocol.codec import encode_value
+from aionamespace.protocol.connection import Hello, Request, ServerConnection
 
 pytestmark = pytest.mark.anyio
 

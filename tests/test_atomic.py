@@ -18,7 +18,7 @@ import anyio.from_thread
 import pytest
 
 from aionamespace import AsyncNamespace, Namespace, ServerThread
-from aionamespace._calls import Snapshot
+from aionamespace.client.calls import Snapshot
 
 # ---------------------------------------------------------------------- one interface, 3 clients
 

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from aionamespace import AsyncNamespace, AuthenticationError, Manager, Namespace, ServerThread
-from aionamespace._codec import encode_value
+from aionamespace.protocol.codec import encode_value
 
 KEY = b"correct horse battery staple"
 
@@ -116,7 +116,7 @@ def test_the_key_never_crosses_the_socket(keyed_server: ServerThread) -> None:
     assert ns.secret == "kept"
     connection = next(
         local.connection for (address, key, _tls), local in
-        __import__("aionamespace._sync_connection", fromlist=["POOL"]).POOL.locals.items()
+        __import__("aionamespace.client.blocking", fromlist=["POOL"]).POOL.locals.items()
         if key == KEY and hasattr(local, "connection"))
     hello = connection.protocol.send_hello()
     assert KEY not in hello

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aionamespace import Limits, Namespace, ServerThread
-from aionamespace._codec import (
+from aionamespace.protocol.codec import (
     SCALAR_LENGTHS,
     ValueDecodeError,
     check_value,
@@ -27,8 +27,8 @@ from aionamespace._codec import (
     encode_value,
     encode_values,
 )
-from aionamespace._ops import check_args, check_names
-from aionamespace._store import Change, MemoryStore
+from aionamespace.protocol.ops import check_args, check_names
+from aionamespace.server.stores.memory import Change, MemoryStore
 
 
 @pytest.mark.parametrize("byte", range(256))
@@ -170,7 +170,7 @@ def test_names_found_valid_once_are_still_checked_against_each_limit() -> None:
 
 
 def test_the_memory_of_valid_names_is_bounded() -> None:
-    from aionamespace import _ops
+    from aionamespace.protocol import ops as _ops
 
     limits = Limits(max_name_length=200)
     for batch in range(30):

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
-from aionamespace._cache import CACHES
+from aionamespace.client.cache import CACHES
 
 DEADLINE_SECONDS = 5.0
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 import pytest
 
 from aionamespace import Namespace
-from aionamespace._protocol import Address, parse_address
+from aionamespace.protocol.connection import Address, parse_address
 
 AUTHKEY_ENV = "AIONAMESPACE_AUTHKEY"
 TIMEOUT_SECONDS = 30.0

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aionamespace._codec import (
+from aionamespace.protocol.codec import (
     MAX_DEPTH,
     ExtCode,
     ValueDecodeError,
@@ -637,7 +637,7 @@ def test_bigint_payloads_of_any_length_are_accepted() -> None:
 
 ISOLATED_PRELUDE = """
 import msgpack
-from aionamespace._codec import MAX_DEPTH, ValueDecodeError, decode_value, encode_value
+from aionamespace.protocol.codec import MAX_DEPTH, ValueDecodeError, decode_value, encode_value
 
 def nest_tuples(depth, leaf=0):
     value = leaf
@@ -677,7 +677,7 @@ def run_isolated(body: str) -> str:
 def test_decode_ext_tuples_nested_beyond_max_depth_raises(depth: int) -> None:
     """decode_value stays liberal (and alive); check_value, which the server runs, refuses."""
     printed = run_isolated(f"""
-        from aionamespace._codec import check_value
+        from aionamespace.protocol.codec import check_value
         decoded = outcome(lambda: type(decode_value(ext_tuples({depth}))).__name__)
         checked = outcome(lambda: check_value(ext_tuples({depth})))
         print(decoded in ("tuple", "ValueDecodeError"), checked)

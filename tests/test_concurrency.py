@@ -23,7 +23,7 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, Manager, Namespace, ServerThread
-from aionamespace._protocol import Address
+from aionamespace.protocol.connection import Address
 
 CTX = multiprocessing.get_context("spawn")
 JOIN_TIMEOUT_SECONDS = 45.0

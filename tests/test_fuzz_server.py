@@ -41,9 +41,9 @@ import msgpack
 import pytest
 
 from aionamespace import Limits, Namespace, ServerThread
-from aionamespace._codec import encode_value
-from aionamespace._ops import OPS
-from aionamespace._protocol import PROTOCOL_NAME
+from aionamespace.protocol.codec import encode_value
+from aionamespace.protocol.connection import PROTOCOL_NAME
+from aionamespace.protocol.ops import OPS
 
 SEED = 20240517
 FRAMES_PER_BACKEND = 10_000  # two backends: at least 20,000 frames in all
@@ -633,7 +633,7 @@ def test_cas_on_a_signalling_nan_is_an_error_reply_not_an_internal_error(
 KILLED_CLIENT = textwrap.dedent("""
     import socket, sys
     import msgpack
-    from aionamespace._codec import encode_value
+    from aionamespace.protocol.codec import encode_value
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(sys.argv[1])
     sock.sendall(msgpack.packb({"protocol": "aionamespace", "version": 1}))

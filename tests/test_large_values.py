@@ -23,17 +23,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aionamespace import AsyncNamespace, Limits, Namespace, ServerThread
-from aionamespace._cache import CACHES
-from aionamespace._codec import encode_value
 from aionamespace._errors import RemoteProtocolError
-from aionamespace._frames import LARGE_VALUE_BYTES, coalesce, large_reply
-from aionamespace._protocol import (
+from aionamespace.client.cache import CACHES
+from aionamespace.protocol.codec import encode_value
+from aionamespace.protocol.connection import (
     PROTOCOL_NAME,
     ClientConnection,
     Push,
     Reply,
     ServerConnection,
 )
+from aionamespace.protocol.frames import LARGE_VALUE_BYTES, coalesce, large_reply
 
 SERVER_HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
 IDS = [1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**63]

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aionamespace import Manager, Namespace
-from aionamespace._protocol import format_address
+from aionamespace.protocol.connection import format_address
 from support import Reports, run_child
 
 MISSING_MESSAGE = "'Namespace' object has no attribute 'missing'"

@@ -29,8 +29,8 @@ import anyio.abc
 import msgpack
 import pytest
 
-import aionamespace._connect
-import aionamespace._sync_connection
+import aionamespace.client.blocking
+import aionamespace.client.connect
 from aionamespace import (
     AsyncNamespace,
     ConnectionLost,
@@ -42,9 +42,9 @@ from aionamespace import (
     ServerThread,
     WriteQueueFull,
 )
-from aionamespace._auth import new_challenge
-from aionamespace._codec import encode_value
-from aionamespace._protocol import PROTOCOL_NAME, Address
+from aionamespace.protocol.auth import new_challenge
+from aionamespace.protocol.codec import encode_value
+from aionamespace.protocol.connection import PROTOCOL_NAME, Address
 from probes import ServeProcess
 
 BACKENDS = ["asyncio", "trio"]
@@ -190,8 +190,8 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     after that close depending on scheduling. This pins the slow case, deterministically: the
     refusal frame is then already waiting in the client's receive buffer.
     """
-    open_socket = aionamespace._sync_connection.open_socket
-    open_stream = aionamespace._connect.open_stream
+    open_socket = aionamespace.client.blocking.open_socket
+    open_stream = aionamespace.client.connect.open_stream
 
     def slow_socket(*args: Any) -> socket.socket:
         sock = open_socket(*args)
@@ -204,16 +204,16 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         await anyio.to_thread.run_sync(wait_until_the_server_closes, sock)
         return stream
 
-    connect = aionamespace._connect._connect
+    connect = aionamespace.client.connect._connect
 
     async def slow_connect(*args: Any) -> socket.socket:  # asyncio's AsyncNamespace
         sock = await connect(*args)
         await anyio.to_thread.run_sync(wait_until_the_server_closes, sock)
         return sock
 
-    monkeypatch.setattr(aionamespace._sync_connection, "open_socket", slow_socket)
-    monkeypatch.setattr(aionamespace._connect, "open_stream", slow_stream)
-    monkeypatch.setattr(aionamespace._connect, "_connect", slow_connect)
+    monkeypatch.setattr(aionamespace.client.blocking, "open_socket", slow_socket)
+    monkeypatch.setattr(aionamespace.client.connect, "open_stream", slow_stream)
+    monkeypatch.setattr(aionamespace.client.connect, "_connect", slow_connect)
 
 
 @pytest.mark.anyio

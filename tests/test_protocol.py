@@ -32,11 +32,9 @@ from aionamespace import (
     RemoteProtocolError,
     Server,
 )
-from aionamespace._codec import decode_value, encode_value
 from aionamespace._errors import AuthenticationError
-from aionamespace._events import PUSH_INVALIDATE
-from aionamespace._ops import check_args
-from aionamespace._protocol import (
+from aionamespace.protocol.codec import decode_value, encode_value
+from aionamespace.protocol.connection import (
     NO_FRAME,
     OPS,
     PROTOCOL_NAME,
@@ -56,6 +54,8 @@ from aionamespace._protocol import (
     format_address,
     parse_address,
 )
+from aionamespace.protocol.events import PUSH_INVALIDATE
+from aionamespace.protocol.ops import check_args
 
 
 def pack(frame: Any) -> bytes:
@@ -1214,7 +1214,7 @@ def test_server_survives_a_set_of_deeply_nested_tuples() -> None:
     """
     code = textwrap.dedent("""
         import msgpack
-        from aionamespace._protocol import BadRequest, ServerConnection
+        from aionamespace.protocol.connection import BadRequest, ServerConnection
         blob = msgpack.packb(0)
         for _ in range(300):
             blob = msgpack.packb(msgpack.ExtType(2, b"\\x91" + blob))

@@ -1353,8 +1353,8 @@ def recv_exactly(sock: socket.socket, count: int) -> bytes:
 def test_worked_examples_match_the_library(server: ServerThread) -> None:
     # The doc tests alone use the library's internals: they are the reference the document shows.
     from aionamespace import ConnectionLost
-    from aionamespace._codec import encode_value
-    from aionamespace._protocol import ClientConnection, ServerConnection
+    from aionamespace.protocol.codec import encode_value
+    from aionamespace.protocol.connection import ClientConnection, ServerConnection
 
     examples = {name: hex_bytes(block) for name, block in doc_examples().items()}
     empty, full = encode_value("empty"), encode_value("full")
@@ -1399,7 +1399,7 @@ def test_worked_examples_match_the_library(server: ServerThread) -> None:
 
 
 def test_auth_test_vector_matches_the_library() -> None:
-    from aionamespace import _auth
+    from aionamespace.protocol import auth as _auth
 
     examples = doc_examples()
     key, client_challenge, server_challenge = b"secret", bytes(range(32)), bytes(range(32, 64))
@@ -1446,7 +1446,7 @@ VALUE_EXAMPLES: list[tuple[str, Any]] = [
 
 
 def test_value_examples_match_the_library() -> None:
-    from aionamespace._codec import decode_value, encode_value
+    from aionamespace.protocol.codec import decode_value, encode_value
 
     lines = doc_examples()["values"].strip().splitlines()
     labels = [line.partition("#")[2].strip() for line in lines]
@@ -1468,7 +1468,7 @@ def doc_table(name: str) -> list[list[str]]:
 
 
 def test_operation_table_matches_the_library() -> None:
-    from aionamespace._ops import DEFERRED_OPS, OPS
+    from aionamespace.protocol.ops import DEFERRED_OPS, OPS
 
     rows = doc_table("operations")
     assert [row[0].strip("`") for row in rows] == list(OPS)
@@ -1481,8 +1481,8 @@ def test_operation_table_matches_the_library() -> None:
 
 
 def test_doc_tables_list_what_the_library_has() -> None:
-    from aionamespace._codec import ExtCode
     from aionamespace._errors import _REMOTE_TYPES
+    from aionamespace.protocol.codec import ExtCode
 
     assert {int(row[0]): row[1].strip("`") for row in doc_table("ext-codes")} == {
         code.value: code.name for code in ExtCode
@@ -1493,7 +1493,7 @@ def test_doc_tables_list_what_the_library_has() -> None:
 
 
 def test_safe_to_resend_table_matches_the_library() -> None:
-    from aionamespace._ops import OPS, SAFE_TO_RESEND
+    from aionamespace.protocol.ops import OPS, SAFE_TO_RESEND
 
     ops = [row[0].strip("`") for row in doc_table("safe-to-resend")]
     assert sorted(ops) == sorted(SAFE_TO_RESEND)
@@ -1501,8 +1501,8 @@ def test_safe_to_resend_table_matches_the_library() -> None:
 
 
 def test_documented_limits_match_the_library() -> None:
-    from aionamespace._dispatch import MAX_PUSH_BACKLOG_BYTES
-    from aionamespace._store import DEFAULT_HISTORY
+    from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
+    from aionamespace.server.stores.memory import DEFAULT_HISTORY
 
     text = " ".join(DOC.read_text(encoding="utf-8").split())
     limits = Limits()

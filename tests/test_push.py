@@ -22,9 +22,9 @@ import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Retry, ServerThread
 from aionamespace._errors import ProtocolError
-from aionamespace._multiplex import WRITE_AT_FRAMES
-from aionamespace._protocol import PROTOCOL_NAME
-from aionamespace._push import PushConnection
+from aionamespace.client.multiplex import WRITE_AT_FRAMES
+from aionamespace.client.push import PushConnection
+from aionamespace.protocol.connection import PROTOCOL_NAME
 from probes import async_wait_until, request_waiting
 
 pytestmark = pytest.mark.anyio

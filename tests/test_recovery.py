@@ -47,7 +47,7 @@ from aionamespace import (
     Server,
     ServerThread,
 )
-from aionamespace._protocol import PROTOCOL_NAME, PROTOCOL_VERSION
+from aionamespace.protocol.connection import PROTOCOL_NAME, PROTOCOL_VERSION
 from probes import (
     NO_HANG_SECONDS,
     ServeProcess,

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from aionamespace import Limits, Namespace, ServerThread
-from aionamespace._protocol import PROTOCOL_NAME
+from aionamespace.protocol.connection import PROTOCOL_NAME
 
 HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
 

@@ -34,7 +34,7 @@ from aionamespace import (
     Retry,
     ServerThread,
 )
-from aionamespace._protocol import PROTOCOL_NAME
+from aionamespace.protocol.connection import PROTOCOL_NAME
 
 KEY = b"tls and a key"
 NO_RETRY = Retry(attempts=1)  # a refused handshake fails at once instead of after backoff

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, Namespace
-from aionamespace._push import PushConnection
+from aionamespace.client.push import PushConnection
 from probes import ServeProcess
 from support import Reports, run_child
 

@@ -23,8 +23,8 @@ import pytest
 
 import aionamespace
 from aionamespace import AsyncNamespace, MemoryStore, Namespace, ServerThread
-from aionamespace._calls import WatchEvent
 from aionamespace._errors import HistoryExpired
+from aionamespace.client.calls import WatchEvent
 
 CTX = multiprocessing.get_context("spawn")
 TIMEOUT_SECONDS = 30.0

@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 
 from aionamespace import AsyncNamespace, Namespace
-from aionamespace._protocol import Address
+from aionamespace.protocol.connection import Address
 
 __all__ = ["INITIAL", "Tally", "plan", "run_process"]
 

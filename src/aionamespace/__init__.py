@@ -7,7 +7,6 @@ proxies read and write them; ``Manager`` starts a private server with no configu
 
 from __future__ import annotations
 
-from ._async import AsyncNamespace as AsyncNamespace
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import HistoryExpired as HistoryExpired
@@ -18,13 +17,14 @@ from ._errors import RemoteError as RemoteError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import WriteQueueFull as WriteQueueFull
 from ._manager import Manager as Manager
-from ._protocol import Limits as Limits
-from ._proxy import Retry as Retry
-from ._server import Server as Server
-from ._server import ServerThread as ServerThread
-from ._store import MemoryStore as MemoryStore
-from ._store import Store as Store
-from ._sync import Namespace as Namespace
+from .client.asynchronous import AsyncNamespace as AsyncNamespace
+from .client.proxy import Retry as Retry
+from .client.sync import Namespace as Namespace
+from .protocol.connection import Limits as Limits
+from .server.server import Server as Server
+from .server.server import ServerThread as ServerThread
+from .server.stores.memory import MemoryStore as MemoryStore
+from .server.stores.memory import Store as Store
 
 __version__ = "0.1.0"
 

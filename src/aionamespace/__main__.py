@@ -26,11 +26,11 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.abc
 
-from ._busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
 from ._errors import NamespaceError
-from ._protocol import Address, format_address, parse_address
-from ._server import Server
-from ._sync import Namespace
+from .client.sync import Namespace
+from .protocol.connection import Address, format_address, parse_address
+from .server.busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
+from .server.server import Server
 
 __all__ = ["AUTHKEY_ENV", "main"]
 

@@ -11,9 +11,9 @@ import multiprocessing
 import os
 from typing import Any
 
-from ._async import AsyncNamespace
 from ._manager import Manager
-from ._sync import Namespace
+from .client.asynchronous import AsyncNamespace
+from .client.sync import Namespace
 
 __all__ = ["run_demo"]
 

@@ -24,10 +24,10 @@ import weakref
 from types import TracebackType
 from typing import Any
 
-from ._async import AsyncNamespace
 from ._errors import ConnectionLost
-from ._protocol import Address, format_address, parse_address
-from ._sync import Namespace
+from .client.asynchronous import AsyncNamespace
+from .client.sync import Namespace
+from .protocol.connection import Address, format_address, parse_address
 
 __all__ = ["Manager"]
 

@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from ._codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
+from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
 
 if TYPE_CHECKING:
-    from ._events import Limits
+    from .events import Limits
 
 __all__ = ["DEFERRED_OPS", "OPS", "READ_OPS", "SAFE_TO_RESEND", "check_args", "check_each_name",
            "check_names", "valid_names"]

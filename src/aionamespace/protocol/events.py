@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import RemoteProtocolError, exception_from_reply
+from .._errors import RemoteProtocolError, exception_from_reply
 
 __all__ = [
     "PROTOCOL_NAME",

@@ -18,15 +18,15 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._errors import ConnectionLost, ProtocolError, map_connection_errors
-from ._push import READ_CHUNK_BYTES, PushConnection
-from ._waiters import Waiter, new_event
+from .._errors import ConnectionLost, ProtocolError, map_connection_errors
+from .push import READ_CHUNK_BYTES, PushConnection
+from .waiters import Waiter, new_event
 
 if TYPE_CHECKING:
     import asyncio
 
-    from ._protocol import ClientConnection
-    from ._proxy import Target
+    from ..protocol.connection import ClientConnection
+    from .proxy import Target
 
 __all__ = ["CONCURRENT_READ_ABOVE_BYTES", "Reading"]
 

@@ -21,11 +21,11 @@ import os
 import threading
 from typing import Any
 
-from ._codec import decode_value
-from ._errors import ConnectionLost
-from ._protocol import Invalidate, Reply
-from ._proxy import Target
-from ._store import missing_attribute
+from .._errors import ConnectionLost
+from ..protocol.codec import decode_value
+from ..protocol.connection import Invalidate, Reply
+from ..server.stores.memory import missing_attribute
+from .proxy import Target
 
 __all__ = ["ABSENT", "CACHES", "SPECIAL_ENTRIES", "CacheConnection", "CacheTable", "entry_value"]
 
@@ -122,7 +122,7 @@ class CacheConnection:
     """One tracking connection per process and server, shared by the process's threads."""
 
     def __init__(self, target: Target) -> None:
-        from ._sync_connection import SyncConnection  # the handshake and blocking socket
+        from .blocking import SyncConnection  # the handshake and blocking socket
 
         self.pid = os.getpid()
         self.forks = CACHES.forks  # stale in a forked child, which then opens its own

@@ -21,9 +21,17 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import ConnectionLost, connection_lost, map_connection_errors
-from ._protocol import NO_FRAME, Address, ClientConnection, Hello, Invalidate, Push, Reply
-from ._proxy import Target
+from .._errors import ConnectionLost, connection_lost, map_connection_errors
+from ..protocol.connection import (
+    NO_FRAME,
+    Address,
+    ClientConnection,
+    Hello,
+    Invalidate,
+    Push,
+    Reply,
+)
+from .proxy import Target
 
 __all__ = ["POOL", "SyncConnection", "open_socket"]
 

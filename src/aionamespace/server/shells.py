@@ -25,11 +25,11 @@ from typing import Any, cast
 import anyio
 import anyio.abc
 
-from ._dispatch import Dispatcher
-from ._errors import ConnectionLost, RemoteProtocolError
-from ._frames import LARGE_VALUE_BYTES, coalesce
-from ._ops import READ_OPS
-from ._protocol import Limits, Request, ServerConnection
+from .._errors import ConnectionLost, RemoteProtocolError
+from ..protocol.connection import Limits, Request, ServerConnection
+from ..protocol.frames import LARGE_VALUE_BYTES, coalesce
+from ..protocol.ops import READ_OPS
+from .dispatch import Dispatcher
 
 __all__ = ["AsyncioConnection", "Connections", "StreamConnection"]
 

@@ -19,9 +19,9 @@ import collections
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from ._codec import decode_value, encode_value
-from ._errors import HistoryExpired
-from ._lists import EMPTY_LIST, extend_list
+from ..._errors import HistoryExpired
+from ...protocol.codec import decode_value, encode_value
+from ...protocol.lists import EMPTY_LIST, extend_list
 
 __all__ = ["Change", "Changes", "MemoryStore", "Store", "missing_attribute"]
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import anyio
 
-from . import _calls as calls
-from ._codec import decode_values
-from ._errors import ConnectionLost
-from ._multiplex import Multiplexer
-from ._proxy import ProxyBase, Target, check_attribute_name
+from .._errors import ConnectionLost
+from ..protocol.codec import decode_values
+from . import calls
+from .multiplex import Multiplexer
+from .proxy import ProxyBase, Target, check_attribute_name
 
 __all__ = ["AsyncLock", "AsyncNamespace", "AsyncWatch"]
 

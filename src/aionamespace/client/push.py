@@ -22,9 +22,9 @@ from typing import Any
 
 import anyio.abc
 
-from ._errors import ConnectionLost, ProtocolError
-from ._protocol import ClientConnection
-from ._proxy import Target
+from .._errors import ConnectionLost, ProtocolError
+from ..protocol.connection import ClientConnection
+from .proxy import Target
 
 __all__ = ["READ_CHUNK_BYTES", "PushConnection"]
 

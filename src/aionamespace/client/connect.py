@@ -18,10 +18,10 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from ._errors import TRANSPORT_ERRORS, ProtocolError, map_connection_errors
-from ._protocol import Address, ClientConnection, Hello, Reply
-from ._proxy import Target
-from ._push import READ_CHUNK_BYTES, PushConnection
+from .._errors import TRANSPORT_ERRORS, ProtocolError, map_connection_errors
+from ..protocol.connection import Address, ClientConnection, Hello, Reply
+from .proxy import Target
+from .push import READ_CHUNK_BYTES, PushConnection
 
 __all__ = ["open_connection", "open_push_connection", "open_stream"]
 

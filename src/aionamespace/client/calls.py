@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from ._codec import decode_value, decode_values, encode_value, encode_values
+from ..protocol.codec import decode_value, decode_values, encode_value, encode_values
 
 __all__ = ["Call", "Snapshot", "WatchEvent"]
 

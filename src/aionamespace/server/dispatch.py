@@ -17,11 +17,11 @@ import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtocolError
-from ._frames import coalesce
-from ._locks import LockTable
-from ._protocol import BadRequest, Hello, Refusal, Request, ServerConnection
-from ._store import Changes, Store
+from .._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtocolError
+from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
+from ..protocol.frames import coalesce
+from .locks import LockTable
+from .stores.memory import Changes, Store
 
 __all__ = ["Dispatcher", "Peer"]
 

@@ -18,10 +18,10 @@ import secrets
 import ssl
 from typing import Any
 
-from ._codec import decode_value
-from ._errors import ConnectionLost
-from ._ops import SAFE_TO_RESEND
-from ._protocol import Address, Limits, format_address, parse_address
+from .._errors import ConnectionLost
+from ..protocol.codec import decode_value
+from ..protocol.connection import Address, Limits, format_address, parse_address
+from ..protocol.ops import SAFE_TO_RESEND
 
 __all__ = ["ProxyBase", "Retry", "Target", "format_namespace"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from ._errors import RemoteProtocolError
+from .._errors import RemoteProtocolError
 
 __all__ = ["LARGE_VALUE_BYTES", "NO_FRAME", "FrameDecoder", "LargeValue", "coalesce", "large_reply",
            "large_reply_header", "new_packer", "pack_frame"]

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from ._errors import ConnectionLost
-from ._waiters import Waiter
+from .._errors import ConnectionLost
+from .waiters import Waiter
 
 if TYPE_CHECKING:
-    from ._multiplex import Multiplexer
+    from .multiplex import Multiplexer
 
 __all__ = ["Pump"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from ._codec import MARKER_CODES
+from .codec import MARKER_CODES
 
 __all__ = ["EMPTY_LIST", "extend_list"]
 

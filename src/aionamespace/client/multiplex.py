@@ -28,21 +28,21 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from . import _calls as calls
-from ._cache import ABSENT, CacheTable, entry_value
-from ._codec import decode_value
-from ._connect import open_connection, open_push_connection
-from ._errors import (
+from .._errors import (
     AuthenticationError,
     ConnectionLost,
     WriteQueueFull,
 )
-from ._protocol import ClientConnection, Invalidate, Push, Reply
-from ._proxy import Target
-from ._pump import Pump
-from ._push import PushConnection
-from ._reading import Reading
-from ._waiters import Waiter, loop_identity, settle
+from ..protocol.codec import decode_value
+from ..protocol.connection import ClientConnection, Invalidate, Push, Reply
+from . import calls
+from .cache import ABSENT, CacheTable, entry_value
+from .connect import open_connection, open_push_connection
+from .proxy import Target
+from .pump import Pump
+from .push import PushConnection
+from .reading import Reading
+from .waiters import Waiter, loop_identity, settle
 
 __all__ = ["Multiplexer"]
 

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from . import _calls as calls
-from ._cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
-from ._codec import decode_value, decode_values, encode_value
-from ._errors import ConnectionLost
-from ._proxy import ProxyBase, Target, check_attribute_name, format_namespace
-from ._sync_connection import POOL, SyncConnection
+from .._errors import ConnectionLost
+from ..protocol.codec import decode_value, decode_values, encode_value
+from . import calls
+from .blocking import POOL, SyncConnection
+from .cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
+from .proxy import ProxyBase, Target, check_attribute_name, format_namespace
 
 __all__ = ["Lock", "Namespace", "Watch"]
 

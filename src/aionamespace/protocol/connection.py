@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _auth
-from ._address import Address, format_address, parse_address
-from ._errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
-from ._events import (
+from .._errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from . import auth as _auth
+from .addresses import Address, format_address, parse_address
+from .events import (
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
     PUSH_EVENT,
@@ -42,7 +42,7 @@ from ._events import (
     check_hello,
     check_reply,
 )
-from ._frames import (
+from .frames import (
     LARGE_VALUE_BYTES,
     NO_FRAME,
     FrameDecoder,
@@ -52,7 +52,7 @@ from ._frames import (
     new_packer,
     pack_frame,
 )
-from ._ops import OPS, check_args, check_each_name, check_names, valid_names
+from .ops import OPS, check_args, check_each_name, check_names, valid_names
 
 __all__ = [
     "NO_FRAME",

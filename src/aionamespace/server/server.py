@@ -34,16 +34,16 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.streams.tls import TLSListener
 
-from ._connections import (
+from ..protocol.connection import Address, Limits, ServerConnection, parse_address
+from .dispatch import Dispatcher
+from .shells import (
     FAREWELL_SECONDS,
     READ_CHUNK_BYTES,
     AsyncioConnection,
     Connections,
     StreamConnection,
 )
-from ._dispatch import Dispatcher
-from ._protocol import Address, Limits, ServerConnection, parse_address
-from ._store import MemoryStore, Store
+from .stores.memory import MemoryStore, Store
 
 __all__ = ["Server", "ServerThread"]
 

@@ -1,0 +1,1 @@
+"""The client wing: the sync and async proxies, their shared base, and their transports."""

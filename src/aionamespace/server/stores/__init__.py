@@ -1,0 +1,1 @@
+"""Stores: where a server keeps its namespaces, behind one interface."""
