@@ -72,8 +72,8 @@ class ServeProcess:
 
 def blocked_reading(thread: threading.Thread, function: str) -> bool:
     """Whether a sync proxy's ``thread`` is blocked reading its socket inside ``function``: in
-    a call whose request is sent (SyncConnection.call reads its reply itself), or waiting for a
-    push."""
+    a call whose request is sent (SocketTransport.call reads its reply itself), or in
+    SocketTransport.receive (a watch's next event, a reply read the long way)."""
     frame = sys._current_frames().get(thread.ident or -1)
     names = set()
     reading = False
@@ -82,16 +82,18 @@ def blocked_reading(thread: threading.Thread, function: str) -> bool:
         if frame.f_code.co_name == "call" and frame.f_locals.get("sent") is True:
             reading = True
         frame = frame.f_back
-    return (reading or "_receive_until" in names) and function in names
+    return (reading or "receive" in names) and function in names
 
 
 def request_waiting(ns: Any, count: int = 1) -> Callable[[], bool]:
     """Whether an AsyncNamespace has ``count`` tasks waiting for replies to requests already
-    sent (on either path: a PushConnection's waiters, too, are found by request id)."""
-    mux = ns._aionamespace
+    sent (on any transport: every request's waiter is found by its id)."""
+    state = ns._aionamespace
 
     def check() -> bool:
-        return len(mux.by_id) >= count and not mux.outbox and mux.stream is not None
+        table = state.table
+        return (len(table.waiters) >= count and not table.outbox
+                and state.transport.link is not None)
 
     return check
 

@@ -31,7 +31,7 @@ async def test_a_read_never_awaited_sends_nothing_and_says_so(server: ServerThre
     ns = AsyncNamespace(server.address, "lazy")
     with pytest.warns(RuntimeWarning, match="never awaited"):
         ns.x  # noqa: B018  (CPython warns as the coroutine is dropped, at once)
-    assert ns._aionamespace.stream is None  # not even connected
+    assert ns._aionamespace.transport.link is None  # not even connected
     ns.x = 1
     assert await ns.x == 1
     await ns._close()

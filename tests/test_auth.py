@@ -11,6 +11,7 @@ import msgpack
 import pytest
 
 from aionamespace import AsyncNamespace, AuthenticationError, Manager, Namespace, ServerThread
+from aionamespace.client.blocking import POOL
 from aionamespace.protocol.codec import encode_value
 
 KEY = b"correct horse battery staple"
@@ -114,13 +115,10 @@ def test_the_key_never_crosses_the_socket(keyed_server: ServerThread) -> None:
     """Capture what a real client sends and receives: the key appears in neither direction."""
     ns = Namespace(keyed_server.address, "vault", authkey=KEY)
     assert ns.secret == "kept"
-    connection = next(
-        local.connection for (address, key, _tls), local in
-        __import__("aionamespace.client.blocking", fromlist=["POOL"]).POOL.locals.items()
-        if key == KEY and hasattr(local, "connection"))
-    hello = connection.protocol.send_hello()
+    transport = POOL.transport(ns._aionamespace.target)  # this thread's, already open
+    hello = transport.protocol.send_hello()
     assert KEY not in hello
-    assert KEY not in connection.protocol.send_proof()
+    assert KEY not in transport.protocol.handshake_reply()
     ns._close()
 
 

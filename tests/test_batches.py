@@ -28,7 +28,7 @@ from aionamespace.protocol.codec import (
     encode_values,
 )
 from aionamespace.protocol.ops import check_args, check_names
-from aionamespace.server.stores.memory import Change, MemoryStore
+from aionamespace.server.stores import Change, MemoryStore
 
 
 @pytest.mark.parametrize("byte", range(256))

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
-from aionamespace.client.cache import CACHES
+from aionamespace.client.tracking import CACHES
 
 DEADLINE_SECONDS = 5.0
 
@@ -104,7 +104,7 @@ async def test_async_cache_inside_async_with(server: ServerThread) -> None:
     writer.x = 1
     async with AsyncNamespace(server.address, "acache", cache=True) as ns:
         assert await ns.x == 1
-        assert ns._aionamespace.cache is not None
+        assert ns._aionamespace.table.cache is not None
         with anyio.fail_after(DEADLINE_SECONDS):
             for value in range(2, 30):
                 writer.x = value

@@ -24,14 +24,14 @@ from hypothesis import strategies as st
 
 from aionamespace import AsyncNamespace, Limits, Namespace, ServerThread
 from aionamespace._errors import RemoteProtocolError
-from aionamespace.client.cache import CACHES
+from aionamespace.client.tracking import CACHES
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import (
     PROTOCOL_NAME,
     ClientConnection,
-    Push,
     Reply,
     ServerConnection,
+    WatchPush,
 )
 from aionamespace.protocol.frames import LARGE_VALUE_BYTES, coalesce, large_reply
 
@@ -151,7 +151,7 @@ def test_the_fast_path_yields_what_the_decoder_would_however_bytes_are_cut(
     reference: list[Any] = []
     for frame in STREAM:
         if frame[0] == 0:
-            reference.append(Push(*frame[2:]))
+            reference.append(WatchPush(*frame[2:]))
         elif frame[1] == 0:
             reference.append(Reply(frame[0], frame[2]))
         else:

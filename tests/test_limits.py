@@ -29,8 +29,9 @@ import anyio.abc
 import msgpack
 import pytest
 
+import aionamespace.client.asyncio_transport
 import aionamespace.client.blocking
-import aionamespace.client.connect
+import aionamespace.client.stream_transport
 from aionamespace import (
     AsyncNamespace,
     ConnectionLost,
@@ -191,7 +192,7 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     refusal frame is then already waiting in the client's receive buffer.
     """
     open_socket = aionamespace.client.blocking.open_socket
-    open_stream = aionamespace.client.connect.open_stream
+    open_stream = aionamespace.client.stream_transport.open_stream
 
     def slow_socket(*args: Any) -> socket.socket:
         sock = open_socket(*args)
@@ -204,7 +205,7 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         await anyio.to_thread.run_sync(wait_until_the_server_closes, sock)
         return stream
 
-    connect = aionamespace.client.connect._connect
+    connect = aionamespace.client.asyncio_transport._connect
 
     async def slow_connect(*args: Any) -> socket.socket:  # asyncio's AsyncNamespace
         sock = await connect(*args)
@@ -212,8 +213,8 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         return sock
 
     monkeypatch.setattr(aionamespace.client.blocking, "open_socket", slow_socket)
-    monkeypatch.setattr(aionamespace.client.connect, "open_stream", slow_stream)
-    monkeypatch.setattr(aionamespace.client.connect, "_connect", slow_connect)
+    monkeypatch.setattr(aionamespace.client.stream_transport, "open_stream", slow_stream)
+    monkeypatch.setattr(aionamespace.client.asyncio_transport, "_connect", slow_connect)
 
 
 @pytest.mark.anyio

@@ -45,7 +45,7 @@ from aionamespace.protocol.connection import (
     ClientConnection,
     FrameDecoder,
     Hello,
-    Invalidate,
+    Invalidation,
     Limits,
     Refusal,
     Reply,
@@ -845,14 +845,14 @@ def test_fuzz_lone_result_agrees_with_receive_data(request_id: int, data: bytes)
 
 
 def test_receive_frames_leaves_successful_replies_as_their_frames() -> None:
-    """The async proxy's view: an Answer is the checked frame; everything else is an event."""
+    """The async proxy's view: a ResultFrame is the checked frame; everything else is an event."""
     client = greeted_client()
     data = pack([4, 0, b"\x01"]) + pack([5, 1, "KeyError", "gone"]) + pack([0, 3, "k", "n"])
     answer, error, invalidate = client.receive_frames(data)
     assert answer == [4, REPLY_OK, b"\x01"]
     assert error == Reply(5, error=error.error)
     assert isinstance(error.error, KeyError)
-    assert invalidate == Invalidate("k", "n")
+    assert invalidate == Invalidation("k", "n")
     for bad in ([0, 0, 1], [-1, 0, 1], [True, 0, 1], [4, 0]):  # never Answers
         try:
             events = greeted_client().receive_frames(pack(bad))

@@ -1481,8 +1481,8 @@ def test_operation_table_matches_the_library() -> None:
 
 
 def test_doc_tables_list_what_the_library_has() -> None:
-    from aionamespace._errors import _REMOTE_TYPES
     from aionamespace.protocol.codec import ExtCode
+    from aionamespace.protocol.events import REMOTE_TYPES as _REMOTE_TYPES
 
     assert {int(row[0]): row[1].strip("`") for row in doc_table("ext-codes")} == {
         code.value: code.name for code in ExtCode
@@ -1502,7 +1502,7 @@ def test_safe_to_resend_table_matches_the_library() -> None:
 
 def test_documented_limits_match_the_library() -> None:
     from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
-    from aionamespace.server.stores.memory import DEFAULT_HISTORY
+    from aionamespace.server.stores import DEFAULT_HISTORY
 
     text = " ".join(DOC.read_text(encoding="utf-8").split())
     limits = Limits()

@@ -1,6 +1,6 @@
-"""AsyncNamespace on asyncio: replies delivered by protocol callbacks (PushConnection).
+"""AsyncNamespace on asyncio: replies delivered by protocol callbacks (AsyncioTransport).
 
-The rest of the suite runs every async test on both paths (asyncio: PushConnection; trio: the
+The rest of the suite runs every async test on both paths (asyncio: AsyncioTransport; trio: the
 reader role on anyio streams). These tests pin which path is taken, and what the push path has
 to get right itself: a server that answers with garbage or goes away while tasks wait (on both
 paths), and flow control while a large outbox is sent and replies keep coming.
@@ -22,26 +22,28 @@ import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Retry, ServerThread
 from aionamespace._errors import ProtocolError
-from aionamespace.client.multiplex import WRITE_AT_FRAMES
-from aionamespace.client.push import PushConnection
+from aionamespace.client.asyncio_transport import WRITE_AT_FRAMES, AsyncioTransport, SocketLink
+from aionamespace.client.stream_transport import StreamTransport
 from aionamespace.protocol.connection import PROTOCOL_NAME
 from probes import async_wait_until, request_waiting
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_asyncio_uses_a_push_connection_and_trio_the_reader_role(
+async def test_asyncio_uses_protocol_callbacks_and_trio_the_reader_role(
         server: ServerThread, anyio_backend: str) -> None:
     ns = AsyncNamespace(server.address, "which")
     ns.x = 1
     assert await ns.x == 1
-    stream = ns._aionamespace.stream
+    transport = ns._aionamespace.transport
     if anyio_backend == "asyncio":
-        assert type(stream) is PushConnection
+        assert type(transport) is AsyncioTransport
+        assert type(transport.link) is SocketLink
     else:
-        assert isinstance(stream, anyio.abc.ByteStream)
+        assert type(transport) is StreamTransport
+        assert isinstance(transport.link, anyio.abc.ByteStream)
     await ns._close()
-    assert ns._aionamespace.stream is None
+    assert transport.link is None
 
 
 class Scripted:
@@ -136,13 +138,13 @@ async def test_a_long_outbox_is_written_before_every_task_has_queued(
     frames still leave in order: each task reads back the value it queued just before."""
     tasks = 4 * WRITE_AT_FRAMES
     writes: list[int] = []
-    write = PushConnection.write
+    write = SocketLink.write
 
-    def counting_write(self: PushConnection, data: bytes) -> None:
+    def counting_write(self: SocketLink, data: bytes) -> None:
         writes.append(len(list(msgpack.Unpacker(io.BytesIO(data)))))  # frames in this write
         write(self, data)
 
-    monkeypatch.setattr(PushConnection, "write", counting_write)
+    monkeypatch.setattr(SocketLink, "write", counting_write)
     ns = AsyncNamespace(server.address, "early")
     ns.warm = 1
     await ns._flush()
@@ -177,15 +179,15 @@ async def test_a_request_waits_on_a_bare_future_that_is_forgotten_when_it_ends(
     loop.set_exception_handler(lambda _loop, context: reports.append(context))
     scripted = Scripted(short_path, wait_for=9, then=None)  # closes at the 9th request
     ns = AsyncNamespace(short_path, "n", retry=Retry(attempts=1))
-    mux = ns._aionamespace
+    table = ns._aionamespace.table
     tasks = [asyncio.ensure_future(getattr(ns, f"n{i}")) for i in range(8)]
     try:
         await async_wait_until(request_waiting(ns, 8), "8 requests sent and waiting")
-        assert all(type(waiter) is asyncio.Future for waiter in mux.by_id.values())
+        assert all(type(waiter) is asyncio.Future for waiter in table.waiters.values())
         for task in tasks[:4]:
             task.cancel()
         await asyncio.wait(tasks[:4])
-        assert len(mux.by_id) == 4  # the cancelled ones are forgotten already
+        assert len(table.waiters) == 4  # the cancelled ones are forgotten already
         last = asyncio.ensure_future(ns.last)  # the 9th: the server hangs up
         outcomes = await asyncio.gather(*tasks[4:], last, return_exceptions=True)
     finally:
@@ -194,7 +196,7 @@ async def test_a_request_waits_on_a_bare_future_that_is_forgotten_when_it_ends(
     assert all(type(outcome) is ConnectionLost for outcome in outcomes), outcomes
     assert all(outcome.request_sent for outcome in outcomes)  # each its own, saying so
     assert len({id(outcome) for outcome in outcomes}) == len(outcomes)
-    assert mux.by_id == {}
+    assert table.waiters == {}
     del tasks, last, outcomes
     gc.collect()
     assert reports == []

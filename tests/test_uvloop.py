@@ -1,7 +1,7 @@
 """uvloop (the optional extra): the server on it, and the async proxy in a program that runs it.
 
 ``serve --loop uvloop`` must serve everything the default loop does; an AsyncNamespace inside a
-uvloop program takes the same PushConnection path as on asyncio's own loop (uvloop's transports
+uvloop program takes the same AsyncioTransport path as on asyncio's own loop (uvloop's transports
 are not asyncio.Transport subclasses, but behave as one).
 """
 
@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, Namespace
-from aionamespace.client.push import PushConnection
+from aionamespace.client.asyncio_transport import AsyncioTransport
 from probes import ServeProcess
 from support import Reports, run_child
 
@@ -52,7 +52,7 @@ async def _async_round(path: str) -> tuple[int, type]:
                 group.start_soon(ns._incr, "n")
         with pytest.raises(AttributeError):
             await ns.missing
-        return await ns.n, type(ns._aionamespace.stream)
+        return await ns.n, type(ns._aionamespace.transport)
 
 
 def _uvloop_program(path: str, reports: Reports) -> None:
@@ -60,7 +60,7 @@ def _uvloop_program(path: str, reports: Reports) -> None:
     instead of hanging the suite, which a signal-based timeout cannot interrupt)."""
     count, stream_type = anyio.run(_async_round, path, backend="asyncio",
                                    backend_options={"use_uvloop": True})
-    reports.queue.put((count, stream_type is PushConnection))
+    reports.queue.put((count, stream_type is AsyncioTransport))
 
 
 @pytest.mark.parametrize("server_loop", ["uvloop", "asyncio"])

@@ -20,11 +20,11 @@ from ._manager import Manager as Manager
 from .client.asynchronous import AsyncNamespace as AsyncNamespace
 from .client.proxy import Retry as Retry
 from .client.sync import Namespace as Namespace
-from .protocol.connection import Limits as Limits
+from .protocol.limits import Limits as Limits
 from .server.server import Server as Server
 from .server.server import ServerThread as ServerThread
-from .server.stores.memory import MemoryStore as MemoryStore
-from .server.stores.memory import Store as Store
+from .server.stores import MemoryStore as MemoryStore
+from .server.stores import Store as Store
 
 __version__ = "0.1.0"
 

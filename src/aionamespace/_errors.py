@@ -14,17 +14,13 @@ shared, ``ValueError`` for a bad argument)::
     │   └── RemoteProtocolError   the peer sent something the protocol forbids
     └── RemoteError               the server failed with an error that has no local twin
 
-Socket and anyio exceptions never reach the caller: the I/O shells translate them at one
-point (``map_connection_errors`` below) into ``ConnectionLost``, keeping the original as
-``__cause__``.
+Socket and anyio exceptions never reach the caller: a client transport translates them where
+they happen (``client/transport.py``) into ``ConnectionLost``, keeping the original as
+``__cause__``. The server's error replies name one of these (or a builtin) and are rebuilt by
+``protocol/events.py``; this module holds the tree and nothing else.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
-
-import anyio
 
 __all__ = [
     "AuthenticationError",
@@ -36,9 +32,6 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "WriteQueueFull",
-    "connection_lost",
-    "exception_from_reply",
-    "map_connection_errors",
 ]
 
 
@@ -90,82 +83,3 @@ class RemoteError(NamespaceError):
     def __init__(self, remote_type: str, message: str) -> None:
         super().__init__(f"{remote_type}: {message}")
         self.remote_type = remote_type
-
-
-# Error replies carry a type *name*; only these names are turned back into local types.
-# Names are looked up in this table, never evaluated.
-_REMOTE_TYPES: dict[str, type[Exception]] = {
-    cls.__name__: cls
-    for cls in (
-        AttributeError,
-        AuthenticationError,
-        ConnectionLost,
-        HistoryExpired,
-        KeyError,
-        LookupError,
-        OverflowError,
-        TimeoutError,
-        TypeError,
-        ValueError,
-        NamespaceError,
-        ProtocolError,
-        RemoteProtocolError,
-    )
-}
-
-
-def exception_from_reply(type_name: str, message: str) -> Exception:
-    """Rebuild the exception an error reply describes (see docs/PROTOCOL.md, "Errors")."""
-    cls = _REMOTE_TYPES.get(type_name)
-    if cls is None:
-        return RemoteError(type_name, message)
-    if cls is RemoteProtocolError:
-        # The server says *we* sent garbage: from our side that is a local protocol error.
-        return LocalProtocolError(message)
-    return cls(message)
-
-
-#: What a socket or an anyio stream raises when the connection breaks (or the peer left).
-TRANSPORT_ERRORS = (
-    OSError,
-    EOFError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-)
-
-
-@contextlib.contextmanager
-def map_connection_errors(address: object, *, connecting: bool = False,
-                          handshake_timeout: float | None = None) -> Iterator[None]:
-    """Translate socket and anyio failures into ``ConnectionLost`` naming the address.
-
-    A TimeoutError passes through (a timeout the caller asked for is not a lost connection),
-    except while connecting with a ``handshake_timeout``: a server that does not greet us in
-    that time is as good as none.
-    """
-    try:
-        yield
-    except Exception as exc:
-        lost = connection_lost(exc, address, connecting=connecting,
-                               handshake_timeout=handshake_timeout)
-        if lost is None:
-            raise
-        raise lost from exc
-
-
-def connection_lost(exc: BaseException, address: object, *, connecting: bool = False,
-                    handshake_timeout: float | None = None) -> ConnectionLost | None:
-    """The ``ConnectionLost`` that ``exc`` stands for (``map_connection_errors``), or None if
-    it should pass as it is (for a hot path that cannot afford a context manager)."""
-    if isinstance(exc, TimeoutError):
-        if handshake_timeout is None:
-            return None
-        return ConnectionLost(
-            f"cannot connect to the aionamespace server at {address!r}: no handshake within "
-            f"{handshake_timeout} seconds")
-    if isinstance(exc, ConnectionLost) or not isinstance(exc, TRANSPORT_ERRORS):
-        return None
-    detail = str(exc) or type(exc).__name__
-    what = "cannot connect to" if connecting else "lost the connection to"
-    return ConnectionLost(f"{what} the aionamespace server at {address!r}: {detail}")

@@ -1,13 +1,15 @@
-"""``AsyncNamespace``: the awaitable proxy, a thin shell over one multiplexed connection.
+"""``AsyncNamespace``: the awaitable proxy, a thin shell over an async transport.
 
 ``await ns.x`` reads; ``ns.x = v`` and ``del ns.x`` cannot await, so they are encoded at once
-(a bad value raises ``TypeError`` right there) and queued, in order, on the proxy's connection;
-``await ns._flush()`` waits for their acknowledgements. How many tasks share that connection
-is ``_multiplex.py``'s business; what each operation means is ``_calls.py``'s.
+(a bad value raises ``TypeError`` right there) and queued, in order, on the proxy's request
+table; ``await ns._flush()`` waits for their acknowledgements. How many tasks share one
+connection is the transport's business (``pipelined.py`` and its subclasses); what each
+operation means is ``calls.py``'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -19,10 +21,41 @@ import anyio
 from .._errors import ConnectionLost
 from ..protocol.codec import decode_values
 from . import calls
-from .multiplex import Multiplexer
+from .asyncio_transport import AsyncioTransport
+from .cache import ABSENT, entry_value
+from .pipelined import AsyncState, PipelinedTransport
 from .proxy import ProxyBase, Target, check_attribute_name
+from .requests import RequestTable
+from .stream_transport import StreamTransport
 
 __all__ = ["AsyncLock", "AsyncNamespace", "AsyncWatch"]
+
+
+def _new_transport(state: AsyncState) -> PipelinedTransport:
+    """A transport for the running event loop: asyncio's protocol callbacks on plain asyncio
+    sockets, an anyio stream for TLS and trio, or what the address opens (a loopback)."""
+    if state.target.in_process is not None:
+        return state.target.in_process.async_transport(state)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return StreamTransport(state)  # trio
+    if state.target.ssl_context is not None:
+        return StreamTransport(state)
+    return AsyncioTransport(state, loop)
+
+
+def _state(target: Target) -> AsyncState:
+    return AsyncState(RequestTable(target), _new_transport)
+
+
+async def _read_cached(state: AsyncState, name: str) -> Any:
+    """``await ns.x`` with a cache: from it while the pump keeps it current, else a request."""
+    transport = state.bound()
+    entry = transport.cached(state.key, name)
+    if entry is not ABSENT:
+        return entry_value(entry, name)
+    return await transport.call(calls.GET, (state.key, name))
 
 
 class AsyncNamespace(ProxyBase):
@@ -33,28 +66,29 @@ class AsyncNamespace(ProxyBase):
     """
 
     __slots__ = ()
-    _aionamespace: Multiplexer
+    _aionamespace: AsyncState
 
     def _attach(self, target: Target) -> None:
-        object.__setattr__(self, "_aionamespace", Multiplexer(target))
+        object.__setattr__(self, "_aionamespace", _state(target))
 
     @property
     def _key(self) -> str:
-        return self._aionamespace.target.key
+        return self._aionamespace.key
 
     def _forget(self, call: calls.Call) -> None:
-        cache = self._aionamespace.cache
-        if cache is not None and call.changes:
-            cache.forget(self._key, call.changes)  # read-your-writes
+        cache = self._aionamespace.table.cache
+        operation, args = call
+        if cache is not None and operation.changes:
+            cache.forget(self._key, operation.changed(args))  # read-your-writes
 
     async def _run(self, call: calls.Call) -> Any:
         """Run ``call``, retrying as the target's policy says."""
         self._forget(call)
-        return await self._aionamespace.run(call)
+        return await self._aionamespace.transport.call(*call)
 
     def _queue(self, call: calls.Call) -> None:
         self._forget(call)
-        self._aionamespace.queue_write(call.op, *call.args)
+        self._aionamespace.transport.write(*call)
 
     # ------------------------------------------------------------------ attribute protocol
 
@@ -62,14 +96,14 @@ class AsyncNamespace(ProxyBase):
         # Shared names are answered here, not in __getattr__, which only runs after the normal
         # lookup has raised (and thrown away) an AttributeError: a sixth of an awaited get.
         # The proxy's own attributes all start with "_" (it has no public ones to shadow).
-        # ``ns.x`` is the coroutine itself (an awaitable object wrapping it cost a tenth of
-        # an awaited get); forgetting the await draws Python's "never awaited" warning.
+        # ``ns.x`` is the transport's coroutine itself (an awaitable object wrapping it cost a
+        # tenth of an awaited get); forgetting the await draws Python's "never awaited" warning.
         if name[:1] == "_":
             return object.__getattribute__(self, name)
-        multiplexer: Multiplexer = object.__getattribute__(self, "_aionamespace")
-        if multiplexer.pushed:  # asyncio's plain sockets (trio and TLS: one coroutine fewer)
-            return multiplexer.get(multiplexer.target.key, name)
-        return multiplexer.read(multiplexer.target.key, name)
+        state: AsyncState = object.__getattribute__(self, "_aionamespace")
+        if state.table.cache is None:
+            return state.transport.call(calls.GET, (state.key, name))
+        return _read_cached(state, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         check_attribute_name(name)
@@ -89,23 +123,23 @@ class AsyncNamespace(ProxyBase):
 
     async def _flush(self) -> None:
         """Send every queued write, wait for all acknowledgements, raise the first failure."""
-        await self._aionamespace.flush()
+        await self._aionamespace.bound().flush()
 
     async def _close(self) -> None:
         """Flush queued writes, then close the connection (a later use reconnects)."""
-        await self._aionamespace.close()
+        await self._aionamespace.bound().close()
 
     async def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""
-        await self._aionamespace.request("ping")
+        await self._run(calls.ping())
 
     async def __aenter__(self) -> AsyncNamespace:
-        await self._aionamespace.start_pump()
+        await self._aionamespace.bound().start_pump()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        await self._aionamespace.stop_pump()
+        await self._aionamespace.transport.stop_pump()
 
     # ------------------------------------------------------------------ operations
 
@@ -220,26 +254,25 @@ class AsyncWatch:
 
     def __init__(self, target: Target, names: tuple[str, ...], since: int | None) -> None:
         self._call = calls.watch(target.key, names, since)
-        self._connection = Multiplexer(target)
+        self._state = _state(target)
         self.revision = 0
         self.values: dict[str, Any] = {}
 
     async def __aenter__(self) -> AsyncWatch:
         try:
-            _, self.revision, values = await self._connection.request(
-                self._call.op, *self._call.args)
+            _, self.revision, values = await self._state.transport.call(*self._call)
         except BaseException:
-            await self._connection.close()
+            await self._state.bound().close()
             raise
         self.values = decode_values(values)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._connection.close()
+        await self._state.bound().close()
 
     def __aiter__(self) -> AsyncWatch:
         return self
 
     async def __anext__(self) -> calls.WatchEvent:
-        push = await self._connection.next_push()
+        push = await self._state.bound().next_push()
         return calls.event_from_push(push.name, push.revision, push.value)

@@ -1,14 +1,14 @@
-"""Blocking connections: a plain socket per thread and per server, around the protocol.
+"""The sync proxy's transport: a blocking socket per thread and per server, around the protocol.
 
-Connections are per thread and per server, shared by every proxy of this process that points at
+Transports are per thread and per server, shared by every proxy of this process that points at
 that server, as the stdlib's proxies do: threads never wait for each other, and a thread has at
 most one request in flight, so the next reply on its socket is the answer to its request.
 
-Fork safety, after redis-py: each connection remembers the pid that opened it. A forked child
-drops the inherited connections (closing only its own copies of the descriptors, never shutting
-the parent's sockets down) and opens fresh ones on first use. It never finds them: the pool is
+Fork safety, after redis-py: each transport remembers the pid that opened it. A forked child
+drops the inherited ones (closing only its own copies of the descriptors, never shutting the
+parent's sockets down) and opens fresh ones on first use. It never finds them: the pool is
 emptied in the child right after the fork (``os.register_at_fork``), so a call needs no
-``getpid()`` (a system call, on every get) to tell whose connection it holds.
+``getpid()`` (a system call, on every get) to tell whose transport it holds.
 """
 
 from __future__ import annotations
@@ -18,24 +18,20 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
 from typing import Any
 
-from .._errors import ConnectionLost, connection_lost, map_connection_errors
-from ..protocol.connection import (
-    NO_FRAME,
-    Address,
-    ClientConnection,
-    Hello,
-    Invalidate,
-    Push,
-    Reply,
-)
+from .._errors import ConnectionLost
+from ..protocol.addresses import Address
+from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
+from .calls import Operation
 from .proxy import Target
+from .transport import Transport, connection_lost, map_connection_errors
 
-__all__ = ["POOL", "SyncConnection", "open_socket"]
+__all__ = ["POOL", "SocketTransport", "open_socket", "open_transport"]
 
-READ_CHUNK_BYTES = 256 * 1024  # one buffer per connection, reused: large values in fewer reads
+READ_CHUNK_BYTES = 256 * 1024  # one buffer per transport, reused: large values in fewer reads
+
+Event = Hello | Reply | WatchPush | Invalidation
 
 
 def open_socket(address: Address, ssl_context: ssl.SSLContext | None = None,
@@ -63,34 +59,52 @@ def open_socket(address: Address, ssl_context: ssl.SSLContext | None = None,
         raise
 
 
-class SyncConnection:
+def open_transport(target: Target, *, track: bool = False) -> Transport:
+    """A new sync transport to ``target``'s server."""
+    return SocketTransport(target, track=track)
+
+
+class SocketTransport:
     """One blocking socket, its protocol state, and the pid that owns it."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, track: bool = False) -> None:
         self.address = target.address
         self.pid = os.getpid()
-        self.protocol = ClientConnection(target.limits, target.authkey)
+        self.protocol = ClientConnection(target.limits, target.authkey, track=track)
         self.sock: socket.socket | None = None
-        # recv_into one buffer per connection: recv(n) would allocate n bytes on every call.
+        # recv_into one buffer per transport: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
-        self.pushes: collections.deque[Push] = collections.deque()
+        self.pushes: collections.deque[WatchPush] = collections.deque()
         timeout = target.limits.handshake_timeout
         with map_connection_errors(self.address, connecting=True, handshake_timeout=timeout):
-            self.sock = open_socket(self.address, target.ssl_context, timeout)
+            if target.in_process is None:
+                self.sock = open_socket(self.address, target.ssl_context, timeout)
+            else:  # a server in this process: an in-memory end (loopback.py)
+                self.sock = target.in_process.socket(timeout)
             try:
-                try:
-                    self.sock.sendall(self.protocol.send_hello())
-                except OSError:
-                    self._read_refusal()  # a server refusing us at once may have said why
-                    raise
-                self._receive_until(lambda event: type(event) is Hello)
-                proof = self.protocol.send_proof()
-                if proof:
-                    self.sock.sendall(proof)
+                self._handshake()
                 self.sock.settimeout(None)  # from here on, a call waits as long as it takes
             except BaseException:
                 self.close()
                 raise
+
+    @property
+    def closed(self) -> bool:
+        return self.sock is None
+
+    def _handshake(self) -> None:
+        """``ClientConnection``'s handshake over the blocking socket."""
+        assert self.sock is not None
+        try:
+            self.sock.sendall(self.protocol.start())
+        except OSError:
+            self._read_refusal()  # a server refusing us at once may have said why
+            raise
+        while not self.protocol.greeted:
+            self._events(self.sock.recv_into(self._buffer))
+        reply = self.protocol.handshake_reply()
+        if reply:
+            self.sock.sendall(reply)
 
     def _read_refusal(self) -> None:
         """Raise the reason a refusing server sent before closing, if it is there to read."""
@@ -104,17 +118,18 @@ class SyncConnection:
             self.sock.settimeout(None)
         self.protocol.receive_data(self._buffer[:received])  # a refusal raises its reason
 
-    def call(self, op: str, *args: Any) -> Any:
+    def call(self, operation: Operation, args: tuple[Any, ...]) -> Any:
         """Send one request and block until its reply; raise what the server raised.
 
         The hot path: one send, one receive, and a reply that came alone decoded in one call.
         (A try block instead of map_connection_errors: that context manager costs as much
         as the rest of the Python here.)
         """
-        if op == "get":
-            request_id, frame = self.protocol.send_get(*args)
+        protocol = self.protocol
+        if operation.op == "get":
+            request_id, frame = protocol.send_get(*args)
         else:
-            request_id, frame = self.protocol.send_request(op, *args)
+            request_id, frame = protocol.send_request(operation.op, *args)
         sock = self.sock
         assert sock is not None
         sent = False
@@ -123,12 +138,10 @@ class SyncConnection:
             sent = True
             received = sock.recv_into(self._buffer)
             if received:
-                result = self.protocol.lone_result(request_id, self._buffer[:received])
+                result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:
-                    return result
-            reply = self._receive_until(
-                lambda event: type(event) is Reply and event.id in (request_id, 0),
-                self._events(received))
+                    return operation.read(result)
+            reply = self._receive_until(request_id, self._events(received))
         except BaseException as exc:
             # Interrupted or broken mid-call: the stream position is unknown, never reuse it.
             self.close()
@@ -139,31 +152,22 @@ class SyncConnection:
             if isinstance(exc, ConnectionLost):
                 exc.request_sent = sent
             raise
-        assert isinstance(reply, Reply)
         if reply.error is not None:
             if reply.id == 0:  # the server dropped the whole connection
                 self.close()
             raise reply.error
-        return reply.result
+        return operation.read(reply.result)
 
-    def next_push(self, timeout: float | None = None) -> Push:
-        """The next watch event on this connection; TimeoutError after ``timeout`` seconds."""
-        if not self.pushes:
-            assert self.sock is not None
-            if timeout is not None and timeout <= 0:  # settimeout(0) would mean non-blocking
-                raise TimeoutError("no watch event arrived in time")
-            self.sock.settimeout(timeout)
-            try:
-                with map_connection_errors(self.address):
-                    self._receive_until(lambda event: type(event) is Push)
-            except TimeoutError:
-                raise
-            except BaseException:
-                self.close()
-                raise
-        return self.pushes.popleft()
+    def send(self, operation: Operation, args: tuple[Any, ...]) -> int:
+        """Send a request without waiting: its reply comes through ``receive``. The caller
+        serialises sends (one thread at a time) and reads in one thread."""
+        request_id, frame = self.protocol.send_request(operation.op, *args)
+        assert self.sock is not None
+        with map_connection_errors(self.address):
+            self.sock.sendall(frame)
+        return request_id
 
-    def receive_events(self) -> list[Hello | Reply | Push | Invalidate]:
+    def receive(self) -> list[Event]:
         """Block for the next chunk and return the events it completes (maybe none)."""
         assert self.sock is not None
         large = self.protocol.large_value()
@@ -172,29 +176,55 @@ class SyncConnection:
             return self.protocol.large_received(received)
         return self._events(received)
 
-    def _events(self, received: int) -> list[Hello | Reply | Push | Invalidate]:
+    def next_push(self, timeout: float | None = None) -> WatchPush:
+        """The next watch event on this connection; TimeoutError after ``timeout`` seconds."""
+        if not self.pushes:
+            assert self.sock is not None
+            if timeout is not None and timeout <= 0:  # settimeout(0) would mean non-blocking
+                raise TimeoutError("no watch event arrived in time")
+            self.sock.settimeout(timeout)
+            try:
+                with map_connection_errors(self.address):
+                    while not self.pushes:
+                        goodbye = self._sort(self.receive(), 0)
+                        if goodbye is not None:
+                            raise goodbye.error or ConnectionLost("the server said goodbye")
+            except TimeoutError:
+                raise
+            except BaseException:
+                self.close()
+                raise
+        return self.pushes.popleft()
+
+    def _events(self, received: int) -> list[Event]:
         """The events completed by ``received`` bytes read into the buffer (0: closed)."""
         if not received:
             raise ConnectionLost(f"the aionamespace server at {self.address!r} closed the "
                                  "connection")
         return self.protocol.receive_data(self._buffer[:received])
 
-    def _receive_until(self, wanted: Any, events: Sequence[Hello | Reply | Push | Invalidate] = (),
-                       ) -> Hello | Reply | Push | Invalidate:
-        """Read until an event ``wanted`` accepts (among ``events`` first, if given: those
-        already read); watch events are kept in ``pushes``."""
+    def _receive_until(self, request_id: int, events: list[Event]) -> Reply:
+        """Read until the reply to ``request_id`` (looking at ``events``, those already read,
+        first) or the server's goodbye."""
         while True:
-            found = None
-            for event in events:
-                if type(event) is Reply and event.id == 0:
-                    return event  # the server's goodbye: nothing behind it counts
-                if type(event) is Push:
-                    self.pushes.append(event)
-                if wanted(event):
+            reply = self._sort(events, request_id)
+            if reply is not None:
+                return reply
+            events = self.receive()
+
+    def _sort(self, events: list[Event], request_id: int) -> Reply | None:
+        """Keep the watch events among ``events`` in ``pushes``; return the reply to
+        ``request_id``, or the server's goodbye (nothing behind it counts), if there."""
+        found = None
+        for event in events:
+            if type(event) is Reply:
+                if event.id == 0:
+                    return event
+                if event.id == request_id:
                     found = event
-            if found is not None:
-                return found
-            events = self.receive_events()
+            elif type(event) is WatchPush:
+                self.pushes.append(event)
+        return found
 
     def close(self) -> None:
         """Release this process's descriptor; only the opening process shuts the socket down."""
@@ -213,33 +243,33 @@ class SyncConnection:
 
 
 class _Pool:
-    """Per-thread connections, keyed by server; emptied in a forked child."""
+    """Per-thread transports, keyed by server; emptied in a forked child."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.locals: dict[tuple[Any, ...], threading.local] = {}
 
-    def connection(self, target: Target) -> SyncConnection:
+    def transport(self, target: Target) -> Transport:
         server = target.server
         local = self.locals.get(server)
         if local is None:
             with self.lock:
                 local = self.locals.setdefault(server, threading.local())
-        connection: SyncConnection | None = getattr(local, "connection", None)
-        if connection is None or connection.sock is None:  # (a forked child: see after_fork)
-            connection = local.connection = SyncConnection(target)
-        return connection
+        transport: Transport | None = getattr(local, "transport", None)
+        if transport is None or transport.closed:  # (a forked child: see after_fork)
+            transport = local.transport = open_transport(target)
+        return transport
 
     def discard(self, target: Target) -> None:
         local = self.locals.get(target.server)
-        connection = getattr(local, "connection", None)
-        if connection is not None:
-            connection.close()
-            del local.connection  # type: ignore[union-attr]
+        transport = getattr(local, "transport", None)
+        if transport is not None:
+            transport.close()
+            del local.transport  # type: ignore[union-attr]
 
     def after_fork(self) -> None:
         self.lock = threading.Lock()
-        self.locals = {}  # inherited connections are closed (not shut down) as they are collected
+        self.locals = {}  # inherited transports are closed (not shut down) as they are collected
 
 
 POOL = _Pool()

@@ -1,9 +1,12 @@
-"""Every proxy operation as data: the request it sends and how its answer is read.
+"""Every proxy operation, defined once: the request it sends and how its answer is read.
 
-``Namespace`` and ``AsyncNamespace`` differ only in how they move bytes, so what an operation
-means lives here once (httpx's ``BaseClient`` idea): a function builds a ``Call`` -- encoding
-the values at once, so an unshareable value raises ``TypeError`` at the call site -- and each
-proxy sends it its own way and hands the result to ``call.read``.
+``Namespace`` and ``AsyncNamespace`` differ only in how they wait, so what an operation means
+lives here (httpx's ``BaseClient`` idea). An ``Operation`` is made once per kind of request:
+its op name, how its answer is read, and which attribute names it may change (a client cache
+forgets those before the request leaves). A *call* is an operation with its arguments, the
+values already encoded, so an unshareable value raises ``TypeError`` at the call site; every
+transport takes a call as it is (``transport.call(*call)``), the hot ``get`` included:
+``(GET, (key, name))`` needs no builder at all.
 """
 
 from __future__ import annotations
@@ -16,19 +19,40 @@ from typing import Any
 
 from ..protocol.codec import decode_value, decode_values, encode_value, encode_values
 
-__all__ = ["Call", "Snapshot", "WatchEvent"]
+__all__ = ["GET", "Call", "Operation", "Snapshot", "WatchEvent"]
 
 
 def _unchanged(result: Any) -> Any:
     return result
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Call:
-    op: str
-    args: tuple[Any, ...]
-    read: Callable[[Any], Any] = _unchanged
-    changes: tuple[str, ...] = ()  # attribute names it may change (a client cache forgets them)
+class Operation:
+    """One kind of request: ``op``, how its answer is ``read``, what it may change.
+
+    ``changes`` says where the attribute names it may change are among its arguments: ``"name"``
+    (the second argument), ``"values"`` (the keys of the second) or None (it changes none).
+    """
+
+    __slots__ = ("changes", "op", "read")
+
+    def __init__(self, op: str, read: Callable[[Any], Any] = _unchanged,
+                 changes: str | None = None) -> None:
+        self.op, self.read, self.changes = op, read, changes
+
+    def changed(self, args: tuple[Any, ...]) -> tuple[str, ...]:
+        """The attribute names a call with ``args`` may change."""
+        if self.changes == "name":
+            return (args[1],)
+        if self.changes == "values":
+            return tuple(args[1])
+        return ()
+
+    def __repr__(self) -> str:
+        return f"<Operation {self.op}>"
+
+
+#: An operation and its arguments, ready to send.
+Call = tuple[Operation, tuple[Any, ...]]
 
 
 class Snapshot(dict[str, Any]):
@@ -54,16 +78,36 @@ class WatchEvent:
     deleted: bool = False
 
 
+def _read_snapshot(result: list[Any]) -> Snapshot:
+    return Snapshot(result[0], decode_values(result[1]))
+
+
+PING = Operation("ping")
+KEYS = Operation("keys")
+GET = Operation("get", decode_value)
+SET = Operation("set", changes="name")
+DELETE = Operation("del", changes="name")
+OPEN = Operation("open", changes="values")
+DUMP = Operation("dump")
+SNAPSHOT = Operation("snapshot", _read_snapshot)
+UPDATE = Operation("update", changes="values")
+SETDEFAULT = Operation("setdefault", decode_value, changes="name")
+POP = Operation("pop", decode_value, changes="name")
+INCR = Operation("incr", decode_value, changes="name")
+APPEND = Operation("append", changes="name")
+CAS = Operation("cas", changes="name")
+ACQUIRE = Operation("acquire")
+RELEASE = Operation("release")
+WATCH = Operation("watch")
+TRACK = Operation("track")
+
+
 def shared(name: str) -> str:
     """An attribute name an operation may share: ``_`` names stay on the proxy."""
     if isinstance(name, str) and name.startswith("_"):
         raise ValueError(f"{name!r} starts with '_': such names stay on the proxy and are "
                          "never shared")
     return name
-
-
-def _read_snapshot(result: list[Any]) -> Snapshot:
-    return Snapshot(result[0], decode_values(result[1]))
 
 
 def _shared_names(names: Collection[str]) -> None:
@@ -78,78 +122,84 @@ def _shared_names(names: Collection[str]) -> None:
 
 
 def get(key: str, name: str) -> Call:
-    return Call("get", (key, name), decode_value)
+    return GET, (key, name)
 
 
 def set_(key: str, name: str, value: Any) -> Call:
-    return Call("set", (key, name, encode_value(value)), changes=(name,))
+    return SET, (key, name, encode_value(value))
 
 
 def delete(key: str, name: str) -> Call:
-    return Call("del", (key, name), changes=(name,))
+    return DELETE, (key, name)
 
 
 def open_(key: str, defaults: dict[str, Any]) -> Call:
     # Not shared(): like the stdlib's Namespace(_x=1), an initial _ name is stored, unreachable.
-    return Call("open", (key, encode_values(defaults)), changes=tuple(defaults))
+    return OPEN, (key, encode_values(defaults))
 
 
 def dump(key: str) -> Call:
-    return Call("dump", (key,))
+    return DUMP, (key,)
 
 
 def snapshot(key: str, names: tuple[str, ...]) -> Call:
     _shared_names(names)
-    return Call("snapshot", (key, list(names) or None), _read_snapshot)
+    return SNAPSHOT, (key, list(names) or None)
 
 
 def update(key: str, values: dict[str, Any]) -> Call:
     _shared_names(values)
-    return Call("update", (key, encode_values(values)), changes=tuple(values))
+    return UPDATE, (key, encode_values(values))
 
 
 def setdefault(key: str, name: str, value: Any) -> Call:
-    return Call("setdefault", (key, shared(name), encode_value(value)), decode_value,
-                changes=(name,))
+    return SETDEFAULT, (key, shared(name), encode_value(value))
 
 
 def pop(key: str, name: str) -> Call:
-    return Call("pop", (key, shared(name)), decode_value, changes=(name,))
+    return POP, (key, shared(name))
 
 
 def incr(key: str, name: str, by: int | float) -> Call:
     if type(by) not in (int, float):
         raise TypeError(f"can only increment by an int or a float, not {type(by).__name__}")
-    return Call("incr", (key, shared(name), encode_value(by)), decode_value, changes=(name,))
+    return INCR, (key, shared(name), encode_value(by))
 
 
 def append(key: str, name: str, items: Iterable[Any]) -> Call:
-    return Call("append", (key, shared(name), [encode_value(item) for item in items]),
-                changes=(name,))
+    return APPEND, (key, shared(name), [encode_value(item) for item in items])
 
 
 def cas(key: str, name: str, expected: Any, new: Any) -> Call:
-    return Call("cas", (key, shared(name), encode_value(expected), encode_value(new)),
-                changes=(name,))
+    return CAS, (key, shared(name), encode_value(expected), encode_value(new))
 
 
 def acquire(key: str, name: str, token: bytes, timeout: float | None) -> Call:
     if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
-    return Call("acquire", (key, name, token, timeout))
+    return ACQUIRE, (key, name, token, timeout)
 
 
 def release(key: str, name: str, token: bytes) -> Call:
-    return Call("release", (key, name, token))
+    return RELEASE, (key, name, token)
 
 
 def watch(key: str, names: tuple[str, ...], since: int | None) -> Call:
     if since is not None and (type(since) is not int or since < 0):
         raise ValueError(f"since must be a revision (an int >= 0), not {since!r}")
-    return Call("watch", (key, [shared(n) for n in names] or None, since))
+    return WATCH, (key, [shared(n) for n in names] or None, since)
+
+
+def ping() -> Call:
+    return PING, ()
+
+
+def keys() -> Call:
+    return KEYS, ()
 
 
 def event_from_push(name: str, revision: int, value: bytes | None) -> WatchEvent:
+    """The ``WatchEvent`` a watch event frame stands for."""
     if value is None:
         return WatchEvent(name, None, revision, deleted=True)
     return WatchEvent(name, decode_value(value), revision)

@@ -16,11 +16,15 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._errors import ConnectionLost
+from ..protocol.addresses import Address, format_address, parse_address
 from ..protocol.codec import decode_value
-from ..protocol.connection import Address, Limits, format_address, parse_address
+from ..protocol.limits import Limits
+
+if TYPE_CHECKING:
+    from .transport import InProcess
 from ..protocol.ops import SAFE_TO_RESEND
 
 __all__ = ["ProxyBase", "Retry", "Target", "format_namespace"]
@@ -63,6 +67,9 @@ class Target:
     ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, repr=False,
                                                            compare=False)
     cache: bool = False
+    #: A server in this process that opens transports with no socket (tests, embedding);
+    #: ``address`` then only names it.
+    in_process: InProcess | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def create(cls, address: object, name: str | None, *, authkey: bytes | None = None,
@@ -80,16 +87,20 @@ class Target:
             if problem is not None:
                 raise ValueError(f"invalid namespace name {name!r}: {problem}")
             key, named = name, True
+        in_process: InProcess | None = None
+        if hasattr(address, "async_transport"):  # a server in this process
+            in_process, address = cast("InProcess", address), f"unix:in-process-{id(address):x}"
         parsed = parse_address(address)
         if ssl_context is not None and isinstance(parsed, str) and ssl_context.check_hostname:
             raise ValueError("TLS over a Unix socket has no host name to check: use an "
                              "ssl_context with check_hostname = False")
-        return cls(parsed, key, named, authkey, limits, retry or Retry(), ssl_context, cache)
+        return cls(parsed, key, named, authkey, limits, retry or Retry(), ssl_context, cache,
+                   in_process)
 
     @property
-    def server(self) -> tuple[Address, bytes | None, ssl.SSLContext | None]:
+    def server(self) -> tuple[Any, ...]:
         """What a connection to the server depends on (proxies sharing it share connections)."""
-        return (self.address, self.authkey, self.ssl_context)
+        return (self.address, self.authkey, self.ssl_context, self.in_process)
 
     def describe(self) -> str:
         which = repr(self.key) if self.named else "anonymous"
@@ -128,6 +139,9 @@ class ProxyBase:
 
     def __reduce__(self) -> tuple[Any, ...]:
         target = self._aionamespace.target
+        if target.in_process is not None:
+            raise TypeError("a proxy of a server in this process cannot be pickled: it has "
+                            "no address another process could reach")
         if target.ssl_context is not None:
             raise TypeError("a proxy using TLS cannot be pickled (an ssl.SSLContext cannot "
                             "be): make the proxy in the child process with its own context")

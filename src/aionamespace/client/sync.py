@@ -1,14 +1,13 @@
-"""``Namespace``: the blocking proxy, a thin shell over blocking connections.
+"""``Namespace``: the blocking proxy, a thin shell over sync transports.
 
 ``ns.x``, ``ns.x = v`` and ``del ns.x`` are one round trip each on the calling thread's
-connection to the server (``_sync_connection.py``); what each operation sends and how its answer
-is read is ``_calls.py``'s. Watches get a connection of their own; cached reads go through the
-process's cache connection (``_cache.py``).
+transport to the server (``blocking.py``); what each operation sends and how its answer is
+read is ``calls.py``'s. Watches get a transport of their own; cached reads go through the
+process's cache connection (``cache.py``).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -16,11 +15,12 @@ from types import TracebackType
 from typing import Any
 
 from .._errors import ConnectionLost
-from ..protocol.codec import decode_value, decode_values, encode_value
+from ..protocol.codec import decode_values
 from . import calls
-from .blocking import POOL, SyncConnection
-from .cache import CACHES, SPECIAL_ENTRIES, CacheConnection, entry_value
+from .blocking import POOL, open_transport
+from .cache import SPECIAL_ENTRIES, entry_value
 from .proxy import ProxyBase, Target, check_attribute_name, format_namespace
+from .tracking import CACHES, CacheConnection
 
 __all__ = ["Lock", "Namespace", "Watch"]
 
@@ -56,17 +56,17 @@ class Watch:
 
     def __init__(self, target: Target, names: tuple[str, ...], since: int | None) -> None:
         call = calls.watch(target.key, names, since)
-        self._connection = SyncConnection(target)
+        self._transport = open_transport(target)
         try:
-            self._id, self.revision, values = self._connection.call(call.op, *call.args)
+            self._id, self.revision, values = self._transport.call(*call)
         except BaseException:
-            self._connection.close()
+            self._transport.close()
             raise
         self.values = decode_values(values)
 
     def next(self, timeout: float | None = None) -> calls.WatchEvent:
         """The next change; TimeoutError if none comes within ``timeout`` seconds."""
-        push = self._connection.next_push(timeout)
+        push = self._transport.next_push(timeout)
         return calls.event_from_push(push.name, push.revision, push.value)
 
     def __iter__(self) -> Watch:
@@ -76,8 +76,8 @@ class Watch:
         return self.next()
 
     def close(self) -> None:
-        """Stop watching: closes the watch's connection."""
-        self._connection.close()
+        """Stop watching: closes the watch's transport."""
+        self._transport.close()
 
     def __enter__(self) -> Watch:
         return self
@@ -86,13 +86,9 @@ class Watch:
         self.close()
 
     def __del__(self) -> None:
-        connection = getattr(self, "_connection", None)
-        if connection is not None:
-            connection.close()
-
-
-def _get(target: Target, name: str) -> Any:
-    return decode_value(POOL.connection(target).call("get", target.key, name))
+        transport = getattr(self, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 class _State:
@@ -117,10 +113,6 @@ class Namespace(ProxyBase):
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", _State(target))
 
-    def _call(self, op: str, *args: Any) -> Any:
-        target = self._aionamespace.target
-        return self._retrying(op, lambda: POOL.connection(target).call(op, *args))
-
     def _retrying(self, op: str, attempt: Callable[[], Any],
                   failed: ConnectionLost | None = None) -> Any:
         """``attempt()``, again after a lost connection when the retry policy allows
@@ -140,12 +132,18 @@ class Namespace(ProxyBase):
                 failed = exc
 
     def _run(self, call: calls.Call) -> Any:
+        """Send ``call`` on this thread's transport, retrying as the target's policy says."""
         target = self._aionamespace.target
-        if target.cache and call.changes:
+        operation, args = call
+        if target.cache and operation.changes:
             cache = CACHES.existing(target)
             if cache is not None:
-                cache.forget(target.key, call.changes)
-        return call.read(self._call(call.op, *call.args))
+                cache.forget(target.key, operation.changed(args))
+        try:  # the first attempt without a closure: the hot path (gets, sets)
+            return POOL.transport(target).call(operation, args)
+        except ConnectionLost as exc:
+            return self._retrying(operation.op,
+                                  lambda: POOL.transport(target).call(operation, args), exc)
 
     @property
     def _key(self) -> str:
@@ -166,11 +164,7 @@ class Namespace(ProxyBase):
                     return entry if type(entry) not in SPECIAL_ENTRIES else entry_value(
                         entry, name)
             return self._retrying("get", lambda: self._cache().get(state.target.key, name))
-        target = state.target
-        try:  # a round trip, without building a Call object
-            return decode_value(POOL.connection(target).call("get", target.key, name))
-        except ConnectionLost as exc:
-            return self._retrying("get", functools.partial(_get, target, name), exc)
+        return self._run(calls.get(state.target.key, name))
 
     def _cache(self) -> CacheConnection:
         state: _State = self._aionamespace
@@ -182,19 +176,7 @@ class Namespace(ProxyBase):
         if name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        target = self._aionamespace.target
-        if target.cache:
-            self._run(calls.set_(target.key, name, value))  # forgets the cached value first
-            return
-        blob = encode_value(value)
-
-        def attempt() -> Any:  # as for reads
-            return POOL.connection(target).call("set", target.key, name, blob)
-
-        try:
-            attempt()
-        except ConnectionLost as exc:
-            self._retrying("set", attempt, exc)
+        self._run(calls.set_(self._key, name, value))
 
     def __delattr__(self, name: str) -> None:
         check_attribute_name(name)
@@ -280,14 +262,14 @@ class Namespace(ProxyBase):
 
     def _keys(self) -> list[str]:
         """The keys of every namespace on this proxy's server (named and anonymous)."""
-        return self._call("keys")  # type: ignore[no-any-return]
+        return self._run(calls.keys())  # type: ignore[no-any-return]
 
     def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""
-        self._call("ping")
+        self._run(calls.ping())
 
     def _close(self) -> None:
-        """Close this thread's connection to the server (the next use reopens one)."""
+        """Close this thread's transport to the server (the next use reopens one)."""
         POOL.discard(self._aionamespace.target)
 
     def __enter__(self) -> Namespace:

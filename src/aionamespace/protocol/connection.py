@@ -30,15 +30,14 @@ from .events import (
     PUSH_INVALIDATE,
     REPLY_ERROR,
     REPLY_OK,
-    Answer,
     BadRequest,
     Hello,
-    Invalidate,
-    Limits,
-    Push,
+    Invalidation,
     Refusal,
     Reply,
     Request,
+    ResultFrame,
+    WatchPush,
     check_hello,
     check_reply,
 )
@@ -52,6 +51,7 @@ from .frames import (
     new_packer,
     pack_frame,
 )
+from .limits import Limits
 from .ops import OPS, check_args, check_each_name, check_names, valid_names
 
 __all__ = [
@@ -60,18 +60,18 @@ __all__ = [
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
     "Address",
-    "Answer",
     "BadRequest",
     "ClientConnection",
     "FrameDecoder",
     "Hello",
-    "Invalidate",
+    "Invalidation",
     "Limits",
-    "Push",
     "Refusal",
     "Reply",
     "Request",
+    "ResultFrame",
     "ServerConnection",
+    "WatchPush",
     "format_address",
     "parse_address",
 ]
@@ -220,10 +220,23 @@ class ServerConnection:
 
 
 class ClientConnection:
-    """One connection as a proxy sees it: request ids, the handshake, reply parsing."""
+    """One connection as a proxy sees it: request ids, the handshake, reply parsing.
 
-    def __init__(self, limits: Limits | None = None, authkey: bytes | None = None) -> None:
+    The handshake is a state of this object, whatever moves the bytes::
+
+        send(client.start())                    # our hello
+        while not client.greeted:               # the server's hello: checked, its proof
+            client.receive_data(receive())      #   verified (or the reason it refused, raised)
+        send(client.handshake_reply())          # our proof, and with ``track`` the request
+                                                #   that turns client tracking on
+    A request may follow at once: the server takes frames in order. The reply to the ``track``
+    request has an id no caller waits for, so it is dropped like any such reply.
+    """
+
+    def __init__(self, limits: Limits | None = None, authkey: bytes | None = None, *,
+                 track: bool = False) -> None:
         self.limits = limits or Limits()
+        self.track = track
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
         self._authkey = authkey
         self._challenge = b""
@@ -244,7 +257,13 @@ class ClientConnection:
         """Start over on a new connection; request ids keep counting up."""
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
         self._large = None
+        self._proof = b""
         self.greeted = False
+
+    def start(self) -> bytes:
+        """A new connection's first bytes: ``reset()``, then our hello."""
+        self.reset()
+        return self.send_hello()
 
     def send_hello(self) -> bytes:
         hello: dict[str, Any] = {"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION}
@@ -252,9 +271,12 @@ class ClientConnection:
             self._challenge = hello["challenge"] = _auth.new_challenge()
         return pack_frame(hello)
 
-    def send_proof(self) -> bytes:
-        """What to send once greeted: our proof of the authkey (nothing without a key)."""
-        return self._proof
+    def handshake_reply(self) -> bytes:
+        """What to send once greeted: our proof of the authkey (nothing without a key), and
+        with ``track`` the request turning client tracking on."""
+        if not self.track:
+            return self._proof
+        return self._proof + self.send_request("track", True)[1]
 
     def _check_server_hello(self, frame: Any) -> Hello:
         hello = check_hello(frame, from_server=True)
@@ -310,17 +332,17 @@ class ClientConnection:
         return request_id, self._pack_get([request_id, "get", key, name])
 
     def receive_data(self, data: bytes | memoryview,
-                     ) -> list[Hello | Reply | Push | Invalidate]:
+                     ) -> list[Hello | Reply | WatchPush | Invalidation]:
         """Parse bytes into events, in order; RemoteProtocolError if the server sent garbage."""
         return [Reply(event[0], event[2]) if isinstance(event, list) else event
                 for event in self.receive_frames(data)]
 
     def receive_frames(self, data: bytes | memoryview,
-                       ) -> list[Answer | Hello | Reply | Push | Invalidate]:
+                       ) -> list[ResultFrame | Hello | Reply | WatchPush | Invalidation]:
         """``receive_data``, except that a successful reply is left as the frame it came in:
-        an ``Answer``, ``[id, REPLY_OK, result]``, checked. The async proxy takes its
+        a ``ResultFrame``, ``[id, REPLY_OK, result]``, checked. The async proxy takes its
         pipelined replies so: a Reply built for each cost a twelfth of an awaited get."""
-        events: list[Answer | Hello | Reply | Push | Invalidate] = []
+        events: list[ResultFrame | Hello | Reply | WatchPush | Invalidation] = []
         view = memoryview(data)
         while view:
             if self._large is not None:  # copy the value's share in, as a recv_into would
@@ -355,7 +377,7 @@ class ClientConnection:
         and call ``large_received``, so its bytes are copied by the kernel alone."""
         return self._large.unfilled() if self._large is not None else None
 
-    def large_received(self, nbytes: int) -> list[Hello | Reply | Push | Invalidate]:
+    def large_received(self, nbytes: int) -> list[Hello | Reply | WatchPush | Invalidation]:
         """``nbytes`` were written into ``large_value()``: the reply, once the value is whole."""
         large = self._large
         assert large is not None
@@ -365,12 +387,12 @@ class ClientConnection:
         return [Reply(large.request_id, large.buffer)]
 
     def _decode(self, data: memoryview,
-                events: list[Answer | Hello | Reply | Push | Invalidate]) -> None:
+                events: list[ResultFrame | Hello | Reply | WatchPush | Invalidation]) -> None:
         greeted = self.greeted
         for frame in self._decoder.feed(data):
             if (greeted and type(frame) is list and len(frame) == 3 and frame[1] == REPLY_OK
                     and type(frame[0]) is int and frame[0] > 0):
-                events.append(frame)  # an Answer: the commonest frame, checked here
+                events.append(frame)  # a ResultFrame: the commonest frame, checked here
             elif not greeted:
                 events.append(self._check_server_hello(frame))
                 greeted = self.greeted

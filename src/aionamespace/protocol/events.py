@@ -1,4 +1,4 @@
-"""The protocol's vocabulary, sans-IO: its constants, its limits, and the events frames become.
+"""The protocol's vocabulary, sans-IO: its constants, the events frames become, and errors.
 
 ``_protocol.py``'s two state machines (``ServerConnection``, ``ClientConnection``) turn bytes
 into these events and back; everything here is plain data and the checks that make it from a
@@ -11,7 +11,16 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import RemoteProtocolError, exception_from_reply
+from .._errors import (
+    AuthenticationError,
+    ConnectionLost,
+    HistoryExpired,
+    LocalProtocolError,
+    NamespaceError,
+    ProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+)
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -20,17 +29,18 @@ __all__ = [
     "PUSH_INVALIDATE",
     "REPLY_ERROR",
     "REPLY_OK",
-    "Answer",
     "BadRequest",
     "Hello",
-    "Invalidate",
-    "Limits",
-    "Push",
+    "Invalidation",
     "Refusal",
     "Reply",
     "Request",
+    "ResultFrame",
+    "WatchPush",
     "check_hello",
     "check_reply",
+    "exception_from_reply",
+    "missing_attribute",
 ]
 
 PROTOCOL_NAME = "aionamespace"
@@ -41,35 +51,6 @@ REPLY_ERROR = 1
 PUSH_EVENT = 2  # [0, 2, watch id, revision, name, value or nil]
 PUSH_INVALIDATE = 3  # [0, 3, key, name]: a value this connection read (tracked) changed
 
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Bounds both ends enforce; each is a constructor argument, never a buried constant.
-
-    ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
-    ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
-    proxy whose server has not greeted it by then raises ConnectionLost). The server alone uses
-    ``max_connections`` (more are refused at the hello); the async proxy alone uses
-    ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
-    acknowledged).
-    """
-
-    max_frame_bytes: int = 64 * 1024 * 1024
-    max_name_length: int = 256
-    max_connections: int = 10_000
-    handshake_timeout: float = 10.0
-    max_queued_writes: int = 100_000
-
-    def check_name(self, name: object) -> str | None:
-        """Why ``name`` cannot name an attribute or a namespace, or None if it can."""
-        if type(name) is not str:
-            return f"names must be str, not {type(name).__name__}"
-        if not name:
-            return "names must not be empty"
-        if len(name) > self.max_name_length:
-            return f"name longer than {self.max_name_length} characters"
-        return None
 
 
 # ------------------------------------------------------------------------------ events
@@ -102,7 +83,7 @@ class BadRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Push:
+class WatchPush:
     """A watch event the server pushed: ``name`` changed at ``revision`` (None: deleted)."""
 
     watch_id: int
@@ -112,7 +93,7 @@ class Push:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Invalidate:
+class Invalidation:
     """The server says: ``name`` in namespace ``key``, which this connection read, changed."""
 
     key: str
@@ -128,7 +109,7 @@ class Refusal:
 
 #: A successful reply as ``ClientConnection.receive_frames`` hands it over: the frame itself,
 #: ``[id, REPLY_OK, result]`` with ``id > 0``, checked (``ClientConnection._decode`` says which).
-Answer = list[Any]
+ResultFrame = list[Any]
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: one per reply, and frozen's __init__ is slow
@@ -156,22 +137,62 @@ def check_hello(frame: Any, *, from_server: bool) -> Hello:
     return Hello(version, frame)
 
 
-def check_reply(frame: Any) -> Reply | Push | Invalidate:
-    """A frame from a greeted server, as an event. The commonest, an Answer, is recognised by
+def check_reply(frame: Any) -> Reply | WatchPush | Invalidation:
+    """A frame from a greeted server, as an event. The commonest, a ResultFrame, is recognised by
     ``ClientConnection._decode`` before this is called (this would make a Reply of it)."""
     if type(frame) is not list or len(frame) < 3 or type(frame[0]) is not int:
         raise RemoteProtocolError("a reply must be an array [id, status, ...]")
     if frame[0] == 0 and frame[1] == PUSH_INVALIDATE:
         if len(frame) == 4 and type(frame[2]) is str and type(frame[3]) is str:
-            return Invalidate(frame[2], frame[3])
+            return Invalidation(frame[2], frame[3])
         raise RemoteProtocolError("malformed invalidation")
     if frame[0] == 0 and frame[1] == PUSH_EVENT:
         if (len(frame) == 6 and type(frame[2]) is int and type(frame[3]) is int
                 and type(frame[4]) is str and type(frame[5]) in (bytes, type(None))):
-            return Push(frame[2], frame[3], frame[4], frame[5])
+            return WatchPush(frame[2], frame[3], frame[4], frame[5])
         raise RemoteProtocolError("malformed watch event")
     if frame[1] == REPLY_OK and len(frame) == 3:
         return Reply(frame[0], frame[2])
     if frame[1] == REPLY_ERROR and len(frame) == 4 and type(frame[2]) is type(frame[3]) is str:
         return Reply(frame[0], error=exception_from_reply(frame[2], frame[3]))
     raise RemoteProtocolError("malformed reply")
+
+
+# ------------------------------------------------------------------------------ errors
+
+# Error replies carry a type *name*; only these names are turned back into local types.
+# Names are looked up in this table, never evaluated.
+REMOTE_TYPES: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        AttributeError,
+        AuthenticationError,
+        ConnectionLost,
+        HistoryExpired,
+        KeyError,
+        LookupError,
+        OverflowError,
+        TimeoutError,
+        TypeError,
+        ValueError,
+        NamespaceError,
+        ProtocolError,
+        RemoteProtocolError,
+    )
+}
+
+
+def exception_from_reply(type_name: str, message: str) -> Exception:
+    """Rebuild the exception an error reply describes (see docs/PROTOCOL.md, "Errors")."""
+    cls = REMOTE_TYPES.get(type_name)
+    if cls is None:
+        return RemoteError(type_name, message)
+    if cls is RemoteProtocolError:
+        # The server says *we* sent garbage: from our side that is a local protocol error.
+        return LocalProtocolError(message)
+    return cls(message)
+
+
+def missing_attribute(name: str) -> AttributeError:
+    """The error for a name a namespace does not hold, worded like the stdlib's."""
+    return AttributeError(f"'Namespace' object has no attribute {name!r}")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
 
 if TYPE_CHECKING:
-    from .events import Limits
+    from .limits import Limits
 
 __all__ = ["DEFERRED_OPS", "OPS", "READ_OPS", "SAFE_TO_RESEND", "check_args", "check_each_name",
            "check_names", "valid_names"]

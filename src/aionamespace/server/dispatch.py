@@ -21,7 +21,7 @@ from .._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProto
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
 from ..protocol.frames import coalesce
 from .locks import LockTable
-from .stores.memory import Changes, Store
+from .stores import Changes, Store
 
 __all__ = ["Dispatcher", "Peer"]
 
@@ -54,7 +54,7 @@ class Peer(Protocol):
 
 
 #: One request's answer: a frame, or a large value's header and its bytes (written as they are).
-Answer = bytes | tuple[bytes, bytes]
+ReplyData = bytes | tuple[bytes, bytes]
 
 _NO_WATCHES: dict[int, Any] = {}
 
@@ -97,7 +97,7 @@ class Dispatcher:
         self._tracking: set[Peer] = set()  # connections with a client cache
         self._tracked: dict[tuple[str, str], set[Peer]] = {}  # (key, name) -> who cached it
         self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
-        self._peer_ops: dict[str, Callable[..., Answer]] = {
+        self._peer_ops: dict[str, Callable[..., ReplyData]] = {
             "get": self._get,
             "track": self._track,
             "watch": self._watch,
@@ -184,7 +184,7 @@ class Dispatcher:
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
 
-    def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> Answer:
+    def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> ReplyData:
         """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
         read, see ``Connections.received``) only for an op that pushes nothing."""
         try:
@@ -198,7 +198,7 @@ class Dispatcher:
             logger.exception("internal error applying %s", op)
             return peer.protocol.send_error(request_id, exc)
 
-    def _apply(self, peer: Peer, event: Hello | Request | BadRequest | Refusal) -> Answer:
+    def _apply(self, peer: Peer, event: Hello | Request | BadRequest | Refusal) -> ReplyData:
         if type(event) is Request:
             return self.answer(peer, event.id, event.op, event.args)
         protocol = peer.protocol
@@ -259,7 +259,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ client caches
 
-    def _get(self, peer: Peer, request_id: int, key: str, name: str) -> Answer:
+    def _get(self, peer: Peer, request_id: int, key: str, name: str) -> ReplyData:
         if peer in self._tracking:  # tracked even when missing: the cache keeps that too
             self._tracked.setdefault((key, name), set()).add(peer)
             self._peer_tracked.setdefault(peer, set()).add((key, name))

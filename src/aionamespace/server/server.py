@@ -34,7 +34,9 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.streams.tls import TLSListener
 
-from ..protocol.connection import Address, Limits, ServerConnection, parse_address
+from ..protocol.addresses import Address, parse_address
+from ..protocol.connection import ServerConnection
+from ..protocol.limits import Limits
 from .dispatch import Dispatcher
 from .shells import (
     FAREWELL_SECONDS,
@@ -43,7 +45,7 @@ from .shells import (
     Connections,
     StreamConnection,
 )
-from .stores.memory import MemoryStore, Store
+from .stores import MemoryStore, Store
 
 __all__ = ["Server", "ServerThread"]
 

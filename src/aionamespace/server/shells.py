@@ -26,8 +26,9 @@ import anyio
 import anyio.abc
 
 from .._errors import ConnectionLost, RemoteProtocolError
-from ..protocol.connection import Limits, Request, ServerConnection
+from ..protocol.connection import Request, ServerConnection
 from ..protocol.frames import LARGE_VALUE_BYTES, coalesce
+from ..protocol.limits import Limits
 from ..protocol.ops import READ_OPS
 from .dispatch import Dispatcher
 

@@ -1,71 +1,25 @@
-"""The attribute store: the server's only state, behind a small interface.
+"""The in-memory store: namespaces in this process's memory, as long as the server lives.
 
-A store maps a namespace *key* to its attributes, each attribute an encoded value (the bytes
-``_codec.encode_value`` made). Plain reads and writes never look inside values, so another
-store (persistent, or backed by Redis) mostly keeps bytes; only the atomic read-modify-write
-operations (``incr``, ``append``, ``cas``) decode the one value they change.
-
-Every change gets a *revision*: each namespace counts its changes, and a bounded history of
-recent changes lets a watcher resume from a revision (the etcd model). When a watcher asks for
-a revision the history no longer reaches, ``HistoryExpired`` tells it to resync.
-
-Methods are synchronous on purpose: the server applies every frame of a chunk in one go,
-without awaiting between them, so each method is atomic and an in-memory store never waits.
+Values stay the bytes clients sent (never re-encoded); only ``incr``, ``append`` and ``cas``
+look inside the one value they change. Each namespace keeps its last revisions (whole, as they
+were committed) for watches to resume from.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 from ..._errors import HistoryExpired
 from ...protocol.codec import decode_value, encode_value
+from ...protocol.events import missing_attribute
 from ...protocol.lists import EMPTY_LIST, extend_list
+from .base import Change, Changes
 
-__all__ = ["Change", "Changes", "MemoryStore", "Store", "missing_attribute"]
+__all__ = ["DEFAULT_HISTORY", "MemoryStore"]
 
 DEFAULT_HISTORY = 10_000
-
-
-def missing_attribute(name: str) -> AttributeError:
-    """The error for a name a namespace does not hold, worded like the stdlib's."""
-    return AttributeError(f"'Namespace' object has no attribute {name!r}")
-
-
-class Change(NamedTuple):
-    """One attribute changed at ``revision``: its new encoded value, or None if deleted."""
-
-    key: str
-    revision: int
-    name: str
-    value: bytes | None
-
-
-#: What one revision changed: name -> new encoded value, or None if deleted.
-Changes = Mapping[str, bytes | None]
-
-
-class Store(Protocol):
-    """What the server needs from a store. Keys, names and values arrive validated."""
-
-    #: Called once per revision, in revision order, as it happens: (key, revision, changes).
-    #: The server's watch and cache hook; it must not keep ``changes`` beyond the call.
-    on_commit: Callable[[str, int, Changes], None] | None
-
-    def open(self, key: str, defaults: Mapping[str, bytes]) -> None: ...
-    def get(self, key: str, name: str) -> bytes: ...
-    def set(self, key: str, name: str, value: bytes) -> int: ...
-    def delete(self, key: str, name: str) -> int: ...
-    def snapshot(self, key: str, names: Sequence[str] | None) -> tuple[int, dict[str, bytes]]: ...
-    def update(self, key: str, values: Mapping[str, bytes]) -> int: ...
-    def setdefault(self, key: str, name: str, value: bytes) -> bytes: ...
-    def pop(self, key: str, name: str) -> bytes: ...
-    def incr(self, key: str, name: str, by: bytes) -> bytes: ...
-    def append(self, key: str, name: str, items: Sequence[bytes]) -> int: ...
-    def cas(self, key: str, name: str, expected: bytes, new: bytes) -> bool: ...
-    def history(self, key: str, since: int) -> list[Change]: ...
-    def keys(self) -> list[str]: ...
 
 
 class _Namespace:

@@ -1,0 +1,145 @@
+"""The sync proxy's client cache: one tracking connection per process and server.
+
+A reader thread reads the connection: replies fill the cache, the server's invalidations
+empty it, in stream order (``cache.CacheTable`` says how). Reads from any thread of the
+process send their request under a lock and wait for the reader to hand them the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .._errors import ConnectionLost
+from ..protocol.connection import Invalidation, Reply
+from .blocking import open_transport
+from .cache import ABSENT, CacheTable, entry_value
+from .calls import GET
+from .proxy import Target
+
+__all__ = ["CACHES", "CacheConnection"]
+
+
+class _Pending:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class CacheConnection:
+    """One tracking connection per process and server, shared by the process's threads."""
+
+    def __init__(self, target: Target) -> None:
+        self.pid = os.getpid()
+        self.forks = CACHES.forks  # stale in a forked child, which then opens its own
+        self._transport = open_transport(target, track=True)
+        self.alive = True
+        self.table = CacheTable()
+        self.values = self.table.values  # what reads serve (the proxy's hot path reads it)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()  # sending, and the pending table
+        self._reader = threading.Thread(target=self._read_forever, daemon=True,
+                                        name="aionamespace cache reader")
+        self._reader.start()
+
+    @property
+    def usable(self) -> bool:
+        return self.alive and self.forks == CACHES.forks
+
+    def get(self, key: str, name: str) -> Any:
+        """The value of ``name``: from the cache, or read (and cached) through the server."""
+        item = (key, name)
+        entry = self.values.get(item, ABSENT)
+        if entry is ABSENT:
+            entry = self._read(item)
+        return entry_value(entry, name)
+
+    def forget(self, key: str, names: tuple[str, ...]) -> None:
+        """Our own write is about to change these: drop them, and any read still in flight."""
+        self.table.forget(key, names)
+
+    def _read(self, item: tuple[str, str]) -> Any:
+        pending = _Pending()
+        with self._lock:  # the reader thread finds the pending read registered before its reply
+            if not self.alive:
+                raise ConnectionLost("the cache's connection to the server was lost")
+            request_id = self._transport.send(GET, item)
+            self._pending[request_id] = pending
+            self.table.expect(request_id, item)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _read_forever(self) -> None:
+        """The reader thread: replies fill the cache, invalidations empty it, in stream order."""
+        transport = self._transport
+        error: BaseException = ConnectionLost("the server closed the cache's connection")
+        try:
+            while True:
+                for event in transport.receive():
+                    if type(event) is Invalidation:
+                        self.table.invalidate(event.key, event.name)
+                    elif type(event) is Reply:
+                        self._answer(event)
+        except Exception as exc:  # every way out fails the waiters
+            error = exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc))
+        finally:
+            with self._lock:
+                self.alive = False
+                self.table.clear()
+                pending, self._pending = self._pending, {}
+            for waiter in pending.values():
+                waiter.error = error
+                waiter.done.set()
+            transport.close()
+
+    def _answer(self, reply: Reply) -> None:
+        with self._lock:
+            pending = self._pending.pop(reply.id, None)
+            entry = self.table.answered(reply.id, reply.result, reply.error)
+        if pending is None:
+            return
+        if entry is None:
+            pending.error = reply.error or ConnectionLost("unexpected reply to a cached read")
+        pending.result = entry
+        pending.done.set()
+
+    def close(self) -> None:
+        self._transport.close()  # the reader thread then ends
+
+
+class _Caches:
+    """The cache connection of this process for each server (a forked child opens its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_server: dict[tuple[Any, ...], CacheConnection] = {}
+        self.forks = 0  # counts forks into this process: connections from before are not ours
+
+    def connection(self, target: Target) -> CacheConnection:
+        cache = self._by_server.get(target.server)
+        if cache is None or not cache.usable:
+            with self._lock:
+                cache = self._by_server.get(target.server)
+                if cache is None or not cache.usable:
+                    cache = self._by_server[target.server] = CacheConnection(target)
+        return cache
+
+    def existing(self, target: Target) -> CacheConnection | None:
+        cache = self._by_server.get(target.server)
+        return cache if cache is not None and cache.usable else None
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._by_server = {}
+        self.forks += 1
+
+
+CACHES = _Caches()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=CACHES.after_fork)

@@ -1,0 +1,36 @@
+"""The bounds both ends of a connection keep: one frozen dataclass of constructor arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["Limits"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Bounds both ends enforce; each is a constructor argument, never a buried constant.
+
+    ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
+    ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
+    proxy whose server has not greeted it by then raises ConnectionLost). The server alone uses
+    ``max_connections`` (more are refused at the hello); the async proxy alone uses
+    ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
+    acknowledged).
+    """
+
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_name_length: int = 256
+    max_connections: int = 10_000
+    handshake_timeout: float = 10.0
+    max_queued_writes: int = 100_000
+
+    def check_name(self, name: object) -> str | None:
+        """Why ``name`` cannot name an attribute or a namespace, or None if it can."""
+        if type(name) is not str:
+            return f"names must be str, not {type(name).__name__}"
+        if not name:
+            return "names must not be empty"
+        if len(name) > self.max_name_length:
+            return f"name longer than {self.max_name_length} characters"
+        return None
