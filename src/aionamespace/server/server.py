@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -32,19 +31,14 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
-from anyio.streams.tls import TLSListener
 
 from ..protocol.addresses import Address, parse_address
 from ..protocol.connection import ServerConnection
 from ..protocol.limits import Limits
+from .admission import FAREWELL_SECONDS, Connections
 from .dispatch import Dispatcher
-from .shells import (
-    FAREWELL_SECONDS,
-    READ_CHUNK_BYTES,
-    AsyncioConnection,
-    Connections,
-    StreamConnection,
-)
+from .listeners import TLSListener, make_listening_socket
+from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
 
 __all__ = ["Server", "ServerThread"]
@@ -127,7 +121,7 @@ class Server:
         """Any anyio backend: one task per connection (used on trio)."""
         listener: anyio.abc.Listener[Any] = await anyio.abc.SocketListener.from_socket(sock)
         if self._ssl_context is not None:
-            listener = _TLSListener(listener, self._ssl_context, standard_compatible=False,
+            listener = TLSListener(listener, self._ssl_context, standard_compatible=False,
                                     handshake_timeout=self.limits.handshake_timeout)
 
         async def handle(stream: anyio.abc.ByteStream) -> None:
@@ -209,55 +203,6 @@ class Server:
         assert self._timers is not None
         self._timers.start_soon(timer)
         return scope.cancel
-
-
-class _TLSListener(TLSListener):
-    """anyio's TLS listener, but a client failing its TLS handshake is logged at debug level:
-    it is the client's problem, not the server's (asyncio's transports do the same)."""
-
-    @staticmethod
-    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream,
-                                     ) -> None:
-        await anyio.aclose_forcefully(stream)
-        if not isinstance(exc, Exception) or isinstance(exc, anyio.get_cancelled_exc_class()):
-            raise exc
-        logger.debug("TLS handshake failed: %r", exc)
-
-
-def make_listening_socket(address: Address, backlog: int = 4096,
-                          ) -> tuple[socket.socket, Address]:
-    """A bound, listening socket; Unix sockets get mode 0600 and replace a stale socket file."""
-    if isinstance(address, tuple):
-        host, port = address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=backlog)
-        return sock, (host, sock.getsockname()[1])
-    _remove_stale_socket(address)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(address)
-        os.chmod(address, 0o600)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, address
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Unlink a socket file left by a server that died; refuse one a live server listens on."""
-    try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return  # not a socket: let bind() fail with EADDRINUSE rather than delete a file
-    except FileNotFoundError:
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)  # nobody listens: stale
-            return
-    raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
 
 
 def _running_on_asyncio() -> bool:

@@ -1,6 +1,6 @@
-"""The server's connections: the two I/O shells and what every connection is held to.
+"""The server's connection shells: bytes between a socket and ``admission.Connections``.
 
-Two shells move bytes between sockets and ``Dispatcher.respond``:
+Two shells, one per way of doing I/O:
 
 * ``AsyncioConnection`` (asyncio): protocol callbacks. Bytes read into one buffer shared by all
   connections, the batch applied and answered in the same loop iteration. anyio's asyncio
@@ -9,9 +9,8 @@ Two shells move bytes between sockets and ``Dispatcher.respond``:
 * ``StreamConnection`` (trio, or any anyio backend): a task reads and applies, a helper task
   sends whatever was queued, coalesced.
 
-``Connections`` holds what both obey: at most ``Limits.max_connections`` at once (more are
-refused at the hello), ``Limits.handshake_timeout`` seconds to say hello and authenticate, and
-on shutdown a goodbye frame telling each client why the connection ends.
+What both obey is ``admission.Connections``'s: they hand it what they read and write what it
+says.
 """
 
 from __future__ import annotations
@@ -19,24 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
 from typing import Any, cast
 
 import anyio
 import anyio.abc
 
-from .._errors import ConnectionLost, RemoteProtocolError
-from ..protocol.connection import Request, ServerConnection
 from ..protocol.frames import LARGE_VALUE_BYTES, coalesce
-from ..protocol.limits import Limits
-from ..protocol.ops import READ_OPS
-from .dispatch import Dispatcher
+from .admission import FAREWELL_SECONDS, Connections
 
-__all__ = ["AsyncioConnection", "Connections", "StreamConnection"]
+__all__ = ["READ_CHUNK_BYTES", "AsyncioConnection", "Connection", "StreamConnection"]
 
 READ_CHUNK_BYTES = 64 * 1024
-FAREWELL_SECONDS = 1.0  # a connection being dropped gets this long to take our last words
-HIGH_WATER_BYTES = 1024 * 1024  # stop reading a peer whose unsent answers exceed this
 
 #: The kernel send buffer of a connection that is sent a large value (Linux doubles it). Its
 #: default (~208 KiB) makes 1 MiB leave in five rounds of fill, wake the reader, drain, wake
@@ -44,7 +36,6 @@ HIGH_WATER_BYTES = 1024 * 1024  # stop reading a peer whose unsent answers excee
 #: connections get it, so 10,000 idle ones do not; the kernel caps it at net.core.wmem_max.
 LARGE_SEND_BUFFER_BYTES = 1024 * 1024
 
-CallLater = Callable[[float, Callable[[], None]], Callable[[], None]]
 
 
 def widen_send_buffer(sock: socket.socket | None) -> bool:
@@ -56,99 +47,6 @@ def widen_send_buffer(sock: socket.socket | None) -> bool:
     except OSError:
         return False
     return True
-
-
-class Connections:
-    """Every open connection of one server."""
-
-    def __init__(self, limits: Limits, dispatcher: Dispatcher, call_later: CallLater,
-                 new_protocol: Callable[[], ServerConnection]) -> None:
-        self.limits = limits
-        self.dispatcher = dispatcher
-        self.new_protocol = new_protocol
-        self.call_later = call_later
-        self.open: dict[Connection, Callable[[], None] | None] = {}  # -> cancels its deadline
-        self.closing = False
-        self._all_closed: anyio.Event | None = None
-
-    def admit(self, connection: Connection) -> bool:
-        """Take a new connection in, or refuse it (too many, or shutting down)."""
-        if self.closing or len(self.open) >= self.limits.max_connections:
-            reason = ("the server is shutting down" if self.closing else
-                      f"the server is at its limit of {self.limits.max_connections} connections")
-            connection.write(connection.protocol.send_refusal(ConnectionLost(reason)))
-            connection.close()
-            return False
-        self.open[connection] = self.call_later(
-            self.limits.handshake_timeout, lambda: self._deadline(connection))
-        return True
-
-    def received(self, connection: Connection, data: bytes | memoryview) -> bool:
-        """Parse what a connection sent and apply it: see ``apply``."""
-        events = connection.protocol.receive_data(data)
-        if len(events) == 1 and not connection.pending:
-            request = events[0]
-            if (type(request) is Request and request.op in READ_OPS
-                    and connection.backlog() <= HIGH_WATER_BYTES):
-                # A read alone in its read (a sync client's): answered without building a
-                # batch (a get went from 28 Python calls in the server to 25). A read commits
-                # nothing, so it pushes nothing that a batch would have to gather.
-                answer = self.dispatcher.answer(connection, request.id, request.op, request.args)
-                for piece in answer if isinstance(answer, tuple) else (answer,):
-                    connection.write(piece)
-                return True
-        connection.pending.extend(events)
-        return self.apply(connection)
-
-    def apply(self, connection: Connection) -> bool:
-        """Apply a connection's parsed requests while its unsent answers stay under the high
-        water mark, answering in one write per batch. False: some wait for the peer to read
-        (the shell stops reading it until then), so what it costs us stays bounded."""
-        pending = connection.pending
-        while pending and not connection.closed:
-            if connection.backlog() > HIGH_WATER_BYTES:
-                return False
-            answers, applied = self.dispatcher.respond_some(connection, pending,
-                                                            HIGH_WATER_BYTES)
-            del pending[:applied]
-            for data in answers:
-                connection.write(data)
-        protocol = connection.protocol
-        if protocol.refused:
-            pending.clear()
-            connection.close()
-        elif protocol.ready and self.open.get(connection) is not None:
-            cancel_deadline = self.open[connection]
-            self.open[connection] = None
-            assert cancel_deadline is not None
-            cancel_deadline()
-        return True
-
-    def gone(self, connection: Connection) -> None:
-        cancel_deadline = self.open.pop(connection, None)
-        if cancel_deadline is not None:
-            cancel_deadline()
-        self.dispatcher.connection_lost(connection)
-        if self._all_closed is not None and not self.open:
-            self._all_closed.set()
-
-    async def goodbye(self) -> None:
-        """Shutting down: tell every client why and close; wait (bounded) until all are gone."""
-        self.closing = True
-        self._all_closed = anyio.Event()
-        for connection in list(self.open):
-            connection.write(connection.protocol.send_refusal(
-                ConnectionLost("the server is shutting down")))
-            connection.close()
-        if self.open:
-            with anyio.move_on_after(FAREWELL_SECONDS):
-                await self._all_closed.wait()
-
-    def _deadline(self, connection: Connection) -> None:
-        if connection in self.open and not connection.protocol.ready:
-            connection.write(connection.protocol.send_refusal(RemoteProtocolError(
-                f"no hello and authentication within {self.limits.handshake_timeout} seconds")))
-            connection.close()
 
 
 class AsyncioConnection(asyncio.BufferedProtocol):

@@ -1,0 +1,72 @@
+"""Listening sockets: a Unix path (mode 0600, never stealing a live server's) or TCP.
+
+``make_listening_socket`` binds the socket a ``Server`` serves on; on trio (and any anyio
+backend), TLS goes through ``TLSListener``, whose failed handshakes are the client's problem.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSListener as _AnyioTLSListener
+
+from ..protocol.addresses import Address
+
+__all__ = ["TLSListener", "make_listening_socket"]
+
+logger = logging.getLogger("aionamespace.server")
+
+
+class TLSListener(_AnyioTLSListener):
+    """anyio's TLS listener, but a client failing its TLS handshake is logged at debug level:
+    it is the client's problem, not the server's (asyncio's transports do the same)."""
+
+    @staticmethod
+    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream,
+                                     ) -> None:
+        await anyio.aclose_forcefully(stream)
+        if not isinstance(exc, Exception) or isinstance(exc, anyio.get_cancelled_exc_class()):
+            raise exc
+        logger.debug("TLS handshake failed: %r", exc)
+
+
+def make_listening_socket(address: Address, backlog: int = 4096,
+                          ) -> tuple[socket.socket, Address]:
+    """A bound, listening socket; Unix sockets get mode 0600 and replace a stale socket file."""
+    if isinstance(address, tuple):
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=backlog)
+        return sock, (host, sock.getsockname()[1])
+    _remove_stale_socket(address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        os.chmod(address, 0o600)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, address
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket file left by a server that died; refuse one a live server listens on."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # not a socket: let bind() fail with EADDRINUSE rather than delete a file
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # nobody listens: stale
+            return
+    raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
