@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--loop", choices=["asyncio", "uvloop"], default="asyncio",
         help="with --backend asyncio: the event loop (uvloop: pip install aionamespace[uvloop];"
-             " measured slower than the default's busy polling on one client's round trips)")
+             " slower than the default's busy polling on one client's round trips: see README)")
     serve_cmd.add_argument(
         "--busy-poll-us", type=float, default=DEFAULT_SPIN_SECONDS * 1e6, metavar="US",
         help="asyncio only: poll this long before sleeping, trading CPU for latency "

@@ -94,10 +94,10 @@ class AsyncNamespace(ProxyBase):
 
     def __getattribute__(self, name: str) -> Any:
         # Shared names are answered here, not in __getattr__, which only runs after the normal
-        # lookup has raised (and thrown away) an AttributeError: a sixth of an awaited get.
+        # lookup has raised (and thrown away) an AttributeError, an exception per read.
         # The proxy's own attributes all start with "_" (it has no public ones to shadow).
-        # ``ns.x`` is the transport's coroutine itself (an awaitable object wrapping it cost a
-        # tenth of an awaited get); forgetting the await draws Python's "never awaited" warning.
+        # ``ns.x`` is the transport's coroutine itself (not an awaitable object wrapping it,
+        # one more frame per read); forgetting the await draws the "never awaited" warning.
         if name[:1] == "_":
             return object.__getattribute__(self, name)
         state: AsyncState = object.__getattribute__(self, "_aionamespace")

@@ -122,8 +122,8 @@ class SocketTransport:
         """Send one request and block until its reply; raise what the server raised.
 
         The hot path: one send, one receive, and a reply that came alone decoded in one call.
-        (A try block instead of map_connection_errors: that context manager costs as much
-        as the rest of the Python here.)
+        (A try block instead of map_connection_errors: a context manager per call would cost
+        as much as the rest of the Python here.)
         """
         protocol = self.protocol
         if operation.op == "get":

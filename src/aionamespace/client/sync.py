@@ -152,7 +152,7 @@ class Namespace(ProxyBase):
     def __getattribute__(self, name: str) -> Any:
         # Shared names are looked up here, not in __getattr__: that is only called after the
         # normal lookup has raised (and thrown away) an AttributeError, which would cost a
-        # cached read a third of its time. Everything of the proxy's own starts with "_".
+        # cached read more than its dict lookup. Everything of the proxy's own starts with "_".
         if name[:1] == "_":
             return object.__getattribute__(self, name)
         state: _State = object.__getattribute__(self, "_aionamespace")

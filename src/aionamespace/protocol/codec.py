@@ -132,8 +132,8 @@ _packers = threading.local()
 
 
 def _packer() -> msgpack.Packer:
-    # One Packer per thread, reused: msgpack.packb builds a new one on every call, which is
-    # a third of encoding a small value. Per thread, because ``default`` runs Python code, so a
+    # One Packer per thread, reused: msgpack.packb builds a new one on every call, a large
+    # part of encoding a small value. Per thread, because ``default`` runs Python code, so a
     # thread switch can happen in the middle of a pack (and _default never packs with it).
     packer = getattr(_packers, "packer", None)
     if packer is None:

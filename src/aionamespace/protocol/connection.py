@@ -6,14 +6,16 @@ format is specified in docs/PROTOCOL.md; in short, a connection carries a stream
 values ("frames"), each one self-delimiting:
 
 * the client opens with a hello map, the server answers with its own hello map;
-* then the client sends requests ``[id, op, *args]`` and the server answers every request, in
-  order, with ``[id, 0, result]`` or ``[id, 1, error_type, message]``;
-* attribute values travel as msgpack ``bin`` holding the value encoded by ``_codec``, so the
+* then the client sends requests ``[id, op, *args]`` and the server answers every request with
+  ``[id, 0, result]`` or ``[id, 1, error_type, message]``, in the order of the requests except
+  for a deferred reply (an ``acquire`` answered when the lock is handed over); ids match them;
+* between replies come *pushes*, frames the server sends unasked (watch events, invalidations);
+* attribute values travel as msgpack ``bin`` holding the value encoded by ``codec``, so the
   server stores and forwards them without re-encoding.
 
 Like h11, the parser's promise is: whatever bytes arrive, it either yields events or raises
-``RemoteProtocolError``, never anything else. The events, the limits and the wire constants are
-``_events.py``'s; framing (and large values) ``_frames.py``'s; both are re-exported here.
+``RemoteProtocolError``, never anything else. The events and the wire constants are
+``events.py``'s, the bounds ``limits.py``'s, framing (and large values) ``frames.py``'s.
 """
 
 from __future__ import annotations
@@ -245,8 +247,8 @@ class ClientConnection:
         self._large: LargeValue | None = None  # a large value being received
         self._valid_names = valid_names(self.limits)  # see send_get
         # send_get's own packer: pack_frame looks its packer up in a thread-local on every
-        # call (a fiftieth of an awaited get). A get's frame cannot fail to pack (an int and
-        # three checked strs), and a connection is used by one thread at a time.
+        # call. A get's frame cannot fail to pack (an int and three checked strs), and a
+        # connection is used by one thread at a time.
         self._pack_get = new_packer().pack
         # The largest request we send: ours, or the server's announced limit if smaller (kept
         # across reconnects: requests queued before a connection are checked against it).
@@ -321,7 +323,7 @@ class ClientConnection:
 
     def send_get(self, key: str, name: str) -> tuple[int, bytes]:
         """``send_request("get", key, name)``, for the commonest request: names found valid
-        before (``_ops.valid_names``) are not checked again on every read."""
+        before (``ops.valid_names``) are not checked again on every read."""
         valid = self._valid_names
         if key not in valid or name not in valid:
             problem = check_each_name(self.limits, (key, name))
@@ -341,7 +343,7 @@ class ClientConnection:
                        ) -> list[ResultFrame | Hello | Reply | WatchPush | Invalidation]:
         """``receive_data``, except that a successful reply is left as the frame it came in:
         a ``ResultFrame``, ``[id, REPLY_OK, result]``, checked. The async proxy takes its
-        pipelined replies so: a Reply built for each cost a twelfth of an awaited get."""
+        pipelined replies so, without building a Reply object for each."""
         events: list[ResultFrame | Hello | Reply | WatchPush | Invalidation] = []
         view = memoryview(data)
         while view:

@@ -1,6 +1,6 @@
 """The protocol's vocabulary, sans-IO: its constants, the events frames become, and errors.
 
-``_protocol.py``'s two state machines (``ServerConnection``, ``ClientConnection``) turn bytes
+``connection.py``'s two state machines (``ServerConnection``, ``ClientConnection``) turn bytes
 into these events and back; everything here is plain data and the checks that make it from a
 decoded frame. The format is specified in docs/PROTOCOL.md.
 """
@@ -67,7 +67,7 @@ class Hello:
 @dataclasses.dataclass(slots=True)
 class Request:
     """A well-formed request the server should apply (not frozen: a frozen dataclass's
-    ``__init__`` sets each field through ``object.__setattr__``, a tenth of a pipelined get)."""
+    ``__init__`` sets each field through ``object.__setattr__``, slow for one per request)."""
 
     id: int
     op: str

@@ -72,7 +72,7 @@ class FrameDecoder:
         unpacker = self._unpacker
         if unpacker is None and len(data) <= self._max:
             # One whole frame (a sync client's reply, its request at the server) is decoded
-            # in one call: the Unpacker's borrow, feed, iterate, give back cost ten times more.
+            # in one call, not through the Unpacker's borrow, feed, iterate and give back.
             try:
                 return [msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)]
             except msgpack.ExtraData as extra:  # several frames: the first, then the rest
@@ -131,7 +131,7 @@ def new_packer() -> msgpack.Packer:
 
 
 def pack_frame(frame: Any) -> bytes:
-    # One Packer per thread, reused (msgpack.packb makes one per call: a sixth of a get).
+    # One Packer per thread, reused (msgpack.packb makes one per call).
     packer = getattr(_packers, "packer", None)
     if packer is None:
         packer = _packers.packer = new_packer()

@@ -1,6 +1,6 @@
 """Lists spliced in place: ``_append`` without decoding or re-encoding what is stored.
 
-A list is a msgpack array whose first element is not a container marker (``_codec``: tuples,
+A list is a msgpack array whose first element is not a container marker (``codec``: tuples,
 sets and frozensets are arrays led by one), so appending is a new array header, the old
 elements' bytes, then the new ones.
 """

@@ -1,9 +1,9 @@
 """The server: anyio listeners and one task per connection, around the sans-IO protocol.
 
-Each connection task loops: read a chunk, decode every complete frame in it, apply them all to
-the store without awaiting, and answer with one write. A server that awaited per frame and sent
-per reply would be about 20x slower under pipelining, so the batching is the design, not an
-optimisation.
+Each connection reads a chunk, decodes every complete frame in it, applies them all to the
+store without awaiting, and answers with one write. A server that awaited per frame and sent
+per reply would pay a loop iteration and a system call per request under pipelining, so the
+batching is the design, not an optimisation.
 
 Three ways to run it:
 
@@ -140,7 +140,7 @@ class Server:
     async def _serve_asyncio(self, sock: socket.socket, address: Address,
                              connections: Connections, stop: anyio.Event,
                              task_status: anyio.abc.TaskStatus[Address]) -> None:
-        """asyncio: protocol callbacks, no task per connection (see _connections.py)."""
+        """asyncio: protocol callbacks, no task per connection (see shells.py)."""
         loop = asyncio.get_running_loop()
         buffer = memoryview(bytearray(READ_CHUNK_BYTES))
 

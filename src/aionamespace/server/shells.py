@@ -3,9 +3,9 @@
 Two shells, one per way of doing I/O:
 
 * ``AsyncioConnection`` (asyncio): protocol callbacks. Bytes read into one buffer shared by all
-  connections, the batch applied and answered in the same loop iteration. anyio's asyncio
-  streams cost four loop iterations per request on a Unix socket (measured: 0.73x the stdlib's
-  round trips); this costs one.
+  connections, the batch applied and answered in the same loop iteration (anyio's asyncio
+  streams take several loop iterations per request; README's Performance section says what
+  that cost).
 * ``StreamConnection`` (trio, or any anyio backend): a task reads and applies, a helper task
   sends whatever was queued, coalesced.
 
@@ -31,9 +31,9 @@ __all__ = ["READ_CHUNK_BYTES", "AsyncioConnection", "Connection", "StreamConnect
 READ_CHUNK_BYTES = 64 * 1024
 
 #: The kernel send buffer of a connection that is sent a large value (Linux doubles it). Its
-#: default (~208 KiB) makes 1 MiB leave in five rounds of fill, wake the reader, drain, wake
-#: us; this sends it in one (measured: 1 MiB gets 1.15x -> 1.7x the stdlib's MiB/s). Only such
-#: connections get it, so 10,000 idle ones do not; the kernel caps it at net.core.wmem_max.
+#: default (~208 KiB) makes 1 MiB leave in several rounds of fill, wake the reader, drain,
+#: wake us; this sends it in one (benchmarks/compare.py's 1 MiB row). Only such connections
+#: get it, so 10,000 idle ones do not; the kernel caps it at net.core.wmem_max.
 LARGE_SEND_BUFFER_BYTES = 1024 * 1024
 
 
