@@ -22,9 +22,10 @@ import anyio.to_thread
 import pytest
 
 import aionamespace
-from aionamespace import AsyncNamespace, MemoryStore, Namespace, ServerThread
+from aionamespace import AsyncNamespace, ConnectionLost, MemoryStore, Namespace, ServerThread
 from aionamespace._errors import HistoryExpired
 from aionamespace.client.calls import WatchEvent
+from probes import NO_HANG_SECONDS, blocked_reading, wait_until
 
 CTX = multiprocessing.get_context("spawn")
 TIMEOUT_SECONDS = 30.0
@@ -589,3 +590,29 @@ async def test_a_closed_async_watch_is_forgotten(watch_server: ServerThread) -> 
                 async for event in kept:
                     assert event == WatchEvent("a", 1, 1)
                     break
+
+
+def test_a_sync_watch_raises_the_goodbye_of_a_server_shutting_down(short_tmp: str) -> None:
+    """A server stopping gracefully says why before it closes: the blocked watch raises that
+    (it raised IndexError from an empty queue of events before the transport rebuild)."""
+    server = ServerThread(os.path.join(short_tmp, "bye.sock"))
+    server.start()
+    try:
+        watch = Namespace(server.address, "bye")._watch("x")
+        outcome: list[BaseException] = []
+
+        def wait_for_an_event() -> None:
+            try:
+                watch.next(timeout=NO_HANG_SECONDS)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait_for_an_event)
+        waiter.start()
+        wait_until(lambda: blocked_reading(waiter, "next"), "the watch waits for an event")
+    finally:
+        server.stop()
+    waiter.join(NO_HANG_SECONDS)
+    assert len(outcome) == 1
+    assert type(outcome[0]) is ConnectionLost
+    assert "shutting down" in str(outcome[0])
