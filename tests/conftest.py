@@ -1,4 +1,9 @@
-"""Shared fixtures: real servers on real sockets, both transports, both async backends."""
+"""Shared fixtures: real servers on real sockets, both transports, both async backends.
+
+Two kinds of backend, not to be confused: the *server's* (``SERVER_BACKENDS``, the event loop a
+``ServerThread``, ``Manager`` or ``serve --backend`` runs on; the ``server_backend`` fixture) and
+the *client's* (the event loop of an async test, anyio's ``anyio_backend`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -20,10 +25,27 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+#: The server's I/O shells: every test of a server runs on each (through ``server_backend``).
+SERVER_BACKENDS = ["asyncio", "trio"]
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every async test runs on asyncio and on trio."""
     return str(request.param)
+
+
+@pytest.fixture(params=SERVER_BACKENDS)
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The event loop the test's server runs on (the client's, for async tests, is
+    ``anyio_backend``)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def server_backends() -> list[str]:
+    """Every server backend, for a test that goes through them all itself."""
+    return list(SERVER_BACKENDS)
 
 
 @pytest.fixture

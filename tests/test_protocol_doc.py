@@ -35,7 +35,6 @@ import trustme
 from aionamespace import Limits, MemoryStore, Namespace, ServerThread
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
-BACKENDS = ["asyncio", "trio"]  # the reference server's two I/O shells
 
 # ------------------------------------------------------------------ values (PROTOCOL.md, 9)
 
@@ -1041,12 +1040,11 @@ def test_error_messages_are_as_documented(client: Client, request_args: tuple[An
     assert f"`{message}`" in " ".join(DOC.read_text(encoding="utf-8").split())  # unwrapped
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_goodbye_when_the_server_stops(short_tmp: str, backend: str) -> None:
+def test_goodbye_when_the_server_stops(short_tmp: str, server_backend: str) -> None:
     """Every open connection is told why it ends (7.4): the connection-level error, or the hello
     error form where no hello was accepted; then the connection closes."""
     goodbye = hex_bytes(doc_examples()["goodbye"])
-    with ServerThread(os.path.join(short_tmp, "g.sock"), backend=backend) as server:
+    with ServerThread(os.path.join(short_tmp, "g.sock"), backend=server_backend) as server:
         with Client(server.address) as silent, Client(server.address) as partial:
             partial.sock.sendall(pack(HELLO)[:5])  # part of a hello: none accepted yet
             with connect(server) as greeted:
@@ -1061,11 +1059,10 @@ def test_goodbye_when_the_server_stops(short_tmp: str, backend: str) -> None:
                 assert client.at_eof()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_max_connections(short_tmp: str, backend: str) -> None:
+def test_max_connections(short_tmp: str, server_backend: str) -> None:
     """One connection too many gets the hello error form at once, unasked (3, 3.3, 8)."""
     limits = Limits(max_connections=2)
-    with ServerThread(os.path.join(short_tmp, "m.sock"), backend=backend,
+    with ServerThread(os.path.join(short_tmp, "m.sock"), backend=server_backend,
                       limits=limits) as server:
         with connect(server) as first, connect(server) as second:
             with Client(server.address) as third:  # sends nothing: the server speaks first
@@ -1087,12 +1084,11 @@ def test_max_connections(short_tmp: str, backend: str) -> None:
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_handshake_timeout(short_tmp: str, backend: str) -> None:
+def test_handshake_timeout(short_tmp: str, server_backend: str) -> None:
     """No hello within handshake_timeout: the hello error form, then the end (3, 3.3, 8)."""
     refusal = {"protocol": "aionamespace",
                "error": ["RemoteProtocolError", "no hello and authentication within 0.3 seconds"]}
-    with ServerThread(os.path.join(short_tmp, "h.sock"), backend=backend,
+    with ServerThread(os.path.join(short_tmp, "h.sock"), backend=server_backend,
                       limits=Limits(handshake_timeout=0.3)) as server:
         with Client(server.address) as silent, Client(server.address) as slow, \
                 Client(server.address) as prompt:
@@ -1109,10 +1105,9 @@ def test_handshake_timeout(short_tmp: str, backend: str) -> None:
             assert prompt.result("ping") is None
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_handshake_timeout_covers_the_proof(short_tmp: str, backend: str) -> None:
+def test_handshake_timeout_covers_the_proof(short_tmp: str, server_backend: str) -> None:
     """With an authkey, a hello without its proof in time: a connection-level error (3.4, 7.3)."""
-    with ServerThread(os.path.join(short_tmp, "p.sock"), backend=backend, authkey=KEY,
+    with ServerThread(os.path.join(short_tmp, "p.sock"), backend=server_backend, authkey=KEY,
                       limits=Limits(handshake_timeout=0.3)) as server:
         with Client(server.address) as client:
             client.send({**HELLO, "challenge": os.urandom(32)})
@@ -1223,13 +1218,10 @@ def test_max_frame_bytes_bounds_whole_frames(small_server: ServerThread, frame: 
                          f"frame larger than max_frame_bytes ({SMALL})"]
 
 
-@pytest.mark.parametrize(
-    "backend",
-    ["asyncio", "trio"],
-)
-def test_a_client_that_leaves_16_mib_unread_is_dropped(short_tmp: str, backend: str) -> None:
+def test_a_client_that_leaves_16_mib_unread_is_dropped(short_tmp: str,
+                                                       server_backend: str) -> None:
     """Pushes do not pile up without a bound: past 16 MiB unread, ConnectionLost (7.3, 8)."""
-    with ServerThread(os.path.join(short_tmp, "u.sock"), backend=backend) as server:
+    with ServerThread(os.path.join(short_tmp, "u.sock"), backend=server_backend) as server:
         with connect(server) as watcher, connect(server) as writer:
             watch_id = watcher.result("watch", "k", None, None)[0]
             assert watcher.result("acquire", "k", "lock", b"watcher", None) is None
@@ -1261,14 +1253,13 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server_context, client_context
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_tls(short_tmp: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
-             transport: str, backend: str) -> None:
+             transport: str, server_backend: str) -> None:
     """The whole protocol inside TLS, the handshake and HMAC authentication included."""
     server_context, client_context = tls_contexts
     address = ("127.0.0.1", 0) if transport == "tcp" else os.path.join(short_tmp, "tls.sock")
-    with ServerThread(address, backend=backend, authkey=KEY,
+    with ServerThread(address, backend=server_backend, authkey=KEY,
                       ssl_context=server_context) as server:
         with Client(server.address, client_context) as client:
             assert isinstance(client.sock, ssl.SSLSocket)

@@ -559,12 +559,11 @@ def start_proxies(path: str) -> list[WaitingProxies]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_server_thread_stop_says_goodbye_to_1000_clients(socket_path: str,
-                                                         backend: str) -> None:
+                                                         server_backend: str) -> None:
     # Both ends of every connection live in this process.
     with open_file_limit(2 * SHUTDOWN_CLIENTS + 256):
-        server = ServerThread(socket_path, backend=backend)
+        server = ServerThread(socket_path, backend=server_backend)
         server.start()
         clients: RawClients | None = None
         try:
@@ -583,11 +582,10 @@ def test_server_thread_stop_says_goodbye_to_1000_clients(socket_path: str,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_sigterm_says_goodbye_to_1000_clients(socket_path: str, backend: str,
+def test_sigterm_says_goodbye_to_1000_clients(socket_path: str, server_backend: str,
                                               cli_servers: list[ServeProcess]) -> None:
     with open_file_limit(SHUTDOWN_CLIENTS + 256):
-        cli_servers.append(server := ServeProcess(socket_path, backend))
+        cli_servers.append(server := ServeProcess(socket_path, server_backend))
         limit = process_open_file_limit(server.process.pid)
         if limit is not None and limit < SHUTDOWN_CLIENTS + 64:
             pytest.skip(f"the server process may open only {limit} files")
@@ -624,8 +622,7 @@ def exchange(sock: socket.socket, unpacker: msgpack.Unpacker, *requests: list[An
     return read_frames(sock, unpacker, until_eof=False)
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_nothing_follows_the_goodbye(socket_path: str, backend: str) -> None:
+def test_nothing_follows_the_goodbye(socket_path: str, server_backend: str) -> None:
     """The goodbye is a connection's last frame (docs/PROTOCOL.md 7.3), even for a client
     waiting for a lock whose holder's connection closes during the same shutdown: the lock is
     not granted behind the goodbye. (Which connection the server drops first varies from run
@@ -634,7 +631,7 @@ def test_nothing_follows_the_goodbye(socket_path: str, backend: str) -> None:
     waiters_per_round, rounds = 10, 5
     late: list[list[Any]] = []
     for _ in range(rounds):
-        with ServerThread(socket_path, backend=backend) as server:
+        with ServerThread(socket_path, backend=server_backend) as server:
             holder = connect_raw(socket_path)
             clients = [connect_raw(socket_path) for _ in range(waiters_per_round)]
             try:
@@ -660,13 +657,13 @@ def readable_bytes(sock: socket.socket) -> int:
     return count
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_client_slow_to_read_still_gets_the_goodbye(socket_path: str, backend: str) -> None:
+def test_a_client_slow_to_read_still_gets_the_goodbye(socket_path: str,
+                                                      server_backend: str) -> None:
     """The stop gives every connection FAREWELL_SECONDS (1 s) to take its last words. A client
     that reads, but slowly (64 KiB every 10 ms: a 2 MB answer in about 0.3 s), gets the answer
     the server was sending when it stopped, then the goodbye."""
     value = "x" * 2_000_000  # more than the socket buffers hold: the server's send blocks
-    with ServerThread(socket_path, backend=backend) as server:
+    with ServerThread(socket_path, backend=server_backend) as server:
         with Namespace(socket_path, "k") as ns:
             ns.big = value
         sock, unpacker = connect_raw(socket_path)

@@ -103,11 +103,6 @@ class Spawned:
             process.close()
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def server_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def watch_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
     with ServerThread(os.path.join(short_tmp, "ns.sock"), backend=server_backend) as server:
