@@ -7,6 +7,7 @@ the *client's* (the event loop of an async test, anyio's ``anyio_backend`` fixtu
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -46,6 +47,15 @@ def server_backend(request: pytest.FixtureRequest) -> str:
 def server_backends() -> list[str]:
     """Every server backend, for a test that goes through them all itself."""
     return list(SERVER_BACKENDS)
+
+
+@pytest.fixture
+def collect_garbage() -> Iterator[None]:
+    """Collect at teardown, so a socket a test leaked fails that test, not a later one (a
+    module whose tests leave sockets to the collector says
+    ``pytestmark = pytest.mark.usefixtures("collect_garbage")``)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
-import gc
 import logging
 import os
 import random
@@ -63,11 +62,7 @@ EXPECTED_ERRORS = frozenset({
 })
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 @pytest.fixture

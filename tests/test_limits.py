@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 import select
 import socket
@@ -53,11 +52,7 @@ HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
 KEY = b"limits key"
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import gc
 import os
 import resource
 import signal
@@ -65,11 +64,7 @@ SHUTDOWN_CLIENTS = 1000
 GOODBYE = [0, 1, "ConnectionLost", "the server is shutting down"]
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import gc
 import pickle
 import random
 import socket
@@ -41,11 +40,7 @@ NO_RETRY = Retry(attempts=1)  # a refused handshake fails at once instead of aft
 FOUR_MIB = 4 * 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 # ---------------------------------------------------------------------------- certificates
