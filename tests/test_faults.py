@@ -26,8 +26,8 @@ from aionamespace import (
     NamespaceError,
     Retry,
 )
-from probes import NO_HANG_SECONDS, ServeProcess
-from support import kill_server
+from deadlines import NO_HANG_SECONDS
+from server_processes import ServeProcess, kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a call must raise once the server is gone
 

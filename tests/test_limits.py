@@ -44,7 +44,7 @@ from aionamespace import (
 from aionamespace.protocol.auth import new_challenge
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import PROTOCOL_NAME, Address
-from probes import ServeProcess
+from server_processes import ServeProcess
 
 NO_RETRY = Retry(attempts=1)
 NO_HANG_SECONDS = 10.0

@@ -25,7 +25,8 @@ from aionamespace._errors import ProtocolError
 from aionamespace.client.multiplex import WRITE_AT_FRAMES
 from aionamespace.client.push import PushConnection
 from aionamespace.protocol.connection import PROTOCOL_NAME
-from probes import async_wait_until, request_waiting
+from deadlines import async_wait_until
+from waiting_calls import request_waiting
 
 pytestmark = pytest.mark.anyio
 

@@ -47,16 +47,10 @@ from aionamespace import (
     ServerThread,
 )
 from aionamespace.protocol.connection import PROTOCOL_NAME, PROTOCOL_VERSION
-from probes import (
-    NO_HANG_SECONDS,
-    ServeProcess,
-    async_wait_until,
-    blocked_reading,
-    read_frames,
-    request_waiting,
-    wait_until,
-)
-from support import kill_server
+from deadlines import NO_HANG_SECONDS, async_wait_until, wait_until
+from raw_client import read_frames
+from server_processes import ServeProcess, kill_server
+from waiting_calls import blocked_reading, request_waiting
 
 FAIL_FAST_SECONDS = 1.0  # how soon a waiting call must raise once the server is killed
 SHUTDOWN_SECONDS = 1.5  # how long a graceful stop may take, with every client told
