@@ -34,7 +34,7 @@ import trustme
 
 from aionamespace import Limits, MemoryStore, Namespace, ServerThread
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 # ------------------------------------------------------------------ values (PROTOCOL.md, 9)
 
