@@ -18,6 +18,7 @@ from hypothesis import settings
 
 from aionamespace import Manager, ServerThread
 from aionamespace.protocol.connection import Address
+from server_processes import ServeProcess
 
 # CI explores the same examples on every run, so a red build is about the change, not luck;
 # a developer's run explores new ones (and keeps failures in .hypothesis/).
@@ -66,6 +67,21 @@ def short_tmp() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def socket_path(short_tmp: str) -> str:
+    """A Unix socket path for a server the test starts itself."""
+    return os.path.join(short_tmp, "ns.sock")
+
+
+@pytest.fixture
+def cli_servers() -> Iterator[list[ServeProcess]]:
+    """Every CLI server a test registers here is killed and reaped, pass or fail."""
+    started: list[ServeProcess] = []
+    yield started
+    for server in started:
+        server.close()
 
 
 @pytest.fixture(params=["unix", "tcp"])

@@ -71,11 +71,6 @@ class CliServer:
 
 
 @pytest.fixture
-def socket_path(short_tmp: str) -> str:
-    return os.path.join(short_tmp, "ns.sock")
-
-
-@pytest.fixture
 def servers() -> Iterator[list[CliServer]]:
     """Register the servers a test starts: every one is cleaned up, pass or fail."""
     started: list[CliServer] = []
