@@ -17,21 +17,10 @@ from aionamespace.protocol.connection import (
     Hello,
     Limits,
     Reply,
-    ServerConnection,
 )
 from greeted_connections import only_replies
 from handmade_frames import ONE, pack
-
-
-class Peer:
-    """What the dispatcher writes to, outside a batch's answer (pushes, deferred replies)."""
-
-    def __init__(self, protocol: ServerConnection) -> None:
-        self.protocol = protocol
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
+from memory_peer import MemoryPeer
 
 
 class Wire:
@@ -41,7 +30,7 @@ class Wire:
         self.store = store if store is not None else MemoryStore()
         self.server = Server(store=self.store, limits=limits)
         self.server_side = self.server.new_connection()
-        self.peer = Peer(self.server_side)
+        self.peer = MemoryPeer(self.server_side)
         self.client = ClientConnection(limits)
         (hello,) = self.exchange(self.client.send_hello())
         assert type(hello) is Hello
@@ -181,7 +170,7 @@ def test_conversation_hello_pipelined_with_requests() -> None:
     set_id, set_frame = client.send_request("set", "ns", "a", ONE)
     get_id, get_frame = client.send_request("get", "ns", "a")
     events = server_side.receive_data(client.send_hello() + set_frame + get_frame)
-    answer = b"".join(server.dispatcher.respond(Peer(server_side), events))
+    answer = b"".join(server.dispatcher.respond(MemoryPeer(server_side), events))
     hello, set_reply, get_reply = client.receive_data(answer)
     assert type(hello) is Hello
     assert set_reply == Reply(set_id, 1)
@@ -208,7 +197,7 @@ def test_conversation_wrong_version_gets_the_hello_error_form() -> None:
     events = server_side.receive_data(pack({"protocol": PROTOCOL_NAME, "version": 2}))
     client = ClientConnection()
     with pytest.raises(LocalProtocolError, match="unsupported protocol version 2"):
-        client.receive_data(b"".join(server.dispatcher.respond(Peer(server_side), events)))
+        client.receive_data(b"".join(server.dispatcher.respond(MemoryPeer(server_side), events)))
 
 
 def test_conversation_over_a_byte_at_a_time() -> None:
@@ -223,7 +212,7 @@ def test_conversation_over_a_byte_at_a_time() -> None:
         ids.append(request_id)
         outgoing += frame
     answer = b""
-    peer = Peer(server_side)
+    peer = MemoryPeer(server_side)
     for index in range(len(outgoing)):
         events_in = server_side.receive_data(outgoing[index:index + 1])
         answer += b"".join(server.dispatcher.respond(peer, events_in))
