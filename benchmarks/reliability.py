@@ -64,9 +64,11 @@ from aionamespace import AsyncNamespace, ConnectionLost, Manager, Namespace, Ret
 from aionamespace.protocol.codec import encode_value
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # what the tests use: probes.py, workload.py
-import probes  # noqa: E402
-from probes import ServeProcess, blocked_reading, read_frames, request_waiting  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # what the tests use (none of it needs pytest)
+import deadlines  # noqa: E402
+from raw_client import read_frames  # noqa: E402
+from server_processes import ServeProcess  # noqa: E402
+from waiting_calls import blocked_reading, request_waiting  # noqa: E402
 from workload import INITIAL, plan, run_process  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "docs" / "RELIABILITY.md"
@@ -147,8 +149,8 @@ def raw_clients(path: str, count: int) -> list[tuple[socket.socket, msgpack.Unpa
     return clients
 
 
-wait_until = functools.partial(probes.wait_until, seconds=NO_HANG)
-async_wait_until = functools.partial(probes.async_wait_until, seconds=NO_HANG)
+wait_until = functools.partial(deadlines.wait_until, seconds=NO_HANG)
+async_wait_until = functools.partial(deadlines.async_wait_until, seconds=NO_HANG)
 
 
 # ====================================================================== 1. load

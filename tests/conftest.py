@@ -1,7 +1,13 @@
-"""Shared fixtures: real servers on real sockets, both transports, both async backends."""
+"""Shared fixtures: real servers on real sockets, both transports, both async backends.
+
+Two kinds of backend, not to be confused: the *server's* (``SERVER_BACKENDS``, the event loop a
+``ServerThread``, ``Manager`` or ``serve --backend`` runs on; the ``server_backend`` fixture) and
+the *client's* (the event loop of an async test, anyio's ``anyio_backend`` fixture).
+"""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -12,6 +18,7 @@ from hypothesis import settings
 
 from aionamespace import Manager, ServerThread
 from aionamespace.protocol.connection import Address
+from server_processes import ServeProcess
 
 # CI explores the same examples on every run, so a red build is about the change, not luck;
 # a developer's run explores new ones (and keeps failures in .hypothesis/).
@@ -20,10 +27,36 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+#: The server's I/O shells: every test of a server runs on each (through ``server_backend``).
+SERVER_BACKENDS = ["asyncio", "trio"]
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every async test runs on asyncio and on trio."""
     return str(request.param)
+
+
+@pytest.fixture(params=SERVER_BACKENDS)
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The event loop the test's server runs on (the client's, for async tests, is
+    ``anyio_backend``)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def server_backends() -> list[str]:
+    """Every server backend, for a test that goes through them all itself."""
+    return list(SERVER_BACKENDS)
+
+
+@pytest.fixture
+def collect_garbage() -> Iterator[None]:
+    """Collect at teardown, so a socket a test leaked fails that test, not a later one (a
+    module whose tests leave sockets to the collector says
+    ``pytestmark = pytest.mark.usefixtures("collect_garbage")``)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
@@ -34,6 +67,21 @@ def short_tmp() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def socket_path(short_tmp: str) -> str:
+    """A Unix socket path for a server the test starts itself."""
+    return os.path.join(short_tmp, "ns.sock")
+
+
+@pytest.fixture
+def cli_servers() -> Iterator[list[ServeProcess]]:
+    """Every CLI server a test registers here is killed and reaped, pass or fail."""
+    started: list[ServeProcess] = []
+    yield started
+    for server in started:
+        server.close()
 
 
 @pytest.fixture(params=["unix", "tcp"])

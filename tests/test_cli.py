@@ -71,11 +71,6 @@ class CliServer:
 
 
 @pytest.fixture
-def socket_path(short_tmp: str) -> str:
-    return os.path.join(short_tmp, "ns.sock")
-
-
-@pytest.fixture
 def servers() -> Iterator[list[CliServer]]:
     """Register the servers a test starts: every one is cleaned up, pass or fail."""
     started: list[CliServer] = []
@@ -84,12 +79,11 @@ def servers() -> Iterator[list[CliServer]]:
         server.close()
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="SIGINT"),
                                     pytest.param(signal.SIGTERM, id="SIGTERM")])
-def test_serve_unix_until_a_signal(servers: list[CliServer], socket_path: str, backend: str,
-                                   signum: int) -> None:
-    server = CliServer(["--unix", socket_path, "--backend", backend])
+def test_serve_unix_until_a_signal(servers: list[CliServer], socket_path: str,
+                                   server_backend: str, signum: int) -> None:
+    server = CliServer(["--unix", socket_path, "--backend", server_backend])
     servers.append(server)
     assert server.address == socket_path
     mode = os.stat(socket_path).st_mode
@@ -107,8 +101,8 @@ def test_serve_unix_until_a_signal(servers: list[CliServer], socket_path: str, b
     assert not os.path.exists(socket_path)
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_signal_right_after_the_ready_line_stops_cleanly(short_tmp: str, backend: str) -> None:
+def test_signal_right_after_the_ready_line_stops_cleanly(short_tmp: str,
+                                                         server_backend: str) -> None:
     """The ready line is a promise: from then on, Ctrl-C stops the server cleanly.
 
     The signal is sent the moment the line arrives. A server that installs its signal handler
@@ -119,7 +113,7 @@ def test_signal_right_after_the_ready_line_stops_cleanly(short_tmp: str, backend
         path = os.path.join(short_tmp, f"ns{attempt}.sock")
         with subprocess.Popen(
                 [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
-                 "--backend", backend],
+                 "--backend", server_backend],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
             assert process.stdout is not None
             line = process.stdout.readline()  # blocking: react as soon as it is printed

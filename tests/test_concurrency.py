@@ -87,15 +87,17 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def lock_server(request: pytest.FixtureRequest,
+@pytest.fixture
+def lock_server(request: pytest.FixtureRequest, server_backend: str,
                 short_tmp: str) -> Iterator[tuple[Address, bytes | None]]:
-    """(address, authkey) of a server on each backend: a Manager's process, or a trio thread."""
-    if request.param == "asyncio":
+    """(address, authkey) of a server on each backend: the session's Manager process for
+    asyncio (its backend), a ServerThread for any other."""
+    if server_backend == "asyncio":
         manager: Manager = request.getfixturevalue("manager")
         yield manager.address, manager.authkey
         return
-    with ServerThread(os.path.join(short_tmp, "trio.sock"), backend="trio") as server:
+    with ServerThread(os.path.join(short_tmp, f"{server_backend}.sock"),
+                      backend=server_backend) as server:
         yield server.address, None
 
 

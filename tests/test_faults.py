@@ -6,7 +6,6 @@ Each test kills (SIGKILL) or stops (SIGSTOP) a real server process: a fresh ``Ma
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
@@ -27,17 +26,13 @@ from aionamespace import (
     NamespaceError,
     Retry,
 )
-from probes import NO_HANG_SECONDS, ServeProcess
-from support import kill_server
+from deadlines import NO_HANG_SECONDS
+from server_processes import ServeProcess, kill_server
 
 FAIL_FAST_SECONDS = 1.0  # how soon a call must raise once the server is gone
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 @pytest.fixture(params=["unix", "tcp"])

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
-import gc
 import logging
 import os
 import random
@@ -63,16 +62,12 @@ EXPECTED_ERRORS = frozenset({
 })
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def fuzz_server(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "f.sock"), backend=request.param,
+@pytest.fixture
+def fuzz_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
+    with ServerThread(os.path.join(short_tmp, "f.sock"), backend=server_backend,
                       limits=Limits(max_frame_bytes=MAX_FRAME_BYTES)) as running:
         yield running
 
@@ -549,11 +544,11 @@ def exchange_all(address: str, data: bytes) -> list[Any]:
     return unpack(bytes(received))
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_the_last_words_to_a_refused_client_arrive_whole(short_tmp: str, backend: str) -> None:
+def test_the_last_words_to_a_refused_client_arrive_whole(short_tmp: str,
+                                                         server_backend: str) -> None:
     """Answers queued before a refusal, and the refusal, are delivered in full, even when
     they are still being sent as the server closes (the client reads them at once)."""
-    with ServerThread(os.path.join(short_tmp, "t.sock"), backend=backend) as running:
+    with ServerThread(os.path.join(short_tmp, "t.sock"), backend=server_backend) as running:
         address = running.address
         assert isinstance(address, str)
         with Namespace(address, "w") as ns:
@@ -566,11 +561,10 @@ def test_the_last_words_to_a_refused_client_arrive_whole(short_tmp: str, backend
             assert frames[-1][:3] == [0, 1, "RemoteProtocolError"]
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_lock_timeout_never_follows_the_refusal(short_tmp: str, backend: str) -> None:
+def test_a_lock_timeout_never_follows_the_refusal(short_tmp: str, server_backend: str) -> None:
     """A wait for a lock, with a zero timeout, in the batch that ends with a refusal: its
     TimeoutError must not be sent after the refusal frame (nothing follows a refusal)."""
-    with ServerThread(os.path.join(short_tmp, "l.sock"), backend=backend) as running:
+    with ServerThread(os.path.join(short_tmp, "l.sock"), backend=server_backend) as running:
         address = running.address
         assert isinstance(address, str)
         batch = (HELLO + pack([1, "acquire", "w", "L", b"t1", None])
@@ -613,13 +607,12 @@ def test_a_watch_event_never_follows_the_refusal(short_tmp: str) -> None:
         assert frames[-1][:3] == [0, 1, "RemoteProtocolError"], frames[-2:]
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_cas_on_a_signalling_nan_is_an_error_reply_not_an_internal_error(
-        short_tmp: str, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+        short_tmp: str, server_backend: str, caplog: pytest.LogCaptureFixture) -> None:
     """Comparing a Decimal sNaN raises decimal.InvalidOperation, which no client should be
     able to turn into an internal error (and a logged traceback) on the server."""
     caplog.set_level(logging.ERROR, logger="aionamespace.server")
-    with ServerThread(os.path.join(short_tmp, "d.sock"), backend=backend) as running, \
+    with ServerThread(os.path.join(short_tmp, "d.sock"), backend=server_backend) as running, \
             Namespace(running.address, "d") as ns:
         ns.n = decimal.Decimal("sNaN")
         try:
@@ -645,11 +638,10 @@ KILLED_CLIENT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_client_killed_mid_frame_leaves_the_server_serving(short_tmp: str,
-                                                             backend: str) -> None:
+                                                             server_backend: str) -> None:
     path = os.path.join(short_tmp, "k.sock")
-    with ServerThread(path, backend=backend, limits=Limits(max_connections=2)) as running:
+    with ServerThread(path, backend=server_backend, limits=Limits(max_connections=2)) as running:
         with Namespace(path, "victim") as ns:
             ns.before = 1
         child = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, path],

@@ -168,9 +168,9 @@ def test_the_fast_path_yields_what_the_decoder_would_however_bytes_are_cut(
 # ------------------------------------------------------------------------------ a real server
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def any_server(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=request.param) as running:
+@pytest.fixture
+def any_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
+    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=server_backend) as running:
         yield running
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from aionamespace import Manager, Namespace
 from aionamespace.protocol.connection import format_address
-from support import Reports, run_child
+from child_processes import Reports, run_child
 
 MISSING_MESSAGE = "'Namespace' object has no attribute 'missing'"
 

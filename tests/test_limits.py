@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 import select
 import socket
@@ -46,36 +45,25 @@ from aionamespace import (
 from aionamespace.protocol.auth import new_challenge
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import PROTOCOL_NAME, Address
-from probes import ServeProcess
+from server_processes import ServeProcess
 
-BACKENDS = ["asyncio", "trio"]
 NO_RETRY = Retry(attempts=1)
 NO_HANG_SECONDS = 10.0
 HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
 KEY = b"limits key"
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """The server's event loop (the client's, for async tests, is ``anyio_backend``)."""
-    return str(request.param)
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, short_tmp: str, backend: str,
+def server(request: pytest.FixtureRequest, short_tmp: str, server_backend: str,
            ) -> Iterator[ServerThread]:
     """A server on this test's backend, with the options the test passes indirectly."""
     options: dict[str, Any] = dict(getattr(request, "param", {}))
     address: Address = (("127.0.0.1", 0) if options.pop("transport", "unix") == "tcp"
                         else os.path.join(short_tmp, "s.sock"))
-    with ServerThread(address, backend=backend, **options) as running:
+    with ServerThread(address, backend=server_backend, **options) as running:
         yield running
 
 
@@ -533,9 +521,9 @@ RSS_GROWTH_LIMIT = 64 * MIB
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_a_client_that_never_reads_costs_the_server_bounded_memory(
-        short_tmp: str, backend: str) -> None:
+        short_tmp: str, server_backend: str) -> None:
     path = os.path.join(short_tmp, "ns.sock")
-    server = ServeProcess(path, backend)
+    server = ServeProcess(path, server_backend)
     try:
         with Namespace(path, "big") as ns:
             ns.value = os.urandom(MIB)
@@ -558,8 +546,9 @@ def test_a_client_that_never_reads_costs_the_server_bounded_memory(
                 time.sleep(0.02)  # sampling interval of a bounded loop
             after = server.memory()
         growth = {"VmRSS": peak_rss - before["VmRSS"], "VmHWM": after["VmHWM"] - before["VmHWM"]}
-        report = (f"{BLAST_REQUESTS} unread gets of a 1 MiB value grew the {backend} server by "
-                  f"{growth['VmRSS'] / MIB:.0f} MiB RSS (peak {growth['VmHWM'] / MIB:.0f} MiB)")
+        report = (f"{BLAST_REQUESTS} unread gets of a 1 MiB value grew the {server_backend} "
+                  f"server by {growth['VmRSS'] / MIB:.0f} MiB RSS "
+                  f"(peak {growth['VmHWM'] / MIB:.0f} MiB)")
         assert growth["VmRSS"] < RSS_GROWTH_LIMIT, report
         assert growth["VmHWM"] < RSS_GROWTH_LIMIT, report
         assert answer_delay is not None, (

@@ -68,7 +68,6 @@ def collect(reports: Any, processes: list[Any], expected: int) -> list[dict[str,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("server_backend", ["asyncio", "trio"])
 def test_load_loses_nothing(server_backend: str) -> None:
     spawn = multiprocessing.get_context("spawn")
     name = "load"

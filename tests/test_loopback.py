@@ -19,7 +19,7 @@ import pytest
 
 from aionamespace import AsyncNamespace, AuthenticationError, HistoryExpired, Namespace
 from aionamespace.client.loopback import LoopbackServer
-from probes import wait_until
+from deadlines import wait_until
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import pytest
 import aionamespace
 from aionamespace import AsyncNamespace, Manager, Namespace
 from aionamespace.protocol.connection import Address
-from support import CHILD_TIMEOUT_SECONDS, Reports, run_child
+from child_processes import CHILD_TIMEOUT_SECONDS, Reports, run_child
 
 START_METHODS = ["spawn", "forkserver", "fork"]
 

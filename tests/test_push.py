@@ -25,7 +25,8 @@ from aionamespace._errors import ProtocolError
 from aionamespace.client.asyncio_transport import WRITE_AT_FRAMES, AsyncioTransport, SocketLink
 from aionamespace.client.stream_transport import StreamTransport
 from aionamespace.protocol.connection import PROTOCOL_NAME
-from probes import async_wait_until, request_waiting
+from deadlines import async_wait_until
+from waiting_calls import request_waiting
 
 pytestmark = pytest.mark.anyio
 

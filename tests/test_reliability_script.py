@@ -2,8 +2,8 @@
 
 It measures load, faults and bad inputs against real servers and exits 1 when any of its own
 checks fails, so a quick run passing means every scenario still runs and still holds (it
-uses the same probes as the tests, tests/probes.py: a probe that stops matching the proxy's
-code fails here rather than months later).
+uses the same probes as the tests, tests/waiting_calls.py: a probe that stops matching the
+proxy's code fails here rather than months later).
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from aionamespace.protocol.connection import PROTOCOL_NAME
 HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def any_backend_server(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=request.param,
+@pytest.fixture
+def any_backend_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
+    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=server_backend,
                       limits=Limits(max_frame_bytes=4096)) as running:
         yield running
 

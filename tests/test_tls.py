@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import gc
 import pickle
 import random
 import socket
@@ -39,14 +38,9 @@ from aionamespace.protocol.connection import PROTOCOL_NAME
 KEY = b"tls and a key"
 NO_RETRY = Retry(attempts=1)  # a refused handshake fails at once instead of after backoff
 FOUR_MIB = 4 * 1024 * 1024
-BACKENDS = ["asyncio", "trio"]
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect at teardown, so a socket a test leaked fails that test, not a later one."""
-    yield
-    gc.collect()
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 # ---------------------------------------------------------------------------- certificates
@@ -79,21 +73,21 @@ def stranger_ctx() -> ssl.SSLContext:
     return context
 
 
-@pytest.fixture(params=BACKENDS)
-def tls_server(request: pytest.FixtureRequest,
+@pytest.fixture
+def tls_server(server_backend: str,
                server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
                ) -> Iterator[ServerThread]:
     """A TLS server with an authkey, holding ``vault.secret == "kept"``."""
-    with ServerThread(("127.0.0.1", 0), backend=request.param, authkey=KEY,
+    with ServerThread(("127.0.0.1", 0), backend=server_backend, authkey=KEY,
                       ssl_context=server_ctx) as running:
         with Namespace(running.address, "vault", authkey=KEY, ssl_context=client_ctx) as ns:
             ns.secret = "kept"
         yield running
 
 
-@pytest.fixture(params=BACKENDS)
-def plain_server(request: pytest.FixtureRequest) -> Iterator[ServerThread]:
-    with ServerThread(("127.0.0.1", 0), backend=request.param) as running:
+@pytest.fixture
+def plain_server(server_backend: str) -> Iterator[ServerThread]:
+    with ServerThread(("127.0.0.1", 0), backend=server_backend) as running:
         yield running
 
 
@@ -231,12 +225,11 @@ async def test_async_client_trusting_another_ca_is_refused(tls_server: ServerThr
     assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_certificate_for_another_host_is_refused(backend: str, ca: trustme.CA,
+def test_a_certificate_for_another_host_is_refused(server_backend: str, ca: trustme.CA,
                                                    client_ctx: ssl.SSLContext) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("board.example").configure_cert(context)  # signed by our CA, wrong name
-    with ServerThread(("127.0.0.1", 0), backend=backend, ssl_context=context) as running, \
+    with ServerThread(("127.0.0.1", 0), backend=server_backend, ssl_context=context) as running, \
             Namespace(running.address, "n", ssl_context=client_ctx, retry=NO_RETRY) as ns:
         with pytest.raises(ConnectionLost, match="certificate verify failed") as caught:
             ns.x = 1
@@ -254,8 +247,9 @@ def test_failed_handshakes_leave_the_tls_server_serving(tls_server: ServerThread
 
 
 def test_a_silent_client_of_a_tls_server_is_dropped_after_the_handshake_timeout(
-        server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
-    for backend in BACKENDS:
+        server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_backends: list[str],
+        ) -> None:
+    for backend in server_backends:
         with ServerThread(("127.0.0.1", 0), backend=backend, ssl_context=server_ctx,
                           limits=Limits(handshake_timeout=0.3)) as running:
             address = running.address

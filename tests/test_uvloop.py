@@ -16,8 +16,8 @@ import pytest
 
 from aionamespace import AsyncNamespace, Namespace
 from aionamespace.client.asyncio_transport import AsyncioTransport
-from probes import ServeProcess
-from support import Reports, run_child
+from child_processes import Reports, run_child
+from server_processes import ServeProcess
 
 uvloop = pytest.importorskip("uvloop", reason="the uvloop extra (a test dependency on Linux)")
 

@@ -25,7 +25,8 @@ import aionamespace
 from aionamespace import AsyncNamespace, ConnectionLost, MemoryStore, Namespace, ServerThread
 from aionamespace._errors import HistoryExpired
 from aionamespace.client.calls import WatchEvent
-from probes import NO_HANG_SECONDS, blocked_reading, wait_until
+from deadlines import NO_HANG_SECONDS, wait_until
+from waiting_calls import blocked_reading
 
 CTX = multiprocessing.get_context("spawn")
 TIMEOUT_SECONDS = 30.0
@@ -102,11 +103,6 @@ class Spawned:
                 process.kill()
             process.join(TIMEOUT_SECONDS)
             process.close()
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def server_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers several test files share: a CLI server process, child processes, their reports.
+"""Child processes that run part of a test and report back: ``run_child`` and ``Reports``.
 
 Not fixtures, so that test modules (and spawned children, which import them by name) can use
 them directly; conftest.py keeps the fixtures.
@@ -13,20 +13,7 @@ from typing import Any
 
 import pytest
 
-from aionamespace import Manager
-from probes import NO_HANG_SECONDS
-
 CHILD_TIMEOUT_SECONDS = 60.0
-
-
-def kill_server(manager: Manager) -> float:
-    """SIGKILL a manager's server process, reap it, and return when it was killed."""
-    process = manager._process
-    assert process is not None
-    killed_at = time.monotonic()
-    process.kill()
-    process.wait(timeout=NO_HANG_SECONDS)
-    return killed_at
 
 
 def run_child(context: Any, target: Callable[..., None], *args: Any) -> int:

@@ -1,0 +1,61 @@
+"""The document's tables and limits list what the library has: operations and their argument
+kinds, extension codes, error types, the ops safe to resend, and every documented limit.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aionamespace import Limits
+from protocol_md import DOC, doc_table
+
+
+def test_operation_table_matches_the_library() -> None:
+    from aionamespace.protocol.ops import DEFERRED_OPS, OPS
+
+    rows = doc_table("operations")
+    assert [row[0].strip("`") for row in rows] == list(OPS)
+    for op, arguments, _result, _errors, deferred in rows:
+        op = op.strip("`")
+        assert tuple(re.findall(r"`([\w?]+)`", arguments)) == OPS[op], op
+        assert deferred == ("**yes**" if op in DEFERRED_OPS else "no"), op
+    kinds = [row[0].strip("`") for row in doc_table("argument-kinds")]
+    assert sorted(kinds) == sorted({kind for op_kinds in OPS.values() for kind in op_kinds})
+
+
+def test_doc_tables_list_what_the_library_has() -> None:
+    from aionamespace.protocol.codec import ExtCode
+    from aionamespace.protocol.events import REMOTE_TYPES
+
+    assert {int(row[0]): row[1].strip("`") for row in doc_table("ext-codes")} == {
+        code.value: code.name for code in ExtCode
+    }
+    names = [row[0].strip("`") for row in doc_table("error-types")]
+    assert names[-1] == "any other name"
+    assert sorted(names[:-1]) == sorted(REMOTE_TYPES)
+
+
+def test_safe_to_resend_table_matches_the_library() -> None:
+    from aionamespace.protocol.ops import OPS, SAFE_TO_RESEND
+
+    ops = [row[0].strip("`") for row in doc_table("safe-to-resend")]
+    assert sorted(ops) == sorted(SAFE_TO_RESEND)
+    assert ops == [op for op in OPS if op in SAFE_TO_RESEND]  # in the order of 5.2
+
+
+def test_documented_limits_match_the_library() -> None:
+    from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
+    from aionamespace.server.stores import DEFAULT_HISTORY
+
+    text = " ".join(DOC.read_text(encoding="utf-8").split())
+    limits = Limits()
+    assert f"| `max_frame_bytes` | {limits.max_frame_bytes} (64 MiB) |" in text
+    assert f"| `max_name_length` | {limits.max_name_length} characters |" in text
+    assert f"| `max_connections` | {limits.max_connections:,} connections at once |" in text
+    assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
+    assert f"| history | {DEFAULT_HISTORY:,} revisions per namespace |" in text
+    assert f"| unread frames | 16 MiB ({MAX_PUSH_BACKLOG_BYTES} bytes) |" in text
+    for message in (f"the server is at its limit of {limits.max_connections} connections",
+                    f"no hello and authentication within {limits.handshake_timeout} seconds",
+                    f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread"):
+        assert message in text

@@ -1,0 +1,151 @@
+"""``CacheTable``, the client cache's rules, alone: what a reply to a cached read leaves in the
+cache, what empties it, and read-your-writes.
+
+Replies and invalidations are handed to the table in stream order, as the proxies' readers do.
+``expect`` notes a read on its way with its name's generation; ``forget`` (the caller's own
+write) moves the generation on, so a reply to a read sent before the write is returned to its
+caller but not kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from aionamespace import ConnectionLost
+from aionamespace.client.cache import ABSENT, CacheTable, entry_value
+from aionamespace.protocol.codec import encode_value
+
+ITEM = ("k", "x")
+
+
+def cached(table: CacheTable, item: tuple[str, str] = ITEM) -> Any:
+    """What a read of ``item`` would be served from the cache (ABSENT: it asks the server)."""
+    entry = table.values.get(item, ABSENT)
+    return entry if entry is ABSENT else entry_value(entry, item[1])
+
+
+@pytest.fixture
+def table() -> CacheTable:
+    return CacheTable()
+
+
+@pytest.mark.parametrize("value", [None, True, 7, 2**70, 1.5, "text", b"bytes", 1 - 2j])
+def test_an_immutable_value_is_kept_as_it_is(table: CacheTable, value: Any) -> None:
+    table.expect(1, ITEM)
+    entry = table.answered(1, encode_value(value), None)
+    assert entry == value
+    assert type(entry) is type(value)
+    assert table.values[ITEM] is entry  # the same object for every read: it cannot change
+
+
+@pytest.mark.parametrize("value", [[1, 2], {"a": [1]}, {1, 2}, bytearray(b"ab"), (1, [2])])
+def test_a_mutable_value_is_decoded_afresh_for_each_read(table: CacheTable, value: Any) -> None:
+    table.expect(1, ITEM)
+    table.answered(1, encode_value(value), None)
+    first, second = cached(table), cached(table)
+    assert first == second == value
+    assert type(first) is type(value)
+    assert first is not second  # a caller changing its copy changes nobody else's
+
+
+def test_a_large_value_received_into_a_bytearray_is_kept(table: CacheTable) -> None:
+    table.expect(1, ITEM)
+    table.answered(1, bytearray(encode_value(42)), None)
+    assert cached(table) == 42
+
+
+def test_no_such_attribute_is_kept_too(table: CacheTable) -> None:
+    table.expect(1, ITEM)
+    table.answered(1, None, AttributeError("'Namespace' object has no attribute 'x'"))
+    with pytest.raises(AttributeError, match=r"^'Namespace' object has no attribute 'x'$"):
+        cached(table)
+
+
+@pytest.mark.parametrize(("result", "error"), [
+    (None, ConnectionLost("gone")), (None, KeyError("x")), (None, None), (5, None),
+], ids=["connection-lost", "another-error", "nil", "not-bin"])
+def test_other_replies_leave_nothing(table: CacheTable, result: Any,
+                                     error: BaseException | None) -> None:
+    table.expect(1, ITEM)
+    assert table.answered(1, result, error) is None
+    assert cached(table) is ABSENT
+
+
+def test_a_reply_to_a_request_that_was_no_cached_read_leaves_nothing(table: CacheTable) -> None:
+    assert table.answered(3, encode_value(1), None) is None  # e.g. a set's reply
+    table.expect(4, ITEM)
+    assert table.answered(5, encode_value(1), None) is None
+    assert table.values == {}
+    assert table.answered(4, encode_value(2), None) == 2  # the expected read is still expected
+    assert table.answered(4, encode_value(3), None) is None  # and answered only once
+    assert cached(table) == 2
+
+
+def test_an_invalidation_empties_one_entry(table: CacheTable) -> None:
+    for request_id, item in enumerate([ITEM, ("k", "y"), ("other", "x")], start=1):
+        table.expect(request_id, item)
+        table.answered(request_id, encode_value(request_id), None)
+    table.invalidate("k", "x")
+    table.invalidate("k", "never read")
+    assert cached(table) is ABSENT
+    assert cached(table, ("k", "y")) == 2
+    assert cached(table, ("other", "x")) == 3
+
+
+def test_a_reply_after_an_invalidation_is_newer_and_kept(table: CacheTable) -> None:
+    """Stream order: an invalidation that arrives before a read's reply was sent before it, so
+    the reply already holds the change."""
+    table.expect(1, ITEM)
+    table.invalidate("k", "x")
+    table.answered(1, encode_value("new"), None)
+    assert cached(table) == "new"
+
+
+def test_own_write_drops_the_entry(table: CacheTable) -> None:
+    table.expect(1, ITEM)
+    table.answered(1, encode_value("old"), None)
+    table.forget("k", ("x", "y"))
+    assert cached(table) is ABSENT
+
+
+def test_a_read_sent_before_an_own_write_is_answered_but_not_kept(table: CacheTable) -> None:
+    table.expect(1, ITEM)
+    table.forget("k", ("x",))  # our write of x, sent after the read
+    assert table.answered(1, encode_value("before"), None) == "before"  # the read's own answer
+    assert cached(table) is ABSENT  # but not kept: the write may have changed x since
+    table.expect(2, ITEM)  # a read sent after the write
+    table.answered(2, encode_value("after"), None)
+    assert cached(table) == "after"
+
+
+def test_reads_in_flight_across_an_own_write_keep_only_the_later(table: CacheTable) -> None:
+    table.expect(1, ITEM)
+    table.forget("k", ("x",))
+    table.expect(2, ITEM)
+    table.forget("k", ("x",))
+    table.expect(3, ITEM)
+    table.answered(1, encode_value(1), None)
+    table.answered(2, encode_value(2), None)
+    assert cached(table) is ABSENT
+    table.answered(3, encode_value(3), None)
+    assert cached(table) == 3
+
+
+def test_a_write_of_another_name_keeps_a_read_in_flight(table: CacheTable) -> None:
+    table.expect(1, ITEM)
+    table.forget("k", ("y",))
+    table.forget("other", ("x",))
+    table.answered(1, encode_value(1), None)
+    assert cached(table) == 1
+
+
+def test_clear_forgets_the_entries_and_the_reads_in_flight(table: CacheTable) -> None:
+    table.expect(1, ITEM)
+    table.answered(1, encode_value(1), None)
+    table.expect(2, ("k", "y"))
+    table.clear()
+    assert table.values == {}
+    assert table.answered(2, encode_value(2), None) is None  # its connection is gone
+    assert cached(table, ("k", "y")) is ABSENT
