@@ -74,11 +74,22 @@ class Settings:
     @classmethod
     def make(cls, quick: bool, rounds: int | None) -> Settings:
         if quick:
-            return cls(rounds=rounds or 1, sample_seconds=0.03, process_seconds=0.15,
-                       idle_connections=500, idle_connections_stdlib=50, slices=1,
-                       process_slices=1)
-        return cls(rounds=rounds or 9, sample_seconds=0.25, process_seconds=1.0,
-                   idle_connections=10_000, idle_connections_stdlib=1_000)
+            return cls(
+                rounds=rounds or 1,
+                sample_seconds=0.03,
+                process_seconds=0.15,
+                idle_connections=500,
+                idle_connections_stdlib=50,
+                slices=1,
+                process_slices=1,
+            )
+        return cls(
+            rounds=rounds or 9,
+            sample_seconds=0.25,
+            process_seconds=1.0,
+            idle_connections=10_000,
+            idle_connections_stdlib=1_000,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +130,9 @@ class Row:
         if self.single or self.single_ratio:
             return self.single_ratio.get(other)
         ours, theirs = self.samples.get("aionamespace", []), self.samples.get(other, [])
-        paired = [(a, b) for a, b in zip(ours, theirs, strict=False)
-                  if a is not None and b is not None]
+        paired = [
+            (a, b) for a, b in zip(ours, theirs, strict=False) if a is not None and b is not None
+        ]
         if not paired:
             return None
         return statistics.median((b / a) if self.lower_is_better else (a / b) for a, b in paired)
@@ -140,20 +152,49 @@ def make_rows(settings: Settings) -> dict[str, Row]:
     rows = [
         Row("sync_get", "sync get, one client", "ops/s", (Target(">= 1.0x stdlib", "stdlib", 1),)),
         Row("sync_set", "sync set, one client", "ops/s", (Target(">= 1.0x stdlib", "stdlib", 1),)),
-        Row("async_get", f"async get, {settings.tasks} tasks, one proxy", "ops/s",
-            (Target(">= 20x stdlib", "stdlib", 20), Target(">= 5x redis", "redis", 5))),
-        Row("snapshot", f"_snapshot of {n} names", "names/s",
-            (Target(">= 1,000,000 names/s", "at_least", 1e6),)),
-        Row("update", f"_update of {n} names", "names/s",
-            (Target(">= 1,000,000 names/s", "at_least", 1e6),)),
-        Row("get_blob", f"{mib:g} MiB bytes get", "MiB/s",
-            (Target(">= 2x stdlib", "stdlib", 2), Target(">= 0.8x redis", "redis", 0.8))),
-        Row("cached_get", "cached read, unchanged attribute", "ops/s",
-            (Target(">= 50x stdlib get", "stdlib", 50),)),
-        Row("processes_get", f"{settings.processes} spawned processes, aggregate get", "ops/s",
-            (Target(">= 1.5x stdlib", "stdlib", 1.5),)),
-        Row("idle_connections", f"{settings.idle_connections:,} idle connections, server RSS",
-            "MB", (Target("< 200 MB", "below", 200),), lower_is_better=True),
+        Row(
+            "async_get",
+            f"async get, {settings.tasks} tasks, one proxy",
+            "ops/s",
+            (Target(">= 20x stdlib", "stdlib", 20), Target(">= 5x redis", "redis", 5)),
+        ),
+        Row(
+            "snapshot",
+            f"_snapshot of {n} names",
+            "names/s",
+            (Target(">= 1,000,000 names/s", "at_least", 1e6),),
+        ),
+        Row(
+            "update",
+            f"_update of {n} names",
+            "names/s",
+            (Target(">= 1,000,000 names/s", "at_least", 1e6),),
+        ),
+        Row(
+            "get_blob",
+            f"{mib:g} MiB bytes get",
+            "MiB/s",
+            (Target(">= 2x stdlib", "stdlib", 2), Target(">= 0.8x redis", "redis", 0.8)),
+        ),
+        Row(
+            "cached_get",
+            "cached read, unchanged attribute",
+            "ops/s",
+            (Target(">= 50x stdlib get", "stdlib", 50),),
+        ),
+        Row(
+            "processes_get",
+            f"{settings.processes} spawned processes, aggregate get",
+            "ops/s",
+            (Target(">= 1.5x stdlib", "stdlib", 1.5),),
+        ),
+        Row(
+            "idle_connections",
+            f"{settings.idle_connections:,} idle connections, server RSS",
+            "MB",
+            (Target("< 200 MB", "below", 200),),
+            lower_is_better=True,
+        ),
     ]
     return {row.key: row for row in rows}
 
@@ -207,8 +248,9 @@ class AsyncRepeat:
     310k gets/s, 6 paired samples).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, op: Callable[[], Awaitable[object]],
-                 tasks: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, op: Callable[[], Awaitable[object]], tasks: int
+    ) -> None:
         self.loop, self.op, self.tasks = loop, op, tasks
 
     def __call__(self, seconds: float) -> tuple[float, float]:
@@ -236,6 +278,7 @@ def gets(ns: Any, name: str) -> Callable[[int], None]:
     def run(n: int) -> None:
         for _ in range(n):
             getattr(ns, name)
+
     return run
 
 
@@ -243,6 +286,7 @@ def sets(ns: Any, name: str) -> Callable[[int], None]:
     def run(n: int) -> None:
         for i in range(n):
             setattr(ns, name, i)
+
     return run
 
 
@@ -250,6 +294,7 @@ def repeat(op: Callable[[], object]) -> Callable[[int], None]:
     def run(n: int) -> None:
         for _ in range(n):
             op()
+
     return run
 
 
@@ -276,18 +321,22 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def child_process(command: list[str], env: dict[str, str] | None = None,
-                  ) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env=env)
+def child_process(
+    command: list[str],
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
     try:
         yield process
     finally:
         stop_process(process)
 
 
-def wait_for_line(process: subprocess.Popen[bytes], marker: bytes,
-                  timeout: float = SERVER_START_TIMEOUT) -> bytes:
+def wait_for_line(
+    process: subprocess.Popen[bytes], marker: bytes, timeout: float = SERVER_START_TIMEOUT
+) -> bytes:
     """Read the child's output until a line holds ``marker`` (bounded in time)."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
@@ -303,8 +352,10 @@ def wait_for_line(process: subprocess.Popen[bytes], marker: bytes,
             seen += line
             if marker in line:
                 return line
-    raise RuntimeError(f"{process.args!r} did not print {marker!r} in time; it said:\n"
-                       f"{seen.decode(errors='replace')}")
+    raise RuntimeError(
+        f"{process.args!r} did not print {marker!r} in time; it said:\n"
+        f"{seen.decode(errors='replace')}"
+    )
 
 
 def rss_mb(pid: int) -> float:
@@ -360,24 +411,45 @@ def redis_info(disabled: bool) -> RedisInfo:
         import redis.asyncio
     except ImportError:
         return RedisInfo(False, "redis-py is not importable (pip install redis)")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
-                             check=False).stdout.strip()
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout.strip()
     try:
         from redis.utils import HIREDIS_AVAILABLE as hiredis
     except ImportError:  # pragma: no cover - older redis-py
         hiredis = False
-    return RedisInfo(True, server_version=version, client_version=redis.__version__,
-                     hiredis=bool(hiredis))
+    return RedisInfo(
+        True, server_version=version, client_version=redis.__version__, hiredis=bool(hiredis)
+    )
 
 
 @contextlib.contextmanager
-def redis_server(directory: str, name: str, maxclients: int | None = None,
-                 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def redis_server(
+    directory: str,
+    name: str,
+    maxclients: int | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Our own redis-server on a Unix socket in ``directory`` (no TCP, no persistence)."""
     path = os.path.join(directory, f"{name}.sock")
-    command = ["redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
-               "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", directory,
-               "--loglevel", "warning"]
+    command = [
+        "redis-server",
+        "--port",
+        "0",
+        "--unixsocket",
+        path,
+        "--unixsocketperm",
+        "700",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        directory,
+        "--loglevel",
+        "warning",
+    ]
     if maxclients is not None:
         command += ["--maxclients", str(maxclients)]
     with child_process(command) as process:
@@ -402,8 +474,9 @@ def redis_server(directory: str, name: str, maxclients: int | None = None,
 # ---------------------------------------------------------------------------------- workers
 
 
-def _worker(conn: multiprocessing.connection.Connection, stdlib_ns: Any, our_ns: Any,
-            redis_path: str | None) -> None:
+def _worker(
+    conn: multiprocessing.connection.Connection, stdlib_ns: Any, our_ns: Any, redis_path: str | None
+) -> None:
     """A spawned process: on each command, gets in a loop from a common start to a common end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     try:
@@ -451,8 +524,9 @@ class Workers:
         try:
             for _ in range(count):
                 parent, child = context.Pipe()
-                process = context.Process(target=_worker, daemon=True,
-                                          args=(child, stdlib_ns, our_ns, redis_path))
+                process = context.Process(
+                    target=_worker, daemon=True, args=(child, stdlib_ns, our_ns, redis_path)
+                )
                 process.start()
                 child.close()
                 self.processes.append(process)
@@ -507,8 +581,9 @@ def _read_msgpack_object(sock: socket.socket) -> Any:
             return obj
 
 
-def hold_idle(process: subprocess.Popen[bytes], count: int,
-              connect: Callable[[int], Any], what: str) -> dict[str, Any]:
+def hold_idle(
+    process: subprocess.Popen[bytes], count: int, connect: Callable[[int], Any], what: str
+) -> dict[str, Any]:
     """The server ``process``'s RSS when settled, then while it holds ``count`` connections,
     each opened by ``connect(i)`` (which returns something to ``close()``)."""
     time.sleep(SETTLE_SECONDS)
@@ -524,8 +599,12 @@ def hold_idle(process: subprocess.Popen[bytes], count: int,
     finally:
         for connection in held:
             connection.close()
-    return {"connections": count, "rss_mb": rss, "baseline_mb": baseline,
-            "per_connection_kib": (rss - baseline) * 1e6 / 1024 / count}
+    return {
+        "connections": count,
+        "rss_mb": rss,
+        "baseline_mb": baseline,
+        "per_connection_kib": (rss - baseline) * 1e6 / 1024 / count,
+    }
 
 
 def _connected_socket(path: str) -> socket.socket:
@@ -589,6 +668,7 @@ def idle_stdlib(directory: str, count: int) -> dict[str, Any]:
 
 def idle_redis(directory: str, count: int) -> dict[str, Any]:
     """A fresh redis-server; ``count`` connections, each answered one PING."""
+
     def connect(i: int) -> socket.socket:
         sock = _connected_socket(path)
         sock.sendall(b"PING\r\n")
@@ -615,14 +695,19 @@ def measure_idle(row: Row, settings: Settings, directory: str, redis: RedisInfo)
         return
     limit = raise_open_file_limit()
     room = max(0, limit - 256)  # descriptors this process needs besides the connections
-    wanted = {"aionamespace": settings.idle_connections,
-              "stdlib": settings.idle_connections_stdlib, "redis": settings.idle_connections}
+    wanted = {
+        "aionamespace": settings.idle_connections,
+        "stdlib": settings.idle_connections_stdlib,
+        "redis": settings.idle_connections,
+    }
     counts = {who: min(n, room) for who, n in wanted.items()}
     for who, n in counts.items():
         if n < wanted[who]:
             row.notes.append(f"{who}: only {n:,} connections (RLIMIT_NOFILE is {limit:,})")
     measures: dict[str, Callable[[str, int], dict[str, Any]]] = {
-        "aionamespace": idle_aionamespace, "stdlib": idle_stdlib}
+        "aionamespace": idle_aionamespace,
+        "stdlib": idle_stdlib,
+    }
     if redis.available:
         measures["redis"] = idle_redis
     else:
@@ -640,7 +725,8 @@ def measure_idle(row: Row, settings: Settings, directory: str, redis: RedisInfo)
     row.notes.append(
         f"stdlib: a thread each, so it was measured with {stdlib['connections']:,} "
         f"connections, not {counts['aionamespace']:,}; the RSS ratios compare memory per "
-        "connection above the idle server's (theirs / ours, > 1: aionamespace uses less)")
+        "connection above the idle server's (theirs / ours, > 1: aionamespace uses less)"
+    )
     per_conn = ", ".join(f"{who} {r['per_connection_kib']:.1f} KiB" for who, r in row.extra.items())
     baselines = ", ".join(f"{who} {r['baseline_mb']:.1f} MB" for who, r in row.extra.items())
     row.notes.append(f"per connection: {per_conn}; idle server: {baselines}")
@@ -652,8 +738,13 @@ def measure_idle(row: Row, settings: Settings, directory: str, redis: RedisInfo)
 class Bench:
     """Servers, proxies and clients for every row, all stopped by ``close()``."""
 
-    def __init__(self, settings: Settings, rows: dict[str, Row], redis: RedisInfo,
-                 stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rows: dict[str, Row],
+        redis: RedisInfo,
+        stack: contextlib.ExitStack,
+    ) -> None:
         self.settings, self.rows, self.redis, self.stack = settings, rows, redis, stack
         self.directory = tempfile.mkdtemp(prefix="ans-compare-")
         stack.callback(shutil.rmtree, self.directory, ignore_errors=True)
@@ -706,14 +797,18 @@ class Bench:
             rows["get_blob"].samplers[who] = Repeat(gets(ns, "blob"), mib)
 
         rows["async_get"].samplers["aionamespace"] = AsyncRepeat(
-            self.loop, lambda: aours.x, s.tasks)
+            self.loop, lambda: aours.x, s.tasks
+        )
         rows["async_get"].samplers["stdlib"] = AsyncRepeat(
-            self.loop, lambda: asyncio.to_thread(getattr, theirs, "x"), s.tasks)
+            self.loop, lambda: asyncio.to_thread(getattr, theirs, "x"), s.tasks
+        )
 
         rows["snapshot"].samplers["aionamespace"] = Repeat(
-            repeat(lambda: ours._snapshot(*names)), s.names)
+            repeat(lambda: ours._snapshot(*names)), s.names
+        )
         rows["update"].samplers["aionamespace"] = Repeat(
-            repeat(lambda: ours._update(**self.values)), s.names)
+            repeat(lambda: ours._update(**self.values)), s.names
+        )
 
         def stdlib_snapshot(n: int) -> None:
             for _ in range(n):
@@ -746,14 +841,16 @@ class Bench:
         for who in ("aionamespace", "stdlib", "redis"):
             if who == "redis" and self.redis_path is None:
                 continue
-            rows["processes_get"].samplers[who] = (
-                lambda seconds, who=who: workers.sample(who, seconds))  # type: ignore[misc]
+            rows["processes_get"].samplers[who] = lambda seconds, who=who: workers.sample(
+                who, seconds
+            )  # type: ignore[misc]
 
     def _cached_proxy(self) -> Any | None:
         row = self.rows["cached_get"]
         try:
-            cached = aionamespace.Namespace(self.manager.address, NAMESPACE,
-                                            authkey=self.manager.authkey, cache=True)
+            cached = aionamespace.Namespace(
+                self.manager.address, NAMESPACE, authkey=self.manager.authkey, cache=True
+            )
         except TypeError as exc:
             if "cache" not in str(exc):
                 raise
@@ -761,8 +858,10 @@ class Bench:
             row.notes.append(f"aionamespace.Namespace(..., cache=True) is refused: {exc}")
             return None
         self.stack.callback(cached._close)
-        row.notes.append("aionamespace: Namespace(address, name, authkey=..., cache=True); "
-                         "stdlib: a plain get (the ratio's yardstick)")
+        row.notes.append(
+            "aionamespace: Namespace(address, name, authkey=..., cache=True); "
+            "stdlib: a plain get (the ratio's yardstick)"
+        )
         return cached
 
     def _check_values(self, ours: Any, theirs: Any, cached: Any | None) -> None:
@@ -790,15 +889,16 @@ class Bench:
         rows["sync_set"].samplers["redis"] = Repeat(sets_redis(client, "x"))
         rows["get_blob"].samplers["redis"] = Repeat(repeat(lambda: client.get("blob")), mib)
         rows["snapshot"].samplers["redis"] = Repeat(repeat(lambda: client.mget(keys)), s.names)
-        rows["update"].samplers["redis"] = Repeat(repeat(lambda: client.mset(self.values)),
-                                                  s.names)
+        rows["update"].samplers["redis"] = Repeat(repeat(lambda: client.mset(self.values)), s.names)
         aclient = redis.asyncio.Redis(unix_socket_path=path)
         self.stack.callback(lambda: self.loop.run_until_complete(aclient.aclose()))
         rows["async_get"].samplers["redis"] = AsyncRepeat(
-            self.loop, lambda: aclient.get("x"), s.tasks)
+            self.loop, lambda: aclient.get("x"), s.tasks
+        )
         rows["async_get"].notes.append(
             "stdlib: asyncio.to_thread(getattr, ns, 'x') on the default executor; redis: "
-            f"redis.asyncio, {s.tasks} tasks sharing one client (its pool)")
+            f"redis.asyncio, {s.tasks} tasks sharing one client (its pool)"
+        )
         rows["snapshot"].notes.append(f"stdlib: {s.names} getattr; redis: MGET of {s.names} keys")
         rows["update"].notes.append(f"stdlib: {s.names} setattr; redis: MSET of {s.names} keys")
         try:
@@ -813,7 +913,8 @@ class Bench:
             self.stack.callback(cached.close)
             rows["cached_get"].samplers["redis"] = Repeat(repeat(lambda: cached.get("c")))
             rows["cached_get"].notes.append(
-                "redis: redis-py's client-side cache (RESP3 tracking, CacheConfig())")
+                "redis: redis-py's client-side cache (RESP3 tracking, CacheConfig())"
+            )
 
     def warm_up(self) -> None:
         for row in self.rows.values():
@@ -842,8 +943,10 @@ class Bench:
                         done[who][1] += seconds
                 for who, (units, seconds) in done.items():
                     row.samples.setdefault(who, []).append(units / seconds)
-            print(f"  round {number + 1}/{self.settings.rounds}: "
-                  f"{time.perf_counter() - start:.1f} s", flush=True)
+            print(
+                f"  round {number + 1}/{self.settings.rounds}: {time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
 
     def check_cache_invalidation(self, timeout: float = 2.0) -> None:
         """After the timing: a write by another proxy must reach the cached proxy."""
@@ -854,13 +957,17 @@ class Bench:
         start = time.perf_counter()
         while self.cached.c != 2:
             if time.perf_counter() - start > timeout:
-                row.notes.append(f"WARNING: the cached proxy still read the old value {timeout} "
-                                 "s after another proxy changed it")
+                row.notes.append(
+                    f"WARNING: the cached proxy still read the old value {timeout} "
+                    "s after another proxy changed it"
+                )
                 break
             time.sleep(0.0005)
         else:
-            row.notes.append("a change made by another proxy reached the cached proxy in "
-                             f"{(time.perf_counter() - start) * 1e3:.1f} ms")
+            row.notes.append(
+                "a change made by another proxy reached the cached proxy in "
+                f"{(time.perf_counter() - start) * 1e3:.1f} ms"
+            )
         self.ours.c = 1
 
 
@@ -868,6 +975,7 @@ def sets_redis(client: Any, key: str) -> Callable[[int], None]:
     def run(n: int) -> None:
         for i in range(n):
             client.set(key, i)
+
     return run
 
 
@@ -878,8 +986,14 @@ def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                          if line.startswith("model name")), "")
+            model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
+                "",
+            )
     versions = {}
     for package in ("anyio", "msgpack", "redis", "hiredis"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -902,10 +1016,19 @@ def source_revision() -> str:
     where = os.path.dirname(os.path.abspath(aionamespace.__file__))
     git = ["git", "--no-optional-locks", "-C", where]
     try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "."],
-                               capture_output=True, timeout=10, check=False).returncode
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "diff", "--quiet", "HEAD", "--", "."],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        ).returncode
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return head + (" + local changes" if dirty else "")
@@ -928,14 +1051,28 @@ def format_ratio(value: float | None) -> str:
 
 
 def table_rows(rows: dict[str, Row]) -> list[list[str]]:
-    out = [["row", "unit", "aionamespace", "stdlib", "redis", "ratio vs stdlib",
-            "ratio vs redis", "target", "met?"]]
+    out = [
+        [
+            "row",
+            "unit",
+            "aionamespace",
+            "stdlib",
+            "redis",
+            "ratio vs stdlib",
+            "ratio vs redis",
+            "target",
+            "met?",
+        ]
+    ]
     for row in rows.values():
         cells = [row.label, row.unit]
         for who in CONTENDERS:
             figure = row.figure(who)
-            text = format_figure(figure, row.unit) if figure is not None else \
-                row.missing.get(who, "n/a")
+            text = (
+                format_figure(figure, row.unit)
+                if figure is not None
+                else row.missing.get(who, "n/a")
+            )
             if row.key == "idle_connections" and who == "stdlib" and figure is not None:
                 text += f" @{row.extra['stdlib']['connections']:,}"
             cells.append(text)
@@ -961,8 +1098,10 @@ def print_table(rows: dict[str, Row]) -> None:
     lines = table_rows(rows)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
-        cells = [cell.ljust(widths[i]) if i in (0, 1, 7, 8) else cell.rjust(widths[i])
-                 for i, cell in enumerate(line)]
+        cells = [
+            cell.ljust(widths[i]) if i in (0, 1, 7, 8) else cell.rjust(widths[i])
+            for i, cell in enumerate(line)
+        ]
         print("  ".join(cells).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
@@ -984,8 +1123,10 @@ def report(rows: dict[str, Row]) -> dict[str, Any]:
             "missing": row.missing,
             "ratio_vs_stdlib": row.ratio("stdlib"),
             "ratio_vs_redis": row.ratio("redis"),
-            "targets": [{"text": t.text, "kind": t.kind, "value": t.value, "met": row.met(t)}
-                        for t in row.targets],
+            "targets": [
+                {"text": t.text, "kind": t.kind, "value": t.value, "met": row.met(t)}
+                for t in row.targets
+            ],
             "met": verdict(row),
             "notes": row.notes,
             **({"details": row.extra} if row.extra else {}),
@@ -1009,8 +1150,15 @@ def plot(rows: dict[str, Row], path: str, title: str) -> None:
                 shown = format_ratio(measured)
             else:
                 figure = row.figure("aionamespace")
-                score = None if figure is None else (
-                    figure / target.value if target.kind == "at_least" else target.value / figure)
+                score = (
+                    None
+                    if figure is None
+                    else (
+                        figure / target.value
+                        if target.kind == "at_least"
+                        else target.value / figure
+                    )
+                )
                 shown = format_figure(figure, row.unit) + f" {row.unit}"
             if score is None or not math.isfinite(score) or score <= 0:
                 continue
@@ -1051,15 +1199,23 @@ class _Signals:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny counts: checks that everything runs (< 30 s), no figures")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny counts: checks that everything runs (< 30 s), no figures",
+    )
     parser.add_argument("--rounds", type=int, metavar="N", help="rounds (default 9, quick 1)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
-    parser.add_argument("--plot", metavar="FILE.png",
-                        help="also draw the ratios against their targets (needs matplotlib)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the ratios against their targets (needs matplotlib)",
+    )
     parser.add_argument("--no-redis", action="store_true", help="leave Redis out")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
@@ -1081,16 +1237,28 @@ def main(argv: list[str] | None = None) -> int:
             plot_problem = "matplotlib is not installed (pip install matplotlib): no plot"
 
     print(f"$ {command}")
-    print(f"machine: {info['cpu_count']} CPUs ({info['cpus_usable']} usable) {info['cpu_model']}"
-          f", {info['python']}, {info['platform']}, load average {info['load_average']}")
-    print(f"aionamespace {info['aionamespace']} ({info['aionamespace_source']}); " + ", ".join(
-        f"{k} {v}" for k, v in info["packages"].items()))
-    print("redis: " + (f"{redis.server_version}; redis-py {redis.client_version} "
-                       f"(hiredis: {'yes' if redis.hiredis else 'no'})"
-                       if redis.available else f"not measured: {redis.reason}"))
-    print(f"{settings.rounds} round(s); a sample: {settings.slices} slices of "
-          f"{settings.sample_seconds / settings.slices * 1e3:g} ms per contender, interleaved"
-          f"{' (--quick: the figures mean nothing)' if args.quick else ''}")
+    print(
+        f"machine: {info['cpu_count']} CPUs ({info['cpus_usable']} usable) {info['cpu_model']}"
+        f", {info['python']}, {info['platform']}, load average {info['load_average']}"
+    )
+    print(
+        f"aionamespace {info['aionamespace']} ({info['aionamespace_source']}); "
+        + ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+    )
+    print(
+        "redis: "
+        + (
+            f"{redis.server_version}; redis-py {redis.client_version} "
+            f"(hiredis: {'yes' if redis.hiredis else 'no'})"
+            if redis.available
+            else f"not measured: {redis.reason}"
+        )
+    )
+    print(
+        f"{settings.rounds} round(s); a sample: {settings.slices} slices of "
+        f"{settings.sample_seconds / settings.slices * 1e3:g} ms per contender, interleaved"
+        f"{' (--quick: the figures mean nothing)' if args.quick else ''}"
+    )
     if plot_problem:
         print(plot_problem, file=sys.stderr)
 
@@ -1111,8 +1279,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if not isinstance(exc, KeyboardInterrupt) and _Signals.received is None:
             raise
-        print(f"\ninterrupted ({type(exc).__name__}): stopping every server and process "
-              "started here", file=sys.stderr)
+        print(
+            f"\ninterrupted ({type(exc).__name__}): stopping every server and process started here",
+            file=sys.stderr,
+        )
         return 130
     finally:
         # Nothing interrupts the cleanup: every process started here is stopped.

@@ -156,8 +156,9 @@ async_wait_until = functools.partial(deadlines.async_wait_until, seconds=NO_HANG
 # ====================================================================== 1. load
 
 
-def run_load(server_backend: str, clients: int, seconds: float, processes: int,
-             checks: Checks) -> dict[str, Any]:
+def run_load(
+    server_backend: str, clients: int, seconds: float, processes: int, checks: Checks
+) -> dict[str, Any]:
     log(f"load: {clients} clients for {seconds} s on a {server_backend} server ...")
     spawn = multiprocessing.get_context("spawn")
     plans = plan(clients, processes, per_thread=3)  # a third threads, the rest tasks
@@ -165,9 +166,25 @@ def run_load(server_backend: str, clients: int, seconds: float, processes: int,
         assert manager.authkey is not None
         ns = manager.Namespace("load", shared=INITIAL, counter=0)
         reports = spawn.Queue()
-        procs = [spawn.Process(target=run_process, args=(
-            manager.address, manager.authkey, "load", backend, first, threads, tasks, clients,
-            seconds, NO_HANG * 4, reports)) for backend, first, threads, tasks in plans]
+        procs = [
+            spawn.Process(
+                target=run_process,
+                args=(
+                    manager.address,
+                    manager.authkey,
+                    "load",
+                    backend,
+                    first,
+                    threads,
+                    tasks,
+                    clients,
+                    seconds,
+                    NO_HANG * 4,
+                    reports,
+                ),
+            )
+            for backend, first, threads, tasks in plans
+        ]
         results: list[list[dict[str, Any]]] = []
         try:
             for proc in procs:
@@ -178,7 +195,8 @@ def run_load(server_backend: str, clients: int, seconds: float, processes: int,
                     results.append(reports.get(timeout=0.2))
                 except queue.Empty:
                     if time.monotonic() > deadline or any(
-                            p.exitcode not in (None, 0) for p in procs):
+                        p.exitcode not in (None, 0) for p in procs
+                    ):
                         raise RuntimeError("a load process died or hangs") from None
             for proc in procs:
                 proc.join(NO_HANG)
@@ -197,8 +215,9 @@ def run_load(server_backend: str, clients: int, seconds: float, processes: int,
     increments = sum(t["increments"] for t in tallies)
     lost = increments - final["counter"]
     sets = {t["client"]: t["sets"] for t in tallies}
-    phantom = sum(1 for t in tallies for writer, seq in t["seen"].items()
-                  if seq >= sets.get(writer, 0))
+    phantom = sum(
+        1 for t in tallies for writer, seq in t["seen"].items() if seq >= sets.get(writer, 0)
+    )
     bad = sum(len(t["bad_values"]) for t in tallies) + phantom
     latencies = [x for t in tallies for x in t["latencies"]]
     threads = sum(p[2] for p in plans)
@@ -206,14 +225,25 @@ def run_load(server_backend: str, clients: int, seconds: float, processes: int,
     checks.expect(not errors, f"load ({server_backend}): {len(errors)} errors, e.g. {errors[:3]}")
     checks.expect(lost == 0, f"load ({server_backend}): {lost} increments lost")
     checks.expect(bad == 0, f"load ({server_backend}): {bad} gets returned unset values")
-    checks.expect(all(t["ops"] > 0 for t in tallies),
-                  f"load ({server_backend}): a client never ran")
+    checks.expect(
+        all(t["ops"] > 0 for t in tallies), f"load ({server_backend}): a client never ran"
+    )
     return {
-        "server": server_backend, "clients": clients, "processes": len(plans),
-        "threads": threads, "tasks": clients - threads, "seconds": seconds,
-        "ops": ops, "ops_per_s": ops / seconds, "errors": len(errors), "lost": lost,
-        "bad_reads": bad, "counter": final["counter"], "increments": increments,
-        "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+        "server": server_backend,
+        "clients": clients,
+        "processes": len(plans),
+        "threads": threads,
+        "tasks": clients - threads,
+        "seconds": seconds,
+        "ops": ops,
+        "ops_per_s": ops / seconds,
+        "errors": len(errors),
+        "lost": lost,
+        "bad_reads": bad,
+        "counter": final["counter"],
+        "increments": increments,
+        "p50": percentile(latencies, 0.5),
+        "p99": percentile(latencies, 0.99),
         "max": max(latencies, default=float("nan")),
     }
 
@@ -221,8 +251,9 @@ def run_load(server_backend: str, clients: int, seconds: float, processes: int,
 # ====================================================================== 2. faults
 
 
-def server_kill(backend: str, sync_threads: int, async_tasks: int,
-                checks: Checks) -> dict[str, Any]:
+def server_kill(
+    backend: str, sync_threads: int, async_tasks: int, checks: Checks
+) -> dict[str, Any]:
     """SIGKILL a server under waiting calls of every kind; how soon each raises."""
     log(f"fault: server SIGKILL ({backend} server) ...")
     once = Retry(attempts=1)  # measure detection, not retries
@@ -267,14 +298,17 @@ def server_kill(backend: str, sync_threads: int, async_tasks: int,
 
             kinds = ["lock", "lock", "wait_for", "wait_for"] + ["read/write"] * sync_threads
             threads = [threading.Thread(target=sync_call, args=(kind,)) for kind in kinds]
-            loops = [AsyncKillClients(path, loop_backend, async_tasks, record)
-                     for loop_backend in BACKENDS]
+            loops = [
+                AsyncKillClients(path, loop_backend, async_tasks, record)
+                for loop_backend in BACKENDS
+            ]
             for thread in threads + loops:
                 thread.start()
             for thread, kind in zip(threads, kinds, strict=True):
                 if kind == "lock":
-                    wait_until(functools.partial(blocked_reading, thread, "__enter__"),
-                               "lock waits")
+                    wait_until(
+                        functools.partial(blocked_reading, thread, "__enter__"), "lock waits"
+                    )
             for _ in range(2):
                 watching.acquire(timeout=NO_HANG)
             for loop in loops:
@@ -288,26 +322,40 @@ def server_kill(backend: str, sync_threads: int, async_tasks: int,
             thread.join(NO_HANG)
         hung = sum(thread.is_alive() for thread in threads + loops)
     latencies = [at - killed_at for _, _, at in outcomes]
-    wrong = [(kind, repr(error)) for kind, error, _ in outcomes
-             if not isinstance(error, ConnectionLost)]
+    wrong = [
+        (kind, repr(error)) for kind, error, _ in outcomes if not isinstance(error, ConnectionLost)
+    ]
     expected = len(kinds) + sum(loop.calls for loop in loops)
     checks.expect(hung == 0, f"server SIGKILL ({backend}): {hung} threads hang")
-    checks.expect(len(outcomes) == expected,
-                  f"server SIGKILL ({backend}): {len(outcomes)}/{expected} calls returned")
+    checks.expect(
+        len(outcomes) == expected,
+        f"server SIGKILL ({backend}): {len(outcomes)}/{expected} calls returned",
+    )
     checks.expect(not wrong, f"server SIGKILL ({backend}): not ConnectionLost: {wrong[:3]}")
-    checks.expect(max(latencies, default=0) < 1.0,
-                  f"server SIGKILL ({backend}): slowest ConnectionLost after "
-                  f"{max(latencies, default=0):.3f}s")
-    return {"calls": len(outcomes), "connection_lost": len(outcomes) - len(wrong),
-            "p50": percentile(latencies, 0.5), "max": max(latencies, default=float("nan"))}
+    checks.expect(
+        max(latencies, default=0) < 1.0,
+        f"server SIGKILL ({backend}): slowest ConnectionLost after "
+        f"{max(latencies, default=0):.3f}s",
+    )
+    return {
+        "calls": len(outcomes),
+        "connection_lost": len(outcomes) - len(wrong),
+        "p50": percentile(latencies, 0.5),
+        "max": max(latencies, default=float("nan")),
+    }
 
 
 class AsyncKillClients(threading.Thread):
     """On their own event loop: lock waiters, a watch, and ``tasks`` read/write tasks sharing
     four proxies; every call's outcome goes to ``record``."""
 
-    def __init__(self, path: str, backend: str, tasks: int,
-                 record: Callable[[str, BaseException | None], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        backend: str,
+        tasks: int,
+        record: Callable[[str, BaseException | None], None],
+    ) -> None:
         super().__init__(name=f"kill-{backend}", daemon=True)
         self.path, self.backend, self.tasks, self.record = path, backend, tasks, record
         self.ready = threading.Event()
@@ -353,8 +401,9 @@ class AsyncKillClients(threading.Thread):
                 group.start_soon(self.call, "lock", lambda: waiters._lock("L").__aenter__())
             group.start_soon(self.call, "wait_for", lambda: watcher._wait_for("w", seen))
             for index in range(self.tasks):
-                group.start_soon(self.call, "read/write",
-                                 lambda i=index: read_write(shared[i % 4], i))
+                group.start_soon(
+                    self.call, "read/write", lambda i=index: read_write(shared[i % 4], i)
+                )
             await async_wait_until(request_waiting(waiters, 2), "both waiters wait")
             await watching.wait()
             await running.wait()
@@ -406,8 +455,11 @@ def client_kill(backend: str, rounds: int, checks: Checks) -> dict[str, Any]:
                 key = f"victim{round_}"
                 ns = Namespace(path, key)
                 ns._update(a=1, b=[1, 2, 3])
-                child = subprocess.Popen([sys.executable, "-c", CLIENT_MID_FRAME, path, key],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                child = subprocess.Popen(
+                    [sys.executable, "-c", CLIENT_MID_FRAME, path, key],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
                 try:
                     assert child.stdout is not None
                     if child.stdout.readline() != b"mid-frame\n":
@@ -415,8 +467,9 @@ def client_kill(backend: str, rounds: int, checks: Checks) -> dict[str, Any]:
                     got: list[float] = []
                     waiter = threading.Thread(target=take_lock, args=(ns, got))
                     waiter.start()
-                    wait_until(functools.partial(blocked_reading, waiter, "__enter__"),
-                               "the lock waits")
+                    wait_until(
+                        functools.partial(blocked_reading, waiter, "__enter__"), "the lock waits"
+                    )
                     killed_at = time.monotonic()
                     child.kill()
                     waiter.join(NO_HANG)
@@ -436,13 +489,22 @@ def client_kill(backend: str, rounds: int, checks: Checks) -> dict[str, Any]:
             alive = server.process.poll() is None
         finally:
             server.close()
-    checks.expect(len(handovers) == rounds,
-                  f"client SIGKILL ({backend}): the lock passed on in {len(handovers)}/{rounds}")
-    checks.expect(intact == rounds and applied == 0,
-                  f"client SIGKILL ({backend}): half-sent write applied {applied} times")
+    checks.expect(
+        len(handovers) == rounds,
+        f"client SIGKILL ({backend}): the lock passed on in {len(handovers)}/{rounds}",
+    )
+    checks.expect(
+        intact == rounds and applied == 0,
+        f"client SIGKILL ({backend}): half-sent write applied {applied} times",
+    )
     checks.expect(alive, f"client SIGKILL ({backend}): the server died")
-    return {"rounds": rounds, "handed_over": len(handovers), "half_writes_applied": applied,
-            "p50": percentile(handovers, 0.5), "max": max(handovers, default=float("nan"))}
+    return {
+        "rounds": rounds,
+        "handed_over": len(handovers),
+        "half_writes_applied": applied,
+        "p50": percentile(handovers, 0.5),
+        "max": max(handovers, default=float("nan")),
+    }
 
 
 class Reader(threading.Thread):
@@ -513,8 +575,11 @@ def fake_dying_server(path: str, ready: threading.Event, requests: list[Any]) ->
             conn.settimeout(NO_HANG)
             unpacker = msgpack.Unpacker(raw=False)
             frames = read_frames(conn, unpacker, until_eof=False)
-            conn.sendall(msgpack.packb({"protocol": "aionamespace", "version": 1,
-                                        "max_frame_bytes": 1 << 26}))
+            conn.sendall(
+                msgpack.packb(
+                    {"protocol": "aionamespace", "version": 1, "max_frame_bytes": 1 << 26}
+                )
+            )
             frames = frames[1:] or read_frames(conn, unpacker, until_eof=False)
             requests.append(frames[0])
         # a proxy that re-sent would connect again: give it the chance, bounded
@@ -565,10 +630,16 @@ def unknown_fate_writes(path: str, backend: str) -> dict[str, tuple[bool, bool]]
         finally:
             await proxy._close()
 
-    attempt("async `await ns._incr('n')`", lambda: anyio.run(async_incr),
-            lambda: "n" in Namespace(path, "fate")._snapshot())
-    attempt("async `ns.y = 1; await ns._flush()`", lambda: anyio.run(async_flush),
-            lambda: "y" in Namespace(path, "fate")._snapshot())
+    attempt(
+        "async `await ns._incr('n')`",
+        lambda: anyio.run(async_incr),
+        lambda: "n" in Namespace(path, "fate")._snapshot(),
+    )
+    attempt(
+        "async `ns.y = 1; await ns._flush()`",
+        lambda: anyio.run(async_flush),
+        lambda: "y" in Namespace(path, "fate")._snapshot(),
+    )
     ns._close()
     return results
 
@@ -613,10 +684,19 @@ def restart(backend: str, rounds: int, checks: Checks) -> dict[str, Any]:
     checks.expect(once_ok == rounds, f"restart ({backend}): a retried write was not applied once")
     for name, (sent, resent) in fates.items():
         checks.expect(not resent, f"restart ({backend}): {name} was applied or re-sent")
-        checks.expect(sent, f"restart ({backend}): {name} raised ConnectionLost with "
-                            "request_sent=False for a write the server had received")
-    return {"rounds": rounds, "downtime": statistics.median(downtimes), "longest_read": longest,
-            "reader_errors": len(reader_errors), "written_once": once_ok, "fates": fates}
+        checks.expect(
+            sent,
+            f"restart ({backend}): {name} raised ConnectionLost with "
+            "request_sent=False for a write the server had received",
+        )
+    return {
+        "rounds": rounds,
+        "downtime": statistics.median(downtimes),
+        "longest_read": longest,
+        "reader_errors": len(reader_errors),
+        "written_once": once_ok,
+        "fates": fates,
+    }
 
 
 class ShutdownProxies(threading.Thread):
@@ -692,25 +772,40 @@ def shutdown(backend: str, clients: int, checks: Checks) -> dict[str, Any]:
     checks.expect(code == 0, f"shutdown ({backend}): exit code {code}")
     checks.expect(duration < 1.5, f"shutdown ({backend}): took {duration:.2f}s")
     checks.expect(goodbyes == clients, f"shutdown ({backend}): {goodbyes}/{clients} goodbyes")
-    checks.expect(told == len(outcomes) == 6,
-                  f"shutdown ({backend}): waiting proxies got {outcomes}")
-    return {"clients": clients, "duration": duration, "goodbyes": goodbyes,
-            "proxies_told": told, "proxies": len(outcomes)}
+    checks.expect(
+        told == len(outcomes) == 6, f"shutdown ({backend}): waiting proxies got {outcomes}"
+    )
+    return {
+        "clients": clients,
+        "duration": duration,
+        "goodbyes": goodbyes,
+        "proxies_told": told,
+        "proxies": len(outcomes),
+    }
 
 
 # ====================================================================== 3. fuzz
 
 
 VALID_REQUESTS: list[list[Any]] = [
-    [1, "ping"], [2, "keys"], [3, "open", "fz", {"a": encode_value(1)}],
-    [4, "get", "fz", "a"], [5, "set", "fz", "a", encode_value([1, (2, 3), {"k": b"v"}])],
-    [6, "del", "fz", "b"], [7, "dump", "fz"], [8, "snapshot", "fz", ["a"]],
+    [1, "ping"],
+    [2, "keys"],
+    [3, "open", "fz", {"a": encode_value(1)}],
+    [4, "get", "fz", "a"],
+    [5, "set", "fz", "a", encode_value([1, (2, 3), {"k": b"v"}])],
+    [6, "del", "fz", "b"],
+    [7, "dump", "fz"],
+    [8, "snapshot", "fz", ["a"]],
     [9, "update", "fz", {"a": encode_value(2.5), "c": encode_value("text")}],
-    [10, "setdefault", "fz", "d", encode_value(None)], [11, "pop", "fz", "d"],
-    [12, "incr", "fz", "n", encode_value(3)], [13, "append", "fz", "l", [encode_value(1)]],
+    [10, "setdefault", "fz", "d", encode_value(None)],
+    [11, "pop", "fz", "d"],
+    [12, "incr", "fz", "n", encode_value(3)],
+    [13, "append", "fz", "l", [encode_value(1)]],
     [14, "cas", "fz", "a", encode_value(2.5), encode_value(3)],
-    [15, "watch", "fz", None, None], [16, "unwatch", 1],
-    [17, "acquire", "fz", "L", b"fuzz-token", 0.01], [18, "release", "fz", "L", b"fuzz-token"],
+    [15, "watch", "fz", None, None],
+    [16, "unwatch", 1],
+    [17, "acquire", "fz", "L", b"fuzz-token", 0.01],
+    [18, "release", "fz", "L", b"fuzz-token"],
 ]
 OPS = [*sorted({request[1] for request in VALID_REQUESTS}), "nope", ""]
 
@@ -738,8 +833,10 @@ def random_object(rng: random.Random, depth: int = 0) -> Any:
     if choice in (8, 9):
         return [random_object(rng, depth + 1) for _ in range(rng.randrange(0, 6))]
     keys: list[Any] = [None, 1, -1, 2.5, b"k", True]  # mostly str keys; some of other types
-    return {rng.choice(keys) if rng.random() < 0.2 else f"k{i}": random_object(rng, depth + 1)
-            for i in range(rng.randrange(0, 4))}
+    return {
+        rng.choice(keys) if rng.random() < 0.2 else f"k{i}": random_object(rng, depth + 1)
+        for i in range(rng.randrange(0, 4))
+    }
 
 
 def pack_any(obj: Any) -> bytes:
@@ -762,7 +859,7 @@ def mutate(rng: random.Random, original: bytes) -> bytes:
         elif how == 2:
             data[position:position] = rng.randbytes(rng.randrange(1, 5))
         elif how == 3 and data:
-            del data[position:position + rng.randrange(1, 5)]
+            del data[position : position + rng.randrange(1, 5)]
         else:
             data = data[:position]
     return bytes(data)
@@ -782,24 +879,41 @@ def fuzz_frame(rng: random.Random, kind: str) -> bytes:
         request += [random_object(rng) for _ in range(rng.randrange(0, 6))]
         return pack_any(request)
     if kind == "bad request id":
-        return pack_any([rng.choice([0, -1, "1", None, 1.5, 2**64 - 1]),
-                         *rng.choice(VALID_REQUESTS)[1:]])
+        return pack_any(
+            [rng.choice([0, -1, "1", None, 1.5, 2**64 - 1]), *rng.choice(VALID_REQUESTS)[1:]]
+        )
     if kind == "invalid encoded value":
-        return pack_any([rng.randrange(1, 999), "set", "fz", "v",
-                         mutate(rng, encode_value([1, (2, {3}), "x"]))])
+        return pack_any(
+            [rng.randrange(1, 999), "set", "fz", "v", mutate(rng, encode_value([1, (2, {3}), "x"]))]
+        )
     if kind == "deep nesting":
         depth = rng.choice([300, 5000, 100000])
         return b"\x91" * depth + b"\xc0"
     if kind == "huge declared length":
-        header = rng.choice([b"\xc6\xff\xff\xff\xff", b"\xdb\x7f\xff\xff\xff",
-                             b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff"])
+        header = rng.choice(
+            [
+                b"\xc6\xff\xff\xff\xff",
+                b"\xdb\x7f\xff\xff\xff",
+                b"\xdd\xff\xff\xff\xff",
+                b"\xdf\xff\xff\xff\xff",
+            ]
+        )
         return header + rng.randbytes(16)
     raise ValueError(kind)
 
 
-FUZZ_KINDS = ["random bytes before hello", "mutated hello", "random bytes", "mutated request",
-              "random msgpack object", "valid op, random arguments", "bad request id",
-              "invalid encoded value", "deep nesting", "huge declared length"]
+FUZZ_KINDS = [
+    "random bytes before hello",
+    "mutated hello",
+    "random bytes",
+    "mutated request",
+    "random msgpack object",
+    "valid op, random arguments",
+    "bad request id",
+    "invalid encoded value",
+    "deep nesting",
+    "huge declared length",
+]
 
 
 PROBE = msgpack.packb([2**31 - 1, "ping"])  # follows every fuzz frame: is the connection usable?
@@ -826,7 +940,8 @@ def fuzz_connection(path: str, kind: str, frame: bytes) -> str:
             return "refused early"  # closed while we were still sending (a refusal)
     answers = [r for r in replies if type(r) is list and r[:1] != [2**31 - 1]]
     if any(type(r) is dict and "error" in r for r in replies) or any(
-            r[:2] == [0, 1] for r in answers):
+        r[:2] == [0, 1] for r in answers
+    ):
         return "refused"
     if any(r[1:2] == [1] for r in answers):
         return "error reply"
@@ -839,8 +954,13 @@ def fuzz(backend: str, frames_total: int, seed: int, checks: Checks) -> dict[str
     counts: dict[str, dict[str, int]] = {kind: {} for kind in FUZZ_KINDS}
     frames_by_kind = dict.fromkeys(FUZZ_KINDS, 0)
     intact_key = f"intact-{secrets.token_hex(8)}"
-    intact_values = {"i": 2**70, "t": (1, "two", b"3"), "s": {1, 2}, "f": 0.5,
-                     "d": {"nested": [None, True]}}
+    intact_values = {
+        "i": 2**70,
+        "t": (1, "two", b"3"),
+        "s": {1, 2},
+        "f": 0.5,
+        "d": {"nested": [None, True]},
+    }
     jobs: list[tuple[str, bytes]] = []
     for index in range(frames_total):
         kind = FUZZ_KINDS[index % len(FUZZ_KINDS)]
@@ -855,8 +975,9 @@ def fuzz(backend: str, frames_total: int, seed: int, checks: Checks) -> dict[str
                 ns._update(**intact_values)
                 revision = ns._snapshot().revision
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
-                for (kind, _), outcome in zip(jobs, pool.map(
-                        lambda job: fuzz_connection(path, *job), jobs), strict=True):
+                for (kind, _), outcome in zip(
+                    jobs, pool.map(lambda job: fuzz_connection(path, *job), jobs), strict=True
+                ):
                     counts[kind][outcome] = counts[kind].get(outcome, 0) + 1
             alive = server.process.poll() is None
             with Namespace(path, intact_key) as ns:
@@ -879,8 +1000,14 @@ def fuzz(backend: str, frames_total: int, seed: int, checks: Checks) -> dict[str
     checks.expect(hung == 0, f"fuzz ({backend}): {hung} connections hung")
     checks.expect(works, f"fuzz ({backend}): a normal client failed afterwards")
     checks.expect(intact, f"fuzz ({backend}): values changed: {dict(after)}")
-    return {"frames": sent, "by_kind": frames_by_kind,
-            "outcomes": counts, "alive": alive, "works": works, "intact": intact}
+    return {
+        "frames": sent,
+        "by_kind": frames_by_kind,
+        "outcomes": counts,
+        "alive": alive,
+        "works": works,
+        "intact": intact,
+    }
 
 
 # ====================================================================== report
@@ -903,74 +1030,100 @@ def machine() -> dict[str, str]:
     }
 
 
-def report(args: argparse.Namespace, command: str, results: dict[str, Any], checks: Checks,
-           elapsed: float) -> str:
+def report(
+    args: argparse.Namespace, command: str, results: dict[str, Any], checks: Checks, elapsed: float
+) -> str:
     out: list[str] = []
     add = out.append
     add("# Reliability\n")
-    add("Generated by `benchmarks/reliability.py` against real server processes (a `Manager`, or "
+    add(
+        "Generated by `benchmarks/reliability.py` against real server processes (a `Manager`, or "
         "`python -m aionamespace serve`), on both server backends. Re-run it to refresh this "
-        "file; the exit status is 1 if any check fails.\n")
-    status = "**All checks passed.**" if not checks.failed else (
-        f"**{len(checks.failed)} check(s) FAILED:**\n\n"
-        + "\n".join(f"- {failure}" for failure in checks.failed))
+        "file; the exit status is 1 if any check fails.\n"
+    )
+    status = (
+        "**All checks passed.**"
+        if not checks.failed
+        else (
+            f"**{len(checks.failed)} check(s) FAILED:**\n\n"
+            + "\n".join(f"- {failure}" for failure in checks.failed)
+        )
+    )
     add(f"{status}\n")
 
     add("## Load held\n")
-    add("Spawned processes (asyncio in half, trio in the others) each running sync proxies in "
+    add(
+        "Spawned processes (asyncio in half, trio in the others) each running sync proxies in "
         "threads and async proxies in tasks, one connection per client, random get / set / "
         "`_incr` on one namespace. *Lost increments*: the sum of the increments the clients "
         "made minus the server's final counter. *Bad reads*: gets returning a value no "
-        "client had set.\n")
-    add("| server | clients | processes / threads / tasks | seconds | ops | ops/s "
-        "| latency p50 / p99 / max | errors | lost increments | bad reads |")
+        "client had set.\n"
+    )
+    add(
+        "| server | clients | processes / threads / tasks | seconds | ops | ops/s "
+        "| latency p50 / p99 / max | errors | lost increments | bad reads |"
+    )
     add("|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
     for load in results["load"]:
-        add(f"| {load['server']} | {load['clients']:,} | {load['processes']} / "
+        add(
+            f"| {load['server']} | {load['clients']:,} | {load['processes']} / "
             f"{load['threads']} / {load['tasks']} | {load['seconds']:g} | {load['ops']:,} | "
             f"{load['ops_per_s']:,.0f} | {ms(load['p50'])} / {ms(load['p99'])} / "
-            f"{ms(load['max'])} | {load['errors']} | {load['lost']} | {load['bad_reads']} |")
+            f"{ms(load['max'])} | {load['errors']} | {load['lost']} | {load['bad_reads']} |"
+        )
     add("")
 
     add("## Faults survived\n")
     add("| fault | server | what was measured | result |")
     add("|---|---|---|---|")
     for backend, kill in results["server_kill"].items():
-        add(f"| server SIGKILL under {kill['calls']} waiting calls (sync threads and asyncio / "
+        add(
+            f"| server SIGKILL under {kill['calls']} waiting calls (sync threads and asyncio / "
             f"trio tasks: reads, writes, lock waits, watches) | {backend} | time from the "
             f"kill to each call's `ConnectionLost` (no retries) | {kill['connection_lost']}/"
             f"{kill['calls']} raised ConnectionLost; median {ms(kill['p50'])}, max "
-            f"{ms(kill['max'])} |")
+            f"{ms(kill['max'])} |"
+        )
     for backend, kill in results["client_kill"].items():
-        add(f"| client SIGKILLed halfway through sending a 1 MB `set`, holding a lock "
+        add(
+            f"| client SIGKILLed halfway through sending a 1 MB `set`, holding a lock "
             f"({kill['rounds']} rounds) | {backend} | time from the kill to a waiting client "
             f"getting the lock | handed over {kill['handed_over']}/{kill['rounds']}; median "
             f"{ms(kill['p50'])}, max {ms(kill['max'])}; half-sent writes applied: "
-            f"{kill['half_writes_applied']} |")
+            f"{kill['half_writes_applied']} |"
+        )
     for backend, restart_ in results["restart"].items():
         fates = "; ".join(
             f"{name}: request_sent={sent}, {'re-sent or applied' if resent else 'not re-sent'}"
-            for name, (sent, resent) in restart_["fates"].items())
-        add(f"| kill -9 and restart at the same path ({restart_['rounds']} rounds) while a "
+            for name, (sent, resent) in restart_["fates"].items()
+        )
+        add(
+            f"| kill -9 and restart at the same path ({restart_['rounds']} rounds) while a "
             f"sync, an asyncio and a trio proxy read (`Retry(attempts=50, backoff=0.02, "
             f"max_backoff=0.1)`) | {backend} | kill to new server listening; longest read "
             f"seen by a caller; errors | downtime {ms(restart_['downtime'])} (median), longest "
             f"read {ms(restart_['longest_read'])}, {restart_['reader_errors']} errors; a write "
             f"made across the restart applied exactly once in {restart_['written_once']}/"
-            f"{restart_['rounds']} |")
-        add(f"| a write reaching a server that dies before answering (fake server) | "
-            f"{backend} | the error, and whether the write was re-sent | {fates} |")
+            f"{restart_['rounds']} |"
+        )
+        add(
+            f"| a write reaching a server that dies before answering (fake server) | "
+            f"{backend} | the error, and whether the write was re-sent | {fates} |"
+        )
     for backend, bye in results["shutdown"].items():
-        add(f"| graceful shutdown (SIGTERM) with {bye['clients']:,} raw clients + "
+        add(
+            f"| graceful shutdown (SIGTERM) with {bye['clients']:,} raw clients + "
             f"{bye['proxies']} waiting async calls | {backend} | signal to exit; goodbyes "
             f"received | {bye['duration'] * 1000:.0f} ms; {bye['goodbyes']:,}/"
             f"{bye['clients']:,} raw clients got `{GOODBYE}` and nothing else; "
             f"{bye['proxies_told']}/{bye['proxies']} waiting calls raised ConnectionLost "
-            f"\"the server is shutting down\" |")
+            f'"the server is shutting down" |'
+        )
     add("")
 
     add("## Bad inputs tried\n")
-    add("Every frame goes on a connection of its own: a hello (except for the two before-hello "
+    add(
+        "Every frame goes on a connection of its own: a hello (except for the two before-hello "
         "kinds, where the frame replaces it), the frame, a `ping`, then EOF; the kinds take "
         f"turns, from a seeded generator (`--seed {args.seed}`). *Outcomes*: `refused` (the "
         "server sent a connection-level error and closed), `refused early` (it closed while "
@@ -979,25 +1132,31 @@ def report(args: argparse.Namespace, command: str, results: dict[str, Any], chec
         "reply` (an incomplete frame, waiting for bytes until EOF), `hung` (no EOF from the "
         "server within 10 s; must be 0). Afterwards the server must be alive, a sync, an "
         "asyncio and a trio client must work, and values set before the fuzz must be "
-        "unchanged (same revision).\n")
+        "unchanged (same revision).\n"
+    )
     add("| kind | server | frames | outcomes |")
     add("|---|---|---:|---|")
     for backend, fz in results["fuzz"].items():
         for kind, frames in fz["by_kind"].items():
-            outcome = ", ".join(f"{name} {count:,}" for name, count in
-                                sorted(fz["outcomes"][kind].items()))
+            outcome = ", ".join(
+                f"{name} {count:,}" for name, count in sorted(fz["outcomes"][kind].items())
+            )
             add(f"| {kind} | {backend} | {frames:,} | {outcome} |")
     for backend, fz in results["fuzz"].items():
-        add(f"| **total** | {backend} | **{fz['frames']:,}** | server alive: {fz['alive']}; "
-            f"normal clients work: {fz['works']}; values intact: {fz['intact']} |")
+        add(
+            f"| **total** | {backend} | **{fz['frames']:,}** | server alive: {fz['alive']}; "
+            f"normal clients work: {fz['works']}; values intact: {fz['intact']} |"
+        )
     add("")
 
     lost = sum(load["lost"] for load in results["load"])
     lost += sum(not fz["intact"] for fz in results["fuzz"].values())
     lost += sum(r["rounds"] - r["written_once"] for r in results["restart"].values())
     add("## Updates lost\n")
-    add(f"**{lost}**: increments lost under load, writes retried across a restart not applied "
-        "exactly once, and values changed by the fuzz, all counted.\n")
+    add(
+        f"**{lost}**: increments lost under load, writes retried across a restart not applied "
+        "exactly once, and values changed by the fuzz, all counted.\n"
+    )
 
     add("## Machine and command\n")
     add("| | |")
@@ -1021,23 +1180,30 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1000, help="load clients (1000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration (10)")
     parser.add_argument("--processes", type=int, default=8, help="load processes (8)")
-    parser.add_argument("--shutdown-clients", type=int, default=1000,
-                        help="clients connected at the graceful shutdown (1000)")
-    parser.add_argument("--fuzz-frames", type=int, default=20000,
-                        help="bad frames per server backend (20000)")
+    parser.add_argument(
+        "--shutdown-clients",
+        type=int,
+        default=1000,
+        help="clients connected at the graceful shutdown (1000)",
+    )
+    parser.add_argument(
+        "--fuzz-frames", type=int, default=20000, help="bad frames per server backend (20000)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="fuzz seed (1)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes, < 20 s; writes no file unless --output")
-    parser.add_argument("--output", help="where to write the report "
-                        "(default docs/RELIABILITY.md; '-' for stdout only)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, < 20 s; writes no file unless --output"
+    )
+    parser.add_argument(
+        "--output",
+        help="where to write the report (default docs/RELIABILITY.md; '-' for stdout only)",
+    )
     args = parser.parse_args()
     given = set(sys.argv[1:])
     if args.quick:  # small unless sizes were given explicitly
         args.clients = args.clients if "--clients" in given else 100
         args.seconds = args.seconds if "--seconds" in given else 2.0
         args.processes = args.processes if "--processes" in given else 2
-        args.shutdown_clients = (args.shutdown_clients if "--shutdown-clients" in given
-                                 else 300)
+        args.shutdown_clients = args.shutdown_clients if "--shutdown-clients" in given else 300
         args.fuzz_frames = args.fuzz_frames if "--fuzz-frames" in given else 1500
     output = args.output or ("-" if args.quick else str(DEFAULT_OUTPUT))
     command = shlex.join(["python", "benchmarks/reliability.py", *sys.argv[1:]])
@@ -1047,10 +1213,14 @@ def main() -> int:
     rounds = 2 if args.quick else 10
     load_backends = ("asyncio",) if args.quick else BACKENDS
     results: dict[str, Any] = {
-        "load": [run_load(backend, args.clients, args.seconds, args.processes, checks)
-                 for backend in load_backends],
-        "server_kill": {b: server_kill(b, 4 if args.quick else 16, 8 if args.quick else 32,
-                                       checks) for b in BACKENDS},
+        "load": [
+            run_load(backend, args.clients, args.seconds, args.processes, checks)
+            for backend in load_backends
+        ],
+        "server_kill": {
+            b: server_kill(b, 4 if args.quick else 16, 8 if args.quick else 32, checks)
+            for b in BACKENDS
+        },
         "client_kill": {b: client_kill(b, rounds, checks) for b in BACKENDS},
         "restart": {b: restart(b, 1 if args.quick else 3, checks) for b in BACKENDS},
         "shutdown": {b: shutdown(b, args.shutdown_clients, checks) for b in BACKENDS},
@@ -1062,8 +1232,10 @@ def main() -> int:
     else:
         Path(output).write_text(text)
         log(f"wrote {output}")
-    log(f"{'all checks passed' if not checks.failed else f'{len(checks.failed)} checks FAILED'}"
-        f" in {time.monotonic() - started:.1f} s")
+    log(
+        f"{'all checks passed' if not checks.failed else f'{len(checks.failed)} checks FAILED'}"
+        f" in {time.monotonic() - started:.1f} s"
+    )
     return 1 if checks.failed else 0
 
 

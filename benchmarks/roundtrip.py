@@ -69,8 +69,10 @@ def main() -> None:
         ours.shutdown()
         stdlib.shutdown()
 
-    print(f"sync round trips over {args.transport}, {args.rounds} rounds x {args.ops} ops, "
-          f"Python {platform.python_version()}, {platform.machine()}")
+    print(
+        f"sync round trips over {args.transport}, {args.rounds} rounds x {args.ops} ops, "
+        f"Python {platform.python_version()}, {platform.machine()}"
+    )
     print(f"{'op':<6}{'stdlib ops/s':>14}{'aionamespace ops/s':>20}{'ratio':>8}")
     results = {}
     for op in BENCHES:
@@ -80,8 +82,16 @@ def main() -> None:
         print(f"{op:<6}{base:>14,.0f}{mine:>20,.0f}{mine / base:>7.2f}x")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"transport": args.transport, "rounds": args.rounds, "ops": args.ops,
-                       "results": results}, out, indent=2)
+            json.dump(
+                {
+                    "transport": args.transport,
+                    "rounds": args.rounds,
+                    "ops": args.ops,
+                    "results": results,
+                },
+                out,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ NO_HANG_SECONDS = 10.0  # the bound that turns a hang into a failure instead of 
 POLL_SECONDS = 0.005
 
 
-def wait_until(condition: Callable[[], bool], what: str,
-               seconds: float = NO_HANG_SECONDS) -> None:
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = NO_HANG_SECONDS) -> None:
     """Poll ``condition`` for at most ``seconds``; TimeoutError naming ``what``."""
     deadline = time.monotonic() + seconds
     while not condition():
@@ -29,8 +28,9 @@ def wait_until(condition: Callable[[], bool], what: str,
         time.sleep(POLL_SECONDS)
 
 
-async def async_wait_until(condition: Callable[[], bool], what: str,
-                           seconds: float = NO_HANG_SECONDS) -> None:
+async def async_wait_until(
+    condition: Callable[[], bool], what: str, seconds: float = NO_HANG_SECONDS
+) -> None:
     """``wait_until`` for async code (the proxy state polled is not announced by any event)."""
     with anyio.move_on_after(seconds):
         while not condition():  # noqa: ASYNC110 - proxy state that no event announces

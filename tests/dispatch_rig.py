@@ -51,8 +51,9 @@ class Rig:
     def connect(self, reads: bool = True) -> MemoryPeer:
         """A connection past the hello (``reads=False``: its client never reads)."""
         peer = MemoryPeer(ServerConnection(), reads)
-        (hello,) = unpack_all(b"".join(self.dispatcher.respond(peer, peer.protocol.receive_data(
-            HELLO))))
+        (hello,) = unpack_all(
+            b"".join(self.dispatcher.respond(peer, peer.protocol.receive_data(HELLO)))
+        )
         assert hello["version"] == PROTOCOL_VERSION
         return peer
 

@@ -25,8 +25,9 @@ class FakeServer(threading.Thread):
     a client sees of a server that dies right after receiving its request. ``last_words``
     makes the bytes it sends (given the request) before closing."""
 
-    def __init__(self, path: str,
-                 last_words: Callable[[list[Any]], bytes] = lambda request: b"") -> None:
+    def __init__(
+        self, path: str, last_words: Callable[[list[Any]], bytes] = lambda request: b""
+    ) -> None:
         super().__init__(name="fake-server")
         self.last_words = last_words
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -58,8 +59,15 @@ class FakeServer(threading.Thread):
         frames = self._read(conn, unpacker)  # the client's hello
         if not frames:
             return
-        conn.sendall(msgpack.packb({"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION,
-                                    "max_frame_bytes": 64 * 1024 * 1024}))
+        conn.sendall(
+            msgpack.packb(
+                {
+                    "protocol": PROTOCOL_NAME,
+                    "version": PROTOCOL_VERSION,
+                    "max_frame_bytes": 64 * 1024 * 1024,
+                }
+            )
+        )
         requests = frames[1:] or self._read(conn, unpacker)
         if requests:
             self.requests.append(requests[0])
@@ -89,8 +97,10 @@ class FakeServer(threading.Thread):
 
 
 @contextlib.contextmanager
-def fake_server(path: str, last_words: Callable[[list[Any]], bytes] = lambda request: b"",
-                ) -> Iterator[FakeServer]:
+def fake_server(
+    path: str,
+    last_words: Callable[[list[Any]], bytes] = lambda request: b"",
+) -> Iterator[FakeServer]:
     fake = FakeServer(path, last_words)
     fake.start()
     try:

@@ -43,8 +43,11 @@ def connect_raw(path: str) -> tuple[socket.socket, msgpack.Unpacker]:
     return sock, unpacker
 
 
-def exchange(sock: socket.socket, unpacker: msgpack.Unpacker, *requests: list[Any],
-             ) -> list[Any]:
+def exchange(
+    sock: socket.socket,
+    unpacker: msgpack.Unpacker,
+    *requests: list[Any],
+) -> list[Any]:
     """Send requests in one write; return the frames of the next read(s) until one arrives."""
     sock.sendall(b"".join(msgpack.packb(request) for request in requests))
     return read_frames(sock, unpacker, until_eof=False)

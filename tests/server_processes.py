@@ -25,9 +25,20 @@ class ServeProcess:
 
     def __init__(self, path: str, backend: str = "asyncio", *options: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
-             "--backend", backend, *options],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "aionamespace",
+                "serve",
+                "--unix",
+                path,
+                "--backend",
+                backend,
+                *options,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         assert self.process.stdout is not None
         with selectors.DefaultSelector() as selector:
             selector.register(self.process.stdout, selectors.EVENT_READ)

@@ -43,9 +43,29 @@ def test_parse_address(address: object, expected: Address) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        ("h", -1), ("h", 70000), ("h", 65536), ("h", "x"), ("h", None), ("h", 5.0), ("h", True),
-        ("h", ""), "h:-1", "h:70000", "h:x", "h:", "[::1]:port", "tcp://host", "tcp://", "",
-        None, 5, b"/tmp/ns.sock", ("h",), ("h", 1, 2), (1, 2), ["h", 1],
+        ("h", -1),
+        ("h", 70000),
+        ("h", 65536),
+        ("h", "x"),
+        ("h", None),
+        ("h", 5.0),
+        ("h", True),
+        ("h", ""),
+        "h:-1",
+        "h:70000",
+        "h:x",
+        "h:",
+        "[::1]:port",
+        "tcp://host",
+        "tcp://",
+        "",
+        None,
+        5,
+        b"/tmp/ns.sock",
+        ("h",),
+        ("h", 1, 2),
+        (1, 2),
+        ["h", 1],
     ],
     ids=repr,
 )
@@ -56,8 +76,16 @@ def test_parse_address_rejects(bad: object) -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["/tmp/ns.sock", "unix:/tmp/ns.sock", "localhost:8000", "tcp://h:1", "[::1]:8000",
-     ("::1", 9), ("h", 0), ("10.0.0.1", 65535)],
+    [
+        "/tmp/ns.sock",
+        "unix:/tmp/ns.sock",
+        "localhost:8000",
+        "tcp://h:1",
+        "[::1]:8000",
+        ("::1", 9),
+        ("h", 0),
+        ("10.0.0.1", 65535),
+    ],
     ids=repr,
 )
 def test_format_address_round_trips(address: object) -> None:

@@ -17,8 +17,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "aionamespace"
 
 #: Nothing in protocol/ may do I/O, or depend on a library that does (threading is no I/O:
 #: the codec keeps a packer per thread).
-IO_MODULES = {"socket", "ssl", "select", "selectors", "asyncio", "anyio", "trio",
-              "subprocess", "multiprocessing", "sqlite3", "redis"}
+IO_MODULES = {
+    "socket",
+    "ssl",
+    "select",
+    "selectors",
+    "asyncio",
+    "anyio",
+    "trio",
+    "subprocess",
+    "multiprocessing",
+    "sqlite3",
+    "redis",
+}
 
 MAX_MODULE_LINES = 450  # "modules stay small (~400 lines)"
 
@@ -48,7 +59,7 @@ def module_imports(name: str) -> set[str]:
             elif isinstance(inner, ast.ImportFrom):
                 if inner.level:
                     base = package.split(".")
-                    base = base[:len(base) - inner.level + 1]
+                    base = base[: len(base) - inner.level + 1]
                     target = ".".join([*base, inner.module] if inner.module else base)
                 else:
                     target = inner.module or ""
@@ -70,8 +81,11 @@ def test_the_protocol_imports_no_io(name: str) -> None:
     imports = module_imports(name)
     io = {i for i in imports if i.split(".")[0] in IO_MODULES}
     assert not io, f"{name} imports {io}"
-    outside = {i for i in internal(imports)
-               if not i.startswith("aionamespace.protocol") and i != "aionamespace._errors"}
+    outside = {
+        i
+        for i in internal(imports)
+        if not i.startswith("aionamespace.protocol") and i != "aionamespace._errors"
+    }
     assert not outside, f"{name} depends on {outside}"
 
 
@@ -84,17 +98,21 @@ def test_the_exception_tree_imports_nothing_of_ours_or_of_io() -> None:
 def test_the_server_wing_does_not_import_the_client_wing() -> None:
     for name in MODULES:
         if name.startswith("aionamespace.server"):
-            client = {i for i in internal(module_imports(name))
-                      if i.startswith("aionamespace.client")}
+            client = {
+                i for i in internal(module_imports(name)) if i.startswith("aionamespace.client")
+            }
             assert not client, f"{name} imports {client}"
 
 
 def test_no_import_cycle() -> None:
     """Module-level imports between our modules form no cycle (a package's ``__init__``
     re-exporting its own modules is not one)."""
-    graph = {name: {i for i in internal(module_imports(name))
-                    if not name.startswith(i + ".")}  # a module needs its package's __init__
-             for name in MODULES}
+    graph = {
+        name: {
+            i for i in internal(module_imports(name)) if not name.startswith(i + ".")
+        }  # a module needs its package's __init__
+        for name in MODULES
+    }
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -105,7 +123,7 @@ def test_no_import_cycle() -> None:
             if nxt.startswith(node + "."):
                 continue  # a package's __init__ importing its own modules
             if state.get(nxt) == 1:
-                cycle = [*stack[stack.index(nxt):], nxt]
+                cycle = [*stack[stack.index(nxt) :], nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if not state.get(nxt):
                 visit(nxt)
@@ -157,5 +175,8 @@ def test_an_awaited_get_on_asyncio_visits_three_client_modules() -> None:
     with ServerThread() as server:
         asyncio.run(main(server.address))
     client = sorted(m for m in visited if m.startswith("aionamespace.client"))
-    assert client == ["aionamespace.client.asynchronous", "aionamespace.client.asyncio_transport",
-                      "aionamespace.client.requests"], sorted(visited)
+    assert client == [
+        "aionamespace.client.asynchronous",
+        "aionamespace.client.asyncio_transport",
+        "aionamespace.client.requests",
+    ], sorted(visited)

@@ -37,8 +37,7 @@ async def test_a_read_never_awaited_sends_nothing_and_says_so(server: ServerThre
     await ns._close()
 
 
-async def test_writes_are_queued_in_order_and_seen_by_a_later_await(
-        server: ServerThread) -> None:
+async def test_writes_are_queued_in_order_and_seen_by_a_later_await(server: ServerThread) -> None:
     ns = AsyncNamespace(server.address)
     for i in range(100):
         ns.counter = i  # no await: queued on the proxy
@@ -60,8 +59,7 @@ async def test_flush_raises_the_first_failed_write_then_is_clean(server: ServerT
         assert await ns.kept == 1
 
 
-async def test_unserialisable_value_raises_type_error_at_assignment(
-        server: ServerThread) -> None:
+async def test_unserialisable_value_raises_type_error_at_assignment(server: ServerThread) -> None:
     async with AsyncNamespace(server.address) as ns:
         ns.value = 1
         with pytest.raises(TypeError, match="object"):
@@ -196,8 +194,9 @@ class HeldReplies:
                         self.received.notify_all()
                     self.release.acquire()
                     # Answer every get with the value "reply to <id>".
-                    conn.sendall(protocol.send_result(event.id,
-                                                      encode_value(f"reply to {event.id}")))
+                    conn.sendall(
+                        protocol.send_result(event.id, encode_value(f"reply to {event.id}"))
+                    )
 
     def wait_for_requests(self, count: int) -> list[Request]:
         with self.received:
@@ -217,9 +216,11 @@ def held_replies(short_tmp: str) -> Iterator[HeldReplies]:
 
 
 async def test_cancelled_waiter_never_receives_nor_steals_a_reply(
-        held_replies: HeldReplies) -> None:
-    ns = AsyncNamespace(os.path.join(os.path.dirname(held_replies.listener.getsockname()),
-                                     "held.sock"))
+    held_replies: HeldReplies,
+) -> None:
+    ns = AsyncNamespace(
+        os.path.join(os.path.dirname(held_replies.listener.getsockname()), "held.sock")
+    )
     results: list[object] = []
 
     async def first() -> None:

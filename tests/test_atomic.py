@@ -116,7 +116,8 @@ def test_incr_beyond_64_bits_stays_exact(client: Client) -> None:
     [("text", "str"), ([1], "list"), (None, "NoneType"), (True, "bool"), ((1,), "tuple")],
 )
 def test_incr_of_a_non_number_raises_type_error_and_changes_nothing(
-        client: Client, held: Any, held_type: str) -> None:
+    client: Client, held: Any, held_type: str
+) -> None:
     client.set("value", held)
     before = client("_snapshot")
     with pytest.raises(TypeError, match=rf"cannot increment 'value': it holds a {held_type}\b"):
@@ -127,10 +128,13 @@ def test_incr_of_a_non_number_raises_type_error_and_changes_nothing(
     assert client.get("value") == held
 
 
-@pytest.mark.parametrize(("by", "by_type"), [("x", "str"), (True, "bool"), (None, "NoneType"),
-                                             ([1], "list"), (1j, "complex")])
+@pytest.mark.parametrize(
+    ("by", "by_type"),
+    [("x", "str"), (True, "bool"), (None, "NoneType"), ([1], "list"), (1j, "complex")],
+)
 def test_incr_by_a_non_number_raises_type_error_and_changes_nothing(
-        client: Client, by: Any, by_type: str) -> None:
+    client: Client, by: Any, by_type: str
+) -> None:
     client.set("n", 1)
     revision = client.revision()
     with pytest.raises(TypeError, match=rf"increment by an int or a float, not {by_type}\b"):
@@ -152,10 +156,12 @@ def test_append_extends_a_list_and_returns_its_length(client: Client) -> None:
     assert client.get("log") == ["a", "b", "c", [1, 2], (3, 4), {"k": None}]
 
 
-@pytest.mark.parametrize(("held", "held_type"),
-                         [("text", "str"), ((1, 2), "tuple"), (5, "int"), ({1: 2}, "dict")])
+@pytest.mark.parametrize(
+    ("held", "held_type"), [("text", "str"), ((1, 2), "tuple"), (5, "int"), ({1: 2}, "dict")]
+)
 def test_append_to_a_non_list_raises_type_error_and_changes_nothing(
-        client: Client, held: Any, held_type: str) -> None:
+    client: Client, held: Any, held_type: str
+) -> None:
     client.set("value", held)
     revision = client.revision()
     with pytest.raises(TypeError, match=rf"cannot append to 'value': it holds a {held_type}\b"):
@@ -164,8 +170,7 @@ def test_append_to_a_non_list_raises_type_error_and_changes_nothing(
     assert client.get("value") == held
 
 
-def test_append_of_an_unshareable_item_raises_type_error_at_the_call_site(
-        client: Client) -> None:
+def test_append_of_an_unshareable_item_raises_type_error_at_the_call_site(client: Client) -> None:
     client("_append", "log", 1)
     revision = client.revision()
     with pytest.raises(TypeError, match="object"):
@@ -358,8 +363,7 @@ def test_sync_and_async_proxies_share_one_namespace(server: ServerThread) -> Non
 
 
 @pytest.mark.anyio
-async def test_concurrent_incr_tasks_on_one_async_proxy_lose_nothing(
-        server: ServerThread) -> None:
+async def test_concurrent_incr_tasks_on_one_async_proxy_lose_nothing(server: ServerThread) -> None:
     async with AsyncNamespace(server.address) as ns:
         results: list[int] = []
 

@@ -40,8 +40,9 @@ def test_right_key_is_served(keyed_server: ServerThread) -> None:
 
 
 @pytest.mark.parametrize("key", [b"wrong", None])
-def test_wrong_or_missing_key_is_refused_and_changes_nothing(keyed_server: ServerThread,
-                                                             key: bytes | None) -> None:
+def test_wrong_or_missing_key_is_refused_and_changes_nothing(
+    keyed_server: ServerThread, key: bytes | None
+) -> None:
     ns = Namespace(keyed_server.address, "vault", authkey=key)
     with pytest.raises(AuthenticationError):
         ns.secret = "stolen"
@@ -86,13 +87,15 @@ def _read_frames(sock: socket.socket) -> list[object]:
         unpacker.feed(data)
 
 
-def test_pipelined_requests_after_a_bad_proof_are_never_applied(
-        keyed_server: ServerThread) -> None:
+def test_pipelined_requests_after_a_bad_proof_are_never_applied(keyed_server: ServerThread) -> None:
     """An attacker may send hello, a guessed proof and requests in one write: none applies."""
     hello = {"protocol": "aionamespace", "version": 1, "challenge": os.urandom(32)}
-    forged = [msgpack.packb(hello), msgpack.packb({"proof": os.urandom(32)}),
-              msgpack.packb([1, "set", "vault", "secret", encode_value("stolen")]),
-              msgpack.packb([2, "get", "vault", "secret"])]
+    forged = [
+        msgpack.packb(hello),
+        msgpack.packb({"proof": os.urandom(32)}),
+        msgpack.packb([1, "set", "vault", "secret", encode_value("stolen")]),
+        msgpack.packb([2, "get", "vault", "secret"]),
+    ]
     with _raw_connect(keyed_server) as sock:
         sock.sendall(b"".join(forged))
         frames = _read_frames(sock)  # the server answers, then closes
@@ -106,9 +109,12 @@ def test_hello_without_a_challenge_gets_an_error_hello(keyed_server: ServerThrea
     with _raw_connect(keyed_server) as sock:
         sock.sendall(msgpack.packb({"protocol": "aionamespace", "version": 1}))
         frames = _read_frames(sock)
-    assert frames == [{"protocol": "aionamespace",
-                       "error": ["AuthenticationError",
-                                 "this server requires an authkey; none was given"]}]
+    assert frames == [
+        {
+            "protocol": "aionamespace",
+            "error": ["AuthenticationError", "this server requires an authkey; none was given"],
+        }
+    ]
 
 
 def test_the_key_never_crosses_the_socket(keyed_server: ServerThread) -> None:
@@ -139,7 +145,8 @@ def test_manager_makes_a_random_key_and_pickled_proxies_carry_it() -> None:
 
 @pytest.mark.anyio
 async def test_async_writes_refused_for_a_wrong_key_are_reported_once(
-        keyed_server: ServerThread) -> None:
+    keyed_server: ServerThread,
+) -> None:
     ns = AsyncNamespace(keyed_server.address, "vault", authkey=b"wrong")
     ns.secret = "stolen"
     with pytest.raises(AuthenticationError):

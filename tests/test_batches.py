@@ -63,8 +63,10 @@ def test_the_scalar_shortcut_accepts_exactly_the_whole_scalars(data: bytes) -> N
             check_value(data)
 
 
-@pytest.mark.parametrize("value", [0, -32, 127, 128, -33, 2**63 - 1, -(2**63), 2**64 - 1, 1.5,
-                                   float("inf"), None, True, False])
+@pytest.mark.parametrize(
+    "value",
+    [0, -32, 127, 128, -33, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, float("inf"), None, True, False],
+)
 def test_every_fixed_size_scalar_takes_the_shortcut(value: Any) -> None:
     data = encode_value(value)
     assert len(data) == SCALAR_LENGTHS[data[0]]
@@ -72,9 +74,18 @@ def test_every_fixed_size_scalar_takes_the_shortcut(value: Any) -> None:
 
 
 VALUES: dict[str, Any] = {
-    "small": 7, "negative": -3, "none": None, "true": True, "big": 2**70, "float": 0.1,
-    "text": "é" * 40, "blob": os.urandom(100), "tuple": (1, (2, 3)), "set": {1, 2},
-    "when": dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc), "nested": [{"a": b"x"}],
+    "small": 7,
+    "negative": -3,
+    "none": None,
+    "true": True,
+    "big": 2**70,
+    "float": 0.1,
+    "text": "é" * 40,
+    "blob": os.urandom(100),
+    "tuple": (1, (2, 3)),
+    "set": {1, 2},
+    "when": dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc),
+    "nested": [{"a": b"x"}],
     "array": bytearray(b"ab"),
 }
 
@@ -96,17 +107,22 @@ def test_decode_values_is_decode_value_of_each() -> None:
     decoded = decode_values(blobs)
     assert decoded == VALUES
     assert {name: type(value) for name, value in decoded.items()} == {
-        name: type(value) for name, value in VALUES.items()}
+        name: type(value) for name, value in VALUES.items()
+    }
 
 
-@pytest.mark.parametrize(("names", "problem"), [
-    (["a", 5], "names must be str, not int"),
-    (["a", ""], "names must not be empty"),
-    (["a", "n" * 300], "name longer than 256 characters"),
-    ([b"a"], "names must be str, not bytes"),
-])
-def test_many_names_are_checked_with_the_single_name_messages(names: list[Any],
-                                                              problem: str) -> None:
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        (["a", 5], "names must be str, not int"),
+        (["a", ""], "names must not be empty"),
+        (["a", "n" * 300], "name longer than 256 characters"),
+        ([b"a"], "names must be str, not bytes"),
+    ],
+)
+def test_many_names_are_checked_with_the_single_name_messages(
+    names: list[Any], problem: str
+) -> None:
     limits = Limits()
     assert check_names(limits, "snapshot", ("k", names)) == problem
     assert check_args(limits, "snapshot", ("k", names)) == problem
@@ -119,8 +135,12 @@ def test_a_batch_of_values_is_checked_like_one_value() -> None:
     limits = Limits()
     good = {f"n{i}": encode_value(i) for i in range(100)}
     assert check_args(limits, "update", ("k", good)) is None
-    for bad, problem in [(b"\xcb\x00", "malformed value"), (b"", "malformed value"),
-                         ("text", "values travel as bin"), (b"\x01\x02", "malformed value")]:
+    for bad, problem in [
+        (b"\xcb\x00", "malformed value"),
+        (b"", "malformed value"),
+        ("text", "values travel as bin"),
+        (b"\x01\x02", "malformed value"),
+    ]:
         batch = {**good, "bad": bad}
         found = check_args(limits, "update", ("k", batch))
         assert found is not None
@@ -137,8 +157,12 @@ def test_the_history_replays_what_each_revision_changed() -> None:
     store.delete("k", "a")
     assert store.update("k", {}) == 3  # nothing: no revision
     assert seen == [("k", 1, {"a": one}), ("k", 2, {"b": one, "c": two}), ("k", 3, {"a": None})]
-    assert store.history("k", 0) == [Change("k", 1, "a", one), Change("k", 2, "b", one),
-                                     Change("k", 2, "c", two), Change("k", 3, "a", None)]
+    assert store.history("k", 0) == [
+        Change("k", 1, "a", one),
+        Change("k", 2, "b", one),
+        Change("k", 2, "c", two),
+        Change("k", 3, "a", None),
+    ]
     assert store.history("k", 2) == [Change("k", 3, "a", None)]
     assert store.snapshot("k", None) == (3, {"b": one, "c": two})
 
@@ -163,10 +187,12 @@ def test_names_found_valid_once_are_still_checked_against_each_limit() -> None:
     assert check_args(Limits(), "update", ("k", names)) is None  # now remembered as valid
     assert check_args(Limits(), "update", ("k", names)) is None
     assert check_args(Limits(max_name_length=7), "update", ("k", names)) == (
-        "name longer than 7 characters")
+        "name longer than 7 characters"
+    )
     assert check_names(Limits(max_name_length=8), "snapshot", ("k", list(names))) is None
     assert check_names(Limits(), "snapshot", ("k", [*names, ["unhashable"]])) == (
-        "names must be str, not list")
+        "names must be str, not list"
+    )
 
 
 def test_the_memory_of_valid_names_is_bounded() -> None:

@@ -63,11 +63,19 @@ def test_no_such_attribute_is_kept_too(table: CacheTable) -> None:
         cached(table)
 
 
-@pytest.mark.parametrize(("result", "error"), [
-    (None, ConnectionLost("gone")), (None, KeyError("x")), (None, None), (5, None),
-], ids=["connection-lost", "another-error", "nil", "not-bin"])
-def test_other_replies_leave_nothing(table: CacheTable, result: Any,
-                                     error: BaseException | None) -> None:
+@pytest.mark.parametrize(
+    ("result", "error"),
+    [
+        (None, ConnectionLost("gone")),
+        (None, KeyError("x")),
+        (None, None),
+        (5, None),
+    ],
+    ids=["connection-lost", "another-error", "nil", "not-bin"],
+)
+def test_other_replies_leave_nothing(
+    table: CacheTable, result: Any, error: BaseException | None
+) -> None:
     table.expect(1, ITEM)
     assert table.answered(1, result, error) is None
     assert cached(table) is ABSENT

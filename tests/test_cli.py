@@ -32,7 +32,11 @@ class CliServer:
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "aionamespace", "serve", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         line = self.read_line()
         match = SERVING.match(line)
         if match is None:
@@ -79,10 +83,12 @@ def servers() -> Iterator[list[CliServer]]:
         server.close()
 
 
-@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="SIGINT"),
-                                    pytest.param(signal.SIGTERM, id="SIGTERM")])
-def test_serve_unix_until_a_signal(servers: list[CliServer], socket_path: str,
-                                   server_backend: str, signum: int) -> None:
+@pytest.mark.parametrize(
+    "signum", [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
+)
+def test_serve_unix_until_a_signal(
+    servers: list[CliServer], socket_path: str, server_backend: str, signum: int
+) -> None:
     server = CliServer(["--unix", socket_path, "--backend", server_backend])
     servers.append(server)
     assert server.address == socket_path
@@ -101,8 +107,9 @@ def test_serve_unix_until_a_signal(servers: list[CliServer], socket_path: str,
     assert not os.path.exists(socket_path)
 
 
-def test_signal_right_after_the_ready_line_stops_cleanly(short_tmp: str,
-                                                         server_backend: str) -> None:
+def test_signal_right_after_the_ready_line_stops_cleanly(
+    short_tmp: str, server_backend: str
+) -> None:
     """The ready line is a promise: from then on, Ctrl-C stops the server cleanly.
 
     The signal is sent the moment the line arrives. A server that installs its signal handler
@@ -112,9 +119,20 @@ def test_signal_right_after_the_ready_line_stops_cleanly(short_tmp: str,
     for attempt in range(10):
         path = os.path.join(short_tmp, f"ns{attempt}.sock")
         with subprocess.Popen(
-                [sys.executable, "-m", "aionamespace", "serve", "--unix", path,
-                 "--backend", server_backend],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            [
+                sys.executable,
+                "-m",
+                "aionamespace",
+                "serve",
+                "--unix",
+                path,
+                "--backend",
+                server_backend,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process:
             assert process.stdout is not None
             line = process.stdout.readline()  # blocking: react as soon as it is printed
             process.send_signal(signal.SIGINT)
@@ -142,8 +160,9 @@ def test_serve_tcp_port_zero_prints_the_chosen_port(servers: list[CliServer]) ->
     assert code == 0, err
 
 
-def test_serve_requires_the_authkey_from_the_environment(servers: list[CliServer],
-                                                         socket_path: str) -> None:
+def test_serve_requires_the_authkey_from_the_environment(
+    servers: list[CliServer], socket_path: str
+) -> None:
     key = "cli secret"
     server = CliServer(["--unix", socket_path], env={**os.environ, AUTHKEY_ENV: key})
     servers.append(server)
@@ -156,8 +175,9 @@ def test_serve_requires_the_authkey_from_the_environment(servers: list[CliServer
     assert code == 0, err
 
 
-def test_a_second_server_does_not_steal_a_live_socket(servers: list[CliServer],
-                                                      socket_path: str) -> None:
+def test_a_second_server_does_not_steal_a_live_socket(
+    servers: list[CliServer], socket_path: str
+) -> None:
     """Only a stale socket file may be replaced; a live server keeps its address."""
     first = CliServer(["--unix", socket_path])
     servers.append(first)
@@ -165,7 +185,10 @@ def test_a_second_server_does_not_steal_a_live_socket(servers: list[CliServer],
         ns.owner = "first"
     second = subprocess.Popen(
         [sys.executable, "-m", "aionamespace", "serve", "--unix", socket_path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert second.stdout is not None
     with selectors.DefaultSelector() as selector:  # a ready line, or EOF when it refuses
         selector.register(second.stdout, selectors.EVENT_READ)
@@ -179,8 +202,13 @@ def test_a_second_server_does_not_steal_a_live_socket(servers: list[CliServer],
 
 
 def test_demo_shows_the_lesson_in_order() -> None:
-    result = subprocess.run([sys.executable, "-m", "aionamespace", "demo"],
-                            capture_output=True, text=True, timeout=DEMO_SECONDS, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "aionamespace", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_SECONDS,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     expected = [
         r"parent sets ns\.item = 'empty'",
@@ -199,7 +227,6 @@ def test_demo_shows_the_lesson_in_order() -> None:
     lines = result.stdout.splitlines()
     position = 0
     for pattern in expected:
-        found = next((i for i in range(position, len(lines)) if re.search(pattern, lines[i])),
-                     None)
+        found = next((i for i in range(position, len(lines)) if re.search(pattern, lines[i])), None)
         assert found is not None, f"{pattern!r} not found in order in:\n{result.stdout}"
         position = found + 1

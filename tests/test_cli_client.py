@@ -80,8 +80,14 @@ class CliServer:
     def run(self, *args: str, authkey: Any = "same") -> subprocess.CompletedProcess[str]:
         """Run a client command (with the server's key unless ``authkey`` says otherwise)."""
         key = self.authkey if authkey == "same" else authkey
-        return subprocess.run([*COMMAND, *args], env=environment(key), capture_output=True,
-                               text=True, timeout=TIMEOUT_SECONDS, check=False)
+        return subprocess.run(
+            [*COMMAND, *args],
+            env=environment(key),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_SECONDS,
+            check=False,
+        )
 
     def ok(self, *args: str) -> str:
         result = self.run(*args)
@@ -109,8 +115,13 @@ class Running:
 
 
 def start(*args: str, authkey: str | None) -> Running:
-    process = subprocess.Popen([*COMMAND, *args], env=environment(authkey),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*COMMAND, *args],
+        env=environment(authkey),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     return Running(process, LineReader(process.stdout))
 
@@ -151,8 +162,15 @@ def cli_server(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[CliSe
 # ---------------------------------------------------------------------- get, set, del, dump
 
 
-LITERALS = ["42", "'text'", "[1, (2, 3.5), None]", "{'a': {1, 2}, 'b': b'\\x00'}",
-            "1180591620717411303424", "-1.5", "True"]
+LITERALS = [
+    "42",
+    "'text'",
+    "[1, (2, 3.5), None]",
+    "{'a': {1, 2}, 'b': b'\\x00'}",
+    "1180591620717411303424",
+    "-1.5",
+    "True",
+]
 
 
 def test_set_then_get_round_trips_python_literals(cli_server: CliServer) -> None:
@@ -171,8 +189,9 @@ def test_get_shows_what_a_proxy_set(cli_server: CliServer) -> None:
     ns = cli_server.proxy("board")
     ns.item = {"nested": [(1, "x")]}
     ns._close()
-    assert cli_server.ok("get", cli_server.address_text, "board", "item") == \
-        "{'nested': [(1, 'x')]}\n"
+    assert (
+        cli_server.ok("get", cli_server.address_text, "board", "item") == "{'nested': [(1, 'x')]}\n"
+    )
 
 
 def test_del_removes_and_get_of_a_missing_name_fails(cli_server: CliServer) -> None:
@@ -201,7 +220,9 @@ def test_dump_prints_one_namespace_or_all(cli_server: CliServer) -> None:
     cli_server.ok("set", address, "other", "n", "(1, 2)")
     assert cli_server.ok("dump", address, "board") == "board: Namespace(a=1, b='x')\n"
     assert cli_server.ok("dump", address).splitlines() == [
-        "board: Namespace(a=1, b='x')", "other: Namespace(n=(1, 2))"]
+        "board: Namespace(a=1, b='x')",
+        "other: Namespace(n=(1, 2))",
+    ]
     assert cli_server.ok("dump", address, "empty") == "empty: Namespace()\n"
 
 
@@ -216,8 +237,9 @@ def test_a_client_without_the_servers_key_is_refused(cli_server: CliServer) -> N
         assert "does not use an authkey" in message
         return
     message = cli_server.fails("set", address, "board", "x", "1", authkey=None)
-    assert message == ("aionamespace: AuthenticationError: this server requires an authkey; "
-                       "none was given")
+    assert message == (
+        "aionamespace: AuthenticationError: this server requires an authkey; none was given"
+    )
     message = cli_server.fails("get", address, "board", "x", authkey="wrong key")
     assert message.startswith("aionamespace: AuthenticationError: authentication failed")
     assert "s3cret" not in message
@@ -226,8 +248,14 @@ def test_a_client_without_the_servers_key_is_refused(cli_server: CliServer) -> N
 
 def test_an_unreachable_server_fails_cleanly(short_tmp: str) -> None:
     missing = os.path.join(short_tmp, "nobody.sock")
-    result = subprocess.run([*COMMAND, "get", missing, "board", "x"], env=environment(None),
-                            capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False)
+    result = subprocess.run(
+        [*COMMAND, "get", missing, "board", "x"],
+        env=environment(None),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("aionamespace: ConnectionLost: cannot connect to")
 
@@ -236,8 +264,7 @@ def test_tcp_server_and_host_port_addresses() -> None:
     running = start("serve", "--tcp", "127.0.0.1:0", authkey="tcp key")
     try:
         first = running.stdout.next()
-        match = re.fullmatch(r"aionamespace: serving on (127\.0\.0\.1:\d+) \(Ctrl-C stops\)",
-                             first)
+        match = re.fullmatch(r"aionamespace: serving on (127\.0\.0\.1:\d+) \(Ctrl-C stops\)", first)
         assert match is not None, first
         server = CliServer(match.group(1), "tcp key")
         assert server.address[1] != 0  # the real port, not the one asked for
@@ -260,7 +287,7 @@ def test_watch_prints_each_change_as_it_happens(cli_server: CliServer) -> None:
         ns.item = 3
         assert watcher.stdout.next() == "       2  item = 3"  # printed before the next write
         ns.text = "it's"
-        assert watcher.stdout.next() == "       3  text = \"it's\""
+        assert watcher.stdout.next() == '       3  text = "it\'s"'
         del ns.item
         assert watcher.stdout.next() == "       4  item deleted"
         ns._update(a=(1, 2), b=None)
@@ -280,8 +307,16 @@ def test_watch_names_and_since(cli_server: CliServer) -> None:
     ns.b = 1
     ns.a = 2
     ns.c = 1  # revision 4
-    watcher = start("watch", cli_server.address_text, "board", "a", "c", "--since", "1",
-                    authkey=cli_server.authkey)
+    watcher = start(
+        "watch",
+        cli_server.address_text,
+        "board",
+        "a",
+        "c",
+        "--since",
+        "1",
+        authkey=cli_server.authkey,
+    )
     try:
         assert watcher.stdout.next() == "watching 'board' from revision 4 (Ctrl-C stops)"
         assert watcher.stdout.next() == "       3  a = 2"  # replayed: changes after 1

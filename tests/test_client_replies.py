@@ -51,9 +51,7 @@ def test_server_hello_parses_on_the_client() -> None:
     assert client.greeted
 
 
-@pytest.mark.parametrize(
-    "result", [None, ONE, b"", {"a": ONE, "b": b"\x01"}, 0, "text"], ids=repr
-)
+@pytest.mark.parametrize("result", [None, ONE, b"", {"a": ONE, "b": b"\x01"}, 0, "text"], ids=repr)
 def test_send_result_parses_as_a_reply(result: Any) -> None:
     client = greeted_client()
     assert client.receive_data(ServerConnection.send_result(42, result)) == [Reply(42, result)]
@@ -62,8 +60,11 @@ def test_send_result_parses_as_a_reply(result: Any) -> None:
 @pytest.mark.parametrize(
     ("error", "expected_type", "expected_message"),
     [
-        (AttributeError("'Namespace' object has no attribute 'x'"), AttributeError,
-         "'Namespace' object has no attribute 'x'"),
+        (
+            AttributeError("'Namespace' object has no attribute 'x'"),
+            AttributeError,
+            "'Namespace' object has no attribute 'x'",
+        ),
         (KeyError("k"), KeyError, "'k'"),
         (TypeError("t"), TypeError, "t"),
         (ValueError("v"), ValueError, "v"),
@@ -89,8 +90,15 @@ def test_send_error_parses_as_the_right_exception(
     assert str(reply.error) == expected_message
 
 
-@pytest.mark.parametrize("error", [ZeroDivisionError("div"), RuntimeError("div"),
-                                   LocalProtocolError("div"), RemoteError("Inner", "div")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ZeroDivisionError("div"),
+        RuntimeError("div"),
+        LocalProtocolError("div"),
+        RemoteError("Inner", "div"),
+    ],
+)
 def test_unknown_error_types_become_remote_error(error: Exception) -> None:
     client = greeted_client()
     (reply,) = only_replies(client.receive_data(ServerConnection.send_error(3, error)))
@@ -130,8 +138,9 @@ def test_refusal_after_the_hello_is_a_reply_with_id_0() -> None:
     ],
     ids=repr,
 )
-def test_server_hello_carrying_an_error_raises_it(error: list[str],
-                                                  expected_type: type[Exception]) -> None:
+def test_server_hello_carrying_an_error_raises_it(
+    error: list[str], expected_type: type[Exception]
+) -> None:
     client = ClientConnection()
     with pytest.raises(expected_type) as info:
         client.receive_data(pack({"protocol": PROTOCOL_NAME, "error": error}))
@@ -204,15 +213,18 @@ def test_fuzz_client_replies(data: bytes) -> None:
     assert all(type(event) is Reply for event in events)
 
 
-@pytest.mark.parametrize(("data", "why"), [
-    (pack([7, 0, b"\x01"]) + pack([8, 0, None]), "two replies"),
-    (pack([7, 0, b"\x01"])[:-1], "part of a reply"),
-    (pack([6, 0, b"\x01"]), "another request's reply"),
-    (pack([True, 0, b"\x01"]), "an id that is not an int"),
-    (pack([7, 1, "KeyError", "x"]), "an error reply"),
-    (pack([0, PUSH_INVALIDATE, "k", "n"]) + pack([7, 0, b"\x01"]), "a push first"),
-    (b"\xc1", "garbage"),
-])
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (pack([7, 0, b"\x01"]) + pack([8, 0, None]), "two replies"),
+        (pack([7, 0, b"\x01"])[:-1], "part of a reply"),
+        (pack([6, 0, b"\x01"]), "another request's reply"),
+        (pack([True, 0, b"\x01"]), "an id that is not an int"),
+        (pack([7, 1, "KeyError", "x"]), "an error reply"),
+        (pack([0, PUSH_INVALIDATE, "k", "n"]) + pack([7, 0, b"\x01"]), "a push first"),
+        (b"\xc1", "garbage"),
+    ],
+)
 def test_lone_result_takes_only_one_whole_successful_reply(data: bytes, why: str) -> None:
     """The sync proxy's fast path; whatever it declines must still parse as before, since it
     consumed nothing."""
@@ -235,11 +247,22 @@ def test_lone_result_returns_the_result_of_a_whole_reply() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(1, 3), st.one_of(
-    st.binary(max_size=60),
-    st.lists(st.one_of(st.integers(-1, 3), st.none(), st.booleans(), st.binary(max_size=3),
-                       st.text(max_size=3)), max_size=4).map(pack),
-))
+@given(
+    st.integers(1, 3),
+    st.one_of(
+        st.binary(max_size=60),
+        st.lists(
+            st.one_of(
+                st.integers(-1, 3),
+                st.none(),
+                st.booleans(),
+                st.binary(max_size=3),
+                st.text(max_size=3),
+            ),
+            max_size=4,
+        ).map(pack),
+    ),
+)
 def test_fuzz_lone_result_agrees_with_receive_data(request_id: int, data: bytes) -> None:
     result = greeted_client().lone_result(request_id, data)
     if result is NO_FRAME:
@@ -265,11 +288,24 @@ def test_receive_frames_leaves_successful_replies_as_their_frames() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(
-    st.binary(max_size=20),
-    st.lists(st.one_of(st.integers(-1, 3), st.none(), st.booleans(), st.binary(max_size=3),
-                       st.text(max_size=3)), max_size=4).map(pack),
-), max_size=4).map(b"".join))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=20),
+            st.lists(
+                st.one_of(
+                    st.integers(-1, 3),
+                    st.none(),
+                    st.booleans(),
+                    st.binary(max_size=3),
+                    st.text(max_size=3),
+                ),
+                max_size=4,
+            ).map(pack),
+        ),
+        max_size=4,
+    ).map(b"".join)
+)
 def test_fuzz_receive_frames_agrees_with_receive_data(data: bytes) -> None:
     try:
         expected = greeted_client().receive_data(data)

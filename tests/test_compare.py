@@ -17,10 +17,28 @@ from typing import Any
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
-ROWS = ("sync_get", "sync_set", "async_get", "snapshot", "update", "get_blob", "cached_get",
-        "processes_get", "idle_connections")
-TABLE_HEADER = ("row", "unit", "aionamespace", "stdlib", "redis", "ratio vs stdlib",
-                "ratio vs redis", "target", "met?")
+ROWS = (
+    "sync_get",
+    "sync_set",
+    "async_get",
+    "snapshot",
+    "update",
+    "get_blob",
+    "cached_get",
+    "processes_get",
+    "idle_connections",
+)
+TABLE_HEADER = (
+    "row",
+    "unit",
+    "aionamespace",
+    "stdlib",
+    "redis",
+    "ratio vs stdlib",
+    "ratio vs redis",
+    "target",
+    "met?",
+)
 
 
 def is_number(value: Any) -> bool:
@@ -31,8 +49,13 @@ def is_number(value: Any) -> bool:
 @pytest.mark.timeout(180)
 def test_quick_run_measures_every_row(tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
 
     lines = done.stdout.splitlines()

@@ -53,8 +53,11 @@ def increment_under_lock(ns: Namespace, times: int) -> None:
     ns._close()
 
 
-def hold_lock_until_killed(ns: Namespace, holding: multiprocessing.synchronize.Event,
-                           never: multiprocessing.synchronize.Event) -> None:
+def hold_lock_until_killed(
+    ns: Namespace,
+    holding: multiprocessing.synchronize.Event,
+    never: multiprocessing.synchronize.Event,
+) -> None:
     with ns._lock("L"):
         ns.holder = os.getpid()
         holding.set()
@@ -64,8 +67,10 @@ def hold_lock_until_killed(ns: Namespace, holding: multiprocessing.synchronize.E
 # ---------------------------------------------------------------------- helpers
 
 
-def run_processes(target: Callable[..., None], argument_lists: Sequence[tuple[Any, ...]],
-                  ) -> None:
+def run_processes(
+    target: Callable[..., None],
+    argument_lists: Sequence[tuple[Any, ...]],
+) -> None:
     """Start one spawned process per argument tuple; all must exit cleanly within the limit."""
     processes = [CTX.Process(target=target, args=args) for args in argument_lists]
     try:
@@ -88,28 +93,33 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture
-def lock_server(request: pytest.FixtureRequest, server_backend: str,
-                short_tmp: str) -> Iterator[tuple[Address, bytes | None]]:
+def lock_server(
+    request: pytest.FixtureRequest, server_backend: str, short_tmp: str
+) -> Iterator[tuple[Address, bytes | None]]:
     """(address, authkey) of a server on each backend: the session's Manager process for
     asyncio (its backend), a ServerThread for any other."""
     if server_backend == "asyncio":
         manager: Manager = request.getfixturevalue("manager")
         yield manager.address, manager.authkey
         return
-    with ServerThread(os.path.join(short_tmp, f"{server_backend}.sock"),
-                      backend=server_backend) as server:
+    with ServerThread(
+        os.path.join(short_tmp, f"{server_backend}.sock"), backend=server_backend
+    ) as server:
         yield server.address, None
 
 
 @pytest.fixture
-def holder_process(lock_server: tuple[Address, bytes | None],
-                   ) -> Iterator[tuple[BaseProcess, str]]:
+def holder_process(
+    lock_server: tuple[Address, bytes | None],
+) -> Iterator[tuple[BaseProcess, str]]:
     """A spawned process holding lock "L" of a fresh namespace (and parked forever)."""
     address, authkey = lock_server
     key = unique("killed")
     holding, never = CTX.Event(), CTX.Event()
-    process = CTX.Process(target=hold_lock_until_killed,
-                          args=(Namespace(address, key, authkey=authkey), holding, never))
+    process = CTX.Process(
+        target=hold_lock_until_killed,
+        args=(Namespace(address, key, authkey=authkey), holding, never),
+    )
     process.start()
     try:
         assert holding.wait(JOIN_TIMEOUT_SECONDS), "the holder never got the lock"
@@ -151,7 +161,8 @@ def test_append_from_8_processes_loses_no_item(manager: Manager) -> None:
 
 @pytest.mark.slow
 def test_lock_makes_get_then_set_exact_across_4_processes(
-        lock_server: tuple[Address, bytes | None]) -> None:
+    lock_server: tuple[Address, bytes | None],
+) -> None:
     address, authkey = lock_server
     ns = Namespace(address, unique("locked"), authkey=authkey)
     ns.counter = 0
@@ -161,8 +172,8 @@ def test_lock_makes_get_then_set_exact_across_4_processes(
 
 
 def test_killed_holder_releases_the_lock_to_a_blocked_thread(
-        lock_server: tuple[Address, bytes | None],
-        holder_process: tuple[BaseProcess, str]) -> None:
+    lock_server: tuple[Address, bytes | None], holder_process: tuple[BaseProcess, str]
+) -> None:
     address, authkey = lock_server
     process, key = holder_process
     acquired: queue.Queue[float | BaseException] = queue.Queue()
@@ -204,8 +215,8 @@ def test_killed_holder_releases_the_lock_to_a_blocked_thread(
 
 @pytest.mark.anyio
 async def test_killed_holder_releases_the_lock_to_a_waiting_task(
-        lock_server: tuple[Address, bytes | None],
-        holder_process: tuple[BaseProcess, str]) -> None:
+    lock_server: tuple[Address, bytes | None], holder_process: tuple[BaseProcess, str]
+) -> None:
     address, authkey = lock_server
     process, key = holder_process
     acquired_at: list[float] = []
@@ -235,7 +246,8 @@ async def test_killed_holder_releases_the_lock_to_a_waiting_task(
 
 @pytest.mark.anyio
 async def test_async_lock_makes_get_then_set_exact_across_tasks(
-        lock_server: tuple[Address, bytes | None]) -> None:
+    lock_server: tuple[Address, bytes | None],
+) -> None:
     """3 proxies (3 connections) x 3 tasks each (sharing a connection, told apart by token)."""
     address, authkey = lock_server
     key = unique("async-locked")
@@ -266,12 +278,12 @@ async def test_async_lock_makes_get_then_set_exact_across_tasks(
 
 @pytest.mark.anyio
 async def test_cancelled_async_waiter_leaves_the_lock_usable(
-        lock_server: tuple[Address, bytes | None]) -> None:
+    lock_server: tuple[Address, bytes | None],
+) -> None:
     """A wait given up by move_on_after is withdrawn: the lock goes to the next in line."""
     address, authkey = lock_server
     key = unique("cancelled")
-    holder, quitter, successor = (AsyncNamespace(address, key, authkey=authkey)
-                                  for _ in range(3))
+    holder, quitter, successor = (AsyncNamespace(address, key, authkey=authkey) for _ in range(3))
     got: dict[str, float] = {}
     gave_up = anyio.Event()
 

@@ -118,7 +118,9 @@ def test_conversation_open_only_fills_missing_names() -> None:
     assert wire.get("ns", "b") == 3
     wire.call("open", "ns", {"a": encode_value(4), "b": encode_value(5), "c": encode_value(6)})
     assert {name: decode_value(blob) for name, blob in wire.call("dump", "ns").items()} == {
-        "a": 1, "b": 3, "c": 6,
+        "a": 1,
+        "b": 3,
+        "c": 6,
     }
 
 
@@ -214,7 +216,7 @@ def test_conversation_over_a_byte_at_a_time() -> None:
     answer = b""
     peer = MemoryPeer(server_side)
     for index in range(len(outgoing)):
-        events_in = server_side.receive_data(outgoing[index:index + 1])
+        events_in = server_side.receive_data(outgoing[index : index + 1])
         answer += b"".join(server.dispatcher.respond(peer, events_in))
     events: list[Any] = []
     for index in range(len(answer)):

@@ -25,10 +25,19 @@ def test_a_batch_is_answered_in_request_order_leaving_out_a_waiting_acquire() ->
     rig = Rig()
     holder, waiter = rig.connect(), rig.connect()
     assert rig.send(holder, [1, "acquire", "k", "L", b"h", None]) == [ok(1)]
-    assert rig.send(waiter, [1, "set", "k", "x", ONE], [2, "acquire", "k", "L", b"w", None],
-                    [3, "get", "k", "x"], [4, "get", "k", "y"], [5, "ping"]) == [
-        ok(1, 1), ok(3, ONE),
-        failed(4, "AttributeError", "'Namespace' object has no attribute 'y'"), ok(5)]
+    assert rig.send(
+        waiter,
+        [1, "set", "k", "x", ONE],
+        [2, "acquire", "k", "L", b"w", None],
+        [3, "get", "k", "x"],
+        [4, "get", "k", "y"],
+        [5, "ping"],
+    ) == [
+        ok(1, 1),
+        ok(3, ONE),
+        failed(4, "AttributeError", "'Namespace' object has no attribute 'y'"),
+        ok(5),
+    ]
     assert waiter.writes == []  # the acquire waits: nothing yet
     assert rig.send(holder, [2, "release", "k", "L", b"h"]) == [ok(2, True)]
     assert waiter.writes == [msgpack.packb(ok(2))]  # answered at the hand-over, in one write
@@ -41,8 +50,17 @@ def test_a_batch_stops_once_its_answers_pass_the_budget() -> None:
     peer = rig.connect()
     value = encode_value(b"v" * 1000)
     rig.store.set("k", "x", value)
-    events = peer.protocol.receive_data(b"".join(msgpack.packb(request) for request in [
-        [1, "get", "k", "x"], [2, "get", "k", "x"], [3, "set", "k", "y", ONE], [4, "ping"]]))
+    events = peer.protocol.receive_data(
+        b"".join(
+            msgpack.packb(request)
+            for request in [
+                [1, "get", "k", "x"],
+                [2, "get", "k", "x"],
+                [3, "set", "k", "y", ONE],
+                [4, "ping"],
+            ]
+        )
+    )
     answers, applied = rig.dispatcher.respond_some(peer, events, 1500)
     assert applied == 2  # the second answer passed 1500 bytes
     assert unpack_all(b"".join(answers)) == [ok(1, value), ok(2, value)]
@@ -56,15 +74,19 @@ def test_a_large_value_is_answered_with_the_stores_own_bytes() -> None:
     peer = rig.connect()
     rig.store.set("k", "big", encode_value(b"x" * LARGE_VALUE_BYTES))
     stored = rig.store.get("k", "big")
-    events = peer.protocol.receive_data(b"".join(msgpack.packb(request) for request in [
-        [1, "ping"], [2, "get", "k", "big"], [3, "ping"]]))
+    events = peer.protocol.receive_data(
+        b"".join(
+            msgpack.packb(request) for request in [[1, "ping"], [2, "get", "k", "big"], [3, "ping"]]
+        )
+    )
     answers = rig.dispatcher.respond(peer, events)
     assert any(buffer is stored for buffer in answers)  # written as it is, never copied
     assert unpack_all(b"".join(answers)) == [ok(1), ok(2, stored), ok(3)]
 
 
 def test_a_store_that_fails_unexpectedly_gets_an_error_reply_and_a_log(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class BrokenStore(MemoryStore):
         def keys(self) -> list[str]:
             raise RuntimeError("the disk is on fire")
@@ -83,13 +105,21 @@ def test_a_batchs_pushes_reach_each_other_watcher_in_one_write() -> None:
     all_id = rig.watch(everything, "k")
     y_id = rig.watch(only_y, "k", ["y"])
     rig.watch(elsewhere, "other")
-    assert rig.send(writer, [1, "set", "k", "x", ONE], [2, "set", "k", "y", TWO],
-                    [3, "del", "k", "x"], [4, "update", "k", {"x": THREE, "y": ONE}]) == [
-        ok(1, 1), ok(2, 2), ok(3, 3), ok(4, 4)]  # the writer watches nothing: replies only
+    assert rig.send(
+        writer,
+        [1, "set", "k", "x", ONE],
+        [2, "set", "k", "y", TWO],
+        [3, "del", "k", "x"],
+        [4, "update", "k", {"x": THREE, "y": ONE}],
+    ) == [ok(1, 1), ok(2, 2), ok(3, 3), ok(4, 4)]  # the writer watches nothing: replies only
     assert len(everything.writes) == 1
     assert everything.written() == [
-        push(all_id, 1, "x", ONE), push(all_id, 2, "y", TWO), push(all_id, 3, "x", None),
-        push(all_id, 4, "x", THREE), push(all_id, 4, "y", ONE)]
+        push(all_id, 1, "x", ONE),
+        push(all_id, 2, "y", TWO),
+        push(all_id, 3, "x", None),
+        push(all_id, 4, "x", THREE),
+        push(all_id, 4, "y", ONE),
+    ]
     assert len(only_y.writes) == 1
     assert only_y.written() == [push(y_id, 2, "y", TWO), push(y_id, 4, "y", ONE)]
     assert elsewhere.writes == []
@@ -101,9 +131,13 @@ def test_a_watchers_own_changes_follow_its_replies_in_its_answer() -> None:
     rig = Rig()
     watcher = rig.connect()
     watch_id = rig.watch(watcher, "k")
-    assert rig.send(watcher, [1, "set", "k", "x", ONE], [2, "ping"],
-                    [3, "set", "k", "y", TWO]) == [
-        ok(1, 1), ok(2), ok(3, 2), push(watch_id, 1, "x", ONE), push(watch_id, 2, "y", TWO)]
+    assert rig.send(watcher, [1, "set", "k", "x", ONE], [2, "ping"], [3, "set", "k", "y", TWO]) == [
+        ok(1, 1),
+        ok(2),
+        ok(3, 2),
+        push(watch_id, 1, "x", ONE),
+        push(watch_id, 2, "y", TWO),
+    ]
     assert watcher.writes == []
 
 
@@ -119,17 +153,29 @@ def test_the_pushes_of_a_refused_batch_come_before_the_refusal() -> None:
 def test_a_watch_from_a_revision_replays_the_changes_after_its_reply() -> None:
     rig = Rig()
     writer, watcher = rig.connect(), rig.connect()
-    rig.send(writer, [1, "set", "k", "x", ONE], [2, "set", "k", "y", TWO], [3, "del", "k", "x"],
-             [4, "update", "k", {"x": THREE, "z": ONE}])
+    rig.send(
+        writer,
+        [1, "set", "k", "x", ONE],
+        [2, "set", "k", "y", TWO],
+        [3, "del", "k", "x"],
+        [4, "update", "k", {"x": THREE, "z": ONE}],
+    )
     (reply, *replayed) = rig.send(watcher, [1, "watch", "k", None, 1])
     all_id = reply[2][0]
     assert reply == ok(1, [all_id, 4, {}])  # from a revision: no values, the changes instead
-    assert replayed == [push(all_id, 2, "y", TWO), push(all_id, 3, "x", None),
-                        push(all_id, 4, "x", THREE), push(all_id, 4, "z", ONE)]
+    assert replayed == [
+        push(all_id, 2, "y", TWO),
+        push(all_id, 3, "x", None),
+        push(all_id, 4, "x", THREE),
+        push(all_id, 4, "z", ONE),
+    ]
     (reply, *replayed) = rig.send(watcher, [2, "watch", "k", ["x"], 0])
     x_id = reply[2][0]
-    assert replayed == [push(x_id, 1, "x", ONE), push(x_id, 3, "x", None),
-                        push(x_id, 4, "x", THREE)]
+    assert replayed == [
+        push(x_id, 1, "x", ONE),
+        push(x_id, 3, "x", None),
+        push(x_id, 4, "x", THREE),
+    ]
     (reply,) = rig.send(watcher, [3, "watch", "k", ["x", "y"], None])
     assert reply[2][1:] == [4, {"x": THREE, "y": TWO}]  # from now: the current values
     rig.send(writer, [5, "set", "k", "z", TWO])
@@ -141,17 +187,30 @@ def test_a_watch_the_history_cannot_serve_is_refused_and_never_started() -> None
     writer, watcher = rig.connect(), rig.connect()
     for revision in range(1, 5):
         assert rig.send(writer, [revision, "set", "k", "x", encode_value(revision)]) == [
-            ok(revision, revision)]
-    assert rig.send(watcher, [1, "watch", "k", None, 1]) == [failed(
-        1, "HistoryExpired", "revision 1 is older than the history kept (oldest: 3); resync "
-        "with _snapshot() and watch from its revision")]
-    assert rig.send(watcher, [2, "watch", "k", None, 5]) == [failed(
-        2, "HistoryExpired", "revision 5 is ahead of this namespace (4): the server was "
-        "restarted; resync with _snapshot() and watch from its revision")]
+            ok(revision, revision)
+        ]
+    assert rig.send(watcher, [1, "watch", "k", None, 1]) == [
+        failed(
+            1,
+            "HistoryExpired",
+            "revision 1 is older than the history kept (oldest: 3); resync "
+            "with _snapshot() and watch from its revision",
+        )
+    ]
+    assert rig.send(watcher, [2, "watch", "k", None, 5]) == [
+        failed(
+            2,
+            "HistoryExpired",
+            "revision 5 is ahead of this namespace (4): the server was "
+            "restarted; resync with _snapshot() and watch from its revision",
+        )
+    ]
     (reply, *replayed) = rig.send(watcher, [3, "watch", "k", None, 2])  # the oldest it serves
     watch_id = reply[2][0]
-    assert replayed == [push(watch_id, 3, "x", encode_value(3)),
-                        push(watch_id, 4, "x", encode_value(4))]
+    assert replayed == [
+        push(watch_id, 3, "x", encode_value(3)),
+        push(watch_id, 4, "x", encode_value(4)),
+    ]
     rig.send(writer, [5, "set", "k", "x", ONE])
     assert watcher.written() == [push(watch_id, 5, "x", ONE)]  # the refused two never started
 
@@ -205,14 +264,18 @@ def test_a_readers_own_change_is_invalidated_after_its_reply() -> None:
     reader = rig.connect()
     rig.send(reader, [1, "track", True], [2, "set", "k", "x", ONE], [3, "get", "k", "x"])
     assert rig.send(reader, [4, "set", "k", "x", TWO], [5, "ping"]) == [
-        ok(4, 2), ok(5), invalidation("k", "x")]
+        ok(4, 2),
+        ok(5),
+        invalidation("k", "x"),
+    ]
 
 
 def test_tracking_off_tracks_no_more_but_invalidates_what_it_tracked() -> None:
     rig = Rig()
     writer, reader = rig.connect(), rig.connect()
     rig.send(writer, [1, "update", "k", {"x": ONE, "y": ONE}])
-    rig.send(reader, [1, "track", True], [2, "get", "k", "x"], [3, "track", False],
-             [4, "get", "k", "y"])
+    rig.send(
+        reader, [1, "track", True], [2, "get", "k", "x"], [3, "track", False], [4, "get", "k", "y"]
+    )
     rig.send(writer, [2, "set", "k", "y", TWO], [3, "set", "k", "x", TWO])
     assert reader.written() == [invalidation("k", "x")]

@@ -24,8 +24,12 @@ def test_a_watcher_that_never_reads_is_refused_and_dropped_past_the_bound() -> N
         assert revision <= 20, "never dropped"
         assert rig.send(writer, [revision, "set", "k", "x", big]) == [ok(revision, revision)]
     *pushes, refusal = watcher.written()
-    assert refusal == failed(0, "ConnectionLost", f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of "
-                             "events went unread; watch again from the last revision seen")
+    assert refusal == failed(
+        0,
+        "ConnectionLost",
+        f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of "
+        "events went unread; watch again from the last revision seen",
+    )
     assert pushes == [push(watch_id, r, "x", big) for r in range(1, revision)]
     sent = [len(data) for data in watcher.writes[:-1]]
     assert sum(sent[:-1]) <= MAX_PUSH_BACKLOG_BYTES < sum(sent)  # written while not past it
@@ -58,15 +62,21 @@ def test_a_lock_held_by_a_peer_dropped_past_the_bound_passes_on_when_it_is_lost(
         rig.send(writer, [revision, "set", "k", "x", big])
     assert ok(1) not in waiter.written()  # dropped is not gone: the lock is still held
     rig.dispatcher.connection_lost(stuck)  # what the trio shell does, once its task ends
-    assert waiter.written() == [*(push(waiter_id, r, "x", big) for r in range(1, revision + 1)),
-                                ok(1)]
+    assert waiter.written() == [
+        *(push(waiter_id, r, "x", big) for r in range(1, revision + 1)),
+        ok(1),
+    ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Dispatcher.respond_some writes a batch's pushes peer by peer; when a write drops a peer "
-    "and the shell reports it gone at once (AsyncioConnection.drop calls Connections.gone), "
-    "the lock it held is granted to the next waiter and written before that waiter's pushes "
-    "from the same batch, which arose first (trio's shell, which reports it later, does not)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Dispatcher.respond_some writes a batch's pushes peer by peer; when a write drops a peer "
+        "and the shell reports it gone at once (AsyncioConnection.drop calls Connections.gone), "
+        "the lock it held is granted to the next waiter and written before that waiter's pushes "
+        "from the same batch, which arose first (trio's shell, which reports it later, does not)"
+    ),
+)
 def test_a_lock_passed_on_by_a_drop_at_once_follows_the_pushes_that_arose_before() -> None:
     rig = Rig()
     writer, stuck, waiter = rig.connect(), rig.connect(reads=False), rig.connect()

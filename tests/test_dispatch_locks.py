@@ -15,8 +15,9 @@ def test_a_deferred_acquire_is_answered_between_the_pushes_it_arose_between() ->
     watch_id = rig.watch(waiter, "k")
     rig.send(holder, [1, "acquire", "k", "L", b"h", None])
     assert rig.send(waiter, [1, "acquire", "k", "L", b"w", None]) == []
-    assert rig.send(holder, [2, "set", "k", "x", ONE], [3, "release", "k", "L", b"h"],
-                    [4, "set", "k", "y", TWO]) == [ok(2, 1), ok(3, True), ok(4, 2)]
+    assert rig.send(
+        holder, [2, "set", "k", "x", ONE], [3, "release", "k", "L", b"h"], [4, "set", "k", "y", TWO]
+    ) == [ok(2, 1), ok(3, True), ok(4, 2)]
     assert len(waiter.writes) == 1
     assert waiter.written() == [push(watch_id, 1, "x", ONE), ok(1), push(watch_id, 2, "y", TWO)]
 
@@ -27,7 +28,10 @@ def test_a_withdrawn_wait_is_answered_after_the_batch_that_withdrew_it() -> None
     rig.send(holder, [1, "acquire", "k", "L", b"h", None])
     rig.send(waiter, [1, "acquire", "k", "L", b"w", 30])
     assert rig.send(waiter, [2, "release", "k", "L", b"w"], [3, "ping"]) == [
-        ok(2, True), ok(3), failed(1, "TimeoutError", "the wait for lock 'L' was withdrawn")]
+        ok(2, True),
+        ok(3),
+        failed(1, "TimeoutError", "the wait for lock 'L' was withdrawn"),
+    ]
     assert rig.clock.pending == 0  # its timeout was cancelled
     assert rig.send(holder, [2, "release", "k", "L", b"h"]) == [ok(2, True)]
     assert waiter.writes == []  # not handed to the withdrawn wait

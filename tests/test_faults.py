@@ -165,7 +165,8 @@ async def test_async_call_after_kill_raises_connection_lost_fast(fresh_manager: 
 
 @pytest.mark.anyio
 async def test_async_tasks_waiting_at_the_kill_all_get_connection_lost(
-        fresh_manager: Manager) -> None:
+    fresh_manager: Manager,
+) -> None:
     tasks = 5
     ns = fresh_manager.AsyncNamespace()
     ns.x = 1

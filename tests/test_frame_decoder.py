@@ -154,7 +154,8 @@ def test_frames_before_garbage_come_out_then_the_decoder_is_broken() -> None:
     """The frames completed before the bad bytes deserve their answers; nothing after them."""
     decoder = FrameDecoder(Limits().max_frame_bytes)
     assert decoder.feed(pack([1, "ping"]) + pack([2, "ping"]) + b"\xc1" + pack([3, "ping"])) == [
-        [1, "ping"], [2, "ping"],
+        [1, "ping"],
+        [2, "ping"],
     ]
     with pytest.raises(RemoteProtocolError, match="malformed frame"):
         decoder.feed(pack([4, "ping"]))

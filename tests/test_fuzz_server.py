@@ -56,10 +56,20 @@ NAMES = ["a", "b", "num", "lst", "s", "n" * 256]
 INTACT = {"text": "untouched", "numbers": [1, 2, 3], "pair": (1, "two"), "blob": b"\x00" * 100}
 
 #: Error types a server answers with on purpose (docs/PROTOCOL.md, "Errors").
-EXPECTED_ERRORS = frozenset({
-    "RemoteProtocolError", "AttributeError", "KeyError", "TypeError", "ValueError",
-    "OverflowError", "TimeoutError", "HistoryExpired", "AuthenticationError", "ConnectionLost",
-})
+EXPECTED_ERRORS = frozenset(
+    {
+        "RemoteProtocolError",
+        "AttributeError",
+        "KeyError",
+        "TypeError",
+        "ValueError",
+        "OverflowError",
+        "TimeoutError",
+        "HistoryExpired",
+        "AuthenticationError",
+        "ConnectionLost",
+    }
+)
 
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
@@ -67,8 +77,11 @@ pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 @pytest.fixture
 def fuzz_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "f.sock"), backend=server_backend,
-                      limits=Limits(max_frame_bytes=MAX_FRAME_BYTES)) as running:
+    with ServerThread(
+        os.path.join(short_tmp, "f.sock"),
+        backend=server_backend,
+        limits=Limits(max_frame_bytes=MAX_FRAME_BYTES),
+    ) as running:
         yield running
 
 
@@ -130,24 +143,32 @@ class Fuzzer:
             case 3:
                 return rng.choice([2**64, -(2**64) - 1, 3**200, -(7**90)])
             case 4:
-                return rng.choice([0.0, -0.0, 1.5, float("inf"), float("-inf"), float("nan"),
-                                   1e308, 5e-324])
+                return rng.choice(
+                    [0.0, -0.0, 1.5, float("inf"), float("-inf"), float("nan"), 1e308, 5e-324]
+                )
             case 5:
-                return "".join(rng.choice("az\u00e9\u2603\U0001f600\x00")
-                               for _ in range(rng.randrange(8)))
+                return "".join(
+                    rng.choice("az\u00e9\u2603\U0001f600\x00") for _ in range(rng.randrange(8))
+                )
             case 6:
                 return rng.randbytes(rng.randrange(64))
             case 7:
                 return complex(rng.random(), -rng.random())
             case 8:
-                return rng.choice([
-                    datetime.datetime(2024, 1, 2, 3, 4, 5, 6),
-                    datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc),
-                    datetime.date(9999, 12, 31), datetime.time(23, 59, 59, 999999),
-                    datetime.timedelta(days=-999_999_999), datetime.timedelta.max])
+                return rng.choice(
+                    [
+                        datetime.datetime(2024, 1, 2, 3, 4, 5, 6),
+                        datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc),
+                        datetime.date(9999, 12, 31),
+                        datetime.time(23, 59, 59, 999999),
+                        datetime.timedelta(days=-999_999_999),
+                        datetime.timedelta.max,
+                    ]
+                )
             case 9:
-                return decimal.Decimal(rng.choice(
-                    ["1.10", "-0", "NaN", "sNaN", "-Infinity", "1E+999999", "0E-1000"]))
+                return decimal.Decimal(
+                    rng.choice(["1.10", "-0", "NaN", "sNaN", "-Infinity", "1E+999999", "0E-1000"])
+                )
             case 10:
                 return uuid.UUID(int=rng.getrandbits(128))
             case 11:
@@ -166,8 +187,10 @@ class Fuzzer:
                 return frozenset(rng.randrange(-3, 3) for _ in range(rng.randrange(3)))  # ints:
                 # a set of str would pack in an order that changes with PYTHONHASHSEED
             case _:
-                return {rng.choice(["k", "l", 1, None, (1, 2)]): self.value(depth + 1)
-                        for _ in range(rng.randrange(3))}
+                return {
+                    rng.choice(["k", "l", 1, None, (1, 2)]): self.value(depth + 1)
+                    for _ in range(rng.randrange(3))
+                }
 
     def blob(self) -> bytes:
         """An encoded value: usually valid, sometimes something no encoder would make."""
@@ -201,11 +224,30 @@ class Fuzzer:
     def junk(self) -> Any:
         """Something of a random, likely wrong, type (maps keep str keys: see strict keys)."""
         rng = self.rng
-        return rng.choice([
-            None, True, -1, 0, 2**64 - 1, -(2**63), 1.5, float("nan"), "", "x" * 300,
-            b"", b"\x00" * 70, [], [1, "a"], {}, {"a": 1}, {"a": b"\xc1"},
-            msgpack.ExtType(5, b"xy"), msgpack.Timestamp(0, 5), rng.choice(NAMES),
-        ])
+        return rng.choice(
+            [
+                None,
+                True,
+                -1,
+                0,
+                2**64 - 1,
+                -(2**63),
+                1.5,
+                float("nan"),
+                "",
+                "x" * 300,
+                b"",
+                b"\x00" * 70,
+                [],
+                [1, "a"],
+                {},
+                {"a": 1},
+                {"a": b"\xc1"},
+                msgpack.ExtType(5, b"xy"),
+                msgpack.Timestamp(0, 5),
+                rng.choice(NAMES),
+            ]
+        )
 
     def arg(self, kind: str) -> Any:
         rng = self.rng
@@ -271,8 +313,14 @@ class Fuzzer:
         if roll < 0.9:  # a msgpack timestamp where a value goes (raw, not inside a bin)
             stamp = msgpack.Timestamp(rng.randrange(2**34), rng.randrange(10**9))
             return Frame(head + pack(stamp), request_id)
-        deep = rng.choice([nested_arrays(DEEP), nested_tuples(DEEP), nested_maps(DEEP),
-                           nested_arrays(DEEP, pack(msgpack.Timestamp(1, 2)))])
+        deep = rng.choice(
+            [
+                nested_arrays(DEEP),
+                nested_tuples(DEEP),
+                nested_maps(DEEP),
+                nested_arrays(DEEP, pack(msgpack.Timestamp(1, 2))),
+            ]
+        )
         return Frame(head + deep, request_id)  # 500 levels where a value goes
 
     def hard(self) -> Frame:
@@ -283,19 +331,56 @@ class Fuzzer:
         if roll < 0.4:
             return Frame(self.mutate(pack(self.request(self.new_id()))))
         if roll < 0.55:
-            bad_id = rng.choice([0, -1, -(2**63), 2**64 - 1, 2**63, 1.5, "1", None, True,
-                                 msgpack.Timestamp(1, 0), [1], b"\x01"])
+            bad_id = rng.choice(
+                [
+                    0,
+                    -1,
+                    -(2**63),
+                    2**64 - 1,
+                    2**63,
+                    1.5,
+                    "1",
+                    None,
+                    True,
+                    msgpack.Timestamp(1, 0),
+                    [1],
+                    b"\x01",
+                ]
+            )
             return Frame(pack([bad_id, *self.request(1)[1:]]))
         if roll < 0.65:
-            return Frame(rng.choice([nested_arrays(DEEP), nested_tuples(DEEP),
-                                     nested_maps(DEEP), nested_arrays(5000)]))
+            return Frame(
+                rng.choice(
+                    [
+                        nested_arrays(DEEP),
+                        nested_tuples(DEEP),
+                        nested_maps(DEEP),
+                        nested_arrays(5000),
+                    ]
+                )
+            )
         if roll < 0.8:
             return Frame(self.oversized())
         if roll < 0.9:
-            return Frame(pack(rng.choice([
-                {"protocol": PROTOCOL_NAME, "version": 1}, {}, {"proof": b"x" * 32},
-                "ping", 42, None, [], [1], {1: 2}, msgpack.ExtType(1, b""),
-                msgpack.Timestamp(0, 0)])))
+            return Frame(
+                pack(
+                    rng.choice(
+                        [
+                            {"protocol": PROTOCOL_NAME, "version": 1},
+                            {},
+                            {"proof": b"x" * 32},
+                            "ping",
+                            42,
+                            None,
+                            [],
+                            [1],
+                            {1: 2},
+                            msgpack.ExtType(1, b""),
+                            msgpack.Timestamp(0, 0),
+                        ]
+                    )
+                )
+            )
         return Frame(rng.randbytes(rng.randrange(1, 64)))
 
     def connection(self) -> tuple[bytes, list[Frame], bool]:
@@ -327,38 +412,44 @@ class Fuzzer:
             elif roll < 0.7:
                 out += rng.randbytes(rng.randrange(1, 16))
             elif roll < 0.85:
-                out[position:position] = rng.choice([b"\xc1", b"\xdd\xff\xff\xff\xff",
-                                                     b"\xc6\x7f\xff\xff\xff", b"\x9f", b"\xc0"])
+                out[position:position] = rng.choice(
+                    [b"\xc1", b"\xdd\xff\xff\xff\xff", b"\xc6\x7f\xff\xff\xff", b"\x9f", b"\xc0"]
+                )
             elif out:
-                out[position:position + 1] = bytes([rng.choice(
-                    [0x90, 0x80, 0xa0, 0xc4, 0xd4, 0xd8, 0xdc, 0xde, 0xff])])
+                out[position : position + 1] = bytes(
+                    [rng.choice([0x90, 0x80, 0xA0, 0xC4, 0xD4, 0xD8, 0xDC, 0xDE, 0xFF])]
+                )
         return bytes(out)
 
     def oversized(self) -> bytes:
         rng = self.rng
         request_id = self.new_id()
-        return rng.choice([
-            pack([request_id, "set", "fz", "big", encode_value(b"x" * MAX_FRAME_BYTES)]),
-            pack([request_id, "get", "fz", "n" * (MAX_FRAME_BYTES + 1)]),
-            pack([request_id, "append", "fz", "lst", [b"\xc0"] * (MAX_FRAME_BYTES + 1)]),
-            b"\xc6\xff\xff\xff\xff" + b"\x00" * 100,  # a 4 GiB bin that never comes
-            b"\xdd\x7f\xff\xff\xff" + b"\xc0" * (MAX_FRAME_BYTES + 10),  # an endless array
-        ])
+        return rng.choice(
+            [
+                pack([request_id, "set", "fz", "big", encode_value(b"x" * MAX_FRAME_BYTES)]),
+                pack([request_id, "get", "fz", "n" * (MAX_FRAME_BYTES + 1)]),
+                pack([request_id, "append", "fz", "lst", [b"\xc0"] * (MAX_FRAME_BYTES + 1)]),
+                b"\xc6\xff\xff\xff\xff" + b"\x00" * 100,  # a 4 GiB bin that never comes
+                b"\xdd\x7f\xff\xff\xff" + b"\xc0" * (MAX_FRAME_BYTES + 10),  # an endless array
+            ]
+        )
 
     def garbage_before_hello(self) -> bytes:
         rng = self.rng
-        return rng.choice([
-            pack({"protocol": PROTOCOL_NAME, "version": 2}),
-            pack({"protocol": PROTOCOL_NAME, "version": "1"}),
-            pack({"protocol": PROTOCOL_NAME}),
-            pack({"protocol": "other", "version": 1}),
-            pack({"protocol": PROTOCOL_NAME, "version": 1, "error": ["ValueError", "x"]}),
-            pack([1, "ping"]),
-            pack({1: 2}),
-            self.mutate(HELLO),
-            rng.randbytes(rng.randrange(1, 64)),
-            nested_arrays(3000),
-        ])
+        return rng.choice(
+            [
+                pack({"protocol": PROTOCOL_NAME, "version": 2}),
+                pack({"protocol": PROTOCOL_NAME, "version": "1"}),
+                pack({"protocol": PROTOCOL_NAME}),
+                pack({"protocol": "other", "version": 1}),
+                pack({"protocol": PROTOCOL_NAME, "version": 1, "error": ["ValueError", "x"]}),
+                pack([1, "ping"]),
+                pack({1: 2}),
+                self.mutate(HELLO),
+                rng.randbytes(rng.randrange(1, 64)),
+                nested_arrays(3000),
+            ]
+        )
 
 
 # ---------------------------------------------------------------------------- one connection
@@ -379,12 +470,14 @@ def exchange(address: str, data: bytes) -> bytes:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                pytest.fail(f"hang: the server neither answered nor closed within "
-                            f"{NO_HANG_SECONDS} s ({len(pending)} bytes unsent)")
+                pytest.fail(
+                    f"hang: the server neither answered nor closed within "
+                    f"{NO_HANG_SECONDS} s ({len(pending)} bytes unsent)"
+                )
             for _, events in selector.select(remaining):
                 if sending and events & selectors.EVENT_WRITE:
                     try:
-                        pending = pending[sock.send(pending[:65536]):]
+                        pending = pending[sock.send(pending[:65536]) :]
                     except BlockingIOError:
                         pass
                     except (BrokenPipeError, ConnectionResetError):
@@ -446,8 +539,7 @@ def check_answers(frames: list[Any]) -> bool:
 
 
 def unpack(data: bytes) -> list[Any]:
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0,
-                                timestamp=0)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0, timestamp=0)
     unpacker.feed(data)
     return list(unpacker)
 
@@ -467,7 +559,8 @@ def check_well_formed_connection(frames: list[Any], sent: list[Frame]) -> None:
 
 @pytest.mark.slow
 def test_random_and_mutated_frames_never_hurt_the_server(
-        fuzz_server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    fuzz_server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="aionamespace.server")
     address = fuzz_server.address
     assert isinstance(address, str)
@@ -500,7 +593,8 @@ def test_random_and_mutated_frames_never_hurt_the_server(
             except AssertionError as exc:
                 raise AssertionError(
                     f"connection {connections} (seed {SEED}) sent {data[:300]!r}... "
-                    f"and got {answers[:20]!r}...: {exc}") from exc
+                    f"and got {answers[:20]!r}...: {exc}"
+                ) from exc
 
         # The connection that stayed open through it all still works.
         bystander.sendall(pack([1, "get", "intact", "text"]))
@@ -544,8 +638,9 @@ def exchange_all(address: str, data: bytes) -> list[Any]:
     return unpack(bytes(received))
 
 
-def test_the_last_words_to_a_refused_client_arrive_whole(short_tmp: str,
-                                                         server_backend: str) -> None:
+def test_the_last_words_to_a_refused_client_arrive_whole(
+    short_tmp: str, server_backend: str
+) -> None:
     """Answers queued before a refusal, and the refusal, are delivered in full, even when
     they are still being sent as the server closes (the client reads them at once)."""
     with ServerThread(os.path.join(short_tmp, "t.sock"), backend=server_backend) as running:
@@ -557,7 +652,8 @@ def test_the_last_words_to_a_refused_client_arrive_whole(short_tmp: str,
         for attempt in range(ATTEMPTS):
             frames = exchange_all(address, HELLO + gets + b"\xc1")
             assert [f[:2] for f in frames[1:-1]] == [[i, 0] for i in range(1, 17)], (
-                f"attempt {attempt}: got {len(frames)} frames, the connection was cut short")
+                f"attempt {attempt}: got {len(frames)} frames, the connection was cut short"
+            )
             assert frames[-1][:3] == [0, 1, "RemoteProtocolError"]
 
 
@@ -567,13 +663,18 @@ def test_a_lock_timeout_never_follows_the_refusal(short_tmp: str, server_backend
     with ServerThread(os.path.join(short_tmp, "l.sock"), backend=server_backend) as running:
         address = running.address
         assert isinstance(address, str)
-        batch = (HELLO + pack([1, "acquire", "w", "L", b"t1", None])
-                 + pack([2, "acquire", "w", "L", b"t2", 0]) + b"\xc1")
+        batch = (
+            HELLO
+            + pack([1, "acquire", "w", "L", b"t1", None])
+            + pack([2, "acquire", "w", "L", b"t2", 0])
+            + b"\xc1"
+        )
         for attempt in range(ATTEMPTS):
             frames = exchange_all(address, batch)
             assert frames[1] == [1, 0, None]
             assert frames[-1][:3] == [0, 1, "RemoteProtocolError"], (
-                f"attempt {attempt}: {frames[-2:]!r}: a frame after the refusal")
+                f"attempt {attempt}: {frames[-2:]!r}: a frame after the refusal"
+            )
 
 
 def test_a_watch_event_never_follows_the_refusal(short_tmp: str) -> None:
@@ -608,12 +709,15 @@ def test_a_watch_event_never_follows_the_refusal(short_tmp: str) -> None:
 
 
 def test_cas_on_a_signalling_nan_is_an_error_reply_not_an_internal_error(
-        short_tmp: str, server_backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    short_tmp: str, server_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Comparing a Decimal sNaN raises decimal.InvalidOperation, which no client should be
     able to turn into an internal error (and a logged traceback) on the server."""
     caplog.set_level(logging.ERROR, logger="aionamespace.server")
-    with ServerThread(os.path.join(short_tmp, "d.sock"), backend=server_backend) as running, \
-            Namespace(running.address, "d") as ns:
+    with (
+        ServerThread(os.path.join(short_tmp, "d.sock"), backend=server_backend) as running,
+        Namespace(running.address, "d") as ns,
+    ):
         ns.n = decimal.Decimal("sNaN")
         try:
             swapped = ns._cas("n", decimal.Decimal(1), 2)
@@ -638,14 +742,18 @@ KILLED_CLIENT = textwrap.dedent("""
 """)
 
 
-def test_a_client_killed_mid_frame_leaves_the_server_serving(short_tmp: str,
-                                                             server_backend: str) -> None:
+def test_a_client_killed_mid_frame_leaves_the_server_serving(
+    short_tmp: str, server_backend: str
+) -> None:
     path = os.path.join(short_tmp, "k.sock")
     with ServerThread(path, backend=server_backend, limits=Limits(max_connections=2)) as running:
         with Namespace(path, "victim") as ns:
             ns.before = 1
-        child = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, path],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED_CLIENT, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         assert child.stdin is not None
         assert child.stdout is not None
         try:

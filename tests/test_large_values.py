@@ -52,8 +52,12 @@ def wire(answer: bytes | tuple[bytes, bytes]) -> bytes:
 
 def plain(events: list[Any]) -> list[Any]:
     """Events with results as bytes (the fast path hands over a bytearray)."""
-    return [Reply(e.id, bytes(e.result), e.error)
-            if type(e) is Reply and isinstance(e.result, bytearray) else e for e in events]
+    return [
+        Reply(e.id, bytes(e.result), e.error)
+        if type(e) is Reply and isinstance(e.result, bytearray)
+        else e
+        for e in events
+    ]
 
 
 # ------------------------------------------------------------------------------ the server's end
@@ -96,15 +100,18 @@ def test_a_large_reply_header_is_recognised_for_every_id_width(request_id: int) 
     assert len(value.buffer) == LARGE_VALUE_BYTES
 
 
-@pytest.mark.parametrize("frame", [
-    msgpack.packb([1, 0, b"v" * (LARGE_VALUE_BYTES - 1)]),  # bin 16: the decoder's
-    msgpack.packb([1, 1, "KeyError", "x" * LARGE_VALUE_BYTES]),  # an error
-    msgpack.packb([0, 2, 1, 1, "n", b"v" * LARGE_VALUE_BYTES]),  # a watch event
-    msgpack.packb([1, 0, "s" * LARGE_VALUE_BYTES]),  # not a bin
-    msgpack.packb([1, 0, [b"v" * LARGE_VALUE_BYTES]]),  # not a bin
-    msgpack.packb([-1, 0, b"v" * LARGE_VALUE_BYTES]),  # not an id
-    msgpack.packb([1, 0, b"v" * LARGE_VALUE_BYTES])[:7],  # header not whole yet
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        msgpack.packb([1, 0, b"v" * (LARGE_VALUE_BYTES - 1)]),  # bin 16: the decoder's
+        msgpack.packb([1, 1, "KeyError", "x" * LARGE_VALUE_BYTES]),  # an error
+        msgpack.packb([0, 2, 1, 1, "n", b"v" * LARGE_VALUE_BYTES]),  # a watch event
+        msgpack.packb([1, 0, "s" * LARGE_VALUE_BYTES]),  # not a bin
+        msgpack.packb([1, 0, [b"v" * LARGE_VALUE_BYTES]]),  # not a bin
+        msgpack.packb([-1, 0, b"v" * LARGE_VALUE_BYTES]),  # not an id
+        msgpack.packb([1, 0, b"v" * LARGE_VALUE_BYTES])[:7],  # header not whole yet
+    ],
+)
 def test_anything_else_is_left_to_the_frame_decoder(frame: bytes) -> None:
     assert large_reply(memoryview(frame), 64 * 1024 * 1024) is None
 
@@ -123,8 +130,8 @@ def test_the_socket_can_fill_a_large_value_in_place() -> None:
     assert client.receive_data(frame[:1000]) == []
     received = 1000 - (len(frame) - len(value))
     while (target := client.large_value()) is not None:
-        piece = value[received:received + min(len(target), 65_536)]
-        target[:len(piece)] = piece  # what recv_into does
+        piece = value[received : received + min(len(target), 65_536)]
+        target[: len(piece)] = piece  # what recv_into does
         received += len(piece)
         events = client.large_received(len(piece))
         assert (events == []) == (received < len(value))
@@ -145,8 +152,7 @@ STREAM: list[list[Any]] = [
 
 
 @given(cuts=st.lists(st.integers(min_value=0, max_value=600_000), max_size=12))
-def test_the_fast_path_yields_what_the_decoder_would_however_bytes_are_cut(
-        cuts: list[int]) -> None:
+def test_the_fast_path_yields_what_the_decoder_would_however_bytes_are_cut(cuts: list[int]) -> None:
     data = b"".join(msgpack.packb(frame) for frame in STREAM)
     reference: list[Any] = []
     for frame in STREAM:
@@ -174,8 +180,13 @@ def any_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
         yield running
 
 
-SIZES = [LARGE_VALUE_BYTES - 6, LARGE_VALUE_BYTES - 5, LARGE_VALUE_BYTES, 1024 * 1024 + 3,
-         5 * 1024 * 1024]
+SIZES = [
+    LARGE_VALUE_BYTES - 6,
+    LARGE_VALUE_BYTES - 5,
+    LARGE_VALUE_BYTES,
+    1024 * 1024 + 3,
+    5 * 1024 * 1024,
+]
 
 
 def test_the_server_writes_a_large_reply_as_one_msgpack_frame(any_server: ServerThread) -> None:
@@ -187,9 +198,12 @@ def test_the_server_writes_a_large_reply_as_one_msgpack_frame(any_server: Server
     sock.connect(any_server.address)
     sock.settimeout(10)
     with sock:
-        sock.sendall(msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
-                     + msgpack.packb([1, "ping"]) + msgpack.packb([2, "get", "raw", "blob"])
-                     + msgpack.packb([3, "ping"]))
+        sock.sendall(
+            msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
+            + msgpack.packb([1, "ping"])
+            + msgpack.packb([2, "get", "raw", "blob"])
+            + msgpack.packb([3, "ping"])
+        )
         unpacker = msgpack.Unpacker(raw=False)
         frames: list[Any] = []
         received = b""
@@ -200,8 +214,9 @@ def test_the_server_writes_a_large_reply_as_one_msgpack_frame(any_server: Server
             unpacker.feed(chunk)
             frames.extend(unpacker)
     hello = msgpack.packb(frames[0])
-    assert received == (hello + msgpack.packb([1, 0, None]) + expected
-                        + msgpack.packb([3, 0, None]))
+    assert received == (
+        hello + msgpack.packb([1, 0, None]) + expected + msgpack.packb([3, 0, None])
+    )
 
 
 @pytest.mark.parametrize("size", SIZES)

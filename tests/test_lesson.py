@@ -28,7 +28,8 @@ MISSING_MESSAGE = "'Namespace' object has no attribute 'missing'"
 
 # Python 3.12+ warns when forking a multi-threaded process; our fork tests fork on purpose.
 allow_fork = pytest.mark.filterwarnings(
-    "ignore:This process .* is multi-threaded:DeprecationWarning")
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
 
 
 # ---------------------------------------------------------------------- the lesson's children
@@ -88,9 +89,9 @@ def spawn_reports() -> Iterator[Reports]:
 # ---------------------------------------------------------------------- the three programs
 
 
-def test_spawned_processes_share_attributes(make_namespace: NamespaceFactory,
-                                            spawn_reports: Reports,
-                                            capfd: pytest.CaptureFixture[str]) -> None:
+def test_spawned_processes_share_attributes(
+    make_namespace: NamespaceFactory, spawn_reports: Reports, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Program 1: two spawned children read and overwrite ``item`` in turn."""
     spawn = multiprocessing.get_context("spawn")
     shared_vars = make_namespace()
@@ -106,14 +107,19 @@ def test_spawned_processes_share_attributes(make_namespace: NamespaceFactory,
     assert capfd.readouterr().out.splitlines() == ["empty", "educative"]
 
 
-def test_underscore_attribute_is_not_seen_by_a_spawned_child(make_namespace: NamespaceFactory,
-                                                             spawn_reports: Reports) -> None:
+def test_underscore_attribute_is_not_seen_by_a_spawned_child(
+    make_namespace: NamespaceFactory, spawn_reports: Reports
+) -> None:
     """Program 2: ``_item`` lives on the parent's proxy; a spawned child's proxy lacks it."""
     shared_vars = make_namespace()
     shared_vars._item = "empty"
 
-    assert run_child(multiprocessing.get_context("spawn"), read_underscore, shared_vars,
-              spawn_reports.queue) == 0
+    assert (
+        run_child(
+            multiprocessing.get_context("spawn"), read_underscore, shared_vars, spawn_reports.queue
+        )
+        == 0
+    )
 
     kind, message = spawn_reports.get()
     assert kind == "AttributeError"
@@ -193,12 +199,19 @@ def test_underscore_names_stay_on_the_proxy(make_namespace: NamespaceFactory) ->
         del ns._note
 
 
-def test_str_matches_the_stdlib_for_the_same_attributes(manager: Manager,
-                                                         stdlib_manager: SyncManager) -> None:
+def test_str_matches_the_stdlib_for_the_same_attributes(
+    manager: Manager, stdlib_manager: SyncManager
+) -> None:
     ours, theirs = manager.Namespace(), stdlib_manager.Namespace()
     attributes: dict[str, Any] = {
-        "b": "x", "a": 1, "a_b": (1, "2"), "A": None, "ab": [1.5, -0.0], "Z9": {"k": b"v"},
-        "flag": True, "big": 2**80,
+        "b": "x",
+        "a": 1,
+        "a_b": (1, "2"),
+        "A": None,
+        "ab": [1.5, -0.0],
+        "Z9": {"k": b"v"},
+        "flag": True,
+        "big": 2**80,
     }
     for name, value in attributes.items():
         setattr(ours, name, value)
@@ -209,22 +222,32 @@ def test_str_matches_the_stdlib_for_the_same_attributes(manager: Manager,
 
 
 names = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,6}", fullmatch=True)
-scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-           | st.text(max_size=8) | st.binary(max_size=8))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+)
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.lists(inner, max_size=3).map(tuple)
-    | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(attributes=st.dictionaries(names, values, max_size=6))
-def test_str_matches_the_stdlib_for_any_attributes(manager: Manager,
-                                                   stdlib_manager: SyncManager,
-                                                   attributes: dict[str, Any]) -> None:
+def test_str_matches_the_stdlib_for_any_attributes(
+    manager: Manager, stdlib_manager: SyncManager, attributes: dict[str, Any]
+) -> None:
     ours, theirs = manager.Namespace(**attributes), stdlib_manager.Namespace(**attributes)
     assert str(ours) == str(theirs)
     assert {name: getattr(ours, name) for name in attributes} == attributes

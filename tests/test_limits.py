@@ -57,30 +57,43 @@ pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, short_tmp: str, server_backend: str,
-           ) -> Iterator[ServerThread]:
+def server(
+    request: pytest.FixtureRequest,
+    short_tmp: str,
+    server_backend: str,
+) -> Iterator[ServerThread]:
     """A server on this test's backend, with the options the test passes indirectly."""
     options: dict[str, Any] = dict(getattr(request, "param", {}))
-    address: Address = (("127.0.0.1", 0) if options.pop("transport", "unix") == "tcp"
-                        else os.path.join(short_tmp, "s.sock"))
+    address: Address = (
+        ("127.0.0.1", 0)
+        if options.pop("transport", "unix") == "tcp"
+        else os.path.join(short_tmp, "s.sock")
+    )
     with ServerThread(address, backend=server_backend, **options) as running:
         yield running
 
 
-def with_server(transports: tuple[str, ...] = ("unix",), **options: Any,
-                ) -> pytest.MarkDecorator:
+def with_server(
+    transports: tuple[str, ...] = ("unix",),
+    **options: Any,
+) -> pytest.MarkDecorator:
     """Run the test against a ``server`` started with ``options``, on each transport."""
     words = []
     for name, value in options.items():
         if isinstance(value, Limits):  # only the fields the test changes
-            words += [f"{field.name}={getattr(value, field.name)}"
-                      for field in dataclasses.fields(value)
-                      if getattr(value, field.name) != field.default]
+            words += [
+                f"{field.name}={getattr(value, field.name)}"
+                for field in dataclasses.fields(value)
+                if getattr(value, field.name) != field.default
+            ]
         else:
             words.append(name)
     return pytest.mark.parametrize(
-        "server", [{"transport": transport, **options} for transport in transports],
-        indirect=True, ids=[",".join([transport, *words]) for transport in transports])
+        "server",
+        [{"transport": transport, **options} for transport in transports],
+        indirect=True,
+        ids=[",".join([transport, *words]) for transport in transports],
+    )
 
 
 # ---------------------------------------------------------------------------- raw clients
@@ -163,6 +176,7 @@ def poll(attempt: Callable[[], Any], what: str, seconds: float = NO_HANG_SECONDS
 
 # ---------------------------------------------------------------------------- max_connections
 
+
 def wait_until_the_server_closes(sock: socket.socket) -> None:
     """Block until the peer has closed (POLLRDHUP), leaving unread data where it is."""
     poller = select.poll()
@@ -208,7 +222,8 @@ def hello_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.anyio
 @with_server(limits=Limits(max_connections=3), transports=("unix", "tcp"))
 async def test_the_connection_past_the_limit_is_refused_until_one_closes(
-        server: ServerThread) -> None:
+    server: ServerThread,
+) -> None:
     admitted = [AsyncNamespace(server.address, "shared", retry=NO_RETRY) for _ in range(3)]
     late = AsyncNamespace(server.address, "shared", retry=NO_RETRY)
     try:
@@ -248,7 +263,8 @@ async def test_the_connection_past_the_limit_is_refused_until_one_closes(
 @pytest.mark.anyio
 @with_server(limits=Limits(max_connections=1), transports=("unix", "tcp"))
 async def test_the_async_client_past_the_limit_is_told_the_limit(
-        server: ServerThread, hello_after_the_refusal: None) -> None:
+    server: ServerThread, hello_after_the_refusal: None
+) -> None:
     holder, _ = greeted(server.address)
     with holder, anyio.fail_after(NO_HANG_SECONDS):
         late = AsyncNamespace(server.address, "n", retry=NO_RETRY)
@@ -259,10 +275,14 @@ async def test_the_async_client_past_the_limit_is_told_the_limit(
 
 @with_server(limits=Limits(max_connections=1), transports=("unix", "tcp"))
 def test_the_sync_client_past_the_limit_is_told_the_limit(
-        server: ServerThread, hello_after_the_refusal: None) -> None:
+    server: ServerThread, hello_after_the_refusal: None
+) -> None:
     holder, _ = greeted(server.address)
-    with holder, Namespace(server.address, "n", retry=NO_RETRY) as late, \
-            pytest.raises(ConnectionLost, match="at its limit of 1 connections"):
+    with (
+        holder,
+        Namespace(server.address, "n", retry=NO_RETRY) as late,
+        pytest.raises(ConnectionLost, match="at its limit of 1 connections"),
+    ):
         late._ping()
 
 
@@ -285,8 +305,7 @@ def test_a_sync_client_is_admitted_once_a_slot_frees_up(server: ServerThread) ->
 
 
 @with_server(limits=Limits(max_connections=1), transports=("unix", "tcp"))
-def test_the_refusal_frame_stays_readable_after_the_server_closes(
-        server: ServerThread) -> None:
+def test_the_refusal_frame_stays_readable_after_the_server_closes(server: ServerThread) -> None:
     """What the server does, seen from a raw socket: the refusal frame at once, then close.
     A client that speaks after the close (its send may fail) can still read why."""
     holder, _ = greeted(server.address)
@@ -294,8 +313,12 @@ def test_the_refusal_frame_stays_readable_after_the_server_closes(
         wait_until_the_server_closes(refused)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             refused.sendall(HELLO)  # EPIPE on a Unix socket
-        assert FrameReader(refused).rest() == [{"protocol": PROTOCOL_NAME, "error": [
-            "ConnectionLost", "the server is at its limit of 1 connections"]}]
+        assert FrameReader(refused).rest() == [
+            {
+                "protocol": PROTOCOL_NAME,
+                "error": ["ConnectionLost", "the server is at its limit of 1 connections"],
+            }
+        ]
 
 
 # ---------------------------------------------------------------------------- handshake_timeout
@@ -318,8 +341,12 @@ def test_a_client_that_never_says_hello_is_dropped(server: ServerThread, opening
             ns.x = 1
             assert ns.x == 1
         frames, elapsed = read_until_closed(silent, connected_at)
-        assert frames == [{"protocol": PROTOCOL_NAME, "error": [
-            "RemoteProtocolError", "no hello and authentication within 0.3 seconds"]}]
+        assert frames == [
+            {
+                "protocol": PROTOCOL_NAME,
+                "error": ["RemoteProtocolError", "no hello and authentication within 0.3 seconds"],
+            }
+        ]
         assert 0.29 <= elapsed < 1.5
         # Its deadline passed long before the silent one's: a greeted client is never dropped.
         assert request(early, early_reader, [1, "ping"]) == [1, 0, None]
@@ -331,16 +358,18 @@ def test_a_client_that_never_says_hello_is_dropped(server: ServerThread, opening
 def test_a_client_that_says_hello_but_never_authenticates_is_dropped(server: ServerThread) -> None:
     start = time.monotonic()
     with raw_connect(server.address) as sock:
-        sock.sendall(msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1,
-                                    "challenge": new_challenge()}))
+        sock.sendall(
+            msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1, "challenge": new_challenge()})
+        )
         reader = FrameReader(sock)
         hello = reader.next()
         assert hello["protocol"] == PROTOCOL_NAME
         assert "proof" in hello  # which it never answers
         frames = reader.rest()
         elapsed = time.monotonic() - start
-    assert frames == [[0, 1, "RemoteProtocolError",
-                       "no hello and authentication within 0.3 seconds"]]
+    assert frames == [
+        [0, 1, "RemoteProtocolError", "no hello and authentication within 0.3 seconds"]
+    ]
     assert 0.29 <= elapsed < 1.5
     with Namespace(server.address, "n", authkey=KEY) as ns:
         ns.x = 1
@@ -370,11 +399,11 @@ def test_an_oversized_frame_ends_only_its_own_connection(server: ServerThread) -
     bystander, bystander_reader = greeted(server.address)
     with bystander:
         with raw_connect(server.address) as sock:
-            sock.sendall(HELLO + msgpack.packb([1, "set", "k", "big",
-                                                encode_value(b"x" * 5000)]))
+            sock.sendall(HELLO + msgpack.packb([1, "set", "k", "big", encode_value(b"x" * 5000)]))
             frames = FrameReader(sock).rest()
-        assert frames[1:] == [[0, 1, "RemoteProtocolError",
-                               "frame larger than max_frame_bytes (4096)"]]
+        assert frames[1:] == [
+            [0, 1, "RemoteProtocolError", "frame larger than max_frame_bytes (4096)"]
+        ]
         with Namespace(server.address, "k") as ns:  # knows the limit from the server's hello
             with pytest.raises(ValueError, match=r"over the server's max_frame_bytes \(4096\)"):
                 ns.big = b"x" * 5000  # never sent
@@ -387,7 +416,10 @@ def test_an_oversized_frame_ends_only_its_own_connection(server: ServerThread) -
                 knowing.big = b"x" * 5000
             assert knowing.small == 1
         assert request(bystander, bystander_reader, [1, "get", "k", "small"]) == [
-            1, 0, encode_value(1)]
+            1,
+            0,
+            encode_value(1),
+        ]
 
 
 @pytest.mark.anyio
@@ -452,7 +484,8 @@ async def test_bad_names_raise_value_error_at_the_async_call_site(server: Server
 
 
 def test_bad_names_sent_raw_get_error_replies_and_the_connection_goes_on(
-        server: ServerThread) -> None:
+    server: ServerThread,
+) -> None:
     one = encode_value(1)
     cases = [
         ([1, "set", "k", "", one], "set: names must not be empty"),
@@ -485,7 +518,8 @@ def test_a_name_the_server_finds_too_long_is_an_error_reply(server: ServerThread
 
 @pytest.mark.anyio
 async def test_the_write_past_max_queued_writes_raises_and_nothing_is_lost(
-        server: ServerThread) -> None:
+    server: ServerThread,
+) -> None:
     ns = AsyncNamespace(server.address, "q", limits=Limits(max_queued_writes=100))
     with anyio.fail_after(NO_HANG_SECONDS):
         for i in range(100):
@@ -521,7 +555,8 @@ RSS_GROWTH_LIMIT = 64 * MIB
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_a_client_that_never_reads_costs_the_server_bounded_memory(
-        short_tmp: str, server_backend: str) -> None:
+    short_tmp: str, server_backend: str
+) -> None:
     path = os.path.join(short_tmp, "ns.sock")
     server = ServeProcess(path, server_backend)
     try:
@@ -529,8 +564,9 @@ def test_a_client_that_never_reads_costs_the_server_bounded_memory(
             ns.value = os.urandom(MIB)
             assert len(ns.value) == MIB  # one answer of it went out already
         before = server.memory()
-        blast = b"".join(msgpack.packb([i, "get", "big", "value"])
-                         for i in range(1, BLAST_REQUESTS + 1))
+        blast = b"".join(
+            msgpack.packb([i, "get", "big", "value"]) for i in range(1, BLAST_REQUESTS + 1)
+        )
         greedy, _ = greeted(path)
         with greedy:
             greedy.settimeout(1.0)
@@ -546,13 +582,16 @@ def test_a_client_that_never_reads_costs_the_server_bounded_memory(
                 time.sleep(0.02)  # sampling interval of a bounded loop
             after = server.memory()
         growth = {"VmRSS": peak_rss - before["VmRSS"], "VmHWM": after["VmHWM"] - before["VmHWM"]}
-        report = (f"{BLAST_REQUESTS} unread gets of a 1 MiB value grew the {server_backend} "
-                  f"server by {growth['VmRSS'] / MIB:.0f} MiB RSS "
-                  f"(peak {growth['VmHWM'] / MIB:.0f} MiB)")
+        report = (
+            f"{BLAST_REQUESTS} unread gets of a 1 MiB value grew the {server_backend} "
+            f"server by {growth['VmRSS'] / MIB:.0f} MiB RSS "
+            f"(peak {growth['VmHWM'] / MIB:.0f} MiB)"
+        )
         assert growth["VmRSS"] < RSS_GROWTH_LIMIT, report
         assert growth["VmHWM"] < RSS_GROWTH_LIMIT, report
         assert answer_delay is not None, (
-            f"another client got no answer within {NO_HANG_SECONDS} s of the blast")
+            f"another client got no answer within {NO_HANG_SECONDS} s of the blast"
+        )
         with Namespace(path, "big") as ns:  # and it still serves
             assert len(ns.value) == MIB
     finally:
@@ -585,8 +624,7 @@ def test_a_sync_proxy_keeps_to_the_limit_the_server_announced(server: ServerThre
 
 @pytest.mark.anyio
 @with_server(limits=Limits(max_frame_bytes=4096), transports=("unix",))
-async def test_an_async_proxy_keeps_to_the_limit_the_server_announced(
-        server: ServerThread) -> None:
+async def test_an_async_proxy_keeps_to_the_limit_the_server_announced(server: ServerThread) -> None:
     async with AsyncNamespace(server.address, "announced") as ns:
         await ns._ping()  # greeted: the limit is known
         with pytest.raises(ValueError, match=r"over the server's max_frame_bytes \(4096\)"):

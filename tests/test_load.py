@@ -76,9 +76,25 @@ def test_load_loses_nothing(server_backend: str) -> None:
         ns = manager.Namespace(name, shared=INITIAL, counter=0)
         assert manager.authkey is not None
         reports = spawn.Queue()
-        processes = [spawn.Process(target=run_process, args=(
-            manager.address, manager.authkey, name, backend, first, threads, tasks, CLIENTS,
-            SECONDS, START_SECONDS, reports)) for backend, first, threads, tasks in plans]
+        processes = [
+            spawn.Process(
+                target=run_process,
+                args=(
+                    manager.address,
+                    manager.authkey,
+                    name,
+                    backend,
+                    first,
+                    threads,
+                    tasks,
+                    CLIENTS,
+                    SECONDS,
+                    START_SECONDS,
+                    reports,
+                ),
+            )
+            for backend, first, threads, tasks in plans
+        ]
         try:
             for process in processes:
                 process.start()
@@ -105,9 +121,12 @@ def test_load_loses_nothing(server_backend: str) -> None:
     bad = [value for t in tallies for value in t["bad_values"]]
     assert not bad, f"gets returned values nobody set: {bad[:5]}"
     sets = {t["client"]: t["sets"] for t in tallies}
-    phantom = [(reader["client"], writer, sequence) for reader in tallies
-               for writer, sequence in reader["seen"].items()
-               if sequence >= sets.get(writer, 0)]
+    phantom = [
+        (reader["client"], writer, sequence)
+        for reader in tallies
+        for writer, sequence in reader["seen"].items()
+        if sequence >= sets.get(writer, 0)
+    ]
     assert not phantom, f"gets returned values their writer never set: {phantom[:5]}"
     last = final["shared"]
     assert last == INITIAL or last[1] < sets[last[0]]

@@ -29,6 +29,7 @@ class Answers:
             if error is not None:
                 assert type(error) is TimeoutError
             self.log.append((waiter, None if error is None else str(error)))
+
         return answer
 
 
@@ -58,8 +59,10 @@ def test_a_free_lock_is_taken_at_once(table: LockTable, answers: Answers) -> Non
 def test_waiters_are_served_first_in_first_out(table: LockTable, answers: Answers) -> None:
     assert table.acquire("k", "L", (A, b"a"), None, answers.grant("a")) is True
     for connection, token in [(B, b"b"), (C, b"c"), (A, b"a2")]:
-        assert table.acquire("k", "L", (connection, token), None,
-                             answers.grant(token.decode())) is False
+        assert (
+            table.acquire("k", "L", (connection, token), None, answers.grant(token.decode()))
+            is False
+        )
     assert answers.log == []
     assert table.release("k", "L", (A, b"a")) is True
     assert answers.log == [("b", None)]
@@ -105,8 +108,9 @@ def test_only_the_holder_or_a_waiter_releases(table: LockTable, answers: Answers
     assert answers.log == [("b", None)]
 
 
-def test_a_withdrawn_wait_is_answered_and_leaves_the_line(table: LockTable, answers: Answers,
-                                                          clock: ManualClock) -> None:
+def test_a_withdrawn_wait_is_answered_and_leaves_the_line(
+    table: LockTable, answers: Answers, clock: ManualClock
+) -> None:
     table.acquire("k", "L", (A, b"a"), None, answers.grant("a"))
     table.acquire("k", "L", (B, b"b"), 10, answers.grant("b"))
     table.acquire("k", "L", (C, b"c"), None, answers.grant("c"))
@@ -118,8 +122,9 @@ def test_a_withdrawn_wait_is_answered_and_leaves_the_line(table: LockTable, answ
     assert answers.log[1:] == [("c", None)]
 
 
-def test_a_wait_times_out_when_the_clock_passes_its_timeout(table: LockTable, answers: Answers,
-                                                            clock: ManualClock) -> None:
+def test_a_wait_times_out_when_the_clock_passes_its_timeout(
+    table: LockTable, answers: Answers, clock: ManualClock
+) -> None:
     table.acquire("k", "L", (A, b"a"), None, answers.grant("a"))
     assert table.acquire("k", "L", (B, b"b"), 2.5, answers.grant("b")) is False
     assert table.acquire("k", "L", (C, b"c"), None, answers.grant("c")) is False
@@ -134,7 +139,8 @@ def test_a_wait_times_out_when_the_clock_passes_its_timeout(table: LockTable, an
 
 
 def test_a_timeout_of_zero_expires_at_the_next_turn_of_the_clock(
-        table: LockTable, answers: Answers, clock: ManualClock) -> None:
+    table: LockTable, answers: Answers, clock: ManualClock
+) -> None:
     table.acquire("k", "L", (A, b"a"), None, answers.grant("a"))
     assert table.acquire("k", "L", (B, b"b"), 0, answers.grant("b")) is False
     assert answers.log == []  # not inside acquire: its caller answers the batch first
@@ -142,8 +148,9 @@ def test_a_timeout_of_zero_expires_at_the_next_turn_of_the_clock(
     assert answers.log == [("b", "lock 'L' not acquired within 0 seconds")]
 
 
-def test_a_wait_granted_in_time_never_times_out(table: LockTable, answers: Answers,
-                                               clock: ManualClock) -> None:
+def test_a_wait_granted_in_time_never_times_out(
+    table: LockTable, answers: Answers, clock: ManualClock
+) -> None:
     table.acquire("k", "L", (A, b"a"), None, answers.grant("a"))
     table.acquire("k", "L", (B, b"b"), 5, answers.grant("b"))
     clock.advance(4)
@@ -154,7 +161,8 @@ def test_a_wait_granted_in_time_never_times_out(table: LockTable, answers: Answe
 
 
 def test_a_lost_connection_passes_every_lock_it_held_to_the_next_waiter(
-        table: LockTable, answers: Answers) -> None:
+    table: LockTable, answers: Answers
+) -> None:
     table.acquire("k", "L", (A, b"a"), None, answers.grant("a"))
     table.acquire("k", "M", (A, b"a"), None, answers.grant("a"))
     table.acquire("k", "L", (B, b"b"), None, answers.grant("b on L"))
@@ -166,8 +174,9 @@ def test_a_lost_connection_passes_every_lock_it_held_to_the_next_waiter(
     assert answers.log[-1] == ("c on L", None)
 
 
-def test_a_lost_connections_waits_are_dropped_unanswered(table: LockTable, answers: Answers,
-                                                        clock: ManualClock) -> None:
+def test_a_lost_connections_waits_are_dropped_unanswered(
+    table: LockTable, answers: Answers, clock: ManualClock
+) -> None:
     table.acquire("k", "L", (A, b"a"), None, answers.grant("a"))
     table.acquire("k", "L", (B, b"b1"), 5, answers.grant("b1"))
     table.acquire("k", "L", (C, b"c"), None, answers.grant("c"))
@@ -182,7 +191,8 @@ def test_a_lost_connections_waits_are_dropped_unanswered(table: LockTable, answe
 
 
 def test_a_lost_holder_waiting_on_its_own_lock_passes_it_to_another_connection(
-        table: LockTable, answers: Answers) -> None:
+    table: LockTable, answers: Answers
+) -> None:
     table.acquire("k", "L", (A, b"first"), None, answers.grant("first"))
     table.acquire("k", "L", (A, b"second"), None, answers.grant("second"))
     table.acquire("k", "L", (B, b"b"), None, answers.grant("b"))
@@ -190,8 +200,9 @@ def test_a_lost_holder_waiting_on_its_own_lock_passes_it_to_another_connection(
     assert answers.log == [("b", None)]  # not A's own second token
 
 
-def test_a_lost_connection_that_held_nothing_changes_nothing(table: LockTable,
-                                                             answers: Answers) -> None:
+def test_a_lost_connection_that_held_nothing_changes_nothing(
+    table: LockTable, answers: Answers
+) -> None:
     table.acquire("k", "L", (A, b"a"), None, answers.grant("a"))
     table.acquire("k", "L", (B, b"b"), None, answers.grant("b"))
     table.drop_connection(C)

@@ -108,8 +108,9 @@ def test_a_watch_sees_writes_of_another_thread() -> None:
 async def test_an_async_watch_sees_a_sync_write_from_another_thread(anyio_backend: str) -> None:
     board = LoopbackServer()
     async with AsyncNamespace(board, "w")._watch("x") as watch:
-        writer = threading.Thread(target=lambda: setattr(Namespace(board, "w"), "x", "from a "
-                                                                                     "thread"))
+        writer = threading.Thread(
+            target=lambda: setattr(Namespace(board, "w"), "x", "from a thread")
+        )
         writer.start()
         with anyio.fail_after(10):
             event = await watch.__anext__()

@@ -174,8 +174,12 @@ def test_a_parent_that_exits_without_shutdown_leaves_no_server() -> None:
         "if sys.argv[1] == 'wait': sys.stdin.read()\n"
     )
     for mode in ("exit", "wait"):
-        with subprocess.Popen([sys.executable, "-c", script, mode], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) as parent:
+        with subprocess.Popen(
+            [sys.executable, "-c", script, mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as parent:
             assert parent.stdout is not None
             server_pid = int(parent.stdout.readline())
             if mode == "wait":

@@ -28,7 +28,8 @@ START_METHODS = ["spawn", "forkserver", "fork"]
 
 # Python 3.12+ warns when forking a multi-threaded process; these tests fork on purpose.
 allow_fork = pytest.mark.filterwarnings(
-    "ignore:This process .* is multi-threaded:DeprecationWarning")
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
 
 
 def unique(prefix: str) -> str:
@@ -123,9 +124,10 @@ def test_proxies_travel_through_queues(manager: Manager, spawn: Any) -> None:
     ns = manager.Namespace(greeting="hi")
     inbox, outbox = Reports(spawn), Reports(spawn)
     try:
-        process = spawn.Process(target=swap_through_queues,
-                                args=(inbox.queue, outbox.queue, manager.address,
-                                      manager.authkey))
+        process = spawn.Process(
+            target=swap_through_queues,
+            args=(inbox.queue, outbox.queue, manager.address, manager.authkey),
+        )
         process.start()
         inbox.queue.put(ns)
         reply = outbox.get(process)
@@ -150,7 +152,8 @@ def test_pool_initializer_shares_a_proxy(manager: Manager, spawn: Any) -> None:
         pool.close()
         pool.join()
     assert [(value, text) for value, text, _ in results] == [
-        (10 * i + 1, "hi") for i in range(tasks)]
+        (10 * i + 1, "hi") for i in range(tasks)
+    ]
     assert os.getpid() not in {pid for _, _, pid in results}
     assert ns._snapshot() == {"shared_text": "hi", **{f"n{i}": 10 * i + 1 for i in range(tasks)}}
 
@@ -206,15 +209,17 @@ def test_threads_share_one_sync_proxy(manager: Manager) -> None:
         results = list(pool.map(work, range(threads)))
     assert results == [[] for _ in range(threads)]
     assert ns._snapshot() == {
-        f"t{thread}_{i}": (thread, i) for thread in range(threads) for i in range(rounds)}
+        f"t{thread}_{i}": (thread, i) for thread in range(threads) for i in range(rounds)
+    }
 
 
-def test_named_namespace_from_a_child(manager: Manager, spawn: Any,
-                                      spawn_reports: Reports) -> None:
+def test_named_namespace_from_a_child(manager: Manager, spawn: Any, spawn_reports: Reports) -> None:
     name = unique("board")
     board = manager.Namespace(name, a=1)
-    assert run_child(spawn, open_board, manager.address, manager.authkey, name,
-                     spawn_reports.queue) == 0
+    assert (
+        run_child(spawn, open_board, manager.address, manager.authkey, name, spawn_reports.queue)
+        == 0
+    )
     assert spawn_reports.get() == ("a", 1)
     assert spawn_reports.get() == ("after defaults", {"a": 1, "b": "from child", "c": 3})
     assert board._snapshot() == {"a": 1, "b": "from child", "c": 3}
@@ -230,8 +235,9 @@ def test_initial_values_only_fill_missing_names(manager: Manager) -> None:
     assert manager.Namespace(name)._snapshot() == {"a": 1, "b": 2, "c": 3}
 
 
-def test_async_proxy_in_a_spawned_child(manager: Manager, spawn: Any,
-                                        spawn_reports: Reports) -> None:
+def test_async_proxy_in_a_spawned_child(
+    manager: Manager, spawn: Any, spawn_reports: Reports
+) -> None:
     name = unique("async")
     ns = manager.Namespace(name, value={"nested": (1, 2)})
     async_ns = manager.AsyncNamespace(name)

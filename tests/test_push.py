@@ -32,7 +32,8 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_asyncio_uses_protocol_callbacks_and_trio_the_reader_role(
-        server: ServerThread, anyio_backend: str) -> None:
+    server: ServerThread, anyio_backend: str
+) -> None:
     ns = AsyncNamespace(server.address, "which")
     ns.x = 1
     assert await ns.x == 1
@@ -89,14 +90,18 @@ def short_path(short_tmp: str) -> str:
 ASYNCIO_ONLY = pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the push path is asyncio's
 
 
-@pytest.mark.parametrize(("then", "error"), [
-    (None, ConnectionLost),  # the server goes away
-    (b"\xc1", ProtocolError),  # 0xc1: never valid msgpack
-    (msgpack.packb("not a reply"), ProtocolError),
-])
+@pytest.mark.parametrize(
+    ("then", "error"),
+    [
+        (None, ConnectionLost),  # the server goes away
+        (b"\xc1", ProtocolError),  # 0xc1: never valid msgpack
+        (msgpack.packb("not a reply"), ProtocolError),
+    ],
+)
 @pytest.mark.parametrize("tasks", [8, 3 * WRITE_AT_FRAMES])  # (more: written in several goes)
 async def test_every_waiting_task_hears_what_ended_the_connection(
-        short_path: str, then: bytes | None, error: type[Exception], tasks: int) -> None:
+    short_path: str, then: bytes | None, error: type[Exception], tasks: int
+) -> None:
     """Also those still queued behind the connect lock when it ended (both paths)."""
     scripted = Scripted(short_path, wait_for=tasks, then=then)
     ns = AsyncNamespace(short_path, "n", retry=Retry(attempts=1))  # this server serves once
@@ -122,7 +127,8 @@ async def test_every_waiting_task_hears_what_ended_the_connection(
 
 @ASYNCIO_ONLY
 async def test_a_large_outbox_waits_for_the_socket_while_replies_arrive(
-        server: ServerThread) -> None:
+    server: ServerThread,
+) -> None:
     blob = os.urandom(4 * 1024 * 1024)
     async with AsyncNamespace(server.address, "flow") as ns:
         for i in range(8):  # 32 MiB queued in one go: the transport pauses us, repeatedly
@@ -134,7 +140,8 @@ async def test_a_large_outbox_waits_for_the_socket_while_replies_arrive(
 
 @ASYNCIO_ONLY
 async def test_a_long_outbox_is_written_before_every_task_has_queued(
-        server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """WRITE_AT_FRAMES frames go out at once, so the server works while more are queued; the
     frames still leave in order: each task reads back the value it queued just before."""
     tasks = 4 * WRITE_AT_FRAMES
@@ -171,7 +178,8 @@ async def test_a_long_outbox_is_written_before_every_task_has_queued(
 
 @ASYNCIO_ONLY
 async def test_a_request_waits_on_a_bare_future_that_is_forgotten_when_it_ends(
-        short_path: str) -> None:
+    short_path: str,
+) -> None:
     """On the push path each request's waiter is its reply's Future. Cancelled tasks take
     theirs out of the proxy at once; the others get the loss as their error, retrieved (else
     asyncio would report "Future exception was never retrieved"), and nothing is left."""

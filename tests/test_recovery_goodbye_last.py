@@ -39,11 +39,13 @@ def test_nothing_follows_the_goodbye(socket_path: str, server_backend: str) -> N
             clients = [connect_raw(socket_path) for _ in range(waiters_per_round)]
             try:
                 assert exchange(*holder, [1, "acquire", "k", "L", b"holder", None]) == [
-                    [1, 0, None]]
+                    [1, 0, None]
+                ]
                 for index, client in enumerate(clients):  # in line, each one confirmed
                     token = f"waiter{index}".encode()
-                    assert exchange(*client, [1, "acquire", "k", "L", token, None],
-                                    [2, "ping"]) == [[2, 0, None]]
+                    assert exchange(
+                        *client, [1, "acquire", "k", "L", token, None], [2, "ping"]
+                    ) == [[2, 0, None]]
                 server.stop()
                 for sock, unpacker in [holder, *clients]:
                     frames = read_frames(sock, unpacker, until_eof=True)
@@ -60,8 +62,9 @@ def readable_bytes(sock: socket.socket) -> int:
     return count
 
 
-def test_a_client_slow_to_read_still_gets_the_goodbye(socket_path: str,
-                                                      server_backend: str) -> None:
+def test_a_client_slow_to_read_still_gets_the_goodbye(
+    socket_path: str, server_backend: str
+) -> None:
     """The stop gives every connection FAREWELL_SECONDS (1 s) to take its last words. A client
     that reads, but slowly (64 KiB every 10 ms: a 2 MB answer in about 0.3 s), gets the answer
     the server was sending when it stopped, then the goodbye."""
@@ -85,8 +88,9 @@ def test_a_client_slow_to_read_still_gets_the_goodbye(socket_path: str,
                 frames.extend(unpacker)
                 time.sleep(0.01)
             stopping.join(NO_HANG_SECONDS)
-    assert [frame[:2] for frame in frames] == [[1, 0], [0, 1]], \
+    assert [frame[:2] for frame in frames] == [[1, 0], [0, 1]], (
         f"got {[frame[:2] for frame in frames]}: the answer or the goodbye was cut off"
+    )
     assert frames[1] == GOODBYE
 
 
@@ -107,7 +111,9 @@ def test_sync_proxy_ignores_a_reply_behind_the_goodbye(socket_path: str) -> None
 async def test_async_proxy_ignores_a_reply_behind_the_goodbye(socket_path: str) -> None:
     ns = AsyncNamespace(socket_path, "board", retry=Retry(attempts=1))
     with fake_server(socket_path, goodbye_then_grant):
-        with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ConnectionLost,
-                                                             match="shutting down"):
+        with (
+            anyio.fail_after(NO_HANG_SECONDS),
+            pytest.raises(ConnectionLost, match="shutting down"),
+        ):
             await ns._ping()
         await ns._close()

@@ -34,7 +34,8 @@ def test_sync_write_that_reached_a_dying_server_is_not_resent(socket_path: str) 
 
 @pytest.mark.anyio
 async def test_async_awaited_write_that_reached_a_dying_server_is_not_resent(
-        socket_path: str) -> None:
+    socket_path: str,
+) -> None:
     retry = restart_retry()
     ns = AsyncNamespace(socket_path, "board", retry=retry)
     with fake_server(socket_path) as fake:
@@ -51,7 +52,8 @@ async def test_async_awaited_write_that_reached_a_dying_server_is_not_resent(
 
 @pytest.mark.anyio
 async def test_async_queued_write_that_reached_a_dying_server_is_not_resent(
-        socket_path: str) -> None:
+    socket_path: str,
+) -> None:
     """``ns.x = v`` then ``_flush()``: the loss is reported once, as a write that was sent
     (``request_sent``), and later flushes do not send it again."""
     ns = AsyncNamespace(socket_path, "board", retry=restart_retry())
@@ -69,5 +71,6 @@ async def test_async_queued_write_that_reached_a_dying_server_is_not_resent(
         with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(AttributeError):
             await ns.x
         await ns._close()
-    assert sent is True, "ConnectionLost from _flush() for a write that was sent " \
-                         "says request_sent=False"
+    assert sent is True, (
+        "ConnectionLost from _flush() for a write that was sent says request_sent=False"
+    )

@@ -69,8 +69,9 @@ def test_sync_read_spans_a_restart(socket_path: str, cli_servers: list[ServeProc
     ns._close()
 
 
-def test_sync_write_never_sent_is_retried_once(socket_path: str,
-                                               cli_servers: list[ServeProcess]) -> None:
+def test_sync_write_never_sent_is_retried_once(
+    socket_path: str, cli_servers: list[ServeProcess]
+) -> None:
     """Writes made while the server is down never leave (the pooled socket is dead, then
     connecting is refused): they are retried until the new server applies each one once."""
     cli_servers.append(old := ServeProcess(socket_path))
@@ -103,8 +104,9 @@ def test_sync_write_never_sent_is_retried_once(socket_path: str,
 
 
 @pytest.mark.anyio
-async def test_async_read_spans_a_restart(socket_path: str,
-                                          cli_servers: list[ServeProcess]) -> None:
+async def test_async_read_spans_a_restart(
+    socket_path: str, cli_servers: list[ServeProcess]
+) -> None:
     cli_servers.append(old := await anyio.to_thread.run_sync(ServeProcess, socket_path))
     retry = restart_retry()
     ns = AsyncNamespace(socket_path, "board", retry=retry)
@@ -126,8 +128,9 @@ async def test_async_read_spans_a_restart(socket_path: str,
 
 
 @pytest.mark.anyio
-async def test_async_write_never_sent_is_retried_once(socket_path: str,
-                                                      cli_servers: list[ServeProcess]) -> None:
+async def test_async_write_never_sent_is_retried_once(
+    socket_path: str, cli_servers: list[ServeProcess]
+) -> None:
     cli_servers.append(old := await anyio.to_thread.run_sync(ServeProcess, socket_path))
     retry = restart_retry()
     ns = AsyncNamespace(socket_path, "board", retry=retry)

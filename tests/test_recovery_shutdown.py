@@ -90,8 +90,10 @@ class RawClients:
             raise
 
     def read_to_eof(self) -> list[list[Any]]:
-        return [read_frames(sock, unpacker, until_eof=True)
-                for sock, unpacker in zip(self.sockets, self.unpackers, strict=True)]
+        return [
+            read_frames(sock, unpacker, until_eof=True)
+            for sock, unpacker in zip(self.sockets, self.unpackers, strict=True)
+        ]
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -137,6 +139,7 @@ class WaitingProxies(threading.Thread):
             def predicate(value: Any) -> bool:
                 event.set()
                 return False
+
             return predicate
 
         async def hold() -> None:
@@ -153,8 +156,7 @@ class WaitingProxies(threading.Thread):
                 await watching.wait()
                 for _ in range(2):
                     group.start_soon(self._record, lambda: waiters._lock("L").__aenter__())
-                group.start_soon(self._record,
-                                 lambda: watcher._wait_for("w", seen(watching_too)))
+                group.start_soon(self._record, lambda: watcher._wait_for("w", seen(watching_too)))
                 await watching_too.wait()
                 await async_wait_until(request_waiting(waiters, 2), "both waiters wait")
                 self.ready.set()
@@ -194,8 +196,9 @@ def start_proxies(path: str) -> list[WaitingProxies]:
 
 
 @pytest.mark.slow
-def test_server_thread_stop_says_goodbye_to_1000_clients(socket_path: str,
-                                                         server_backend: str) -> None:
+def test_server_thread_stop_says_goodbye_to_1000_clients(
+    socket_path: str, server_backend: str
+) -> None:
     # Both ends of every connection live in this process.
     with open_file_limit(2 * SHUTDOWN_CLIENTS + 256):
         server = ServerThread(socket_path, backend=server_backend)
@@ -217,8 +220,9 @@ def test_server_thread_stop_says_goodbye_to_1000_clients(socket_path: str,
 
 
 @pytest.mark.slow
-def test_sigterm_says_goodbye_to_1000_clients(socket_path: str, server_backend: str,
-                                              cli_servers: list[ServeProcess]) -> None:
+def test_sigterm_says_goodbye_to_1000_clients(
+    socket_path: str, server_backend: str, cli_servers: list[ServeProcess]
+) -> None:
     with open_file_limit(SHUTDOWN_CLIENTS + 256):
         cli_servers.append(server := ServeProcess(socket_path, server_backend))
         limit = process_open_file_limit(server.process.pid)

@@ -48,12 +48,14 @@ def test_sigkill_fails_every_waiting_sync_call(killable_manager: Manager) -> Non
                 outcomes[name] = (exc, time.monotonic())
             else:
                 outcomes[name] = (None, time.monotonic())
+
         return run
 
     def lock_waiter(timeout: float | None) -> Callable[[], None]:
         def call() -> None:
             with ns._lock("L", timeout=timeout):
                 pass
+
         return call
 
     def seen(value: Any) -> bool:
@@ -76,16 +78,25 @@ def test_sigkill_fails_every_waiting_sync_call(killable_manager: Manager) -> Non
 
     held = ns._lock("L")
     held.__enter__()  # held by the main thread's connection
-    threads = {name: threading.Thread(target=record(name, call), name=name) for name, call in [
-        ("lock", lock_waiter(None)), ("lock-timeout", lock_waiter(30.0)),
-        ("wait_for", wait_for), ("watch", iterate_watch),
-        ("hammer-1", hammer), ("hammer-2", hammer)]}
+    threads = {
+        name: threading.Thread(target=record(name, call), name=name)
+        for name, call in [
+            ("lock", lock_waiter(None)),
+            ("lock-timeout", lock_waiter(30.0)),
+            ("wait_for", wait_for),
+            ("watch", iterate_watch),
+            ("hammer-1", hammer),
+            ("hammer-2", hammer),
+        ]
+    }
     for thread in threads.values():
         thread.start()
     try:
         wait_until(lambda: blocked_reading(threads["lock"], "__enter__"), "a lock waiter waits")
-        wait_until(lambda: blocked_reading(threads["lock-timeout"], "__enter__"),
-                   "the other lock waiter waits")
+        wait_until(
+            lambda: blocked_reading(threads["lock-timeout"], "__enter__"),
+            "the other lock waiter waits",
+        )
         assert watching.wait(NO_HANG_SECONDS)
         wait_until(lambda: blocked_reading(threads["wait_for"], "next_push"), "_wait_for waits")
         wait_until(lambda: blocked_reading(threads["watch"], "next_push"), "a watch waits")
@@ -155,9 +166,13 @@ async def test_sigkill_fails_every_waiting_async_task(killable_manager: Manager)
             assert await hammered.y == i
 
     tasks: list[tuple[str, Callable[[], Any]]] = [
-        ("lock", lambda: lock_waiter(None)), ("lock-timeout", lambda: lock_waiter(30.0)),
-        ("wait_for", lambda: watcher._wait_for("w", seen)), ("watch", iterate_watch),
-        ("hammer-1", hammer_with_pump), ("hammer-2", hammer_same_connection)]
+        ("lock", lambda: lock_waiter(None)),
+        ("lock-timeout", lambda: lock_waiter(30.0)),
+        ("wait_for", lambda: watcher._wait_for("w", seen)),
+        ("watch", iterate_watch),
+        ("hammer-1", hammer_with_pump),
+        ("hammer-2", hammer_same_connection),
+    ]
     with anyio.fail_after(NO_HANG_SECONDS):
         async with anyio.create_task_group() as group:
             group.start_soon(hold)

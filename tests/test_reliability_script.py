@@ -15,15 +15,25 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reliability.py"
-SECTIONS = ("## Load held", "## Faults survived", "## Bad inputs tried", "## Updates lost",
-            "## Machine and command")
+SECTIONS = (
+    "## Load held",
+    "## Faults survived",
+    "## Bad inputs tried",
+    "## Updates lost",
+    "## Machine and command",
+)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_quick_run_passes_every_check() -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", "-"],
-                          capture_output=True, text=True, timeout=200, check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--output", "-"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     for section in SECTIONS:
         assert section in done.stdout, section

@@ -17,8 +17,11 @@ HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
 
 @pytest.fixture
 def any_backend_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=server_backend,
-                      limits=Limits(max_frame_bytes=4096)) as running:
+    with ServerThread(
+        os.path.join(short_tmp, "s.sock"),
+        backend=server_backend,
+        limits=Limits(max_frame_bytes=4096),
+    ) as running:
         yield running
 
 
@@ -46,8 +49,12 @@ def _still_serving(server: ServerThread) -> None:
 def test_a_client_hello_carrying_an_error_is_refused(any_backend_server: ServerThread) -> None:
     evil = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1, "error": ["ValueError", "x"]})
     frames = _exchange(any_backend_server, evil)
-    assert frames == [{"protocol": PROTOCOL_NAME,
-                       "error": ["RemoteProtocolError", "a client hello cannot carry an error"]}]
+    assert frames == [
+        {
+            "protocol": PROTOCOL_NAME,
+            "error": ["RemoteProtocolError", "a client hello cannot carry an error"],
+        }
+    ]
     _still_serving(any_backend_server)
 
 
@@ -67,7 +74,8 @@ def test_one_frame_over_the_limit_is_refused(any_backend_server: ServerThread) -
 
 
 def test_requests_before_garbage_in_the_same_read_are_answered(
-        any_backend_server: ServerThread) -> None:
+    any_backend_server: ServerThread,
+) -> None:
     good = msgpack.packb([1, "ping"]) + msgpack.packb([2, "ping"])
     frames = _exchange(any_backend_server, HELLO + good + b"\xc1\xc1\xc1")  # 0xc1: never used
     assert frames[1:3] == [[1, 0, None], [2, 0, None]]
@@ -77,7 +85,8 @@ def test_requests_before_garbage_in_the_same_read_are_answered(
 
 def test_a_timestamp_extension_is_not_stored(any_backend_server: ServerThread) -> None:
     stamp = msgpack.packb(msgpack.Timestamp(1, 0))
-    frames = _exchange(any_backend_server,
-                       HELLO + msgpack.packb([1, "set", "k", "t", stamp], use_bin_type=True))
+    frames = _exchange(
+        any_backend_server, HELLO + msgpack.packb([1, "set", "k", "t", stamp], use_bin_type=True)
+    )
     assert frames[1][:3] == [1, 1, "RemoteProtocolError"]  # type: ignore[index]
     assert "timestamp" in frames[1][3]  # type: ignore[index]

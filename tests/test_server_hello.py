@@ -82,8 +82,14 @@ def test_bad_hello_is_refused_with_remote_protocol_error(first_frame: Any) -> No
 
 
 @pytest.mark.parametrize(
-    "error", [["ValueError", "x"], ["NoSuchError", "x"], ["RemoteProtocolError", "x"],
-              ["AttributeError", "x"], ["KeyError", "x"]],
+    "error",
+    [
+        ["ValueError", "x"],
+        ["NoSuchError", "x"],
+        ["RemoteProtocolError", "x"],
+        ["AttributeError", "x"],
+        ["KeyError", "x"],
+    ],
     ids=repr,
 )
 def test_client_hello_carrying_an_error_is_refused_not_raised(error: list[str]) -> None:
@@ -93,9 +99,7 @@ def test_client_hello_carrying_an_error_is_refused_not_raised(error: list[str]) 
     raise, and on trio an exception escaping it takes the whole server down.
     """
     server = ServerConnection()
-    events = server.receive_data(
-        pack({"protocol": PROTOCOL_NAME, "version": 1, "error": error})
-    )
+    events = server.receive_data(pack({"protocol": PROTOCOL_NAME, "version": 1, "error": error}))
     assert type(refusal_error(events)) is RemoteProtocolError
 
 
@@ -113,15 +117,17 @@ def test_oversized_hello_is_refused() -> None:
 @st.composite
 def client_hellos(draw: st.DrawFn) -> Any:
     """Hello-shaped maps (often nearly valid), or anything else."""
-    hello = draw(st.fixed_dictionaries(
-        {},
-        optional={
-            "protocol": st.just(PROTOCOL_NAME) | frames,
-            "version": st.just(PROTOCOL_VERSION) | frames,
-            "error": st.lists(st.text(max_size=20), max_size=3) | frames,
-            "challenge": st.binary(min_size=32, max_size=32) | frames,
-        },
-    ))
+    hello = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "protocol": st.just(PROTOCOL_NAME) | frames,
+                "version": st.just(PROTOCOL_VERSION) | frames,
+                "error": st.lists(st.text(max_size=20), max_size=3) | frames,
+                "challenge": st.binary(min_size=32, max_size=32) | frames,
+            },
+        )
+    )
     return draw(st.just(hello) | frames)
 
 

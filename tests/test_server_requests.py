@@ -38,8 +38,11 @@ from handmade_frames import HELLO, ONE, frames, pack
     [
         ([1, "ping"], "ping", ()),
         ([2, "open", "key", {}], "open", ("key", {})),
-        ([3, "open", "key", {"a": ONE, "b": encode_value((1, 2))}], "open",
-         ("key", {"a": ONE, "b": encode_value((1, 2))})),
+        (
+            [3, "open", "key", {"a": ONE, "b": encode_value((1, 2))}],
+            "open",
+            ("key", {"a": ONE, "b": encode_value((1, 2))}),
+        ),
         ([4, "get", "key", "name"], "get", ("key", "name")),
         ([5, "set", "key", "name", ONE], "set", ("key", "name", ONE)),
         ([6, "del", "key", "name"], "del", ("key", "name")),
@@ -50,8 +53,7 @@ from handmade_frames import HELLO, ONE, frames, pack
     ],
     ids=lambda value: repr(value)[:40],
 )
-def test_requests_become_request_events(frame: list[Any], op: str, args: tuple[Any, ...]
-                                        ) -> None:
+def test_requests_become_request_events(frame: list[Any], op: str, args: tuple[Any, ...]) -> None:
     server = greeted_server()
     assert server.receive_data(pack(frame)) == [Request(frame[0], op, args)]
 
@@ -115,8 +117,7 @@ BAD_REQUESTS: list[tuple[list[Any], str]] = [
 
 
 @pytest.mark.parametrize(("frame", "fragment"), BAD_REQUESTS, ids=lambda v: repr(v)[:50])
-def test_bad_requests_become_bad_request_with_the_same_id(frame: list[Any], fragment: str
-                                                          ) -> None:
+def test_bad_requests_become_bad_request_with_the_same_id(frame: list[Any], fragment: str) -> None:
     server = greeted_server()
     events = server.receive_data(pack(frame) + pack([6, "ping"]))
     assert len(events) == 2
@@ -154,8 +155,10 @@ def test_msgpack_timestamps_are_bad_requests(frame: list[Any]) -> None:
 def test_name_length_limit_is_configurable() -> None:
     server = greeted_server(Limits(max_name_length=8))
     events = server.receive_data(
-        pack([1, "get", "k" * 8, "n" * 8]) + pack([2, "get", "k" * 9, "n"])
-        + pack([3, "get", "k", "n" * 9]) + pack([4, "open", "k", {"n" * 9: ONE}])
+        pack([1, "get", "k" * 8, "n" * 8])
+        + pack([2, "get", "k" * 9, "n"])
+        + pack([3, "get", "k", "n" * 9])
+        + pack([4, "open", "k", {"n" * 9: ONE}])
     )
     assert events[0] == Request(1, "get", ("k" * 8, "n" * 8))
     for event, request_id in zip(events[1:], [2, 3, 4], strict=True):
@@ -210,7 +213,9 @@ def request_frames(draw: st.DrawFn) -> Any:
     request_id = draw(st.integers(-5, 2**64 - 1) | frames)
     op = draw(st.sampled_from(sorted(OPS)) | frames)
     plausible_args = st.one_of(
-        st.text(max_size=5), st.binary(max_size=10), st.just(ONE),
+        st.text(max_size=5),
+        st.binary(max_size=10),
+        st.just(ONE),
         st.dictionaries(st.text(max_size=3), st.binary(max_size=4) | st.just(ONE), max_size=2),
         frames,
     )

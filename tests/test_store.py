@@ -26,7 +26,8 @@ class Commits:
     def __init__(self, store: MemoryStore) -> None:
         self.seen: list[tuple[str, int, dict[str, bytes | None]]] = []
         store.on_commit = lambda key, revision, changes: self.seen.append(
-            (key, revision, dict(changes)))
+            (key, revision, dict(changes))
+        )
 
 
 @pytest.fixture
@@ -48,34 +49,54 @@ def test_each_change_is_one_revision_of_its_namespace(store: MemoryStore) -> Non
     assert store.setdefault("a", "s", THREE) == THREE
     store.open("a", {"z": ONE, "o": ONE})  # sets only o
     assert commits.seen == [
-        ("a", 1, {"x": ONE}), ("b", 1, {"x": ONE}), ("a", 2, {"x": ONE}),
-        ("a", 3, {"y": TWO, "z": THREE}), ("a", 4, {"x": None}), ("a", 5, {"y": None}),
-        ("a", 6, {"n": ONE}), ("a", 7, {"log": encode_value([1, 2])}), ("a", 8, {"n": TWO}),
-        ("a", 9, {"s": THREE}), ("a", 10, {"o": ONE})]
-    assert store.snapshot("a", None) == (10, {"z": THREE, "n": TWO, "log": encode_value([1, 2]),
-                                              "s": THREE, "o": ONE})
+        ("a", 1, {"x": ONE}),
+        ("b", 1, {"x": ONE}),
+        ("a", 2, {"x": ONE}),
+        ("a", 3, {"y": TWO, "z": THREE}),
+        ("a", 4, {"x": None}),
+        ("a", 5, {"y": None}),
+        ("a", 6, {"n": ONE}),
+        ("a", 7, {"log": encode_value([1, 2])}),
+        ("a", 8, {"n": TWO}),
+        ("a", 9, {"s": THREE}),
+        ("a", 10, {"o": ONE}),
+    ]
+    assert store.snapshot("a", None) == (
+        10,
+        {"z": THREE, "n": TWO, "log": encode_value([1, 2]), "s": THREE, "o": ONE},
+    )
 
 
-@pytest.mark.parametrize(("op", "args", "error"), [
-    pytest.param("update", ("k", {}), None, id="update-nothing"),
-    pytest.param("open", ("k", {"x": TWO}), None, id="open-a-name-set"),
-    pytest.param("setdefault", ("k", "x", TWO), None, id="setdefault-a-name-set"),
-    pytest.param("cas", ("k", "x", TWO, THREE), None, id="cas-unequal"),
-    pytest.param("cas", ("k", "unset", ONE, TWO), None, id="cas-unset"),
-    pytest.param("delete", ("k", "unset"), AttributeError, id="del-unset"),
-    pytest.param("pop", ("k", "unset"), AttributeError, id="pop-unset"),
-    pytest.param("incr", ("k", "x", encode_value("1")), TypeError, id="incr-by-a-str"),
-    pytest.param("incr", ("k", "x", encode_value(True)), TypeError, id="incr-by-a-bool"),
-    pytest.param("incr", ("k", "text", ONE), TypeError, id="incr-a-str"),
-    pytest.param("incr", ("k", "huge", encode_value(0.5)), OverflowError, id="incr-overflow"),
-    pytest.param("append", ("k", "text", [ONE]), TypeError, id="append-to-a-str"),
-    pytest.param("append", ("k", "pair", [ONE]), TypeError, id="append-to-a-tuple"),
-])
-def test_an_op_that_changes_nothing_commits_nothing(store: MemoryStore, op: str,
-                                                    args: tuple[Any, ...],
-                                                    error: type[Exception] | None) -> None:
-    store.update("k", {"x": ONE, "text": encode_value("abc"), "huge": encode_value(10**400),
-                       "pair": encode_value((1, 2))})
+@pytest.mark.parametrize(
+    ("op", "args", "error"),
+    [
+        pytest.param("update", ("k", {}), None, id="update-nothing"),
+        pytest.param("open", ("k", {"x": TWO}), None, id="open-a-name-set"),
+        pytest.param("setdefault", ("k", "x", TWO), None, id="setdefault-a-name-set"),
+        pytest.param("cas", ("k", "x", TWO, THREE), None, id="cas-unequal"),
+        pytest.param("cas", ("k", "unset", ONE, TWO), None, id="cas-unset"),
+        pytest.param("delete", ("k", "unset"), AttributeError, id="del-unset"),
+        pytest.param("pop", ("k", "unset"), AttributeError, id="pop-unset"),
+        pytest.param("incr", ("k", "x", encode_value("1")), TypeError, id="incr-by-a-str"),
+        pytest.param("incr", ("k", "x", encode_value(True)), TypeError, id="incr-by-a-bool"),
+        pytest.param("incr", ("k", "text", ONE), TypeError, id="incr-a-str"),
+        pytest.param("incr", ("k", "huge", encode_value(0.5)), OverflowError, id="incr-overflow"),
+        pytest.param("append", ("k", "text", [ONE]), TypeError, id="append-to-a-str"),
+        pytest.param("append", ("k", "pair", [ONE]), TypeError, id="append-to-a-tuple"),
+    ],
+)
+def test_an_op_that_changes_nothing_commits_nothing(
+    store: MemoryStore, op: str, args: tuple[Any, ...], error: type[Exception] | None
+) -> None:
+    store.update(
+        "k",
+        {
+            "x": ONE,
+            "text": encode_value("abc"),
+            "huge": encode_value(10**400),
+            "pair": encode_value((1, 2)),
+        },
+    )
     before = store.snapshot("k", None)
     commits = Commits(store)
     if error is None:
@@ -85,29 +106,45 @@ def test_an_op_that_changes_nothing_commits_nothing(store: MemoryStore, op: str,
             getattr(store, op)(*args)
     assert commits.seen == []
     assert store.snapshot("k", None) == before
-    assert store.history("k", 0) == [Change("k", 1, name, value)
-                                     for name, value in before[1].items()]
+    assert store.history("k", 0) == [
+        Change("k", 1, name, value) for name, value in before[1].items()
+    ]
 
 
-@pytest.mark.parametrize(("op", "args"), [
-    ("open", ("new", {})), ("update", ("new", {})), ("cas", ("new", "x", ONE, TWO)),
-    ("set", ("new", "x", ONE)), ("setdefault", ("new", "x", ONE)), ("incr", ("new", "x", ONE)),
-    ("append", ("new", "x", [])),
-], ids=["open", "update", "cas", "set", "setdefault", "incr", "append"])
-def test_these_ops_create_the_namespace_even_changing_nothing(store: MemoryStore, op: str,
-                                                              args: tuple[Any, ...]) -> None:
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("open", ("new", {})),
+        ("update", ("new", {})),
+        ("cas", ("new", "x", ONE, TWO)),
+        ("set", ("new", "x", ONE)),
+        ("setdefault", ("new", "x", ONE)),
+        ("incr", ("new", "x", ONE)),
+        ("append", ("new", "x", [])),
+    ],
+    ids=["open", "update", "cas", "set", "setdefault", "incr", "append"],
+)
+def test_these_ops_create_the_namespace_even_changing_nothing(
+    store: MemoryStore, op: str, args: tuple[Any, ...]
+) -> None:
     getattr(store, op)(*args)
     assert store.keys() == ["new"]
 
 
-@pytest.mark.parametrize(("op", "args", "error"), [
-    ("get", ("new", "x"), AttributeError), ("delete", ("new", "x"), AttributeError),
-    ("pop", ("new", "x"), AttributeError), ("snapshot", ("new", None), None),
-    ("history", ("new", 0), None),
-], ids=["get", "del", "pop", "snapshot", "history"])
-def test_reads_and_failed_removals_create_no_namespace(store: MemoryStore, op: str,
-                                                       args: tuple[Any, ...],
-                                                       error: type[Exception] | None) -> None:
+@pytest.mark.parametrize(
+    ("op", "args", "error"),
+    [
+        ("get", ("new", "x"), AttributeError),
+        ("delete", ("new", "x"), AttributeError),
+        ("pop", ("new", "x"), AttributeError),
+        ("snapshot", ("new", None), None),
+        ("history", ("new", 0), None),
+    ],
+    ids=["get", "del", "pop", "snapshot", "history"],
+)
+def test_reads_and_failed_removals_create_no_namespace(
+    store: MemoryStore, op: str, args: tuple[Any, ...], error: type[Exception] | None
+) -> None:
     if error is None:
         getattr(store, op)(*args)
     else:
@@ -158,10 +195,16 @@ def test_history_replays_whole_revisions_after_since(store: MemoryStore) -> None
     store.update("k", {"x": TWO, "y": THREE})
     store.delete("k", "y")
     assert store.history("k", 0) == [
-        Change("k", 1, "x", ONE), Change("k", 2, "x", TWO), Change("k", 2, "y", THREE),
-        Change("k", 3, "y", None)]
+        Change("k", 1, "x", ONE),
+        Change("k", 2, "x", TWO),
+        Change("k", 2, "y", THREE),
+        Change("k", 3, "y", None),
+    ]
     assert store.history("k", 1) == [
-        Change("k", 2, "x", TWO), Change("k", 2, "y", THREE), Change("k", 3, "y", None)]
+        Change("k", 2, "x", TWO),
+        Change("k", 2, "y", THREE),
+        Change("k", 3, "y", None),
+    ]
     assert store.history("k", 3) == []  # since is the current revision: nothing to replay
     assert store.history("never", 0) == []
 
@@ -171,10 +214,16 @@ def test_history_keeps_the_last_revisions_it_was_given(store: MemoryStore) -> No
     for value in (ONE, TWO, THREE):
         short.set("k", "x", value)
     short.update("k", {"x": ONE, "y": ONE})  # revision 4: two names, one revision
-    assert short.history("k", 2) == [Change("k", 3, "x", THREE), Change("k", 4, "x", ONE),
-                                     Change("k", 4, "y", ONE)]  # the oldest it can serve
-    with pytest.raises(HistoryExpired, match=r"revision 1 is older than the history kept "
-                       r"\(oldest: 3\)"):
+    assert short.history("k", 2) == [
+        Change("k", 3, "x", THREE),
+        Change("k", 4, "x", ONE),
+        Change("k", 4, "y", ONE),
+    ]  # the oldest it can serve
+    with pytest.raises(
+        HistoryExpired,
+        match=r"revision 1 is older than the history kept "
+        r"\(oldest: 3\)",
+    ):
         short.history("k", 1)
 
 

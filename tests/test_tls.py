@@ -74,12 +74,15 @@ def stranger_ctx() -> ssl.SSLContext:
 
 
 @pytest.fixture
-def tls_server(server_backend: str,
-               server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
-               ) -> Iterator[ServerThread]:
+def tls_server(
+    server_backend: str,
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+) -> Iterator[ServerThread]:
     """A TLS server with an authkey, holding ``vault.secret == "kept"``."""
-    with ServerThread(("127.0.0.1", 0), backend=server_backend, authkey=KEY,
-                      ssl_context=server_ctx) as running:
+    with ServerThread(
+        ("127.0.0.1", 0), backend=server_backend, authkey=KEY, ssl_context=server_ctx
+    ) as running:
         with Namespace(running.address, "vault", authkey=KEY, ssl_context=client_ctx) as ns:
             ns.secret = "kept"
         yield running
@@ -105,8 +108,7 @@ def assert_connection_lost(error: BaseException) -> None:
 # ---------------------------------------------------------------------------- auth matrix
 
 
-def test_right_key_over_tls_is_served(tls_server: ServerThread,
-                                      client_ctx: ssl.SSLContext) -> None:
+def test_right_key_over_tls_is_served(tls_server: ServerThread, client_ctx: ssl.SSLContext) -> None:
     with Namespace(tls_server.address, "vault", authkey=KEY, ssl_context=client_ctx) as ns:
         assert ns.secret == "kept"
         ns.more = [1, 2]
@@ -114,9 +116,9 @@ def test_right_key_over_tls_is_served(tls_server: ServerThread,
 
 
 @pytest.mark.parametrize("key", [b"wrong", None], ids=["wrong-key", "no-key"])
-def test_wrong_or_missing_key_over_tls_is_refused(tls_server: ServerThread,
-                                                  client_ctx: ssl.SSLContext,
-                                                  key: bytes | None) -> None:
+def test_wrong_or_missing_key_over_tls_is_refused(
+    tls_server: ServerThread, client_ctx: ssl.SSLContext, key: bytes | None
+) -> None:
     with Namespace(tls_server.address, "vault", authkey=key, ssl_context=client_ctx) as ns:
         with pytest.raises(AuthenticationError):
             ns.secret = "stolen"
@@ -127,8 +129,9 @@ def test_wrong_or_missing_key_over_tls_is_refused(tls_server: ServerThread,
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("key", [KEY, b"wrong", None], ids=["right-key", "wrong-key", "no-key"])
-async def test_async_auth_matrix_over_tls(tls_server: ServerThread, client_ctx: ssl.SSLContext,
-                                          key: bytes | None) -> None:
+async def test_async_auth_matrix_over_tls(
+    tls_server: ServerThread, client_ctx: ssl.SSLContext, key: bytes | None
+) -> None:
     ns = AsyncNamespace(tls_server.address, "vault", authkey=key, ssl_context=client_ctx)
     with anyio.fail_after(10):
         try:
@@ -149,10 +152,13 @@ async def test_async_auth_matrix_over_tls(tls_server: ServerThread, client_ctx: 
 
 
 def test_a_tls_client_with_a_key_refuses_a_tls_server_without_one(
-        server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
-    with ServerThread(("127.0.0.1", 0), ssl_context=server_ctx) as running, \
-            Namespace(running.address, authkey=KEY, ssl_context=client_ctx) as ns, \
-            pytest.raises(AuthenticationError, match="does not use an authkey"):
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    with (
+        ServerThread(("127.0.0.1", 0), ssl_context=server_ctx) as running,
+        Namespace(running.address, authkey=KEY, ssl_context=client_ctx) as ns,
+        pytest.raises(AuthenticationError, match="does not use an authkey"),
+    ):
         ns.x = 1
 
 
@@ -176,8 +182,9 @@ async def test_plaintext_async_client_against_a_tls_server(tls_server: ServerThr
         await ns._close()
 
 
-def test_tls_sync_client_against_a_plaintext_server(plain_server: ServerThread,
-                                                    client_ctx: ssl.SSLContext) -> None:
+def test_tls_sync_client_against_a_plaintext_server(
+    plain_server: ServerThread, client_ctx: ssl.SSLContext
+) -> None:
     with Namespace(plain_server.address, "n", ssl_context=client_ctx, retry=NO_RETRY) as ns:
         with pytest.raises(ConnectionLost) as caught:
             ns.x = 1
@@ -188,8 +195,9 @@ def test_tls_sync_client_against_a_plaintext_server(plain_server: ServerThread,
 
 
 @pytest.mark.anyio
-async def test_tls_async_client_against_a_plaintext_server(plain_server: ServerThread,
-                                                           client_ctx: ssl.SSLContext) -> None:
+async def test_tls_async_client_against_a_plaintext_server(
+    plain_server: ServerThread, client_ctx: ssl.SSLContext
+) -> None:
     ns = AsyncNamespace(plain_server.address, "n", ssl_context=client_ctx, retry=NO_RETRY)
     with anyio.fail_after(10):
         with pytest.raises(ConnectionLost) as caught:
@@ -201,10 +209,12 @@ async def test_tls_async_client_against_a_plaintext_server(plain_server: ServerT
         await ns._close()
 
 
-def test_sync_client_trusting_another_ca_is_refused(tls_server: ServerThread,
-                                                    stranger_ctx: ssl.SSLContext) -> None:
-    with Namespace(tls_server.address, "vault", authkey=KEY, ssl_context=stranger_ctx,
-                   retry=NO_RETRY) as ns:
+def test_sync_client_trusting_another_ca_is_refused(
+    tls_server: ServerThread, stranger_ctx: ssl.SSLContext
+) -> None:
+    with Namespace(
+        tls_server.address, "vault", authkey=KEY, ssl_context=stranger_ctx, retry=NO_RETRY
+    ) as ns:
         with pytest.raises(ConnectionLost, match="certificate verify failed") as caught:
             _ = ns.secret
     assert_connection_lost(caught.value)
@@ -212,11 +222,13 @@ def test_sync_client_trusting_another_ca_is_refused(tls_server: ServerThread,
 
 
 @pytest.mark.anyio
-async def test_async_client_trusting_another_ca_is_refused(tls_server: ServerThread,
-                                                           stranger_ctx: ssl.SSLContext,
-                                                           ) -> None:
-    ns = AsyncNamespace(tls_server.address, "vault", authkey=KEY, ssl_context=stranger_ctx,
-                        retry=NO_RETRY)
+async def test_async_client_trusting_another_ca_is_refused(
+    tls_server: ServerThread,
+    stranger_ctx: ssl.SSLContext,
+) -> None:
+    ns = AsyncNamespace(
+        tls_server.address, "vault", authkey=KEY, ssl_context=stranger_ctx, retry=NO_RETRY
+    )
     with anyio.fail_after(10):
         with pytest.raises(ConnectionLost, match="certificate verify failed") as caught:
             await ns.secret
@@ -225,33 +237,46 @@ async def test_async_client_trusting_another_ca_is_refused(tls_server: ServerThr
     assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
 
 
-def test_a_certificate_for_another_host_is_refused(server_backend: str, ca: trustme.CA,
-                                                   client_ctx: ssl.SSLContext) -> None:
+def test_a_certificate_for_another_host_is_refused(
+    server_backend: str, ca: trustme.CA, client_ctx: ssl.SSLContext
+) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("board.example").configure_cert(context)  # signed by our CA, wrong name
-    with ServerThread(("127.0.0.1", 0), backend=server_backend, ssl_context=context) as running, \
-            Namespace(running.address, "n", ssl_context=client_ctx, retry=NO_RETRY) as ns:
+    with (
+        ServerThread(("127.0.0.1", 0), backend=server_backend, ssl_context=context) as running,
+        Namespace(running.address, "n", ssl_context=client_ctx, retry=NO_RETRY) as ns,
+    ):
         with pytest.raises(ConnectionLost, match="certificate verify failed") as caught:
             ns.x = 1
     assert_connection_lost(caught.value)
 
 
-def test_failed_handshakes_leave_the_tls_server_serving(tls_server: ServerThread,
-                                                        client_ctx: ssl.SSLContext,
-                                                        stranger_ctx: ssl.SSLContext) -> None:
+def test_failed_handshakes_leave_the_tls_server_serving(
+    tls_server: ServerThread, client_ctx: ssl.SSLContext, stranger_ctx: ssl.SSLContext
+) -> None:
     for context in (None, stranger_ctx, None, stranger_ctx):
-        with Namespace(tls_server.address, "vault", authkey=KEY, ssl_context=context,
-                       retry=NO_RETRY) as ns, pytest.raises(ConnectionLost):
+        with (
+            Namespace(
+                tls_server.address, "vault", authkey=KEY, ssl_context=context, retry=NO_RETRY
+            ) as ns,
+            pytest.raises(ConnectionLost),
+        ):
             _ = ns.secret
     vault_is_intact(tls_server, client_ctx)
 
 
 def test_a_silent_client_of_a_tls_server_is_dropped_after_the_handshake_timeout(
-        server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_backends: list[str],
-        ) -> None:
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    server_backends: list[str],
+) -> None:
     for backend in server_backends:
-        with ServerThread(("127.0.0.1", 0), backend=backend, ssl_context=server_ctx,
-                          limits=Limits(handshake_timeout=0.3)) as running:
+        with ServerThread(
+            ("127.0.0.1", 0),
+            backend=backend,
+            ssl_context=server_ctx,
+            limits=Limits(handshake_timeout=0.3),
+        ) as running:
             address = running.address
             assert isinstance(address, tuple)
             # Says nothing at all, not even a TLS ClientHello.
@@ -260,13 +285,22 @@ def test_a_silent_client_of_a_tls_server_is_dropped_after_the_handshake_timeout(
                 assert read_to_eof(raw) == b""
                 assert time.monotonic() - start < 2.0, backend
             # Completes TLS, then never says hello: refused inside TLS.
-            with socket.create_connection(address, timeout=5) as raw, \
-                    client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            with (
+                socket.create_connection(address, timeout=5) as raw,
+                client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
                 start = time.monotonic()
                 frames = unpack_all(read_tls_to_eof(tls))
                 assert time.monotonic() - start < 2.0, backend
-            assert frames == [{"protocol": PROTOCOL_NAME, "error": [
-                "RemoteProtocolError", "no hello and authentication within 0.3 seconds"]}]
+            assert frames == [
+                {
+                    "protocol": PROTOCOL_NAME,
+                    "error": [
+                        "RemoteProtocolError",
+                        "no hello and authentication within 0.3 seconds",
+                    ],
+                }
+            ]
             with Namespace(address, "n", ssl_context=client_ctx) as ns:
                 ns.alive = backend
                 assert ns.alive == backend
@@ -301,10 +335,15 @@ def unpack_all(data: bytes) -> list[Any]:
 
 def test_pickling_a_tls_proxy_raises_a_clear_type_error(client_ctx: ssl.SSLContext) -> None:
     address = ("127.0.0.1", 1)  # never contacted: pickling needs no server
-    for proxy in (Namespace(address, "n", ssl_context=client_ctx),
-                  AsyncNamespace(address, "n", ssl_context=client_ctx)):
-        with pytest.raises(TypeError, match=r"proxy using TLS cannot be pickled.*"
-                                            r"in the child process with its own context"):
+    for proxy in (
+        Namespace(address, "n", ssl_context=client_ctx),
+        AsyncNamespace(address, "n", ssl_context=client_ctx),
+    ):
+        with pytest.raises(
+            TypeError,
+            match=r"proxy using TLS cannot be pickled.*"
+            r"in the child process with its own context",
+        ):
             pickle.dumps(proxy)
     plain = pickle.loads(pickle.dumps(Namespace(address, "n")))  # without TLS it still pickles
     assert plain._aionamespace.target.key == "n"
@@ -315,13 +354,26 @@ def test_pickling_a_tls_proxy_raises_a_clear_type_error(client_ctx: ssl.SSLConte
 
 def sample_values() -> dict[str, Any]:
     return {
-        "none": None, "flag": True, "small": -7, "big": 2**100, "negbig": -(2**70),
-        "real": 1.5, "text": "caf\u00e9 \u2603", "raw": b"\x00\xff", "mutable": bytearray(b"ab"),
-        "nested": [1, [2, (3, {4})]], "pair": (1, "a"), "tags": {"x", "y"},
-        "frozen": frozenset({1}), "mapping": {"a": (1,), 2: None}, "z": 1 + 2j,
+        "none": None,
+        "flag": True,
+        "small": -7,
+        "big": 2**100,
+        "negbig": -(2**70),
+        "real": 1.5,
+        "text": "caf\u00e9 \u2603",
+        "raw": b"\x00\xff",
+        "mutable": bytearray(b"ab"),
+        "nested": [1, [2, (3, {4})]],
+        "pair": (1, "a"),
+        "tags": {"x", "y"},
+        "frozen": frozenset({1}),
+        "mapping": {"a": (1,), 2: None},
+        "z": 1 + 2j,
         "when": datetime.datetime(2024, 5, 17, 12, 30, tzinfo=datetime.timezone.utc),
-        "day": datetime.date(2024, 5, 17), "hour": datetime.time(8, 15),
-        "span": datetime.timedelta(days=2, seconds=3), "price": decimal.Decimal("9.99"),
+        "day": datetime.date(2024, 5, 17),
+        "hour": datetime.time(8, 15),
+        "span": datetime.timedelta(days=2, seconds=3),
+        "price": decimal.Decimal("9.99"),
         "id": uuid.UUID(int=42),
         "payload": random.Random(4).randbytes(FOUR_MIB),
     }
@@ -334,8 +386,7 @@ def assert_same_values(got: dict[str, Any], expected: dict[str, Any]) -> None:
         assert got[name] == value, name
 
 
-def test_values_round_trip_over_tls(tls_server: ServerThread,
-                                    client_ctx: ssl.SSLContext) -> None:
+def test_values_round_trip_over_tls(tls_server: ServerThread, client_ctx: ssl.SSLContext) -> None:
     values = sample_values()
     with Namespace(tls_server.address, "values", authkey=KEY, ssl_context=client_ctx) as ns:
         for name, value in values.items():
@@ -353,8 +404,9 @@ def test_values_round_trip_over_tls(tls_server: ServerThread,
 
 
 @pytest.mark.anyio
-async def test_values_round_trip_over_tls_async(tls_server: ServerThread,
-                                                client_ctx: ssl.SSLContext) -> None:
+async def test_values_round_trip_over_tls_async(
+    tls_server: ServerThread, client_ctx: ssl.SSLContext
+) -> None:
     values = sample_values()
     ns = AsyncNamespace(tls_server.address, "avalues", authkey=KEY, ssl_context=client_ctx)
     with anyio.fail_after(30):

@@ -58,8 +58,9 @@ async def _async_round(path: str) -> tuple[int, type]:
 def _uvloop_program(path: str, reports: Reports) -> None:
     """A spawned program running uvloop (bounded by run_child: a wedged loop fails the test
     instead of hanging the suite, which a signal-based timeout cannot interrupt)."""
-    count, stream_type = anyio.run(_async_round, path, backend="asyncio",
-                                   backend_options={"use_uvloop": True})
+    count, stream_type = anyio.run(
+        _async_round, path, backend="asyncio", backend_options={"use_uvloop": True}
+    )
     reports.queue.put((count, stream_type is AsyncioTransport))
 
 

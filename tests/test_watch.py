@@ -42,8 +42,9 @@ def set_many(ns: Namespace, worker: int, times: int) -> None:
     ns._close()
 
 
-def set_flag_when_watched(ns: Namespace, watched: Callable[[float], bool],
-                          report: Callable[[float], None]) -> None:
+def set_flag_when_watched(
+    ns: Namespace, watched: Callable[[float], bool], report: Callable[[float], None]
+) -> None:
     """Wait until the server registers the watch, then note the time and write."""
     assert watched(TIMEOUT_SECONDS), "the watch was never registered"
     ns.other = "noise"  # first a change the waiter must ignore
@@ -53,8 +54,11 @@ def set_flag_when_watched(ns: Namespace, watched: Callable[[float], bool],
     ns._close()
 
 
-def set_flag_in_child(ns: Namespace, watched: multiprocessing.synchronize.Event,
-                      wrote_at: multiprocessing.sharedctypes.Synchronized[float]) -> None:
+def set_flag_in_child(
+    ns: Namespace,
+    watched: multiprocessing.synchronize.Event,
+    wrote_at: multiprocessing.sharedctypes.Synchronized[float],
+) -> None:
     def report(when: float) -> None:
         wrote_at.value = when
 
@@ -72,8 +76,11 @@ class SignallingStore(MemoryStore):
         super().__init__()
         self._signal = signal
 
-    def snapshot(self, key: str, names: Sequence[str] | None,
-                 ) -> tuple[int, dict[str, bytes]]:
+    def snapshot(
+        self,
+        key: str,
+        names: Sequence[str] | None,
+    ) -> tuple[int, dict[str, bytes]]:
         result = super().snapshot(key, names)
         if names == ["flag"]:
             self._signal()
@@ -135,10 +142,13 @@ def count_watches(server: ServerThread) -> int:
 
 @pytest.mark.slow
 def test_sync_watch_sees_every_change_of_4_writer_processes(
-        watch_server: ServerThread, ns: Namespace) -> None:
+    watch_server: ServerThread, ns: Namespace
+) -> None:
     ns.w0 = "before"
-    with ns._watch() as watch, Spawned(set_many, [(ns, w, WRITES) for w in range(WRITERS)]) \
-            as writers:
+    with (
+        ns._watch() as watch,
+        Spawned(set_many, [(ns, w, WRITES) for w in range(WRITERS)]) as writers,
+    ):
         assert watch.revision == 1
         assert watch.values == {"w0": "before"}
         events = [watch.next(timeout=TIMEOUT_SECONDS) for _ in range(WRITERS * WRITES)]
@@ -149,15 +159,15 @@ def test_sync_watch_sees_every_change_of_4_writer_processes(
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_async_watch_sees_every_change_of_4_writer_processes(
-        watch_server: ServerThread) -> None:
+    watch_server: ServerThread,
+) -> None:
     ans = AsyncNamespace(watch_server.address, "board")
     events: list[WatchEvent] = []
     with anyio.fail_after(TIMEOUT_SECONDS):
         async with ans._watch() as watch:
             assert (watch.revision, watch.values) == (0, {})
             writer_proxy = Namespace(watch_server.address, "board")
-            with Spawned(set_many, [(writer_proxy, w, WRITES) for w in range(WRITERS)]) \
-                    as writers:
+            with Spawned(set_many, [(writer_proxy, w, WRITES) for w in range(WRITERS)]) as writers:
                 async for event in watch:
                     events.append(event)
                     if len(events) == WRITERS * WRITES:
@@ -186,8 +196,11 @@ def test_update_is_one_revision_of_several_events(ns: Namespace) -> None:
         revision = ns._update(a=1, b=2)
         ns.c = 3
         events = [watch.next(timeout=TIMEOUT_SECONDS) for _ in range(3)]
-    assert events == [WatchEvent("a", 1, revision), WatchEvent("b", 2, revision),
-                      WatchEvent("c", 3, revision + 1)]
+    assert events == [
+        WatchEvent("a", 1, revision),
+        WatchEvent("b", 2, revision),
+        WatchEvent("c", 3, revision + 1),
+    ]
 
 
 def test_deletions_are_events(ns: Namespace) -> None:
@@ -197,9 +210,11 @@ def test_deletions_are_events(ns: Namespace) -> None:
         assert ns._pop("b") == 2
         ns.a = None  # a value of None is not a deletion
         events = [watch.next(timeout=TIMEOUT_SECONDS) for _ in range(3)]
-    assert events == [WatchEvent("a", None, 2, deleted=True),
-                      WatchEvent("b", None, 3, deleted=True),
-                      WatchEvent("a", None, 4, deleted=False)]
+    assert events == [
+        WatchEvent("a", None, 2, deleted=True),
+        WatchEvent("b", None, 3, deleted=True),
+        WatchEvent("a", None, 4, deleted=False),
+    ]
 
 
 def test_a_names_filter_sees_only_those_names(ns: Namespace) -> None:
@@ -214,8 +229,11 @@ def test_a_names_filter_sees_only_those_names(ns: Namespace) -> None:
         del ns.b
         del ns.c
         events = [watch.next(timeout=TIMEOUT_SECONDS) for _ in range(3)]
-    assert events == [WatchEvent("a", 1, 3), WatchEvent("c", 2, 5),
-                      WatchEvent("c", None, 7, deleted=True)]
+    assert events == [
+        WatchEvent("a", 1, 3),
+        WatchEvent("c", 2, 5),
+        WatchEvent("c", None, 7, deleted=True),
+    ]
 
 
 @pytest.mark.anyio
@@ -263,8 +281,12 @@ def test_since_resumes_with_exactly_the_missed_events(ns: Namespace) -> None:
         replayed = [watch.next(timeout=TIMEOUT_SECONDS) for _ in range(4)]
         ns.f = 6
         live = watch.next(timeout=TIMEOUT_SECONDS)  # right after the replay: nothing else
-    assert replayed == [WatchEvent("c", 3, 3), WatchEvent("d", 4, 4), WatchEvent("e", 5, 4),
-                        WatchEvent("b", None, 5, deleted=True)]
+    assert replayed == [
+        WatchEvent("c", 3, 3),
+        WatchEvent("d", 4, 4),
+        WatchEvent("e", 5, 4),
+        WatchEvent("b", None, 5, deleted=True),
+    ]
     assert live == WatchEvent("f", 6, 6)
 
 
@@ -289,7 +311,9 @@ def test_since_the_current_revision_replays_nothing(ns: Namespace) -> None:
         assert watch.next(timeout=TIMEOUT_SECONDS) == WatchEvent("a", 2, 2)
     with ns._watch(since=0) as watch:  # from the very beginning: all of it
         assert [watch.next(timeout=TIMEOUT_SECONDS) for _ in range(2)] == [
-            WatchEvent("a", 1, 1), WatchEvent("a", 2, 2)]
+            WatchEvent("a", 1, 1),
+            WatchEvent("a", 2, 2),
+        ]
 
 
 @pytest.mark.anyio
@@ -314,8 +338,11 @@ async def test_async_since_resumes_after_a_disconnect(watch_server: ServerThread
                     events.append(event)
                     if len(events) == 3:
                         break
-    assert events == [WatchEvent("a", 2, 2), WatchEvent("a", None, 3, deleted=True),
-                      WatchEvent("b", 3, 4)]
+    assert events == [
+        WatchEvent("a", 2, 2),
+        WatchEvent("a", None, 3, deleted=True),
+        WatchEvent("b", 3, 4),
+    ]
 
 
 @pytest.mark.parametrize("since", [-1, 1.5, "1", True])
@@ -339,8 +366,7 @@ def test_history_expired_is_exported() -> None:
     assert "HistoryExpired" in aionamespace.__all__
 
 
-def test_since_older_than_the_history_raises_history_expired(
-        short_history: ServerThread) -> None:
+def test_since_older_than_the_history_raises_history_expired(short_history: ServerThread) -> None:
     ns = Namespace(short_history.address, "board")
     for i in range(10):
         ns.n = i  # revisions 1..10; the server keeps 6..10
@@ -348,7 +374,8 @@ def test_since_older_than_the_history_raises_history_expired(
         ns._watch(since=4)
     with ns._watch(since=5) as watch:  # the oldest resumable point
         assert [watch.next(timeout=TIMEOUT_SECONDS) for _ in range(5)] == [
-            WatchEvent("n", i - 1, i) for i in range(6, 11)]
+            WatchEvent("n", i - 1, i) for i in range(6, 11)
+        ]
     with pytest.raises(HistoryExpired, match="ahead of this namespace"):
         ns._watch(since=11)
     ns.n = "still fine"  # a refused watch breaks nothing
@@ -372,7 +399,8 @@ async def test_async_since_too_old_raises_history_expired(short_history: ServerT
 
 
 def test_since_from_before_a_server_restart_raises_history_expired(
-        server_backend: str, short_tmp: str) -> None:
+    server_backend: str, short_tmp: str
+) -> None:
     address = os.path.join(short_tmp, "restart.sock")
     with ServerThread(address, backend=server_backend):
         ns = Namespace(address, "board")
@@ -410,31 +438,41 @@ def test_history_never_replays_part_of_a_revision(short_history: ServerThread) -
     finally:
         ns._close()
     assert [(e.name, e.revision) for e in events] == [
-        ("a", 3), ("b", 3), ("c", 3), ("d", 4), ("e", 5), ("f", 6)]
+        ("a", 3),
+        ("b", 3),
+        ("c", 3),
+        ("d", 4),
+        ("e", 5),
+        ("f", 6),
+    ]
 
 
 # ---------------------------------------------------------------------- _wait_for
 
 
 @pytest.fixture
-def signalling_server(server_backend: str,
-                      short_tmp: str) -> Iterator[tuple[ServerThread, threading.Event]]:
+def signalling_server(
+    server_backend: str, short_tmp: str
+) -> Iterator[tuple[ServerThread, threading.Event]]:
     """A server whose store says (through the event) when a watch of "flag" is registered."""
     watched = threading.Event()
     address = os.path.join(short_tmp, "wait.sock")
-    with ServerThread(address, backend=server_backend,
-                      store=SignallingStore(watched.set)) as server:
+    with ServerThread(
+        address, backend=server_backend, store=SignallingStore(watched.set)
+    ) as server:
         yield server, watched
 
 
 def test_wait_for_wakes_within_milliseconds_of_a_write_from_a_thread(
-        signalling_server: tuple[ServerThread, threading.Event]) -> None:
+    signalling_server: tuple[ServerThread, threading.Event],
+) -> None:
     server, watched = signalling_server
     wrote_at: list[float] = []
     ns = Namespace(server.address, "board")
-    writer = threading.Thread(target=set_flag_when_watched,
-                              args=(Namespace(server.address, "board"), watched.wait,
-                                    wrote_at.append))
+    writer = threading.Thread(
+        target=set_flag_when_watched,
+        args=(Namespace(server.address, "board"), watched.wait, wrote_at.append),
+    )
     writer.start()
     try:
         value = ns._wait_for("flag", lambda v: v == "go", timeout=TIMEOUT_SECONDS)
@@ -448,7 +486,8 @@ def test_wait_for_wakes_within_milliseconds_of_a_write_from_a_thread(
 
 @pytest.mark.slow
 def test_wait_for_wakes_within_milliseconds_of_a_write_from_a_process(
-        server_backend: str, short_tmp: str) -> None:
+    server_backend: str, short_tmp: str
+) -> None:
     watched = CTX.Event()
     wrote_at = CTX.Value("d", 0.0)
     address = os.path.join(short_tmp, "wait.sock")
@@ -465,14 +504,16 @@ def test_wait_for_wakes_within_milliseconds_of_a_write_from_a_process(
 
 @pytest.mark.anyio
 async def test_async_wait_for_wakes_within_milliseconds_of_a_write(
-        signalling_server: tuple[ServerThread, threading.Event]) -> None:
+    signalling_server: tuple[ServerThread, threading.Event],
+) -> None:
     server, watched = signalling_server
     wrote_at: list[float] = []
     ans = AsyncNamespace(server.address, "board")
 
     async def write() -> None:
-        await anyio.to_thread.run_sync(set_flag_when_watched, Namespace(server.address, "board"),
-                                       watched.wait, wrote_at.append)
+        await anyio.to_thread.run_sync(
+            set_flag_when_watched, Namespace(server.address, "board"), watched.wait, wrote_at.append
+        )
 
     with anyio.fail_after(TIMEOUT_SECONDS):
         async with anyio.create_task_group() as group:
@@ -490,7 +531,8 @@ def test_wait_for_returns_a_value_that_already_holds(ns: Namespace) -> None:
 
 
 def test_wait_for_without_predicate_returns_the_next_set(
-        signalling_server: tuple[ServerThread, threading.Event]) -> None:
+    signalling_server: tuple[ServerThread, threading.Event],
+) -> None:
     server, watched = signalling_server
     ns = Namespace(server.address, "board")
     ns.flag = "old"
@@ -549,7 +591,8 @@ async def test_async_wait_for_times_out(watch_server: ServerThread) -> None:
 
 
 def test_a_closed_watch_is_forgotten_and_others_keep_working(
-        watch_server: ServerThread, ns: Namespace) -> None:
+    watch_server: ServerThread, ns: Namespace
+) -> None:
     with ns._watch() as kept:
         gone = ns._watch("a")
         assert count_watches(watch_server) == 2

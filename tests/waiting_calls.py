@@ -38,7 +38,6 @@ def request_waiting(ns: Any, count: int = 1) -> Callable[[], bool]:
 
     def check() -> bool:
         table = state.table
-        return (len(table.waiters) >= count and not table.outbox
-                and state.transport.link is not None)
+        return len(table.waiters) >= count and not table.outbox and state.transport.link is not None
 
     return check

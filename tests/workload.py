@@ -43,8 +43,12 @@ class Tally:
     def saw(self, value: Any) -> None:
         if value == INITIAL:
             return
-        if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
-                and type(value[1]) is int):
+        if (
+            type(value) is tuple
+            and len(value) == 2
+            and type(value[0]) is int
+            and type(value[1]) is int
+        ):
             writer, sequence = value
             if sequence > self.seen.get(writer, -1):
                 self.seen[writer] = sequence
@@ -60,8 +64,9 @@ class Tally:
         return dict(vars(self))
 
 
-def sync_client(ns: Namespace, tally: Tally, go: threading.Event, deadline: list[float],
-                start_seconds: float) -> None:
+def sync_client(
+    ns: Namespace, tally: Tally, go: threading.Event, deadline: list[float], start_seconds: float
+) -> None:
     rng = random.Random(tally.client)
     try:
         ns._ping()  # connected before the start
@@ -86,8 +91,9 @@ def sync_client(ns: Namespace, tally: Tally, go: threading.Event, deadline: list
         ns._close()
 
 
-async def async_client(ns: AsyncNamespace, tally: Tally, go: anyio.Event,
-                       deadline: list[float]) -> None:
+async def async_client(
+    ns: AsyncNamespace, tally: Tally, go: anyio.Event, deadline: list[float]
+) -> None:
     rng = random.Random(tally.client)
     try:
         await go.wait()
@@ -111,18 +117,33 @@ async def async_client(ns: AsyncNamespace, tally: Tally, go: anyio.Event,
         await ns._close()
 
 
-def run_process(address: Address, authkey: bytes, name: str, backend: str, first_client: int,
-                threads: int, tasks: int, total: int, seconds: float, start_seconds: float,
-                reports: Any) -> None:
+def run_process(
+    address: Address,
+    authkey: bytes,
+    name: str,
+    backend: str,
+    first_client: int,
+    threads: int,
+    tasks: int,
+    total: int,
+    seconds: float,
+    start_seconds: float,
+    reports: Any,
+) -> None:
     """A spawned process: ``threads`` sync clients and ``tasks`` async clients on ``backend``,
     starting once all ``total`` clients of every process are connected (``start_seconds`` at
     most); puts the list of its clients' tally reports on ``reports``."""
     tallies = [Tally(first_client + i) for i in range(threads + tasks)]
     go = threading.Event()
     deadline = [0.0]
-    workers = [threading.Thread(target=sync_client, args=(
-        Namespace(address, name, authkey=authkey), tally, go, deadline, start_seconds),
-        daemon=True) for tally in tallies[:threads]]
+    workers = [
+        threading.Thread(
+            target=sync_client,
+            args=(Namespace(address, name, authkey=authkey), tally, go, deadline, start_seconds),
+            daemon=True,
+        )
+        for tally in tallies[:threads]
+    ]
     for worker in workers:
         worker.start()
 
@@ -136,8 +157,7 @@ def run_process(address: Address, authkey: bytes, name: str, backend: str, first
             # The start line: this process is connected; wait until every process is.
             line = AsyncNamespace(address, name, authkey=authkey)
             await line._incr("connected", threads + tasks)
-            await line._wait_for("connected", lambda count: count >= total,
-                                 timeout=start_seconds)
+            await line._wait_for("connected", lambda count: count >= total, timeout=start_seconds)
             await line._close()
             deadline[0] = time.monotonic() + seconds
             go.set()

@@ -38,9 +38,11 @@ __all__ = ["AUTHKEY_ENV", "main"]
 AUTHKEY_ENV = "AIONAMESPACE_AUTHKEY"
 
 
-async def _stop_on_signal(stop: Callable[[], None], *,
-                          task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-                          ) -> None:
+async def _stop_on_signal(
+    stop: Callable[[], None],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()  # handlers installed: from now on a signal stops us cleanly
         async for _ in signals:
@@ -74,8 +76,13 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-async def serve(address: Address, *, authkey: bytes | None = None, parent_pipe: bool = False,
-                ssl_context: ssl.SSLContext | None = None) -> None:
+async def serve(
+    address: Address,
+    *,
+    authkey: bytes | None = None,
+    parent_pipe: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """Run a server at ``address`` until a signal (or, with ``parent_pipe``, stdin EOF)."""
     _raise_open_file_limit()
     server = Server(address, authkey=authkey, ssl_context=ssl_context)
@@ -97,8 +104,11 @@ async def serve(address: Address, *, authkey: bytes | None = None, parent_pipe: 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m aionamespace", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m aionamespace",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run a server until Ctrl-C")
     where = serve_cmd.add_mutually_exclusive_group(required=True)
@@ -106,15 +116,25 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP (port 0: any free port)")
     serve_cmd.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     serve_cmd.add_argument(
-        "--loop", choices=["asyncio", "uvloop"], default="asyncio",
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
         help="with --backend asyncio: the event loop (uvloop: pip install aionamespace[uvloop];"
-             " slower than the default's busy polling on one client's round trips: see README)")
+        " slower than the default's busy polling on one client's round trips: see README)",
+    )
     serve_cmd.add_argument(
-        "--busy-poll-us", type=float, default=DEFAULT_SPIN_SECONDS * 1e6, metavar="US",
+        "--busy-poll-us",
+        type=float,
+        default=DEFAULT_SPIN_SECONDS * 1e6,
+        metavar="US",
         help="asyncio only: poll this long before sleeping, trading CPU for latency "
-             "(default %(default)s; 0 disables)")
-    serve_cmd.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate "
-                           "chain (PEM); with --tls-key")
+        "(default %(default)s; 0 disables)",
+    )
+    serve_cmd.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS with this certificate chain (PEM); with --tls-key",
+    )
     serve_cmd.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("demo", help="the Namespace lesson on spawned processes, then asyncio")
@@ -133,8 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     watch_cmd.add_argument("address")
     watch_cmd.add_argument("namespace")
     watch_cmd.add_argument("names", nargs="*", help="only these attributes (default: all)")
-    watch_cmd.add_argument("--since", type=int, metavar="REVISION",
-                           help="first replay the changes made after this revision")
+    watch_cmd.add_argument(
+        "--since",
+        type=int,
+        metavar="REVISION",
+        help="first replay the changes made after this revision",
+    )
     return parser
 
 
@@ -164,8 +188,10 @@ def _run_client_command(args: argparse.Namespace) -> int:
         delattr(ns, args.name)
     else:
         with ns._watch(*args.names, since=args.since) as watch:
-            print(f"watching {args.namespace!r} from revision {watch.revision} (Ctrl-C stops)",
-                  flush=True)
+            print(
+                f"watching {args.namespace!r} from revision {watch.revision} (Ctrl-C stops)",
+                flush=True,
+            )
             for event in watch:
                 change = "deleted" if event.deleted else f"= {event.value!r}"
                 print(f"{event.revision:>8}  {event.name} {change}", flush=True)
@@ -200,15 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         options["loop_factory"] = uvloop.new_event_loop
     elif args.backend == "asyncio" and args.busy_poll_us > 0:
-        options["loop_factory"] = functools.partial(busy_poll_loop_factory,
-                                                    args.busy_poll_us / 1e6)
+        options["loop_factory"] = functools.partial(busy_poll_loop_factory, args.busy_poll_us / 1e6)
     ssl_context = None
     if args.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    anyio.run(functools.partial(serve, address, authkey=authkey, parent_pipe=args.parent_pipe,
-                                ssl_context=ssl_context),
-              backend=args.backend, backend_options=options)
+    anyio.run(
+        functools.partial(
+            serve, address, authkey=authkey, parent_pipe=args.parent_pipe, ssl_context=ssl_context
+        ),
+        backend=args.backend,
+        backend_options=options,
+    )
     return 0
 
 

@@ -24,8 +24,10 @@ def process1(ns: Namespace) -> None:
 
 
 def process2(ns: Namespace) -> None:
-    print(f"   child 2 (pid {os.getpid()}) reads ns.item == {ns.item!r}, "
-          "sets 'educative is awesome !'")
+    print(
+        f"   child 2 (pid {os.getpid()}) reads ns.item == {ns.item!r}, "
+        "sets 'educative is awesome !'"
+    )
     ns.item = "educative is awesome !"
 
 
@@ -109,6 +111,8 @@ def run_demo() -> None:
         helper.start()
         status = shared_vars._wait_for("status", lambda value: value == "done", timeout=30)
         helper.join()
-        print(f"   ns._wait_for('status', ...) woke on the change, no polling: {status!r}, "
-              f"log {shared_vars.log!r}")
+        print(
+            f"   ns._wait_for('status', ...) woke on the change, no polling: {status!r}, "
+            f"log {shared_vars.log!r}"
+        )
     print("\nserver shut down; demo finished")

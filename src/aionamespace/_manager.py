@@ -45,8 +45,13 @@ class Manager:
     the server process runs on ("asyncio" or "trio").
     """
 
-    def __init__(self, address: Address | None = None, authkey: bytes | None = None, *,
-                 backend: str = "asyncio") -> None:
+    def __init__(
+        self,
+        address: Address | None = None,
+        authkey: bytes | None = None,
+        *,
+        backend: str = "asyncio",
+    ) -> None:
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         self._requested = parse_address(address) if address is not None else None
@@ -84,9 +89,19 @@ class Manager:
             private_dir = tempfile.mkdtemp(prefix="aionamespace-")  # mode 0700
             address = os.path.join(private_dir, "ns.sock")
         process = subprocess.Popen(
-            [sys.executable, "-m", "aionamespace", "serve", "--parent-pipe",
-             "--backend", self._backend, *_address_args(address)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_environment(),
+            [
+                sys.executable,
+                "-m",
+                "aionamespace",
+                "serve",
+                "--parent-pipe",
+                "--backend",
+                self._backend,
+                *_address_args(address),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_child_environment(),
         )
         self._finalizer = weakref.finalize(self, _stop_process, process, private_dir)
         if self._authkey is None:
@@ -127,8 +142,12 @@ class Manager:
             self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.shutdown()
 
     # ------------------------------------------------------------------ proxies
@@ -143,15 +162,15 @@ class Manager:
         ns._open(**initial)  # one round trip, like the stdlib's: a dead server fails here
         return ns
 
-    def AsyncNamespace(self, name: str | None = None, /,
-                       **initial: Any) -> AsyncNamespace:
+    def AsyncNamespace(self, name: str | None = None, /, **initial: Any) -> AsyncNamespace:
         """An awaitable proxy (see ``Namespace`` for ``name`` and ``initial``)."""
         ns = AsyncNamespace(self.address, name, authkey=self._authkey)
         if initial:
             # One blocking round trip, as Manager.Namespace: the values must exist before the
             # proxy can be handed to another process.
-            with Namespace(self.address, ns._aionamespace.target.key,
-                           authkey=self._authkey) as creator:
+            with Namespace(
+                self.address, ns._aionamespace.target.key, authkey=self._authkey
+            ) as creator:
                 creator._open(**initial)
         return ns
 

@@ -51,8 +51,9 @@ class Client:
     or a push arriving among other replies is kept until it is asked for.
     """
 
-    def __init__(self, address: str | tuple[str, int],
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, address: str | tuple[str, int], ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         if isinstance(address, tuple):
             sock = socket.create_connection(address, timeout=10)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -80,8 +81,12 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.sock.close()
 
     def send(self, *frames: Any) -> None:

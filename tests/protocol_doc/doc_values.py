@@ -73,8 +73,10 @@ def encode(value: Any) -> bytes:
 class Marker:
     """A decoded container marker, until the array it leads is complete."""
 
-    def __init__(self, build: type[tuple[Any, ...]] | type[set[Any]] | type[frozenset[Any]],
-                 ) -> None:
+    def __init__(
+        self,
+        build: type[tuple[Any, ...]] | type[set[Any]] | type[frozenset[Any]],
+    ) -> None:
         self.build = build
 
 
@@ -115,8 +117,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def decode(data: bytes) -> Any:
-    value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False,
-                            strict_map_key=False)
+    value = msgpack.unpackb(
+        data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False, strict_map_key=False
+    )
     assert not isinstance(value, Marker)
     return value
 

@@ -20,7 +20,10 @@ def test_incr(client: Client) -> None:
     revision, values = client.result("snapshot", "count", None)
     assert revision == 6  # one change per incr
     assert {name: decode(blob) for name, blob in values.items()} == {
-        "n": 2**64 - 2, "f": 2.5, "g": 7}
+        "n": 2**64 - 2,
+        "f": 2.5,
+        "g": 7,
+    }
     assert client.result("set", "count", "text", encode("7")) == 7
     assert_error(client.call("incr", "count", "text", encode(1)), "TypeError")  # not a number
     assert_error(client.call("incr", "count", "n", encode(True)), "TypeError")  # a bool is not
@@ -43,7 +46,11 @@ def test_update_and_snapshot(client: Client) -> None:
     revision, current = client.result("snapshot", "shop", None)
     assert revision == 3
     assert {name: decode(blob) for name, blob in current.items()} == {
-        "apples": 4, "pears": (1, 2), "plums": None, "kiwis": 1}
+        "apples": 4,
+        "pears": (1, 2),
+        "plums": None,
+        "kiwis": 1,
+    }
     assert client.result("update", "empty", {}) == 0  # creates the namespace, no change
     assert client.result("keys") == ["empty", "shop"]  # sorted
 

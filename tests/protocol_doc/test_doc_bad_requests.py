@@ -73,14 +73,17 @@ def test_bad_requests_get_error_replies(client: Client, op: str, args: tuple[Any
         (("set", "board", "", encode(1)), "set: names must not be empty"),
         (("get", "board", "x" * 257), "get: name longer than 256 characters"),
         (("set", "board", "x", "1"), "set: values travel as bin"),
-        (("set", "board", "x", pack(msgpack.ExtType(13, b""))),
-         "set: unknown value extension code 13"),
+        (
+            ("set", "board", "x", pack(msgpack.ExtType(13, b""))),
+            "set: unknown value extension code 13",
+        ),
         (("acquire", "board", "lock", b"", None), "acquire: a lock token is 1 to 64 bytes"),
         (("track", 1), "track: expected true or false"),
     ],
 )
-def test_error_messages_are_as_documented(client: Client, request_args: tuple[Any, ...],
-                                          message: str) -> None:
+def test_error_messages_are_as_documented(
+    client: Client, request_args: tuple[Any, ...], message: str
+) -> None:
     """Messages are for humans (5.3), but the ones the document quotes are the real ones."""
     reply = client.call(*request_args)
     assert_error(reply, "RemoteProtocolError")

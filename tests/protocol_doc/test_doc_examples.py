@@ -59,10 +59,13 @@ def test_worked_examples_match_the_library(server: ServerThread) -> None:
 
     # Replay the client's side against a real server; its answers must be the documented bytes.
     with Client(server.address) as client:
-        for sent, answered in [("client-hello", "server-hello"), ("set-request", "set-reply"),
-                               ("get-request", "get-reply"),
-                               ("missing-request", "missing-reply"),
-                               ("watch-request", "watch-reply")]:
+        for sent, answered in [
+            ("client-hello", "server-hello"),
+            ("set-request", "set-reply"),
+            ("get-request", "get-reply"),
+            ("missing-request", "missing-reply"),
+            ("watch-request", "watch-reply"),
+        ]:
             client.sock.sendall(examples[sent])
             assert recv_exactly(client.sock, len(examples[answered])) == examples[answered], sent
         with connect(server) as other:  # another client sets item = "full"
@@ -106,16 +109,22 @@ VALUE_EXAMPLES: list[tuple[str, Any]] = [
     ("frozenset({'x'})", frozenset({"x"})),
     ("bytearray(b'ab')", bytearray(b"ab")),
     ("1.5-2j", 1.5 - 2j),
-    ("datetime(2024, 5, 17, 13, 45, 30, 123456, tzinfo=timezone(timedelta(hours=2)))",
-     dt.datetime(2024, 5, 17, 13, 45, 30, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))),
+    (
+        "datetime(2024, 5, 17, 13, 45, 30, 123456, tzinfo=timezone(timedelta(hours=2)))",
+        dt.datetime(2024, 5, 17, 13, 45, 30, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    ),
     ("datetime(2024, 5, 17, 13, 45)", dt.datetime(2024, 5, 17, 13, 45)),
     ("date(2024, 5, 17)", dt.date(2024, 5, 17)),
     ("time(13, 45, 30, tzinfo=timezone.utc)", dt.time(13, 45, 30, tzinfo=dt.timezone.utc)),
-    ("timedelta(days=-1, seconds=5, microseconds=7)",
-     dt.timedelta(days=-1, seconds=5, microseconds=7)),
+    (
+        "timedelta(days=-1, seconds=5, microseconds=7)",
+        dt.timedelta(days=-1, seconds=5, microseconds=7),
+    ),
     ("Decimal('-3.14')", decimal.Decimal("-3.14")),
-    ("UUID('12345678-1234-5678-1234-567812345678')",
-     uuid.UUID("12345678-1234-5678-1234-567812345678")),
+    (
+        "UUID('12345678-1234-5678-1234-567812345678')",
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    ),
     ("{(1, 2): None}", {(1, 2): None}),
     ("[(1,), {2}]", [(1,), {2}]),
 ]

@@ -40,8 +40,9 @@ def test_own_changes_are_pushed_after_the_reply(client: Client) -> None:
     assert push == [0, PUSH, watch_id, 1, "x", encode(1)]
 
 
-def test_frames_for_another_connection_keep_the_order_they_arose_in(server: ServerThread,
-                                                                   ) -> None:
+def test_frames_for_another_connection_keep_the_order_they_arose_in(
+    server: ServerThread,
+) -> None:
     """A batch's pushes and deferred replies for another connection, in order (2, 4.4, 11.4)."""
     with connect(server) as a, connect(server) as b:
         watch_id = b.result("watch", "k", None, None)[0]
@@ -49,9 +50,11 @@ def test_frames_for_another_connection_keep_the_order_they_arose_in(server: Serv
         waiting = b.frame("acquire", "k", "lock", b"b", None)
         b.send(waiting)
         assert b.quiet()
-        first, release, second = (a.frame("set", "k", "x", encode(1)),
-                                  a.frame("release", "k", "lock", b"a"),
-                                  a.frame("set", "k", "y", encode(2)))
+        first, release, second = (
+            a.frame("set", "k", "x", encode(1)),
+            a.frame("release", "k", "lock", b"a"),
+            a.frame("set", "k", "y", encode(2)),
+        )
         a.send(first, release, second)
         assert a.receive(3) == [[first[0], OK, 1], [release[0], OK, True], [second[0], OK, 2]]
         assert b.receive(3) == [
@@ -70,9 +73,11 @@ def test_frames_for_the_own_connection_follow_the_replies(client: Client) -> Non
     waiting = client.frame("acquire", "k", "lock", b"waiter", None)  # same connection, new owner
     client.send(waiting)
     assert client.quiet()
-    change, release, ping = (client.frame("set", "k", "x", encode(1)),
-                             client.frame("release", "k", "lock", b"holder"),
-                             client.frame("ping"))
+    change, release, ping = (
+        client.frame("set", "k", "x", encode(1)),
+        client.frame("release", "k", "lock", b"holder"),
+        client.frame("ping"),
+    )
     client.send(change, release, ping)
     frames = client.receive(5)
     replies = [frame for frame in frames if frame[0] != waiting[0] and not is_push(frame)]

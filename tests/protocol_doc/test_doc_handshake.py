@@ -46,13 +46,17 @@ def test_client_hello_with_an_error_is_refused(server: ServerThread) -> None:
 def test_max_connections(short_tmp: str, server_backend: str) -> None:
     """One connection too many gets the hello error form at once, unasked (3, 3.3, 8)."""
     limits = Limits(max_connections=2)
-    with ServerThread(os.path.join(short_tmp, "m.sock"), backend=server_backend,
-                      limits=limits) as server:
+    with ServerThread(
+        os.path.join(short_tmp, "m.sock"), backend=server_backend, limits=limits
+    ) as server:
         with connect(server) as first, connect(server) as second:
             with Client(server.address) as third:  # sends nothing: the server speaks first
-                assert third.receive() == [{
-                    "protocol": "aionamespace",
-                    "error": ["ConnectionLost", "the server is at its limit of 2 connections"]}]
+                assert third.receive() == [
+                    {
+                        "protocol": "aionamespace",
+                        "error": ["ConnectionLost", "the server is at its limit of 2 connections"],
+                    }
+                ]
                 assert third.at_eof()
             assert first.result("ping") is None  # the others are unaffected
             assert second.result("ping") is None
@@ -70,12 +74,20 @@ def test_max_connections(short_tmp: str, server_backend: str) -> None:
 
 def test_handshake_timeout(short_tmp: str, server_backend: str) -> None:
     """No hello within handshake_timeout: the hello error form, then the end (3, 3.3, 8)."""
-    refusal = {"protocol": "aionamespace",
-               "error": ["RemoteProtocolError", "no hello and authentication within 0.3 seconds"]}
-    with ServerThread(os.path.join(short_tmp, "h.sock"), backend=server_backend,
-                      limits=Limits(handshake_timeout=0.3)) as server:
-        with Client(server.address) as silent, Client(server.address) as slow, \
-                Client(server.address) as prompt:
+    refusal = {
+        "protocol": "aionamespace",
+        "error": ["RemoteProtocolError", "no hello and authentication within 0.3 seconds"],
+    }
+    with ServerThread(
+        os.path.join(short_tmp, "h.sock"),
+        backend=server_backend,
+        limits=Limits(handshake_timeout=0.3),
+    ) as server:
+        with (
+            Client(server.address) as silent,
+            Client(server.address) as slow,
+            Client(server.address) as prompt,
+        ):
             started = time.monotonic()
             slow.sock.sendall(pack(HELLO)[:-1])  # all of the hello but its last byte
             prompt.send(HELLO)
@@ -91,15 +103,23 @@ def test_handshake_timeout(short_tmp: str, server_backend: str) -> None:
 
 def test_handshake_timeout_covers_the_proof(short_tmp: str, server_backend: str) -> None:
     """With an authkey, a hello without its proof in time: a connection-level error (3.4, 7.3)."""
-    with ServerThread(os.path.join(short_tmp, "p.sock"), backend=server_backend, authkey=KEY,
-                      limits=Limits(handshake_timeout=0.3)) as server:
+    with ServerThread(
+        os.path.join(short_tmp, "p.sock"),
+        backend=server_backend,
+        authkey=KEY,
+        limits=Limits(handshake_timeout=0.3),
+    ) as server:
         with Client(server.address) as client:
             client.send({**HELLO, "challenge": os.urandom(32)})
             hello, error = client.receive(2)
             assert hello["version"] == 1
             assert "proof" in hello
-            assert error == [0, ERROR, "RemoteProtocolError",
-                             "no hello and authentication within 0.3 seconds"]
+            assert error == [
+                0,
+                ERROR,
+                "RemoteProtocolError",
+                "no hello and authentication within 0.3 seconds",
+            ]
             assert client.at_eof()
 
 

@@ -66,12 +66,15 @@ def test_max_frame_bytes_bounds_whole_frames(small_server: ServerThread, frame: 
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             client.sock.sendall(data)
         (error,) = client.receive()
-        assert error == [0, ERROR, "RemoteProtocolError",
-                         f"frame larger than max_frame_bytes ({SMALL})"]
+        assert error == [
+            0,
+            ERROR,
+            "RemoteProtocolError",
+            f"frame larger than max_frame_bytes ({SMALL})",
+        ]
 
 
-def test_a_client_that_leaves_16_mib_unread_is_dropped(short_tmp: str,
-                                                       server_backend: str) -> None:
+def test_a_client_that_leaves_16_mib_unread_is_dropped(short_tmp: str, server_backend: str) -> None:
     """Pushes do not pile up without a bound: past 16 MiB unread, ConnectionLost (7.3, 8)."""
     with ServerThread(os.path.join(short_tmp, "u.sock"), backend=server_backend) as server:
         with connect(server) as watcher, connect(server) as writer:
@@ -84,8 +87,14 @@ def test_a_client_that_leaves_16_mib_unread_is_dropped(short_tmp: str,
             writer.send(waiting)
             assert writer.reply(waiting[0]) == [waiting[0], OK, None]  # dropped: the lock passed
             *pushes, last = watcher.until_eof()
-            assert last == [0, ERROR, "ConnectionLost", "more than 16777216 bytes of events "
-                            "went unread; watch again from the last revision seen"]
+            assert last == [
+                0,
+                ERROR,
+                "ConnectionLost",
+                "more than 16777216 bytes of events "
+                "went unread; watch again from the last revision seen",
+            ]
             assert 16 <= len(pushes) < 24
-            assert pushes == [[0, PUSH, watch_id, revision, "x", big]
-                              for revision in range(1, len(pushes) + 1)]
+            assert pushes == [
+                [0, PUSH, watch_id, revision, "x", big] for revision in range(1, len(pushes) + 1)
+            ]

@@ -48,14 +48,17 @@ def test_connection_level_error_is_the_last_frame(client: Client) -> None:
     waiting = client.frame("acquire", "k", "lock", b"waiter", None)
     client.send(waiting)
     assert client.quiet()
-    change, release = (client.frame("set", "k", "x", encode(1)),
-                       client.frame("release", "k", "lock", b"holder"))
+    change, release = (
+        client.frame("set", "k", "x", encode(1)),
+        client.frame("release", "k", "lock", b"holder"),
+    )
     client.sock.sendall(pack(change) + pack(release) + b"\xc1")
     *frames, error = client.until_eof()
     assert error[:3] == [0, ERROR, "RemoteProtocolError"]
     push, grant = [0, PUSH, watch_id, 1, "x", encode(1)], [waiting[0], OK, None]
     assert sorted(frames, key=repr) == sorted(
-        [[change[0], OK, 1], [release[0], OK, True], push, grant], key=repr)
+        [[change[0], OK, 1], [release[0], OK, True], push, grant], key=repr
+    )
     assert frames.index([change[0], OK, 1]) < frames.index(push) < frames.index(grant)
     assert frames.index([release[0], OK, True]) < frames.index(grant)
 
@@ -73,7 +76,10 @@ def test_goodbye_when_the_server_stops(short_tmp: str, server_backend: str) -> N
                 server.stop()
                 assert recv_exactly(greeted.sock, len(goodbye) + 1) == goodbye  # then the end
             for client in (silent, partial):
-                assert client.receive() == [{"protocol": "aionamespace",
-                                             "error": ["ConnectionLost",
-                                                       "the server is shutting down"]}]
+                assert client.receive() == [
+                    {
+                        "protocol": "aionamespace",
+                        "error": ["ConnectionLost", "the server is shutting down"],
+                    }
+                ]
                 assert client.at_eof()

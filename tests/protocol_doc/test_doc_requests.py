@@ -18,13 +18,16 @@ from doc_values import BIGINT, TUPLE, assert_same, decode, encode
 
 
 def test_set_and_get(client: Client) -> None:
-    for revision, (name, value, first_byte) in enumerate([
-        ("text", "empty", 0xA5),  # fixstr of 5 bytes
-        ("count", 42, 0x2A),  # positive fixint
-        ("pair", (1, "a"), 0x93),  # an array of 3: the TUPLE marker and the items
-        ("huge", 10**30, 0xC7),  # ext 8, code BIGINT
-        ("negative_huge", -(10**30), 0xC7),
-    ], start=1):
+    for revision, (name, value, first_byte) in enumerate(
+        [
+            ("text", "empty", 0xA5),  # fixstr of 5 bytes
+            ("count", 42, 0x2A),  # positive fixint
+            ("pair", (1, "a"), 0x93),  # an array of 3: the TUPLE marker and the items
+            ("huge", 10**30, 0xC7),  # ext 8, code BIGINT
+            ("negative_huge", -(10**30), 0xC7),
+        ],
+        start=1,
+    ):
         blob = encode(value)
         assert blob[0] == first_byte
         assert client.result("set", "board", name, blob) == revision  # one change, one revision
@@ -68,8 +71,9 @@ SAMPLES: dict[str, Any] = {
     "frozen": frozenset({"x"}),
     "buffer": bytearray(b"ab\x00"),
     "number": 1.5 - 2j,
-    "aware": dt.datetime(2024, 5, 17, 13, 45, 30, 123456,
-                         tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
+    "aware": dt.datetime(
+        2024, 5, 17, 13, 45, 30, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))
+    ),
     "naive": dt.datetime(1999, 12, 31, 23, 59, 59),
     "day": dt.date(2024, 2, 29),
     "clock": dt.time(8, 0, 0, 1, tzinfo=dt.timezone.utc),

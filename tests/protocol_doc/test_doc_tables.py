@@ -55,7 +55,9 @@ def test_documented_limits_match_the_library() -> None:
     assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
     assert f"| history | {DEFAULT_HISTORY:,} revisions per namespace |" in text
     assert f"| unread frames | 16 MiB ({MAX_PUSH_BACKLOG_BYTES} bytes) |" in text
-    for message in (f"the server is at its limit of {limits.max_connections} connections",
-                    f"no hello and authentication within {limits.handshake_timeout} seconds",
-                    f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread"):
+    for message in (
+        f"the server is at its limit of {limits.max_connections} connections",
+        f"no hello and authentication within {limits.handshake_timeout} seconds",
+        f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread",
+    ):
         assert message in text

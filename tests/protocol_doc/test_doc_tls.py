@@ -28,13 +28,18 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
-def test_tls(short_tmp: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
-             transport: str, server_backend: str) -> None:
+def test_tls(
+    short_tmp: str,
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+    transport: str,
+    server_backend: str,
+) -> None:
     """The whole protocol inside TLS, the handshake and HMAC authentication included."""
     server_context, client_context = tls_contexts
     address = ("127.0.0.1", 0) if transport == "tcp" else os.path.join(short_tmp, "tls.sock")
-    with ServerThread(address, backend=server_backend, authkey=KEY,
-                      ssl_context=server_context) as server:
+    with ServerThread(
+        address, backend=server_backend, authkey=KEY, ssl_context=server_context
+    ) as server:
         with Client(server.address, client_context) as client:
             assert isinstance(client.sock, ssl.SSLSocket)
             assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
@@ -42,8 +47,9 @@ def test_tls(short_tmp: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
             assert client.result("set", "vault", "secret", encode((1, 2))) == 1
             watch_id = client.result("watch", "vault", None, None)[0]
             if transport == "tcp":  # the real proxy checks the host name it connects to
-                with Namespace(server.address, "vault", authkey=KEY,
-                               ssl_context=client_context) as ns:
+                with Namespace(
+                    server.address, "vault", authkey=KEY, ssl_context=client_context
+                ) as ns:
                     assert ns.secret == (1, 2)
                     ns.answer = 42
             else:

@@ -46,7 +46,9 @@ def test_watch_sees_the_changes_of_the_real_proxy(server: ServerThread, client: 
         [7, "b", None],  # popped
     ]
     assert [push[1:] for push in pushes if push[0] == only_a_id] == [
-        [1, "a", encode(1)], [3, "a", None]]  # only its names: revisions may jump
+        [1, "a", encode(1)],
+        [3, "a", None],
+    ]  # only its names: revisions may jump
 
     # Watching with since=nil now: the current values, at the current revision.
     reply = client.result("watch", "live", None, None)
@@ -75,7 +77,9 @@ def test_watch_since_replays_history(client: Client) -> None:
     y_only, revision, values = client.result("watch", "hist", ["y"], 1)
     assert (revision, values) == (5, {})
     assert collect_pushes(client, 2) == [  # the first watch is still on: it sees nothing new
-        [y_only, 2, "y", encode(2)], [y_only, 4, "y", encode(4)]]
+        [y_only, 2, "y", encode(2)],
+        [y_only, 4, "y", encode(4)],
+    ]
 
     _, revision, values = client.result("watch", "hist", None, 5)  # since = current
     assert (revision, values) == (5, {})
@@ -102,8 +106,10 @@ def test_history_expired(short_history_server: ServerThread) -> None:
         watch_id, revision, _ = client.result("watch", "h", None, 2)
         assert revision == 5
         assert collect_pushes(client, 3) == [
-            [watch_id, 3, "x", encode(3)], [watch_id, 4, "x", encode(4)],
-            [watch_id, 5, "x", encode(5)]]
+            [watch_id, 3, "x", encode(3)],
+            [watch_id, 4, "x", encode(4)],
+            [watch_id, 5, "x", encode(5)],
+        ]
 
 
 @pytest.fixture
@@ -121,16 +127,21 @@ def test_history_keeps_whole_revisions(tiny_history_server: ServerThread) -> Non
         watch_id, revision, _ = client.result("watch", "h", None, 0)  # 2 revisions are kept
         assert revision == 2
         assert collect_pushes(client, 5) == [
-            [watch_id, 1, "a", encode(1)], [watch_id, 1, "b", encode(2)],
-            [watch_id, 1, "c", encode(3)], [watch_id, 2, "a", encode(4)],
-            [watch_id, 2, "d", encode(5)]]
+            [watch_id, 1, "a", encode(1)],
+            [watch_id, 1, "b", encode(2)],
+            [watch_id, 1, "c", encode(3)],
+            [watch_id, 2, "a", encode(4)],
+            [watch_id, 2, "d", encode(5)],
+        ]
         assert client.result("set", "h", "e", encode(6)) == 3  # revision 1 is forgotten, whole
         assert collect_pushes(client, 1) == [[watch_id, 3, "e", encode(6)]]
         assert_error(client.call("watch", "h", None, 0), "HistoryExpired")
         other_id, _, _ = client.result("watch", "h", None, 1)
         assert collect_pushes(client, 3) == [
-            [other_id, 2, "a", encode(4)], [other_id, 2, "d", encode(5)],
-            [other_id, 3, "e", encode(6)]]
+            [other_id, 2, "a", encode(4)],
+            [other_id, 2, "d", encode(5)],
+            [other_id, 3, "e", encode(6)],
+        ]
 
 
 def test_unwatch(server: ServerThread, client: Client) -> None:

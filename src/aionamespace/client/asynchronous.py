@@ -137,8 +137,12 @@ class AsyncNamespace(ProxyBase):
         await self._aionamespace.bound().start_pump()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._aionamespace.transport.stop_pump()
 
     # ------------------------------------------------------------------ operations
@@ -162,7 +166,8 @@ class AsyncNamespace(ProxyBase):
     async def _append(self, name: str, *items: Any) -> int:
         """Extend a shared list in place (a missing name starts empty); returns its length."""
         return await self._run(  # type: ignore[no-any-return]
-            calls.append(self._key, name, items))
+            calls.append(self._key, name, items)
+        )
 
     async def _setdefault(self, name: str, value: Any) -> Any:
         """Set ``name`` unless it is set; returns the value it holds afterwards."""
@@ -180,7 +185,8 @@ class AsyncNamespace(ProxyBase):
     async def _cas(self, name: str, expected: Any, new: Any) -> bool:
         """Set ``name`` to ``new`` only if it equals ``expected`` (same type); whether it did."""
         return await self._run(  # type: ignore[no-any-return]
-            calls.cas(self._key, name, expected, new))
+            calls.cas(self._key, name, expected, new)
+        )
 
     # ------------------------------------------------------------------ watches and locks
 
@@ -193,8 +199,12 @@ class AsyncNamespace(ProxyBase):
         """
         return AsyncWatch(self._aionamespace.target, names, since)
 
-    async def _wait_for(self, name: str, predicate: Callable[[Any], bool] | None = None,
-                        timeout: float | None = None) -> Any:  # noqa: ASYNC109 - Namespace's API
+    async def _wait_for(
+        self,
+        name: str,
+        predicate: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - Namespace's API
+    ) -> Any:
         """Wait until ``predicate(value)`` holds (or, without one, until ``name`` is set
         again) and return the value; TimeoutError after ``timeout`` seconds."""
         with anyio.fail_after(timeout):

@@ -56,8 +56,12 @@ class AsyncioTransport(PipelinedTransport):
     def new_wakeup(self) -> asyncio.Future[Any]:
         return self.loop.create_future()
 
-    async def call(self, operation: Operation, args: tuple[Any, ...], failures: int = 0,
-                   ) -> Any:
+    async def call(
+        self,
+        operation: Operation,
+        args: tuple[Any, ...],
+        failures: int = 0,
+    ) -> Any:
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -127,12 +131,17 @@ class AsyncioTransport(PipelinedTransport):
         loop = self.loop
         target = self.target
         timeout = target.limits.handshake_timeout
-        with map_connection_errors(target.address, connecting=True, handshake_timeout=timeout), \
-                anyio.fail_after(timeout):
+        with (
+            map_connection_errors(target.address, connecting=True, handshake_timeout=timeout),
+            anyio.fail_after(timeout),
+        ):
             sock = await _connect(loop, target.address)
             try:
-                await handshake(self.table.protocol, lambda data: loop.sock_sendall(sock, data),
-                                lambda: _receive(loop, sock))
+                await handshake(
+                    self.table.protocol,
+                    lambda data: loop.sock_sendall(sock, data),
+                    lambda: _receive(loop, sock),
+                )
                 if sock.family == socket.AF_UNIX:
                     _, link = await loop.create_unix_connection(lambda: SocketLink(self), sock=sock)
                 else:
@@ -192,8 +201,11 @@ class SocketLink(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         detail = f": {exc}" if exc is not None else ": the server closed the connection"
-        self._end(ConnectionLost(
-            f"lost the connection to the aionamespace server at {self.address!r}{detail}"))
+        self._end(
+            ConnectionLost(
+                f"lost the connection to the aionamespace server at {self.address!r}{detail}"
+            )
+        )
 
     def pause_writing(self) -> None:
         if self._writable is None:

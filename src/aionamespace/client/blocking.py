@@ -34,8 +34,9 @@ READ_CHUNK_BYTES = 256 * 1024  # one buffer per transport, reused: large values 
 Event = Hello | Reply | WatchPush | Invalidation
 
 
-def open_socket(address: Address, ssl_context: ssl.SSLContext | None = None,
-                timeout: float | None = None) -> socket.socket:
+def open_socket(
+    address: Address, ssl_context: ssl.SSLContext | None = None, timeout: float | None = None
+) -> socket.socket:
     """A connected socket (TCP_NODELAY for TCP: every frame is a whole message), with
     ``timeout`` on its operations until the caller lifts it (the handshake's bound)."""
     if isinstance(address, tuple):
@@ -199,8 +200,9 @@ class SocketTransport:
     def _events(self, received: int) -> list[Event]:
         """The events completed by ``received`` bytes read into the buffer (0: closed)."""
         if not received:
-            raise ConnectionLost(f"the aionamespace server at {self.address!r} closed the "
-                                 "connection")
+            raise ConnectionLost(
+                f"the aionamespace server at {self.address!r} closed the connection"
+            )
         return self.protocol.receive_data(self._buffer[:received])
 
     def _receive_until(self, request_id: int, events: list[Event]) -> Reply:

@@ -26,6 +26,8 @@ __all__ = ["ABSENT", "SPECIAL_ENTRIES", "CacheTable", "entry_value"]
 
 #: Decoded values of these types are immutable: the cache may hand out the same object.
 _IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes, complex})
+
+
 class _Missing:
     """The cached answer "no such attribute"."""
 

@@ -35,8 +35,9 @@ class Operation:
 
     __slots__ = ("changes", "op", "read")
 
-    def __init__(self, op: str, read: Callable[[Any], Any] = _unchanged,
-                 changes: str | None = None) -> None:
+    def __init__(
+        self, op: str, read: Callable[[Any], Any] = _unchanged, changes: str | None = None
+    ) -> None:
         self.op, self.read, self.changes = op, read, changes
 
     def changed(self, args: tuple[Any, ...]) -> tuple[str, ...]:
@@ -105,8 +106,9 @@ TRACK = Operation("track")
 def shared(name: str) -> str:
     """An attribute name an operation may share: ``_`` names stay on the proxy."""
     if isinstance(name, str) and name.startswith("_"):
-        raise ValueError(f"{name!r} starts with '_': such names stay on the proxy and are "
-                         "never shared")
+        raise ValueError(
+            f"{name!r} starts with '_': such names stay on the proxy and are never shared"
+        )
     return name
 
 

@@ -45,8 +45,13 @@ class LoopbackServer:
     """A server in this process (see the module's docstring); ``authkey`` and ``limits`` as
     ``Server``'s."""
 
-    def __init__(self, *, store: Store | None = None, limits: Limits | None = None,
-                 authkey: bytes | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store | None = None,
+        limits: Limits | None = None,
+        authkey: bytes | None = None,
+    ) -> None:
         self.store = store if store is not None else MemoryStore()
         self.limits = limits or Limits()
         self.authkey = authkey
@@ -214,8 +219,9 @@ class _AsyncioLink:
 class _AsyncioLoopback(AsyncioTransport):
     """``AsyncioTransport`` (its whole request path) over a loopback connection."""
 
-    def __init__(self, state: AsyncState, loop: asyncio.AbstractEventLoop,
-                 server: LoopbackServer) -> None:
+    def __init__(
+        self, state: AsyncState, loop: asyncio.AbstractEventLoop, server: LoopbackServer
+    ) -> None:
         super().__init__(state, loop)
         self.server = server
 

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 __all__ = ["AsyncState", "PipelinedTransport", "Pump", "handshake"]
 
 
-async def handshake(protocol: ClientConnection, send: Callable[[bytes], Awaitable[object]],
-                    receive: Callable[[], Awaitable[bytes]]) -> None:
+async def handshake(
+    protocol: ClientConnection,
+    send: Callable[[bytes], Awaitable[object]],
+    receive: Callable[[], Awaitable[bytes]],
+) -> None:
     """``ClientConnection``'s handshake over an async ``send`` and ``receive`` (a stream's, or
     a bare socket's): raise why the server will not have us."""
     try:
@@ -100,8 +103,12 @@ class PipelinedTransport:
         """An event of this loop, for a ``Waiter``."""
         raise NotImplementedError
 
-    async def call(self, operation: Operation, args: tuple[Any, ...], failures: int = 0,
-                   ) -> Any:
+    async def call(
+        self,
+        operation: Operation,
+        args: tuple[Any, ...],
+        failures: int = 0,
+    ) -> Any:
         """Send one request and return its answer, read; retried as the target's policy says
         (``failures``: how many attempts failed already)."""
         raise NotImplementedError
@@ -128,8 +135,9 @@ class PipelinedTransport:
 
     # ------------------------------------------------------------------ shared
 
-    async def retry(self, operation: Operation, args: tuple[Any, ...], error: ConnectionLost,
-                    failures: int) -> Any:
+    async def retry(
+        self, operation: Operation, args: tuple[Any, ...], error: ConnectionLost, failures: int
+    ) -> Any:
         """``call`` again after a lost connection, when the policy allows; else raise."""
         delay = self.target.retry.delay(operation.op, failures + 1, error)
         if delay is None:
@@ -258,8 +266,12 @@ class _Unbound(PipelinedTransport):
     def current(self) -> bool:
         return False
 
-    async def call(self, operation: Operation, args: tuple[Any, ...], failures: int = 0,
-                   ) -> Any:
+    async def call(
+        self,
+        operation: Operation,
+        args: tuple[Any, ...],
+        failures: int = 0,
+    ) -> Any:
         return await self.state.bound().call(operation, args, failures)
 
     def write(self, operation: Operation, args: tuple[Any, ...]) -> None:

@@ -64,17 +64,24 @@ class Target:
     authkey: bytes | None = dataclasses.field(default=None, repr=False)
     limits: Limits = dataclasses.field(default_factory=Limits)
     retry: Retry = dataclasses.field(default_factory=Retry)
-    ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, repr=False,
-                                                           compare=False)
+    ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, repr=False, compare=False)
     cache: bool = False
     #: A server in this process that opens transports with no socket (tests, embedding);
     #: ``address`` then only names it.
     in_process: InProcess | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
-    def create(cls, address: object, name: str | None, *, authkey: bytes | None = None,
-               limits: Limits | None = None, retry: Retry | None = None,
-               ssl_context: ssl.SSLContext | None = None, cache: bool = False) -> Target:
+    def create(
+        cls,
+        address: object,
+        name: str | None,
+        *,
+        authkey: bytes | None = None,
+        limits: Limits | None = None,
+        retry: Retry | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        cache: bool = False,
+    ) -> Target:
         limits = limits or Limits()
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
@@ -92,10 +99,13 @@ class Target:
             in_process, address = cast("InProcess", address), f"unix:in-process-{id(address):x}"
         parsed = parse_address(address)
         if ssl_context is not None and isinstance(parsed, str) and ssl_context.check_hostname:
-            raise ValueError("TLS over a Unix socket has no host name to check: use an "
-                             "ssl_context with check_hostname = False")
-        return cls(parsed, key, named, authkey, limits, retry or Retry(), ssl_context, cache,
-                   in_process)
+            raise ValueError(
+                "TLS over a Unix socket has no host name to check: use an "
+                "ssl_context with check_hostname = False"
+            )
+        return cls(
+            parsed, key, named, authkey, limits, retry or Retry(), ssl_context, cache, in_process
+        )
 
     @property
     def server(self) -> tuple[Any, ...]:
@@ -109,8 +119,11 @@ class Target:
 
 def format_namespace(attributes: dict[str, bytes]) -> str:
     """``Namespace(a=1, b='x')``: the stdlib's format (sorted ``name=repr`` items)."""
-    items = sorted(f"{name}={decode_value(blob)!r}" for name, blob in attributes.items()
-                   if not name.startswith("_"))
+    items = sorted(
+        f"{name}={decode_value(blob)!r}"
+        for name, blob in attributes.items()
+        if not name.startswith("_")
+    )
     return f"Namespace({', '.join(items)})"
 
 
@@ -126,12 +139,29 @@ class ProxyBase:
     __slots__ = ("__dict__", "__weakref__", "_aionamespace")
     _aionamespace: Any  # the subclass's connection state; holds ``.target``
 
-    def __init__(self, address: Address, name: str | None = None, /, *,
-                 authkey: bytes | None = None, limits: Limits | None = None,
-                 retry: Retry | None = None, ssl_context: ssl.SSLContext | None = None,
-                 cache: bool = False) -> None:
-        self._attach(Target.create(address, name, authkey=authkey, limits=limits, retry=retry,
-                                   ssl_context=ssl_context, cache=cache))
+    def __init__(
+        self,
+        address: Address,
+        name: str | None = None,
+        /,
+        *,
+        authkey: bytes | None = None,
+        limits: Limits | None = None,
+        retry: Retry | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        cache: bool = False,
+    ) -> None:
+        self._attach(
+            Target.create(
+                address,
+                name,
+                authkey=authkey,
+                limits=limits,
+                retry=retry,
+                ssl_context=ssl_context,
+                cache=cache,
+            )
+        )
 
     def _attach(self, target: Target) -> None:
         """Give the proxy its connection state (subclasses: theirs)."""
@@ -140,11 +170,15 @@ class ProxyBase:
     def __reduce__(self) -> tuple[Any, ...]:
         target = self._aionamespace.target
         if target.in_process is not None:
-            raise TypeError("a proxy of a server in this process cannot be pickled: it has "
-                            "no address another process could reach")
+            raise TypeError(
+                "a proxy of a server in this process cannot be pickled: it has "
+                "no address another process could reach"
+            )
         if target.ssl_context is not None:
-            raise TypeError("a proxy using TLS cannot be pickled (an ssl.SSLContext cannot "
-                            "be): make the proxy in the child process with its own context")
+            raise TypeError(
+                "a proxy using TLS cannot be pickled (an ssl.SSLContext cannot "
+                "be): make the proxy in the child process with its own context"
+            )
         return (_rebuild, (type(self), target))
 
     def __repr__(self) -> str:

@@ -43,8 +43,13 @@ class Waiter:
 
     __slots__ = ("done", "error", "id", "new_wakeup", "result", "until", "wakeup", "wants_push")
 
-    def __init__(self, new_wakeup: Callable[[], Any], request_id: int = 0, until: int = 0,
-                 wants_push: bool = False) -> None:
+    def __init__(
+        self,
+        new_wakeup: Callable[[], Any],
+        request_id: int = 0,
+        until: int = 0,
+        wants_push: bool = False,
+    ) -> None:
         self.id = request_id
         self.until = until
         self.wants_push = wants_push
@@ -77,8 +82,9 @@ class Waiter:
         self.wakeup = self.new_wakeup()
 
 
-def settle(waiter: Waiter | asyncio.Future[Any], result: Any = None,
-           error: BaseException | None = None) -> None:
+def settle(
+    waiter: Waiter | asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+) -> None:
     """Give ``waiter`` its outcome (a Future whose task was cancelled is left as it is)."""
     if isinstance(waiter, Waiter):
         waiter.finish(result, error)
@@ -108,8 +114,9 @@ class RequestTable:
 
     # ------------------------------------------------------------------ requests
 
-    def request(self, operation: Operation, args: tuple[Any, ...],
-                waiter: Waiter | asyncio.Future[Any]) -> int:
+    def request(
+        self, operation: Operation, args: tuple[Any, ...], waiter: Waiter | asyncio.Future[Any]
+    ) -> int:
         """Encode a request into the outbox, to be answered to ``waiter``; its id."""
         protocol = self.protocol
         if operation.op == "get":
@@ -128,7 +135,8 @@ class RequestTable:
         if len(self.queued_writes) + len(self.inflight_writes) >= limit:
             raise WriteQueueFull(
                 f"{limit} writes are waiting to be acknowledged (Limits.max_queued_writes): "
-                "await ns._flush(), or use 'async with ns:' so that a task sends them")
+                "await ns._flush(), or use 'async with ns:' so that a task sends them"
+            )
         request_id, frame = self.protocol.send_request(operation.op, *args)
         self.outbox.append((request_id, frame))
         self.queued_writes.add(request_id)
@@ -148,8 +156,9 @@ class RequestTable:
         """A write of the outbox failed: nothing past ``sent_through`` left after all."""
         self.sent_through = sent_through
 
-    def unanswered(self, request_id: int, waiter: Waiter | asyncio.Future[Any],
-                   exc: BaseException) -> BaseException:
+    def unanswered(
+        self, request_id: int, waiter: Waiter | asyncio.Future[Any], exc: BaseException
+    ) -> BaseException:
         """A request ends without its result (``exc`` was raised while it waited): forget it,
         and say what its caller should raise."""
         self.waiters.pop(request_id, None)
@@ -227,8 +236,11 @@ class RequestTable:
                 return goodbye
         return None
 
-    def _reply(self, reply: Reply, waiter: Waiter | asyncio.Future[Any] | None,
-               ) -> BaseException | None:
+    def _reply(
+        self,
+        reply: Reply,
+        waiter: Waiter | asyncio.Future[Any] | None,
+    ) -> BaseException | None:
         if reply.id == 0:  # the server is dropping the connection and says why
             return reply.error or ConnectionLost("the server closed the connection")
         if reply.id in self.inflight_writes:
@@ -255,7 +267,8 @@ class RequestTable:
             self.inflight_writes.clear()
             unknown = ConnectionLost(
                 f"{count} write(s) were sent but not acknowledged before the connection was "
-                f"lost ({error}); they may or may not have been applied")
+                f"lost ({error}); they may or may not have been applied"
+            )
             unknown.request_sent = True
             self.write_errors.append(unknown)
         self.outbox = [(i, frame) for i, frame in self.outbox if i in self.queued_writes]

@@ -38,17 +38,19 @@ READ_CHUNK_BYTES = 256 * 1024
 CONCURRENT_READ_ABOVE_BYTES = 64 * 1024
 
 
-async def open_stream(address: Address, ssl_context: ssl.SSLContext | None = None,
-                      ) -> anyio.abc.ByteStream:
+async def open_stream(
+    address: Address,
+    ssl_context: ssl.SSLContext | None = None,
+) -> anyio.abc.ByteStream:
     if isinstance(address, tuple):
         if ssl_context is None:
             return await anyio.connect_tcp(*address)
-        return await anyio.connect_tcp(*address, ssl_context=ssl_context,
-                                       tls_standard_compatible=False)
+        return await anyio.connect_tcp(
+            *address, ssl_context=ssl_context, tls_standard_compatible=False
+        )
     stream: anyio.abc.ByteStream = await anyio.connect_unix(address)
     if ssl_context is not None:
-        stream = await TLSStream.wrap(stream, ssl_context=ssl_context,
-                                      standard_compatible=False)
+        stream = await TLSStream.wrap(stream, ssl_context=ssl_context, standard_compatible=False)
     return stream
 
 
@@ -84,8 +86,12 @@ class StreamTransport(PipelinedTransport):
     def new_wakeup(self) -> Any:
         return self._new_event()
 
-    async def call(self, operation: Operation, args: tuple[Any, ...], failures: int = 0,
-                   ) -> Any:
+    async def call(
+        self,
+        operation: Operation,
+        args: tuple[Any, ...],
+        failures: int = 0,
+    ) -> Any:
         if not self.current():
             return await self.state.bound().call(operation, args, failures)
         table = self.table
@@ -196,8 +202,10 @@ class StreamTransport(PipelinedTransport):
     async def open_link(self) -> anyio.abc.ByteStream:
         target = self.target
         timeout = target.limits.handshake_timeout
-        with map_connection_errors(target.address, connecting=True, handshake_timeout=timeout), \
-                anyio.fail_after(timeout):
+        with (
+            map_connection_errors(target.address, connecting=True, handshake_timeout=timeout),
+            anyio.fail_after(timeout),
+        ):
             stream = await open_stream(target.address, target.ssl_context)
             try:
                 await handshake(self.table.protocol, stream.send, stream.receive)

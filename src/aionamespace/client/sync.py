@@ -113,8 +113,9 @@ class Namespace(ProxyBase):
     def _attach(self, target: Target) -> None:
         object.__setattr__(self, "_aionamespace", _State(target))
 
-    def _retrying(self, op: str, attempt: Callable[[], Any],
-                  failed: ConnectionLost | None = None) -> Any:
+    def _retrying(
+        self, op: str, attempt: Callable[[], Any], failed: ConnectionLost | None = None
+    ) -> Any:
         """``attempt()``, again after a lost connection when the retry policy allows
         (``failed``: the first attempt, made by a fast path, already failed so)."""
         retry = self._aionamespace.target.retry
@@ -142,8 +143,9 @@ class Namespace(ProxyBase):
         try:  # the first attempt without a closure: the hot path (gets, sets)
             return POOL.transport(target).call(operation, args)
         except ConnectionLost as exc:
-            return self._retrying(operation.op,
-                                  lambda: POOL.transport(target).call(operation, args), exc)
+            return self._retrying(
+                operation.op, lambda: POOL.transport(target).call(operation, args), exc
+            )
 
     @property
     def _key(self) -> str:
@@ -161,8 +163,7 @@ class Namespace(ProxyBase):
             if cache is not None and cache.usable:  # the hot path: one dict lookup
                 entry = cache.values.get((state.target.key, name), _ABSENT)
                 if entry is not _ABSENT:
-                    return entry if type(entry) not in SPECIAL_ENTRIES else entry_value(
-                        entry, name)
+                    return entry if type(entry) not in SPECIAL_ENTRIES else entry_value(entry, name)
             return self._retrying("get", lambda: self._cache().get(state.target.key, name))
         return self._run(calls.get(state.target.key, name))
 
@@ -238,8 +239,12 @@ class Namespace(ProxyBase):
         """
         return Watch(self._aionamespace.target, names, since)
 
-    def _wait_for(self, name: str, predicate: Callable[[Any], bool] | None = None,
-                  timeout: float | None = None) -> Any:
+    def _wait_for(
+        self,
+        name: str,
+        predicate: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Block until ``predicate(value)`` holds (or, without one, until ``name`` is set
         again) and return the value; TimeoutError after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -275,6 +280,10 @@ class Namespace(ProxyBase):
     def __enter__(self) -> Namespace:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._close()

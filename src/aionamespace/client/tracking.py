@@ -42,8 +42,9 @@ class CacheConnection:
         self.values = self.table.values  # what reads serve (the proxy's hot path reads it)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()  # sending, and the pending table
-        self._reader = threading.Thread(target=self._read_forever, daemon=True,
-                                        name="aionamespace cache reader")
+        self._reader = threading.Thread(
+            target=self._read_forever, daemon=True, name="aionamespace cache reader"
+        )
         self._reader.start()
 
     @property

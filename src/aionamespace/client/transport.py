@@ -74,8 +74,9 @@ TRANSPORT_ERRORS = (
 
 
 @contextlib.contextmanager
-def map_connection_errors(address: object, *, connecting: bool = False,
-                          handshake_timeout: float | None = None) -> Iterator[None]:
+def map_connection_errors(
+    address: object, *, connecting: bool = False, handshake_timeout: float | None = None
+) -> Iterator[None]:
     """Translate socket and anyio failures into ``ConnectionLost`` naming the address.
 
     A TimeoutError passes through (a timeout the caller asked for is not a lost connection),
@@ -85,15 +86,21 @@ def map_connection_errors(address: object, *, connecting: bool = False,
     try:
         yield
     except Exception as exc:
-        lost = connection_lost(exc, address, connecting=connecting,
-                               handshake_timeout=handshake_timeout)
+        lost = connection_lost(
+            exc, address, connecting=connecting, handshake_timeout=handshake_timeout
+        )
         if lost is None:
             raise
         raise lost from exc
 
 
-def connection_lost(exc: BaseException, address: object, *, connecting: bool = False,
-                    handshake_timeout: float | None = None) -> ConnectionLost | None:
+def connection_lost(
+    exc: BaseException,
+    address: object,
+    *,
+    connecting: bool = False,
+    handshake_timeout: float | None = None,
+) -> ConnectionLost | None:
     """The ``ConnectionLost`` that ``exc`` stands for (``map_connection_errors``), or None if
     it should pass as it is (for a hot path that cannot afford a context manager)."""
     if isinstance(exc, TimeoutError):
@@ -101,7 +108,8 @@ def connection_lost(exc: BaseException, address: object, *, connecting: bool = F
             return None
         return ConnectionLost(
             f"cannot connect to the aionamespace server at {address!r}: no handshake within "
-            f"{handshake_timeout} seconds")
+            f"{handshake_timeout} seconds"
+        )
     if isinstance(exc, ConnectionLost) or not isinstance(exc, TRANSPORT_ERRORS):
         return None
     detail = str(exc) or type(exc).__name__

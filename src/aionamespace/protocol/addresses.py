@@ -24,9 +24,9 @@ def parse_address(address: object) -> Address:
     if not isinstance(address, str) or not address:
         raise ValueError(f"an address is a Unix socket path or (host, port), not {address!r}")
     if address.startswith("unix:"):
-        return address[len("unix:"):]
+        return address[len("unix:") :]
     if address.startswith("tcp:"):
-        address = address[len("tcp:"):].lstrip("/")
+        address = address[len("tcp:") :].lstrip("/")
     elif "/" in address or ":" not in address:
         return address
     host, sep, port = address.rpartition(":")

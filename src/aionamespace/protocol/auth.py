@@ -25,13 +25,15 @@ def new_challenge() -> bytes:
 
 
 def server_proof(authkey: bytes, client_challenge: bytes, server_challenge: bytes) -> bytes:
-    return hmac.new(authkey, _SERVER_LABEL + client_challenge + server_challenge,
-                    hashlib.sha256).digest()
+    return hmac.new(
+        authkey, _SERVER_LABEL + client_challenge + server_challenge, hashlib.sha256
+    ).digest()
 
 
 def client_proof(authkey: bytes, client_challenge: bytes, server_challenge: bytes) -> bytes:
-    return hmac.new(authkey, _CLIENT_LABEL + server_challenge + client_challenge,
-                    hashlib.sha256).digest()
+    return hmac.new(
+        authkey, _CLIENT_LABEL + server_challenge + client_challenge, hashlib.sha256
+    ).digest()
 
 
 def proof_matches(expected: bytes, given: object) -> bool:

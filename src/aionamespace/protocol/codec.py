@@ -80,8 +80,9 @@ class ValueDecodeError(ValueError):
 _NATIVE_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 
-_MARKERS = {code: msgpack.ExtType(code, b"") for code in
-            (ExtCode.TUPLE, ExtCode.SET, ExtCode.FROZENSET)}
+_MARKERS = {
+    code: msgpack.ExtType(code, b"") for code in (ExtCode.TUPLE, ExtCode.SET, ExtCode.FROZENSET)
+}
 
 
 def _default(obj: Any) -> msgpack.ExtType | list[Any]:
@@ -107,8 +108,9 @@ def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     if cls is _dt.time:
         return msgpack.ExtType(ExtCode.TIME, obj.isoformat().encode())
     if cls is _dt.timedelta:
-        return msgpack.ExtType(ExtCode.TIMEDELTA,
-                               msgpack.packb([obj.days, obj.seconds, obj.microseconds]))
+        return msgpack.ExtType(
+            ExtCode.TIMEDELTA, msgpack.packb([obj.days, obj.seconds, obj.microseconds])
+        )
     if cls is decimal.Decimal:
         return msgpack.ExtType(ExtCode.DECIMAL, str(obj).encode())
     if cls is uuid.UUID:
@@ -138,7 +140,8 @@ def _packer() -> msgpack.Packer:
     packer = getattr(_packers, "packer", None)
     if packer is None:
         packer = _packers.packer = msgpack.Packer(
-            default=_default, strict_types=True, use_bin_type=True, datetime=False)
+            default=_default, strict_types=True, use_bin_type=True, datetime=False
+        )
     return packer
 
 
@@ -220,8 +223,10 @@ def encode_value(value: Any) -> bytes:
 def encode_values(values: dict[str, Any]) -> dict[str, bytes]:
     """``encode_value`` of each value (a batch of scalars is packed without a call each)."""
     pack = _packer().pack  # a scalar of a native type cannot fail half-way through
-    return {name: pack(value) if type(value) in _NATIVE_SCALARS else encode_value(value)
-            for name, value in values.items()}
+    return {
+        name: pack(value) if type(value) in _NATIVE_SCALARS else encode_value(value)
+        for name, value in values.items()
+    }
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -302,8 +307,12 @@ def _with_exact_offset(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         match = _OFFSET.search(text) if value.tzinfo is not None else None
         if match is not None:
             sign, hours, minutes, seconds, micros = match.groups()
-            offset = _dt.timedelta(hours=int(hours), minutes=int(minutes),
-                                   seconds=int(seconds or 0), microseconds=int(micros or 0))
+            offset = _dt.timedelta(
+                hours=int(hours),
+                minutes=int(minutes),
+                seconds=int(seconds or 0),
+                microseconds=int(micros or 0),
+            )
             offset = -offset if sign == "-" else offset
             if value.utcoffset() != offset:
                 value = value.replace(tzinfo=_dt.timezone(offset))
@@ -326,12 +335,25 @@ def decode_value(data: bytes | bytearray) -> Any:
         if value is not _NOT_ONE_BYTE:
             return value
     try:
-        value = msgpack.unpackb(data, ext_hook=_ext_hook, list_hook=_list_hook, raw=False,
-                                strict_map_key=False, use_list=True, timestamp=0)
+        value = msgpack.unpackb(
+            data,
+            ext_hook=_ext_hook,
+            list_hook=_list_hook,
+            raw=False,
+            strict_map_key=False,
+            use_list=True,
+            timestamp=0,
+        )
     except ValueDecodeError:
         raise
-    except (ValueError, TypeError, OverflowError, RecursionError, decimal.InvalidOperation,
-            msgpack.UnpackException) as exc:
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+        decimal.InvalidOperation,
+        msgpack.UnpackException,
+    ) as exc:
         raise ValueDecodeError(f"malformed value: {type(exc).__name__}: {exc}") from None
     if type(value) is _Marker:
         raise ValueDecodeError("a container marker alone is not a value")
@@ -346,10 +368,21 @@ for _byte in [*range(0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3]:
 
 # The length of a whole fixed-size scalar (int, float, nil, bool) by its first byte; 0 for the
 # first bytes of anything else. A value of that length needs no further check.
-_FIXED_LENGTHS = {0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9,
-                  0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
-SCALAR_LENGTHS = bytes(1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0)
-                        for b in range(256))
+_FIXED_LENGTHS = {
+    0xCA: 5,
+    0xCB: 9,
+    0xCC: 2,
+    0xCD: 3,
+    0xCE: 5,
+    0xCF: 9,
+    0xD0: 2,
+    0xD1: 3,
+    0xD2: 5,
+    0xD3: 9,
+}
+SCALAR_LENGTHS = bytes(
+    1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0) for b in range(256)
+)
 
 # Some bytes decode without error yet are no value we would make: msgpack's timestamp
 # extension (code -1, turned into msgpack.Timestamp by msgpack itself), a container marker that

@@ -94,8 +94,10 @@ class ServerConnection:
         self.refused = False
         self._valid_names = valid_names(self.limits)  # see _check_request
 
-    def receive_data(self, data: bytes | memoryview,
-                     ) -> list[Hello | Request | BadRequest | Refusal]:
+    def receive_data(
+        self,
+        data: bytes | memoryview,
+    ) -> list[Hello | Request | BadRequest | Refusal]:
         """Parse bytes into events, in order.
 
         Malformed input (RemoteProtocolError) or a failed authentication (AuthenticationError)
@@ -186,8 +188,9 @@ class ServerConnection:
         Before the hello it is an error hello; after it, a reply with id 0.
         """
         if not self.greeted:
-            return pack_frame({"protocol": PROTOCOL_NAME,
-                               "error": [type(error).__name__, str(error)]})
+            return pack_frame(
+                {"protocol": PROTOCOL_NAME, "error": [type(error).__name__, str(error)]}
+            )
         return self.send_error(0, error)
 
     @staticmethod
@@ -235,8 +238,9 @@ class ClientConnection:
     request has an id no caller waits for, so it is dropped like any such reply.
     """
 
-    def __init__(self, limits: Limits | None = None, authkey: bytes | None = None, *,
-                 track: bool = False) -> None:
+    def __init__(
+        self, limits: Limits | None = None, authkey: bytes | None = None, *, track: bool = False
+    ) -> None:
         self.limits = limits or Limits()
         self.track = track
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
@@ -284,7 +288,8 @@ class ClientConnection:
         hello = check_hello(frame, from_server=True)
         if hello.version != PROTOCOL_VERSION:
             raise RemoteProtocolError(
-                f"the server speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}")
+                f"the server speaks protocol version {hello.version}, we speak {PROTOCOL_VERSION}"
+            )
         if self._authkey is not None:
             server_challenge = hello.info.get("challenge")
             if not isinstance(server_challenge, bytes) or not _auth.is_challenge(server_challenge):
@@ -292,9 +297,11 @@ class ClientConnection:
             expected = _auth.server_proof(self._authkey, self._challenge, server_challenge)
             if not _auth.proof_matches(expected, hello.info.get("proof")):
                 raise AuthenticationError(
-                    "authentication failed: the server does not know our authkey")
+                    "authentication failed: the server does not know our authkey"
+                )
             self._proof = pack_frame(
-                {"proof": _auth.client_proof(self._authkey, self._challenge, server_challenge)})
+                {"proof": _auth.client_proof(self._authkey, self._challenge, server_challenge)}
+            )
         announced = hello.info.get("max_frame_bytes")
         if type(announced) is int and announced > 0:  # it would refuse more: say so here
             self.send_limit = min(self.limits.max_frame_bytes, announced)
@@ -333,14 +340,20 @@ class ClientConnection:
         self._next_id += 1
         return request_id, self._pack_get([request_id, "get", key, name])
 
-    def receive_data(self, data: bytes | memoryview,
-                     ) -> list[Hello | Reply | WatchPush | Invalidation]:
+    def receive_data(
+        self,
+        data: bytes | memoryview,
+    ) -> list[Hello | Reply | WatchPush | Invalidation]:
         """Parse bytes into events, in order; RemoteProtocolError if the server sent garbage."""
-        return [Reply(event[0], event[2]) if isinstance(event, list) else event
-                for event in self.receive_frames(data)]
+        return [
+            Reply(event[0], event[2]) if isinstance(event, list) else event
+            for event in self.receive_frames(data)
+        ]
 
-    def receive_frames(self, data: bytes | memoryview,
-                       ) -> list[ResultFrame | Hello | Reply | WatchPush | Invalidation]:
+    def receive_frames(
+        self,
+        data: bytes | memoryview,
+    ) -> list[ResultFrame | Hello | Reply | WatchPush | Invalidation]:
         """``receive_data``, except that a successful reply is left as the frame it came in:
         a ``ResultFrame``, ``[id, REPLY_OK, result]``, checked. The async proxy takes its
         pipelined replies so, without building a Reply object for each."""
@@ -369,8 +382,13 @@ class ClientConnection:
         and nothing was consumed: pass ``data`` to ``receive_data``."""
         if self._large is None and self.greeted:
             frame = self._decoder.lone_frame(data)
-            if (type(frame) is list and len(frame) == 3 and frame[0] == request_id
-                    and type(frame[0]) is int and frame[1] == REPLY_OK):
+            if (
+                type(frame) is list
+                and len(frame) == 3
+                and frame[0] == request_id
+                and type(frame[0]) is int
+                and frame[1] == REPLY_OK
+            ):
                 return frame[2]
         return NO_FRAME
 
@@ -388,12 +406,19 @@ class ClientConnection:
         self._large = None
         return [Reply(large.request_id, large.buffer)]
 
-    def _decode(self, data: memoryview,
-                events: list[ResultFrame | Hello | Reply | WatchPush | Invalidation]) -> None:
+    def _decode(
+        self, data: memoryview, events: list[ResultFrame | Hello | Reply | WatchPush | Invalidation]
+    ) -> None:
         greeted = self.greeted
         for frame in self._decoder.feed(data):
-            if (greeted and type(frame) is list and len(frame) == 3 and frame[1] == REPLY_OK
-                    and type(frame[0]) is int and frame[0] > 0):
+            if (
+                greeted
+                and type(frame) is list
+                and len(frame) == 3
+                and frame[1] == REPLY_OK
+                and type(frame[0]) is int
+                and frame[0] > 0
+            ):
                 events.append(frame)  # a ResultFrame: the commonest frame, checked here
             elif not greeted:
                 events.append(self._check_server_hello(frame))

@@ -52,7 +52,6 @@ PUSH_EVENT = 2  # [0, 2, watch id, revision, name, value or nil]
 PUSH_INVALIDATE = 3  # [0, 3, key, name]: a value this connection read (tracked) changed
 
 
-
 # ------------------------------------------------------------------------------ events
 
 
@@ -147,8 +146,13 @@ def check_reply(frame: Any) -> Reply | WatchPush | Invalidation:
             return Invalidation(frame[2], frame[3])
         raise RemoteProtocolError("malformed invalidation")
     if frame[0] == 0 and frame[1] == PUSH_EVENT:
-        if (len(frame) == 6 and type(frame[2]) is int and type(frame[3]) is int
-                and type(frame[4]) is str and type(frame[5]) in (bytes, type(None))):
+        if (
+            len(frame) == 6
+            and type(frame[2]) is int
+            and type(frame[3]) is int
+            and type(frame[4]) is str
+            and type(frame[5]) in (bytes, type(None))
+        ):
             return WatchPush(frame[2], frame[3], frame[4], frame[5])
         raise RemoteProtocolError("malformed watch event")
     if frame[1] == REPLY_OK and len(frame) == 3:

@@ -17,8 +17,17 @@ import msgpack
 
 from .._errors import RemoteProtocolError
 
-__all__ = ["LARGE_VALUE_BYTES", "NO_FRAME", "FrameDecoder", "LargeValue", "coalesce", "large_reply",
-           "large_reply_header", "new_packer", "pack_frame"]
+__all__ = [
+    "LARGE_VALUE_BYTES",
+    "NO_FRAME",
+    "FrameDecoder",
+    "LargeValue",
+    "coalesce",
+    "large_reply",
+    "large_reply_header",
+    "new_packer",
+    "pack_frame",
+]
 
 #: Replies carrying a value at least this long take the LargeValue path. msgpack encodes a bin
 #: of this size or more as bin 32, so one header shape covers them all.
@@ -118,8 +127,9 @@ def _borrow_unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
     try:
         return _IDLE_UNPACKERS.get(max_frame_bytes, []).pop()
     except IndexError:
-        return msgpack.Unpacker(max_buffer_size=max_frame_bytes, raw=False,
-                                strict_map_key=True, use_list=True)
+        return msgpack.Unpacker(
+            max_buffer_size=max_frame_bytes, raw=False, strict_map_key=True, use_list=True
+        )
 
 
 _packers = threading.local()
@@ -143,8 +153,12 @@ def pack_frame(frame: Any) -> bytes:
     return packed
 
 
-_ID_FORMATS = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"), 0xCE: struct.Struct(">I"),
-               0xCF: struct.Struct(">Q")}
+_ID_FORMATS = {
+    0xCC: struct.Struct(">B"),
+    0xCD: struct.Struct(">H"),
+    0xCE: struct.Struct(">I"),
+    0xCF: struct.Struct(">Q"),
+}
 _BIN32 = struct.Struct(">BI")
 
 
@@ -184,7 +198,7 @@ class LargeValue:
 
     def unfilled(self) -> memoryview:
         """Where the value's next bytes go (``recv_into`` it, then ``filled_by``)."""
-        return memoryview(self.buffer)[self.filled:]
+        return memoryview(self.buffer)[self.filled :]
 
     def filled_by(self, nbytes: int) -> bool:
         """``nbytes`` more were written into ``unfilled()``; True once the value is whole."""

@@ -21,7 +21,7 @@ _ZERO_LENGTH_EXT = {0xC7: b"\x00", 0xC8: b"\x00\x00", 0xC9: b"\x00\x00\x00\x00"}
 def _starts_with_marker(body: bytes) -> bool:
     """Whether an array's first element is a container marker (in any of its encodings)."""
     length = _ZERO_LENGTH_EXT.get(body[0])
-    if length is None or body[1:1 + len(length)] != length:
+    if length is None or body[1 : 1 + len(length)] != length:
         return False
     return body[1 + len(length)] in MARKER_CODES
 

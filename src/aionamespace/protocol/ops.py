@@ -17,8 +17,16 @@ from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
 if TYPE_CHECKING:
     from .limits import Limits
 
-__all__ = ["DEFERRED_OPS", "OPS", "READ_OPS", "SAFE_TO_RESEND", "check_args", "check_each_name",
-           "check_names", "valid_names"]
+__all__ = [
+    "DEFERRED_OPS",
+    "OPS",
+    "READ_OPS",
+    "SAFE_TO_RESEND",
+    "check_args",
+    "check_each_name",
+    "check_names",
+    "valid_names",
+]
 
 MAX_TOKEN_BYTES = 64
 
@@ -110,8 +118,11 @@ def check_each_name(limits: Limits, names: Collection[Any]) -> str | None:
             return None
     except TypeError:  # an unhashable "name": said below
         pass
-    if not names or (set(map(type, names)) == {str} and 0 < min(map(len, names))
-                     and max(map(len, names)) <= limits.max_name_length):
+    if not names or (
+        set(map(type, names)) == {str}
+        and 0 < min(map(len, names))
+        and max(map(len, names)) <= limits.max_name_length
+    ):
         _remember(valid, names)
         return None
     return next(filter(None, map(limits.check_name, names)))

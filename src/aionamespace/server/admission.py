@@ -34,8 +34,13 @@ CallLater = Callable[[float, Callable[[], None]], Callable[[], None]]
 class Connections:
     """Every open connection of one server."""
 
-    def __init__(self, limits: Limits, dispatcher: Dispatcher, call_later: CallLater,
-                 new_protocol: Callable[[], ServerConnection]) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        dispatcher: Dispatcher,
+        call_later: CallLater,
+        new_protocol: Callable[[], ServerConnection],
+    ) -> None:
         self.limits = limits
         self.dispatcher = dispatcher
         self.new_protocol = new_protocol
@@ -47,13 +52,17 @@ class Connections:
     def admit(self, connection: Connection) -> bool:
         """Take a new connection in, or refuse it (too many, or shutting down)."""
         if self.closing or len(self.open) >= self.limits.max_connections:
-            reason = ("the server is shutting down" if self.closing else
-                      f"the server is at its limit of {self.limits.max_connections} connections")
+            reason = (
+                "the server is shutting down"
+                if self.closing
+                else f"the server is at its limit of {self.limits.max_connections} connections"
+            )
             connection.write(connection.protocol.send_refusal(ConnectionLost(reason)))
             connection.close()
             return False
         self.open[connection] = self.call_later(
-            self.limits.handshake_timeout, lambda: self._deadline(connection))
+            self.limits.handshake_timeout, lambda: self._deadline(connection)
+        )
         return True
 
     def received(self, connection: Connection, data: bytes | memoryview) -> bool:
@@ -61,8 +70,11 @@ class Connections:
         events = connection.protocol.receive_data(data)
         if len(events) == 1 and not connection.pending:
             request = events[0]
-            if (type(request) is Request and request.op in READ_OPS
-                    and connection.backlog() <= HIGH_WATER_BYTES):
+            if (
+                type(request) is Request
+                and request.op in READ_OPS
+                and connection.backlog() <= HIGH_WATER_BYTES
+            ):
                 # A read alone in its read (a sync client's): answered without building a
                 # batch (a get went from 28 Python calls in the server to 25). A read commits
                 # nothing, so it pushes nothing that a batch would have to gather.
@@ -81,8 +93,7 @@ class Connections:
         while pending and not connection.closed:
             if connection.backlog() > HIGH_WATER_BYTES:
                 return False
-            answers, applied = self.dispatcher.respond_some(connection, pending,
-                                                            HIGH_WATER_BYTES)
+            answers, applied = self.dispatcher.respond_some(connection, pending, HIGH_WATER_BYTES)
             del pending[:applied]
             for data in answers:
                 connection.write(data)
@@ -110,8 +121,9 @@ class Connections:
         self.closing = True
         self._all_closed = anyio.Event()
         for connection in list(self.open):
-            connection.write(connection.protocol.send_refusal(
-                ConnectionLost("the server is shutting down")))
+            connection.write(
+                connection.protocol.send_refusal(ConnectionLost("the server is shutting down"))
+            )
             connection.close()
         if self.open:
             with anyio.move_on_after(FAREWELL_SECONDS):
@@ -119,6 +131,12 @@ class Connections:
 
     def _deadline(self, connection: Connection) -> None:
         if connection in self.open and not connection.protocol.ready:
-            connection.write(connection.protocol.send_refusal(RemoteProtocolError(
-                f"no hello and authentication within {self.limits.handshake_timeout} seconds")))
+            connection.write(
+                connection.protocol.send_refusal(
+                    RemoteProtocolError(
+                        "no hello and authentication within "
+                        f"{self.limits.handshake_timeout} seconds"
+                    )
+                )
+            )
             connection.close()

@@ -64,7 +64,8 @@ class BusyPollSelector(selectors.DefaultSelector):
         return ready
 
 
-def busy_poll_loop_factory(spin_seconds: float = DEFAULT_SPIN_SECONDS,
-                           ) -> asyncio.AbstractEventLoop:
+def busy_poll_loop_factory(
+    spin_seconds: float = DEFAULT_SPIN_SECONDS,
+) -> asyncio.AbstractEventLoop:
     """A new selector event loop using ``BusyPollSelector`` (for anyio's ``loop_factory``)."""
     return asyncio.SelectorEventLoop(BusyPollSelector(spin_seconds))

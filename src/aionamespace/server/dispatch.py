@@ -31,8 +31,16 @@ logger = logging.getLogger("aionamespace.server")
 MAX_PUSH_BACKLOG_BYTES = 16 * 1024 * 1024
 
 # Exceptions an op may raise on purpose; they go back to the caller as an error reply.
-_CALLER_ERRORS = (AttributeError, KeyError, TypeError, ValueError, OverflowError,
-                  TimeoutError, ProtocolError, HistoryExpired)
+_CALLER_ERRORS = (
+    AttributeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    TimeoutError,
+    ProtocolError,
+    HistoryExpired,
+)
 
 
 class Peer(Protocol):
@@ -69,8 +77,9 @@ class _Watch:
 class Dispatcher:
     """The op layer between the protocol and the store, shared by all connections."""
 
-    def __init__(self, store: Store,
-                 call_later: Callable[[float, Callable[[], None]], Callable[[], None]]) -> None:
+    def __init__(
+        self, store: Store, call_later: Callable[[float, Callable[[], None]], Callable[[], None]]
+    ) -> None:
         self.store = store
         store.on_commit = self._committed
         self.locks = LockTable(call_later)
@@ -106,13 +115,17 @@ class Dispatcher:
             "release": self._release,
         }
 
-    def respond(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal],
-                ) -> list[bytes]:
+    def respond(
+        self,
+        peer: Peer,
+        events: list[Hello | Request | BadRequest | Refusal],
+    ) -> list[bytes]:
         """Apply a batch of events in order; return the answers (and pushes) to write."""
         return self.respond_some(peer, events, math.inf)[0]
 
-    def respond_some(self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal],
-                     budget: float) -> tuple[list[bytes], int]:
+    def respond_some(
+        self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal], budget: float
+    ) -> tuple[list[bytes], int]:
         """Apply events in order until the answers pass ``budget`` bytes: (answers, applied).
 
         The answers come as few buffers as possible: one, unless a large value stands apart
@@ -163,9 +176,14 @@ class Dispatcher:
     def _write(self, peer: Peer, data: bytes) -> None:
         if peer.backlog() > MAX_PUSH_BACKLOG_BYTES:
             # A watcher that does not read cannot make us hold its events forever.
-            peer.write(peer.protocol.send_refusal(ConnectionLost(
-                f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread; watch again "
-                "from the last revision seen")))
+            peer.write(
+                peer.protocol.send_refusal(
+                    ConnectionLost(
+                        f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread; "
+                        "watch again from the last revision seen"
+                    )
+                )
+            )
             peer.drop()  # at once: a close would wait for the unread bytes to drain
             return
         peer.write(data)
@@ -226,10 +244,12 @@ class Dispatcher:
             for watch in self._watches.get(key, _NO_WATCHES).values():
                 if watch.names is None or name in watch.names:
                     self._pushes.setdefault(watch.peer, []).append(
-                        ServerConnection.send_event(watch.id, revision, name, value))
+                        ServerConnection.send_event(watch.id, revision, name, value)
+                    )
 
-    def _watch(self, peer: Peer, request_id: int, key: str, names: list[str] | None,
-               since: int | None) -> bytes:
+    def _watch(
+        self, peer: Peer, request_id: int, key: str, names: list[str] | None, since: int | None
+    ) -> bytes:
         selected = frozenset(names) if names is not None else None
         revision, values = self.store.snapshot(key, names)
         replay = [] if since is None else self.store.history(key, since)  # may raise
@@ -237,12 +257,16 @@ class Dispatcher:
         watch = _Watch(self._last_watch_id, peer, selected)
         self._watches.setdefault(key, {})[watch.id] = watch
         self._peer_watches.setdefault(peer, {})[watch.id] = key
-        frames = [ServerConnection.send_event(watch.id, c.revision, c.name, c.value)
-                  for c in replay if selected is None or c.name in selected]
+        frames = [
+            ServerConnection.send_event(watch.id, c.revision, c.name, c.value)
+            for c in replay
+            if selected is None or c.name in selected
+        ]
         if frames:  # sent after the reply, which tells the client the watch id
             self._pushes.setdefault(peer, []).extend(frames)
         return peer.protocol.send_result(
-            request_id, [watch.id, revision, values if since is None else {}])
+            request_id, [watch.id, revision, values if since is None else {}]
+        )
 
     def _unwatch(self, peer: Peer, request_id: int, watch_id: int) -> bytes:
         key = self._peer_watches.get(peer, {}).pop(watch_id, None)
@@ -275,8 +299,9 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ locks
 
-    def _acquire(self, peer: Peer, request_id: int, key: str, name: str, token: bytes,
-                 timeout: float | None) -> bytes:
+    def _acquire(
+        self, peer: Peer, request_id: int, key: str, name: str, token: bytes, timeout: float | None
+    ) -> bytes:
         protocol = peer.protocol
 
         def grant(error: BaseException | None) -> None:

@@ -28,16 +28,20 @@ class TLSListener(_AnyioTLSListener):
     it is the client's problem, not the server's (asyncio's transports do the same)."""
 
     @staticmethod
-    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream,
-                                     ) -> None:
+    async def handle_handshake_error(
+        exc: BaseException,
+        stream: anyio.abc.AnyByteStream,
+    ) -> None:
         await anyio.aclose_forcefully(stream)
         if not isinstance(exc, Exception) or isinstance(exc, anyio.get_cancelled_exc_class()):
             raise exc
         logger.debug("TLS handshake failed: %r", exc)
 
 
-def make_listening_socket(address: Address, backlog: int = 4096,
-                          ) -> tuple[socket.socket, Address]:
+def make_listening_socket(
+    address: Address,
+    backlog: int = 4096,
+) -> tuple[socket.socket, Address]:
     """A bound, listening socket; Unix sockets get mode 0600 and replace a stale socket file."""
     if isinstance(address, tuple):
         host, port = address

@@ -31,19 +31,28 @@ class _Wait:
 class _Lock:
     holder: Owner | None = None
     waits: collections.OrderedDict[Owner, _Wait] = dataclasses.field(
-        default_factory=collections.OrderedDict)
+        default_factory=collections.OrderedDict
+    )
 
 
 class LockTable:
     """Every lock of a server, keyed by (namespace key, lock name)."""
 
-    def __init__(self, call_later: Callable[[float, Callable[[], None]], Callable[[], None]],
-                 ) -> None:
+    def __init__(
+        self,
+        call_later: Callable[[float, Callable[[], None]], Callable[[], None]],
+    ) -> None:
         self._locks: dict[tuple[str, str], _Lock] = {}
         self._call_later = call_later
 
-    def acquire(self, key: str, name: str, owner: Owner, timeout: float | None,
-                grant: Callable[[BaseException | None], None]) -> bool:
+    def acquire(
+        self,
+        key: str,
+        name: str,
+        owner: Owner,
+        timeout: float | None,
+        grant: Callable[[BaseException | None], None],
+    ) -> bool:
         """Take the lock now (True), or queue ``grant`` to be called when it is ours (False)."""
         lock = self._locks.setdefault((key, name), _Lock())
         if lock.holder is None:
@@ -55,7 +64,8 @@ class LockTable:
         lock.waits[owner] = wait
         if timeout is not None:
             wait.cancel_timer = self._call_later(
-                timeout, lambda: self._expire(key, name, owner, timeout))
+                timeout, lambda: self._expire(key, name, owner, timeout)
+            )
         return False
 
     def release(self, key: str, name: str, owner: Owner) -> bool:

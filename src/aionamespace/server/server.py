@@ -84,8 +84,11 @@ class Server:
         where = self._address if self._address is not None else self._requested
         return f"<aionamespace.Server {'listening' if self._address else 'idle'} at {where!r}>"
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[Address] = anyio.TASK_STATUS_IGNORED,
-                    ) -> None:
+    async def serve(
+        self,
+        *,
+        task_status: anyio.abc.TaskStatus[Address] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Listen and serve until ``stop()``; reports the bound address through ``task_status``.
 
         ``stop()`` (or cancelling this task) ends it gracefully: every client is told the server
@@ -95,8 +98,9 @@ class Server:
         self._stop = stop = anyio.Event()
         try:
             async with anyio.create_task_group() as self._timers:
-                connections = Connections(self.limits, self.dispatcher, self._call_later,
-                                          self.new_connection)
+                connections = Connections(
+                    self.limits, self.dispatcher, self._call_later, self.new_connection
+                )
                 try:
                     if _running_on_asyncio():
                         await self._serve_asyncio(sock, address, connections, stop, task_status)
@@ -115,14 +119,23 @@ class Server:
                     if stat.S_ISSOCK(os.stat(address).st_mode):
                         os.unlink(address)
 
-    async def _serve_streams(self, sock: socket.socket, address: Address,
-                             connections: Connections, stop: anyio.Event,
-                             task_status: anyio.abc.TaskStatus[Address]) -> None:
+    async def _serve_streams(
+        self,
+        sock: socket.socket,
+        address: Address,
+        connections: Connections,
+        stop: anyio.Event,
+        task_status: anyio.abc.TaskStatus[Address],
+    ) -> None:
         """Any anyio backend: one task per connection (used on trio)."""
         listener: anyio.abc.Listener[Any] = await anyio.abc.SocketListener.from_socket(sock)
         if self._ssl_context is not None:
-            listener = TLSListener(listener, self._ssl_context, standard_compatible=False,
-                                    handshake_timeout=self.limits.handshake_timeout)
+            listener = TLSListener(
+                listener,
+                self._ssl_context,
+                standard_compatible=False,
+                handshake_timeout=self.limits.handshake_timeout,
+            )
 
         async def handle(stream: anyio.abc.ByteStream) -> None:
             await StreamConnection(connections).run(stream)
@@ -137,9 +150,14 @@ class Server:
             await connections.goodbye()  # each connection's tasks send it, then finish
             connection_tasks.cancel_scope.deadline = anyio.current_time() + FAREWELL_SECONDS
 
-    async def _serve_asyncio(self, sock: socket.socket, address: Address,
-                             connections: Connections, stop: anyio.Event,
-                             task_status: anyio.abc.TaskStatus[Address]) -> None:
+    async def _serve_asyncio(
+        self,
+        sock: socket.socket,
+        address: Address,
+        connections: Connections,
+        stop: anyio.Event,
+        task_status: anyio.abc.TaskStatus[Address],
+    ) -> None:
         """asyncio: protocol callbacks, no task per connection (see shells.py)."""
         loop = asyncio.get_running_loop()
         buffer = memoryview(bytearray(READ_CHUNK_BYTES))
@@ -149,8 +167,7 @@ class Server:
 
         tls: dict[str, Any] = {}
         if self._ssl_context is not None:
-            tls = {"ssl": self._ssl_context,
-                   "ssl_handshake_timeout": self.limits.handshake_timeout}
+            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self.limits.handshake_timeout}
         if sock.family == socket.AF_UNIX:
             server = await loop.create_unix_server(factory, sock=sock, **tls)
         else:
@@ -178,8 +195,12 @@ class Server:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
         assert self._task_group is not None
         self.stop()
         try:
@@ -220,8 +241,9 @@ class ServerThread:
     where clients connect. ``backend`` is "asyncio" or "trio".
     """
 
-    def __init__(self, address: Address | None = None, *, backend: str = "asyncio",
-                 **server_options: Any) -> None:
+    def __init__(
+        self, address: Address | None = None, *, backend: str = "asyncio", **server_options: Any
+    ) -> None:
         self.server = Server(address, **server_options)
         self._backend = backend
         self._portal_cm: contextlib.AbstractContextManager[anyio.from_thread.BlockingPortal] | None
@@ -240,8 +262,10 @@ class ServerThread:
         except RuntimeError:
             pass  # no event loop here: good, the thread runs its own
         else:
-            raise RuntimeError("ServerThread runs its own event loop in a thread: start it from "
-                               "synchronous code, or use 'async with Server(...)' in async code")
+            raise RuntimeError(
+                "ServerThread runs its own event loop in a thread: start it from "
+                "synchronous code, or use 'async with Server(...)' in async code"
+            )
         with self._lock:
             if self._portal is not None:
                 raise RuntimeError("the server thread is already running")

@@ -37,7 +37,6 @@ READ_CHUNK_BYTES = 64 * 1024
 LARGE_SEND_BUFFER_BYTES = 1024 * 1024
 
 
-
 def widen_send_buffer(sock: socket.socket | None) -> bool:
     """Give ``sock`` LARGE_SEND_BUFFER_BYTES of send buffer; False if it could not be done."""
     if sock is None:
@@ -150,7 +149,8 @@ class StreamConnection:
         if data and not self.closed:
             if len(data) >= LARGE_VALUE_BYTES and not self._widened and self._stream is not None:
                 self._widened = widen_send_buffer(
-                    self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None))
+                    self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+                )
             self._outbox.append(data)
             self._queued_bytes += len(data)
             self._wakeup.set()
@@ -177,8 +177,12 @@ class StreamConnection:
                             while not self.connections.received(self, data):
                                 await self._sent.wait()  # the peer reads: apply what waits
                                 data = b""
-                except (anyio.EndOfStream, anyio.BrokenResourceError,
-                        anyio.ClosedResourceError, OSError):
+                except (
+                    anyio.EndOfStream,
+                    anyio.BrokenResourceError,
+                    anyio.ClosedResourceError,
+                    OSError,
+                ):
                     pass
                 finally:
                     self.connections.gone(self)
@@ -189,8 +193,7 @@ class StreamConnection:
 
     async def _send_forever(self, stream: anyio.abc.ByteStream) -> None:
         try:
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError,
-                                     OSError):
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 while True:
                     await self._wakeup.wait()
                     self._wakeup = anyio.Event()

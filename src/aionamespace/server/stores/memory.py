@@ -48,8 +48,9 @@ class MemoryStore:
             namespace = self._namespaces[key] = _Namespace(self._history)
         return namespace
 
-    def _commit(self, key: str, namespace: _Namespace, changes: Changes,
-                deletes: bool = True) -> int:
+    def _commit(
+        self, key: str, namespace: _Namespace, changes: Changes, deletes: bool = True
+    ) -> int:
         """Apply changes as one revision, record them, tell the listener.
 
         ``changes`` is kept in the history as it is (not copied: callers pass a mapping of
@@ -140,8 +141,9 @@ class MemoryStore:
         current_blob = namespace.attributes.get(name)
         current = 0 if current_blob is None else decode_value(current_blob)
         if type(current) not in (int, float):
-            raise TypeError(f"cannot increment {name!r}: it holds {_kind(current)}, "
-                            "not an int or a float")
+            raise TypeError(
+                f"cannot increment {name!r}: it holds {_kind(current)}, not an int or a float"
+            )
         value = encode_value(current + step)
         self._commit(key, namespace, {name: value})
         return value
@@ -152,8 +154,9 @@ class MemoryStore:
         current = namespace.attributes.get(name, EMPTY_LIST)
         spliced = extend_list(current, items)
         if spliced is None:
-            raise TypeError(f"cannot append to {name!r}: it holds "
-                            f"{_kind(decode_value(current))}, not a list")
+            raise TypeError(
+                f"cannot append to {name!r}: it holds {_kind(decode_value(current))}, not a list"
+            )
         value, length = spliced
         self._commit(key, namespace, {name: value})
         return length
@@ -183,17 +186,22 @@ class MemoryStore:
         if since > revision:
             raise HistoryExpired(
                 f"revision {since} is ahead of this namespace ({revision}): the server was "
-                "restarted; resync with _snapshot() and watch from its revision")
+                "restarted; resync with _snapshot() and watch from its revision"
+            )
         if namespace is None or since == revision:
             return []
         oldest = namespace.history[0][0] if namespace.history else revision + 1
         if since < oldest - 1:
             raise HistoryExpired(
                 f"revision {since} is older than the history kept (oldest: {oldest}); "
-                "resync with _snapshot() and watch from its revision")
-        return [Change(key, committed, name, value)
-                for committed, changes in namespace.history if committed > since
-                for name, value in changes.items()]
+                "resync with _snapshot() and watch from its revision"
+            )
+        return [
+            Change(key, committed, name, value)
+            for committed, changes in namespace.history
+            if committed > since
+            for name, value in changes.items()
+        ]
 
 
 def _kind(value: Any) -> str:
