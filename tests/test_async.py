@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
+from aionamespace import AsyncNamespace, ConnectionLost, Namespace, Retry, ServerThread
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import Hello, Request, ServerConnection
+from deadlines import NO_HANG_SECONDS
+from fake_server import FakeServer
 
 pytestmark = pytest.mark.anyio
 
@@ -245,3 +247,25 @@ async def test_cancel_scope_before_sending_leaves_the_proxy_usable(server: Serve
             await ns.v
         assert scope.cancelled_caught
         assert await ns.v == 1
+
+
+async def test_close_after_a_lost_write_does_not_wait_for_writes_never_sent(
+    short_tmp: str,
+) -> None:
+    """A write lost in flight, then one queued while no server listens: closing reports the
+    loss at once. (It waited for the queued write's acknowledgement for ever: nothing had
+    sent it, and on asyncio nobody reads a connection that is not there.)"""
+    path = os.path.join(short_tmp, "dies.sock")
+    server = FakeServer(path)  # reads the first request, then closes without answering
+    server.start()
+    ns = AsyncNamespace(path, "n", retry=Retry(attempts=1))
+    try:
+        ns.a = 1
+        with pytest.raises(ConnectionLost):
+            await ns.x  # sends the write and the read together; the server dies on them
+    finally:
+        server.stop()  # nobody listens any more
+    ns.b = 2
+    with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ConnectionLost) as lost:
+        await ns._close()
+    assert lost.value.request_sent  # the write that was in flight: it may have been applied

@@ -193,14 +193,19 @@ class PipelinedTransport:
                 raise
             # else: the loss is already recorded against the writes it hit; report it once
         until = table.unacknowledged()
-        if until:  # some may still be on their way out, with another task's batch
+        if until and self.link is not None:  # some may be on their way out, with another task's
+            # batch (with no connection, nothing is: the unsent stay queued for the next flush)
             await self.wait_for(Waiter(self.new_wakeup, until=until))
         errors = table.take_write_errors()
         if errors:
             raise errors[0]
 
     async def wait_for(self, waiter: Waiter) -> None:
-        """Register ``waiter`` with the table and wait until it is done."""
+        """Register ``waiter`` with the table and wait until it is done (at once, with no
+        connection: nothing will come)."""
+        if self.link is None:
+            waiter.finish(error=self.last_error or ConnectionLost("not connected"))
+            return
         self.table.add(waiter)
         try:
             await self.wait(waiter)
