@@ -86,7 +86,8 @@ class AsyncioTransport(PipelinedTransport):
             if isinstance(error, ConnectionLost):
                 return await self.retry(operation, args, error, failures)
             raise error  # noqa: B904 (its own cause, if any)
-        return operation.read(result)
+        read = operation.read
+        return result if read is None else read(result)
 
     async def drain(self) -> None:
         """Send the outbox, coalescing what concurrent tasks queue meanwhile (auto-pipelining).

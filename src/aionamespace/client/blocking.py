@@ -73,6 +73,7 @@ class SocketTransport:
         self.pid = os.getpid()
         self.protocol = ClientConnection(target.limits, target.authkey, track=track)
         self.sock: socket.socket | None = None
+        self.closed = True  # until connected (an attribute: the pool tests it on every call)
         # recv_into one buffer per transport: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.pushes: collections.deque[WatchPush] = collections.deque()
@@ -85,13 +86,10 @@ class SocketTransport:
             try:
                 self._handshake()
                 self.sock.settimeout(None)  # from here on, a call waits as long as it takes
+                self.closed = False
             except BaseException:
                 self.close()
                 raise
-
-    @property
-    def closed(self) -> bool:
-        return self.sock is None
 
     def _handshake(self) -> None:
         """``ClientConnection``'s handshake over the blocking socket."""
@@ -141,7 +139,8 @@ class SocketTransport:
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:
-                    return operation.read(result)
+                    read = operation.read
+                    return result if read is None else read(result)
             reply = self._receive_until(request_id, self._events(received))
         except BaseException as exc:
             # Interrupted or broken mid-call: the stream position is unknown, never reuse it.
@@ -157,7 +156,8 @@ class SocketTransport:
             if reply.id == 0:  # the server dropped the whole connection
                 self.close()
             raise reply.error
-        return operation.read(reply.result)
+        read = operation.read
+        return reply.result if read is None else read(reply.result)
 
     def send(self, operation: Operation, args: tuple[Any, ...]) -> int:
         """Send a request without waiting: its reply comes through ``receive``. The caller
@@ -231,6 +231,7 @@ class SocketTransport:
     def close(self) -> None:
         """Release this process's descriptor; only the opening process shuts the socket down."""
         sock, self.sock = self.sock, None
+        self.closed = True
         if sock is None:
             return
         if self.pid == os.getpid():

@@ -22,21 +22,18 @@ from ..protocol.codec import decode_value, decode_values, encode_value, encode_v
 __all__ = ["GET", "Call", "Operation", "Snapshot", "WatchEvent"]
 
 
-def _unchanged(result: Any) -> Any:
-    return result
-
-
 class Operation:
     """One kind of request: ``op``, how its answer is ``read``, what it may change.
 
-    ``changes`` says where the attribute names it may change are among its arguments: ``"name"``
+    ``read`` is None when the answer is the result itself (no call to make). ``changes`` says
+    where the attribute names it may change are among its arguments: ``"name"``
     (the second argument), ``"values"`` (the keys of the second) or None (it changes none).
     """
 
     __slots__ = ("changes", "op", "read")
 
     def __init__(
-        self, op: str, read: Callable[[Any], Any] = _unchanged, changes: str | None = None
+        self, op: str, read: Callable[[Any], Any] | None = None, changes: str | None = None
     ) -> None:
         self.op, self.read, self.changes = op, read, changes
 

@@ -111,7 +111,8 @@ class StreamTransport(PipelinedTransport):
             if isinstance(error, ConnectionLost):
                 return await self.retry(operation, args, error, failures)
             raise error  # noqa: B904 (its own cause, if any)
-        return operation.read(waiter.result)
+        read = operation.read
+        return waiter.result if read is None else read(waiter.result)
 
     async def drain(self) -> None:
         """Send the outbox; it cannot be cancelled from then until the outbox is empty: a

@@ -165,7 +165,13 @@ class Namespace(ProxyBase):
                 if entry is not _ABSENT:
                     return entry if type(entry) not in SPECIAL_ENTRIES else entry_value(entry, name)
             return self._retrying("get", lambda: self._cache().get(state.target.key, name))
-        return self._run(calls.get(state.target.key, name))
+        target = state.target
+        try:  # the first attempt without _run's checks or a closure: the hot path
+            return POOL.transport(target).call(calls.GET, (target.key, name))
+        except ConnectionLost as exc:
+            return self._retrying(
+                "get", lambda: POOL.transport(target).call(calls.GET, (target.key, name)), exc
+            )
 
     def _cache(self) -> CacheConnection:
         state: _State = self._aionamespace
@@ -177,7 +183,7 @@ class Namespace(ProxyBase):
         if name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        self._run(calls.set_(self._key, name, value))
+        self._run(calls.set_(self._aionamespace.target.key, name, value))
 
     def __delattr__(self, name: str) -> None:
         check_attribute_name(name)

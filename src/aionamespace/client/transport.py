@@ -39,8 +39,7 @@ class Transport(Protocol):
     cache); ``next_push`` waits for a watch's next event.
     """
 
-    @property
-    def closed(self) -> bool: ...
+    closed: bool
 
     def call(self, operation: Operation, args: tuple[Any, ...]) -> Any: ...
 
