@@ -17,6 +17,10 @@ class Limits:
     ``max_connections`` (more are refused at the hello); the async proxy alone uses
     ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
     acknowledged).
+
+    The server's store keeps, per namespace, a history of at most ``max_history_revisions``
+    revisions whose sizes (values' bytes, ``server/stores/base.py``) sum to at most
+    ``max_history_bytes``; a watch resuming from before it gets HistoryExpired.
     """
 
     max_frame_bytes: int = 64 * 1024 * 1024
@@ -24,6 +28,9 @@ class Limits:
     max_connections: int = 10_000
     handshake_timeout: float = 10.0
     max_queued_writes: int = 100_000
+    # the server's history of changes, per namespace
+    max_history_revisions: int = 10_000
+    max_history_bytes: int = 64 * 1024 * 1024
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""
