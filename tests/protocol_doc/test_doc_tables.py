@@ -52,6 +52,8 @@ def test_documented_limits_match_the_library() -> None:
     assert f"| `max_name_length` | {limits.max_name_length} characters |" in text
     assert f"| `max_connections` | {limits.max_connections:,} connections at once |" in text
     assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
+    assert f"| `max_handshake_bytes` | {limits.max_handshake_bytes} bytes |" in text
+    assert f"| `max_handshake_depth` | {limits.max_handshake_depth} levels of arrays" in text
     assert (
         f"| `max_history_revisions` | {limits.max_history_revisions:,} revisions per namespace |"
         in text
@@ -62,6 +64,8 @@ def test_documented_limits_match_the_library() -> None:
         f"the server is at its limit of {limits.max_connections} connections",
         f"no hello and authentication within {limits.handshake_timeout} seconds",
         f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread",
+        f"handshake frame larger than max_handshake_bytes ({limits.max_handshake_bytes})",
+        f"handshake frame nested deeper than max_handshake_depth ({limits.max_handshake_depth})",
     ):
         assert message in text
 

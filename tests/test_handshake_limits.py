@@ -1,0 +1,169 @@
+"""A ``ServerConnection`` before its handshake completes: small, shallow frames, decoded whole.
+
+Until a client has said hello and authenticated, each frame it sends may be at most
+``max_handshake_bytes`` long and nest ``max_handshake_depth`` arrays and maps; a frame over
+either is refused from its header, and what the server holds meanwhile is the unfinished
+frame's bytes, no more. The bytes after the hello and the proof are parsed only once the
+handshake has completed, under the full limits (so a wrong proof leaves them unparsed).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from aionamespace import AuthenticationError, RemoteProtocolError
+from aionamespace.protocol.connection import (
+    PROTOCOL_NAME,
+    ClientConnection,
+    Hello,
+    Limits,
+    Request,
+    ServerConnection,
+)
+from greeted_connections import refusal_error
+from handmade_frames import HELLO, pack
+
+KEY = b"handshake key"
+MAX = Limits().max_handshake_bytes
+
+
+def hello_of(size: int) -> bytes:
+    """A valid hello of exactly ``size`` bytes (padded by a key the server ignores)."""
+    padding = size
+    while len(frame := pack({"protocol": PROTOCOL_NAME, "version": 1, "pad": "x" * padding})) != (
+        size
+    ):
+        padding -= len(frame) - size
+    return frame
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth - 1):  # the hello itself is the first level
+        value = [value]
+    return value
+
+
+def test_a_hello_up_to_max_handshake_bytes_passes() -> None:
+    for feed in ("whole", "bytewise"):
+        server = ServerConnection()
+        data = hello_of(MAX)
+        if feed == "whole":
+            events = server.receive_data(data)
+        else:
+            events = [event for i in range(MAX) for event in server.receive_data(data[i : i + 1])]
+        assert [type(event) for event in events] == [Hello]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (hello_of(MAX + 1), f"handshake frame larger than max_handshake_bytes ({MAX})"),
+        (b"\xc6\x03\xc0\x00\x00", f"handshake frame larger than max_handshake_bytes ({MAX})"),
+        (b"\xdc\xff\xff" * 1000, "handshake frame nested deeper than max_handshake_depth (4)"),
+        (
+            pack({"protocol": PROTOCOL_NAME, "version": 1, "x": nested(5)}),
+            "handshake frame nested deeper than max_handshake_depth (4)",
+        ),
+        (b"\x91\xc1", "malformed frame: FormatError"),
+    ],
+    ids=["one-byte-over", "60-mib-bin-header", "nested-array-headers", "deep-map", "bad-byte"],
+)
+def test_a_handshake_frame_over_a_bound_is_refused_from_its_header(
+    data: bytes, message: str
+) -> None:
+    server = ServerConnection()
+    events = server.receive_data(data)
+    error = refusal_error(events)
+    assert type(error) is RemoteProtocolError
+    assert str(error).startswith(message)
+    assert server.refused
+    assert not server.greeted
+
+
+def test_nesting_up_to_max_handshake_depth_passes() -> None:
+    server = ServerConnection()
+    (hello,) = server.receive_data(pack({"protocol": PROTOCOL_NAME, "version": 1, "x": nested(4)}))
+    assert type(hello) is Hello
+    assert hello.info["x"] == [[[1]]]
+
+
+def test_a_smaller_max_frame_bytes_bounds_the_hello_too() -> None:
+    server = ServerConnection(Limits(max_frame_bytes=64))
+    error = refusal_error(server.receive_data(hello_of(65)))
+    assert str(error) == "handshake frame larger than max_frame_bytes (64)"
+
+
+def test_requests_behind_the_hello_meet_the_full_limits() -> None:
+    """The advice of PROTOCOL.md 3.5: hello and requests in one write, without an authkey."""
+    big = pack([1, "set", "k", "x", pack(b"x" * 100_000)])
+    for cut in (None, len(HELLO) + 1000):
+        server = ServerConnection()
+        data = HELLO + big + pack([2, "ping"])
+        parts = [data] if cut is None else [data[:cut], data[cut:]]
+        events = [event for part in parts for event in server.receive_data(part)]
+        assert [type(event) for event in events] == [Hello, Request, Request]
+
+
+def handshake(server: ServerConnection, client: ClientConnection) -> bytes:
+    """Hello both ways; the client's proof, to send."""
+    (hello,) = server.receive_data(client.start())
+    assert type(hello) is Hello
+    client.receive_data(server.send_hello())
+    assert client.greeted
+    return client.handshake_reply()
+
+
+def test_requests_behind_the_proof_are_parsed_once_it_verifies() -> None:
+    big = pack([1, "set", "k", "x", pack(b"x" * 100_000)])
+    for cut in (None, 5, 1000):
+        server, client = ServerConnection(authkey=KEY), ClientConnection(authkey=KEY)
+        data = handshake(server, client) + big
+        parts = [data] if cut is None else [data[:cut], data[cut:]]
+        events = [event for part in parts for event in server.receive_data(part)]
+        assert [type(event) for event in events] == [Request]
+        assert server.ready
+
+
+def test_nothing_behind_a_wrong_proof_is_parsed() -> None:
+    server, client = ServerConnection(authkey=KEY), ClientConnection(authkey=KEY)
+    handshake(server, client)
+    behind = b"\xc1" * 10 + b"\xdc\xff\xff" * 1000  # garbage: parsed, it would say so
+    error = refusal_error(server.receive_data(pack({"proof": bytes(32)}) + behind))
+    assert type(error) is AuthenticationError
+    assert str(error) == "authentication failed: wrong authkey"
+
+
+def test_a_proof_over_the_bounds_is_refused() -> None:
+    server, client = ServerConnection(authkey=KEY), ClientConnection(authkey=KEY)
+    handshake(server, client)
+    error = refusal_error(server.receive_data(pack({"proof": b"x" * MAX})))
+    assert str(error) == f"handshake frame larger than max_handshake_bytes ({MAX})"
+    assert server.greeted  # so the refusal is a connection-level error (PROTOCOL.md 3.4)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        b"\xdc\xff\xff" * 1000,  # nested array headers: ~58 MB per connection
+        b"\xde\xff\xff" * 1000,  # nested map headers
+        b"\xc6\x03\xc0\x00\x00" + b"x" * 60_000,  # the start of a 60 MiB hello
+        hello_of(MAX)[:-1],  # a hello one byte short of whole: held, at most MAX
+    ],
+    ids=["nested-arrays", "nested-maps", "unfinished-60-mib", "unfinished-max"],
+)
+def test_an_unauthenticated_peer_makes_the_server_allocate_little(attack: bytes) -> None:
+    """tracemalloc, in process: the peak a hundred connections' handshakes allocate."""
+    servers = [ServerConnection(authkey=KEY) for _ in range(100)]
+    tracemalloc.start()
+    try:
+        for server in servers:
+            for start in range(0, len(attack), 65536):  # as the server reads: 64 KiB at a time
+                server.receive_data(attack[start : start + 65536])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * (MAX + 4096), f"{peak / 100:.0f} bytes per connection"
