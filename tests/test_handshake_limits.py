@@ -9,10 +9,15 @@ handshake has completed, under the full limits (so a wrong proof leaves them unp
 
 from __future__ import annotations
 
+import contextlib
+import struct
 import tracemalloc
 from typing import Any
 
+import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aionamespace import AuthenticationError, RemoteProtocolError
 from aionamespace.protocol.connection import (
@@ -23,8 +28,9 @@ from aionamespace.protocol.connection import (
     Request,
     ServerConnection,
 )
+from aionamespace.protocol.handshake import HandshakeDecoder
 from greeted_connections import refusal_error
-from handmade_frames import HELLO, pack
+from handmade_frames import HELLO, msgpack_leaves, pack
 
 KEY = b"handshake key"
 MAX = Limits().max_handshake_bytes
@@ -167,3 +173,64 @@ def test_an_unauthenticated_peer_makes_the_server_allocate_little(attack: bytes)
     finally:
         tracemalloc.stop()
     assert peak < 100 * (MAX + 4096), f"{peak / 100:.0f} bytes per connection"
+
+
+# ---------------------------------------------------------------------------- against msgpack
+
+leaves = st.one_of(
+    msgpack_leaves,
+    st.text(min_size=20, max_size=300),  # str 8 and 16
+    st.binary(min_size=200, max_size=70_000),  # bin 8, 16 and 32: often over the limit
+    st.floats(width=32).map(lambda f: msgpack.ExtType(5, struct.pack(">f", f))),  # fixext 4
+    st.binary(max_size=600).map(lambda data: msgpack.ExtType(7, data)),  # ext 8, 16, fixext
+    st.integers(0, 20).map(lambda n: [0] * (n * 5)),  # fixarray, array 16
+)
+values = st.recursive(
+    leaves,
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=25,
+)
+
+
+def depth_of(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(values, min_size=1, max_size=4), st.integers(1, 5000))
+def test_frames_are_cut_where_msgpack_cuts_them(sent: list[Any], piece: int) -> None:
+    """Each frame whole, or a refusal naming the bound it passed; however the bytes are cut."""
+    limits = Limits()
+    data = b"".join(map(pack, sent))
+    decoder = HandshakeDecoder(limits)
+    received: list[Any] = []
+    refusal = ""
+    try:
+        for start in range(0, len(data), piece):
+            received.extend(decoder.frames(data[start : start + piece]))
+    except RemoteProtocolError as exc:
+        refusal = str(exc)
+    if not refusal:
+        assert received == sent
+        assert all(len(pack(value)) <= limits.max_handshake_bytes for value in sent)
+        assert all(depth_of(value) <= limits.max_handshake_depth for value in sent)
+        return
+    assert received == sent[: len(received)]
+    over = sent[len(received)]
+    if "larger than" in refusal:
+        assert len(pack(over)) > limits.max_handshake_bytes
+    else:
+        assert refusal.startswith("handshake frame nested deeper than max_handshake_depth")
+        assert depth_of(over) > limits.max_handshake_depth
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=5000))
+def test_any_bytes_give_frames_or_a_remote_protocol_error(data: bytes) -> None:
+    decoder = HandshakeDecoder(Limits())
+    with contextlib.suppress(RemoteProtocolError):
+        list(decoder.frames(data))
