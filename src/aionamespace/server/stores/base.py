@@ -21,7 +21,8 @@ The *size* of a revision is, for each name it changed, ``CHANGE_OVERHEAD_BYTES``
 * for an append, the bytes of the items it appended, not of the whole list: a store keeps an
   appended list so that its earlier versions share the current one's items;
 * when the change replaces or deletes a list that appends grew, and the history still holds
-  one of those appends, that list's bytes too: the history keeps the list alive to replay them.
+  one of those appends, that list's bytes too (its elements', without the array header): the
+  history keeps the list alive to replay them.
 
 A revision bigger than ``max_history_bytes`` on its own is not kept (only a watch from the
 current revision is served then). A store forgets no more than the bounds require, so what a
