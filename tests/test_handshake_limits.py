@@ -234,3 +234,12 @@ def test_any_bytes_give_frames_or_a_remote_protocol_error(data: bytes) -> None:
     decoder = HandshakeDecoder(Limits())
     with contextlib.suppress(RemoteProtocolError):
         list(decoder.frames(data))
+
+
+def test_a_peer_between_hello_and_proof_holds_none_of_the_read() -> None:
+    """The bytes after the hello are looked at, not kept: only the unfinished proof is."""
+    server, client = ServerConnection(authkey=KEY), ClientConnection(authkey=KEY)
+    read = bytearray(client.start() + b"\x81")  # the hello, and the proof's first byte
+    (hello,) = server.receive_data(memoryview(read))
+    assert type(hello) is Hello
+    read.extend(b"x")  # a bytearray with a view exported cannot be resized

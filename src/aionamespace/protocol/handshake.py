@@ -89,6 +89,7 @@ class HandshakeDecoder:
             frame, view = found
             self.rest = view
             yield frame
+        self.rest = memoryview(b"")  # all taken: hold on to none of the caller's bytes
 
     def next_frame(self, data: memoryview) -> tuple[Any, memoryview] | None:
         """The next whole frame and the bytes after it (untouched); None when ``data`` ends
