@@ -177,13 +177,15 @@ def test_an_unauthenticated_peer_makes_the_server_allocate_little(attack: bytes)
 
 # ---------------------------------------------------------------------------- against msgpack
 
+# Lengths on each side of every header kind's bounds: fixext (1 to 16), 8 bit, 16 bit, 32 bit.
+lengths = st.sampled_from([0, 1, 2, 3, 4, 8, 16, 17, 31, 32, 255, 256, 300, 65535, 65536])
 leaves = st.one_of(
     msgpack_leaves,
-    st.text(min_size=20, max_size=300),  # str 8 and 16
-    st.binary(min_size=200, max_size=70_000),  # bin 8, 16 and 32: often over the limit
-    st.floats(width=32).map(lambda f: msgpack.ExtType(5, struct.pack(">f", f))),  # fixext 4
-    st.binary(max_size=600).map(lambda data: msgpack.ExtType(7, data)),  # ext 8, 16, fixext
-    st.integers(0, 20).map(lambda n: [0] * (n * 5)),  # fixarray, array 16
+    lengths.map(lambda n: "s" * n),  # fixstr, str 8, 16, 32
+    lengths.map(lambda n: b"b" * n),  # bin 8, 16, 32
+    lengths.map(lambda n: msgpack.ExtType(7, b"e" * n)),  # fixext, ext 8, 16, 32
+    st.floats(width=32).map(lambda f: msgpack.ExtType(5, struct.pack(">f", f))),
+    lengths.map(lambda n: [0] * min(n, 300)),  # fixarray, array 16
 )
 values = st.recursive(
     leaves,
@@ -200,7 +202,35 @@ def depth_of(value: Any) -> int:
     return 0
 
 
-@settings(max_examples=300, deadline=None)
+EVERY_HEADER = [
+    *(
+        v
+        for n in (0, 1, 2, 4, 8, 16, 17, 300)
+        for v in ("s" * n, b"b" * n, msgpack.ExtType(7, b"e" * n))
+    ),
+    *([0] * n for n in (0, 15, 16, 300)),
+    *({f"k{i}": i for i in range(n)} for n in (0, 15, 16, 200)),
+    *(n for n in (0, 127, 128, -32, -33, -200, 255, 256, 2**16, 2**32, 2**63, -(2**31), -(2**63))),
+    *(None, True, False, 1.5, msgpack.ExtType(5, struct.pack(">f", 1.5)), "é" * 40),
+]
+
+
+@pytest.mark.parametrize("value", EVERY_HEADER, ids=lambda value: pack(value)[:3].hex())
+def test_every_kind_of_header_is_followed(value: Any) -> None:
+    """Each msgpack header kind, at each length it has, fed whole and byte by byte."""
+    data = pack(value) + HELLO
+    assert len(data) < MAX
+    for piece in (len(data), 1):
+        decoder = HandshakeDecoder(Limits())
+        received = [
+            frame
+            for start in range(0, len(data), piece)
+            for frame in decoder.frames(data[start : start + piece])
+        ]
+        assert received == [value, msgpack.unpackb(HELLO)]
+
+
+@settings(max_examples=100, deadline=None)
 @given(st.lists(values, min_size=1, max_size=4), st.integers(1, 5000))
 def test_frames_are_cut_where_msgpack_cuts_them(sent: list[Any], piece: int) -> None:
     """Each frame whole, or a refusal naming the bound it passed; however the bytes are cut."""
