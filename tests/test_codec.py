@@ -715,13 +715,6 @@ def test_bigint_payload_has_minimal_length(number: int) -> None:
     assert ext_value.data == number.to_bytes(length, "big", signed=True)
 
 
-def test_bigint_payloads_of_any_length_are_accepted() -> None:
-    """PROTOCOL.md 9.4: decoders accept non-minimal lengths, even an empty payload (zero)."""
-    assert decode_value(ext(ExtCode.BIGINT, b"")) == 0
-    assert decode_value(ext(ExtCode.BIGINT, b"\x00\x00\x05")) == 5
-    assert decode_value(ext(ExtCode.BIGINT, b"\xff\xff\xfe")) == -2
-
-
 # ----------------------------------------------------------------------------- deep nesting
 #
 # Each extension level is decoded by a nested msgpack.unpackb call, whose C frame is large:

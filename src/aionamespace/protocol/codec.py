@@ -20,22 +20,23 @@ Two msgpack behaviours would silently change a value, so they are handled here:
   come back as ``bytes``. ``_needs_rewrite`` walks containers once, cheaply, and only the rare
   value that holds one is rebuilt: a bytearray becomes its extension, a memoryview a TypeError.
 
-Decoding never runs code: extension data is parsed by fixed rules, and any failure is one
-``ValueError`` subclass (``ValueDecodeError``) the caller turns into a protocol error.
+Decoding never runs code: extension payloads are parsed by the exact grammar of ``extensions``
+(the same on every Python version), and any failure is one ``ValueError`` subclass
+(``ValueDecodeError``) the caller turns into a protocol error.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import decimal
-import enum
-import re
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
+
+from .extensions import MAX_DEPTH, PAYLOAD_PARSERS, ExtCode, ValueDecodeError
 
 __all__ = [
     "MARKER_CODES",
@@ -50,34 +51,9 @@ __all__ = [
     "encode_values",
 ]
 
-#: Values nested deeper than this are refused when encoding (a self-referencing list, say).
-#: Decoding is bounded by msgpack's own stack instead, deeper than this, so any value we encode
-#: decodes.
-MAX_DEPTH = 256
-
-
-class ExtCode(enum.IntEnum):
-    """msgpack extension type codes used for values (docs/PROTOCOL.md, "Values")."""
-
-    BIGINT = 1  # two's complement, big-endian, minimal length
-    TUPLE = 2  # zero-length marker: first element of an array holding the items
-    SET = 3  # zero-length marker, as TUPLE
-    FROZENSET = 4  # zero-length marker, as TUPLE
-    BYTEARRAY = 5  # data: the raw bytes
-    COMPLEX = 6  # data: msgpack array [real, imag] of floats
-    DATETIME = 7  # data: ISO 8601 text, as datetime.isoformat()
-    DATE = 8  # data: ISO 8601 text
-    TIME = 9  # data: ISO 8601 text
-    TIMEDELTA = 10  # data: msgpack array [days, seconds, microseconds]
-    DECIMAL = 11  # data: the decimal's str() as UTF-8
-    UUID = 12  # data: the 16 bytes
-
-
-class ValueDecodeError(ValueError):
-    """Bytes that are not a valid encoded value."""
-
 
 _NATIVE_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+_CONTAINERS = (list, tuple, set, frozenset, dict)
 
 
 _MARKERS = {
@@ -254,78 +230,15 @@ def _list_hook(items: list[Any]) -> Any:
     return items
 
 
-def _scalars(data: bytes) -> list[Any]:
-    """An extension payload that is an array of plain numbers (never anything nested)."""
-    items = msgpack.unpackb(data, raw=False, use_list=True, ext_hook=_refuse_ext)
-    if type(items) is not list:
-        raise ValueDecodeError("extension payload is not an array")
-    return items
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueDecodeError("an extension payload cannot hold an extension")
-
-
 def _ext_hook(code: int, data: bytes) -> Any:
     if code in _DECODED_MARKERS:
         if data:
             raise ValueDecodeError(f"extension {code} is a zero-length container marker")
         return _DECODED_MARKERS[code]
-    if code == ExtCode.BIGINT:
-        return int.from_bytes(data, "big", signed=True)
-    if code == ExtCode.BYTEARRAY:
-        return bytearray(data)
-    if code == ExtCode.COMPLEX:
-        parts = _scalars(data)
-        if len(parts) != 2 or not all(type(p) is float for p in parts):
-            raise ValueDecodeError("complex payload is not [real, imag]")
-        return complex(parts[0], parts[1])
-    if code in _ISO_PARSERS:
-        return _ISO_PARSERS[code](data.decode())
-    if code == ExtCode.TIMEDELTA:
-        parts = _scalars(data)
-        if len(parts) != 3 or not all(type(p) is int for p in parts):
-            raise ValueDecodeError("timedelta payload is not [days, seconds, microseconds]")
-        return _dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2])
-    if code == ExtCode.DECIMAL:
-        return decimal.Decimal(data.decode())
-    if code == ExtCode.UUID:
-        return uuid.UUID(bytes=data)
-    raise ValueDecodeError(f"unknown value extension code {code}")
-
-
-# The UTC offset at the end of an isoformat() text, down to microseconds.
-_OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{6}))?)?$")
-
-
-def _with_exact_offset(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """fromisoformat, but trusting the text's offset: CPython 3.10-3.13 read
-    "+00:00:00.000001" (a one-microsecond offset isoformat() writes) as UTC."""
-
-    def parse_exactly(text: str) -> Any:
-        value = parse(text)
-        match = _OFFSET.search(text) if value.tzinfo is not None else None
-        if match is not None:
-            sign, hours, minutes, seconds, micros = match.groups()
-            offset = _dt.timedelta(
-                hours=int(hours),
-                minutes=int(minutes),
-                seconds=int(seconds or 0),
-                microseconds=int(micros or 0),
-            )
-            offset = -offset if sign == "-" else offset
-            if value.utcoffset() != offset:
-                value = value.replace(tzinfo=_dt.timezone(offset))
-        return value
-
-    return parse_exactly
-
-
-_ISO_PARSERS: dict[int, Callable[[str], Any]] = {
-    ExtCode.DATETIME: _with_exact_offset(_dt.datetime.fromisoformat),
-    ExtCode.DATE: _dt.date.fromisoformat,
-    ExtCode.TIME: _with_exact_offset(_dt.time.fromisoformat),
-}
+    parse = PAYLOAD_PARSERS.get(code)
+    if parse is None:
+        raise ValueDecodeError(f"unknown value extension code {code}")
+    return parse(data)
 
 
 def decode_value(data: bytes | bytearray) -> Any:
@@ -384,6 +297,7 @@ SCALAR_LENGTHS = bytes(
     1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0) for b in range(256)
 )
 
+
 # Some bytes decode without error yet are no value we would make: msgpack's timestamp
 # extension (code -1, turned into msgpack.Timestamp by msgpack itself), a container marker that
 # is not the first element of an array, and nesting deeper than MAX_DEPTH (msgpack's own stack
@@ -391,7 +305,6 @@ SCALAR_LENGTHS = bytes(
 # type byte 0xff; a zero-length ext 8 header), and MAX_DEPTH levels take MAX_DEPTH bytes, so
 # most values need no walk at all.
 _SUSPECT_BYTES = (b"\xff", b"\xc7\x00")
-_CONTAINERS = (list, tuple, set, frozenset, dict)
 
 
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
