@@ -21,13 +21,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aionamespace.protocol.codec import (
-    ExtCode,
-    ValueDecodeError,
-    check_value,
-    decode_value,
-    encode_value,
-)
+from aionamespace.protocol.codec import ExtCode, ValueDecodeError, decode_value, encode_value
+from aionamespace.protocol.values import check_value
 
 DIGITS = "0123456789"
 

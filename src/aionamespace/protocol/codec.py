@@ -22,7 +22,11 @@ Two msgpack behaviours would silently change a value, so they are handled here:
 
 Decoding never runs code: extension payloads are parsed by the exact grammar of ``extensions``
 (the same on every Python version), and any failure is one ``ValueError`` subclass
-(``ValueDecodeError``) the caller turns into a protocol error.
+(``ValueDecodeError``) the caller turns into a protocol error. Decoding is not the whole check
+of a value: like Python, it collapses equal set items and map keys, it builds sets and dicts
+with Python's own hashing (PROTOCOL.md 9.3 says what that costs a reader), and it reads msgpack
+timestamps and misplaced markers. ``values.check_value`` is the whole check, which the server
+runs on every value it stores.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ __all__ = [
     "SCALAR_LENGTHS",
     "ExtCode",
     "ValueDecodeError",
-    "check_value",
     "decode_value",
     "decode_values",
     "encode_value",
@@ -298,15 +301,6 @@ SCALAR_LENGTHS = bytes(
 )
 
 
-# Some bytes decode without error yet are no value we would make: msgpack's timestamp
-# extension (code -1, turned into msgpack.Timestamp by msgpack itself), a container marker that
-# is not the first element of an array, and nesting deeper than MAX_DEPTH (msgpack's own stack
-# allows more). Timestamps and markers always leave these bytes in the encoding (an extension
-# type byte 0xff; a zero-length ext 8 header), and MAX_DEPTH levels take MAX_DEPTH bytes, so
-# most values need no walk at all.
-_SUSPECT_BYTES = (b"\xff", b"\xc7\x00")
-
-
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
     """``decode_value`` of each value (one-byte values looked up without a call each)."""
     one_byte = _ONE_BYTE_VALUES
@@ -315,47 +309,6 @@ def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
         value = one_byte[blob[0]] if len(blob) == 1 else _NOT_ONE_BYTE
         values[name] = decode_value(blob) if value is _NOT_ONE_BYTE else value
     return values
-
-
-def check_value(data: bytes, max_depth: int = MAX_DEPTH) -> None:
-    """Raise ValueDecodeError unless ``data`` is a value this codec could have made.
-
-    Stricter than ``decode_value``, which stays liberal: the server runs this on every value it
-    is asked to store, so clients only ever read values they can use. ``max_depth`` is lower
-    for a value that will sit inside another (an item appended to a list).
-    """
-    if data and len(data) == SCALAR_LENGTHS[data[0]]:
-        return  # an int, float, None or bool, whole: nothing else to look at
-    value = decode_value(data)
-    if type(value) not in _CONTAINERS and type(value) is not msgpack.Timestamp:
-        return
-    if len(data) > max_depth or any(suspect in data for suspect in _SUSPECT_BYTES):
-        problem = _find_non_value(value, max_depth)
-        if problem is not None:
-            raise ValueDecodeError(problem)
-
-
-def _find_non_value(value: Any, max_depth: int) -> str | None:
-    """Why a decoded value is not one we would make, or None (an iterative walk)."""
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        cls = type(item)
-        if cls is msgpack.Timestamp:
-            return "msgpack timestamps (extension -1) are not supported values"
-        if cls is _Marker:
-            return "a container marker must be the first element of an array"
-        if cls in _CONTAINERS:
-            if depth >= max_depth:
-                return f"value nested deeper than {MAX_DEPTH} levels"
-            children = item.items() if cls is dict else item
-            for child in children:
-                if cls is dict:
-                    pending.append((child[0], depth + 1))
-                    pending.append((child[1], depth + 1))
-                else:
-                    pending.append((child, depth + 1))
-    return None
 
 
 #: The extension codes of the container markers (tuple, set, frozenset): an array led by one
