@@ -1,4 +1,5 @@
-"""Printing a namespace whose values hold integers too long for ``str()`` (issue 12, item 15).
+"""Printing a namespace whose values hold integers too long for ``str()`` (issue 12, item 15),
+and the time zones a value cannot carry.
 
 Python refuses to write an int of more than ``sys.get_int_max_str_digits()`` decimal digits
 (4300 by default) and raised ValueError from ``str(ns)`` and the CLI's ``dump``; such ints are
@@ -8,17 +9,20 @@ now written in hexadecimal, which ``ast.literal_eval`` reads back, and the limit
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import os
 import subprocess
 import sys
+import zoneinfo
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aionamespace import Namespace, ServerThread
 from aionamespace.client.proxy import format_namespace, literal_repr
-from aionamespace.protocol.codec import encode_value
+from aionamespace.protocol.codec import decode_value, encode_value
 from server_processes import ServeProcess
 
 HUGE = 7**10_000  # 8451 digits: too long for str() under the default limit
@@ -96,3 +100,39 @@ def test_cli_dump_prints_a_namespace_holding_a_long_int(short_tmp: str) -> None:
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == f"board: Namespace(big=[{hex(HUGE)}])\n"
     assert ast.literal_eval(result.stdout.partition("big=")[2][:-2]) == [HUGE]
+
+
+# ---------------------------------------------------------------------------- time zones
+
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+
+
+def test_a_time_whose_zone_gives_no_offset_is_refused() -> None:
+    """A time of day in a zone with daylight saving time has no UTC offset (``utcoffset()``
+    is None): it used to be sent as a naive time, without a word."""
+    with pytest.raises(TypeError, match=r"gives no UTC offset.*datetime"):
+        encode_value(dt.time(12, tzinfo=PARIS))
+    with pytest.raises(TypeError, match="gives no UTC offset"):
+        encode_value({"when": [dt.time(12, tzinfo=PARIS)]})
+    fixed = dt.time(12, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert decode_value(encode_value(fixed)).utcoffset() == dt.timedelta(hours=2)
+
+
+class NoOffset(dt.tzinfo):
+    def utcoffset(self, when: dt.datetime | None) -> dt.timedelta | None:
+        return None
+
+
+def test_a_datetime_whose_zone_gives_no_offset_is_refused() -> None:
+    with pytest.raises(TypeError, match="gives no UTC offset"):
+        encode_value(dt.datetime(2024, 7, 1, 12, tzinfo=NoOffset()))
+
+
+def test_a_datetime_in_a_named_zone_keeps_its_instant_and_offset() -> None:
+    """README, "Supported values": the zone comes back as its fixed offset."""
+    for month, hours in ((7, 2), (1, 1)):  # summer and winter time
+        when = dt.datetime(2024, month, 1, 12, tzinfo=PARIS)
+        back = decode_value(encode_value(when))
+        assert back == when
+        assert back.utcoffset() == when.utcoffset() == dt.timedelta(hours=hours)
+        assert back.tzinfo == dt.timezone(dt.timedelta(hours=hours))

@@ -81,10 +81,14 @@ def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     if cls is complex:
         return msgpack.ExtType(ExtCode.COMPLEX, msgpack.packb([obj.real, obj.imag]))
     if cls is _dt.datetime:
+        if obj.tzinfo is not None and obj.utcoffset() is None:
+            raise _no_offset(obj)
         return msgpack.ExtType(ExtCode.DATETIME, obj.isoformat().encode())
     if cls is _dt.date:
         return msgpack.ExtType(ExtCode.DATE, obj.isoformat().encode())
     if cls is _dt.time:
+        if obj.tzinfo is not None and obj.utcoffset() is None:
+            raise _no_offset(obj)
         return msgpack.ExtType(ExtCode.TIME, obj.isoformat().encode())
     if cls is _dt.timedelta:
         return msgpack.ExtType(
@@ -97,6 +101,21 @@ def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     raise TypeError(
         f"cannot share a value of type {cls.__module__}.{cls.__qualname__}: "
         "aionamespace carries only the types listed in README.md ('Supported values')"
+    )
+
+
+def _no_offset(obj: _dt.datetime | _dt.time) -> TypeError:
+    """A time zone that gives no UTC offset would come back naive without a word."""
+    what = type(obj).__name__
+    advice = (
+        "a time of day has no offset in a zone with daylight saving time: share a datetime "
+        "(it keeps its instant and offset) or a time with a fixed datetime.timezone"
+        if what == "time"
+        else "pass a datetime.timezone with a fixed offset"
+    )
+    return TypeError(
+        f"cannot share a {what} whose tzinfo {obj.tzinfo!r} gives no UTC offset "
+        f"(it would come back naive): {advice}"
     )
 
 
