@@ -128,8 +128,8 @@ def test_random_sets_are_refused_exactly_when_python_would_collapse_them(items: 
     blob = marked(ExtCode.SET, *map(encode_value, items))
     if len(set(decoded)) == len(decoded):
         check_value(blob)
-    else:
-        with pytest.raises(ValueDecodeError, match="duplicate"):
+    else:  # (equal items holding a long int and a Decimal may be refused for that instead)
+        with pytest.raises(ValueDecodeError, match=r"duplicate|shares its hash"):
             check_value(blob)
 
 

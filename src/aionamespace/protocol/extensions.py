@@ -82,11 +82,9 @@ _ZONES: dict[bytes, _dt.timezone] = {}
 _MAX_ZONES = 1024
 
 
-def _zone(match: re.Match[bytes], first: int) -> _dt.timezone | None:
+def _zone(match: re.Match[bytes], first: int) -> _dt.timezone:
     """The fixed-offset timezone of the offset whose fields are groups ``first`` on."""
     text = match["offset"]
-    if text is None:
-        return None
     zone = _ZONES.get(text)
     if zone is None:
         sign, hours, minutes, seconds, micros = match.groups(b"0")[first:]
@@ -117,7 +115,8 @@ def _parse_time(data: bytes) -> _dt.time:
         raise ValueDecodeError(f"TIME payload {_shown(data)} is not {_TIME_FORM}")
     hour, minute, second, micro = map(int, match.groups(b"0")[:4])  # b"0": no microsecond
     try:
-        return _dt.time(hour, minute, second, micro, _zone(match, 5))
+        zone = None if match["offset"] is None else _zone(match, 5)
+        return _dt.time(hour, minute, second, micro, zone)
     except ValueError as exc:
         raise ValueDecodeError(f"TIME payload {_shown(data)}: {exc}") from None
 
@@ -128,7 +127,8 @@ def _parse_datetime(data: bytes) -> _dt.datetime:
         raise ValueDecodeError(f"DATETIME payload {_shown(data)} is not {_DATE_FORM}T{_TIME_FORM}")
     year, month, day, hour, minute, second, micro = map(int, match.groups(b"0")[:7])
     try:
-        return _dt.datetime(year, month, day, hour, minute, second, micro, _zone(match, 8))
+        zone = None if match["offset"] is None else _zone(match, 8)
+        return _dt.datetime(year, month, day, hour, minute, second, micro, zone)
     except ValueError as exc:
         raise ValueDecodeError(f"DATETIME payload {_shown(data)}: {exc}") from None
 

@@ -307,37 +307,23 @@ class _ShortRepr(reprlib.Repr):
 _short = _ShortRepr()
 
 
-# The length of the header of a str or bin by its first byte: (header bytes, is str).
-_TEXT_HEADERS = {
-    **{byte: (1, True) for byte in range(0xA0, 0xC0)},
-    0xD9: (2, True),
-    0xDA: (3, True),
-    0xDB: (5, True),
-    0xC4: (2, False),
-    0xC5: (3, False),
-    0xC6: (5, False),
-}
+# The first bytes of a str or a bin: a value that starts with one is that and nothing more.
+_TEXT_FIRST = frozenset({*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB, 0xC4, 0xC5, 0xC6})
 _FIXEXT_LENGTHS = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}  # fixext: payload length
 _EXT_LENGTH_SIZES = {0xC7: 1, 0xC8: 2, 0xC9: 4}  # ext 8/16/32: bytes of the payload length
 
 
-_MAYBE_WHOLE = frozenset({*_TEXT_HEADERS, *_FIXEXT_LENGTHS, *_EXT_LENGTH_SIZES})
+_MAYBE_WHOLE = frozenset({*_TEXT_FIRST, *_FIXEXT_LENGTHS, *_EXT_LENGTH_SIZES})
 
 
 def _whole_scalar(data: bytes) -> bool:
     """Check a value that is one str, bin or extension (True), or say it is none (False)."""
     first = data[0]
-    header = _TEXT_HEADERS.get(first)
-    if header is not None:
-        size, is_str = header
-        length = first & 0x1F if size == 1 else int.from_bytes(data[1:size], "big")
-        if size + length != len(data):
-            return False
-        if is_str:
-            try:
-                data[size:].decode()
-            except UnicodeDecodeError as exc:
-                raise ValueDecodeError(f"malformed value: invalid UTF-8 in a str: {exc}") from None
+    if first in _TEXT_FIRST:  # the unpacker without hooks: a str or bin holds nothing else
+        try:
+            msgpack.unpackb(data)  # (strict UTF-8; ExtraData for anything after it)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise ValueDecodeError(f"malformed value: {type(exc).__name__}: {exc}") from None
         return True
     if first in _FIXEXT_LENGTHS:
         start, length = 2, _FIXEXT_LENGTHS[first]
