@@ -203,7 +203,7 @@ def test_a_flood_of_equal_hashes_is_refused_in_linear_time() -> None:
         started = time.monotonic()
         with pytest.raises(ValueDecodeError, match="share one hash value"):
             check_value(blob)
-        assert time.monotonic() - started < 2.0  # the old check: 5-10 s on this machine
+        assert time.monotonic() - started < 2.0  # generous: the old check took many times that
 
 
 def big_int_sharing_a_hash_with(number: int, bits: int) -> int:
@@ -231,7 +231,7 @@ def test_a_big_integer_and_a_decimal_may_not_share_a_hash() -> None:
                 check_value(marked(ExtCode.SET, one, two))
             with pytest.raises(ValueDecodeError, match="holding a DECIMAL"):
                 check_value(mapping((two, b"\xc0"), (one, b"\xc0")))
-        assert time.monotonic() - started < 2.0  # the old check: minutes for 3M bits
+        assert time.monotonic() - started < 2.0  # generous: the old check took many times that
         check_value(encode_value({big, 7, 7.5, (8, Decimal(7))}))  # sharing, with no Decimal
         check_value(encode_value({big, Decimal(8)}))  # a Decimal with its own hash
         check_value(encode_value({(big, Decimal(7)), 7}))  # both in one item
