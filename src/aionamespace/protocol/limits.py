@@ -16,7 +16,9 @@ class Limits:
     proxy whose server has not greeted it by then raises ConnectionLost). The server alone uses
     ``max_connections`` (more are refused at the hello); the async proxy alone uses
     ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
-    acknowledged).
+    acknowledged). The server alone uses ``max_keys_per_hash``: it refuses a value holding a
+    set, frozenset or map in which more of the items (keys) than that share one CPython hash
+    value, which any Python reader would take quadratic time to build (docs/PROTOCOL.md 9.3).
 
     The server's store keeps, per namespace, a history of at most ``max_history_revisions``
     revisions whose sizes (values' bytes, ``server/stores/base.py``) sum to at most
@@ -29,6 +31,7 @@ class Limits:
 
     max_frame_bytes: int = 64 * 1024 * 1024
     max_name_length: int = 256
+    max_keys_per_hash: int = 8
     max_connections: int = 10_000
     handshake_timeout: float = 10.0
     max_queued_writes: int = 100_000
