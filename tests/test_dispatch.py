@@ -13,6 +13,7 @@ import logging
 import msgpack
 import pytest
 
+from aionamespace import Limits
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.events import REPLY_ERROR
 from aionamespace.protocol.frames import LARGE_VALUE_BYTES
@@ -183,7 +184,7 @@ def test_a_watch_from_a_revision_replays_the_changes_after_its_reply() -> None:
 
 
 def test_a_watch_the_history_cannot_serve_is_refused_and_never_started() -> None:
-    rig = Rig(MemoryStore(history=2))
+    rig = Rig(MemoryStore(Limits(max_history_revisions=2)))
     writer, watcher = rig.connect(), rig.connect()
     for revision in range(1, 5):
         assert rig.send(writer, [revision, "set", "k", "x", encode_value(revision)]) == [

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from aionamespace import AsyncNamespace, AuthenticationError, HistoryExpired, Namespace
+from aionamespace import AsyncNamespace, AuthenticationError, HistoryExpired, Limits, Namespace
 from aionamespace.client.loopback import LoopbackServer
 from deadlines import wait_until
 
@@ -167,3 +167,14 @@ def test_a_loopback_proxy_cannot_be_pickled() -> None:
 
     with pytest.raises(TypeError, match="this process"):
         pickle.dumps(Namespace(LoopbackServer(), "p"))
+
+
+def test_a_loopback_board_keeps_the_history_its_limits_say() -> None:
+    board = LoopbackServer(limits=Limits(max_history_revisions=2))
+    ns = Namespace(board, "h")
+    for i in range(4):
+        ns.x = i  # revisions 1 to 4: the last two are kept
+    with pytest.raises(HistoryExpired, match=r"\(oldest: 3\)"):
+        ns._watch(since=1)
+    with ns._watch(since=2) as watch:
+        assert [watch.next(timeout=10).value for _ in range(2)] == [2, 3]

@@ -45,7 +45,6 @@ def test_safe_to_resend_table_matches_the_library() -> None:
 
 def test_documented_limits_match_the_library() -> None:
     from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
-    from aionamespace.server.stores import DEFAULT_HISTORY
 
     text = " ".join(DOC.read_text(encoding="utf-8").split())
     limits = Limits()
@@ -54,11 +53,30 @@ def test_documented_limits_match_the_library() -> None:
     assert f"| `max_keys_per_hash` | {limits.max_keys_per_hash} keys |" in text
     assert f"| `max_connections` | {limits.max_connections:,} connections at once |" in text
     assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
-    assert f"| history | {DEFAULT_HISTORY:,} revisions per namespace |" in text
+    assert f"| `max_handshake_bytes` | {limits.max_handshake_bytes} bytes |" in text
+    assert f"| `max_handshake_depth` | {limits.max_handshake_depth} levels of arrays" in text
+    assert (
+        f"| `max_history_revisions` | {limits.max_history_revisions:,} revisions per namespace |"
+        in text
+    )
+    assert f"| `max_history_bytes` | {limits.max_history_bytes} (64 MiB) per namespace |" in text
     assert f"| unread frames | 16 MiB ({MAX_PUSH_BACKLOG_BYTES} bytes) |" in text
     for message in (
         f"the server is at its limit of {limits.max_connections} connections",
         f"no hello and authentication within {limits.handshake_timeout} seconds",
         f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread",
+        f"handshake frame larger than max_handshake_bytes ({limits.max_handshake_bytes})",
+        f"handshake frame nested deeper than max_handshake_depth ({limits.max_handshake_depth})",
     ):
         assert message in text
+
+
+def test_readme_lists_every_limit() -> None:
+    """README's "Limits and failures" table has a row for every field of ``Limits``."""
+    import dataclasses
+
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Limits and failures") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
+    assert sorted(rows) == sorted(field.name for field in dataclasses.fields(Limits))

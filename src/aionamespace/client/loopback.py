@@ -52,8 +52,8 @@ class LoopbackServer:
         limits: Limits | None = None,
         authkey: bytes | None = None,
     ) -> None:
-        self.store = store if store is not None else MemoryStore()
         self.limits = limits or Limits()
+        self.store = store if store is not None else MemoryStore(self.limits)
         self.authkey = authkey
         self.lock = threading.RLock()  # the dispatcher is not thread-safe; the proxies may be
         self.dispatcher = Dispatcher(self.store, self._call_later)

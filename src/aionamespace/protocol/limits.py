@@ -19,6 +19,14 @@ class Limits:
     acknowledged). The server alone uses ``max_keys_per_hash``: it refuses a value holding a
     set, frozenset or map in which more of the items (keys) than that share one CPython hash
     value, which any Python reader would take quadratic time to build (docs/PROTOCOL.md 9.3).
+
+    The server's store keeps, per namespace, a history of at most ``max_history_revisions``
+    revisions whose sizes (values' bytes, ``server/stores/base.py``) sum to at most
+    ``max_history_bytes``; a watch resuming from before it gets HistoryExpired. Until a
+    connection has said hello and authenticated, each frame it sends may be at most
+    ``max_handshake_bytes`` long (and ``max_frame_bytes``) and nest at most
+    ``max_handshake_depth`` arrays and maps: that is all an unauthenticated peer can make the
+    server hold.
     """
 
     max_frame_bytes: int = 64 * 1024 * 1024
@@ -27,6 +35,12 @@ class Limits:
     max_connections: int = 10_000
     handshake_timeout: float = 10.0
     max_queued_writes: int = 100_000
+    # the server's history of changes, per namespace
+    max_history_revisions: int = 10_000
+    max_history_bytes: int = 64 * 1024 * 1024
+    # what a peer may send before its handshake completes
+    max_handshake_bytes: int = 4096
+    max_handshake_depth: int = 4
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""

@@ -21,7 +21,7 @@ from .._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProto
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
 from ..protocol.frames import coalesce
 from .locks import LockTable
-from .stores import Changes, Store
+from .stores import Changes, Store, materialised
 
 __all__ = ["Dispatcher", "Peer"]
 
@@ -243,6 +243,8 @@ class Dispatcher:
                         self._pushes.setdefault(reader, []).append(frame)
             for watch in self._watches.get(key, _NO_WATCHES).values():
                 if watch.names is None or name in watch.names:
+                    if value is not None and not isinstance(value, bytes):
+                        value = value.materialise()  # an appended list: once per revision
                     self._pushes.setdefault(watch.peer, []).append(
                         ServerConnection.send_event(watch.id, revision, name, value)
                     )
@@ -258,7 +260,7 @@ class Dispatcher:
         self._watches.setdefault(key, {})[watch.id] = watch
         self._peer_watches.setdefault(peer, {})[watch.id] = key
         frames = [
-            ServerConnection.send_event(watch.id, c.revision, c.name, c.value)
+            ServerConnection.send_event(watch.id, c.revision, c.name, materialised(c.value))
             for c in replay
             if selected is None or c.name in selected
         ]

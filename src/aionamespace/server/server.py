@@ -64,8 +64,9 @@ class Server:
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         self._requested = parse_address(address) if address is not None else DEFAULT_TCP_ADDRESS
         self._authkey = authkey
-        self.store: Store = store if store is not None else MemoryStore()
         self.limits = limits or Limits()
+        # A store passed in keeps the history bounds it was made with.
+        self.store: Store = store if store is not None else MemoryStore(self.limits)
         self._address: Address | None = None
         self._stop: anyio.Event | None = None
         self._ssl_context = ssl_context
