@@ -139,6 +139,7 @@ class StreamConnection:
         self._outbox: list[bytes] = []
         self._queued_bytes = 0  # queued or being sent
         self._sending = False
+        self._broken = False  # the sender is gone: nothing can be sent any more
         self._wakeup = anyio.Event()
         self._sent = anyio.Event()
         self._reading = anyio.CancelScope()
@@ -146,7 +147,7 @@ class StreamConnection:
         self._widened = False  # see widen_send_buffer
 
     def write(self, data: bytes) -> None:
-        if data and not self.closed:
+        if data and not self.closed and not self._broken:
             if len(data) >= LARGE_VALUE_BYTES and not self._widened and self._stream is not None:
                 self._widened = widen_send_buffer(
                     self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
@@ -171,7 +172,7 @@ class StreamConnection:
             group.start_soon(self._send_forever, stream)
             if self.connections.admit(self):
                 try:
-                    with self._reading:
+                    with self._reading:  # cancelled by close(), and when the sender is gone
                         while True:
                             data = await stream.receive(READ_CHUNK_BYTES)
                             while not self.connections.received(self, data):
@@ -187,8 +188,8 @@ class StreamConnection:
                 finally:
                     self.connections.gone(self)
             with anyio.move_on_after(FAREWELL_SECONDS, shield=True):
-                while self._outbox or self._sending:  # answers, a refusal, the goodbye
-                    await self._sent.wait()
+                while (self._outbox or self._sending) and not self._broken:
+                    await self._sent.wait()  # answers, a refusal, the goodbye
             group.cancel_scope.cancel()
 
     async def _send_forever(self, stream: anyio.abc.ByteStream) -> None:
@@ -206,10 +207,14 @@ class StreamConnection:
                     self._sent.set()
                     self._sent = anyio.Event()
         finally:  # the peer is gone, or we are cancelled: nothing more will be sent
+            self._broken = True
             self._outbox.clear()
             self._sending = False
             self._queued_bytes = 0
             self._sent.set()
+            # The reader must stop too: waiting for sends that never come, it would find the
+            # backlog never drains and wait again on this set event, spinning for ever.
+            self._reading.cancel()
 
 
 Connection = AsyncioConnection | StreamConnection
