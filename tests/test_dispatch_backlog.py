@@ -6,8 +6,6 @@ once the connection is gone.
 
 from __future__ import annotations
 
-import pytest
-
 from aionamespace.protocol.codec import encode_value
 from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
 from dispatch_rig import Rig, failed, ok, push
@@ -68,15 +66,6 @@ def test_a_lock_held_by_a_peer_dropped_past_the_bound_passes_on_when_it_is_lost(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Dispatcher.respond_some writes a batch's pushes peer by peer; when a write drops a peer "
-        "and the shell reports it gone at once (AsyncioConnection.drop calls Connections.gone), "
-        "the lock it held is granted to the next waiter and written before that waiter's pushes "
-        "from the same batch, which arose first (trio's shell, which reports it later, does not)"
-    ),
-)
 def test_a_lock_passed_on_by_a_drop_at_once_follows_the_pushes_that_arose_before() -> None:
     rig = Rig()
     writer, stuck, waiter = rig.connect(), rig.connect(reads=False), rig.connect()

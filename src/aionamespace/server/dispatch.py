@@ -152,19 +152,29 @@ class Dispatcher:
                     size += len(answer)
                 if size > budget:
                     break
+            refused = applied > 0 and type(events[applied - 1]) is Refusal
+            self._flush(peer, out, refused)
         finally:
             self._in_batch = False
-        if self._pushes:
+        return (coalesce(out) if large else [b"".join(out)]), applied
+
+    def _flush(self, peer: Peer, out: list[bytes], refused: bool) -> None:
+        """Write the frames a batch gave rise to for other connections, and put those for
+        ``peer`` into its answers ``out`` (after the replies, but before a ``refused`` batch's
+        refusal: that is always the last frame).
+
+        Still within the batch: a write that drops a peer which then is gone at once (the
+        asyncio shell) hands its locks over, and those grants arose after every frame gathered
+        so far, so they are gathered in turn and written after them.
+        """
+        while self._pushes:
             pushes, self._pushes = self._pushes, {}
             for other, frames in pushes.items():
                 if other is peer:
-                    # after the answers, but before a refusal: that is always the last frame
-                    refused = applied and type(events[applied - 1]) is Refusal
                     at = len(out) - 1 if refused else len(out)
                     out[at:at] = frames
                 else:
                     self._write(other, b"".join(frames))
-        return (coalesce(out) if large else [b"".join(out)]), applied
 
     def _send(self, peer: Peer, frame: bytes) -> None:
         """A frame for ``peer`` outside its own answers: queued during a batch, else written."""
