@@ -1,4 +1,4 @@
-"""The push backlog bound (``MAX_PUSH_BACKLOG_BYTES``, PROTOCOL.md 8): a connection with more
+"""The push backlog bound (``Limits.max_push_backlog_bytes``, PROTOCOL.md 8): a connection with more
 unsent bytes than that gets the ConnectionLost refusal instead of its next push or deferred
 reply, and is dropped; one that reads is never dropped, and a dropped holder's lock passes on
 once the connection is gone.
@@ -6,9 +6,11 @@ once the connection is gone.
 
 from __future__ import annotations
 
+from aionamespace import Limits
 from aionamespace.protocol.codec import encode_value
-from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
 from dispatch_rig import Rig, failed, ok, push
+
+MAX_PUSH_BACKLOG_BYTES = Limits().max_push_backlog_bytes
 
 
 def test_a_watcher_that_never_reads_is_refused_and_dropped_past_the_bound() -> None:

@@ -44,7 +44,6 @@ def test_safe_to_resend_table_matches_the_library() -> None:
 
 
 def test_documented_limits_match_the_library() -> None:
-    from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
     from aionamespace.server.stores import DEFAULT_HISTORY
 
     text = " ".join(DOC.read_text(encoding="utf-8").split())
@@ -54,10 +53,11 @@ def test_documented_limits_match_the_library() -> None:
     assert f"| `max_connections` | {limits.max_connections:,} connections at once |" in text
     assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
     assert f"| history | {DEFAULT_HISTORY:,} revisions per namespace |" in text
-    assert f"| unread frames | 16 MiB ({MAX_PUSH_BACKLOG_BYTES} bytes) |" in text
+    assert f"| `max_reply_backlog_bytes` | {limits.max_reply_backlog_bytes} (1 MiB) |" in text
+    assert f"| `max_push_backlog_bytes` | {limits.max_push_backlog_bytes} (16 MiB) |" in text
     for message in (
         f"the server is at its limit of {limits.max_connections} connections",
         f"no hello and authentication within {limits.handshake_timeout} seconds",
-        f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread",
+        f"more than {limits.max_push_backlog_bytes} bytes of events went unread",
     ):
         assert message in text
