@@ -4,11 +4,13 @@
 hello), gives each ``Limits.handshake_timeout`` seconds to say hello and authenticate, applies
 what a connection sent through the ``Dispatcher`` while its backlog (what waits to be sent to
 it) stays under ``Limits.max_reply_backlog_bytes`` (a peer that does not read is not read
-from), and on shutdown tells every client why the connection ends.
+from), drops a connection whose serving failed (``failed``: a MemoryError takes one connection
+down, never the server), and on shutdown tells every client why the connection ends.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from .shells import Connection
 
 __all__ = ["FAREWELL_SECONDS", "CallLater", "Connections"]
+
+logger = logging.getLogger("aionamespace.server")
 
 FAREWELL_SECONDS = 1.0  # a connection being dropped gets this long to take our last words
 
@@ -114,6 +118,18 @@ class Connections:
             assert cancel_deadline is not None
             cancel_deadline()
         return True
+
+    def failed(self, connection: Connection, error: Exception) -> None:
+        """Serving ``connection`` raised (a MemoryError, or a bug): drop it, releasing its
+        locks and watches, and serve everyone else on."""
+        logger.error("dropping a connection that could not be served", exc_info=error)
+        connection.pending.clear()
+        try:
+            reason = f"the server could not serve this connection ({type(error).__name__})"
+            connection.write(connection.protocol.send_refusal(ConnectionLost(reason)))
+        except MemoryError:
+            pass  # it is dropped all the same, without a last word
+        connection.drop()
 
     def gone(self, connection: Connection) -> None:
         cancel_deadline = self.open.pop(connection, None)

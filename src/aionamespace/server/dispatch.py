@@ -18,6 +18,7 @@ the peer is dropped instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -181,10 +182,12 @@ class Dispatcher:
                     self._replayed = 0
                 if size > budget:
                     break
-            if self._pushes:
-                large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
         finally:
-            self._in_batch = False
+            try:
+                if self._pushes:
+                    large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
+            finally:
+                self._in_batch = False
         if large:
             return out, applied
         return [b"".join(out)], applied  # type: ignore[arg-type]  # (bytes, as not large)
@@ -206,7 +209,10 @@ class Dispatcher:
                     out[at:at] = frames
                     large = large or _apart(frames)
                     continue
-                self._write(other, frames)
+                try:
+                    self._write(other, frames)
+                except MemoryError:  # its pushes are lost: it must not go on as if they were not
+                    other.drop()
         return large
 
     def _send(self, peer: Peer, frame: bytes) -> None:
@@ -259,6 +265,8 @@ class Dispatcher:
             return self._peer_ops[op](peer, request_id, *args)
         except _CALLER_ERRORS as exc:
             return peer.protocol.send_error(request_id, exc)
+        except MemoryError:
+            raise  # the connection is dropped (Connections.failed), the server serves on
         except Exception as exc:  # a bug in a store must not take the server down
             logger.exception("internal error applying %s", op)
             return peer.protocol.send_error(request_id, exc)
@@ -279,15 +287,35 @@ class Dispatcher:
     def _committed(self, key: str, revision: int, changes: Changes) -> None:
         if not self._tracked and not self._watches:
             return  # nobody to tell: the common case, kept cheap
+        try:
+            self._push(key, revision, changes)
+        except MemoryError:
+            # Some pushes of this committed revision may never have been queued: whoever may
+            # have missed one must not go on as if it had not (a gap in a watch, a stale
+            # cache). Dropped, it resumes (PROTOCOL.md 11.3).
+            missed = {watch.peer for watch in self._watches.get(key, _NO_WATCHES).values()}
+            for name in changes:
+                missed.update(self._tracked.get((key, name), ()))
+            reason = ConnectionLost(
+                "the server ran out of memory; watch again from the last revision seen"
+            )
+            for peer in missed:
+                with contextlib.suppress(MemoryError):
+                    peer.write(peer.protocol.send_refusal(reason))
+                peer.drop()
+            raise
+
+    def _push(self, key: str, revision: int, changes: Changes) -> None:
         for name, value in changes.items():
             if self._tracked:
                 item = (key, name)
-                readers = self._tracked.pop(item, None)
+                readers = self._tracked.get(item)
                 if readers:
                     frame = ServerConnection.send_invalidation(key, name)
                     for reader in readers:  # invalidated once: a reader that gets again re-tracks
                         self._peer_tracked[reader].discard(item)
                         self._pushes.setdefault(reader, []).append(frame)
+                    del self._tracked[item]
             tail: tuple[bytes, ...] | None = None  # made once, shared by every watch
             for watch in self._watches.get(key, _NO_WATCHES).values():
                 if watch.names is None or name in watch.names:

@@ -11,12 +11,16 @@ Two shells, one per way of doing I/O:
 
 What both obey is ``admission.Connections``'s: they hand it what they read and write what it
 says. What they write goes through an ``Outbox`` (outbox.py) whenever it cannot leave at once,
-and leaves it only as fast as the peer reads.
+and leaves it only as fast as the peer reads. Whatever fails while a connection is served (a
+MemoryError above all) ends that connection, never the server: while applying what it sent, it
+gets the ConnectionLost refusal (``Connections.failed``); while sending to it, perhaps halfway
+through a frame, it is just closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any, cast
 
@@ -30,6 +34,8 @@ from .outbox import SEND_BYTES, Outbox
 
 __all__ = ["READ_CHUNK_BYTES", "AsyncioConnection", "Connection", "StreamConnection"]
 
+logger = logging.getLogger("aionamespace.server")
+
 READ_CHUNK_BYTES = 64 * 1024
 
 #: asyncio transports' own default high-water mark (pause_writing past it); lowered for a
@@ -42,6 +48,10 @@ TRANSPORT_HIGH_WATER_BYTES = 64 * 1024
 #: wake us; this sends it in one (benchmarks/compare.py's 1 MiB row). Only such connections
 #: get it, so 10,000 idle ones do not; the kernel caps it at net.core.wmem_max.
 LARGE_SEND_BUFFER_BYTES = 1024 * 1024
+
+
+def log_broken(error: Exception) -> None:
+    logger.error("closing a connection that could not be sent to", exc_info=error)
 
 
 def widen_send_buffer(sock: socket.socket | None) -> bool:
@@ -89,8 +99,12 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.admitted and not self.connections.received(self, self.buffer[:nbytes]):
-            self._pause_reading()
+        if self.admitted:
+            try:
+                if not self.connections.received(self, self.buffer[:nbytes]):
+                    self._pause_reading()
+            except Exception as exc:  # a MemoryError, or a bug: this connection only
+                self.connections.failed(self, exc)
 
     def write(self, data: Output) -> None:
         transport = self.transport
@@ -117,15 +131,21 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         connection is closing, close the transport)."""
         transport = self.transport
         assert transport is not None
-        while not self._writing_paused:
-            data = self.outbox.take()
-            if data is None:
-                if self.closed:
-                    transport.close()  # after what the transport holds has been written
-                return
-            if len(data) >= LARGE_VALUE_BYTES and not self._widened:
-                self._widened = widen_send_buffer(transport.get_extra_info("socket"))
-            transport.write(data)  # may pause us
+        try:
+            while not self._writing_paused:
+                data = self.outbox.take()
+                if data is None:
+                    if self.closed:
+                        transport.close()  # after what the transport holds has been written
+                    return
+                if len(data) >= LARGE_VALUE_BYTES and not self._widened:
+                    self._widened = widen_send_buffer(transport.get_extra_info("socket"))
+                transport.write(data)  # may pause us
+        except Exception as exc:  # a MemoryError, or a bug, halfway through a frame maybe:
+            self.closed = True  # no last word can follow; connection_lost reports it gone
+            self.outbox.clear()
+            log_broken(exc)
+            transport.abort()
 
     def close(self) -> None:
         self.closed = True  # nothing more is written: a refusal or goodbye stays the last frame
@@ -161,11 +181,14 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         # The peer reads again: feed it, then apply what waited and read more once nothing
         # waits (Connections.apply decides, by the backlog).
         self._writing_paused = False
-        self._feed()
-        if self._reading_paused and not self.closed and self.connections.apply(self):
-            self._reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
+        try:
+            self._feed()
+            if self._reading_paused and not self.closed and self.connections.apply(self):
+                self._reading_paused = False
+                assert self.transport is not None
+                self.transport.resume_reading()
+        except Exception as exc:  # a MemoryError, or a bug: this connection only
+            self.connections.failed(self, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -234,6 +257,8 @@ class StreamConnection:
                     OSError,
                 ):
                     pass
+                except Exception as exc:  # a MemoryError, or a bug: this connection only
+                    self.connections.failed(self, exc)
                 finally:
                     self.connections.gone(self)
             with anyio.move_on_after(FAREWELL_SECONDS, shield=True):
@@ -259,6 +284,8 @@ class StreamConnection:
                         sent.set()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the peer is gone
+        except Exception as exc:  # a MemoryError, or a bug, halfway through a frame maybe: no
+            log_broken(exc)  # last word can follow, the connection just ends
         finally:  # the peer is gone, or we are cancelled: nothing more will be sent
             self._broken = True
             self.outbox.clear()
