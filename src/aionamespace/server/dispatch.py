@@ -107,7 +107,8 @@ class Dispatcher:
         self._last_watch_id = 0
         self._pushes: dict[Peer, list[Output]] = {}
         self._in_batch = False
-        self._replayed = 0  # bytes of watch replays queued by the request being applied
+        self._batch_peer: Peer | None = None  # whose batch is being applied
+        self._own_pushes = 0  # bytes the request being applied queued for its own connection
         self._store_ops: dict[str, Callable[..., Any]] = {
             "ping": lambda: None,
             "open": store.open,
@@ -160,7 +161,8 @@ class Dispatcher:
         size = applied = 0
         large = False
         self._in_batch = True
-        self._replayed = 0
+        self._batch_peer = peer
+        self._own_pushes = 0
         try:
             for event in events:
                 answer = self._apply(peer, event)
@@ -177,9 +179,9 @@ class Dispatcher:
                     out.append(answer)
                     size += answer.remaining
                     large = True
-                if self._replayed:
-                    size += self._replayed
-                    self._replayed = 0
+                if self._own_pushes:  # its watch replays, its pushes of its own changes
+                    size += self._own_pushes
+                    self._own_pushes = 0
                 if size > budget:
                     break
         finally:
@@ -188,6 +190,7 @@ class Dispatcher:
                     large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
             finally:
                 self._in_batch = False
+                self._batch_peer = None
         if large:
             return out, applied
         return [b"".join(out)], applied  # type: ignore[arg-type]  # (bytes, as not large)
@@ -324,6 +327,8 @@ class Dispatcher:
                     frames = self._pushes.setdefault(watch.peer, [])
                     frames.append(watch.head)
                     frames.extend(tail)
+                    if watch.peer is self._batch_peer:  # counts against its reply budget
+                        self._own_pushes += len(watch.head) + sum(map(len, tail))
 
     def _watch(
         self, peer: Peer, request_id: int, key: str, names: list[str] | None, since: int | None
@@ -339,7 +344,7 @@ class Dispatcher:
         replayed = replay(watch.id, changes, selected, budget) if changes else None
         if replayed is not None:  # sent after the reply, which tells the client the watch id
             self._pushes.setdefault(peer, []).append(replayed)
-            self._replayed += (
+            self._own_pushes += (
                 replayed.remaining if isinstance(replayed, Producer) else len(replayed)
             )
         return values_reply(request_id, (watch.id, revision), values, budget)
