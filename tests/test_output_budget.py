@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +26,9 @@ import pytest
 from aionamespace import AsyncNamespace, Limits, Namespace, ServerThread
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import Address
-from deadlines import NO_HANG_SECONDS
+from deadlines import NO_HANG_SECONDS, wait_until
 from raw_client import connect_raw, exchange, read_frames
+from server_processes import ServeProcess
 
 MIB = 1024 * 1024
 
@@ -185,3 +188,37 @@ def test_max_push_backlog_bytes_is_where_a_watcher_that_does_not_read_is_dropped
         assert all(frame[:2] == [0, 2] for frame in frames[:-1])  # pushes, then the refusal
         ns.y = 1  # everyone else is served on
         assert ns.y == 1
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio", "uvloop"])
+def test_a_client_that_stops_sending_still_gets_its_large_replies_whole(
+    short_tmp: str, loop: str
+) -> None:
+    """Requests, then a half-close (shutdown SHUT_WR) before reading anything: every reply
+    still comes, the dump made as it is read included, then the server closes. (On uvloop,
+    the transport used to close once its own buffer was sent, cutting the dump short.)"""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="the uvloop extra (a test dependency on Linux)")
+    path = os.path.join(short_tmp, "s.sock")
+    options = ("asyncio", "--loop", "uvloop") if loop == "uvloop" else (loop,)
+    server = ServeProcess(path, *options)
+    try:
+        with Namespace(path, "big") as ns:
+            for i in range(3):
+                setattr(ns, f"large{i}", os.urandom(2 * MIB))
+            stored = {name: encode_value(value) for name, value in ns._snapshot().items()}
+        sock, unpacker = connect_raw(path)
+        with sock:
+            sock.sendall(msgpack.packb([1, "ping"]) + msgpack.packb([2, "dump", "big"]))
+            sock.shutdown(socket.SHUT_WR)
+            wait_until(lambda: _answering(sock), "the server answers")
+            assert read_frames(sock, unpacker, until_eof=True) == [[1, 0, None], [2, 0, stored]]
+    finally:
+        server.kill()
+
+
+def _answering(sock: socket.socket) -> bool:
+    """Whether the server has started sending the dump (64 KiB wait to be read): by then it
+    has read our end of stream too, with our requests or right after them."""
+    ready = select.select([sock], [], [], 0)[0]
+    return bool(ready) and len(sock.recv(1 << 22, socket.MSG_PEEK)) >= 64 * 1024

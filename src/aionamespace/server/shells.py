@@ -149,9 +149,14 @@ class AsyncioConnection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         self.closed = True  # nothing more is written: a refusal or goodbye stays the last frame
-        if self.transport is not None and not self.outbox:
-            self.transport.close()  # after what is buffered has been written
-        # else _feed closes it once the outbox is sent
+        transport = self.transport
+        if transport is None:
+            return
+        if not self.outbox.items:
+            transport.close()  # after what is buffered has been written
+        elif not self._reading_paused:  # _feed closes it once the outbox is sent; meanwhile
+            self._reading_paused = True  # nothing more is read (as a closing transport does)
+            transport.pause_reading()
 
     def backlog(self) -> int:
         transport = self.transport
@@ -172,6 +177,13 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         if not self._reading_paused and self.transport is not None and not self.closed:
             self._reading_paused = True
             self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        # The client sends no more: what we owe it still goes out (from the outbox too: the
+        # transport alone would close once its own buffer is sent), then close() closes. TLS
+        # transports close themselves whatever we say (and warn if told otherwise).
+        self.close()
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
 
     def pause_writing(self) -> None:
         # The transport holds more than its high-water mark: what follows waits in the outbox.
