@@ -227,7 +227,6 @@ class StreamConnection:
         self._wakeup = anyio.Event()
         self._sent: anyio.Event | None = None  # made by whoever waits for the next send
         self._reading = anyio.CancelScope()
-        self._stream: anyio.abc.ByteStream | None = None
         self._widened = False  # see widen_send_buffer
 
     def write(self, data: Output) -> None:
@@ -251,7 +250,6 @@ class StreamConnection:
         self.close()  # run() gives the farewell a bounded time, then cancels the send
 
     async def run(self, stream: anyio.abc.ByteStream) -> None:
-        self._stream = stream
         async with stream, anyio.create_task_group() as group:
             group.start_soon(self._send_forever, stream)
             if self.connections.admit(self):
