@@ -21,6 +21,7 @@ import aionamespace.server.dispatch
 from aionamespace import Namespace, ServerThread
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import ServerConnection
+from aionamespace.server.admission import Connections
 from aionamespace.server.dispatch import Dispatcher
 from aionamespace.server.outbox import Outbox
 from deadlines import NO_HANG_SECONDS, wait_until
@@ -159,3 +160,26 @@ def test_whoever_may_have_missed_a_push_for_want_of_memory_is_dropped(
 
 def out_of_memory(*args: Any) -> Any:
     raise MemoryError
+
+
+def test_a_memory_error_while_a_connection_is_let_go_leaves_the_server_serving(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = server.address
+    assert isinstance(path, str)
+    gone = Connections.gone
+    failures: list[int] = []
+
+    def gone_or_fail(self: Connections, connection: Any) -> None:
+        if not failures:
+            failures.append(1)
+            raise MemoryError
+        gone(self, connection)
+
+    monkeypatch.setattr(Connections, "gone", gone_or_fail)
+    sock, _ = connect_raw(path)
+    sock.close()  # its end fails as the server lets it go
+    wait_until(lambda: bool(failures), "the connection's end was handled")
+    with Namespace(path, "k") as ns:  # and everyone else is served on
+        ns.x = 1
+        assert ns.x == 1

@@ -250,6 +250,12 @@ class StreamConnection:
         self.close()  # run() gives the farewell a bounded time, then cancels the send
 
     async def run(self, stream: anyio.abc.ByteStream) -> None:
+        try:
+            await self._run(stream)
+        except Exception as exc:  # even letting it go failed: the server serves on
+            logger.error("a connection failed as it ended", exc_info=exc)
+
+    async def _run(self, stream: anyio.abc.ByteStream) -> None:
         async with stream, anyio.create_task_group() as group:
             group.start_soon(self._send_forever, stream)
             if self.connections.admit(self):
