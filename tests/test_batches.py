@@ -1,33 +1,37 @@
 """The shortcuts that make `_update` and `_snapshot` of many names cheap say what the long way says.
 
 Each shortcut is held against the general path it skips: one-byte values looked up instead of
-decoded, whole fixed-size scalars accepted by length instead of decoded, names checked by loops
-in C, values encoded with one packer lookup, and the store's history kept as the mappings it
-was given. Whatever a shortcut cannot decide goes the long way, with the long way's message.
+decoded, whole fixed-size scalars accepted by length instead of decoded, whole strings, binaries
+and extensions checked without the unpacker, short values checked without scanning their
+items' types, names checked by loops in C, values encoded with one packer lookup, and the
+store's history kept as the mappings it was given. Whatever a shortcut cannot decide goes the
+long way, with the long way's message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import os
+import uuid
 from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aionamespace import Limits, Namespace, ServerThread
 from aionamespace.protocol.codec import (
     SCALAR_LENGTHS,
     ValueDecodeError,
-    check_value,
     decode_value,
     decode_values,
     encode_value,
     encode_values,
 )
 from aionamespace.protocol.ops import check_args, check_names
+from aionamespace.protocol.values import check_unpacked, check_value
 from aionamespace.server.stores import Change, MemoryStore
 
 
@@ -71,6 +75,60 @@ def test_every_fixed_size_scalar_takes_the_shortcut(value: Any) -> None:
     data = encode_value(value)
     assert len(data) == SCALAR_LENGTHS[data[0]]
     assert decode_value(data) == value
+
+
+def verdict(check: Any, *args: Any) -> bool:
+    try:
+        check(*args)
+    except ValueDecodeError:
+        return False
+    return True
+
+
+@st.composite
+def near_values(draw: st.DrawFn) -> bytes:
+    """Encoded values, and their bytes changed a little (shortcuts live on the edges)."""
+    blob = bytearray(draw(st.sampled_from(SHORTCUT_SAMPLES)))
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(blob)))
+        if draw(st.booleans()) and at < len(blob):
+            blob[at] = draw(st.integers(0, 255))
+        else:
+            blob[at:at] = bytes([draw(st.integers(0, 255))])
+    return bytes(blob)
+
+
+SHORTCUT_SAMPLES = [
+    encode_value(value)
+    for value in [
+        "text",
+        "é" * 40,
+        "x" * 300,
+        b"\xff" * 70_000,
+        bytearray(b"ab"),
+        2**70,
+        -(2**64),
+        1.5j,
+        dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+        dt.date(2024, 1, 1),
+        dt.time(1, 2, 3, 4),
+        dt.timedelta(1, 2, 3),
+        decimal.Decimal("-1.5E+7"),
+        uuid.UUID(int=7),
+        [1, (2, 3), {4}],
+        {"a": frozenset({1})},
+    ]
+] + [b"\xd6\xff\x00\x00\x00\x00", b"\xc7\x00\x02", b"\xc8\x00\x00\x03", b"\xa2\xff\xfe"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(near_values())
+@example(b"\xd9\x05abc")  # a str 8 whose length runs past the end
+@example(b"\xc7\x04\x05ab")  # an ext 8 likewise
+def test_whole_scalars_and_short_values_are_judged_as_the_long_way_judges_them(data: bytes) -> None:
+    """check_value takes a whole str, bin or extension without the unpacker, and a short value
+    without scanning item types; the long way scans everything."""
+    assert verdict(check_value, data) == verdict(check_unpacked, data, 256, 8, True)
 
 
 VALUES: dict[str, Any] = {

@@ -9,6 +9,9 @@ The promises tested here:
 * ``decode_value`` on any bytes at all returns a value or raises ``ValueDecodeError``, and
   ``check_value`` (what the server runs before storing) also refuses msgpack timestamps.
 
+What exactly a valid extension payload is lives in test_value_grammar.py, and the structure
+the server's check asks of a value (distinct set items, shared hashes) in test_value_check.py.
+
 Cases that can crash the interpreter (C stack exhaustion on deeply nested extensions) run in a
 subprocess, so that a crash fails one test instead of killing the whole run.
 """
@@ -35,10 +38,10 @@ from aionamespace.protocol.codec import (
     MAX_DEPTH,
     ExtCode,
     ValueDecodeError,
-    check_value,
     decode_value,
     encode_value,
 )
+from aionamespace.protocol.values import check_value
 
 # ----------------------------------------------------------------------------- comparison
 
@@ -715,13 +718,6 @@ def test_bigint_payload_has_minimal_length(number: int) -> None:
     assert ext_value.data == number.to_bytes(length, "big", signed=True)
 
 
-def test_bigint_payloads_of_any_length_are_accepted() -> None:
-    """PROTOCOL.md 9.4: decoders accept non-minimal lengths, even an empty payload (zero)."""
-    assert decode_value(ext(ExtCode.BIGINT, b"")) == 0
-    assert decode_value(ext(ExtCode.BIGINT, b"\x00\x00\x05")) == 5
-    assert decode_value(ext(ExtCode.BIGINT, b"\xff\xff\xfe")) == -2
-
-
 # ----------------------------------------------------------------------------- deep nesting
 #
 # Each extension level is decoded by a nested msgpack.unpackb call, whose C frame is large:
@@ -769,7 +765,7 @@ def run_isolated(body: str) -> str:
 def test_decode_ext_tuples_nested_beyond_max_depth_raises(depth: int) -> None:
     """decode_value stays liberal (and alive); check_value, which the server runs, refuses."""
     printed = run_isolated(f"""
-        from aionamespace.protocol.codec import check_value
+        from aionamespace.protocol.values import check_value
         decoded = outcome(lambda: type(decode_value(ext_tuples({depth}))).__name__)
         checked = outcome(lambda: check_value(ext_tuples({depth})))
         print(decoded in ("tuple", "ValueDecodeError"), checked)

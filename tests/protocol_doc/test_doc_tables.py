@@ -50,6 +50,7 @@ def test_documented_limits_match_the_library() -> None:
     limits = Limits()
     assert f"| `max_frame_bytes` | {limits.max_frame_bytes} (64 MiB) |" in text
     assert f"| `max_name_length` | {limits.max_name_length} characters |" in text
+    assert f"| `max_keys_per_hash` | {limits.max_keys_per_hash} keys |" in text
     assert f"| `max_connections` | {limits.max_connections:,} connections at once |" in text
     assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
     assert f"| history | {DEFAULT_HISTORY:,} revisions per namespace |" in text

@@ -120,11 +120,44 @@ class Target:
 def format_namespace(attributes: dict[str, bytes]) -> str:
     """``Namespace(a=1, b='x')``: the stdlib's format (sorted ``name=repr`` items)."""
     items = sorted(
-        f"{name}={decode_value(blob)!r}"
+        f"{name}={literal_repr(decode_value(blob))}"
         for name, blob in attributes.items()
         if not name.startswith("_")
     )
     return f"Namespace({', '.join(items)})"
+
+
+def literal_repr(value: Any) -> str:
+    """``repr(value)``, but integers too long for ``str()`` under the interpreter's limit
+    (``sys.get_int_max_str_digits()``, 4300 digits by default) are written in hexadecimal,
+    which ``ast.literal_eval`` reads back; the limit itself is left alone."""
+    try:
+        return repr(value)
+    except ValueError:  # only an int can fail this way, at any depth
+        return _long_int_repr(value)
+
+
+def _long_int_repr(value: Any) -> str:
+    cls = type(value)
+    if cls is int:
+        try:
+            return repr(value)
+        except ValueError:
+            return hex(value)
+    if cls is list:
+        return f"[{', '.join(map(_long_int_repr, value))}]"
+    if cls is tuple:
+        inner = ", ".join(map(_long_int_repr, value))
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if cls is dict:
+        pairs = (f"{_long_int_repr(k)}: {_long_int_repr(v)}" for k, v in value.items())
+        return f"{{{', '.join(pairs)}}}"
+    if cls is set or cls is frozenset:
+        inner = ", ".join(map(_long_int_repr, value))
+        if cls is set:
+            return f"{{{inner}}}" if value else "set()"
+        return f"frozenset({{{inner}}})" if value else "frozenset()"
+    return repr(value)
 
 
 def check_attribute_name(name: str) -> None:

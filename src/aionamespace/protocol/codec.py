@@ -20,16 +20,19 @@ Two msgpack behaviours would silently change a value, so they are handled here:
   come back as ``bytes``. ``_needs_rewrite`` walks containers once, cheaply, and only the rare
   value that holds one is rebuilt: a bytearray becomes its extension, a memoryview a TypeError.
 
-Decoding never runs code: extension data is parsed by fixed rules, and any failure is one
-``ValueError`` subclass (``ValueDecodeError``) the caller turns into a protocol error.
+Decoding never runs code: extension payloads are parsed by the exact grammar of ``extensions``
+(the same on every Python version), and any failure is one ``ValueError`` subclass
+(``ValueDecodeError``) the caller turns into a protocol error. Decoding is not the whole check
+of a value: like Python, it collapses equal set items and map keys, it builds sets and dicts
+with Python's own hashing (PROTOCOL.md 9.3 says what that costs a reader), and it reads msgpack
+timestamps and misplaced markers. ``values.check_value`` is the whole check, which the server
+runs on every value it stores.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import decimal
-import enum
-import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -37,47 +40,23 @@ from typing import Any
 
 import msgpack
 
+from .extensions import MAX_DEPTH, PAYLOAD_PARSERS, ExtCode, ValueDecodeError
+
 __all__ = [
     "MARKER_CODES",
     "MAX_DEPTH",
     "SCALAR_LENGTHS",
     "ExtCode",
     "ValueDecodeError",
-    "check_value",
     "decode_value",
     "decode_values",
     "encode_value",
     "encode_values",
 ]
 
-#: Values nested deeper than this are refused when encoding (a self-referencing list, say).
-#: Decoding is bounded by msgpack's own stack instead, deeper than this, so any value we encode
-#: decodes.
-MAX_DEPTH = 256
-
-
-class ExtCode(enum.IntEnum):
-    """msgpack extension type codes used for values (docs/PROTOCOL.md, "Values")."""
-
-    BIGINT = 1  # two's complement, big-endian, minimal length
-    TUPLE = 2  # zero-length marker: first element of an array holding the items
-    SET = 3  # zero-length marker, as TUPLE
-    FROZENSET = 4  # zero-length marker, as TUPLE
-    BYTEARRAY = 5  # data: the raw bytes
-    COMPLEX = 6  # data: msgpack array [real, imag] of floats
-    DATETIME = 7  # data: ISO 8601 text, as datetime.isoformat()
-    DATE = 8  # data: ISO 8601 text
-    TIME = 9  # data: ISO 8601 text
-    TIMEDELTA = 10  # data: msgpack array [days, seconds, microseconds]
-    DECIMAL = 11  # data: the decimal's str() as UTF-8
-    UUID = 12  # data: the 16 bytes
-
-
-class ValueDecodeError(ValueError):
-    """Bytes that are not a valid encoded value."""
-
 
 _NATIVE_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+_CONTAINERS = (list, tuple, set, frozenset, dict)
 
 
 _MARKERS = {
@@ -102,10 +81,14 @@ def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     if cls is complex:
         return msgpack.ExtType(ExtCode.COMPLEX, msgpack.packb([obj.real, obj.imag]))
     if cls is _dt.datetime:
+        if obj.tzinfo is not None and obj.utcoffset() is None:
+            raise _no_offset(obj)
         return msgpack.ExtType(ExtCode.DATETIME, obj.isoformat().encode())
     if cls is _dt.date:
         return msgpack.ExtType(ExtCode.DATE, obj.isoformat().encode())
     if cls is _dt.time:
+        if obj.tzinfo is not None and obj.utcoffset() is None:
+            raise _no_offset(obj)
         return msgpack.ExtType(ExtCode.TIME, obj.isoformat().encode())
     if cls is _dt.timedelta:
         return msgpack.ExtType(
@@ -118,6 +101,21 @@ def _default(obj: Any) -> msgpack.ExtType | list[Any]:
     raise TypeError(
         f"cannot share a value of type {cls.__module__}.{cls.__qualname__}: "
         "aionamespace carries only the types listed in README.md ('Supported values')"
+    )
+
+
+def _no_offset(obj: _dt.datetime | _dt.time) -> TypeError:
+    """A time zone that gives no UTC offset would come back naive without a word."""
+    what = type(obj).__name__
+    advice = (
+        "a time of day has no offset in a zone with daylight saving time: share a datetime "
+        "(it keeps its instant and offset) or a time with a fixed datetime.timezone"
+        if what == "time"
+        else "pass a datetime.timezone with a fixed offset"
+    )
+    return TypeError(
+        f"cannot share a {what} whose tzinfo {obj.tzinfo!r} gives no UTC offset "
+        f"(it would come back naive): {advice}"
     )
 
 
@@ -254,78 +252,15 @@ def _list_hook(items: list[Any]) -> Any:
     return items
 
 
-def _scalars(data: bytes) -> list[Any]:
-    """An extension payload that is an array of plain numbers (never anything nested)."""
-    items = msgpack.unpackb(data, raw=False, use_list=True, ext_hook=_refuse_ext)
-    if type(items) is not list:
-        raise ValueDecodeError("extension payload is not an array")
-    return items
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueDecodeError("an extension payload cannot hold an extension")
-
-
 def _ext_hook(code: int, data: bytes) -> Any:
     if code in _DECODED_MARKERS:
         if data:
             raise ValueDecodeError(f"extension {code} is a zero-length container marker")
         return _DECODED_MARKERS[code]
-    if code == ExtCode.BIGINT:
-        return int.from_bytes(data, "big", signed=True)
-    if code == ExtCode.BYTEARRAY:
-        return bytearray(data)
-    if code == ExtCode.COMPLEX:
-        parts = _scalars(data)
-        if len(parts) != 2 or not all(type(p) is float for p in parts):
-            raise ValueDecodeError("complex payload is not [real, imag]")
-        return complex(parts[0], parts[1])
-    if code in _ISO_PARSERS:
-        return _ISO_PARSERS[code](data.decode())
-    if code == ExtCode.TIMEDELTA:
-        parts = _scalars(data)
-        if len(parts) != 3 or not all(type(p) is int for p in parts):
-            raise ValueDecodeError("timedelta payload is not [days, seconds, microseconds]")
-        return _dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2])
-    if code == ExtCode.DECIMAL:
-        return decimal.Decimal(data.decode())
-    if code == ExtCode.UUID:
-        return uuid.UUID(bytes=data)
-    raise ValueDecodeError(f"unknown value extension code {code}")
-
-
-# The UTC offset at the end of an isoformat() text, down to microseconds.
-_OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{6}))?)?$")
-
-
-def _with_exact_offset(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """fromisoformat, but trusting the text's offset: CPython 3.10-3.13 read
-    "+00:00:00.000001" (a one-microsecond offset isoformat() writes) as UTC."""
-
-    def parse_exactly(text: str) -> Any:
-        value = parse(text)
-        match = _OFFSET.search(text) if value.tzinfo is not None else None
-        if match is not None:
-            sign, hours, minutes, seconds, micros = match.groups()
-            offset = _dt.timedelta(
-                hours=int(hours),
-                minutes=int(minutes),
-                seconds=int(seconds or 0),
-                microseconds=int(micros or 0),
-            )
-            offset = -offset if sign == "-" else offset
-            if value.utcoffset() != offset:
-                value = value.replace(tzinfo=_dt.timezone(offset))
-        return value
-
-    return parse_exactly
-
-
-_ISO_PARSERS: dict[int, Callable[[str], Any]] = {
-    ExtCode.DATETIME: _with_exact_offset(_dt.datetime.fromisoformat),
-    ExtCode.DATE: _dt.date.fromisoformat,
-    ExtCode.TIME: _with_exact_offset(_dt.time.fromisoformat),
-}
+    parse = PAYLOAD_PARSERS.get(code)
+    if parse is None:
+        raise ValueDecodeError(f"unknown value extension code {code}")
+    return parse(data)
 
 
 def decode_value(data: bytes | bytearray) -> Any:
@@ -384,15 +319,6 @@ SCALAR_LENGTHS = bytes(
     1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0) for b in range(256)
 )
 
-# Some bytes decode without error yet are no value we would make: msgpack's timestamp
-# extension (code -1, turned into msgpack.Timestamp by msgpack itself), a container marker that
-# is not the first element of an array, and nesting deeper than MAX_DEPTH (msgpack's own stack
-# allows more). Timestamps and markers always leave these bytes in the encoding (an extension
-# type byte 0xff; a zero-length ext 8 header), and MAX_DEPTH levels take MAX_DEPTH bytes, so
-# most values need no walk at all.
-_SUSPECT_BYTES = (b"\xff", b"\xc7\x00")
-_CONTAINERS = (list, tuple, set, frozenset, dict)
-
 
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
     """``decode_value`` of each value (one-byte values looked up without a call each)."""
@@ -402,47 +328,6 @@ def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
         value = one_byte[blob[0]] if len(blob) == 1 else _NOT_ONE_BYTE
         values[name] = decode_value(blob) if value is _NOT_ONE_BYTE else value
     return values
-
-
-def check_value(data: bytes, max_depth: int = MAX_DEPTH) -> None:
-    """Raise ValueDecodeError unless ``data`` is a value this codec could have made.
-
-    Stricter than ``decode_value``, which stays liberal: the server runs this on every value it
-    is asked to store, so clients only ever read values they can use. ``max_depth`` is lower
-    for a value that will sit inside another (an item appended to a list).
-    """
-    if data and len(data) == SCALAR_LENGTHS[data[0]]:
-        return  # an int, float, None or bool, whole: nothing else to look at
-    value = decode_value(data)
-    if type(value) not in _CONTAINERS and type(value) is not msgpack.Timestamp:
-        return
-    if len(data) > max_depth or any(suspect in data for suspect in _SUSPECT_BYTES):
-        problem = _find_non_value(value, max_depth)
-        if problem is not None:
-            raise ValueDecodeError(problem)
-
-
-def _find_non_value(value: Any, max_depth: int) -> str | None:
-    """Why a decoded value is not one we would make, or None (an iterative walk)."""
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        cls = type(item)
-        if cls is msgpack.Timestamp:
-            return "msgpack timestamps (extension -1) are not supported values"
-        if cls is _Marker:
-            return "a container marker must be the first element of an array"
-        if cls in _CONTAINERS:
-            if depth >= max_depth:
-                return f"value nested deeper than {MAX_DEPTH} levels"
-            children = item.items() if cls is dict else item
-            for child in children:
-                if cls is dict:
-                    pending.append((child[0], depth + 1))
-                    pending.append((child[1], depth + 1))
-                else:
-                    pending.append((child, depth + 1))
-    return None
 
 
 #: The extension codes of the container markers (tuple, set, frozenset): an array led by one

@@ -20,11 +20,14 @@ class Limits:
     their turn: backpressure), and past ``max_push_backlog_bytes`` a push or deferred reply,
     which cannot wait, drops the connection instead (ConnectionLost). The async proxy alone uses
     ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
-    acknowledged).
+    acknowledged). The server alone uses ``max_keys_per_hash``: it refuses a value holding a
+    set, frozenset or map in which more of the items (keys) than that share one CPython hash
+    value, which any Python reader would take quadratic time to build (docs/PROTOCOL.md 9.3).
     """
 
     max_frame_bytes: int = 64 * 1024 * 1024
     max_name_length: int = 256
+    max_keys_per_hash: int = 8
     max_connections: int = 10_000
     handshake_timeout: float = 10.0
     max_queued_writes: int = 100_000

@@ -12,7 +12,8 @@ import math
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, check_value
+from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError
+from .values import check_value
 
 if TYPE_CHECKING:
     from .limits import Limits
@@ -76,7 +77,7 @@ def _value(limits: Limits, value: Any) -> str | None:
     if type(value) is not bytes:
         return "values travel as bin"
     try:
-        check_value(value)
+        check_value(value, MAX_DEPTH, limits.max_keys_per_hash)
     except ValueDecodeError as exc:
         return str(exc)
     return None
@@ -141,7 +142,7 @@ def _items(limits: Limits, items: Any) -> str | None:
         if type(item) is not bytes:
             return "values travel as bin"
         try:
-            check_value(item, MAX_DEPTH - 1)
+            check_value(item, MAX_DEPTH - 1, limits.max_keys_per_hash)
         except ValueDecodeError as exc:
             return str(exc)
     return None
