@@ -15,6 +15,7 @@ import msgpack
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import PROTOCOL_NAME, PROTOCOL_VERSION, ServerConnection
 from aionamespace.protocol.events import PUSH_EVENT, PUSH_INVALIDATE, REPLY_ERROR, REPLY_OK
+from aionamespace.protocol.pieces import Output, unfold
 from aionamespace.server.dispatch import Dispatcher
 from aionamespace.server.stores import MemoryStore
 from manual_clock import ManualClock
@@ -40,6 +41,11 @@ def invalidation(key: str, name: str) -> list[Any]:
     return [0, PUSH_INVALIDATE, key, name]
 
 
+def joined(outputs: list[Output]) -> bytes:
+    """What a connection sends of ``outputs``: every piece, Producers made whole."""
+    return b"".join(piece for output in outputs for piece in unfold(output))
+
+
 class Rig:
     """One dispatcher over a store, its connections, and the clock of its lock timeouts."""
 
@@ -52,7 +58,7 @@ class Rig:
         """A connection past the hello (``reads=False``: its client never reads)."""
         peer = MemoryPeer(ServerConnection(), reads)
         (hello,) = unpack_all(
-            b"".join(self.dispatcher.respond(peer, peer.protocol.receive_data(HELLO)))
+            joined(self.dispatcher.respond(peer, peer.protocol.receive_data(HELLO)))
         )
         assert hello["version"] == PROTOCOL_VERSION
         return peer
@@ -63,7 +69,7 @@ class Rig:
 
     def send_bytes(self, peer: MemoryPeer, data: bytes) -> list[Any]:
         events = peer.protocol.receive_data(data)
-        return unpack_all(b"".join(self.dispatcher.respond(peer, events)))
+        return unpack_all(joined(self.dispatcher.respond(peer, events)))
 
     def watch(self, peer: MemoryPeer, key: str, names: list[str] | None = None) -> int:
         """Start a watch from now on; its id."""

@@ -18,7 +18,7 @@ from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.events import REPLY_ERROR
 from aionamespace.protocol.frames import LARGE_VALUE_BYTES
 from aionamespace.server.stores import MemoryStore
-from dispatch_rig import ONE, THREE, TWO, Rig, failed, invalidation, ok, push
+from dispatch_rig import ONE, THREE, TWO, Rig, failed, invalidation, joined, ok, push
 from memory_peer import unpack_all
 
 
@@ -68,6 +68,33 @@ def test_a_batch_stops_once_its_answers_pass_the_budget() -> None:
     assert rig.store.snapshot("k", None)[0] == 1  # the set was not applied yet
     answers, applied = rig.dispatcher.respond_some(peer, events[applied:], 1500)
     assert (applied, unpack_all(b"".join(answers))) == (2, [ok(3, 2), ok(4)])
+
+
+@pytest.mark.parametrize("kind", ["replays", "own pushes"])
+def test_what_a_batch_queues_for_its_own_connection_counts_against_the_budget(
+    kind: str,
+) -> None:
+    """Watch replays, and the pushes of a connection's own changes to its own watches, count
+    with its replies: a batch of them stops at the budget like one of large replies."""
+    rig = Rig()
+    peer = rig.connect()
+    value = encode_value(b"v" * 20_000)
+    if kind == "replays":
+        for _ in range(100):
+            rig.store.set("k", "x", value)
+        requests = [[i, "watch", "k", None, 0] for i in range(1, 4)]
+    else:
+        for _ in range(100):
+            rig.watch(peer, "k")
+        requests = [[i, "set", "k", "x", value] for i in range(1, 4)]
+    events = peer.protocol.receive_data(b"".join(msgpack.packb(r) for r in requests))
+    answers, applied = rig.dispatcher.respond_some(peer, events, 1024 * 1024)
+    assert applied == 1  # 100 pushes of 20 kB: past the budget after the first request
+    frames = unpack_all(joined(answers))
+    assert frames[0][:2] == [1, 0]
+    assert [frame[3] for frame in frames[1:]] == (
+        list(range(1, 101)) if kind == "replays" else [1] * 100
+    )
 
 
 def test_a_large_value_is_answered_with_the_stores_own_bytes() -> None:

@@ -30,6 +30,7 @@ import anyio.abc
 from .._errors import ConnectionLost
 from ..protocol.connection import ServerConnection
 from ..protocol.limits import Limits
+from ..protocol.pieces import Output, unfold
 from ..server.dispatch import Dispatcher
 from ..server.stores import MemoryStore, Store
 from .asyncio_transport import AsyncioTransport
@@ -109,9 +110,14 @@ class _ServerEnd:
             if self.protocol.refused:
                 self.close()
 
-    def write(self, data: bytes) -> None:
-        if data and not self.closed:
-            self.deliver(data)
+    def write(self, data: Output) -> None:
+        for piece in unfold(data):
+            if piece and not self.closed:
+                self.deliver(piece)
+
+    def write_all(self, data: list[Output]) -> None:
+        for output in data:
+            self.write(output)
 
     def backlog(self) -> int:
         return 0  # delivered at once

@@ -2,13 +2,15 @@
 
 ``Connections`` admits at most ``Limits.max_connections`` at once (more are refused at the
 hello), gives each ``Limits.handshake_timeout`` seconds to say hello and authenticate, applies
-what a connection sent through the ``Dispatcher`` while its unsent answers stay under
-HIGH_WATER_BYTES (a peer that does not read is not read from), and on shutdown tells every
-client why the connection ends.
+what a connection sent through the ``Dispatcher`` while its backlog (what waits to be sent to
+it) stays under ``Limits.max_reply_backlog_bytes`` (a peer that does not read is not read
+from), drops a connection whose serving failed (``failed``: a MemoryError takes one connection
+down, never the server), and on shutdown tells every client why the connection ends.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,10 +25,11 @@ from .dispatch import Dispatcher
 if TYPE_CHECKING:
     from .shells import Connection
 
-__all__ = ["FAREWELL_SECONDS", "HIGH_WATER_BYTES", "CallLater", "Connections"]
+__all__ = ["FAREWELL_SECONDS", "CallLater", "Connections"]
+
+logger = logging.getLogger("aionamespace.server")
 
 FAREWELL_SECONDS = 1.0  # a connection being dropped gets this long to take our last words
-HIGH_WATER_BYTES = 1024 * 1024  # stop reading a peer whose unsent answers exceed this
 
 CallLater = Callable[[float, Callable[[], None]], Callable[[], None]]
 
@@ -46,6 +49,7 @@ class Connections:
         self.new_protocol = new_protocol
         self.call_later = call_later
         self.open: dict[Connection, Callable[[], None] | None] = {}  # -> cancels its deadline
+        self.budget = limits.max_reply_backlog_bytes
         self.closing = False
         self._all_closed: anyio.Event | None = None
 
@@ -73,30 +77,37 @@ class Connections:
             if (
                 type(request) is Request
                 and request.op in READ_OPS
-                and connection.backlog() <= HIGH_WATER_BYTES
+                and connection.backlog() <= self.budget
             ):
                 # A read alone in its read (a sync client's): answered without building a
                 # batch (a get went from 28 Python calls in the server to 25). A read commits
                 # nothing, so it pushes nothing that a batch would have to gather.
                 answer = self.dispatcher.answer(connection, request.id, request.op, request.args)
-                for piece in answer if isinstance(answer, tuple) else (answer,):
-                    connection.write(piece)
+                if isinstance(answer, tuple):
+                    for piece in answer:
+                        connection.write(piece)
+                else:
+                    connection.write(answer)
                 return True
         connection.pending.extend(events)
         return self.apply(connection)
 
     def apply(self, connection: Connection) -> bool:
-        """Apply a connection's parsed requests while its unsent answers stay under the high
-        water mark, answering in one write per batch. False: some wait for the peer to read
-        (the shell stops reading it until then), so what it costs us stays bounded."""
+        """Apply a connection's parsed requests while its backlog stays under its budget
+        (``Limits.max_reply_backlog_bytes``), answering in one write per batch. False: some
+        wait for the peer to read (the shell stops reading it until then), so what it costs
+        us stays bounded: the budget, and one reply made as it is sent."""
         pending = connection.pending
+        budget = self.budget
         while pending and not connection.closed:
-            if connection.backlog() > HIGH_WATER_BYTES:
+            if connection.backlog() > budget:
                 return False
-            answers, applied = self.dispatcher.respond_some(connection, pending, HIGH_WATER_BYTES)
+            answers, applied = self.dispatcher.respond_some(connection, pending, budget)
             del pending[:applied]
-            for data in answers:
-                connection.write(data)
+            if len(answers) == 1:
+                connection.write(answers[0])
+            else:
+                connection.write_all(answers)
         protocol = connection.protocol
         if protocol.refused:
             pending.clear()
@@ -107,6 +118,18 @@ class Connections:
             assert cancel_deadline is not None
             cancel_deadline()
         return True
+
+    def failed(self, connection: Connection, error: Exception) -> None:
+        """Serving ``connection`` raised (a MemoryError, or a bug): drop it, releasing its
+        locks and watches, and serve everyone else on."""
+        logger.error("dropping a connection that could not be served", exc_info=error)
+        connection.pending.clear()
+        try:
+            reason = f"the server could not serve this connection ({type(error).__name__})"
+            connection.write(connection.protocol.send_refusal(ConnectionLost(reason)))
+        except MemoryError:
+            pass  # it is dropped all the same, without a last word
+        connection.drop()
 
     def gone(self, connection: Connection) -> None:
         cancel_deadline = self.open.pop(connection, None)

@@ -41,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from ...protocol.pieces import LazyValue, materialised
+
 __all__ = [
     "CHANGE_OVERHEAD_BYTES",
     "Change",
@@ -56,23 +58,8 @@ __all__ = [
 CHANGE_OVERHEAD_BYTES = 64
 
 
-class LazyValue(Protocol):
-    """An encoded value made only when needed (in MemoryStore: a list kept as its items)."""
-
-    def materialise(self) -> bytes:
-        """The value's encoding (a store may keep it, so several readers share one copy)."""
-        ...
-
-
 #: A value as a change carries it: its encoding, or a LazyValue that makes it.
 Value = bytes | LazyValue
-
-
-def materialised(value: Value | None) -> bytes | None:
-    """The encoding of a change's value (None for a deletion)."""
-    if value is None or isinstance(value, bytes):
-        return value
-    return value.materialise()
 
 
 class Change(NamedTuple):

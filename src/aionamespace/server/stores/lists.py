@@ -96,5 +96,9 @@ class ListVersion:
         with memoryview(stored.body) as body:
             return b"".join((array_header(self.count), body[: self.size]))
 
+    def __len__(self) -> int:
+        """The length of this version's encoding, without making it."""
+        return len(array_header(self.count)) + self.size
+
     def __repr__(self) -> str:
         return f"<ListVersion of {self.count} items, {self.size} bytes>"
