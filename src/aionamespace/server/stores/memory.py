@@ -15,6 +15,7 @@ from typing import Any
 
 from ..._errors import HistoryExpired
 from ...protocol.codec import decode_value, encode_value
+from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
 from ...protocol.limits import Limits
 from ...protocol.lists import EMPTY_LIST
@@ -234,14 +235,8 @@ class MemoryStore:
         namespace = self._ns(key)
         if name not in namespace.attributes:
             return False
-        current_blob = self.get(key, name)
-        if current_blob != expected:
-            current, wanted = decode_value(current_blob), decode_value(expected)
-            try:
-                if type(current) is not type(wanted) or current != wanted:
-                    return False
-            except ArithmeticError:  # Decimal('sNaN') refuses to be compared: not equal
-                return False
+        if not cas_equal(self.get(key, name), expected):
+            return False
         self._commit(key, namespace, {name: new}, len(new) + CHANGE_OVERHEAD_BYTES)
         return True
 
