@@ -19,16 +19,15 @@ from ..protocol.connection import Request, ServerConnection
 from ..protocol.limits import Limits
 from ..protocol.ops import READ_OPS
 from .dispatch import Dispatcher
+from .timers import CallLater
 
 if TYPE_CHECKING:
     from .shells import Connection
 
-__all__ = ["FAREWELL_SECONDS", "HIGH_WATER_BYTES", "CallLater", "Connections"]
+__all__ = ["FAREWELL_SECONDS", "HIGH_WATER_BYTES", "Connections"]
 
 FAREWELL_SECONDS = 1.0  # a connection being dropped gets this long to take our last words
 HIGH_WATER_BYTES = 1024 * 1024  # stop reading a peer whose unsent answers exceed this
-
-CallLater = Callable[[float, Callable[[], None]], Callable[[], None]]
 
 
 class Connections:
