@@ -52,11 +52,14 @@ def test_documented_limits_match_the_library() -> None:
     assert f"| `max_frame_bytes` | {limits.max_frame_bytes} (64 MiB) |" in text
     assert f"| `max_name_length` | {limits.max_name_length} characters |" in text
     assert f"| `max_connections` | {limits.max_connections:,} connections at once |" in text
+    assert f"| `max_handshakes` | {limits.max_handshakes:,} connections in their handshake" in text
     assert f"| `handshake_timeout` | {limits.handshake_timeout:g} seconds |" in text
     assert f"| history | {DEFAULT_HISTORY:,} revisions per namespace |" in text
     assert f"| unread frames | 16 MiB ({MAX_PUSH_BACKLOG_BYTES} bytes) |" in text
     for message in (
         f"the server is at its limit of {limits.max_connections} connections",
+        f"the server is at its limit of {limits.max_handshakes} connections in their handshake, "
+        "and this one had waited longest",
         f"no hello and authentication within {limits.handshake_timeout} seconds",
         f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread",
     ):

@@ -14,7 +14,9 @@ class Limits:
     ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
     ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
     proxy whose server has not greeted it by then raises ConnectionLost). The server alone uses
-    ``max_connections`` (more are refused at the hello); the async proxy alone uses
+    ``max_connections`` (more are refused at the hello) and ``max_handshakes`` (the most of them
+    still in their handshake: beyond it the oldest such peer is dropped, so peers that never
+    authenticate cannot take the slots of those that do); the async proxy alone uses
     ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
     acknowledged).
     """
@@ -24,6 +26,7 @@ class Limits:
     max_connections: int = 10_000
     handshake_timeout: float = 10.0
     max_queued_writes: int = 100_000
+    max_handshakes: int = 1_000
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""
