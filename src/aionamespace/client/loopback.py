@@ -56,7 +56,7 @@ class LoopbackServer:
         self.limits = limits or Limits()
         self.authkey = authkey
         self.lock = threading.RLock()  # the dispatcher is not thread-safe; the proxies may be
-        self.dispatcher = Dispatcher(self.store, self._call_later)
+        self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
 
     def __repr__(self) -> str:
         return f"<aionamespace LoopbackServer at {id(self):#x}>"

@@ -13,12 +13,18 @@ class Limits:
 
     ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
     ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
-    proxy whose server has not greeted it by then raises ConnectionLost). The server alone uses
-    ``max_connections`` (more are refused at the hello) and ``max_handshakes`` (the most of them
-    still in their handshake: beyond it the oldest such peer is dropped, so peers that never
-    authenticate cannot take the slots of those that do); the async proxy alone uses
-    ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
-    acknowledged).
+    proxy whose server has not greeted it by then raises ConnectionLost). The async proxy alone
+    uses ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not
+    yet acknowledged). The server alone uses:
+
+    * ``max_connections``: more are refused at the hello;
+    * ``max_handshakes``: the most connections still in their handshake; beyond it the oldest
+      such peer is dropped, so peers that never authenticate cannot take the slots of those
+      that do;
+    * ``max_namespaces``: a request that would create one more raises LimitExceeded;
+    * ``anonymous_grace``: the seconds an anonymous namespace is kept once no connection uses
+      it, for proxies in transit to reach it (pickled into a queue, or into a child process
+      that has not started yet), after which it is freed (README, "Semantics").
     """
 
     max_frame_bytes: int = 64 * 1024 * 1024
@@ -27,6 +33,8 @@ class Limits:
     handshake_timeout: float = 10.0
     max_queued_writes: int = 100_000
     max_handshakes: int = 1_000
+    max_namespaces: int = 100_000
+    anonymous_grace: float = 300.0
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""

@@ -8,6 +8,10 @@ applied atomically, in order. Two things reach a connection *outside* its own re
 * watch pushes: every change a store commits is pushed to the connections watching that
   namespace, gathered per connection during a batch and written once at its end;
 * deferred replies: an ``acquire`` that has to wait is answered when the lock is handed over.
+
+Every request naming an anonymous namespace (a key starting with ``#``) goes through
+``anonymous.AnonymousNamespaces`` the first time its connection names it; named keys pay a look
+at their first character.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtocolError
+from .._errors import (
+    ConnectionLost,
+    HistoryExpired,
+    LimitExceeded,
+    NamespaceGone,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
 from ..protocol.frames import coalesce
+from ..protocol.limits import Limits
+from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .locks import LockTable
 from .stores import Changes, Store
+from .timers import CallLater
 
 __all__ = ["Dispatcher", "Peer"]
 
@@ -40,6 +54,8 @@ _CALLER_ERRORS = (
     TimeoutError,
     ProtocolError,
     HistoryExpired,
+    NamespaceGone,
+    LimitExceeded,
 )
 
 
@@ -77,12 +93,14 @@ class _Watch:
 class Dispatcher:
     """The op layer between the protocol and the store, shared by all connections."""
 
-    def __init__(
-        self, store: Store, call_later: Callable[[float, Callable[[], None]], Callable[[], None]]
-    ) -> None:
+    def __init__(self, store: Store, call_later: CallLater, limits: Limits | None = None) -> None:
         self.store = store
+        self.limits = limits = limits or Limits()
         store.on_commit = self._committed
+        store.max_namespaces = limits.max_namespaces
         self.locks = LockTable(call_later)
+        self.anonymous = AnonymousNamespaces(store, call_later, limits.anonymous_grace)
+        self._anonymous_used = self.anonymous.used  # (read on every request naming one)
         self._watches: dict[str, dict[int, _Watch]] = {}  # namespace key -> watch id -> watch
         self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
         self._last_watch_id = 0
@@ -201,11 +219,18 @@ class Dispatcher:
                     del self._tracked[item]
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
+        self.anonymous.connection_lost(peer)
 
     def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> ReplyData:
         """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
         read, see ``Connections.received``) only for an op that pushes nothing."""
         try:
+            if args:
+                key = args[0]
+                if type(key) is str and key[0] == ANONYMOUS:
+                    used = self._anonymous_used.get(peer)
+                    if used is None or key not in used:
+                        self.anonymous.first_use(peer, op, key)
             store_op = self._store_ops.get(op)
             if store_op is not None:
                 return peer.protocol.send_result(request_id, store_op(*args))

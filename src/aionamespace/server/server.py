@@ -72,7 +72,7 @@ class Server:
         self._ssl_context = ssl_context
         self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
         self._timers = Timers()  # lock timeouts, handshake deadlines, ... (run while serving)
-        self.dispatcher = Dispatcher(self.store, self._call_later)
+        self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
 
     @property
     def address(self) -> Address:

@@ -1,4 +1,4 @@
-"""The in-memory store: namespaces in this process's memory, as long as the server lives.
+"""The in-memory store: namespaces in this process's memory, until the server drops them.
 
 Values stay the bytes clients sent (never re-encoded); only ``incr``, ``append`` and ``cas``
 look inside the one value they change. Each namespace keeps its last revisions (whole, as they
@@ -11,7 +11,7 @@ import collections
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..._errors import HistoryExpired
+from ..._errors import HistoryExpired, LimitExceeded
 from ...protocol.codec import decode_value, encode_value
 from ...protocol.events import missing_attribute
 from ...protocol.lists import EMPTY_LIST, extend_list
@@ -34,17 +34,23 @@ class _Namespace:
 
 
 class MemoryStore:
-    """Namespaces in memory, living as long as the server; each keeps its last ``history``
-    revisions for watches to resume from."""
+    """Namespaces in memory, living until the server drops them (it drops only unused anonymous
+    ones); each keeps its last ``history`` revisions for watches to resume from."""
 
     def __init__(self, history: int = DEFAULT_HISTORY) -> None:
         self._namespaces: dict[str, _Namespace] = {}
         self._history = history
         self.on_commit: Callable[[str, int, Changes], None] | None = None
+        self.max_namespaces: int | None = None
 
     def _ns(self, key: str) -> _Namespace:
         namespace = self._namespaces.get(key)
         if namespace is None:
+            if self.max_namespaces is not None and len(self._namespaces) >= self.max_namespaces:
+                raise LimitExceeded(
+                    f"the server holds {len(self._namespaces)} namespaces, its limit "
+                    f"(Limits.max_namespaces): {key!r} cannot be created"
+                )
             namespace = self._namespaces[key] = _Namespace(self._history)
         return namespace
 
@@ -107,6 +113,12 @@ class MemoryStore:
 
     def keys(self) -> list[str]:
         return sorted(self._namespaces)
+
+    def count(self) -> int:
+        return len(self._namespaces)
+
+    def drop(self, key: str) -> None:
+        self._namespaces.pop(key, None)
 
     # ------------------------------------------------------------------ atomic operations
 
