@@ -32,7 +32,7 @@ HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1, "challenge": new
 REAL_CLIENTS = 25
 FLOOD = 1_000  # half-open connections opened before the real clients come
 FLOOD_HELD = 400  # the most the flooder keeps open at once (it closes its oldest beyond)
-EVICTED = "connections in their handshake, and this one had waited longest"
+EVICTED = "connections in their handshake, and this one, still in its handshake, had waited longest"
 
 
 def connect(path: str) -> socket.socket:
@@ -212,3 +212,20 @@ def test_a_server_full_of_authenticated_connections_refuses_the_newcomer(
         again = Namespace(path, "board", authkey=KEY, retry=Retry(attempts=3))
         with again:  # (the server notices the two closes asynchronously: retried)
             again._ping()
+
+
+def test_at_max_connections_the_oldest_half_open_peer_makes_room(
+    short_tmp: str, server_backend: str
+) -> None:
+    limits = Limits(max_connections=2, max_handshakes=10)
+    with serving(short_tmp, server_backend, limits) as path:
+        with authenticated(path) as done, connect(path) as half_open:
+            with connect(path) as newest:
+                frame = first_frame(half_open)
+                assert frame["error"] == [
+                    "ConnectionLost",
+                    "the server is at its limit of 2 connections, and this one, still in its "
+                    "handshake, had waited longest",
+                ]
+                assert not is_closed(newest)
+                assert not is_closed(done)

@@ -69,7 +69,7 @@ def test_documented_limits_match_the_library() -> None:
     for message in (
         f"the server is at its limit of {limits.max_connections} connections",
         f"the server is at its limit of {limits.max_handshakes} connections in their handshake, "
-        "and this one had waited longest",
+        "and this one, still in its handshake, had waited longest",
         f"no hello and authentication within {limits.handshake_timeout} seconds",
         f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread",
         f"`anonymous_grace` seconds starts ({limits.anonymous_grace:g} on the reference server)",

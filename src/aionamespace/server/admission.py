@@ -74,13 +74,17 @@ class Connections:
                 reason = f"the server is at its limit of {limits.max_connections} connections"
                 self._refuse(connection, ConnectionLost(reason))
                 return False
+            if len(self.handshaking) >= limits.max_handshakes:
+                reason = f"its limit of {limits.max_handshakes} connections in their handshake"
+            else:
+                reason = f"its limit of {limits.max_connections} connections"
             oldest = next(iter(self.handshaking))
             self.handshaking.pop(oldest)()
             self._refuse(
                 oldest,
                 ConnectionLost(
-                    f"the server is at its limit of {limits.max_handshakes} connections in their "
-                    "handshake, and this one had waited longest"
+                    f"the server is at {reason}, and this one, still in its handshake, had "
+                    "waited longest"
                 ),
             )
         self.open.add(connection)
