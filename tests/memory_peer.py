@@ -31,7 +31,7 @@ def unpack_all(data: bytes) -> list[Any]:
 
 
 class MemoryPeer:
-    """Implements ``aionamespace.server.dispatch.Peer``: protocol, write, write_all, backlog,
+    """Implements ``aionamespace.server.peer.Peer``: protocol, write, write_all, backlog,
     close, drop. A Producer written is made whole at once: ``writes`` holds bytes."""
 
     def __init__(self, protocol: ServerConnection, reads: bool = True) -> None:

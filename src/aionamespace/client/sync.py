@@ -105,7 +105,7 @@ class Namespace(ProxyBase):
     ``ns.x``, ``ns.x = v`` and ``del ns.x`` are round trips to the server; names starting with
     ``_`` stay on this proxy. Usually made by ``Manager.Namespace()``; to reach a namespace
     directly: ``Namespace(address, name=None, authkey=None)`` (``name=None`` creates a new
-    anonymous one).
+    anonymous one on the server, one round trip).
     """
 
     __slots__ = ()
@@ -195,8 +195,14 @@ class Namespace(ProxyBase):
     def __str__(self) -> str:
         return format_namespace(self._run(calls.dump(self._key)))
 
+    def _create(self, initial: dict[str, Any]) -> None:
+        self._run(calls.open_(self._key, initial))  # one round trip, like the stdlib's
+
     def _open(self, **defaults: Any) -> None:
-        """Create the namespace on the server now, giving it the ``defaults`` it lacks."""
+        """Create the namespace on the server now, giving it the ``defaults`` it lacks (an
+        anonymous one exists already, or raises NamespaceGone: it is never created again)."""
+        if self._aionamespace.target.anonymous:
+            self._run(calls.exists(self._key))
         self._run(calls.open_(self._key, defaults))
 
     # ------------------------------------------------------------------ atomic operations

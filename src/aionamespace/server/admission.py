@@ -6,6 +6,14 @@ what a connection sent through the ``Dispatcher`` while its backlog (what waits 
 it) stays under ``Limits.max_reply_backlog_bytes`` (a peer that does not read is not read
 from), drops a connection whose serving failed (``failed``: a MemoryError takes one connection
 down, never the server), and on shutdown tells every client why the connection ends.
+
+Connections still in their handshake are held to a smaller bound of their own,
+``Limits.max_handshakes``, so that peers who never authenticate cannot take the slots of those
+who do. At that bound a newcomer is let in and the oldest half-open peer is dropped: refusing
+the newcomer would let a flood lock every real client out, while a real client finishes its
+handshake within a few loop iterations of connecting, long before ``max_handshakes`` newer
+peers push it out. The same happens at ``max_connections`` while a peer is still in its
+handshake; only a server full of authenticated connections refuses the newcomer.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from ..protocol.connection import Request, ServerConnection
 from ..protocol.limits import Limits
 from ..protocol.ops import READ_OPS
 from .dispatch import Dispatcher
+from .timers import CallLater
 
 if TYPE_CHECKING:
     from .shells import Connection
@@ -30,8 +39,6 @@ __all__ = ["FAREWELL_SECONDS", "CallLater", "Connections"]
 logger = logging.getLogger("aionamespace.server")
 
 FAREWELL_SECONDS = 1.0  # a connection being dropped gets this long to take our last words
-
-CallLater = Callable[[float, Callable[[], None]], Callable[[], None]]
 
 
 class Connections:
@@ -48,30 +55,53 @@ class Connections:
         self.dispatcher = dispatcher
         self.new_protocol = new_protocol
         self.call_later = call_later
-        self.open: dict[Connection, Callable[[], None] | None] = {}  # -> cancels its deadline
+        self.open: set[Connection] = set()
+        #: Connections still in their handshake, oldest first -> what cancels their deadline.
+        self.handshaking: dict[Connection, Callable[[], None]] = {}
         self.budget = limits.max_reply_backlog_bytes
         self.closing = False
         self._all_closed: anyio.Event | None = None
 
     def admit(self, connection: Connection) -> bool:
-        """Take a new connection in, or refuse it (too many, or shutting down)."""
-        if self.closing or len(self.open) >= self.limits.max_connections:
-            reason = (
-                "the server is shutting down"
-                if self.closing
-                else f"the server is at its limit of {self.limits.max_connections} connections"
-            )
-            connection.write(connection.protocol.send_refusal(ConnectionLost(reason)))
-            connection.close()
+        """Take a new connection in, or refuse it (shutting down, or full of authenticated
+        connections); at a bound with peers still in their handshake, the oldest of those is
+        dropped instead (see the module's docstring)."""
+        limits = self.limits
+        if self.closing:
+            self._refuse(connection, ConnectionLost("the server is shutting down"))
             return False
-        self.open[connection] = self.call_later(
-            self.limits.handshake_timeout, lambda: self._deadline(connection)
+        if (
+            len(self.handshaking) >= limits.max_handshakes
+            or len(self.open) >= limits.max_connections
+        ):
+            if not self.handshaking:
+                reason = f"the server is at its limit of {limits.max_connections} connections"
+                self._refuse(connection, ConnectionLost(reason))
+                return False
+            if len(self.handshaking) >= limits.max_handshakes:
+                reason = f"its limit of {limits.max_handshakes} connections in their handshake"
+            else:
+                reason = f"its limit of {limits.max_connections} connections"
+            oldest = next(iter(self.handshaking))
+            self.handshaking.pop(oldest)()
+            self._refuse(
+                oldest,
+                ConnectionLost(
+                    f"the server is at {reason}, and this one, still in its handshake, had "
+                    "waited longest"
+                ),
+            )
+        self.open.add(connection)
+        self.handshaking[connection] = self.call_later(
+            limits.handshake_timeout, lambda: self._deadline(connection)
         )
         return True
 
     def received(self, connection: Connection, data: bytes | memoryview) -> bool:
         """Parse what a connection sent and apply it: see ``apply``."""
         events = connection.protocol.receive_data(data)
+        if self.handshaking and connection in self.handshaking and connection.protocol.ready:
+            self.handshaking.pop(connection)()  # its deadline; the slot goes to the next
         if len(events) == 1 and not connection.pending:
             request = events[0]
             if (
@@ -112,11 +142,6 @@ class Connections:
         if protocol.refused:
             pending.clear()
             connection.close()
-        elif protocol.ready and self.open.get(connection) is not None:
-            cancel_deadline = self.open[connection]
-            self.open[connection] = None
-            assert cancel_deadline is not None
-            cancel_deadline()
         return True
 
     def failed(self, connection: Connection, error: Exception) -> None:
@@ -132,7 +157,8 @@ class Connections:
         connection.drop()
 
     def gone(self, connection: Connection) -> None:
-        cancel_deadline = self.open.pop(connection, None)
+        self.open.discard(connection)
+        cancel_deadline = self.handshaking.pop(connection, None)
         if cancel_deadline is not None:
             cancel_deadline()
         self.dispatcher.connection_lost(connection)
@@ -153,13 +179,16 @@ class Connections:
                 await self._all_closed.wait()
 
     def _deadline(self, connection: Connection) -> None:
-        if connection in self.open and not connection.protocol.ready:
-            connection.write(
-                connection.protocol.send_refusal(
-                    RemoteProtocolError(
-                        "no hello and authentication within "
-                        f"{self.limits.handshake_timeout} seconds"
-                    )
-                )
+        if self.handshaking.pop(connection, None) is not None:
+            self._refuse(
+                connection,
+                RemoteProtocolError(
+                    f"no hello and authentication within {self.limits.handshake_timeout} seconds"
+                ),
             )
-            connection.close()
+
+    @staticmethod
+    def _refuse(connection: Connection, error: Exception) -> None:
+        """Tell the peer why (a hello error form, or a connection-level error) and close."""
+        connection.write(connection.protocol.send_refusal(error))
+        connection.close()

@@ -14,6 +14,10 @@ referenced, never copied, and, for a reply or watch replay larger than the conne
 budget (``Limits.max_reply_backlog_bytes``), a Producer that makes it as it is sent. Pushes
 cannot wait for a peer that does not read: past ``Limits.max_push_backlog_bytes`` of backlog,
 the peer is dropped instead.
+
+Every request naming an anonymous namespace (a key starting with ``#``) goes through
+``anonymous.AnonymousNamespaces`` the first time its connection names it; named keys pay a look
+at their first character.
 """
 
 from __future__ import annotations
@@ -22,11 +26,19 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from .._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtocolError
+from .._errors import (
+    ConnectionLost,
+    HistoryExpired,
+    LimitExceeded,
+    NamespaceGone,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
 from ..protocol.frames import LARGE_VALUE_BYTES
+from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
     Producer,
@@ -36,9 +48,12 @@ from ..protocol.pieces import (
     replay,
     values_reply,
 )
+from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .locks import LockTable
 from .outbox import SEND_BYTES
+from .peer import Peer
 from .stores import Changes, Store, materialised
+from .timers import CallLater
 
 __all__ = ["Dispatcher", "Peer"]
 
@@ -54,28 +69,9 @@ _CALLER_ERRORS = (
     TimeoutError,
     ProtocolError,
     HistoryExpired,
+    NamespaceGone,
+    LimitExceeded,
 )
-
-
-class Peer(Protocol):
-    """What the dispatcher needs of a connection."""
-
-    protocol: ServerConnection
-
-    def write(self, data: Output) -> None:
-        """Queue output for this connection without blocking."""
-
-    def write_all(self, data: list[Output]) -> None:
-        """Queue outputs for this connection without blocking, in order."""
-
-    def backlog(self) -> int:
-        """Bytes queued for this connection and not yet sent."""
-
-    def close(self) -> None:
-        """Close after sending what is queued."""
-
-    def drop(self) -> None:
-        """Close now, whatever is still queued (a peer that does not read)."""
 
 
 #: One request's answer: a frame, a large value's header and its bytes (written as they are),
@@ -96,12 +92,14 @@ class _Watch:
 class Dispatcher:
     """The op layer between the protocol and the store, shared by all connections."""
 
-    def __init__(
-        self, store: Store, call_later: Callable[[float, Callable[[], None]], Callable[[], None]]
-    ) -> None:
+    def __init__(self, store: Store, call_later: CallLater, limits: Limits | None = None) -> None:
         self.store = store
+        self.limits = limits = limits or Limits()
         store.on_commit = self._committed
+        store.max_namespaces = limits.max_namespaces
         self.locks = LockTable(call_later)
+        self.anonymous = AnonymousNamespaces(store, call_later, limits.anonymous_grace)
+        self._anonymous_used = self.anonymous.used  # (read on every request naming one)
         self._watches: dict[str, dict[int, _Watch]] = {}  # namespace key -> watch id -> watch
         self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
         self._last_watch_id = 0
@@ -257,11 +255,18 @@ class Dispatcher:
                     del self._tracked[item]
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
+        self.anonymous.connection_lost(peer)
 
     def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> ReplyData:
         """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
         read, see ``Connections.received``) only for an op that pushes nothing."""
         try:
+            if args:
+                key = args[0]
+                if type(key) is str and key[0] == ANONYMOUS:
+                    used = self._anonymous_used.get(peer)
+                    if used is None or key not in used:
+                        self.anonymous.first_use(peer, op, key)
             store_op = self._store_ops.get(op)
             if store_op is not None:
                 return peer.protocol.send_result(request_id, store_op(*args))

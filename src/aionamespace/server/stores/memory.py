@@ -1,4 +1,4 @@
-"""The in-memory store: namespaces in this process's memory, as long as the server lives.
+"""The in-memory store: namespaces in this process's memory, until the server drops them.
 
 Values stay the bytes clients sent (never re-encoded); only ``incr``, ``append`` and ``cas``
 look inside the one value they change. A list that ``append`` touched becomes a ``StoredList``
@@ -13,7 +13,7 @@ import collections
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..._errors import HistoryExpired
+from ..._errors import HistoryExpired, LimitExceeded
 from ...protocol.codec import decode_value, encode_value
 from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
@@ -49,10 +49,16 @@ class MemoryStore:
         self._max_revisions = limits.max_history_revisions
         self._max_bytes = limits.max_history_bytes
         self.on_commit: Callable[[str, int, Changes], None] | None = None
+        self.max_namespaces: int | None = None
 
     def _ns(self, key: str) -> _Namespace:
         namespace = self._namespaces.get(key)
         if namespace is None:
+            if self.max_namespaces is not None and len(self._namespaces) >= self.max_namespaces:
+                raise LimitExceeded(
+                    f"the server holds {len(self._namespaces)} namespaces, its limit "
+                    f"(Limits.max_namespaces): {key!r} cannot be created"
+                )
             namespace = self._namespaces[key] = _Namespace()
         return namespace
 
@@ -161,6 +167,12 @@ class MemoryStore:
 
     def keys(self) -> list[str]:
         return sorted(self._namespaces)
+
+    def count(self) -> int:
+        return len(self._namespaces)
+
+    def drop(self, key: str) -> None:
+        self._namespaces.pop(key, None)
 
     # ------------------------------------------------------------------ atomic operations
 
