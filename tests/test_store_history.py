@@ -9,6 +9,7 @@ that follows base.py's rules, with random appends, sets, deletes and watches.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,16 +20,17 @@ from aionamespace import HistoryExpired, Limits
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.lists import split_list
 from aionamespace.server.stores import CHANGE_OVERHEAD_BYTES, Store
-from store_rig import STORES, Commits, MakeStore, replayed
+from store_rig import STORES, Commits, MakeStore, close_stores, replayed
 
 ONE, TWO, THREE = encode_value(1), encode_value(2), encode_value(3)
 OVERHEAD = CHANGE_OVERHEAD_BYTES
 
 
 @pytest.fixture(params=list(STORES))
-def make_store(request: pytest.FixtureRequest) -> MakeStore:
+def make_store(request: pytest.FixtureRequest) -> Iterator[MakeStore]:
     """How each store under test is made, with the limits a test gives it."""
-    return STORES[request.param]
+    yield STORES[request.param]
+    close_stores()
 
 
 def test_history_replays_whole_revisions_after_since(make_store: MakeStore) -> None:

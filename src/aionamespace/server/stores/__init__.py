@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import CHANGE_OVERHEAD_BYTES, Change, Changes, LazyValue, Store, Value, materialised
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
 __all__ = [
     "CHANGE_OVERHEAD_BYTES",
@@ -11,6 +12,7 @@ __all__ = [
     "Changes",
     "LazyValue",
     "MemoryStore",
+    "SQLiteStore",
     "Store",
     "Value",
     "materialised",
