@@ -37,6 +37,7 @@ from ..protocol.connection import ServerConnection
 from ..protocol.limits import Limits
 from .admission import FAREWELL_SECONDS, Connections
 from .dispatch import Dispatcher
+from .durability import Durability
 from .listeners import TLSListener, make_listening_socket
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
@@ -74,6 +75,7 @@ class Server:
         self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
         self._timers = Timers()  # lock timeouts, handshake deadlines, ... (run while serving)
         self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
+        self.durability = Durability(self.store)
 
     @property
     def address(self) -> Address:
@@ -99,10 +101,15 @@ class Server:
         sock, address = make_listening_socket(self._requested)
         self._stop = stop = anyio.Event()
         try:
-            async with anyio.create_task_group() as timer_task:
-                timer_task.start_soon(self._timers.run)
+            async with anyio.create_task_group() as helpers:
+                helpers.start_soon(self._timers.run)
+                helpers.start_soon(self.durability.run)
                 connections = Connections(
-                    self.limits, self.dispatcher, self._call_later, self.new_connection
+                    self.limits,
+                    self.dispatcher,
+                    self._call_later,
+                    self.new_connection,
+                    self.durability,
                 )
                 try:
                     if _running_on_asyncio():
@@ -112,7 +119,9 @@ class Server:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await connections.goodbye()
-                    timer_task.cancel_scope.cancel()
+                    helpers.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self.durability.flush()  # what changed after the last commit
         finally:
             self._address = None
             sock.close()

@@ -101,7 +101,7 @@ class DataFile:
             raise DataFileError(f"{self.path} cannot be read as a data file: {exc}") from exc
         if row is None or not isinstance(row[0], str):
             raise DataFileError(f"{self.path} is damaged: it has no epoch")
-        return row[0]  # type: ignore[no-any-return]
+        return row[0]
 
     def _create(self, fsync: bool) -> str:
         from .memory import new_epoch

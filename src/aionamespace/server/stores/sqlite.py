@@ -141,12 +141,11 @@ class SQLiteStore(MemoryStore):
                 ("INSERT OR REPLACE INTO namespaces VALUES (?, ?)", (key, namespace.revision))
             )
             for name, deleted in names.items():
-                value = namespace.attributes.get(name)
                 if deleted:  # (set again since: its place is now the last)
                     statements.append(
                         ("DELETE FROM attributes WHERE key = ? AND name = ?", (key, name))
                     )
-                statements.extend(self._attribute(key, name, value))
+                statements.extend(self._attribute(key, name, namespace.attributes.get(name)))
             oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
             statements.append(("DELETE FROM history WHERE key = ? AND revision < ?", (key, oldest)))
         return statements
