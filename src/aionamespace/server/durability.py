@@ -8,8 +8,9 @@ take back.
 
 ``Durability`` does it with *gates*. The store tells it of the first change after a commit
 (``Store.on_change``); from then on (``holding``), whatever a connection is given to send goes
-into its outbox behind the ``gate`` of the next commit, which a single committer task (``run``)
-opens once that commit is done. Meanwhile the server goes on reading and applying: the changes
+into its outbox behind the ``gate`` of the next commit (or of the running one, for output made
+while it runs with no change since), which a single committer task (``run``) opens once that
+commit is done. Meanwhile the server goes on reading and applying: the changes
 of every batch applied while a commit runs go to the next one, so commits group themselves, one
 transaction for as many batches as arrived during the last. When a commit ends and nothing
 changed meanwhile, ``holding`` ends and output goes straight out again.
@@ -58,11 +59,14 @@ class Durability:
         self.gate = Gate()  # opened when the next commit is done
         self._changed: anyio.Event | None = None
         self._dirty = False  # a change not yet handed to a commit
+        self._committing: Gate | None = None  # the gate of the commit running
         if store.durable:
             store.on_change = self._on_change
 
     def _on_change(self) -> None:
         self.holding = self._dirty = True
+        if self.gate is self._committing:  # the running commit does not hold this change
+            self.gate = Gate()
         if self._changed is not None:
             self._changed.set()
 
@@ -82,11 +86,18 @@ class Durability:
             await self.commit()
 
     async def commit(self) -> None:
-        """Commit what changed, then let out what waited for it."""
-        gate, self.gate = self.gate, Gate()
+        """Commit what changed, then let out what waited for it. Output made during the commit
+        waits for it too (it may have read what the commit writes), until a change comes that
+        the commit does not hold: what follows that waits for the next commit."""
+        self._committing = gate = self.gate
         self._dirty = False
-        await self.store.commit()
+        try:
+            await self.store.commit()
+        finally:
+            self._committing = None
         gate.open = True
+        if self.gate is gate:
+            self.gate = Gate()
         if not self._dirty:
             self.holding = False  # nothing changed during the commit: no need to hold
         for connection in gate.held:

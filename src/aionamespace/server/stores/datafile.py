@@ -132,10 +132,13 @@ class DataFile:
     def write(self, statements: list[Statement]) -> None:
         """Run ``statements`` as one transaction: all of them are written, or none."""
         db = self.db
-        with _transaction(db):
-            db.execute("BEGIN IMMEDIATE")
-            for sql, parameters in statements:
-                db.execute(sql, parameters)
+        try:
+            with _transaction(db):
+                db.execute("BEGIN IMMEDIATE")
+                for sql, parameters in statements:
+                    db.execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
