@@ -17,7 +17,7 @@ alive for replays.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -114,17 +114,29 @@ class SQLiteStore(MemoryStore):
         state now, and later changes go to the next commit)."""
         journal, self._journal = self._journal, []
         statements: list[Statement] = []
-        touched: dict[str, dict[str, bool]] = {}  # key -> name -> deleted in this commit
+        # Per namespace: the names this commit deleted, and those it set, in the order they
+        # were (last) inserted in the namespace's attributes, which is the order they take.
+        deleted: dict[str, set[str]] = {}
+        inserted: dict[str, dict[str, None]] = {}
+        appended: dict[tuple[str, str], dict[StoredList, None]] = {}  # the lists appended to
         for key, revision, changes, size in journal:
             if changes is _DROPPED:
-                touched.pop(key, None)
+                deleted.pop(key, None)
+                inserted.pop(key, None)
                 statements.extend(_drop(key))
                 for item in [item for item in self._written if item[0] == key]:
                     del self._written[item]
                 continue
-            names = touched.setdefault(key, {})
+            gone, added = deleted.setdefault(key, set()), inserted.setdefault(key, {})
             for name, value in changes.items():
-                names[name] = names.get(name, False) or value is None
+                if value is None:
+                    gone.add(name)
+                    added.pop(name, None)
+                else:
+                    if name not in added:
+                        added[name] = None
+                    if isinstance(value, ListVersion):
+                        appended.setdefault((key, name), {})[value.stored] = None
             if changes is _CREATED:
                 continue
             statements.append(
@@ -133,44 +145,51 @@ class SQLiteStore(MemoryStore):
                     (key, revision, size, _pack_changes(changes)),
                 )
             )
-        for key, names in touched.items():
+        for key, added in inserted.items():
             namespace = self._namespaces.get(key)
             if namespace is None:
                 continue
             statements.append(
                 ("INSERT OR REPLACE INTO namespaces VALUES (?, ?)", (key, namespace.revision))
             )
-            for name, deleted in names.items():
-                if deleted:  # (set again since: its place is now the last)
-                    statements.append(
-                        ("DELETE FROM attributes WHERE key = ? AND name = ?", (key, name))
-                    )
-                statements.extend(self._attribute(key, name, namespace.attributes.get(name)))
+            gone = deleted[key]
+            for name in gone:  # (set again since: it takes the last place then)
+                statements.append(
+                    ("DELETE FROM attributes WHERE key = ? AND name = ?", (key, name))
+                )
+            attributes = namespace.attributes
+            for name in [*added, *gone.difference(added)]:
+                lists = appended.get((key, name), ())
+                statements.extend(self._attribute(key, name, attributes.get(name), lists))
             oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
             statements.append(("DELETE FROM history WHERE key = ? AND revision < ?", (key, oldest)))
+            statements.append((_FORGET_LISTS, (key, key, oldest, key)))
         return statements
 
-    def _attribute(self, key: str, name: str, value: bytes | StoredList | None) -> list[Statement]:
-        """What writes one attribute as it is now."""
+    def _attribute(
+        self,
+        key: str,
+        name: str,
+        value: bytes | StoredList | None,
+        lists: Iterable[StoredList],
+    ) -> list[Statement]:
+        """What writes one attribute as it is now, and the last bytes of the ``lists`` this
+        commit appended to under its name that are no longer its value (the history replays
+        them)."""
         written = self._written.pop((key, name), None)
+        statements = [
+            chunk
+            for stored in lists
+            if stored is not value
+            for chunk in _chunk(key, name, stored, written)
+        ]
         if value is None:
-            return []
+            return statements
         if type(value) is bytes:
-            return [self._upsert(key, name, value, None, None)]
+            statements.append(self._upsert(key, name, value, None, None))
+            return statements
         assert isinstance(value, StoredList)
-        statements = []
-        if written is not None and written[0] == value.since:
-            start = written[1]  # the same list, written up to there
-        else:
-            start = 0
-        if value.size > start or start == 0:
-            chunk = bytes(value.body[start : value.size])
-            statements.append(
-                (
-                    "INSERT OR REPLACE INTO list_chunks VALUES (?, ?, ?, ?, ?, ?)",
-                    (key, name, value.since, start, value.revision, chunk),
-                )
-            )
+        statements.extend(_chunk(key, name, value, written))
         statements.append(self._upsert(key, name, None, value.since, value.count))
         self._written[(key, name)] = (value.since, value.size)
         return statements
@@ -186,6 +205,29 @@ class SQLiteStore(MemoryStore):
             " list_count = excluded.list_count",
             (key, name, self._places, value, since, count),
         )
+
+
+def _chunk(
+    key: str, name: str, stored: StoredList, written: tuple[int, int] | None
+) -> list[Statement]:
+    """What writes the bytes of ``stored`` the file lacks (``written``: the list the file has
+    under that name, and how much of it)."""
+    start = written[1] if written is not None and written[0] == stored.since else 0
+    if stored.size == start and start:
+        return []
+    return [
+        (
+            "INSERT OR REPLACE INTO list_chunks VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                name,
+                stored.since,
+                start,
+                stored.revision,
+                bytes(stored.body[start : stored.size]),
+            ),
+        )
+    ]
 
 
 def _drop(key: str) -> list[Statement]:
