@@ -159,6 +159,10 @@ class SocketTransport:
         read = operation.read
         return reply.result if read is None else read(reply.result)
 
+    @property
+    def epoch(self) -> str | None:
+        return self.protocol.epoch
+
     def send(self, operation: Operation, args: tuple[Any, ...]) -> int:
         """Send a request without waiting: its reply comes through ``receive``. The caller
         serialises sends (one thread at a time) and reads in one thread."""

@@ -41,6 +41,10 @@ class Transport(Protocol):
 
     closed: bool
 
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the server (its hello's), None if it did not say."""
+
     def call(self, operation: Operation, args: tuple[Any, ...]) -> Any: ...
 
     def send(self, operation: Operation, args: tuple[Any, ...]) -> int: ...

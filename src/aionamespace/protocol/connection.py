@@ -55,7 +55,7 @@ from .frames import (
 )
 from .handshake import HandshakeDecoder
 from .limits import Limits
-from .ops import OPS, check_args, check_each_name, check_names, valid_names
+from .ops import MAX_EPOCH_LENGTH, OPS, check_args, check_each_name, check_names, valid_names
 
 __all__ = [
     "NO_FRAME",
@@ -85,11 +85,14 @@ __all__ = [
 class ServerConnection:
     """One connection as the server sees it."""
 
-    def __init__(self, limits: Limits | None = None, authkey: bytes | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, authkey: bytes | None = None, epoch: str | None = None
+    ) -> None:
         self.limits = limits or Limits()
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
         self._handshake: HandshakeDecoder | None = HandshakeDecoder(self.limits)  # until ready
         self._authkey = authkey
+        self.epoch = epoch  # of the server's store: announced in the hello
         self._challenges = (b"", b"")  # (client's, ours)
         self.greeted = False
         self.authenticated = authkey is None
@@ -188,6 +191,8 @@ class ServerConnection:
             "version": PROTOCOL_VERSION,
             "max_frame_bytes": self.limits.max_frame_bytes,
         }
+        if self.epoch is not None:
+            hello["epoch"] = self.epoch
         if self._authkey is not None:
             hello["challenge"] = self._challenges[1]
             hello["proof"] = _auth.server_proof(self._authkey, *self._challenges)
@@ -269,6 +274,7 @@ class ClientConnection:
         # across reconnects: requests queued before a connection are checked against it).
         self.send_limit = self.limits.max_frame_bytes
         self.greeted = False
+        self.epoch: str | None = None  # of the server, as its hello said (None: it did not)
 
     def reset(self) -> None:
         """Start over on a new connection; request ids keep counting up."""
@@ -316,6 +322,8 @@ class ClientConnection:
         announced = hello.info.get("max_frame_bytes")
         if type(announced) is int and announced > 0:  # it would refuse more: say so here
             self.send_limit = min(self.limits.max_frame_bytes, announced)
+        epoch = hello.info.get("epoch")
+        self.epoch = epoch if type(epoch) is str and 0 < len(epoch) <= MAX_EPOCH_LENGTH else None
         self.greeted = True
         return hello
 

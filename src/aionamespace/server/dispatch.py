@@ -336,8 +336,24 @@ class Dispatcher:
                         self._own_pushes += len(watch.head) + sum(map(len, tail))
 
     def _watch(
-        self, peer: Peer, request_id: int, key: str, names: list[str] | None, since: int | None
+        self,
+        peer: Peer,
+        request_id: int,
+        key: str,
+        names: list[str] | None,
+        resume: int | list[Any] | None,
     ) -> ReplyData:
+        since: int | None
+        if isinstance(resume, list):  # [epoch, revision]: a revision of that epoch only
+            epoch, since = resume
+            if epoch != self.store.epoch:
+                raise HistoryExpired(
+                    f"revision {since} counts in another lifetime of this board (epoch "
+                    f"{epoch}; the server's is {self.store.epoch}): resync with _snapshot() "
+                    "and watch from its revision"
+                )
+        else:
+            since = resume
         selected = frozenset(names) if names is not None else None
         revision, values = self.store.snapshot(key, names if since is None else ())
         changes = [] if since is None else self.store.history(key, since)  # may raise

@@ -221,7 +221,7 @@ class Server:
 
     def new_connection(self) -> ServerConnection:
         """The sans-IO state of one new connection."""
-        return ServerConnection(self.limits, self._authkey)
+        return ServerConnection(self.limits, self._authkey, self.store.epoch)
 
     def _call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` after ``delay`` seconds unless cancelled (lock timeouts, handshake

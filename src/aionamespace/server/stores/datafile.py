@@ -141,9 +141,13 @@ class DataFile:
             raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
 
     def close(self) -> None:
+        """Close the database and release the lock (again: nothing)."""
+        if self._lock_fd < 0:
+            return
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
-        os.close(self._lock_fd)
+        fd, self._lock_fd = self._lock_fd, -1
+        os.close(fd)
 
 
 @contextlib.contextmanager
