@@ -26,12 +26,13 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.abc
 
-from ._errors import NamespaceError, NamespaceGone
+from ._errors import DataFileError, NamespaceError, NamespaceGone
 from .client.proxy import Target
 from .client.sync import Namespace
 from .protocol.connection import Address, format_address, parse_address
 from .server.busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
 from .server.server import Server
+from .server.stores import SQLiteStore, Store
 
 __all__ = ["AUTHKEY_ENV", "main"]
 
@@ -83,10 +84,11 @@ async def serve(
     authkey: bytes | None = None,
     parent_pipe: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    store: Store | None = None,
 ) -> None:
     """Run a server at ``address`` until a signal (or, with ``parent_pipe``, stdin EOF)."""
     _raise_open_file_limit()
-    server = Server(address, authkey=authkey, ssl_context=ssl_context)
+    server = Server(address, authkey=authkey, ssl_context=ssl_context, store=store)
 
     async def run(*, task_status: anyio.abc.TaskStatus[Address]) -> None:
         await server.serve(task_status=task_status)
@@ -137,6 +139,17 @@ def _parser() -> argparse.ArgumentParser:
         help="serve TLS with this certificate chain (PEM); with --tls-key",
     )
     serve_cmd.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    serve_cmd.add_argument(
+        "--data",
+        metavar="FILE",
+        help="keep the namespaces in this SQLite file (created 0600 if absent): an acknowledged"
+        " write survives a crash of the server, and a restart on the file finds everything",
+    )
+    serve_cmd.add_argument(
+        "--fsync",
+        action="store_true",
+        help="with --data: sync every commit to disk, so that it survives a power loss too",
+    )
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("demo", help="the Namespace lesson on spawned processes, then asyncio")
     get_cmd = commands.add_parser("get", help="print one attribute")
@@ -221,12 +234,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"aionamespace: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     address: Address = args.unix if args.unix else parse_address(f"tcp:{args.tcp}")
+    data, fsync = args.data, args.fsync
     if args.parent_pipe:  # a Manager started us: its first line says what key to require
         config = json.loads(sys.stdin.buffer.readline() or b"{}")
         authkey = bytes.fromhex(config["authkey"]) if config.get("authkey") else None
+        data, fsync = config.get("data", data), config.get("fsync", fsync)
     else:
         key_text = os.environ.get(AUTHKEY_ENV)
         authkey = key_text.encode() if key_text else None
+    if fsync and not data:
+        print("aionamespace: --fsync needs --data FILE", file=sys.stderr)
+        return 2
+    store: Store | None = None
+    if data:
+        try:
+            store = SQLiteStore(data, fsync=fsync)
+        except DataFileError as exc:
+            if args.parent_pipe:  # the Manager raises it
+                print(json.dumps({"error": str(exc)}), flush=True)
+            else:
+                print(f"aionamespace: {exc}", file=sys.stderr)
+            return 1
     options: dict[str, object] = {}
     if args.backend == "asyncio" and args.loop == "uvloop":
         import uvloop  # the optional extra
@@ -238,13 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    anyio.run(
-        functools.partial(
-            serve, address, authkey=authkey, parent_pipe=args.parent_pipe, ssl_context=ssl_context
-        ),
-        backend=args.backend,
-        backend_options=options,
-    )
+    try:
+        anyio.run(
+            functools.partial(
+                serve,
+                address,
+                authkey=authkey,
+                parent_pipe=args.parent_pipe,
+                ssl_context=ssl_context,
+                store=store,
+            ),
+            backend=args.backend,
+            backend_options=options,
+        )
+    finally:
+        if store is not None:
+            store.close()
     return 0
 
 

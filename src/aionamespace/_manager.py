@@ -24,7 +24,7 @@ import weakref
 from types import TracebackType
 from typing import Any
 
-from ._errors import ConnectionLost
+from ._errors import ConnectionLost, DataFileError
 from .client.asynchronous import AsyncNamespace
 from .client.proxy import Target
 from .client.sync import Namespace
@@ -43,7 +43,10 @@ class Manager:
     default ``start()`` picks a private Unix socket. ``authkey`` (bytes) is the shared secret
     clients must prove they know; ``start()`` makes a random one when none is given, and the
     proxies carry it (also when pickled into child processes). ``backend`` is the event loop
-    the server process runs on ("asyncio" or "trio").
+    the server process runs on ("asyncio" or "trio"). ``data`` (a path) keeps the server's
+    namespaces in an SQLite file, so that they survive it (README, "Durable namespaces"), and
+    ``fsync=True`` syncs every commit to disk; ``start()`` raises DataFileError if the file
+    cannot be used.
     """
 
     def __init__(
@@ -52,7 +55,13 @@ class Manager:
         authkey: bytes | None = None,
         *,
         backend: str = "asyncio",
+        data: str | os.PathLike[str] | None = None,
+        fsync: bool = False,
     ) -> None:
+        if fsync and data is None:
+            raise ValueError("fsync=True needs a data file: Manager(data=PATH, fsync=True)")
+        self._data = os.path.abspath(data) if data is not None else None
+        self._fsync = fsync
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         self._requested = parse_address(address) if address is not None else None
@@ -110,7 +119,10 @@ class Manager:
         try:
             # The key goes through the pipe, never the command line (which `ps` shows).
             assert process.stdin is not None
-            process.stdin.write(json.dumps({"authkey": self._authkey.hex()}).encode() + b"\n")
+            config: dict[str, Any] = {"authkey": self._authkey.hex()}
+            if self._data is not None:
+                config.update(data=self._data, fsync=self._fsync)
+            process.stdin.write(json.dumps(config).encode() + b"\n")
             process.stdin.flush()
             self._address = _read_ready_line(process)
         except BaseException:
@@ -206,7 +218,11 @@ def _read_ready_line(process: subprocess.Popen[bytes]) -> Address:
     if not line:
         code = process.wait(timeout=5)
         raise ConnectionLost(f"the server process exited with code {code} before listening")
-    address = json.loads(line)["address"]
+    ready = json.loads(line)
+    if "error" in ready:  # it could not start, and said why
+        process.wait(timeout=5)
+        raise DataFileError(ready["error"])
+    address = ready["address"]
     return parse_address(tuple(address) if isinstance(address, list) else address)
 
 
