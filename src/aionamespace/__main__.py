@@ -26,8 +26,9 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.abc
 
+from ._backup import backup, read_data_file
 from ._errors import DataFileError, NamespaceError, NamespaceGone
-from .client.proxy import Target
+from .client.proxy import Target, format_namespace
 from .client.sync import Namespace
 from .protocol.connection import Address, format_address, parse_address
 from .server.busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
@@ -161,8 +162,16 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("name", help="the attribute")
     set_cmd.add_argument("value", help="a Python literal: 42, 'text', [1, 2], {'a': (1, 2)}")
     dump_cmd = commands.add_parser("dump", help="print namespaces and their attributes")
-    dump_cmd.add_argument("address")
+    dump_cmd.add_argument("address", nargs="?", help="the server's (not with --data)")
     dump_cmd.add_argument("namespace", nargs="?", help="only this one (default: all)")
+    dump_cmd.add_argument(
+        "--data", metavar="FILE", help="read a data file no server has open, instead of a server"
+    )
+    backup_cmd = commands.add_parser(
+        "backup", help="copy a live server's board, consistently, into a new data file"
+    )
+    backup_cmd.add_argument("address", help="a Unix socket path or HOST:PORT")
+    backup_cmd.add_argument("file", help="the data file to write (it must not exist)")
     watch_cmd = commands.add_parser("watch", help="print changes as they happen")
     watch_cmd.add_argument("address")
     watch_cmd.add_argument("namespace")
@@ -181,8 +190,32 @@ def _client_authkey() -> bytes | None:
     return key_text.encode() if key_text else None
 
 
+def _dump_data_file(args: argparse.Namespace) -> int:
+    """``dump --data FILE [NAMESPACE]``: the first positional argument is the namespace."""
+    if args.namespace is not None:
+        raise ValueError("dump --data FILE takes one namespace at most, and no address")
+    store = read_data_file(args.data)
+    try:
+        keys = [args.address] if args.address is not None else store.keys()
+        for key in keys:
+            if key not in store.keys():
+                raise ValueError(f"{args.data} holds no namespace {key!r}")
+            print(f"{key}: {format_namespace(store.snapshot(key, None)[1])}")
+    finally:
+        store.close()
+    return 0
+
+
 def _run_client_command(args: argparse.Namespace) -> int:
+    if args.command == "dump" and args.data is not None:
+        return _dump_data_file(args)
+    if args.address is None:
+        raise ValueError(f"{args.command} needs the server's address")
     address = parse_address(args.address)
+    if args.command == "backup":
+        namespaces, names = backup(address, _client_authkey(), args.file)
+        print(f"backed up {namespaces} namespace(s), {names} name(s), to {args.file}")
+        return 0
     authkey = _client_authkey()
     if args.command == "dump":
         if args.namespace:
@@ -230,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_client_command(args)
         except KeyboardInterrupt:
             return 130
-        except (NamespaceError, AttributeError, TypeError, ValueError) as exc:
+        except (NamespaceError, AttributeError, TypeError, ValueError, OSError) as exc:
             print(f"aionamespace: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     address: Address = args.unix if args.unix else parse_address(f"tcp:{args.tcp}")

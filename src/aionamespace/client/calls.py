@@ -225,6 +225,20 @@ def watch(key: str, names: tuple[str, ...], since: int | None) -> Call:
     return WATCH, (key, [shared(n) for n in names] or None, sent)
 
 
+EXPORT = Operation("export")
+EXPORT_READ = Operation("export_read")
+
+
+def export() -> Call:
+    """Freeze the board for this connection: ``[epoch, [key, ...]]``."""
+    return EXPORT, ()
+
+
+def export_read(key: str) -> Call:
+    """One namespace of this connection's export: ``[revision, {name: encoded value}]``."""
+    return EXPORT_READ, (key,)
+
+
 def ping() -> Call:
     return PING, ()
 

@@ -53,6 +53,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "acquire": ("key", "name", "token", "timeout?"),  # -> nil, when acquired (deferred)
     "release": ("key", "name", "token"),  # -> bool: whether it was held or awaited
     "track": ("flag",),  # client cache: from now on, invalidate what this connection gets
+    "export": (),  # freeze the whole board for this connection -> [epoch, [key, ...]]
+    "export_read": ("key",),  # one namespace of it -> [revision, {name: value}]
 }
 
 #: Ops whose reply may come after the replies to later requests (docs/PROTOCOL.md).

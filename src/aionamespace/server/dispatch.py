@@ -15,9 +15,8 @@ budget (``Limits.max_reply_backlog_bytes``), a Producer that makes it as it is s
 cannot wait for a peer that does not read: past ``Limits.max_push_backlog_bytes`` of backlog,
 the peer is dropped instead.
 
-Every request naming an anonymous namespace (a key starting with ``#``) goes through
-``anonymous.AnonymousNamespaces`` the first time its connection names it; named keys pay a look
-at their first character.
+A request naming an anonymous namespace goes through ``anonymous.py`` the first time its
+connection names it; ``exports.py`` serves the board's consistent copies (``export``).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from .._errors import (
     RemoteProtocolError,
 )
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
-from ..protocol.frames import LARGE_VALUE_BYTES
 from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
@@ -49,8 +47,9 @@ from ..protocol.pieces import (
     values_reply,
 )
 from .anonymous import ANONYMOUS, AnonymousNamespaces
+from .exports import Exports
 from .locks import LockTable
-from .outbox import SEND_BYTES
+from .outbox import apart
 from .peer import Peer
 from .stores import Changes, Store, materialised
 from .timers import CallLater
@@ -122,6 +121,7 @@ class Dispatcher:
         self._tracking: set[Peer] = set()  # connections with a client cache
         self._tracked: dict[tuple[str, str], set[Peer]] = {}  # (key, name) -> who cached it
         self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
+        self.exports = Exports(store)
         self._peer_ops: dict[str, Callable[..., ReplyData]] = {
             "get": self._get,
             "keys": self._keys,
@@ -132,6 +132,8 @@ class Dispatcher:
             "unwatch": self._unwatch,
             "acquire": self._acquire,
             "release": self._release,
+            "export": self.exports.begin,
+            "export_read": self.exports.read,
         }
 
     def respond(
@@ -208,7 +210,7 @@ class Dispatcher:
                 if other is peer:
                     at = len(out) - 1 if refused else len(out)
                     out[at:at] = frames
-                    large = large or _apart(frames)
+                    large = large or apart(frames)
                     continue
                 try:
                     self._write(other, frames)
@@ -256,6 +258,7 @@ class Dispatcher:
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
         self.anonymous.connection_lost(peer)
+        self.exports.connection_lost(peer)
 
     def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> ReplyData:
         """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
@@ -435,14 +438,3 @@ class Dispatcher:
 
     def _release(self, peer: Peer, request_id: int, key: str, name: str, token: bytes) -> bytes:
         return peer.protocol.send_result(request_id, self.locks.release(key, name, (peer, token)))
-
-
-def _apart(frames: list[Output]) -> bool:
-    """Whether ``frames`` must not be joined into one buffer: a Producer, a stored value (a
-    large one, referenced), or too many bytes to copy at once."""
-    total = 0
-    for frame in frames:
-        if type(frame) is not bytes or len(frame) >= LARGE_VALUE_BYTES:
-            return True
-        total += len(frame)
-    return total > SEND_BYTES

@@ -25,10 +25,11 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 
+from ..protocol.frames import LARGE_VALUE_BYTES
 from ..protocol.pieces import CHUNK_BYTES, Output, Producer
 from .durability import Gate, Held
 
-__all__ = ["SEND_BYTES", "Outbox"]
+__all__ = ["SEND_BYTES", "Outbox", "apart"]
 
 #: The most a shell hands its transport at once: the send buffer a connection that is sent large
 #: values gets (shells.LARGE_SEND_BUFFER_BYTES), and a chunk more, so that a value of 1 MiB
@@ -126,3 +127,14 @@ class Outbox:
                 items.appendleft(piece)
                 return piece
         return None
+
+
+def apart(frames: list[Output]) -> bool:
+    """Whether ``frames`` must not be joined into one buffer: a Producer, a stored value (a
+    large one, referenced), or too many bytes to copy at once."""
+    total = 0
+    for frame in frames:
+        if type(frame) is not bytes or len(frame) >= LARGE_VALUE_BYTES:
+            return True
+        total += len(frame)
+    return total > SEND_BYTES

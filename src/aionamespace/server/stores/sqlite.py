@@ -35,6 +35,7 @@ __all__ = ["SQLiteStore"]
 # A journal entry's changes when its namespace was created (without a change), or dropped.
 _CREATED: Changes = {}
 _DROPPED: Changes = {}
+_NO_HISTORY = -1  # a journal entry's size when it makes no history row (``restore``)
 
 
 class SQLiteStore(MemoryStore):
@@ -83,6 +84,14 @@ class SQLiteStore(MemoryStore):
     def _record(self, key: str, namespace: _Namespace, changes: Changes, size: int) -> int:
         self._journaled(key, namespace.revision + 1, changes, size)
         return super()._record(key, namespace, changes, size)
+
+    def restore(self, key: str, revision: int, values: Mapping[str, bytes]) -> None:
+        """Make ``key`` hold ``values`` at ``revision``, with no history (a new file being
+        written from a backup: its watches start from there)."""
+        namespace = self._ns(key)
+        namespace.attributes.update(values)
+        namespace.revision = revision
+        self._journaled(key, revision, values, _NO_HISTORY)
 
     def drop(self, key: str) -> None:
         if key in self._namespaces:
@@ -137,7 +146,7 @@ class SQLiteStore(MemoryStore):
                         added[name] = None
                     if isinstance(value, ListVersion):
                         appended.setdefault((key, name), {})[value.stored] = None
-            if changes is _CREATED:
+            if changes is _CREATED or size == _NO_HISTORY:
                 continue
             statements.append(
                 (
