@@ -36,6 +36,8 @@ __all__ = ["SQLiteStore"]
 _CREATED: Changes = {}
 _DROPPED: Changes = {}
 _NO_HISTORY = -1  # a journal entry's size when it makes no history row (``restore``)
+#: A commit without fsync of at most this many bytes of values runs on the event loop.
+INLINE_COMMIT_BYTES = 64 * 1024
 
 
 class SQLiteStore(MemoryStore):
@@ -68,6 +70,13 @@ class SQLiteStore(MemoryStore):
             for name, value in namespace.attributes.items()
             if isinstance(value, StoredList)
         }
+        # Where the file's history of each namespace starts, as far as this store wrote it;
+        # and the namespaces whose file may hold lists only the history keeps (retired).
+        self._trimmed = {
+            key: namespace.history[0][0] if namespace.history else namespace.revision + 1
+            for key, namespace in self._namespaces.items()
+        }
+        self._retired_keys: set[str] = set(self._namespaces)  # (unknown: as if all)
 
     def _journaled(self, key: str, revision: int, changes: Changes, size: int) -> None:
         if not self._journal and self.on_change is not None:
@@ -104,9 +113,16 @@ class SQLiteStore(MemoryStore):
         return bool(self._journal)
 
     async def commit(self) -> None:
-        """Write every change made so far, in one transaction, off the event loop."""
+        """Write every change made so far, in one transaction: off the event loop, unless it
+        is a small one without fsync (a few pages written to the log, which cost less than
+        handing them to a thread and back: benchmarks/durable.py)."""
+        volume = sum(size for _, _, _, size in self._journal)
         statements = self._statements()
-        if statements:
+        if not statements:
+            return
+        if not self.fsync and volume <= INLINE_COMMIT_BYTES:
+            self._file.write(statements)
+        else:
             await anyio.to_thread.run_sync(self._file.write, statements)
 
     def commit_now(self) -> None:
@@ -132,6 +148,8 @@ class SQLiteStore(MemoryStore):
             if changes is _DROPPED:
                 deleted.pop(key, None)
                 inserted.pop(key, None)
+                self._trimmed.pop(key, None)
+                self._retired_keys.discard(key)
                 statements.extend(_drop(key))
                 for item in [item for item in self._written if item[0] == key]:
                     del self._written[item]
@@ -171,8 +189,13 @@ class SQLiteStore(MemoryStore):
                 lists = appended.get((key, name), ())
                 statements.extend(self._attribute(key, name, attributes.get(name), lists))
             oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
-            statements.append(("DELETE FROM history WHERE key = ? AND revision < ?", (key, oldest)))
-            statements.append((_FORGET_LISTS, (key, key, oldest, key)))
+            if oldest > self._trimmed.get(key, 0):  # the history forgot revisions: so does the file
+                self._trimmed[key] = oldest
+                statements.append(
+                    ("DELETE FROM history WHERE key = ? AND revision < ?", (key, oldest))
+                )
+                if key in self._retired_keys:
+                    statements.append((_FORGET_LISTS, (key, key, oldest, key)))
         return statements
 
     def _attribute(
@@ -186,6 +209,10 @@ class SQLiteStore(MemoryStore):
         commit appended to under its name that are no longer its value (the history replays
         them)."""
         written = self._written.pop((key, name), None)
+        if written is not None and not (
+            isinstance(value, StoredList) and value.since == written[0]
+        ):
+            self._retired_keys.add(key)  # the list the file holds is now the history's alone
         statements = [
             chunk
             for stored in lists
