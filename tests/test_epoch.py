@@ -192,3 +192,13 @@ def test_a_cache_starts_empty_on_a_board_of_another_epoch(serve: object, tmp_pat
     server = serve(store)  # type: ignore[operator]
     Namespace(server.address, "board").x = "new board"  # revision 1 again, another epoch
     assert cached.x == "new board"
+
+
+def test_a_revision_prints_as_the_int_it_is() -> None:
+    revision = Revision(7, "0123456789abcdef")
+    assert (str(revision), f"{revision}", f"{revision:>4}", repr(int(revision))) == (
+        "7",
+        "7",
+        "   7",
+        "7",
+    )

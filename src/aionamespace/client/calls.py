@@ -39,6 +39,9 @@ class Revision(int):
     def __repr__(self) -> str:
         return f"Revision({int(self)}, epoch={self.epoch!r})"
 
+    def __str__(self) -> str:  # as an int prints (str() of an int subclass calls __repr__)
+        return int.__repr__(self)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return Revision, (int(self), self.epoch)
 
@@ -89,7 +92,7 @@ class Snapshot(dict[str, Any]):
         self.revision = revision
 
     def __repr__(self) -> str:
-        return f"Snapshot(revision={self.revision}, {dict.__repr__(self)})"
+        return f"Snapshot(revision={int(self.revision)}, {dict.__repr__(self)})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
