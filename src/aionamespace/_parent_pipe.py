@@ -91,6 +91,7 @@ def encode_config(
                 f"use a module-level function ({exc})"
             ) from exc
         preparation = spawn.get_preparation_data("aionamespace-server")
+        preparation.pop("authkey", None)  # multiprocessing's own key: not the server's business
         config["preparation"] = base64.b64encode(pickle.dumps(preparation)).decode()
         config["initializer"] = base64.b64encode(pickled).decode()
     return json.dumps(config).encode() + b"\n"
