@@ -3,7 +3,8 @@
 ``add_limit_flags(parser)`` adds ``--max-frame-bytes N`` and the others to any argparse parser
 (a field added to ``Limits`` later gets its flag with no code here); its help is the field's
 description (``protocol/limits.py``, next to the field). ``limits_from_flags(args)`` makes the
-``Limits`` those flags ask for: the defaults, except where a flag was given.
+``Limits`` those flags ask for: the defaults, except where a flag was given. A field whose
+type admits None (``float | None``) takes ``none`` too.
 """
 
 from __future__ import annotations
@@ -25,19 +26,39 @@ def limit_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _number(kind: type[int] | type[float], flag: str) -> Callable[[str], int | float]:
-    def parse(text: str) -> int | float:
+def _number(field: dataclasses.Field[object], flag: str) -> Callable[[str], int | float | None]:
+    annotation = str(field.type)  # a string: protocol/limits.py has postponed annotations
+    kind: type[int] | type[float] = (
+        float if "float" in annotation or isinstance(field.default, float) else int
+    )
+    optional = "None" in annotation
+
+    def parse(text: str) -> int | float | None:
+        if optional and text.lower() == "none":
+            return None
         try:
             value = kind(text)
         except ValueError:
+            what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(
-                f"{flag} takes {'an integer' if kind is int else 'a number'}, not {text!r}"
+                f"{flag} takes {what}{' or none' if optional else ''}, not {text!r}"
             ) from None
         if not value >= 0:  # also refuses nan
             raise argparse.ArgumentTypeError(f"{flag} must not be negative, got {text!r}")
         return value
 
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
+
+
+def _help(field: dataclasses.Field[object]) -> str:
+    text = str(field.metadata.get("description", f"Limits.{field.name}"))
+    default = field.default
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        text += f" (default {default:_})"
+    elif default is not dataclasses.MISSING:
+        text += f" (default {default})"
+    return text.replace("%", "%%")
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,17 +67,14 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
         "limits", "the server's bounds (aionamespace.Limits; README: Limits and failures)"
     )
     for field in dataclasses.fields(Limits):
-        kind = float if isinstance(field.default, float) else int
         flag = limit_flag(field.name)
-        description = field.metadata.get("description", f"Limits.{field.name}").replace("%", "%%")
-        if field.default is not dataclasses.MISSING:
-            description += f" (default {field.default:_})"
         group.add_argument(
             flag,
             dest=_DEST_PREFIX + field.name,
-            type=_number(kind, flag),
-            metavar="SECONDS" if kind is float else "N",
-            help=description,
+            type=_number(field, flag),
+            default=argparse.SUPPRESS,  # absent unless given: Limits keeps its default
+            metavar="SECONDS" if field.name.endswith(("timeout", "grace")) else "N",
+            help=_help(field),
         )
 
 
@@ -65,6 +83,6 @@ def limits_from_flags(args: argparse.Namespace) -> Limits:
     given = {
         field.name: getattr(args, _DEST_PREFIX + field.name)
         for field in dataclasses.fields(Limits)
-        if getattr(args, _DEST_PREFIX + field.name, None) is not None
+        if hasattr(args, _DEST_PREFIX + field.name)
     }
     return Limits(**given)
