@@ -26,6 +26,7 @@ import anyio
 from .._errors import ConnectionLost, ProtocolError
 from ..protocol.addresses import Address
 from .calls import Operation
+from .liveness import handshake_timeout
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .transport import map_connection_errors
 
@@ -131,7 +132,7 @@ class AsyncioTransport(PipelinedTransport):
     async def open_link(self) -> SocketLink:
         loop = self.loop
         target = self.target
-        timeout = target.limits.handshake_timeout
+        timeout = handshake_timeout(target.limits)
         with (
             map_connection_errors(target.address, connecting=True, handshake_timeout=timeout),
             anyio.fail_after(timeout),

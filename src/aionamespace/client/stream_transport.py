@@ -26,6 +26,7 @@ from anyio.streams.tls import TLSStream
 from .._errors import ConnectionLost, ProtocolError
 from ..protocol.addresses import Address
 from .calls import Operation
+from .liveness import handshake_timeout
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .requests import Waiter
 from .transport import map_connection_errors
@@ -204,7 +205,7 @@ class StreamTransport(PipelinedTransport):
 
     async def open_link(self) -> anyio.abc.ByteStream:
         target = self.target
-        timeout = target.limits.handshake_timeout
+        timeout = handshake_timeout(target.limits)
         with (
             map_connection_errors(target.address, connecting=True, handshake_timeout=timeout),
             anyio.fail_after(timeout),
