@@ -157,3 +157,89 @@ def test_sync_wait_for_on_a_frozen_server_raises(serve: ServeProcess) -> None:
     with frozen(serve), pytest.raises(ServerTimeout):
         ns._wait_for("never", timeout=NO_HANG_SECONDS)
     ns._close()
+
+
+# ---------------------------------------------------------------------------- async proxy
+
+
+@pytest.mark.anyio
+async def test_async_get_on_a_frozen_server_raises_server_timeout(serve: ServeProcess) -> None:
+    ns = AsyncNamespace(serve.address, "board", limits=LIMITS)
+    ns.x = 1
+    assert await ns.x == 1
+    with frozen(serve):
+        start = time.monotonic()
+        with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ServerTimeout) as caught:
+            await ns.x
+        took = elapsed_since(start)
+        assert caught.value.request_sent is True
+        assert CALL_TIMEOUT <= took < CALL_TIMEOUT * 1.25 + MARGIN, took
+    assert await ns.x == 1
+    await ns._close()
+
+
+@pytest.mark.anyio
+async def test_async_lock_wait_longer_than_the_timeout_goes_on(serve: ServeProcess) -> None:
+    holder = AsyncNamespace(serve.address, "board", limits=LIMITS)
+    waiter = AsyncNamespace(serve.address, "board", limits=LIMITS)
+    got = anyio.Event()
+
+    async def wait_for_the_lock() -> None:
+        async with waiter._lock("ledger"):
+            got.set()
+
+    async with holder._lock("ledger"), anyio.create_task_group() as group:
+        group.start_soon(wait_for_the_lock)
+        with anyio.move_on_after(4 * CALL_TIMEOUT):
+            await got.wait()
+        assert not got.is_set()  # still waiting, past several timeouts (pings answered)
+        await holder._close()  # releases the lock; the waiter gets it
+        with anyio.fail_after(NO_HANG_SECONDS):
+            await got.wait()
+    await waiter._close()
+    await holder._close()  # (the lock's exit reconnected to release it)
+
+
+@pytest.mark.anyio
+async def test_async_lock_wait_on_a_frozen_server_raises(serve: ServeProcess) -> None:
+    holder = AsyncNamespace(serve.address, "board", limits=LIMITS)
+    waiter = AsyncNamespace(serve.address, "board", limits=LIMITS)
+    async with holder._lock("ledger"):
+        with frozen(serve):
+            start = time.monotonic()
+            with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ServerTimeout):
+                async with waiter._lock("ledger"):
+                    pass
+            took = elapsed_since(start)
+        assert 2 * CALL_TIMEOUT <= took < 2.5 * CALL_TIMEOUT + MARGIN, took
+    await holder._close()
+    await waiter._close()
+
+
+@pytest.mark.anyio
+async def test_async_watch_on_a_frozen_server_raises(serve: ServeProcess) -> None:
+    ns = AsyncNamespace(serve.address, "board", limits=LIMITS)
+    async with ns._watch("x") as watch:
+        changes = watch.__aiter__()
+        with anyio.move_on_after(4 * CALL_TIMEOUT) as quiet:
+            await changes.__anext__()  # nothing to report: it waits on, pings answered
+        assert quiet.cancelled_caught
+        with frozen(serve):
+            start = time.monotonic()
+            with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ServerTimeout):
+                await changes.__anext__()
+            took = elapsed_since(start)
+        assert CALL_TIMEOUT <= took < 2.5 * CALL_TIMEOUT + MARGIN, took
+    await ns._close()
+
+
+@pytest.mark.anyio
+async def test_async_flush_on_a_frozen_server_raises(serve: ServeProcess) -> None:
+    ns = AsyncNamespace(serve.address, "board", limits=LIMITS)
+    await ns._open()
+    with frozen(serve):
+        ns.x = 1
+        with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ServerTimeout) as caught:
+            await ns._flush()
+        assert caught.value.request_sent is True
+    await ns._close()

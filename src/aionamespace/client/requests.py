@@ -22,10 +22,11 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import ConnectionLost, WriteQueueFull
+from .._errors import ConnectionLost, ServerTimeout, WriteQueueFull
 from ..protocol.connection import ClientConnection, Invalidation, Reply, WatchPush
 from .cache import CacheTable
 from .calls import Operation
+from .liveness import WAITS
 from .proxy import Target
 
 __all__ = ["RequestTable", "Waiter", "settle"]
@@ -111,6 +112,8 @@ class RequestTable:
         self.write_errors: list[BaseException] = []
         self.watch_pushes: collections.deque[WatchPush] = collections.deque()
         self.cache = CacheTable() if target.cache else None
+        self.last_batch: list[tuple[int, bytes]] = []  # the last outbox taken (``unsent``)
+        self.waits: set[int] = set()  # ids of requests whose reply may take any time (locks)
 
     # ------------------------------------------------------------------ requests
 
@@ -125,6 +128,8 @@ class RequestTable:
                 self.cache.expect(request_id, args)
         else:
             request_id, frame = protocol.send_request(operation.op, *args)
+            if operation.op in WAITS:
+                self.waits.add(request_id)
         self.outbox.append((request_id, frame))
         self.waiters[request_id] = waiter
         return request_id
@@ -144,6 +149,7 @@ class RequestTable:
     def take_outbox(self) -> bytes:
         """Empty the outbox into the bytes of one write; its writes are now in flight."""
         batch, self.outbox = self.outbox, []
+        self.last_batch = batch
         self.sent_through = batch[-1][0]  # ids rise along the outbox
         if self.queued_writes:  # (reads alone, the common pipelined case, skip this loop)
             for request_id, _ in batch:
@@ -153,8 +159,16 @@ class RequestTable:
         return b"".join([frame for _, frame in batch])
 
     def unsent(self, sent_through: int) -> None:
-        """A write of the outbox failed: nothing past ``sent_through`` left after all."""
+        """A write of the outbox failed: nothing past ``sent_through`` left after all, and
+        the writes of the failed batch are queued again (they never left: ``lost`` keeps them
+        for the next connection instead of reporting them as maybe applied)."""
         self.sent_through = sent_through
+        batch, self.last_batch = self.last_batch, []
+        for request_id, _ in batch:
+            if request_id in self.inflight_writes:
+                self.inflight_writes.discard(request_id)
+                self.queued_writes.add(request_id)
+        self.outbox[:0] = batch
 
     def unanswered(
         self, request_id: int, waiter: Waiter | asyncio.Future[Any], exc: BaseException
@@ -180,10 +194,21 @@ class RequestTable:
     def own_loss(self, error: ConnectionLost, request_id: int) -> ConnectionLost:
         """One error object fails every waiter; each caller gets its own, saying whether its
         request had left (and so whether retrying it could apply a write twice)."""
-        own = ConnectionLost(str(error))
+        own = (ServerTimeout if isinstance(error, ServerTimeout) else ConnectionLost)(str(error))
         own.request_sent = request_id <= self.sent_through
         own.__cause__ = error
         return own
+
+    def overdue(self) -> str | None:
+        """What a silent connection calls for (``liveness.py``): ``"timeout"`` if a request
+        or write waits for an answer that should come at once, ``"ping"`` if only waits that
+        may last (a lock wait, a watch, a task keeping the cache) do, None if nothing waits."""
+        self.waits &= self.waiters.keys()
+        if self.inflight_writes or len(self.waiters) > len(self.waits):
+            return "timeout"
+        if self.waits or self.others:
+            return "ping"
+        return None
 
     def unacknowledged(self) -> int:
         """The last write not acknowledged yet (0: none)."""
@@ -265,7 +290,8 @@ class RequestTable:
         if self.inflight_writes:
             count = len(self.inflight_writes)
             self.inflight_writes.clear()
-            unknown = ConnectionLost(
+            kind = ServerTimeout if isinstance(error, ServerTimeout) else ConnectionLost
+            unknown = kind(
                 f"{count} write(s) were sent but not acknowledged before the connection was "
                 f"lost ({error}); they may or may not have been applied"
             )
