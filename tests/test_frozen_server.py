@@ -243,3 +243,21 @@ async def test_async_flush_on_a_frozen_server_raises(serve: ServeProcess) -> Non
             await ns._flush()
         assert caught.value.request_sent is True
     await ns._close()
+
+
+def test_manager_proxies_carry_the_call_timeout() -> None:
+    """``Manager(limits=...)`` gives its proxies the call timeout (a frozen Manager server)."""
+    from aionamespace import Manager
+
+    with Manager(limits=LIMITS) as manager:
+        ns = manager.Namespace("board")
+        ns.x = 1
+        assert manager._process is not None
+        pid = manager._process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ServerTimeout):
+                ns.x  # noqa: B018 - the read is the point
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        ns._close()
