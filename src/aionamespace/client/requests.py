@@ -112,7 +112,6 @@ class RequestTable:
         self.write_errors: list[BaseException] = []
         self.watch_pushes: collections.deque[WatchPush] = collections.deque()
         self.cache = CacheTable() if target.cache else None
-        self.last_batch: list[tuple[int, bytes]] = []  # the last outbox taken (``unsent``)
         self.waits: set[int] = set()  # ids of requests whose reply may take any time (locks)
 
     # ------------------------------------------------------------------ requests
@@ -149,7 +148,6 @@ class RequestTable:
     def take_outbox(self) -> bytes:
         """Empty the outbox into the bytes of one write; its writes are now in flight."""
         batch, self.outbox = self.outbox, []
-        self.last_batch = batch
         self.sent_through = batch[-1][0]  # ids rise along the outbox
         if self.queued_writes:  # (reads alone, the common pipelined case, skip this loop)
             for request_id, _ in batch:
@@ -159,16 +157,8 @@ class RequestTable:
         return b"".join([frame for _, frame in batch])
 
     def unsent(self, sent_through: int) -> None:
-        """A write of the outbox failed: nothing past ``sent_through`` left after all, and
-        the writes of the failed batch are queued again (they never left: ``lost`` keeps them
-        for the next connection instead of reporting them as maybe applied)."""
+        """A write of the outbox failed: nothing past ``sent_through`` left after all."""
         self.sent_through = sent_through
-        batch, self.last_batch = self.last_batch, []
-        for request_id, _ in batch:
-            if request_id in self.inflight_writes:
-                self.inflight_writes.discard(request_id)
-                self.queued_writes.add(request_id)
-        self.outbox[:0] = batch
 
     def unanswered(
         self, request_id: int, waiter: Waiter | asyncio.Future[Any], exc: BaseException

@@ -144,7 +144,7 @@ class StreamTransport(PipelinedTransport):
                         await self._send(link, table.take_outbox())
                     except ConnectionLost as exc:
                         table.unsent(before)  # a send that failed delivered nothing
-                        self.lost(exc, link)  # (its writes queued again: they never left)
+                        self.lost(exc, link)
                         await anyio.aclose_forcefully(link)
                         raise
             link = self.link
