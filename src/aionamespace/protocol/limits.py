@@ -21,7 +21,9 @@ class Limits:
 
     ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
     ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
-    proxy whose server has not greeted it by then raises ConnectionLost). The async proxy alone
+    proxy whose server has not greeted it by then raises ConnectionLost). The proxies alone use
+    ``call_timeout``: the seconds a call waits for a server that sends nothing at all before
+    they take it for frozen (ServerTimeout; None: wait for ever). The async proxy alone
     uses ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not
     yet acknowledged). The server alone uses:
 
@@ -89,6 +91,10 @@ class Limits:
     max_namespaces: int = described(100_000, "namespaces the server holds")
     anonymous_grace: float = described(
         300.0, "seconds an unused anonymous namespace is kept before it is freed"
+    )
+    # how long a proxy waits for a server that sends nothing before taking it for frozen
+    call_timeout: float | None = described(
+        10.0, "seconds a proxy waits for a silent server before ConnectionLost (none: for ever)"
     )
 
     def check_name(self, name: object) -> str | None:
