@@ -50,15 +50,13 @@ class Outcome:
 def _registry() -> list[Attack]:
     from . import handshake_attacks, lock_attacks, memory_attacks, value_attacks
 
-    return [
-        *lock_attacks.ATTACKS[:1],  # item 1
-        *value_attacks.ATTACKS[:1],  # item 2
-        *memory_attacks.ATTACKS,  # items 3, 4, 6, 7
-        *handshake_attacks.ATTACKS[:1],  # item 5
-        *lock_attacks.ATTACKS[1:],  # item 8
-        *value_attacks.ATTACKS[1:],  # items 13, 15
-        *handshake_attacks.ATTACKS[1:],  # item 14
+    every = [
+        *lock_attacks.ATTACKS,
+        *value_attacks.ATTACKS,
+        *memory_attacks.ATTACKS,
+        *handshake_attacks.ATTACKS,
     ]
+    return sorted(every, key=lambda attack: int(attack.item))  # in the order
 
 
 ATTACKS: list[Attack] = _registry()

@@ -24,7 +24,7 @@ from . import Attack, Row
 from .harness import NO_HANG, Innocent, Sampler, call, mib, ms, next_frame, raw_connect, served
 
 P = 2**61 - 1
-STALL_BOUND = 0.5  # seconds an innocent client's get may take while a value is checked
+STALL_BOUND = 1.0  # seconds an innocent client's get may take while a value is checked
 LIMITS = Limits()
 
 
@@ -36,6 +36,14 @@ def _set_of(encoded: list[bytes]) -> bytes:
 def equal_hashes(size: int) -> bytes:
     """About ``size`` bytes: distinct integers that all hash to 0 (multiples of 2**61 - 1)."""
     return _set_of([encode_value(k * P) for k in range(1, max(2, size // 12))])
+
+
+def groups_of_equal_hashes(size: int, group: int) -> bytes:
+    """About ``size`` bytes: distinct integers in groups of ``group`` that hash alike (as
+    many as ``max_keys_per_hash`` allows: a valid value)."""
+    return _set_of(
+        [encode_value(g + m * P) for g in range(1, size // (9 * group) + 1) for m in range(group)]
+    )
 
 
 def big_int_beside_a_decimal(size: int) -> bytes:
@@ -69,18 +77,30 @@ def hash_flood(backend: str, scale: float) -> list[Row]:
             (f"a set of {n // 1000} KB of ints that hash alike", equal_hashes(n))
             for n in (389_000, 779_000)
         ] + [("a set of a 400 KB int and a Decimal of its hash", big_int_beside_a_decimal(400_000))]
+        if scale < 1:
+            cases = [(variant, equal_hashes(int(len(value) * scale))) for variant, value in cases]
+        group = LIMITS.max_keys_per_hash
+        allowed = max(10_000, int(16 * 1024 * 1024 * scale))
+        cases.append(
+            (
+                f"a set of {mib(allowed)} of ints in groups of {group} that hash alike (as many "
+                "as `max_keys_per_hash` allows: valid)",
+                groups_of_equal_hashes(allowed, group),
+            )
+        )
         for variant, value in cases:
-            if scale < 1:
-                value = value[: max(1000, int(len(value) * scale))]
-                value = _set_of([encode_value(k * P) for k in range(1, len(value) // 12)])
             reply, took, innocent = _flood(server.path, [[1, "set", "flood", "x", value]])
             refused = reply[:3] == [1, 1, "RemoteProtocolError"] and "hash" in reply[3]
+            if "valid" in variant:
+                refused = reply[:2] == [1, 0]  # stored, as it should be
             rows.append(
                 Row(
-                    f"`set` of {variant} ({len(value):,} bytes): refused in {ms(took)}: {refused}",
+                    f"`set` of {variant} ({len(value):,} bytes): "
+                    f"{'stored' if reply[1] == 0 else 'refused'} in {ms(took)}",
                     "slowest get of an innocent client",
                     ms(innocent.stall),
-                    f"< {ms(STALL_BOUND)} (before: 8 to 10 s at 389 KB, 40 s at 779 KB)",
+                    f"< {ms(STALL_BOUND)} (before: 8 to 10 s at 389 KB, 40 s at 779 KB)"
+                    + ("" if refused else f"; answer unexpected: {str(reply)[:80]}"),
                     refused and innocent.stall < STALL_BOUND and not innocent.errors,
                 )
             )
@@ -233,7 +253,8 @@ ATTACKS = [
         "slowest get of an innocent client meanwhile, and the time to the flooder's answer. "
         "The server now checks a value in time linear in its size without building sets or "
         "dicts, refuses more than `max_keys_per_hash` keys sharing a hash, and compares such "
-        "values by their bytes.",
+        "values by their bytes. Last, a valid value: a 16 MiB set of ints in groups of "
+        "`max_keys_per_hash` (8) that hash alike, which the check accepts and stores.",
         hash_flood,
     ),
     Attack(
