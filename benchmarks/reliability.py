@@ -1038,6 +1038,9 @@ def machine() -> dict[str, str]:
         "aionamespace": aionamespace.__version__,
         "anyio / trio / msgpack": " / ".join(version(p) for p in ("anyio", "trio", "msgpack")),
         "Open-file limit (soft)": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+        "Load average (1 / 5 / 15 min), at the end": " / ".join(
+            f"{load:.1f}" for load in os.getloadavg()
+        ),
     }
 
 
