@@ -5,7 +5,8 @@ usual meaning (``AttributeError`` for a missing name, ``TypeError`` for a value 
 shared, ``ValueError`` for a bad argument)::
 
     NamespaceError
-    ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
+    ├── ConnectionLost            (also a ConnectionError and an EOFError) the server is gone
+    │   └── ServerTimeout         (also a TimeoutError) the server stopped answering
     ├── AuthenticationError       a wrong or missing authkey, on either side
     ├── HistoryExpired            a watch asked for changes older than the history kept
     ├── NamespaceGone             an anonymous namespace that was freed (or never created)
@@ -37,6 +38,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
+    "ServerTimeout",
     "WriteQueueFull",
 ]
 
@@ -45,14 +47,27 @@ class NamespaceError(Exception):
     """Base class of every aionamespace-specific error."""
 
 
-class ConnectionLost(NamespaceError, ConnectionError):
+class ConnectionLost(NamespaceError, ConnectionError, EOFError):
     """The server cannot be reached, or the connection to it broke.
+
+    Also an ``EOFError``, which the stdlib's manager proxies raise when their manager dies,
+    so that handlers ported from them (``except EOFError``) still catch it (README, Errors).
 
     ``request_sent`` tells whether the failed request had left for the server: if it had, a
     write may or may not have been applied, and it is never retried.
     """
 
     request_sent: bool = False
+
+
+class ServerTimeout(ConnectionLost, TimeoutError):
+    """The server sent nothing for ``Limits.call_timeout`` seconds while a call waited for it:
+    it is frozen (stopped, swapped out, or cut off by the network without a reset). The
+    connection is closed, since its state is unknown: ``request_sent`` says, as for any
+    ``ConnectionLost``, whether a write may have been applied. It is a ``ConnectionLost``
+    (the proxy cannot use that server any more than a dead one) and a ``TimeoutError`` (what
+    a caller bounding a call in time expects); it is never retried.
+    """
 
 
 class WriteQueueFull(NamespaceError):
