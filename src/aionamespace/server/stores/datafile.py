@@ -10,7 +10,8 @@ board. A new file is created readable and writable by its owner alone (0600; SQL
 The tables (format 1):
 
 * ``meta(name, value)``: ``epoch``, the random id made when the file was created;
-* ``namespaces(key, revision)``: every namespace and its last revision;
+* ``namespaces(key, revision)``: every namespace, and its last revision unless a newer one is
+  in the history (the newest revision is the greater);
 * ``attributes(key, name, place, value, list_since, list_count)``: each attribute's encoded
   value, or, for a list that appends grew, NULL and the list's first append's revision and its
   length; ``place`` orders a namespace's attributes as they were first set (as a dict does);

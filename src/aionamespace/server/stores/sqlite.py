@@ -77,6 +77,7 @@ class SQLiteStore(MemoryStore):
             for key, namespace in self._namespaces.items()
         }
         self._retired_keys: set[str] = set(self._namespaces)  # (unknown: as if all)
+        self._listed = set(self._namespaces)  # the namespaces the file has a row of
 
     def _journaled(self, key: str, revision: int, changes: Changes, size: int) -> None:
         if not self._journal and self.on_change is not None:
@@ -150,6 +151,7 @@ class SQLiteStore(MemoryStore):
                 inserted.pop(key, None)
                 self._trimmed.pop(key, None)
                 self._retired_keys.discard(key)
+                self._listed.discard(key)
                 statements.extend(_drop(key))
                 for item in [item for item in self._written if item[0] == key]:
                     del self._written[item]
@@ -176,9 +178,14 @@ class SQLiteStore(MemoryStore):
             namespace = self._namespaces.get(key)
             if namespace is None:
                 continue
-            statements.append(
-                ("INSERT OR REPLACE INTO namespaces VALUES (?, ?)", (key, namespace.revision))
-            )
+            history = namespace.history
+            if key not in self._listed or not history or history[-1][0] != namespace.revision:
+                # (a namespace whose newest revision is in the file's history is revised
+                # there: its row is written when it is created, or the history lacks it)
+                self._listed.add(key)
+                statements.append(
+                    ("INSERT OR REPLACE INTO namespaces VALUES (?, ?)", (key, namespace.revision))
+                )
             gone = deleted[key]
             for name in gone:  # (set again since: it takes the last place then)
                 statements.append(
@@ -327,7 +334,9 @@ def _load(file: DataFile, namespaces: dict[str, _Namespace]) -> int:
     ):
         history.setdefault(key, []).append((revision, size, changes))
     for key, rows in history.items():
-        _load_history(file, key, _namespace(file, namespaces, key), rows, retired)
+        namespace = _namespace(file, namespaces, key)
+        namespace.revision = max(namespace.revision, rows[-1][0])  # the newest is revised here
+        _load_history(file, key, namespace, rows, retired)
     return places
 
 
