@@ -43,8 +43,8 @@ __all__ = ["APPLICATION_ID", "FORMAT", "DataFile", "Statement"]
 APPLICATION_ID = 0x41494F4E  # "AION"
 FORMAT = 1
 
-#: One SQL statement and its parameters, as a commit runs them.
-Statement = tuple[str, tuple[Any, ...]]
+#: One SQL statement and its parameters, as a commit runs them (a list of them: run for each).
+Statement = tuple[str, tuple[Any, ...] | list[tuple[Any, ...]]]
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -137,7 +137,10 @@ class DataFile:
             with _transaction(db):
                 db.execute("BEGIN IMMEDIATE")
                 for sql, parameters in statements:
-                    db.execute(sql, parameters)
+                    if type(parameters) is list:
+                        db.executemany(sql, parameters)
+                    else:
+                        db.execute(sql, parameters)
         except sqlite3.Error as exc:
             raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
 

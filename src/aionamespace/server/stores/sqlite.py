@@ -145,8 +145,16 @@ class SQLiteStore(MemoryStore):
         deleted: dict[str, set[str]] = {}
         inserted: dict[str, dict[str, None]] = {}
         appended: dict[tuple[str, str], dict[StoredList, None]] = {}  # the lists appended to
+        revisions: list[tuple[Any, ...]] = []  # history rows, inserted in one go
+
+        def insert_revisions() -> None:
+            if revisions:
+                statements.append((_INSERT_REVISIONS, revisions[:]))
+                revisions.clear()
+
         for key, revision, changes, size in journal:
             if changes is _DROPPED:
+                insert_revisions()  # (before the drop, which removes the namespace's rows)
                 deleted.pop(key, None)
                 inserted.pop(key, None)
                 self._trimmed.pop(key, None)
@@ -168,12 +176,8 @@ class SQLiteStore(MemoryStore):
                         appended.setdefault((key, name), {})[value.stored] = None
             if changes is _CREATED or size == _NO_HISTORY:
                 continue
-            statements.append(
-                (
-                    "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)",
-                    (key, revision, size, _pack_changes(changes)),
-                )
-            )
+            revisions.append((key, revision, size, _pack_changes(changes)))
+        insert_revisions()
         for key, added in inserted.items():
             namespace = self._namespaces.get(key)
             if namespace is None:
@@ -192,9 +196,12 @@ class SQLiteStore(MemoryStore):
                     ("DELETE FROM attributes WHERE key = ? AND name = ?", (key, name))
                 )
             attributes = namespace.attributes
+            rows: list[tuple[Any, ...]] = []
             for name in [*added, *gone.difference(added)]:
                 lists = appended.get((key, name), ())
-                statements.extend(self._attribute(key, name, attributes.get(name), lists))
+                statements.extend(self._attribute(key, name, attributes.get(name), lists, rows))
+            if rows:
+                statements.append((_UPSERT_ATTRIBUTES, rows))
             oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
             if oldest > self._trimmed.get(key, 0):  # the history forgot revisions: so does the file
                 self._trimmed[key] = oldest
@@ -211,10 +218,11 @@ class SQLiteStore(MemoryStore):
         name: str,
         value: bytes | StoredList | None,
         lists: Iterable[StoredList],
+        rows: list[tuple[Any, ...]],
     ) -> list[Statement]:
-        """What writes one attribute as it is now, and the last bytes of the ``lists`` this
-        commit appended to under its name that are no longer its value (the history replays
-        them)."""
+        """What writes one attribute as it is now (its row goes to ``rows``, upserted with the
+        others), and the last bytes of the ``lists`` this commit appended to under its name
+        that are no longer its value (the history replays them)."""
         written = self._written.pop((key, name), None)
         if written is not None and not (
             isinstance(value, StoredList) and value.since == written[0]
@@ -228,26 +236,15 @@ class SQLiteStore(MemoryStore):
         ]
         if value is None:
             return statements
+        self._places += 1  # its place if the file does not have it yet
         if type(value) is bytes:
-            statements.append(self._upsert(key, name, value, None, None))
+            rows.append((key, name, self._places, value, None, None))
             return statements
         assert isinstance(value, StoredList)
         statements.extend(_chunk(key, name, value, written))
-        statements.append(self._upsert(key, name, None, value.since, value.count))
+        rows.append((key, name, self._places, None, value.since, value.count))
         self._written[(key, name)] = (value.since, value.size)
         return statements
-
-    def _upsert(
-        self, key: str, name: str, value: bytes | None, since: int | None, count: int | None
-    ) -> Statement:
-        """Write an attribute, keeping its place if the file has it, else the next place."""
-        self._places += 1
-        return (
-            "INSERT INTO attributes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, name) DO UPDATE"
-            " SET value = excluded.value, list_since = excluded.list_since,"
-            " list_count = excluded.list_count",
-            (key, name, self._places, value, since, count),
-        )
 
 
 def _chunk(
@@ -279,6 +276,14 @@ def _drop(key: str) -> list[Statement]:
         for table in ("namespaces", "attributes", "list_chunks", "history")
     ]
 
+
+_INSERT_REVISIONS = "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)"
+#: Writes attributes, each keeping its place if the file has it, else taking the one given.
+_UPSERT_ATTRIBUTES = (
+    "INSERT INTO attributes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, name) DO UPDATE"
+    " SET value = excluded.value, list_since = excluded.list_since,"
+    " list_count = excluded.list_count"
+)
 
 #: Forgets the chunks of a namespace's lists that are no attribute's value any more and whose
 #: last append is older than the history's oldest revision: (key, key, oldest, key).
