@@ -3,7 +3,8 @@
 ``STORES`` makes each store the store tests run against (``make_store`` fixtures are
 parametrized over it): a new store joins every store test by joining it. "sqlite reopened" is
 an SQLiteStore committed, closed and loaded again from its file before every call, so every
-store test also checks that what it tests survives a restart. ``close_stores`` closes the
+store test also checks that what it tests survives a restart; "sqlite reopened, folding" the
+same, folding its history into its attributes at every commit. ``close_stores`` closes the
 files the SQLite stores made so far hold (in a directory removed at exit). ``Commits`` records
 what ``on_commit`` was told, values materialised during the call as the server does;
 ``replayed`` is ``history`` with its values materialised.
@@ -41,11 +42,15 @@ def _sqlite(limits: Limits | None) -> SQLiteStore:
 
 class Reopening:
     """An SQLiteStore committed, closed and opened again from its file before every call: each
-    call meets the store as a restarted server would."""
+    call meets the store as a restarted server would. ``fold`` (``FOLD_REVISIONS``): how soon
+    it folds what its history forgets into the file's attributes (1: at every commit)."""
+
+    fold: int | None = None
 
     def __init__(self, limits: Limits | None) -> None:
         self._limits = limits
         self._store = _sqlite(limits)
+        self._folding(self._store)
         self.on_commit: Any = None
         self.max_namespaces: int | None = None
 
@@ -66,9 +71,20 @@ class Reopening:
         old.close()
         _OPENED.remove(old)
         self._store = store = SQLiteStore(old.path, self._limits)
+        self._folding(store)
         _OPENED.append(store)
         assert store.epoch == old.epoch
         store.on_commit, store.max_namespaces = self.on_commit, self.max_namespaces
+
+    def _folding(self, store: SQLiteStore) -> None:
+        if self.fold is not None:
+            store.fold_revisions = self.fold
+
+
+class Folding(Reopening):
+    """``Reopening``, folding at every commit what the history forgot."""
+
+    fold = 1
 
 
 def close_stores() -> None:
@@ -81,6 +97,7 @@ STORES: dict[str, MakeStore] = {
     "memory": MemoryStore,
     "sqlite": _sqlite,
     "sqlite reopened": Reopening,  # type: ignore[dict-item]
+    "sqlite reopened, folding": Folding,  # type: ignore[dict-item]
 }
 
 

@@ -149,23 +149,47 @@ def test_a_new_file_has_a_new_epoch(tmp_path: Path, opened: list[SQLiteStore]) -
     assert len(first.epoch) == 16
 
 
-def test_the_history_bound_holds_in_the_file(path: str, opened: list[SQLiteStore]) -> None:
+def test_the_file_folds_what_the_history_no_longer_keeps(
+    path: str, opened: list[SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write is one history row; once the file holds FOLD_REVISIONS revisions older than
+    the history keeps, a commit writes the attributes they changed and forgets them."""
     from aionamespace import Limits
+    from aionamespace.server.stores import sqlite
 
-    store = SQLiteStore(path, Limits(max_history_revisions=3))
+    monkeypatch.setattr(sqlite, "FOLD_REVISIONS", 4)
+    limits = Limits(max_history_revisions=3)
+    store = SQLiteStore(path, limits)
     opened.append(store)
-    for i in range(10):
+
+    def in_file(table: str) -> list[Any]:
+        query = f"SELECT * FROM {table} ORDER BY 1, 2"
+        return store._file.db.execute(query).fetchall()
+
+    store.set("k", "x", encode_value(0))
+    store.commit_now()
+    assert [row[1] for row in in_file("history")] == [1]
+    assert in_file("attributes") == []  # not folded yet: the history row is the value
+    for i in range(1, 6):  # revisions 2-6: the history keeps 4-6; 1-3 are beyond it
         store.set("k", "x", encode_value(i))
         store.commit_now()
-    rows = store._file.db.execute("SELECT revision FROM history ORDER BY revision").fetchall()
-    assert [row[0] for row in rows] == [8, 9, 10]
+    assert [row[1] for row in in_file("history")] == [1, 2, 3, 4, 5, 6]
+    assert in_file("attributes") == []
+    store.set("k", "x", encode_value(6))  # revision 7: 1-4 are beyond, 4 of them: folded
+    store.commit_now()
+    assert [row[1] for row in in_file("history")] == [5, 6, 7]
+    assert [(row[1], row[3]) for row in in_file("attributes")] == [("x", encode_value(6))]
+    store.set("k", "y", encode_value("y"))  # revision 8
+    store.commit_now()
+    assert [row[1] for row in in_file("history")] == [5, 6, 7, 8]
     store.close()
     opened.remove(store)
-    store = SQLiteStore(path, Limits(max_history_revisions=3))
+    store = SQLiteStore(path, limits)
     opened.append(store)
+    assert store.snapshot("k", None) == (8, {"x": encode_value(6), "y": encode_value("y")})
     with pytest.raises(HistoryExpired):
-        store.history("k", 6)
-    assert [change.revision for change in store.history("k", 7)] == [8, 9, 10]
+        store.history("k", 4)
+    assert [change.revision for change in store.history("k", 5)] == [6, 7, 8]
 
 
 def test_an_append_writes_the_items_appended_not_the_list(
@@ -219,9 +243,12 @@ def test_attribute_order_survives_a_reopening(path: str, opened: list[SQLiteStor
 
 
 def test_a_replaced_list_is_kept_while_the_history_replays_it(
-    path: str, opened: list[SQLiteStore]
+    path: str, opened: list[SQLiteStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from aionamespace import Limits
+    from aionamespace.server.stores import sqlite
+
+    monkeypatch.setattr(sqlite, "FOLD_REVISIONS", 1)  # fold as soon as the history forgets
 
     def chunks(store: SQLiteStore) -> int:
         return store._file.db.execute("SELECT count(*) FROM list_chunks").fetchone()[0]  # type: ignore[no-any-return]

@@ -12,16 +12,18 @@ The tables (format 1):
 * ``meta(name, value)``: ``epoch``, the random id made when the file was created;
 * ``namespaces(key, revision)``: every namespace, and its last revision unless a newer one is
   in the history (the newest revision is the greater);
-* ``attributes(key, name, place, value, list_since, list_count)``: each attribute's encoded
-  value, or, for a list that appends grew, NULL and the list's first append's revision and its
-  length; ``place`` orders a namespace's attributes as they were first set (as a dict does);
+* ``attributes(key, name, place, value, list_since, list_count)``: the namespace's *folded*
+  attributes: each one's encoded value, or, for a list that appends grew, NULL and the list's
+  first append's revision and its length; ``place`` orders them as they were first set;
 * ``list_chunks(key, name, since, start, revision, data)``: such a list's elements' bytes, in
   chunks (one per commit that appended to it), ``start`` their offset in the list's body,
-  ``revision`` the chunk's last append's; a list that was replaced or deleted keeps its chunks
-  while the history holds one of its appends;
-* ``history(key, revision, size, changes)``: the revisions the history keeps, each one's changes
-  as a msgpack map of name to encoded value, nil (deleted), or ``[since, start, end, count]``
-  (an append: the list ``since`` names, as its first ``end`` bytes, ``count`` items).
+  ``revision`` the chunk's last append's; a list keeps its chunks while an attribute or the
+  history holds it;
+* ``history(key, revision, size, changes)``: every revision since the folded attributes, each
+  one's changes as a msgpack map of name to encoded value, nil (deleted), or ``[since, start,
+  end, count]`` (an append: the list ``since`` names, as its first ``end`` bytes, ``count``
+  items). A namespace's state is its folded attributes with its history replayed over them
+  (``sqlite_load.py``); its history in memory is the newest part of this one.
 
 WAL journal; ``synchronous=NORMAL`` (a commit survives the server's crash) or ``FULL`` (it
 survives the machine's too: ``fsync`` on every commit).
