@@ -57,14 +57,16 @@ def test_help_names_the_program_as_it_was_run() -> None:
     assert as_script.stdout.splitlines()[0].startswith("usage: aionamespace serve [-h]")
 
 
-@pytest.mark.parametrize("command", ["", "serve", "demo", "get", "set", "del", "dump", "watch"])
+@pytest.mark.parametrize(
+    "command", ["", "serve", "demo", "get", "set", "del", "dump", "watch", "info"]
+)
 def test_help_is_plain_text_and_describes_everything(command: str) -> None:
     result = run([command, "--help"] if command else ["--help"])
     assert result.returncode == 0
     assert "``" not in result.stdout  # no reStructuredText
     assert "AIONAMESPACE_AUTHKEY" in result.stdout or command == "demo"
     if command == "":
-        for name in ("serve", "demo", "get", "set", "del", "dump", "watch"):
+        for name in ("serve", "demo", "get", "set", "del", "dump", "watch", "info"):
             assert f"\n    {name} " in result.stdout, name  # listed, with its summary
 
 

@@ -1,7 +1,8 @@
 """The command line: ``python -m aionamespace`` (or ``aionamespace``) and its commands.
 
 One module per idea: ``parser`` (the arguments and their help), ``serve`` (running a server),
-``client`` (get, set, del, dump and watch against a running server). Every error is one line
+``client`` (get, set, del, dump and watch against a running server), ``info`` (what a server
+holds and serves). Every error is one line
 on stderr: exit status 2 for a wrong command line, 1 for a command that could not be carried
 out, 130 for Ctrl-C.
 """

@@ -1,4 +1,4 @@
-"""The client commands: get, set, del, dump and watch, against a running server."""
+"""The client commands: get, set, del, dump, watch and info, against a running server."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..client import calls
 from ..client.proxy import Target
 from ..client.sync import Namespace
 from ..protocol.addresses import Address, format_address, parse_address
+from .info import run_info
 from .parser import AUTHKEY_ENV, CommandFailed, UsageError
 
 __all__ = ["run_client_command"]
@@ -40,6 +41,8 @@ def run_client_command(args: argparse.Namespace) -> int:
     authkey = _client_authkey()
     if args.command == "dump":
         return _dump(address, args.namespace, authkey)
+    if args.command == "info":
+        return run_info(address, authkey, args.json)
     ns = Namespace(address, args.namespace, authkey=authkey)
     if args.command == "get":
         print(repr(getattr(ns, args.name)))

@@ -181,3 +181,10 @@ def _client_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="first print the changes made after this revision (as printed by an earlier "
         "watch), then the new ones",
     )
+    info_cmd = command(
+        "info",
+        "print what a running server holds and serves",
+        "Print a running server's version, uptime, connections, namespaces, memory held, "
+        "locks, watches, operations served and limits.",
+    )
+    info_cmd.add_argument("--json", action="store_true", help="print it as one JSON object")
