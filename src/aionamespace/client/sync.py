@@ -99,6 +99,10 @@ class _State:
         self.cache: CacheConnection | None = None
 
 
+#: A proxy's state, read from its slot without going through ``__getattribute__``.
+_STATE: Callable[[ProxyBase], _State] = ProxyBase.__dict__["_aionamespace"].__get__
+
+
 class Namespace(ProxyBase):
     """A blocking proxy to a namespace on an aionamespace server.
 
@@ -134,7 +138,7 @@ class Namespace(ProxyBase):
 
     def _run(self, call: calls.Call) -> Any:
         """Send ``call`` on this thread's transport, retrying as the target's policy says."""
-        target = self._aionamespace.target
+        target = _STATE(self).target  # not self._aionamespace: that is a Python call, here
         operation, args = call
         if target.cache and operation.changes:
             cache = CACHES.existing(target)
@@ -183,7 +187,9 @@ class Namespace(ProxyBase):
         if name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        self._run(calls.set_(self._aionamespace.target.key, name, value))
+        # Namespace._run and _STATE, not self._run and self._aionamespace: each of those
+        # would go through __getattribute__, a Python call, on every set.
+        Namespace._run(self, calls.set_(_STATE(self).target.key, name, value))
 
     def __delattr__(self, name: str) -> None:
         check_attribute_name(name)
