@@ -17,6 +17,7 @@ from ._errors import NamespaceGone as NamespaceGone
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import ServerTimeout as ServerTimeout
 from ._errors import WriteQueueFull as WriteQueueFull
 from ._manager import Manager as Manager
 from .client.asynchronous import AsyncNamespace as AsyncNamespace
@@ -49,6 +50,7 @@ __all__ = [
     "Retry",
     "Server",
     "ServerThread",
+    "ServerTimeout",
     "Store",
     "WriteQueueFull",
     "__version__",

@@ -22,10 +22,11 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import ConnectionLost, WriteQueueFull
+from .._errors import ConnectionLost, ServerTimeout, WriteQueueFull
 from ..protocol.connection import ClientConnection, Invalidation, Reply, WatchPush
 from .cache import CacheTable
 from .calls import Operation
+from .liveness import WAITS
 from .proxy import Target
 
 __all__ = ["RequestTable", "Waiter", "settle"]
@@ -111,6 +112,7 @@ class RequestTable:
         self.write_errors: list[BaseException] = []
         self.watch_pushes: collections.deque[WatchPush] = collections.deque()
         self.cache = CacheTable() if target.cache else None
+        self.waits: set[int] = set()  # ids of requests whose reply may take any time (locks)
 
     # ------------------------------------------------------------------ requests
 
@@ -125,6 +127,8 @@ class RequestTable:
                 self.cache.expect(request_id, args)
         else:
             request_id, frame = protocol.send_request(operation.op, *args)
+            if operation.op in WAITS:
+                self.waits.add(request_id)
         self.outbox.append((request_id, frame))
         self.waiters[request_id] = waiter
         return request_id
@@ -180,10 +184,21 @@ class RequestTable:
     def own_loss(self, error: ConnectionLost, request_id: int) -> ConnectionLost:
         """One error object fails every waiter; each caller gets its own, saying whether its
         request had left (and so whether retrying it could apply a write twice)."""
-        own = ConnectionLost(str(error))
+        own = (ServerTimeout if isinstance(error, ServerTimeout) else ConnectionLost)(str(error))
         own.request_sent = request_id <= self.sent_through
         own.__cause__ = error
         return own
+
+    def overdue(self) -> str | None:
+        """What a silent connection calls for (``liveness.py``): ``"timeout"`` if a request
+        or write waits for an answer that should come at once, ``"ping"`` if only waits that
+        may last (a lock wait, a watch, a task keeping the cache) do, None if nothing waits."""
+        self.waits &= self.waiters.keys()
+        if self.inflight_writes or len(self.waiters) > len(self.waits):
+            return "timeout"
+        if self.waits or self.others:
+            return "ping"
+        return None
 
     def unacknowledged(self) -> int:
         """The last write not acknowledged yet (0: none)."""
@@ -265,7 +280,8 @@ class RequestTable:
         if self.inflight_writes:
             count = len(self.inflight_writes)
             self.inflight_writes.clear()
-            unknown = ConnectionLost(
+            kind = ServerTimeout if isinstance(error, ServerTimeout) else ConnectionLost
+            unknown = kind(
                 f"{count} write(s) were sent but not acknowledged before the connection was "
                 f"lost ({error}); they may or may not have been applied"
             )
