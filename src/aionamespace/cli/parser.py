@@ -13,6 +13,7 @@ import os
 import sys
 from typing import NoReturn
 
+from .._limit_flags import add_limit_flags
 from ..server.busypoll import DEFAULT_SPIN_SECONDS
 
 __all__ = ["AUTHKEY_ENV", "CommandFailed", "UsageError", "make_parser", "program_name"]
@@ -134,6 +135,7 @@ def _serve_command(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--tls-key", metavar="FILE", help="with --tls-cert: the certificate's private key (PEM)"
     )
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
+    add_limit_flags(serve_cmd)
 
 
 def _client_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
