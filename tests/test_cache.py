@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
 from aionamespace.client.tracking import CACHES
+from server_processes import ServeProcess
 
 DEADLINE_SECONDS = 5.0
 
@@ -54,6 +56,43 @@ def test_read_your_writes(server: ServerThread) -> None:
         assert ns.x == value  # never the cached previous value
         ns._incr("n")
         assert ns.n == value + 1
+
+
+def test_read_your_writes_while_another_thread_reads(
+    socket_path: str, cli_servers: list[ServeProcess]
+) -> None:
+    """A write acknowledged to a thread is seen by that thread's next read, even while another
+    thread of the process reads the same name through the shared cache connection: a read sent
+    before the write reached the server must not leave the old value behind once the write is
+    acknowledged (issue 12, item 10: 24-319 stale reads of 5,000-20,000 before the fix)."""
+    cli_servers.append(ServeProcess(socket_path))
+    writer = Namespace(socket_path, "ryw", cache=True)
+    reader = Namespace(socket_path, "ryw", cache=True)
+    writer.x = -1
+    done = threading.Event()
+    reads = 0
+
+    def read() -> None:
+        nonlocal reads
+        while not done.is_set():
+            _ = reader.x
+            reads += 1
+
+    thread = threading.Thread(target=read, name="cached reader")
+    thread.start()
+    stale = []
+    try:
+        for value in range(3_000):
+            writer.x = value
+            seen = writer.x
+            if seen != value:
+                stale.append((value, seen))
+    finally:
+        done.set()
+        thread.join(DEADLINE_SECONDS)
+    assert not thread.is_alive()
+    assert reads > 0
+    assert stale == [], f"{len(stale)} stale reads of 3,000, e.g. {stale[:5]}"
 
 
 def test_mutable_values_are_copies(server: ServerThread) -> None:

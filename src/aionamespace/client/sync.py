@@ -137,15 +137,34 @@ class Namespace(ProxyBase):
         target = self._aionamespace.target
         operation, args = call
         if target.cache and operation.changes:
-            cache = CACHES.existing(target)
-            if cache is not None:
-                cache.forget(target.key, operation.changed(args))
+            return self._write_cached(operation, args)
         try:  # the first attempt without a closure: the hot path (gets, sets)
             return POOL.transport(target).call(operation, args)
         except ConnectionLost as exc:
             return self._retrying(
                 operation.op, lambda: POOL.transport(target).call(operation, args), exc
             )
+
+    def _write_cached(self, operation: calls.Operation, args: tuple[Any, ...]) -> Any:
+        """A write through a caching proxy. Its names are forgotten before it leaves, and again
+        once it is acknowledged: the write goes on this thread's connection, the cache reads on
+        another, so a read sent meanwhile (by any thread) may reach the server before the
+        write and be answered the old value after the first forget (read-your-writes)."""
+        target = self._aionamespace.target
+        names = operation.changed(args)
+        cache = CACHES.existing(target)
+        if cache is not None:
+            cache.forget(target.key, names)
+        try:
+            return POOL.transport(target).call(operation, args)
+        except ConnectionLost as exc:
+            return self._retrying(
+                operation.op, lambda: POOL.transport(target).call(operation, args), exc
+            )
+        finally:
+            cache = CACHES.existing(target)
+            if cache is not None:
+                cache.forget(target.key, names)
 
     @property
     def _key(self) -> str:

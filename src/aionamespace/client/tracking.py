@@ -60,8 +60,11 @@ class CacheConnection:
         return entry_value(entry, name)
 
     def forget(self, key: str, names: tuple[str, ...]) -> None:
-        """Our own write is about to change these: drop them, and any read still in flight."""
-        self.table.forget(key, names)
+        """Our own write changes these (or was just acknowledged): drop them, and outdate the
+        reads of them in flight. Under the reader's lock: a reply being kept at this moment
+        is either kept before (and dropped here) or checked after (and not kept)."""
+        with self._lock:
+            self.table.forget(key, names)
 
     def _read(self, item: tuple[str, str]) -> Any:
         pending = _Pending()
