@@ -4,6 +4,11 @@ Transports are per thread and per server, shared by every proxy of this process 
 that server, as the stdlib's proxies do: threads never wait for each other, and a thread has at
 most one request in flight, so the next reply on its socket is the answer to its request.
 
+A signal handler that uses a proxy runs on the thread it interrupted, maybe in the middle of a
+call on that thread's transport (a ``recv`` retried after EINTR runs the handler inside it):
+the transport is then *busy*, and the handler's calls go through a transport of their own
+(``SocketTransport.nested``), so that the interrupted call still gets its own reply.
+
 Fork safety, after redis-py: each transport remembers the pid that opened it. A forked child
 drops the inherited ones (closing only its own copies of the descriptors, never shutting the
 parent's sockets down) and opens fresh ones on first use. It never finds them: the pool is
@@ -69,11 +74,14 @@ class SocketTransport:
     """One blocking socket, its protocol state, and the pid that owns it."""
 
     def __init__(self, target: Target, *, track: bool = False) -> None:
+        self.target = target
         self.address = target.address
         self.pid = os.getpid()
         self.protocol = ClientConnection(target.limits, target.authkey, track=track)
         self.sock: socket.socket | None = None
         self.closed = True  # until connected (an attribute: the pool tests it on every call)
+        self.busy = False  # between sending a request and reading its reply
+        self._nested: SocketTransport | None = None  # for calls re-entering a busy one
         # recv_into one buffer per transport: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.pushes: collections.deque[WatchPush] = collections.deque()
@@ -124,6 +132,8 @@ class SocketTransport:
         (A try block instead of map_connection_errors: a context manager per call would cost
         as much as the rest of the Python here.)
         """
+        if self.busy:  # re-entered mid-call, by a signal handler: the stream is not ours now
+            return self.nested().call(operation, args)
         protocol = self.protocol
         if operation.op == "get":
             request_id, frame = protocol.send_get(*args)
@@ -133,17 +143,21 @@ class SocketTransport:
         assert sock is not None
         sent = False
         try:
+            self.busy = True
             sock.sendall(frame)
             sent = True
             received = sock.recv_into(self._buffer)
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:
+                    self.busy = False
                     read = operation.read
                     return result if read is None else read(result)
             reply = self._receive_until(request_id, self._events(received))
+            self.busy = False
         except BaseException as exc:
             # Interrupted or broken mid-call: the stream position is unknown, never reuse it.
+            self.busy = False
             self.close()
             lost = connection_lost(exc, self.address)
             if lost is not None:
@@ -158,6 +172,13 @@ class SocketTransport:
             raise reply.error
         read = operation.read
         return reply.result if read is None else read(reply.result)
+
+    def nested(self) -> SocketTransport:
+        """The transport for calls made while this one is busy (opened on first use)."""
+        nested = self._nested
+        if nested is None or nested.closed:
+            nested = self._nested = SocketTransport(self.target)
+        return nested
 
     def send(self, operation: Operation, args: tuple[Any, ...]) -> int:
         """Send a request without waiting: its reply comes through ``receive``. The caller
@@ -232,6 +253,9 @@ class SocketTransport:
         """Release this process's descriptor; only the opening process shuts the socket down."""
         sock, self.sock = self.sock, None
         self.closed = True
+        nested, self._nested = self._nested, None
+        if nested is not None:
+            nested.close()
         if sock is None:
             return
         if self.pid == os.getpid():

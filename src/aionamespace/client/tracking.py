@@ -13,7 +13,7 @@ from typing import Any
 
 from .._errors import ConnectionLost
 from ..protocol.connection import Invalidation, Reply
-from .blocking import open_transport
+from .blocking import POOL, open_transport
 from .cache import ABSENT, CacheTable, entry_value
 from .calls import GET
 from .proxy import Target
@@ -36,12 +36,14 @@ class CacheConnection:
     def __init__(self, target: Target) -> None:
         self.pid = os.getpid()
         self.forks = CACHES.forks  # stale in a forked child, which then opens its own
+        self._target = target
         self._transport = open_transport(target, track=True)
         self.alive = True
         self.table = CacheTable()
         self.values = self.table.values  # what reads serve (the proxy's hot path reads it)
         self._pending: dict[int, _Pending] = {}
-        self._lock = threading.Lock()  # sending, and the pending table
+        self._lock = threading.RLock()  # sending, the pending table, the cache table
+        self._sending = False  # a frame is being written
         self._reader = threading.Thread(
             target=self._read_forever, daemon=True, name="aionamespace cache reader"
         )
@@ -57,6 +59,8 @@ class CacheConnection:
         entry = self.values.get(item, ABSENT)
         if entry is ABSENT:
             entry = self._read(item)
+            if entry is ABSENT:  # a signal handler interrupted a send here: read uncached
+                return POOL.transport(self._target).call(GET, item)
         return entry_value(entry, name)
 
     def forget(self, key: str, names: tuple[str, ...]) -> None:
@@ -67,11 +71,19 @@ class CacheConnection:
             self.table.forget(key, names)
 
     def _read(self, item: tuple[str, str]) -> Any:
+        """The entry a read through the server makes; ABSENT if this thread is in the middle
+        of a send on the connection (a signal handler interrupted it)."""
         pending = _Pending()
         with self._lock:  # the reader thread finds the pending read registered before its reply
+            if self._sending:
+                return ABSENT
             if not self.alive:
                 raise ConnectionLost("the cache's connection to the server was lost")
-            request_id = self._transport.send(GET, item)
+            self._sending = True
+            try:
+                request_id = self._transport.send(GET, item)
+            finally:
+                self._sending = False
             self._pending[request_id] = pending
             self.table.expect(request_id, item)
         pending.done.wait()
