@@ -1,8 +1,9 @@
 """A ``Dispatcher`` with its connections in memory, and the frames it answers, built to compare.
 
-``Rig`` is one dispatcher over a ``MemoryStore`` with a ``ManualClock`` for its lock timeouts;
-``Rig.connect`` gives a ``MemoryPeer`` past the hello, and ``Rig.send`` applies requests as one
-batch, as a server shell does with the bytes of one read, returning the answer's frames.
+``Rig`` is one dispatcher over a ``MemoryStore`` with a ``ManualClock`` for its timers (lock
+timeouts, the grace period of unused anonymous namespaces); ``Rig.connect`` gives a
+``MemoryPeer`` past the hello, and ``Rig.send`` applies requests as one batch, as a server shell
+does with the bytes of one read, returning the answer's frames.
 ``ok``, ``failed``, ``push`` and ``invalidation`` build the frames a test expects.
 """
 
@@ -15,6 +16,8 @@ import msgpack
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import PROTOCOL_NAME, PROTOCOL_VERSION, ServerConnection
 from aionamespace.protocol.events import PUSH_EVENT, PUSH_INVALIDATE, REPLY_ERROR, REPLY_OK
+from aionamespace.protocol.limits import Limits
+from aionamespace.protocol.pieces import Output, unfold
 from aionamespace.server.dispatch import Dispatcher
 from aionamespace.server.stores import MemoryStore
 from manual_clock import ManualClock
@@ -40,19 +43,24 @@ def invalidation(key: str, name: str) -> list[Any]:
     return [0, PUSH_INVALIDATE, key, name]
 
 
+def joined(outputs: list[Output]) -> bytes:
+    """What a connection sends of ``outputs``: every piece, Producers made whole."""
+    return b"".join(piece for output in outputs for piece in unfold(output))
+
+
 class Rig:
     """One dispatcher over a store, its connections, and the clock of its lock timeouts."""
 
-    def __init__(self, store: MemoryStore | None = None) -> None:
+    def __init__(self, store: MemoryStore | None = None, limits: Limits | None = None) -> None:
         self.store = store if store is not None else MemoryStore()
         self.clock = ManualClock()
-        self.dispatcher = Dispatcher(self.store, self.clock.call_later)
+        self.dispatcher = Dispatcher(self.store, self.clock.call_later, limits)
 
     def connect(self, reads: bool = True) -> MemoryPeer:
         """A connection past the hello (``reads=False``: its client never reads)."""
         peer = MemoryPeer(ServerConnection(), reads)
         (hello,) = unpack_all(
-            b"".join(self.dispatcher.respond(peer, peer.protocol.receive_data(HELLO)))
+            joined(self.dispatcher.respond(peer, peer.protocol.receive_data(HELLO)))
         )
         assert hello["version"] == PROTOCOL_VERSION
         return peer
@@ -63,7 +71,7 @@ class Rig:
 
     def send_bytes(self, peer: MemoryPeer, data: bytes) -> list[Any]:
         events = peer.protocol.receive_data(data)
-        return unpack_all(b"".join(self.dispatcher.respond(peer, events)))
+        return unpack_all(joined(self.dispatcher.respond(peer, events)))
 
     def watch(self, peer: MemoryPeer, key: str, names: list[str] | None = None) -> int:
         """Start a watch from now on; its id."""

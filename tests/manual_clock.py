@@ -1,8 +1,9 @@
 """A clock the test moves: ``call_later`` for the server's lock timeouts, without sleeping.
 
 ``Dispatcher`` and ``LockTable`` take a ``call_later(delay, callback) -> cancel``; the server
-gives them anyio timers. ``ManualClock.call_later`` only notes the timer: it fires when the
-test calls ``advance`` past its due time, so a timeout happens exactly where the test says.
+gives them its timer heap (``server/timers.py``). ``ManualClock.call_later`` only notes the
+timer: it fires when the test calls ``advance`` past its due time, so a timeout happens exactly
+where the test says.
 """
 
 from __future__ import annotations

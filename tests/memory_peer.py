@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from aionamespace.protocol.connection import ServerConnection
+from aionamespace.protocol.pieces import Output, unfold
 
 __all__ = ["MemoryPeer", "unpack_all"]
 
@@ -30,7 +31,8 @@ def unpack_all(data: bytes) -> list[Any]:
 
 
 class MemoryPeer:
-    """Implements ``aionamespace.server.dispatch.Peer``: protocol, write, backlog, close, drop."""
+    """Implements ``aionamespace.server.peer.Peer``: protocol, write, write_all, backlog,
+    close, drop. A Producer written is made whole at once: ``writes`` holds bytes."""
 
     def __init__(self, protocol: ServerConnection, reads: bool = True) -> None:
         self.protocol = protocol
@@ -40,8 +42,11 @@ class MemoryPeer:
         self.dropped = False
         self.on_drop: Callable[[], None] | None = None
 
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
+    def write(self, data: Output) -> None:
+        self.writes.append(b"".join(unfold(data)))
+
+    def write_all(self, data: list[Output]) -> None:
+        self.writes.append(b"".join(piece for output in data for piece in unfold(output)))
 
     def backlog(self) -> int:
         return 0 if self.reads else sum(map(len, self.writes))

@@ -156,7 +156,8 @@ async def test_close_then_reuse_reconnects(server: ServerThread) -> None:
 
 
 async def test_connection_refused_is_connection_lost(short_tmp: str) -> None:
-    ns = AsyncNamespace(os.path.join(short_tmp, "nobody.sock"))
+    # (named: an anonymous proxy's queued creation would fail _close too)
+    ns = AsyncNamespace(os.path.join(short_tmp, "nobody.sock"), "board")
     with pytest.raises(ConnectionLost, match=r"nobody\.sock"):
         await ns.anything
     await ns._close()
@@ -220,8 +221,8 @@ def held_replies(short_tmp: str) -> Iterator[HeldReplies]:
 async def test_cancelled_waiter_never_receives_nor_steals_a_reply(
     held_replies: HeldReplies,
 ) -> None:
-    ns = AsyncNamespace(
-        os.path.join(os.path.dirname(held_replies.listener.getsockname()), "held.sock")
+    ns = AsyncNamespace(  # (named: an anonymous proxy would send its creation first)
+        os.path.join(os.path.dirname(held_replies.listener.getsockname()), "held.sock"), "n"
     )
     results: list[object] = []
 

@@ -52,7 +52,9 @@ def test_wrong_or_missing_key_is_refused_and_changes_nothing(
 
 
 def test_client_with_a_key_refuses_a_server_without_one(server: ServerThread) -> None:
-    ns = Namespace(server.address, authkey=KEY)
+    with pytest.raises(AuthenticationError, match="does not use an authkey"):
+        Namespace(server.address, authkey=KEY)  # creating an anonymous namespace: a round trip
+    ns = Namespace(server.address, "board", authkey=KEY)
     with pytest.raises(AuthenticationError, match="does not use an authkey"):
         ns.x = 1
 

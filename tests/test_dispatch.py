@@ -9,15 +9,17 @@ pushes, cache invalidations), write by write.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import msgpack
 import pytest
 
+from aionamespace import Limits
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.events import REPLY_ERROR
 from aionamespace.protocol.frames import LARGE_VALUE_BYTES
 from aionamespace.server.stores import MemoryStore
-from dispatch_rig import ONE, THREE, TWO, Rig, failed, invalidation, ok, push
+from dispatch_rig import ONE, THREE, TWO, Rig, failed, invalidation, joined, ok, push
 from memory_peer import unpack_all
 
 
@@ -69,6 +71,33 @@ def test_a_batch_stops_once_its_answers_pass_the_budget() -> None:
     assert (applied, unpack_all(b"".join(answers))) == (2, [ok(3, 2), ok(4)])
 
 
+@pytest.mark.parametrize("kind", ["replays", "own pushes"])
+def test_what_a_batch_queues_for_its_own_connection_counts_against_the_budget(
+    kind: str,
+) -> None:
+    """Watch replays, and the pushes of a connection's own changes to its own watches, count
+    with its replies: a batch of them stops at the budget like one of large replies."""
+    rig = Rig()
+    peer = rig.connect()
+    value = encode_value(b"v" * 20_000)
+    if kind == "replays":
+        for _ in range(100):
+            rig.store.set("k", "x", value)
+        requests = [[i, "watch", "k", None, 0] for i in range(1, 4)]
+    else:
+        for _ in range(100):
+            rig.watch(peer, "k")
+        requests = [[i, "set", "k", "x", value] for i in range(1, 4)]
+    events = peer.protocol.receive_data(b"".join(msgpack.packb(r) for r in requests))
+    answers, applied = rig.dispatcher.respond_some(peer, events, 1024 * 1024)
+    assert applied == 1  # 100 pushes of 20 kB: past the budget after the first request
+    frames = unpack_all(joined(answers))
+    assert frames[0][:2] == [1, 0]
+    assert [frame[3] for frame in frames[1:]] == (
+        list(range(1, 101)) if kind == "replays" else [1] * 100
+    )
+
+
 def test_a_large_value_is_answered_with_the_stores_own_bytes() -> None:
     rig = Rig()
     peer = rig.connect()
@@ -87,16 +116,16 @@ def test_a_large_value_is_answered_with_the_stores_own_bytes() -> None:
 def test_a_store_that_fails_unexpectedly_gets_an_error_reply_and_a_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class BrokenStore(MemoryStore):
-        def keys(self) -> list[str]:
+    class BrokenStore(MemoryStore):  # (not keys: the dispatcher reads them as it starts)
+        def snapshot(self, key: str, names: Sequence[str] | None) -> tuple[int, dict[str, bytes]]:
             raise RuntimeError("the disk is on fire")
 
     rig = Rig(BrokenStore())
     peer = rig.connect()
     with caplog.at_level(logging.ERROR, logger="aionamespace.server"):
-        answers = rig.send(peer, [1, "keys"], [2, "set", "k", "x", ONE])
+        answers = rig.send(peer, [1, "dump", "k"], [2, "set", "k", "x", ONE])
     assert answers == [failed(1, "RuntimeError", "the disk is on fire"), ok(2, 1)]
-    assert [record.getMessage() for record in caplog.records] == ["internal error applying keys"]
+    assert [record.getMessage() for record in caplog.records] == ["internal error applying dump"]
 
 
 def test_a_batchs_pushes_reach_each_other_watcher_in_one_write() -> None:
@@ -183,7 +212,7 @@ def test_a_watch_from_a_revision_replays_the_changes_after_its_reply() -> None:
 
 
 def test_a_watch_the_history_cannot_serve_is_refused_and_never_started() -> None:
-    rig = Rig(MemoryStore(history=2))
+    rig = Rig(MemoryStore(Limits(max_history_revisions=2)))
     writer, watcher = rig.connect(), rig.connect()
     for revision in range(1, 5):
         assert rig.send(writer, [revision, "set", "k", "x", encode_value(revision)]) == [

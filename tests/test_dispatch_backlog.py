@@ -1,4 +1,4 @@
-"""The push backlog bound (``MAX_PUSH_BACKLOG_BYTES``, PROTOCOL.md 8): a connection with more
+"""The push backlog bound (``Limits.max_push_backlog_bytes``, PROTOCOL.md 8): a connection with more
 unsent bytes than that gets the ConnectionLost refusal instead of its next push or deferred
 reply, and is dropped; one that reads is never dropped, and a dropped holder's lock passes on
 once the connection is gone.
@@ -6,11 +6,11 @@ once the connection is gone.
 
 from __future__ import annotations
 
-import pytest
-
+from aionamespace import Limits
 from aionamespace.protocol.codec import encode_value
-from aionamespace.server.dispatch import MAX_PUSH_BACKLOG_BYTES
 from dispatch_rig import Rig, failed, ok, push
+
+MAX_PUSH_BACKLOG_BYTES = Limits().max_push_backlog_bytes
 
 
 def test_a_watcher_that_never_reads_is_refused_and_dropped_past_the_bound() -> None:
@@ -68,15 +68,6 @@ def test_a_lock_held_by_a_peer_dropped_past_the_bound_passes_on_when_it_is_lost(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Dispatcher.respond_some writes a batch's pushes peer by peer; when a write drops a peer "
-        "and the shell reports it gone at once (AsyncioConnection.drop calls Connections.gone), "
-        "the lock it held is granted to the next waiter and written before that waiter's pushes "
-        "from the same batch, which arose first (trio's shell, which reports it later, does not)"
-    ),
-)
 def test_a_lock_passed_on_by_a_drop_at_once_follows_the_pushes_that_arose_before() -> None:
     rig = Rig()
     writer, stuck, waiter = rig.connect(), rig.connect(reads=False), rig.connect()

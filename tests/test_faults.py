@@ -242,7 +242,11 @@ def dead_address(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[Any
 
 
 def test_sync_connect_to_nothing_raises_connection_lost(dead_address: Any) -> None:
-    ns = Namespace(dead_address)
+    with pytest.raises(ConnectionLost) as caught:
+        Namespace(dead_address)  # a new anonymous namespace: created by a round trip
+    assert not isinstance(caught.value, (FileNotFoundError, ConnectionRefusedError))
+    assert isinstance(caught.value.__cause__, OSError)
+    ns = Namespace(dead_address, "board")
     with pytest.raises(ConnectionLost) as caught:
         ns.x = 1
     assert not isinstance(caught.value, (FileNotFoundError, ConnectionRefusedError))
@@ -253,7 +257,7 @@ def test_sync_connect_to_nothing_raises_connection_lost(dead_address: Any) -> No
 
 @pytest.mark.anyio
 async def test_async_connect_to_nothing_raises_connection_lost(dead_address: Any) -> None:
-    ns = AsyncNamespace(dead_address)
+    ns = AsyncNamespace(dead_address, "board")  # (anonymous: its queued creation fails too)
     with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ConnectionLost):
         await ns.x
     await ns._close()

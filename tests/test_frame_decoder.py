@@ -200,3 +200,32 @@ def test_fuzz_frame_decoder_with_a_small_limit(data: bytes, limit: int) -> None:
     bytewise = feed_all(FrameDecoder(limit), [data[i : i + 1] for i in range(len(data))])
     assert whole[1] == bytewise[1]
     assert pack(whole[0]) == pack(bytewise[0])
+
+
+# ---------------------------------------------------------------------------- the idle pool
+
+
+def test_decoders_pool_only_small_idle_unpackers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """msgpack never shrinks an Unpacker's buffer: one that held a large frame is let go, and
+    the pool keeps at most MAX_IDLE_UNPACKERS (it kept every grown buffer for good)."""
+    from aionamespace.protocol import frames as frames_module
+
+    limit = 12_345_678  # a pool of its own
+    monkeypatch.setitem(frames_module._IDLE_UNPACKERS, limit, [])
+    idle = frames_module._IDLE_UNPACKERS[limit]
+    big = pack(b"x" * (frames_module.POOLED_BUFFER_BYTES + 1))
+    decoders = [FrameDecoder(limit) for _ in range(frames_module.MAX_IDLE_UNPACKERS + 5)]
+    for decoder in decoders:  # each holds an unfinished frame: one Unpacker each
+        assert decoder.feed(big[:10]) == []
+    for decoder in decoders:
+        assert decoder.feed(big[10:]) == [b"x" * (frames_module.POOLED_BUFFER_BYTES + 1)]
+    assert idle == []  # all held a large frame
+    small = pack([1, "set", "key", "name", b"y" * 1000])
+    for decoder in decoders:
+        assert decoder.feed(small[:10]) == []
+    assert idle == []
+    for decoder in decoders:
+        assert decoder.feed(small[10:]) == [[1, "set", "key", "name", b"y" * 1000]]
+    assert len(idle) == frames_module.MAX_IDLE_UNPACKERS
+    assert decoders[0].feed(small[:10]) == []  # borrowed from the pool again
+    assert len(idle) == frames_module.MAX_IDLE_UNPACKERS - 1

@@ -21,6 +21,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -632,3 +633,14 @@ async def test_an_async_proxy_keeps_to_the_limit_the_server_announced(server: Se
         ns.small = 2
         await ns._flush()  # nothing failed: the refused write was never queued
         assert await ns.small == 2
+
+
+def test_every_limit_is_in_the_readmes_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.partition("## Limits and failures")[2].partition("\n\n**")[0]
+    rows = [
+        line.split("|")[1].strip().strip("`")
+        for line in table.splitlines()
+        if line.startswith("| `")
+    ]
+    assert rows == [field.name for field in dataclasses.fields(Limits)]

@@ -8,6 +8,7 @@ plain objects. Each deferred acquire's ``grant`` records what it was answered. T
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -209,3 +210,28 @@ def test_a_lost_connection_that_held_nothing_changes_nothing(
     assert answers.log == []
     assert table.release("k", "L", (A, b"a")) is True
     assert answers.log == [("b", None)]
+
+
+def test_a_lost_connection_touches_only_what_it_held_and_awaited(
+    table: LockTable, answers: Answers, clock: ManualClock
+) -> None:
+    others = 200_000
+    for i in range(others):  # held by others: a lost connection has nothing to do with them
+        table.acquire("k", f"lock {i}", (B, b"b"), None, answers.grant("b"))
+    table.acquire("k", "own", (A, b"a"), None, answers.grant("a"))
+    table.acquire("k", "lock 1", (A, b"a"), 5, answers.grant("a on lock 1"))
+    table.acquire("k", "own", (C, b"c"), None, answers.grant("c on own"))
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    sys.setprofile(count)
+    try:
+        table.drop_connection(A)
+    finally:
+        sys.setprofile(None)
+    assert answers.log == [("c on own", None)]
+    assert clock.pending == 0
+    assert calls < 100, f"{calls} calls to drop a connection holding one lock and awaiting one"

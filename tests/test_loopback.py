@@ -17,9 +17,16 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from aionamespace import AsyncNamespace, AuthenticationError, HistoryExpired, Namespace
+from aionamespace import (
+    AsyncNamespace,
+    AuthenticationError,
+    HistoryExpired,
+    Limits,
+    Namespace,
+    NamespaceGone,
+)
 from aionamespace.client.loopback import LoopbackServer
-from deadlines import wait_until
+from deadlines import async_wait_until, wait_until
 
 
 @contextlib.contextmanager
@@ -145,6 +152,43 @@ def test_locks_exclude_and_pass_on_over_loopback() -> None:
     assert order == ["first in", "first out", "second in"]
 
 
+def test_timers_over_loopback_share_one_thread() -> None:
+    """Lock timeouts and the grace of unused anonymous namespaces fire from one thread (each
+    timer was a thread of its own), in order, and a freed namespace is gone."""
+    board = LoopbackServer(limits=Limits(anonymous_grace=0.05))
+    holder, waiter = Namespace(board, "locks"), AsyncNamespace(board, "locks")
+    threads = threading.active_count()
+    outcomes: list[str] = []
+
+    async def wait(seconds: float) -> None:
+        try:
+            async with waiter._lock("L", timeout=seconds):
+                pass
+        except TimeoutError:
+            outcomes.append(f"timed out after {seconds}")
+
+    gone = Namespace(board)
+    gone._close()  # (closes this thread's connection: before the lock is taken on it)
+    with holder._lock("L"):
+
+        async def waits() -> None:
+            async with anyio.create_task_group() as group:
+                for timeout in (0.3, 0.2, 0.1, 0.25, 0.15):
+                    group.start_soon(wait, timeout)
+                await async_wait_until(lambda: len(waiting()) == 5, "the five wait in line")
+                assert threading.active_count() <= threads + 1  # five timers, one thread
+
+        def waiting() -> object:
+            lock = board.dispatcher.locks._locks["locks", "L"]
+            return lock.waits or ()
+
+        anyio.run(waits)
+    assert outcomes == [f"timed out after {t}" for t in (0.1, 0.15, 0.2, 0.25, 0.3)]
+    wait_until(lambda: board.store.keys() == [], "the anonymous namespace was freed")
+    with pytest.raises(NamespaceGone):
+        gone.x  # noqa: B018
+
+
 def test_a_cached_proxy_is_invalidated_over_loopback() -> None:
     board = LoopbackServer()
     reader = Namespace(board, "c", cache=True)
@@ -167,3 +211,14 @@ def test_a_loopback_proxy_cannot_be_pickled() -> None:
 
     with pytest.raises(TypeError, match="this process"):
         pickle.dumps(Namespace(LoopbackServer(), "p"))
+
+
+def test_a_loopback_board_keeps_the_history_its_limits_say() -> None:
+    board = LoopbackServer(limits=Limits(max_history_revisions=2))
+    ns = Namespace(board, "h")
+    for i in range(4):
+        ns.x = i  # revisions 1 to 4: the last two are kept
+    with pytest.raises(HistoryExpired, match=r"\(oldest: 3\)"):
+        ns._watch(since=1)
+    with ns._watch(since=2) as watch:
+        assert [watch.next(timeout=10).value for _ in range(2)] == [2, 3]

@@ -156,7 +156,7 @@ def test_a_tls_client_with_a_key_refuses_a_tls_server_without_one(
 ) -> None:
     with (
         ServerThread(("127.0.0.1", 0), ssl_context=server_ctx) as running,
-        Namespace(running.address, authkey=KEY, ssl_context=client_ctx) as ns,
+        Namespace(running.address, "board", authkey=KEY, ssl_context=client_ctx) as ns,
         pytest.raises(AuthenticationError, match="does not use an authkey"),
     ):
         ns.x = 1

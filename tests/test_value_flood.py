@@ -91,3 +91,21 @@ def test_a_value_built_to_be_slow_is_refused_while_others_are_served(serve: str,
         pinger.sendall(pack([1, "get", "board", "x"]))
         [missing] = read_frames(pinger, ping_unpacker, until_eof=False)
         assert missing[:3] == [1, 1, "AttributeError"]  # nothing was stored
+
+
+def test_a_cas_comparing_a_huge_int_with_a_decimal_never_stalls_the_server(serve: str) -> None:
+    """``cas`` decodes the stored value and the expected one and compares them: Python would
+    convert a 2.6-million-bit int to a Decimal to compare it with ``Decimal(1)``, quadratic in
+    its length (the server stalled for seconds). Such values are simply not equal."""
+    stored = encode_value([10**800_000])
+    expected = encode_value([Decimal(1)])
+    pinger, ping_unpacker = connect_raw(serve)
+    writer, writer_unpacker = connect_raw(serve)
+    with pinger, writer:
+        writer.sendall(msgpack.packb([1, "set", "board", "n", stored], use_bin_type=True))
+        assert read_frames(writer, writer_unpacker, until_eof=False)[0][:2] == [1, 0]
+        request = [2, "cas", "board", "n", expected, encode_value("swapped")]
+        writer.sendall(msgpack.packb(request, use_bin_type=True))
+        slowest = ping_while_waiting(pinger, ping_unpacker, writer)
+        assert slowest < PING_BOUND_SECONDS
+        assert read_frames(writer, writer_unpacker, until_eof=False) == [[2, 0, False]]

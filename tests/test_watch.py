@@ -22,7 +22,14 @@ import anyio.to_thread
 import pytest
 
 import aionamespace
-from aionamespace import AsyncNamespace, ConnectionLost, MemoryStore, Namespace, ServerThread
+from aionamespace import (
+    AsyncNamespace,
+    ConnectionLost,
+    Limits,
+    MemoryStore,
+    Namespace,
+    ServerThread,
+)
 from aionamespace._errors import HistoryExpired
 from aionamespace.client.calls import WatchEvent
 from deadlines import NO_HANG_SECONDS, wait_until
@@ -357,7 +364,8 @@ def test_since_must_be_a_revision(ns: Namespace, since: Any) -> None:
 @pytest.fixture
 def short_history(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
     address = os.path.join(short_tmp, "short.sock")
-    with ServerThread(address, backend=server_backend, store=MemoryStore(history=5)) as server:
+    limits = Limits(max_history_revisions=5)
+    with ServerThread(address, backend=server_backend, limits=limits) as server:
         yield server
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import HistoryExpired as HistoryExpired
+from ._errors import LimitExceeded as LimitExceeded
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import NamespaceError as NamespaceError
+from ._errors import NamespaceGone as NamespaceGone
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteProtocolError as RemoteProtocolError
@@ -33,12 +35,14 @@ __all__ = [
     "AuthenticationError",
     "ConnectionLost",
     "HistoryExpired",
+    "LimitExceeded",
     "Limits",
     "LocalProtocolError",
     "Manager",
     "MemoryStore",
     "Namespace",
     "NamespaceError",
+    "NamespaceGone",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",

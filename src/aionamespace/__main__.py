@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.abc
 
-from ._errors import NamespaceError
+from ._errors import NamespaceError, NamespaceGone
+from .client.proxy import Target
 from .client.sync import Namespace
 from .protocol.connection import Address, format_address, parse_address
 from .server.busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
@@ -171,9 +172,15 @@ def _run_client_command(args: argparse.Namespace) -> int:
     address = parse_address(args.address)
     authkey = _client_authkey()
     if args.command == "dump":
-        keys = [args.namespace] if args.namespace else Namespace(address, authkey=authkey)._keys()
-        for key in keys:
-            print(f"{key}: {Namespace(address, key, authkey=authkey)}")
+        if args.namespace:
+            print(f"{args.namespace}: {Namespace(address, args.namespace, authkey=authkey)}")
+            return 0
+        server = Namespace._from_target(Target.create(address, None, authkey=authkey))
+        for key in server._keys():
+            try:
+                print(f"{key}: {Namespace(address, key, authkey=authkey)}")
+            except NamespaceGone:
+                pass  # an unused anonymous namespace, freed since the server listed it
         return 0
     ns = Namespace(address, args.namespace, authkey=authkey)
     if args.command == "get":

@@ -8,6 +8,8 @@ shared, ``ValueError`` for a bad argument)::
     ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
     ├── AuthenticationError       a wrong or missing authkey, on either side
     ├── HistoryExpired            a watch asked for changes older than the history kept
+    ├── NamespaceGone             an anonymous namespace that was freed (or never created)
+    ├── LimitExceeded             a bound of the server's Limits was reached (max_namespaces)
     ├── WriteQueueFull            too many async writes await acknowledgement: await _flush()
     ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
     │   ├── LocalProtocolError    we were about to send something the protocol forbids
@@ -26,8 +28,10 @@ __all__ = [
     "AuthenticationError",
     "ConnectionLost",
     "HistoryExpired",
+    "LimitExceeded",
     "LocalProtocolError",
     "NamespaceError",
+    "NamespaceGone",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
@@ -60,6 +64,18 @@ class AuthenticationError(NamespaceError):
 class HistoryExpired(NamespaceError):
     """A watch's ``since`` revision is older than the server's history (or from before a
     restart): resync with ``_snapshot()`` and watch from the revision it returns."""
+
+
+class NamespaceGone(NamespaceError):
+    """The anonymous namespace a proxy points to is not on the server: no connection used it
+    for ``Limits.anonymous_grace`` seconds and the server freed it, or it was never created
+    (an ``AsyncNamespace`` creates its own with its first queued write). Never raised for a
+    named namespace, which the server never frees."""
+
+
+class LimitExceeded(NamespaceError):
+    """The request would take the server past one of its bounds (``Limits.max_namespaces``):
+    nothing was changed, and the message names the bound."""
 
 
 class ProtocolError(NamespaceError):

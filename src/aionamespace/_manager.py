@@ -26,6 +26,7 @@ from typing import Any
 
 from ._errors import ConnectionLost
 from .client.asynchronous import AsyncNamespace
+from .client.proxy import Target
 from .client.sync import Namespace
 from .protocol.connection import Address, format_address, parse_address
 
@@ -123,7 +124,7 @@ class Manager:
             raise ValueError("connect() needs the address of a running server")
         if self._address is not None:
             raise RuntimeError("the manager is already started or connected")
-        probe = Namespace(self._requested, authkey=self._authkey)
+        probe = Namespace._from_target(Target.create(self._requested, None, authkey=self._authkey))
         try:
             probe._ping()
         finally:
@@ -158,21 +159,26 @@ class Manager:
         ``initial`` values are set on a new namespace; on an existing named one they only fill
         in names it lacks (so every process may pass the same defaults).
         """
-        ns = Namespace(self.address, name, authkey=self._authkey)
-        ns._open(**initial)  # one round trip, like the stdlib's: a dead server fails here
+        ns: Namespace = Namespace._from_target(self._target(name))
+        # One round trip, like the stdlib's (a dead server fails here): it creates an anonymous
+        # namespace with its initial values, or opens a named one.
+        ns._create(initial)
         return ns
 
     def AsyncNamespace(self, name: str | None = None, /, **initial: Any) -> AsyncNamespace:
-        """An awaitable proxy (see ``Namespace`` for ``name`` and ``initial``)."""
-        ns = AsyncNamespace(self.address, name, authkey=self._authkey)
-        if initial:
-            # One blocking round trip, as Manager.Namespace: the values must exist before the
-            # proxy can be handed to another process.
-            with Namespace(
-                self.address, ns._aionamespace.target.key, authkey=self._authkey
-            ) as creator:
-                creator._open(**initial)
-        return ns
+        """An awaitable proxy (see ``Namespace`` for ``name`` and ``initial``).
+
+        A new anonymous namespace, or initial values, take one blocking round trip, as
+        ``Manager.Namespace``: they exist before the proxy can be handed to another process.
+        This thread's connection made them, so it keeps an anonymous one in use.
+        """
+        target = self._target(name)
+        if name is None or initial:
+            Namespace._from_target(target)._create(initial)
+        return AsyncNamespace._from_target(target)  # type: ignore[no-any-return]
+
+    def _target(self, name: str | None) -> Target:
+        return Target.create(self.address, name, authkey=self._authkey)
 
 
 def _address_args(address: Address) -> list[str]:

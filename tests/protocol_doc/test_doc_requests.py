@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from aionamespace import Namespace, ServerThread
-from doc_client import Client, assert_error
+from doc_client import ERROR, Client, assert_error
 from doc_values import BIGINT, TUPLE, assert_same, decode, encode
 
 
@@ -41,9 +41,10 @@ def test_set_and_get(client: Client) -> None:
 
 
 def test_open_and_dump(client: Client) -> None:
-    key = "#" + os.urandom(16).hex()  # an anonymous namespace: the client makes the key up
-    assert client.result("dump", key) == {}
-    assert client.result("keys") == []  # dump did not create it
+    assert client.result("dump", "nowhere") == {}  # a named namespace that does not exist
+    key = "#" + os.urandom(16).hex()  # an anonymous namespace: the client makes the key up...
+    assert client.call("dump", key)[1:3] == [ERROR, "NamespaceGone"]  # ...and only open makes it
+    assert client.result("keys") == []  # neither dump created one
     assert client.result("open", key, {"a": encode(1), "b": encode("x")}) is None
     assert client.result("open", key, {"a": encode(2), "c": encode(None)}) is None
     assert client.result("open", key, {"a": encode(3)}) is None  # sets nothing: no revision

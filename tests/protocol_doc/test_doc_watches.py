@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aionamespace import MemoryStore, Namespace, ServerThread
+from aionamespace import Limits, Namespace, ServerThread
 from doc_client import Client, assert_error, collect_pushes, connect
 from doc_values import encode
 
@@ -93,7 +93,8 @@ def test_watch_since_replays_history(client: Client) -> None:
 
 @pytest.fixture
 def short_history_server(short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "h.sock"), store=MemoryStore(history=3)) as running:
+    limits = Limits(max_history_revisions=3)
+    with ServerThread(os.path.join(short_tmp, "h.sock"), limits=limits) as running:
         yield running
 
 
@@ -114,7 +115,8 @@ def test_history_expired(short_history_server: ServerThread) -> None:
 
 @pytest.fixture
 def tiny_history_server(short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "t.sock"), store=MemoryStore(history=2)) as running:
+    limits = Limits(max_history_revisions=2)
+    with ServerThread(os.path.join(short_tmp, "t.sock"), limits=limits) as running:
         yield running
 
 

@@ -61,6 +61,9 @@ async def _read_cached(state: AsyncState, name: str) -> Any:
 class AsyncNamespace(ProxyBase):
     """An awaitable proxy: ``await ns.x``; ``ns.x = v`` and ``del ns.x`` are queued in order.
 
+    With no name it creates a new anonymous namespace with its first queued write: await it
+    (``await ns._flush()``) before handing the proxy to another process.
+
     ``await ns._flush()`` waits until every queued write is acknowledged and raises the first
     failure. Use ``async with ns:`` (or ``await ns._close()``) to release the connection.
     """
@@ -147,8 +150,14 @@ class AsyncNamespace(ProxyBase):
 
     # ------------------------------------------------------------------ operations
 
+    def _create(self, initial: dict[str, Any]) -> None:
+        self._queue(calls.open_(self._key, initial))  # the first write: sent before any other
+
     async def _open(self, **defaults: Any) -> None:
-        """Create the namespace on the server now, giving it the ``defaults`` it lacks."""
+        """Create the namespace on the server now, giving it the ``defaults`` it lacks (an
+        anonymous one exists already, or raises NamespaceGone: it is never created again)."""
+        if self._aionamespace.target.anonymous:
+            await self._run(calls.exists(self._key))
         await self._run(calls.open_(self._key, defaults))
 
     async def _snapshot(self, *names: str) -> calls.Snapshot:

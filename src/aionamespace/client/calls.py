@@ -137,6 +137,11 @@ def open_(key: str, defaults: dict[str, Any]) -> Call:
     return OPEN, (key, encode_values(defaults))
 
 
+def exists(key: str) -> Call:
+    """A read naming ``key`` that reads nothing: NamespaceGone if it is a freed anonymous one."""
+    return SNAPSHOT, (key, [])
+
+
 def dump(key: str) -> Call:
     return DUMP, (key,)
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +32,10 @@ import anyio.abc
 from .._errors import ConnectionLost
 from ..protocol.connection import ServerConnection
 from ..protocol.limits import Limits
+from ..protocol.pieces import Output, unfold
 from ..server.dispatch import Dispatcher
 from ..server.stores import MemoryStore, Store
+from ..server.timers import Timers
 from .asyncio_transport import AsyncioTransport
 from .stream_transport import StreamTransport
 
@@ -52,11 +56,14 @@ class LoopbackServer:
         limits: Limits | None = None,
         authkey: bytes | None = None,
     ) -> None:
-        self.store = store if store is not None else MemoryStore()
         self.limits = limits or Limits()
+        self.store = store if store is not None else MemoryStore(self.limits)
         self.authkey = authkey
         self.lock = threading.RLock()  # the dispatcher is not thread-safe; the proxies may be
-        self.dispatcher = Dispatcher(self.store, self._call_later)
+        self._timers = Timers()  # fired, under the lock, by one thread started with the first
+        self._timers_changed = threading.Condition(self.lock)
+        self._timer_thread: threading.Thread | None = None
+        self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
 
     def __repr__(self) -> str:
         return f"<aionamespace LoopbackServer at {id(self):#x}>"
@@ -66,14 +73,26 @@ class LoopbackServer:
         return _ServerEnd(self, deliver)
 
     def _call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
-        def locked() -> None:
-            with self.lock:
-                callback()
+        with self.lock:
+            cancel = self._timers.call_later(delay, callback)
+            if self._timer_thread is None:
+                self._timer_thread = threading.Thread(
+                    target=self._fire_timers, name="aionamespace loopback timers", daemon=True
+                )
+                self._timer_thread.start()
+            self._timers_changed.notify()
+        return cancel
 
-        timer = threading.Timer(delay, locked)
-        timer.daemon = True
-        timer.start()
-        return timer.cancel
+    def _fire_timers(self) -> None:
+        """The timer thread: fire what is due (under the lock), sleep until the next is; it
+        ends when no timer is left (the next ``_call_later`` starts another)."""
+        with self.lock:
+            while True:
+                due = self._timers.fire_due()
+                if due == math.inf:
+                    self._timer_thread = None
+                    return
+                self._timers_changed.wait(max(0.0, due - time.monotonic()))  # (unlocked)
 
     # ------------------------------------------------------------------ what proxies open
 
@@ -90,7 +109,7 @@ class LoopbackServer:
 
 
 class _ServerEnd:
-    """The server's side of one loopback connection: a ``dispatch.Peer``."""
+    """The server's side of one loopback connection: a ``peer.Peer``."""
 
     def __init__(self, server: LoopbackServer, deliver: Callable[[bytes], None]) -> None:
         self.server = server
@@ -109,9 +128,14 @@ class _ServerEnd:
             if self.protocol.refused:
                 self.close()
 
-    def write(self, data: bytes) -> None:
-        if data and not self.closed:
-            self.deliver(data)
+    def write(self, data: Output) -> None:
+        for piece in unfold(data):
+            if piece and not self.closed:
+                self.deliver(piece)
+
+    def write_all(self, data: list[Output]) -> None:
+        for output in data:
+            self.write(output)
 
     def backlog(self) -> int:
         return 0  # delivered at once

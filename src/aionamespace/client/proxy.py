@@ -7,6 +7,12 @@ argument) reconnects there by itself on first use. Local
 ``_underscore`` attributes are not pickled, exactly like the stdlib's proxies: a spawned child
 does not see them, a forked child keeps them because it copies the parent's memory.
 
+A proxy made with no name creates a new anonymous namespace on the server (``open`` with a
+fresh random key: a round trip for ``Namespace``, the first queued write of an
+``AsyncNamespace``); a proxy given a name, or unpickled, never creates one, so a proxy that
+outlived its anonymous namespace (see ``Limits.anonymous_grace``) gets ``NamespaceGone``
+instead of a new, empty namespace.
+
 The attribute space belongs to the user, so the proxies define no public names at all; their own
 operations start with ``_`` and their state sits in one slot, ``_aionamespace``.
 """
@@ -86,8 +92,8 @@ class Target:
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         if name is None:
-            # Anonymous namespaces get a random key made here, so creating one needs no round
-            # trip; 128 random bits make a collision with anyone else's key a non-event.
+            # Anonymous namespaces get a random key made here (the proxy then creates the
+            # namespace with ``open``); 128 random bits make a collision a non-event.
             key, named = ANONYMOUS_PREFIX + secrets.token_hex(16), False
         else:
             problem = limits.check_name(name)
@@ -111,6 +117,11 @@ class Target:
     def server(self) -> tuple[Any, ...]:
         """What a connection to the server depends on (proxies sharing it share connections)."""
         return (self.address, self.authkey, self.ssl_context, self.in_process)
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether the key is an anonymous namespace's (freed by the server once unused)."""
+        return self.key.startswith(ANONYMOUS_PREFIX)
 
     def describe(self) -> str:
         which = repr(self.key) if self.named else "anonymous"
@@ -195,9 +206,22 @@ class ProxyBase:
                 cache=cache,
             )
         )
+        if name is None:
+            self._create({})
+
+    @classmethod
+    def _from_target(cls, target: Target) -> Any:
+        """A proxy of ``target`` that creates nothing (unpickling, the Manager, server calls)."""
+        return _rebuild(cls, target)
 
     def _attach(self, target: Target) -> None:
         """Give the proxy its connection state (subclasses: theirs)."""
+        raise NotImplementedError
+
+    def _create(self, initial: dict[str, Any]) -> Any:
+        """Send ``open`` with ``initial``: it creates the proxy's new anonymous namespace (or a
+        named one, if absent) with the values it lacks (subclasses: a round trip, or a queued
+        write)."""
         raise NotImplementedError
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -174,6 +174,8 @@ class StreamTransport(PipelinedTransport):
                     self._wake_next_reader()
         finally:
             self.waiting.pop(waiter, None)
+            if not self.reading:  # it may have been woken to read, and leave without reading
+                self._wake_next_reader()  # (cancelled, or finished by the send it helped)
 
     async def _read_once(self) -> None:
         stream = self.link

@@ -99,13 +99,17 @@ class _State:
         self.cache: CacheConnection | None = None
 
 
+#: A proxy's state, read from its slot without going through ``__getattribute__``.
+_STATE: Callable[[ProxyBase], _State] = ProxyBase.__dict__["_aionamespace"].__get__
+
+
 class Namespace(ProxyBase):
     """A blocking proxy to a namespace on an aionamespace server.
 
     ``ns.x``, ``ns.x = v`` and ``del ns.x`` are round trips to the server; names starting with
     ``_`` stay on this proxy. Usually made by ``Manager.Namespace()``; to reach a namespace
     directly: ``Namespace(address, name=None, authkey=None)`` (``name=None`` creates a new
-    anonymous one).
+    anonymous one on the server, one round trip).
     """
 
     __slots__ = ()
@@ -134,7 +138,7 @@ class Namespace(ProxyBase):
 
     def _run(self, call: calls.Call) -> Any:
         """Send ``call`` on this thread's transport, retrying as the target's policy says."""
-        target = self._aionamespace.target
+        target = _STATE(self).target  # not self._aionamespace: that is a Python call, here
         operation, args = call
         if target.cache and operation.changes:
             return self._write_cached(operation, args)
@@ -202,7 +206,9 @@ class Namespace(ProxyBase):
         if name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        self._run(calls.set_(self._aionamespace.target.key, name, value))
+        # Namespace._run and _STATE, not self._run and self._aionamespace: each of those
+        # would go through __getattribute__, a Python call, on every set.
+        Namespace._run(self, calls.set_(_STATE(self).target.key, name, value))
 
     def __delattr__(self, name: str) -> None:
         check_attribute_name(name)
@@ -214,8 +220,14 @@ class Namespace(ProxyBase):
     def __str__(self) -> str:
         return format_namespace(self._run(calls.dump(self._key)))
 
+    def _create(self, initial: dict[str, Any]) -> None:
+        self._run(calls.open_(self._key, initial))  # one round trip, like the stdlib's
+
     def _open(self, **defaults: Any) -> None:
-        """Create the namespace on the server now, giving it the ``defaults`` it lacks."""
+        """Create the namespace on the server now, giving it the ``defaults`` it lacks (an
+        anonymous one exists already, or raises NamespaceGone: it is never created again)."""
+        if self._aionamespace.target.anonymous:
+            self._run(calls.exists(self._key))
         self._run(calls.open_(self._key, defaults))
 
     # ------------------------------------------------------------------ atomic operations

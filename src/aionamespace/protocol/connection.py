@@ -53,6 +53,7 @@ from .frames import (
     new_packer,
     pack_frame,
 )
+from .handshake import HandshakeDecoder
 from .limits import Limits
 from .ops import OPS, check_args, check_each_name, check_names, valid_names
 
@@ -87,6 +88,7 @@ class ServerConnection:
     def __init__(self, limits: Limits | None = None, authkey: bytes | None = None) -> None:
         self.limits = limits or Limits()
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self._handshake: HandshakeDecoder | None = HandshakeDecoder(self.limits)  # until ready
         self._authkey = authkey
         self._challenges = (b"", b"")  # (client's, ours)
         self.greeted = False
@@ -102,27 +104,36 @@ class ServerConnection:
 
         Malformed input (RemoteProtocolError) or a failed authentication (AuthenticationError)
         ends the list with a ``Refusal``: answer what came before it, send the refusal, close.
-        Nothing after it is parsed, so a request pipelined behind a bad proof never runs.
+        Nothing after it is parsed, nor after the hello and proof until the handshake completes,
+        so a request pipelined behind a bad proof never runs.
         """
         events: list[Hello | Request | BadRequest | Refusal] = []
         if self.refused:
             return events
         try:
+            handshake = self._handshake
+            if handshake is not None:
+                for frame in handshake.frames(data):
+                    if self.greeted:
+                        self._check_client_proof(frame)
+                    else:
+                        events.append(self._check_client_hello(frame))
+                    if self.authenticated:
+                        break
+                if not (self.greeted and self.authenticated):
+                    return events
+                self._handshake, data = None, handshake.rest  # it meets the full limits
+                if not data:
+                    return events
             for frame in self._decoder.feed(data):
-                if not self.greeted:
-                    events.append(self._check_client_hello(frame))
-                elif not self.authenticated:
-                    self._check_client_proof(frame)
-                else:
-                    events.append(self._check_request(frame))
+                events.append(self._check_request(frame))
             if self._decoder.error is not None:
                 raise self._decoder.error
-        except (RemoteProtocolError, AuthenticationError) as exc:
-            self.refused = True
-            events.append(Refusal(exc))
         except Exception as exc:  # never let a peer's bytes raise anything unexpected here
-            self.refused = True
-            events.append(Refusal(RemoteProtocolError(f"unusable frame: {exc!r}")))
+            if not isinstance(exc, (RemoteProtocolError, AuthenticationError)):
+                exc = RemoteProtocolError(f"unusable frame: {exc!r}")
+            self.refused, self._handshake = True, None  # nothing more will be parsed
+            events.append(Refusal(exc.with_traceback(None)))  # (a cycle through this frame)
         return events
 
     @property

@@ -19,7 +19,9 @@ from .._errors import RemoteProtocolError
 
 __all__ = [
     "LARGE_VALUE_BYTES",
+    "MAX_IDLE_UNPACKERS",
     "NO_FRAME",
+    "POOLED_BUFFER_BYTES",
     "FrameDecoder",
     "LargeValue",
     "coalesce",
@@ -53,6 +55,7 @@ class FrameDecoder:
         # An Unpacker costs ~42 KiB (msgpack's parse stack), so one is borrowed only while a
         # frame is unfinished: 10,000 idle connections would otherwise hold 420 MB.
         self._unpacker: msgpack.Unpacker | None = None
+        self._outgrown = False  # the borrowed Unpacker may have grown its buffer: not pooled
         self._fed = 0  # bytes given to msgpack so far (its tell() counts from its first use)
         self._frame_start = 0  # where the unfinished frame begins (msgpack's tell() moves on
         #                        past the complete elements of an unfinished array)
@@ -93,6 +96,7 @@ class FrameDecoder:
         if unpacker is None:
             unpacker = self._unpacker = _borrow_unpacker(self._max)
             self._fed = self._frame_start = unpacker.tell()
+            self._outgrown = False
         try:
             while True:
                 room = self._max - (self._fed - self._frame_start)
@@ -101,13 +105,16 @@ class FrameDecoder:
                 piece, view = view[:room], view[room:]
                 unpacker.feed(piece)
                 self._fed += len(piece)
+                if self._fed - self._frame_start > POOLED_BUFFER_BYTES:
+                    self._outgrown = True  # its buffer may hold that much: never shrinks
                 for frame in unpacker:
                     frames.append(frame)
                     self._frame_start = unpacker.tell()
                 if not view:
                     if self._fed == self._frame_start:  # nothing unfinished: give it back
                         self._unpacker = None
-                        _IDLE_UNPACKERS.setdefault(self._max, []).append(unpacker)
+                        if not self._outgrown:
+                            _give_back(self._max, unpacker)
                     return frames
         except RemoteProtocolError as exc:
             self.error = exc
@@ -119,8 +126,15 @@ class FrameDecoder:
         return frames
 
 
-#: Unpackers holding no bytes, by frame limit, for the next decoder that has some.
+#: Unpackers holding no bytes, by frame limit, for the next decoder that has some. msgpack
+#: never shrinks an Unpacker's buffer, so one that held more than POOLED_BUFFER_BYTES of a
+#: frame is let go, not pooled (eight 40 MiB sets left 380 MB held here), and at most
+#: MAX_IDLE_UNPACKERS wait per limit: the pool holds a few MiB at most, however busy it was.
 _IDLE_UNPACKERS: dict[int, list[msgpack.Unpacker]] = {}
+
+#: The buffer an Unpacker starts with: a frame longer than this may make it grow.
+POOLED_BUFFER_BYTES = 256 * 1024
+MAX_IDLE_UNPACKERS = 16
 
 
 def _borrow_unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
@@ -128,8 +142,18 @@ def _borrow_unpacker(max_frame_bytes: int) -> msgpack.Unpacker:
         return _IDLE_UNPACKERS.get(max_frame_bytes, []).pop()
     except IndexError:
         return msgpack.Unpacker(
-            max_buffer_size=max_frame_bytes, raw=False, strict_map_key=True, use_list=True
+            max_buffer_size=max_frame_bytes,
+            read_size=min(max_frame_bytes, POOLED_BUFFER_BYTES),
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
         )
+
+
+def _give_back(max_frame_bytes: int, unpacker: msgpack.Unpacker) -> None:
+    idle = _IDLE_UNPACKERS.setdefault(max_frame_bytes, [])
+    if len(idle) < MAX_IDLE_UNPACKERS:
+        idle.append(unpacker)
 
 
 _packers = threading.local()

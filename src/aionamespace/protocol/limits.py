@@ -13,20 +13,55 @@ class Limits:
 
     ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
     ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
-    proxy whose server has not greeted it by then raises ConnectionLost). The server alone uses
-    ``max_connections`` (more are refused at the hello); the async proxy alone uses
-    ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not yet
-    acknowledged). The server alone uses ``max_keys_per_hash``: it refuses a value holding a
-    set, frozenset or map in which more of the items (keys) than that share one CPython hash
-    value, which any Python reader would take quadratic time to build (docs/PROTOCOL.md 9.3).
+    proxy whose server has not greeted it by then raises ConnectionLost). The async proxy alone
+    uses ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not
+    yet acknowledged). The server alone uses:
+
+    * ``max_connections``: more are refused at the hello;
+    * ``max_handshakes``: the most connections still in their handshake; beyond it the oldest
+      such peer is dropped, so peers that never authenticate cannot take the slots of those
+      that do;
+    * ``max_namespaces``: a request that would create one more raises LimitExceeded;
+    * ``anonymous_grace``: the seconds an anonymous namespace is kept once no connection uses
+      it, for proxies in transit to reach it (pickled into a queue, or into a child process
+      that has not started yet), after which it is freed (README, "Semantics");
+    * two bounds on the bytes waiting to be sent to one connection (its *backlog*): past
+      ``max_reply_backlog_bytes`` it stops applying that connection's requests until the
+      client has read enough (replies and watch replays wait their turn: backpressure), and
+      past ``max_push_backlog_bytes`` a push or deferred reply, which cannot wait, drops the
+      connection instead (ConnectionLost);
+    * ``max_keys_per_hash``: it refuses a value holding a set, frozenset or map in which more
+      of the items (keys) than that share one CPython hash value, which any Python reader
+      would take quadratic time to build (docs/PROTOCOL.md 9.3).
+
+    The server's store keeps, per namespace, a history of at most ``max_history_revisions``
+    revisions whose sizes (values' bytes, ``server/stores/base.py``) sum to at most
+    ``max_history_bytes``; a watch resuming from before it gets HistoryExpired. Until a
+    connection has said hello and authenticated, each frame it sends may be at most
+    ``max_handshake_bytes`` long (and ``max_frame_bytes``) and nest at most
+    ``max_handshake_depth`` arrays and maps: that is all an unauthenticated peer can make the
+    server hold.
     """
 
     max_frame_bytes: int = 64 * 1024 * 1024
     max_name_length: int = 256
     max_keys_per_hash: int = 8
     max_connections: int = 10_000
+    # what a peer may send before its handshake completes
+    max_handshake_bytes: int = 4096
+    max_handshake_depth: int = 4
     handshake_timeout: float = 10.0
     max_queued_writes: int = 100_000
+    # the server's history of changes, per namespace
+    max_history_revisions: int = 10_000
+    max_history_bytes: int = 64 * 1024 * 1024
+    # what may wait to be sent to one connection
+    max_reply_backlog_bytes: int = 1024 * 1024
+    max_push_backlog_bytes: int = 16 * 1024 * 1024
+    # connections in their handshake, namespaces, and how long an unused anonymous one is kept
+    max_handshakes: int = 1_000
+    max_namespaces: int = 100_000
+    anonymous_grace: float = 300.0
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""

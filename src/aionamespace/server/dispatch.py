@@ -8,27 +8,56 @@ applied atomically, in order. Two things reach a connection *outside* its own re
 * watch pushes: every change a store commits is pushed to the connections watching that
   namespace, gathered per connection during a batch and written once at its end;
 * deferred replies: an ``acquire`` that has to wait is answered when the lock is handed over.
+
+What it hands a connection is *output* (protocol/pieces.py): frames whose stored values are
+referenced, never copied, and, for a reply or watch replay larger than the connection's reply
+budget (``Limits.max_reply_backlog_bytes``), a Producer that makes it as it is sent. Pushes
+cannot wait for a peer that does not read: past ``Limits.max_push_backlog_bytes`` of backlog,
+the peer is dropped instead.
+
+Every request naming an anonymous namespace (a key starting with ``#``) goes through
+``anonymous.AnonymousNamespaces`` the first time its connection names it; named keys pay a look
+at their first character.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from .._errors import ConnectionLost, HistoryExpired, ProtocolError, RemoteProtocolError
+from .._errors import (
+    ConnectionLost,
+    HistoryExpired,
+    LimitExceeded,
+    NamespaceGone,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
-from ..protocol.frames import coalesce
+from ..protocol.frames import LARGE_VALUE_BYTES
+from ..protocol.limits import Limits
+from ..protocol.pieces import (
+    Output,
+    Producer,
+    event_head,
+    event_tail,
+    list_reply,
+    replay,
+    values_reply,
+)
+from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .locks import LockTable
-from .stores import Changes, Store
+from .outbox import SEND_BYTES
+from .peer import Peer
+from .stores import Changes, Store, materialised
+from .timers import CallLater
 
 __all__ = ["Dispatcher", "Peer"]
 
 logger = logging.getLogger("aionamespace.server")
-
-#: A connection with more unsent bytes than this gets no more pushes: it is dropped instead.
-MAX_PUSH_BACKLOG_BYTES = 16 * 1024 * 1024
 
 # Exceptions an op may raise on purpose; they go back to the caller as an error reply.
 _CALLER_ERRORS = (
@@ -40,62 +69,49 @@ _CALLER_ERRORS = (
     TimeoutError,
     ProtocolError,
     HistoryExpired,
+    NamespaceGone,
+    LimitExceeded,
 )
 
 
-class Peer(Protocol):
-    """What the dispatcher needs of a connection."""
-
-    protocol: ServerConnection
-
-    def write(self, data: bytes) -> None:
-        """Queue bytes for this connection without blocking."""
-
-    def backlog(self) -> int:
-        """Bytes queued for this connection and not yet sent."""
-
-    def close(self) -> None:
-        """Close after sending what is queued."""
-
-    def drop(self) -> None:
-        """Close now, whatever is still queued (a peer that does not read)."""
-
-
-#: One request's answer: a frame, or a large value's header and its bytes (written as they are).
-ReplyData = bytes | tuple[bytes, bytes]
+#: One request's answer: a frame, a large value's header and its bytes (written as they are),
+#: or a reply larger than the reply budget, made as it is sent.
+ReplyData = bytes | tuple[bytes, bytes] | Producer
 
 _NO_WATCHES: dict[int, Any] = {}
 
 
 class _Watch:
-    __slots__ = ("id", "names", "peer")
+    __slots__ = ("head", "id", "names", "peer")
 
     def __init__(self, watch_id: int, peer: Peer, names: frozenset[str] | None) -> None:
         self.id, self.peer, self.names = watch_id, peer, names
+        self.head = event_head(watch_id)  # every push of this watch starts so
 
 
 class Dispatcher:
     """The op layer between the protocol and the store, shared by all connections."""
 
-    def __init__(
-        self, store: Store, call_later: Callable[[float, Callable[[], None]], Callable[[], None]]
-    ) -> None:
+    def __init__(self, store: Store, call_later: CallLater, limits: Limits | None = None) -> None:
         self.store = store
+        self.limits = limits = limits or Limits()
         store.on_commit = self._committed
+        store.max_namespaces = limits.max_namespaces
         self.locks = LockTable(call_later)
+        self.anonymous = AnonymousNamespaces(store, call_later, limits.anonymous_grace)
+        self._anonymous_used = self.anonymous.used  # (read on every request naming one)
         self._watches: dict[str, dict[int, _Watch]] = {}  # namespace key -> watch id -> watch
         self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
         self._last_watch_id = 0
-        self._pushes: dict[Peer, list[bytes]] = {}
+        self._pushes: dict[Peer, list[Output]] = {}
         self._in_batch = False
+        self._batch_peer: Peer | None = None  # whose batch is being applied
+        self._own_pushes = 0  # bytes the request being applied queued for its own connection
         self._store_ops: dict[str, Callable[..., Any]] = {
             "ping": lambda: None,
-            "keys": store.keys,
             "open": store.open,
             "set": store.set,
             "del": store.delete,
-            "dump": lambda key: store.snapshot(key, None)[1],
-            "snapshot": lambda key, names: list(store.snapshot(key, names)),
             "update": store.update,
             "setdefault": store.setdefault,
             "pop": store.pop,
@@ -108,6 +124,9 @@ class Dispatcher:
         self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
         self._peer_ops: dict[str, Callable[..., ReplyData]] = {
             "get": self._get,
+            "keys": self._keys,
+            "dump": self._dump,
+            "snapshot": self._snapshot,
             "track": self._track,
             "watch": self._watch,
             "unwatch": self._unwatch,
@@ -119,74 +138,109 @@ class Dispatcher:
         self,
         peer: Peer,
         events: list[Hello | Request | BadRequest | Refusal],
-    ) -> list[bytes]:
+    ) -> list[Output]:
         """Apply a batch of events in order; return the answers (and pushes) to write."""
         return self.respond_some(peer, events, math.inf)[0]
 
     def respond_some(
         self, peer: Peer, events: list[Hello | Request | BadRequest | Refusal], budget: float
-    ) -> tuple[list[bytes], int]:
+    ) -> tuple[list[Output], int]:
         """Apply events in order until the answers pass ``budget`` bytes: (answers, applied).
 
-        The answers come as few buffers as possible: one, unless a large value stands apart
-        (it is written as the store holds it, never copied into a frame). The events applied
-        form one batch: frames for other connections (watch events, deferred replies)
-        arising during it are gathered and written once each at its end, in the order they
-        arose. A connection that does not read its answers is applied a budget at a time, so
-        the memory it costs the server stays bounded.
+        The answers come as one buffer, unless some stand apart: a large value (written as the
+        store holds it, never copied into a frame), a reply made as it is sent, or answers too
+        many to join. The events applied form one batch: frames for other connections (watch
+        events, deferred replies) arising during it are gathered and written once each at its
+        end, in the order they arose. A connection that does not read its answers is applied a
+        budget at a time (a watch's replay counts with its reply), so the memory it costs the
+        server stays bounded.
         """
-        out: list[bytes] = []
+        out: list[Output] = []
         size = applied = 0
         large = False
         self._in_batch = True
+        self._batch_peer = peer
+        self._own_pushes = 0
         try:
             for event in events:
                 answer = self._apply(peer, event)
                 applied += 1
-                if isinstance(answer, tuple):
+                if type(answer) is bytes:
+                    out.append(answer)
+                    size += len(answer)
+                elif type(answer) is tuple:
                     out.extend(answer)
                     size += len(answer[0]) + len(answer[1])
                     large = True
                 else:
+                    assert isinstance(answer, Producer)
                     out.append(answer)
-                    size += len(answer)
+                    size += answer.remaining
+                    large = True
+                if self._own_pushes:  # its watch replays, its pushes of its own changes
+                    size += self._own_pushes
+                    self._own_pushes = 0
                 if size > budget:
                     break
         finally:
-            self._in_batch = False
-        if self._pushes:
+            try:
+                if self._pushes:
+                    large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
+            finally:
+                self._in_batch = False
+                self._batch_peer = None
+        if large:
+            return out, applied
+        return [b"".join(out)], applied  # type: ignore[arg-type]  # (bytes, as not large)
+
+    def _flush(self, peer: Peer, out: list[Output], refused: bool) -> bool:
+        """Write the frames a batch gave rise to for other connections; put those for ``peer``
+        into its answers ``out`` (after the replies, before the refusal of a batch that ends
+        so: it is always the last frame). True if those are not to be joined into one buffer.
+
+        Still within the batch: frames that arise meanwhile (a lock handed over because a write
+        here dropped its holder) are gathered in turn and written after, in the order they arose.
+        """
+        large = False
+        while self._pushes:
             pushes, self._pushes = self._pushes, {}
             for other, frames in pushes.items():
                 if other is peer:
-                    # after the answers, but before a refusal: that is always the last frame
-                    refused = applied and type(events[applied - 1]) is Refusal
                     at = len(out) - 1 if refused else len(out)
                     out[at:at] = frames
-                else:
-                    self._write(other, b"".join(frames))
-        return (coalesce(out) if large else [b"".join(out)]), applied
+                    large = large or _apart(frames)
+                    continue
+                try:
+                    self._write(other, frames)
+                except MemoryError:  # its pushes are lost: it must not go on as if they were not
+                    other.drop()
+        return large
 
     def _send(self, peer: Peer, frame: bytes) -> None:
         """A frame for ``peer`` outside its own answers: queued during a batch, else written."""
         if self._in_batch:
             self._pushes.setdefault(peer, []).append(frame)
         else:
-            self._write(peer, frame)
+            self._write(peer, [frame])
 
-    def _write(self, peer: Peer, data: bytes) -> None:
-        if peer.backlog() > MAX_PUSH_BACKLOG_BYTES:
+    def _write(self, peer: Peer, frames: list[Output]) -> None:
+        bound = peer.protocol.limits.max_push_backlog_bytes
+        if peer.backlog() > bound:
             # A watcher that does not read cannot make us hold its events forever.
             peer.write(
                 peer.protocol.send_refusal(
                     ConnectionLost(
-                        f"more than {MAX_PUSH_BACKLOG_BYTES} bytes of events went unread; "
+                        f"more than {bound} bytes of events went unread; "
                         "watch again from the last revision seen"
                     )
                 )
             )
             peer.drop()  # at once: a close would wait for the unread bytes to drain
             return
-        peer.write(data)
+        if len(frames) == 1:
+            peer.write(frames[0])
+        else:
+            peer.write_all(frames)
 
     def connection_lost(self, peer: Peer) -> None:
         """Forget a connection's watches and cache; release its locks (to the next waiter)."""
@@ -201,17 +255,26 @@ class Dispatcher:
                     del self._tracked[item]
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
+        self.anonymous.connection_lost(peer)
 
     def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> ReplyData:
         """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
         read, see ``Connections.received``) only for an op that pushes nothing."""
         try:
+            if args:
+                key = args[0]
+                if type(key) is str and key[0] == ANONYMOUS:
+                    used = self._anonymous_used.get(peer)
+                    if used is None or key not in used:
+                        self.anonymous.first_use(peer, op, key)
             store_op = self._store_ops.get(op)
             if store_op is not None:
                 return peer.protocol.send_result(request_id, store_op(*args))
             return self._peer_ops[op](peer, request_id, *args)
         except _CALLER_ERRORS as exc:
             return peer.protocol.send_error(request_id, exc)
+        except MemoryError:
+            raise  # the connection is dropped (Connections.failed), the server serves on
         except Exception as exc:  # a bug in a store must not take the server down
             logger.exception("internal error applying %s", op)
             return peer.protocol.send_error(request_id, exc)
@@ -232,41 +295,64 @@ class Dispatcher:
     def _committed(self, key: str, revision: int, changes: Changes) -> None:
         if not self._tracked and not self._watches:
             return  # nobody to tell: the common case, kept cheap
+        try:
+            self._push(key, revision, changes)
+        except MemoryError:
+            # Some pushes of this committed revision may never have been queued: whoever may
+            # have missed one must not go on as if it had not (a gap in a watch, a stale
+            # cache). Dropped, it resumes (PROTOCOL.md 11.3).
+            missed = {watch.peer for watch in self._watches.get(key, _NO_WATCHES).values()}
+            for name in changes:
+                missed.update(self._tracked.get((key, name), ()))
+            reason = ConnectionLost(
+                "the server ran out of memory; watch again from the last revision seen"
+            )
+            for peer in missed:
+                with contextlib.suppress(MemoryError):
+                    peer.write(peer.protocol.send_refusal(reason))
+                peer.drop()
+            raise
+
+    def _push(self, key: str, revision: int, changes: Changes) -> None:
         for name, value in changes.items():
             if self._tracked:
                 item = (key, name)
-                readers = self._tracked.pop(item, None)
+                readers = self._tracked.get(item)
                 if readers:
                     frame = ServerConnection.send_invalidation(key, name)
                     for reader in readers:  # invalidated once: a reader that gets again re-tracks
                         self._peer_tracked[reader].discard(item)
                         self._pushes.setdefault(reader, []).append(frame)
+                    del self._tracked[item]
+            tail: tuple[bytes, ...] | None = None  # made once, shared by every watch
             for watch in self._watches.get(key, _NO_WATCHES).values():
                 if watch.names is None or name in watch.names:
-                    self._pushes.setdefault(watch.peer, []).append(
-                        ServerConnection.send_event(watch.id, revision, name, value)
-                    )
+                    if tail is None:  # (an appended list is encoded here: once per revision)
+                        tail = event_tail(revision, name, materialised(value))
+                    frames = self._pushes.setdefault(watch.peer, [])
+                    frames.append(watch.head)
+                    frames.extend(tail)
+                    if watch.peer is self._batch_peer:  # counts against its reply budget
+                        self._own_pushes += len(watch.head) + sum(map(len, tail))
 
     def _watch(
         self, peer: Peer, request_id: int, key: str, names: list[str] | None, since: int | None
-    ) -> bytes:
+    ) -> ReplyData:
         selected = frozenset(names) if names is not None else None
-        revision, values = self.store.snapshot(key, names)
-        replay = [] if since is None else self.store.history(key, since)  # may raise
+        revision, values = self.store.snapshot(key, names if since is None else ())
+        changes = [] if since is None else self.store.history(key, since)  # may raise
         self._last_watch_id += 1
         watch = _Watch(self._last_watch_id, peer, selected)
         self._watches.setdefault(key, {})[watch.id] = watch
         self._peer_watches.setdefault(peer, {})[watch.id] = key
-        frames = [
-            ServerConnection.send_event(watch.id, c.revision, c.name, c.value)
-            for c in replay
-            if selected is None or c.name in selected
-        ]
-        if frames:  # sent after the reply, which tells the client the watch id
-            self._pushes.setdefault(peer, []).extend(frames)
-        return peer.protocol.send_result(
-            request_id, [watch.id, revision, values if since is None else {}]
-        )
+        budget = peer.protocol.limits.max_reply_backlog_bytes
+        replayed = replay(watch.id, changes, selected, budget) if changes else None
+        if replayed is not None:  # sent after the reply, which tells the client the watch id
+            self._pushes.setdefault(peer, []).append(replayed)
+            self._own_pushes += (
+                replayed.remaining if isinstance(replayed, Producer) else len(replayed)
+            )
+        return values_reply(request_id, (watch.id, revision), values, budget)
 
     def _unwatch(self, peer: Peer, request_id: int, watch_id: int) -> bytes:
         key = self._peer_watches.get(peer, {}).pop(watch_id, None)
@@ -280,6 +366,23 @@ class Dispatcher:
             watches.pop(watch_id, None)
             if not watches:
                 del self._watches[key]
+
+    # ------------------------------------------------------------------ replies of any size
+
+    def _keys(self, peer: Peer, request_id: int) -> ReplyData:
+        budget = peer.protocol.limits.max_reply_backlog_bytes
+        return list_reply(request_id, self.store.keys(), budget)
+
+    def _dump(self, peer: Peer, request_id: int, key: str) -> ReplyData:
+        budget = peer.protocol.limits.max_reply_backlog_bytes
+        return values_reply(request_id, (), self.store.snapshot(key, None)[1], budget)
+
+    def _snapshot(
+        self, peer: Peer, request_id: int, key: str, names: list[str] | None
+    ) -> ReplyData:
+        revision, values = self.store.snapshot(key, names)
+        budget = peer.protocol.limits.max_reply_backlog_bytes
+        return values_reply(request_id, (revision,), values, budget)
 
     # ------------------------------------------------------------------ client caches
 
@@ -316,3 +419,14 @@ class Dispatcher:
 
     def _release(self, peer: Peer, request_id: int, key: str, name: str, token: bytes) -> bytes:
         return peer.protocol.send_result(request_id, self.locks.release(key, name, (peer, token)))
+
+
+def _apart(frames: list[Output]) -> bool:
+    """Whether ``frames`` must not be joined into one buffer: a Producer, a stored value (a
+    large one, referenced), or too many bytes to copy at once."""
+    total = 0
+    for frame in frames:
+        if type(frame) is not bytes or len(frame) >= LARGE_VALUE_BYTES:
+            return True
+        total += len(frame)
+    return total > SEND_BYTES

@@ -40,6 +40,7 @@ from .dispatch import Dispatcher
 from .listeners import TLSListener, make_listening_socket
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
+from .timers import Timers
 
 __all__ = ["Server", "ServerThread"]
 
@@ -64,14 +65,15 @@ class Server:
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         self._requested = parse_address(address) if address is not None else DEFAULT_TCP_ADDRESS
         self._authkey = authkey
-        self.store: Store = store if store is not None else MemoryStore()
         self.limits = limits or Limits()
+        # A store passed in keeps the history bounds it was made with.
+        self.store: Store = store if store is not None else MemoryStore(self.limits)
         self._address: Address | None = None
         self._stop: anyio.Event | None = None
         self._ssl_context = ssl_context
         self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
-        self._timers: anyio.abc.TaskGroup | None = None
-        self.dispatcher = Dispatcher(self.store, self._call_later)
+        self._timers = Timers()  # lock timeouts, handshake deadlines, ... (run while serving)
+        self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
 
     @property
     def address(self) -> Address:
@@ -97,7 +99,8 @@ class Server:
         sock, address = make_listening_socket(self._requested)
         self._stop = stop = anyio.Event()
         try:
-            async with anyio.create_task_group() as self._timers:
+            async with anyio.create_task_group() as timer_task:
+                timer_task.start_soon(self._timers.run)
                 connections = Connections(
                     self.limits, self.dispatcher, self._call_later, self.new_connection
                 )
@@ -109,9 +112,8 @@ class Server:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await connections.goodbye()
-                    self._timers.cancel_scope.cancel()
+                    timer_task.cancel_scope.cancel()
         finally:
-            self._timers = None
             self._address = None
             sock.close()
             if isinstance(address, str):
@@ -213,17 +215,9 @@ class Server:
         return ServerConnection(self.limits, self._authkey)
 
     def _call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
-        """Run ``callback`` after ``delay`` seconds unless cancelled: the lock timeouts."""
-        scope = anyio.CancelScope()
-
-        async def timer() -> None:
-            with scope:
-                await anyio.sleep(delay)
-                callback()
-
-        assert self._timers is not None
-        self._timers.start_soon(timer)
-        return scope.cancel
+        """Run ``callback`` after ``delay`` seconds unless cancelled (lock timeouts, handshake
+        deadlines...): an entry of the server's one timer heap, fired while it serves."""
+        return self._timers.call_later(delay, callback)
 
 
 def _running_on_asyncio() -> bool:

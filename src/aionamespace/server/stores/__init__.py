@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .base import Change, Changes, Store
-from .memory import DEFAULT_HISTORY, MemoryStore
+from .base import CHANGE_OVERHEAD_BYTES, Change, Changes, LazyValue, Store, Value, materialised
+from .memory import MemoryStore
 
-__all__ = ["DEFAULT_HISTORY", "Change", "Changes", "MemoryStore", "Store"]
+__all__ = [
+    "CHANGE_OVERHEAD_BYTES",
+    "Change",
+    "Changes",
+    "LazyValue",
+    "MemoryStore",
+    "Store",
+    "Value",
+    "materialised",
+]

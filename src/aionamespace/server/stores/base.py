@@ -3,11 +3,34 @@
 A store maps a namespace *key* to its attributes, each attribute an encoded value (the bytes
 ``protocol.codec.encode_value`` made). Plain reads and writes never look inside values; only
 the atomic read-modify-write operations (``incr``, ``append``, ``cas``) decode the one value
-they change.
+they change. Reads (``get``, ``snapshot``, ``setdefault``, ``pop``) return encoded bytes,
+whatever the store keeps; changes told to ``on_commit`` and replayed by ``history`` may carry
+a ``LazyValue`` instead, whose ``materialise()`` makes those bytes when someone needs them.
 
 Every change gets a *revision*: each namespace counts its changes, and a bounded history of
 recent changes lets a watcher resume from a revision (the etcd model). When a watcher asks for
 a revision the history no longer reaches, ``HistoryExpired`` tells it to resync.
+
+**The history's bounds.** A store is made with a ``Limits`` and keeps, per namespace, the most
+recent revisions that fit both ``max_history_revisions`` (how many) and ``max_history_bytes``
+(their sizes summed), forgetting the oldest first and each revision whole, never part of one.
+The *size* of a revision is, for each name it changed, ``CHANGE_OVERHEAD_BYTES`` plus:
+
+* the length of the new encoded value (a set, an update, an incr, a cas, an open's default);
+* nothing more for a deletion (del, pop);
+* for an append, the bytes of the items it appended, not of the whole list: a store keeps an
+  appended list so that its earlier versions share the current one's items;
+* when the change replaces or deletes a list that appends grew, and the history still holds
+  one of those appends, that list's bytes too (its elements', without the array header): the
+  history keeps the list alive to replay them.
+
+A revision bigger than ``max_history_bytes`` on its own is not kept (only a watch from the
+current revision is served then). A store forgets no more than the bounds require, so what a
+watcher can resume from depends only on the changes made and the bounds.
+
+**Replays.** ``history`` replays every change after ``since``, in order, each with the value
+the name held right after it: for an append, the whole list as it was at that revision
+(materialised only when asked, so a store need not build every version up front).
 
 Methods are synchronous: the server applies every frame of a chunk in one go, without awaiting
 between them, so each method is atomic and an in-memory store never waits.
@@ -18,28 +41,50 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
-__all__ = ["Change", "Changes", "Store"]
+from ...protocol.pieces import LazyValue, materialised
+
+__all__ = [
+    "CHANGE_OVERHEAD_BYTES",
+    "Change",
+    "Changes",
+    "LazyValue",
+    "Store",
+    "Value",
+    "materialised",
+]
+
+#: What each changed name adds to its revision's size, beyond its value's bytes: the history's
+#: own bookkeeping, so that revisions of many small changes are bounded by bytes too.
+CHANGE_OVERHEAD_BYTES = 64
+
+
+#: A value as a change carries it: its encoding, or a LazyValue that makes it.
+Value = bytes | LazyValue
 
 
 class Change(NamedTuple):
-    """One attribute changed at ``revision``: its new encoded value, or None if deleted."""
+    """One attribute changed at ``revision``: its new value, or None if deleted."""
 
     key: str
     revision: int
     name: str
-    value: bytes | None
+    value: Value | None
 
 
-#: What one revision changed: name -> new encoded value, or None if deleted.
-Changes = Mapping[str, bytes | None]
+#: What one revision changed: name -> new value, or None if deleted.
+Changes = Mapping[str, Value | None]
 
 
 class Store(Protocol):
     """What the server needs from a store. Keys, names and values arrive validated."""
 
     #: Called once per revision, in revision order, as it happens: (key, revision, changes).
-    #: The server's watch and cache hook; it must not keep ``changes`` beyond the call.
+    #: The server's watch and cache hook; it must not keep ``changes`` beyond the call. A
+    #: LazyValue in them materialises the value as of that revision (during the call).
     on_commit: Callable[[str, int, Changes], None] | None
+    #: The most namespaces the store holds (None: no bound): an operation that would create one
+    #: more raises ``LimitExceeded`` and changes nothing. The server sets it from ``Limits``.
+    max_namespaces: int | None
 
     def open(self, key: str, defaults: Mapping[str, bytes]) -> None: ...
     def get(self, key: str, name: str) -> bytes: ...
@@ -54,3 +99,5 @@ class Store(Protocol):
     def cas(self, key: str, name: str, expected: bytes, new: bytes) -> bool: ...
     def history(self, key: str, since: int) -> list[Change]: ...
     def keys(self) -> list[str]: ...
+    def count(self) -> int: ...  # how many namespaces it holds
+    def drop(self, key: str) -> None: ...  # forget a namespace (the server frees anonymous ones)

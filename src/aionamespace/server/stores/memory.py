@@ -1,8 +1,10 @@
-"""The in-memory store: namespaces in this process's memory, as long as the server lives.
+"""The in-memory store: namespaces in this process's memory, until the server drops them.
 
 Values stay the bytes clients sent (never re-encoded); only ``incr``, ``append`` and ``cas``
-look inside the one value they change. Each namespace keeps its last revisions (whole, as they
-were committed) for watches to resume from.
+look inside the one value they change. A list that ``append`` touched becomes a ``StoredList``
+(``lists.py``): appends then cost the items appended, and its encoding is made when read.
+Each namespace keeps its last revisions, as they were committed, within the history's bounds
+(``base.py``): a change's values are shared with the attributes, an append's items with its list.
 """
 
 from __future__ import annotations
@@ -11,54 +13,71 @@ import collections
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..._errors import HistoryExpired
+from ..._errors import HistoryExpired, LimitExceeded
 from ...protocol.codec import decode_value, encode_value
+from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
-from ...protocol.lists import EMPTY_LIST, extend_list
-from .base import Change, Changes
+from ...protocol.limits import Limits
+from ...protocol.lists import EMPTY_LIST
+from .base import CHANGE_OVERHEAD_BYTES, Change, Changes
+from .lists import StoredList
 
-__all__ = ["DEFAULT_HISTORY", "MemoryStore"]
-
-DEFAULT_HISTORY = 10_000
+__all__ = ["MemoryStore"]
 
 
 class _Namespace:
-    __slots__ = ("attributes", "history", "revision")
+    __slots__ = ("attributes", "history", "history_bytes", "lists", "revision")
 
-    def __init__(self, history: int) -> None:
-        self.attributes: dict[str, bytes] = {}
+    def __init__(self) -> None:
+        # An attribute is its encoded value, or a list that appends grew (made bytes when read).
+        self.attributes: dict[str, bytes | StoredList] = {}
+        self.lists: set[str] = set()  # the names whose attribute is a StoredList
         self.revision = 0
         # Whole revisions (an update's changes stay together): a watch never replays half one.
-        # Plain tuples: Change objects are made only when a watch replays them.
-        self.history: collections.deque[tuple[int, Changes]] = collections.deque(maxlen=history)
+        # Plain tuples (revision, changes, size): Change objects are made only for a replay.
+        self.history: collections.deque[tuple[int, Changes, int]] = collections.deque()
+        self.history_bytes = 0  # the sizes of the revisions in history, summed
 
 
 class MemoryStore:
-    """Namespaces in memory, living as long as the server; each keeps its last ``history``
-    revisions for watches to resume from."""
+    """Namespaces in memory, living as long as the server; each keeps its last revisions within
+    ``limits.max_history_revisions`` and ``limits.max_history_bytes`` for watches to resume."""
 
-    def __init__(self, history: int = DEFAULT_HISTORY) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
+        limits = limits or Limits()
         self._namespaces: dict[str, _Namespace] = {}
-        self._history = history
+        self._max_revisions = limits.max_history_revisions
+        self._max_bytes = limits.max_history_bytes
         self.on_commit: Callable[[str, int, Changes], None] | None = None
+        self.max_namespaces: int | None = None
 
     def _ns(self, key: str) -> _Namespace:
         namespace = self._namespaces.get(key)
         if namespace is None:
-            namespace = self._namespaces[key] = _Namespace(self._history)
+            if self.max_namespaces is not None and len(self._namespaces) >= self.max_namespaces:
+                raise LimitExceeded(
+                    f"the server holds {len(self._namespaces)} namespaces, its limit "
+                    f"(Limits.max_namespaces): {key!r} cannot be created"
+                )
+            namespace = self._namespaces[key] = _Namespace()
         return namespace
 
     def _commit(
-        self, key: str, namespace: _Namespace, changes: Changes, deletes: bool = True
+        self,
+        key: str,
+        namespace: _Namespace,
+        changes: Mapping[str, bytes | None],
+        size: int,
+        deletes: bool = True,
     ) -> int:
-        """Apply changes as one revision, record them, tell the listener.
+        """Apply changes of ``size`` (base.py) as one revision, record them, tell the listener.
 
         ``changes`` is kept in the history as it is (not copied: callers pass a mapping of
         their own). ``deletes=False`` promises every value is bytes: applied in one C call.
         """
-        namespace.revision += 1
-        revision = namespace.revision
         attributes = namespace.attributes
+        if namespace.lists:
+            size += self._replaced_lists(namespace, changes)
         if deletes:
             for name, value in changes.items():
                 if value is None:
@@ -67,10 +86,37 @@ class MemoryStore:
                     attributes[name] = value
         else:
             attributes.update(changes)  # type: ignore[arg-type]
-        namespace.history.append((revision, changes))
+        return self._record(key, namespace, changes, size)
+
+    def _record(self, key: str, namespace: _Namespace, changes: Changes, size: int) -> int:
+        """Count a revision already applied: into the history (within its bounds), then told."""
+        namespace.revision += 1
+        revision = namespace.revision
+        history = namespace.history
+        history.append((revision, changes, size))
+        namespace.history_bytes += size
+        if len(history) > self._max_revisions:  # one in, so at most one out
+            namespace.history_bytes -= history.popleft()[2]
+        if namespace.history_bytes > self._max_bytes:
+            while history and namespace.history_bytes > self._max_bytes:
+                namespace.history_bytes -= history.popleft()[2]
         if self.on_commit is not None:
             self.on_commit(key, revision, changes)
         return revision
+
+    def _replaced_lists(self, namespace: _Namespace, changes: Mapping[str, bytes | None]) -> int:
+        """The bytes of the appended lists ``changes`` replace or delete that the history keeps
+        alive (it still holds one of their appends): part of the revision's size."""
+        size = 0
+        oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
+        for name in namespace.lists.intersection(changes):
+            namespace.lists.discard(name)
+            stored = namespace.attributes[name]
+            assert isinstance(stored, StoredList)
+            stored.retire()
+            if stored.revision >= oldest:
+                size += stored.size
+        return size
 
     # ------------------------------------------------------------------ plain access
 
@@ -78,22 +124,30 @@ class MemoryStore:
         namespace = self._ns(key)
         missing = {n: v for n, v in defaults.items() if n not in namespace.attributes}
         if missing:
-            self._commit(key, namespace, missing)
+            self._commit(key, namespace, missing, _size_of(missing))
 
     def get(self, key: str, name: str) -> bytes:
         try:
-            return self._namespaces[key].attributes[name]
+            value = self._namespaces[key].attributes[name]
         except KeyError:
             raise missing_attribute(name) from None
+        if type(value) is bytes:
+            return value
+        return value.encoded()  # type: ignore[union-attr]
 
     def set(self, key: str, name: str, value: bytes) -> int:
-        return self._commit(key, self._ns(key), {name: value})
+        namespace = self._ns(key)
+        size = len(value) + CHANGE_OVERHEAD_BYTES
+        if namespace.lists:  # it may replace one
+            return self._commit(key, namespace, {name: value}, size)
+        namespace.attributes[name] = value
+        return self._record(key, namespace, {name: value}, size)
 
     def delete(self, key: str, name: str) -> int:
         namespace = self._namespaces.get(key)
         if namespace is None or name not in namespace.attributes:
             raise missing_attribute(name)
-        return self._commit(key, namespace, {name: None})
+        return self._commit(key, namespace, {name: None}, CHANGE_OVERHEAD_BYTES)
 
     def snapshot(self, key: str, names: Sequence[str] | None) -> tuple[int, dict[str, bytes]]:
         """The revision and the attributes (all, or those of ``names`` that exist), together."""
@@ -102,11 +156,23 @@ class MemoryStore:
             return 0, {}
         attributes = namespace.attributes
         if names is None:
-            return namespace.revision, dict(attributes)
-        return namespace.revision, {n: attributes[n] for n in names if n in attributes}
+            values = dict(attributes)
+        else:
+            values = {n: attributes[n] for n in names if n in attributes}
+        for name in namespace.lists.intersection(values) if namespace.lists else ():
+            stored = attributes[name]
+            assert isinstance(stored, StoredList)
+            values[name] = stored.encoded()
+        return namespace.revision, values  # type: ignore[return-value]
 
     def keys(self) -> list[str]:
         return sorted(self._namespaces)
+
+    def count(self) -> int:
+        return len(self._namespaces)
+
+    def drop(self, key: str) -> None:
+        self._namespaces.pop(key, None)
 
     # ------------------------------------------------------------------ atomic operations
 
@@ -118,19 +184,19 @@ class MemoryStore:
         namespace = self._ns(key)
         if not values:
             return namespace.revision
-        return self._commit(key, namespace, values, deletes=False)
+        size = sum(map(len, values.values())) + CHANGE_OVERHEAD_BYTES * len(values)
+        return self._commit(key, namespace, values, size, deletes=False)
 
     def setdefault(self, key: str, name: str, value: bytes) -> bytes:
         namespace = self._ns(key)
-        current = namespace.attributes.get(name)
-        if current is not None:
-            return current
-        self._commit(key, namespace, {name: value})
+        if name in namespace.attributes:
+            return self.get(key, name)
+        self._commit(key, namespace, {name: value}, len(value) + CHANGE_OVERHEAD_BYTES)
         return value
 
     def pop(self, key: str, name: str) -> bytes:
         value = self.get(key, name)
-        self._commit(key, self._namespaces[key], {name: None})
+        self._commit(key, self._namespaces[key], {name: None}, CHANGE_OVERHEAD_BYTES)
         return value
 
     def incr(self, key: str, name: str, by: bytes) -> bytes:
@@ -139,42 +205,51 @@ class MemoryStore:
             raise TypeError(f"can only increment by an int or a float, not {_kind(step)}")
         namespace = self._ns(key)
         current_blob = namespace.attributes.get(name)
+        if isinstance(current_blob, StoredList):
+            raise TypeError(f"cannot increment {name!r}: it holds a list, not an int or a float")
         current = 0 if current_blob is None else decode_value(current_blob)
         if type(current) not in (int, float):
             raise TypeError(
                 f"cannot increment {name!r}: it holds {_kind(current)}, not an int or a float"
             )
         value = encode_value(current + step)
-        self._commit(key, namespace, {name: value})
+        self._commit(key, namespace, {name: value}, len(value) + CHANGE_OVERHEAD_BYTES)
         return value
 
     def append(self, key: str, name: str, items: Sequence[bytes]) -> int:
-        """Extend a list in place: the encoded items are spliced in, nothing is re-encoded."""
+        """Extend a list in place: the encoded items are added, nothing is re-encoded.
+
+        The first append to a list copies its elements into a StoredList once; every later
+        one costs the bytes it appends. The revision records the list's new version (its
+        length then), sharing the appended bytes with the list.
+        """
         namespace = self._ns(key)
         current = namespace.attributes.get(name, EMPTY_LIST)
-        spliced = extend_list(current, items)
-        if spliced is None:
-            raise TypeError(
-                f"cannot append to {name!r}: it holds {_kind(decode_value(current))}, not a list"
-            )
-        value, length = spliced
-        self._commit(key, namespace, {name: value})
-        return length
+        if isinstance(current, StoredList):
+            stored = current
+        else:
+            parsed = StoredList.parse(current)
+            if parsed is None:
+                raise TypeError(
+                    f"cannot append to {name!r}: it holds {_kind(decode_value(current))}, "
+                    "not a list"
+                )
+            stored = parsed
+        version = stored.extend(items, namespace.revision + 1)
+        if stored is not current:
+            namespace.attributes[name] = stored
+            namespace.lists.add(name)
+        self._record(key, namespace, {name: version}, version.appended + CHANGE_OVERHEAD_BYTES)
+        return stored.count
 
     def cas(self, key: str, name: str, expected: bytes, new: bytes) -> bool:
         """Set ``name`` to ``new`` if it holds a value equal to (and of the type of) expected."""
         namespace = self._ns(key)
-        current_blob = namespace.attributes.get(name)
-        if current_blob is None:
+        if name not in namespace.attributes:
             return False
-        if current_blob != expected:
-            current, wanted = decode_value(current_blob), decode_value(expected)
-            try:
-                if type(current) is not type(wanted) or current != wanted:
-                    return False
-            except ArithmeticError:  # Decimal('sNaN') refuses to be compared: not equal
-                return False
-        self._commit(key, namespace, {name: new})
+        if not cas_equal(self.get(key, name), expected):
+            return False
+        self._commit(key, namespace, {name: new}, len(new) + CHANGE_OVERHEAD_BYTES)
         return True
 
     # ------------------------------------------------------------------ history
@@ -198,10 +273,15 @@ class MemoryStore:
             )
         return [
             Change(key, committed, name, value)
-            for committed, changes in namespace.history
+            for committed, changes, _ in namespace.history
             if committed > since
             for name, value in changes.items()
         ]
+
+
+def _size_of(values: Mapping[str, bytes]) -> int:
+    """The size (base.py) of a revision setting ``values``."""
+    return sum(map(len, values.values())) + CHANGE_OVERHEAD_BYTES * len(values)
 
 
 def _kind(value: Any) -> str:

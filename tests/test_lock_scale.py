@@ -1,0 +1,162 @@
+"""Locks at scale, on real servers (asyncio and trio) over real sockets.
+
+* a connection going away costs what it held and awaited, not a scan of every lock: with
+  200,000 locks held by another client, connections that take a lock and leave keep the server
+  as responsive as with none;
+* a wait with a timeout costs a timer heap entry, not a task: 50,000 of them cost little memory
+  (traced with tracemalloc, per wait), and closing the connection that made them is quick for
+  everyone else;
+* timeouts still fire, in order of their due time.
+
+The bounds are generous (a loaded machine must not fail them) but the code before lock waits
+and holdings were indexed by connection missed each by an order of magnitude.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+
+from aionamespace import ServerThread
+from deadlines import NO_HANG_SECONDS, wait_until
+from raw_client import connect_raw, exchange, pack
+
+pytestmark = pytest.mark.usefixtures("collect_garbage")
+
+HELD_BY_OTHERS = 200_000
+DISCONNECTS = 50
+DISCONNECTS_SECONDS = 3.0  # before: ~0.26 s per disconnect with 200,000 locks held
+TIMED_WAITS = 50_000
+BYTES_PER_WAIT = 3_000  # before: ~7,500 (an anyio task sleeping in a cancel scope per wait)
+CLOSE_STALL_SECONDS = 0.5  # before: 1.2 to 4.2 s
+SLOW_FOR_A_LONG_TIME = 3600  # a timeout that never fires during the test
+
+
+@pytest.fixture
+def server(short_tmp: str, server_backend: str) -> Iterator[ServerThread]:
+    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=server_backend) as running:
+        yield running
+
+
+def pipeline(sock: socket.socket, unpacker: msgpack.Unpacker, frames: bytes, last_id: int) -> None:
+    """Send many requests (in a thread, so the replies are read as they come: a server stops
+    reading a client that does not read); return once the reply to ``last_id`` arrived."""
+    sender = threading.Thread(target=sock.sendall, args=(frames,))
+    sender.start()
+    try:
+        while True:
+            data = sock.recv(1 << 20)
+            assert data, "the server closed the connection"
+            unpacker.feed(data)
+            if any(frame[0] == last_id for frame in unpacker):
+                return
+    finally:
+        sender.join(NO_HANG_SECONDS)
+
+
+def ping_latencies(path: str, stop: threading.Event, latencies: list[float]) -> None:
+    """Ping in a loop until ``stop``, noting each round trip's time: what a stall costs others."""
+    sock, unpacker = connect_raw(path)
+    with sock:
+        request_id = 0
+        while not stop.is_set():
+            request_id += 1
+            started = time.perf_counter()
+            (reply,) = exchange(sock, unpacker, [request_id, "ping"])
+            latencies.append(time.perf_counter() - started)
+            assert reply == [request_id, 0, None]
+
+
+def test_a_disconnect_costs_what_it_held_not_every_lock(server: ServerThread) -> None:
+    path = str(server.address)
+    holder, holder_frames = connect_raw(path)
+    with holder:
+        requests = b"".join(
+            pack([i, "acquire", "k", f"lock {i}", b"t", None]) for i in range(1, HELD_BY_OTHERS + 1)
+        )
+        pipeline(holder, holder_frames, requests, HELD_BY_OTHERS)
+        started = time.perf_counter()
+        for i in range(DISCONNECTS):
+            sock, unpacker = connect_raw(path)
+            with sock:  # takes a lock of its own and one of the holder's, then leaves
+                assert exchange(sock, unpacker, [1, "acquire", "k", f"own {i}", b"t", None]) == [
+                    [1, 0, None]
+                ]
+                sock.sendall(pack([2, "acquire", "k", "lock 1", b"t", SLOW_FOR_A_LONG_TIME]))
+                assert exchange(sock, unpacker, [3, "ping"]) == [[3, 0, None]]
+        assert exchange(holder, holder_frames, [HELD_BY_OTHERS + 1, "ping"]) == [
+            [HELD_BY_OTHERS + 1, 0, None]
+        ]
+        elapsed = time.perf_counter() - started
+    assert elapsed < DISCONNECTS_SECONDS, f"{DISCONNECTS} disconnects took {elapsed:.2f} s"
+
+
+def test_timed_waits_cost_little_and_their_connection_closes_quickly(
+    server: ServerThread,
+) -> None:
+    path = str(server.address)
+    holder, holder_frames = connect_raw(path)
+    waiter, waiter_frames = connect_raw(path)
+    with holder:
+        assert exchange(holder, holder_frames, [1, "acquire", "k", "L", b"h", None]) == [
+            [1, 0, None]
+        ]
+        waits = b"".join(
+            pack([i, "acquire", "k", "L", i.to_bytes(4, "big"), SLOW_FOR_A_LONG_TIME])
+            for i in range(1, TIMED_WAITS + 1)
+        )
+        done = pack([TIMED_WAITS + 1, "ping"])  # answered once every wait is in line
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            pipeline(waiter, waiter_frames, waits + done, TIMED_WAITS + 1)
+            per_wait = (tracemalloc.get_traced_memory()[0] - before) / TIMED_WAITS
+        finally:
+            tracemalloc.stop()
+        del waits
+        assert per_wait < BYTES_PER_WAIT, f"{per_wait:.0f} bytes per timed wait"
+
+        stop, latencies = threading.Event(), []
+        pinger = threading.Thread(target=ping_latencies, args=(path, stop, latencies))
+        pinger.start()
+        try:
+            wait_until(lambda: len(latencies) >= 5, "the pinger pings")
+            waiter.close()
+            # the holder's release is answered once the server has dropped the 50,000 waits
+            assert exchange(holder, holder_frames, [2, "release", "k", "L", b"h"]) == [[2, 0, True]]
+            count = len(latencies)
+            wait_until(lambda: len(latencies) >= count + 5, "the pinger pings again")
+        finally:
+            stop.set()
+            pinger.join(NO_HANG_SECONDS)
+        stall = max(latencies)
+    assert stall < CLOSE_STALL_SECONDS, f"closing 50,000 timed waits stalled others {stall:.2f} s"
+
+
+def test_timeouts_fire_in_order_of_their_due_time(server: ServerThread) -> None:
+    sock, unpacker = connect_raw(str(server.address))
+    with sock:
+        assert exchange(sock, unpacker, [1, "acquire", "k", "L", b"h", None]) == [[1, 0, None]]
+        timeouts = {2: 0.4, 3: 0.1, 4: 0.3, 5: 0.1, 6: 0.2, 7: 0}  # request id -> timeout
+        sock.sendall(
+            b"".join(
+                pack([request_id, "acquire", "k", "L", bytes([request_id]), timeout])
+                for request_id, timeout in timeouts.items()
+            )
+        )
+        replies: list[Any] = []
+        while len(replies) < len(timeouts):
+            data = sock.recv(65536)
+            assert data
+            unpacker.feed(data)
+            replies.extend(unpacker)
+    assert [reply[0] for reply in replies] == [7, 3, 5, 6, 4, 2]  # ties: in the order set
+    assert all(reply[1:3] == [1, "TimeoutError"] for reply in replies)
