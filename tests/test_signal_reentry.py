@@ -60,8 +60,10 @@ def test_a_signal_handler_writing_mid_call_neither_hangs_nor_loses_a_write(
             timeout=CHILD_SECONDS,
             text=True,
         )
-    except subprocess.TimeoutExpired:
-        raise AssertionError("the loop hung: a call lost its reply to the signal handler's")
+    except subprocess.TimeoutExpired as hung:
+        raise AssertionError(
+            "the loop hung: a call lost its reply to the signal handler's"
+        ) from hung
     assert done.returncode == 0, done.stderr
     written, hits = map(int, done.stdout.split())
     assert written > 100  # the handler really ran, many times

@@ -6,6 +6,7 @@ shared, ``ValueError`` for a bad argument)::
 
     NamespaceError
     ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
+    │   └── LockLost              the connection holding a lock broke: the server freed it
     ├── AuthenticationError       a wrong or missing authkey, on either side
     ├── HistoryExpired            a watch asked for changes older than the history kept
     ├── NamespaceGone             an anonymous namespace that was freed (or never created)
@@ -30,6 +31,7 @@ __all__ = [
     "HistoryExpired",
     "LimitExceeded",
     "LocalProtocolError",
+    "LockLost",
     "NamespaceError",
     "NamespaceGone",
     "ProtocolError",
@@ -51,6 +53,18 @@ class ConnectionLost(NamespaceError, ConnectionError):
     """
 
     request_sent: bool = False
+
+
+class LockLost(ConnectionLost):
+    """A lock this thread (or task) held is no longer held: the connection that held it broke,
+    so the server released it, and another process may have taken it since.
+
+    Raised, at the latest, by the lock's ``release()`` (``__exit__``); meanwhile every call of
+    the holding thread (sync proxy: its connection to that server) or task (async proxy) raises
+    it instead of reconnecting, so nothing runs as if the lock were still held. A
+    ``ConnectionLost``, since a lost connection is its only cause: handlers of lost connections
+    see it too. Never retried (``Retry``).
+    """
 
 
 class WriteQueueFull(NamespaceError):

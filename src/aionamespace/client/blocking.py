@@ -25,10 +25,11 @@ import ssl
 import threading
 from typing import Any
 
-from .._errors import ConnectionLost
+from .._errors import ConnectionLost, LockLost
 from ..protocol.addresses import Address
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
 from .calls import Operation
+from .leases import Lease, lock_lost
 from .proxy import Target
 from .transport import Transport, connection_lost, map_connection_errors
 
@@ -82,6 +83,7 @@ class SocketTransport:
         self.closed = True  # until connected (an attribute: the pool tests it on every call)
         self.busy = False  # between sending a request and reading its reply
         self._nested: SocketTransport | None = None  # for calls re-entering a busy one
+        self.leases: dict[bytes, Lease] = {}  # the locks held on this connection, by token
         # recv_into one buffer per transport: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.pushes: collections.deque[WatchPush] = collections.deque()
@@ -177,8 +179,19 @@ class SocketTransport:
         """The transport for calls made while this one is busy (opened on first use)."""
         nested = self._nested
         if nested is None or nested.closed:
+            if nested is not None and nested.leases:
+                raise nested.lease_lost()
             nested = self._nested = SocketTransport(self.target)
         return nested
+
+    def lease_lost(self) -> LockLost:
+        """What a call on this closed transport raises while it had locks (``leases.py``)."""
+        names = sorted({lease.name for lease in self.leases.values()})
+        return lock_lost(
+            ", ".join(names),
+            self.address,
+            "; this thread's calls to that server raise LockLost until it releases the lock",
+        )
 
     def send(self, operation: Operation, args: tuple[Any, ...]) -> int:
         """Send a request without waiting: its reply comes through ``receive``. The caller
@@ -284,15 +297,19 @@ class _Pool:
                 local = self.locals.setdefault(server, threading.local())
         transport: Transport | None = getattr(local, "transport", None)
         if transport is None or transport.closed:  # (a forked child: see after_fork)
+            if transport is not None and transport.leases:  # never reconnect under a lost lock
+                raise transport.lease_lost()
             transport = local.transport = open_transport(target)
         return transport
 
     def discard(self, target: Target) -> None:
+        """Close this thread's transport (one holding locks stays, closed: ``leases.py``)."""
         local = self.locals.get(target.server)
         transport = getattr(local, "transport", None)
         if transport is not None:
             transport.close()
-            del local.transport  # type: ignore[union-attr]
+            if not transport.leases:
+                del local.transport  # type: ignore[union-attr]
 
     def after_fork(self) -> None:
         self.lock = threading.Lock()

@@ -8,7 +8,6 @@ process's cache connection (``cache.py``).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -19,32 +18,13 @@ from ..protocol.codec import decode_values
 from . import calls
 from .blocking import POOL, open_transport
 from .cache import SPECIAL_ENTRIES, entry_value
+from .locks import Lock
 from .proxy import ProxyBase, Target, check_attribute_name, format_namespace
 from .tracking import CACHES, CacheConnection
 
-__all__ = ["Lock", "Namespace", "Watch"]
+__all__ = ["Namespace", "Watch"]
 
 _ABSENT = object()
-
-
-class Lock:
-    """``with ns._lock(name, timeout=None):`` -- see ``Namespace._lock``."""
-
-    def __init__(self, ns: Namespace, name: str, timeout: float | None) -> None:
-        self._ns, self._name, self._timeout = ns, name, timeout
-        self._token = b""
-
-    def __enter__(self) -> Lock:
-        if self._token:
-            raise RuntimeError(f"lock {self._name!r} is already held by this Lock object")
-        token = os.urandom(16)
-        self._ns._run(calls.acquire(self._ns._key, self._name, token, self._timeout))
-        self._token = token
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        token, self._token = self._token, b""
-        self._ns._run(calls.release(self._ns._key, self._name, token))
 
 
 class Watch:
@@ -297,8 +277,9 @@ class Namespace(ProxyBase):
     def _lock(self, name: str, timeout: float | None = None) -> Lock:
         """A lock shared by every process using this server: ``with ns._lock("name"):``.
 
-        Released on exit, or by the server as soon as this connection dies. ``timeout``
-        seconds without getting it raise TimeoutError.
+        Released on exit, or by the server as soon as this connection dies (then ``LockLost``).
+        ``timeout`` seconds without getting it raise TimeoutError. The object has
+        ``acquire``/``release``/``locked`` too, and may be shared by threads (``locks.py``).
         """
         return Lock(self, name, timeout)
 
