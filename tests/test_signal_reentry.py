@@ -68,3 +68,47 @@ def test_a_signal_handler_writing_mid_call_neither_hangs_nor_loses_a_write(
     written, hits = map(int, done.stdout.split())
     assert written > 100  # the handler really ran, many times
     assert hits == written  # every write landed, once
+
+
+REGISTERING = textwrap.dedent(
+    """
+    import sys
+    from aionamespace import Namespace
+    from aionamespace.client.cache import CacheTable
+
+    ns = Namespace(sys.argv[1], "signals", cache=True)
+    ns.x, ns.y = "x", "y"
+    expect = CacheTable.expect
+    handled = []
+
+    def expect_then_a_signal(table, request_id, item):
+        expect(table, request_id, item)
+        if not handled:  # a signal lands here, its handler reads through the cache too
+            handled.append("the handler runs")
+            handled[0] = ns.y
+
+    CacheTable.expect = expect_then_a_signal
+    assert ns.x == "x"
+    print(handled)
+    """
+)
+
+
+def test_a_handler_reading_while_its_thread_registers_a_cached_read(
+    socket_path: str, cli_servers: list[ServeProcess]
+) -> None:
+    """The handler runs while its thread holds the cache connection's lock, registering a
+    read: its own read must not wait for a reply the reader thread cannot hand over until that
+    lock is free (it hung so, for ever). Placed there by hand: a timer would hit it rarely."""
+    cli_servers.append(ServeProcess(socket_path))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", REGISTERING, socket_path],
+            capture_output=True,
+            timeout=CHILD_SECONDS / 4,
+            text=True,
+        )
+    except subprocess.TimeoutExpired as hung:
+        raise AssertionError("the handler's read waited for ever") from hung
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['y']"]

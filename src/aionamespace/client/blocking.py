@@ -286,7 +286,7 @@ class _Pool:
     """Per-thread transports, keyed by server; emptied in a forked child."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # (a signal handler may take it on the same thread)
         self.locals: dict[tuple[Any, ...], threading.local] = {}
 
     def transport(self, target: Target) -> Transport:
@@ -312,7 +312,7 @@ class _Pool:
                 del local.transport  # type: ignore[union-attr]
 
     def after_fork(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.locals = {}  # inherited transports are closed (not shut down) as they are collected
 
 
