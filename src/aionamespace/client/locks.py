@@ -163,11 +163,14 @@ class AsyncLock:
     by tasks. ``await acquire(blocking=True, timeout=-1)``, ``await release()`` (a round trip,
     unlike ``asyncio.Lock.release``) and ``locked()``."""
 
-    def __init__(self, ns: AsyncNamespace, name: str, timeout: float | None = None) -> None:
+    def __init__(
+        self, ns: AsyncNamespace, name: str, timeout: float | None = None, *, own: bool = False
+    ) -> None:
         check = ns._aionamespace.target.limits.check_name(name)
         if check is not None:
             raise ValueError(f"invalid lock name {name!r}: {check}")
         self._ns, self._name, self._timeout = ns, name, timeout
+        self._own = own  # the proxy is the lock's own (Manager.AsyncLock): aclose() closes it
         self._leases: dict[object, Lease] = {}  # by holding task
 
     @property
@@ -175,7 +178,13 @@ class AsyncLock:
         return self._name
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._ns, self._name, self._timeout))
+        return (_rebuild_async, (self._ns, self._name, self._timeout, self._own))
+
+    async def aclose(self) -> None:
+        """Close the connection of a lock that has its own (``Manager.AsyncLock``'s; a lock of
+        ``ns._lock()`` uses the proxy's, which ``ns._close()`` closes)."""
+        if self._own:
+            await self._ns._close()
 
     def __repr__(self) -> str:
         state = "locked" if self.locked() else "unlocked"
@@ -252,3 +261,7 @@ class AsyncLock:
         except LockLost:
             if not isinstance(exc, LockLost):
                 raise
+
+
+def _rebuild_async(ns: AsyncNamespace, name: str, timeout: float | None, own: bool) -> AsyncLock:
+    return AsyncLock(ns, name, timeout, own=own)
