@@ -15,23 +15,25 @@ import sys
 import time
 
 from aionamespace import Manager
+from aionamespace.protocol.addresses import Address, parse_address
 from deadlines import NO_HANG_SECONDS
 
 __all__ = ["ServeProcess", "kill_server"]
 
 
 class ServeProcess:
-    """``python -m aionamespace serve --unix PATH`` in a subprocess, ready once it says so."""
+    """``python -m aionamespace serve --unix PATH`` (or ``--tcp HOST:PORT``, given a ``(host,
+    port)`` pair; port 0 picks one: see ``address``) in a subprocess, ready once it says so."""
 
-    def __init__(self, path: str, backend: str = "asyncio", *options: str) -> None:
+    def __init__(self, path: Address, backend: str = "asyncio", *options: str) -> None:
+        where = ["--unix", path] if isinstance(path, str) else ["--tcp", f"{path[0]}:{path[1]}"]
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "aionamespace",
                 "serve",
-                "--unix",
-                path,
+                *where,
                 "--backend",
                 backend,
                 *options,
@@ -48,6 +50,7 @@ class ServeProcess:
             self.kill()
             # Not pytest.fail: servers are also started from helper threads.
             raise RuntimeError(f"the server did not start: {line!r}")
+        self.address: Address = parse_address(line.split("serving on ")[1].split(" (")[0])
 
     def memory(self) -> dict[str, int]:
         """VmRSS and VmHWM (peak RSS) of the server process, in bytes (Linux)."""

@@ -195,24 +195,25 @@ async def test_async_tasks_waiting_at_the_kill_all_get_connection_lost(
 
 
 @pytest.mark.anyio
-async def test_async_flush_after_kill_raises_connection_lost(fresh_manager: Manager) -> None:
+async def test_async_flush_after_kill_raises_connection_lost(
+    fresh_manager: Manager, anyio_backend: str
+) -> None:
+    """The queued write never left (the idle connection's end is found before sending): it is
+    reported as not sent, stays queued for a server that comes back, and never hangs."""
     ns = fresh_manager.AsyncNamespace()
     await ns._ping()
     kill_server(fresh_manager)
     ns.x = 1  # queued: cannot fail here
     start = time.monotonic()
-    with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ConnectionLost):
+    with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ConnectionLost) as caught:
         await ns._flush()
     assert time.monotonic() - start < FAIL_FAST_SECONDS
-    # That failure was reported: it is not raised a second time, nor by closing.
-    try:
-        await ns._flush()
-    except ConnectionLost as exc:
-        again: str | None = str(exc)  # a message only: keep no traceback alive
-    else:
-        again = None
+    sent = caught.value.request_sent
+    if anyio_backend == "trio":  # found unsent before sending (asyncio's loop may not have
+        assert sent is False  # read the end yet: its write then fails later, as maybe sent)
+    del caught
+    ns._aionamespace.table.drop_queued_writes()  # (no server will ever take it)
     await ns._close()
-    assert again is None, f"the failure was reported again: {again}"
 
 
 # ---------------------------------------------------------------------- nothing there

@@ -18,6 +18,7 @@ from ._errors import NamespaceGone as NamespaceGone
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import ServerTimeout as ServerTimeout
 from ._errors import WriteQueueFull as WriteQueueFull
 from ._manager import Manager as Manager
 from .client.asynchronous import AsyncNamespace as AsyncNamespace
@@ -51,6 +52,7 @@ __all__ = [
     "Retry",
     "Server",
     "ServerThread",
+    "ServerTimeout",
     "Store",
     "WriteQueueFull",
     "__version__",

@@ -6,7 +6,8 @@ shared, ``ValueError`` for a bad argument)::
 
     NamespaceError
     ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
-    │   └── LockLost              the connection holding a lock broke: the server freed it
+    │   ├── LockLost              the connection holding a lock broke: the server freed it
+    │   └── ServerTimeout         (also a TimeoutError) the server stopped answering
     ├── AuthenticationError       a wrong or missing authkey, on either side
     ├── HistoryExpired            a watch asked for changes older than the history kept
     ├── NamespaceGone             an anonymous namespace that was freed (or never created)
@@ -37,6 +38,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
+    "ServerTimeout",
     "WriteQueueFull",
 ]
 
@@ -53,6 +55,16 @@ class ConnectionLost(NamespaceError, ConnectionError):
     """
 
     request_sent: bool = False
+
+
+class ServerTimeout(ConnectionLost, TimeoutError):
+    """The server sent nothing for ``Limits.call_timeout`` seconds while a call waited for it:
+    it is frozen (stopped, swapped out, or cut off by the network without a reset). The
+    connection is closed, since its state is unknown: ``request_sent`` says, as for any
+    ``ConnectionLost``, whether a write may have been applied. It is a ``ConnectionLost``
+    (the proxy cannot use that server any more than a dead one) and a ``TimeoutError`` (what
+    a caller bounding a call in time expects); it is never retried.
+    """
 
 
 class LockLost(ConnectionLost):

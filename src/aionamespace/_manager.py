@@ -31,6 +31,7 @@ from .client.locks import Lock as _Lock
 from .client.proxy import Target
 from .client.sync import Namespace
 from .protocol.connection import Address, format_address, parse_address
+from .protocol.limits import Limits
 
 __all__ = ["Manager"]
 
@@ -48,7 +49,8 @@ class Manager:
     default ``start()`` picks a private Unix socket. ``authkey`` (bytes) is the shared secret
     clients must prove they know; ``start()`` makes a random one when none is given, and the
     proxies carry it (also when pickled into child processes). ``backend`` is the event loop
-    the server process runs on ("asyncio" or "trio").
+    the server process runs on ("asyncio" or "trio"). ``limits`` are its proxies'
+    (``Limits.call_timeout``: how long a call waits for a silent server).
     """
 
     def __init__(
@@ -57,12 +59,14 @@ class Manager:
         authkey: bytes | None = None,
         *,
         backend: str = "asyncio",
+        limits: Limits | None = None,
     ) -> None:
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         self._requested = parse_address(address) if address is not None else None
         self._authkey = authkey
         self._backend = backend
+        self._limits = limits  # the proxies' (call_timeout...), not the server's
         self._address: Address | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -129,7 +133,9 @@ class Manager:
             raise ValueError("connect() needs the address of a running server")
         if self._address is not None:
             raise RuntimeError("the manager is already started or connected")
-        probe = Namespace._from_target(Target.create(self._requested, None, authkey=self._authkey))
+        probe = Namespace._from_target(
+            Target.create(self._requested, None, authkey=self._authkey, limits=self._limits)
+        )
         try:
             probe._ping()
         finally:
@@ -198,7 +204,7 @@ class Manager:
         return _AsyncLock(ns, name or _new_lock_name(), own=True)
 
     def _target(self, name: str | None) -> Target:
-        return Target.create(self.address, name, authkey=self._authkey)
+        return Target.create(self.address, name, authkey=self._authkey, limits=self._limits)
 
 
 def _new_lock_name() -> str:

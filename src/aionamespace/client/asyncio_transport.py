@@ -26,6 +26,7 @@ import anyio
 from .._errors import ConnectionLost, ProtocolError
 from ..protocol.addresses import Address
 from .calls import Operation
+from .liveness import enable_keepalive, handshake_timeout
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .transport import map_connection_errors
 
@@ -46,6 +47,7 @@ class AsyncioTransport(PipelinedTransport):
         super().__init__(state)
         self.loop = loop
         self.link: SocketLink | None = None
+        self.watchdog: asyncio.TimerHandle | None = None  # checks silence while one waits
 
     def current(self) -> bool:
         try:
@@ -120,9 +122,32 @@ class AsyncioTransport(PipelinedTransport):
                 table.unsent(before)
                 self.lost(exc, link)
                 raise
+            if self.watchdog is None:
+                self._arm()
+
+    def _arm(self) -> None:
+        """Check the connection's silence in a quarter of call_timeout (liveness.py): one
+        timer per connection while something waits, none per request."""
+        if self.period is not None and self.link is not None:
+            self.watchdog = self.loop.call_later(self.period, self._watch, self.link)
+
+    def _watch(self, link: SocketLink) -> None:
+        self.watchdog = None
+        if link is not self.link:
+            return
+        verdict = self.check_silence()
+        if verdict == "timeout":
+            self.lost(self.timed_out(), link)
+        elif verdict != "idle":
+            self._arm()
+            if verdict == "ping":
+                with contextlib.suppress(ConnectionLost):  # (lost already: said so)
+                    self._write(link)
 
     async def wait(self, waiter: Any) -> None:
         # The link's callbacks deliver every reply: a waiter only waits.
+        if self.watchdog is None:
+            self._arm()
         while not waiter.done:
             await waiter.woken()
             if not waiter.done:
@@ -131,7 +156,7 @@ class AsyncioTransport(PipelinedTransport):
     async def open_link(self) -> SocketLink:
         loop = self.loop
         target = self.target
-        timeout = target.limits.handshake_timeout
+        timeout = handshake_timeout(target.limits)
         with (
             map_connection_errors(target.address, connecting=True, handshake_timeout=timeout),
             anyio.fail_after(timeout),
@@ -186,6 +211,7 @@ class SocketLink(asyncio.BufferedProtocol):
         return large if large is not None else self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.owner.reads += 1  # the server is alive (liveness.py)
         try:
             if self._into_large:
                 events: list[Any] = self.protocol.large_received(nbytes)
@@ -272,6 +298,7 @@ async def _connect(loop: asyncio.AbstractEventLoop, address: Address) -> socket.
             sock.setblocking(False)
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                enable_keepalive(sock)
             await loop.sock_connect(sock, sockaddr)
         except OSError as exc:
             sock.close()

@@ -4,10 +4,9 @@ Transports are per thread and per server, shared by every proxy of this process 
 that server, as the stdlib's proxies do: threads never wait for each other, and a thread has at
 most one request in flight, so the next reply on its socket is the answer to its request.
 
-A signal handler that uses a proxy runs on the thread it interrupted, maybe in the middle of a
-call on that thread's transport (a ``recv`` retried after EINTR runs the handler inside it):
-the transport is then *busy*, and the handler's calls go through a transport of their own
-(``SocketTransport.nested``), so that the interrupted call still gets its own reply.
+A signal handler runs on the thread it interrupted, maybe mid-call on its transport (inside a
+``recv`` retried after EINTR): the transport is then *busy*, and the handler's calls go through
+a transport of their own (``SocketTransport.nested``); the interrupted call gets its reply.
 
 Fork safety, after redis-py: each transport remembers the pid that opened it. A forked child
 drops the inherited ones (closing only its own copies of the descriptors, never shutting the
@@ -23,13 +22,24 @@ import os
 import socket
 import ssl
 import threading
+from time import monotonic
 from typing import Any
 
-from .._errors import ConnectionLost, LockLost
+from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.addresses import Address
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
 from .calls import Operation
-from .leases import Lease, lock_lost
+from .leases import Lease, thread_leases_lost
+from .liveness import (
+    CALL_TIMEOUTS,
+    IDLE_CHECK_SECONDS,
+    WAITS,
+    enable_keepalive,
+    handshake_timeout,
+    left_while_idle,
+    server_timeout,
+    set_call_timeout,
+)
 from .proxy import Target
 from .transport import Transport, connection_lost, map_connection_errors
 
@@ -48,6 +58,7 @@ def open_socket(
     if isinstance(address, tuple):
         sock = socket.create_connection(address, timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        enable_keepalive(sock)
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -87,7 +98,13 @@ class SocketTransport:
         # recv_into one buffer per transport: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.pushes: collections.deque[WatchPush] = collections.deque()
-        timeout = target.limits.handshake_timeout
+        # How long a call waits for a silent server (the cache's reader, which waits for
+        # invalidations, has no such bound); Python's own socket timeout, if it keeps one.
+        self.call_timeout = None if track else target.limits.call_timeout
+        self.sock_timeout: float | None = None
+        self.fresh_until = 0.0  # until then the connection was in use: no idle check
+        self.check_idle = target.in_process is None  # (a loopback end cannot go stale)
+        timeout = handshake_timeout(target.limits)
         with map_connection_errors(self.address, connecting=True, handshake_timeout=timeout):
             if target.in_process is None:
                 self.sock = open_socket(self.address, target.ssl_context, timeout)
@@ -95,7 +112,11 @@ class SocketTransport:
                 self.sock = target.in_process.socket(timeout)
             try:
                 self._handshake()
-                self.sock.settimeout(None)  # from here on, a call waits as long as it takes
+                self.sock.settimeout(None)
+                if self.call_timeout is not None:  # set once: a call arms nothing (liveness)
+                    if set_call_timeout(self.sock, self.call_timeout):
+                        self.sock_timeout = self.call_timeout
+                self.fresh_until = monotonic() + IDLE_CHECK_SECONDS
                 self.closed = False
             except BaseException:
                 self.close()
@@ -132,10 +153,19 @@ class SocketTransport:
 
         The hot path: one send, one receive, and a reply that came alone decoded in one call.
         (A try block instead of map_connection_errors: a context manager per call would cost
-        as much as the rest of the Python here.)
+        as much as the rest of the Python here.) A connection idle for a while is first
+        checked for a server that left it (``liveness.py``).
         """
         if self.busy:  # re-entered mid-call, by a signal handler: the stream is not ours now
             return self.nested().call(operation, args)
+        now = monotonic()
+        if now > self.fresh_until and self.check_idle:
+            self.busy = True  # (it reads into the buffer a handler's call would use)
+            try:
+                self._check_idle()
+            finally:
+                self.busy = False
+        self.fresh_until = now + IDLE_CHECK_SECONDS
         protocol = self.protocol
         if operation.op == "get":
             request_id, frame = protocol.send_get(*args)
@@ -158,16 +188,13 @@ class SocketTransport:
             reply = self._receive_until(request_id, self._events(received))
             self.busy = False
         except BaseException as exc:
-            # Interrupted or broken mid-call: the stream position is unknown, never reuse it.
-            self.busy = False
-            self.close()
-            lost = connection_lost(exc, self.address)
-            if lost is not None:
-                lost.request_sent = sent
-                raise lost from exc
-            if isinstance(exc, ConnectionLost):
-                exc.request_sent = sent
-            raise
+            if not (sent and operation.op in WAITS and isinstance(exc, CALL_TIMEOUTS)):
+                self.busy = False
+                self._fail(exc, sent)
+            try:
+                reply = self._keep_waiting(request_id)  # a lock wait: is the server alive?
+            finally:
+                self.busy = False
         if reply.error is not None:
             if reply.id == 0:  # the server dropped the whole connection
                 self.close()
@@ -186,12 +213,80 @@ class SocketTransport:
 
     def lease_lost(self) -> LockLost:
         """What a call on this closed transport raises while it had locks (``leases.py``)."""
-        names = sorted({lease.name for lease in self.leases.values()})
-        return lock_lost(
-            ", ".join(names),
-            self.address,
-            "; this thread's calls to that server raise LockLost until it releases the lock",
-        )
+        return thread_leases_lost(self.leases, self.address)
+
+    def _fail(self, exc: BaseException, sent: bool) -> None:
+        """Interrupted or broken mid-call: the stream position is unknown, never reuse it;
+        raise what the caller sees (``sent``: whether the whole request had left)."""
+        self.close()
+        if isinstance(exc, CALL_TIMEOUTS) and self.call_timeout is not None:
+            raise server_timeout(self.address, self.call_timeout, sent) from exc
+        lost = connection_lost(exc, self.address)
+        if lost is not None:
+            lost.request_sent = sent
+            raise lost from exc
+        if isinstance(exc, ConnectionLost):
+            exc.request_sent = sent
+        raise exc
+
+    def _check_idle(self) -> None:
+        """Raise ConnectionLost (``request_sent`` false) if the server left this idle
+        connection: an end of stream, a reset, or its goodbye is waiting in the socket."""
+        sock = self.sock
+        assert sock is not None
+        why = "it closed the connection"
+        try:
+            if type(sock) is socket.socket:
+                received = sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
+            else:  # TLS: no flags; Python's non-blocking mode instead
+                sock.settimeout(0.0)
+                try:
+                    received = sock.recv_into(self._buffer)
+                finally:
+                    sock.settimeout(self.sock_timeout)
+            if received:
+                goodbye = self._sort(self._events(received), 0)  # (a late pong is dropped)
+                if goodbye is None:
+                    return
+                why = f"it said: {goodbye.error}"
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return  # nothing there: as alive as anyone can tell without asking
+        except OSError as exc:
+            why = str(exc) or type(exc).__name__
+        self.close()
+        raise left_while_idle(self.address, why)
+
+    def _keep_waiting(self, request_id: int) -> Reply:
+        """The reply to a request that may take any time (a lock wait) has not come within
+        ``call_timeout``: ping the server on this connection; while it answers, wait on.
+        Its goodbye is returned like a reply (the caller raises it)."""
+        pending = self._ping()
+        while True:
+            try:
+                events = self.receive()
+            except BaseException as exc:
+                if pending or not isinstance(exc, CALL_TIMEOUTS):
+                    self._fail(exc, True)  # no answer to a ping either: frozen
+                pending = self._ping()
+                continue
+            for event in events:
+                if type(event) is Reply:
+                    if event.id == request_id or event.id == 0:
+                        return event
+                    if event.id == pending:
+                        pending = 0  # alive: silence may last call_timeout again
+                elif type(event) is WatchPush:
+                    self.pushes.append(event)
+
+    def _ping(self) -> int:
+        """Send a ``ping`` (the liveness check of a long wait); its request id."""
+        request_id, frame = self.protocol.send_request("ping")
+        assert self.sock is not None
+        try:
+            self.sock.sendall(frame)
+        except BaseException as exc:
+            self._fail(exc, True)
+        return request_id
 
     def send(self, operation: Operation, args: tuple[Any, ...]) -> int:
         """Send a request without waiting: its reply comes through ``receive``. The caller
@@ -212,24 +307,58 @@ class SocketTransport:
         return self._events(received)
 
     def next_push(self, timeout: float | None = None) -> WatchPush:
-        """The next watch event on this connection; TimeoutError after ``timeout`` seconds."""
+        """The next watch event on this connection; TimeoutError after ``timeout`` seconds.
+
+        A server silent for ``call_timeout`` is pinged; ServerTimeout if it does not answer
+        within ``call_timeout`` either (``liveness.py``)."""
         if not self.pushes:
-            assert self.sock is not None
             if timeout is not None and timeout <= 0:  # settimeout(0) would mean non-blocking
                 raise TimeoutError("no watch event arrived in time")
-            self.sock.settimeout(timeout)
+            deadline = None if timeout is None else monotonic() + timeout
             try:
-                with map_connection_errors(self.address):
-                    while not self.pushes:
-                        goodbye = self._sort(self.receive(), 0)
-                        if goodbye is not None:
-                            raise goodbye.error or ConnectionLost("the server said goodbye")
-            except TimeoutError:
-                raise
-            except BaseException:
+                self._wait_for_push(deadline)
+            except ServerTimeout:
                 self.close()
                 raise
+            except TimeoutError:
+                raise  # the caller's timeout: the watch goes on
+            except BaseException as exc:
+                self.close()
+                lost = connection_lost(exc, self.address)
+                if lost is not None:
+                    raise lost from exc
+                raise
         return self.pushes.popleft()
+
+    def _wait_for_push(self, deadline: float | None) -> None:
+        sock = self.sock
+        assert sock is not None
+        pending = 0  # a ping not answered yet
+        while not self.pushes:
+            wait = self.call_timeout
+            if deadline is not None:
+                left = deadline - monotonic()
+                if left <= 0:
+                    raise TimeoutError("no watch event arrived in time")
+                wait = left if wait is None else min(wait, left)
+            sock.settimeout(wait)
+            try:
+                events = self.receive()
+            except CALL_TIMEOUTS:
+                if deadline is not None and monotonic() >= deadline:
+                    raise TimeoutError("no watch event arrived in time") from None
+                if pending:
+                    raise server_timeout(self.address, self.call_timeout, True) from None
+                pending = self._ping()
+                continue
+            for event in events:
+                if type(event) is Reply:
+                    if event.id == 0:
+                        raise event.error or ConnectionLost("the server said goodbye")
+                    if event.id == pending:
+                        pending = 0
+                elif type(event) is WatchPush:
+                    self.pushes.append(event)
 
     def _events(self, received: int) -> list[Event]:
         """The events completed by ``received`` bytes read into the buffer (0: closed)."""

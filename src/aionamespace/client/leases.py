@@ -25,7 +25,7 @@ from typing import Any
 from .._errors import LockLost
 from ..protocol.addresses import format_address
 
-__all__ = ["Lease", "current_task", "lock_lost"]
+__all__ = ["Lease", "current_task", "lock_lost", "thread_leases_lost"]
 
 
 class Lease:
@@ -63,4 +63,13 @@ def lock_lost(name: str, address: object, detail: str = "") -> LockLost:
         f"lock {name!r} is no longer held: the connection to the aionamespace server at "
         f"{where!r} that held it was lost, so the server released it (another process may "
         f"hold it now){detail}"
+    )
+
+
+def thread_leases_lost(leases: dict[bytes, Lease], address: object) -> LockLost:
+    """What a call on a closed sync transport that held ``leases`` raises."""
+    return lock_lost(
+        ", ".join(sorted({lease.name for lease in leases.values()})),
+        address,
+        "; this thread's calls to that server raise LockLost until it releases the lock",
     )

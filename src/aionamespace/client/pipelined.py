@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from .._errors import AuthenticationError, ConnectionLost
+from .._errors import AuthenticationError, ConnectionLost, ServerTimeout
 from ..protocol.connection import ClientConnection, WatchPush
 from .cache import ABSENT
+from .calls import PING
+from .liveness import server_timeout
 from .requests import RequestTable, Waiter
 from .transport import TRANSPORT_ERRORS
 
@@ -92,6 +94,11 @@ class PipelinedTransport:
         self.connected = anyio.Event()  # set while a connection is up; a new one after
         self.keeping_cache = False  # a task applies invalidations as they come (the pump's)
         self.pump: Pump | None = None
+        # Liveness (liveness.py): reads counted by the subclass; silence checked every
+        # quarter of call_timeout while something waits (none for a server in this process).
+        timeout = self.target.limits.call_timeout
+        self.period = None if timeout is None or self.target.in_process else timeout / 4
+        self.reads = self.seen = self.silent = self.quiet = 0
 
     # ------------------------------------------------------------------ the subclass's part
 
@@ -133,7 +140,39 @@ class PipelinedTransport:
     async def aclose_link(self, link: Any) -> None:
         """Finish closing a link ``close_link`` dropped."""
 
+    async def freshen(self) -> None:
+        """Before sending: drop the link if its server left it while it sat unread (a
+        transport whose loop does not read for it, ``liveness.py``)."""
+
     # ------------------------------------------------------------------ shared
+
+    def check_silence(self) -> str | None:
+        """One look at the connection, every ``period`` (a quarter of ``call_timeout``):
+        ``"timeout"`` once a request has waited through five checks without a byte from the
+        server (so never before call_timeout, at most a quarter later), ``"ping"`` once only
+        waits that may last have waited through four (the ping, an ordinary request, is then
+        timed like any), ``"idle"`` if nothing waits (stop looking), else None."""
+        due = self.table.overdue()
+        if due is None:
+            self.silent = self.quiet = 0
+            return "idle"
+        if self.reads != self.seen:
+            self.seen = self.reads
+            self.silent = self.quiet = 0
+            return None
+        self.quiet += 1
+        self.silent = self.silent + 1 if due == "timeout" else 0
+        if self.silent >= 5:
+            return "timeout"
+        if due == "ping" and self.quiet >= 4:
+            self.quiet = 0
+            self.table.request(PING, (), Waiter(self.new_wakeup))  # its answer: alive
+            return "ping"
+        return None
+
+    def timed_out(self) -> ServerTimeout:
+        """The error for a server silent through ``check_silence``'s bound."""
+        return server_timeout(self.target.address, self.target.limits.call_timeout, True)
 
     async def retry(
         self, operation: Operation, args: tuple[Any, ...], error: ConnectionLost, failures: int
@@ -186,6 +225,7 @@ class PipelinedTransport:
         table = self.table
         try:
             if table.outbox:
+                await self.freshen()
                 await self.connect()
                 await self.drain()
         except ConnectionLost:
@@ -263,6 +303,7 @@ class _Unbound(PipelinedTransport):
     """A proxy's transport before its first use: binds to the loop of that use."""
 
     def __init__(self, state: AsyncState) -> None:  # (no loop yet: nothing to make)
+        self.period = None
         self.state = state
         self.table = state.table
         self.link = None

@@ -24,7 +24,7 @@ import secrets
 import ssl
 from typing import TYPE_CHECKING, Any, cast
 
-from .._errors import ConnectionLost, LockLost
+from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.addresses import Address, format_address, parse_address
 from ..protocol.codec import decode_value
 from ..protocol.limits import Limits
@@ -46,8 +46,9 @@ class Retry:
     ``_snapshot``...) are tried up to ``attempts`` times in all, waiting ``backoff`` seconds,
     doubling each time up to ``max_backoff``. A write that may have reached the server is never
     sent again, so no write is ever applied twice: it raises ``ConnectionLost`` with
-    ``request_sent`` true. ``LockLost`` is never retried. ``Retry(attempts=1)`` turns
-    retrying off.
+    ``request_sent`` true. A server that stopped answering (``ServerTimeout``) is not tried
+    again: it would only make the caller wait as long once more, and ``LockLost`` is never
+    retried either. ``Retry(attempts=1)`` turns retrying off.
     """
 
     attempts: int = 3
@@ -56,9 +57,12 @@ class Retry:
 
     def delay(self, op: str, failures: int, error: ConnectionLost) -> float | None:
         """Seconds to wait before trying ``op`` again after ``failures`` failures, or None."""
-        if failures >= self.attempts or (error.request_sent and op not in SAFE_TO_RESEND):
-            return None
-        if isinstance(error, LockLost):  # reconnecting would run as if the lock were held
+        if (
+            failures >= self.attempts
+            or (error.request_sent and op not in SAFE_TO_RESEND)
+            or isinstance(error, ServerTimeout)
+            or isinstance(error, LockLost)  # reconnecting would run as if the lock were held
+        ):
             return None
         return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
 
@@ -92,6 +96,8 @@ class Target:
         cache: bool = False,
     ) -> Target:
         limits = limits or Limits()
+        if limits.call_timeout is not None and not limits.call_timeout > 0:
+            raise ValueError(f"call_timeout must be None or > 0, not {limits.call_timeout!r}")
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         if name is None:

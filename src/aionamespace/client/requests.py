@@ -22,11 +22,12 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import ConnectionLost, WriteQueueFull
+from .._errors import ConnectionLost, ServerTimeout, WriteQueueFull
 from ..protocol.connection import ClientConnection, Invalidation, Reply, WatchPush
 from .cache import CacheTable
 from .calls import Operation
 from .leases import Lease, current_task, lock_lost
+from .liveness import WAITS
 from .proxy import Target
 
 __all__ = ["RequestTable", "Waiter", "settle"]
@@ -118,6 +119,7 @@ class RequestTable:
         self.lost_leases: dict[object, list[Lease]] = {}
         self.lease_writes: dict[int, object] = {}
         self.connections = 0  # connections lost so far
+        self.waits: set[int] = set()  # ids of requests whose reply may take any time (locks)
 
     # ------------------------------------------------------------------ requests
 
@@ -134,6 +136,8 @@ class RequestTable:
                 self.cache.expect(request_id, args)
         else:
             request_id, frame = protocol.send_request(operation.op, *args)
+            if operation.op in WAITS:
+                self.waits.add(request_id)
         self.outbox.append((request_id, frame))
         self.waiters[request_id] = waiter
         return request_id
@@ -240,10 +244,21 @@ class RequestTable:
     def own_loss(self, error: ConnectionLost, request_id: int) -> ConnectionLost:
         """One error object fails every waiter; each caller gets its own, saying whether its
         request had left (and so whether retrying it could apply a write twice)."""
-        own = ConnectionLost(str(error))
+        own = (ServerTimeout if isinstance(error, ServerTimeout) else ConnectionLost)(str(error))
         own.request_sent = request_id <= self.sent_through
         own.__cause__ = error
         return own
+
+    def overdue(self) -> str | None:
+        """What a silent connection calls for (``liveness.py``): ``"timeout"`` if a request
+        or write waits for an answer that should come at once, ``"ping"`` if only waits that
+        may last (a lock wait, a watch, a task keeping the cache) do, None if nothing waits."""
+        self.waits &= self.waiters.keys()
+        if self.inflight_writes or len(self.waiters) > len(self.waits):
+            return "timeout"
+        if self.waits or self.others:
+            return "ping"
+        return None
 
     def unacknowledged(self) -> int:
         """The last write not acknowledged yet (0: none)."""
@@ -331,7 +346,8 @@ class RequestTable:
         if self.inflight_writes:
             count = len(self.inflight_writes)
             self.inflight_writes.clear()
-            unknown = ConnectionLost(
+            kind = ServerTimeout if isinstance(error, ServerTimeout) else ConnectionLost
+            unknown = kind(
                 f"{count} write(s) were sent but not acknowledged before the connection was "
                 f"lost ({error}); they may or may not have been applied"
             )

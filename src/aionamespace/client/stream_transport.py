@@ -14,6 +14,8 @@ every construction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,7 @@ from anyio.streams.tls import TLSStream
 from .._errors import ConnectionLost, ProtocolError
 from ..protocol.addresses import Address
 from .calls import Operation
+from .liveness import IDLE_CHECK_SECONDS, enable_keepalive, handshake_timeout, left_while_idle
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .requests import Waiter
 from .transport import map_connection_errors
@@ -44,10 +47,14 @@ async def open_stream(
 ) -> anyio.abc.ByteStream:
     if isinstance(address, tuple):
         if ssl_context is None:
-            return await anyio.connect_tcp(*address)
-        return await anyio.connect_tcp(
-            *address, ssl_context=ssl_context, tls_standard_compatible=False
-        )
+            tcp: anyio.abc.ByteStream = await anyio.connect_tcp(*address)
+        else:
+            tcp = await anyio.connect_tcp(
+                *address, ssl_context=ssl_context, tls_standard_compatible=False
+            )
+        with contextlib.suppress(Exception):  # (keepalive where there is a socket to set)
+            enable_keepalive(tcp.extra(anyio.abc.SocketAttribute.raw_socket))
+        return tcp
     stream: anyio.abc.ByteStream = await anyio.connect_unix(address)
     if ssl_context is not None:
         stream = await TLSStream.wrap(stream, ssl_context=ssl_context, standard_compatible=False)
@@ -76,6 +83,7 @@ class StreamTransport(PipelinedTransport):
         self.link: anyio.abc.ByteStream | None = None
         self.waiting: dict[Waiter, None] = {}  # every task in wait(): who may read next
         self.reading = False
+        self.fresh_until = 0.0  # until then the link was in use: no idle check (liveness)
 
     def current(self) -> bool:
         try:
@@ -95,6 +103,7 @@ class StreamTransport(PipelinedTransport):
         if not self.current():
             return await self.state.bound().call(operation, args, failures)
         table = self.table
+        await self.freshen()
         waiter = Waiter(self._new_event)
         request_id = table.request(operation, args, waiter)
         try:
@@ -123,36 +132,39 @@ class StreamTransport(PipelinedTransport):
             return
         table = self.table
         self.sending = True
+        timeout = self.target.limits.call_timeout
+        deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
         try:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True, deadline=deadline) as scope:
                 if len(table.waiters) > 1:
                     await anyio.lowlevel.cancel_shielded_checkpoint()
-                while table.outbox and self.link is not None:
+                while table.outbox and (link := self.link) is not None:
                     before = table.sent_through
                     try:
-                        await self._send(self.link, table.take_outbox())
-                    except ConnectionLost:
+                        await self._send(link, table.take_outbox())
+                    except ConnectionLost as exc:
                         table.unsent(before)  # a send that failed delivered nothing
+                        self.lost(exc, link)
+                        await anyio.aclose_forcefully(link)
                         raise
+            link = self.link
+            if scope.cancelled_caught and link is not None:  # a server that does not read
+                self.lost(self.timed_out(), link)
+                await anyio.aclose_forcefully(link)
         finally:
             self.sending = False
 
     async def _send(self, stream: anyio.abc.ByteStream, data: bytes) -> None:
-        try:
-            with map_connection_errors(self.target.address):
-                if len(data) <= CONCURRENT_READ_ABOVE_BYTES:
-                    await stream.send(data)
-                    return
-                helper = Waiter(self._new_event)
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self.wait, helper)
-                    await stream.send(data)
-                    helper.finish()
-                    group.cancel_scope.cancel()
-        except ConnectionLost as exc:
-            self.lost(exc, stream)
-            await anyio.aclose_forcefully(stream)
-            raise
+        with map_connection_errors(self.target.address):
+            if len(data) <= CONCURRENT_READ_ABOVE_BYTES:
+                await stream.send(data)
+                return
+            helper = Waiter(self._new_event)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self.wait, helper)
+                await stream.send(data)
+                helper.finish()
+                group.cancel_scope.cancel()
 
     async def wait(self, waiter: Waiter) -> None:
         """Wait until ``waiter`` is done, taking the reader role whenever nobody holds it."""
@@ -167,7 +179,11 @@ class StreamTransport(PipelinedTransport):
                 self.reading = True
                 try:
                     while not waiter.done:
-                        await self._read_once()
+                        with anyio.move_on_after(self.period):
+                            while not waiter.done:
+                                await self._read_once()
+                        if not waiter.done:  # a quarter of call_timeout: any byte since?
+                            await self._silence()
                 finally:
                     self.reading = False
                     del self.waiting[waiter]
@@ -177,6 +193,53 @@ class StreamTransport(PipelinedTransport):
             if not self.reading:  # it may have been woken to read, and leave without reading
                 self._wake_next_reader()  # (cancelled, or finished by the send it helped)
 
+    async def _silence(self) -> None:
+        """The reader's periodic look at the connection (``check_silence``)."""
+        link = self.link
+        if link is None:
+            return
+        verdict = self.check_silence()
+        if verdict == "timeout":
+            self.lost(self.timed_out(), link)
+            await anyio.aclose_forcefully(link)
+        elif verdict == "ping":
+            with contextlib.suppress(ConnectionLost):  # (lost already: said so)
+                await self.drain()
+
+    async def freshen(self) -> None:
+        if self.link is not None and not self.reading:
+            now = anyio.current_time()
+            if now > self.fresh_until:
+                await self._check_idle()
+            self.fresh_until = now + IDLE_CHECK_SECONDS
+
+    async def _check_idle(self) -> None:
+        """Before sending on a link nobody has read for a while: read what waits there (an
+        end of stream, a reset, a goodbye), so that a server that left it is found before a
+        request is lost in it; the request then goes out on a new connection."""
+        link = self.link
+        raw = None
+        with contextlib.suppress(Exception):
+            raw = link.extra(anyio.abc.SocketAttribute.raw_socket)  # type: ignore[union-attr]
+        if type(raw) is not socket.socket:
+            return  # (asyncio's TLS: its loop reads for us, and sees the end)
+        try:
+            waiting = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # nothing there
+        except OSError:
+            waiting = b""
+        self.reading = True  # a read that cannot block: the data (or the end) is there
+        try:
+            if waiting:
+                with anyio.move_on_after(self.period):  # (a TLS record may be unfinished)
+                    await self._read_once()
+            elif self.link is link:
+                self.lost(left_while_idle(self.target.address, "it closed the connection"), link)
+                await anyio.aclose_forcefully(link)  # type: ignore[arg-type]
+        finally:
+            self.reading = False
+
     async def _read_once(self) -> None:
         stream = self.link
         if stream is None:  # lost meanwhile: lost() failed every waiter already
@@ -185,6 +248,7 @@ class StreamTransport(PipelinedTransport):
         try:
             with map_connection_errors(self.target.address):
                 data = await stream.receive(READ_CHUNK_BYTES)
+            self.reads += 1  # the server is alive (liveness.py)
             events = self.table.protocol.receive_frames(data)
         except (ConnectionLost, ProtocolError) as exc:
             if self.link is stream:
@@ -204,7 +268,7 @@ class StreamTransport(PipelinedTransport):
 
     async def open_link(self) -> anyio.abc.ByteStream:
         target = self.target
-        timeout = target.limits.handshake_timeout
+        timeout = handshake_timeout(target.limits)
         with (
             map_connection_errors(target.address, connecting=True, handshake_timeout=timeout),
             anyio.fail_after(timeout),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from .._errors import ConnectionLost, LockLost
+from .._errors import ConnectionLost, LockLost, ServerTimeout
 
 if TYPE_CHECKING:
     from ..protocol.events import Hello, Invalidation, Reply, WatchPush
@@ -87,7 +87,7 @@ def map_connection_errors(
 
     A TimeoutError passes through (a timeout the caller asked for is not a lost connection),
     except while connecting with a ``handshake_timeout``: a server that does not greet us in
-    that time is as good as none.
+    that time is as good as none (``ServerTimeout``, a ConnectionLost that is not retried).
     """
     try:
         yield
@@ -112,7 +112,7 @@ def connection_lost(
     if isinstance(exc, TimeoutError):
         if handshake_timeout is None:
             return None
-        return ConnectionLost(
+        return ServerTimeout(  # a server that accepts but never answers: frozen
             f"cannot connect to the aionamespace server at {address!r}: no handshake within "
             f"{handshake_timeout} seconds"
         )

@@ -13,7 +13,9 @@ class Limits:
 
     ``max_frame_bytes`` and ``max_name_length`` apply on both sides, and so does
     ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
-    proxy whose server has not greeted it by then raises ConnectionLost). The async proxy alone
+    proxy whose server has not greeted it by then raises ConnectionLost). The proxies alone use
+    ``call_timeout``: the seconds a call waits for a server that sends nothing at all before
+    they take it for frozen (ServerTimeout; None: wait for ever). The async proxy alone
     uses ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not
     yet acknowledged). The server alone uses:
 
@@ -62,6 +64,8 @@ class Limits:
     max_handshakes: int = 1_000
     max_namespaces: int = 100_000
     anonymous_grace: float = 300.0
+    # how long a proxy waits for a server that sends nothing before taking it for frozen
+    call_timeout: float | None = 10.0
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""

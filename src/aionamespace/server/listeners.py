@@ -6,6 +6,7 @@ backend), TLS goes through ``TLSListener``, whose failed handshakes are the clie
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -47,6 +48,7 @@ def make_listening_socket(
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=backlog)
+        _keepalive(sock)  # accepted sockets inherit it (Linux, BSDs)
         return sock, (host, sock.getsockname()[1])
     _remove_stale_socket(address)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -58,6 +60,18 @@ def make_listening_socket(
         sock.close()
         raise
     return sock, address
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive: a client that vanished from the network (no reset) is dropped by the
+    kernel after about a minute idle, and its locks pass on (the client side's twin is in
+    client/liveness.py: first probe after 30 s, then every 10 s, 3 unanswered)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        number = getattr(socket, option, None)
+        if number is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, number, value)
 
 
 def _remove_stale_socket(path: str) -> None:
