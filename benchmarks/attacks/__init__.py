@@ -48,13 +48,20 @@ class Outcome:
 
 
 def _registry() -> list[Attack]:
-    from . import handshake_attacks, lock_attacks, memory_attacks, value_attacks
+    from . import (
+        client_attacks,
+        handshake_attacks,
+        lock_attacks,
+        memory_attacks,
+        value_attacks,
+    )
 
     every = [
         *lock_attacks.ATTACKS,
         *value_attacks.ATTACKS,
         *memory_attacks.ATTACKS,
         *handshake_attacks.ATTACKS,
+        *client_attacks.ATTACKS,
     ]
     return sorted(every, key=lambda attack: int(attack.item))  # in the order
 
