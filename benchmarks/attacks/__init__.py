@@ -50,9 +50,11 @@ class Outcome:
 def _registry() -> list[Attack]:
     from . import (
         client_attacks,
+        frozen_attacks,
         handshake_attacks,
         lock_attacks,
         memory_attacks,
+        restart_attacks,
         value_attacks,
     )
 
@@ -62,6 +64,8 @@ def _registry() -> list[Attack]:
         *memory_attacks.ATTACKS,
         *handshake_attacks.ATTACKS,
         *client_attacks.ATTACKS,
+        *restart_attacks.ATTACKS,
+        *frozen_attacks.ATTACKS,
     ]
     return sorted(every, key=lambda attack: int(attack.item))  # in the order
 
