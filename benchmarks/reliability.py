@@ -4,6 +4,8 @@
     python benchmarks/reliability.py --clients 1000 --seconds 10 --fuzz-frames 20000
     python benchmarks/reliability.py --quick         # < 20 s; prints, writes no file
     python benchmarks/reliability.py --quick --output /tmp/reliability.md
+    python benchmarks/reliability.py --only attacks  # the attacks alone (~4 min); stdout
+    python benchmarks/reliability.py --only attacks --attack 8 --attack 14
 
 What it does, each part against server processes it starts (``Manager`` or
 ``python -m aionamespace serve``), on each server backend (asyncio and trio):
@@ -22,9 +24,16 @@ What it does, each part against server processes it starts (``Manager`` or
    goodbye every client must get).
 3. **Fuzz**: ``--fuzz-frames`` random and mutated frames of several kinds on live servers, then
    a normal client must work and values set before the fuzz must be intact.
+4. **Attacks**: each hole of issue 12 reproduced at the issue's magnitudes against fresh
+   ``serve`` processes, its figure (memory growth, stall, latency, CPU time) beside the bound
+   it must stay under (``benchmarks/attacks/``: one function per attack; ``--attack N`` runs
+   item N alone, ``--attack-scale`` shrinks them). Not part of ``--quick``.
+
+``--only PART`` (load, faults, fuzz, attacks; repeatable) runs some parts alone.
 
 The report (Markdown) goes to ``--output`` (default docs/RELIABILITY.md; with ``--quick``,
-stdout only unless ``--output`` is given). The exit status is 1 if any check failed.
+``--only`` or ``--attack``, stdout only unless ``--output`` is given). The exit status is 1 if
+any check failed.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from aionamespace.protocol.codec import encode_value
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # what the tests use (none of it needs pytest)
+import attacks  # noqa: E402 - beside this script: the attacks of issue 12, one per function
 import deadlines  # noqa: E402
 from raw_client import read_frames  # noqa: E402
 from server_processes import ServeProcess  # noqa: E402
@@ -77,6 +87,7 @@ NO_HANG = 30.0  # any single wait longer than this is a failure, not a hang
 GOODBYE = [0, 1, "ConnectionLost", "the server is shutting down"]
 HELLO = msgpack.packb({"protocol": "aionamespace", "version": 1})
 RESTART_RETRY = Retry(attempts=50, backoff=0.02, max_backoff=0.1)
+PARTS = ("load", "faults", "fuzz", "attacks")
 
 
 def log(message: str) -> None:
@@ -1027,6 +1038,9 @@ def machine() -> dict[str, str]:
         "aionamespace": aionamespace.__version__,
         "anyio / trio / msgpack": " / ".join(version(p) for p in ("anyio", "trio", "msgpack")),
         "Open-file limit (soft)": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+        "Load average (1 / 5 / 15 min), at the end": " / ".join(
+            f"{load:.1f}" for load in os.getloadavg()
+        ),
     }
 
 
@@ -1051,112 +1065,119 @@ def report(
     )
     add(f"{status}\n")
 
-    add("## Load held\n")
-    add(
-        "Spawned processes (asyncio in half, trio in the others) each running sync proxies in "
-        "threads and async proxies in tasks, one connection per client, random get / set / "
-        "`_incr` on one namespace. *Lost increments*: the sum of the increments the clients "
-        "made minus the server's final counter. *Bad reads*: gets returning a value no "
-        "client had set.\n"
-    )
-    add(
-        "| server | clients | processes / threads / tasks | seconds | ops | ops/s "
-        "| latency p50 / p99 / max | errors | lost increments | bad reads |"
-    )
-    add("|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
-    for load in results["load"]:
+    if "load" in results:
+        add("## Load held\n")
         add(
-            f"| {load['server']} | {load['clients']:,} | {load['processes']} / "
-            f"{load['threads']} / {load['tasks']} | {load['seconds']:g} | {load['ops']:,} | "
-            f"{load['ops_per_s']:,.0f} | {ms(load['p50'])} / {ms(load['p99'])} / "
-            f"{ms(load['max'])} | {load['errors']} | {load['lost']} | {load['bad_reads']} |"
-        )
-    add("")
-
-    add("## Faults survived\n")
-    add("| fault | server | what was measured | result |")
-    add("|---|---|---|---|")
-    for backend, kill in results["server_kill"].items():
-        add(
-            f"| server SIGKILL under {kill['calls']} waiting calls (sync threads and asyncio / "
-            f"trio tasks: reads, writes, lock waits, watches) | {backend} | time from the "
-            f"kill to each call's `ConnectionLost` (no retries) | {kill['connection_lost']}/"
-            f"{kill['calls']} raised ConnectionLost; median {ms(kill['p50'])}, max "
-            f"{ms(kill['max'])} |"
-        )
-    for backend, kill in results["client_kill"].items():
-        add(
-            f"| client SIGKILLed halfway through sending a 1 MB `set`, holding a lock "
-            f"({kill['rounds']} rounds) | {backend} | time from the kill to a waiting client "
-            f"getting the lock | handed over {kill['handed_over']}/{kill['rounds']}; median "
-            f"{ms(kill['p50'])}, max {ms(kill['max'])}; half-sent writes applied: "
-            f"{kill['half_writes_applied']} |"
-        )
-    for backend, restart_ in results["restart"].items():
-        fates = "; ".join(
-            f"{name}: request_sent={sent}, {'re-sent or applied' if resent else 'not re-sent'}"
-            for name, (sent, resent) in restart_["fates"].items()
+            "Spawned processes (asyncio in half, trio in the others) each running sync proxies in "
+            "threads and async proxies in tasks, one connection per client, random get / set / "
+            "`_incr` on one namespace. *Lost increments*: the sum of the increments the clients "
+            "made minus the server's final counter. *Bad reads*: gets returning a value no "
+            "client had set.\n"
         )
         add(
-            f"| kill -9 and restart at the same path ({restart_['rounds']} rounds) while a "
-            f"sync, an asyncio and a trio proxy read (`Retry(attempts=50, backoff=0.02, "
-            f"max_backoff=0.1)`) | {backend} | kill to new server listening; longest read "
-            f"seen by a caller; errors | downtime {ms(restart_['downtime'])} (median), longest "
-            f"read {ms(restart_['longest_read'])}, {restart_['reader_errors']} errors; a write "
-            f"made across the restart applied exactly once in {restart_['written_once']}/"
-            f"{restart_['rounds']} |"
+            "| server | clients | processes / threads / tasks | seconds | ops | ops/s "
+            "| latency p50 / p99 / max | errors | lost increments | bad reads |"
         )
-        add(
-            f"| a write reaching a server that dies before answering (fake server) | "
-            f"{backend} | the error, and whether the write was re-sent | {fates} |"
-        )
-    for backend, bye in results["shutdown"].items():
-        add(
-            f"| graceful shutdown (SIGTERM) with {bye['clients']:,} raw clients + "
-            f"{bye['proxies']} waiting async calls | {backend} | signal to exit; goodbyes "
-            f"received | {bye['duration'] * 1000:.0f} ms; {bye['goodbyes']:,}/"
-            f"{bye['clients']:,} raw clients got `{GOODBYE}` and nothing else; "
-            f"{bye['proxies_told']}/{bye['proxies']} waiting calls raised ConnectionLost "
-            f'"the server is shutting down" |'
-        )
-    add("")
-
-    add("## Bad inputs tried\n")
-    add(
-        "Every frame goes on a connection of its own: a hello (except for the two before-hello "
-        "kinds, where the frame replaces it), the frame, a `ping`, then EOF; the kinds take "
-        f"turns, from a seeded generator (`--seed {args.seed}`). *Outcomes*: `refused` (the "
-        "server sent a connection-level error and closed), `refused early` (it closed while "
-        "the frame was still being sent), `error reply` (the frame got an error reply and the "
-        "connection went on), `answered` (the mutation still made a valid request), `no "
-        "reply` (an incomplete frame, waiting for bytes until EOF), `hung` (no EOF from the "
-        "server within 10 s; must be 0). Afterwards the server must be alive, a sync, an "
-        "asyncio and a trio client must work, and values set before the fuzz must be "
-        "unchanged (same revision).\n"
-    )
-    add("| kind | server | frames | outcomes |")
-    add("|---|---|---:|---|")
-    for backend, fz in results["fuzz"].items():
-        for kind, frames in fz["by_kind"].items():
-            outcome = ", ".join(
-                f"{name} {count:,}" for name, count in sorted(fz["outcomes"][kind].items())
+        add("|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
+        for load in results["load"]:
+            add(
+                f"| {load['server']} | {load['clients']:,} | {load['processes']} / "
+                f"{load['threads']} / {load['tasks']} | {load['seconds']:g} | {load['ops']:,} | "
+                f"{load['ops_per_s']:,.0f} | {ms(load['p50'])} / {ms(load['p99'])} / "
+                f"{ms(load['max'])} | {load['errors']} | {load['lost']} | {load['bad_reads']} |"
             )
-            add(f"| {kind} | {backend} | {frames:,} | {outcome} |")
-    for backend, fz in results["fuzz"].items():
-        add(
-            f"| **total** | {backend} | **{fz['frames']:,}** | server alive: {fz['alive']}; "
-            f"normal clients work: {fz['works']}; values intact: {fz['intact']} |"
-        )
-    add("")
+        add("")
 
-    lost = sum(load["lost"] for load in results["load"])
-    lost += sum(not fz["intact"] for fz in results["fuzz"].values())
-    lost += sum(r["rounds"] - r["written_once"] for r in results["restart"].values())
-    add("## Updates lost\n")
-    add(
-        f"**{lost}**: increments lost under load, writes retried across a restart not applied "
-        "exactly once, and values changed by the fuzz, all counted.\n"
-    )
+    if "server_kill" in results:
+        add("## Faults survived\n")
+        add("| fault | server | what was measured | result |")
+        add("|---|---|---|---|")
+        for backend, kill in results["server_kill"].items():
+            add(
+                f"| server SIGKILL under {kill['calls']} waiting calls (sync threads and asyncio / "
+                f"trio tasks: reads, writes, lock waits, watches) | {backend} | time from the "
+                f"kill to each call's `ConnectionLost` (no retries) | {kill['connection_lost']}/"
+                f"{kill['calls']} raised ConnectionLost; median {ms(kill['p50'])}, max "
+                f"{ms(kill['max'])} |"
+            )
+        for backend, kill in results["client_kill"].items():
+            add(
+                f"| client SIGKILLed halfway through sending a 1 MB `set`, holding a lock "
+                f"({kill['rounds']} rounds) | {backend} | time from the kill to a waiting client "
+                f"getting the lock | handed over {kill['handed_over']}/{kill['rounds']}; median "
+                f"{ms(kill['p50'])}, max {ms(kill['max'])}; half-sent writes applied: "
+                f"{kill['half_writes_applied']} |"
+            )
+        for backend, restart_ in results["restart"].items():
+            fates = "; ".join(
+                f"{name}: request_sent={sent}, {'re-sent or applied' if resent else 'not re-sent'}"
+                for name, (sent, resent) in restart_["fates"].items()
+            )
+            add(
+                f"| kill -9 and restart at the same path ({restart_['rounds']} rounds) while a "
+                f"sync, an asyncio and a trio proxy read (`Retry(attempts=50, backoff=0.02, "
+                f"max_backoff=0.1)`) | {backend} | kill to new server listening; longest read "
+                f"seen by a caller; errors | downtime {ms(restart_['downtime'])} (median), longest "
+                f"read {ms(restart_['longest_read'])}, {restart_['reader_errors']} errors; a write "
+                f"made across the restart applied exactly once in {restart_['written_once']}/"
+                f"{restart_['rounds']} |"
+            )
+            add(
+                f"| a write reaching a server that dies before answering (fake server) | "
+                f"{backend} | the error, and whether the write was re-sent | {fates} |"
+            )
+        for backend, bye in results["shutdown"].items():
+            add(
+                f"| graceful shutdown (SIGTERM) with {bye['clients']:,} raw clients + "
+                f"{bye['proxies']} waiting async calls | {backend} | signal to exit; goodbyes "
+                f"received | {bye['duration'] * 1000:.0f} ms; {bye['goodbyes']:,}/"
+                f"{bye['clients']:,} raw clients got `{GOODBYE}` and nothing else; "
+                f"{bye['proxies_told']}/{bye['proxies']} waiting calls raised ConnectionLost "
+                f'"the server is shutting down" |'
+            )
+        add("")
+
+    if "fuzz" in results:
+        add("## Bad inputs tried\n")
+        add(
+            "Every frame goes on a connection of its own: a hello (except for the two before-hello "
+            "kinds, where the frame replaces it), the frame, a `ping`, then EOF; the kinds take "
+            f"turns, from a seeded generator (`--seed {args.seed}`). *Outcomes*: `refused` (the "
+            "server sent a connection-level error and closed), `refused early` (it closed while "
+            "the frame was still being sent), `error reply` (the frame got an error reply and the "
+            "connection went on), `answered` (the mutation still made a valid request), `no "
+            "reply` (an incomplete frame, waiting for bytes until EOF), `hung` (no EOF from the "
+            "server within 10 s; must be 0). Afterwards the server must be alive, a sync, an "
+            "asyncio and a trio client must work, and values set before the fuzz must be "
+            "unchanged (same revision).\n"
+        )
+        add("| kind | server | frames | outcomes |")
+        add("|---|---|---:|---|")
+        for backend, fz in results["fuzz"].items():
+            for kind, frames in fz["by_kind"].items():
+                outcome = ", ".join(
+                    f"{name} {count:,}" for name, count in sorted(fz["outcomes"][kind].items())
+                )
+                add(f"| {kind} | {backend} | {frames:,} | {outcome} |")
+        for backend, fz in results["fuzz"].items():
+            add(
+                f"| **total** | {backend} | **{fz['frames']:,}** | server alive: {fz['alive']}; "
+                f"normal clients work: {fz['works']}; values intact: {fz['intact']} |"
+            )
+        add("")
+
+    if "attacks" in results:
+        out.extend(attacks.render(results["attacks"]))
+
+    if {"load", "fuzz", "restart"} <= results.keys():
+        lost = sum(load["lost"] for load in results["load"])
+        lost += sum(not fz["intact"] for fz in results["fuzz"].values())
+        lost += sum(r["rounds"] - r["written_once"] for r in results["restart"].values())
+        add("## Updates lost\n")
+        add(
+            f"**{lost}**: increments lost under load, writes retried across a restart not applied "
+            "exactly once, and values changed by the fuzz, all counted.\n"
+        )
 
     add("## Machine and command\n")
     add("| | |")
@@ -1191,7 +1212,27 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="fuzz seed (1)")
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes, < 20 s; writes no file unless --output"
+        "--quick",
+        action="store_true",
+        help="small sizes, < 20 s, no attacks; writes no file unless --output",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run this part alone (repeatable); writes no file unless --output",
+    )
+    parser.add_argument(
+        "--attack",
+        action="append",
+        metavar="N",
+        help="with the attacks part: only issue 12's item N (repeatable)",
+    )
+    parser.add_argument(
+        "--attack-scale",
+        type=float,
+        default=1.0,
+        help="multiply the attacks' magnitudes (1.0: the sizes the report states)",
     )
     parser.add_argument(
         "--output",
@@ -1205,27 +1246,40 @@ def main() -> int:
         args.processes = args.processes if "--processes" in given else 2
         args.shutdown_clients = args.shutdown_clients if "--shutdown-clients" in given else 300
         args.fuzz_frames = args.fuzz_frames if "--fuzz-frames" in given else 1500
-    output = args.output or ("-" if args.quick else str(DEFAULT_OUTPUT))
+    partial = args.quick or args.only or args.attack or args.attack_scale != 1.0
+    output = args.output or ("-" if partial else str(DEFAULT_OUTPUT))
+    parts = set(args.only or PARTS)
+    if args.quick and not args.only:
+        parts.discard("attacks")  # minutes of work: run them with --only attacks
     command = shlex.join(["python", "benchmarks/reliability.py", *sys.argv[1:]])
     raise_open_file_limit()
     checks = Checks()
     started = time.monotonic()
     rounds = 2 if args.quick else 10
     load_backends = ("asyncio",) if args.quick else BACKENDS
-    results: dict[str, Any] = {
-        "load": [
+    results: dict[str, Any] = {}
+    if "load" in parts:
+        results["load"] = [
             run_load(backend, args.clients, args.seconds, args.processes, checks)
             for backend in load_backends
-        ],
-        "server_kill": {
+        ]
+    if "faults" in parts:
+        results["server_kill"] = {
             b: server_kill(b, 4 if args.quick else 16, 8 if args.quick else 32, checks)
             for b in BACKENDS
-        },
-        "client_kill": {b: client_kill(b, rounds, checks) for b in BACKENDS},
-        "restart": {b: restart(b, 1 if args.quick else 3, checks) for b in BACKENDS},
-        "shutdown": {b: shutdown(b, args.shutdown_clients, checks) for b in BACKENDS},
-        "fuzz": {b: fuzz(b, args.fuzz_frames, args.seed, checks) for b in BACKENDS},
-    }
+        }
+        results["client_kill"] = {b: client_kill(b, rounds, checks) for b in BACKENDS}
+        results["restart"] = {b: restart(b, 1 if args.quick else 3, checks) for b in BACKENDS}
+        results["shutdown"] = {b: shutdown(b, args.shutdown_clients, checks) for b in BACKENDS}
+    if "fuzz" in parts:
+        results["fuzz"] = {b: fuzz(b, args.fuzz_frames, args.seed, checks) for b in BACKENDS}
+    if "attacks" in parts:
+        results["attacks"] = attacks.run(
+            BACKENDS,
+            args.attack_scale,
+            args.attack,
+            lambda failure: checks.expect(False, failure),
+        )
     text = report(args, command, results, checks, time.monotonic() - started)
     if output == "-":
         print(text)

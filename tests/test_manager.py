@@ -240,3 +240,62 @@ def test_namespace_checks_the_server_at_once() -> None:
             Namespace(address, "x", authkey=manager.authkey)._ping()
     finally:
         manager.shutdown()
+
+
+def test_start_returns_the_manager_and_join_waits_for_the_server() -> None:
+    manager = Manager().start()
+    assert isinstance(manager, Manager)
+    process = server_process(manager)
+    private_dir = os.path.dirname(str(manager.address))
+    manager.join(timeout=0)  # still serving: returns, as the stdlib's, and changes nothing
+    assert manager.Namespace(a=1).a == 1
+    process.terminate()  # someone else stops the server (SIGTERM stops it cleanly)
+    manager.join()
+    assert process.returncode == 0
+    assert not os.path.exists(private_dir)
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = manager.address  # as after shutdown()
+    Manager().join()  # never started: nothing to wait for
+
+
+def test_a_manager_used_before_start_says_how_to_start_it() -> None:
+    with pytest.raises(RuntimeError, match=r"call manager\.start\(\) first .*connect\(\)"):
+        Manager().Namespace()
+
+
+def test_connection_lost_is_also_the_eoferror_stdlib_handlers_catch() -> None:
+    """The stdlib's proxies raise EOFError when their manager dies: such handlers still work."""
+    manager = Manager().start()
+    ns = manager.Namespace(a=1)
+    process = server_process(manager)
+    process.kill()
+    process.wait(EXIT_SECONDS)
+    try:
+        with pytest.raises(EOFError) as caught:
+            _ = ns.a
+        assert isinstance(caught.value, ConnectionLost)
+        assert isinstance(caught.value, ConnectionError)
+    finally:
+        manager.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_shutdown_in_a_forked_child_only_detaches() -> None:
+    """As the stdlib's Finalize: only the process that started the server stops it."""
+    with Manager() as manager:
+        ns = manager.Namespace("forked-shutdown", a=1)
+        pid = os.fork()
+        if pid == 0:  # the child: shutdown() (or leaving a with block) must not stop it
+            code = 1
+            try:
+                manager.shutdown()
+                with pytest.raises(RuntimeError):
+                    _ = manager.address
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert server_process(manager).poll() is None
+        assert os.path.exists(str(manager.address))
+        assert ns.a == 1

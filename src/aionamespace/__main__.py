@@ -16,7 +16,6 @@ import argparse
 import ast
 import contextlib
 import functools
-import json
 import os
 import signal
 import ssl
@@ -27,9 +26,20 @@ import anyio
 import anyio.abc
 
 from ._errors import NamespaceError, NamespaceGone
+from ._limit_flags import add_limit_flags, limits_from_flags
+from ._parent_pipe import (
+    ParentConfig,
+    announce,
+    ignore_interrupts,
+    read_config,
+    remove_private_dir,
+    run_initializer,
+    watch_parent,
+)
 from .client.proxy import Target
 from .client.sync import Namespace
 from .protocol.connection import Address, format_address, parse_address
+from .protocol.limits import Limits
 from .server.busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
 from .server.server import Server
 
@@ -41,27 +51,13 @@ AUTHKEY_ENV = "AIONAMESPACE_AUTHKEY"
 
 async def _stop_on_signal(
     stop: Callable[[], None],
-    *,
+    *signals_handled: signal.Signals,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(*signals_handled) as signals:
         task_status.started()  # handlers installed: from now on a signal stops us cleanly
         async for _ in signals:
             stop()
-
-
-async def _stop_on_parent_exit(stop: Callable[[], None]) -> None:
-    """Stop when stdin reaches EOF: the Manager that spawned us closed it, or died."""
-    fd = sys.stdin.fileno()
-    os.set_blocking(fd, False)
-    while True:
-        await anyio.wait_readable(fd)
-        try:
-            if not os.read(fd, 4096):
-                break
-        except BlockingIOError:
-            continue
-    stop()
 
 
 def _raise_open_file_limit() -> None:
@@ -81,26 +77,32 @@ async def serve(
     address: Address,
     *,
     authkey: bytes | None = None,
-    parent_pipe: bool = False,
+    parent: ParentConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    limits: Limits | None = None,
 ) -> None:
-    """Run a server at ``address`` until a signal (or, with ``parent_pipe``, stdin EOF)."""
+    """Run a server at ``address`` until a signal (or, for a ``parent`` Manager, its word)."""
     _raise_open_file_limit()
-    server = Server(address, authkey=authkey, ssl_context=ssl_context)
+    server = Server(address, authkey=authkey, ssl_context=ssl_context, limits=limits)
 
     async def run(*, task_status: anyio.abc.TaskStatus[Address]) -> None:
         await server.serve(task_status=task_status)
         group.cancel_scope.cancel()  # served and said goodbye: stop the watchers too
 
+    # A Manager's server leaves Ctrl-C to the program (_parent_pipe.py): it stops when told.
+    stop_signals = [signal.SIGTERM] if parent else [signal.SIGINT, signal.SIGTERM]
     async with anyio.create_task_group() as group:
-        await group.start(_stop_on_signal, server.stop)
+        await group.start(_stop_on_signal, server.stop, *stop_signals)
         bound = await group.start(run)
-        if parent_pipe:
-            group.start_soon(_stop_on_parent_exit, server.stop)
-            print(json.dumps({"address": bound}), flush=True)
+        if parent:
+            stop, fd = server.stop, sys.stdin.fileno()
+            group.start_soon(
+                functools.partial(watch_parent, stop_requested=parent.stop_requested), fd, stop
+            )
+            announce({"address": bound})
         else:
             print(f"aionamespace: serving on {format_address(bound)} (Ctrl-C stops)", flush=True)
-    if not parent_pipe:
+    if not parent:
         print("aionamespace: stopped", flush=True)
 
 
@@ -138,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
+    add_limit_flags(serve_cmd)
     commands.add_parser("demo", help="the Namespace lesson on spawned processes, then asyncio")
     get_cmd = commands.add_parser("get", help="print one attribute")
     set_cmd = commands.add_parser("set", help="set one attribute to a Python literal")
@@ -221,12 +224,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"aionamespace: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     address: Address = args.unix if args.unix else parse_address(f"tcp:{args.tcp}")
-    if args.parent_pipe:  # a Manager started us: its first line says what key to require
-        config = json.loads(sys.stdin.buffer.readline() or b"{}")
-        authkey = bytes.fromhex(config["authkey"]) if config.get("authkey") else None
+    parent = None
+    if args.parent_pipe:  # a Manager started us: its first line says the key, limits, ...
+        ignore_interrupts()
+        parent = read_config(sys.stdin.fileno())
+        failure = run_initializer(parent)
+        if failure is not None:
+            announce({"error": failure})
+            remove_private_dir(parent)
+            return 1
+        authkey, limits = parent.authkey, parent.limits
     else:
         key_text = os.environ.get(AUTHKEY_ENV)
         authkey = key_text.encode() if key_text else None
+        limits = limits_from_flags(args)
     options: dict[str, object] = {}
     if args.backend == "asyncio" and args.loop == "uvloop":
         import uvloop  # the optional extra
@@ -238,13 +249,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    anyio.run(
-        functools.partial(
-            serve, address, authkey=authkey, parent_pipe=args.parent_pipe, ssl_context=ssl_context
-        ),
-        backend=args.backend,
-        backend_options=options,
-    )
+    try:
+        anyio.run(
+            functools.partial(
+                serve,
+                address,
+                authkey=authkey,
+                parent=parent,
+                ssl_context=ssl_context,
+                limits=limits,
+            ),
+            backend=args.backend,
+            backend_options=options,
+        )
+    finally:
+        if parent is not None:
+            remove_private_dir(parent)
     return 0
 
 

@@ -5,7 +5,7 @@ usual meaning (``AttributeError`` for a missing name, ``TypeError`` for a value 
 shared, ``ValueError`` for a bad argument)::
 
     NamespaceError
-    ├── ConnectionLost            (also a ConnectionError) the server is gone or unreachable
+    ├── ConnectionLost            (also a ConnectionError and an EOFError) the server is gone
     │   ├── LockLost              the connection holding a lock broke: the server freed it
     │   └── ServerTimeout         (also a TimeoutError) the server stopped answering
     ├── AuthenticationError       a wrong or missing authkey, on either side
@@ -47,8 +47,11 @@ class NamespaceError(Exception):
     """Base class of every aionamespace-specific error."""
 
 
-class ConnectionLost(NamespaceError, ConnectionError):
+class ConnectionLost(NamespaceError, ConnectionError, EOFError):
     """The server cannot be reached, or the connection to it broke.
+
+    Also an ``EOFError``, which the stdlib's manager proxies raise when their manager dies,
+    so that handlers ported from them (``except EOFError``) still catch it (README, Errors).
 
     ``request_sent`` tells whether the failed request had left for the server: if it had, a
     write may or may not have been applied, and it is never retried.

@@ -2,16 +2,22 @@
 
 ``start()`` runs the server in a spawned child process (``python -m aionamespace serve
 --parent-pipe``), with no configuration: by default it listens on a Unix socket in a private
-0700 directory, with a random authkey. The child's stdin is a pipe from us: the first line
-carries the authkey, and when we shut down, or die, it reads EOF and stops, so a crashed parent
-never leaves a server behind. ``shutdown()`` asks for that, waits a
-bounded time, then terminates and finally kills: it never hangs.
+0700 directory, with a random authkey. The child's stdin is a pipe from us: its first line
+carries the authkey, the ``Limits`` and the initializer (``_parent_pipe.py``, the other end);
+a later byte asks it to stop, and EOF, which comes when this process and every process forked
+from it have exited (or died), stops it too, so a crashed parent never leaves a server behind.
+``shutdown()`` asks, waits a bounded time, then terminates and finally kills: it never hangs.
+
+Only the process that started the server stops it or removes its files (as the stdlib's
+``util.Finalize``, which checks the process id): a forked child that exits, normally or by
+``shutdown()``, leaves them to its parent. Once that parent is gone, the server removes them.
 
 ``connect()`` attaches to a server that is already running (another Manager's, or the CLI's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,9 +27,11 @@ import subprocess
 import sys
 import tempfile
 import weakref
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from . import _parent_pipe
 from ._errors import ConnectionLost
 from .client.asynchronous import AsyncNamespace
 from .client.locks import AsyncLock as _AsyncLock
@@ -49,8 +57,8 @@ class Manager:
     default ``start()`` picks a private Unix socket. ``authkey`` (bytes) is the shared secret
     clients must prove they know; ``start()`` makes a random one when none is given, and the
     proxies carry it (also when pickled into child processes). ``backend`` is the event loop
-    the server process runs on ("asyncio" or "trio"). ``limits`` are its proxies'
-    (``Limits.call_timeout``: how long a call waits for a silent server).
+    the server process runs on ("asyncio" or "trio"). ``limits`` are the bounds of the server
+    ``start()`` runs (it hands them over) and of this manager's proxies.
     """
 
     def __init__(
@@ -63,18 +71,24 @@ class Manager:
     ) -> None:
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be an aionamespace.Limits, not {type(limits).__name__}")
         self._requested = parse_address(address) if address is not None else None
         self._authkey = authkey
         self._backend = backend
-        self._limits = limits  # the proxies' (call_timeout...), not the server's
+        self.limits = limits or Limits()
         self._address: Address | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._owner_pid: int | None = None  # the process that started the server
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @property
     def address(self) -> Address:
         if self._address is None:
-            raise RuntimeError("the manager is neither started nor connected")
+            raise RuntimeError(
+                "the manager is not started: call manager.start() first (or use "
+                "'with Manager() as manager:'), or connect() to a running server"
+            )
         return self._address
 
     @property
@@ -89,15 +103,41 @@ class Manager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Spawn the server process and wait until it listens."""
+    def start(
+        self,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+    ) -> Manager:
+        """Spawn the server process, wait until it listens, and return this manager.
+
+        ``initializer(*initargs)`` runs in the server process before it serves, as the
+        stdlib's; it is pickled by reference, so a module-level function (``_parent_pipe.py``).
+        The server ignores the terminal's Ctrl-C (SIGINT) unless the initializer says
+        otherwise: it stops when this manager shuts down or this process is gone.
+        """
         if self._address is not None:
             raise RuntimeError("the manager is already started or connected")
+        if _parent_pipe.importing_main:
+            raise RuntimeError(
+                "Manager.start() ran while the server imported the main module to find its "
+                "initializer: guard your program with 'if __name__ == \"__main__\":'"
+            )
+        if self._authkey is None:
+            self._authkey = secrets.token_bytes(32)
         private_dir = None
         address = self._requested
         if address is None:
             private_dir = tempfile.mkdtemp(prefix="aionamespace-")  # mode 0700
             address = os.path.join(private_dir, "ns.sock")
+        try:
+            # The key goes through the pipe, never the command line (which `ps` shows).
+            config = _parent_pipe.encode_config(
+                self._authkey, self.limits, private_dir, initializer, tuple(initargs)
+            )
+        except BaseException:
+            if private_dir is not None:
+                os.rmdir(private_dir)
+            raise
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -113,19 +153,19 @@ class Manager:
             stdout=subprocess.PIPE,
             env=_child_environment(),
         )
-        self._finalizer = weakref.finalize(self, _stop_process, process, private_dir)
-        if self._authkey is None:
-            self._authkey = secrets.token_bytes(32)
+        owner = os.getpid()
+        self._finalizer = weakref.finalize(self, _stop_process, process, private_dir, owner)
         try:
-            # The key goes through the pipe, never the command line (which `ps` shows).
             assert process.stdin is not None
-            process.stdin.write(json.dumps({"authkey": self._authkey.hex()}).encode() + b"\n")
+            process.stdin.write(config)
             process.stdin.flush()
             self._address = _read_ready_line(process)
         except BaseException:
             self._finalizer()
             raise
         self._process = process
+        self._owner_pid = owner
+        return self
 
     def connect(self) -> None:
         """Attach to a server that is already running at ``address``."""
@@ -134,7 +174,7 @@ class Manager:
         if self._address is not None:
             raise RuntimeError("the manager is already started or connected")
         probe = Namespace._from_target(
-            Target.create(self._requested, None, authkey=self._authkey, limits=self._limits)
+            Target.create(self._requested, None, authkey=self._authkey, limits=self.limits)
         )
         try:
             probe._ping()
@@ -143,11 +183,31 @@ class Manager:
         self._address = self._requested
 
     def shutdown(self) -> None:
-        """Stop the server process this manager started (bounded wait, then terminate)."""
+        """Stop the server process this manager started (bounded wait, then terminate).
+
+        In any other process (a forked child), or for a manager that ``connect()``-ed, it
+        only detaches this manager: the server is left to the process that started it.
+        """
         if self._finalizer is not None:
-            self._finalizer()
+            self._finalizer()  # does nothing in a forked child (_stop_process)
         self._process = None
+        self._owner_pid = None
         self._address = None
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the server process exits, at most ``timeout`` seconds (None: no bound),
+        as the stdlib's; it does not ask it to stop. Once it has exited, the manager is as
+        after ``shutdown()``."""
+        process = self._process
+        if process is None:
+            return
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError("only the process that started the server can join it")
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return
+        self.shutdown()
 
     def __enter__(self) -> Manager:
         if self._address is None:
@@ -204,7 +264,7 @@ class Manager:
         return _AsyncLock(ns, name or _new_lock_name(), own=True)
 
     def _target(self, name: str | None) -> Target:
-        return Target.create(self.address, name, authkey=self._authkey, limits=self._limits)
+        return Target.create(self.address, name, authkey=self._authkey, limits=self.limits)
 
 
 def _new_lock_name() -> str:
@@ -236,16 +296,30 @@ def _read_ready_line(process: subprocess.Popen[bytes]) -> Address:
     if not line:
         code = process.wait(timeout=5)
         raise ConnectionLost(f"the server process exited with code {code} before listening")
-    address = json.loads(line)["address"]
+    message = json.loads(line)
+    if "error" in message:
+        raise ConnectionLost(f"the server process did not start: {message['error']}")
+    address = message["address"]
     return parse_address(tuple(address) if isinstance(address, list) else address)
 
 
-def _stop_process(process: subprocess.Popen[bytes], private_dir: str | None) -> None:
-    """Close the pipe (the child stops), wait, terminate, kill: bounded at every step."""
+def _stop_process(
+    process: subprocess.Popen[bytes], private_dir: str | None, owner_pid: int
+) -> None:
+    """Ask the child to stop, wait, terminate, kill: bounded at every step. Only in the
+    process that started it: a forked child's exit (or ``shutdown()``) leaves it alone."""
+    if os.getpid() != owner_pid:
+        return
     try:
+        if process.stdin is not None:
+            # A byte asks it to stop even while forked children still hold the pipe open.
+            with contextlib.suppress(OSError):
+                process.stdin.write(b"stop\n")
+                process.stdin.flush()
         for stream in (process.stdin, process.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):
+                    stream.close()
         try:
             process.wait(timeout=SHUTDOWN_GRACE_SECONDS)
         except subprocess.TimeoutExpired:

@@ -265,14 +265,16 @@ class ClientConnection:
         # call. A get's frame cannot fail to pack (an int and three checked strs), and a
         # connection is used by one thread at a time.
         self._pack_get = new_packer().pack
-        # The largest request we send: ours, or the server's announced limit if smaller (kept
-        # across reconnects: requests queued before a connection are checked against it).
-        self.send_limit = self.limits.max_frame_bytes
+        # The largest frame we send, and the largest we take: ours until the server says its
+        # own in its hello, then the server's (kept across reconnects: requests queued before
+        # a connection are checked against it). The server bounds what it stores: a proxy
+        # that could not read back what it accepted would be of no use.
+        self.send_limit = self.receive_limit = self.limits.max_frame_bytes
         self.greeted = False
 
     def reset(self) -> None:
         """Start over on a new connection; request ids keep counting up."""
-        self._decoder = FrameDecoder(self.limits.max_frame_bytes)
+        self._decoder = FrameDecoder(self.receive_limit)
         self._large = None
         self._proof = b""
         self.greeted = False
@@ -314,8 +316,11 @@ class ClientConnection:
                 {"proof": _auth.client_proof(self._authkey, self._challenge, server_challenge)}
             )
         announced = hello.info.get("max_frame_bytes")
-        if type(announced) is int and announced > 0:  # it would refuse more: say so here
-            self.send_limit = min(self.limits.max_frame_bytes, announced)
+        if type(announced) is int and announced > 0:  # the server's bound is the connection's
+            self.send_limit = announced
+            if announced > self.receive_limit and self._decoder.idle:
+                self.receive_limit = announced  # it sends nothing more before our proof
+                self._decoder = FrameDecoder(announced)
         self.greeted = True
         return hello
 
@@ -378,7 +383,7 @@ class ClientConnection:
                 events.extend(self.large_received(count))
                 continue
             if self.greeted and self._decoder.idle:
-                found = large_reply(view, self.limits.max_frame_bytes)
+                found = large_reply(view, self.receive_limit)
                 if found is not None:
                     self._large, header = found
                     view = view[header:]

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, TypeVar
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "described"]
+
+_T = TypeVar("_T", int, float)
+
+
+def described(default: _T, description: str) -> Any:
+    """A field of ``Limits`` with its one-line description (``serve``'s flags show it)."""
+    return dataclasses.field(default=default, metadata={"description": description})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,27 +53,49 @@ class Limits:
     server hold.
     """
 
-    max_frame_bytes: int = 64 * 1024 * 1024
-    max_name_length: int = 256
-    max_keys_per_hash: int = 8
-    max_connections: int = 10_000
+    max_frame_bytes: int = described(
+        64 * 1024 * 1024, "the longest frame either end accepts, in bytes: it bounds a value's size"
+    )
+    max_name_length: int = described(256, "the longest attribute or namespace name")
+    max_keys_per_hash: int = described(
+        8, "the most keys of one set, frozenset or dict that may share a hash"
+    )
+    max_connections: int = described(10_000, "connections the server holds at once")
     # what a peer may send before its handshake completes
-    max_handshake_bytes: int = 4096
-    max_handshake_depth: int = 4
-    handshake_timeout: float = 10.0
-    max_queued_writes: int = 100_000
+    max_handshake_bytes: int = described(
+        4096, "the longest frame a connection may send before it has authenticated"
+    )
+    max_handshake_depth: int = described(4, "how deeply arrays and maps may nest in such a frame")
+    handshake_timeout: float = described(
+        10.0, "seconds a new connection has to say hello and authenticate"
+    )
+    max_queued_writes: int = described(100_000, "an AsyncNamespace's writes not yet acknowledged")
     # the server's history of changes, per namespace
-    max_history_revisions: int = 10_000
-    max_history_bytes: int = 64 * 1024 * 1024
+    max_history_revisions: int = described(
+        10_000, "revisions of each namespace kept for watches to resume from"
+    )
+    max_history_bytes: int = described(
+        64 * 1024 * 1024, "bytes of values those revisions may hold, per namespace"
+    )
     # what may wait to be sent to one connection
-    max_reply_backlog_bytes: int = 1024 * 1024
-    max_push_backlog_bytes: int = 16 * 1024 * 1024
+    max_reply_backlog_bytes: int = described(
+        1024 * 1024, "unsent bytes past which a connection's requests wait (backpressure)"
+    )
+    max_push_backlog_bytes: int = described(
+        16 * 1024 * 1024, "unsent bytes past which a push drops the connection"
+    )
     # connections in their handshake, namespaces, and how long an unused anonymous one is kept
-    max_handshakes: int = 1_000
-    max_namespaces: int = 100_000
-    anonymous_grace: float = 300.0
+    max_handshakes: int = described(
+        1_000, "connections in their handshake; beyond, the oldest is dropped"
+    )
+    max_namespaces: int = described(100_000, "namespaces the server holds")
+    anonymous_grace: float = described(
+        300.0, "seconds an unused anonymous namespace is kept before it is freed"
+    )
     # how long a proxy waits for a server that sends nothing before taking it for frozen
-    call_timeout: float | None = 10.0
+    call_timeout: float | None = described(
+        10.0, "seconds a proxy waits for a silent server before ConnectionLost (none: for ever)"
+    )
 
     def check_name(self, name: object) -> str | None:
         """Why ``name`` cannot name an attribute or a namespace, or None if it can."""

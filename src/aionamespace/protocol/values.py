@@ -89,6 +89,9 @@ _MARKERS: dict[int, _Marker] = {
 _NESTED = frozenset({_Token, _Tuple, _FrozenSet})  # the types that have a height
 _TEXT = frozenset({str, bytes})
 _STR = {str}
+#: Kinds whose equality is what a set of them says, in C: a set of one of them is checked by
+#: building it (once no more than max_keys_per_hash share a hash).
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 _KEY, _VALUE = operator.itemgetter(0), operator.itemgetter(1)
 
 
@@ -193,9 +196,11 @@ class _Check:
         except TypeError:
             raise ValueDecodeError(_unhashable(items, what)) from None
         if len(set(hashes)) != len(hashes):  # hash values are ints: not floodable themselves
-            self._shared_hashes(items, hashes, what)
+            self._shared_hashes(items, hashes, kinds, what)
 
-    def _shared_hashes(self, items: list[Any], hashes: list[int], what: str) -> None:
+    def _shared_hashes(
+        self, items: list[Any], hashes: list[int], kinds: set[type], what: str
+    ) -> None:
         counts = collections.Counter(hashes)
         most = max(counts.values())
         if most > self.max_keys_per_hash:
@@ -204,6 +209,13 @@ class _Check:
                 f"({self.max_keys_per_hash}): Python readers would slow to a crawl "
                 "building it (docs/PROTOCOL.md 9.3)"
             )
+        if len(kinds) == 1 and kinds <= _PLAIN:
+            # One plain kind (no Decimal beside a big int, no str beside bytes): equal means
+            # what a set says, and with at most max_keys_per_hash items per hash the set is
+            # built in C in time linear in their number.
+            if len(set(items)) != len(items):
+                raise ValueDecodeError(f"duplicate {what}: {_short.repr(_duplicate(items))}")
+            return
         groups: dict[int, list[Any]] = {}
         for item, value in zip(items, hashes, strict=True):
             if counts[value] > 1:
