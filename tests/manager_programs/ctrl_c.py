@@ -50,7 +50,7 @@ if __name__ == "__main__":
     ns = manager.Namespace("board", jobs=3)
     process = manager._process
     assert process is not None
-    try:  # (the test's Ctrl-C may come as soon as the line is flushed, before print returns)
+    try:  # (the test's Ctrl-C may come as soon as this line is out: while it is flushed)
         print(json.dumps({"server": process.pid}), flush=True)
         signal.pause()  # the program's work, until Ctrl-C
     except KeyboardInterrupt:
