@@ -112,9 +112,7 @@ def test_backup_never_overwrites_a_file(live: str, tmp_path: Path) -> None:
     file.write_text("keep me")
     done = command("backup", live, str(file))
     assert done.returncode == 1
-    assert done.stderr == (
-        f"aionamespace: FileExistsError: {file} exists: a backup is written to a new file\n"
-    )
+    assert done.stderr == f"aionamespace: {file} exists: a backup is written to a new file\n"
     assert file.read_text() == "keep me"
     assert [name for name in os.listdir(tmp_path) if name.startswith(".backup-")] == []
 
@@ -134,7 +132,7 @@ def test_dump_data_says_what_it_cannot_read(live: str, tmp_path: Path) -> None:
     assert command("backup", live, file).returncode == 0
     absent = command("dump", "--data", file, "nosuch")
     assert absent.returncode == 1
-    assert absent.stderr == f"aionamespace: ValueError: {file} holds no namespace 'nosuch'\n"
+    assert absent.stderr == f"aionamespace: {file} holds no namespace 'nosuch'\n"
 
 
 def stat_mode(path: str) -> int:

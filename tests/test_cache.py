@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +15,12 @@ import pytest
 from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
 from aionamespace.client.tracking import CACHES
 from deadlines import wait_until
+from server_processes import ServeProcess
 
 DEADLINE_SECONDS = 5.0
+READER_THREADS = 2
+WRITES = 2_000
+SWITCH_SECONDS = 0.0002
 
 
 def eventually(read: Callable[[], Any], expected: Any) -> None:
@@ -55,6 +61,50 @@ def test_read_your_writes(server: ServerThread) -> None:
         assert ns.x == value  # never the cached previous value
         ns._incr("n")
         assert ns.n == value + 1
+
+
+def test_read_your_writes_while_other_threads_read(
+    socket_path: str, cli_servers: list[ServeProcess]
+) -> None:
+    """A write acknowledged to a thread is seen by that thread's next read, even while other
+    threads of the process read the same name through the shared cache connection: a read sent
+    before the write reached the server must not leave the old value behind once the write is
+    acknowledged (issue 12, item 10: 24-319 stale reads of 5,000-20,000 before the fix)."""
+    cli_servers.append(ServeProcess(socket_path))
+    writer = Namespace(socket_path, "ryw", cache=True)
+    reader = Namespace(socket_path, "ryw", cache=True)
+    writer.x = -1
+    done = threading.Event()
+    reads = [0] * READER_THREADS
+
+    def read(index: int) -> None:
+        while not done.is_set():
+            _ = reader.x
+            reads[index] += 1
+
+    threads = [
+        threading.Thread(target=read, args=(index,), name=f"cached reader {index}")
+        for index in range(READER_THREADS)
+    ]
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_SECONDS)  # the writer waits less for the GIL: a faster test
+    for thread in threads:
+        thread.start()
+    stale = []
+    try:
+        for value in range(WRITES):
+            writer.x = value
+            seen = writer.x
+            if seen != value:
+                stale.append((value, seen))
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(DEADLINE_SECONDS)
+        sys.setswitchinterval(switch_interval)
+    assert not any(thread.is_alive() for thread in threads)
+    assert all(reads)  # every reader really read meanwhile
+    assert stale == [], f"{len(stale)} stale reads of {WRITES:,}, e.g. {stale[:5]}"
 
 
 def test_mutable_values_are_copies(server: ServerThread) -> None:

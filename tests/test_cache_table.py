@@ -9,6 +9,7 @@ caller but not kept.
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -139,6 +140,41 @@ def test_reads_in_flight_across_an_own_write_keep_only_the_later(table: CacheTab
     assert cached(table) is ABSENT
     table.answered(3, encode_value(3), None)
     assert cached(table) == 3
+
+
+def test_a_forget_after_the_acknowledgement_drops_a_reply_kept_meanwhile(
+    table: CacheTable,
+) -> None:
+    """The sync proxy's case: its write goes on another connection than the cache's reads,
+    so a read sent after the first forget can reach the server before the write and be kept;
+    forgetting again once the write is acknowledged drops it, and a read still in flight."""
+    table.forget("k", ("x",))  # before the write leaves
+    table.expect(1, ITEM)  # another thread's read, answered before the write was applied
+    table.answered(1, encode_value("before"), None)
+    table.expect(2, ITEM)
+    assert cached(table) == "before"
+    table.forget("k", ("x",))  # the write is acknowledged
+    assert cached(table) is ABSENT
+    table.answered(2, encode_value("before"), None)
+    assert cached(table) is ABSENT
+
+
+def test_generations_are_kept_only_for_reads_in_flight(table: CacheTable) -> None:
+    """Writing a new name each time leaves nothing behind (issue 12, item 10: the table once
+    kept a generation for every name ever written, for the life of the process)."""
+    table.expect(1, ITEM)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(50_000):
+            table.forget("k", (f"name-{number}",))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, f"forgetting 50,000 names kept {grown:,} bytes"
+    table.forget("k", ("x",))
+    table.answered(1, encode_value(1), None)
+    assert cached(table) is ABSENT  # the read in flight was outdated all the same
 
 
 def test_a_write_of_another_name_keeps_a_read_in_flight(table: CacheTable) -> None:

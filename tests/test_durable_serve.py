@@ -64,7 +64,10 @@ def test_serve_refuses_a_file_that_is_not_ours_in_one_line(short_tmp: str, tmp_p
 def test_serve_refuses_fsync_without_data(short_tmp: str) -> None:
     done = serve("--unix", os.path.join(short_tmp, "s.sock"), "--fsync")
     assert done.returncode == 2
-    assert done.stderr.splitlines() == ["aionamespace: --fsync needs --data FILE"]
+    assert done.stderr.splitlines() == [
+        "python -m aionamespace serve: error: --fsync needs --data FILE (it says how the data"
+        " file is written)"
+    ]
 
 
 def test_serve_refuses_a_file_another_server_has(short_tmp: str, tmp_path: Path) -> None:

@@ -114,7 +114,19 @@ def test_sync_lock_wait_longer_than_the_timeout_goes_on(serve: ServeProcess) -> 
 def test_sync_lock_wait_on_a_frozen_server_raises(serve: ServeProcess) -> None:
     holder = Namespace(serve.address, "board", limits=LIMITS)
     waiter = Namespace(serve.address, "board", limits=LIMITS)
-    with holder._lock("ledger"):
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:  # in a thread of its own: a thread cannot wait for a lock it holds
+        with holder._lock("ledger"):
+            held.set()
+            done.wait(NO_HANG_SECONDS)
+        holder._close()
+
+    thread = threading.Thread(target=hold, name="holder")
+    thread.start()
+    try:
+        assert held.wait(NO_HANG_SECONDS)
+        waiter._ping()  # this thread's connection is open before the server freezes
         with frozen(serve):
             start = time.monotonic()
             with pytest.raises(ServerTimeout):
@@ -123,7 +135,9 @@ def test_sync_lock_wait_on_a_frozen_server_raises(serve: ServeProcess) -> None:
             took = elapsed_since(start)
         # silence for a timeout, then a ping unanswered for another
         assert 2 * CALL_TIMEOUT <= took < 2 * CALL_TIMEOUT + MARGIN, took
-    holder._close()
+    finally:
+        done.set()
+        thread.join(NO_HANG_SECONDS)
     waiter._close()
 
 
@@ -188,16 +202,18 @@ async def test_async_lock_wait_longer_than_the_timeout_goes_on(serve: ServeProce
         async with waiter._lock("ledger"):
             got.set()
 
-    async with holder._lock("ledger"), anyio.create_task_group() as group:
+    lock = holder._lock("ledger")
+    await lock.acquire()
+    async with anyio.create_task_group() as group:
         group.start_soon(wait_for_the_lock)
         with anyio.move_on_after(4 * CALL_TIMEOUT):
             await got.wait()
         assert not got.is_set()  # still waiting, past several timeouts (pings answered)
-        await holder._close()  # releases the lock; the waiter gets it
+        await lock.release()  # the waiter gets it
         with anyio.fail_after(NO_HANG_SECONDS):
             await got.wait()
     await waiter._close()
-    await holder._close()  # (the lock's exit reconnected to release it)
+    await holder._close()
 
 
 @pytest.mark.anyio

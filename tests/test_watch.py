@@ -141,7 +141,7 @@ def check_every_write_in_order(events: list[WatchEvent], start: int) -> None:
 
 
 def count_watches(server: ServerThread) -> int:
-    return sum(len(w) for w in server.server.dispatcher._peer_watches.values())
+    return server.server.dispatcher.watches.count()
 
 
 # ---------------------------------------------------------------------- every change, in order

@@ -13,6 +13,7 @@ from ._errors import DataFileError as DataFileError
 from ._errors import HistoryExpired as HistoryExpired
 from ._errors import LimitExceeded as LimitExceeded
 from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import LockLost as LockLost
 from ._errors import NamespaceError as NamespaceError
 from ._errors import NamespaceGone as NamespaceGone
 from ._errors import ProtocolError as ProtocolError
@@ -42,6 +43,7 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "LocalProtocolError",
+    "LockLost",
     "Manager",
     "MemoryStore",
     "Namespace",

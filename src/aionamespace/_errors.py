@@ -6,6 +6,7 @@ shared, ``ValueError`` for a bad argument)::
 
     NamespaceError
     ├── ConnectionLost            (also a ConnectionError and an EOFError) the server is gone
+    │   ├── LockLost              the connection holding a lock broke: the server freed it
     │   └── ServerTimeout         (also a TimeoutError) the server stopped answering
     ├── AuthenticationError       a wrong or missing authkey, on either side
     ├── HistoryExpired            a watch asked for changes older than the history kept
@@ -33,6 +34,7 @@ __all__ = [
     "HistoryExpired",
     "LimitExceeded",
     "LocalProtocolError",
+    "LockLost",
     "NamespaceError",
     "NamespaceGone",
     "ProtocolError",
@@ -67,6 +69,18 @@ class ServerTimeout(ConnectionLost, TimeoutError):
     ``ConnectionLost``, whether a write may have been applied. It is a ``ConnectionLost``
     (the proxy cannot use that server any more than a dead one) and a ``TimeoutError`` (what
     a caller bounding a call in time expects); it is never retried.
+    """
+
+
+class LockLost(ConnectionLost):
+    """A lock this thread (or task) held is no longer held: the connection that held it broke,
+    so the server released it, and another process may have taken it since.
+
+    Raised, at the latest, by the lock's ``release()`` (``__exit__``); meanwhile every call of
+    the holding thread (sync proxy: its connection to that server) or task (async proxy) raises
+    it instead of reconnecting, so nothing runs as if the lock were still held. A
+    ``ConnectionLost``, since a lost connection is its only cause: handlers of lost connections
+    see it too. Never retried (``Retry``).
     """
 
 

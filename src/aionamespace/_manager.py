@@ -34,6 +34,8 @@ from typing import Any
 from . import _parent_pipe
 from ._errors import ConnectionLost, DataFileError
 from .client.asynchronous import AsyncNamespace
+from .client.locks import AsyncLock as _AsyncLock
+from .client.locks import Lock as _Lock
 from .client.proxy import Target
 from .client.sync import Namespace
 from .protocol.connection import Address, format_address, parse_address
@@ -41,6 +43,9 @@ from .protocol.limits import Limits
 
 __all__ = ["Manager"]
 
+#: The namespace key of the locks ``Manager.Lock()`` makes (locks do not create namespaces:
+#: ``Manager.Lock("jobs")`` is ``manager.Namespace(LOCKS_NAMESPACE)._lock("jobs")``).
+LOCKS_NAMESPACE = "aionamespace.locks"
 START_TIMEOUT_SECONDS = 60.0
 SHUTDOWN_GRACE_SECONDS = 2.0
 
@@ -258,8 +263,27 @@ class Manager:
             Namespace._from_target(target)._create(initial)
         return AsyncNamespace._from_target(target)  # type: ignore[no-any-return]
 
+    def Lock(self, name: str | None = None) -> _Lock:
+        """A lock shared by every process using this server, as ``SyncManager.Lock()``'s:
+        pickle it into children (it carries the address, the authkey and the lock's name,
+        never a held state); the server frees it when its holder's connection dies.
+        ``name=None`` makes a new lock; ``Lock("jobs")`` is the same lock in every process.
+        """
+        ns = Namespace._from_target(self._target(LOCKS_NAMESPACE))
+        return _Lock(ns, name or _new_lock_name())
+
+    def AsyncLock(self, name: str | None = None) -> _AsyncLock:
+        """``Lock``'s twin for async code: ``async with lock:``. It has a connection of its
+        own: ``await lock.aclose()`` when done with it."""
+        ns = AsyncNamespace._from_target(self._target(LOCKS_NAMESPACE))
+        return _AsyncLock(ns, name or _new_lock_name(), own=True)
+
     def _target(self, name: str | None) -> Target:
         return Target.create(self.address, name, authkey=self._authkey, limits=self.limits)
+
+
+def _new_lock_name() -> str:
+    return f"lock-{secrets.token_hex(16)}"  # 128 random bits: nobody else's
 
 
 def _address_args(address: Address) -> list[str]:

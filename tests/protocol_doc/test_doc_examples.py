@@ -58,7 +58,7 @@ def test_worked_examples_match_the_library(server: ServerThread) -> None:
     assert examples["goodbye"] == goodbye
     assert examples["goodbye"] == pack([0, ERROR, "ConnectionLost", "the server is shutting down"])
 
-    # Replay the client's side against a real server; its answers must be the documented bytes.
+    # Replay the client's side against a real server; its answers must be the documented bytes
     with Client(server.address) as client:
         for sent, answered in [
             ("client-hello", "server-hello"),

@@ -10,25 +10,23 @@ operation means is ``calls.py``'s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import anyio
 
-from .._errors import ConnectionLost
 from ..protocol.codec import decode_values
 from . import calls
 from .asyncio_transport import AsyncioTransport
 from .cache import ABSENT, entry_value
+from .locks import AsyncLock
 from .pipelined import AsyncState, PipelinedTransport
 from .proxy import ProxyBase, Target, check_attribute_name
 from .requests import RequestTable
 from .stream_transport import StreamTransport
 
-__all__ = ["AsyncLock", "AsyncNamespace", "AsyncWatch"]
+__all__ = ["AsyncNamespace", "AsyncWatch"]
 
 
 def _new_transport(state: AsyncState) -> PipelinedTransport:
@@ -131,6 +129,10 @@ class AsyncNamespace(ProxyBase):
     async def _close(self) -> None:
         """Flush queued writes, then close the connection (a later use reconnects)."""
         await self._aionamespace.bound().close()
+
+    async def _info(self) -> dict[str, Any]:
+        """What the server holds and serves (docs/PROTOCOL.md, ``info``): a dict of figures."""
+        return await self._run(calls.info())  # type: ignore[no-any-return]
 
     async def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""
@@ -235,39 +237,11 @@ class AsyncNamespace(ProxyBase):
     def _lock(self, name: str, timeout: float | None = None) -> AsyncLock:
         """``async with ns._lock("name"):`` -- shared by every process using this server.
 
-        Released on exit, or by the server as soon as this connection dies; ``timeout``
-        seconds without getting it raise TimeoutError; cancelling the wait withdraws it.
+        Released on exit, or by the server as soon as this connection dies (then
+        ``LockLost``); ``timeout`` seconds without getting it raise TimeoutError; cancelling
+        the wait withdraws it. The object may be shared by tasks (``locks.py``).
         """
         return AsyncLock(self, name, timeout)
-
-
-class AsyncLock:
-    """``async with ns._lock(name, timeout=None):`` -- see ``AsyncNamespace._lock``."""
-
-    def __init__(self, ns: AsyncNamespace, name: str, timeout: float | None) -> None:
-        self._ns, self._name, self._timeout = ns, name, timeout
-        self._token = b""
-
-    async def __aenter__(self) -> AsyncLock:
-        if self._token:
-            raise RuntimeError(f"lock {self._name!r} is already held by this AsyncLock")
-        token = os.urandom(16)
-        call = calls.acquire(self._ns._key, self._name, token, self._timeout)
-        try:
-            await self._ns._run(call)
-        except BaseException:
-            # Cancelled or failed: withdraw the wait (or release a grant already on its way),
-            # now, so that nobody else waits on a lock we no longer want.
-            with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionLost):
-                await self._ns._run(calls.release(self._ns._key, self._name, token))
-            raise
-        self._token = token
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        token, self._token = self._token, b""
-        with anyio.CancelScope(shield=True):
-            await self._ns._run(calls.release(self._ns._key, self._name, token))
 
 
 class AsyncWatch:

@@ -4,6 +4,10 @@ Transports are per thread and per server, shared by every proxy of this process 
 that server, as the stdlib's proxies do: threads never wait for each other, and a thread has at
 most one request in flight, so the next reply on its socket is the answer to its request.
 
+A signal handler runs on the thread it interrupted, maybe mid-call on its transport (inside a
+``recv`` retried after EINTR): the transport is then *busy*, and the handler's calls go through
+a transport of their own (``SocketTransport.nested``); the interrupted call gets its reply.
+
 Fork safety, after redis-py: each transport remembers the pid that opened it. A forked child
 drops the inherited ones (closing only its own copies of the descriptors, never shutting the
 parent's sockets down) and opens fresh ones on first use. It never finds them: the pool is
@@ -21,10 +25,11 @@ import threading
 from time import monotonic
 from typing import Any
 
-from .._errors import ConnectionLost, ServerTimeout
+from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.addresses import Address
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
 from .calls import Operation
+from .leases import Lease, thread_leases_lost
 from .liveness import (
     CALL_TIMEOUTS,
     IDLE_CHECK_SECONDS,
@@ -32,6 +37,7 @@ from .liveness import (
     enable_keepalive,
     handshake_timeout,
     left_while_idle,
+    peek,
     server_timeout,
     set_call_timeout,
 )
@@ -81,11 +87,15 @@ class SocketTransport:
     """One blocking socket, its protocol state, and the pid that owns it."""
 
     def __init__(self, target: Target, *, track: bool = False) -> None:
+        self.target = target
         self.address = target.address
         self.pid = os.getpid()
         self.protocol = ClientConnection(target.limits, target.authkey, track=track)
         self.sock: socket.socket | None = None
         self.closed = True  # until connected (an attribute: the pool tests it on every call)
+        self.busy = False  # between sending a request and reading its reply
+        self._nested: SocketTransport | None = None  # for calls re-entering a busy one
+        self.leases: dict[bytes, Lease] = {}  # the locks held on this connection, by token
         # recv_into one buffer per transport: recv(n) would allocate n bytes on every call.
         self._buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.pushes: collections.deque[WatchPush] = collections.deque()
@@ -147,9 +157,15 @@ class SocketTransport:
         as much as the rest of the Python here.) A connection idle for a while is first
         checked for a server that left it (``liveness.py``).
         """
+        if self.busy:  # re-entered mid-call, by a signal handler: the stream is not ours now
+            return self.nested().call(operation, args)
         now = monotonic()
         if now > self.fresh_until and self.check_idle:
-            self._check_idle()
+            self.busy = True  # (it reads into the buffer a handler's call would use)
+            try:
+                self._check_idle()
+            finally:
+                self.busy = False
         self.fresh_until = now + IDLE_CHECK_SECONDS
         protocol = self.protocol
         if operation.op == "get":
@@ -160,19 +176,26 @@ class SocketTransport:
         assert sock is not None
         sent = False
         try:
+            self.busy = True
             sock.sendall(frame)
             sent = True
             received = sock.recv_into(self._buffer)
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:
+                    self.busy = False
                     read = operation.read
                     return result if read is None else read(result)
             reply = self._receive_until(request_id, self._events(received))
+            self.busy = False
         except BaseException as exc:
             if not (sent and operation.op in WAITS and isinstance(exc, CALL_TIMEOUTS)):
+                self.busy = False
                 self._fail(exc, sent)
-            reply = self._keep_waiting(request_id)  # a lock wait: is the server alive?
+            try:
+                reply = self._keep_waiting(request_id)  # a lock wait: is the server alive?
+            finally:
+                self.busy = False
         if reply.error is not None:
             if reply.id == 0:  # the server dropped the whole connection
                 self.close()
@@ -180,9 +203,20 @@ class SocketTransport:
         read = operation.read
         return reply.result if read is None else read(reply.result)
 
-    @property
-    def epoch(self) -> str | None:
-        return self.protocol.epoch
+    def nested(self) -> SocketTransport:
+        """The transport for calls made while this one is busy (opened on first use)."""
+        nested = self._nested
+        if nested is None or nested.closed:
+            if nested is not None and nested.leases:
+                raise nested.lease_lost()
+            nested = self._nested = SocketTransport(self.target)
+        return nested
+
+    def lease_lost(self) -> LockLost:
+        """What a call on this closed transport raises while it had locks (``leases.py``)."""
+        return thread_leases_lost(self.leases, self.address)
+
+    epoch = property(lambda self: self.protocol.epoch, doc="the server's (its hello's)")
 
     def _fail(self, exc: BaseException, sent: bool) -> None:
         """Interrupted or broken mid-call: the stream position is unknown, never reuse it;
@@ -201,27 +235,16 @@ class SocketTransport:
     def _check_idle(self) -> None:
         """Raise ConnectionLost (``request_sent`` false) if the server left this idle
         connection: an end of stream, a reset, or its goodbye is waiting in the socket."""
-        sock = self.sock
-        assert sock is not None
-        why = "it closed the connection"
-        try:
-            if type(sock) is socket.socket:
-                received = sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
-            else:  # TLS: no flags; Python's non-blocking mode instead
-                sock.settimeout(0.0)
-                try:
-                    received = sock.recv_into(self._buffer)
-                finally:
-                    sock.settimeout(self.sock_timeout)
-            if received:
-                goodbye = self._sort(self._events(received), 0)  # (a late pong is dropped)
-                if goodbye is None:
-                    return
-                why = f"it said: {goodbye.error}"
-        except (BlockingIOError, ssl.SSLWantReadError):
+        assert self.sock is not None
+        found = peek(self.sock, self._buffer, self.sock_timeout)
+        if found is None:
             return  # nothing there: as alive as anyone can tell without asking
-        except OSError as exc:
-            why = str(exc) or type(exc).__name__
+        why = str(found)
+        if type(found) is int:
+            goodbye = self._sort(self._events(found), 0)  # (a late pong is dropped)
+            if goodbye is None:
+                return
+            why = f"it said: {goodbye.error}"
         self.close()
         raise left_while_idle(self.address, why)
 
@@ -364,6 +387,9 @@ class SocketTransport:
         """Release this process's descriptor; only the opening process shuts the socket down."""
         sock, self.sock = self.sock, None
         self.closed = True
+        nested, self._nested = self._nested, None
+        if nested is not None:
+            nested.close()
         if sock is None:
             return
         if self.pid == os.getpid():
@@ -381,7 +407,7 @@ class _Pool:
     """Per-thread transports, keyed by server; emptied in a forked child."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # (a signal handler may take it on the same thread)
         self.locals: dict[tuple[Any, ...], threading.local] = {}
 
     def transport(self, target: Target) -> Transport:
@@ -392,18 +418,22 @@ class _Pool:
                 local = self.locals.setdefault(server, threading.local())
         transport: Transport | None = getattr(local, "transport", None)
         if transport is None or transport.closed:  # (a forked child: see after_fork)
+            if transport is not None and transport.leases:  # never reconnect under a lost lock
+                raise transport.lease_lost()
             transport = local.transport = open_transport(target)
         return transport
 
     def discard(self, target: Target) -> None:
+        """Close this thread's transport (one holding locks stays, closed: ``leases.py``)."""
         local = self.locals.get(target.server)
         transport = getattr(local, "transport", None)
         if transport is not None:
             transport.close()
-            del local.transport  # type: ignore[union-attr]
+            if not transport.leases:
+                del local.transport  # type: ignore[union-attr]
 
     def after_fork(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.locals = {}  # inherited transports are closed (not shut down) as they are collected
 
 

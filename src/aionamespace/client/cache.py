@@ -9,7 +9,9 @@ Everything that changes the cache happens in stream order on the one thread that
 tracking connection: a reply fills the cache, and an invalidation sent after it empties it
 again, so a stale value can never be left behind. The caller's own writes ``forget`` the names
 they touch first, and a generation count per name keeps a reply to a read made *before* that
-forget from filling the cache after it (read-your-writes).
+forget from filling the cache after it (read-your-writes). The sync proxy writes on another
+connection than its cache reads: a read sent after the first forget can still reach the server
+before the write, so it forgets again once the write is acknowledged (``tracking.py``).
 
 How stale can a cached read be? A change becomes visible once the invalidation has crossed the
 socket and been applied by the reader thread; benchmarks/compare.py measures that window.
@@ -63,22 +65,33 @@ class CacheTable:
 
     ``expect`` notes a read on its way (with the name's generation), ``answered`` turns its
     reply into an entry and keeps it unless our own write came since, ``invalidate`` applies
-    the server's word, ``forget`` our own writes'.
+    the server's word, ``forget`` our own writes'. A name has a generation only while reads of
+    it are in flight (a write with none to outdate leaves nothing behind), so the table's
+    memory is what it caches plus the reads in flight.
     """
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], Any] = {}  # what reads serve, see entry_value
-        self._generations: dict[tuple[str, str], int] = {}
-        self._expected: dict[int, tuple[tuple[str, str], int]] = {}  # request id -> item, gen
+        # name -> [reads of it in flight, generation]: only names with reads in flight
+        self._reads: dict[tuple[str, str], list[int]] = {}
+        self._expected: dict[int, tuple[tuple[str, str], list[int], int]] = {}  # by request id
 
     def expect(self, request_id: int, item: tuple[str, str]) -> None:
-        self._expected[request_id] = (item, self._generations.get(item, 0))
+        reads = self._reads.get(item)
+        if reads is None:
+            reads = self._reads[item] = [0, 0]
+        reads[0] += 1
+        self._expected[request_id] = (item, reads, reads[1])
 
     def answered(self, request_id: int, result: Any, error: BaseException | None) -> Any:
         """The entry a reply to an expected read makes (None for other replies)."""
         expected = self._expected.pop(request_id, None)
         if expected is None:
             return None
+        item, reads, generation = expected
+        reads[0] -= 1
+        if not reads[0] and self._reads.get(item) is reads:
+            del self._reads[item]
         if isinstance(error, AttributeError):
             entry: Any = _MISSING
         elif error is not None or type(result) not in (bytes, bytearray):
@@ -86,8 +99,7 @@ class CacheTable:
         else:
             value = decode_value(result)
             entry = value if type(value) in _IMMUTABLE else _Blob(result)
-        item, generation = expected
-        if self._generations.get(item, 0) == generation:
+        if reads[1] == generation:
             self.values[item] = entry  # else our own write came since: don't keep it
         return entry
 
@@ -95,12 +107,17 @@ class CacheTable:
         self.values.pop((key, name), None)
 
     def forget(self, key: str, names: tuple[str, ...]) -> None:
+        """Our own write changes these (or just did): drop them, and outdate the reads of
+        them in flight, whose replies may hold what they held before."""
         for name in names:
             item = (key, name)
-            self._generations[item] = self._generations.get(item, 0) + 1
             self.values.pop(item, None)
+            reads = self._reads.get(item)
+            if reads is not None:
+                reads[1] += 1
 
     def clear(self) -> None:
         """The connection is gone: nothing cached can be trusted any more."""
         self.values.clear()
         self._expected.clear()
+        self._reads.clear()

@@ -127,6 +127,7 @@ ACQUIRE = Operation("acquire")
 RELEASE = Operation("release")
 WATCH = Operation("watch")
 TRACK = Operation("track")
+INFO = Operation("info")
 
 
 def shared(name: str) -> str:
@@ -248,6 +249,10 @@ def ping() -> Call:
 
 def keys() -> Call:
     return KEYS, ()
+
+
+def info() -> Call:
+    return INFO, ()
 
 
 def event_from_push(

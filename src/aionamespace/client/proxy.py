@@ -24,7 +24,7 @@ import secrets
 import ssl
 from typing import TYPE_CHECKING, Any, cast
 
-from .._errors import ConnectionLost, ServerTimeout
+from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.addresses import Address, format_address, parse_address
 from ..protocol.codec import decode_value
 from ..protocol.limits import Limits
@@ -47,8 +47,8 @@ class Retry:
     doubling each time up to ``max_backoff``. A write that may have reached the server is never
     sent again, so no write is ever applied twice: it raises ``ConnectionLost`` with
     ``request_sent`` true. A server that stopped answering (``ServerTimeout``) is not tried
-    again: it would only make the caller wait as long once more. ``Retry(attempts=1)`` turns
-    retrying off.
+    again: it would only make the caller wait as long once more, and ``LockLost`` is never
+    retried either. ``Retry(attempts=1)`` turns retrying off.
     """
 
     attempts: int = 3
@@ -61,6 +61,7 @@ class Retry:
             failures >= self.attempts
             or (error.request_sent and op not in SAFE_TO_RESEND)
             or isinstance(error, ServerTimeout)
+            or isinstance(error, LockLost)  # reconnecting would run as if the lock were held
         ):
             return None
         return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))

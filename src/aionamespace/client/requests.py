@@ -26,6 +26,7 @@ from .._errors import ConnectionLost, ServerTimeout, WriteQueueFull
 from ..protocol.connection import ClientConnection, Invalidation, Reply, WatchPush
 from .cache import CacheTable
 from .calls import Operation
+from .leases import Lease, current_task, lock_lost
 from .liveness import WAITS
 from .proxy import Target
 
@@ -112,6 +113,12 @@ class RequestTable:
         self.write_errors: list[BaseException] = []
         self.watch_pushes: collections.deque[WatchPush] = collections.deque()
         self.cache = CacheTable() if target.cache else None
+        # Locks (leases.py): held on the current connection, by token; lost with an earlier
+        # one, by holding task, until each is released; writes queued under one, by id.
+        self.leases: dict[bytes, Lease] = {}
+        self.lost_leases: dict[object, list[Lease]] = {}
+        self.lease_writes: dict[int, object] = {}
+        self.connections = 0  # connections lost so far
         self.waits: set[int] = set()  # ids of requests whose reply may take any time (locks)
 
     # ------------------------------------------------------------------ requests
@@ -120,6 +127,8 @@ class RequestTable:
         self, operation: Operation, args: tuple[Any, ...], waiter: Waiter | asyncio.Future[Any]
     ) -> int:
         """Encode a request into the outbox, to be answered to ``waiter``; its id."""
+        if self.lost_leases:
+            self.refuse_lost_lease()
         protocol = self.protocol
         if operation.op == "get":
             request_id, frame = protocol.send_get(*args)
@@ -141,9 +150,60 @@ class RequestTable:
                 f"{limit} writes are waiting to be acknowledged (Limits.max_queued_writes): "
                 "await ns._flush(), or use 'async with ns:' so that a task sends them"
             )
+        if self.lost_leases:
+            self.refuse_lost_lease()
         request_id, frame = self.protocol.send_request(operation.op, *args)
         self.outbox.append((request_id, frame))
         self.queued_writes.add(request_id)
+        if self.leases:  # made under a lock? Then it must not leave on a later connection
+            task = current_task()
+            if any(lease.holder is task for lease in self.leases.values()):
+                self.lease_writes[request_id] = task
+
+    # ------------------------------------------------------------------ locks
+
+    def holds(self, task: object, key: str, name: str) -> bool:
+        """Whether ``task`` holds the lock ``(key, name)`` on this connection."""
+        return any(
+            lease.holder is task and lease.key == key and lease.name == name
+            for lease in self.leases.values()
+        )
+
+    def refuse_lost_lease(self) -> None:
+        """Raise ``LockLost`` if the running task held a lock on a connection since lost."""
+        leases = self.lost_leases.get(current_task())
+        if leases:
+            raise lock_lost(
+                leases[0].name,
+                self.target.address,
+                "; this task's requests raise LockLost until it releases the lock",
+            )
+
+    def forget_lost(self, lease: Lease) -> None:
+        """``lease``, lost with its connection, was released by its holder."""
+        leases = self.lost_leases.get(lease.holder, [])
+        if lease in leases:
+            leases.remove(lease)
+        if not leases:
+            self.lost_leases.pop(lease.holder, None)
+
+    def _lose_leases(self) -> None:
+        """The connection is gone, and the locks held on it: tell their holders (see
+        ``leases.py``); the writes they queued under them and that never left are dropped."""
+        for lease in self.leases.values():
+            self.lost_leases.setdefault(lease.holder, []).append(lease)
+        names = sorted({lease.name for lease in self.leases.values()})
+        self.leases.clear()
+        unsent = [i for i in self.queued_writes if i in self.lease_writes]
+        self.lease_writes.clear()
+        if unsent:
+            self.queued_writes.difference_update(unsent)
+            dropped = lock_lost(
+                ", ".join(names),
+                self.target.address,
+                f"; {len(unsent)} write(s) queued under it were never sent, and are dropped",
+            )
+            self.write_errors.append(dropped)
 
     def take_outbox(self) -> bytes:
         """Empty the outbox into the bytes of one write; its writes are now in flight."""
@@ -262,6 +322,8 @@ class RequestTable:
             self.inflight_writes.discard(reply.id)
             if reply.error is not None:
                 self.write_errors.append(reply.error)
+            if self.lease_writes:
+                self.lease_writes.pop(reply.id, None)
         if self.cache is not None:  # a cached read's answer fills the cache, in stream order
             self.cache.answered(reply.id, reply.result, reply.error)
         if waiter is not None:
@@ -274,9 +336,13 @@ class RequestTable:
         return None
 
     def lost(self, error: BaseException) -> None:
-        """The connection is gone: fail every waiter; keep unsent writes for the next one."""
+        """The connection is gone: fail every waiter; keep unsent writes for the next one
+        (but those queued under a lock it held)."""
+        self.connections += 1
         if self.cache is not None:
             self.cache.clear()
+        if self.leases or self.lease_writes:
+            self._lose_leases()
         if self.inflight_writes:
             count = len(self.inflight_writes)
             self.inflight_writes.clear()

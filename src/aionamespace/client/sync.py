@@ -8,7 +8,6 @@ process's cache connection (``cache.py``).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -19,32 +18,13 @@ from ..protocol.codec import decode_values
 from . import calls
 from .blocking import POOL, open_transport
 from .cache import SPECIAL_ENTRIES, entry_value
+from .locks import Lock
 from .proxy import ProxyBase, Target, check_attribute_name, format_namespace
 from .tracking import CACHES, CacheConnection
 
-__all__ = ["Lock", "Namespace", "Watch"]
+__all__ = ["Namespace", "Watch"]
 
 _ABSENT = object()
-
-
-class Lock:
-    """``with ns._lock(name, timeout=None):`` -- see ``Namespace._lock``."""
-
-    def __init__(self, ns: Namespace, name: str, timeout: float | None) -> None:
-        self._ns, self._name, self._timeout = ns, name, timeout
-        self._token = b""
-
-    def __enter__(self) -> Lock:
-        if self._token:
-            raise RuntimeError(f"lock {self._name!r} is already held by this Lock object")
-        token = os.urandom(16)
-        self._ns._run(calls.acquire(self._ns._key, self._name, token, self._timeout))
-        self._token = token
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        token, self._token = self._token, b""
-        self._ns._run(calls.release(self._ns._key, self._name, token))
 
 
 class Watch:
@@ -143,15 +123,34 @@ class Namespace(ProxyBase):
         target = _STATE(self).target  # not self._aionamespace: that is a Python call, here
         operation, args = call
         if target.cache and operation.changes:
-            cache = CACHES.existing(target)
-            if cache is not None:
-                cache.forget(target.key, operation.changed(args))
+            return self._write_cached(operation, args)
         try:  # the first attempt without a closure: the hot path (gets, sets)
             return POOL.transport(target).call(operation, args)
         except ConnectionLost as exc:
             return self._retrying(
                 operation.op, lambda: POOL.transport(target).call(operation, args), exc
             )
+
+    def _write_cached(self, operation: calls.Operation, args: tuple[Any, ...]) -> Any:
+        """A write through a caching proxy. Its names are forgotten before it leaves, and again
+        once it is acknowledged: the write goes on this thread's connection, the cache reads on
+        another, so a read sent meanwhile (by any thread) may reach the server before the
+        write and be answered the old value after the first forget (read-your-writes)."""
+        target = self._aionamespace.target
+        names = operation.changed(args)
+        cache = CACHES.existing(target)
+        if cache is not None:
+            cache.forget(target.key, names)
+        try:
+            return POOL.transport(target).call(operation, args)
+        except ConnectionLost as exc:
+            return self._retrying(
+                operation.op, lambda: POOL.transport(target).call(operation, args), exc
+            )
+        finally:
+            cache = CACHES.existing(target)
+            if cache is not None:
+                cache.forget(target.key, names)
 
     @property
     def _key(self) -> str:
@@ -286,14 +285,19 @@ class Namespace(ProxyBase):
     def _lock(self, name: str, timeout: float | None = None) -> Lock:
         """A lock shared by every process using this server: ``with ns._lock("name"):``.
 
-        Released on exit, or by the server as soon as this connection dies. ``timeout``
-        seconds without getting it raise TimeoutError.
+        Released on exit, or by the server as soon as this connection dies (then ``LockLost``).
+        ``timeout`` seconds without getting it raise TimeoutError. The object has
+        ``acquire``/``release``/``locked`` too, and may be shared by threads (``locks.py``).
         """
         return Lock(self, name, timeout)
 
     def _keys(self) -> list[str]:
         """The keys of every namespace on this proxy's server (named and anonymous)."""
         return self._run(calls.keys())  # type: ignore[no-any-return]
+
+    def _info(self) -> dict[str, Any]:
+        """What the server holds and serves (docs/PROTOCOL.md, ``info``): a dict of figures."""
+        return self._run(calls.info())  # type: ignore[no-any-return]
 
     def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._errors import ConnectionLost
 from ..protocol.connection import Invalidation, Reply
-from .blocking import open_transport
+from .blocking import POOL, open_transport
 from .cache import ABSENT, CacheTable, entry_value
 from .calls import GET
 from .proxy import Target
@@ -36,12 +36,16 @@ class CacheConnection:
     def __init__(self, target: Target) -> None:
         self.pid = os.getpid()
         self.forks = CACHES.forks  # stale in a forked child, which then opens its own
+        self._target = target
         self._transport = open_transport(target, track=True)
         self.alive = True
         self.table = CacheTable()
         self.values = self.table.values  # what reads serve (the proxy's hot path reads it)
         self._pending: dict[int, _Pending] = {}
-        self._lock = threading.Lock()  # sending, and the pending table
+        # Sending, the pending table, the cache table. Re-entrant: a signal handler may read
+        # or write on the thread that holds it (then ``_registering`` says so).
+        self._lock = threading.RLock()
+        self._registering = False  # a read is being sent and registered, under the lock
         self._reader = threading.Thread(
             target=self._read_forever, daemon=True, name="aionamespace cache reader"
         )
@@ -57,20 +61,34 @@ class CacheConnection:
         entry = self.values.get(item, ABSENT)
         if entry is ABSENT:
             entry = self._read(item)
+            if entry is ABSENT:  # a signal handler interrupted a read here: read uncached
+                return POOL.transport(self._target).call(GET, item)
         return entry_value(entry, name)
 
     def forget(self, key: str, names: tuple[str, ...]) -> None:
-        """Our own write is about to change these: drop them, and any read still in flight."""
-        self.table.forget(key, names)
+        """Our own write changes these (or was just acknowledged): drop them, and outdate the
+        reads of them in flight. Under the reader's lock: a reply being kept at this moment
+        is either kept before (and dropped here) or checked after (and not kept)."""
+        with self._lock:
+            self.table.forget(key, names)
 
     def _read(self, item: tuple[str, str]) -> Any:
+        """The entry a read through the server makes; ABSENT if a signal handler called this
+        while its thread was registering a read: it holds the lock, so the reader thread could
+        not hand over any reply until the handler returned (and half a frame may be sent)."""
         pending = _Pending()
         with self._lock:  # the reader thread finds the pending read registered before its reply
+            if self._registering:
+                return ABSENT
             if not self.alive:
                 raise ConnectionLost("the cache's connection to the server was lost")
-            request_id = self._transport.send(GET, item)
-            self._pending[request_id] = pending
-            self.table.expect(request_id, item)
+            self._registering = True
+            try:
+                request_id = self._transport.send(GET, item)
+                self._pending[request_id] = pending
+                self.table.expect(request_id, item)
+            finally:
+                self._registering = False
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -118,7 +136,7 @@ class _Caches:
     """The cache connection of this process for each server (a forked child opens its own)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (a signal handler may need a connection meanwhile)
         self._by_server: dict[tuple[Any, ...], CacheConnection] = {}
         self.forks = 0  # counts forks into this process: connections from before are not ours
 
@@ -128,7 +146,12 @@ class _Caches:
             with self._lock:
                 cache = self._by_server.get(target.server)
                 if cache is None or not cache.usable:
-                    cache = self._by_server[target.server] = CacheConnection(target)
+                    cache = CacheConnection(target)
+                    made = self._by_server.get(target.server)
+                    if made is not None and made.usable:  # by a signal handler, meanwhile
+                        cache.close()
+                        return made
+                    self._by_server[target.server] = cache
         return cache
 
     def existing(self, target: Target) -> CacheConnection | None:
@@ -136,7 +159,7 @@ class _Caches:
         return cache if cache is not None and cache.usable else None
 
     def after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._by_server = {}
         self.forks += 1
 

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from .._errors import ConnectionLost, ServerTimeout
+from .._errors import ConnectionLost, LockLost, ServerTimeout
 
 if TYPE_CHECKING:
     from ..protocol.events import Hello, Invalidation, Reply, WatchPush
     from .calls import Operation
+    from .leases import Lease
     from .pipelined import AsyncState, PipelinedTransport
 
 __all__ = ["TRANSPORT_ERRORS", "InProcess", "Transport", "connection_lost", "map_connection_errors"]
@@ -40,6 +41,8 @@ class Transport(Protocol):
     """
 
     closed: bool
+    busy: bool  # a call is between its send and its reply (a signal handler re-enters it)
+    leases: dict[bytes, Lease]  # the locks held on this connection, by token
 
     @property
     def epoch(self) -> str | None:
@@ -54,6 +57,10 @@ class Transport(Protocol):
     def next_push(self, timeout: float | None = None) -> WatchPush: ...
 
     def close(self) -> None: ...
+
+    def nested(self) -> Transport: ...
+
+    def lease_lost(self) -> LockLost: ...
 
 
 class InProcess(Protocol):

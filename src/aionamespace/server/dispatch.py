@@ -40,7 +40,6 @@ from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
     Producer,
-    event_head,
     event_tail,
     list_reply,
     replay,
@@ -48,11 +47,13 @@ from ..protocol.pieces import (
 )
 from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .exports import Exports
+from .info import dispatcher_figures
 from .locks import LockTable
 from .outbox import apart
 from .peer import Peer
 from .stores import Changes, Store, materialised
 from .timers import CallLater
+from .watches import NO_WATCHES, WatchTable
 
 __all__ = ["Dispatcher", "Peer"]
 
@@ -77,16 +78,6 @@ _CALLER_ERRORS = (
 #: or a reply larger than the reply budget, made as it is sent.
 ReplyData = bytes | tuple[bytes, bytes] | Producer
 
-_NO_WATCHES: dict[int, Any] = {}
-
-
-class _Watch:
-    __slots__ = ("head", "id", "names", "peer")
-
-    def __init__(self, watch_id: int, peer: Peer, names: frozenset[str] | None) -> None:
-        self.id, self.peer, self.names = watch_id, peer, names
-        self.head = event_head(watch_id)  # every push of this watch starts so
-
 
 class Dispatcher:
     """The op layer between the protocol and the store, shared by all connections."""
@@ -99,9 +90,8 @@ class Dispatcher:
         self.locks = LockTable(call_later)
         self.anonymous = AnonymousNamespaces(store, call_later, limits.anonymous_grace)
         self._anonymous_used = self.anonymous.used  # (read on every request naming one)
-        self._watches: dict[str, dict[int, _Watch]] = {}  # namespace key -> watch id -> watch
-        self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
-        self._last_watch_id = 0
+        self.watches = WatchTable()
+        self._watches = self.watches.by_key  # (read on every commit)
         self._pushes: dict[Peer, list[Output]] = {}
         self._in_batch = False
         self._batch_peer: Peer | None = None  # whose batch is being applied
@@ -132,9 +122,13 @@ class Dispatcher:
             "unwatch": self._unwatch,
             "acquire": self._acquire,
             "release": self._release,
+            "info": self._info,
             "export": self.exports.begin,
             "export_read": self.exports.read,
         }
+        self.requests = 0  # served: counted per batch (and per read answered alone)
+        #: The ``info`` operation's figures; a Server adds its own (server/info.py).
+        self.describe: Callable[[], dict[str, Any]] = lambda: dispatcher_figures(self)
 
     def respond(
         self,
@@ -185,6 +179,7 @@ class Dispatcher:
                 if size > budget:
                     break
         finally:
+            self.requests += applied
             try:
                 if self._pushes:
                     large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
@@ -246,8 +241,7 @@ class Dispatcher:
 
     def connection_lost(self, peer: Peer) -> None:
         """Forget a connection's watches and cache; release its locks (to the next waiter)."""
-        for watch_id, key in self._peer_watches.pop(peer, {}).items():
-            self._remove_watch(key, watch_id)
+        self.watches.connection_lost(peer)
         self._tracking.discard(peer)
         for item in self._peer_tracked.pop(peer, ()):
             readers = self._tracked.get(item)
@@ -286,9 +280,11 @@ class Dispatcher:
         if type(event) is Request:
             return self.answer(peer, event.id, event.op, event.args)
         protocol = peer.protocol
+        self.requests -= 1  # (respond_some counts every event: this one is no request)
         if type(event) is Hello:
             return protocol.send_hello()
         if type(event) is BadRequest:
+            self.requests += 1  # answered: a request all the same
             return protocol.send_error(event.id, RemoteProtocolError(event.message))
         assert type(event) is Refusal
         return protocol.send_refusal(event.error)
@@ -304,7 +300,7 @@ class Dispatcher:
             # Some pushes of this committed revision may never have been queued: whoever may
             # have missed one must not go on as if it had not (a gap in a watch, a stale
             # cache). Dropped, it resumes (PROTOCOL.md 11.3).
-            missed = {watch.peer for watch in self._watches.get(key, _NO_WATCHES).values()}
+            missed = {watch.peer for watch in self._watches.get(key, NO_WATCHES).values()}
             for name in changes:
                 missed.update(self._tracked.get((key, name), ()))
             reason = ConnectionLost(
@@ -328,7 +324,7 @@ class Dispatcher:
                         self._pushes.setdefault(reader, []).append(frame)
                     del self._tracked[item]
             tail: tuple[bytes, ...] | None = None  # made once, shared by every watch
-            for watch in self._watches.get(key, _NO_WATCHES).values():
+            for watch in self._watches.get(key, NO_WATCHES).values():
                 if watch.names is None or name in watch.names:
                     if tail is None:  # (an appended list is encoded here: once per revision)
                         tail = event_tail(revision, name, materialised(value))
@@ -360,10 +356,7 @@ class Dispatcher:
         selected = frozenset(names) if names is not None else None
         revision, values = self.store.snapshot(key, names if since is None else ())
         changes = [] if since is None else self.store.history(key, since)  # may raise
-        self._last_watch_id += 1
-        watch = _Watch(self._last_watch_id, peer, selected)
-        self._watches.setdefault(key, {})[watch.id] = watch
-        self._peer_watches.setdefault(peer, {})[watch.id] = key
+        watch = self.watches.add(peer, key, selected)
         budget = peer.protocol.limits.max_reply_backlog_bytes
         replayed = replay(watch.id, changes, selected, budget) if changes else None
         if replayed is not None:  # sent after the reply, which tells the client the watch id
@@ -374,17 +367,14 @@ class Dispatcher:
         return values_reply(request_id, (watch.id, revision), values, budget)
 
     def _unwatch(self, peer: Peer, request_id: int, watch_id: int) -> bytes:
-        key = self._peer_watches.get(peer, {}).pop(watch_id, None)
-        if key is not None:
-            self._remove_watch(key, watch_id)
-        return peer.protocol.send_result(request_id, key is not None)
+        return peer.protocol.send_result(request_id, self.watches.remove(peer, watch_id))
 
-    def _remove_watch(self, key: str, watch_id: int) -> None:
-        watches = self._watches.get(key)
-        if watches is not None:
-            watches.pop(watch_id, None)
-            if not watches:
-                del self._watches[key]
+    def counts(self) -> tuple[int, int, int]:
+        """(watches, connections tracking, names tracked): figures of ``info``."""
+        return self.watches.count(), len(self._tracking), len(self._tracked)
+
+    def _info(self, peer: Peer, request_id: int) -> bytes:
+        return peer.protocol.send_result(request_id, self.describe())
 
     # ------------------------------------------------------------------ replies of any size
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import ssl
 import stat
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -38,6 +40,7 @@ from ..protocol.limits import Limits
 from .admission import FAREWELL_SECONDS, Connections
 from .dispatch import Dispatcher
 from .durability import Durability
+from .info import RequestRate, server_figures
 from .listeners import TLSListener, make_listening_socket
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
@@ -78,6 +81,11 @@ class Server:
         self.durability = Durability(self.store)
 
     @property
+    def epoch(self) -> str:
+        """The epoch of the server's store: told in every hello and by ``info``."""
+        return self.store.epoch
+
+    @property
     def address(self) -> Address:
         """The address clients connect to (with the real port when port 0 was asked for)."""
         if self._address is None:
@@ -111,6 +119,7 @@ class Server:
                     self.new_connection,
                     self.durability,
                 )
+                self._describe_while_serving(connections)
                 try:
                     if _running_on_asyncio():
                         await self._serve_asyncio(sock, address, connections, stop, task_status)
@@ -222,6 +231,22 @@ class Server:
     def new_connection(self) -> ServerConnection:
         """The sans-IO state of one new connection."""
         return ServerConnection(self.limits, self._authkey, self.store.epoch)
+
+    def _describe_while_serving(self, connections: Connections) -> None:
+        """``info`` tells the server's own figures too, and its request rate is sampled once a
+        second (one timer: nothing on the requests' path)."""
+        started, rate, dispatcher = time.monotonic(), RequestRate(), self.dispatcher
+        describe = functools.partial(
+            server_figures, dispatcher, connections, self.store.epoch, started, rate
+        )
+
+        def sample() -> None:
+            if dispatcher.describe is describe:  # (not once serving again: a new chain runs)
+                rate.sample(dispatcher.requests)
+                self._call_later(1.0, sample)
+
+        dispatcher.describe = describe
+        sample()
 
     def _call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` after ``delay`` seconds unless cancelled (lock timeouts, handshake

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .base import CHANGE_OVERHEAD_BYTES, Change, Changes, LazyValue, Store, Value, materialised
+from .base import (
+    CHANGE_OVERHEAD_BYTES,
+    Change,
+    Changes,
+    LazyValue,
+    Store,
+    StoreUsage,
+    Value,
+    materialised,
+)
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
@@ -14,6 +23,7 @@ __all__ = [
     "MemoryStore",
     "SQLiteStore",
     "Store",
+    "StoreUsage",
     "Value",
     "materialised",
 ]

@@ -14,20 +14,21 @@ import contextlib
 import os
 import tempfile
 
-from ._errors import DataFileError
-from .client import calls
-from .client.proxy import Target
-from .client.sync import Namespace
-from .protocol.addresses import Address
-from .server.stores import SQLiteStore
+from .._errors import DataFileError
+from ..client import calls
+from ..client.proxy import Target, format_namespace
+from ..client.sync import Namespace
+from ..protocol.addresses import Address
+from ..server.stores import SQLiteStore
+from .parser import CommandFailed
 
-__all__ = ["backup", "read_data_file"]
+__all__ = ["backup", "dump_data_file", "read_data_file"]
 
 
 def backup(address: Address, authkey: bytes | None, path: str) -> tuple[int, int]:
     """Copy the board at ``address`` into a new data file at ``path``: (namespaces, names)."""
     if os.path.lexists(path):
-        raise FileExistsError(f"{path} exists: a backup is written to a new file")
+        raise CommandFailed(f"{path} exists: a backup is written to a new file")
     server = Namespace._from_target(Target.create(address, None, authkey=authkey))
     directory = os.path.dirname(os.path.abspath(path))
     handle, partial = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=directory)
@@ -54,6 +55,22 @@ def backup(address: Address, authkey: bytes | None, path: str) -> tuple[int, int
     finally:
         server._close()
     return len(keys), names
+
+
+def dump_data_file(path: str, namespace: str | None) -> int:
+    """``dump --data FILE [NAMESPACE]``: print a data file's namespaces, as ``dump`` does."""
+    store = read_data_file(path)
+    try:
+        keys = store.keys()
+        if namespace is not None:
+            if namespace not in keys:
+                raise CommandFailed(f"{path} holds no namespace {namespace!r}")
+            keys = [namespace]
+        for key in keys:
+            print(f"{key}: {format_namespace(store.snapshot(key, None)[1])}")
+    finally:
+        store.close()
+    return 0
 
 
 def read_data_file(path: str) -> SQLiteStore:
