@@ -278,6 +278,7 @@ def test_appending_costs_the_items_appended_not_the_list() -> None:
             decode_value(store.get("k", "log"))[-12:]
             == [b"x" * 1000, b"first"] + [b"y" * 1000] * 10
         )
+    close_stores()
 
 
 def test_a_list_past_the_longest_array_is_refused(store: Store) -> None:

@@ -231,14 +231,17 @@ def test_a_store_replays_what_a_model_of_its_rules_does(
     steps: list[tuple[str, Any, Any]], max_revisions: int, max_bytes: int
 ) -> None:
     limits = Limits(max_history_revisions=max_revisions, max_history_bytes=max_bytes)
-    for make_store in STORES.values():
-        store, model = make_store(limits), Model(limits)
-        commits = Commits(store)
-        for op, name, arg in steps:
-            run_step(store, model, op, name, arg)
-            assert [(revision, change) for _, revision, change in commits.seen] == model.log
-        for since in range(model.revision + 2):
-            check_replay(store, model, since)
+    try:
+        for make_store in STORES.values():
+            store, model = make_store(limits), Model(limits)
+            commits = Commits(store)
+            for op, name, arg in steps:
+                run_step(store, model, op, name, arg)
+                assert [(revision, change) for _, revision, change in commits.seen] == model.log
+            for since in range(model.revision + 2):
+                check_replay(store, model, since)
+    finally:
+        close_stores()  # (each example makes its own: their files would pile up)
 
 
 def run_step(store: Store, model: Model, op: str, name: str, arg: Any) -> None:
