@@ -48,13 +48,24 @@ class Outcome:
 
 
 def _registry() -> list[Attack]:
-    from . import handshake_attacks, lock_attacks, memory_attacks, value_attacks
+    from . import (
+        client_attacks,
+        frozen_attacks,
+        handshake_attacks,
+        lock_attacks,
+        memory_attacks,
+        restart_attacks,
+        value_attacks,
+    )
 
     every = [
         *lock_attacks.ATTACKS,
         *value_attacks.ATTACKS,
         *memory_attacks.ATTACKS,
         *handshake_attacks.ATTACKS,
+        *client_attacks.ATTACKS,
+        *restart_attacks.ATTACKS,
+        *frozen_attacks.ATTACKS,
     ]
     return sorted(every, key=lambda attack: int(attack.item))  # in the order
 

@@ -50,8 +50,8 @@ if __name__ == "__main__":
     ns = manager.Namespace("board", jobs=3)
     process = manager._process
     assert process is not None
-    print(json.dumps({"server": process.pid}), flush=True)
-    try:
+    try:  # (the test's Ctrl-C may come as soon as this line is out: while it is flushed)
+        print(json.dumps({"server": process.pid}), flush=True)
         signal.pause()  # the program's work, until Ctrl-C
     except KeyboardInterrupt:
         try:  # the shutdown handler: save what it can

@@ -155,6 +155,7 @@ class PipelinedTransport:
         due = self.table.overdue()
         if due is None:
             self.silent = self.quiet = 0
+            self.seen = self.reads  # what was read answered what waited before: counted
             return "idle"
         if self.reads != self.seen:
             self.seen = self.reads
