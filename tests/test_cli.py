@@ -221,7 +221,12 @@ def test_demo_shows_the_lesson_in_order() -> None:
         expected.append(r"child .*reads ns\._item == 'empty'")
     expected += [
         r"await ns\.item -> 'educative is awesome !'",
-        r"100 concurrent tasks read it over one connection: 1 value",
+        r"ns\.readers = 1; ns\.note = 'written from asyncio'",
+        r"100 concurrent tasks read ns\.item, pipelined on one connection: all 100 read "
+        r"'educative is awesome !'",
+        r"await ns\._snapshot\(\) -> .*'note': 'written from asyncio'",
+        r"woke on the change, no polling: 'done'",
+        r"appended to ns\.log .*\['pid \d+ finished'\]",
         r"demo finished",
     ]
     lines = result.stdout.splitlines()

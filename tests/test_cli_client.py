@@ -94,10 +94,11 @@ class CliServer:
         assert (result.returncode, result.stderr) == (0, ""), result
         return result.stdout
 
-    def fails(self, *args: str, authkey: Any = "same") -> str:
-        """Run a command that must fail cleanly: exit 1, one error line, no traceback."""
+    def fails(self, *args: str, authkey: Any = "same", status: int = 1) -> str:
+        """Run a command that must fail cleanly: exit ``status`` (1; 2 for a wrong command
+        line), one error line, no traceback."""
         result = self.run(*args, authkey=authkey)
-        assert result.returncode == 1, result
+        assert result.returncode == status, result
         assert result.stdout == ""
         assert "Traceback" not in result.stderr
         assert result.stderr.count("\n") == 1
@@ -114,14 +115,22 @@ class Running:
     stdout: LineReader
 
 
-def start(*args: str, authkey: str | None) -> Running:
-    process = subprocess.Popen(
-        [*COMMAND, *args],
-        env=environment(authkey),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def start(*args: str, authkey: str | None, sigint_ignored: bool = False) -> Running:
+    """Run a command; ``sigint_ignored`` starts it as a shell starts a background job (``&``):
+    with SIGINT ignored, which a child inherits (the command must stop on Ctrl-C all the same).
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
+    try:
+        process = subprocess.Popen(
+            [*COMMAND, *args],
+            env=environment(authkey),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     assert process.stdout is not None
     return Running(process, LineReader(process.stdout))
 
@@ -204,13 +213,40 @@ def test_del_removes_and_get_of_a_missing_name_fails(cli_server: CliServer) -> N
     assert cli_server.fails("get", address, "never-used", "item") == expected
 
 
-@pytest.mark.parametrize("text", ["[1, ", "foo", "print(1)", "{'a': 1"])
-def test_set_of_a_bad_literal_fails_and_sets_nothing(cli_server: CliServer, text: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "quoted"),
+    [
+        ("running", "\"'running'\""),  # the shell took the quotes off: say how to keep them
+        ("[1, ", "\"'[1, '\""),
+        ("print(1)", "\"'print(1)'\""),
+        ("{'a': 1", "'\"{'\"'\"'a'\"'\"': 1\"'"),
+        ("it's", "'\"it'\"'\"'s\"'"),
+    ],
+)
+def test_set_of_a_bad_literal_fails_and_sets_nothing(
+    cli_server: CliServer, text: str, quoted: str
+) -> None:
     address = cli_server.address_text
     cli_server.ok("set", address, "board", "item", "'kept'")
-    message = cli_server.fails("set", address, "board", "item", text)
-    assert message.startswith(f"aionamespace: ValueError: not a Python literal: {text!r} (")
+    message = cli_server.fails("set", address, "board", "item", text, status=2)
+    assert message == (
+        f"python -m aionamespace set: error: not a Python literal: {text} (values are Python "
+        "literals, such as 42, 'text' or [1, 2]; the shell takes one pair of quotes off, so a "
+        f"string needs two: {quoted})"
+    )
     assert cli_server.ok("get", address, "board", "item") == "'kept'\n"
+    # what the message suggests, run by a shell, sets the string
+    shell = subprocess.run(
+        f"{' '.join(COMMAND)} set {address} board item {quoted}",
+        shell=True,
+        env=environment(cli_server.authkey),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert (shell.returncode, shell.stderr) == (0, "")
+    assert cli_server.ok("get", address, "board", "item") == repr(text) + "\n"
 
 
 def test_dump_prints_one_namespace_or_all(cli_server: CliServer) -> None:
@@ -223,7 +259,25 @@ def test_dump_prints_one_namespace_or_all(cli_server: CliServer) -> None:
         "board: Namespace(a=1, b='x')",
         "other: Namespace(n=(1, 2))",
     ]
-    assert cli_server.ok("dump", address, "empty") == "empty: Namespace()\n"
+    cli_server.ok("del", address, "other", "n")
+    assert cli_server.ok("dump", address, "other") == "other: Namespace()\n"  # empty, but held
+
+
+def test_dump_of_a_namespace_the_server_does_not_hold(cli_server: CliServer) -> None:
+    address = cli_server.address_text
+    cli_server.ok("set", address, "board", "a", "1")
+    assert cli_server.fails("dump", address, "nosuch") == (
+        f"aionamespace: the server at {address} holds no namespace 'nosuch' (dump with no name "
+        "lists those it holds)"
+    )
+
+
+def test_dump_of_an_empty_server_says_so(cli_server: CliServer) -> None:
+    result = cli_server.run("dump", cli_server.address_text)
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == (
+        f"aionamespace: the server at {cli_server.address_text} holds no namespaces\n"
+    )
 
 
 # ---------------------------------------------------------------------- authentication
@@ -243,7 +297,7 @@ def test_a_client_without_the_servers_key_is_refused(cli_server: CliServer) -> N
     message = cli_server.fails("get", address, "board", "x", authkey="wrong key")
     assert message.startswith("aionamespace: AuthenticationError: authentication failed")
     assert "s3cret" not in message
-    assert cli_server.ok("dump", address, "board") == "board: Namespace()\n"  # nothing was set
+    assert cli_server.run("dump", address).stdout == ""  # nothing was set, nor created
 
 
 def test_an_unreachable_server_fails_cleanly(short_tmp: str) -> None:
@@ -318,7 +372,9 @@ def test_watch_names_and_since(cli_server: CliServer) -> None:
         authkey=cli_server.authkey,
     )
     try:
-        assert watcher.stdout.next() == "watching 'board' from revision 4 (Ctrl-C stops)"
+        assert watcher.stdout.next() == (
+            "watching 'board' since revision 1: the changes up to 4, then live (Ctrl-C stops)"
+        )
         assert watcher.stdout.next() == "       3  a = 2"  # replayed: changes after 1
         assert watcher.stdout.next() == "       4  c = 1"
         ns.b = 2  # not watched
@@ -333,4 +389,31 @@ def test_watch_names_and_since(cli_server: CliServer) -> None:
 def test_watch_since_a_revision_the_server_never_had_fails(cli_server: CliServer) -> None:
     cli_server.ok("set", cli_server.address_text, "board", "a", "1")
     message = cli_server.fails("watch", cli_server.address_text, "board", "--since", "99")
-    assert message.startswith("aionamespace: HistoryExpired: revision 99 is ahead")
+    assert message == (
+        "aionamespace: watch --since 99: 'board' is only at revision 1 (was the server "
+        "restarted?): watch without --since, or --since 1 or lower"
+    )
+
+
+def test_watch_since_the_current_revision_says_so(cli_server: CliServer) -> None:
+    cli_server.ok("set", cli_server.address_text, "board", "a", "1")
+    watcher = start(
+        "watch", cli_server.address_text, "board", "--since", "1", authkey=cli_server.authkey
+    )
+    try:
+        assert watcher.stdout.next() == "watching 'board' from revision 1 (Ctrl-C stops)"
+    finally:
+        code, rest, stderr = interrupt(watcher)
+    assert (code, rest, stderr) == (130, [], "")
+
+
+def test_watch_started_with_sigint_ignored_still_stops_on_ctrl_c(cli_server: CliServer) -> None:
+    """A shell's background job (``&``) inherits SIGINT ignored: the command restores it."""
+    watcher = start(
+        "watch", cli_server.address_text, "board", authkey=cli_server.authkey, sigint_ignored=True
+    )
+    try:
+        assert watcher.stdout.next() == "watching 'board' from revision 0 (Ctrl-C stops)"
+    finally:
+        code, rest, stderr = interrupt(watcher)
+    assert (code, rest, stderr) == (130, [], "")

@@ -60,9 +60,17 @@ async def _read_from_asyncio(ns: AsyncNamespace) -> None:
         ns.readers = 1  # queued without blocking, sent by the proxy's pump task
         ns.note = "written from asyncio"
         await ns._flush()
+        print(
+            "   ns.readers = 1; ns.note = 'written from asyncio' (queued without blocking);"
+            " await ns._flush() waits until both are stored"
+        )
         tasks = [asyncio.ensure_future(_get(ns, "item")) for _ in range(100)]
         values = await asyncio.gather(*tasks)
-        print(f"   100 concurrent tasks read it over one connection: {len(set(values))} value")
+        if len(set(values)) == 1:
+            read = f"all {len(values)} read {values[0]!r}"
+        else:
+            read = f"they read {len(set(values))} different values"
+        print(f"   100 concurrent tasks read ns.item, pipelined on one connection: {read}")
         print(f"   await ns._snapshot() -> {await ns._snapshot()!r}")
 
 
@@ -111,8 +119,9 @@ def run_demo() -> None:
         helper.start()
         status = shared_vars._wait_for("status", lambda value: value == "done", timeout=30)
         helper.join()
+        print(f"   ns._wait_for('status', ...) woke on the change, no polling: {status!r}")
         print(
-            f"   ns._wait_for('status', ...) woke on the change, no polling: {status!r}, "
-            f"log {shared_vars.log!r}"
+            "   the child had first appended to ns.log on the server (ns._append, no lost "
+            f"items): {shared_vars.log!r}"
         )
     print("\nserver shut down; demo finished")

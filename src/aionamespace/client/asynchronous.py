@@ -130,6 +130,10 @@ class AsyncNamespace(ProxyBase):
         """Flush queued writes, then close the connection (a later use reconnects)."""
         await self._aionamespace.bound().close()
 
+    async def _info(self) -> dict[str, Any]:
+        """What the server holds and serves (docs/PROTOCOL.md, ``info``): a dict of figures."""
+        return await self._run(calls.info())  # type: ignore[no-any-return]
+
     async def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""
         await self._run(calls.ping())

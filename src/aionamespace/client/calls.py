@@ -98,6 +98,7 @@ ACQUIRE = Operation("acquire")
 RELEASE = Operation("release")
 WATCH = Operation("watch")
 TRACK = Operation("track")
+INFO = Operation("info")
 
 
 def shared(name: str) -> str:
@@ -200,6 +201,10 @@ def ping() -> Call:
 
 def keys() -> Call:
     return KEYS, ()
+
+
+def info() -> Call:
+    return INFO, ()
 
 
 def event_from_push(name: str, revision: int, value: bytes | None) -> WatchEvent:

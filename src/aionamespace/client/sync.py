@@ -287,6 +287,10 @@ class Namespace(ProxyBase):
         """The keys of every namespace on this proxy's server (named and anonymous)."""
         return self._run(calls.keys())  # type: ignore[no-any-return]
 
+    def _info(self) -> dict[str, Any]:
+        """What the server holds and serves (docs/PROTOCOL.md, ``info``): a dict of figures."""
+        return self._run(calls.info())  # type: ignore[no-any-return]
+
     def _ping(self) -> None:
         """One round trip; raises ConnectionLost if the server is unreachable."""
         self._run(calls.ping())

@@ -85,8 +85,11 @@ __all__ = [
 class ServerConnection:
     """One connection as the server sees it."""
 
-    def __init__(self, limits: Limits | None = None, authkey: bytes | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, authkey: bytes | None = None, epoch: str | None = None
+    ) -> None:
         self.limits = limits or Limits()
+        self.epoch = epoch  # the server's, announced in its hello
         self._decoder = FrameDecoder(self.limits.max_frame_bytes)
         self._handshake: HandshakeDecoder | None = HandshakeDecoder(self.limits)  # until ready
         self._authkey = authkey
@@ -188,6 +191,8 @@ class ServerConnection:
             "version": PROTOCOL_VERSION,
             "max_frame_bytes": self.limits.max_frame_bytes,
         }
+        if self.epoch is not None:
+            hello["epoch"] = self.epoch
         if self._authkey is not None:
             hello["challenge"] = self._challenges[1]
             hello["proof"] = _auth.server_proof(self._authkey, *self._challenges)

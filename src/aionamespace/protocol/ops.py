@@ -52,6 +52,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "acquire": ("key", "name", "token", "timeout?"),  # -> nil, when acquired (deferred)
     "release": ("key", "name", "token"),  # -> bool: whether it was held or awaited
     "track": ("flag",),  # client cache: from now on, invalidate what this connection gets
+    "info": (),  # -> {figure: value}: what the server holds and serves (docs/PROTOCOL.md)
 }
 
 #: Ops whose reply may come after the replies to later requests (docs/PROTOCOL.md).
@@ -59,7 +60,7 @@ DEFERRED_OPS = frozenset({"acquire"})
 
 #: Ops a client may send again after losing the connection: they change nothing (``open``
 #: only fills in missing names, so a second one is a no-op).
-SAFE_TO_RESEND = frozenset({"ping", "keys", "get", "dump", "snapshot", "open"})
+SAFE_TO_RESEND = frozenset({"ping", "keys", "get", "dump", "snapshot", "open", "info"})
 #: Ops that only read: they commit nothing, so they push nothing to anyone.
 READ_OPS = SAFE_TO_RESEND - {"open"}
 

@@ -59,6 +59,7 @@ class Connections:
         #: Connections still in their handshake, oldest first -> what cancels their deadline.
         self.handshaking: dict[Connection, Callable[[], None]] = {}
         self.budget = limits.max_reply_backlog_bytes
+        self.accepted = 0  # connections admitted since the server started
         self.closing = False
         self._all_closed: anyio.Event | None = None
 
@@ -92,6 +93,7 @@ class Connections:
                 ),
             )
         self.open.add(connection)
+        self.accepted += 1
         self.handshaking[connection] = self.call_later(
             limits.handshake_timeout, lambda: self._deadline(connection)
         )
@@ -112,7 +114,9 @@ class Connections:
                 # A read alone in its read (a sync client's): answered without building a
                 # batch (a get went from 28 Python calls in the server to 25). A read commits
                 # nothing, so it pushes nothing that a batch would have to gather.
-                answer = self.dispatcher.answer(connection, request.id, request.op, request.args)
+                dispatcher = self.dispatcher
+                dispatcher.requests += 1
+                answer = dispatcher.answer(connection, request.id, request.op, request.args)
                 if isinstance(answer, tuple):
                     for piece in answer:
                         connection.write(piece)

@@ -49,6 +49,7 @@ from ..protocol.pieces import (
     values_reply,
 )
 from .anonymous import ANONYMOUS, AnonymousNamespaces
+from .info import dispatcher_figures
 from .locks import LockTable
 from .outbox import SEND_BYTES
 from .peer import Peer
@@ -132,7 +133,11 @@ class Dispatcher:
             "unwatch": self._unwatch,
             "acquire": self._acquire,
             "release": self._release,
+            "info": self._info,
         }
+        self.requests = 0  # served: counted per batch (and per read answered alone)
+        #: The ``info`` operation's figures; a Server adds its own (server/info.py).
+        self.describe: Callable[[], dict[str, Any]] = lambda: dispatcher_figures(self)
 
     def respond(
         self,
@@ -183,6 +188,7 @@ class Dispatcher:
                 if size > budget:
                     break
         finally:
+            self.requests += applied
             try:
                 if self._pushes:
                     large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
@@ -283,9 +289,11 @@ class Dispatcher:
         if type(event) is Request:
             return self.answer(peer, event.id, event.op, event.args)
         protocol = peer.protocol
+        self.requests -= 1  # (respond_some counts every event: this one is no request)
         if type(event) is Hello:
             return protocol.send_hello()
         if type(event) is BadRequest:
+            self.requests += 1  # answered: a request all the same
             return protocol.send_error(event.id, RemoteProtocolError(event.message))
         assert type(event) is Refusal
         return protocol.send_refusal(event.error)
@@ -359,6 +367,13 @@ class Dispatcher:
         if key is not None:
             self._remove_watch(key, watch_id)
         return peer.protocol.send_result(request_id, key is not None)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(watches, connections tracking, names tracked): figures of ``info``."""
+        return sum(map(len, self._watches.values())), len(self._tracking), len(self._tracked)
+
+    def _info(self, peer: Peer, request_id: int) -> bytes:
+        return peer.protocol.send_result(request_id, self.describe())
 
     def _remove_watch(self, key: str, watch_id: int) -> None:
         watches = self._watches.get(key)

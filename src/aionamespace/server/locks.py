@@ -142,6 +142,10 @@ class LockTable:
             lock.holder = None
             self._hand_over(which, lock)
 
+    def counts(self) -> tuple[int, int]:
+        """(locks held, waits in line): the ``info`` operation's figures."""
+        return len(self._locks), sum(len(lock.waits or ()) for lock in self._locks.values())
+
     def _let_go(self, which: LockName, lock: _Lock, connection: object) -> None:
         """The holder (on ``connection``) lets go: the next waiter gets the lock."""
         holdings = self._connections[connection]

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import ssl
 import stat
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -37,6 +39,7 @@ from ..protocol.connection import ServerConnection
 from ..protocol.limits import Limits
 from .admission import FAREWELL_SECONDS, Connections
 from .dispatch import Dispatcher
+from .info import RequestRate, new_epoch, server_figures
 from .listeners import TLSListener, make_listening_socket
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
@@ -74,6 +77,8 @@ class Server:
         self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
         self._timers = Timers()  # lock timeouts, handshake deadlines, ... (run while serving)
         self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
+        #: A random id made when the server starts, told in every hello and by ``info``.
+        self.epoch = new_epoch()
 
     @property
     def address(self) -> Address:
@@ -104,6 +109,7 @@ class Server:
                 connections = Connections(
                     self.limits, self.dispatcher, self._call_later, self.new_connection
                 )
+                self._describe_while_serving(connections)
                 try:
                     if _running_on_asyncio():
                         await self._serve_asyncio(sock, address, connections, stop, task_status)
@@ -212,7 +218,23 @@ class Server:
 
     def new_connection(self) -> ServerConnection:
         """The sans-IO state of one new connection."""
-        return ServerConnection(self.limits, self._authkey)
+        return ServerConnection(self.limits, self._authkey, self.epoch)
+
+    def _describe_while_serving(self, connections: Connections) -> None:
+        """``info`` tells the server's own figures too, and its request rate is sampled once a
+        second (one timer: nothing on the requests' path)."""
+        started, rate, dispatcher = time.monotonic(), RequestRate(), self.dispatcher
+        describe = functools.partial(
+            server_figures, dispatcher, connections, self.epoch, started, rate
+        )
+
+        def sample() -> None:
+            if dispatcher.describe is describe:  # (not once serving again: a new chain runs)
+                rate.sample(dispatcher.requests)
+                self._call_later(1.0, sample)
+
+        dispatcher.describe = describe
+        sample()
 
     def _call_later(self, delay: float, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` after ``delay`` seconds unless cancelled (lock timeouts, handshake

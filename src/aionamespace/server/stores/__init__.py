@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .base import CHANGE_OVERHEAD_BYTES, Change, Changes, LazyValue, Store, Value, materialised
+from .base import (
+    CHANGE_OVERHEAD_BYTES,
+    Change,
+    Changes,
+    LazyValue,
+    Store,
+    StoreUsage,
+    Value,
+    materialised,
+)
 from .memory import MemoryStore
 
 __all__ = [
@@ -12,6 +21,7 @@ __all__ = [
     "LazyValue",
     "MemoryStore",
     "Store",
+    "StoreUsage",
     "Value",
     "materialised",
 ]

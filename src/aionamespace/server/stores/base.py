@@ -49,6 +49,7 @@ __all__ = [
     "Changes",
     "LazyValue",
     "Store",
+    "StoreUsage",
     "Value",
     "materialised",
 ]
@@ -73,6 +74,20 @@ class Change(NamedTuple):
 
 #: What one revision changed: name -> new value, or None if deleted.
 Changes = Mapping[str, Value | None]
+
+
+class StoreUsage(NamedTuple):
+    """What a store holds (the ``info`` operation's figures): its namespaces, their names, the
+    bytes of their values (encoded), and their histories (revisions and sizes, summed, and the
+    largest one's, which ``max_history_revisions`` and ``max_history_bytes`` bound)."""
+
+    namespaces: int
+    names: int
+    value_bytes: int
+    history_revisions: int
+    history_bytes: int
+    largest_history_revisions: int
+    largest_history_bytes: int
 
 
 class Store(Protocol):
@@ -101,3 +116,4 @@ class Store(Protocol):
     def keys(self) -> list[str]: ...
     def count(self) -> int: ...  # how many namespaces it holds
     def drop(self, key: str) -> None: ...  # forget a namespace (the server frees anonymous ones)
+    def usage(self) -> StoreUsage: ...  # what it holds, counted when asked (``info``)

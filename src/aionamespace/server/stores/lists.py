@@ -63,6 +63,10 @@ class StoredList:
                 self._encoded = encoded
         return encoded
 
+    def __len__(self) -> int:
+        """The length of its encoding, without making it."""
+        return len(array_header(self.count)) + self.size
+
     def retire(self) -> None:
         """The list is no longer its name's value (replaced or deleted): keep no encoding of it,
         only what the history's replays need."""

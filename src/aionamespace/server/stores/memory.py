@@ -19,7 +19,7 @@ from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
 from ...protocol.limits import Limits
 from ...protocol.lists import EMPTY_LIST
-from .base import CHANGE_OVERHEAD_BYTES, Change, Changes
+from .base import CHANGE_OVERHEAD_BYTES, Change, Changes, StoreUsage
 from .lists import StoredList
 
 __all__ = ["MemoryStore"]
@@ -173,6 +173,27 @@ class MemoryStore:
 
     def drop(self, key: str) -> None:
         self._namespaces.pop(key, None)
+
+    def usage(self) -> StoreUsage:
+        """Counted when asked: one pass over the namespaces and their names."""
+        names = value_bytes = revisions = history_bytes = most_revisions = most_bytes = 0
+        for namespace in self._namespaces.values():
+            attributes = namespace.attributes
+            names += len(attributes)
+            value_bytes += sum(map(len, attributes.values()))
+            revisions += len(namespace.history)
+            history_bytes += namespace.history_bytes
+            most_revisions = max(most_revisions, len(namespace.history))
+            most_bytes = max(most_bytes, namespace.history_bytes)
+        return StoreUsage(
+            len(self._namespaces),
+            names,
+            value_bytes,
+            revisions,
+            history_bytes,
+            most_revisions,
+            most_bytes,
+        )
 
     # ------------------------------------------------------------------ atomic operations
 
