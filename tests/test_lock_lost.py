@@ -18,13 +18,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, LockLost, Namespace
 from aionamespace.client.blocking import POOL
-from deadlines import NO_HANG_SECONDS
+from deadlines import NO_HANG_SECONDS, async_wait_until
 from server_processes import ServeProcess
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
@@ -168,3 +169,39 @@ async def test_async_writes_queued_under_a_lost_lock_never_leave(
     assert await ns.owner == "other"
     await ns._close()
     other._close()
+
+
+async def test_a_wait_lost_with_its_connection_is_not_withdrawn_on_a_new_one(
+    socket_path: str, cli_servers: list[ServeProcess], anyio_backend: str
+) -> None:
+    """The server frees the waits of a connection that is gone: a waiter whose connection went
+    away raises at once, without sending a withdrawal on a new connection (to a server frozen
+    or restarting, that one waited out its own timeouts: the reliability report's item 12)."""
+    cli_servers.append(server := ServeProcess(socket_path))
+    holder = Namespace(socket_path, "ledger")
+    holder_lock = holder._lock("L")
+    assert holder_lock.acquire()
+    waiter = AsyncNamespace(socket_path, "ledger")
+    await waiter._ping()
+    sent: list[str] = []
+    run = waiter._run
+
+    async def recording(call: Any) -> Any:
+        sent.append(call[0].op)
+        return await run(call)
+
+    waiter._run = recording  # type: ignore[method-assign]
+    async with anyio.create_task_group() as group:
+
+        async def wait() -> None:
+            with pytest.raises(ConnectionLost):
+                async with waiter._lock("L"):
+                    pass
+
+        group.start_soon(wait)
+        await async_wait_until(lambda: sent == ["acquire"], "the acquire is sent")
+        await anyio.wait_all_tasks_blocked()
+        server.kill()
+    assert sent == ["acquire"]  # and no "release"
+    await waiter._close()
+    holder._close()

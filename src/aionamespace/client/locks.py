@@ -207,19 +207,24 @@ class AsyncLock:
             raise _reentered(name, "task")
         token = os.urandom(16)
         connections = table.connections
+        answered = False
         try:
             await ns._run(calls.acquire(key, name, token, seconds))
+            answered = True
             if table.connections != connections:
                 # A connection was lost while we waited: granted on it and lost since, or
                 # granted on the next one; the grant cannot be trusted either way.
                 lost = ConnectionLost(f"the connection was lost while acquiring lock {name!r}")
                 lost.request_sent = True
                 raise lost
+        except ConnectionLost:
+            if answered:  # granted: maybe on the connection we have now
+                await _withdraw(ns, key, name, token)
+            raise  # else the wait went with its connection, and the server frees it
         except BaseException:
             # Cancelled or failed: withdraw the wait (or release a grant already on its way),
             # now, so that nobody else waits on a lock we no longer want.
-            with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionLost):
-                await ns._run(calls.release(key, name, token))
+            await _withdraw(ns, key, name, token)
             raise
         lease = Lease(task, key, name, token, None)
         table.leases[token] = lease
@@ -265,3 +270,9 @@ class AsyncLock:
 
 def _rebuild_async(ns: AsyncNamespace, name: str, timeout: float | None, own: bool) -> AsyncLock:
     return AsyncLock(ns, name, timeout, own=own)
+
+
+async def _withdraw(ns: Any, key: str, name: str, token: bytes) -> None:
+    """Withdraw a wait, or release a grant on its way, whatever happens meanwhile."""
+    with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionLost):
+        await ns._run(calls.release(key, name, token))
