@@ -3,7 +3,8 @@
 Every server is started by this script, in this process tree, and stopped at the end, also on
 Ctrl-C or SIGTERM: a SyncManager and an aionamespace Manager (each on its private Unix socket)
 and, when ``redis-server`` is on PATH and redis-py is importable, a Redis of our own on a Unix
-socket in a temporary directory (``--port 0 --save "" --appendonly no``).
+socket in a temporary directory (``--port 0 --save "" --appendonly no``). The durable rows
+(durable.py) add two Managers with data files and two Redis servers with append-only files.
 
 Each row is measured for every contender in every round, interleaved (the contenders' order
 rotates from round to round) so that the noise of a shared machine hits them alike. A figure is
@@ -46,6 +47,9 @@ from typing import Any
 import msgpack
 
 import aionamespace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import durable
 
 CONTENDERS = ("aionamespace", "stdlib", "redis")
 NAMESPACE = "bench"
@@ -196,6 +200,7 @@ def make_rows(settings: Settings) -> dict[str, Row]:
             lower_is_better=True,
         ),
     ]
+    rows += durable.make_rows(settings, Row, Target).values()
     return {row.key: row for row in rows}
 
 
@@ -428,8 +433,10 @@ def redis_server(
     directory: str,
     name: str,
     maxclients: int | None = None,
+    appendfsync: str | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Our own redis-server on a Unix socket in ``directory`` (no TCP, no persistence)."""
+    """Our own redis-server on a Unix socket in ``directory`` (no TCP; no persistence, or an
+    append-only file with the ``appendfsync`` policy given)."""
     path = os.path.join(directory, f"{name}.sock")
     command = [
         "redis-server",
@@ -452,6 +459,8 @@ def redis_server(
     ]
     if maxclients is not None:
         command += ["--maxclients", str(maxclients)]
+    if appendfsync is not None:
+        command += ["--appendonly", "yes", "--appendfsync", appendfsync]
     with child_process(command) as process:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
@@ -828,6 +837,7 @@ class Bench:
             rows["cached_get"].samplers["aionamespace"] = Repeat(gets(cached, "c"))
         rows["cached_get"].samplers["stdlib"] = Repeat(gets(theirs, "c"))
 
+        durable.setup(self, redis_server, Repeat, AsyncRepeat, sets)
         self._check_values(ours, theirs, cached)
         if self.redis_path is not None:
             self._setup_redis()
@@ -1273,6 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.warm_up()
         print("measuring, interleaved ...", flush=True)
         bench.run_rounds()
+        durable.finish(rows, Target)
         bench.check_cache_invalidation()
         print("idle connections ...", flush=True)
         measure_idle(rows["idle_connections"], settings, bench.directory, redis)

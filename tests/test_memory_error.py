@@ -101,7 +101,7 @@ def test_a_memory_error_drops_its_connection_and_the_server_serves_on(
             thread.join(NO_HANG_SECONDS)
             assert acquired.is_set(), "the dropped connection's lock was not handed over"
         wait_until(
-            lambda: not server.server.dispatcher._peer_watches, "the dropped watch is forgotten"
+            lambda: not server.server.dispatcher.watches.count(), "the dropped watch is forgotten"
         )
         bystander.after = 1  # the server serves on, everyone else included
         assert bystander.after == 1

@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import decimal
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.server.stores import Store
-from store_rig import STORES, Commits, MakeStore, replayed
+from store_rig import STORES, Commits, MakeStore, close_stores, replayed
 
 ONE, TWO, THREE = encode_value(1), encode_value(2), encode_value(3)
 
 
 @pytest.fixture(params=list(STORES))
-def make_store(request: pytest.FixtureRequest) -> MakeStore:
+def make_store(request: pytest.FixtureRequest) -> Iterator[MakeStore]:
     """How each store under test is made, with the limits a test gives it."""
-    return STORES[request.param]
+    yield STORES[request.param]
+    close_stores()
 
 
 @pytest.fixture
@@ -254,8 +256,12 @@ def test_each_revision_of_a_list_replays_as_it_was(store: Store) -> None:
 
 
 def test_appending_costs_the_items_appended_not_the_list() -> None:
-    """A memory regression: every append used to copy the whole list into a new value."""
-    for make_store in STORES.values():
+    """A memory regression: every append used to copy the whole list into a new value. (Not
+    on "sqlite reopened", which loads the whole list again before every call by design:
+    test_sqlite_store.py measures what an append costs that store's file.)"""
+    for name, make_store in STORES.items():
+        if name.startswith("sqlite reopened"):
+            continue
         store = make_store(None)
         store.set("k", "log", encode_value([b"x" * 1000] * 10_000))  # a 10 MB list
         store.append("k", "log", [encode_value(b"first")])
@@ -272,6 +278,7 @@ def test_appending_costs_the_items_appended_not_the_list() -> None:
             decode_value(store.get("k", "log"))[-12:]
             == [b"x" * 1000, b"first"] + [b"y" * 1000] * 10
         )
+    close_stores()
 
 
 def test_a_list_past_the_longest_array_is_refused(store: Store) -> None:

@@ -9,6 +9,7 @@ that follows base.py's rules, with random appends, sets, deletes and watches.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,16 +20,17 @@ from aionamespace import HistoryExpired, Limits
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.lists import split_list
 from aionamespace.server.stores import CHANGE_OVERHEAD_BYTES, Store
-from store_rig import STORES, Commits, MakeStore, replayed
+from store_rig import STORES, Commits, MakeStore, close_stores, replayed
 
 ONE, TWO, THREE = encode_value(1), encode_value(2), encode_value(3)
 OVERHEAD = CHANGE_OVERHEAD_BYTES
 
 
 @pytest.fixture(params=list(STORES))
-def make_store(request: pytest.FixtureRequest) -> MakeStore:
+def make_store(request: pytest.FixtureRequest) -> Iterator[MakeStore]:
     """How each store under test is made, with the limits a test gives it."""
-    return STORES[request.param]
+    yield STORES[request.param]
+    close_stores()
 
 
 def test_history_replays_whole_revisions_after_since(make_store: MakeStore) -> None:
@@ -229,14 +231,17 @@ def test_a_store_replays_what_a_model_of_its_rules_does(
     steps: list[tuple[str, Any, Any]], max_revisions: int, max_bytes: int
 ) -> None:
     limits = Limits(max_history_revisions=max_revisions, max_history_bytes=max_bytes)
-    for make_store in STORES.values():
-        store, model = make_store(limits), Model(limits)
-        commits = Commits(store)
-        for op, name, arg in steps:
-            run_step(store, model, op, name, arg)
-            assert [(revision, change) for _, revision, change in commits.seen] == model.log
-        for since in range(model.revision + 2):
-            check_replay(store, model, since)
+    try:
+        for make_store in STORES.values():
+            store, model = make_store(limits), Model(limits)
+            commits = Commits(store)
+            for op, name, arg in steps:
+                run_step(store, model, op, name, arg)
+                assert [(revision, change) for _, revision, change in commits.seen] == model.log
+            for since in range(model.revision + 2):
+                check_replay(store, model, since)
+    finally:
+        close_stores()  # (each example makes its own: their files would pile up)
 
 
 def run_step(store: Store, model: Model, op: str, name: str, arg: Any) -> None:

@@ -141,7 +141,7 @@ def check_every_write_in_order(events: list[WatchEvent], start: int) -> None:
 
 
 def count_watches(server: ServerThread) -> int:
-    return sum(len(w) for w in server.server.dispatcher._peer_watches.values())
+    return server.server.dispatcher.watches.count()
 
 
 # ---------------------------------------------------------------------- every change, in order
@@ -418,8 +418,10 @@ def test_since_from_before_a_server_restart_raises_history_expired(
         ns._close()
     with ServerThread(address, backend=server_backend):
         ns.a = "after restart"
+        with pytest.raises(HistoryExpired, match="another lifetime of this board"):
+            ns._watch(since=revision)  # a Revision: of the first server's epoch
         with pytest.raises(HistoryExpired, match="ahead"):
-            ns._watch(since=revision)
+            ns._watch(since=int(revision))  # a plain int: ahead of this namespace
         ns._close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConnectionLost as ConnectionLost
+from ._errors import DataFileError as DataFileError
 from ._errors import HistoryExpired as HistoryExpired
 from ._errors import LimitExceeded as LimitExceeded
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -28,6 +29,7 @@ from .protocol.limits import Limits as Limits
 from .server.server import Server as Server
 from .server.server import ServerThread as ServerThread
 from .server.stores import MemoryStore as MemoryStore
+from .server.stores import SQLiteStore as SQLiteStore
 from .server.stores import Store as Store
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ __all__ = [
     "AsyncNamespace",
     "AuthenticationError",
     "ConnectionLost",
+    "DataFileError",
     "HistoryExpired",
     "LimitExceeded",
     "Limits",
@@ -50,6 +53,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "Retry",
+    "SQLiteStore",
     "Server",
     "ServerThread",
     "ServerTimeout",

@@ -13,6 +13,7 @@ shared, ``ValueError`` for a bad argument)::
     ├── NamespaceGone             an anonymous namespace that was freed (or never created)
     ├── LimitExceeded             a bound of the server's Limits was reached (max_namespaces)
     ├── WriteQueueFull            too many async writes await acknowledgement: await _flush()
+    ├── DataFileError             a server's data file cannot be used (in use, not ours, ...)
     ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
     │   ├── LocalProtocolError    we were about to send something the protocol forbids
     │   └── RemoteProtocolError   the peer sent something the protocol forbids
@@ -29,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ConnectionLost",
+    "DataFileError",
     "HistoryExpired",
     "LimitExceeded",
     "LocalProtocolError",
@@ -105,6 +107,12 @@ class NamespaceGone(NamespaceError):
 class LimitExceeded(NamespaceError):
     """The request would take the server past one of its bounds (``Limits.max_namespaces``):
     nothing was changed, and the message names the bound."""
+
+
+class DataFileError(NamespaceError):
+    """A server's data file (``--data``) cannot be used: another server has it open, it is not
+    an aionamespace data file, its format is newer than this version's, or SQLite cannot read
+    it. Raised where the server starts; the file is left as it was."""
 
 
 class ProtocolError(NamespaceError):

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _parent_pipe
-from ._errors import ConnectionLost
+from ._errors import ConnectionLost, DataFileError
 from .client.asynchronous import AsyncNamespace
 from .client.locks import AsyncLock as _AsyncLock
 from .client.locks import Lock as _Lock
@@ -58,7 +58,10 @@ class Manager:
     clients must prove they know; ``start()`` makes a random one when none is given, and the
     proxies carry it (also when pickled into child processes). ``backend`` is the event loop
     the server process runs on ("asyncio" or "trio"). ``limits`` are the bounds of the server
-    ``start()`` runs (it hands them over) and of this manager's proxies.
+    ``start()`` runs (it hands them over) and of this manager's proxies. ``data`` (a path) keeps
+    the server's namespaces in an SQLite file, so that they survive it (README, "Durable
+    namespaces"), and ``fsync=True`` syncs every commit to disk; ``start()`` raises
+    DataFileError if the file cannot be used.
     """
 
     def __init__(
@@ -68,7 +71,13 @@ class Manager:
         *,
         backend: str = "asyncio",
         limits: Limits | None = None,
+        data: str | os.PathLike[str] | None = None,
+        fsync: bool = False,
     ) -> None:
+        if fsync and data is None:
+            raise ValueError("fsync=True needs a data file: Manager(data=PATH, fsync=True)")
+        self._data = os.path.abspath(data) if data is not None else None
+        self._fsync = fsync
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
         if limits is not None and not isinstance(limits, Limits):
@@ -132,7 +141,13 @@ class Manager:
         try:
             # The key goes through the pipe, never the command line (which `ps` shows).
             config = _parent_pipe.encode_config(
-                self._authkey, self.limits, private_dir, initializer, tuple(initargs)
+                self._authkey,
+                self.limits,
+                private_dir,
+                initializer,
+                tuple(initargs),
+                data=self._data,
+                fsync=self._fsync,
             )
         except BaseException:
             if private_dir is not None:
@@ -298,6 +313,9 @@ def _read_ready_line(process: subprocess.Popen[bytes]) -> Address:
         raise ConnectionLost(f"the server process exited with code {code} before listening")
     message = json.loads(line)
     if "error" in message:
+        process.wait(timeout=5)
+        if message.get("type") == "DataFileError":  # its data file cannot be used
+            raise DataFileError(message["error"])
         raise ConnectionLost(f"the server process did not start: {message['error']}")
     address = message["address"]
     return parse_address(tuple(address) if isinstance(address, list) else address)

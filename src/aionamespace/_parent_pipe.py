@@ -62,6 +62,8 @@ class ParentConfig:
     private_dir: str | None = None  # the 0700 directory the Manager made for the socket
     preparation: bytes | None = None  # pickled multiprocessing.spawn.get_preparation_data()
     initializer: bytes | None = None  # pickled (initializer, initargs)
+    data: str | None = None  # the data file (``serve --data``), and whether to fsync it
+    fsync: bool = False
     stop_requested: bool = False  # bytes after the first line: the Manager already said stop
 
 
@@ -71,6 +73,9 @@ def encode_config(
     private_dir: str | None,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
+    *,
+    data: str | None = None,
+    fsync: bool = False,
 ) -> bytes:
     """The Manager's first line (``initializer`` must pickle: TypeError if it does not)."""
     config: dict[str, Any] = {
@@ -78,6 +83,8 @@ def encode_config(
         "limits": dataclasses.asdict(limits),
         "private_dir": private_dir,
     }
+    if data is not None:
+        config.update(data=data, fsync=fsync)
     if initializer is not None:
         from multiprocessing import spawn
 
@@ -118,6 +125,8 @@ def read_config(fd: int) -> ParentConfig:
         private_dir=config.get("private_dir"),
         preparation=unpacked("preparation"),
         initializer=unpacked("initializer"),
+        data=config.get("data"),
+        fsync=bool(config.get("fsync", False)),
         # more bytes: the Manager already said stop; no whole line: it is already gone
         stop_requested=bool(rest) or b"\n" not in data,
     )

@@ -16,6 +16,7 @@ from ..client import calls
 from ..client.proxy import Target
 from ..client.sync import Namespace
 from ..protocol.addresses import Address, format_address, parse_address
+from .data import backup, dump_data_file
 from .info import run_info
 from .parser import AUTHKEY_ENV, CommandFailed, UsageError
 
@@ -28,11 +29,21 @@ def _client_authkey() -> bytes | None:
 
 
 def run_client_command(args: argparse.Namespace) -> int:
-    """Run get, set, del, dump or watch; the library's errors are the caller's to print."""
+    """Run get, set, del, dump, watch, info or backup; the library's errors are the caller's
+    to print."""
     if threading.current_thread() is threading.main_thread():
         # Ctrl-C stops us whatever we inherited: a shell starts a background job (``&``)
         # with SIGINT ignored, and its children inherit that.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.command == "dump":
+        positional = args.address_and_namespace
+        if args.data is not None:
+            if len(positional) > 1:
+                raise UsageError("dump --data FILE takes a namespace at most, and no address")
+            return dump_data_file(args.data, positional[0] if positional else None)
+        if not 1 <= len(positional) <= 2:
+            raise UsageError("dump wants ADDRESS [NAMESPACE], or --data FILE [NAMESPACE]")
+        args.address, args.namespace = positional[0], (positional[1:] or [None])[0]
     try:
         address = parse_address(args.address)
     except ValueError as exc:
@@ -43,6 +54,10 @@ def run_client_command(args: argparse.Namespace) -> int:
         return _dump(address, args.namespace, authkey)
     if args.command == "info":
         return run_info(address, authkey, args.json)
+    if args.command == "backup":
+        namespaces, names = backup(address, authkey, args.file)
+        print(f"backed up {namespaces} namespace(s), {names} name(s), to {args.file}")
+        return 0
     ns = Namespace(address, args.namespace, authkey=authkey)
     if args.command == "get":
         print(repr(getattr(ns, args.name)))

@@ -134,12 +134,25 @@ def _serve_command(commands: argparse._SubParsersAction[_Parser]) -> None:
     serve_cmd.add_argument(
         "--tls-key", metavar="FILE", help="with --tls-cert: the certificate's private key (PEM)"
     )
+    serve_cmd.add_argument(
+        "--data",
+        metavar="FILE",
+        help="keep the namespaces in this SQLite file (made 0600 if absent): an acknowledged"
+        " write survives a crash of the server, and a server started on the file finds them",
+    )
+    serve_cmd.add_argument(
+        "--fsync",
+        action="store_true",
+        help="with --data: sync every commit to disk, so that it survives a power loss too",
+    )
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     add_limit_flags(serve_cmd)
 
 
 def _client_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
-    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, summary: str, description: str, address: str | None = ADDRESS_HELP
+    ) -> argparse.ArgumentParser:
         made = commands.add_parser(
             name,
             help=summary,
@@ -147,7 +160,8 @@ def _client_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
             epilog=AUTHKEY_HELP,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        made.add_argument("address", help=ADDRESS_HELP)
+        if address is not None:
+            made.add_argument("address", help=address)
         return made
 
     get_cmd = command("get", "print one attribute", "Print an attribute's value, as Python.")
@@ -165,9 +179,27 @@ def _client_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     dump_cmd = command(
         "dump",
         "print namespaces and their attributes",
-        "Print a namespace's attributes, or every namespace's.",
+        "Print a namespace's attributes, or every namespace's: a running server's, or a data "
+        "file's that no server has open (--data FILE, then no address).",
+        address=None,
     )
-    dump_cmd.add_argument("namespace", nargs="?", help="only this namespace (default: all)")
+    dump_cmd.add_argument(
+        "address_and_namespace",
+        nargs="*",
+        metavar="ADDRESS [NAMESPACE]",
+        help=f"{ADDRESS_HELP}; then only this namespace (default: all)",
+    )
+    dump_cmd.add_argument(
+        "--data", metavar="FILE", help="read this data file instead of a running server"
+    )
+    backup_cmd = command(
+        "backup",
+        "copy a running server's board into a new data file",
+        "Copy the whole board of a running server, as it is at one instant, into a new data "
+        "file (the server streams it; FILE is written here, and must not exist). A server "
+        "started with --data FILE serves the copy.",
+    )
+    backup_cmd.add_argument("file", help="the data file to write")
     watch_cmd = command(
         "watch",
         "print changes as they happen",

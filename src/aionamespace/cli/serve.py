@@ -15,11 +15,12 @@ import ssl
 import stat
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
 
+from .._errors import DataFileError
 from .._limit_flags import limits_from_flags
 from .._parent_pipe import (
     ParentConfig,
@@ -34,6 +35,7 @@ from ..protocol.connection import Address, format_address, parse_address
 from ..protocol.limits import Limits
 from ..server.busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
 from ..server.server import Server
+from ..server.stores import SQLiteStore, Store
 from .parser import AUTHKEY_ENV, CommandFailed, UsageError
 
 __all__ = ["run_serve", "serve"]
@@ -70,10 +72,11 @@ async def serve(
     parent: ParentConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
+    store: Store | None = None,
 ) -> None:
     """Run a server at ``address`` until a signal (or, for a ``parent`` Manager, its word)."""
     _raise_open_file_limit()
-    server = Server(address, authkey=authkey, ssl_context=ssl_context, limits=limits)
+    server = Server(address, authkey=authkey, ssl_context=ssl_context, limits=limits, store=store)
 
     async def run(*, task_status: anyio.abc.TaskStatus[Address]) -> None:
         await server.serve(task_status=task_status)
@@ -101,6 +104,8 @@ def run_serve(args: argparse.Namespace) -> int:
     address = _address(args)
     loop_factory = _loop_factory(args)  # (checks the flags before anything is loaded)
     ssl_context = _ssl_context(args)
+    if args.fsync and not args.data and not args.parent_pipe:
+        raise UsageError("--fsync needs --data FILE (it says how the data file is written)")
     parent = None
     if args.parent_pipe:  # a Manager started us: its first line says the key, limits, ...
         ignore_interrupts()
@@ -115,6 +120,9 @@ def run_serve(args: argparse.Namespace) -> int:
         key_text = os.environ.get(AUTHKEY_ENV)
         authkey = key_text.encode() if key_text else None
         limits = limits_from_flags(args)
+    store = _store(args, parent, limits)
+    if store is False:
+        return 1  # the Manager was told why
     options: dict[str, object] = {} if loop_factory is None else {"loop_factory": loop_factory}
     try:
         anyio.run(
@@ -125,6 +133,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 parent=parent,
                 ssl_context=ssl_context,
                 limits=limits,
+                store=store or None,
             ),
             backend=args.backend,
             backend_options=options,
@@ -135,9 +144,31 @@ def run_serve(args: argparse.Namespace) -> int:
             raise CommandFailed(cannot_listen(address, error)) from None
         raise
     finally:
+        if store:
+            store.close()
         if parent is not None:
             remove_private_dir(parent)
     return 0
+
+
+def _store(
+    args: argparse.Namespace, parent: ParentConfig | None, limits: Limits
+) -> SQLiteStore | Literal[False] | None:
+    """The data file's store (``--data``, or the Manager's ``data=``), None without one; False
+    when a Manager's file cannot be used (the Manager has been told why)."""
+    data, fsync = args.data, args.fsync
+    if parent is not None and parent.data is not None:
+        data, fsync = parent.data, parent.fsync
+    if not data:
+        return None
+    try:
+        return SQLiteStore(data, limits, fsync=fsync)
+    except DataFileError as exc:
+        if parent is None:
+            raise CommandFailed(str(exc)) from None
+        announce({"error": str(exc), "type": "DataFileError"})
+        remove_private_dir(parent)
+        return False
 
 
 def _address(args: argparse.Namespace) -> Address:

@@ -164,11 +164,17 @@ class AsyncNamespace(ProxyBase):
 
     async def _snapshot(self, *names: str) -> calls.Snapshot:
         """All attributes (or those of ``names`` that exist), read together; ``.revision``."""
-        return await self._run(calls.snapshot(self._key, names))  # type: ignore[no-any-return]
+        snapshot: calls.Snapshot = await self._run(calls.snapshot(self._key, names))
+        snapshot.revision = calls.revision(snapshot.revision, self._epoch())
+        return snapshot
 
     async def _update(self, **values: Any) -> int:
         """Set several attributes at once (one revision, all or nothing); returns it."""
-        return await self._run(calls.update(self._key, values))  # type: ignore[no-any-return]
+        return calls.revision(await self._run(calls.update(self._key, values)), self._epoch())
+
+    def _epoch(self) -> str | None:
+        """The epoch of the server this proxy's connection reached last."""
+        return self._aionamespace.table.protocol.epoch
 
     async def _incr(self, name: str, by: int | float = 1) -> Any:
         """Add ``by`` on the server (a missing name starts at 0); returns the new value."""
@@ -250,13 +256,16 @@ class AsyncWatch:
         self._state = _state(target)
         self.revision = 0
         self.values: dict[str, Any] = {}
+        self._epoch: str | None = None
 
     async def __aenter__(self) -> AsyncWatch:
         try:
-            _, self.revision, values = await self._state.transport.call(*self._call)
+            _, revision, values = await self._state.transport.call(*self._call)
         except BaseException:
             await self._state.bound().close()
             raise
+        self._epoch = self._state.table.protocol.epoch
+        self.revision = calls.revision(revision, self._epoch)
         self.values = decode_values(values)
         return self
 
@@ -268,4 +277,4 @@ class AsyncWatch:
 
     async def __anext__(self) -> calls.WatchEvent:
         push = await self._state.bound().next_push()
-        return calls.event_from_push(push.name, push.revision, push.value)
+        return calls.event_from_push(push.name, push.revision, push.value, self._epoch)

@@ -37,6 +37,7 @@ from .liveness import (
     enable_keepalive,
     handshake_timeout,
     left_while_idle,
+    peek,
     server_timeout,
     set_call_timeout,
 )
@@ -215,6 +216,8 @@ class SocketTransport:
         """What a call on this closed transport raises while it had locks (``leases.py``)."""
         return thread_leases_lost(self.leases, self.address)
 
+    epoch = property(lambda self: self.protocol.epoch, doc="the server's (its hello's)")
+
     def _fail(self, exc: BaseException, sent: bool) -> None:
         """Interrupted or broken mid-call: the stream position is unknown, never reuse it;
         raise what the caller sees (``sent``: whether the whole request had left)."""
@@ -232,27 +235,16 @@ class SocketTransport:
     def _check_idle(self) -> None:
         """Raise ConnectionLost (``request_sent`` false) if the server left this idle
         connection: an end of stream, a reset, or its goodbye is waiting in the socket."""
-        sock = self.sock
-        assert sock is not None
-        why = "it closed the connection"
-        try:
-            if type(sock) is socket.socket:
-                received = sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
-            else:  # TLS: no flags; Python's non-blocking mode instead
-                sock.settimeout(0.0)
-                try:
-                    received = sock.recv_into(self._buffer)
-                finally:
-                    sock.settimeout(self.sock_timeout)
-            if received:
-                goodbye = self._sort(self._events(received), 0)  # (a late pong is dropped)
-                if goodbye is None:
-                    return
-                why = f"it said: {goodbye.error}"
-        except (BlockingIOError, ssl.SSLWantReadError):
+        assert self.sock is not None
+        found = peek(self.sock, self._buffer, self.sock_timeout)
+        if found is None:
             return  # nothing there: as alive as anyone can tell without asking
-        except OSError as exc:
-            why = str(exc) or type(exc).__name__
+        why = str(found)
+        if type(found) is int:
+            goodbye = self._sort(self._events(found), 0)  # (a late pong is dropped)
+            if goodbye is None:
+                return
+            why = f"it said: {goodbye.error}"
         self.close()
         raise left_while_idle(self.address, why)
 

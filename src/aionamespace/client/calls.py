@@ -19,7 +19,36 @@ from typing import Any
 
 from ..protocol.codec import decode_value, decode_values, encode_value, encode_values
 
-__all__ = ["GET", "Call", "Operation", "Snapshot", "WatchEvent"]
+__all__ = ["GET", "Call", "Operation", "Revision", "Snapshot", "WatchEvent"]
+
+
+class Revision(int):
+    """A revision, and the ``epoch`` of the board it counts in: the server's, when it said.
+
+    It is an int for every other purpose. Given as a watch's ``since``, it resumes only on a
+    board of the same epoch (else HistoryExpired); a plain int resumes on any board.
+    """
+
+    epoch: str | None
+
+    def __new__(cls, revision: int, epoch: str | None) -> Revision:
+        self = super().__new__(cls, revision)
+        self.epoch = epoch
+        return self
+
+    def __repr__(self) -> str:
+        return f"Revision({int(self)}, epoch={self.epoch!r})"
+
+    def __str__(self) -> str:  # as an int prints (str() of an int subclass calls __repr__)
+        return int.__repr__(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Revision, (int(self), self.epoch)
+
+
+def revision(number: int, epoch: str | None) -> int:
+    """``number`` as the API hands revisions out: a Revision when the epoch is known."""
+    return Revision(number, epoch) if epoch is not None else number
 
 
 class Operation:
@@ -63,7 +92,7 @@ class Snapshot(dict[str, Any]):
         self.revision = revision
 
     def __repr__(self) -> str:
-        return f"Snapshot(revision={self.revision}, {dict.__repr__(self)})"
+        return f"Snapshot(revision={int(self.revision)}, {dict.__repr__(self)})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,9 +219,28 @@ def release(key: str, name: str, token: bytes) -> Call:
 
 
 def watch(key: str, names: tuple[str, ...], since: int | None) -> Call:
-    if since is not None and (type(since) is not int or since < 0):
+    if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
         raise ValueError(f"since must be a revision (an int >= 0), not {since!r}")
-    return WATCH, (key, [shared(n) for n in names] or None, since)
+    sent: int | list[Any] | None = since
+    if isinstance(since, Revision) and since.epoch is not None:
+        sent = [since.epoch, int(since)]
+    elif since is not None:
+        sent = int(since)
+    return WATCH, (key, [shared(n) for n in names] or None, sent)
+
+
+EXPORT = Operation("export")
+EXPORT_READ = Operation("export_read")
+
+
+def export() -> Call:
+    """Freeze the board for this connection: ``[epoch, [key, ...]]``."""
+    return EXPORT, ()
+
+
+def export_read(key: str) -> Call:
+    """One namespace of this connection's export: ``[revision, {name: encoded value}]``."""
+    return EXPORT_READ, (key,)
 
 
 def ping() -> Call:
@@ -207,8 +255,10 @@ def info() -> Call:
     return INFO, ()
 
 
-def event_from_push(name: str, revision: int, value: bytes | None) -> WatchEvent:
-    """The ``WatchEvent`` a watch event frame stands for."""
+def event_from_push(
+    name: str, number: int, value: bytes | None, epoch: str | None = None
+) -> WatchEvent:
+    """The ``WatchEvent`` a watch event frame stands for (on a server of ``epoch``)."""
     if value is None:
-        return WatchEvent(name, None, revision, deleted=True)
-    return WatchEvent(name, decode_value(value), revision)
+        return WatchEvent(name, None, revision(number, epoch), deleted=True)
+    return WatchEvent(name, decode_value(value), revision(number, epoch))

@@ -25,6 +25,7 @@ a peer that vanished from the network is noticed by the kernel even when nobody 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import sys
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "enable_keepalive",
     "handshake_timeout",
     "left_while_idle",
+    "peek",
     "server_timeout",
     "set_call_timeout",
 ]
@@ -121,3 +123,22 @@ def left_while_idle(address: object, why: str) -> ConnectionLost:
     )
     error.request_sent = False
     return error
+
+
+def peek(sock: Any, buffer: memoryview, timeout: float | None) -> int | str | None:
+    """One non-blocking read on an idle connection: how many bytes came (the server said
+    something: its goodbye?), why the connection is over (a ``str``), or None: nothing."""
+    try:
+        if type(sock) is socket.socket:
+            received: int = sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
+        else:  # TLS: no flags; Python's non-blocking mode instead
+            sock.settimeout(0.0)
+            try:
+                received = sock.recv_into(buffer)
+            finally:
+                sock.settimeout(timeout)
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return None
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+    return received or "it closed the connection"

@@ -113,7 +113,7 @@ class _ServerEnd:
 
     def __init__(self, server: LoopbackServer, deliver: Callable[[bytes], None]) -> None:
         self.server = server
-        self.protocol = ServerConnection(server.limits, server.authkey)
+        self.protocol = ServerConnection(server.limits, server.authkey, server.store.epoch)
         self.deliver = deliver
         self.closed = False
 

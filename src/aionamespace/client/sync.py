@@ -38,16 +38,18 @@ class Watch:
         call = calls.watch(target.key, names, since)
         self._transport = open_transport(target)
         try:
-            self._id, self.revision, values = self._transport.call(*call)
+            self._id, revision, values = self._transport.call(*call)
         except BaseException:
             self._transport.close()
             raise
+        self._epoch = self._transport.epoch
+        self.revision = calls.revision(revision, self._epoch)
         self.values = decode_values(values)
 
     def next(self, timeout: float | None = None) -> calls.WatchEvent:
         """The next change; TimeoutError if none comes within ``timeout`` seconds."""
         push = self._transport.next_push(timeout)
-        return calls.event_from_push(push.name, push.revision, push.value)
+        return calls.event_from_push(push.name, push.revision, push.value, self._epoch)
 
     def __iter__(self) -> Watch:
         return self
@@ -214,11 +216,17 @@ class Namespace(ProxyBase):
 
     def _snapshot(self, *names: str) -> calls.Snapshot:
         """All attributes (or those of ``names`` that exist), read together; ``.revision``."""
-        return self._run(calls.snapshot(self._key, names))  # type: ignore[no-any-return]
+        snapshot: calls.Snapshot = self._run(calls.snapshot(self._key, names))
+        snapshot.revision = calls.revision(snapshot.revision, self._epoch())
+        return snapshot
 
     def _update(self, **values: Any) -> int:
         """Set several attributes at once (one revision, all or nothing); returns it."""
-        return self._run(calls.update(self._key, values))  # type: ignore[no-any-return]
+        return calls.revision(self._run(calls.update(self._key, values)), self._epoch())
+
+    def _epoch(self) -> str | None:
+        """The epoch of the server this thread's last call reached."""
+        return POOL.transport(_STATE(self).target).epoch
 
     def _incr(self, name: str, by: int | float = 1) -> Any:
         """Add ``by`` on the server (a missing name starts at 0); returns the new value."""

@@ -44,6 +44,10 @@ class Transport(Protocol):
     busy: bool  # a call is between its send and its reply (a signal handler re-enters it)
     leases: dict[bytes, Lease]  # the locks held on this connection, by token
 
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the server (its hello's), None if it did not say."""
+
     def call(self, operation: Operation, args: tuple[Any, ...]) -> Any: ...
 
     def send(self, operation: Operation, args: tuple[Any, ...]) -> int: ...

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 MAX_TOKEN_BYTES = 64
+MAX_EPOCH_LENGTH = 64  # characters of an epoch (the reference server's are 16)
 
 #: op -> the kinds of its arguments.
 OPS: dict[str, tuple[str, ...]] = {
@@ -53,6 +54,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "release": ("key", "name", "token"),  # -> bool: whether it was held or awaited
     "track": ("flag",),  # client cache: from now on, invalidate what this connection gets
     "info": (),  # -> {figure: value}: what the server holds and serves (docs/PROTOCOL.md)
+    "export": (),  # freeze the whole board for this connection -> [epoch, [key, ...]]
+    "export_read": ("key",),  # one namespace of it -> [revision, {name: value}]
 }
 
 #: Ops whose reply may come after the replies to later requests (docs/PROTOCOL.md).
@@ -160,7 +163,16 @@ def _names(limits: Limits, names: Any) -> str | None:
 def _revision(limits: Limits, revision: Any) -> str | None:
     if revision is None or (type(revision) is int and revision >= 0):
         return None
-    return "a revision is a non-negative integer or nil"
+    if (
+        type(revision) is list
+        and len(revision) == 2
+        and type(revision[0]) is str
+        and 0 < len(revision[0]) <= MAX_EPOCH_LENGTH
+        and type(revision[1]) is int
+        and revision[1] >= 0
+    ):
+        return None
+    return "a revision is a non-negative integer, [epoch, integer] or nil"
 
 
 def _watch_id(limits: Limits, watch_id: Any) -> str | None:

@@ -29,6 +29,7 @@ from ..protocol.connection import Request, ServerConnection
 from ..protocol.limits import Limits
 from ..protocol.ops import READ_OPS
 from .dispatch import Dispatcher
+from .durability import Durability
 from .timers import CallLater
 
 if TYPE_CHECKING:
@@ -50,8 +51,11 @@ class Connections:
         dispatcher: Dispatcher,
         call_later: CallLater,
         new_protocol: Callable[[], ServerConnection],
+        durability: Durability | None = None,
     ) -> None:
         self.limits = limits
+        #: What a durable store's changes wait for before anything after them is sent.
+        self.durability = durability if durability is not None else Durability(dispatcher.store)
         self.dispatcher = dispatcher
         self.new_protocol = new_protocol
         self.call_later = call_later

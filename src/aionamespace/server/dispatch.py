@@ -15,9 +15,8 @@ budget (``Limits.max_reply_backlog_bytes``), a Producer that makes it as it is s
 cannot wait for a peer that does not read: past ``Limits.max_push_backlog_bytes`` of backlog,
 the peer is dropped instead.
 
-Every request naming an anonymous namespace (a key starting with ``#``) goes through
-``anonymous.AnonymousNamespaces`` the first time its connection names it; named keys pay a look
-at their first character.
+A request naming an anonymous namespace goes through ``anonymous.py`` the first time its
+connection names it; ``exports.py`` serves the board's consistent copies (``export``).
 """
 
 from __future__ import annotations
@@ -37,24 +36,24 @@ from .._errors import (
     RemoteProtocolError,
 )
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
-from ..protocol.frames import LARGE_VALUE_BYTES
 from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
     Producer,
-    event_head,
     event_tail,
     list_reply,
     replay,
     values_reply,
 )
 from .anonymous import ANONYMOUS, AnonymousNamespaces
+from .exports import Exports
 from .info import dispatcher_figures
 from .locks import LockTable
-from .outbox import SEND_BYTES
+from .outbox import apart
 from .peer import Peer
 from .stores import Changes, Store, materialised
 from .timers import CallLater
+from .watches import NO_WATCHES, WatchTable
 
 __all__ = ["Dispatcher", "Peer"]
 
@@ -79,16 +78,6 @@ _CALLER_ERRORS = (
 #: or a reply larger than the reply budget, made as it is sent.
 ReplyData = bytes | tuple[bytes, bytes] | Producer
 
-_NO_WATCHES: dict[int, Any] = {}
-
-
-class _Watch:
-    __slots__ = ("head", "id", "names", "peer")
-
-    def __init__(self, watch_id: int, peer: Peer, names: frozenset[str] | None) -> None:
-        self.id, self.peer, self.names = watch_id, peer, names
-        self.head = event_head(watch_id)  # every push of this watch starts so
-
 
 class Dispatcher:
     """The op layer between the protocol and the store, shared by all connections."""
@@ -101,9 +90,8 @@ class Dispatcher:
         self.locks = LockTable(call_later)
         self.anonymous = AnonymousNamespaces(store, call_later, limits.anonymous_grace)
         self._anonymous_used = self.anonymous.used  # (read on every request naming one)
-        self._watches: dict[str, dict[int, _Watch]] = {}  # namespace key -> watch id -> watch
-        self._peer_watches: dict[Peer, dict[int, str]] = {}  # peer -> watch id -> key
-        self._last_watch_id = 0
+        self.watches = WatchTable()
+        self._watches = self.watches.by_key  # (read on every commit)
         self._pushes: dict[Peer, list[Output]] = {}
         self._in_batch = False
         self._batch_peer: Peer | None = None  # whose batch is being applied
@@ -123,6 +111,7 @@ class Dispatcher:
         self._tracking: set[Peer] = set()  # connections with a client cache
         self._tracked: dict[tuple[str, str], set[Peer]] = {}  # (key, name) -> who cached it
         self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
+        self.exports = Exports(store)
         self._peer_ops: dict[str, Callable[..., ReplyData]] = {
             "get": self._get,
             "keys": self._keys,
@@ -134,6 +123,8 @@ class Dispatcher:
             "acquire": self._acquire,
             "release": self._release,
             "info": self._info,
+            "export": self.exports.begin,
+            "export_read": self.exports.read,
         }
         self.requests = 0  # served: counted per batch (and per read answered alone)
         #: The ``info`` operation's figures; a Server adds its own (server/info.py).
@@ -214,7 +205,7 @@ class Dispatcher:
                 if other is peer:
                     at = len(out) - 1 if refused else len(out)
                     out[at:at] = frames
-                    large = large or _apart(frames)
+                    large = large or apart(frames)
                     continue
                 try:
                     self._write(other, frames)
@@ -250,8 +241,7 @@ class Dispatcher:
 
     def connection_lost(self, peer: Peer) -> None:
         """Forget a connection's watches and cache; release its locks (to the next waiter)."""
-        for watch_id, key in self._peer_watches.pop(peer, {}).items():
-            self._remove_watch(key, watch_id)
+        self.watches.connection_lost(peer)
         self._tracking.discard(peer)
         for item in self._peer_tracked.pop(peer, ()):
             readers = self._tracked.get(item)
@@ -262,6 +252,7 @@ class Dispatcher:
         self._pushes.pop(peer, None)
         self.locks.drop_connection(peer)
         self.anonymous.connection_lost(peer)
+        self.exports.connection_lost(peer)
 
     def answer(self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...]) -> ReplyData:
         """Apply one valid request: its reply, or its error reply. Outside ``respond`` (a lone
@@ -309,7 +300,7 @@ class Dispatcher:
             # Some pushes of this committed revision may never have been queued: whoever may
             # have missed one must not go on as if it had not (a gap in a watch, a stale
             # cache). Dropped, it resumes (PROTOCOL.md 11.3).
-            missed = {watch.peer for watch in self._watches.get(key, _NO_WATCHES).values()}
+            missed = {watch.peer for watch in self._watches.get(key, NO_WATCHES).values()}
             for name in changes:
                 missed.update(self._tracked.get((key, name), ()))
             reason = ConnectionLost(
@@ -333,7 +324,7 @@ class Dispatcher:
                         self._pushes.setdefault(reader, []).append(frame)
                     del self._tracked[item]
             tail: tuple[bytes, ...] | None = None  # made once, shared by every watch
-            for watch in self._watches.get(key, _NO_WATCHES).values():
+            for watch in self._watches.get(key, NO_WATCHES).values():
                 if watch.names is None or name in watch.names:
                     if tail is None:  # (an appended list is encoded here: once per revision)
                         tail = event_tail(revision, name, materialised(value))
@@ -344,15 +335,28 @@ class Dispatcher:
                         self._own_pushes += len(watch.head) + sum(map(len, tail))
 
     def _watch(
-        self, peer: Peer, request_id: int, key: str, names: list[str] | None, since: int | None
+        self,
+        peer: Peer,
+        request_id: int,
+        key: str,
+        names: list[str] | None,
+        resume: int | list[Any] | None,
     ) -> ReplyData:
+        since: int | None
+        if isinstance(resume, list):  # [epoch, revision]: a revision of that epoch only
+            epoch, since = resume
+            if epoch != self.store.epoch:
+                raise HistoryExpired(
+                    f"revision {since} counts in another lifetime of this board (epoch "
+                    f"{epoch}; the server's is {self.store.epoch}): resync with _snapshot() "
+                    "and watch from its revision"
+                )
+        else:
+            since = resume
         selected = frozenset(names) if names is not None else None
         revision, values = self.store.snapshot(key, names if since is None else ())
         changes = [] if since is None else self.store.history(key, since)  # may raise
-        self._last_watch_id += 1
-        watch = _Watch(self._last_watch_id, peer, selected)
-        self._watches.setdefault(key, {})[watch.id] = watch
-        self._peer_watches.setdefault(peer, {})[watch.id] = key
+        watch = self.watches.add(peer, key, selected)
         budget = peer.protocol.limits.max_reply_backlog_bytes
         replayed = replay(watch.id, changes, selected, budget) if changes else None
         if replayed is not None:  # sent after the reply, which tells the client the watch id
@@ -363,24 +367,14 @@ class Dispatcher:
         return values_reply(request_id, (watch.id, revision), values, budget)
 
     def _unwatch(self, peer: Peer, request_id: int, watch_id: int) -> bytes:
-        key = self._peer_watches.get(peer, {}).pop(watch_id, None)
-        if key is not None:
-            self._remove_watch(key, watch_id)
-        return peer.protocol.send_result(request_id, key is not None)
+        return peer.protocol.send_result(request_id, self.watches.remove(peer, watch_id))
 
     def counts(self) -> tuple[int, int, int]:
         """(watches, connections tracking, names tracked): figures of ``info``."""
-        return sum(map(len, self._watches.values())), len(self._tracking), len(self._tracked)
+        return self.watches.count(), len(self._tracking), len(self._tracked)
 
     def _info(self, peer: Peer, request_id: int) -> bytes:
         return peer.protocol.send_result(request_id, self.describe())
-
-    def _remove_watch(self, key: str, watch_id: int) -> None:
-        watches = self._watches.get(key)
-        if watches is not None:
-            watches.pop(watch_id, None)
-            if not watches:
-                del self._watches[key]
 
     # ------------------------------------------------------------------ replies of any size
 
@@ -434,14 +428,3 @@ class Dispatcher:
 
     def _release(self, peer: Peer, request_id: int, key: str, name: str, token: bytes) -> bytes:
         return peer.protocol.send_result(request_id, self.locks.release(key, name, (peer, token)))
-
-
-def _apart(frames: list[Output]) -> bool:
-    """Whether ``frames`` must not be joined into one buffer: a Producer, a stored value (a
-    large one, referenced), or too many bytes to copy at once."""
-    total = 0
-    for frame in frames:
-        if type(frame) is not bytes or len(frame) >= LARGE_VALUE_BYTES:
-            return True
-        total += len(frame)
-    return total > SEND_BYTES

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,16 +25,10 @@ if TYPE_CHECKING:
     from .admission import Connections
     from .dispatch import Dispatcher
 
-__all__ = ["RATE_SECONDS", "RequestRate", "dispatcher_figures", "new_epoch", "server_figures"]
+__all__ = ["RATE_SECONDS", "RequestRate", "dispatcher_figures", "server_figures"]
 
 #: The window of the recent request rate, in seconds (sampled once a second).
 RATE_SECONDS = 10
-
-
-def new_epoch() -> str:
-    """A server's epoch: a random id (32 hex digits) made when it starts, told in its hello, so
-    that a client can tell a restarted server (whose revisions started again) from the same."""
-    return secrets.token_hex(16)
 
 
 class RequestRate:

@@ -15,6 +15,9 @@ for (``size``), and gives the shell the next bytes to send (``take``):
 So what a client that does not read pins on the server is what its Outbox references, and at
 most about one piece inside the transport: the shells take the next piece only once the
 transport has sent the last (trio) or drained below its low-water mark (asyncio).
+
+With a durable store, output can wait behind a *gate* (durability.py): ``take`` gives nothing
+past a gate until it is open.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 
+from ..protocol.frames import LARGE_VALUE_BYTES
 from ..protocol.pieces import CHUNK_BYTES, Output, Producer
+from .durability import Gate, Held
 
-__all__ = ["SEND_BYTES", "Outbox"]
+__all__ = ["SEND_BYTES", "Outbox", "apart"]
 
 #: The most a shell hands its transport at once: the send buffer a connection that is sent large
 #: values gets (shells.LARGE_SEND_BUFFER_BYTES), and a chunk more, so that a value of 1 MiB
@@ -37,11 +42,19 @@ Piece = bytes | memoryview
 class Outbox:
     """A connection's output not sent yet, in order; ``size`` is about how many bytes it is."""
 
-    __slots__ = ("items", "size")
+    __slots__ = ("gate", "items", "size")
 
     def __init__(self) -> None:
-        self.items: collections.deque[Piece | Producer] = collections.deque()  # in order
+        self.items: collections.deque[Piece | Producer | Gate] = collections.deque()  # in order
         self.size = 0  # the pieces' bytes, and what the Producers say they will still make
+        self.gate: Gate | None = None  # the last gate put in
+
+    def hold(self, gate: Gate, connection: Held) -> None:
+        """What is put from now on waits for ``gate`` to open (which tells ``connection``)."""
+        if gate is not self.gate:
+            self.gate = gate
+            self.items.append(gate)
+            gate.held.append(connection)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -62,6 +75,7 @@ class Outbox:
         """Forget everything (the connection is gone): the references go with it."""
         self.items.clear()
         self.size = 0
+        self.gate = None
 
     def take(self) -> Piece | None:
         """The next bytes to send (see the module's docstring), or None if nothing waits."""
@@ -92,12 +106,17 @@ class Outbox:
 
     def _first(self) -> Piece | None:
         """The first piece; made by the first Producer if that is what comes first (the
-        Producer stays behind its piece, for the next)."""
+        Producer stays behind its piece, for the next); None before a gate still closed."""
         items = self.items
         while items:
             first = items[0]
+            if first.__class__ is Gate:
+                if not first.open:
+                    return None
+                items.popleft()
+                continue
             if not isinstance(first, Producer):
-                return first
+                return first  # type: ignore[return-value]
             before = first.remaining
             piece = first.next()
             if piece is None:
@@ -108,3 +127,14 @@ class Outbox:
                 items.appendleft(piece)
                 return piece
         return None
+
+
+def apart(frames: list[Output]) -> bool:
+    """Whether ``frames`` must not be joined into one buffer: a Producer, a stored value (a
+    large one, referenced), or too many bytes to copy at once."""
+    total = 0
+    for frame in frames:
+        if type(frame) is not bytes or len(frame) >= LARGE_VALUE_BYTES:
+            return True
+        total += len(frame)
+    return total > SEND_BYTES

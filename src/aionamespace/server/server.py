@@ -39,7 +39,8 @@ from ..protocol.connection import ServerConnection
 from ..protocol.limits import Limits
 from .admission import FAREWELL_SECONDS, Connections
 from .dispatch import Dispatcher
-from .info import RequestRate, new_epoch, server_figures
+from .durability import Durability
+from .info import RequestRate, server_figures
 from .listeners import TLSListener, make_listening_socket
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
@@ -77,8 +78,12 @@ class Server:
         self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
         self._timers = Timers()  # lock timeouts, handshake deadlines, ... (run while serving)
         self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
-        #: A random id made when the server starts, told in every hello and by ``info``.
-        self.epoch = new_epoch()
+        self.durability = Durability(self.store)
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of the server's store: told in every hello and by ``info``."""
+        return self.store.epoch
 
     @property
     def address(self) -> Address:
@@ -104,10 +109,15 @@ class Server:
         sock, address = make_listening_socket(self._requested)
         self._stop = stop = anyio.Event()
         try:
-            async with anyio.create_task_group() as timer_task:
-                timer_task.start_soon(self._timers.run)
+            async with anyio.create_task_group() as helpers:
+                helpers.start_soon(self._timers.run)
+                helpers.start_soon(self.durability.run)
                 connections = Connections(
-                    self.limits, self.dispatcher, self._call_later, self.new_connection
+                    self.limits,
+                    self.dispatcher,
+                    self._call_later,
+                    self.new_connection,
+                    self.durability,
                 )
                 self._describe_while_serving(connections)
                 try:
@@ -118,7 +128,9 @@ class Server:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await connections.goodbye()
-                    timer_task.cancel_scope.cancel()
+                    helpers.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self.durability.flush()  # what changed after the last commit
         finally:
             self._address = None
             sock.close()
@@ -218,14 +230,14 @@ class Server:
 
     def new_connection(self) -> ServerConnection:
         """The sans-IO state of one new connection."""
-        return ServerConnection(self.limits, self._authkey, self.epoch)
+        return ServerConnection(self.limits, self._authkey, self.store.epoch)
 
     def _describe_while_serving(self, connections: Connections) -> None:
         """``info`` tells the server's own figures too, and its request rate is sampled once a
         second (one timer: nothing on the requests' path)."""
         started, rate, dispatcher = time.monotonic(), RequestRate(), self.dispatcher
         describe = functools.partial(
-            server_figures, dispatcher, connections, self.epoch, started, rate
+            server_figures, dispatcher, connections, self.store.epoch, started, rate
         )
 
         def sample() -> None:

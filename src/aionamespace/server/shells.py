@@ -80,6 +80,7 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         self.protocol = connections.new_protocol()
         self.pending: list[Any] = []  # parsed requests not applied yet (see Connections.apply)
         self.outbox = Outbox()
+        self.durability = connections.durability
         self.transport: asyncio.Transport | None = None
         self.admitted = False
         self.closed = False
@@ -110,6 +111,8 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or self.closed:
             return
+        if self.durability.holding:
+            self.outbox.hold(self.durability.gate, self)
         if data.__class__ is bytes and not self.outbox.items and not self._writing_paused:
             size = len(data)
             if size <= SEND_BYTES:  # straight to the transport: nothing waits before it
@@ -123,7 +126,13 @@ class AsyncioConnection(asyncio.BufferedProtocol):
 
     def write_all(self, outputs: list[Output]) -> None:
         if self.transport is not None and not self.closed:
+            if self.durability.holding:
+                self.outbox.hold(self.durability.gate, self)
             self.outbox.put_all(outputs)
+            self._feed()
+
+    def gate_opened(self) -> None:
+        if self.transport is not None and self.outbox.items:
             self._feed()
 
     def _feed(self) -> None:
@@ -135,7 +144,7 @@ class AsyncioConnection(asyncio.BufferedProtocol):
             while not self._writing_paused:
                 data = self.outbox.take()
                 if data is None:
-                    if self.closed:
+                    if self.closed and not self.outbox.items:  # (not: output behind a gate)
                         transport.close()  # after what the transport holds has been written
                     return
                 if len(data) >= LARGE_VALUE_BYTES and not self._widened:
@@ -221,6 +230,7 @@ class StreamConnection:
         self.protocol = connections.new_protocol()
         self.pending: list[Any] = []  # parsed requests not applied yet (see Connections.apply)
         self.outbox = Outbox()
+        self.durability = connections.durability
         self.closed = False
         self._sending = 0  # bytes being sent
         self._broken = False  # the sender is gone: nothing can be sent any more
@@ -231,13 +241,20 @@ class StreamConnection:
 
     def write(self, data: Output) -> None:
         if not self.closed and not self._broken:
+            if self.durability.holding:
+                self.outbox.hold(self.durability.gate, self)
             self.outbox.put(data)
             self._wakeup.set()
 
     def write_all(self, outputs: list[Output]) -> None:
         if not self.closed and not self._broken:
+            if self.durability.holding:
+                self.outbox.hold(self.durability.gate, self)
             self.outbox.put_all(outputs)
             self._wakeup.set()
+
+    def gate_opened(self) -> None:
+        self._wakeup.set()
 
     def close(self) -> None:
         self.closed = True  # nothing more is written: a refusal or goodbye stays the last frame

@@ -13,6 +13,7 @@ from .base import (
     materialised,
 )
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
 __all__ = [
     "CHANGE_OVERHEAD_BYTES",
@@ -20,6 +21,7 @@ __all__ = [
     "Changes",
     "LazyValue",
     "MemoryStore",
+    "SQLiteStore",
     "Store",
     "StoreUsage",
     "Value",

@@ -34,6 +34,18 @@ the name held right after it: for an append, the whole list as it was at that re
 
 Methods are synchronous: the server applies every frame of a chunk in one go, without awaiting
 between them, so each method is atomic and an in-memory store never waits.
+
+**Durability.** A store whose changes must be written somewhere before they count (``durable``:
+the SQLite store) holds each change until ``await commit()`` has written it, together with
+every other change made since the last commit: one transaction per commit, however many
+batches it gathers. It calls ``on_change`` before the first change after a commit, so that the
+server can hold back what it sends from then on (replies, pushes) until the commit that holds
+the change is done (server/durability.py). The in-memory store is not durable: the server never
+waits for it.
+
+**Epochs.** Each store's data has an *epoch*, a random id made when the data was created (for
+the in-memory store, when the store is made): revisions count within one epoch, and a revision
+of another epoch means nothing here.
 """
 
 from __future__ import annotations
@@ -100,6 +112,12 @@ class Store(Protocol):
     #: The most namespaces the store holds (None: no bound): an operation that would create one
     #: more raises ``LimitExceeded`` and changes nothing. The server sets it from ``Limits``.
     max_namespaces: int | None
+    #: The epoch of the store's data (see the module's docstring).
+    epoch: str
+    #: Whether the server must ``await commit()`` before it sends what follows a change.
+    durable: bool
+    #: A durable store calls it before the first change after a commit (the server's hook).
+    on_change: Callable[[], None] | None
 
     def open(self, key: str, defaults: Mapping[str, bytes]) -> None: ...
     def get(self, key: str, name: str) -> bytes: ...
@@ -117,3 +135,5 @@ class Store(Protocol):
     def count(self) -> int: ...  # how many namespaces it holds
     def drop(self, key: str) -> None: ...  # forget a namespace (the server frees anonymous ones)
     def usage(self) -> StoreUsage: ...  # what it holds, counted when asked (``info``)
+    async def commit(self) -> None: ...  # write every change made since the last commit
+    def close(self) -> None: ...  # release what the store holds (files); it is not used again

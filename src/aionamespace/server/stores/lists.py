@@ -21,24 +21,26 @@ __all__ = ["ListVersion", "StoredList"]
 class StoredList:
     """A list as its elements' bytes, appended to in place; ``size`` bytes, ``count`` items."""
 
-    __slots__ = ("_encoded", "body", "count", "current", "revision", "size")
+    __slots__ = ("_encoded", "body", "count", "current", "revision", "since", "size")
 
-    def __init__(self, body: bytearray, count: int) -> None:
+    def __init__(self, body: bytearray, count: int, since: int = 0) -> None:
         self.body = body  # the elements' encodings, one after the other
         self.size = len(body)
         self.count = count
+        self.since = since  # the revision of its first append: tells this list from others
         self.revision = 0  # of its last append
         self.current = True  # the value of its name (else: kept by the history alone)
         self._encoded: bytes | None = None  # the current version's encoding, once made
 
     @classmethod
-    def parse(cls, encoded: bytes) -> StoredList | None:
-        """The list an encoded value holds (its elements copied once); None if not a list."""
+    def parse(cls, encoded: bytes, since: int) -> StoredList | None:
+        """The list an encoded value holds (its elements copied once), about to be appended to
+        at revision ``since``; None if not a list."""
         found = split_list(encoded)
         if found is None:
             return None
         count, header = found
-        return cls(bytearray(memoryview(encoded)[header:]), count)
+        return cls(bytearray(memoryview(encoded)[header:]), count, since)
 
     def extend(self, items: Sequence[bytes], revision: int) -> ListVersion:
         """Append encoded ``items`` as ``revision``: the version it makes."""

@@ -10,6 +10,7 @@ Each namespace keeps its last revisions, as they were committed, within the hist
 from __future__ import annotations
 
 import collections
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from ...protocol.lists import EMPTY_LIST
 from .base import CHANGE_OVERHEAD_BYTES, Change, Changes, StoreUsage
 from .lists import StoredList
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "new_epoch"]
 
 
 class _Namespace:
@@ -50,6 +51,9 @@ class MemoryStore:
         self._max_bytes = limits.max_history_bytes
         self.on_commit: Callable[[str, int, Changes], None] | None = None
         self.max_namespaces: int | None = None
+        self.epoch = new_epoch()
+        self.durable = False
+        self.on_change: Callable[[], None] | None = None
 
     def _ns(self, key: str) -> _Namespace:
         namespace = self._namespaces.get(key)
@@ -195,6 +199,12 @@ class MemoryStore:
             most_bytes,
         )
 
+    async def commit(self) -> None:
+        """Nothing to write: what is in memory is all there is."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     # ------------------------------------------------------------------ atomic operations
 
     def update(self, key: str, values: Mapping[str, bytes]) -> int:
@@ -249,7 +259,7 @@ class MemoryStore:
         if isinstance(current, StoredList):
             stored = current
         else:
-            parsed = StoredList.parse(current)
+            parsed = StoredList.parse(current, namespace.revision + 1)
             if parsed is None:
                 raise TypeError(
                     f"cannot append to {name!r}: it holds {_kind(decode_value(current))}, "
@@ -298,6 +308,11 @@ class MemoryStore:
             if committed > since
             for name, value in changes.items()
         ]
+
+
+def new_epoch() -> str:
+    """A new epoch: 16 random hex digits (64 bits: two stores never share one)."""
+    return secrets.token_hex(8)
 
 
 def _size_of(values: Mapping[str, bytes]) -> int:

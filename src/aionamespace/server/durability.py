@@ -1,0 +1,104 @@
+"""Nothing leaves before it is durable: the server's side of a store that commits.
+
+A durable store (``Store.durable``: the SQLite store) holds its changes until ``commit`` has
+written them. The server answers a change only once it is committed, and sends nothing that was
+made after a change (a reply, a read of the changed value, a watch push, a lock handed over)
+before that change is committed: a client never sees, and so never acts on, what a crash could
+take back.
+
+``Durability`` does it with *gates*. The store tells it of the first change after a commit
+(``Store.on_change``); from then on (``holding``), whatever a connection is given to send goes
+into its outbox behind the ``gate`` of the next commit (or of the running one, for output made
+while it runs with no change since), which a single committer task (``run``) opens once that
+commit is done. Meanwhile the server goes on reading and applying: the changes
+of every batch applied while a commit runs go to the next one, so commits group themselves, one
+transaction for as many batches as arrived during the last. When a commit ends and nothing
+changed meanwhile, ``holding`` ends and output goes straight out again.
+
+An in-memory store is not durable: ``holding`` never becomes true, and what a connection sends
+pays one attribute check for all this.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import anyio
+
+from .stores import Store
+
+__all__ = ["Durability", "Gate"]
+
+
+class Held(Protocol):
+    """A connection with output behind a gate."""
+
+    def gate_opened(self) -> None:
+        """The gate its outbox waits at is open: send what follows it."""
+
+
+class Gate:
+    """Where a connection's output waits for a commit; ``open`` once the commit is done."""
+
+    __slots__ = ("held", "open")
+
+    def __init__(self) -> None:
+        self.open = False
+        self.held: list[Held] = []  # connections with output behind it
+
+    def __len__(self) -> int:  # an outbox counts its items' lengths: a gate sends nothing
+        return 0
+
+
+class Durability:
+    """The commits of one server's store, and the gate its connections' output waits at."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.holding = False  # output made now waits at ``gate``
+        self.gate = Gate()  # opened when the next commit is done
+        self._changed: anyio.Event | None = None
+        self._dirty = False  # a change not yet handed to a commit
+        self._committing: Gate | None = None  # the gate of the commit running
+        if store.durable:
+            store.on_change = self._on_change
+
+    def _on_change(self) -> None:
+        self.holding = self._dirty = True
+        if self.gate is self._committing:  # the running commit does not hold this change
+            self.gate = Gate()
+        if self._changed is not None:
+            self._changed.set()
+
+    async def run(self) -> None:
+        """Commit, and open the gates, for as long as the server serves (a task of its own).
+        A commit that fails raises here, and the server stops: what it holds in memory is no
+        longer what its store holds, so it must not answer as if it were."""
+        while True:
+            self._changed = changed = anyio.Event()
+            if not self._dirty:
+                await changed.wait()
+            await self.commit()
+
+    async def flush(self) -> None:
+        """Commit what changed since the last commit, if anything did (the server stopping)."""
+        if self._dirty:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Commit what changed, then let out what waited for it. Output made during the commit
+        waits for it too (it may have read what the commit writes), until a change comes that
+        the commit does not hold: what follows that waits for the next commit."""
+        self._committing = gate = self.gate
+        self._dirty = False
+        try:
+            await self.store.commit()
+        finally:
+            self._committing = None
+        gate.open = True
+        if self.gate is gate:
+            self.gate = Gate()
+        if not self._dirty:
+            self.holding = False  # nothing changed during the commit: no need to hold
+        for connection in gate.held:
+            connection.gate_opened()
