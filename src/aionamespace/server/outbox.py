@@ -38,6 +38,9 @@ SEND_BYTES = 1024 * 1024 + CHUNK_BYTES
 
 Piece = bytes | memoryview
 
+#: An outbox's items when nothing waits.
+NOTHING: tuple[()] = ()
+
 
 class Outbox:
     """A connection's output not sent yet, in order; ``size`` is about how many bytes it is."""
@@ -45,7 +48,9 @@ class Outbox:
     __slots__ = ("gate", "items", "size")
 
     def __init__(self) -> None:
-        self.items: collections.deque[Piece | Producer | Gate] = collections.deque()  # in order
+        # In order. A deque only while something waits: an empty one holds a block of slots
+        # (about 600 bytes), which would be most of what an idle connection costs.
+        self.items: collections.deque[Piece | Producer | Gate] | tuple[()] = NOTHING
         self.size = 0  # the pieces' bytes, and what the Producers say they will still make
         self.gate: Gate | None = None  # the last gate put in
 
@@ -53,7 +58,7 @@ class Outbox:
         """What is put from now on waits for ``gate`` to open (which tells ``connection``)."""
         if gate is not self.gate:
             self.gate = gate
-            self.items.append(gate)
+            self._items().append(gate)
             gate.held.append(connection)
 
     def __bool__(self) -> bool:
@@ -61,11 +66,17 @@ class Outbox:
 
     def put(self, output: Output) -> None:
         if isinstance(output, Producer):
-            self.items.append(output)
+            self._items().append(output)
             self.size += output.remaining
         elif output:
-            self.items.append(output)
+            self._items().append(output)
             self.size += len(output)
+
+    def _items(self) -> collections.deque[Piece | Producer | Gate]:
+        items = self.items
+        if items is NOTHING:
+            items = self.items = collections.deque()
+        return items  # type: ignore[return-value]
 
     def put_all(self, outputs: Iterable[Output]) -> None:
         for output in outputs:
@@ -73,16 +84,22 @@ class Outbox:
 
     def clear(self) -> None:
         """Forget everything (the connection is gone): the references go with it."""
-        self.items.clear()
+        self.items = NOTHING
         self.size = 0
         self.gate = None
 
     def take(self) -> Piece | None:
         """The next bytes to send (see the module's docstring), or None if nothing waits."""
+        piece = self._take()
+        if not self.items:
+            self.items = NOTHING  # (its deque's block goes)
+        return piece
+
+    def _take(self) -> Piece | None:
         first = self._first()
         if first is None:
             return None
-        items = self.items
+        items: collections.deque[Piece | Producer | Gate] = self.items  # type: ignore[assignment]
         if len(first) >= CHUNK_BYTES:
             if len(first) > SEND_BYTES:
                 view = memoryview(first)
@@ -107,7 +124,7 @@ class Outbox:
     def _first(self) -> Piece | None:
         """The first piece; made by the first Producer if that is what comes first (the
         Producer stays behind its piece, for the next); None before a gate still closed."""
-        items = self.items
+        items: collections.deque[Piece | Producer | Gate] = self.items  # type: ignore[assignment]
         while items:
             first = items[0]
             if first.__class__ is Gate:
