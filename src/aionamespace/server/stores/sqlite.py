@@ -91,6 +91,9 @@ class SQLiteStore(MemoryStore):
         except BaseException:
             self._file.close()
             raise
+        self._in_file_bytes = {  # the sizes of each namespace's revisions in the file, summed
+            key: sum(size for _, _, size in revisions) for key, revisions in self._in_file.items()
+        }
         self.durable = True
         self.on_change: Callable[[], None] | None = None
         self._journal: list[tuple[str, int, Changes, int]] = []
@@ -181,6 +184,7 @@ class SQLiteStore(MemoryStore):
                 touched.pop(key, None)
                 self._listed.discard(key)
                 self._in_file.pop(key, None)
+                self._in_file_bytes.pop(key, None)
                 for item in [item for item in self._written if item[0] == key]:
                     del self._written[item]
                 chunks = {item: lists for item, lists in chunks.items() if item[0] != key}
@@ -199,6 +203,7 @@ class SQLiteStore(MemoryStore):
             self._in_file.setdefault(key, collections.deque()).append(
                 (revision, tuple(changes), size)
             )
+            self._in_file_bytes[key] = self._in_file_bytes.get(key, 0) + size
         insert_revisions()
         for (key, name), lists in chunks.items():
             statements.extend(self._chunks(key, name, lists))
@@ -236,18 +241,18 @@ class SQLiteStore(MemoryStore):
         in_file = self._in_file.get(key)
         if not in_file:
             return []
-        oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
-        count = size = 0
-        for revision, _, bytes_ in in_file:
-            if revision >= oldest:
-                break
-            count += 1
-            size += bytes_
+        # The history in memory is the newest part of the file's: what is beyond it, counted
+        # without a walk (this runs at every commit).
+        count = len(in_file) - len(namespace.history)
+        size = self._in_file_bytes[key] - namespace.history_bytes
         if count < self.fold_revisions and size < self.fold_bytes:
             return []
+        oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
         names: dict[str, None] = {}
         for _ in range(count):
-            names.update(dict.fromkeys(in_file.popleft()[1]))
+            _, changed, folded = in_file.popleft()
+            names.update(dict.fromkeys(changed))
+            self._in_file_bytes[key] -= folded
         statements = self._fold(key, list(names))
         statements.append(("DELETE FROM history WHERE key = ? AND revision < ?", (key, oldest)))
         statements.append((_FORGET_LISTS, (key, key, oldest, key)))
