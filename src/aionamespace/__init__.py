@@ -20,6 +20,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import ServerTimeout as ServerTimeout
+from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import WriteQueueFull as WriteQueueFull
 from ._manager import Manager as Manager
 from .client.asynchronous import AsyncNamespace as AsyncNamespace
@@ -58,6 +59,7 @@ __all__ = [
     "ServerThread",
     "ServerTimeout",
     "Store",
+    "StoreUnavailable",
     "WriteQueueFull",
     "__version__",
 ]

@@ -14,6 +14,7 @@ shared, ``ValueError`` for a bad argument)::
     ├── LimitExceeded             a bound of the server's Limits was reached (max_namespaces)
     ├── WriteQueueFull            too many async writes await acknowledgement: await _flush()
     ├── DataFileError             a server's data file cannot be used (in use, not ours, ...)
+    ├── StoreUnavailable          the server's store (Redis) did not answer: outcome unknown
     ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
     │   ├── LocalProtocolError    we were about to send something the protocol forbids
     │   └── RemoteProtocolError   the peer sent something the protocol forbids
@@ -41,6 +42,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "ServerTimeout",
+    "StoreUnavailable",
     "WriteQueueFull",
 ]
 
@@ -113,6 +115,12 @@ class DataFileError(NamespaceError):
     """A server's data file (``--data``) cannot be used: another server has it open, it is not
     an aionamespace data file, its format is newer than this version's, or SQLite cannot read
     it. Raised where the server starts; the file is left as it was."""
+
+
+class StoreUnavailable(NamespaceError):
+    """The server's store (a Redis or Valkey it shares with other servers) could not be reached,
+    refused, or did not answer in time. The message names the store. As with a lost reply, a
+    write that failed so may or may not have taken effect; the server reconnects by itself."""
 
 
 class ProtocolError(NamespaceError):

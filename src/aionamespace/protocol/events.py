@@ -22,6 +22,7 @@ from .._errors import (
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
+    StoreUnavailable,
 )
 
 __all__ = [
@@ -186,6 +187,7 @@ REMOTE_TYPES: dict[str, type[Exception]] = {
         NamespaceGone,
         ProtocolError,
         RemoteProtocolError,
+        StoreUnavailable,
     )
 }
 

@@ -1,0 +1,85 @@
+"""The interface of a store the server awaits: one that lives outside it (Redis, Valkey).
+
+A ``Store`` (base.py) answers synchronously from the server's memory; a *remote* store keeps
+the board elsewhere, shared by any number of servers, so every operation is a round trip. The
+server hands it each batch whole and awaits the answers (``apply``): the store sends the batch
+in one pipeline, each call atomic on its own (a script), the calls on one namespace applied in
+the order given, and the next batch gathers meanwhile. Every word of base.py holds here too:
+keys, names and encoded values; revisions dense per namespace; the history's bounds and
+``HistoryExpired``; the epoch; ``LimitExceeded`` past ``max_namespaces``.
+
+**Calls.** ``apply`` takes ``(op, args)`` pairs, ``op`` one of ``STORE_CALLS`` with the
+arguments ``Store``'s method of that name takes (``"del"`` is ``Store.delete``), and returns,
+in order, each call's result as that method returns it, or the exception it would raise (an
+instance, not raised: one call's ``KeyError`` must not cost the others their answers). A
+failure of the store itself (unreachable, timed out, refused) is ``StoreUnavailable`` for
+every call it touched; whether such a call took effect is unknown, as with any lost reply.
+
+**Changes.** After ``apply`` returns, ``on_commit`` has been told every revision the batch
+made, in revision order, as ``Store.on_commit`` is (key, revision, changes) — before the
+answers are sent, so a writer's own watch events precede its reply as they do in memory.
+Revisions made by *other* servers reach ``on_commit`` for the namespaces the server
+``follow``\\ s (its watches' and client caches' namespaces), in revision order and without
+gaps: a store that misses some (a dropped subscription) replays them from its history, and
+when the history no longer reaches them calls ``on_lost(key)`` so that the server can tell
+the watchers to resync. Each revision reaches ``on_commit`` once.
+
+**Epoch.** ``start`` reads the board's epoch (making one for a new board) and refuses a layout
+of another version. A store that finds its engine lost data under it (revisions went back, the
+engine's replication id changed) starts a new epoch and calls ``on_epoch(epoch)``: the server
+drops what it told clients under the old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .base import Change, Changes, StoreUsage
+
+__all__ = ["STORE_CALLS", "RemoteStore", "StoreCall"]
+
+#: The operations ``apply`` takes, by their protocol names.
+STORE_CALLS = frozenset(
+    {
+        "open",
+        "get",
+        "set",
+        "del",
+        "update",
+        "setdefault",
+        "pop",
+        "incr",
+        "append",
+        "cas",
+        "snapshot",
+    }
+)
+
+#: One call of a batch: (op, args), args as the ``Store`` method of that name takes them.
+StoreCall = tuple[str, tuple[Any, ...]]
+
+
+class RemoteStore(Protocol):
+    """What the server needs from a store it awaits (see the module's docstring)."""
+
+    #: Marks a store the server awaits (a ``Store`` has no such attribute).
+    remote: bool
+    epoch: str
+    max_namespaces: int | None
+    on_commit: Callable[[str, int, Changes], None] | None
+    #: Called with a key whose revisions were missed beyond the history's reach.
+    on_lost: Callable[[str], None] | None
+    #: Called with the new epoch when the engine lost data under the store.
+    on_epoch: Callable[[str], None] | None
+
+    async def start(self) -> None: ...  # connect; check the layout; read or make the epoch
+    async def apply(self, calls: Sequence[StoreCall]) -> list[Any]: ...
+    async def history(self, key: str, since: int) -> list[Change]: ...
+    async def keys(self) -> list[str]: ...
+    async def count(self) -> int: ...
+    async def drop(self, key: str) -> None: ...
+    async def usage(self) -> StoreUsage: ...
+    def follow(self, key: str) -> None: ...  # deliver other servers' revisions of ``key``
+    def unfollow(self, key: str) -> None: ...
+    async def aclose(self) -> None: ...
