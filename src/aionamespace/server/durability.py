@@ -60,7 +60,7 @@ class Durability:
         self._changed: anyio.Event | None = None
         self._dirty = False  # a change not yet handed to a commit
         self._committing: Gate | None = None  # the gate of the commit running
-        if store.durable:
+        if getattr(store, "durable", False):  # (a store the server awaits has no such flag)
             store.on_change = self._on_change
 
     def _on_change(self) -> None:
