@@ -7,7 +7,9 @@ the change is made), and the store that made it gets every revision of its own b
 awaited method really yields to the event loop (``anyio.lowlevel.checkpoint``, or ``delay``
 seconds of sleep) so that batches interleave as they would over a network, and each counts
 what it was asked (``applies``: the calls of each ``apply``). ``fail()`` makes every call
-end with ``StoreUnavailable`` until ``recover()``.
+end with ``StoreUnavailable`` until ``recover()``; ``hold(key)`` keeps every ``apply`` naming
+``key`` in the store (``held`` of them wait) until ``release(key)``: before its calls are
+applied, or (``after=True``) once they are, before it returns.
 
 The servers of one board must run on one event loop (the fan-out calls their hooks
 directly): ``servers_on_one_loop`` starts them so. A test thread changes a running store
@@ -111,6 +113,8 @@ class AwaitedStore:
         self.applies: list[list[StoreCall]] = []  # the calls of every apply
         self.started = self.closed = False
         self.failing = False
+        self.held = 0  # applies waiting at a hold
+        self._holds: dict[str, tuple[anyio.Event, bool]] = {}  # key -> (gate, after)
         self._token: Any = None  # the loop it was started in
 
     @property
@@ -131,6 +135,23 @@ class AwaitedStore:
 
     def recover(self) -> None:
         self.failing = False
+
+    def hold(self, key: str, *, after: bool = False) -> None:
+        """Keep every apply naming ``key`` in the store until ``release(key)``: before it
+        applies its calls, or after (called from a test's thread)."""
+        self.call(lambda: self._holds.setdefault(key, (anyio.Event(), after)))
+
+    def release(self, key: str) -> None:
+        self.call(lambda: self._holds.pop(key)[0].set())
+
+    async def _wait_at_holds(self, calls: Sequence[StoreCall], after: bool) -> None:
+        for _, args in calls:
+            while (hold := self._holds.get(args[0])) is not None and hold[1] is after:
+                self.held += 1
+                try:
+                    await hold[0].wait()
+                finally:
+                    self.held -= 1
 
     def call(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` in the loop the store was started in (from a test's thread)."""
@@ -157,6 +178,7 @@ class AwaitedStore:
 
     async def apply(self, calls: Sequence[StoreCall]) -> list[Any]:
         self.applies.append(list(calls))
+        await self._wait_at_holds(calls, after=False)
         try:
             await self._round_trip()
         except StoreUnavailable as exc:
@@ -173,6 +195,7 @@ class AwaitedStore:
         finally:
             board._applying = None
         await anyio.lowlevel.checkpoint()
+        await self._wait_at_holds(calls, after=True)
         return results
 
     async def history(self, key: str, since: int) -> list[Change]:
