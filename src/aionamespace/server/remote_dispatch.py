@@ -20,8 +20,10 @@ while its batch is in the store gets nothing more: the batch stops at the next r
 
 What a store the server awaits cannot give is said where it matters: ``export`` freezes each
 namespace as one read, the board as a sequence of them (not one instant); the locks are this
-server's ``LockTable`` (``locks``: a store-backed table, one shared by every server over the
-store, goes in its place, with the same methods, answering ``acquire`` through ``grant``).
+server's ``LockTable``. The seam for locks shared by every server over the store is the
+``locks`` argument: a table with ``LockTable``'s methods goes in its place, answering an
+``acquire`` through its ``grant`` callback whenever the store says (as a timer does, outside
+any batch), and handing a lock over when its holder's connection is lost.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..protocol.pieces import Output, Producer, list_reply, values_reply
 from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .dispatch import ReplyData
 from .info import anonymous_count
+from .locks import LockTable
 from .outbox import apart
 from .peer import Peer
 from .remote_feed import EXPECTED_ERRORS, FeedDispatcher, missed
@@ -82,14 +85,19 @@ class RemoteDispatcher(FeedDispatcher):
     """The op layer over a ``RemoteStore``, shared by all connections (module docstring)."""
 
     def __init__(
-        self, store: RemoteStore, call_later: CallLater, limits: Limits | None = None
+        self,
+        store: RemoteStore,
+        call_later: CallLater,
+        limits: Limits | None = None,
+        locks: LockTable | None = None,
     ) -> None:
-        self._call_later = call_later
         #: Starts background tasks (anonymous namespaces' drops); the server sets it.
         self.spawn: Spawn | None = None
         # The base's own store reads are never called here: every one goes through ``apply``.
         super().__init__(cast(Store, store), call_later, limits)
         self._feed_from(store)
+        if locks is not None:  # the seam of a lock table shared through the store
+            self.locks = locks
 
     def _store_operations(self, store: Store) -> dict[str, Callable[..., Any]]:
         return {"ping": lambda: None}
@@ -139,7 +147,7 @@ class RemoteDispatcher(FeedDispatcher):
                         self._plan(peer, event, round_, replies)
                         applied += 1
                 size += await self._round(peer, round_, replies)
-                if applied < len(events) and len(round_.calls) < MAX_CALLS_PER_APPLY:
+                if applied < len(events) and size <= budget:
                     event = events[applied]
                     if type(event) is Request and (event.op in _IN_TURN or _since(event)):
                         reply = await self._in_turn(peer, event)
