@@ -185,6 +185,11 @@ def _connect(path: str) -> sqlite3.Connection:
     try:
         # Autocommit (isolation_level=None): transactions are begun and ended here, one per
         # commit; the connection is used from the committing thread, one at a time.
-        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Only this server opens the file (``_open_locked``), so SQLite need not lock it at
+        # every transaction; set before the first read, so that the write-ahead log's index
+        # is kept in this process's memory, with no -shm file and no lock calls per commit.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        return db
     except sqlite3.Error as exc:
         raise DataFileError(f"cannot open the data file {path}: {exc}") from exc
