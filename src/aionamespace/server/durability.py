@@ -9,11 +9,17 @@ take back.
 ``Durability`` does it with *gates*. The store tells it of the first change after a commit
 (``Store.on_change``); from then on (``holding``), whatever a connection is given to send goes
 into its outbox behind the ``gate`` of the next commit (or of the running one, for output made
-while it runs with no change since), which a single committer task (``run``) opens once that
-commit is done. Meanwhile the server goes on reading and applying: the changes
-of every batch applied while a commit runs go to the next one, so commits group themselves, one
-transaction for as many batches as arrived during the last. When a commit ends and nothing
-changed meanwhile, ``holding`` ends and output goes straight out again.
+while it runs with no change since), which is opened once that commit is done.
+
+Who commits: at the end of the batch that made a change (``batch_ended``), the store commits
+it at once on the loop's thread if it can do so cheaply (``Store.commit_inline``: a small
+commit without fsync, which costs less than waking a task to do it); otherwise, and for changes
+made outside a batch (a timer freeing a namespace), a single committer task (``run``) does it,
+off the loop if the store says so. While that commit runs the server goes on reading and
+applying: the changes of every batch applied meanwhile go to the next commit, so commits group
+themselves, one transaction for as many batches as arrived during the last (group commit, what
+``--fsync`` relies on). When a commit ends and nothing changed meanwhile, ``holding`` ends and
+output goes straight out again.
 
 An in-memory store is not durable: ``holding`` never becomes true, and what a connection sends
 pays one attribute check for all this.
@@ -60,6 +66,9 @@ class Durability:
         self._changed: anyio.Event | None = None
         self._dirty = False  # a change not yet handed to a commit
         self._committing: Gate | None = None  # the gate of the commit running
+        self._failure: Exception | None = None  # of a commit at a batch's end, for ``run``
+        #: A batch is being applied: its changes are committed at its end (``batch_ended``).
+        self.batching = False
         if store.durable:
             store.on_change = self._on_change
 
@@ -67,6 +76,26 @@ class Durability:
         self.holding = self._dirty = True
         if self.gate is self._committing:  # the running commit does not hold this change
             self.gate = Gate()
+        if self._changed is not None and not self.batching:
+            self._changed.set()
+
+    def batch_ended(self) -> None:
+        """A batch of requests was applied: commit what it changed now, if no commit is running
+        and the store can do it on this thread; else leave it to the committer task."""
+        self.batching = False
+        if not self._dirty:
+            return
+        if self._committing is None:
+            gate = self.gate
+            try:
+                done = self.store.commit_inline()
+            except Exception as exc:  # the committer raises it: the server stops (see run)
+                self._failure = exc
+                done = False
+            if done:
+                self._dirty = False
+                self._opened(gate)
+                return
         if self._changed is not None:
             self._changed.set()
 
@@ -78,6 +107,8 @@ class Durability:
             self._changed = changed = anyio.Event()
             if not self._dirty:
                 await changed.wait()
+            if self._failure is not None:
+                raise self._failure
             await self.commit()
 
     async def flush(self) -> None:
@@ -95,6 +126,10 @@ class Durability:
             await self.store.commit()
         finally:
             self._committing = None
+        self._opened(gate)
+
+    def _opened(self, gate: Gate) -> None:
+        """``gate``'s commit is done: let out what waited for it."""
         gate.open = True
         if self.gate is gate:
             self.gate = Gate()
