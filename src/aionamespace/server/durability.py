@@ -11,14 +11,15 @@ take back.
 into its outbox behind the ``gate`` of the next commit (or of the running one, for output made
 while it runs with no change since), which is opened once that commit is done.
 
-Who commits: at the end of the batch that made a change (``batch_ended``), the store commits
-it at once on the loop's thread if it can do so cheaply (``Store.commit_inline``: a small
-commit without fsync, which costs less than waking a task to do it); otherwise, and for changes
-made outside a batch (a timer freeing a namespace), a single committer task (``run``) does it,
-off the loop if the store says so. While that commit runs the server goes on reading and
-applying: the changes of every batch applied meanwhile go to the next commit, so commits group
-themselves, one transaction for as many batches as arrived during the last (group commit, what
-``--fsync`` relies on). When a commit ends and nothing changed meanwhile, ``holding`` ends and
+Who commits: at the end of the batch that made a change, before its replies are written
+(``settle``), the store commits it at once on the loop's thread if it can do so cheaply
+(``Store.commit_inline``: a small commit without fsync, which costs less than waking a task to
+do it), and the replies go out with no gate to wait at; otherwise, and for changes made outside
+a batch (a timer freeing a namespace), a single committer task (``run``) does it, off the loop
+if the store says so. While that commit runs the server goes on reading and applying: the
+changes of every batch applied meanwhile go to the next commit, so commits group themselves,
+one transaction for as many batches as arrived during the last (group commit, what ``--fsync``
+relies on). When a commit ends and nothing changed meanwhile, ``holding`` ends and
 output goes straight out again.
 
 An in-memory store is not durable: ``holding`` never becomes true, and what a connection sends
@@ -79,24 +80,27 @@ class Durability:
         if self._changed is not None and not self.batching:
             self._changed.set()
 
-    def batch_ended(self) -> None:
-        """A batch of requests was applied: commit what it changed now, if no commit is running
-        and the store can do it on this thread; else leave it to the committer task."""
-        self.batching = False
-        if not self._dirty:
+    def settle(self) -> None:
+        """During a batch, before its replies are written: commit what it changed so far now,
+        if no commit is running and the store can do it on this thread (then the replies go
+        straight out, with no gate to wait at)."""
+        if not self._dirty or self._committing is not None:
             return
-        if self._committing is None:
-            gate = self.gate
-            try:
-                done = self.store.commit_inline()
-            except Exception as exc:  # the committer raises it: the server stops (see run)
-                self._failure = exc
-                done = False
-            if done:
-                self._dirty = False
-                self._opened(gate)
-                return
-        if self._changed is not None:
+        gate = self.gate
+        try:
+            done = self.store.commit_inline()
+        except Exception as exc:  # the committer raises it: the server stops (see run)
+            self._failure = exc
+            return
+        if done:
+            self._dirty = False
+            self._opened(gate)
+
+    def batch_ended(self) -> None:
+        """A batch of requests was applied: what it changed and ``settle`` could not commit
+        goes to the committer task."""
+        self.batching = False
+        if self._dirty and self._changed is not None:
             self._changed.set()
 
     async def run(self) -> None:

@@ -135,6 +135,16 @@ class DataFile:
     def write(self, statements: list[Statement]) -> None:
         """Run ``statements`` as one transaction: all of them are written, or none."""
         db = self.db
+        if len(statements) == 1:  # one statement is a transaction of its own (autocommit)
+            sql, parameters = statements[0]
+            if type(parameters) is list and len(parameters) == 1:
+                parameters = parameters[0]
+            if type(parameters) is not list:
+                try:
+                    db.execute(sql, parameters)
+                except sqlite3.Error as exc:
+                    raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
+                return
         try:
             with _transaction(db):
                 db.execute("BEGIN IMMEDIATE")

@@ -200,10 +200,16 @@ class SQLiteStore(MemoryStore):
                 continue
             if changes is _CREATED:
                 continue
-            for name, value in changes.items():
-                if isinstance(value, ListVersion):
-                    chunks.setdefault((key, name), {})[value.stored] = None
-            revisions.append((key, revision, size, _pack_changes(changes)))
+            if ListVersion in set(map(type, changes.values())):  # (no loop in Python)
+                for name, value in changes.items():
+                    if isinstance(value, ListVersion):
+                        chunks.setdefault((key, name), {})[value.stored] = None
+                packed = _pack_changes(changes)
+            else:  # bytes and deletions only: packed as they are
+                packed = msgpack.packb(
+                    changes if type(changes) is dict else dict(changes), use_bin_type=True
+                )
+            revisions.append((key, revision, size, packed))
             self._in_file.setdefault(key, collections.deque()).append(
                 (revision, tuple(changes), size)
             )
