@@ -5,7 +5,9 @@ A ``RemoteStore`` calls ``on_commit`` for the revisions of the server's own batc
 time outside a batch. ``FeedDispatcher`` is the ``Dispatcher`` those calls feed: the same
 watch pushes and cache invalidations (``Dispatcher._committed``), delivered at once to an idle
 connection and, to one whose batch is in the store, after that batch's replies (``_held``), so
-that each connection still sees its pushes in revision order and after its own replies.
+that each connection still sees its pushes in revision order and after its own replies. (What
+a shared store cannot give, PROTOCOL.md 11.4 says: a push may follow the reply to a read that
+already saw its change.)
 
 **Following.** The server follows a key while it has a watch or a tracked name (a client
 cache's) of it, or while one of them is *starting*: a watch's or a tracked read's store call
