@@ -39,7 +39,7 @@ from ..protocol.connection import BadRequest, Hello, Refusal, Request
 from ..protocol.limits import Limits
 from ..protocol.pieces import Output, Producer, list_reply, values_reply
 from .anonymous import ANONYMOUS, AnonymousNamespaces
-from .dispatch import ReplyData
+from .dispatch import Dispatcher, ReplyData
 from .info import anonymous_count
 from .locks import LockTable
 from .outbox import apart
@@ -159,6 +159,9 @@ class RemoteDispatcher(FeedDispatcher):
         finally:
             if self._held.get(peer) is held:
                 del self._held[peer]
+        if held and peer.backlog() > peer.protocol.limits.max_push_backlog_bytes:
+            Dispatcher._write(self, peer, held)  # a peer that does not read: refused, dropped
+            return [], applied
         return _joined(replies, held, type(events[applied - 1]) is Refusal), applied
 
     @contextlib.contextmanager
