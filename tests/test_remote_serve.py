@@ -447,3 +447,20 @@ def test_watches_from_since_replay_through_the_awaited_history(
         ]
         assert watch.next(timeout=NO_HANG_SECONDS) == WatchEvent("n", "live", 6)
     ns._close()
+
+
+def test_a_client_that_stops_sending_gets_every_reply_of_its_batches_in_the_store(
+    awaited: tuple[ServerThread, AwaitedStore],
+) -> None:
+    """Requests, then a half-close while the batch is in the store: every reply still
+    comes (the end of stream is read only once the batch is answered), then the close."""
+    server, store = awaited
+    sock, unpacker = connect_raw(str(server.address))
+    store.hold("half")
+    sock.sendall(pack([1, "set", "half", "x", encode_value(1)]) + pack([2, "ping"]))
+    wait_until(lambda: store.held == 1, "the batch is in the store")
+    sock.sendall(pack([3, "get", "half", "x"]))
+    sock.shutdown(socket.SHUT_WR)
+    store.release("half")
+    assert read_to_the_end(sock, unpacker) == [[1, 0, 1], [2, 0, None], [3, 0, encode_value(1)]]
+    sock.close()
