@@ -11,36 +11,35 @@ on PATH. Without one, the caller is skipped with a message saying how to get one
 ``AIONAMESPACE_REQUIRE_REDIS=1`` (CI sets it: .ci/run), which makes it a failure instead, so a
 green CI always means the Redis tests ran.
 
-A server is ready when its log says it accepts connections (its output is read by a thread,
-so no poll and no sleep), and then answers PING. A cluster is ready when every node reports
-``cluster_state:ok`` and every node maps the 16384 slots alike: that no event announces, so
-it is polled. Cluster ports are chosen below the kernel's ephemeral range and checked free,
-and a node that still loses a race for its port (other test runs start clusters too) is
-started again on others. Each server is started under ``setpriv --pdeathsig KILL`` when it
-can be (Linux, from the main thread): if the test process is SIGKILLed, its servers die with it
-instead of outliving it. Only the process that started a server stops it (a forked child's
-exit must not take the parent's server down).
+A server is ready when its log says it accepts connections (redis_processes.py), and then
+answers PING. A cluster is ready when every node reports ``cluster_state:ok`` and every node
+maps the 16384 slots alike: that no event announces, so it is polled. Cluster ports are chosen
+below the kernel's ephemeral range and checked free, and a node that still loses a race for
+its port (other test runs start clusters too) is started again on others. Only the process
+that started a server stops it (a forked child's exit must not take the parent's server down).
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import os
-import random
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from typing import Any
 
-import pytest
-
-from deadlines import NO_HANG_SECONDS, wait_until
+from deadlines import wait_until
+from redis_processes import (
+    REQUIRE_VARIABLE,
+    SERVER_VARIABLE,
+    RedisProcess,
+    StartFailed,
+    find_binary,
+    free_ports,
+)
 
 __all__ = [
     "CLUSTER_SLOTS",
@@ -58,100 +57,11 @@ __all__ = [
     "unique_prefix",
 ]
 
-#: Set to 1 (CI does) to make a missing redis-server a failure instead of a skip.
-REQUIRE_VARIABLE = "AIONAMESPACE_REQUIRE_REDIS"
-#: The redis-server (or valkey-server) binary to use instead of the one on PATH.
-SERVER_VARIABLE = "AIONAMESPACE_REDIS_SERVER"
-HOW_TO_GET_ONE = (
-    "no redis-server on PATH: the Redis tests start their own. Install one "
-    "(`apt-get install redis-server`, or `brew install redis`), put a redis-server (or "
-    f"valkey-server) on PATH, or name one in ${SERVER_VARIABLE}"
-)
 CLUSTER_SLOTS = 16384
 START_ATTEMPTS = 5  # a cluster node that loses its ports to another process tries others
-_SETPRIV = shutil.which("setpriv")
 _LOCK = threading.RLock()
 _STARTED: list[RedisServer | RedisCluster] = []
 _SHARED: dict[str, Any] = {}
-
-
-class StartFailed(RuntimeError):
-    """redis-server exited, or never said it was ready; the message holds what it printed."""
-
-    def __init__(self, message: str, output: list[str]) -> None:
-        super().__init__(message + "; it printed:\n" + "\n".join(output[-20:]))
-        self.output = output
-
-    @property
-    def port_taken(self) -> bool:
-        return any("in use" in line for line in self.output)
-
-
-def find_binary() -> str:
-    """The redis-server to start, or a skip (a failure under ``AIONAMESPACE_REQUIRE_REDIS=1``)."""
-    found = (
-        os.environ.get(SERVER_VARIABLE)
-        or shutil.which("redis-server")
-        or shutil.which("valkey-server")
-    )
-    if found:
-        return found
-    if os.environ.get(REQUIRE_VARIABLE) == "1":
-        pytest.fail(f"{HOW_TO_GET_ONE} ({REQUIRE_VARIABLE}=1 makes this a failure)", pytrace=False)
-    pytest.skip(HOW_TO_GET_ONE)
-
-
-class _Process:
-    """One redis-server process; a thread reads its log and announces that it is ready."""
-
-    def __init__(self, binary: str, config: str, directory: str) -> None:
-        command = [binary, config]
-        if _SETPRIV and threading.current_thread() is threading.main_thread():
-            # The signal fires when the thread that forked ends: only the main thread's end
-            # is the process's.
-            command = [_SETPRIV, "--pdeathsig", "KILL", "--", *command]
-        self.output: collections.deque[str] = collections.deque(maxlen=200)
-        self._ready = threading.Event()
-        self._said_ready = False
-        self.popen = subprocess.Popen(
-            command,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self._reader = threading.Thread(target=self._read, name="redis-server log", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in self.popen.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self.output.append(line)
-            if "ready to accept connections" in line.lower():
-                self._said_ready = True
-                self._ready.set()
-        self._ready.set()  # end of output: it exited
-
-    def wait_ready(self, what: str) -> None:
-        """Return once it says it is ready; StartFailed if it exits (or stays silent) first."""
-        self._ready.wait(NO_HANG_SECONDS)
-        if not self._said_ready:
-            self.end(signal.SIGKILL)
-            raise StartFailed(f"{what} did not start", list(self.output))
-
-    def end(self, how: signal.Signals) -> None:
-        """Send ``how`` (SIGTERM: shut down; SIGKILL) unless it exited, then reap it."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(how)
-        try:
-            self.popen.wait(NO_HANG_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-        self._reader.join(NO_HANG_SECONDS)
-        assert self.popen.stdout is not None
-        self.popen.stdout.close()
 
 
 class _Owned:
@@ -203,7 +113,7 @@ class RedisServer(_Owned):
                 "daemonize no\n"
                 "always-show-logo no\n"
             )
-        self._process: _Process | None = None
+        self._process: RedisProcess | None = None
 
     @property
     def running(self) -> bool:
@@ -219,7 +129,7 @@ class RedisServer(_Owned):
             return self
         if self._process is not None:
             self._process.end(signal.SIGKILL)  # it died by itself: reap it, close its pipe
-        self._process = _Process(self.binary, self._config, self.directory)
+        self._process = RedisProcess(self.binary, self._config, self.directory)
         self._process.wait_ready(f"redis-server on {self.socket_path}")
         with self.client() as client:
             assert client.ping()
@@ -255,7 +165,7 @@ class RedisCluster(_Owned):
         self.directory = tempfile.mkdtemp(prefix="ans-cluster-")
         self.nodes: list[tuple[str, int]] = []
         self._bus_ports: list[int] = []
-        self._processes: list[_Process] = []
+        self._processes: list[RedisProcess] = []
         self._masters = masters
 
     @property
@@ -285,7 +195,7 @@ class RedisCluster(_Owned):
         directory = os.path.join(self.directory, f"node{index}")
         os.mkdir(directory)
         for _attempt in range(START_ATTEMPTS):
-            port, bus_port = _free_ports(2)
+            port, bus_port = free_ports(2)
             config = os.path.join(directory, "redis.conf")
             with open(config, "w") as file:
                 file.write(
@@ -302,7 +212,7 @@ class RedisCluster(_Owned):
                     "daemonize no\n"
                     "always-show-logo no\n"
                 )
-            process = _Process(self.binary, config, directory)
+            process = RedisProcess(self.binary, config, directory)
             try:
                 process.wait_ready(f"cluster node {index} on 127.0.0.1:{port}")
             except StartFailed as failed:
@@ -362,27 +272,6 @@ def _agreed(clients: list[Any]) -> bool:
         return False
     (ranges,) = maps
     return sum(last - first + 1 for first, last, _port in ranges) == CLUSTER_SLOTS
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports on loopback that nothing listens on now, below the
-    kernel's ephemeral range (where connect() picks ports, so nothing takes them unasked)."""
-    low = 10_000
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
-        high = int(file.read().split()[0]) - 1
-    found: list[int] = []
-    while len(found) < count:
-        port = random.randint(low, high)
-        if port in found:
-            continue
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis binds
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-    return found
 
 
 def standalone() -> RedisServer:
