@@ -135,6 +135,16 @@ class DataFile:
     def write(self, statements: list[Statement]) -> None:
         """Run ``statements`` as one transaction: all of them are written, or none."""
         db = self.db
+        if len(statements) == 1:  # one statement is a transaction of its own (autocommit)
+            sql, parameters = statements[0]
+            if type(parameters) is list and len(parameters) == 1:
+                parameters = parameters[0]
+            if type(parameters) is not list:
+                try:
+                    db.execute(sql, parameters)
+                except sqlite3.Error as exc:
+                    raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
+                return
         try:
             with _transaction(db):
                 db.execute("BEGIN IMMEDIATE")
@@ -185,6 +195,11 @@ def _connect(path: str) -> sqlite3.Connection:
     try:
         # Autocommit (isolation_level=None): transactions are begun and ended here, one per
         # commit; the connection is used from the committing thread, one at a time.
-        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Only this server opens the file (``_open_locked``), so SQLite need not lock it at
+        # every transaction; set before the first read, so that the write-ahead log's index
+        # is kept in this process's memory, with no -shm file and no lock calls per commit.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        return db
     except sqlite3.Error as exc:
         raise DataFileError(f"cannot open the data file {path}: {exc}") from exc

@@ -142,17 +142,21 @@ class SQLiteStore(MemoryStore):
         return bool(self._journal)
 
     async def commit(self) -> None:
-        """Write every change made so far, in one transaction: off the event loop, unless it
-        is a small one without fsync (a few pages written to the log, which cost less than
-        handing them to a thread and back: benchmarks/durable.py)."""
-        volume = sum(size for _, _, _, size in self._journal)
-        statements = self._statements()
-        if not statements:
-            return
-        if not self.fsync and volume <= INLINE_COMMIT_BYTES:
-            self._file.write(statements)
-        else:
-            await anyio.to_thread.run_sync(self._file.write, statements)
+        """Write every change made so far, in one transaction: off the event loop, unless
+        ``commit_inline`` can do it on the loop."""
+        if not self.commit_inline():
+            statements = self._statements()
+            if statements:
+                await anyio.to_thread.run_sync(self._file.write, statements)
+
+    def commit_inline(self) -> bool:
+        """Commit now, on this thread, if it is a small commit without fsync: a few pages
+        written to the log, which cost less than handing them to a thread and back
+        (benchmarks/durable.py). False: not done, ``commit`` hands it to a thread."""
+        if self.fsync or sum(size for _, _, _, size in self._journal) > INLINE_COMMIT_BYTES:
+            return False
+        self.commit_now()
+        return True
 
     def commit_now(self) -> None:
         """``commit`` on this thread (for a store used without a server, and tests)."""
@@ -196,10 +200,16 @@ class SQLiteStore(MemoryStore):
                 continue
             if changes is _CREATED:
                 continue
-            for name, value in changes.items():
-                if isinstance(value, ListVersion):
-                    chunks.setdefault((key, name), {})[value.stored] = None
-            revisions.append((key, revision, size, _pack_changes(changes)))
+            if ListVersion in set(map(type, changes.values())):  # (no loop in Python)
+                for name, value in changes.items():
+                    if isinstance(value, ListVersion):
+                        chunks.setdefault((key, name), {})[value.stored] = None
+                packed = _pack_changes(changes)
+            else:  # bytes and deletions only: packed as they are
+                packed = msgpack.packb(
+                    changes if type(changes) is dict else dict(changes), use_bin_type=True
+                )
+            revisions.append((key, revision, size, packed))
             self._in_file.setdefault(key, collections.deque()).append(
                 (revision, tuple(changes), size)
             )
