@@ -61,7 +61,8 @@ CLUSTER_SLOTS = 16384
 START_ATTEMPTS = 5  # a cluster node that loses its ports to another process tries others
 _LOCK = threading.RLock()
 _STARTED: list[RedisServer | RedisCluster] = []
-_SHARED: dict[str, Any] = {}
+_shared_server: RedisServer | None = None
+_shared_cluster: RedisCluster | None = None
 
 
 class _Owned:
@@ -186,9 +187,13 @@ class RedisCluster(_Owned):
         cluster.c, ``CLUSTER_WRITABLE_DELAY``)."""
         if self._processes:
             raise RuntimeError("a RedisCluster starts once; make a new one")
-        for index in range(self._masters):
-            self._start_node(index)
-        self._form()
+        try:
+            for index in range(self._masters):
+                self._start_node(index)
+            self._form()
+        except BaseException:
+            self.stop()  # no half-made cluster lingers until exit
+            raise
         return self
 
     def _start_node(self, index: int) -> None:
@@ -277,22 +282,23 @@ def _agreed(clients: list[Any]) -> bool:
 def standalone() -> RedisServer:
     """This process's shared standalone server, started on first use (restarted if a test
     stopped it: it comes back empty)."""
+    global _shared_server
     with _LOCK:
-        server = _SHARED.get("standalone")
-        if server is None:
-            server = _SHARED["standalone"] = RedisServer(find_binary())
-        return server.start()  # type: ignore[no-any-return]
+        if _shared_server is None:
+            _shared_server = RedisServer(find_binary())
+        return _shared_server.start()
 
 
 def cluster() -> RedisCluster:
     """This process's shared cluster, started on first use (a new one if it was stopped)."""
+    global _shared_cluster
     with _LOCK:
-        running = _SHARED.get("cluster")
-        if running is None or not running.running:
-            if running is not None:
-                running.remove()
-            running = _SHARED["cluster"] = RedisCluster(find_binary()).start()
-        return running  # type: ignore[no-any-return]
+        if _shared_cluster is not None and not _shared_cluster.running:
+            _shared_cluster.remove()
+            _shared_cluster = None
+        if _shared_cluster is None:
+            _shared_cluster = RedisCluster(find_binary()).start()
+        return _shared_cluster
 
 
 def private_standalone() -> RedisServer:
@@ -309,9 +315,10 @@ def unique_prefix(label: str = "test") -> str:
 
 def stop_all() -> None:
     """Stop and remove every server and cluster this process started."""
+    global _shared_server, _shared_cluster
     with _LOCK:
         started = list(_STARTED)
-        _SHARED.clear()
+        _shared_server = _shared_cluster = None
     for owned in reversed(started):
         owned.remove()
 
