@@ -124,6 +124,9 @@ class DataFile:
         if mode != "wal":
             raise DataFileError(f"{self.path}: SQLite cannot use a write-ahead log here ({mode})")
         self.db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        # Checkpoints (copying the log into the file, with an fsync) are the store's to run,
+        # in a thread (sqlite.py), not SQLite's, inside a commit on the event loop.
+        self.db.execute("PRAGMA wal_autocheckpoint = 0")
 
     def rows(self, sql: str) -> Iterable[tuple[Any, ...]]:
         """Rows of a query, with SQLite's errors told as a damaged file."""
@@ -155,6 +158,14 @@ class DataFile:
                         db.execute(sql, parameters)
         except sqlite3.Error as exc:
             raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the file, so that the next commits write the log from
+        its start again (it is not shrunk: rewriting its pages is cheaper than growing it)."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise DataFileError(f"a checkpoint of {self.path} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the database and release the lock (again: nothing)."""
