@@ -464,3 +464,45 @@ def test_a_client_that_stops_sending_gets_every_reply_of_its_batches_in_the_stor
     store.release("half")
     assert read_to_the_end(sock, unpacker) == [[1, 0, 1], [2, 0, None], [3, 0, encode_value(1)]]
     sock.close()
+
+
+def test_a_key_is_followed_from_its_first_watch_or_cached_name_to_its_last(
+    awaited: tuple[ServerThread, AwaitedStore],
+) -> None:
+    server, store = awaited
+    address = str(server.address)
+    first, first_frames = connect_raw(address)
+    second, second_frames = connect_raw(address)
+    assert exchange(first, first_frames, [1, "watch", "f", None, None])[0][2][0] == 1
+    assert exchange(second, second_frames, [1, "watch", "f", ["x"], None])[0][2][0] == 2
+    assert store.follows == ["f"]  # once, for both
+    assert exchange(first, first_frames, [2, "unwatch", 1]) == [[2, 0, True]]
+    assert store.follows == ["f"]  # the other watch still needs it
+    assert exchange(second, second_frames, [2, "track", True]) == [[2, 0, None]]
+    assert exchange(second, second_frames, [3, "get", "f", "x"])[0][:2] == [3, 1]  # missing
+    assert exchange(second, second_frames, [4, "unwatch", 2]) == [[4, 0, True]]
+    assert store.follows == ["f"]  # its cached name still needs it
+    assert exchange(first, first_frames, [3, "set", "f", "x", encode_value(1)]) == [[3, 0, 1]]
+    assert read_frames(second, second_frames, 1) == [[0, PUSH_INVALIDATE, "f", "x"]]
+    wait_until(lambda: store.follows == ["f", "-f"], "the last reason to follow went")
+    second.sendall(pack([5, "get", "f", "x"]))  # cached again: followed again
+    assert read_frames(second, second_frames, 1) == [[5, 0, encode_value(1)]]
+    second.close()  # its cached name goes with it
+    wait_until(lambda: store.follows == ["f", "-f", "f", "-f"], "unfollowed as it closed")
+    first.close()
+
+
+def test_an_export_reads_every_namespace_through_the_store(
+    awaited: tuple[ServerThread, AwaitedStore],
+) -> None:
+    server, store = awaited
+    with Namespace(str(server.address), "one") as one, Namespace(str(server.address), "two") as two:
+        one.x, two.y = 1, 2
+    sock, frames = connect_raw(str(server.address))
+    assert exchange(sock, frames, [1, "export"]) == [[1, 0, [store.epoch, ["one", "two"]]]]
+    assert store.applies[-1] == [("snapshot", ("one", None)), ("snapshot", ("two", None))]
+    assert exchange(sock, frames, [2, "export_read", "two"], [3, "export_read", "one"]) == [
+        [2, 0, [1, {"y": encode_value(2)}]],
+        [3, 0, [1, {"x": encode_value(1)}]],
+    ]
+    sock.close()
