@@ -21,6 +21,7 @@ import functools
 from collections.abc import Callable, Iterable
 
 from .._errors import NamespaceGone
+from .stores import Store
 from .timers import CallLater
 
 __all__ = ["ANONYMOUS", "AnonymousNamespaces"]
@@ -51,6 +52,17 @@ class AnonymousNamespaces:
             if key[:1] == ANONYMOUS:
                 self._users[key] = 0
                 self._unused_from_now(key)
+
+    @classmethod
+    def of_store(cls, store: Store, call_later: CallLater, grace: float) -> AnonymousNamespaces:
+        """Those of a store that answers at once: created and dropped in it."""
+        return cls(
+            call_later,
+            grace,
+            create=lambda key: store.open(key, {}),
+            drop=store.drop,
+            held=store.keys(),
+        )
 
     def first_use(self, connection: object, op: str, key: str) -> None:
         """``connection`` names the anonymous namespace ``key`` for the first time: it uses it

@@ -136,14 +136,7 @@ class Dispatcher:
         }
 
     def _anonymous_namespaces(self, call_later: CallLater, grace: float) -> AnonymousNamespaces:
-        store = self.store
-        return AnonymousNamespaces(
-            call_later,
-            grace,
-            create=lambda key: store.open(key, {}),
-            drop=store.drop,
-            held=store.keys(),
-        )
+        return AnonymousNamespaces.of_store(self.store, call_later, grace)
 
     def respond(
         self,
