@@ -28,23 +28,22 @@ any batch), and handing a lock over when its holder's connection is lost.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 from .._errors import ConnectionLost, StoreUnavailable
 from ..protocol.connection import BadRequest, Hello, Refusal, Request
 from ..protocol.limits import Limits
 from ..protocol.pieces import Output, Producer, list_reply, values_reply
-from .anonymous import ANONYMOUS, AnonymousNamespaces
+from .anonymous import AnonymousNamespaces
 from .dispatch import Dispatcher, ReplyData
 from .info import anonymous_count
 from .locks import LockTable
 from .outbox import apart
 from .peer import Peer
-from .remote_feed import EXPECTED_ERRORS, FeedDispatcher, missed
+from .remote_feed import EXPECTED_ERRORS, FeedDispatcher, Gone
 from .stores import Store
 from .stores.remote import STORE_CALLS, RemoteStore, StoreCall
 from .timers import CallLater
@@ -64,10 +63,6 @@ _IN_TURN = frozenset({"keys", "info", "export", "unwatch", "acquire", "release"}
 
 #: Spawns a background task (the server's task group's ``start_soon``).
 Spawn = Callable[..., object]
-
-
-class _Gone(Exception):
-    """The connection went away while its batch was in the store."""
 
 
 class _Round:
@@ -154,7 +149,7 @@ class RemoteDispatcher(FeedDispatcher):
                         replies.append(reply)
                         applied += 1
                         size += _size(reply)
-        except _Gone:
+        except Gone:
             return [], applied
         finally:
             if self._held.get(peer) is held:
@@ -163,19 +158,6 @@ class RemoteDispatcher(FeedDispatcher):
             Dispatcher._write(self, peer, held)  # a peer that does not read: refused, dropped
             return [], applied
         return _joined(replies, held, type(events[applied - 1]) is Refusal), applied
-
-    @contextlib.contextmanager
-    def _section(self, peer: Peer) -> Iterator[None]:
-        """A step that does not await: what it gives rise to is sent at its end."""
-        self._in_batch, self._batch_peer = True, peer
-        try:
-            yield
-        finally:
-            self._in_batch, self._batch_peer, self._own_pushes = False, None, 0
-            self._deliver()
-
-    def _alive(self, peer: Peer) -> bool:
-        return peer in self._held
 
     def _plan(
         self,
@@ -203,15 +185,6 @@ class RemoteDispatcher(FeedDispatcher):
         round_.finish.append((len(replies), finish))
         round_.calls.append(call)
         replies.append(b"")
-
-    def _admit(self, peer: Peer, op: str, key: str) -> str | None:
-        """The anonymous namespaces' rule (``Dispatcher.answer``); ``key`` if this request is
-        the ``open`` that creates it (undone if it fails)."""
-        if key[:1] != ANONYMOUS or key in self._anonymous_used.get(peer, ()):
-            return None
-        held = self.anonymous.holds(key)
-        self.anonymous.first_use(peer, op, key)
-        return None if held else key
 
     def _call(
         self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...], created: str | None
@@ -298,7 +271,7 @@ class RemoteDispatcher(FeedDispatcher):
                 reply = replies[at] = make(result)
                 size += _size(reply)
         if not alive:
-            raise _Gone
+            raise Gone
         return size
 
     # ------------------------------------------------------------------ in turn
@@ -334,7 +307,7 @@ class RemoteDispatcher(FeedDispatcher):
         except Exception as exc:
             reply = self._error(peer, request_id, exc)
         if not self._alive(peer):
-            raise _Gone
+            raise Gone
         return reply
 
     async def _export(self, peer: Peer, request_id: int) -> ReplyData:
@@ -349,42 +322,8 @@ class RemoteDispatcher(FeedDispatcher):
                     raise result
                 frozen[key] = result
         if not self._alive(peer):
-            raise _Gone
+            raise Gone
         return self.exports.hold(peer, request_id, epoch, frozen)
-
-    async def _watch_since(
-        self,
-        peer: Peer,
-        request_id: int,
-        key: str,
-        names: list[str] | None,
-        resume: int | list[Any],
-    ) -> ReplyData:
-        """A watch that resumes: the history since, then what arrived after it."""
-        with self._section(peer):
-            try:
-                self._admit(peer, "watch", key)
-                since = self._since_of(resume)
-            except EXPECTED_ERRORS as exc:
-                return peer.protocol.send_error(request_id, exc)
-            arrivals = self._start(key)
-        try:
-            changes: Any = await self.remote.history(key, since)
-        except MemoryError:
-            raise
-        except Exception as exc:
-            changes = exc
-        with self._section(peer):
-            self._started(key, arrivals)
-            if not isinstance(changes, BaseException) and arrivals.lost:
-                changes = missed(key)
-            if isinstance(changes, BaseException) or not self._alive(peer):
-                self._maybe_unfollow(key)
-                if not self._alive(peer):
-                    raise _Gone
-                return self._error(peer, request_id, changes)
-            revision = changes[-1].revision if changes else since
-            return self._begin_watch(peer, request_id, key, names, revision, {}, changes, arrivals)
 
 
 def _since(event: object) -> bool:

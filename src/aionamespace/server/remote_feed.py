@@ -37,13 +37,14 @@ from .._errors import ConnectionLost, HistoryExpired, StoreUnavailable
 from ..protocol.connection import ServerConnection
 from ..protocol.events import missing_attribute
 from ..protocol.pieces import Output, materialised, replay, values_reply
+from .anonymous import ANONYMOUS
 from .dispatch import _CALLER_ERRORS, Dispatcher, ReplyData
 from .peer import Peer
 from .stores import Change, Changes
 from .stores.remote import RemoteStore
 from .watches import NO_WATCHES
 
-__all__ = ["EXPECTED_ERRORS", "Arrivals", "FeedDispatcher", "missed"]
+__all__ = ["EXPECTED_ERRORS", "Arrivals", "FeedDispatcher", "Gone", "missed"]
 
 logger = logging.getLogger("aionamespace.server")
 
@@ -76,6 +77,29 @@ class Arrivals:
         return self.lost or any(
             committed > revision and name in changes for committed, changes in self.revisions
         )
+
+
+class Gone(Exception):
+    """The connection went away while its batch was in the store."""
+
+
+class _Section:
+    """``with``: a step of ``peer``'s batch that does not await (``FeedDispatcher._section``;
+    a class, not a generator: it runs several times per request)."""
+
+    __slots__ = ("dispatcher", "peer")
+
+    def __init__(self, dispatcher: FeedDispatcher, peer: Peer) -> None:
+        self.dispatcher, self.peer = dispatcher, peer
+
+    def __enter__(self) -> None:
+        dispatcher = self.dispatcher
+        dispatcher._in_batch, dispatcher._batch_peer = True, self.peer
+
+    def __exit__(self, *exc_info: object) -> None:
+        dispatcher = self.dispatcher
+        dispatcher._in_batch, dispatcher._batch_peer, dispatcher._own_pushes = False, None, 0
+        dispatcher._deliver()
 
 
 class FeedDispatcher(Dispatcher):
@@ -113,6 +137,22 @@ class FeedDispatcher(Dispatcher):
                     self._write(peer, frames)
                 except MemoryError:  # its pushes are lost: it must not go on as if they were not
                     peer.drop()
+
+    def _section(self, peer: Peer) -> _Section:
+        """A step that does not await: what it gives rise to is sent at its end."""
+        return _Section(self, peer)
+
+    def _alive(self, peer: Peer) -> bool:
+        return peer in self._held
+
+    def _admit(self, peer: Peer, op: str, key: str) -> str | None:
+        """The anonymous namespaces' rule (``Dispatcher.answer``); ``key`` if this request is
+        the ``open`` that creates it (undone if it fails)."""
+        if key[:1] != ANONYMOUS or key in self._anonymous_used.get(peer, ()):
+            return None
+        held = self.anonymous.holds(key)
+        self.anonymous.first_use(peer, op, key)
+        return None if held else key
 
     # ------------------------------------------------------------------ following
 
@@ -215,6 +255,40 @@ class FeedDispatcher(Dispatcher):
         if pushes is not None:  # after the reply, which tells the client the watch id
             self._pushes.setdefault(peer, []).append(pushes)
         return values_reply(request_id, (watch.id, revision), values, budget)
+
+    async def _watch_since(
+        self,
+        peer: Peer,
+        request_id: int,
+        key: str,
+        names: list[str] | None,
+        resume: int | list[Any],
+    ) -> ReplyData:
+        """A watch that resumes: the history since, then what arrived after it."""
+        with self._section(peer):
+            try:
+                self._admit(peer, "watch", key)
+                since = self._since_of(resume)
+            except EXPECTED_ERRORS as exc:
+                return peer.protocol.send_error(request_id, exc)
+            arrivals = self._start(key)
+        try:
+            changes: Any = await self.remote.history(key, since)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            changes = exc
+        with self._section(peer):
+            self._started(key, arrivals)
+            if not isinstance(changes, BaseException) and arrivals.lost:
+                changes = missed(key)
+            if isinstance(changes, BaseException) or not self._alive(peer):
+                self._maybe_unfollow(key)
+                if not self._alive(peer):
+                    raise Gone
+                return self._error(peer, request_id, changes)
+            revision = changes[-1].revision if changes else since
+            return self._begin_watch(peer, request_id, key, names, revision, {}, changes, arrivals)
 
     def _since_of(self, resume: int | list[Any]) -> int:
         if not isinstance(resume, list):

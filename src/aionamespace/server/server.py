@@ -43,7 +43,7 @@ from .durability import Durability
 from .info import RequestRate, server_figures
 from .listeners import TLSListener, make_listening_socket
 from .remote_dispatch import RemoteDispatcher
-from .remote_serving import RemoteConnections
+from .remote_serving import BatchTasks, RemoteConnections
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
 from .stores.remote import RemoteStore
@@ -153,6 +153,8 @@ class Server:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await connections.goodbye()
+                        if isinstance(connections, RemoteConnections):
+                            await connections.tasks.stop()
                     helpers.cancel_scope.cancel()
                     if isinstance(self.dispatcher, RemoteDispatcher):
                         self.dispatcher.spawn = None
@@ -176,7 +178,7 @@ class Server:
                 self._call_later,
                 self.new_connection,
                 self.durability,
-                helpers.start_soon,
+                BatchTasks(helpers),
             )
         return Connections(
             self.limits, dispatcher, self._call_later, self.new_connection, self.durability
