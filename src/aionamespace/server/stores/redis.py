@@ -1,0 +1,378 @@
+"""The Redis store: the board in a Redis or Valkey (standalone or cluster) that any number of
+servers share (remote.py's ``RemoteStore``), over redis-py's asyncio client.
+
+**Layout.** Every key starts with the prefix. The board's own keys share the hash tag
+``{board}``: its layout version (a store refuses another), its epoch (made with the board) and
+its registry of namespaces. A namespace's keys share the hash tag ``{=KEY}``, the key with
+``%``, ``{`` and ``}`` escaped (%25, %7B, %7D): one cluster slot per namespace, the key
+readable in Redis, and no two keys with one tag. What each namespace key holds, and why lists
+are kept as they are: redis_scripts.py.
+
+**Calls.** ``apply`` sends a batch as one pipeline (not a transaction): one ``EVALSHA`` of the
+namespace script per call, each atomic, the calls on one namespace in their order. An ``incr``
+or a ``cas`` that must read before it writes (redis_calls.py) holds back the later calls on its
+namespace to the next round trip; the other namespaces go on.
+
+**The registry and max_namespaces.** In a cluster the registry (one key, one slot) cannot be
+changed by the script that creates a namespace in another slot. So a store registers a
+namespace *before* creating it: the first time a batch may create a namespace this store has
+not registered, one round trip runs the ``RESERVE`` script, which adds it to the registry if
+the registry holds fewer than ``max_namespaces`` (atomically, so the bound holds across any
+number of servers), and the namespace script may create only the namespaces so registered
+(else it answers ``full``: ``LimitExceeded``, nothing changed). A store remembers what it
+registered, so later batches pay nothing. What this does not cover: a namespace another server
+drops (``drop`` unregisters it) and this one writes again before learning of it is created
+again without the check, and registered after the fact; and a batch that fails between the
+registration and the creation leaves a registered name without a namespace (``keys`` lists it,
+``count`` counts it) until it is written or dropped. ``keys``, ``count`` and ``usage`` read the
+registry.
+
+**Failures.** Every redis-py error (and a call that outlives ``timeout``) becomes
+``StoreUnavailable`` naming the store, the original as ``__cause__``. redis-py must not retry
+on its own: a retried script could run twice, so a client given with retries is refused.
+
+**Followed namespaces.** ``follow`` records the namespaces whose appended lists the store
+fetches whole for ``on_commit`` (the server follows those it pushes changes of); delivering
+other servers' revisions is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
+from ...protocol.limits import Limits
+from .base import Change, Changes, StoreUsage
+from .memory import new_epoch
+from .redis_calls import Call, Guesses, full, prepare
+from .redis_history import replay
+from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
+from .remote import StoreCall
+
+__all__ = ["RedisStore"]
+
+_SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
+def _redis() -> Any:
+    try:
+        import redis.asyncio
+        import redis.asyncio.cluster
+    except ImportError:
+        raise ImportError(
+            "the Redis store needs redis-py: pip install 'aionamespace[redis]'"
+        ) from None
+    return redis
+
+
+class RedisStore:
+    """Namespaces in a Redis (``redis.asyncio.Redis``) or Redis Cluster
+    (``redis.asyncio.cluster.RedisCluster``) client, under ``prefix``; each call fails with
+    StoreUnavailable after ``timeout`` seconds without an answer."""
+
+    remote = True
+    durable = False
+
+    def __init__(
+        self,
+        client: Any,
+        limits: Limits | None = None,
+        prefix: str = "aionamespace",
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        redis = _redis()
+        if isinstance(client, str):
+            raise TypeError("RedisStore takes a redis.asyncio client (URLs: not yet)")
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"a key prefix holds no braces (hash tags follow it): {prefix!r}")
+        self._cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
+        retry = client.retry if self._cluster else client.get_retry()
+        if retry is not None and retry.get_retries() > 0:
+            raise ValueError(
+                "give RedisStore a client that does not retry (retry=Retry(NoBackoff(), 0)): "
+                "a script retried after a lost reply would run twice"
+            )
+        self._client = client
+        self._errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+        self._noscript = redis.exceptions.NoScriptError
+        self.name = _describe(client, self._cluster)
+        limits = limits or Limits()
+        self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
+        self._prefix = prefix if prefix.endswith(":") else prefix + ":"
+        board = self._prefix + "{board}:"
+        self._layout_key, self._epoch_key = board + "layout", board + "epoch"
+        self._registry = board + "namespaces"
+        self._timeout = timeout
+        self._registered: set[str] = set()
+        self._guesses: Guesses = {}
+        self._followed: set[str] = set()
+        self.epoch = ""
+        self.max_namespaces: int | None = None
+        self.on_commit: Callable[[str, int, Changes], None] | None = None
+        self.on_lost: Callable[[str], None] | None = None
+        self.on_epoch: Callable[[str], None] | None = None
+
+    def base(self, key: str) -> str:
+        """The name every Redis key of namespace ``key`` starts with (its hash tag inside)."""
+        return f"{self._prefix}{{={key.translate(_ESCAPES)}}}"
+
+    # ------------------------------------------------------------------ the board
+
+    async def start(self) -> None:
+        """Read the board's layout and epoch (made for a new board); load the script."""
+        async with self._guard():
+            layout, epoch = await self._client.eval(
+                BOARD_START, 2, self._layout_key, self._epoch_key, LAYOUT_VERSION, new_epoch()
+            )
+            if epoch is None:
+                raise DataFileError(
+                    f"{self.name} holds an aionamespace board (prefix {self._prefix!r}) of "
+                    f"layout {layout.decode(errors='replace')!r}; this version reads layout "
+                    f"{LAYOUT_VERSION!r}: use another prefix or the matching version"
+                )
+            self.epoch = epoch.decode()
+            await self._load_script()
+
+    async def _load_script(self) -> None:
+        if self._cluster:
+            await self._client.execute_command(
+                "SCRIPT LOAD", NAMESPACE, target_nodes=self._client.PRIMARIES
+            )
+        else:
+            await self._client.script_load(NAMESPACE)
+
+    async def keys(self) -> list[str]:
+        async with self._guard():
+            members = await self._client.smembers(self._registry)
+        return sorted(member.decode() for member in members)
+
+    async def count(self) -> int:
+        async with self._guard():
+            return int(await self._client.scard(self._registry))
+
+    async def drop(self, key: str) -> None:
+        self._registered.discard(key)
+        async with self._guard():
+            await self._script(key, "drop", ())
+            await self._client.srem(self._registry, key)
+
+    async def usage(self) -> StoreUsage:
+        """Counted when asked: one script call per namespace, in one pipeline."""
+        keys = await self.keys()
+        async with self._guard():
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                self._queue(pipe, key, "usage", ())
+            replies = await pipe.execute(raise_on_error=True)
+        figures = [reply[1][1:] for reply in replies]
+        return StoreUsage(
+            sum(exists for exists, *_ in figures),
+            sum(names for _, names, *_ in figures),
+            sum(size for _, _, size, *_ in figures),
+            sum(revisions for *_, revisions, _ in figures),
+            sum(size for *_, size in figures),
+            max((revisions for *_, revisions, _ in figures), default=0),
+            max((size for *_, size in figures), default=0),
+        )
+
+    def follow(self, key: str) -> None:
+        self._followed.add(key)
+
+    def unfollow(self, key: str) -> None:
+        self._followed.discard(key)
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the client is the caller's."""
+
+    # ------------------------------------------------------------------ history
+
+    async def history(self, key: str, since: int) -> list[Change]:
+        """Every change after revision ``since``; HistoryExpired if some were forgotten."""
+        async with self._guard():
+            reply = await self._script(key, "history", (since,))
+        if reply[0] == b"expired":
+            revision, oldest = reply[1], reply[2]
+            if since > revision:
+                raise HistoryExpired(
+                    f"revision {since} is ahead of this namespace ({revision}): the server was "
+                    "restarted; resync with _snapshot() and watch from its revision"
+                )
+            raise HistoryExpired(
+                f"revision {since} is older than the history kept (oldest: {oldest}); "
+                "resync with _snapshot() and watch from its revision"
+            )
+        return replay(key, reply[1], reply[2])
+
+    # ------------------------------------------------------------------ batches
+
+    async def apply(self, calls: Sequence[StoreCall]) -> list[Any]:
+        """Run a batch (remote.py): one pipeline, more round trips only for what needs them."""
+        prepared: list[Call] = []
+        for op, args in calls:
+            try:
+                call = prepare(op, args, self._guesses)
+            except Exception as exc:  # a bad incr step: refused before anything is sent
+                call = Call(args[0])
+                call.finish(exc)
+            call.want_list = self.on_commit is not None and call.key in self._followed
+            prepared.append(call)
+        try:
+            async with self._guard():
+                refused = await self._reserve(prepared)
+                await self._run(prepared, refused)
+        except StoreUnavailable as exc:
+            for call in prepared:
+                if not call.done:
+                    lost = StoreUnavailable(*exc.args)
+                    lost.__cause__ = exc.__cause__
+                    call.finish(lost)
+        if self.on_commit is not None:
+            for call in prepared:
+                if call.changes is not None:
+                    self.on_commit(call.key, call.revision, call.changes)
+        return [call.result for call in prepared]
+
+    async def _reserve(self, calls: list[Call]) -> set[str]:
+        """Register the namespaces the batch may create that this store has not registered
+        yet (one round trip, only if there are some): those refused (past max_namespaces)."""
+        new = list(
+            dict.fromkeys(
+                call.key
+                for call in calls
+                if call.creates and not call.done and call.key not in self._registered
+            )
+        )
+        if not new:
+            return set()
+        bound = -1 if self.max_namespaces is None else self.max_namespaces
+        granted = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
+        refused = set()
+        for key, ok in zip(new, granted):
+            if ok:
+                self._registered.add(key)
+            else:
+                refused.add(key)
+        return refused
+
+    async def _run(self, calls: list[Call], refused: set[str]) -> None:
+        queues: dict[str, list[Call]] = {}
+        for call in calls:
+            if not call.done:
+                queues.setdefault(call.key, []).append(call)
+        unregistered: set[str] = set()
+        reloaded = False
+        while queues:
+            sending: list[Call] = []
+            for queue in queues.values():
+                for call in queue:
+                    sending.append(call)
+                    if call.again:
+                        break  # what follows it on its namespace waits for its answer
+            pipe = self._client.pipeline(transaction=False)
+            for call in sending:
+                op, args = call.request()
+                self._queue(pipe, call.key, op, args, call.key not in refused, call.want_list)
+            replies = await pipe.execute(raise_on_error=False)
+            missing_script = False
+            for call, reply in zip(sending, replies):
+                if isinstance(reply, self._noscript):
+                    missing_script = True  # nothing ran: sent again, in order
+                elif isinstance(reply, Exception):
+                    call.finish(self._unavailable(reply))
+                else:
+                    created, answer = reply
+                    if created and call.key not in self._registered:
+                        unregistered.add(call.key)  # dropped by another server meanwhile
+                    if answer[0] == b"full":
+                        call.finish(full(call.key, self.max_namespaces))
+                        continue
+                    try:
+                        call.answer(answer)
+                    except Exception as exc:
+                        call.finish(exc)
+            if missing_script:
+                if reloaded:
+                    raise self._unavailable(RuntimeError("the script vanished again once loaded"))
+                await self._load_script()
+                reloaded = True
+            queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
+        if unregistered:
+            await self._client.sadd(self._registry, *unregistered)
+            self._registered.update(unregistered)
+
+    def _queue(
+        self,
+        pipe: Any,
+        key: str,
+        op: str,
+        args: Sequence[Any],
+        may_create: bool = False,
+        want_list: bool = False,
+    ) -> None:
+        revisions, size = self._bounds
+        pipe.execute_command(
+            "EVALSHA", _SHA, 1, self.base(key), op, revisions, size,
+            int(may_create), int(want_list), *args,
+        )  # fmt: skip
+
+    async def _script(self, key: str, op: str, args: Sequence[Any]) -> Any:
+        """One call of the namespace script, outside a batch: its reply."""
+        revisions, size = self._bounds
+        argv = (op, revisions, size, 0, 0, *args)
+        try:
+            reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
+        except self._noscript:
+            await self._load_script()
+            reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
+        return reply[1]
+
+    # ------------------------------------------------------------------ failures
+
+    def _guard(self) -> _Guard:
+        return _Guard(self)
+
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        if isinstance(error, TimeoutError) and not str(error):
+            reason = f"no answer within {self._timeout} seconds"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        unavailable = StoreUnavailable(f"the store ({self.name}) is unavailable: {reason}")
+        unavailable.__cause__ = error  # (raise ... from error says it again)
+        return unavailable
+
+
+class _Guard:
+    """Bounds what it holds in time and turns every Redis failure into StoreUnavailable."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._scope = anyio.fail_after(store._timeout)
+
+    async def __aenter__(self) -> None:
+        self._scope.__enter__()
+
+    async def __aexit__(self, kind: Any, error: BaseException | None, traceback: Any) -> bool:
+        try:
+            self._scope.__exit__(kind, error, traceback)
+        except TimeoutError as timeout:
+            raise self._store._unavailable(timeout) from timeout
+        if isinstance(error, self._store._errors) and not isinstance(error, StoreUnavailable):
+            raise self._store._unavailable(error) from error
+        return False
+
+
+def _describe(client: Any, cluster: bool) -> str:
+    """The store as messages name it: where it is, never a password."""
+    if cluster:
+        nodes = ",".join(f"{node.host}:{node.port}" for node in client.nodes_manager.startup_nodes.values())
+        return f"redis+cluster://{nodes}"
+    options = client.connection_pool.connection_kwargs
+    if "path" in options:
+        return f"unix://{options['path']}"
+    return f"redis://{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"
