@@ -23,6 +23,7 @@ __all__ = ["cluster", "private_standalone", "standalone", "unique_prefix"]
 
 _BINARY = shutil.which("redis-server")
 _STARTED: list[Any] = []
+_EPHEMERAL = ("--save", "", "--appendonly", "no")  # nothing written to disk
 _SHARED: dict[str, Any] = {}
 
 
@@ -63,8 +64,13 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             return self
         self.process = subprocess.Popen(
-            [_binary(), "--port", "0", "--unixsocket", self.socket_path, "--save", ""]
-            + ["--appendonly", "no", "--dir", self.directory],
+            [
+                _binary(),
+                *("--port", "0", "--unixsocket", self.socket_path),
+                *_EPHEMERAL,
+                "--dir",
+                self.directory,
+            ],
             stdout=subprocess.DEVNULL,
         )
         _wait(lambda: self.client().ping(), "redis-server answers")
@@ -108,8 +114,16 @@ class RedisCluster:
             os.makedirs(directory)
             self.processes.append(
                 subprocess.Popen(
-                    [_binary(), "--port", str(port), "--cluster-enabled", "yes"]
-                    + ["--save", "", "--appendonly", "no", "--dir", directory],
+                    [
+                        _binary(),
+                        "--port",
+                        str(port),
+                        "--cluster-enabled",
+                        "yes",
+                        *_EPHEMERAL,
+                        "--dir",
+                        directory,
+                    ],
                     stdout=subprocess.DEVNULL,
                 )
             )

@@ -37,6 +37,7 @@ __all__ = [
     "MakeStore",
     "OnPortal",
     "close_stores",
+    "new_redis_client",
     "portal",
     "redis_client",
     "replayed",
@@ -222,21 +223,23 @@ def redis_client(cluster: bool = False) -> Any:
     """This process's client (made on the portal) of its Redis server, or of its cluster."""
     name = "cluster" if cluster else "standalone"
     if name not in _PORTAL:
-        _PORTAL[name] = portal().call(_new_client, cluster)
+        _PORTAL[name] = portal().call(new_redis_client, cluster)
     return _PORTAL[name]
 
 
-async def _new_client(cluster: bool) -> Any:
+async def new_redis_client(cluster: bool, server: Any = None, **options: Any) -> Any:
+    """A new redis-py asyncio client (one that never retries, as RedisStore requires) of
+    ``server`` (a standalone one; default: this process's) or of this process's cluster."""
     from redis.asyncio import Redis
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 5}
+    options = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 5, **options}
     if cluster:
         nodes = [ClusterNode(host, port) for host, port in redis_dev.cluster().nodes]
         return RedisCluster(startup_nodes=nodes, **options)
-    return Redis(unix_socket_path=redis_dev.standalone().socket_path, **options)
+    return Redis(unix_socket_path=(server or redis_dev.standalone()).socket_path, **options)
 
 
 def _redis(limits: Limits | None, cluster: bool = False) -> OnPortal:

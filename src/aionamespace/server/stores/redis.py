@@ -10,8 +10,9 @@ are kept as they are: redis_scripts.py.
 
 **Calls.** ``apply`` sends a batch as one pipeline (not a transaction): one ``EVALSHA`` of the
 namespace script per call, each atomic, the calls on one namespace in their order. An ``incr``
-or a ``cas`` that must read before it writes (redis_calls.py) holds back the later calls on its
-namespace to the next round trip; the other namespaces go on.
+or a ``cas`` whose conditional write fails (redis_calls.py) tries again in another round trip,
+and the later calls on its namespace wait for it (redis_scripts.py, Rounds); the other
+namespaces are done.
 
 **The registry and max_namespaces.** In a cluster the registry (one key, one slot) cannot be
 changed by the script that creates a namespace in another slot. So a store registers a
@@ -39,6 +40,7 @@ other servers' revisions is not implemented yet.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,6 +114,8 @@ class RedisStore:
         self._registered: set[str] = set()
         self._guesses: Guesses = {}
         self._followed: set[str] = set()
+        self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
+        self._rounds = 0
         self.epoch = ""
         self.max_namespaces: int | None = None
         self.on_commit: Callable[[str, int, Changes], None] | None = None
@@ -154,7 +158,8 @@ class RedisStore:
 
     async def count(self) -> int:
         async with self._guard():
-            return int(await self._client.scard(self._registry))
+            count = await self._client.scard(self._registry)
+        return int(count)
 
     async def drop(self, key: str) -> None:
         self._registered.discard(key)
@@ -253,7 +258,7 @@ class RedisStore:
         bound = -1 if self.max_namespaces is None else self.max_namespaces
         granted = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
         refused = set()
-        for key, ok in zip(new, granted):
+        for key, ok in zip(new, granted, strict=True):
             if ok:
                 self._registered.add(key)
             else:
@@ -268,25 +273,33 @@ class RedisStore:
         unregistered: set[str] = set()
         reloaded = False
         while queues:
+            self._rounds += 1
+            token = f"{self._id}:{self._rounds}"
             sending: list[Call] = []
-            for queue in queues.values():
-                for call in queue:
-                    sending.append(call)
-                    if call.again:
-                        break  # what follows it on its namespace waits for its answer
             pipe = self._client.pipeline(transaction=False)
-            for call in sending:
-                op, args = call.request()
-                self._queue(pipe, call.key, op, args, call.key not in refused, call.want_list)
+            for queue in queues.values():
+                blocking = False  # a conditional write came first: the rest waits for it
+                for at, call in enumerate(queue):
+                    sending.append(call)
+                    op, args = call.request()
+                    may_create = call.key not in refused
+                    blocks = call.again and at + 1 < len(queue)
+                    marked = token if blocking or blocks else ""
+                    self._queue(
+                        pipe, call.key, op, args, may_create, call.want_list, marked, blocks
+                    )
+                    blocking = blocking or blocks
             replies = await pipe.execute(raise_on_error=False)
             missing_script = False
-            for call, reply in zip(sending, replies):
+            for call, reply in zip(sending, replies, strict=True):
                 if isinstance(reply, self._noscript):
                     missing_script = True  # nothing ran: sent again, in order
                 elif isinstance(reply, Exception):
                     call.finish(self._unavailable(reply))
                 else:
                     created, answer = reply
+                    if answer[0] == b"skipped":
+                        continue  # after a conditional write that did not happen: again
                     if created and call.key not in self._registered:
                         unregistered.add(call.key)  # dropped by another server meanwhile
                     if answer[0] == b"full":
@@ -314,17 +327,19 @@ class RedisStore:
         args: Sequence[Any],
         may_create: bool = False,
         want_list: bool = False,
+        token: str = "",
+        blocks: bool = False,
     ) -> None:
         revisions, size = self._bounds
         pipe.execute_command(
             "EVALSHA", _SHA, 1, self.base(key), op, revisions, size,
-            int(may_create), int(want_list), *args,
+            int(may_create), int(want_list), token, int(blocks), *args,
         )  # fmt: skip
 
     async def _script(self, key: str, op: str, args: Sequence[Any]) -> Any:
         """One call of the namespace script, outside a batch: its reply."""
         revisions, size = self._bounds
-        argv = (op, revisions, size, 0, 0, *args)
+        argv = (op, revisions, size, 0, 0, "", 0, *args)
         try:
             reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
         except self._noscript:
@@ -370,9 +385,12 @@ class _Guard:
 def _describe(client: Any, cluster: bool) -> str:
     """The store as messages name it: where it is, never a password."""
     if cluster:
-        nodes = ",".join(f"{node.host}:{node.port}" for node in client.nodes_manager.startup_nodes.values())
+        nodes = ",".join(
+            f"{node.host}:{node.port}" for node in client.nodes_manager.startup_nodes.values()
+        )
         return f"redis+cluster://{nodes}"
     options = client.connection_pool.connection_kwargs
     if "path" in options:
         return f"unix://{options['path']}"
-    return f"redis://{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"
+    host, port = options.get("host", "localhost"), options.get("port", 6379)
+    return f"redis://{host}:{port}/{options.get('db', 0)}"

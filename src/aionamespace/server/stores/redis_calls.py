@@ -242,7 +242,9 @@ class Incr(_Named):
             self._remember(self.new)
             self.finish(self.new, reply[1], {self.name: self.new})
         elif status == b"l":
-            raise TypeError(f"cannot increment {self.name!r}: it holds a list, not an int or a float")
+            raise TypeError(
+                f"cannot increment {self.name!r}: it holds a list, not an int or a float"
+            )
         else:
             current = None if status == b"m" else reply[1]
             self._remember(current)
@@ -287,7 +289,8 @@ class Cas(_Named):
 def prepare(op: str, args: Sequence[Any], guesses: Guesses) -> Call:
     """The call of ``op`` (remote.py's names) with ``args`` as ``Store``'s method takes them."""
     if op == "incr":
-        return Incr(*args, guesses)
+        key, name, by = args
+        return Incr(key, name, by, guesses)
     return _CALLS[op](*args)  # type: ignore[no-any-return]
 
 
@@ -303,4 +306,3 @@ _CALLS: dict[str, Any] = {
     "cas": Cas,
     "snapshot": Snapshot,
 }
-

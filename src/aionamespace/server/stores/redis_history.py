@@ -62,7 +62,9 @@ class UnfetchedList:
 
 def replay(key: str, entries: list[Any], bodies: list[Any]) -> list[Change]:
     """The changes of a ``history`` reply, in order, each with its value as of its revision."""
-    elements = {(bodies[i], bodies[i + 1].decode()): bodies[i + 2] for i in range(0, len(bodies), 3)}
+    elements = {
+        (bodies[i], bodies[i + 1].decode()): bodies[i + 2] for i in range(0, len(bodies), 3)
+    }
     revisions = []
     for entry_id, fields in entries:
         flat = msgpack.unpackb(fields[1], raw=True, use_list=True)

@@ -1,5 +1,11 @@
 """The Redis store's Lua: one script for every operation on a namespace, two for the board.
 
+**Rounds.** An ``incr`` or a ``cas`` whose write is conditional (redis_calls.py) may have to
+try again; the calls after it on its namespace are sent in the same pipeline anyway, with the
+round's *token*: if the conditional write did not happen it marks the namespace (``m``'s
+field blk), and the calls carrying that token answer "skipped" without running, to be sent
+again after it. So a batch is one round trip unless a conditional write fails.
+
 **One script, not one per operation.** Every call of a batch is ``EVALSHA`` of ``NAMESPACE``
 with the operation as its first argument: a node either knows the script or does not, so after
 a restart or a failover every call to that node fails with NOSCRIPT alike (nothing ran), and
@@ -43,6 +49,7 @@ local B = KEYS[1]
 local M, V, L, H, S, O = B .. ':m', B .. ':v', B .. ':l', B .. ':h', B .. ':s', B .. ':o'
 local MAXREV, MAXBYTES = tonumber(ARGV[2]), tonumber(ARGV[3])
 local MAY_CREATE, WANT_LIST = ARGV[4] == '1', ARGV[5] == '1'
+local TOKEN, BLOCKS = ARGV[6], ARGV[7] == '1'
 local OVERHEAD, MAX_LIST = @OVERHEAD@, @MAX_LIST@
 local MARKERS = {@MARKERS@}
 local ZERO_EXT = {[199] = 1, [200] = 2, [201] = 4}
@@ -240,7 +247,8 @@ end
 
 -- set a[1] to a[4] if it holds what the caller read: a[2] 'm' (missing), 'v' (the bytes a[3]),
 -- 'l' (the list whose last append was revision a[3]), 'u' (unknown: never); else say what it
--- holds (a list's bytes only if a[5] == '1')
+-- holds (a list's bytes only if a[5] == '1'), and block the round's token: the calls after
+-- this one on the namespace, sent in the same pipeline, must wait for its next attempt
 function ops.cond(a)
   if not ensure() then return {'full'} end
   local name, kind, expected = a[1], a[2], a[3]
@@ -251,6 +259,7 @@ function ops.cond(a)
       or (current and not token and kind == 'v' and current == expected) then
     return {'ok', commit({name}, {a[4]}, #a[4] + OVERHEAD)}
   end
+  if BLOCKS then redis.call('HSET', M, 'blk', TOKEN) end
   if current == false then return {'m'} end
   if token then
     if a[5] == '1' then return {'l', token, value(name)} end
@@ -352,14 +361,16 @@ function ops.usage(a)
   return {'ok', 1, #all / 2, bytes, redis.call('LLEN', S), tonumber(redis.call('HGET', M, 'hb'))}
 end
 
+if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
 local args = {}
-for i = 6, #ARGV do args[#args + 1] = ARGV[i] end
+for i = 8, #ARGV do args[#args + 1] = ARGV[i] end
 return {created, ops[ARGV[1]](args)}
 """
 
 #: Every operation on one namespace: KEYS[1] its base; ARGV: op, max_history_revisions,
-#: max_history_bytes, may create it (1/0), want an appended list whole (1/0), the op's args.
-#: Returns {created (1/0), the op's reply}.
+#: max_history_bytes, may create it (1/0), want an appended list whole (1/0), the round's
+#: token (or ""), blocks the token if it does not write (1/0: a ``cond``), the op's args.
+#: Returns {created (1/0), the op's reply}; {0, {"skipped"}} if the token is blocked.
 NAMESPACE = (
     _NAMESPACE.replace("@OVERHEAD@", str(CHANGE_OVERHEAD_BYTES))
     .replace("@MAX_LIST@", str(MAX_LIST_LENGTH))
