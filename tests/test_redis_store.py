@@ -19,8 +19,9 @@ import anyio
 import pytest
 
 import redis_dev
-from aionamespace import DataFileError, Limits, StoreUnavailable
+from aionamespace import DataFileError, LimitExceeded, Limits, StoreUnavailable
 from aionamespace.protocol.codec import decode_value, encode_value
+from aionamespace.server.stores import MemoryStore
 from aionamespace.server.stores.redis import RedisStore
 from store_rig import new_redis_client
 
@@ -365,6 +366,150 @@ def test_a_client_that_retries_is_refused() -> None:
         try:
             with pytest.raises(ValueError, match="a client that does not retry"):
                 RedisStore(client)
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
+def test_calls_after_a_conditional_write_wait_for_it(target: str) -> None:
+    """A cas whose bytes differ from the expected ones (equal values) and an incr with nothing
+    to guess from take a second round trip; the calls after them on their namespace see their
+    writes, the other namespaces are answered in the first."""
+    server = redis_dev.private_standalone() if target == "standalone" else None
+    nodes = node_clients(target, server)
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster", server)
+        try:
+            store = await started(client, redis_dev.unique_prefix())
+            await store.apply([("set", ("k", "x", b"\xd0\x01")), ("set", ("j", "y", ONE))])
+            before = reads(nodes)
+            results = await store.apply(
+                [
+                    ("cas", ("k", "x", ONE, TWO)),  # 1 encoded longer: equal, but not its bytes
+                    ("get", ("k", "x")),
+                    ("incr", ("k", "n", ONE)),  # never seen by this store: read first
+                    ("get", ("k", "n")),
+                    ("get", ("j", "y")),
+                ]
+            )
+            after = reads(nodes)
+            assert results == [True, TWO, ONE, ONE, ONE]
+            # the cas reads, then writes; the incr reads with its write, then writes
+            assert sum(b - a - 1 for a, b in zip(before, after, strict=True)) == 3
+            before = reads(nodes)
+            assert await store.apply([("incr", ("k", "n", ONE))]) == [TWO]  # guessed: written
+            after = reads(nodes)
+            assert sum(b - a - 1 for a, b in zip(before, after, strict=True)) == 1
+            ((revision, values),) = await store.apply([("snapshot", ("k", None))])
+            assert (revision, values) == (4, {"x": TWO, "n": TWO})
+        finally:
+            await client.aclose()
+
+    try:
+        run(main)
+    finally:
+        for node in nodes:
+            node.close()
+        if server is not None:
+            server.stop()
+
+
+def test_max_namespaces_holds_across_stores(target: str) -> None:
+    """The registry admits a namespace atomically: two stores on one board create no more than
+    the bound between them; a refused call changes nothing and creates nothing."""
+    prefix = redis_dev.unique_prefix()
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            first, second = await started(client, prefix), await started(client, prefix)
+            first.max_namespaces = second.max_namespaces = 3
+            assert await first.apply([("set", ("a", "x", ONE)), ("open", ("b", {}))]) == [1, None]
+            results = await second.apply(
+                [
+                    ("set", ("c", "x", ONE)),
+                    ("set", ("d", "x", ONE)),
+                    ("get", ("d", "x")),
+                    ("set", ("a", "x", TWO)),  # exists: no namespace made
+                ]
+            )
+            assert results[0] == 1
+            assert isinstance(results[1], LimitExceeded)
+            assert str(results[1]) == (
+                "the server holds 3 namespaces, its limit (Limits.max_namespaces): 'd' cannot "
+                "be created"
+            )
+            assert isinstance(results[2], AttributeError)
+            assert results[3] == 2
+            assert await first.keys() == ["a", "b", "c"]
+            assert await second.count() == 3
+            await first.drop("b")  # room again, for whichever store asks first
+            assert await second.apply([("incr", ("d", "n", ONE))]) == [ONE]
+            (refused,) = await first.apply([("append", ("e", "log", [ONE]))])
+            assert isinstance(refused, LimitExceeded)
+            assert await first.keys() == ["a", "c", "d"]
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
+def test_drop_leaves_no_key_behind(target: str) -> None:
+    prefix = redis_dev.unique_prefix()
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, prefix)
+            await store.apply(
+                [
+                    ("update", ("k", {"x": ONE, "y": TWO})),
+                    ("append", ("k", "log", [ONE])),
+                    ("set", ("k", "log", TWO)),  # a retired list, kept for the history
+                    ("append", ("k", "log2", [ONE])),
+                    ("set", ("other", "x", ONE)),
+                ]
+            )
+            await store.drop("k")
+            left = set()
+            for node in node_clients(target):
+                left.update(name.decode() for name in node.scan_iter(match=prefix + "*"))
+                node.close()
+            assert left == {
+                f"{prefix}{{board}}:{name}" for name in ("layout", "epoch", "namespaces")
+            } | {store.base("other") + suffix for suffix in (":m", ":v", ":o", ":h", ":s")}
+            assert await store.keys() == ["other"]
+            assert await store.apply([("snapshot", ("k", None))]) == [(0, {})]
+            assert await store.apply([("set", ("k", "x", ONE))]) == [1]  # revisions anew
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
+def test_usage_counts_as_the_memory_store_does(target: str) -> None:
+    calls = [
+        ("update", ("k", {"x": ONE, "y": encode_value("text" * 20)})),
+        ("append", ("k", "log", [encode_value(i) for i in range(20)])),
+        ("append", ("k", "log", [ONE])),
+        ("set", ("k", "log", TWO)),
+        ("append", ("j", "log", [ONE])),
+        ("del", ("k", "y")),
+        ("open", ("empty", {})),
+    ]
+    limits = Limits(max_history_revisions=4)
+    memory = MemoryStore(limits)
+    for op, args in calls:
+        getattr(memory, "delete" if op == "del" else op)(*args)
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, redis_dev.unique_prefix(), limits=limits)
+            await store.apply(calls)
+            assert await store.usage() == memory.usage()
         finally:
             await client.aclose()
 
