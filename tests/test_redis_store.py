@@ -514,3 +514,51 @@ def test_usage_counts_as_the_memory_store_does(target: str) -> None:
             await client.aclose()
 
     run(main)
+
+
+def test_a_store_finds_its_board_flushed_and_starts_a_new_epoch() -> None:
+    """Redis lost the board under a running store (here FLUSHALL; a restart without
+    persistence is the same): the next batch finds the epoch gone, makes a new board and
+    tells ``on_epoch`` before its commits; what it wrote is registered on the new board."""
+    server = redis_dev.private_standalone()
+    told: list[tuple[str, Any]] = []
+
+    async def main() -> None:
+        client = await new_redis_client(False, server)
+        try:
+            store = await started(client, "board")
+            store.on_epoch = lambda epoch: told.append(("epoch", epoch))
+            store.on_commit = lambda key, revision, changes: told.append((key, revision))
+            old = store.epoch
+            assert await store.apply([("set", ("k", "x", ONE)), ("set", ("k", "x", TWO))]) == [1, 2]
+            await client.flushall()
+            assert await store.apply([("set", ("k", "x", ONE))]) == [1]
+            assert store.epoch != old
+            assert told == [("k", 1), ("k", 2), ("epoch", store.epoch), ("k", 1)]
+            assert await store.keys() == ["k"]
+            assert (await started(client, "board")).epoch == store.epoch
+        finally:
+            await client.aclose()
+
+    try:
+        run(main)
+    finally:
+        server.stop()
+
+
+def test_a_namespace_dropped_by_another_store_is_registered_again(target: str) -> None:
+    prefix = redis_dev.unique_prefix()
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            first, second = await started(client, prefix), await started(client, prefix)
+            assert await first.apply([("set", ("k", "x", ONE))]) == [1]
+            await second.drop("k")
+            assert await first.keys() == []
+            assert await first.apply([("set", ("k", "x", TWO))]) == [1]  # made again
+            assert await second.keys() == ["k"]
+        finally:
+            await client.aclose()
+
+    run(main)

@@ -28,6 +28,12 @@ registration and the creation leaves a registered name without a namespace (``ke
 ``count`` counts it) until it is written or dropped. ``keys``, ``count`` and ``usage`` read the
 registry.
 
+**Epochs.** Each batch's first pipeline reads the board's epoch too (one more command, no more
+round trips): if it is gone (Redis restarted empty, or was flushed) the store makes a new
+board and epoch (or takes the one another server made first) and calls ``on_epoch`` before
+telling the batch's commits. Not detected yet: a failover to a replica that lags (revisions
+going back, the replication id changing) while the epoch key survives.
+
 **Failures.** Every redis-py error (and a call that outlives ``timeout``) becomes
 ``StoreUnavailable`` naming the store, the original as ``__cause__``. redis-py must not retry
 on its own: a retried script could run twice, so a client given with retries is refused.
@@ -44,13 +50,12 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import anyio
-
 from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
 from .redis_calls import Call, Guesses, full, prepare
+from .redis_client import Guard, describe, on_asyncio, redis_py, unavailable
 from .redis_history import replay
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
 from .remote import StoreCall
@@ -59,17 +64,6 @@ __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
-
-
-def _redis() -> Any:
-    try:
-        import redis.asyncio
-        import redis.asyncio.cluster
-    except ImportError:
-        raise ImportError(
-            "the Redis store needs redis-py: pip install 'aionamespace[redis]'"
-        ) from None
-    return redis
 
 
 class RedisStore:
@@ -88,7 +82,7 @@ class RedisStore:
         *,
         timeout: float = 5.0,
     ) -> None:
-        redis = _redis()
+        redis = redis_py()
         if isinstance(client, str):
             raise TypeError("RedisStore takes a redis.asyncio client (URLs: not yet)")
         if "{" in prefix or "}" in prefix:
@@ -103,7 +97,7 @@ class RedisStore:
         self._client = client
         self._errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
         self._noscript = redis.exceptions.NoScriptError
-        self.name = _describe(client, self._cluster)
+        self.name = describe(client, self._cluster)
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
         self._prefix = prefix if prefix.endswith(":") else prefix + ":"
@@ -130,18 +124,27 @@ class RedisStore:
 
     async def start(self) -> None:
         """Read the board's layout and epoch (made for a new board); load the script."""
-        async with self._guard():
-            layout, epoch = await self._client.eval(
-                BOARD_START, 2, self._layout_key, self._epoch_key, LAYOUT_VERSION, new_epoch()
+        if not on_asyncio():
+            raise RuntimeError(
+                "the Redis store runs on asyncio (redis-py's client): serve with the asyncio "
+                "backend"
             )
-            if epoch is None:
-                raise DataFileError(
-                    f"{self.name} holds an aionamespace board (prefix {self._prefix!r}) of "
-                    f"layout {layout.decode(errors='replace')!r}; this version reads layout "
-                    f"{LAYOUT_VERSION!r}: use another prefix or the matching version"
-                )
-            self.epoch = epoch.decode()
+        async with self._guard():
+            self.epoch = await self._board()
             await self._load_script()
+
+    async def _board(self) -> str:
+        """The board's epoch, the board made if new; DataFileError if of another layout."""
+        layout, epoch = await self._client.eval(
+            BOARD_START, 2, self._layout_key, self._epoch_key, LAYOUT_VERSION, new_epoch()
+        )
+        if epoch is None:
+            raise DataFileError(
+                f"{self.name} holds an aionamespace board (prefix {self._prefix!r}) of "
+                f"layout {layout.decode(errors='replace')!r}; this version reads layout "
+                f"{LAYOUT_VERSION!r}: use another prefix or the matching version"
+            )
+        return str(epoch.decode())
 
     async def _load_script(self) -> None:
         if self._cluster:
@@ -229,8 +232,15 @@ class RedisStore:
             prepared.append(call)
         try:
             async with self._guard():
-                refused = await self._reserve(prepared)
-                await self._run(prepared, refused)
+                granted, refused = await self._reserve(prepared)
+                epoch, created = await self._run(prepared, refused)
+                if epoch != self.epoch:
+                    await self._new_epoch()
+                else:
+                    created -= granted
+                if created:  # (made without this store's check: dropped, or flushed, meanwhile)
+                    await self._client.sadd(self._registry, *created)
+                    self._registered.update(created)
         except StoreUnavailable as exc:
             for call in prepared:
                 if not call.done:
@@ -243,9 +253,10 @@ class RedisStore:
                     self.on_commit(call.key, call.revision, call.changes)
         return [call.result for call in prepared]
 
-    async def _reserve(self, calls: list[Call]) -> set[str]:
+    async def _reserve(self, calls: list[Call]) -> tuple[set[str], set[str]]:
         """Register the namespaces the batch may create that this store has not registered
-        yet (one round trip, only if there are some): those refused (past max_namespaces)."""
+        yet (one round trip, only if there are some): those registered, and those refused
+        (past max_namespaces)."""
         new = list(
             dict.fromkeys(
                 call.key
@@ -253,30 +264,34 @@ class RedisStore:
                 if call.creates and not call.done and call.key not in self._registered
             )
         )
-        if not new:
-            return set()
-        bound = -1 if self.max_namespaces is None else self.max_namespaces
-        granted = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
-        refused = set()
-        for key, ok in zip(new, granted, strict=True):
-            if ok:
-                self._registered.add(key)
-            else:
-                refused.add(key)
-        return refused
+        granted: set[str] = set()
+        refused: set[str] = set()
+        if new:
+            bound = -1 if self.max_namespaces is None else self.max_namespaces
+            answers = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
+            for key, ok in zip(new, answers, strict=True):
+                (granted if ok else refused).add(key)
+            self._registered.update(granted)
+        return granted, refused
 
-    async def _run(self, calls: list[Call], refused: set[str]) -> None:
+    async def _run(self, calls: list[Call], refused: set[str]) -> tuple[str | None, set[str]]:
+        """Run the calls (rounds of one pipeline each): the board's epoch, read first, and the
+        namespaces made that this store did not know were registered."""
+        epoch: str | None = self.epoch
         queues: dict[str, list[Call]] = {}
         for call in calls:
             if not call.done:
                 queues.setdefault(call.key, []).append(call)
-        unregistered: set[str] = set()
+        created: set[str] = set()
         reloaded = False
+        first_round = True
         while queues:
             self._rounds += 1
             token = f"{self._id}:{self._rounds}"
             sending: list[Call] = []
             pipe = self._client.pipeline(transaction=False)
+            if first_round:
+                pipe.get(self._epoch_key)  # (lost data: a new board, a new epoch)
             for queue in queues.values():
                 blocking = False  # a conditional write came first: the rest waits for it
                 for at, call in enumerate(queue):
@@ -290,6 +305,10 @@ class RedisStore:
                     )
                     blocking = blocking or blocks
             replies = await pipe.execute(raise_on_error=False)
+            if first_round:
+                first_round, found = False, replies.pop(0)
+                if not isinstance(found, Exception):
+                    epoch = None if found is None else found.decode()
             missing_script = False
             for call, reply in zip(sending, replies, strict=True):
                 if isinstance(reply, self._noscript):
@@ -297,11 +316,11 @@ class RedisStore:
                 elif isinstance(reply, Exception):
                     call.finish(self._unavailable(reply))
                 else:
-                    created, answer = reply
+                    made, answer = reply
                     if answer[0] == b"skipped":
                         continue  # after a conditional write that did not happen: again
-                    if created and call.key not in self._registered:
-                        unregistered.add(call.key)  # dropped by another server meanwhile
+                    if made:
+                        created.add(call.key)
                     if answer[0] == b"full":
                         call.finish(full(call.key, self.max_namespaces))
                         continue
@@ -315,9 +334,17 @@ class RedisStore:
                 await self._load_script()
                 reloaded = True
             queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
-        if unregistered:
-            await self._client.sadd(self._registry, *unregistered)
-            self._registered.update(unregistered)
+        return epoch, created
+
+    async def _new_epoch(self) -> None:
+        """The board's epoch is gone (Redis lost the data: restarted empty, flushed) or was
+        made anew by another server that found it gone: take the board's (made if missing),
+        forget what was learnt under the old one, tell the server."""
+        self.epoch = await self._board()
+        self._registered.clear()
+        self._guesses.clear()
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
 
     def _queue(
         self,
@@ -349,48 +376,8 @@ class RedisStore:
 
     # ------------------------------------------------------------------ failures
 
-    def _guard(self) -> _Guard:
-        return _Guard(self)
+    def _guard(self) -> Guard:
+        return Guard(self._timeout, self._errors, self._unavailable)
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
-        if isinstance(error, TimeoutError) and not str(error):
-            reason = f"no answer within {self._timeout} seconds"
-        else:
-            reason = f"{type(error).__name__}: {error}"
-        unavailable = StoreUnavailable(f"the store ({self.name}) is unavailable: {reason}")
-        unavailable.__cause__ = error  # (raise ... from error says it again)
-        return unavailable
-
-
-class _Guard:
-    """Bounds what it holds in time and turns every Redis failure into StoreUnavailable."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self._store = store
-        self._scope = anyio.fail_after(store._timeout)
-
-    async def __aenter__(self) -> None:
-        self._scope.__enter__()
-
-    async def __aexit__(self, kind: Any, error: BaseException | None, traceback: Any) -> bool:
-        try:
-            self._scope.__exit__(kind, error, traceback)
-        except TimeoutError as timeout:
-            raise self._store._unavailable(timeout) from timeout
-        if isinstance(error, self._store._errors) and not isinstance(error, StoreUnavailable):
-            raise self._store._unavailable(error) from error
-        return False
-
-
-def _describe(client: Any, cluster: bool) -> str:
-    """The store as messages name it: where it is, never a password."""
-    if cluster:
-        nodes = ",".join(
-            f"{node.host}:{node.port}" for node in client.nodes_manager.startup_nodes.values()
-        )
-        return f"redis+cluster://{nodes}"
-    options = client.connection_pool.connection_kwargs
-    if "path" in options:
-        return f"unix://{options['path']}"
-    host, port = options.get("host", "localhost"), options.get("port", 6379)
-    return f"redis://{host}:{port}/{options.get('db', 0)}"
+        return unavailable(self.name, self._timeout, error)

@@ -364,7 +364,8 @@ end
 if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
 local args = {}
 for i = 8, #ARGV do args[#args + 1] = ARGV[i] end
-return {created, ops[ARGV[1]](args)}
+local reply = ops[ARGV[1]](args)  -- (before reading created, which it may set)
+return {created, reply}
 """
 
 #: Every operation on one namespace: KEYS[1] its base; ARGV: op, max_history_revisions,
