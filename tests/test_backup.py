@@ -125,9 +125,10 @@ def test_dump_data_says_what_it_cannot_read(live: str, tmp_path: Path) -> None:
     )
     in_use = command("dump", "--data", str(tmp_path / "live.db"))
     assert in_use.returncode == 1
-    assert "in use by another aionamespace server: dump --data reads a file no server" in (
+    assert "in use by another aionamespace server: a data file is read here only while no " in (
         in_use.stderr
     )
+    assert "ask the server instead (dump ADDRESS)" in in_use.stderr
     file = str(tmp_path / "copy.db")
     assert command("backup", live, file).returncode == 0
     absent = command("dump", "--data", file, "nosuch")

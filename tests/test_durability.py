@@ -7,13 +7,14 @@ commit waits, the test sees the server's output held behind its gate, and nothin
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import anyio
 import pytest
 
-from aionamespace import AsyncNamespace, Server, SQLiteStore
+from aionamespace import AsyncNamespace, ConnectionLost, DataFileError, Server, SQLiteStore
 from aionamespace.server.durability import Durability
 from aionamespace.server.stores import MemoryStore
 from deadlines import async_wait_until
@@ -33,6 +34,9 @@ class GatedStore(SQLiteStore):
     def get(self, key: str, name: str) -> bytes:
         self.gets += 1
         return super().get(key, name)
+
+    def commit_inline(self) -> bool:
+        return False  # every commit waits for the test
 
     async def commit(self) -> None:
         await self.release.acquire()
@@ -130,3 +134,70 @@ def test_an_in_memory_store_never_holds() -> None:
     store.set("k", "x", b"\x01")
     assert durability.holding is False
     assert store.on_change is None
+
+
+class CountingStore(SQLiteStore):
+    """An SQLite store that counts the commits made at a batch's end and those awaited."""
+
+    def __init__(self, path: str, *, fail: bool = False) -> None:
+        super().__init__(path)
+        self.inline = self.awaited = 0
+        self.fail = fail
+
+    def commit_inline(self) -> bool:
+        if self.fail and self.dirty:
+            raise DataFileError("a commit failed (the test's)")
+        done = super().commit_inline()
+        self.inline += done
+        return done
+
+    async def commit(self) -> None:
+        self.awaited += 1
+        await super().commit()
+
+
+async def test_a_small_commit_is_made_at_the_end_of_its_batch(short_tmp: str) -> None:
+    """A commit without fsync of a few bytes is written by the batch that made it, before its
+    replies go, with no committer task woken to do it."""
+    path = os.path.join(short_tmp, "data.db")
+    store = CountingStore(path)
+    try:
+        async with Server(os.path.join(short_tmp, "s.sock"), store=store) as server:
+            ns = AsyncNamespace(server.address, "board")
+            for _ in range(20):
+                await ns._incr("n")
+                assert not store.dirty  # acknowledged: already in the file
+            assert store.inline >= 20
+            assert store.awaited == 0
+            await ns._close()
+    finally:
+        store.close()
+    reopened = SQLiteStore(path)
+    try:
+        assert reopened.get("board", "n") == b"\x14"  # 20
+    finally:
+        reopened.close()
+
+
+async def test_a_commit_failing_at_a_batch_end_stops_the_server_unacknowledged(
+    short_tmp: str,
+) -> None:
+    store = CountingStore(os.path.join(short_tmp, "data.db"), fail=True)
+    acknowledged = False
+    ns: AsyncNamespace | None = None
+    try:
+        with pytest.raises(BaseException) as stopped:  # noqa: PT011,PT012  (checked below)
+            async with Server(os.path.join(short_tmp, "s.sock"), store=store) as server:
+                ns = AsyncNamespace(server.address, "board")
+                await ns._ping()
+                with contextlib.suppress(ConnectionLost):  # (or this task is cancelled)
+                    await ns._incr("n")
+                    acknowledged = True
+                await anyio.sleep_forever()  # until the server's failure ends this
+        assert stopped.group_contains(DataFileError, match="the test's")
+    finally:
+        if ns is not None:
+            with anyio.CancelScope(shield=True):
+                await ns._close()
+        store.close()
+    assert not acknowledged

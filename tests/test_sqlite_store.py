@@ -10,16 +10,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from aionamespace import DataFileError, HistoryExpired, SQLiteStore
 from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.server.stores import materialised
+from aionamespace.server.stores import sqlite as sqlite_module
 from aionamespace.server.stores.datafile import FORMAT
 from test_codec import assert_same, values
 
@@ -275,3 +278,39 @@ def test_a_replaced_list_is_kept_while_the_history_replays_it(
     store.set("k", "x", b"\x02")  # 5: the history keeps 3-5, no append of the list
     store.commit_now()
     assert chunks(store) == 0
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_the_log_is_checkpointed_in_a_thread_and_reused(
+    path: str, opened: list[SQLiteStore], monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """SQLite's own checkpoints would run inside a commit, on the event loop, with an fsync:
+    the store runs them in a thread, once ``CHECKPOINT_PAGES`` were written to the log, which
+    is then written from its start again instead of growing."""
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_PAGES", 20)
+    store = SQLiteStore(path, fsync=fsync)
+    opened.append(store)
+    loop_thread = threading.get_ident()
+    checkpoints: list[int] = []
+    checkpoint = store._file.checkpoint
+
+    def counted() -> None:
+        checkpoints.append(threading.get_ident())
+        checkpoint()
+
+    monkeypatch.setattr(store._file, "checkpoint", counted)
+
+    async def write(n: int) -> None:
+        for i in range(n):
+            store.set("board", "x", encode_value(i))
+            if not store.commit_inline():
+                await store.commit()
+
+    anyio.run(write, 50)
+    wal = os.path.getsize(path + "-wal")
+    assert checkpoints
+    assert loop_thread not in checkpoints
+    anyio.run(write, 200)  # ten times as many pages again
+    assert len(checkpoints) >= 10
+    assert os.path.getsize(path + "-wal") <= wal  # reused, not grown
+    assert decode_value(reopen(store, opened).get("board", "x")) == 199

@@ -2,9 +2,9 @@
 
 One module per idea: ``parser`` (the arguments and their help), ``serve`` (running a server),
 ``client`` (get, set, del, dump and watch against a running server), ``info`` (what a server
-holds and serves). Every error is one line
-on stderr: exit status 2 for a wrong command line, 1 for a command that could not be carried
-out, 130 for Ctrl-C.
+holds and serves), ``data`` (backup, dump --data) and ``copy`` (a board into another). Every
+error is one line on stderr: exit status 2 for a wrong command line, 1 for a command that
+could not be carried out, 130 for Ctrl-C.
 """
 
 from __future__ import annotations

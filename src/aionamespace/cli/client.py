@@ -1,4 +1,4 @@
-"""The client commands: get, set, del, dump, watch and info, against a running server."""
+"""The client commands: get, set, del, dump, watch, info, backup and copy."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..client import calls
 from ..client.proxy import Target
 from ..client.sync import Namespace
 from ..protocol.addresses import Address, format_address, parse_address
+from .copy import copy_board
 from .data import backup, dump_data_file
 from .info import run_info
 from .parser import AUTHKEY_ENV, CommandFailed, UsageError
@@ -35,6 +36,8 @@ def run_client_command(args: argparse.Namespace) -> int:
         # Ctrl-C stops us whatever we inherited: a shell starts a background job (``&``)
         # with SIGINT ignored, and its children inherit that.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.command == "copy":
+        return _copy(args)
     if args.command == "dump":
         positional = args.address_and_namespace
         if args.data is not None:
@@ -44,10 +47,7 @@ def run_client_command(args: argparse.Namespace) -> int:
         if not 1 <= len(positional) <= 2:
             raise UsageError("dump wants ADDRESS [NAMESPACE], or --data FILE [NAMESPACE]")
         args.address, args.namespace = positional[0], (positional[1:] or [None])[0]
-    try:
-        address = parse_address(args.address)
-    except ValueError as exc:
-        raise UsageError(f"{exc} (an address is a Unix socket path or HOST:PORT)") from None
+    address = _address(args.address)
     value = literal(args.value) if args.command == "set" else None  # before connecting
     authkey = _client_authkey()
     if args.command == "dump":
@@ -68,6 +68,34 @@ def run_client_command(args: argparse.Namespace) -> int:
     else:
         _watch(ns, args.namespace, args.names, args.since)
     return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    endpoints = list(args.endpoints)
+    wanted = (args.from_data is None) + (args.to_data is None)
+    if len(endpoints) != wanted:
+        raise UsageError(
+            "copy wants a source and a destination: each an address, or a data file "
+            "(--from-data FILE, --to-data FILE)"
+        )
+    addresses = [_address(text) for text in endpoints]
+    source = addresses.pop(0) if args.from_data is None else None
+    destination = addresses.pop(0) if args.to_data is None else None
+    if args.overwrite and destination is None:
+        raise UsageError("--overwrite is for a destination server: --to-data makes a new file")
+    namespaces, names = copy_board(
+        source, args.from_data, destination, args.to_data, _client_authkey(), args.overwrite
+    )
+    into = args.to_data if destination is None else format_address(destination)
+    print(f"copied {namespaces} namespace(s), {names} name(s), into {into}")
+    return 0
+
+
+def _address(text: str) -> Address:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (an address is a Unix socket path or HOST:PORT)") from None
 
 
 def literal(text: str) -> Any:

@@ -1,4 +1,5 @@
-"""Data files from the command line: ``backup`` a live board into one, ``dump --data`` one.
+"""Data files from the command line: ``backup`` a live board into one, ``dump --data`` one;
+reading and writing them for ``copy`` (copy.py).
 
 ``backup`` asks the server for a consistent copy of the whole board (the ``export`` op: every
 namespace as it was at one instant) and writes it, value for value as the server holds them,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 
 from .._errors import DataFileError
 from ..client import calls
@@ -22,7 +24,7 @@ from ..protocol.addresses import Address
 from ..server.stores import SQLiteStore
 from .parser import CommandFailed
 
-__all__ = ["backup", "dump_data_file", "read_data_file"]
+__all__ = ["backup", "dump_data_file", "read_data_file", "server_board", "write_data_file"]
 
 
 def backup(address: Address, authkey: bytes | None, path: str) -> tuple[int, int]:
@@ -30,18 +32,39 @@ def backup(address: Address, authkey: bytes | None, path: str) -> tuple[int, int
     if os.path.lexists(path):
         raise CommandFailed(f"{path} exists: a backup is written to a new file")
     server = Namespace._from_target(Target.create(address, None, authkey=authkey))
+    try:
+        return write_data_file(path, server_board(server))
+    finally:
+        server._close()
+
+
+def server_board(server: Namespace) -> Iterator[tuple[str, int, dict[str, bytes]]]:
+    """Every namespace of a running server's board as it is at one instant (``export``):
+    (key, revision, {name: encoded value})."""
+    _, keys = server._run(calls.export())
+    for key in keys:
+        revision, values = server._run(calls.export_read(key))
+        yield key, revision, values
+
+
+def write_data_file(
+    path: str, board: Iterable[tuple[str, int, dict[str, bytes]]]
+) -> tuple[int, int]:
+    """Write ``board``'s namespaces into a new data file at ``path``: (namespaces, names).
+    Written beside it and renamed into place once complete; nothing is left otherwise."""
+    if os.path.lexists(path):
+        raise CommandFailed(f"{path} exists: a board is copied into a new data file")
     directory = os.path.dirname(os.path.abspath(path))
     handle, partial = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=directory)
     os.close(handle)
     os.unlink(partial)  # SQLiteStore makes it, 0600
-    names = 0
+    namespaces = names = 0
     try:
         store = SQLiteStore(partial)
         try:
-            _, keys = server._run(calls.export())
-            for key in keys:
-                revision, values = server._run(calls.export_read(key))
+            for key, revision, values in board:
                 store.restore(key, revision, values)
+                namespaces += 1
                 names += len(values)
             store.commit_now()
         finally:
@@ -52,9 +75,7 @@ def backup(address: Address, authkey: bytes | None, path: str) -> tuple[int, int
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
         raise
-    finally:
-        server._close()
-    return len(keys), names
+    return namespaces, names
 
 
 def dump_data_file(path: str, namespace: str | None) -> int:
@@ -73,8 +94,9 @@ def dump_data_file(path: str, namespace: str | None) -> int:
     return 0
 
 
-def read_data_file(path: str) -> SQLiteStore:
-    """The store a data file holds, opened without a server (close it when done)."""
+def read_data_file(path: str, instead: str = "dump ADDRESS") -> SQLiteStore:
+    """The store a data file holds, opened without a server (close it when done). If a
+    server has it open, the error says to ask that server (``instead``) or back it up."""
     if not os.path.exists(path):
         raise DataFileError(f"there is no data file at {path}")
     try:
@@ -82,7 +104,7 @@ def read_data_file(path: str) -> SQLiteStore:
     except DataFileError as exc:
         if "in use" in str(exc):
             raise DataFileError(
-                f"{exc}: dump --data reads a file no server has open; ask the server "
-                "instead (dump ADDRESS), or back it up (backup ADDRESS FILE)"
+                f"{exc}: a data file is read here only while no server has it open; ask the "
+                f"server instead ({instead}), or back it up (backup ADDRESS FILE)"
             ) from None
         raise

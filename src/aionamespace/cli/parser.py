@@ -200,6 +200,32 @@ def _client_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
         "started with --data FILE serves the copy.",
     )
     backup_cmd.add_argument("file", help="the data file to write")
+    copy_cmd = command(
+        "copy",
+        "copy every namespace of one board into another",
+        "Copy every namespace of a board, as it is at one instant, into another: from a\n"
+        "running server or a data file no server has open (--from-data FILE), into a running\n"
+        "server (whatever store it keeps its board in) or a new data file (--to-data FILE).\n"
+        "For example, from a file to a server over Redis:\n\n"
+        "  aionamespace copy --from-data board.db /run/aionamespace.sock\n\n"
+        "A namespace the destination server already holds is refused unless --overwrite.",
+        address=None,
+    )
+    copy_cmd.add_argument(
+        "endpoints",
+        nargs="*",
+        metavar="SOURCE DESTINATION",
+        help=f"the source's and the destination's address ({ADDRESS_HELP}), unless given as "
+        "data files",
+    )
+    copy_cmd.add_argument("--from-data", metavar="FILE", help="copy from this data file")
+    copy_cmd.add_argument("--to-data", metavar="FILE", help="copy into this new data file")
+    copy_cmd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into namespaces the destination server already holds (the source's "
+        "names replace its own; names only it has are kept)",
+    )
     watch_cmd = command(
         "watch",
         "print changes as they happen",

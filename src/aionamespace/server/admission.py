@@ -137,15 +137,21 @@ class Connections:
         us stays bounded: the budget, and one reply made as it is sent."""
         pending = connection.pending
         budget = self.budget
-        while pending and not connection.closed:
-            if connection.backlog() > budget:
-                return False
-            answers, applied = self.dispatcher.respond_some(connection, pending, budget)
-            del pending[:applied]
-            if len(answers) == 1:
-                connection.write(answers[0])
-            else:
-                connection.write_all(answers)
+        durability = self.durability
+        durability.batching = True  # what it changes is committed at its end, if it can be
+        try:
+            while pending and not connection.closed:
+                if connection.backlog() > budget:
+                    return False
+                answers, applied = self.dispatcher.respond_some(connection, pending, budget)
+                del pending[:applied]
+                durability.settle()  # (a small commit: done now, and the answers go at once)
+                if len(answers) == 1:
+                    connection.write(answers[0])
+                else:
+                    connection.write_all(answers)
+        finally:
+            durability.batch_ended()
         protocol = connection.protocol
         if protocol.refused:
             pending.clear()
@@ -185,6 +191,8 @@ class Connections:
         if self.open:
             with anyio.move_on_after(FAREWELL_SECONDS):
                 await self._all_closed.wait()
+        for connection in list(self.open):  # its farewell did not go in time, or waits behind
+            connection.abort()  # a commit that failed: the socket is closed all the same
 
     def _deadline(self, connection: Connection) -> None:
         if self.handshaking.pop(connection, None) is not None:

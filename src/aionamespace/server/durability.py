@@ -9,11 +9,18 @@ take back.
 ``Durability`` does it with *gates*. The store tells it of the first change after a commit
 (``Store.on_change``); from then on (``holding``), whatever a connection is given to send goes
 into its outbox behind the ``gate`` of the next commit (or of the running one, for output made
-while it runs with no change since), which a single committer task (``run``) opens once that
-commit is done. Meanwhile the server goes on reading and applying: the changes
-of every batch applied while a commit runs go to the next one, so commits group themselves, one
-transaction for as many batches as arrived during the last. When a commit ends and nothing
-changed meanwhile, ``holding`` ends and output goes straight out again.
+while it runs with no change since), which is opened once that commit is done.
+
+Who commits: at the end of the batch that made a change, before its replies are written
+(``settle``), the store commits it at once on the loop's thread if it can do so cheaply
+(``Store.commit_inline``: a small commit without fsync, which costs less than waking a task to
+do it), and the replies go out with no gate to wait at; otherwise, and for changes made outside
+a batch (a timer freeing a namespace), a single committer task (``run``) does it, off the loop
+if the store says so. While that commit runs the server goes on reading and applying: the
+changes of every batch applied meanwhile go to the next commit, so commits group themselves,
+one transaction for as many batches as arrived during the last (group commit, what ``--fsync``
+relies on). When a commit ends and nothing changed meanwhile, ``holding`` ends and
+output goes straight out again.
 
 An in-memory store is not durable: ``holding`` never becomes true, and what a connection sends
 pays one attribute check for all this.
@@ -60,6 +67,9 @@ class Durability:
         self._changed: anyio.Event | None = None
         self._dirty = False  # a change not yet handed to a commit
         self._committing: Gate | None = None  # the gate of the commit running
+        self._failure: Exception | None = None  # of a commit at a batch's end, for ``run``
+        #: A batch is being applied: its changes are committed at its end (``batch_ended``).
+        self.batching = False
         if store.durable:
             store.on_change = self._on_change
 
@@ -67,7 +77,30 @@ class Durability:
         self.holding = self._dirty = True
         if self.gate is self._committing:  # the running commit does not hold this change
             self.gate = Gate()
-        if self._changed is not None:
+        if self._changed is not None and not self.batching:
+            self._changed.set()
+
+    def settle(self) -> None:
+        """During a batch, before its replies are written: commit what it changed so far now,
+        if no commit is running and the store can do it on this thread (then the replies go
+        straight out, with no gate to wait at)."""
+        if not self._dirty or self._committing is not None:
+            return
+        gate = self.gate
+        try:
+            done = self.store.commit_inline()
+        except Exception as exc:  # the committer raises it: the server stops (see run)
+            self._failure = exc
+            return
+        if done:
+            self._dirty = False
+            self._opened(gate)
+
+    def batch_ended(self) -> None:
+        """A batch of requests was applied: what it changed and ``settle`` could not commit
+        goes to the committer task."""
+        self.batching = False
+        if self._dirty and self._changed is not None:
             self._changed.set()
 
     async def run(self) -> None:
@@ -78,6 +111,8 @@ class Durability:
             self._changed = changed = anyio.Event()
             if not self._dirty:
                 await changed.wait()
+            if self._failure is not None:
+                raise self._failure
             await self.commit()
 
     async def flush(self) -> None:
@@ -95,6 +130,10 @@ class Durability:
             await self.store.commit()
         finally:
             self._committing = None
+        self._opened(gate)
+
+    def _opened(self, gate: Gate) -> None:
+        """``gate``'s commit is done: let out what waited for it."""
         gate.open = True
         if self.gate is gate:
             self.gate = Gate()

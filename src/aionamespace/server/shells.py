@@ -182,6 +182,12 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         if transport is not None:
             self.connections.call_later(FAREWELL_SECONDS, transport.abort)
 
+    def abort(self) -> None:
+        """Close the socket now, whatever waits to be sent (the server has stopped)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.closed:
             self._reading_paused = True
@@ -265,6 +271,9 @@ class StreamConnection:
 
     def drop(self) -> None:
         self.close()  # run() gives the farewell a bounded time, then cancels the send
+
+    def abort(self) -> None:
+        self.close()  # (the same: run() never waits long for the send)
 
     async def run(self, stream: anyio.abc.ByteStream) -> None:
         try:

@@ -38,7 +38,8 @@ between them, so each method is atomic and an in-memory store never waits.
 **Durability.** A store whose changes must be written somewhere before they count (``durable``:
 the SQLite store) holds each change until ``await commit()`` has written it, together with
 every other change made since the last commit: one transaction per commit, however many
-batches it gathers. It calls ``on_change`` before the first change after a commit, so that the
+batches it gathers (or ``commit_inline()``, the same on the caller's thread when that is cheap).
+It calls ``on_change`` before the first change after a commit, so that the
 server can hold back what it sends from then on (replies, pushes) until the commit that holds
 the change is done (server/durability.py). The in-memory store is not durable: the server never
 waits for it.
@@ -136,4 +137,7 @@ class Store(Protocol):
     def drop(self, key: str) -> None: ...  # forget a namespace (the server frees anonymous ones)
     def usage(self) -> StoreUsage: ...  # what it holds, counted when asked (``info``)
     async def commit(self) -> None: ...  # write every change made since the last commit
+    #: ``commit`` now, on this thread, if the store can do it cheaply (a small commit without
+    #: fsync); False: not done, ``await commit()`` must (the server calls it after each batch).
+    def commit_inline(self) -> bool: ...
     def close(self) -> None: ...  # release what the store holds (files); it is not used again

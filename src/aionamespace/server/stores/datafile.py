@@ -124,6 +124,9 @@ class DataFile:
         if mode != "wal":
             raise DataFileError(f"{self.path}: SQLite cannot use a write-ahead log here ({mode})")
         self.db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        # Checkpoints (copying the log into the file, with an fsync) are the store's to run,
+        # in a thread (sqlite.py), not SQLite's, inside a commit on the event loop.
+        self.db.execute("PRAGMA wal_autocheckpoint = 0")
 
     def rows(self, sql: str) -> Iterable[tuple[Any, ...]]:
         """Rows of a query, with SQLite's errors told as a damaged file."""
@@ -135,6 +138,16 @@ class DataFile:
     def write(self, statements: list[Statement]) -> None:
         """Run ``statements`` as one transaction: all of them are written, or none."""
         db = self.db
+        if len(statements) == 1:  # one statement is a transaction of its own (autocommit)
+            sql, parameters = statements[0]
+            if type(parameters) is list and len(parameters) == 1:
+                parameters = parameters[0]
+            if type(parameters) is not list:
+                try:
+                    db.execute(sql, parameters)
+                except sqlite3.Error as exc:
+                    raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
+                return
         try:
             with _transaction(db):
                 db.execute("BEGIN IMMEDIATE")
@@ -145,6 +158,14 @@ class DataFile:
                         db.execute(sql, parameters)
         except sqlite3.Error as exc:
             raise DataFileError(f"a commit to {self.path} failed: {exc}") from exc
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the file, so that the next commits write the log from
+        its start again (it is not shrunk: rewriting its pages is cheaper than growing it)."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise DataFileError(f"a checkpoint of {self.path} failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the database and release the lock (again: nothing)."""
@@ -185,6 +206,11 @@ def _connect(path: str) -> sqlite3.Connection:
     try:
         # Autocommit (isolation_level=None): transactions are begun and ended here, one per
         # commit; the connection is used from the committing thread, one at a time.
-        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Only this server opens the file (``_open_locked``), so SQLite need not lock it at
+        # every transaction; set before the first read, so that the write-ahead log's index
+        # is kept in this process's memory, with no -shm file and no lock calls per commit.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        return db
     except sqlite3.Error as exc:
         raise DataFileError(f"cannot open the data file {path}: {exc}") from exc

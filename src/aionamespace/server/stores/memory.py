@@ -201,6 +201,10 @@ class MemoryStore:
     async def commit(self) -> None:
         """Nothing to write: what is in memory is all there is."""
 
+    def commit_inline(self) -> bool:
+        """Nothing to write, done at once."""
+        return True
+
     def close(self) -> None:
         """Nothing to release."""
 

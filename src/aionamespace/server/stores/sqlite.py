@@ -34,7 +34,7 @@ from .lists import ListVersion, StoredList
 from .memory import MemoryStore, _Namespace
 from .sqlite_load import load
 
-__all__ = ["FOLD_BYTES", "FOLD_REVISIONS", "SQLiteStore"]
+__all__ = ["CHECKPOINT_PAGES", "FOLD_BYTES", "FOLD_REVISIONS", "SQLiteStore"]
 
 # A journal entry's changes when its namespace was created (without a change), or dropped.
 _CREATED: Changes = {}
@@ -42,6 +42,11 @@ _DROPPED: Changes = {}
 _NO_HISTORY = -1  # a journal entry's size when it makes no history row (``restore``)
 #: A commit without fsync of at most this many bytes of values runs on the event loop.
 INLINE_COMMIT_BYTES = 64 * 1024
+#: Checkpoint the data file's write-ahead log (``DataFile.checkpoint``, in a thread) once about
+#: this many pages were written to it since the last: SQLite's own default, estimated as a page
+#: per commit and one per ``PAGE_BYTES`` of values.
+CHECKPOINT_PAGES = 1000
+PAGE_BYTES = 4096
 #: Fold a namespace's attributes once its file history holds this many revisions, or bytes of
 #: them, older than what its history keeps (the module's docstring).
 FOLD_REVISIONS = 1024
@@ -106,6 +111,7 @@ class SQLiteStore(MemoryStore):
                     self._written[key, name] = (value.since, value.size)
         self._listed = set(self._namespaces)  # the namespaces the file has a row of
         self.fold_revisions, self.fold_bytes = FOLD_REVISIONS, FOLD_BYTES
+        self._logged = 0  # pages written to the log since the last checkpoint (estimated)
 
     def _journaled(self, key: str, revision: int, changes: Changes, size: int) -> None:
         if not self._journal and self.on_change is not None:
@@ -142,23 +148,42 @@ class SQLiteStore(MemoryStore):
         return bool(self._journal)
 
     async def commit(self) -> None:
-        """Write every change made so far, in one transaction: off the event loop, unless it
-        is a small one without fsync (a few pages written to the log, which cost less than
-        handing them to a thread and back: benchmarks/durable.py)."""
-        volume = sum(size for _, _, _, size in self._journal)
-        statements = self._statements()
-        if not statements:
-            return
-        if not self.fsync and volume <= INLINE_COMMIT_BYTES:
-            self._file.write(statements)
-        else:
-            await anyio.to_thread.run_sync(self._file.write, statements)
+        """Write every change made so far, in one transaction: off the event loop, unless
+        ``commit_inline`` can do it on the loop; first, when one is due, a checkpoint."""
+        if self._logged >= CHECKPOINT_PAGES:
+            await anyio.to_thread.run_sync(self._file.checkpoint)
+            self._logged = 0
+        if not self.commit_inline():
+            volume = self._volume()
+            statements = self._statements()
+            if statements:
+                await anyio.to_thread.run_sync(self._file.write, statements)
+                self._logged += 1 + volume // PAGE_BYTES
+
+    def commit_inline(self) -> bool:
+        """Commit now, on this thread, if it is a small commit without fsync: a few pages
+        written to the log, which cost less than handing them to a thread and back
+        (benchmarks/durable.py). False: not done, ``commit`` does it (and any checkpoint due)."""
+        if self.fsync or self._logged >= CHECKPOINT_PAGES:
+            return False
+        volume = self._volume()
+        if volume > INLINE_COMMIT_BYTES:
+            return False
+        self._write_now(volume)
+        return True
 
     def commit_now(self) -> None:
         """``commit`` on this thread (for a store used without a server, and tests)."""
+        self._write_now(self._volume())
+
+    def _volume(self) -> int:
+        return sum(size for _, _, _, size in self._journal)
+
+    def _write_now(self, volume: int) -> None:
         statements = self._statements()
         if statements:
             self._file.write(statements)
+            self._logged += 1 + volume // PAGE_BYTES
 
     def close(self) -> None:
         self._file.close()
@@ -196,10 +221,16 @@ class SQLiteStore(MemoryStore):
                 continue
             if changes is _CREATED:
                 continue
-            for name, value in changes.items():
-                if isinstance(value, ListVersion):
-                    chunks.setdefault((key, name), {})[value.stored] = None
-            revisions.append((key, revision, size, _pack_changes(changes)))
+            if ListVersion in set(map(type, changes.values())):  # (no loop in Python)
+                for name, value in changes.items():
+                    if isinstance(value, ListVersion):
+                        chunks.setdefault((key, name), {})[value.stored] = None
+                packed = _pack_changes(changes)
+            else:  # bytes and deletions only: packed as they are
+                packed = msgpack.packb(
+                    changes if type(changes) is dict else dict(changes), use_bin_type=True
+                )
+            revisions.append((key, revision, size, packed))
             self._in_file.setdefault(key, collections.deque()).append(
                 (revision, tuple(changes), size)
             )
