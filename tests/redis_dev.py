@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["cluster", "private_standalone", "standalone", "unique_prefix"]
+__all__ = ["available", "cluster", "private_standalone", "standalone", "unique_prefix"]
 
 _BINARY = shutil.which("redis-server")
 _STARTED: list[Any] = []
@@ -27,8 +27,15 @@ _EPHEMERAL = ("--save", "", "--appendonly", "no")  # nothing written to disk
 _SHARED: dict[str, Any] = {}
 
 
+def available() -> bool:
+    """Whether the Redis tests can run here (or must: $AIONAMESPACE_REQUIRE_REDIS=1)."""
+    return _BINARY is not None or os.environ.get("AIONAMESPACE_REQUIRE_REDIS") == "1"
+
+
 def _binary() -> str:
     if _BINARY is None:
+        if os.environ.get("AIONAMESPACE_REQUIRE_REDIS") == "1":
+            pytest.fail("no redis-server on PATH, and $AIONAMESPACE_REQUIRE_REDIS=1")
         pytest.skip("no redis-server on PATH: install one (apt-get install redis-server)")
     return _BINARY
 
