@@ -399,11 +399,12 @@ def test_calls_after_a_conditional_write_wait_for_it(target: str) -> None:
             # the cas reads, then writes; the incr reads with its write, then writes
             assert sum(b - a - 1 for a, b in zip(before, after, strict=True)) == 3
             before = reads(nodes)
-            assert await store.apply([("incr", ("k", "n", ONE))]) == [TWO]  # guessed: written
+            results = await store.apply([("incr", ("k", "n", ONE))] * 5)  # guessed, chained
             after = reads(nodes)
+            assert results == [encode_value(n) for n in range(2, 7)]
             assert sum(b - a - 1 for a, b in zip(before, after, strict=True)) == 1
             ((revision, values),) = await store.apply([("snapshot", ("k", None))])
-            assert (revision, values) == (4, {"x": TWO, "n": TWO})
+            assert (revision, values) == (8, {"x": TWO, "n": encode_value(6)})
         finally:
             await client.aclose()
 

@@ -54,7 +54,7 @@ from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
-from .redis_calls import Call, Guesses, full, prepare
+from .redis_calls import Ahead, Call, Guesses, full, prepare
 from .redis_client import Guard, describe, on_asyncio, redis_py, unavailable
 from .redis_history import replay
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
@@ -292,10 +292,12 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             if first_round:
                 pipe.get(self._epoch_key)  # (lost data: a new board, a new epoch)
+            ahead: Ahead = {}
             for queue in queues.values():
                 blocking = False  # a conditional write came first: the rest waits for it
                 for at, call in enumerate(queue):
                     sending.append(call)
+                    call.foresee(ahead)
                     op, args = call.request()
                     may_create = call.key not in refused
                     blocks = call.again and at + 1 < len(queue)

@@ -22,16 +22,21 @@ from .base import Changes
 from .redis_history import UnfetchedList
 from .typed import incremented, list_refused, step_of
 
-__all__ = ["Call", "Guesses", "full", "prepare"]
+__all__ = ["Ahead", "Call", "Guesses", "full", "prepare"]
 
 #: The last value this server saw of (key, name), None for missing: an incr's first guess.
 Guesses = dict[tuple[str, str], "bytes | None"]
+#: What (key, name) will hold once the calls before, in a round, have run (None: missing).
+Ahead = dict[tuple[str, str], "bytes | None"]
 MAX_GUESSES = 10_000
 
 
 class Call:
     """One call of a batch. ``request()`` is the next script call (op, args); ``answer()`` takes
-    its reply; ``done`` once ``result`` (a value or an exception) is final."""
+    its reply; ``done`` once ``result`` (a value or an exception) is final. ``foresee()`` is
+    told, before ``request()``, what the calls before it in the round leave in the names they
+    write (if they write: the calls after a conditional write that fails do not run): it
+    updates that with what it leaves itself, so that an incr after it guesses right."""
 
     __slots__ = ("changes", "done", "key", "result", "revision", "want_list")
 
@@ -52,6 +57,9 @@ class Call:
     def answer(self, reply: list[Any]) -> None:
         """Take the script's reply; an exception raised here is the call's result."""
         raise NotImplementedError
+
+    def foresee(self, ahead: Ahead) -> None:
+        """(A read leaves every name as it was.)"""
 
     def finish(self, result: Any, revision: int = 0, changes: Changes | None = None) -> None:
         self.done, self.result = True, result
@@ -98,6 +106,9 @@ class Set(_Named):
     def request(self) -> tuple[str, Sequence[Any]]:
         return "set", (self.name, self.value)
 
+    def foresee(self, ahead: Ahead) -> None:
+        ahead[self.key, self.name] = self.value
+
     def answer(self, reply: list[Any]) -> None:
         self.finish(reply[1], reply[1], {self.name: self.value})
 
@@ -107,6 +118,9 @@ class Delete(_Named):
 
     def request(self) -> tuple[str, Sequence[Any]]:
         return "del", (self.name,)
+
+    def foresee(self, ahead: Ahead) -> None:
+        ahead[self.key, self.name] = None
 
     def answer(self, reply: list[Any]) -> None:
         if reply[0] == b"missing":
@@ -132,6 +146,9 @@ class SetDefault(Set):
     def request(self) -> tuple[str, Sequence[Any]]:
         return "setdefault", (self.name, self.value)
 
+    def foresee(self, ahead: Ahead) -> None:
+        ahead.pop((self.key, self.name), None)
+
     def answer(self, reply: list[Any]) -> None:
         if reply[0] == b"set":
             self.finish(self.value, reply[1], {self.name: self.value})
@@ -150,6 +167,10 @@ class Update(Call):
     def request(self) -> tuple[str, Sequence[Any]]:
         return "update", [item for pair in self.values.items() for item in pair]
 
+    def foresee(self, ahead: Ahead) -> None:
+        for name, value in self.values.items():
+            ahead[self.key, name] = value
+
     def answer(self, reply: list[Any]) -> None:
         if self.values:
             self.finish(reply[1], reply[1], self.values)
@@ -162,6 +183,10 @@ class Open(Update):
 
     def request(self) -> tuple[str, Sequence[Any]]:
         return "open", [item for pair in self.values.items() for item in pair]
+
+    def foresee(self, ahead: Ahead) -> None:
+        for name in self.values:
+            ahead.pop((self.key, name), None)
 
     def answer(self, reply: list[Any]) -> None:
         names = [name.decode() for name in reply[2]]
@@ -198,6 +223,9 @@ class Append(_Named):
     def request(self) -> tuple[str, Sequence[Any]]:
         return "append", (self.name, len(self.items), b"".join(self.items))
 
+    def foresee(self, ahead: Ahead) -> None:
+        ahead.pop((self.key, self.name), None)
+
     def answer(self, reply: list[Any]) -> None:
         status = reply[0]
         if status == b"notlist":
@@ -223,10 +251,22 @@ class Incr(_Named):
         self.new = b""
         guess = guesses.get((key, name), b"")
         if guess != b"":  # a value seen, or None: seen missing
-            try:
-                self._expect(guess)
-            except (TypeError, OverflowError):  # a stale guess must not decide the answer
-                self.expected = ("u", b"")
+            self._guess(guess)
+
+    def _guess(self, value: bytes | None) -> None:
+        try:
+            self._expect(value)
+        except (TypeError, OverflowError):  # a guess must not decide the answer: read first
+            self.expected = ("u", b"")
+
+    def foresee(self, ahead: Ahead) -> None:
+        item = (self.key, self.name)
+        if item in ahead:  # what the calls before it in the round leave
+            self._guess(ahead[item])
+        if self.expected[0] == "u":
+            ahead.pop(item, None)
+        else:
+            ahead[item] = self.new
 
     def _expect(self, current: bytes | None) -> None:
         self.new = incremented(self.name, current, self.step)
@@ -271,6 +311,9 @@ class Cas(_Named):
     def request(self) -> tuple[str, Sequence[Any]]:
         kind, compared = self.compared
         return "cond", (self.name, kind, compared, self.new, "1")
+
+    def foresee(self, ahead: Ahead) -> None:
+        ahead[self.key, self.name] = self.new
 
     def answer(self, reply: list[Any]) -> None:
         status = reply[0]
