@@ -133,9 +133,7 @@ def test_read_modify_writes_from_several_stores_are_exact(target: str) -> None:
                     while True:  # an increment made of a read and a cas
                         (current,) = await store.apply([("get", ("c", "cas"))])
                         if isinstance(current, AttributeError):
-                            (ok,) = await store.apply(
-                                [("setdefault", ("c", "cas", encode_value(0)))]
-                            )
+                            await store.apply([("setdefault", ("c", "cas", encode_value(0)))])
                             continue
                         new = encode_value(decode_value(current) + 1)
                         (ok,) = await store.apply([("cas", ("c", "cas", current, new))])
