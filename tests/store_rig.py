@@ -223,7 +223,8 @@ def redis_client(cluster: bool = False) -> Any:
     """This process's client (made on the portal) of its Redis server, or of its cluster."""
     name = "cluster" if cluster else "standalone"
     if name not in _PORTAL:
-        _PORTAL[name] = portal().call(new_redis_client, cluster)
+        client = _PORTAL[name] = portal().call(new_redis_client, cluster)
+        atexit.register(lambda: portal().call(client.aclose))  # (before the portal stops)
     return _PORTAL[name]
 
 
