@@ -34,6 +34,11 @@ board and epoch (or takes the one another server made first) and calls ``on_epoc
 telling the batch's commits. Not detected yet: a failover to a replica that lags (revisions
 going back, the replication id changing) while the epoch key survives.
 
+**Redis's configuration.** A namespace is several keys, none with a TTL: an eviction policy
+that may evict any key (``allkeys-*``) could take one of them and leave the namespace torn, so
+the board's Redis needs ``maxmemory-policy noeviction`` (the default) or a ``volatile-*`` one.
+Not checked here (managed services often refuse CONFIG).
+
 **Failures.** Every redis-py error (and a call that outlives ``timeout``) becomes
 ``StoreUnavailable`` naming the store, the original as ``__cause__``. redis-py must not retry
 on its own: a retried script could run twice, so a client given with retries is refused.
