@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+import redis_rig
 from aionamespace import Manager, ServerThread
 from aionamespace.protocol.connection import Address
 from server_processes import ServeProcess
@@ -105,3 +106,36 @@ def manager() -> Iterator[Manager]:
 def tcp_manager() -> Iterator[Manager]:
     with Manager(("127.0.0.1", 0)) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def redis_standalone() -> redis_rig.RedisServer:
+    """The session's redis-server on a Unix socket (redis_rig.py; skipped without one)."""
+    return redis_rig.standalone()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> redis_rig.RedisCluster:
+    """The session's 3-master Redis Cluster on loopback (redis_rig.py; skipped without one)."""
+    return redis_rig.cluster()
+
+
+@pytest.fixture
+def redis_private() -> Iterator[redis_rig.RedisServer]:
+    """A redis-server of the test's own, to stop, kill and start again; removed after it."""
+    server = redis_rig.private_standalone()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of the test's own: tests sharing one Redis never see each other's keys."""
+    return redis_rig.unique_prefix()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the Redis servers the session started (atexit would too, later)."""
+    redis_rig.stop_all()
