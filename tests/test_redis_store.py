@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-import redis_dev
+import redis_rig
 from aionamespace import DataFileError, LimitExceeded, Limits, StoreUnavailable
 from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.server.stores import MemoryStore
@@ -49,8 +49,8 @@ def node_clients(target: str, server: Any = None) -> list[Any]:
     import redis
 
     if target == "cluster":
-        return [redis.Redis(host=host, port=port) for host, port in redis_dev.cluster().nodes]
-    return [(server or redis_dev.standalone()).client()]
+        return [redis.Redis(host=host, port=port) for host, port in redis_rig.cluster().nodes]
+    return [(server or redis_rig.standalone()).client()]
 
 
 def reads(clients: list[Any]) -> list[int]:
@@ -61,13 +61,13 @@ def reads(clients: list[Any]) -> list[int]:
 def test_a_batch_is_one_pipeline(target: str) -> None:
     """A batch of many calls on many namespaces costs each node one round trip (once the
     namespaces are registered: their first batch registers them first)."""
-    server = redis_dev.private_standalone() if target == "standalone" else None
+    server = redis_rig.private_standalone() if target == "standalone" else None
     nodes = node_clients(target, server)
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster", server)
         try:
-            store = await started(client, redis_dev.unique_prefix())
+            store = await started(client, redis_rig.unique_prefix())
             keys = [f"k{i}" for i in range(10)]
             await store.apply([("set", (key, "x", ONE)) for key in keys])
             batch = []
@@ -105,13 +105,13 @@ def test_a_batch_is_one_pipeline(target: str) -> None:
         for node in nodes:
             node.close()
         if server is not None:
-            server.stop()
+            server.remove()
 
 
 def test_read_modify_writes_from_several_stores_are_exact(target: str) -> None:
     """Three stores (three servers, each its own connections) over one Redis, four tasks on
     each: every incr (small ints, huge ints, floats), append and cas counts, once."""
-    prefix = redis_dev.unique_prefix()
+    prefix = redis_rig.unique_prefix()
     rounds = 25
 
     async def main() -> None:
@@ -167,7 +167,7 @@ def test_read_modify_writes_from_several_stores_are_exact(target: str) -> None:
 
 
 def test_a_board_of_another_layout_is_refused(target: str) -> None:
-    prefix = redis_dev.unique_prefix()
+    prefix = redis_rig.unique_prefix()
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
@@ -183,7 +183,7 @@ def test_a_board_of_another_layout_is_refused(target: str) -> None:
 
 def test_the_epoch_is_the_boards(target: str) -> None:
     """Kept by every store of the board; a new one once the board is gone (flushed)."""
-    prefix = redis_dev.unique_prefix()
+    prefix = redis_rig.unique_prefix()
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
@@ -193,7 +193,7 @@ def test_the_epoch_is_the_boards(target: str) -> None:
             second = await started(client, prefix)
             assert second.epoch == first.epoch
             assert len(first.epoch) == 16
-            assert (await started(client, redis_dev.unique_prefix())).epoch != first.epoch
+            assert (await started(client, redis_rig.unique_prefix())).epoch != first.epoch
             for node in node_clients(target):  # the board flushed: a new board, a new epoch
                 for name in node.scan_iter(match=prefix + "*"):
                     node.delete(name)
@@ -208,7 +208,7 @@ def test_the_epoch_is_the_boards(target: str) -> None:
 
 
 def test_a_flushed_redis_makes_a_new_epoch() -> None:
-    server = redis_dev.private_standalone()
+    server = redis_rig.private_standalone()
 
     async def main() -> None:
         client = await new_redis_client(False, server)
@@ -222,14 +222,14 @@ def test_a_flushed_redis_makes_a_new_epoch() -> None:
     try:
         run(main)
     finally:
-        server.stop()
+        server.remove()
 
 
 def test_a_frozen_redis_fails_calls_promptly_then_recovers() -> None:
     """SIGSTOP: every call fails within the store's timeout, as StoreUnavailable naming the
     store; SIGCONT: the same store works again. Stopped and restarted (empty, without the
     script): the same."""
-    server = redis_dev.private_standalone()
+    server = redis_rig.private_standalone()
 
     async def main() -> None:
         client = await new_redis_client(False, server, socket_timeout=None)
@@ -267,20 +267,20 @@ def test_a_frozen_redis_fails_calls_promptly_then_recovers() -> None:
     try:
         run(main)
     finally:
-        server.stop()
+        server.remove()
 
 
 def test_a_frozen_cluster_node_fails_calls_promptly_then_recovers() -> None:
-    nodes = redis_dev.cluster()
+    nodes = redis_rig.cluster()
 
     async def main() -> None:
         client = await new_redis_client(True, socket_timeout=None)
         try:
-            store = await started(client, redis_dev.unique_prefix(), timeout=0.5)
+            store = await started(client, redis_rig.unique_prefix(), timeout=0.5)
             assert await store.apply([("set", ("k", "x", ONE))]) == [1]
             node = client.get_node_from_key(store.base("k"))
-            process = next(p for p in nodes.processes if f"--port {node.port}" in " ".join(p.args))
-            os.kill(process.pid, signal.SIGSTOP)
+            pid = nodes.pids[nodes.nodes.index((node.host, node.port))]
+            os.kill(pid, signal.SIGSTOP)
             try:
                 began = time.monotonic()
                 (failed,) = await store.apply([("get", ("k", "x"))])
@@ -288,7 +288,7 @@ def test_a_frozen_cluster_node_fails_calls_promptly_then_recovers() -> None:
                 assert isinstance(failed, StoreUnavailable)
                 assert "redis+cluster://" in str(failed)
             finally:
-                os.kill(process.pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGCONT)
             assert await store.apply([("get", ("k", "x"))]) == [ONE]
         finally:
             await client.aclose()
@@ -300,7 +300,7 @@ def test_keys_with_braces_get_hash_tags_of_their_own(target: str) -> None:
     """Any string is a key: braces and percent signs are escaped in the hash tag, so no two
     keys share one, and every Redis key of a namespace is in its slot."""
     keys = ["a{b}c", "{", "}", "", "%7B", "{x}", "%", "}{"]
-    prefix = redis_dev.unique_prefix()
+    prefix = redis_rig.unique_prefix()
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
@@ -343,7 +343,7 @@ def test_scripts_lost_by_redis_are_loaded_again(target: str) -> None:
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
         try:
-            store = await started(client, redis_dev.unique_prefix())
+            store = await started(client, redis_rig.unique_prefix())
             assert await store.apply([("set", ("k", "x", ONE))]) == [1]
             for node in node_clients(target):
                 node.script_flush()
@@ -360,7 +360,7 @@ def test_a_client_that_retries_is_refused() -> None:
     async def main() -> None:
         from redis.asyncio import Redis
 
-        client = Redis(unix_socket_path=redis_dev.standalone().socket_path)
+        client = Redis(unix_socket_path=redis_rig.standalone().socket_path)
         try:
             with pytest.raises(ValueError, match="a client that does not retry"):
                 RedisStore(client)
@@ -374,13 +374,13 @@ def test_calls_after_a_conditional_write_wait_for_it(target: str) -> None:
     """A cas whose bytes differ from the expected ones (equal values) and an incr with nothing
     to guess from take a second round trip; the calls after them on their namespace see their
     writes, the other namespaces are answered in the first."""
-    server = redis_dev.private_standalone() if target == "standalone" else None
+    server = redis_rig.private_standalone() if target == "standalone" else None
     nodes = node_clients(target, server)
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster", server)
         try:
-            store = await started(client, redis_dev.unique_prefix())
+            store = await started(client, redis_rig.unique_prefix())
             await store.apply([("set", ("k", "x", b"\xd0\x01")), ("set", ("j", "y", ONE))])
             before = reads(nodes)
             results = await store.apply(
@@ -412,13 +412,13 @@ def test_calls_after_a_conditional_write_wait_for_it(target: str) -> None:
         for node in nodes:
             node.close()
         if server is not None:
-            server.stop()
+            server.remove()
 
 
 def test_max_namespaces_holds_across_stores(target: str) -> None:
     """The registry admits a namespace atomically: two stores on one board create no more than
     the bound between them; a refused call changes nothing and creates nothing."""
-    prefix = redis_dev.unique_prefix()
+    prefix = redis_rig.unique_prefix()
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
@@ -456,7 +456,7 @@ def test_max_namespaces_holds_across_stores(target: str) -> None:
 
 
 def test_drop_leaves_no_key_behind(target: str) -> None:
-    prefix = redis_dev.unique_prefix()
+    prefix = redis_rig.unique_prefix()
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
@@ -506,7 +506,7 @@ def test_usage_counts_as_the_memory_store_does(target: str) -> None:
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
         try:
-            store = await started(client, redis_dev.unique_prefix(), limits=limits)
+            store = await started(client, redis_rig.unique_prefix(), limits=limits)
             await store.apply(calls)
             assert await store.usage() == memory.usage()
         finally:
@@ -519,7 +519,7 @@ def test_a_store_finds_its_board_flushed_and_starts_a_new_epoch() -> None:
     """Redis lost the board under a running store (here FLUSHALL; a restart without
     persistence is the same): the next batch finds the epoch gone, makes a new board and
     tells ``on_epoch`` before its commits; what it wrote is registered on the new board."""
-    server = redis_dev.private_standalone()
+    server = redis_rig.private_standalone()
     told: list[tuple[str, Any]] = []
 
     async def main() -> None:
@@ -542,11 +542,11 @@ def test_a_store_finds_its_board_flushed_and_starts_a_new_epoch() -> None:
     try:
         run(main)
     finally:
-        server.stop()
+        server.remove()
 
 
 def test_a_namespace_dropped_by_another_store_is_registered_again(target: str) -> None:
-    prefix = redis_dev.unique_prefix()
+    prefix = redis_rig.unique_prefix()
 
     async def main() -> None:
         client = await new_redis_client(target == "cluster")
@@ -559,5 +559,29 @@ def test_a_namespace_dropped_by_another_store_is_registered_again(target: str) -
             assert await second.keys() == ["k"]
         finally:
             await client.aclose()
+
+    run(main)
+
+
+def test_a_store_made_from_a_url(target: str) -> None:
+    """A store URL (redis_urls.py) makes the store's own client (no retries, the store's
+    timeout), closed by ``aclose``; messages name the store with its password hidden."""
+    url = redis_rig.cluster().url if target == "cluster" else redis_rig.standalone().url
+
+    async def main() -> None:
+        store = RedisStore(url, prefix=redis_rig.unique_prefix())
+        try:
+            await store.start()
+            assert store.name == url
+            assert await store.apply([("set", ("k", "x", ONE)), ("get", ("k", "x"))]) == [1, ONE]
+        finally:
+            await store.aclose()
+        nowhere = RedisStore("unix://user:s3cret@/nonexistent/redis.sock", timeout=1)
+        try:
+            with pytest.raises(StoreUnavailable, match=r"unix://user:\*\*\*@/nonexistent") as lost:
+                await nowhere.start()
+            assert "s3cret" not in str(lost.value)
+        finally:
+            await nowhere.aclose()
 
     run(main)

@@ -60,9 +60,10 @@ from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
 from .redis_calls import Ahead, Call, Guesses, full, prepare
-from .redis_client import Guard, describe, on_asyncio, redis_py, unavailable
+from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_history import replay
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
+from .redis_urls import parse_store_url
 from .remote import StoreCall
 
 __all__ = ["RedisStore"]
@@ -72,9 +73,10 @@ _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
 class RedisStore:
-    """Namespaces in a Redis (``redis.asyncio.Redis``) or Redis Cluster
-    (``redis.asyncio.cluster.RedisCluster``) client, under ``prefix``; each call fails with
-    StoreUnavailable after ``timeout`` seconds without an answer."""
+    """Namespaces in the Redis or Redis Cluster of a store URL (redis_urls.py), or of a
+    redis-py asyncio client (``redis.asyncio.Redis``, ``redis.asyncio.cluster.RedisCluster``;
+    one that does not retry), under ``prefix``; each call fails with StoreUnavailable after
+    ``timeout`` seconds without an answer."""
 
     remote = True
     durable = False
@@ -88,10 +90,14 @@ class RedisStore:
         timeout: float = 5.0,
     ) -> None:
         redis = redis_py()
-        if isinstance(client, str):
-            raise TypeError("RedisStore takes a redis.asyncio client (URLs: not yet)")
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"a key prefix holds no braces (hash tags follow it): {prefix!r}")
+        self._owned = isinstance(client, str)  # a client it makes, it closes
+        if isinstance(client, str):
+            url = parse_store_url(client)
+            name, client = url.redacted(), client_for(url, timeout)
+        else:
+            name = describe(client, isinstance(client, redis.asyncio.cluster.RedisCluster))
         self._cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
         retry = client.retry if self._cluster else client.get_retry()
         if retry is not None and retry.get_retries() > 0:
@@ -102,7 +108,7 @@ class RedisStore:
         self._client = client
         self._errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
         self._noscript = redis.exceptions.NoScriptError
-        self.name = describe(client, self._cluster)
+        self.name = name
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
         self._prefix = prefix if prefix.endswith(":") else prefix + ":"
@@ -201,7 +207,9 @@ class RedisStore:
         self._followed.discard(key)
 
     async def aclose(self) -> None:
-        """Nothing of its own to close: the client is the caller's."""
+        """Close the client it made from a URL (a client given is the caller's to close)."""
+        if self._owned:
+            await self._client.aclose()
 
     # ------------------------------------------------------------------ history
 

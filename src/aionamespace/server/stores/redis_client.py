@@ -14,8 +14,9 @@ from typing import Any
 import anyio
 
 from ..._errors import StoreUnavailable
+from .redis_urls import StoreUrl
 
-__all__ = ["Guard", "describe", "on_asyncio", "redis_py", "unavailable"]
+__all__ = ["Guard", "client_for", "describe", "on_asyncio", "redis_py", "unavailable"]
 
 
 def redis_py() -> Any:
@@ -28,6 +29,23 @@ def redis_py() -> Any:
             "the Redis store needs redis-py: pip install 'aionamespace[redis]'"
         ) from None
     return redis
+
+
+def client_for(url: StoreUrl, timeout: float) -> Any:
+    """A redis-py asyncio client of ``url`` that never retries (a script run again after a
+    lost reply would apply twice) and gives up on a socket after ``timeout`` seconds."""
+    redis = redis_py()
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    options = url.client_options()
+    options.update(
+        retry=Retry(NoBackoff(), 0), socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    if url.cluster:
+        nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in url.nodes]
+        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
+    return redis.asyncio.Redis(**options)
 
 
 def on_asyncio() -> bool:
