@@ -106,7 +106,6 @@ end
 
 -- count revision rev (already applied) into the history, then forget what the bounds require
 local function record(rev, fields, size, retired)
-  redis.call('HSET', M, 'r', rev)
   redis.call('XADD', H, rev .. '-1', 'c', cmsgpack.pack(fields))
   local entry = tostring(size)
   if retired then entry = entry .. ' ' .. cmsgpack.pack(retired) end
@@ -128,7 +127,7 @@ local function record(rev, fields, size, retired)
     first, n, trimmed = first + 1, n - 1, true
   end
   if trimmed then redis.call('XTRIM', H, 'MINID', first .. '-0') end
-  redis.call('HSET', M, 'hb', hb)
+  redis.call('HSET', M, 'r', rev, 'hb', hb)
 end
 
 -- set (value) or delete (false) names as one revision of size bytes (plus replaced lists)
