@@ -13,7 +13,7 @@ shared, ``ValueError`` for a bad argument)::
     ├── NamespaceGone             an anonymous namespace that was freed (or never created)
     ├── LimitExceeded             a bound of the server's Limits was reached (max_namespaces)
     ├── WriteQueueFull            too many async writes await acknowledgement: await _flush()
-    ├── DataFileError             a server's data file cannot be used (in use, not ours, ...)
+    ├── DataFileError             a server's data file (or Redis board) cannot be used
     ├── StoreUnavailable          the server's store (Redis) did not answer: outcome unknown
     ├── ProtocolError             the bytes on the wire do not follow docs/PROTOCOL.md
     │   ├── LocalProtocolError    we were about to send something the protocol forbids
@@ -114,7 +114,8 @@ class LimitExceeded(NamespaceError):
 class DataFileError(NamespaceError):
     """A server's data file (``--data``) cannot be used: another server has it open, it is not
     an aionamespace data file, its format is newer than this version's, or SQLite cannot read
-    it. Raised where the server starts; the file is left as it was."""
+    it; or the board a Redis store finds under its prefix has a layout of another version.
+    Raised where the server starts; the file (the board) is left as it was."""
 
 
 class StoreUnavailable(NamespaceError):

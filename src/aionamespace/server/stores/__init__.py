@@ -13,6 +13,7 @@ from .base import (
     materialised,
 )
 from .memory import MemoryStore
+from .redis import RedisStore
 from .sqlite import SQLiteStore
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Changes",
     "LazyValue",
     "MemoryStore",
+    "RedisStore",
     "SQLiteStore",
     "Store",
     "StoreUsage",

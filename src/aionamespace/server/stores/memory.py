@@ -12,16 +12,15 @@ from __future__ import annotations
 import collections
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from ..._errors import HistoryExpired, LimitExceeded
-from ...protocol.codec import decode_value, encode_value
 from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
 from ...protocol.limits import Limits
 from ...protocol.lists import EMPTY_LIST
 from .base import CHANGE_OVERHEAD_BYTES, Change, Changes, StoreUsage
 from .lists import StoredList
+from .typed import incremented, list_refused, step_of
 
 __all__ = ["MemoryStore", "new_epoch"]
 
@@ -235,19 +234,12 @@ class MemoryStore:
         return value
 
     def incr(self, key: str, name: str, by: bytes) -> bytes:
-        step = decode_value(by)
-        if type(step) not in (int, float):
-            raise TypeError(f"can only increment by an int or a float, not {_kind(step)}")
+        step = step_of(by)
         namespace = self._ns(key)
-        current_blob = namespace.attributes.get(name)
-        if isinstance(current_blob, StoredList):
+        current = namespace.attributes.get(name)
+        if isinstance(current, StoredList):
             raise TypeError(f"cannot increment {name!r}: it holds a list, not an int or a float")
-        current = 0 if current_blob is None else decode_value(current_blob)
-        if type(current) not in (int, float):
-            raise TypeError(
-                f"cannot increment {name!r}: it holds {_kind(current)}, not an int or a float"
-            )
-        value = encode_value(current + step)
+        value = incremented(name, current, step)
         self._commit(key, namespace, {name: value}, len(value) + CHANGE_OVERHEAD_BYTES)
         return value
 
@@ -265,10 +257,7 @@ class MemoryStore:
         else:
             parsed = StoredList.parse(current, namespace.revision + 1)
             if parsed is None:
-                raise TypeError(
-                    f"cannot append to {name!r}: it holds {_kind(decode_value(current))}, "
-                    "not a list"
-                )
+                raise list_refused(name, current)
             stored = parsed
         version = stored.extend(items, namespace.revision + 1)
         if stored is not current:
@@ -322,7 +311,3 @@ def new_epoch() -> str:
 def _size_of(values: Mapping[str, bytes]) -> int:
     """The size (base.py) of a revision setting ``values``."""
     return sum(map(len, values.values())) + CHANGE_OVERHEAD_BYTES * len(values)
-
-
-def _kind(value: Any) -> str:
-    return f"a {type(value).__name__}"

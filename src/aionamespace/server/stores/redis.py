@@ -1,0 +1,398 @@
+"""The Redis store: the board in a Redis or Valkey (standalone or cluster) that any number of
+servers share (remote.py's ``RemoteStore``), over redis-py's asyncio client.
+
+**Layout.** Every key starts with the prefix. The board's own keys share the hash tag
+``{board}``: its layout version (a store refuses another), its epoch (made with the board) and
+its registry of namespaces. A namespace's keys share the hash tag ``{=KEY}``, the key with
+``%``, ``{`` and ``}`` escaped (%25, %7B, %7D): one cluster slot per namespace, the key
+readable in Redis, and no two keys with one tag. What each namespace key holds, and why lists
+are kept as they are: redis_scripts.py.
+
+**Calls.** ``apply`` sends a batch as one pipeline (not a transaction): one ``EVALSHA`` of the
+namespace script per call, each atomic, the calls on one namespace in their order. An ``incr``
+or a ``cas`` whose conditional write fails (redis_calls.py) tries again in another round trip,
+and the later calls on its namespace wait for it (redis_scripts.py, Rounds); the other
+namespaces are done.
+
+**The registry and max_namespaces.** In a cluster the registry (one key, one slot) cannot be
+changed by the script that creates a namespace in another slot. So a store registers a
+namespace *before* creating it: the first time a batch may create a namespace this store has
+not registered, one round trip runs the ``RESERVE`` script, which adds it to the registry if
+the registry holds fewer than ``max_namespaces`` (atomically, so the bound holds across any
+number of servers), and the namespace script may create only the namespaces so registered
+(else it answers ``full``: ``LimitExceeded``, nothing changed). A store remembers what it
+registered, so later batches pay nothing. What this does not cover: a namespace another server
+drops (``drop`` unregisters it) and this one writes again before learning of it is created
+again without the check, and registered after the fact; and a batch that fails between the
+registration and the creation leaves a registered name without a namespace (``keys`` lists it,
+``count`` counts it) until it is written or dropped. ``keys``, ``count`` and ``usage`` read the
+registry.
+
+**Epochs.** Each batch's first pipeline reads the board's epoch too (one more command, no more
+round trips): if it is gone (Redis restarted empty, or was flushed) the store makes a new
+board and epoch (or takes the one another server made first) and calls ``on_epoch`` before
+telling the batch's commits. Not detected yet: a failover to a replica that lags (revisions
+going back, the replication id changing) while the epoch key survives.
+
+**Redis's configuration.** A namespace is several keys, none with a TTL: an eviction policy
+that may evict any key (``allkeys-*``) could take one of them and leave the namespace torn, so
+the board's Redis needs ``maxmemory-policy noeviction`` (the default) or a ``volatile-*`` one.
+Not checked here (managed services often refuse CONFIG).
+
+**Failures.** Every redis-py error (and a call that outlives ``timeout``) becomes
+``StoreUnavailable`` naming the store, the original as ``__cause__``. redis-py must not retry
+on its own: a retried script could run twice, so a client given with retries is refused.
+
+**Followed namespaces.** ``follow`` records the namespaces whose appended lists the store
+fetches whole for ``on_commit`` (the server follows those it pushes changes of); delivering
+other servers' revisions is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
+from ...protocol.limits import Limits
+from .base import Change, Changes, StoreUsage
+from .memory import new_epoch
+from .redis_calls import Ahead, Call, Guesses, full, prepare
+from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
+from .redis_history import replay
+from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
+from .redis_urls import parse_store_url
+from .remote import StoreCall
+
+__all__ = ["RedisStore"]
+
+_SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
+class RedisStore:
+    """Namespaces in the Redis or Redis Cluster of a store URL (redis_urls.py), or of a
+    redis-py asyncio client (``redis.asyncio.Redis``, ``redis.asyncio.cluster.RedisCluster``;
+    one that does not retry), under ``prefix``; each call fails with StoreUnavailable after
+    ``timeout`` seconds without an answer."""
+
+    remote = True
+    durable = False
+
+    def __init__(
+        self,
+        client: Any,
+        limits: Limits | None = None,
+        prefix: str = "aionamespace",
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        redis = redis_py()
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"a key prefix holds no braces (hash tags follow it): {prefix!r}")
+        self._owned = isinstance(client, str)  # a client it makes, it closes
+        if isinstance(client, str):
+            url = parse_store_url(client)
+            name, client = url.redacted(), client_for(url, timeout)
+        else:
+            name = describe(client, isinstance(client, redis.asyncio.cluster.RedisCluster))
+        self._cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
+        retry = client.retry if self._cluster else client.get_retry()
+        if retry is not None and retry.get_retries() > 0:
+            raise ValueError(
+                "give RedisStore a client that does not retry (retry=Retry(NoBackoff(), 0)): "
+                "a script retried after a lost reply would run twice"
+            )
+        self._client = client
+        self._errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+        self._noscript = redis.exceptions.NoScriptError
+        self.name = name
+        limits = limits or Limits()
+        self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
+        self._prefix = prefix if prefix.endswith(":") else prefix + ":"
+        board = self._prefix + "{board}:"
+        self._layout_key, self._epoch_key = board + "layout", board + "epoch"
+        self._registry = board + "namespaces"
+        self._timeout = timeout
+        self._registered: set[str] = set()
+        self._guesses: Guesses = {}
+        self._followed: set[str] = set()
+        self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
+        self._rounds = 0
+        self.epoch = ""
+        self.max_namespaces: int | None = None
+        self.on_commit: Callable[[str, int, Changes], None] | None = None
+        self.on_lost: Callable[[str], None] | None = None
+        self.on_epoch: Callable[[str], None] | None = None
+
+    def base(self, key: str) -> str:
+        """The name every Redis key of namespace ``key`` starts with (its hash tag inside)."""
+        return f"{self._prefix}{{={key.translate(_ESCAPES)}}}"
+
+    # ------------------------------------------------------------------ the board
+
+    async def start(self) -> None:
+        """Read the board's layout and epoch (made for a new board); load the script."""
+        if not on_asyncio():
+            raise RuntimeError(
+                "the Redis store runs on asyncio (redis-py's client): serve with the asyncio "
+                "backend"
+            )
+        async with self._guard():
+            self.epoch = await self._board()
+            await self._load_script()
+
+    async def _board(self) -> str:
+        """The board's epoch, the board made if new; DataFileError if of another layout."""
+        layout, epoch = await self._client.eval(
+            BOARD_START, 2, self._layout_key, self._epoch_key, LAYOUT_VERSION, new_epoch()
+        )
+        if epoch is None:
+            raise DataFileError(
+                f"{self.name} holds an aionamespace board (prefix {self._prefix!r}) of "
+                f"layout {layout.decode(errors='replace')!r}; this version reads layout "
+                f"{LAYOUT_VERSION!r}: use another prefix or the matching version"
+            )
+        return str(epoch.decode())
+
+    async def _load_script(self) -> None:
+        if self._cluster:
+            await self._client.execute_command(
+                "SCRIPT LOAD", NAMESPACE, target_nodes=self._client.PRIMARIES
+            )
+        else:
+            await self._client.script_load(NAMESPACE)
+
+    async def keys(self) -> list[str]:
+        async with self._guard():
+            members = await self._client.smembers(self._registry)
+        return sorted(member.decode() for member in members)
+
+    async def count(self) -> int:
+        async with self._guard():
+            count = await self._client.scard(self._registry)
+        return int(count)
+
+    async def drop(self, key: str) -> None:
+        self._registered.discard(key)
+        async with self._guard():
+            await self._script(key, "drop", ())
+            await self._client.srem(self._registry, key)
+
+    async def usage(self) -> StoreUsage:
+        """Counted when asked: one script call per namespace, in one pipeline."""
+        keys = await self.keys()
+        async with self._guard():
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                self._queue(pipe, key, "usage", ())
+            replies = await pipe.execute(raise_on_error=True)
+        figures = [reply[1][1:] for reply in replies]
+        return StoreUsage(
+            sum(exists for exists, *_ in figures),
+            sum(names for _, names, *_ in figures),
+            sum(size for _, _, size, *_ in figures),
+            sum(revisions for *_, revisions, _ in figures),
+            sum(size for *_, size in figures),
+            max((revisions for *_, revisions, _ in figures), default=0),
+            max((size for *_, size in figures), default=0),
+        )
+
+    def follow(self, key: str) -> None:
+        self._followed.add(key)
+
+    def unfollow(self, key: str) -> None:
+        self._followed.discard(key)
+
+    async def aclose(self) -> None:
+        """Close the client it made from a URL (a client given is the caller's to close)."""
+        if self._owned:
+            await self._client.aclose()
+
+    # ------------------------------------------------------------------ history
+
+    async def history(self, key: str, since: int) -> list[Change]:
+        """Every change after revision ``since``; HistoryExpired if some were forgotten."""
+        async with self._guard():
+            reply = await self._script(key, "history", (since,))
+        if reply[0] == b"expired":
+            revision, oldest = reply[1], reply[2]
+            if since > revision:
+                raise HistoryExpired(
+                    f"revision {since} is ahead of this namespace ({revision}): the server was "
+                    "restarted; resync with _snapshot() and watch from its revision"
+                )
+            raise HistoryExpired(
+                f"revision {since} is older than the history kept (oldest: {oldest}); "
+                "resync with _snapshot() and watch from its revision"
+            )
+        return replay(key, reply[1], reply[2])
+
+    # ------------------------------------------------------------------ batches
+
+    async def apply(self, calls: Sequence[StoreCall]) -> list[Any]:
+        """Run a batch (remote.py): one pipeline, more round trips only for what needs them."""
+        prepared: list[Call] = []
+        for op, args in calls:
+            try:
+                call = prepare(op, args, self._guesses)
+            except Exception as exc:  # a bad incr step: refused before anything is sent
+                call = Call(args[0])
+                call.finish(exc)
+            call.want_list = self.on_commit is not None and call.key in self._followed
+            prepared.append(call)
+        try:
+            async with self._guard():
+                granted, refused = await self._reserve(prepared)
+                epoch, created = await self._run(prepared, refused)
+                if epoch != self.epoch:
+                    await self._new_epoch()
+                else:
+                    created -= granted
+                if created:  # (made without this store's check: dropped, or flushed, meanwhile)
+                    await self._client.sadd(self._registry, *created)
+                    self._registered.update(created)
+        except StoreUnavailable as exc:
+            for call in prepared:
+                if not call.done:
+                    lost = StoreUnavailable(*exc.args)
+                    lost.__cause__ = exc.__cause__
+                    call.finish(lost)
+        if self.on_commit is not None:
+            for call in prepared:
+                if call.changes is not None:
+                    self.on_commit(call.key, call.revision, call.changes)
+        return [call.result for call in prepared]
+
+    async def _reserve(self, calls: list[Call]) -> tuple[set[str], set[str]]:
+        """Register the namespaces the batch may create that this store has not registered
+        yet (one round trip, only if there are some): those registered, and those refused
+        (past max_namespaces)."""
+        new = list(
+            dict.fromkeys(
+                call.key
+                for call in calls
+                if call.creates and not call.done and call.key not in self._registered
+            )
+        )
+        granted: set[str] = set()
+        refused: set[str] = set()
+        if new:
+            bound = -1 if self.max_namespaces is None else self.max_namespaces
+            answers = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
+            for key, ok in zip(new, answers, strict=True):
+                (granted if ok else refused).add(key)
+            self._registered.update(granted)
+        return granted, refused
+
+    async def _run(self, calls: list[Call], refused: set[str]) -> tuple[str | None, set[str]]:
+        """Run the calls (rounds of one pipeline each): the board's epoch, read first, and the
+        namespaces made that this store did not know were registered."""
+        epoch: str | None = self.epoch
+        queues: dict[str, list[Call]] = {}
+        for call in calls:
+            if not call.done:
+                queues.setdefault(call.key, []).append(call)
+        created: set[str] = set()
+        reloaded = False
+        first_round = True
+        while queues:
+            self._rounds += 1
+            token = f"{self._id}:{self._rounds}"
+            sending: list[Call] = []
+            pipe = self._client.pipeline(transaction=False)
+            if first_round:
+                pipe.get(self._epoch_key)  # (lost data: a new board, a new epoch)
+            ahead: Ahead = {}
+            for queue in queues.values():
+                blocking = False  # a conditional write came first: the rest waits for it
+                for at, call in enumerate(queue):
+                    sending.append(call)
+                    call.foresee(ahead)
+                    op, args = call.request()
+                    may_create = call.key not in refused
+                    blocks = call.again and at + 1 < len(queue)
+                    marked = token if blocking or blocks else ""
+                    self._queue(
+                        pipe, call.key, op, args, may_create, call.want_list, marked, blocks
+                    )
+                    blocking = blocking or blocks
+            replies = await pipe.execute(raise_on_error=False)
+            if first_round:
+                first_round, found = False, replies.pop(0)
+                if not isinstance(found, Exception):
+                    epoch = None if found is None else found.decode()
+            missing_script = False
+            for call, reply in zip(sending, replies, strict=True):
+                if isinstance(reply, self._noscript):
+                    missing_script = True  # nothing ran: sent again, in order
+                elif isinstance(reply, Exception):
+                    call.finish(self._unavailable(reply))
+                else:
+                    made, answer = reply
+                    if answer[0] == b"skipped":
+                        continue  # after a conditional write that did not happen: again
+                    if made:
+                        created.add(call.key)
+                    if answer[0] == b"full":
+                        call.finish(full(call.key, self.max_namespaces))
+                        continue
+                    try:
+                        call.answer(answer)
+                    except Exception as exc:
+                        call.finish(exc)
+            if missing_script:
+                if reloaded:
+                    raise self._unavailable(RuntimeError("the script vanished again once loaded"))
+                await self._load_script()
+                reloaded = True
+            queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
+        return epoch, created
+
+    async def _new_epoch(self) -> None:
+        """The board's epoch is gone (Redis lost the data: restarted empty, flushed) or was
+        made anew by another server that found it gone: take the board's (made if missing),
+        forget what was learnt under the old one, tell the server."""
+        self.epoch = await self._board()
+        self._registered.clear()
+        self._guesses.clear()
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
+
+    def _queue(
+        self,
+        pipe: Any,
+        key: str,
+        op: str,
+        args: Sequence[Any],
+        may_create: bool = False,
+        want_list: bool = False,
+        token: str = "",
+        blocks: bool = False,
+    ) -> None:
+        revisions, size = self._bounds
+        pipe.execute_command(
+            "EVALSHA", _SHA, 1, self.base(key), op, revisions, size,
+            int(may_create), int(want_list), token, int(blocks), *args,
+        )  # fmt: skip
+
+    async def _script(self, key: str, op: str, args: Sequence[Any]) -> Any:
+        """One call of the namespace script, outside a batch: its reply."""
+        revisions, size = self._bounds
+        argv = (op, revisions, size, 0, 0, "", 0, *args)
+        try:
+            reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
+        except self._noscript:
+            await self._load_script()
+            reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
+        return reply[1]
+
+    # ------------------------------------------------------------------ failures
+
+    def _guard(self) -> Guard:
+        return Guard(self._timeout, self._errors, self._unavailable)
+
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        return unavailable(self.name, self._timeout, error)

@@ -1,0 +1,408 @@
+"""The Redis store's Lua: one script for every operation on a namespace, two for the board.
+
+**Rounds.** An ``incr`` or a ``cas`` whose write is conditional (redis_calls.py) may have to
+try again; the calls after it on its namespace are sent in the same pipeline anyway, with the
+round's *token*: if the conditional write did not happen it marks the namespace (``m``'s
+field blk), and the calls carrying that token answer "skipped" without running, to be sent
+again after it. So a batch is one round trip unless a conditional write fails.
+
+**One script, not one per operation.** Every call of a batch is ``EVALSHA`` of ``NAMESPACE``
+with the operation as its first argument: a node either knows the script or does not, so after
+a restart or a failover every call to that node fails with NOSCRIPT alike (nothing ran), and
+the store loads it and sends them again in their order (redis.py).
+
+**A namespace's keys** share the hash tag of ``KEYS[1]`` (its *base*, redis.py), so they live
+in one cluster slot and one script call touches them all::
+
+    base:m  hash   r: revision, hb: the history's size (base.py's rules), summed, n: names set
+    base:v  hash   name -> encoded value, or "" for a list that appends grew
+    base:o  hash   name -> when it was set first (m's counter n): a snapshot lists names in
+                   that order, as a Python dict (the in-memory store) does
+    base:l  hash   "c"+name -> such a list's length, "r"+name -> the revision of its last append
+    base:b:NAME    string: such a list's elements (its encoding without the array header)
+    base:h  stream one entry per revision kept, id "<revision>-1", field c: the changes,
+                   msgpack [op, name, value, ...]: op "s" set, "d" deleted, "a" appended
+                   (value "<length> <elements' bytes>": the list as of that revision)
+    base:s  list   the size of each revision kept, oldest first, with the names of the lists
+                   it replaced that the history still replays (kept as base:x:REV:NAME)
+
+A list that appends grew keeps its elements in a string of its own, so an append is an
+``APPEND`` of the items (it costs what it adds, as in memory) and each revision of the list is
+a prefix of those bytes: a replay reads the prefix. When the list is replaced while the history
+still holds one of its appends, its string is renamed (not copied) to ``base:x:REV:NAME`` and
+counted in that revision's size, as base.py says; it goes when that revision leaves the history.
+"""
+
+from __future__ import annotations
+
+from ...protocol.codec import MARKER_CODES
+from ...protocol.lists import MAX_LIST_LENGTH
+from .base import CHANGE_OVERHEAD_BYTES
+
+__all__ = ["BOARD_START", "LAYOUT_VERSION", "NAMESPACE", "RESERVE"]
+
+#: The version of the key layout above; a store refuses a board of another.
+LAYOUT_VERSION = "1"
+
+_NAMESPACE = r"""
+local B = KEYS[1]
+local M, V, L, H, S, O = B .. ':m', B .. ':v', B .. ':l', B .. ':h', B .. ':s', B .. ':o'
+local MAXREV, MAXBYTES = tonumber(ARGV[2]), tonumber(ARGV[3])
+local MAY_CREATE, WANT_LIST = ARGV[4] == '1', ARGV[5] == '1'
+local TOKEN, BLOCKS = ARGV[6], ARGV[7] == '1'
+local OVERHEAD, MAX_LIST = @OVERHEAD@, @MAX_LIST@
+local MARKERS = {@MARKERS@}
+local ZERO_EXT = {[199] = 1, [200] = 2, [201] = 4}
+local created = 0
+
+local function header(n)
+  if n < 16 then return string.char(144 + n) end
+  if n < 65536 then return string.char(220, math.floor(n / 256), n % 256) end
+  return string.char(221, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+                     math.floor(n / 256) % 256, n % 256)
+end
+
+-- protocol/lists.py's split_list: (length, header bytes), or nil if not a list
+local function split(s)
+  local b, count, hl = string.byte(s, 1), nil, nil
+  if b >= 144 and b <= 159 then count, hl = b - 144, 1
+  elseif b == 220 then count, hl = string.byte(s, 2) * 256 + string.byte(s, 3), 3
+  elseif b == 221 then
+    local b1, b2, b3, b4 = string.byte(s, 2, 5)
+    count, hl = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, 5
+  else return nil end
+  if count > 0 then
+    local at = hl + 1
+    local width = ZERO_EXT[string.byte(s, at)]
+    if width and string.sub(s, at + 1, at + width) == string.rep('\0', width)
+        and MARKERS[string.byte(s, at + width + 1)] then
+      return nil
+    end
+  end
+  return count, hl
+end
+
+local function ensure()
+  if redis.call('EXISTS', M) == 1 then return true end
+  if not MAY_CREATE then return false end
+  redis.call('HSET', M, 'r', 0, 'hb', 0)
+  created = 1
+  return true
+end
+
+local function revision() return tonumber(redis.call('HGET', M, 'r') or 0) end
+local function body_key(name) return B .. ':b:' .. name end
+local function retired_key(rev, name) return B .. ':x:' .. rev .. ':' .. name end
+
+-- a name set for the first time comes after the others (a snapshot lists them in that order)
+local function placed(name) redis.call('HSET', O, name, redis.call('HINCRBY', M, 'n', 1)) end
+
+local function value(name)
+  local v = redis.call('HGET', V, name)
+  if v == false or v ~= '' then return v end
+  local count = tonumber(redis.call('HGET', L, 'c' .. name))
+  return header(count) .. (redis.call('GET', body_key(name)) or '')
+end
+
+-- count revision rev (already applied) into the history, then forget what the bounds require
+local function record(rev, fields, size, retired)
+  redis.call('XADD', H, rev .. '-1', 'c', cmsgpack.pack(fields))
+  local entry = tostring(size)
+  if retired then entry = entry .. ' ' .. cmsgpack.pack(retired) end
+  local n = redis.call('RPUSH', S, entry)
+  local hb = tonumber(redis.call('HGET', M, 'hb')) + size
+  local first = rev - n + 1
+  local trimmed = false
+  while n > 0 and (n > MAXREV or hb > MAXBYTES) do
+    local e = redis.call('LPOP', S)
+    local space = string.find(e, ' ', 1, true)
+    if space then
+      hb = hb - tonumber(string.sub(e, 1, space - 1))
+      for _, name in ipairs(cmsgpack.unpack(string.sub(e, space + 1))) do
+        redis.call('DEL', retired_key(first, name))
+      end
+    else
+      hb = hb - tonumber(e)
+    end
+    first, n, trimmed = first + 1, n - 1, true
+  end
+  if trimmed then redis.call('XTRIM', H, 'MINID', first .. '-0') end
+  redis.call('HSET', M, 'r', rev, 'hb', hb)
+end
+
+-- set (value) or delete (false) names as one revision of size bytes (plus replaced lists)
+local function commit(names, values, size)
+  local rev = revision() + 1
+  local fields, retired, oldest = {}, nil, nil
+  local lists = redis.call('HLEN', L) > 0
+  for i, name in ipairs(names) do
+    local v = values[i]
+    if lists then
+      local last = redis.call('HGET', L, 'r' .. name)
+      if last then
+        oldest = oldest or (rev - redis.call('LLEN', S))
+        if tonumber(last) >= oldest then
+          size = size + redis.call('STRLEN', body_key(name))
+          redis.call('RENAME', body_key(name), retired_key(rev, name))
+          retired = retired or {}
+          retired[#retired + 1] = name
+        else
+          redis.call('DEL', body_key(name))
+        end
+        redis.call('HDEL', L, 'c' .. name, 'r' .. name)
+      end
+    end
+    local at = #fields
+    if v then
+      if redis.call('HSET', V, name, v) == 1 then placed(name) end
+      fields[at + 1], fields[at + 2], fields[at + 3] = 's', name, v
+    else
+      redis.call('HDEL', V, name)
+      redis.call('HDEL', O, name)
+      fields[at + 1], fields[at + 2], fields[at + 3] = 'd', name, ''
+    end
+  end
+  record(rev, fields, size, retired)
+  return rev
+end
+
+local ops = {}
+
+function ops.get(a)
+  local v = value(a[1])
+  if not v then return {'missing'} end
+  return {'ok', v}
+end
+
+function ops.set(a)
+  if not ensure() then return {'full'} end
+  return {'ok', commit({a[1]}, {a[2]}, #a[2] + OVERHEAD)}
+end
+
+function ops.del(a)
+  if redis.call('HEXISTS', V, a[1]) == 0 then return {'missing'} end
+  return {'ok', commit({a[1]}, {false}, OVERHEAD)}
+end
+
+function ops.pop(a)
+  local v = value(a[1])
+  if not v then return {'missing'} end
+  return {'ok', v, commit({a[1]}, {false}, OVERHEAD)}
+end
+
+function ops.update(a)
+  if not ensure() then return {'full'} end
+  if #a == 0 then return {'ok', revision()} end
+  local names, values, size = {}, {}, 0
+  for i = 1, #a, 2 do
+    names[#names + 1], values[#values + 1] = a[i], a[i + 1]
+    size = size + #a[i + 1] + OVERHEAD
+  end
+  return {'ok', commit(names, values, size)}
+end
+
+function ops.open(a)
+  if not ensure() then return {'full'} end
+  local names, values, size = {}, {}, 0
+  for i = 1, #a, 2 do
+    if redis.call('HEXISTS', V, a[i]) == 0 then
+      names[#names + 1], values[#values + 1] = a[i], a[i + 1]
+      size = size + #a[i + 1] + OVERHEAD
+    end
+  end
+  if #names == 0 then return {'ok', 0, names} end
+  return {'ok', commit(names, values, size), names}
+end
+
+function ops.setdefault(a)
+  if not ensure() then return {'full'} end
+  local v = value(a[1])
+  if v then return {'ok', v} end
+  return {'set', commit({a[1]}, {a[2]}, #a[2] + OVERHEAD)}
+end
+
+function ops.snapshot(a)
+  if redis.call('EXISTS', M) == 0 then return {'ok', 0, {}} end
+  local out = {}
+  if a[1] == '*' then
+    local all, order, named = redis.call('HGETALL', V), redis.call('HGETALL', O), {}
+    for i = 1, #order, 2 do named[#named + 1] = {tonumber(order[i + 1]), order[i]} end
+    table.sort(named, function(x, y) return x[1] < y[1] end)
+    local values = {}
+    for i = 1, #all, 2 do values[all[i]] = all[i + 1] end
+    for _, pair in ipairs(named) do
+      local v = values[pair[2]]
+      if v == '' then v = value(pair[2]) end
+      out[#out + 1], out[#out + 2] = pair[2], v
+    end
+  else
+    for i = 2, #a do
+      local v = value(a[i])
+      if v then out[#out + 1], out[#out + 2] = a[i], v end
+    end
+  end
+  return {'ok', revision(), out}
+end
+
+-- set a[1] to a[4] if it holds what the caller read: a[2] 'm' (missing), 'v' (the bytes a[3]),
+-- 'l' (the list whose last append was revision a[3]), 'u' (unknown: never); else say what it
+-- holds (a list's bytes only if a[5] == '1'), and block the round's token: the calls after
+-- this one on the namespace, sent in the same pipeline, must wait for its next attempt
+function ops.cond(a)
+  if not ensure() then return {'full'} end
+  local name, kind, expected = a[1], a[2], a[3]
+  local current = redis.call('HGET', V, name)
+  local token = nil
+  if current == '' then token = redis.call('HGET', L, 'r' .. name) end
+  if (current == false and kind == 'm') or (token and kind == 'l' and token == expected)
+      or (current and not token and kind == 'v' and current == expected) then
+    return {'ok', commit({name}, {a[4]}, #a[4] + OVERHEAD)}
+  end
+  if BLOCKS then redis.call('HSET', M, 'blk', TOKEN) end
+  if current == false then return {'m'} end
+  if token then
+    if a[5] == '1' then return {'l', token, value(name)} end
+    return {'l', token}
+  end
+  return {'v', current}
+end
+
+-- append the items a[3] (a[2] of them) to the list a[1]
+function ops.append(a)
+  if not ensure() then return {'full'} end
+  local name, n, items = a[1], tonumber(a[2]), a[3]
+  local current = redis.call('HGET', V, name)
+  local body, count = body_key(name), nil
+  if current == '' then
+    count = tonumber(redis.call('HGET', L, 'c' .. name))
+    if count + n > MAX_LIST then return {'toolong'} end
+  else
+    local encoded = current or '\144'
+    local hl
+    count, hl = split(encoded)
+    if count == nil then return {'notlist', encoded} end
+    if count + n > MAX_LIST then return {'toolong'} end
+    redis.call('SET', body, string.sub(encoded, hl + 1))
+    redis.call('HSET', V, name, '')
+    if current == false then placed(name) end
+  end
+  local rev = revision() + 1
+  local size = redis.call('APPEND', body, items)
+  count = count + n
+  redis.call('HSET', L, 'c' .. name, count, 'r' .. name, rev)
+  record(rev, {'a', name, count .. ' ' .. size}, #items + OVERHEAD, nil)
+  if WANT_LIST then return {'ok', count, rev, header(count) .. redis.call('GET', body)} end
+  return {'ok', count, rev, size}
+end
+
+-- the changes after revision a[1], and the elements of every list they append to
+function ops.history(a)
+  local since, rev = tonumber(a[1]), revision()
+  local oldest = rev - redis.call('LLEN', S) + 1
+  if since > rev or (since < rev and since < oldest - 1) then
+    return {'expired', rev, oldest}
+  end
+  if since == rev then return {'ok', {}, {}} end
+  local entries = redis.call('XRANGE', H, (since + 1) .. '-0', '+')
+  local pending, bodies = {}, {}
+  for _, entry in ipairs(entries) do
+    local at = tonumber(string.match(entry[1], '^(%d+)'))
+    local fields = cmsgpack.unpack(entry[2][2])
+    for i = 1, #fields, 3 do
+      local name = fields[i + 1]
+      if fields[i] == 'a' then
+        pending[name] = true
+      elseif pending[name] then
+        pending[name] = nil
+        local n = #bodies
+        bodies[n + 1], bodies[n + 2] = at, name
+        bodies[n + 3] = redis.call('GET', retired_key(at, name)) or ''
+      end
+    end
+  end
+  for name in pairs(pending) do
+    local n = #bodies
+    bodies[n + 1], bodies[n + 2], bodies[n + 3] = 0, name, redis.call('GET', body_key(name)) or ''
+  end
+  return {'ok', entries, bodies}
+end
+
+function ops.drop(a)
+  local sizes = redis.call('LRANGE', S, 0, -1)
+  local first = revision() - #sizes + 1
+  for i, e in ipairs(sizes) do
+    local space = string.find(e, ' ', 1, true)
+    if space then
+      for _, name in ipairs(cmsgpack.unpack(string.sub(e, space + 1))) do
+        redis.call('DEL', retired_key(first + i - 1, name))
+      end
+    end
+  end
+  for _, field in ipairs(redis.call('HKEYS', L)) do
+    if string.sub(field, 1, 1) == 'c' then redis.call('DEL', body_key(string.sub(field, 2))) end
+  end
+  redis.call('DEL', M, V, L, H, S, O)
+  return {'ok'}
+end
+
+function ops.usage(a)
+  if redis.call('EXISTS', M) == 0 then return {'ok', 0, 0, 0, 0, 0} end
+  local all, bytes = redis.call('HGETALL', V), 0
+  for i = 2, #all, 2 do
+    if all[i] == '' then
+      local name = all[i - 1]
+      bytes = bytes + #header(tonumber(redis.call('HGET', L, 'c' .. name)))
+        + redis.call('STRLEN', body_key(name))
+    else
+      bytes = bytes + #all[i]
+    end
+  end
+  return {'ok', 1, #all / 2, bytes, redis.call('LLEN', S), tonumber(redis.call('HGET', M, 'hb'))}
+end
+
+if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
+local args = {}
+for i = 8, #ARGV do args[#args + 1] = ARGV[i] end
+local reply = ops[ARGV[1]](args)  -- (before reading created, which it may set)
+return {created, reply}
+"""
+
+#: Every operation on one namespace: KEYS[1] its base; ARGV: op, max_history_revisions,
+#: max_history_bytes, may create it (1/0), want an appended list whole (1/0), the round's
+#: token (or ""), blocks the token if it does not write (1/0: a ``cond``), the op's args.
+#: Returns {created (1/0), the op's reply}; {0, {"skipped"}} if the token is blocked.
+NAMESPACE = (
+    _NAMESPACE.replace("@OVERHEAD@", str(CHANGE_OVERHEAD_BYTES))
+    .replace("@MAX_LIST@", str(MAX_LIST_LENGTH))
+    .replace("@MARKERS@", ", ".join(f"[{int(code)}] = true" for code in sorted(MARKER_CODES)))
+)
+
+#: Register namespaces (ARGV[2:]) in the board's registry KEYS[1] if it holds fewer than
+#: ARGV[1] (-1: no bound) or holds them already: 1 for each registered, 0 for each refused.
+RESERVE = r"""
+local bound, out = tonumber(ARGV[1]), {}
+for i = 2, #ARGV do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then out[#out + 1] = 1
+  elseif bound < 0 or redis.call('SCARD', KEYS[1]) < bound then
+    redis.call('SADD', KEYS[1], ARGV[i])
+    out[#out + 1] = 1
+  else out[#out + 1] = 0 end
+end
+return out
+"""
+
+#: The board's layout version KEYS[1] and epoch KEYS[2], made (ARGV[1], ARGV[2]) if missing.
+BOARD_START = r"""
+local layout = redis.call('GET', KEYS[1])
+if layout == false then
+  redis.call('SET', KEYS[1], ARGV[1])
+  layout = ARGV[1]
+end
+if layout ~= ARGV[1] then return {layout, false} end
+local epoch = redis.call('GET', KEYS[2])
+if epoch == false then
+  redis.call('SET', KEYS[2], ARGV[2])
+  epoch = ARGV[2]
+end
+return {layout, epoch}
+"""
