@@ -30,6 +30,7 @@ from .protocol.limits import Limits as Limits
 from .server.server import Server as Server
 from .server.server import ServerThread as ServerThread
 from .server.stores import MemoryStore as MemoryStore
+from .server.stores import RedisStore as RedisStore
 from .server.stores import SQLiteStore as SQLiteStore
 from .server.stores import Store as Store
 
@@ -51,6 +52,7 @@ __all__ = [
     "NamespaceError",
     "NamespaceGone",
     "ProtocolError",
+    "RedisStore",
     "RemoteError",
     "RemoteProtocolError",
     "Retry",

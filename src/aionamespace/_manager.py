@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _parent_pipe
-from ._errors import ConnectionLost, DataFileError
+from ._errors import ConnectionLost, DataFileError, StoreUnavailable
 from .client.asynchronous import AsyncNamespace
 from .client.locks import AsyncLock as _AsyncLock
 from .client.locks import Lock as _Lock
@@ -61,7 +61,11 @@ class Manager:
     ``start()`` runs (it hands them over) and of this manager's proxies. ``data`` (a path) keeps
     the server's namespaces in an SQLite file, so that they survive it (README, "Durable
     namespaces"), and ``fsync=True`` syncs every commit to disk; ``start()`` raises
-    DataFileError if the file cannot be used.
+    DataFileError if the file cannot be used. ``store`` (a store URL: ``redis://``,
+    ``rediss://``, ``unix://``, ``redis+cluster://``) keeps them in Redis instead, under
+    ``store_prefix``, shared with every server over the same board (README, "Scaling out"):
+    the server runs on asyncio, and ``start()`` raises StoreUnavailable if Redis cannot be
+    reached, DataFileError if the board there is of another version's layout.
     """
 
     def __init__(
@@ -73,9 +77,14 @@ class Manager:
         limits: Limits | None = None,
         data: str | os.PathLike[str] | None = None,
         fsync: bool = False,
+        store: str | None = None,
+        store_prefix: str = "aionamespace",
     ) -> None:
         if fsync and data is None:
             raise ValueError("fsync=True needs a data file: Manager(data=PATH, fsync=True)")
+        if store is not None:
+            check_store(store, store_prefix, data, backend)
+        self._store, self._store_prefix = store, store_prefix
         self._data = os.path.abspath(data) if data is not None else None
         self._fsync = fsync
         if authkey is not None and not isinstance(authkey, bytes):
@@ -148,6 +157,8 @@ class Manager:
                 tuple(initargs),
                 data=self._data,
                 fsync=self._fsync,
+                store=self._store,
+                store_prefix=self._store_prefix,
             )
         except BaseException:
             if private_dir is not None:
@@ -282,6 +293,23 @@ class Manager:
         return Target.create(self.address, name, authkey=self._authkey, limits=self.limits)
 
 
+def check_store(store: str, prefix: str, data: object, backend: str) -> None:
+    """Refuse, before any process starts, what a Redis store's server could not serve."""
+    from .server.stores.redis_client import redis_py
+    from .server.stores.redis_urls import parse_store_url
+
+    if data is not None:
+        raise ValueError("store= and data= exclude each other: the board is in one place")
+    if backend != "asyncio":
+        raise ValueError(
+            f"a Redis store is served on asyncio (redis-py's asyncio client), not {backend}"
+        )
+    parse_store_url(store)  # ValueError naming what is wrong, never the password
+    if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+        raise ValueError(f"store_prefix is a str without braces, not {prefix!r}")
+    redis_py()  # ImportError saying how to install it
+
+
 def _new_lock_name() -> str:
     return f"lock-{secrets.token_hex(16)}"  # 128 random bits: nobody else's
 
@@ -314,8 +342,10 @@ def _read_ready_line(process: subprocess.Popen[bytes]) -> Address:
     message = json.loads(line)
     if "error" in message:
         process.wait(timeout=5)
-        if message.get("type") == "DataFileError":  # its data file cannot be used
+        if message.get("type") == "DataFileError":  # its data file (board) cannot be used
             raise DataFileError(message["error"])
+        if message.get("type") == "StoreUnavailable":  # its Redis cannot be reached
+            raise StoreUnavailable(message["error"])
         raise ConnectionLost(f"the server process did not start: {message['error']}")
     address = message["address"]
     return parse_address(tuple(address) if isinstance(address, list) else address)

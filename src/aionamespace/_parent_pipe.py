@@ -64,6 +64,8 @@ class ParentConfig:
     initializer: bytes | None = None  # pickled (initializer, initargs)
     data: str | None = None  # the data file (``serve --data``), and whether to fsync it
     fsync: bool = False
+    store: str | None = None  # a Redis store's URL (``serve --store``), and its key prefix
+    store_prefix: str | None = None
     stop_requested: bool = False  # bytes after the first line: the Manager already said stop
 
 
@@ -76,6 +78,8 @@ def encode_config(
     *,
     data: str | None = None,
     fsync: bool = False,
+    store: str | None = None,
+    store_prefix: str | None = None,
 ) -> bytes:
     """The Manager's first line (``initializer`` must pickle: TypeError if it does not)."""
     config: dict[str, Any] = {
@@ -85,6 +89,8 @@ def encode_config(
     }
     if data is not None:
         config.update(data=data, fsync=fsync)
+    if store is not None:  # (its password, if any, crosses this private pipe only)
+        config.update(store=store, store_prefix=store_prefix)
     if initializer is not None:
         from multiprocessing import spawn
 
@@ -127,6 +133,8 @@ def read_config(fd: int) -> ParentConfig:
         initializer=unpacked("initializer"),
         data=config.get("data"),
         fsync=bool(config.get("fsync", False)),
+        store=config.get("store"),
+        store_prefix=config.get("store_prefix"),
         # more bytes: the Manager already said stop; no whole line: it is already gone
         stop_requested=bool(rest) or b"\n" not in data,
     )

@@ -145,6 +145,28 @@ def _serve_command(commands: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="with --data: sync every commit to disk, so that it survives a power loss too",
     )
+    serve_cmd.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the board in Redis, shared with every server given the same URL and "
+        "prefix: redis://[user:password@]host[:port][/db], rediss://... (TLS), "
+        "unix:///path/redis.sock, redis+cluster://host:port[,host:port...] (needs "
+        "pip install 'aionamespace[redis]'; --backend asyncio; refused if Redis cannot be "
+        "reached at start)",
+    )
+    serve_cmd.add_argument(
+        "--store-prefix",
+        metavar="PREFIX",
+        help="with --store: the prefix of every Redis key of the board, so that several "
+        "boards share one Redis (default aionamespace)",
+    )
+    serve_cmd.add_argument(
+        "--store-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --store: a call fails with StoreUnavailable after this long without an "
+        "answer from Redis (default 5)",
+    )
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     add_limit_flags(serve_cmd)
 

@@ -15,12 +15,12 @@ import ssl
 import stat
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.abc
 
-from .._errors import DataFileError
+from .._errors import NamespaceError
 from .._limit_flags import limits_from_flags
 from .._parent_pipe import (
     ParentConfig,
@@ -36,7 +36,9 @@ from ..protocol.limits import Limits
 from ..server.busypoll import DEFAULT_SPIN_SECONDS, busy_poll_loop_factory
 from ..server.server import Server
 from ..server.stores import SQLiteStore, Store
+from ..server.stores.remote import RemoteStore
 from .parser import AUTHKEY_ENV, CommandFailed, UsageError
+from .serve_store import cannot_start, check_store_flags, make_store
 
 __all__ = ["run_serve", "serve"]
 
@@ -72,7 +74,7 @@ async def serve(
     parent: ParentConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
-    store: Store | None = None,
+    store: Store | RemoteStore | None = None,
 ) -> None:
     """Run a server at ``address`` until a signal (or, for a ``parent`` Manager, its word)."""
     _raise_open_file_limit()
@@ -104,8 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
     address = _address(args)
     loop_factory = _loop_factory(args)  # (checks the flags before anything is loaded)
     ssl_context = _ssl_context(args)
-    if args.fsync and not args.data and not args.parent_pipe:
-        raise UsageError("--fsync needs --data FILE (it says how the data file is written)")
+    check_store_flags(args)
     parent = None
     if args.parent_pipe:  # a Manager started us: its first line says the key, limits, ...
         ignore_interrupts()
@@ -120,9 +121,13 @@ def run_serve(args: argparse.Namespace) -> int:
         key_text = os.environ.get(AUTHKEY_ENV)
         authkey = key_text.encode() if key_text else None
         limits = limits_from_flags(args)
-    store = _store(args, parent, limits)
-    if store is False:
-        return 1  # the Manager was told why
+    try:
+        store = make_store(args, parent, limits)
+    except CommandFailed as exc:
+        if parent is None:
+            raise
+        _tell_parent(parent, exc)
+        return 1
     options: dict[str, object] = {} if loop_factory is None else {"loop_factory": loop_factory}
     try:
         anyio.run(
@@ -133,7 +138,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 parent=parent,
                 ssl_context=ssl_context,
                 limits=limits,
-                store=store or None,
+                store=store,
             ),
             backend=args.backend,
             backend_options=options,
@@ -142,33 +147,28 @@ def run_serve(args: argparse.Namespace) -> int:
         error = _alone(exc)
         if isinstance(error, OSError):
             raise CommandFailed(cannot_listen(address, error)) from None
+        if isinstance(error, NamespaceError):  # the store: unreachable, another layout
+            failed = CommandFailed(cannot_start(error))
+            failed.__cause__ = error
+            if parent is None:
+                raise failed from error
+            _tell_parent(parent, failed)
+            return 1
         raise
     finally:
-        if store:
+        if isinstance(store, SQLiteStore):
             store.close()
         if parent is not None:
             remove_private_dir(parent)
     return 0
 
 
-def _store(
-    args: argparse.Namespace, parent: ParentConfig | None, limits: Limits
-) -> SQLiteStore | Literal[False] | None:
-    """The data file's store (``--data``, or the Manager's ``data=``), None without one; False
-    when a Manager's file cannot be used (the Manager has been told why)."""
-    data, fsync = args.data, args.fsync
-    if parent is not None and parent.data is not None:
-        data, fsync = parent.data, parent.fsync
-    if not data:
-        return None
-    try:
-        return SQLiteStore(data, limits, fsync=fsync)
-    except DataFileError as exc:
-        if parent is None:
-            raise CommandFailed(str(exc)) from None
-        announce({"error": str(exc), "type": "DataFileError"})
-        remove_private_dir(parent)
-        return False
+def _tell_parent(parent: ParentConfig, failed: CommandFailed) -> None:
+    """Tell the Manager why the server does not start (the library error's type, for it to
+    raise the same), and remove its private directory."""
+    cause = failed.__cause__
+    announce({"error": str(failed), "type": type(cause).__name__ if cause else None})
+    remove_private_dir(parent)
 
 
 def _address(args: argparse.Namespace) -> Address:

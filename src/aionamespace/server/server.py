@@ -116,9 +116,9 @@ class Server:
         ``stop()`` (or cancelling this task) ends it gracefully: every client is told the server
         is shutting down, and the whole shutdown is bounded by about a second.
         """
-        if self.remote is not None:
-            await self._start_remote(self.remote)
         try:
+            if self.remote is not None:
+                await self._start_remote(self.remote)
             await self._serve(task_status)
         finally:
             if self.remote is not None:
