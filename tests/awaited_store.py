@@ -28,13 +28,15 @@ import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
-from aionamespace import Server, StoreUnavailable
+import redis_rig
+from aionamespace import RedisStore, Server, StoreUnavailable
 from aionamespace.protocol.connection import Address
 from aionamespace.protocol.limits import Limits
 from aionamespace.server.stores import Change, Changes, MemoryStore, StoreUsage
 from aionamespace.server.stores.remote import STORE_CALLS, StoreCall
 
 __all__ = [
+    "REDIS_KINDS",
     "STORE_KINDS",
     "AwaitedStore",
     "Board",
@@ -43,9 +45,13 @@ __all__ = [
     "servers_on_one_loop",
 ]
 
-#: The kinds of store a test's server may serve from: its own memory, or a store it awaits
-#: (the path a Redis store takes). conftest's ``store_kind`` fixture picks one.
-STORE_KINDS = ["memory", "awaited"]
+#: The kinds of store a test's server may serve from: its own memory, a store it awaits (the
+#: path a Redis store takes), or a real Redis store on the session's redis-server or Redis
+#: Cluster (redis_rig.py). conftest's ``store_kind`` fixture picks one.
+STORE_KINDS = ["memory", "awaited", "redis", "redis-cluster"]
+#: The kinds over a real Redis: served on asyncio only (redis-py's asyncio client), and run
+#: in one cell of the other parameters only (conftest.py, ``pytest_collection_modifyitems``).
+REDIS_KINDS = frozenset({"redis", "redis-cluster"})
 
 #: Runs a test over every kind of store: on a test that uses ``server`` (or ``store_kind``).
 over_every_store = pytest.mark.parametrize("store_kind", STORE_KINDS, indirect=True)
@@ -227,8 +233,12 @@ class AwaitedStore:
         self.follows.append(f"-{key}")
 
 
-def new_store(kind: str, limits: Limits | None = None) -> AwaitedStore | None:
-    """A store of ``kind`` for a Server (None: the server's own in-memory store)."""
+def new_store(kind: str, limits: Limits | None = None) -> AwaitedStore | RedisStore | None:
+    """A store of ``kind`` for a Server (None: the server's own in-memory store); a Redis one
+    under a key prefix of its own."""
+    if kind in REDIS_KINDS:
+        engine = redis_rig.standalone() if kind == "redis" else redis_rig.cluster()
+        return RedisStore(engine.url, limits, prefix=redis_rig.unique_prefix(kind))
     return AwaitedStore(limits=limits) if kind == "awaited" else None
 
 

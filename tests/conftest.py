@@ -19,7 +19,7 @@ from hypothesis import settings
 import redis_rig
 from aionamespace import Manager, ServerThread
 from aionamespace.protocol.connection import Address
-from awaited_store import new_store
+from awaited_store import REDIS_KINDS, new_store
 from server_processes import ServeProcess
 
 # CI explores the same examples on every run, so a red build is about the change, not luck;
@@ -145,6 +145,34 @@ def redis_private() -> Iterator[redis_rig.RedisServer]:
 def redis_prefix() -> str:
     """A key prefix of the test's own: tests sharing one Redis never see each other's keys."""
     return redis_rig.unique_prefix()
+
+
+#: The cells of the other parameters a test over a real Redis runs in (conftest's and
+#: test_atomic's ``client``, the proxy's kind): see ``pytest_collection_modifyitems``.
+REDIS_CELLS = {
+    "server_backend": {"asyncio"},
+    "anyio_backend": {"asyncio"},
+    "server": {"unix"},
+    "client": {"sync", "asyncio"},
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test over a real Redis (``over_every_store``) runs in the ``REDIS_CELLS`` of its
+    other parameters only: the server on asyncio (the only backend it serves a Redis store on;
+    the trio refusal has a test of its own), on a Unix socket, clients on asyncio. What those
+    parameters vary is proved over the other stores; what Redis adds is the store, so the
+    Redis cells stay few and the suite's time modest."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        other_cells = any(
+            name in params and params[name] not in cells for name, cells in REDIS_CELLS.items()
+        )
+        (dropped if params.get("store_kind") in REDIS_KINDS and other_cells else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

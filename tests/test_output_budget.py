@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import random
 import select
 import socket
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import pytest
 from aionamespace import AsyncNamespace, Limits, Namespace, ServerThread
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import Address
-from awaited_store import AwaitedStore, new_store, over_every_store
+from awaited_store import new_store, over_every_store
 from deadlines import NO_HANG_SECONDS, wait_until
 from raw_client import connect_raw, exchange, read_frames
 from server_processes import ServeProcess
@@ -36,24 +37,30 @@ MIB = 1024 * 1024
 pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
+#: What ``board`` writes in namespace ``big`` (bytes made from a fixed seed: the same each time).
+BOARD: dict[str, Any] = {
+    **{f"large{i}": random.Random(i).randbytes(2 * MIB + i) for i in range(3)},
+    **{f"small{i}": f"value {i}" * 20 for i in range(6000)},
+}
+
+
 @pytest.fixture
 def board(server_backend: str, short_tmp: str, store_kind: str) -> Iterator[ServerThread]:
     """A server holding namespace ``big``: more than the reply budget, in large values and
-    in thousands of small ones."""
+    in thousands of small ones (``BOARD``)."""
     address, store = os.path.join(short_tmp, "s.sock"), new_store(store_kind)
     with ServerThread(address, backend=server_backend, store=store) as running:
         with Namespace(running.address, "big") as ns:
             for i in range(3):
-                setattr(ns, f"large{i}", os.urandom(2 * MIB + i))
+                setattr(ns, f"large{i}", BOARD[f"large{i}"])
             for start in range(0, 6000, 1000):
-                ns._update(**{f"small{i}": f"value {i}" * 20 for i in range(start, start + 1000)})
+                ns._update(**{f"small{i}": BOARD[f"small{i}"] for i in range(start, start + 1000)})
         yield running
 
 
 def expected_board(server: ServerThread) -> dict[str, Any]:
-    store = server.server.store
-    memory = store.board.memory if isinstance(store, AwaitedStore) else store
-    return memory.snapshot("big", None)[1]  # type: ignore[union-attr]
+    """``BOARD`` as the store holds it (encoded), whatever the store."""
+    return {name: encode_value(value) for name, value in BOARD.items()}
 
 
 @over_every_store
