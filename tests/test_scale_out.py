@@ -1,0 +1,289 @@
+"""Scaling out: ``serve --store URL`` processes over one Redis (or Redis Cluster), for real.
+
+Two servers over one board, 8 spawned processes split between them: exact totals, every
+append once and in each writer's order. A Redis stopped and started again under load, and one
+SIGSTOPped: every call fails promptly with StoreUnavailable naming the store (never a hang,
+never a raw redis exception), the connections stay open, and the same proxies work again once
+Redis answers. A server started while its Redis is down refuses to start (cli/serve_store.py).
+
+Not here yet: watches, caches and locks across servers (a watcher on one server seeing the
+other's writes; a cache invalidated by the other; a lock held through one blocking the other):
+they need the Redis store to deliver other servers' revisions and locks shared through Redis.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import redis_rig
+from aionamespace import Namespace, StoreUnavailable
+from aionamespace.protocol.codec import encode_value
+from deadlines import NO_HANG_SECONDS, wait_until
+from raw_client import connect_raw, exchange
+from server_processes import ServeProcess
+
+pytestmark = pytest.mark.usefixtures("collect_garbage")
+
+CTX = multiprocessing.get_context("spawn")
+WRITERS = 8
+WRITES = 150
+#: ``--store-timeout`` of the servers whose Redis fails under them, and what a failing call
+#: may take beyond it on a loaded machine (a hang would take NO_HANG_SECONDS or forever).
+STORE_TIMEOUT = 1.0
+SLACK_SECONDS = 2.0
+
+
+def serve_over(store_url: str, prefix: str, path: str, *options: str) -> ServeProcess:
+    return ServeProcess(path, "asyncio", "--store", store_url, "--store-prefix", prefix, *options)
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def two_servers(
+    request: pytest.FixtureRequest, short_tmp: str, redis_prefix: str
+) -> Iterator[list[ServeProcess]]:
+    """Two ``serve --store`` processes over one board: on the session's Redis, or Cluster."""
+    engine = redis_rig.standalone() if request.param == "redis" else redis_rig.cluster()
+    servers: list[ServeProcess] = []
+    try:
+        for index in range(2):
+            path = os.path.join(short_tmp, f"s{index}.sock")
+            servers.append(serve_over(engine.url, redis_prefix, path))
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+# ---------------------------------------------------------------------- children (module level)
+
+
+def write_many(address: str, worker: int, times: int) -> None:
+    with Namespace(address, "board") as ns:
+        for k in range(times):
+            ns._incr("count")
+            ns._append("log", [worker, k])
+            ns._update(**{f"last{worker}": k, f"double{worker}": 2 * k})
+
+
+def test_eight_processes_over_two_servers_lose_nothing(two_servers: list[ServeProcess]) -> None:
+    addresses = [server.address for server in two_servers]
+    processes = [
+        CTX.Process(target=write_many, args=(addresses[worker % 2], worker, WRITES))
+        for worker in range(WRITERS)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        deadline = time.monotonic() + 60
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        assert [process.exitcode for process in processes] == [0] * WRITERS
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+            process.close()
+    for address in addresses:  # each server reads the one board
+        assert isinstance(address, str)
+        with Namespace(address, "board") as ns:
+            board = dict(ns._snapshot())
+            assert board["count"] == WRITERS * WRITES
+            log = [tuple(item) for item in board["log"]]
+            assert len(log) == len(set(log)) == WRITERS * WRITES
+            for worker in range(WRITERS):
+                assert [k for w, k in log if w == worker] == list(range(WRITES))
+                assert (board[f"last{worker}"], board[f"double{worker}"]) == (
+                    WRITES - 1,
+                    2 * (WRITES - 1),
+                )
+
+
+# ---------------------------------------------------------------------- Redis failing under load
+
+
+class Load:
+    """Threads calling ``_incr`` through servers over a Redis that fails, each with its own
+    sync proxy (kept for the whole test: nothing reconnects by hand), recording every call's
+    outcome and how long it took."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.proxies = [Namespace(address, "load") for address in addresses * 2]
+        self.outcomes: list[list[tuple[float, float, BaseException | None]]] = [
+            [] for _ in self.proxies
+        ]
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(index,), daemon=True)
+            for index in range(len(self.proxies))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, index: int) -> None:
+        proxy, outcomes = self.proxies[index], self.outcomes[index]
+        while not self.stop.is_set():
+            began = time.monotonic()
+            try:
+                proxy._incr("n")
+            except Exception as exc:
+                outcomes.append((began, time.monotonic(), exc))
+            else:
+                outcomes.append((began, time.monotonic(), None))
+
+    def each_saw(self, failed: bool, after: float) -> bool:
+        """Whether every thread has a call begun after ``after`` that failed (or succeeded)."""
+        return all(
+            any(began > after and (error is not None) is failed for began, _, error in calls)
+            for calls in self.outcomes
+        )
+
+    def finish(self) -> list[tuple[float, float, BaseException | None]]:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(NO_HANG_SECONDS)
+            assert not thread.is_alive()
+        for proxy in self.proxies:
+            proxy._close()
+        return [outcome for calls in self.outcomes for outcome in calls]
+
+
+def assert_prompt_store_failures(
+    outcomes: list[tuple[float, float, BaseException | None]], store: str
+) -> None:
+    """Every failure is StoreUnavailable naming the store, within the store's timeout."""
+    failures = [(ended - began, error) for began, ended, error in outcomes if error is not None]
+    assert failures
+    for took, error in failures:
+        assert isinstance(error, StoreUnavailable), repr(error)
+        assert store in str(error)
+        assert took < STORE_TIMEOUT + SLACK_SECONDS, (took, error)
+    for began, ended, _ in outcomes:
+        assert ended - began < STORE_TIMEOUT + SLACK_SECONDS  # successes never hang either
+
+
+@pytest.fixture
+def over_private(
+    redis_private: redis_rig.RedisServer, short_tmp: str, redis_prefix: str
+) -> Iterator[list[ServeProcess]]:
+    """Two servers over a Redis of the test's own, calls bounded by STORE_TIMEOUT."""
+    servers: list[ServeProcess] = []
+    try:
+        for index in range(2):
+            path = os.path.join(short_tmp, f"p{index}.sock")
+            servers.append(
+                serve_over(
+                    redis_private.url,
+                    redis_prefix,
+                    path,
+                    "--store-timeout",
+                    str(STORE_TIMEOUT),
+                )
+            )
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+def addresses_of(servers: list[ServeProcess]) -> list[str]:
+    addresses = [server.address for server in servers]
+    assert all(isinstance(address, str) for address in addresses)
+    return addresses  # type: ignore[return-value]
+
+
+def test_redis_stopped_and_started_again_under_load(
+    over_private: list[ServeProcess], redis_private: redis_rig.RedisServer
+) -> None:
+    addresses = addresses_of(over_private)
+    raw, frames = connect_raw(addresses[0])  # a connection of its own, kept throughout
+    one = encode_value(1)
+    load = Load(addresses)
+    try:
+        wait_until(lambda: load.each_saw(False, 0.0), "every thread has written")
+        redis_private.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: load.each_saw(True, stopped), "every thread has seen Redis gone")
+        [(request, status, kind, message)] = exchange(raw, frames, [1, "get", "load", "n"])
+        assert (request, status, kind) == (1, 1, "StoreUnavailable")
+        assert redis_private.url in message
+        redis_private.start()  # (empty: nothing is saved)
+        started = time.monotonic()
+        wait_until(lambda: load.each_saw(False, started), "every thread writes again")
+        [(request, status, _revision)] = exchange(raw, frames, [2, "set", "load", "x", one])
+        assert (request, status) == (2, 0)
+        assert exchange(raw, frames, [3, "get", "load", "x"]) == [[3, 0, one]]
+    finally:
+        outcomes = load.finish()
+        raw.close()
+    assert_prompt_store_failures(outcomes, redis_private.url)
+    with Namespace(addresses[1], "load") as ns:  # the board, begun again, is one board
+        assert ns.n >= 1
+        assert ns.x == 1
+
+
+def test_a_sigstopped_redis_fails_calls_within_the_store_timeout(
+    over_private: list[ServeProcess], redis_private: redis_rig.RedisServer
+) -> None:
+    addresses = addresses_of(over_private)
+    load = Load(addresses)
+    assert redis_private.pid is not None
+    try:
+        wait_until(lambda: load.each_saw(False, 0.0), "every thread has written")
+        os.kill(redis_private.pid, signal.SIGSTOP)  # the socket stays open, nothing answers
+        try:
+            frozen = time.monotonic()
+            wait_until(
+                lambda: load.each_saw(True, frozen),
+                "every thread has seen Redis frozen",
+                STORE_TIMEOUT + NO_HANG_SECONDS,
+            )
+        finally:
+            os.kill(redis_private.pid, signal.SIGCONT)
+        thawed = time.monotonic()
+        wait_until(lambda: load.each_saw(False, thawed), "every thread writes again")
+    finally:
+        outcomes = load.finish()
+    assert_prompt_store_failures(outcomes, redis_private.url)
+    with Namespace(addresses[0], "check") as ns:  # no reply read for another request
+        for value in range(50):
+            ns.x = value
+            assert ns.x == value
+            assert ns._incr("n") == value + 1
+
+
+# ---------------------------------------------------------------------- starting without Redis
+
+
+def run_serve(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aionamespace", "serve", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=NO_HANG_SECONDS * 2,
+        check=False,
+    )
+
+
+def test_a_server_refuses_to_start_while_its_redis_is_down(
+    redis_private: redis_rig.RedisServer, short_tmp: str
+) -> None:
+    redis_private.stop()
+    url = f"unix://:s3cret@{redis_private.socket_path}"
+    done = run_serve("--unix", os.path.join(short_tmp, "s.sock"), "--store", url)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()  # one line, no traceback
+    assert line.startswith("aionamespace: cannot serve: the store (unix://:***@")
+    assert "is unavailable" in line
+    assert "s3cret" not in line
+    assert not os.path.exists(os.path.join(short_tmp, "s.sock"))  # it never listened
