@@ -116,17 +116,19 @@ class Server:
         ``stop()`` (or cancelling this task) ends it gracefully: every client is told the server
         is shutting down, and the whole shutdown is bounded by about a second.
         """
+        if self.remote is not None:
+            self._check_backend(self.remote)  # (before the store opens anything)
         try:
             if self.remote is not None:
-                await self._start_remote(self.remote)
+                await self.remote.start()  # (closed below even if it fails half-way)
             await self._serve(task_status)
         finally:
             if self.remote is not None:
                 with anyio.CancelScope(shield=True):
                     await self.remote.aclose()
 
-    async def _start_remote(self, store: RemoteStore) -> None:
-        """Refuse a store that cannot run on this event loop (``backends``), then start it."""
+    def _check_backend(self, store: RemoteStore) -> None:
+        """Refuse a store that cannot run on this event loop (``backends``)."""
         backends = getattr(store, "backends", None)
         backend = "asyncio" if _running_on_asyncio() else "trio"
         if backends is not None and backend not in backends:
@@ -134,7 +136,6 @@ class Server:
                 f"{type(store).__name__} works on {' and '.join(backends)} only, and this "
                 f"server runs on {backend}: serve it on {backends[0]}"
             )
-        await store.start()
 
     async def _serve(self, task_status: anyio.abc.TaskStatus[Address]) -> None:
         sock, address = make_listening_socket(self._requested)

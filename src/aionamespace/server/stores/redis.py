@@ -80,6 +80,7 @@ class RedisStore:
 
     remote = True
     durable = False
+    backends = ("asyncio",)  # redis-py's asyncio client: the server refuses trio (remote.py)
 
     def __init__(
         self,
