@@ -183,3 +183,28 @@ def test_redis_store_is_exported_for_embedding(
     ):
         ns.x = 1
         assert ns._incr("x") == 2
+
+
+def test_a_password_from_the_environment_or_the_url_never_shown(
+    redis_private: redis_rig.RedisServer,
+    short_tmp: str,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_servers: list[ServeProcess],
+) -> None:
+    with redis_private.client() as client:
+        client.config_set("requirepass", "s3cret")
+    path = os.path.join(short_tmp, "s.sock")
+    wrong = f"unix://:wr0ng@{redis_private.socket_path}"
+    line = one_line(run_cli("serve", "--unix", path, "--store", wrong), 1)
+    assert line.startswith("aionamespace: cannot serve: the store (unix://:***@")
+    assert "wr0ng" not in line
+    line = one_line(run_cli("serve", "--unix", path, "--store", redis_private.url), 1)
+    assert "is unavailable: AuthenticationError" in line
+    monkeypatch.setenv("AIONAMESPACE_STORE_PASSWORD", "s3cret")  # (ServeProcess inherits it)
+    line = one_line(run_cli("serve", "--unix", path, "--store", wrong), 2)
+    assert "give one" in line
+    server = ServeProcess(path, "asyncio", "--store", redis_private.url)
+    cli_servers.append(server)
+    with Namespace(server.address, "board") as ns:
+        ns.x = 1
+        assert ns.x == 1

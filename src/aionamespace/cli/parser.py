@@ -152,7 +152,8 @@ def _serve_command(commands: argparse._SubParsersAction[_Parser]) -> None:
         "prefix: redis://[user:password@]host[:port][/db], rediss://... (TLS), "
         "unix:///path/redis.sock, redis+cluster://host:port[,host:port...] (needs "
         "pip install 'aionamespace[redis]'; --backend asyncio; refused if Redis cannot be "
-        "reached at start)",
+        "reached at start). AIONAMESPACE_STORE_PASSWORD in the environment gives the "
+        "password instead of the URL (which ps shows)",
     )
     serve_cmd.add_argument(
         "--store-prefix",

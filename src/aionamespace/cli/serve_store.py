@@ -13,6 +13,8 @@ recovers by itself when Redis is back (README, "Scaling out").
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from typing import Any
 
 from .._errors import DataFileError, NamespaceError
@@ -25,6 +27,7 @@ from .parser import CommandFailed, UsageError
 __all__ = [
     "DEFAULT_STORE_PREFIX",
     "DEFAULT_STORE_TIMEOUT",
+    "STORE_PASSWORD_ENV",
     "cannot_start",
     "check_store_flags",
     "make_store",
@@ -34,6 +37,9 @@ __all__ = [
 DEFAULT_STORE_PREFIX = "aionamespace"
 #: Seconds a call waits for Redis before it fails with StoreUnavailable.
 DEFAULT_STORE_TIMEOUT = 5.0
+#: The Redis password, when the URL has none: a command line is visible to the host's other
+#: users (``ps``), the environment is not (redis-cli's ``REDISCLI_AUTH`` is the precedent).
+STORE_PASSWORD_ENV = "AIONAMESPACE_STORE_PASSWORD"
 
 
 def check_store_flags(args: argparse.Namespace) -> None:
@@ -59,9 +65,13 @@ def check_store_flags(args: argparse.Namespace) -> None:
             f"--store runs on --backend asyncio (redis-py's asyncio client), not {args.backend}"
         )
     try:
-        parse_store_url(args.store)
+        url = parse_store_url(args.store)
     except ValueError as exc:  # (the message never shows a password)
         raise UsageError(f"--store: {exc}") from None
+    if url.password is not None and os.environ.get(STORE_PASSWORD_ENV):
+        raise UsageError(
+            f"--store's URL has a password and {STORE_PASSWORD_ENV} gives one too: give one"
+        )
     if args.store_prefix is not None and ("{" in args.store_prefix or "}" in args.store_prefix):
         raise UsageError(
             f"--store-prefix holds no braces (hash tags follow it): {args.store_prefix!r}"
@@ -79,7 +89,7 @@ def make_store(
         url, prefix, timeout = parent.store, parent.store_prefix, None
         data, fsync = parent.data, parent.fsync
     else:
-        url, prefix, timeout = args.store, args.store_prefix, args.store_timeout
+        url, prefix, timeout = _with_password(args.store), args.store_prefix, args.store_timeout
         data, fsync = args.data, args.fsync
     if url is not None:
         options: dict[str, Any] = {"prefix": prefix or DEFAULT_STORE_PREFIX}
@@ -96,6 +106,14 @@ def make_store(
         return SQLiteStore(data, limits, fsync=fsync)
     except DataFileError as exc:
         raise CommandFailed(str(exc)) from exc
+
+
+def _with_password(url: str | None) -> str | None:
+    """``url`` with the password of ``STORE_PASSWORD_ENV`` if it has none."""
+    password = os.environ.get(STORE_PASSWORD_ENV)
+    if url is None or not password:
+        return url
+    return dataclasses.replace(parse_store_url(url), password=password).url()
 
 
 def cannot_start(error: NamespaceError) -> str:
