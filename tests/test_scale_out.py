@@ -1,10 +1,12 @@
 """Scaling out: ``serve --store URL`` processes over one Redis (or Redis Cluster), for real.
 
 Two servers over one board, 8 spawned processes split between them: exact totals, every
-append once and in each writer's order. A Redis stopped and started again under load, and one
-SIGSTOPped: every call fails promptly with StoreUnavailable naming the store (never a hang,
-never a raw redis exception), the connections stay open, and the same proxies work again once
-Redis answers. A server started while its Redis is down refuses to start (cli/serve_store.py).
+append once and in each writer's order; a watch resumed on one server replays the writes made
+through the other, from the history kept in Redis. A Redis stopped and started again under
+load, and one SIGSTOPped: every call fails promptly with StoreUnavailable naming the store
+(never a hang, never a raw redis exception), the connections stay open, and the same proxies
+work again once Redis answers. A server started while its Redis is down refuses to start
+(cli/serve_store.py).
 
 Not here yet: watches, caches and locks across servers (a watcher on one server seeing the
 other's writes; a cache invalidated by the other; a lock held through one blocking the other):
@@ -46,6 +48,16 @@ def serve_over(store_url: str, prefix: str, path: str, *options: str) -> ServePr
     return ServeProcess(path, "asyncio", "--store", store_url, "--store-prefix", prefix, *options)
 
 
+def probe(server: ServeProcess) -> str:
+    """The server's address (a Unix socket path, as every server here listens on)."""
+    assert isinstance(server.address, str)
+    return server.address
+
+
+def addresses_of(servers: list[ServeProcess]) -> list[str]:
+    return [probe(server) for server in servers]
+
+
 @pytest.fixture(params=["redis", "redis-cluster"])
 def two_servers(
     request: pytest.FixtureRequest, short_tmp: str, redis_prefix: str
@@ -75,7 +87,7 @@ def write_many(address: str, worker: int, times: int) -> None:
 
 
 def test_eight_processes_over_two_servers_lose_nothing(two_servers: list[ServeProcess]) -> None:
-    addresses = [server.address for server in two_servers]
+    addresses = addresses_of(two_servers)
     processes = [
         CTX.Process(target=write_many, args=(addresses[worker % 2], worker, WRITES))
         for worker in range(WRITERS)
@@ -94,7 +106,6 @@ def test_eight_processes_over_two_servers_lose_nothing(two_servers: list[ServePr
                 process.join()
             process.close()
     for address in addresses:  # each server reads the one board
-        assert isinstance(address, str)
         with Namespace(address, "board") as ns:
             board = dict(ns._snapshot())
             assert board["count"] == WRITERS * WRITES
@@ -106,6 +117,20 @@ def test_eight_processes_over_two_servers_lose_nothing(two_servers: list[ServePr
                     WRITES - 1,
                     2 * (WRITES - 1),
                 )
+
+
+def test_a_watch_resumes_on_the_other_server_from_the_history_in_redis(
+    two_servers: list[ServeProcess],
+) -> None:
+    first, second = (probe(server) for server in two_servers)
+    with Namespace(first, "resumed") as writer, Namespace(second, "resumed") as reader:
+        for value in range(5):
+            writer.x = value
+        revisions = writer._snapshot().revision
+        with reader._watch(since=0) as watch:
+            events = [watch.next(timeout=NO_HANG_SECONDS) for _ in range(revisions)]
+        assert [event.revision for event in events] == list(range(1, revisions + 1))
+        assert [event.value for event in events if event.name == "x"] == list(range(5))
 
 
 # ---------------------------------------------------------------------- Redis failing under load
@@ -193,12 +218,6 @@ def over_private(
     finally:
         for server in servers:
             server.close()
-
-
-def addresses_of(servers: list[ServeProcess]) -> list[str]:
-    addresses = [server.address for server in servers]
-    assert all(isinstance(address, str) for address in addresses)
-    return addresses  # type: ignore[return-value]
 
 
 def test_redis_stopped_and_started_again_under_load(

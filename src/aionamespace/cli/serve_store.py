@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -76,8 +77,10 @@ def check_store_flags(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--store-prefix holds no braces (hash tags follow it): {args.store_prefix!r}"
         )
-    if args.store_timeout is not None and not args.store_timeout > 0:
-        raise UsageError(f"--store-timeout wants seconds above 0, not {args.store_timeout:g}")
+    if args.store_timeout is not None and not 0 < args.store_timeout < math.inf:
+        raise UsageError(
+            f"--store-timeout wants seconds above 0 (and finite), not {args.store_timeout:g}"
+        )
 
 
 def make_store(
