@@ -150,10 +150,10 @@ def redis_prefix() -> str:
 #: The cells of the other parameters a test over a real Redis runs in (conftest's and
 #: test_atomic's ``client``, the proxy's kind): see ``pytest_collection_modifyitems``.
 REDIS_CELLS = {
-    "server_backend": {"asyncio"},
-    "anyio_backend": {"asyncio"},
-    "server": {"unix"},
-    "client": {"sync", "asyncio"},
+    "server_backend": ("asyncio",),
+    "anyio_backend": ("asyncio",),
+    "server": ("unix",),
+    "client": ("sync", "asyncio"),
 }
 
 
@@ -166,10 +166,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        other_cells = any(
+        other_cells = params.get("store_kind") in REDIS_KINDS and any(
             name in params and params[name] not in cells for name, cells in REDIS_CELLS.items()
         )
-        (dropped if params.get("store_kind") in REDIS_KINDS and other_cells else kept).append(item)
+        (dropped if other_cells else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
