@@ -24,6 +24,15 @@ gaps: a store that misses some (a dropped subscription) replays them from its hi
 when the history no longer reaches them calls ``on_lost(key)`` so that the server can tell
 the watchers to resync. Each revision reaches ``on_commit`` once.
 
+**Following.** ``follow(key, since)``: every revision of ``key`` after ``since`` reaches
+``on_commit`` (a watch passes the revision its snapshot or replay ended at); ``since=None``:
+every revision after the one the store next observes for ``key`` (the revision a read or
+write of it in the next ``apply``, or ``history``, sees: the server follows before it sends a
+tracked read, in the same batch). Revisions the server already knows may come again (it skips
+those up to the revision it read). ``run()`` delivers them: the server starts it as a helper
+task when it serves and it runs as long as the server serves; without it, nothing of other
+servers arrives. ``unfollow(key)``: no more of ``key``.
+
 **Epoch.** ``start`` reads the board's epoch (making one for a new board) and refuses a layout
 of another version. A store that finds its engine lost data under it (revisions went back, the
 engine's replication id changed) starts a new epoch and calls ``on_epoch(epoch)``: the server
@@ -80,6 +89,7 @@ class RemoteStore(Protocol):
     async def count(self) -> int: ...
     async def drop(self, key: str) -> None: ...
     async def usage(self) -> StoreUsage: ...
-    def follow(self, key: str) -> None: ...  # deliver other servers' revisions of ``key``
+    def follow(self, key: str, since: int | None = None) -> None: ...  # (module's docstring)
     def unfollow(self, key: str) -> None: ...
+    async def run(self) -> None: ...  # delivers other servers' revisions while the server serves
     async def aclose(self) -> None: ...
