@@ -259,6 +259,29 @@ def test_unfollow_stops_delivery_and_unsubscribes(target: str) -> None:
             await anyio.to_thread.run_sync(
                 _wait_until, lambda: subscribers(target, b.base(other) + ":c") == 0
             )
+            b.follow("k", 1)  # again, from revision 1: 2 replayed, then 3
+            await heard.until(lambda: len(heard.commits) >= 4, "B heard k's 2")
+            await a.apply([("set", ("k", "x", ONE))])
+            await heard.until(lambda: len(heard.commits) >= 5, "B heard k's 3")
+            assert heard.revisions("k") == [1, 2, 3]
+
+
+def test_following_again_at_once_still_fills(target: str) -> None:
+    """unfollow then follow before the subscriber acted: subscribed again all the same, and
+    its confirmation fills what the new ``since`` asks for."""
+
+    async def main() -> None:
+        async with servers(target) as (a, b, heard):
+            b.follow("k", 0)
+            await a.apply([("set", ("k", "x", ONE)), ("set", ("k", "x", TWO))])
+            await heard.until(lambda: len(heard.commits) >= 2, "B heard 1, 2")
+            b.unfollow("k")
+            b.follow("k", 0)
+            await heard.until(lambda: len(heard.commits) >= 4, "B heard 1, 2 again")
+            await a.apply([("del", ("k", "x"))])
+            await heard.until(lambda: len(heard.commits) >= 5, "B heard 3")
+            assert heard.revisions("k") == [1, 2, 1, 2, 3]
+            assert not heard.lost
 
     run(main)
 

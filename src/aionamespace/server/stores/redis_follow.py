@@ -91,6 +91,7 @@ class _Node:
         self.name, self.make = name, make
         self.wanted: set[str] = set()  # channels it should be subscribed to
         self.sent: set[str] = set()  # channels subscribed on the current connection
+        self.leaving: set[str] = set()  # channels unsubscribed, not yet confirmed
         self.changed = anyio.Event()
 
     def wake(self) -> None:
@@ -115,13 +116,10 @@ class Follower:
     # ------------------------------------------------------------------ following
 
     def follow(self, key: str, since: int | None) -> None:
-        state = self._keys.get(key)
-        if state is not None:
-            if since is not None and (state.told is None or since < state.told):
-                state.told = since  # (told again from there: the new follower asks for it)
+        if key in self._keys:  # (told from where it is: no revision twice)
             return
         channel = self._store.base(key) + ":c"
-        self._keys[key] = state = _Followed(key, channel, since)
+        self._keys[key] = _Followed(key, channel, since)
         self._channels[channel] = key
         self._place(channel)
 
@@ -149,11 +147,13 @@ class Follower:
             if self._group is not None:
                 self._group.start_soon(self._serve, node)
         node.wanted.add(channel)
+        node.sent.discard(channel)  # (subscribed again all the same: its confirmation fills)
         node.wake()
 
     async def _rehome(self, channels: set[str]) -> None:
         """The slot of these channels moved: refresh the slot map, subscribe where it went."""
-        await self._store._client.nodes_manager.initialize()
+        if self._cluster:
+            await self._store._client.nodes_manager.initialize()
         for node in self._nodes.values():
             node.wanted -= channels
             node.sent -= channels
@@ -195,7 +195,7 @@ class Follower:
                     await node.changed.wait()
                 continue
             pubsub = node.make()
-            node.sent = set()
+            node.sent, node.leaving = set(), set()
             try:
                 ended = await self._connected(node, pubsub)
             finally:
@@ -241,6 +241,7 @@ class Follower:
                 await pubsub.ssubscribe(channel)
             for channel in sorted(node.sent - node.wanted):
                 node.sent.discard(channel)
+                node.leaving.add(channel)
                 await pubsub.sunsubscribe(channel)
             if not node.sent and not node.wanted:
                 raise _Idle
@@ -258,6 +259,12 @@ class Follower:
             if message is None:
                 continue
             kind, channel = message["type"], message["channel"].decode()
+            if kind == "sunsubscribe":
+                if channel in node.leaving:
+                    node.leaving.discard(channel)
+                elif channel in node.sent:  # unasked: its slot left the node
+                    await self._rehome({channel})
+                continue
             key = self._channels.get(channel)
             if key is None:
                 continue
@@ -265,8 +272,6 @@ class Follower:
                 await self._message(self._keys[key], message["data"])
             elif kind == "ssubscribe":
                 await self._confirmed(self._keys[key])
-            elif kind == "sunsubscribe" and channel in node.sent:  # its slot left the node
-                await self._rehome({channel})
 
     def _slot(self, channel: str) -> int:
         return int(self._store._client.keyslot(channel))
@@ -308,7 +313,11 @@ class Follower:
 
     def tell(self, state: _Followed, revision: int, changes: Changes) -> bool:
         """Tell ``revision`` if it is the next one; False if it is not."""
-        if state.told is None or revision != state.told + 1:
+        if (
+            state.told is None
+            or revision != state.told + 1
+            or self._keys.get(state.key) is not state
+        ):
             return False
         state.told = revision
         state.seen = max(state.seen, revision)
