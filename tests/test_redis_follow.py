@@ -338,3 +338,33 @@ def test_a_restarted_redis_is_a_new_epoch_and_delivery_resumes() -> None:
         run(main)
     finally:
         server.remove()
+
+
+def test_a_new_replication_id_under_a_surviving_epoch_is_a_new_epoch() -> None:
+    """Redis lost data but not the epoch key (here: its replication id changed as a restart
+    from an AOF or a failover changes it, and the subscriber reconnects): B makes a new epoch;
+    A takes it at its next batch; delivery goes on."""
+    server = redis_rig.private_standalone("enable-debug-command local\n")
+
+    async def main() -> None:
+        async with servers("standalone", server) as (a, b, heard):
+            b.follow("k", 0)
+            await a.apply([("set", ("k", "x", ONE))])
+            await heard.until(lambda: len(heard.commits) >= 1, "B heard 1")
+            old = b.epoch
+            with server.client() as client:
+                client.execute_command("DEBUG CHANGE-REPL-ID")
+                assert client.execute_command("CLIENT KILL TYPE pubsub") == 1
+            await heard.until(lambda: len(heard.epochs) >= 1, "B made a new epoch")
+            assert heard.epochs == [b.epoch]
+            assert b.epoch != old
+            assert await a.apply([("set", ("k", "x", TWO))]) == [2]  # the data survived
+            assert a.epoch == b.epoch
+            await heard.until(lambda: len(heard.commits) >= 3, "B heard 1 again, and 2")
+            assert heard.revisions("k") == [1, 1, 2]  # a new epoch is told from revision 0
+            assert not heard.lost
+
+    try:
+        run(main)
+    finally:
+        server.remove()

@@ -32,9 +32,9 @@ registry.
 round trips): if it is gone (Redis restarted empty, or was flushed) the store makes a new
 board and epoch (or takes the one another server made first) and calls ``on_epoch`` before
 telling the batch's commits. The subscriber checks it too, when it reconnects and when a
-message says the board may be new (redis_follow.py). Not detected yet: a failover to a
-replica that lags (revisions going back, the replication id changing) while the epoch key
-survives (a followed key seen to go back is only ``on_lost``, as if dropped).
+message says the board may be new, and it watches each node's replication id: data lost
+under a surviving epoch key (a failover to a lagging replica, a restart from an AOF) makes a
+new epoch too (redis_follow.py).
 
 **Redis's configuration.** A namespace is several keys, none with a TTL: an eviction policy
 that may evict any key (``allkeys-*``) could take one of them and leave the namespace torn, so
@@ -67,7 +67,7 @@ from .redis_calls import Ahead, Call, Guesses, full, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
 from .redis_history import replay
-from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
+from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RENEW_EPOCH, RESERVE
 from .redis_urls import parse_store_url
 from .remote import StoreCall
 
@@ -220,10 +220,13 @@ class RedisStore:
         """Deliver the followed keys' revisions, as long as the server serves."""
         await self._follower.run()
 
-    async def check_epoch(self) -> bool:
+    async def check_epoch(self, renew: bool = False) -> bool:
         """Whether the board's epoch is another than this store's (then made this store's,
-        and ``on_epoch`` told): Redis lost the board, or another server found it so."""
+        and ``on_epoch`` told): Redis lost the board, or another server found it so.
+        ``renew``: Redis lost data but kept the epoch: replace it (if no server did yet)."""
         async with self._guard():
+            if renew:
+                await self._client.eval(RENEW_EPOCH, 1, self._epoch_key, self.epoch, new_epoch())
             found = await self._client.get(self._epoch_key)
             if found is not None and found.decode() == self.epoch:
                 return False

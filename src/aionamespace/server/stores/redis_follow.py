@@ -109,6 +109,8 @@ class Follower:
         self._nodes: dict[str, _Node] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self._pools: dict[str, Any] = {}  # a cluster node's name -> its subscribers' pool
+        self._replids: dict[str, bytes] = {}  # a node's name -> its replication id, last seen
+        self._promoted: set[str] = set()  # nodes whose replica took over (keys may go back)
 
     def __contains__(self, key: str) -> bool:
         return key in self._keys
@@ -167,6 +169,7 @@ class Follower:
             if state.told is not None:
                 state.told = 0
             state.seen = 0
+        self._promoted.clear()
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
@@ -224,14 +227,38 @@ class Follower:
                 group.cancel_scope.cancel()
 
         try:
-            await self._store.check_epoch()  # (the board may be new since)
             await pubsub.connect()
+            await self._store.check_epoch(await self._lost_data(node, pubsub.connection))
         except expected as exc:
             return exc
         async with anyio.create_task_group() as group:
             group.start_soon(guarded, self._send)
             group.start_soon(guarded, self._receive)
         return ended[0] if ended else _Idle()
+
+    async def _lost_data(self, node: _Node, connection: Any) -> bool:
+        """Whether the node lost data since this store last connected to it: its replication
+        id changed, and the new one does not continue the old (``master_replid2``: a replica
+        that took over continues its master's history, though maybe not all of it: a key seen
+        to go back on it is data lost too, ``fill``). A restart that loads an RDB file keeps
+        the id; one from an AOF does not, and counts as a loss: a needless new epoch costs the
+        clients a resync, a missed one would replay wrong data."""
+        await connection.send_command("INFO", "replication")
+        info = dict(
+            line.split(b":", 1)
+            for line in (await connection.read_response()).splitlines()
+            if b":" in line
+        )
+        replid, last = info.get(b"master_replid"), self._replids.get(node.name)
+        if replid is None:
+            return False
+        self._replids[node.name] = replid
+        if last is None or replid == last:
+            return False
+        if info.get(b"master_replid2") == last:
+            self._promoted.add(node.name)
+            return False
+        return True
 
     async def _send(self, node: _Node, pubsub: Any) -> None:
         while True:
@@ -342,7 +369,12 @@ class Follower:
                 return  # told meanwhile (a message, apply): whoever comes next goes on
             if reply[0] == b"expired":
                 revision = int(reply[1])
-                if since > revision and await self._store.check_epoch():
+                promoted = any(
+                    state.channel in self._nodes[name].wanted
+                    for name in self._promoted
+                    if name in self._nodes
+                )
+                if since > revision and await self._store.check_epoch(renew=promoted):
                     return  # revisions went back with the board: a new epoch
                 state.told = state.seen = revision
                 self._lost(state.key)

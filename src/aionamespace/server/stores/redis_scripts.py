@@ -431,3 +431,11 @@ if epoch == false then
 end
 return {layout, epoch}
 """
+
+#: The board's epoch KEYS[1] replaced by ARGV[2] if it is still ARGV[1] (or gone), so that of
+#: the servers that find the same loss, the first makes the new epoch and the others take it.
+RENEW_EPOCH = r"""
+local epoch = redis.call('GET', KEYS[1])
+if epoch == false or epoch == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
