@@ -218,7 +218,7 @@ class RedisStore:
 
     async def run(self) -> None:
         """Deliver the followed keys' revisions, as long as the server serves."""
-        await self._follower.run()
+        await self._follower.subscriptions.run()
 
     async def check_epoch(self, renew: bool = False) -> bool:
         """Whether the board's epoch is another than this store's (then made this store's,
@@ -247,7 +247,7 @@ class RedisStore:
     async def aclose(self) -> None:
         """Close the client it made from a URL (a client given is the caller's to close) and
         the subscribers' pools."""
-        await self._follower.aclose()
+        await self._follower.subscriptions.aclose()
         if self._owned:
             await self._client.aclose()
 

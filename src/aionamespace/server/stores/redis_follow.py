@@ -1,71 +1,59 @@
-"""Other servers' revisions of the namespaces a Redis store follows, pushed to ``on_commit``.
+"""Other servers' revisions of the namespaces a Redis store follows, pushed to ``on_commit``
+(remote.py's promise: in revision order, without gaps, each once).
 
 **Publication.** The namespace script publishes every revision it makes on the namespace's
-shard channel, ``BASE:c`` (redis_scripts.py): ``SPUBLISH``, on a standalone Redis as on a
-cluster, where the channel's hash tag puts it in the namespace's slot, so the script may
-publish it (Redis 7.0+, as sharded pub/sub). The message is ``EPOCH REV FLAG [CHANGES]``: the
-writer's epoch, the revision, ``n`` if the call made the namespace, and the history entry's
-changes when they are small (``MAX_INLINE_BYTES``) and carry no appended list: then a
-follower needs no fetch. A dropped namespace publishes revision 0.
-
-**Subscriptions.** One subscriber connection per node at most, owned by a ``_Node`` task
-that ``run`` starts: a sender that (un)subscribes the node's channels as ``follow`` and
-``unfollow`` change them, and a receiver that reads its messages as they come (a blocking
-read: nothing polls). A channel whose slot moved (MOVED, or a ``sunsubscribe`` Redis sends
-when a slot leaves a node) goes where the refreshed slot map says. redis-py 8.2's asyncio
-``ClusterPubSub`` has ``ssubscribe`` too, but one reader polls every node in turn with a slice
-of a timeout (a message waits out the slices of idle nodes), and it reconnects and
-resubscribes on its own, so we could not tell when to fill a gap: we keep our own connection
-per node, made like the cluster client's, never retrying.
+shard channel, ``BASE:c`` (redis_scripts.py), with ``SPUBLISH`` on a standalone Redis as on a
+cluster (one code path; Redis 7.0+): in a cluster the channel's hash tag puts it in the
+namespace's slot, so the script may publish it and only that shard carries the message. The
+message is ``EPOCH REV FLAG [CHANGES]``: the writer's epoch, the revision, ``n`` if the call
+made the namespace, and the history entry's changes when they are small (``MAX_INLINE_BYTES``)
+and hold no appended list: the common write then costs a follower no fetch, and a large value
+is not copied to every subscriber. A dropped namespace publishes revision 0.
+redis_subscriber.py holds the subscriptions (one connection per node).
 
 **Delivery.** Per followed key, ``told``: the last revision told to ``on_commit`` (None until
-the store observes one: ``follow(key)`` without ``since`` starts at the revision the next
-read or write of the key sees, ``Call.observed``), and ``seen``: the newest revision known to
-exist. A message for ``told + 1`` with its changes is told at once; a later one, or one
-without changes, makes the store fetch ``told + 1`` onward from the history (the namespace
-script's ``history``, redis_history.py) and tell them in order; an older one was told already
-(``apply`` tells the store's own revisions: those first reach it here or there, whichever is
-first; the other skips them). When a subscription is confirmed (first, or after a reconnect)
-the store reads the key's revision: what was committed before the subscription took effect is
-fetched too. A gap the history no longer covers: ``on_lost(key)``, and on from the current
-revision.
+the store observes one: ``follow(key)`` without ``since`` starts at the revision the next call
+on the key sees: a read's ``Call.observed``, a write's revision less one, or ``history``), and
+``seen``: the newest revision known to exist. A message for ``told + 1`` with its changes is
+told at once; a later one, or one without changes, makes the store fetch from ``told + 1`` on
+from the history (the namespace script's ``history``: every change and each appended list
+whole, redis_history.py) and tell them in order; an older one was told already. ``apply``
+tells the store's own revisions of followed keys through the same gate: its own revision may
+reach it first by message, and then ``apply`` skips it; a revision of another server in
+between is fetched first. When a subscription is confirmed (first, or after a reconnect) the
+store reads the key's revision, so what was committed before the subscription took effect is
+fetched too: ``apply`` never waits for a subscription. A gap the history no longer covers:
+``on_lost(key)``, and on from the namespace's current revision. One fetch per key at a time
+(a lock), and every tell checks ``told + 1``, so a message and ``apply`` racing to tell a
+revision tell it once.
 
-**Losing the connection.** The node's task reconnects by itself, with a backoff from
-``MIN_BACKOFF`` to ``MAX_BACKOFF`` seconds, checks the board's epoch, subscribes again, and
-each confirmation fills its key's gap. While Redis is unreachable only this task waits; the
-store's calls fail with StoreUnavailable as they would anyway.
-
-**Lost data.** A message of another epoch, a namespace made anew under a key followed past
-revision 0, or a key whose revision went back: the store reads the board's epoch, and if it is
-gone or another, the board is new (``RedisStore.check_epoch``): every key starts again from
-revision 0 and the server gets ``on_epoch``. A key whose revisions went back on a board that
-kept its epoch was dropped and made again: ``on_lost(key)``.
+**Lost data.** A message of another epoch, a namespace made anew (``n``) under a key followed
+past its revision, a key whose revision went back, a subscriber that reconnects: the store
+reads the board's epoch (``RedisStore.check_epoch``), and if it is gone or another, the board
+is new: every followed key is told again from its revision 0 in the new epoch (what the
+history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A node whose
+replication id changed is checked the same way (redis_subscriber.py). A key that went back on
+a board that kept its epoch, with no takeover on its node, was dropped by another server and
+made again: ``on_lost(key)``. Not detected: a drop and a re-creation up to the same revision,
+both while this store's subscription was down.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 import msgpack
 
 from ..._errors import StoreUnavailable
 from .base import Changes
-from .redis_client import subscriber
 from .redis_history import UnfetchedList, replay
+from .redis_subscriber import Subscriptions
 
 if TYPE_CHECKING:
     from .redis import RedisStore
 
 __all__ = ["Follower"]
-
-logger = logging.getLogger("aionamespace.server")
-
-MIN_BACKOFF = 0.05
-MAX_BACKOFF = 2.0
 
 
 class _Followed:
@@ -80,42 +68,17 @@ class _Followed:
         self.lock = anyio.Lock()  # one fetch of its history at a time
 
 
-class _Idle(Exception):
-    """A node's connection has no channel left: closed until one comes."""
-
-
-class _Node:
-    """The subscriber connection to one node (the one server of a standalone Redis)."""
-
-    def __init__(self, name: str, make: Callable[[], Any]) -> None:
-        self.name, self.make = name, make
-        self.wanted: set[str] = set()  # channels it should be subscribed to
-        self.sent: set[str] = set()  # channels subscribed on the current connection
-        self.leaving: set[str] = set()  # channels unsubscribed, not yet confirmed
-        self.changed = anyio.Event()
-
-    def wake(self) -> None:
-        self.changed.set()
-
-
 class Follower:
-    """The followed keys of a ``RedisStore`` and the tasks that deliver their revisions."""
+    """The followed keys of a ``RedisStore``, and the delivery of their revisions."""
 
     def __init__(self, store: RedisStore, cluster: bool) -> None:
         self._store = store
-        self._cluster = cluster
         self._keys: dict[str, _Followed] = {}
         self._channels: dict[str, str] = {}  # channel -> key
-        self._nodes: dict[str, _Node] = {}
-        self._group: anyio.abc.TaskGroup | None = None
-        self._pools: dict[str, Any] = {}  # a cluster node's name -> its subscribers' pool
-        self._replids: dict[str, bytes] = {}  # a node's name -> its replication id, last seen
-        self._promoted: set[str] = set()  # nodes whose replica took over (keys may go back)
+        self.subscriptions = Subscriptions(store, cluster, self._heard, self._confirmed)
 
     def __contains__(self, key: str) -> bool:
         return key in self._keys
-
-    # ------------------------------------------------------------------ following
 
     def follow(self, key: str, since: int | None) -> None:
         if key in self._keys:  # (told from where it is: no revision twice)
@@ -123,190 +86,33 @@ class Follower:
         channel = self._store.base(key) + ":c"
         self._keys[key] = _Followed(key, channel, since)
         self._channels[channel] = key
-        self._place(channel)
+        self.subscriptions.add(channel)
 
     def unfollow(self, key: str) -> None:
         state = self._keys.pop(key, None)
-        if state is None:
-            return
-        del self._channels[state.channel]
-        for node in self._nodes.values():
-            if state.channel in node.wanted:
-                node.wanted.discard(state.channel)
-                node.wake()
-
-    def _place(self, channel: str) -> None:
-        """Subscribe ``channel`` on the node that holds its slot."""
-        if self._cluster:
-            found = self._store._client.get_node_from_key(channel)
-            name = found.name
-        else:
-            found, name = None, ""
-        node = self._nodes.get(name)
-        if node is None:
-            client = self._store._client
-            node = self._nodes[name] = _Node(name, lambda: subscriber(client, found, self._pools))
-            if self._group is not None:
-                self._group.start_soon(self._serve, node)
-        node.wanted.add(channel)
-        node.sent.discard(channel)  # (subscribed again all the same: its confirmation fills)
-        node.wake()
-
-    async def _rehome(self, channels: set[str]) -> None:
-        """The slot of these channels moved: refresh the slot map, subscribe where it went."""
-        if self._cluster:
-            await self._store._client.nodes_manager.initialize()
-        for node in self._nodes.values():
-            node.wanted -= channels
-            node.sent -= channels
-        for channel in channels:
-            if channel in self._channels:
-                self._place(channel)
+        if state is not None:
+            del self._channels[state.channel]
+            self.subscriptions.remove(state.channel)
 
     def reset(self) -> None:
-        """The board is new: every key starts again from revision 0."""
+        """The board is new: every key is told again from its revision 0."""
         for state in self._keys.values():
             if state.told is not None:
                 state.told = 0
             state.seen = 0
-        self._promoted.clear()
+        self.subscriptions.forget_promotions()
 
-    async def aclose(self) -> None:
-        for pool in self._pools.values():
-            await pool.aclose()
+    async def _heard(self, channel: str, data: bytes) -> None:
+        key = self._channels.get(channel)
+        if key is not None:
+            await self._message(self._keys[key], data)
 
-    # ------------------------------------------------------------------ the tasks
-
-    async def run(self) -> None:
-        """Serve every node's subscriber connection until cancelled."""
-        async with anyio.create_task_group() as group:
-            self._group = group
-            try:
-                for node in list(self._nodes.values()):
-                    group.start_soon(self._serve, node)
-                await anyio.sleep_forever()
-            finally:
-                self._group = None
-
-    async def _serve(self, node: _Node) -> None:
-        """One node's connection: (re)made while it has channels, with a bounded backoff."""
-        delay = MIN_BACKOFF
-        while True:
-            if not node.wanted:
-                node.changed = anyio.Event()
-                if not node.wanted:
-                    await node.changed.wait()
-                continue
-            pubsub = node.make()
-            node.sent, node.leaving = set(), set()
-            try:
-                ended = await self._connected(node, pubsub)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await pubsub.aclose()
-                    except Exception:  # (a broken connection closes as it can)
-                        pass
-            if isinstance(ended, _Idle):
-                delay = MIN_BACKOFF
-                continue
-            logger.info("subscriber of %s (%s) lost: %s", self._store.name, node.name, ended)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF)
-
-    async def _connected(self, node: _Node, pubsub: Any) -> BaseException:
-        """Check the epoch, connect, subscribe, receive: what ended it (an error, or _Idle)."""
-        ended: list[BaseException] = []
-        expected = (_Idle, StoreUnavailable, *self._store._errors)
-
-        async def guarded(step: Callable[[_Node, Any], Any]) -> None:
-            try:
-                await step(node, pubsub)
-            except expected as exc:
-                ended.append(exc)
-                group.cancel_scope.cancel()
-
-        try:
-            await pubsub.connect()
-            await self._store.check_epoch(await self._lost_data(node, pubsub.connection))
-        except expected as exc:
-            return exc
-        async with anyio.create_task_group() as group:
-            group.start_soon(guarded, self._send)
-            group.start_soon(guarded, self._receive)
-        return ended[0] if ended else _Idle()
-
-    async def _lost_data(self, node: _Node, connection: Any) -> bool:
-        """Whether the node lost data since this store last connected to it: its replication
-        id changed, and the new one does not continue the old (``master_replid2``: a replica
-        that took over continues its master's history, though maybe not all of it: a key seen
-        to go back on it is data lost too, ``fill``). A restart that loads an RDB file keeps
-        the id; one from an AOF does not, and counts as a loss: a needless new epoch costs the
-        clients a resync, a missed one would replay wrong data."""
-        await connection.send_command("INFO", "replication")
-        info = dict(
-            line.split(b":", 1)
-            for line in (await connection.read_response()).splitlines()
-            if b":" in line
-        )
-        replid, last = info.get(b"master_replid"), self._replids.get(node.name)
-        if replid is None:
-            return False
-        self._replids[node.name] = replid
-        if last is None or replid == last:
-            return False
-        if info.get(b"master_replid2") == last:
-            self._promoted.add(node.name)
-            return False
-        return True
-
-    async def _send(self, node: _Node, pubsub: Any) -> None:
-        while True:
-            node.changed = anyio.Event()
-            for channel in sorted(node.wanted - node.sent):
-                node.sent.add(channel)
-                await pubsub.ssubscribe(channel)
-            for channel in sorted(node.sent - node.wanted):
-                node.sent.discard(channel)
-                node.leaving.add(channel)
-                await pubsub.sunsubscribe(channel)
-            if not node.sent and not node.wanted:
-                raise _Idle
-            await node.changed.wait()
-
-    async def _receive(self, node: _Node, pubsub: Any) -> None:
-        moved = self._store._moved
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except moved as exc:  # an ssubscribe to a node that no longer holds the slot
-                slot = exc.slot_id
-                await self._rehome({c for c in node.sent if self._slot(c) == slot})
-                continue
-            if message is None:
-                continue
-            kind, channel = message["type"], message["channel"].decode()
-            if kind == "sunsubscribe":
-                if channel in node.leaving:
-                    node.leaving.discard(channel)
-                elif channel in node.sent:  # unasked: its slot left the node
-                    await self._rehome({channel})
-                continue
-            key = self._channels.get(channel)
-            if key is None:
-                continue
-            if kind == "smessage":
-                await self._message(self._keys[key], message["data"])
-            elif kind == "ssubscribe":
-                await self._confirmed(self._keys[key])
-
-    def _slot(self, channel: str) -> int:
-        return int(self._store._client.keyslot(channel))
-
-    # ------------------------------------------------------------------ delivery
-
-    async def _confirmed(self, state: _Followed) -> None:
+    async def _confirmed(self, channel: str) -> None:
         """Subscribed: what was committed before is fetched (read the key's revision)."""
+        key = self._channels.get(channel)
+        if key is None:
+            return
+        state = self._keys[key]
         revision = await self._store.revision(state.key)
         state.seen = max(state.seen, revision)
         if state.told is not None and revision != state.told:
@@ -369,11 +175,7 @@ class Follower:
                 return  # told meanwhile (a message, apply): whoever comes next goes on
             if reply[0] == b"expired":
                 revision = int(reply[1])
-                promoted = any(
-                    state.channel in self._nodes[name].wanted
-                    for name in self._promoted
-                    if name in self._nodes
-                )
+                promoted = self.subscriptions.promoted(state.channel)
                 if since > revision and await self._store.check_epoch(renew=promoted):
                     return  # revisions went back with the board: a new epoch
                 state.told = state.seen = revision
