@@ -200,8 +200,8 @@ class Follower:
         """A call of ``apply`` saw ``key`` at ``revision``: a key followed from "now" starts
         there; revisions before it that messages announced are told first."""
         self.observed(key, revision)
-        state = self._keys[key]
-        if state.told is not None and state.seen > state.told:
+        state = self._keys.get(key)
+        if state is not None and state.told is not None and state.seen > state.told:
             try:
                 await self.fill(state)
             except StoreUnavailable:
@@ -209,7 +209,11 @@ class Follower:
 
     async def own(self, key: str, revision: int, changes: Changes) -> None:
         """This store's own revision of a followed key, after those before it."""
-        state = self._keys[key]
+        state = self._keys.get(key)
+        if state is None:  # unfollowed meanwhile: told as any other key's
+            if self._store.on_commit is not None:
+                self._store.on_commit(key, revision, changes)
+            return
         if state.told is None:
             state.told = revision - 1
         state.seen = max(state.seen, revision)

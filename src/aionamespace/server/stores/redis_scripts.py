@@ -48,8 +48,10 @@ __all__ = [
     "RESERVE",
 ]
 
-#: The version of the key layout above; a store refuses a board of another.
-LAYOUT_VERSION = "1"
+#: The version of the key layout above (and of what the script publishes: a server that does
+#: not publish its revisions would leave the others' followers behind); a store refuses a
+#: board of another.
+LAYOUT_VERSION = "2"
 #: A revision's changes ride in its message up to this size (packed); beyond, or for an
 #: append, a follower fetches them from the history (redis_follow.py).
 MAX_INLINE_BYTES = 8192
