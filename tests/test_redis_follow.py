@@ -5,6 +5,7 @@ boards flushed and Redis restarted: B recovers, says what it lost, and goes on.
 
 Every test that needs no Redis of its own runs on a standalone Redis and on the 3-node
 cluster (``target``). Waits are on events set by the hooks, with a deadline; never a sleep.
+What Redis alone knows (who is subscribed, who owns a slot) is polled, with a deadline.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aionamespace import Limits
 from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.server.stores.base import materialised
 from aionamespace.server.stores.redis import RedisStore
-from deadlines import NO_HANG_SECONDS
+from deadlines import NO_HANG_SECONDS, wait_until
 from store_rig import new_redis_client
 
 ONE, TWO = encode_value(1), encode_value(2)
@@ -287,9 +288,8 @@ def test_following_again_at_once_still_fills(target: str) -> None:
 
 
 def _wait_until(condition: Callable[[], bool]) -> None:
-    from deadlines import wait_until
-
-    wait_until(condition, "the subscription is gone")
+    """(Redis's own state, which no event announces: polled, with a deadline.)"""
+    wait_until(condition, "Redis's subscriptions are as expected")
 
 
 def test_a_flushed_board_under_a_follower_starts_a_new_epoch() -> None:
@@ -368,3 +368,71 @@ def test_a_new_replication_id_under_a_surviving_epoch_is_a_new_epoch() -> None:
         run(main)
     finally:
         server.remove()
+
+
+def test_a_slot_that_moves_takes_its_subscription_along() -> None:
+    """The cluster gives a followed namespace's (empty) slot to another node: Redis ends the
+    subscription there, and B subscribes where the slot went and hears what follows; the slot
+    is given back at the end."""
+    import redis
+
+    nodes = [redis.Redis(host=host, port=port) for host, port in redis_rig.cluster().nodes]
+    ids = [node.execute_command("CLUSTER MYID").decode() for node in nodes]
+
+    def owner(slot: int) -> int:
+        for first, last, (_, port, *_rest), *_ in nodes[0].execute_command("CLUSTER SLOTS"):
+            if first <= slot <= last:
+                return [port for _, port in redis_rig.cluster().nodes].index(port)
+        raise AssertionError(f"slot {slot} has no owner")
+
+    def give(slot: int, to: int) -> None:
+        for node in nodes:
+            node.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
+        wait_until(lambda: all(owner_seen(node, slot) == ids[to] for node in nodes), "moved")
+
+    def owner_seen(node: Any, slot: int) -> str:
+        for first, last, (_, _, node_id, *_), *_ in node.execute_command("CLUSTER SLOTS"):
+            if first <= slot <= last:
+                return str(node_id.decode())
+        return ""
+
+    async def main() -> None:
+        async with servers("cluster") as (a, b, heard):
+            key = next(
+                f"moving-{i}"
+                for i in range(1000)
+                if nodes[0].execute_command(
+                    "CLUSTER COUNTKEYSINSLOT",
+                    nodes[0].execute_command("CLUSTER KEYSLOT", b.base(f"moving-{i}")),
+                )
+                == 0
+            )
+            slot = nodes[0].execute_command("CLUSTER KEYSLOT", b.base(key))
+            before = owner(slot)
+            channel = b.base(key) + ":c"
+            b.follow(key, 0)
+            await anyio.to_thread.run_sync(
+                _wait_until, lambda: subscribers("cluster", channel) == 1
+            )
+            try:
+                give(slot, (before + 1) % len(nodes))
+                await anyio.to_thread.run_sync(
+                    _wait_until,
+                    lambda: _subscribed_on(nodes[(before + 1) % len(nodes)], channel),
+                )
+                await a.apply([("set", (key, "x", ONE))])
+                await heard.until(lambda: len(heard.commits) >= 1, "B heard 1")
+                assert heard.commits == [(key, 1, {"x": ONE})]
+            finally:
+                await a.drop(key)
+                give(slot, before)
+
+    try:
+        run(main)
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def _subscribed_on(node: Any, channel: str) -> bool:
+    return bool(dict(node.execute_command("PUBSUB SHARDNUMSUB", channel))[channel.encode()])
