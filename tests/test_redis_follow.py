@@ -10,6 +10,9 @@ What Redis alone knows (who is subscribed, who owns a slot) is polled, with a de
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,9 +23,10 @@ import pytest
 import redis_rig
 from aionamespace import Limits
 from aionamespace.protocol.codec import decode_value, encode_value
+from aionamespace.server.stores import redis_subscriber
 from aionamespace.server.stores.base import materialised
 from aionamespace.server.stores.redis import RedisStore
-from deadlines import NO_HANG_SECONDS, wait_until
+from deadlines import NO_HANG_SECONDS, async_wait_until, wait_until
 from store_rig import new_redis_client
 
 ONE, TWO = encode_value(1), encode_value(2)
@@ -436,3 +440,37 @@ def test_a_slot_that_moves_takes_its_subscription_along() -> None:
 
 def _subscribed_on(node: Any, channel: str) -> bool:
     return bool(dict(node.execute_command("PUBSUB SHARDNUMSUB", channel))[channel.encode()])
+
+
+def test_a_silent_connection_is_given_up_and_made_anew(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that stops answering (SIGSTOP: as a host that died without closing its sockets)
+    is pinged after HEARTBEAT seconds of silence and its connection given up; once it answers
+    again, delivery goes on."""
+    monkeypatch.setattr(redis_subscriber, "HEARTBEAT", 0.2)
+    server = redis_rig.private_standalone()
+
+    def given_up() -> bool:
+        return any("no answer to a ping" in record.getMessage() for record in caplog.records)
+
+    async def main() -> None:
+        async with servers("standalone", server) as (a, b, heard):
+            b.follow("k", 0)
+            await a.apply([("set", ("k", "x", ONE))])
+            await heard.until(lambda: len(heard.commits) >= 1, "B heard 1")
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                await async_wait_until(given_up, "the subscriber gave its connection up")
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            await a.apply([("set", ("k", "x", TWO))])
+            await heard.until(lambda: len(heard.commits) >= 2, "B heard 2")
+            assert heard.revisions("k") == [1, 2]
+
+    caplog.set_level(logging.INFO, logger="aionamespace.server")
+    try:
+        run(main)
+    finally:
+        server.remove()

@@ -7,7 +7,9 @@ receiver that reads its messages as they come (a blocking read: nothing polls). 
 (re)connects it reads the node's replication id and the board's epoch first, then subscribes
 every channel again: each confirmation lets the follower fill what went by meanwhile. A lost
 connection is made again by itself, after a backoff from ``MIN_BACKOFF`` to ``MAX_BACKOFF``
-seconds; while Redis is unreachable only this task waits. A node left without channels
+seconds; while Redis is unreachable only this task waits. A connection silent for
+``HEARTBEAT`` seconds is pinged, and given up if the pong does not come as soon: a host that
+died without closing its sockets must not leave the store deaf. A node left without channels
 closes its connection until one comes.
 
 A channel whose slot moved (MOVED to an ``SSUBSCRIBE``, or a ``sunsubscribe`` Redis sends
@@ -33,12 +35,14 @@ from .redis_client import subscriber
 if TYPE_CHECKING:
     from .redis import RedisStore
 
-__all__ = ["MAX_BACKOFF", "MIN_BACKOFF", "Subscriptions"]
+__all__ = ["HEARTBEAT", "MAX_BACKOFF", "MIN_BACKOFF", "Subscriptions"]
 
 logger = logging.getLogger("aionamespace.server")
 
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
+#: A connection silent this long is pinged; silent as long again, it is given up and made anew.
+HEARTBEAT = 15.0
 
 #: Told a channel's message (channel, data), or that a subscription to it is confirmed.
 Heard = Callable[[str, bytes], Awaitable[None]]
@@ -232,16 +236,25 @@ class Subscriptions:
 
     async def _receive(self, node: _Node, pubsub: Any) -> None:
         moved = self._store._moved
+        pinged = False
         while True:
             try:
-                message = await pubsub.get_message(timeout=None)
+                message = await pubsub.get_message(timeout=HEARTBEAT)
             except moved as exc:  # an ssubscribe to a node that no longer holds the slot
                 slot = exc.slot_id
                 await self._rehome({c for c in node.sent if self._slot(c) == slot})
                 continue
-            if message is None:
+            if message is None:  # silence: is the node still there? (a dead host says nothing)
+                if pinged:
+                    raise TimeoutError(f"no answer to a ping within {HEARTBEAT} seconds")
+                await pubsub.ping()
+                pinged = True
                 continue
-            kind, channel = message["type"], message["channel"].decode()
+            pinged = False
+            kind = message["type"]
+            if kind == "pong":
+                continue
+            channel = message["channel"].decode()
             if kind == "sunsubscribe":
                 if channel in node.leaving:
                     node.leaving.discard(channel)
