@@ -19,6 +19,7 @@ from hypothesis import settings
 import redis_rig
 from aionamespace import Manager, ServerThread
 from aionamespace.protocol.connection import Address
+from awaited_store import new_store
 from server_processes import ServeProcess
 
 # CI explores the same examples on every run, so a red build is about the change, not luck;
@@ -85,13 +86,23 @@ def cli_servers() -> Iterator[list[ServeProcess]]:
         server.close()
 
 
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of store ``server`` serves from (``awaited_store.new_store``): "memory",
+    unless the test is parametrized with ``awaited_store.over_every_store``."""
+    return str(getattr(request, "param", "memory"))
+
+
 @pytest.fixture(params=["unix", "tcp"])
-def server(request: pytest.FixtureRequest, short_tmp: str) -> Iterator[ServerThread]:
-    """A server in a background thread of this process, on a Unix socket or on TCP."""
+def server(
+    request: pytest.FixtureRequest, short_tmp: str, store_kind: str
+) -> Iterator[ServerThread]:
+    """A server in a background thread of this process, on a Unix socket or on TCP (over a
+    store of ``store_kind``)."""
     address: Address = (
         os.path.join(short_tmp, "ns.sock") if request.param == "unix" else ("127.0.0.1", 0)
     )
-    with ServerThread(address) as running:
+    with ServerThread(address, store=new_store(store_kind)) as running:
         yield running
 
 

@@ -33,6 +33,7 @@ from aionamespace import (
     ServerThread,
 )
 from aionamespace.protocol.connection import Address
+from awaited_store import new_store, over_every_store
 from child_processes import Reports, run_child
 from deadlines import wait_until
 
@@ -48,13 +49,14 @@ def spawn() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def serve(short_tmp: str, backend: str, **limits: Any) -> ServerThread:
-    return ServerThread(os.path.join(short_tmp, "s.sock"), backend=backend, limits=Limits(**limits))
+def serve(short_tmp: str, backend: str, store_kind: str = "memory", **limits: Any) -> ServerThread:
+    address, store = os.path.join(short_tmp, "s.sock"), new_store(store_kind)
+    return ServerThread(address, backend=backend, limits=Limits(**limits), store=store)
 
 
 @pytest.fixture
-def short_grace(short_tmp: str, server_backend: str) -> Iterator[ServerThread]:
-    with serve(short_tmp, server_backend, anonymous_grace=SHORT_GRACE) as server:
+def short_grace(short_tmp: str, server_backend: str, store_kind: str) -> Iterator[ServerThread]:
+    with serve(short_tmp, server_backend, store_kind, anonymous_grace=SHORT_GRACE) as server:
         yield server
 
 
@@ -159,6 +161,7 @@ def test_the_manager_creates_an_anonymous_namespace_before_returning(manager: Ma
 # ---------------------------------------------------------------------- lifetime
 
 
+@over_every_store
 def test_kept_while_a_connection_that_used_it_is_open(short_grace: ServerThread) -> None:
     address = short_grace.address
     ns = Namespace(address)
@@ -168,6 +171,7 @@ def test_kept_while_a_connection_that_used_it_is_open(short_grace: ServerThread)
     ns._close()
 
 
+@over_every_store
 def test_freed_after_the_grace_and_never_created_again(short_grace: ServerThread) -> None:
     address = short_grace.address
     ns = Namespace(address)
@@ -187,6 +191,7 @@ def test_freed_after_the_grace_and_never_created_again(short_grace: ServerThread
     assert key_of(ns) not in keys(address)
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_an_async_proxy_of_a_freed_namespace_gets_namespace_gone(
     short_grace: ServerThread,
@@ -209,6 +214,7 @@ async def test_an_async_proxy_of_a_freed_namespace_gets_namespace_gone(
     assert key_of(ns) not in await anyio.to_thread.run_sync(keys, address)
 
 
+@over_every_store
 def test_named_namespaces_are_never_freed(short_grace: ServerThread) -> None:
     address = short_grace.address
     with Namespace(address, "board") as board:
@@ -257,10 +263,11 @@ def test_a_child_started_after_the_grace_gets_namespace_gone(
 # ---------------------------------------------------------------------- max_namespaces
 
 
+@over_every_store
 def test_max_namespaces_is_a_clear_error_and_changes_nothing(
-    short_tmp: str, server_backend: str
+    short_tmp: str, server_backend: str, store_kind: str
 ) -> None:
-    with serve(short_tmp, server_backend, max_namespaces=2) as server:
+    with serve(short_tmp, server_backend, store_kind, max_namespaces=2) as server:
         address = server.address
         with Namespace(address, "a") as named:
             named.x = 1

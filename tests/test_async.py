@@ -13,12 +13,14 @@ import pytest
 from aionamespace import AsyncNamespace, ConnectionLost, Namespace, Retry, ServerThread
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import Hello, Request, ServerConnection
+from awaited_store import over_every_store
 from deadlines import NO_HANG_SECONDS
 from fake_server import FakeServer
 
 pytestmark = pytest.mark.anyio
 
 
+@over_every_store
 async def test_await_reads_and_missing_raises_attribute_error(server: ServerThread) -> None:
     async with AsyncNamespace(server.address) as ns:
         ns.item = "empty"
@@ -39,6 +41,7 @@ async def test_a_read_never_awaited_sends_nothing_and_says_so(server: ServerThre
     await ns._close()
 
 
+@over_every_store
 async def test_writes_are_queued_in_order_and_seen_by_a_later_await(server: ServerThread) -> None:
     ns = AsyncNamespace(server.address)
     for i in range(100):
@@ -51,6 +54,7 @@ async def test_writes_are_queued_in_order_and_seen_by_a_later_await(server: Serv
     await ns._close()
 
 
+@over_every_store
 async def test_flush_raises_the_first_failed_write_then_is_clean(server: ServerThread) -> None:
     async with AsyncNamespace(server.address) as ns:
         ns.kept = 1
@@ -82,6 +86,7 @@ async def test_underscore_names_are_local_and_synchronous(server: ServerThread) 
     sync_view._close()
 
 
+@over_every_store
 async def test_many_tasks_share_one_connection(server: ServerThread) -> None:
     ns = AsyncNamespace(server.address)
     for i in range(50):
@@ -98,6 +103,7 @@ async def test_many_tasks_share_one_connection(server: ServerThread) -> None:
     await ns._close()
 
 
+@over_every_store
 async def test_sync_and_async_proxies_see_each_other(server: ServerThread) -> None:
     sync_ns = Namespace(server.address, "shared")
     sync_ns.x = {"from": "sync"}
@@ -127,6 +133,7 @@ async def test_pump_sends_writes_without_an_await_on_the_writer(server: ServerTh
         seen.set()
 
 
+@over_every_store
 async def test_large_values_and_a_large_outbox_do_not_deadlock(server: ServerThread) -> None:
     blob = os.urandom(8 * 1024 * 1024)
     async with AsyncNamespace(server.address) as ns:

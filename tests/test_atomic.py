@@ -19,6 +19,9 @@ import pytest
 
 from aionamespace import AsyncNamespace, Namespace, ServerThread
 from aionamespace.client.calls import Snapshot
+from awaited_store import over_every_store
+
+pytestmark = over_every_store  # every test here, over each kind of store
 
 # ---------------------------------------------------------------------- one interface, 3 clients
 

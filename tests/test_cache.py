@@ -14,6 +14,7 @@ import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, Namespace, ServerThread
 from aionamespace.client.tracking import CACHES
+from awaited_store import over_every_store
 from deadlines import wait_until
 from server_processes import ServeProcess
 
@@ -30,6 +31,7 @@ def eventually(read: Callable[[], Any], expected: Any) -> None:
         assert time.monotonic() < deadline, f"the cache still shows {read()!r}"
 
 
+@over_every_store
 def test_cached_reads_see_other_writers(server: ServerThread) -> None:
     writer = Namespace(server.address, "board")
     reader = Namespace(server.address, "board", cache=True)
@@ -45,6 +47,7 @@ def test_cached_reads_see_other_writers(server: ServerThread) -> None:
     eventually(lambda: hasattr(reader, "x"), False)
 
 
+@over_every_store
 def test_missing_names_are_cached_until_set(server: ServerThread) -> None:
     writer = Namespace(server.address, "missing")
     reader = Namespace(server.address, "missing", cache=True)
@@ -54,6 +57,7 @@ def test_missing_names_are_cached_until_set(server: ServerThread) -> None:
     eventually(lambda: getattr(reader, "ghost", None), "here")
 
 
+@over_every_store
 def test_read_your_writes(server: ServerThread) -> None:
     ns = Namespace(server.address, "own", cache=True)
     for value in range(100):
@@ -107,6 +111,7 @@ def test_read_your_writes_while_other_threads_read(
     assert stale == [], f"{len(stale)} stale reads of {WRITES:,}, e.g. {stale[:5]}"
 
 
+@over_every_store
 def test_mutable_values_are_copies(server: ServerThread) -> None:
     ns = Namespace(server.address, "copies", cache=True)
     ns.log = [1]
@@ -153,6 +158,7 @@ def test_a_forked_child_reads_through_its_own_cache(server: ServerThread) -> Non
     queue.join_thread()
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_async_cache_inside_async_with(server: ServerThread) -> None:
     writer = Namespace(server.address, "acache")
@@ -173,6 +179,7 @@ async def test_async_cache_inside_async_with(server: ServerThread) -> None:
         assert await ns.log == [1]
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_async_cache_outside_async_with_reads_through(server: ServerThread) -> None:
     writer = Namespace(server.address, "through")

@@ -34,6 +34,7 @@ from aionamespace.protocol.connection import (
     WatchPush,
 )
 from aionamespace.protocol.frames import LARGE_VALUE_BYTES, coalesce, large_reply
+from awaited_store import new_store, over_every_store
 
 SERVER_HELLO = msgpack.packb({"protocol": PROTOCOL_NAME, "version": 1})
 IDS = [1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**63]
@@ -175,8 +176,9 @@ def test_the_fast_path_yields_what_the_decoder_would_however_bytes_are_cut(cuts:
 
 
 @pytest.fixture
-def any_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=server_backend) as running:
+def any_server(server_backend: str, short_tmp: str, store_kind: str) -> Iterator[ServerThread]:
+    address, store = os.path.join(short_tmp, "s.sock"), new_store(store_kind)
+    with ServerThread(address, backend=server_backend, store=store) as running:
         yield running
 
 
@@ -189,6 +191,7 @@ SIZES = [
 ]
 
 
+@over_every_store
 def test_the_server_writes_a_large_reply_as_one_msgpack_frame(any_server: ServerThread) -> None:
     stored = encode_value(os.urandom(3 * LARGE_VALUE_BYTES))
     with Namespace(any_server.address, "raw") as ns:
@@ -219,6 +222,7 @@ def test_the_server_writes_a_large_reply_as_one_msgpack_frame(any_server: Server
     )
 
 
+@over_every_store
 @pytest.mark.parametrize("size", SIZES)
 def test_sync_gets_of_large_values_round_trip(server: ServerThread, size: int) -> None:
     blob = os.urandom(size)
@@ -236,6 +240,7 @@ def test_sync_gets_of_large_values_round_trip(server: ServerThread, size: int) -
             assert ns.small == 1
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_async_gets_of_large_and_small_values_pipelined(any_server: ServerThread) -> None:
     blobs = {f"b{size}": os.urandom(size) for size in SIZES}
@@ -256,6 +261,7 @@ async def test_async_gets_of_large_and_small_values_pipelined(any_server: Server
         assert results == {**blobs, "small": "s"}
 
 
+@over_every_store
 def test_a_cached_proxy_keeps_a_large_value_until_it_changes(server: ServerThread) -> None:
     first, second = os.urandom(3 * LARGE_VALUE_BYTES), os.urandom(2 * LARGE_VALUE_BYTES)
     writer = Namespace(server.address, "cached-big")

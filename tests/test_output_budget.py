@@ -26,6 +26,7 @@ import pytest
 from aionamespace import AsyncNamespace, Limits, Namespace, ServerThread
 from aionamespace.protocol.codec import encode_value
 from aionamespace.protocol.connection import Address
+from awaited_store import AwaitedStore, new_store, over_every_store
 from deadlines import NO_HANG_SECONDS, wait_until
 from raw_client import connect_raw, exchange, read_frames
 from server_processes import ServeProcess
@@ -36,10 +37,11 @@ pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 @pytest.fixture
-def board(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
+def board(server_backend: str, short_tmp: str, store_kind: str) -> Iterator[ServerThread]:
     """A server holding namespace ``big``: more than the reply budget, in large values and
     in thousands of small ones."""
-    with ServerThread(os.path.join(short_tmp, "s.sock"), backend=server_backend) as running:
+    address, store = os.path.join(short_tmp, "s.sock"), new_store(store_kind)
+    with ServerThread(address, backend=server_backend, store=store) as running:
         with Namespace(running.address, "big") as ns:
             for i in range(3):
                 setattr(ns, f"large{i}", os.urandom(2 * MIB + i))
@@ -49,9 +51,12 @@ def board(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
 
 
 def expected_board(server: ServerThread) -> dict[str, Any]:
-    return server.server.store.snapshot("big", None)[1]
+    store = server.server.store
+    memory = store.board.memory if isinstance(store, AwaitedStore) else store
+    return memory.snapshot("big", None)[1]  # type: ignore[union-attr]
 
 
+@over_every_store
 def test_a_sync_proxy_gets_replies_larger_than_the_budget_whole(board: ServerThread) -> None:
     stored = expected_board(board)
     with Namespace(board.address, "big") as ns:
@@ -71,6 +76,7 @@ def test_a_sync_proxy_gets_replies_larger_than_the_budget_whole(board: ServerThr
         assert ns.small5 == "value 5" * 20  # and the connection goes on
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_an_async_proxy_gets_replies_larger_than_the_budget_whole(
     board: ServerThread,
@@ -91,6 +97,7 @@ async def test_an_async_proxy_gets_replies_larger_than_the_budget_whole(
             assert await ns.small7 == "value 7" * 20
 
 
+@over_every_store
 def test_a_dump_larger_than_the_budget_is_msgpacks_frame(board: ServerThread) -> None:
     stored = expected_board(board)
     sock, _ = connect_raw(board.address)
@@ -129,17 +136,18 @@ def test_a_100_mib_value_goes_and_comes_back(server_backend: str, short_tmp: str
 
 @pytest.fixture(params=["unix", "tcp"])
 def one_byte_budget(
-    request: pytest.FixtureRequest, server_backend: str, short_tmp: str
+    request: pytest.FixtureRequest, server_backend: str, short_tmp: str, store_kind: str
 ) -> Iterator[ServerThread]:
     """A server whose reply budget is one byte: every batch ends after its first reply."""
     address: Address = (
         os.path.join(short_tmp, "s.sock") if request.param == "unix" else ("127.0.0.1", 0)
     )
-    limits = Limits(max_reply_backlog_bytes=1)
-    with ServerThread(address, backend=server_backend, limits=limits) as running:
+    limits, store = Limits(max_reply_backlog_bytes=1), new_store(store_kind)
+    with ServerThread(address, backend=server_backend, limits=limits, store=store) as running:
         yield running
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_a_reply_budget_of_one_byte_still_answers_everything(
     one_byte_budget: ServerThread,
@@ -163,12 +171,16 @@ async def test_a_reply_budget_of_one_byte_still_answers_everything(
             assert len((await ns._snapshot())["big"]) == 3 * MIB
 
 
+@over_every_store
 def test_max_push_backlog_bytes_is_where_a_watcher_that_does_not_read_is_dropped(
-    server_backend: str, short_tmp: str
+    server_backend: str, short_tmp: str, store_kind: str
 ) -> None:
     path = os.path.join(short_tmp, "s.sock")
-    limits = Limits(max_push_backlog_bytes=2 * MIB)
-    with ServerThread(path, backend=server_backend, limits=limits), Namespace(path, "k") as ns:
+    limits, store = Limits(max_push_backlog_bytes=2 * MIB), new_store(store_kind)
+    with (
+        ServerThread(path, backend=server_backend, limits=limits, store=store),
+        Namespace(path, "k") as ns,
+    ):
         watcher, unpacker = connect_raw(path)
         with watcher:
             assert exchange(watcher, unpacker, [1, "watch", "k", None, None])[0][:2] == [1, 0]

@@ -32,6 +32,7 @@ from aionamespace import (
 )
 from aionamespace._errors import HistoryExpired
 from aionamespace.client.calls import WatchEvent
+from awaited_store import new_store, over_every_store
 from deadlines import NO_HANG_SECONDS, wait_until
 from waiting_calls import blocked_reading
 
@@ -120,8 +121,9 @@ class Spawned:
 
 
 @pytest.fixture
-def watch_server(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
-    with ServerThread(os.path.join(short_tmp, "ns.sock"), backend=server_backend) as server:
+def watch_server(server_backend: str, short_tmp: str, store_kind: str) -> Iterator[ServerThread]:
+    address = os.path.join(short_tmp, "ns.sock")
+    with ServerThread(address, backend=server_backend, store=new_store(store_kind)) as server:
         yield server
 
 
@@ -147,6 +149,7 @@ def count_watches(server: ServerThread) -> int:
 # ---------------------------------------------------------------------- every change, in order
 
 
+@over_every_store
 @pytest.mark.slow
 def test_sync_watch_sees_every_change_of_4_writer_processes(
     watch_server: ServerThread, ns: Namespace
@@ -184,6 +187,7 @@ async def test_async_watch_sees_every_change_of_4_writer_processes(
     await ans._close()
 
 
+@over_every_store
 def test_iterating_a_watch_over_unix_and_tcp(server: ServerThread) -> None:
     ns = Namespace(server.address, "board")
     seen: list[WatchEvent] = []
@@ -198,6 +202,7 @@ def test_iterating_a_watch_over_unix_and_tcp(server: ServerThread) -> None:
     assert seen == [WatchEvent("n", value, value + 1) for value in range(3)]
 
 
+@over_every_store
 def test_update_is_one_revision_of_several_events(ns: Namespace) -> None:
     with ns._watch() as watch:
         revision = ns._update(a=1, b=2)
@@ -210,6 +215,7 @@ def test_update_is_one_revision_of_several_events(ns: Namespace) -> None:
     ]
 
 
+@over_every_store
 def test_deletions_are_events(ns: Namespace) -> None:
     ns._update(a=1, b=2)
     with ns._watch() as watch:
@@ -224,6 +230,7 @@ def test_deletions_are_events(ns: Namespace) -> None:
     ]
 
 
+@over_every_store
 def test_a_names_filter_sees_only_those_names(ns: Namespace) -> None:
     ns._update(a=0, b=0)
     with ns._watch("a", "c") as watch:
@@ -243,6 +250,7 @@ def test_a_names_filter_sees_only_those_names(ns: Namespace) -> None:
     ]
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_async_watch_filter_deletions_and_values(watch_server: ServerThread) -> None:
     async with AsyncNamespace(watch_server.address, "board") as ans:
@@ -273,6 +281,7 @@ def test_a_timed_out_next_leaves_the_watch_usable(ns: Namespace) -> None:
 # ---------------------------------------------------------------------- resuming with since=
 
 
+@over_every_store
 def test_since_resumes_with_exactly_the_missed_events(ns: Namespace) -> None:
     ns.a = 1
     with ns._watch() as watch:
@@ -297,6 +306,7 @@ def test_since_resumes_with_exactly_the_missed_events(ns: Namespace) -> None:
     assert live == WatchEvent("f", 6, 6)
 
 
+@over_every_store
 def test_since_with_names_replays_only_those(ns: Namespace) -> None:
     ns.a = 0
     ns.b = 0
@@ -311,6 +321,7 @@ def test_since_with_names_replays_only_those(ns: Namespace) -> None:
     assert live == WatchEvent("b", 2, 6)
 
 
+@over_every_store
 def test_since_the_current_revision_replays_nothing(ns: Namespace) -> None:
     ns.a = 1
     with ns._watch(since=1) as watch:
@@ -323,6 +334,7 @@ def test_since_the_current_revision_replays_nothing(ns: Namespace) -> None:
         ]
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_async_since_resumes_after_a_disconnect(watch_server: ServerThread) -> None:
     async with AsyncNamespace(watch_server.address, "board") as ans:
@@ -362,10 +374,11 @@ def test_since_must_be_a_revision(ns: Namespace, since: Any) -> None:
 
 
 @pytest.fixture
-def short_history(server_backend: str, short_tmp: str) -> Iterator[ServerThread]:
+def short_history(server_backend: str, short_tmp: str, store_kind: str) -> Iterator[ServerThread]:
     address = os.path.join(short_tmp, "short.sock")
     limits = Limits(max_history_revisions=5)
-    with ServerThread(address, backend=server_backend, limits=limits) as server:
+    store = new_store(store_kind, limits)
+    with ServerThread(address, backend=server_backend, limits=limits, store=store) as server:
         yield server
 
 
@@ -374,6 +387,7 @@ def test_history_expired_is_exported() -> None:
     assert "HistoryExpired" in aionamespace.__all__
 
 
+@over_every_store
 def test_since_older_than_the_history_raises_history_expired(short_history: ServerThread) -> None:
     ns = Namespace(short_history.address, "board")
     for i in range(10):
@@ -391,6 +405,7 @@ def test_since_older_than_the_history_raises_history_expired(short_history: Serv
     ns._close()
 
 
+@over_every_store
 @pytest.mark.anyio
 async def test_async_since_too_old_raises_history_expired(short_history: ServerThread) -> None:
     async with AsyncNamespace(short_history.address, "board") as ans:
@@ -425,6 +440,7 @@ def test_since_from_before_a_server_restart_raises_history_expired(
         ns._close()
 
 
+@over_every_store
 def test_history_never_replays_part_of_a_revision(short_history: ServerThread) -> None:
     """A revision with several changes (_update) is replayed whole, or HistoryExpired.
 

@@ -22,6 +22,7 @@ connection names it; ``exports.py`` serves the board's consistent copies (``expo
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -88,7 +89,7 @@ class Dispatcher:
         store.on_commit = self._committed
         store.max_namespaces = limits.max_namespaces
         self.locks = LockTable(call_later)
-        self.anonymous = AnonymousNamespaces(store, call_later, limits.anonymous_grace)
+        self.anonymous = self._anonymous_namespaces(call_later, limits.anonymous_grace)
         self._anonymous_used = self.anonymous.used  # (read on every request naming one)
         self.watches = WatchTable()
         self._watches = self.watches.by_key  # (read on every commit)
@@ -96,18 +97,7 @@ class Dispatcher:
         self._in_batch = False
         self._batch_peer: Peer | None = None  # whose batch is being applied
         self._own_pushes = 0  # bytes the request being applied queued for its own connection
-        self._store_ops: dict[str, Callable[..., Any]] = {
-            "ping": lambda: None,
-            "open": store.open,
-            "set": store.set,
-            "del": store.delete,
-            "update": store.update,
-            "setdefault": store.setdefault,
-            "pop": store.pop,
-            "incr": store.incr,
-            "append": store.append,
-            "cas": store.cas,
-        }
+        self._store_ops = self._store_operations(store)
         self._tracking: set[Peer] = set()  # connections with a client cache
         self._tracked: dict[tuple[str, str], set[Peer]] = {}  # (key, name) -> who cached it
         self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
@@ -128,7 +118,25 @@ class Dispatcher:
         }
         self.requests = 0  # served: counted per batch (and per read answered alone)
         #: The ``info`` operation's figures; a Server adds its own (server/info.py).
-        self.describe: Callable[[], dict[str, Any]] = lambda: dispatcher_figures(self)
+        self.describe: Callable[..., dict[str, Any]] = functools.partial(dispatcher_figures, self)
+
+    def _store_operations(self, store: Store) -> dict[str, Callable[..., Any]]:
+        """The ops ``answer`` hands to the store as they are (a store the server awaits: none)."""
+        return {
+            "ping": lambda: None,
+            "open": store.open,
+            "set": store.set,
+            "del": store.delete,
+            "update": store.update,
+            "setdefault": store.setdefault,
+            "pop": store.pop,
+            "incr": store.incr,
+            "append": store.append,
+            "cas": store.cas,
+        }
+
+    def _anonymous_namespaces(self, call_later: CallLater, grace: float) -> AnonymousNamespaces:
+        return AnonymousNamespaces.of_store(self.store, call_later, grace)
 
     def respond(
         self,

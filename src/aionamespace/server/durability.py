@@ -70,7 +70,7 @@ class Durability:
         self._failure: Exception | None = None  # of a commit at a batch's end, for ``run``
         #: A batch is being applied: its changes are committed at its end (``batch_ended``).
         self.batching = False
-        if store.durable:
+        if getattr(store, "durable", False):  # (a store the server awaits has no such flag)
             store.on_change = self._on_change
 
     def _on_change(self) -> None:

@@ -22,18 +22,30 @@ __all__ = ["Exports"]
 class Exports:
     """The exports the connections of one server are reading."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store | None) -> None:  # (None: a store the server awaits)
         self.store = store
         self._frozen: dict[Peer, dict[str, tuple[int, dict[str, bytes]]]] = {}
 
     def begin(self, peer: Peer, request_id: int) -> bytes:
         """Freeze the board for ``peer``: the reply is ``[epoch, [key, ...]]``."""
         store = self.store
+        assert store is not None
         frozen = {key: store.snapshot(key, None) for key in store.keys()}
+        return self.hold(peer, request_id, store.epoch, frozen)
+
+    def hold(
+        self,
+        peer: Peer,
+        request_id: int,
+        epoch: str,
+        frozen: dict[str, tuple[int, dict[str, bytes]]],
+    ) -> bytes:
+        """Keep ``frozen`` (key -> its snapshot) as ``peer``'s export: the reply to ``export``.
+        (A store the server awaits freezes the board itself, then hands it here.)"""
         self._frozen[peer] = frozen
         if not frozen:
             del self._frozen[peer]
-        return ServerConnection.send_result(request_id, [store.epoch, list(frozen)])
+        return ServerConnection.send_result(request_id, [epoch, list(frozen)])
 
     def read(self, peer: Peer, request_id: int, key: str) -> Output:
         """One namespace of ``peer``'s export: ``[revision, {name: value}]``."""

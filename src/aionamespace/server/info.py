@@ -20,12 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol.events import PROTOCOL_VERSION
 from .anonymous import ANONYMOUS
+from .stores import StoreUsage
 
 if TYPE_CHECKING:
     from .admission import Connections
     from .dispatch import Dispatcher
 
 __all__ = ["RATE_SECONDS", "RequestRate", "dispatcher_figures", "server_figures"]
+
+#: What the store holds, as ``info`` tells it: its usage, and how many keys are anonymous.
+StoreFigures = tuple[StoreUsage, int]
 
 #: The window of the recent request rate, in seconds (sampled once a second).
 RATE_SECONDS = 10
@@ -52,12 +56,21 @@ class RequestRate:
         return (requests - before) / elapsed if elapsed > 0 else None
 
 
-def dispatcher_figures(dispatcher: Dispatcher) -> dict[str, Any]:
-    """What the dispatcher knows: the store, locks, watches, caches, requests and limits."""
+def anonymous_count(keys: list[str]) -> int:
+    return sum(1 for key in keys if key[:1] == ANONYMOUS)
+
+
+def dispatcher_figures(
+    dispatcher: Dispatcher, store_figures: StoreFigures | None = None
+) -> dict[str, Any]:
+    """What the dispatcher knows: the store, locks, watches, caches, requests and limits
+    (``store_figures``: what a store the server awaits answered; else read here)."""
     from .. import __version__  # (the package imports this module: not at its top)
 
-    usage = dispatcher.store.usage()
-    anonymous = sum(1 for key in dispatcher.store.keys() if key[:1] == ANONYMOUS)
+    if store_figures is None:
+        store = dispatcher.store
+        store_figures = store.usage(), anonymous_count(store.keys())
+    usage, anonymous = store_figures
     held, waiting = dispatcher.locks.counts()
     watches, tracking, tracked = dispatcher.counts()
     return {
@@ -86,12 +99,13 @@ def dispatcher_figures(dispatcher: Dispatcher) -> dict[str, Any]:
 def server_figures(
     dispatcher: Dispatcher,
     connections: Connections | None,
-    epoch: str,
     started: float,
     rate: RequestRate,
+    store_figures: StoreFigures | None = None,
 ) -> dict[str, Any]:
     """Every figure: the dispatcher's, and the server's own (``started``: its monotonic time)."""
-    figures = dispatcher_figures(dispatcher)
+    figures = dispatcher_figures(dispatcher, store_figures)
+    epoch = dispatcher.store.epoch  # (read now: a store the server awaits may start a new one)
     uptime = time.monotonic() - started
     open_connections = connections.open if connections is not None else ()
     handshaking = len(connections.handshaking) if connections is not None else 0

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -42,8 +42,11 @@ from .dispatch import Dispatcher
 from .durability import Durability
 from .info import RequestRate, server_figures
 from .listeners import TLSListener, make_listening_socket
+from .remote_dispatch import RemoteDispatcher
+from .remote_serving import BatchTasks, RemoteConnections
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
 from .stores import MemoryStore, Store
+from .stores.remote import RemoteStore
 from .timers import Timers
 
 __all__ = ["Server", "ServerThread"]
@@ -61,7 +64,7 @@ class Server:
         address: Address | None = None,
         *,
         authkey: bytes | None = None,
-        store: Store | None = None,
+        store: Store | RemoteStore | None = None,
         limits: Limits | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -71,14 +74,21 @@ class Server:
         self._authkey = authkey
         self.limits = limits or Limits()
         # A store passed in keeps the history bounds it was made with.
-        self.store: Store = store if store is not None else MemoryStore(self.limits)
+        self.store: Store | RemoteStore = store if store is not None else MemoryStore(self.limits)
         self._address: Address | None = None
         self._stop: anyio.Event | None = None
         self._ssl_context = ssl_context
         self._task_group: anyio.abc.TaskGroup | None = None  # for `async with Server()`
         self._timers = Timers()  # lock timeouts, handshake deadlines, ... (run while serving)
-        self.dispatcher = Dispatcher(self.store, self._call_later, self.limits)
-        self.durability = Durability(self.store)
+        self.dispatcher: Dispatcher
+        #: A store the server awaits (stores/remote.py): batches go to it through a task.
+        self.remote: RemoteStore | None = None
+        if getattr(self.store, "remote", False):
+            self.remote = cast(RemoteStore, self.store)
+            self.dispatcher = RemoteDispatcher(self.remote, self._call_later, self.limits)
+        else:
+            self.dispatcher = Dispatcher(cast(Store, self.store), self._call_later, self.limits)
+        self.durability = Durability(cast(Store, self.store))  # (never holding for a remote one)
 
     @property
     def epoch(self) -> str:
@@ -106,19 +116,34 @@ class Server:
         ``stop()`` (or cancelling this task) ends it gracefully: every client is told the server
         is shutting down, and the whole shutdown is bounded by about a second.
         """
+        if self.remote is not None:
+            await self._start_remote(self.remote)
+        try:
+            await self._serve(task_status)
+        finally:
+            if self.remote is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.remote.aclose()
+
+    async def _start_remote(self, store: RemoteStore) -> None:
+        """Refuse a store that cannot run on this event loop (``backends``), then start it."""
+        backends = getattr(store, "backends", None)
+        backend = "asyncio" if _running_on_asyncio() else "trio"
+        if backends is not None and backend not in backends:
+            raise RuntimeError(
+                f"{type(store).__name__} works on {' and '.join(backends)} only, and this "
+                f"server runs on {backend}: serve it on {backends[0]}"
+            )
+        await store.start()
+
+    async def _serve(self, task_status: anyio.abc.TaskStatus[Address]) -> None:
         sock, address = make_listening_socket(self._requested)
         self._stop = stop = anyio.Event()
         try:
             async with anyio.create_task_group() as helpers:
                 helpers.start_soon(self._timers.run)
                 helpers.start_soon(self.durability.run)
-                connections = Connections(
-                    self.limits,
-                    self.dispatcher,
-                    self._call_later,
-                    self.new_connection,
-                    self.durability,
-                )
+                connections = self._connections(helpers)
                 self._describe_while_serving(connections)
                 try:
                     if _running_on_asyncio():
@@ -128,7 +153,11 @@ class Server:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await connections.goodbye()
+                        if isinstance(connections, RemoteConnections):
+                            await connections.tasks.stop()
                     helpers.cancel_scope.cancel()
+                    if isinstance(self.dispatcher, RemoteDispatcher):
+                        self.dispatcher.spawn = None
             with anyio.CancelScope(shield=True):
                 await self.durability.flush()  # what changed after the last commit
         finally:
@@ -138,6 +167,22 @@ class Server:
                 with contextlib.suppress(OSError):
                     if stat.S_ISSOCK(os.stat(address).st_mode):
                         os.unlink(address)
+
+    def _connections(self, helpers: anyio.abc.TaskGroup) -> Connections:
+        dispatcher = self.dispatcher
+        if isinstance(dispatcher, RemoteDispatcher):
+            dispatcher.spawn = helpers.start_soon
+            return RemoteConnections(
+                self.limits,
+                dispatcher,
+                self._call_later,
+                self.new_connection,
+                self.durability,
+                BatchTasks(helpers),
+            )
+        return Connections(
+            self.limits, dispatcher, self._call_later, self.new_connection, self.durability
+        )
 
     async def _serve_streams(
         self,
@@ -236,9 +281,7 @@ class Server:
         """``info`` tells the server's own figures too, and its request rate is sampled once a
         second (one timer: nothing on the requests' path)."""
         started, rate, dispatcher = time.monotonic(), RequestRate(), self.dispatcher
-        describe = functools.partial(
-            server_figures, dispatcher, connections, self.store.epoch, started, rate
-        )
+        describe = functools.partial(server_figures, dispatcher, connections, started, rate)
 
         def sample() -> None:
             if dispatcher.describe is describe:  # (not once serving again: a new chain runs)

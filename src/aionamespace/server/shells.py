@@ -210,6 +210,15 @@ class AsyncioConnection(asyncio.BufferedProtocol):
         self._writing_paused = False
         try:
             self._feed()
+        except Exception as exc:  # a MemoryError, or a bug: this connection only
+            self.connections.failed(self, exc)
+            return
+        self.proceed()
+
+    def proceed(self) -> None:
+        """Apply what waited, and read more once nothing waits (also when a batch that was
+        in a remote store is answered: remote_serving.py)."""
+        try:
             if self._reading_paused and not self.closed and self.connections.apply(self):
                 self._reading_paused = False
                 assert self.transport is not None
@@ -335,6 +344,13 @@ class StreamConnection:
             if self._sent is not None:
                 self._sent.set()
             self._reading.cancel()  # reading on would wait for sends that never come
+
+    def proceed(self) -> None:
+        """A batch that was in a remote store is answered: the reader, if it waits to apply
+        what waited (``_next_send``), looks again (remote_serving.py)."""
+        if (sent := self._sent) is not None:
+            self._sent = None
+            sent.set()
 
     async def _next_send(self) -> None:
         """Wait until the sender has sent one more piece, or is gone."""

@@ -51,6 +51,14 @@ class WatchTable:
         for watch_id, key in self._by_peer.pop(peer, {}).items():
             self._forget(key, watch_id)
 
+    def key_of(self, peer: Peer, watch_id: int) -> str | None:
+        """The namespace one of ``peer``'s watches watches (None: no such watch)."""
+        return self._by_peer.get(peer, {}).get(watch_id)
+
+    def keys_of(self, peer: Peer) -> set[str]:
+        """The namespaces ``peer`` watches."""
+        return set(self._by_peer.get(peer, {}).values())
+
     def count(self) -> int:
         return sum(map(len, self.by_key.values()))
 

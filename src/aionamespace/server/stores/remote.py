@@ -33,6 +33,11 @@ those up to the revision it read). ``run()`` delivers them: the server starts it
 task when it serves and it runs as long as the server serves; without it, nothing of other
 servers arrives. ``unfollow(key)``: no more of ``key``.
 
+**Event loops.** A store that works on some of anyio's backends only (redis-py's asyncio
+client: asyncio) says which in ``backends``, e.g. ``("asyncio",)``; the server refuses to
+serve it on another, with an error saying so, before it starts the store. Without the
+attribute, the store works on every backend.
+
 **Epoch.** ``start`` reads the board's epoch (making one for a new board) and refuses a layout
 of another version. A store that finds its engine lost data under it (revisions went back, the
 engine's replication id changed) starts a new epoch and calls ``on_epoch(epoch)``: the server
@@ -79,8 +84,10 @@ class RemoteStore(Protocol):
     on_commit: Callable[[str, int, Changes], None] | None
     #: Called with a key whose revisions were missed beyond the history's reach.
     on_lost: Callable[[str], None] | None
-    #: Called with the new epoch when the engine lost data under the store.
+    #: Called with the new epoch (``epoch`` already holds it) when the engine lost data.
     on_epoch: Callable[[str], None] | None
+    # Optional: ``backends: tuple[str, ...]``, the anyio backends it works on (module's
+    # docstring); a Protocol cannot say "optional", so it is read with getattr.
 
     async def start(self) -> None: ...  # connect; check the layout; read or make the epoch
     async def apply(self, calls: Sequence[StoreCall]) -> list[Any]: ...

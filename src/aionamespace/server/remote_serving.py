@@ -1,0 +1,132 @@
+"""Connections served from a store the server awaits: one batch in the store per connection.
+
+``admission.Connections`` applies what a connection sent at once, in the shell's callback.
+Over a ``RemoteStore`` a batch must await the store, so ``RemoteConnections`` hands it to a
+task (``respond_awaiting``, remote_dispatch.py) and tells the shell to stop reading that
+connection meanwhile (``received`` and ``apply`` return False): its next chunk waits in the
+socket, so its requests keep their order and what it costs stays bounded, while other
+connections go on. When the batch's answers are written, the shell is told to go on
+(``Connection.proceed``): it applies what waits, or reads again. A peer that does not read its
+answers is held to the reply budget as on every other path.
+
+A batch's task is cheap to start (``BatchTasks``): on asyncio a bare asyncio task (anyio's task
+group costs a sync get over a store a third more), cancelled and awaited when the server
+stops; on another backend, one of the server's task group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from ..protocol.connection import ServerConnection
+from ..protocol.limits import Limits
+from .admission import Connections
+from .durability import Durability
+from .remote_dispatch import RemoteDispatcher
+from .timers import CallLater
+
+if TYPE_CHECKING:
+    from .shells import Connection
+
+__all__ = ["BatchTasks", "RemoteConnections"]
+
+
+class BatchTasks:
+    """Where the batches of a server over a remote store run (see the module's docstring)."""
+
+    def __init__(self, group: anyio.abc.TaskGroup) -> None:
+        self._group = group
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # (trio)
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        if self._loop is None:
+            self._group.start_soon(function, *args)
+            return
+        task = self._loop.create_task(function(*args))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def stop(self) -> None:
+        """Cancel the batches still running, and wait until they are gone."""
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+
+
+class RemoteConnections(Connections):
+    """Every open connection of a server over a ``RemoteStore``."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        dispatcher: RemoteDispatcher,
+        call_later: CallLater,
+        new_protocol: Callable[[], ServerConnection],
+        durability: Durability,
+        tasks: BatchTasks,
+    ) -> None:
+        super().__init__(limits, dispatcher, call_later, new_protocol, durability)
+        self.remote_dispatcher = dispatcher
+        self.tasks = tasks
+        self._spawn = tasks.start
+        self._serving: set[Connection] = set()  # those with a batch in the store
+
+    def received(self, connection: Connection, data: bytes | memoryview) -> bool:
+        """Parse what a connection sent; its batch goes to a task (False: read no more until
+        that task says to go on)."""
+        events = connection.protocol.receive_data(data)
+        if self.handshaking and connection in self.handshaking and connection.protocol.ready:
+            self.handshaking.pop(connection)()  # its deadline; the slot goes to the next
+        connection.pending.extend(events)
+        return self.apply(connection)
+
+    def apply(self, connection: Connection) -> bool:
+        """Start serving what the connection sent, unless a batch of it is in the store or its
+        backlog is past its budget: True only when nothing waits."""
+        if connection in self._serving:
+            return False
+        if connection.pending and not connection.closed:
+            if connection.backlog() <= self.budget:
+                self._serving.add(connection)
+                self._spawn(self._serve, connection)
+            return False
+        if connection.protocol.refused:
+            connection.pending.clear()
+            connection.close()
+        return True
+
+    async def _serve(self, connection: Connection) -> None:
+        pending, budget = connection.pending, self.budget
+        try:
+            while pending and not connection.closed and connection.backlog() <= budget:
+                answers, applied = await self.remote_dispatcher.respond_awaiting(
+                    connection, pending, budget
+                )
+                del pending[:applied]
+                if len(answers) == 1:
+                    connection.write(answers[0])
+                elif answers:
+                    connection.write_all(answers)
+            if connection.protocol.refused:
+                pending.clear()
+                connection.close()
+        except Exception as exc:  # a MemoryError, or a bug: this connection only
+            self.failed(connection, exc)
+        finally:
+            self._serving.discard(connection)
+            connection.proceed()
+
+    def gone(self, connection: Connection) -> None:
+        connection.pending.clear()
+        super().gone(connection)
