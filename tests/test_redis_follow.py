@@ -80,9 +80,14 @@ class Heard:
 
 @asynccontextmanager
 async def servers(
-    target: str, server: Any = None, limits: Limits | None = None, **options: Any
+    target: str,
+    server: Any = None,
+    limits: Limits | None = None,
+    running: bool = True,
+    **options: Any,
 ) -> AsyncIterator[tuple[RedisStore, RedisStore, Heard]]:
-    """Stores A and B on one board (one client each, as two servers have), B running."""
+    """Stores A and B on one board (one client each, as two servers have), B running (its
+    subscriber: ``run``) unless not ``running``."""
     prefix = redis_rig.unique_prefix()
     clients = [await new_redis_client(target == "cluster", server) for _ in range(2)]
     try:
@@ -91,7 +96,8 @@ async def servers(
             await store.start()
         heard = Heard(b)
         async with anyio.create_task_group() as group:
-            group.start_soon(b.run)
+            if running:
+                group.start_soon(b.run)
             yield a, b, heard
             group.cancel_scope.cancel()
         await b.aclose()
@@ -216,6 +222,29 @@ def test_follow_from_now_starts_at_the_revision_a_read_sees(target: str) -> None
             await a.apply([("del", ("k", "y"))])
             await heard.until(lambda: len(heard.commits) >= 2, "B heard 5")
             assert heard.commits == [("k", 4, {"y": ONE}), ("k", 5, {"y": None})]
+
+    run(main)
+
+
+def test_what_a_read_saw_was_told_before_it_returns(target: str) -> None:
+    """A read (``apply`` or ``history``) that sees a followed key at revision R returns only
+    once every revision up to R was told: the server starts a watch at R, and a revision up to
+    it told later would reach that watch twice. (B's subscriber does not run here: only the
+    reads tell.)"""
+
+    async def main() -> None:
+        async with servers(target, running=False) as (a, b, heard):
+            b.follow("k", 0)
+            for i in range(3):
+                await a.apply([("set", ("k", "x", encode_value(i)))])
+            ((revision, _),) = await b.apply([("snapshot", ("k", None))])
+            assert revision == 3
+            assert heard.revisions("k") == [1, 2, 3]
+            await a.apply([("set", ("k", "x", ONE))])
+            await a.apply([("append", ("k", "log", [ONE]))])
+            changes = await b.history("k", 3)
+            assert [change.revision for change in changes] == [4, 5]
+            assert heard.revisions("k") == [1, 2, 3, 4, 5]
 
     run(main)
 

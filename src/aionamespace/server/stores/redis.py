@@ -268,8 +268,10 @@ class RedisStore:
                 f"revision {since} is older than the history kept (oldest: {oldest}); "
                 "resync with _snapshot() and watch from its revision"
             )
-        self._follower.observed(key, reply[3])
-        return replay(key, reply[1], reply[2])
+        changes = replay(key, reply[1], reply[2])
+        if key in self._follower:
+            await self._follower.after_read(key, reply[3])
+        return changes
 
     # ------------------------------------------------------------------ batches
 

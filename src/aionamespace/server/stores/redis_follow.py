@@ -197,15 +197,22 @@ class Follower:
             state.told = revision
 
     async def after_read(self, key: str, revision: int) -> None:
-        """A call of ``apply`` saw ``key`` at ``revision``: a key followed from "now" starts
-        there; revisions before it that messages announced are told first."""
+        """A call of ``apply`` (or ``history``) saw ``key`` at ``revision``: a key followed
+        from "now" starts there, and one told less is told up to it before the call returns:
+        the server starts a watch at that revision, so a revision up to it told later would
+        reach the new watch twice (server/remote_feed.py)."""
         self.observed(key, revision)
         state = self._keys.get(key)
-        if state is not None and state.told is not None and state.seen > state.told:
-            try:
-                await self.fill(state)
-            except StoreUnavailable:
-                pass  # (the subscriber fills it when it is back)
+        if state is None or state.told is None or state.told >= revision:
+            return
+        state.seen = max(state.seen, revision)
+        try:
+            await self.fill(state)
+        except StoreUnavailable:
+            pass
+        if state.told is not None and state.told < revision:  # (could not be fetched)
+            state.told = state.seen = revision
+            self._lost(key)
 
     async def own(self, key: str, revision: int, changes: Changes) -> None:
         """This store's own revision of a followed key, after those before it."""
