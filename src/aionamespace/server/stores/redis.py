@@ -233,17 +233,6 @@ class RedisStore:
             await self._new_epoch()
         return True
 
-    async def revision(self, key: str) -> int:
-        """The namespace's revision (0 if it does not exist)."""
-        async with self._guard():
-            found = await self._client.hget(self.base(key) + ":m", "r")
-        return int(found or 0)
-
-    async def raw_history(self, key: str, since: int) -> Any:
-        """The namespace script's ``history`` reply (redis_scripts.py)."""
-        async with self._guard():
-            return await self._script(key, "history", (since,))
-
     async def aclose(self) -> None:
         """Close the client it made from a URL (a client given is the caller's to close) and
         the subscribers' pools."""

@@ -113,7 +113,10 @@ class Follower:
         if key is None:
             return
         state = self._keys[key]
-        revision = await self._store.revision(state.key)
+        store = self._store
+        async with store._guard():
+            found = await store._client.hget(store.base(state.key) + ":m", "r")
+        revision = int(found or 0)
         state.seen = max(state.seen, revision)
         if state.told is not None and revision != state.told:
             await self.fill(state)
@@ -170,7 +173,8 @@ class Follower:
             since = state.told
             if since is None or self._keys.get(state.key) is not state:
                 return
-            reply = await self._store.raw_history(state.key, since)
+            async with self._store._guard():  # (the script's reply, redis_scripts.py)
+                reply = await self._store._script(state.key, "history", (since,))
             if state.told != since:
                 return  # told meanwhile (a message, apply): whoever comes next goes on
             if reply[0] == b"expired":
