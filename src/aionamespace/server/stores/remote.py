@@ -28,8 +28,10 @@ the watchers to resync. Each revision reaches ``on_commit`` once.
 ``on_commit`` (a watch passes the revision its snapshot or replay ended at); ``since=None``:
 every revision after the one the store next observes for ``key`` (the revision a read or
 write of it in the next ``apply``, or ``history``, sees: the server follows before it sends a
-tracked read, in the same batch). Revisions the server already knows may come again (it skips
-those up to the revision it read). ``run()`` delivers them: the server starts it as a helper
+tracked read, in the same batch). A call on a followed key that sees revision R (a read, a
+write, ``history``) returns only once every revision up to R was told: the server starts a
+watch at R, and a revision up to it told later would reach the watch twice. ``run()`` delivers
+them: the server starts it as a helper
 task when it serves and it runs as long as the server serves; without it, nothing of other
 servers arrives. ``unfollow(key)``: no more of ``key``.
 
