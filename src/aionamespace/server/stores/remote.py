@@ -31,9 +31,9 @@ write of it in the next ``apply``, or ``history``, sees: the server follows befo
 tracked read, in the same batch). A call on a followed key that sees revision R (a read, a
 write, ``history``) returns only once every revision up to R was told: the server starts a
 watch at R, and a revision up to it told later would reach the watch twice. ``run()`` delivers
-them: the server starts it as a helper
-task when it serves and it runs as long as the server serves; without it, nothing of other
-servers arrives. ``unfollow(key)``: no more of ``key``.
+the revisions: the server starts it as a helper task when it serves, and it runs as long as
+the server serves; without it, nothing of other servers arrives. ``unfollow(key)``: no more
+of ``key``.
 
 **Event loops.** A store that works on some of anyio's backends only (redis-py's asyncio
 client: asyncio) says which in ``backends``, e.g. ``("asyncio",)``; the server refuses to
