@@ -8,9 +8,9 @@ load, and one SIGSTOPped: every call fails promptly with StoreUnavailable naming
 work again once Redis answers. A server started while its Redis is down refuses to start
 (cli/serve_store.py).
 
-Not here yet: watches, caches and locks across servers (a watcher on one server seeing the
-other's writes; a cache invalidated by the other; a lock held through one blocking the other):
-they need the Redis store to deliver other servers' revisions and locks shared through Redis.
+Across servers: a watcher on one server sees every revision written through the other, in
+order and without gaps, and a cached reader on one is invalidated by writes through the other.
+Not here yet: locks shared across servers (they need locks shared through Redis).
 """
 
 from __future__ import annotations
@@ -131,6 +131,39 @@ def test_a_watch_resumes_on_the_other_server_from_the_history_in_redis(
             events = [watch.next(timeout=NO_HANG_SECONDS) for _ in range(revisions)]
         assert [event.revision for event in events] == list(range(1, revisions + 1))
         assert [event.value for event in events if event.name == "x"] == list(range(5))
+
+
+# ---------------------------------------------------------------------- across servers (follow)
+
+
+def test_a_watcher_on_one_server_sees_every_write_through_the_other(
+    two_servers: list[ServeProcess],
+) -> None:
+    first, second = addresses_of(two_servers)
+    with Namespace(first, "watched") as writer, Namespace(second, "watched") as watcher:
+        writer.x = -1
+        with watcher._watch() as watch:
+            for value in range(WRITES):
+                writer._update(x=value, y=-value)
+            events = [watch.next(timeout=NO_HANG_SECONDS) for _ in range(2 * WRITES)]
+        revisions = [event.revision for event in events]
+        assert revisions == sorted(revisions)
+        assert sorted(set(revisions)) == list(range(revisions[0], revisions[0] + WRITES))
+        assert [event.value for event in events if event.name == "x"] == list(range(WRITES))
+
+
+def test_a_cached_reader_on_one_server_is_invalidated_by_the_other(
+    two_servers: list[ServeProcess],
+) -> None:
+    first, second = addresses_of(two_servers)
+    with Namespace(first, "cached") as writer, Namespace(second, "cached", cache=True) as reader:
+        writer.x = 0
+        assert reader.x == 0
+        for value in range(1, 20):
+            writer.x = value
+            deadline = time.monotonic() + NO_HANG_SECONDS
+            while reader.x != value:  # served from the cache until the invalidation lands
+                assert time.monotonic() < deadline
 
 
 # ---------------------------------------------------------------------- Redis failing under load
