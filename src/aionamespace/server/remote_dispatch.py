@@ -40,7 +40,7 @@ from ..protocol.pieces import Output, Producer, list_reply, values_reply
 from .anonymous import AnonymousNamespaces
 from .dispatch import Dispatcher, ReplyData
 from .info import anonymous_count
-from .locks import LockTable
+from .locks import Locks
 from .outbox import apart
 from .peer import Peer
 from .remote_feed import EXPECTED_ERRORS, FeedDispatcher, Gone
@@ -84,7 +84,7 @@ class RemoteDispatcher(FeedDispatcher):
         store: RemoteStore,
         call_later: CallLater,
         limits: Limits | None = None,
-        locks: LockTable | None = None,
+        locks: Locks | None = None,
     ) -> None:
         #: Starts background tasks (anonymous namespaces' drops); the server sets it.
         self.spawn: Spawn | None = None

@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
@@ -66,6 +66,10 @@ from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
 from .redis_urls import parse_store_url
 from .remote import StoreCall
 
+if TYPE_CHECKING:
+    from ..timers import CallLater
+    from .redis_locks import RedisLockTable
+
 __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
@@ -76,7 +80,8 @@ class RedisStore:
     """Namespaces in the Redis or Redis Cluster of a store URL (redis_urls.py), or of a
     redis-py asyncio client (``redis.asyncio.Redis``, ``redis.asyncio.cluster.RedisCluster``;
     one that does not retry), under ``prefix``; each call fails with StoreUnavailable after
-    ``timeout`` seconds without an answer."""
+    ``timeout`` seconds without an answer. Its locks are shared too (``lock_table``): one
+    held through a server that dies passes on ``lock_lease`` seconds after its last renewal."""
 
     remote = True
     durable = False
@@ -88,6 +93,7 @@ class RedisStore:
         prefix: str = "aionamespace",
         *,
         timeout: float = 5.0,
+        lock_lease: float = 10.0,
     ) -> None:
         redis = redis_py()
         if "{" in prefix or "}" in prefix:
@@ -116,6 +122,7 @@ class RedisStore:
         self._layout_key, self._epoch_key = board + "layout", board + "epoch"
         self._registry = board + "namespaces"
         self._timeout = timeout
+        self.lock_lease = lock_lease
         self._registered: set[str] = set()
         self._guesses: Guesses = {}
         self._followed: set[str] = set()
@@ -130,6 +137,13 @@ class RedisStore:
     def base(self, key: str) -> str:
         """The name every Redis key of namespace ``key`` starts with (its hash tag inside)."""
         return f"{self._prefix}{{={key.translate(_ESCAPES)}}}"
+
+    def lock_table(self, call_later: CallLater) -> RedisLockTable:
+        """The server's locks, shared through this Redis by every server over the board
+        (redis_locks.py), each held for ``lock_lease`` seconds past its last renewal."""
+        from .redis_locks import RedisLockTable
+
+        return RedisLockTable(self, call_later, self.lock_lease)
 
     # ------------------------------------------------------------------ the board
 

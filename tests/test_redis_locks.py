@@ -1,0 +1,308 @@
+"""Locks shared by servers over one Redis (stores/redis_locks.py), standalone and cluster.
+
+Servers are real (ServerThreads of this process, or processes to SIGKILL), on real sockets,
+over a real redis-server. A waiter on one server is woken by a push when the holder on another
+lets go: with a lease far longer than the test, only a push explains a wake within
+``AT_ONCE`` seconds. When a holder's *server* dies, its lock passes on once the lease runs out:
+not before two thirds of it (it renews every third), not much after it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import redis_rig
+from aionamespace import ConnectionLost, LockLost, Namespace, StoreUnavailable
+from deadlines import NO_HANG_SECONDS, wait_until
+from raw_client import connect_raw, pack
+from redis_lock_rig import HolderProcess, LockServers, ServerOverRedis, line
+
+pytestmark = pytest.mark.usefixtures("collect_garbage")
+
+LONG_LEASE = 60.0  # no lease runs out during a test that uses it: only a push wakes
+SHORT_LEASE = 1.5
+AT_ONCE = 1.0  # a push takes milliseconds; a loaded machine gets this much
+MARGIN = 1.0  # past the lease, what a loaded machine may add
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_of(request: pytest.FixtureRequest) -> Any:
+    """The session's standalone Redis, or its cluster."""
+    if request.param == "standalone":
+        return redis_rig.standalone()
+    return redis_rig.cluster()
+
+
+@pytest.fixture
+def redis_client(redis_of: Any) -> Iterator[Any]:
+    with redis_of.client() as client:
+        yield client
+
+
+@pytest.fixture
+def two_servers(redis_of: Any, redis_prefix: str, short_tmp: str) -> Iterator[list[Any]]:
+    with LockServers(redis_of.url, redis_prefix, short_tmp, 2, LONG_LEASE) as servers:
+        yield servers
+
+
+class Waiter(threading.Thread):
+    """A thread that waits for lock ``name`` through ``address``; ``got`` is set (and ``at``
+    noted) once it holds it; then it releases it when ``let_go`` is set."""
+
+    def __init__(self, address: Any, name: str, timeout: float = NO_HANG_SECONDS * 3) -> None:
+        super().__init__(daemon=True)
+        self.ns = Namespace(address, "jobs")
+        self.name, self.timeout = name, timeout
+        self.got, self.let_go = threading.Event(), threading.Event()
+        self.at = 0.0
+        self.result: bool | BaseException | None = None
+        self.order: list[str] | None = None
+        self.label = ""
+
+    def run(self) -> None:
+        lock = self.ns._lock(self.name)
+        try:
+            self.result = lock.acquire(timeout=self.timeout)
+            self.at = time.monotonic()
+            if self.result:
+                if self.order is not None:
+                    self.order.append(self.label)
+                self.got.set()
+                self.let_go.wait(NO_HANG_SECONDS * 3)
+                lock.release()
+        except BaseException as exc:
+            self.result = exc
+        finally:
+            self.got.set()
+            self.ns._close()
+
+
+def first_failure(ns: Namespace, seconds: float) -> BaseException | None:
+    """Ping (no store call: only a dropped connection fails it) until a call fails with
+    LockLost, for at most ``seconds``: that failure (a broken call's own ConnectionLost may
+    come first), or None."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ns._ping()
+        except LockLost as exc:
+            return exc
+        except ConnectionLost:
+            continue
+    return None
+
+
+def in_line(client: Any, prefix: str, count: int, name: str = "L") -> None:
+    wait_until(lambda: len(line(client, prefix, "jobs", name)) == count, f"{count} in line")
+
+
+def test_a_waiter_on_another_server_is_pushed_the_lock_when_it_is_released(
+    two_servers: list[Any], redis_client: Any, redis_prefix: str
+) -> None:
+    a, b = two_servers
+    holder = Namespace(a.address, "jobs")
+    lock = holder._lock("L")
+    assert lock.acquire(timeout=NO_HANG_SECONDS)
+    waiter = Waiter(b.address, "L")
+    waiter.start()
+    in_line(redis_client, redis_prefix, 1)
+    assert not waiter.got.is_set()
+    released = time.monotonic()
+    lock.release()
+    assert waiter.got.wait(NO_HANG_SECONDS)
+    assert waiter.result is True
+    assert waiter.at - released < AT_ONCE
+    waiter.let_go.set()
+    waiter.join(NO_HANG_SECONDS)
+    assert lock.acquire(timeout=NO_HANG_SECONDS)  # free again, through A
+    lock.release()
+    holder._close()
+
+
+def test_a_closed_holder_connection_passes_the_lock_on_at_once(
+    two_servers: list[Any], redis_client: Any, redis_prefix: str
+) -> None:
+    a, b = two_servers
+    holder = Namespace(a.address, "jobs")
+    assert holder._lock("L").acquire(timeout=NO_HANG_SECONDS)
+    waiter = Waiter(b.address, "L")
+    waiter.start()
+    in_line(redis_client, redis_prefix, 1)
+    closed = time.monotonic()
+    holder._close()
+    assert waiter.got.wait(NO_HANG_SECONDS)
+    assert waiter.result is True
+    assert waiter.at - closed < AT_ONCE
+    waiter.let_go.set()
+    waiter.join(NO_HANG_SECONDS)
+
+
+def test_a_sigkilled_holder_process_passes_the_lock_on_at_once(
+    two_servers: list[Any], redis_client: Any, redis_prefix: str
+) -> None:
+    a, b = two_servers
+    holder = HolderProcess(str(a.address), "jobs", "L")
+    try:
+        waiter = Waiter(b.address, "L")
+        waiter.start()
+        in_line(redis_client, redis_prefix, 1)
+        killed = time.monotonic()
+        holder.kill()
+        assert waiter.got.wait(NO_HANG_SECONDS)
+        assert waiter.result is True
+        assert waiter.at - killed < AT_ONCE
+        waiter.let_go.set()
+        waiter.join(NO_HANG_SECONDS)
+    finally:
+        holder.kill()
+
+
+def test_a_dead_servers_lock_passes_on_when_its_lease_runs_out(
+    redis_of: Any, redis_client: Any, redis_prefix: str, short_tmp: str
+) -> None:
+    dying = ServerOverRedis(
+        os.path.join(short_tmp, "dying.sock"), redis_of.url, redis_prefix, SHORT_LEASE
+    )
+    holder: HolderProcess | None = None
+    try:
+        holder = HolderProcess(dying.address, "jobs", "L")
+        with LockServers(redis_of.url, redis_prefix, short_tmp, 1, SHORT_LEASE) as (b,):
+            waiter = Waiter(b.address, "L")
+            waiter.start()
+            in_line(redis_client, redis_prefix, 1)
+            killed = time.monotonic()
+            dying.kill()  # (its holder's socket closes, but no server is there to hear it)
+            assert waiter.got.wait(NO_HANG_SECONDS)
+            assert waiter.result is True
+            waited = waiter.at - killed
+            assert SHORT_LEASE * 2 / 3 - 0.1 <= waited <= SHORT_LEASE + MARGIN, waited
+            waiter.let_go.set()
+            waiter.join(NO_HANG_SECONDS)
+    finally:
+        dying.kill()
+        if holder is not None:
+            holder.kill()
+
+
+def test_waiters_of_every_server_are_served_first_in_first_out(
+    two_servers: list[Any], redis_client: Any, redis_prefix: str
+) -> None:
+    a, b = two_servers
+    holder = Namespace(a.address, "jobs")
+    lock = holder._lock("L")
+    assert lock.acquire(timeout=NO_HANG_SECONDS)
+    order: list[str] = []
+    waiters = []
+    for index, server in enumerate([b, a, b, a]):
+        waiter = Waiter(server.address, "L")
+        waiter.order, waiter.label = order, f"w{index}"
+        waiter.let_go.set()  # each lets go as soon as it holds it
+        waiter.start()
+        in_line(redis_client, redis_prefix, index + 1)
+        waiters.append(waiter)
+    lock.release()
+    for waiter in waiters:
+        waiter.join(NO_HANG_SECONDS)
+        assert waiter.result is True
+    assert order == ["w0", "w1", "w2", "w3"]
+    holder._close()
+
+
+def test_a_wait_times_out_and_leaves_the_line(
+    two_servers: list[Any], redis_client: Any, redis_prefix: str
+) -> None:
+    a, b = two_servers
+    holder = Namespace(a.address, "jobs")
+    lock = holder._lock("L")
+    assert lock.acquire(timeout=NO_HANG_SECONDS)
+    other = Namespace(b.address, "jobs")
+    started = time.monotonic()
+    assert other._lock("L").acquire(timeout=0.3) is False
+    assert 0.3 <= time.monotonic() - started < 0.3 + AT_ONCE
+    assert other._lock("L").acquire(blocking=False) is False  # a timeout of 0: not in line
+    wait_until(lambda: line(redis_client, redis_prefix, "jobs", "L") == [], "the line empty")
+    lock.release()
+    assert other._lock("L").acquire(blocking=False) is True  # free: taken at once
+    holder._close()
+    other._close()
+
+
+def test_a_waiter_of_a_dead_server_is_skipped(
+    redis_of: Any, redis_client: Any, redis_prefix: str, short_tmp: str
+) -> None:
+    dying = ServerOverRedis(
+        os.path.join(short_tmp, "dying.sock"), redis_of.url, redis_prefix, SHORT_LEASE
+    )
+    try:
+        with LockServers(redis_of.url, redis_prefix, short_tmp, 1, SHORT_LEASE) as (b,):
+            holder = Namespace(b.address, "jobs")
+            lock = holder._lock("L")
+            assert lock.acquire(timeout=NO_HANG_SECONDS)
+            doomed, _ = connect_raw(dying.address)  # waits through the server that dies
+            doomed.sendall(pack([1, "acquire", "jobs", "L", b"doomed", None]))
+            in_line(redis_client, redis_prefix, 1)
+            waiter = Waiter(b.address, "L")
+            waiter.start()
+            in_line(redis_client, redis_prefix, 2)
+            dying.kill()
+            doomed.close()
+            base = f"{redis_prefix}{{=jobs}}"
+            (doomed_id, _) = line(redis_client, redis_prefix, "jobs", "L")
+
+            def entry_ran_out() -> bool:
+                seconds, micros = redis_client.time()
+                expiry = int(redis_client.hget(f"{base}:lw:L", doomed_id).split()[0])
+                return bool(seconds * 1000 + micros // 1000 > expiry)
+
+            wait_until(entry_ran_out, "the dead server's waiter's entry ran out")
+            released = time.monotonic()
+            lock.release()
+            assert waiter.got.wait(NO_HANG_SECONDS)
+            assert waiter.result is True
+            assert waiter.at - released < AT_ONCE
+            waiter.let_go.set()
+            waiter.join(NO_HANG_SECONDS)
+            holder._close()
+    finally:
+        dying.kill()
+
+
+def test_a_holder_whose_lock_went_to_another_is_told(
+    redis_of: Any, redis_prefix: str, short_tmp: str, redis_client: Any
+) -> None:
+    """A failover that lost the grant (here: the lock's key deleted): at its next renewal the
+    server drops the holder's connection, and the holder learns it (LockLost)."""
+    with LockServers(redis_of.url, redis_prefix, short_tmp, 1, SHORT_LEASE) as (a,):
+        holder = Namespace(a.address, "jobs")
+        lock = holder._lock("L")
+        assert lock.acquire(timeout=NO_HANG_SECONDS)
+        redis_client.delete(f"{redis_prefix}{{=jobs}}:lk:L")
+        assert isinstance(first_failure(holder, SHORT_LEASE + MARGIN), LockLost)
+        with pytest.raises(LockLost):
+            lock.release()
+        holder._close()
+
+
+def test_redis_unreachable_fails_the_acquire_and_drops_the_holder(
+    redis_private: redis_rig.RedisServer, redis_prefix: str, short_tmp: str
+) -> None:
+    with LockServers(redis_private.url, redis_prefix, short_tmp, 1, SHORT_LEASE) as (a,):
+        holder = Namespace(a.address, "jobs")
+        lock = holder._lock("L")
+        assert lock.acquire(timeout=NO_HANG_SECONDS)
+        redis_private.kill()
+        other = Namespace(a.address, "jobs")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            other._lock("M").acquire(timeout=NO_HANG_SECONDS)
+        assert time.monotonic() - started < NO_HANG_SECONDS
+        # Its lease may have run out meanwhile: never lost silently.
+        assert isinstance(first_failure(holder, SHORT_LEASE + MARGIN), LockLost)
+        holder._close()
+        other._close()
