@@ -24,9 +24,10 @@ when the holder's lease ends, and asks Redis again then: if the holder's server 
 renewal), the lock goes to the first live waiter; if not, the timer is set for the new end.
 
 **A lock never lost silently.** If a renewal finds that a lock went to another (its lease ran
-out, or a failover lost it), or the lease may have run out while Redis did not answer, the
-server drops the holder's connection: its client raises ``LockLost`` (client/leases.py), as
-when the connection breaks. Redis unreachable: a pending ``acquire`` gets ``StoreUnavailable``;
+out, or a failover lost it), or the lease could run out before the next renewal is confirmed
+(two renewals in a row went unanswered: Redis unreachable for a third of the lease or more),
+the server drops the holder's connection: its client raises ``LockLost``
+(client/leases.py), as when the connection breaks. Redis unreachable: a pending ``acquire`` gets ``StoreUnavailable``;
 a ``release`` that fails is logged, and the lock passes on when its lease runs out.
 
 **Failover.** Redis replicates asynchronously: a replica promoted after a grant may not know
@@ -370,10 +371,11 @@ class RedisLockTable:
 
     def _renew_all(self) -> None:
         """Renew every lease and line entry of this server; drop what may have run out."""
-        now = time.monotonic()
+        now, tick = time.monotonic(), self.lease / 3
         for held in list(self._holding.values()):
-            if now - held.renewed >= self.lease:
-                self._lost(held, "Redis did not answer its renewals within the lease")
+            # Its lease may run out before the next tick could tell: its holder is told now.
+            if now + tick >= held.renewed + self.lease:
+                self._lost(held, "Redis did not answer its renewals")
             else:
                 self._send(_Call("renew", held.lock, held.id))
         for wait in self._waits.values():
