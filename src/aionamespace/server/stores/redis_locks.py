@@ -22,19 +22,23 @@ PUBLISHes to that waiter's server (redis_lock_pushes.py), which answers it: a pu
 A server told that a lock it waits for is held sets one timer (the server's timer heap) for
 when the holder's lease ends, and asks Redis again then: if the holder's server died (no
 renewal), the lock goes to the first live waiter; if not, the timer is set for the new end.
+A push lost (the subscription broke) is made up for: the subscription made again asks where
+every wait stands, and so does each renewal of a wait's line entry.
 
 **A lock never lost silently.** If a renewal finds that a lock went to another (its lease ran
 out, or a failover lost it), or the lease could run out before the next renewal is confirmed
 (two renewals in a row went unanswered: Redis unreachable for a third of the lease or more),
-the server drops the holder's connection: its client raises ``LockLost``
-(client/leases.py), as when the connection breaks. Redis unreachable: a pending ``acquire`` gets ``StoreUnavailable``;
-a ``release`` that fails is logged, and the lock passes on when its lease runs out.
+the server drops the holder's connection: its client raises ``LockLost`` (client/leases.py),
+as when the connection breaks. Redis unreachable: a pending ``acquire`` gets
+``StoreUnavailable``; a ``release`` that fails is logged, and the lock passes on when its lease
+runs out.
 
 **Failover.** Redis replicates asynchronously: a replica promoted after a grant may not know
 of it, and give the lock to another while the first holder still works. Two holders are then
 possible until the first holder's server renews and learns the lock went to another (then it
-drops that holder's connection: ``LockLost``). What a lock protects must check a fencing value
-to be safe across a failover (README, Locks).
+drops that holder's connection: ``LockLost``). What a lock protects must check a fencing token
+to be safe across a failover: README ("Locks over Redis") says how a holder takes one from the
+board (an ``_incr`` under the lock, with the epoch): no protocol change was needed for it.
 
 ``counts`` tells this server's part: the locks its connections hold, the waits they made.
 """
