@@ -19,6 +19,7 @@ import pytest
 
 import redis_rig
 from aionamespace import ConnectionLost, LockLost, Namespace, StoreUnavailable
+from aionamespace.server.stores.redis_lock_pushes import MAX_BACKOFF
 from deadlines import NO_HANG_SECONDS, wait_until
 from raw_client import connect_raw, pack
 from redis_lock_rig import HolderProcess, LockServers, ServerOverRedis, line
@@ -306,3 +307,49 @@ def test_redis_unreachable_fails_the_acquire_and_drops_the_holder(
         assert isinstance(first_failure(holder, SHORT_LEASE + MARGIN), LockLost)
         holder._close()
         other._close()
+
+
+def test_a_closed_waiters_connection_leaves_the_line_at_once(
+    two_servers: list[Any], redis_client: Any, redis_prefix: str
+) -> None:
+    a, b = two_servers
+    holder = Namespace(a.address, "jobs")
+    lock = holder._lock("L")
+    assert lock.acquire(timeout=NO_HANG_SECONDS)
+    gone, _ = connect_raw(str(b.address))
+    gone.sendall(pack([1, "acquire", "jobs", "L", b"gone", None]))
+    in_line(redis_client, redis_prefix, 1)
+    gone.close()
+    in_line(redis_client, redis_prefix, 0)
+    lock.release()
+    assert lock.acquire(blocking=False)  # nobody took it meanwhile
+    lock.release()
+    holder._close()
+
+
+def test_a_push_lost_with_the_subscription_is_made_up_for(
+    two_servers: list[Any], redis_of: Any, redis_client: Any, redis_prefix: str
+) -> None:
+    """Redis drops every subscriber (here: CLIENT KILL TYPE pubsub) just before the release
+    that pushes the lock: the server subscribes again and asks where its waits stand."""
+    a, b = two_servers
+    holder = Namespace(a.address, "jobs")
+    lock = holder._lock("L")
+    assert lock.acquire(timeout=NO_HANG_SECONDS)
+    waiter = Waiter(b.address, "L")
+    waiter.start()
+    in_line(redis_client, redis_prefix, 1)
+    if isinstance(redis_of, redis_rig.RedisCluster):
+        redis_client.execute_command(
+            "CLIENT", "KILL", "TYPE", "pubsub", target_nodes=redis_client.ALL_NODES
+        )
+    else:
+        redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    released = time.monotonic()
+    lock.release()
+    assert waiter.got.wait(NO_HANG_SECONDS)
+    assert waiter.result is True
+    assert waiter.at - released < AT_ONCE + MAX_BACKOFF  # not the lease's 60 s
+    waiter.let_go.set()
+    waiter.join(NO_HANG_SECONDS)
+    holder._close()
