@@ -353,3 +353,33 @@ def test_a_push_lost_with_the_subscription_is_made_up_for(
     waiter.let_go.set()
     waiter.join(NO_HANG_SECONDS)
     holder._close()
+
+
+def test_the_lock_excludes_across_servers(two_servers: list[Any]) -> None:
+    """Exclusion counted, not timed: read-modify-writes under the lock through both servers
+    end exact."""
+    rounds, errors = 40, []
+
+    def work(address: Any) -> None:
+        ns = Namespace(address, "counted")
+        lock = ns._lock("c")
+        try:
+            for _ in range(rounds):
+                with lock:
+                    value = ns.counter
+                    ns.counter = value + 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            ns._close()
+
+    first = Namespace(two_servers[0].address, "counted")
+    first.counter = 0
+    threads = [threading.Thread(target=work, args=(s.address,)) for s in two_servers * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(NO_HANG_SECONDS * 6)
+    assert errors == []
+    assert first.counter == rounds * len(threads)
+    first._close()

@@ -20,10 +20,12 @@ while its batch is in the store gets nothing more: the batch stops at the next r
 
 What a store the server awaits cannot give is said where it matters: ``export`` freezes each
 namespace as one read, the board as a sequence of them (not one instant); the locks are this
-server's ``LockTable``. The seam for locks shared by every server over the store is the
-``locks`` argument: a table with ``LockTable``'s methods goes in its place, answering an
-``acquire`` through its ``grant`` callback whenever the store says (as a timer does, outside
-any batch), and handing a lock over when its holder's connection is lost.
+server's ``LockTable`` unless the store shares them. The seam for locks shared by every server
+over the store is the ``locks`` argument: a table with ``LockTable``'s methods (``Locks``,
+locks.py) goes in its place, answering an ``acquire`` through its ``grant`` callback whenever
+the store says (as a timer does, outside any batch), and handing a lock over when its holder's
+connection is lost. The server passes the one a store makes (``lock_table``: a RedisStore's is
+stores/redis_locks.py) and runs its ``run`` among its own tasks.
 """
 
 from __future__ import annotations
