@@ -9,7 +9,7 @@ redis.py), so one cluster slot and one script call touch them all::
     base:lw:NAME  hash  waiter id -> "EXPIRY LEASE": when its entry ends unless its server
                         renews it, and the lease it gets if the lock is handed to it
 
-An id is ``SERVER:CONNECTION:TOKEN`` (the token in hex): the server's id names the channel
+An id is ``SERVER:N``, N counting the server's acquisitions: the server's id names the channel
 the script PUBLISHes to when it hands the lock to that waiter, ``CHANNEL .. SERVER``. Each key
 lives ``3 * lease`` after the last script that touched it (renewals touch them): a board
 whose servers all died forgets its locks.

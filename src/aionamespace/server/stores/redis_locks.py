@@ -100,10 +100,9 @@ class _Held:
 class _Holdings:
     """What one connection holds and awaits, by (lock, token)."""
 
-    __slots__ = ("held", "number", "waits")
+    __slots__ = ("held", "waits")
 
-    def __init__(self, number: int) -> None:
-        self.number = number  # in the ids of its owners
+    def __init__(self) -> None:
         self.held: dict[tuple[LockName, bytes], _Held] = {}
         self.waits: dict[tuple[LockName, bytes], _Wait] = {}
 
@@ -148,7 +147,9 @@ class RedisLockTable:
         holdings = self._holdings(owner[0])
         if (which, owner[1]) in holdings.held or (which, owner[1]) in holdings.waits:
             raise ValueError(f"lock {name!r} is already held or awaited with this token")
-        wait_id = f"{self.server_id}:{holdings.number}:{owner[1].hex()}"
+        # An id per acquisition, never reused: a push for an earlier one (withdrawn, its
+        # release on its way) must not grant a later wait of the same owner.
+        wait_id = f"{self.server_id}:{next(self._numbers)}"
         wait = _Wait(which, owner, wait_id, grant, timeout)
         holdings.waits[which, owner[1]] = wait
         self._waits[wait_id] = wait
@@ -197,7 +198,7 @@ class RedisLockTable:
     def _holdings(self, connection: object) -> _Holdings:
         holdings = self._connections.get(connection)
         if holdings is None:
-            holdings = self._connections[connection] = _Holdings(next(self._numbers))
+            holdings = self._connections[connection] = _Holdings()
         return holdings
 
     def _tidy(self, connection: object) -> None:
