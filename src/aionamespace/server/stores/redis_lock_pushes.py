@@ -12,7 +12,9 @@ The connection is our own (the store's client's settings, never retrying), read 
 blocking read: nothing polls. When it breaks, it is made again (to another node of a cluster
 if need be) after a backoff from ``MIN_BACKOFF`` to ``MAX_BACKOFF`` seconds; each time the
 subscription is confirmed, ``on_subscribed`` is called, so that the table asks Redis again
-where its waiters stand (what was published meanwhile was lost).
+where its waiters stand (what was published meanwhile was lost). A connection cut without a
+word (a partition that resets nothing) goes unnoticed here; the table's renewals of its waits,
+every third of the lease, still tell it of a lock handed to one of them.
 """
 
 from __future__ import annotations
