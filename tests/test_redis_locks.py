@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 import redis_rig
-from aionamespace import ConnectionLost, LockLost, Namespace, StoreUnavailable
+from aionamespace import ConnectionLost, LockLost, Namespace, ServerThread, StoreUnavailable
+from aionamespace.server.stores.redis import RedisStore
 from aionamespace.server.stores.redis_lock_pushes import MAX_BACKOFF
 from deadlines import NO_HANG_SECONDS, wait_until
 from raw_client import connect_raw, pack
@@ -383,3 +384,53 @@ def test_the_lock_excludes_across_servers(two_servers: list[Any]) -> None:
     assert errors == []
     assert first.counter == rounds * len(threads)
     first._close()
+
+
+def test_a_stopped_servers_locks_pass_on_at_once(
+    redis_of: Any, redis_client: Any, redis_prefix: str, short_tmp: str
+) -> None:
+    """A server stopped gracefully releases what its connections held, not the lease later."""
+    with LockServers(redis_of.url, redis_prefix, short_tmp, 1, LONG_LEASE) as (b,):
+        store = RedisStore(redis_of.url, prefix=redis_prefix, lock_lease=LONG_LEASE)
+        with ServerThread(os.path.join(short_tmp, "a.sock"), store=store) as a:
+            holder = Namespace(a.address, "jobs")
+            assert holder._lock("L").acquire(timeout=NO_HANG_SECONDS)
+            waiter = Waiter(b.address, "L")
+            waiter.start()
+            in_line(redis_client, redis_prefix, 1)
+            stopped = time.monotonic()
+        assert waiter.got.wait(NO_HANG_SECONDS)
+        assert waiter.result is True
+        assert waiter.at - stopped < AT_ONCE
+        waiter.let_go.set()
+        waiter.join(NO_HANG_SECONDS)
+        holder._close()
+
+
+def test_locks_work_again_once_redis_is_back(
+    redis_private: redis_rig.RedisServer, redis_prefix: str, short_tmp: str
+) -> None:
+    """Redis killed and started again (empty: its script cache too): acquires fail while it is
+    down, and work again once it is back, across both servers."""
+    with LockServers(redis_private.url, redis_prefix, short_tmp, 2, LONG_LEASE) as (a, b):
+        first, second = Namespace(a.address, "jobs"), Namespace(b.address, "jobs")
+        assert first._lock("L").acquire(timeout=NO_HANG_SECONDS)  # (the script loaded)
+        redis_private.kill()
+        with pytest.raises(StoreUnavailable):
+            second._lock("M").acquire(timeout=NO_HANG_SECONDS)
+        redis_private.start()
+        lock = second._lock("M")
+        assert lock.acquire(timeout=NO_HANG_SECONDS)
+        waiter = Waiter(a.address, "M")
+        waiter.start()
+        with redis_private.client() as client:
+            in_line(client, redis_prefix, 1, "M")
+        released = time.monotonic()
+        lock.release()
+        assert waiter.got.wait(NO_HANG_SECONDS)
+        assert waiter.result is True
+        assert waiter.at - released < AT_ONCE + 2 * MAX_BACKOFF
+        waiter.let_go.set()
+        waiter.join(NO_HANG_SECONDS)
+        first._close()
+        second._close()

@@ -354,7 +354,8 @@ class RedisLockTable:
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     await self._send_calls()
-        finally:  # releases of connections closed as the server stopped: one try
+        finally:  # releases of connections closed as the server stopped: one more try
+            self._calls = [call for call in self._calls if call.op == "release"]
             with anyio.move_on_after(1.0, shield=True):
                 await self._send_calls()
 
@@ -362,6 +363,13 @@ class RedisLockTable:
         calls, self._calls = self._calls, []
         if not calls:
             return
+        try:
+            await self._round_trip(calls)
+        except BaseException:  # cancelled in flight: its releases are tried again (harmless)
+            self._calls[:0] = calls
+            raise
+
+    async def _round_trip(self, calls: list[_Call]) -> None:
         now, subscription = time.monotonic(), self._subscriptions
         for call in calls:
             call.sent, call.subscription = now, subscription
