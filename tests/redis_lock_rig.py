@@ -4,7 +4,8 @@
 ``RedisStore`` of one prefix) and, for a server to SIGKILL, ``ServerOverRedis``: a process of
 its own. ``HolderProcess`` is a client process that takes a lock and holds it until killed.
 ``line(...)`` reads a lock's waiting line in Redis (redis_lock_scripts.py's keys), which no
-event announces: tests poll it with ``wait_until`` to know a waiter is in line.
+event announces: ``in_line`` polls it with ``wait_until`` to know a waiter is in line. A
+``Waiter`` is a thread waiting for a lock; ``first_failure`` pings until a LockLost.
 """
 
 from __future__ import annotations
@@ -14,13 +15,26 @@ import selectors
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from typing import Any
 
-from aionamespace import ServerThread
+from aionamespace import ConnectionLost, LockLost, Namespace, ServerThread
 from aionamespace.server.stores.redis import RedisStore
-from deadlines import NO_HANG_SECONDS
+from deadlines import NO_HANG_SECONDS, wait_until
 
-__all__ = ["HolderProcess", "LockServers", "ServerOverRedis", "line"]
+__all__ = [
+    "AT_ONCE",
+    "HolderProcess",
+    "LockServers",
+    "ServerOverRedis",
+    "Waiter",
+    "first_failure",
+    "in_line",
+    "line",
+]
+
+AT_ONCE = 1.0  # a push takes milliseconds; a loaded machine gets this much
 
 SERVE = textwrap.dedent(
     """
@@ -134,3 +148,54 @@ def line(client: Any, prefix: str, key: str, name: str) -> list[str]:
     that needs no escapes: redis.py's ``base``)."""
     base = f"{prefix}{{={key}}}"
     return [member.decode() for member in client.zrange(f"{base}:lq:{name}", 0, -1)]
+
+
+class Waiter(threading.Thread):
+    """A thread that waits for lock ``name`` through ``address``; ``got`` is set (and ``at``
+    noted) once it holds it; then it releases it when ``let_go`` is set."""
+
+    def __init__(self, address: Any, name: str, timeout: float = NO_HANG_SECONDS * 3) -> None:
+        super().__init__(daemon=True)
+        self.ns = Namespace(address, "jobs")
+        self.name, self.timeout = name, timeout
+        self.got, self.let_go = threading.Event(), threading.Event()
+        self.at = 0.0
+        self.result: bool | BaseException | None = None
+        self.order: list[str] | None = None
+        self.label = ""
+
+    def run(self) -> None:
+        lock = self.ns._lock(self.name)
+        try:
+            self.result = lock.acquire(timeout=self.timeout)
+            self.at = time.monotonic()
+            if self.result:
+                if self.order is not None:
+                    self.order.append(self.label)
+                self.got.set()
+                self.let_go.wait(NO_HANG_SECONDS * 3)
+                lock.release()
+        except BaseException as exc:
+            self.result = exc
+        finally:
+            self.got.set()
+            self.ns._close()
+
+
+def first_failure(ns: Namespace, seconds: float) -> BaseException | None:
+    """Ping (no store call: only a dropped connection fails it) until a call fails with
+    LockLost, for at most ``seconds``: that failure (a broken call's own ConnectionLost may
+    come first), or None."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ns._ping()
+        except LockLost as exc:
+            return exc
+        except ConnectionLost:
+            continue
+    return None
+
+
+def in_line(client: Any, prefix: str, count: int, name: str = "L") -> None:
+    wait_until(lambda: len(line(client, prefix, "jobs", name)) == count, f"{count} in line")

@@ -18,90 +18,32 @@ from typing import Any
 import pytest
 
 import redis_rig
-from aionamespace import ConnectionLost, LockLost, Namespace, ServerThread, StoreUnavailable
+from aionamespace import Namespace, ServerThread
 from aionamespace.server.stores.redis import RedisStore
 from aionamespace.server.stores.redis_lock_pushes import MAX_BACKOFF
 from deadlines import NO_HANG_SECONDS, wait_until
 from raw_client import connect_raw, pack
-from redis_lock_rig import HolderProcess, LockServers, ServerOverRedis, line
+from redis_lock_rig import (
+    AT_ONCE,
+    HolderProcess,
+    LockServers,
+    ServerOverRedis,
+    Waiter,
+    in_line,
+    line,
+)
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 LONG_LEASE = 60.0  # no lease runs out during a test that uses it: only a push wakes
 SHORT_LEASE = 1.5
-AT_ONCE = 1.0  # a push takes milliseconds; a loaded machine gets this much
 MARGIN = 1.0  # past the lease, what a loaded machine may add
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def redis_of(request: pytest.FixtureRequest) -> Any:
-    """The session's standalone Redis, or its cluster."""
-    if request.param == "standalone":
-        return redis_rig.standalone()
-    return redis_rig.cluster()
-
-
-@pytest.fixture
-def redis_client(redis_of: Any) -> Iterator[Any]:
-    with redis_of.client() as client:
-        yield client
 
 
 @pytest.fixture
 def two_servers(redis_of: Any, redis_prefix: str, short_tmp: str) -> Iterator[list[Any]]:
     with LockServers(redis_of.url, redis_prefix, short_tmp, 2, LONG_LEASE) as servers:
         yield servers
-
-
-class Waiter(threading.Thread):
-    """A thread that waits for lock ``name`` through ``address``; ``got`` is set (and ``at``
-    noted) once it holds it; then it releases it when ``let_go`` is set."""
-
-    def __init__(self, address: Any, name: str, timeout: float = NO_HANG_SECONDS * 3) -> None:
-        super().__init__(daemon=True)
-        self.ns = Namespace(address, "jobs")
-        self.name, self.timeout = name, timeout
-        self.got, self.let_go = threading.Event(), threading.Event()
-        self.at = 0.0
-        self.result: bool | BaseException | None = None
-        self.order: list[str] | None = None
-        self.label = ""
-
-    def run(self) -> None:
-        lock = self.ns._lock(self.name)
-        try:
-            self.result = lock.acquire(timeout=self.timeout)
-            self.at = time.monotonic()
-            if self.result:
-                if self.order is not None:
-                    self.order.append(self.label)
-                self.got.set()
-                self.let_go.wait(NO_HANG_SECONDS * 3)
-                lock.release()
-        except BaseException as exc:
-            self.result = exc
-        finally:
-            self.got.set()
-            self.ns._close()
-
-
-def first_failure(ns: Namespace, seconds: float) -> BaseException | None:
-    """Ping (no store call: only a dropped connection fails it) until a call fails with
-    LockLost, for at most ``seconds``: that failure (a broken call's own ConnectionLost may
-    come first), or None."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            ns._ping()
-        except LockLost as exc:
-            return exc
-        except ConnectionLost:
-            continue
-    return None
-
-
-def in_line(client: Any, prefix: str, count: int, name: str = "L") -> None:
-    wait_until(lambda: len(line(client, prefix, "jobs", name)) == count, f"{count} in line")
 
 
 def test_a_waiter_on_another_server_is_pushed_the_lock_when_it_is_released(
@@ -275,41 +217,6 @@ def test_a_waiter_of_a_dead_server_is_skipped(
         dying.kill()
 
 
-def test_a_holder_whose_lock_went_to_another_is_told(
-    redis_of: Any, redis_prefix: str, short_tmp: str, redis_client: Any
-) -> None:
-    """A failover that lost the grant (here: the lock's key deleted): at its next renewal the
-    server drops the holder's connection, and the holder learns it (LockLost)."""
-    with LockServers(redis_of.url, redis_prefix, short_tmp, 1, SHORT_LEASE) as (a,):
-        holder = Namespace(a.address, "jobs")
-        lock = holder._lock("L")
-        assert lock.acquire(timeout=NO_HANG_SECONDS)
-        redis_client.delete(f"{redis_prefix}{{=jobs}}:lk:L")
-        assert isinstance(first_failure(holder, SHORT_LEASE + MARGIN), LockLost)
-        with pytest.raises(LockLost):
-            lock.release()
-        holder._close()
-
-
-def test_redis_unreachable_fails_the_acquire_and_drops_the_holder(
-    redis_private: redis_rig.RedisServer, redis_prefix: str, short_tmp: str
-) -> None:
-    with LockServers(redis_private.url, redis_prefix, short_tmp, 1, SHORT_LEASE) as (a,):
-        holder = Namespace(a.address, "jobs")
-        lock = holder._lock("L")
-        assert lock.acquire(timeout=NO_HANG_SECONDS)
-        redis_private.kill()
-        other = Namespace(a.address, "jobs")
-        started = time.monotonic()
-        with pytest.raises(StoreUnavailable):
-            other._lock("M").acquire(timeout=NO_HANG_SECONDS)
-        assert time.monotonic() - started < NO_HANG_SECONDS
-        # Its lease may have run out meanwhile: never lost silently.
-        assert isinstance(first_failure(holder, SHORT_LEASE + MARGIN), LockLost)
-        holder._close()
-        other._close()
-
-
 def test_a_closed_waiters_connection_leaves_the_line_at_once(
     two_servers: list[Any], redis_client: Any, redis_prefix: str
 ) -> None:
@@ -405,32 +312,3 @@ def test_a_stopped_servers_locks_pass_on_at_once(
         waiter.let_go.set()
         waiter.join(NO_HANG_SECONDS)
         holder._close()
-
-
-def test_locks_work_again_once_redis_is_back(
-    redis_private: redis_rig.RedisServer, redis_prefix: str, short_tmp: str
-) -> None:
-    """Redis killed and started again (empty: its script cache too): acquires fail while it is
-    down, and work again once it is back, across both servers."""
-    with LockServers(redis_private.url, redis_prefix, short_tmp, 2, LONG_LEASE) as (a, b):
-        first, second = Namespace(a.address, "jobs"), Namespace(b.address, "jobs")
-        assert first._lock("L").acquire(timeout=NO_HANG_SECONDS)  # (the script loaded)
-        redis_private.kill()
-        with pytest.raises(StoreUnavailable):
-            second._lock("M").acquire(timeout=NO_HANG_SECONDS)
-        redis_private.start()
-        lock = second._lock("M")
-        assert lock.acquire(timeout=NO_HANG_SECONDS)
-        waiter = Waiter(a.address, "M")
-        waiter.start()
-        with redis_private.client() as client:
-            in_line(client, redis_prefix, 1, "M")
-        released = time.monotonic()
-        lock.release()
-        assert waiter.got.wait(NO_HANG_SECONDS)
-        assert waiter.result is True
-        assert waiter.at - released < AT_ONCE + 2 * MAX_BACKOFF
-        waiter.let_go.set()
-        waiter.join(NO_HANG_SECONDS)
-        first._close()
-        second._close()
