@@ -312,3 +312,19 @@ def test_a_stopped_servers_locks_pass_on_at_once(
         waiter.let_go.set()
         waiter.join(NO_HANG_SECONDS)
         holder._close()
+
+
+def test_a_release_is_answered_once_every_server_sees_the_lock_free(
+    two_servers: list[Any],
+) -> None:
+    """Told "released" through one server, a process finds the lock free through the other at
+    once (blocking=False: no wait to hide a release still on its way to Redis)."""
+    nss = [Namespace(server.address, "jobs") for server in two_servers]
+    for turn in range(20):
+        mine, theirs = nss[turn % 2]._lock("L"), nss[1 - turn % 2]._lock("L")
+        assert mine.acquire(blocking=False)
+        mine.release()
+        assert theirs.acquire(blocking=False)
+        theirs.release()
+    for ns in nss:
+        ns._close()

@@ -289,6 +289,9 @@ class RemoteDispatcher(FeedDispatcher):
                 reply = self.answer(peer, request_id, op, args)
                 if key is not None:
                     self._maybe_unfollow(key)
+            settled = getattr(self.locks, "settled", None)  # (a table shared through the store)
+            if op == "release" and settled is not None:
+                await settled()  # answered once others can see it: a release, then their acquire
             return reply
         if op == "watch":
             return await self._watch_since(peer, request_id, *args)

@@ -85,8 +85,7 @@ class RedisStore:
     """Namespaces in the Redis or Redis Cluster of a store URL (redis_urls.py), or of a
     redis-py asyncio client (``redis.asyncio.Redis``, ``redis.asyncio.cluster.RedisCluster``;
     one that does not retry), under ``prefix``; each call fails with StoreUnavailable after
-    ``timeout`` seconds without an answer. Its locks are shared too (``lock_table``): one
-    held through a server that dies passes on ``lock_lease`` seconds after its last renewal."""
+    ``timeout`` seconds without an answer."""
 
     remote = True
     durable = False

@@ -7,8 +7,9 @@ line, first in first out.
 **Answers.** ``LockTable``'s interface is synchronous; Redis is a round trip away. So
 ``acquire`` always answers later (through ``grant``), even for a free lock: the reply is
 deferred (docs/PROTOCOL.md, 12.3). ``release`` answers from what this server knows (it holds
-the lock for that owner, or has it waiting) and releases in Redis after; a wait it withdraws
-is answered at once. Every Redis call goes through one queue, sent by one task as a pipeline
+the lock for that owner, or has it waiting) and releases in Redis after; the server sends
+that answer once Redis has it (``settled``), so a process told "released" finds the lock free
+through any server. Every Redis call goes through one queue, sent by one task as a pipeline
 per round trip, so the calls of a lock leave in the order they were made.
 
 **Leases.** A lock in Redis is held for ``lease`` seconds (``DEFAULT_LEASE``, 10 s) from the
@@ -127,6 +128,8 @@ class RedisLockTable:
         self._lock_timers: dict[LockName, Callable[[], None]] = {}
         self._calls: list[_Call] = []
         self._wake = anyio.Event()
+        self._queued = self._done = 0  # calls queued and answered so far (``settled``)
+        self._settling: list[tuple[int, anyio.Event]] = []
         self._subscriptions = 0  # confirmed so far
         self._script = LockScript(store, self._lease_ms, self._channels)
         self._pushes = Pushes(
@@ -342,7 +345,29 @@ class RedisLockTable:
 
     def _send(self, call: _Call) -> None:
         self._calls.append(call)
+        self._queued += 1
         self._wake.set()
+
+    async def settled(self) -> None:
+        """Return once every call queued so far was answered by Redis (or failed), or after
+        the store's timeout: a release is answered once other servers can see it."""
+        if self._done >= self._queued:
+            return
+        event = anyio.Event()
+        self._settling.append((self._queued, event))
+        with anyio.move_on_after(self._store._timeout + 1.0):
+            await event.wait()
+
+    def _answered_up_to(self, count: int) -> None:
+        self._done += count
+        if self._settling:
+            waiting = []
+            for target, event in self._settling:
+                if target <= self._done:
+                    event.set()
+                else:
+                    waiting.append((target, event))
+            self._settling = waiting
 
     async def run(self) -> None:
         """Send the calls, keep the subscription, renew the leases: until cancelled."""
@@ -376,6 +401,7 @@ class RedisLockTable:
         replies = await self._script.run(calls)
         for call, reply in zip(calls, replies, strict=True):
             self._answered(call, reply)
+        self._answered_up_to(len(calls))
 
     async def _renew_every_third_of_a_lease(self) -> None:
         while True:
