@@ -9,8 +9,9 @@ work again once Redis answers. A server started while its Redis is down refuses 
 (cli/serve_store.py).
 
 Across servers: a watcher on one server sees every revision written through the other, in
-order and without gaps, and a cached reader on one is invalidated by writes through the other.
-Not here yet: locks shared across servers (they need locks shared through Redis).
+order and without gaps; a cached reader on one is invalidated by writes through the other; a
+lock held through one blocks a waiter on the other, and passes on at once when its holder is
+SIGKILLed, within the lease (``--store-lock-lease``) when the holder's server is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -164,6 +166,75 @@ def test_a_cached_reader_on_one_server_is_invalidated_by_the_other(
             deadline = time.monotonic() + NO_HANG_SECONDS
             while reader.x != value:  # served from the cache until the invalidation lands
                 assert time.monotonic() < deadline
+
+
+# ---------------------------------------------------------------------- across servers (locks)
+
+
+LEASE_SECONDS = 1.0
+
+
+def hold_forever(address: str, holding: Any, never: Any) -> None:
+    with Namespace(address, "locks") as ns, ns._lock("L"):
+        holding.set()
+        never.wait()
+
+
+def test_a_lock_through_one_server_blocks_the_other_until_its_holder_dies(
+    two_servers: list[ServeProcess],
+) -> None:
+    first, second = addresses_of(two_servers)
+    holding, never = CTX.Event(), CTX.Event()
+    holder = CTX.Process(target=hold_forever, args=(first, holding, never))
+    holder.start()
+    try:
+        assert holding.wait(NO_HANG_SECONDS * 3)
+        with Namespace(second, "locks") as ns:
+            lock = ns._lock("L")
+            assert not lock.acquire(timeout=0.3)  # held through the other server
+            holder.kill()
+            killed = time.monotonic()
+            assert lock.acquire(timeout=NO_HANG_SECONDS)
+            assert time.monotonic() - killed < 2.0  # at once: its server released it
+            lock.release()
+    finally:
+        holder.kill()
+        holder.join()
+        holder.close()
+
+
+def test_a_lock_passes_on_within_the_lease_when_the_holders_server_dies(
+    redis_standalone: redis_rig.RedisServer, redis_prefix: str, short_tmp: str
+) -> None:
+    servers = [
+        serve_over(
+            redis_standalone.url,
+            redis_prefix,
+            os.path.join(short_tmp, f"l{index}.sock"),
+            "--store-lock-lease",
+            str(LEASE_SECONDS),
+        )
+        for index in range(2)
+    ]
+    first, second = addresses_of(servers)
+    holding, never = CTX.Event(), CTX.Event()
+    holder = CTX.Process(target=hold_forever, args=(first, holding, never))
+    holder.start()
+    try:
+        assert holding.wait(NO_HANG_SECONDS * 3)
+        with Namespace(second, "locks") as ns:
+            lock = ns._lock("L")
+            assert not lock.acquire(timeout=0.3)
+            killed = servers[0].kill()
+            assert lock.acquire(timeout=NO_HANG_SECONDS)
+            assert time.monotonic() - killed < LEASE_SECONDS + SLACK_SECONDS
+            lock.release()
+    finally:
+        holder.kill()
+        holder.join()
+        holder.close()
+        for server in servers:
+            server.close()
 
 
 # ---------------------------------------------------------------------- Redis failing under load

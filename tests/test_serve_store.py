@@ -63,6 +63,7 @@ def one_line(done: subprocess.CompletedProcess[str], status: int) -> str:
         (["--backend", "trio"], "--store runs on --backend asyncio"),
         (["--store-timeout", "0"], "--store-timeout wants seconds above 0"),
         (["--store-timeout", "inf"], "--store-timeout wants seconds above 0"),
+        (["--store-lock-lease", "0"], "--store-lock-lease wants seconds above 0"),
         (["--store-prefix", "a{b}"], "--store-prefix holds no braces"),
     ],
 )

@@ -168,6 +168,13 @@ def _serve_command(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="with --store: a call fails with StoreUnavailable after this long without an "
         "answer from Redis (default 5)",
     )
+    serve_cmd.add_argument(
+        "--store-lock-lease",
+        type=float,
+        metavar="SECONDS",
+        help="with --store: a lock held through a server that dies passes on this long after "
+        "the server last renewed it (default 10)",
+    )
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     add_limit_flags(serve_cmd)
 

@@ -49,6 +49,7 @@ def check_store_flags(args: argparse.Namespace) -> None:
         for flag, value in (
             ("--store-prefix", args.store_prefix),
             ("--store-timeout", args.store_timeout),
+            ("--store-lock-lease", args.store_lock_lease),
         ):
             if value is not None:
                 raise UsageError(f"{flag} applies to --store URL (a Redis board)")
@@ -77,10 +78,12 @@ def check_store_flags(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--store-prefix holds no braces (hash tags follow it): {args.store_prefix!r}"
         )
-    if args.store_timeout is not None and not 0 < args.store_timeout < math.inf:
-        raise UsageError(
-            f"--store-timeout wants seconds above 0 (and finite), not {args.store_timeout:g}"
-        )
+    for flag, seconds in (
+        ("--store-timeout", args.store_timeout),
+        ("--store-lock-lease", args.store_lock_lease),
+    ):
+        if seconds is not None and not 0 < seconds < math.inf:
+            raise UsageError(f"{flag} wants seconds above 0 (and finite), not {seconds:g}")
 
 
 def make_store(
@@ -97,6 +100,8 @@ def make_store(
     if url is not None:
         options: dict[str, Any] = {"prefix": prefix or DEFAULT_STORE_PREFIX}
         options["timeout"] = timeout or DEFAULT_STORE_TIMEOUT
+        if parent is None and args.store_lock_lease is not None:
+            options["lock_lease"] = args.store_lock_lease
         try:
             return RedisStore(url, limits, **options)
         except ImportError as exc:  # redis-py is an extra
