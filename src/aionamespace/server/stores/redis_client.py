@@ -33,15 +33,18 @@ def redis_py() -> Any:
 
 def client_for(url: StoreUrl, timeout: float) -> Any:
     """A redis-py asyncio client of ``url`` that never retries (a script run again after a
-    lost reply would apply twice) and gives up on a socket after ``timeout`` seconds."""
+    lost reply would apply twice) and gives up connecting after ``timeout`` seconds.
+
+    It has no ``socket_timeout``: every call of the store is bounded by ``Guard`` already (a
+    call cancelled there drops its connection, as redis-py does on any interruption), and
+    redis-py's own per-socket timeout costs a task per send (``asyncio.wait_for``) and a timer
+    per reply, on every command of a batch (docs/SCALING.md has the figures)."""
     redis = redis_py()
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
     options = url.client_options()
-    options.update(
-        retry=Retry(NoBackoff(), 0), socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    options.update(retry=Retry(NoBackoff(), 0), socket_connect_timeout=timeout)
     if url.cluster:
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in url.nodes]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
