@@ -28,6 +28,9 @@ from redis_cluster import redis_cluster
 __all__ = ["finish", "make_rows", "setup"]
 
 SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "store_server.py")
+#: The contender (not in the table) that reads through the in-memory server's cached proxy in
+#: the cached rows, interleaved with the cached proxy over Redis: the yardstick of their target.
+IN_MEMORY = "in-memory"
 #: The cached read's target: its paired ratio to the in-memory server's cached read (noise
 #: on this shared machine moves a ratio of two equal things by a few percent).
 CACHED_FLOOR = 0.9
@@ -163,6 +166,8 @@ def _variant(
         rows[kind].samplers["redis"] = theirs
     rows["cached_get"].samplers["aionamespace"] = h.Repeat(h.gets(cached, "c"))
     rows["cached_get"].missing["redis"] = "-"
+    if bench.cached is not None:  # the in-memory server's cached proxy, in the same slices
+        rows["cached_get"].samplers[IN_MEMORY] = h.Repeat(h.gets(bench.cached, "c"))
     if suffix:
         return
     rows["sync_get"].notes.append(
@@ -177,21 +182,19 @@ def _variant(
 
 
 def finish(rows: dict[str, Any], Target: Any) -> None:
-    """After the rounds: the cached reads against the in-memory server's, round by round."""
-    memory = rows["cached_get"]
-    baseline, figure = memory.samples.get("aionamespace", []), memory.figure("aionamespace")
+    """After the rounds: the cached reads against the in-memory server's, slice by slice."""
     for suffix, _ in VARIANTS:
         row = rows[f"store_cached_get{suffix}"]
-        ours = row.samples.get("aionamespace", [])
+        ours, baseline = row.samples.get("aionamespace", []), row.samples.get(IN_MEMORY, [])
         paired = [a / b for a, b in zip(ours, baseline, strict=False) if a and b]
-        if not paired or figure is None:
+        if not paired:
             continue
-        ratio = statistics.median(paired)
+        ratio, figure = statistics.median(paired), statistics.median(baseline)
         row.targets = (
-            Target(f">= {CACHED_FLOOR}x in-memory cached read", "at_least", CACHED_FLOOR * figure),
+            Target(f">= {CACHED_FLOOR}x in-memory cached read", IN_MEMORY, CACHED_FLOOR),
         )
         row.extra["ratio_to_memory"] = ratio
         row.notes.append(
-            f"{ratio:.2f}x the in-memory server's cached read of this run ({figure:,.0f} ops/s), "
-            "median of the rounds' paired ratios"
+            f"{ratio:.2f}x the in-memory server's cached proxy read in the same slices "
+            f"({figure:,.0f} ops/s): median of the rounds' paired ratios"
         )
