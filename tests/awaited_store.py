@@ -218,13 +218,16 @@ class AwaitedStore:
         await self._round_trip()
         return self.board.memory.usage()
 
-    def follow(self, key: str) -> None:
+    def follow(self, key: str, since: int | None = None) -> None:
         self.following.add(key)
         self.follows.append(key)
 
     def unfollow(self, key: str) -> None:
         self.following.discard(key)
         self.follows.append(f"-{key}")
+
+    async def run(self) -> None:
+        """(The double's board tells every store at once: nothing to run.)"""
 
 
 def new_store(kind: str, limits: Limits | None = None) -> AwaitedStore | None:

@@ -93,17 +93,17 @@ class RedisServer(_Owned):
     """A standalone redis-server on a Unix socket (``port 0``: no TCP), without persistence.
 
     ``stop()`` shuts it down (SIGTERM), ``kill()`` SIGKILLs it, ``start()`` starts it again on
-    the same socket path, empty (nothing is saved)."""
+    the same socket path, empty (nothing is saved). ``config``: more lines of its redis.conf."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, config: str = "") -> None:
         super().__init__()
         self.binary = binary
         self.directory = tempfile.mkdtemp(prefix="ans-redis-")
         self.socket_path = os.path.join(self.directory, "redis.sock")
         self.url = f"unix://{self.socket_path}"
         self._config = os.path.join(self.directory, "redis.conf")
-        with open(self._config, "w") as config:
-            config.write(
+        with open(self._config, "w") as file:
+            file.write(
                 "port 0\n"
                 f'unixsocket "{self.socket_path}"\n'
                 "unixsocketperm 700\n"
@@ -112,7 +112,7 @@ class RedisServer(_Owned):
                 f'dir "{self.directory}"\n'
                 'logfile ""\n'
                 "daemonize no\n"
-                "always-show-logo no\n"
+                "always-show-logo no\n" + config
             )
         self._process: RedisProcess | None = None
 
@@ -301,10 +301,10 @@ def cluster() -> RedisCluster:
         return _shared_cluster
 
 
-def private_standalone() -> RedisServer:
+def private_standalone(config: str = "") -> RedisServer:
     """A standalone server for the caller alone, started (``remove()`` it when done; it is
-    removed at exit otherwise)."""
-    return RedisServer(find_binary()).start()
+    removed at exit otherwise), ``config`` added to its redis.conf."""
+    return RedisServer(find_binary(), config).start()
 
 
 def unique_prefix(label: str = "test") -> str:

@@ -1,9 +1,9 @@
-"""A server over the Redis store: the awaited path with a real Redis under it (one server).
+"""A server over the Redis store: the awaited path with a real Redis under it.
 
 test_remote_serve.py proves the path with a test double; this runs the proxies through a
 server over ``RedisStore`` on the session's redis-server (redis_rig.py), so that the seam is
-held by both sides of it. (Other servers' revisions are not delivered by the Redis store yet:
-the two-server tests stay with the double.)
+held by both sides of it; and two servers over one Redis (and over the cluster), where what
+one server's clients write reaches the other's watchers and caches, pushed.
 """
 
 from __future__ import annotations
@@ -81,3 +81,39 @@ def test_a_trio_server_refuses_the_redis_store(
     store = RedisStore(redis_standalone.url, prefix=redis_rig.unique_prefix("trio"))
     with pytest.raises(RuntimeError, match="asyncio"):
         ServerThread(os.path.join(short_tmp, "t.sock"), backend="trio", store=store).start()
+
+
+@pytest.mark.parametrize("target", ["standalone", "cluster"])
+def test_two_servers_over_one_board(target: str, short_tmp: str) -> None:
+    """A watch and a cached reader on server B; every write through server A reaches them,
+    pushed: the watch sees each revision in order, the cache is invalidated, and a watch that
+    resumes from a revision replays the history, then goes on."""
+    url = redis_rig.cluster().url if target == "cluster" else redis_rig.standalone().url
+    prefix = redis_rig.unique_prefix("two")
+    stores = [RedisStore(url, prefix=prefix) for _ in range(2)]
+    with (
+        ServerThread(os.path.join(short_tmp, "a.sock"), store=stores[0]) as a,
+        ServerThread(os.path.join(short_tmp, "b.sock"), store=stores[1]) as b,
+    ):
+        writer = Namespace(a.address, "shared")
+        reader = Namespace(b.address, "shared", cache=True)
+        watcher = Namespace(b.address, "shared")
+        writer.x = 0
+        assert reader.x == 0
+        with watcher._watch() as watch:
+            for value in range(1, 50):
+                writer.x = value
+            events = [watch.next(timeout=NO_HANG_SECONDS) for _ in range(49)]
+            assert events == [WatchEvent("x", value, value + 1) for value in range(1, 50)]
+        deadline = time.monotonic() + NO_HANG_SECONDS
+        while reader.x != 49:  # invalidated by A's writes (each try is a read)
+            assert time.monotonic() < deadline
+        writer._append("log", "a")
+        with watcher._watch(since=50) as watch:
+            writer._append("log", "b")
+            assert [watch.next(timeout=NO_HANG_SECONDS) for _ in range(2)] == [
+                WatchEvent("log", ["a"], 51),
+                WatchEvent("log", ["a", "b"], 52),
+            ]
+        for ns in (writer, reader, watcher):
+            ns._close()

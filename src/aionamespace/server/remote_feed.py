@@ -14,8 +14,9 @@ cache's) of it, or while one of them is *starting*: a watch's or a tracked read'
 is in flight. Such a start records the revisions of its key that arrive meanwhile
 (``Arrivals``): the read returns the revision it read at, and what arrived after it is pushed
 to the new watch, or invalidates the name just read, so that nothing falls between the read
-and the watch or the tracking. (A store must deliver every revision committed after
-``follow`` returns: the server follows before it sends the read.)
+and the watch or the tracking. (The server follows before it sends the read, and a store
+delivers every revision after the one that read sees, or, for a watch that resumes, after its
+``since``: ``follow(key, since)``, stores/remote.py.)
 
 **Losses.** ``on_lost(key)``: revisions of the key went by undelivered. Each tracked name of
 it is invalidated, each connection watching it is ended with ``ConnectionLost`` (the
@@ -156,10 +157,10 @@ class FeedDispatcher(Dispatcher):
 
     # ------------------------------------------------------------------ following
 
-    def _follow(self, key: str) -> None:
+    def _follow(self, key: str, since: int | None = None) -> None:
         if key not in self._following:
             self._following.add(key)
-            self.remote.follow(key)
+            self.remote.follow(key, since)
 
     def _maybe_unfollow(self, key: str) -> None:
         """Stop following ``key`` once nothing of this server needs its revisions."""
@@ -172,13 +173,13 @@ class FeedDispatcher(Dispatcher):
             self._following.discard(key)
             self.remote.unfollow(key)
 
-    def _start(self, key: str) -> Arrivals:
+    def _start(self, key: str, since: int | None = None) -> Arrivals:
         """A read that starts a watch or a tracking of ``key`` goes to the store."""
         arrivals = self._arrivals.get(key)
         if arrivals is None:
             arrivals = self._arrivals[key] = Arrivals()
         arrivals.starts += 1
-        self._follow(key)
+        self._follow(key, since)
         return arrivals
 
     def _started(self, key: str, arrivals: Arrivals) -> None:
@@ -271,7 +272,7 @@ class FeedDispatcher(Dispatcher):
                 since = self._since_of(resume)
             except EXPECTED_ERRORS as exc:
                 return peer.protocol.send_error(request_id, exc)
-            arrivals = self._start(key)
+            arrivals = self._start(key, since)
         try:
             changes: Any = await self.remote.history(key, since)
         except MemoryError:

@@ -143,6 +143,8 @@ class Server:
             async with anyio.create_task_group() as helpers:
                 helpers.start_soon(self._timers.run)
                 helpers.start_soon(self.durability.run)
+                if self.remote is not None:  # other servers' revisions, as long as it serves
+                    helpers.start_soon(self.remote.run)
                 connections = self._connections(helpers)
                 self._describe_while_serving(connections)
                 try:

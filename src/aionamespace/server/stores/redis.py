@@ -31,8 +31,10 @@ registry.
 **Epochs.** Each batch's first pipeline reads the board's epoch too (one more command, no more
 round trips): if it is gone (Redis restarted empty, or was flushed) the store makes a new
 board and epoch (or takes the one another server made first) and calls ``on_epoch`` before
-telling the batch's commits. Not detected yet: a failover to a replica that lags (revisions
-going back, the replication id changing) while the epoch key survives.
+telling the batch's commits. The subscriber checks it too, when it reconnects and when a
+message says the board may be new, and it watches each node's replication id: data lost
+under a surviving epoch key (a failover to a lagging replica, a restart from an AOF) makes a
+new epoch too (redis_follow.py).
 
 **Redis's configuration.** A namespace is several keys, none with a TTL: an eviction policy
 that may evict any key (``allkeys-*``) could take one of them and leave the namespace torn, so
@@ -43,9 +45,11 @@ Not checked here (managed services often refuse CONFIG).
 ``StoreUnavailable`` naming the store, the original as ``__cause__``. redis-py must not retry
 on its own: a retried script could run twice, so a client given with retries is refused.
 
-**Followed namespaces.** ``follow`` records the namespaces whose appended lists the store
-fetches whole for ``on_commit`` (the server follows those it pushes changes of); delivering
-other servers' revisions is not implemented yet.
+**Followed namespaces.** Every revision is published on its namespace's shard channel, with
+its changes when small; ``run`` keeps one subscriber connection per node and tells
+``on_commit`` other servers' revisions of the followed keys, in order, once each, filling gaps
+from the history (``on_lost`` past it), and reconnects by itself: redis_follow.py. Their
+appended lists are fetched whole; ``apply`` tells its own revisions after those of others.
 """
 
 from __future__ import annotations
@@ -61,8 +65,9 @@ from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
 from .redis_calls import Ahead, Call, Guesses, full, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
+from .redis_follow import Follower
 from .redis_history import replay
-from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RESERVE
+from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RENEW_EPOCH, RESERVE
 from .redis_urls import parse_store_url
 from .remote import StoreCall
 
@@ -108,6 +113,7 @@ class RedisStore:
         self._client = client
         self._errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
         self._noscript = redis.exceptions.NoScriptError
+        self._moved = redis.exceptions.MovedError
         self.name = name
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
@@ -118,7 +124,7 @@ class RedisStore:
         self._timeout = timeout
         self._registered: set[str] = set()
         self._guesses: Guesses = {}
-        self._followed: set[str] = set()
+        self._follower = Follower(self, self._cluster)
         self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
         self._rounds = 0
         self.epoch = ""
@@ -200,14 +206,37 @@ class RedisStore:
             max((size for *_, size in figures), default=0),
         )
 
-    def follow(self, key: str) -> None:
-        self._followed.add(key)
+    # ------------------------------------------------------------------ following
+
+    def follow(self, key: str, since: int | None = None) -> None:
+        """Tell ``on_commit`` other servers' revisions of ``key`` after ``since`` (None: after
+        the revision the next call on it sees), once ``run`` runs (redis_follow.py)."""
+        self._follower.follow(key, since)
 
     def unfollow(self, key: str) -> None:
-        self._followed.discard(key)
+        self._follower.unfollow(key)
+
+    async def run(self) -> None:
+        """Deliver the followed keys' revisions, as long as the server serves."""
+        await self._follower.subscriptions.run()
+
+    async def check_epoch(self, renew: bool = False) -> bool:
+        """Whether the board's epoch is another than this store's (then made this store's,
+        and ``on_epoch`` told): Redis lost the board, or another server found it so.
+        ``renew``: Redis lost data but kept the epoch: replace it (if no server did yet)."""
+        async with self._guard():
+            if renew:
+                await self._client.eval(RENEW_EPOCH, 1, self._epoch_key, self.epoch, new_epoch())
+            found = await self._client.get(self._epoch_key)
+            if found is not None and found.decode() == self.epoch:
+                return False
+            await self._new_epoch()
+        return True
 
     async def aclose(self) -> None:
-        """Close the client it made from a URL (a client given is the caller's to close)."""
+        """Close the client it made from a URL (a client given is the caller's to close) and
+        the subscribers' pools."""
+        await self._follower.subscriptions.aclose()
         if self._owned:
             await self._client.aclose()
 
@@ -228,7 +257,10 @@ class RedisStore:
                 f"revision {since} is older than the history kept (oldest: {oldest}); "
                 "resync with _snapshot() and watch from its revision"
             )
-        return replay(key, reply[1], reply[2])
+        changes = replay(key, reply[1], reply[2])
+        if key in self._follower:
+            await self._follower.after_read(key, reply[3])
+        return changes
 
     # ------------------------------------------------------------------ batches
 
@@ -241,7 +273,7 @@ class RedisStore:
             except Exception as exc:  # a bad incr step: refused before anything is sent
                 call = Call(args[0])
                 call.finish(exc)
-            call.want_list = self.on_commit is not None and call.key in self._followed
+            call.want_list = self.on_commit is not None and call.key in self._follower
             prepared.append(call)
         try:
             async with self._guard():
@@ -260,10 +292,15 @@ class RedisStore:
                     lost = StoreUnavailable(*exc.args)
                     lost.__cause__ = exc.__cause__
                     call.finish(lost)
-        if self.on_commit is not None:
-            for call in prepared:
+        follower = self._follower
+        for call in prepared:
+            if call.key in follower:  # in order, after what other servers did before
+                if call.observed >= 0:
+                    await follower.after_read(call.key, call.observed)
                 if call.changes is not None:
-                    self.on_commit(call.key, call.revision, call.changes)
+                    await follower.own(call.key, call.revision, call.changes)
+            elif call.changes is not None and self.on_commit is not None:
+                self.on_commit(call.key, call.revision, call.changes)
         return [call.result for call in prepared]
 
     async def _reserve(self, calls: list[Call]) -> tuple[set[str], set[str]]:
@@ -358,6 +395,7 @@ class RedisStore:
         self.epoch = await self._board()
         self._registered.clear()
         self._guesses.clear()
+        self._follower.reset()
         if self.on_epoch is not None:
             self.on_epoch(self.epoch)
 
@@ -375,13 +413,13 @@ class RedisStore:
         revisions, size = self._bounds
         pipe.execute_command(
             "EVALSHA", _SHA, 1, self.base(key), op, revisions, size,
-            int(may_create), int(want_list), token, int(blocks), *args,
+            int(may_create), int(want_list), token, int(blocks), self.epoch, *args,
         )  # fmt: skip
 
     async def _script(self, key: str, op: str, args: Sequence[Any]) -> Any:
         """One call of the namespace script, outside a batch: its reply."""
         revisions, size = self._bounds
-        argv = (op, revisions, size, 0, 0, "", 0, *args)
+        argv = (op, revisions, size, 0, 0, "", 0, self.epoch, *args)
         try:
             reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
         except self._noscript:

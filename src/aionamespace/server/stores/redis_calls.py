@@ -38,7 +38,7 @@ class Call:
     write (if they write: the calls after a conditional write that fails do not run): it
     updates that with what it leaves itself, so that an incr after it guesses right."""
 
-    __slots__ = ("changes", "done", "key", "result", "revision", "want_list")
+    __slots__ = ("changes", "done", "key", "observed", "result", "revision", "want_list")
 
     creates = False  # may create its namespace (the ops PROTOCOL.md lists)
     again = False  # may need another round trip before it is done
@@ -50,6 +50,7 @@ class Call:
         self.revision = 0
         self.changes: Changes | None = None  # the revision it made, told to on_commit
         self.want_list = False  # an append asks for the whole list (the store sets it)
+        self.observed = -1  # the namespace's revision a read saw (a followed key starts there)
 
     def request(self) -> tuple[str, Sequence[Any]]:
         raise NotImplementedError
@@ -91,7 +92,9 @@ class Get(_Named):
 
     def answer(self, reply: list[Any]) -> None:
         if reply[0] == b"missing":
+            self.observed = reply[1]
             raise missing_attribute(self.name)
+        self.observed = reply[2]
         self.finish(reply[1])
 
 
@@ -209,6 +212,7 @@ class Snapshot(Call):
     def answer(self, reply: list[Any]) -> None:
         flat = reply[2]
         values = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+        self.observed = reply[1]
         self.finish((reply[1], values))
 
 

@@ -16,7 +16,15 @@ import anyio
 from ..._errors import StoreUnavailable
 from .redis_urls import StoreUrl
 
-__all__ = ["Guard", "client_for", "describe", "on_asyncio", "redis_py", "unavailable"]
+__all__ = [
+    "Guard",
+    "client_for",
+    "describe",
+    "on_asyncio",
+    "redis_py",
+    "subscriber",
+    "unavailable",
+]
 
 
 def redis_py() -> Any:
@@ -49,6 +57,25 @@ def client_for(url: StoreUrl, timeout: float) -> Any:
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in url.nodes]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
     return redis.asyncio.Redis(**options)
+
+
+def subscriber(client: Any, node: Any, pools: dict[str, Any]) -> Any:
+    """A new pub/sub connection (not connected yet) of ``client`` (a standalone one, ``node``
+    None) or to the cluster ``node``, made as the cluster client makes its connections but
+    never retrying (``pools``: each node's, kept by the caller, who closes them)."""
+    if node is None:
+        return client.pubsub()
+    redis = redis_py()
+    pool = pools.get(node.name)
+    if pool is None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        options = dict(node.connection_kwargs, retry=Retry(NoBackoff(), 0))
+        pool = pools[node.name] = redis.asyncio.ConnectionPool(
+            connection_class=node.connection_class, **options
+        )
+    return redis.asyncio.Redis(connection_pool=pool).pubsub()
 
 
 def on_asyncio() -> bool:

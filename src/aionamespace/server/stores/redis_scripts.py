@@ -25,6 +25,7 @@ in one cluster slot and one script call touches them all::
                    (value "<length> <elements' bytes>": the list as of that revision)
     base:s  list   the size of each revision kept, oldest first, with the names of the lists
                    it replaced that the history still replays (kept as base:x:REV:NAME)
+    base:c  shard channel: every revision is published on it (redis_follow.py), and a drop
 
 A list that appends grew keeps its elements in a string of its own, so an append is an
 ``APPEND`` of the items (it costs what it adds, as in memory) and each revision of the list is
@@ -39,10 +40,21 @@ from ...protocol.codec import MARKER_CODES
 from ...protocol.lists import MAX_LIST_LENGTH
 from .base import CHANGE_OVERHEAD_BYTES
 
-__all__ = ["BOARD_START", "LAYOUT_VERSION", "NAMESPACE", "RESERVE"]
+__all__ = [
+    "BOARD_START",
+    "LAYOUT_VERSION",
+    "MAX_INLINE_BYTES",
+    "NAMESPACE",
+    "RESERVE",
+]
 
-#: The version of the key layout above; a store refuses a board of another.
-LAYOUT_VERSION = "1"
+#: The version of the key layout above (and of what the script publishes: a server that does
+#: not publish its revisions would leave the others' followers behind); a store refuses a
+#: board of another.
+LAYOUT_VERSION = "2"
+#: A revision's changes ride in its message up to this size (packed); beyond, or for an
+#: append, a follower fetches them from the history (redis_follow.py).
+MAX_INLINE_BYTES = 8192
 
 _NAMESPACE = r"""
 local B = KEYS[1]
@@ -50,7 +62,8 @@ local M, V, L, H, S, O = B .. ':m', B .. ':v', B .. ':l', B .. ':h', B .. ':s', 
 local MAXREV, MAXBYTES = tonumber(ARGV[2]), tonumber(ARGV[3])
 local MAY_CREATE, WANT_LIST = ARGV[4] == '1', ARGV[5] == '1'
 local TOKEN, BLOCKS = ARGV[6], ARGV[7] == '1'
-local OVERHEAD, MAX_LIST = @OVERHEAD@, @MAX_LIST@
+local EPOCH, CHANNEL = ARGV[8], B .. ':c'
+local OVERHEAD, MAX_LIST, MAX_INLINE = @OVERHEAD@, @MAX_LIST@, @MAX_INLINE@
 local MARKERS = {@MARKERS@}
 local ZERO_EXT = {[199] = 1, [200] = 2, [201] = 4}
 local created = 0
@@ -104,9 +117,20 @@ local function value(name)
   return header(count) .. (redis.call('GET', body_key(name)) or '')
 end
 
--- count revision rev (already applied) into the history, then forget what the bounds require
-local function record(rev, fields, size, retired)
-  redis.call('XADD', H, rev .. '-1', 'c', cmsgpack.pack(fields))
+-- tell the followers (redis_follow.py): "EPOCH REV FLAG [CHANGES]", FLAG "n" if this call
+-- made the namespace, CHANGES the history entry's if inline and small, REV 0 if dropped
+local function publish(rev, packed)
+  local message = EPOCH .. ' ' .. rev .. ' ' .. (created == 1 and 'n' or '-')
+  if packed and #packed <= MAX_INLINE then message = message .. ' ' .. packed end
+  redis.call('SPUBLISH', CHANNEL, message)
+end
+
+-- count revision rev (already applied) into the history, then forget what the bounds require;
+-- publish it, with its changes unless inline is false (an append's list is not in them)
+local function record(rev, fields, size, retired, inline)
+  local packed = cmsgpack.pack(fields)
+  redis.call('XADD', H, rev .. '-1', 'c', packed)
+  publish(rev, inline and packed)
   local entry = tostring(size)
   if retired then entry = entry .. ' ' .. cmsgpack.pack(retired) end
   local n = redis.call('RPUSH', S, entry)
@@ -162,7 +186,7 @@ local function commit(names, values, size)
       fields[at + 1], fields[at + 2], fields[at + 3] = 'd', name, ''
     end
   end
-  record(rev, fields, size, retired)
+  record(rev, fields, size, retired, true)
   return rev
 end
 
@@ -170,8 +194,8 @@ local ops = {}
 
 function ops.get(a)
   local v = value(a[1])
-  if not v then return {'missing'} end
-  return {'ok', v}
+  if not v then return {'missing', revision()} end
+  return {'ok', v, revision()}
 end
 
 function ops.set(a)
@@ -290,7 +314,7 @@ function ops.append(a)
   local size = redis.call('APPEND', body, items)
   count = count + n
   redis.call('HSET', L, 'c' .. name, count, 'r' .. name, rev)
-  record(rev, {'a', name, count .. ' ' .. size}, #items + OVERHEAD, nil)
+  record(rev, {'a', name, count .. ' ' .. size}, #items + OVERHEAD, nil, false)
   if WANT_LIST then return {'ok', count, rev, header(count) .. redis.call('GET', body)} end
   return {'ok', count, rev, size}
 end
@@ -302,7 +326,7 @@ function ops.history(a)
   if since > rev or (since < rev and since < oldest - 1) then
     return {'expired', rev, oldest}
   end
-  if since == rev then return {'ok', {}, {}} end
+  if since == rev then return {'ok', {}, {}, rev} end
   local entries = redis.call('XRANGE', H, (since + 1) .. '-0', '+')
   local pending, bodies = {}, {}
   for _, entry in ipairs(entries) do
@@ -324,7 +348,7 @@ function ops.history(a)
     local n = #bodies
     bodies[n + 1], bodies[n + 2], bodies[n + 3] = 0, name, redis.call('GET', body_key(name)) or ''
   end
-  return {'ok', entries, bodies}
+  return {'ok', entries, bodies, rev}
 end
 
 function ops.drop(a)
@@ -342,6 +366,7 @@ function ops.drop(a)
     if string.sub(field, 1, 1) == 'c' then redis.call('DEL', body_key(string.sub(field, 2))) end
   end
   redis.call('DEL', M, V, L, H, S, O)
+  publish(0, false)
   return {'ok'}
 end
 
@@ -362,18 +387,20 @@ end
 
 if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
 local args = {}
-for i = 8, #ARGV do args[#args + 1] = ARGV[i] end
+for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
 local reply = ops[ARGV[1]](args)  -- (before reading created, which it may set)
 return {created, reply}
 """
 
 #: Every operation on one namespace: KEYS[1] its base; ARGV: op, max_history_revisions,
 #: max_history_bytes, may create it (1/0), want an appended list whole (1/0), the round's
-#: token (or ""), blocks the token if it does not write (1/0: a ``cond``), the op's args.
+#: token (or ""), blocks the token if it does not write (1/0: a ``cond``), the caller's epoch
+#: (published with each revision), the op's args.
 #: Returns {created (1/0), the op's reply}; {0, {"skipped"}} if the token is blocked.
 NAMESPACE = (
     _NAMESPACE.replace("@OVERHEAD@", str(CHANGE_OVERHEAD_BYTES))
     .replace("@MAX_LIST@", str(MAX_LIST_LENGTH))
+    .replace("@MAX_INLINE@", str(MAX_INLINE_BYTES))
     .replace("@MARKERS@", ", ".join(f"[{int(code)}] = true" for code in sorted(MARKER_CODES)))
 )
 
@@ -405,4 +432,12 @@ if epoch == false then
   epoch = ARGV[2]
 end
 return {layout, epoch}
+"""
+
+#: The board's epoch KEYS[1] replaced by ARGV[2] if it is still ARGV[1] (or gone), so that of
+#: the servers that find the same loss, the first makes the new epoch and the others take it.
+RENEW_EPOCH = r"""
+local epoch = redis.call('GET', KEYS[1])
+if epoch == false or epoch == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
 """

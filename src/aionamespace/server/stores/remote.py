@@ -24,10 +24,16 @@ gaps: a store that misses some (a dropped subscription) replays them from its hi
 when the history no longer reaches them calls ``on_lost(key)`` so that the server can tell
 the watchers to resync. Each revision reaches ``on_commit`` once.
 
-**Following.** ``follow(key)`` takes effect before the next ``apply`` runs its calls: every
-revision of ``key`` committed after that reaches ``on_commit`` (the server follows a key, then
-reads it, and counts on each later revision to come: server/remote_feed.py). A store whose
-subscription is not in place at once makes ``apply`` wait for it.
+**Following.** ``follow(key, since)``: every revision of ``key`` after ``since`` reaches
+``on_commit`` (a watch passes the revision its snapshot or replay ended at); ``since=None``:
+every revision after the one the store next observes for ``key`` (the revision a read or
+write of it in the next ``apply``, or ``history``, sees: the server follows before it sends a
+tracked read, in the same batch). A call on a followed key that sees revision R (a read, a
+write, ``history``) returns only once every revision up to R was told: the server starts a
+watch at R, and a revision up to it told later would reach the watch twice. ``run()`` delivers
+the revisions: the server starts it as a helper task when it serves, and it runs as long as
+the server serves; without it, nothing of other servers arrives. ``unfollow(key)``: no more
+of ``key``.
 
 **Event loops.** A store that works on some of anyio's backends only (redis-py's asyncio
 client: asyncio) says which in ``backends``, e.g. ``("asyncio",)``; the server refuses to
@@ -92,6 +98,7 @@ class RemoteStore(Protocol):
     async def count(self) -> int: ...
     async def drop(self, key: str) -> None: ...
     async def usage(self) -> StoreUsage: ...
-    def follow(self, key: str) -> None: ...  # deliver other servers' revisions of ``key``
+    def follow(self, key: str, since: int | None = None) -> None: ...  # (module's docstring)
     def unfollow(self, key: str) -> None: ...
+    async def run(self) -> None: ...  # delivers other servers' revisions while the server serves
     async def aclose(self) -> None: ...

@@ -1,0 +1,245 @@
+"""Other servers' revisions of the namespaces a Redis store follows, pushed to ``on_commit``
+(remote.py's promise: in revision order, without gaps, each once).
+
+**Publication.** The namespace script publishes every revision it makes on the namespace's
+shard channel, ``BASE:c`` (redis_scripts.py), with ``SPUBLISH`` on a standalone Redis as on a
+cluster (one code path; Redis 7.0+): in a cluster the channel's hash tag puts it in the
+namespace's slot, so the script may publish it and only that shard carries the message. The
+message is ``EPOCH REV FLAG [CHANGES]``: the writer's epoch, the revision, ``n`` if the call
+made the namespace, and the history entry's changes when they are small (``MAX_INLINE_BYTES``)
+and hold no appended list: the common write then costs a follower no fetch, and a large value
+is not copied to every subscriber. A dropped namespace publishes revision 0.
+redis_subscriber.py holds the subscriptions (one connection per node).
+
+**Delivery.** Per followed key, ``told``: the last revision told to ``on_commit`` (None until
+the store observes one: ``follow(key)`` without ``since`` starts at the revision the next call
+on the key sees: a read's ``Call.observed``, a write's revision less one, or ``history``), and
+``seen``: the newest revision known to exist. A message for ``told + 1`` with its changes is
+told at once; a later one, or one without changes, makes the store fetch from ``told + 1`` on
+from the history (the namespace script's ``history``: every change and each appended list
+whole, redis_history.py) and tell them in order; an older one was told already. ``apply``
+tells the store's own revisions of followed keys through the same gate: its own revision may
+reach it first by message, and then ``apply`` skips it; a revision of another server in
+between is fetched first. When a subscription is confirmed (first, or after a reconnect) the
+store reads the key's revision, so what was committed before the subscription took effect is
+fetched too: ``apply`` never waits for a subscription. A gap the history no longer covers:
+``on_lost(key)``, and on from the namespace's current revision. One fetch per key at a time
+(a lock), and every tell checks ``told + 1``, so a message and ``apply`` racing to tell a
+revision tell it once.
+
+**Lost data.** A message of another epoch, a namespace made anew (``n``) under a key followed
+past its revision, a key whose revision went back, a subscriber that reconnects: the store
+reads the board's epoch (``RedisStore.check_epoch``), and if it is gone or another, the board
+is new: every followed key is told again from its revision 0 in the new epoch (what the
+history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A node whose
+replication id changed is checked the same way (redis_subscriber.py). A key that went back on
+a board that kept its epoch, with no takeover on its node, was dropped by another server and
+made again: ``on_lost(key)``. Not detected: a drop and a re-creation up to the same revision,
+both while this store's subscription was down.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgpack
+
+from ..._errors import StoreUnavailable
+from .base import Changes
+from .redis_history import UnfetchedList, replay
+from .redis_subscriber import Subscriptions
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+__all__ = ["Follower"]
+
+
+class _Followed:
+    """A key the store follows: its channel, the last revision told, the newest known."""
+
+    __slots__ = ("channel", "key", "lock", "seen", "told")
+
+    def __init__(self, key: str, channel: str, told: int | None) -> None:
+        self.key, self.channel = key, channel
+        self.told = told
+        self.seen = told or 0
+        self.lock = anyio.Lock()  # one fetch of its history at a time
+
+
+class Follower:
+    """The followed keys of a ``RedisStore``, and the delivery of their revisions."""
+
+    def __init__(self, store: RedisStore, cluster: bool) -> None:
+        self._store = store
+        self._keys: dict[str, _Followed] = {}
+        self._channels: dict[str, str] = {}  # channel -> key
+        self.subscriptions = Subscriptions(store, cluster, self._heard, self._confirmed)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def follow(self, key: str, since: int | None) -> None:
+        if key in self._keys:  # (told from where it is: no revision twice)
+            return
+        channel = self._store.base(key) + ":c"
+        self._keys[key] = _Followed(key, channel, since)
+        self._channels[channel] = key
+        self.subscriptions.add(channel)
+
+    def unfollow(self, key: str) -> None:
+        state = self._keys.pop(key, None)
+        if state is not None:
+            del self._channels[state.channel]
+            self.subscriptions.remove(state.channel)
+
+    def reset(self) -> None:
+        """The board is new: every key is told again from its revision 0."""
+        for state in self._keys.values():
+            if state.told is not None:
+                state.told = 0
+            state.seen = 0
+        self.subscriptions.forget_promotions()
+
+    async def _heard(self, channel: str, data: bytes) -> None:
+        key = self._channels.get(channel)
+        if key is not None:
+            await self._message(self._keys[key], data)
+
+    async def _confirmed(self, channel: str) -> None:
+        """Subscribed: what was committed before is fetched (read the key's revision)."""
+        key = self._channels.get(channel)
+        if key is None:
+            return
+        state = self._keys[key]
+        store = self._store
+        async with store._guard():
+            found = await store._client.hget(store.base(state.key) + ":m", "r")
+        revision = int(found or 0)
+        state.seen = max(state.seen, revision)
+        if state.told is not None and revision != state.told:
+            await self.fill(state)
+
+    async def _message(self, state: _Followed, data: bytes) -> None:
+        epoch, revision_text, flag, *rest = data.split(b" ", 3)
+        revision = int(revision_text)
+        # (a namespace is made at revision 1; its message after a fill that told it is no news)
+        made_again = flag == b"n" and state.told is not None and state.told > revision
+        if (epoch.decode() != self._store.epoch or made_again) and await self._store.check_epoch():
+            made_again = False  # a new board: every key starts again from 0
+        if revision == 0 or made_again:  # dropped (and made again) by another server
+            if state.told:
+                state.told = state.seen = 0
+                self._lost(state.key)
+            if revision == 0:
+                return
+        state.seen = max(state.seen, revision)
+        if state.told is None or revision <= state.told:
+            return
+        if revision == state.told + 1 and rest:
+            flat = msgpack.unpackb(rest[0], raw=True, use_list=True)
+            changes: Changes = {
+                flat[i + 1].decode(): flat[i + 2] if flat[i] == b"s" else None
+                for i in range(0, len(flat), 3)
+            }
+            self.tell(state, revision, changes)
+        else:
+            await self.fill(state)
+
+    def tell(self, state: _Followed, revision: int, changes: Changes) -> bool:
+        """Tell ``revision`` if it is the next one; False if it is not."""
+        if (
+            state.told is None
+            or revision != state.told + 1
+            or self._keys.get(state.key) is not state
+        ):
+            return False
+        state.told = revision
+        state.seen = max(state.seen, revision)
+        on_commit = self._store.on_commit
+        if on_commit is not None:
+            on_commit(state.key, revision, changes)
+        return True
+
+    def _lost(self, key: str) -> None:
+        on_lost = self._store.on_lost
+        if on_lost is not None:
+            on_lost(key)
+
+    async def fill(self, state: _Followed) -> None:
+        """Tell what the history holds after ``told`` (on_lost if it no longer reaches it)."""
+        async with state.lock:
+            since = state.told
+            if since is None or self._keys.get(state.key) is not state:
+                return
+            async with self._store._guard():  # (the script's reply, redis_scripts.py)
+                reply = await self._store._script(state.key, "history", (since,))
+            if state.told != since:
+                return  # told meanwhile (a message, apply): whoever comes next goes on
+            if reply[0] == b"expired":
+                revision = int(reply[1])
+                promoted = self.subscriptions.promoted(state.channel)
+                if since > revision and await self._store.check_epoch(renew=promoted):
+                    return  # revisions went back with the board: a new epoch
+                state.told = state.seen = revision
+                self._lost(state.key)
+                return
+            by_revision: dict[int, dict[str, Any]] = {}
+            for change in replay(state.key, reply[1], reply[2]):
+                by_revision.setdefault(change.revision, {})[change.name] = change.value
+            for revision, changes in by_revision.items():
+                self.tell(state, revision, changes)
+            state.seen = max(state.seen, int(reply[3]))
+
+    # ------------------------------------------------------------------ apply's side
+
+    def observed(self, key: str, revision: int) -> None:
+        """A read saw ``key`` at ``revision``: a key followed from "now" starts there."""
+        state = self._keys.get(key)
+        if state is not None and state.told is None:
+            state.told = revision
+
+    async def after_read(self, key: str, revision: int) -> None:
+        """A call of ``apply`` (or ``history``) saw ``key`` at ``revision``: a key followed
+        from "now" starts there, and one told less is told up to it before the call returns:
+        the server starts a watch at that revision, so a revision up to it told later would
+        reach the new watch twice (server/remote_feed.py)."""
+        self.observed(key, revision)
+        state = self._keys.get(key)
+        if state is None or state.told is None or state.told >= revision:
+            return
+        state.seen = max(state.seen, revision)
+        try:
+            await self.fill(state)
+        except StoreUnavailable:
+            pass
+        if state.told is not None and state.told < revision:  # (could not be fetched)
+            state.told = state.seen = revision
+            self._lost(key)
+
+    async def own(self, key: str, revision: int, changes: Changes) -> None:
+        """This store's own revision of a followed key, after those before it."""
+        state = self._keys.get(key)
+        if state is None:  # unfollowed meanwhile: told as any other key's
+            if self._store.on_commit is not None:
+                self._store.on_commit(key, revision, changes)
+            return
+        if state.told is None:
+            state.told = revision - 1
+        state.seen = max(state.seen, revision)
+        whole = not any(isinstance(value, UnfetchedList) for value in changes.values())
+        while state.told is not None and state.told < revision:
+            if revision == state.told + 1 and whole:
+                self.tell(state, revision, changes)
+                return
+            before = state.told  # another server wrote in between: theirs first
+            try:
+                await self.fill(state)
+            except StoreUnavailable:
+                break
+            if state.told == before:
+                break
+        if state.told is not None and state.told < revision:  # the history would not say
+            state.told = state.seen = revision
+            self._lost(key)
