@@ -28,6 +28,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
+import redis_rig
 from aionamespace import Server, StoreUnavailable
 from aionamespace.protocol.connection import Address
 from aionamespace.protocol.limits import Limits
@@ -230,8 +231,14 @@ class AwaitedStore:
         """(The double's board tells every store at once: nothing to run.)"""
 
 
-def new_store(kind: str, limits: Limits | None = None) -> AwaitedStore | None:
-    """A store of ``kind`` for a Server (None: the server's own in-memory store)."""
+def new_store(kind: str, limits: Limits | None = None) -> Any:
+    """A store of ``kind`` for a Server (None: the server's own in-memory store); "redis" and
+    "redis-cluster": a RedisStore of a prefix of its own on the session's Redis (redis_rig)."""
+    if kind in ("redis", "redis-cluster"):
+        from aionamespace.server.stores.redis import RedisStore
+
+        where = redis_rig.standalone() if kind == "redis" else redis_rig.cluster()
+        return RedisStore(where.url, limits, prefix=redis_rig.unique_prefix(kind))
     return AwaitedStore(limits=limits) if kind == "awaited" else None
 
 

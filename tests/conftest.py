@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -129,6 +130,21 @@ def redis_standalone() -> redis_rig.RedisServer:
 def redis_cluster() -> redis_rig.RedisCluster:
     """The session's 3-master Redis Cluster on loopback (redis_rig.py; skipped without one)."""
     return redis_rig.cluster()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_of(request: pytest.FixtureRequest) -> redis_rig.RedisServer | redis_rig.RedisCluster:
+    """The session's standalone Redis, and (the test run again) its cluster."""
+    if request.param == "standalone":
+        return redis_rig.standalone()
+    return redis_rig.cluster()
+
+
+@pytest.fixture
+def redis_client(redis_of: redis_rig.RedisServer | redis_rig.RedisCluster) -> Iterator[Any]:
+    """A sync redis-py client of ``redis_of``, to look at what the servers keep there."""
+    with redis_of.client() as client:
+        yield client
 
 
 @pytest.fixture

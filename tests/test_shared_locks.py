@@ -17,7 +17,11 @@ import pytest
 from aionamespace import AsyncNamespace, Namespace, ServerThread
 from deadlines import NO_HANG_SECONDS
 
-pytestmark = pytest.mark.usefixtures("collect_garbage")
+pytestmark = [
+    pytest.mark.usefixtures("collect_garbage"),
+    # Over a server's own locks, and over locks shared through Redis (stores/redis_locks.py).
+    pytest.mark.parametrize("store_kind", ["memory", "redis", "redis-cluster"], indirect=True),
+]
 
 THREADS = 4
 ROUNDS = 150

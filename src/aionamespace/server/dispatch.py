@@ -49,7 +49,7 @@ from ..protocol.pieces import (
 from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .exports import Exports
 from .info import dispatcher_figures
-from .locks import LockTable
+from .locks import Locks, LockTable
 from .outbox import apart
 from .peer import Peer
 from .stores import Changes, Store, materialised
@@ -88,7 +88,7 @@ class Dispatcher:
         self.limits = limits = limits or Limits()
         store.on_commit = self._committed
         store.max_namespaces = limits.max_namespaces
-        self.locks = LockTable(call_later)
+        self.locks: Locks = LockTable(call_later)
         self.anonymous = self._anonymous_namespaces(call_later, limits.anonymous_grace)
         self._anonymous_used = self.anonymous.used  # (read on every request naming one)
         self.watches = WatchTable()

@@ -16,15 +16,33 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import Protocol
 
 from .timers import CallLater
 
-__all__ = ["LockTable"]
+__all__ = ["LockTable", "Locks"]
 
 #: (connection, token): who holds or awaits a lock.
 Owner = tuple[object, bytes]
 #: (namespace key, lock name): which lock.
 LockName = tuple[str, str]
+
+
+class Locks(Protocol):
+    """What the dispatcher needs of a lock table: ``LockTable``'s methods (a table shared
+    by servers through their store, stores/redis_locks.py, has them too)."""
+
+    def acquire(
+        self,
+        key: str,
+        name: str,
+        owner: Owner,
+        timeout: float | None,
+        grant: Callable[[BaseException | None], None],
+    ) -> bool: ...
+    def release(self, key: str, name: str, owner: Owner) -> bool: ...
+    def drop_connection(self, connection: object) -> None: ...
+    def counts(self) -> tuple[int, int]: ...
 
 
 class _Wait:

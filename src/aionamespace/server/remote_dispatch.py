@@ -20,10 +20,12 @@ while its batch is in the store gets nothing more: the batch stops at the next r
 
 What a store the server awaits cannot give is said where it matters: ``export`` freezes each
 namespace as one read, the board as a sequence of them (not one instant); the locks are this
-server's ``LockTable``. The seam for locks shared by every server over the store is the
-``locks`` argument: a table with ``LockTable``'s methods goes in its place, answering an
-``acquire`` through its ``grant`` callback whenever the store says (as a timer does, outside
-any batch), and handing a lock over when its holder's connection is lost.
+server's ``LockTable`` unless the store shares them. The seam for locks shared by every server
+over the store is the ``locks`` argument: a table with ``LockTable``'s methods (``Locks``,
+locks.py) goes in its place, answering an ``acquire`` through its ``grant`` callback whenever
+the store says (as a timer does, outside any batch), and handing a lock over when its holder's
+connection is lost. The server passes the one a store makes (``lock_table``: a RedisStore's is
+stores/redis_locks.py) and runs its ``run`` among its own tasks.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ..protocol.pieces import Output, Producer, list_reply, values_reply
 from .anonymous import AnonymousNamespaces
 from .dispatch import Dispatcher, ReplyData
 from .info import anonymous_count
-from .locks import LockTable
+from .locks import Locks
 from .outbox import apart
 from .peer import Peer
 from .remote_feed import EXPECTED_ERRORS, FeedDispatcher, Gone
@@ -84,7 +86,7 @@ class RemoteDispatcher(FeedDispatcher):
         store: RemoteStore,
         call_later: CallLater,
         limits: Limits | None = None,
-        locks: LockTable | None = None,
+        locks: Locks | None = None,
     ) -> None:
         #: Starts background tasks (anonymous namespaces' drops); the server sets it.
         self.spawn: Spawn | None = None
@@ -287,6 +289,9 @@ class RemoteDispatcher(FeedDispatcher):
                 reply = self.answer(peer, request_id, op, args)
                 if key is not None:
                     self._maybe_unfollow(key)
+            settled = getattr(self.locks, "settled", None)  # (a table shared through the store)
+            if op == "release" and settled is not None:
+                await settled()  # answered once others can see it: a release, then their acquire
             return reply
         if op == "watch":
             return await self._watch_since(peer, request_id, *args)

@@ -85,7 +85,12 @@ class Server:
         self.remote: RemoteStore | None = None
         if getattr(self.store, "remote", False):
             self.remote = cast(RemoteStore, self.store)
-            self.dispatcher = RemoteDispatcher(self.remote, self._call_later, self.limits)
+            # A store that shares locks between its servers gives the table (redis_locks.py).
+            lock_table = getattr(self.remote, "lock_table", None)
+            locks = lock_table(self._call_later) if lock_table is not None else None
+            self.dispatcher = RemoteDispatcher(
+                self.remote, self._call_later, self.limits, locks=locks
+            )
         else:
             self.dispatcher = Dispatcher(cast(Store, self.store), self._call_later, self.limits)
         self.durability = Durability(cast(Store, self.store))  # (never holding for a remote one)
@@ -174,6 +179,9 @@ class Server:
         dispatcher = self.dispatcher
         if isinstance(dispatcher, RemoteDispatcher):
             dispatcher.spawn = helpers.start_soon
+            run_locks = getattr(dispatcher.locks, "run", None)  # (a table shared through it)
+            if run_locks is not None:
+                helpers.start_soon(run_locks)
             return RemoteConnections(
                 self.limits,
                 dispatcher,

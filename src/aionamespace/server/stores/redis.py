@@ -57,7 +57,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
@@ -70,6 +70,10 @@ from .redis_history import replay
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RENEW_EPOCH, RESERVE
 from .redis_urls import parse_store_url
 from .remote import StoreCall
+
+if TYPE_CHECKING:
+    from ..timers import CallLater
+    from .redis_locks import RedisLockTable
 
 __all__ = ["RedisStore"]
 
@@ -93,6 +97,7 @@ class RedisStore:
         prefix: str = "aionamespace",
         *,
         timeout: float = 5.0,
+        lock_lease: float = 10.0,
     ) -> None:
         redis = redis_py()
         if "{" in prefix or "}" in prefix:
@@ -122,6 +127,7 @@ class RedisStore:
         self._layout_key, self._epoch_key = board + "layout", board + "epoch"
         self._registry = board + "namespaces"
         self._timeout = timeout
+        self.lock_lease = lock_lease
         self._registered: set[str] = set()
         self._guesses: Guesses = {}
         self._follower = Follower(self, self._cluster)
@@ -136,6 +142,13 @@ class RedisStore:
     def base(self, key: str) -> str:
         """The name every Redis key of namespace ``key`` starts with (its hash tag inside)."""
         return f"{self._prefix}{{={key.translate(_ESCAPES)}}}"
+
+    def lock_table(self, call_later: CallLater) -> RedisLockTable:
+        """The server's locks, shared through this Redis by every server over the board
+        (redis_locks.py), each held for ``lock_lease`` seconds past its last renewal."""
+        from .redis_locks import RedisLockTable
+
+        return RedisLockTable(self, call_later, self.lock_lease)
 
     # ------------------------------------------------------------------ the board
 
