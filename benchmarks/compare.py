@@ -4,7 +4,9 @@ Every server is started by this script, in this process tree, and stopped at the
 Ctrl-C or SIGTERM: a SyncManager and an aionamespace Manager (each on its private Unix socket)
 and, when ``redis-server`` is on PATH and redis-py is importable, a Redis of our own on a Unix
 socket in a temporary directory (``--port 0 --save "" --appendonly no``). The durable rows
-(durable.py) add two Managers with data files and two Redis servers with append-only files.
+(durable.py) add two Managers with data files and two Redis servers with append-only files;
+the store rows (store_rows.py), an aionamespace server over the run's Redis (a process of its
+own, store_server.py) against redis-py talking to that Redis directly.
 
 Each row is measured for every contender in every round, interleaved (the contenders' order
 rotates from round to round) so that the noise of a shared machine hits them alike. A figure is
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Awaitable, Callable, Iterator
 from multiprocessing.managers import SyncManager
 from typing import Any
@@ -50,6 +53,7 @@ import aionamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import durable
+import store_rows
 
 CONTENDERS = ("aionamespace", "stdlib", "redis")
 NAMESPACE = "bench"
@@ -96,12 +100,16 @@ class Settings:
         )
 
 
+#: The kinds of target that bound aionamespace's figure (the others name a contender).
+ABSOLUTE = ("at_least", "below")
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """What a row must reach: a ratio against a contender, or an absolute bound."""
 
     text: str
-    kind: str  # "stdlib" or "redis" (a ratio), "at_least" or "below" (aionamespace's figure)
+    kind: str  # "at_least" or "below" (aionamespace's figure), else a contender (a ratio)
     value: float
 
 
@@ -142,7 +150,7 @@ class Row:
         return statistics.median((b / a) if self.lower_is_better else (a / b) for a, b in paired)
 
     def met(self, target: Target) -> bool | None:
-        if target.kind in ("stdlib", "redis"):
+        if target.kind not in ABSOLUTE:
             ratio = self.ratio(target.kind)
             return None if ratio is None else ratio >= target.value
         figure = self.figure("aionamespace")
@@ -201,6 +209,7 @@ def make_rows(settings: Settings) -> dict[str, Row]:
         ),
     ]
     rows += durable.make_rows(settings, Row, Target).values()
+    rows += store_rows.make_rows(settings, Row, Target).values()
     return {row.key: row for row in rows}
 
 
@@ -838,6 +847,7 @@ class Bench:
         rows["cached_get"].samplers["stdlib"] = Repeat(gets(theirs, "c"))
 
         durable.setup(self, redis_server, Repeat, AsyncRepeat, sets)
+        store_rows.setup(self, STORE_HELPERS)
         self._check_values(ours, theirs, cached)
         if self.redis_path is not None:
             self._setup_redis()
@@ -943,6 +953,7 @@ class Bench:
             start = time.perf_counter()
             for row in timed:
                 contenders = [who for who in CONTENDERS if who in row.samplers]
+                contenders += [who for who in row.samplers if who not in CONTENDERS]
                 shift = number % len(contenders)
                 order = contenders[shift:] + contenders[:shift]
                 done = {who: [0.0, 0.0] for who in order}
@@ -988,6 +999,17 @@ def sets_redis(client: Any, key: str) -> Callable[[int], None]:
 
     return run
 
+
+#: What store_rows.py borrows from this script (it does not import it: this is __main__).
+STORE_HELPERS = types.SimpleNamespace(
+    child_process=child_process,
+    wait_for_line=wait_for_line,
+    server_environment=server_environment,
+    Repeat=Repeat,
+    AsyncRepeat=AsyncRepeat,
+    gets=gets,
+    repeat=repeat,
+)
 
 # ---------------------------------------------------------------------------------- report
 
@@ -1154,7 +1176,7 @@ def plot(rows: dict[str, Row], path: str, title: str) -> None:
     labels, scores, colours = [], [], []
     for row in rows.values():
         for target in row.targets:
-            if target.kind in ("stdlib", "redis"):
+            if target.kind not in ABSOLUTE:
                 measured = row.ratio(target.kind)
                 score = None if measured is None else measured / target.value
                 shown = format_ratio(measured)
@@ -1284,6 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
         print("measuring, interleaved ...", flush=True)
         bench.run_rounds()
         durable.finish(rows, Target)
+        store_rows.finish(rows, Target)
         bench.check_cache_invalidation()
         print("idle connections ...", flush=True)
         measure_idle(rows["idle_connections"], settings, bench.directory, redis)

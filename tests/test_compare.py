@@ -2,7 +2,8 @@
 
 The figures of a quick run mean nothing; what is checked is that every row is measured for
 aionamespace and the stdlib, that the JSON holds numbers, and that the table is printed. Redis
-is measured only when redis-server and redis-py are installed: the test passes either way.
+is measured only when redis-server and redis-py are installed: the test passes either way; with
+them, the rows of a server over Redis (and over a cluster) must be measured too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ ROWS = (
     "cached_get",
     "processes_get",
     "idle_connections",
+)
+#: A server over Redis (and over a cluster) against redis-py direct: measured with Redis.
+STORE_ROWS = tuple(
+    f"store_{kind}{suffix}"
+    for suffix in ("", "_cluster")
+    for kind in ("sync_get", "async_get", "snapshot", "update", "cached_get")
 )
 TABLE_HEADER = (
     "row",
@@ -87,3 +94,11 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
             assert is_number(figures["redis"]), (key, figures)
         assert row["targets"]
         assert row["met"] in ("yes", "n/a") or row["met"].startswith(("yes", "NO"))
+    if results["redis"]["available"]:
+        for key in STORE_ROWS:
+            row = rows[key]
+            assert is_number(row["figures"]["aionamespace"]), (key, row)
+            if key.startswith("store_cached_get"):
+                assert row["met"] in ("yes", "NO"), (key, row)  # against the in-memory read
+            else:
+                assert is_number(row["ratio_vs_redis"]), (key, row)

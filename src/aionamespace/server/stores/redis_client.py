@@ -41,15 +41,18 @@ def redis_py() -> Any:
 
 def client_for(url: StoreUrl, timeout: float) -> Any:
     """A redis-py asyncio client of ``url`` that never retries (a script run again after a
-    lost reply would apply twice) and gives up on a socket after ``timeout`` seconds."""
+    lost reply would apply twice) and gives up connecting after ``timeout`` seconds.
+
+    It has no ``socket_timeout``: every call of the store is bounded by ``Guard`` already (a
+    call cancelled there drops its connection, as redis-py does on any interruption), and
+    redis-py's own per-socket timeout costs a task per send (``asyncio.wait_for``) and a timer
+    per reply, on every command of a batch (docs/SCALING.md has the figures)."""
     redis = redis_py()
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
     options = url.client_options()
-    options.update(
-        retry=Retry(NoBackoff(), 0), socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    options.update(retry=Retry(NoBackoff(), 0), socket_connect_timeout=timeout)
     if url.cluster:
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in url.nodes]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
@@ -58,19 +61,26 @@ def client_for(url: StoreUrl, timeout: float) -> Any:
 
 def subscriber(client: Any, node: Any, pools: dict[str, Any]) -> Any:
     """A new pub/sub connection (not connected yet) of ``client`` (a standalone one, ``node``
-    None) or to the cluster ``node``, made as the cluster client makes its connections but
-    never retrying (``pools``: each node's, kept by the caller, who closes them)."""
-    if node is None:
-        return client.pubsub()
-    redis = redis_py()
-    pool = pools.get(node.name)
-    if pool is None:
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+    None) or to the cluster ``node``, made as the client makes its connections but never
+    retrying (``pools``: one per node, kept by the caller, who closes them).
 
-        options = dict(node.connection_kwargs, retry=Retry(NoBackoff(), 0))
-        pool = pools[node.name] = redis.asyncio.ConnectionPool(
-            connection_class=node.connection_class, **options
+    Unlike the store's commands (``client_for``), a subscriber's connection keeps a socket
+    timeout (the connect timeout, unless the client has one): its reads outside the
+    heartbeat of ``get_message`` (the replication id read on connecting) must not wait
+    forever for a host that died without closing its sockets."""
+    redis = redis_py()
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    name = "" if node is None else node.name
+    pool = pools.get(name)
+    if pool is None:
+        source = client.connection_pool if node is None else node
+        options = dict(source.connection_kwargs, retry=Retry(NoBackoff(), 0))
+        if options.get("socket_timeout") is None:
+            options["socket_timeout"] = options.get("socket_connect_timeout")
+        pool = pools[name] = redis.asyncio.ConnectionPool(
+            connection_class=source.connection_class, **options
         )
     return redis.asyncio.Redis(connection_pool=pool).pubsub()
 

@@ -79,7 +79,7 @@ class Subscriptions:
         self._channels: set[str] = set()
         self._nodes: dict[str, _Node] = {}
         self._group: anyio.abc.TaskGroup | None = None
-        self._pools: dict[str, Any] = {}  # a cluster node's name -> its subscribers' pool
+        self._pools: dict[str, Any] = {}  # a node's name ("" standalone) -> its pool
         self._replids: dict[str, bytes] = {}  # a node's name -> its replication id, last seen
         self._promoted: set[str] = set()  # nodes whose replica took over (keys may go back)
 
