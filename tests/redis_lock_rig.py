@@ -164,6 +164,18 @@ class Waiter(threading.Thread):
         self.order: list[str] | None = None
         self.label = ""
 
+    def waited_since(self, since: float) -> float:
+        """Once it holds the lock (a failure if it does not within NO_HANG_SECONDS): how long
+        after ``since`` it got it."""
+        assert self.got.wait(NO_HANG_SECONDS)
+        assert self.result is True
+        return self.at - since
+
+    def let_it_go(self) -> None:
+        """Release the lock it holds, and end."""
+        self.let_go.set()
+        self.join(NO_HANG_SECONDS)
+
     def run(self) -> None:
         lock = self.ns._lock(self.name)
         try:

@@ -59,11 +59,8 @@ def test_a_waiter_on_another_server_is_pushed_the_lock_when_it_is_released(
     assert not waiter.got.is_set()
     released = time.monotonic()
     lock.release()
-    assert waiter.got.wait(NO_HANG_SECONDS)
-    assert waiter.result is True
-    assert waiter.at - released < AT_ONCE
-    waiter.let_go.set()
-    waiter.join(NO_HANG_SECONDS)
+    assert waiter.waited_since(released) < AT_ONCE
+    waiter.let_it_go()
     assert lock.acquire(timeout=NO_HANG_SECONDS)  # free again, through A
     lock.release()
     holder._close()
@@ -80,11 +77,8 @@ def test_a_closed_holder_connection_passes_the_lock_on_at_once(
     in_line(redis_client, redis_prefix, 1)
     closed = time.monotonic()
     holder._close()
-    assert waiter.got.wait(NO_HANG_SECONDS)
-    assert waiter.result is True
-    assert waiter.at - closed < AT_ONCE
-    waiter.let_go.set()
-    waiter.join(NO_HANG_SECONDS)
+    assert waiter.waited_since(closed) < AT_ONCE
+    waiter.let_it_go()
 
 
 def test_a_sigkilled_holder_process_passes_the_lock_on_at_once(
@@ -98,11 +92,8 @@ def test_a_sigkilled_holder_process_passes_the_lock_on_at_once(
         in_line(redis_client, redis_prefix, 1)
         killed = time.monotonic()
         holder.kill()
-        assert waiter.got.wait(NO_HANG_SECONDS)
-        assert waiter.result is True
-        assert waiter.at - killed < AT_ONCE
-        waiter.let_go.set()
-        waiter.join(NO_HANG_SECONDS)
+        assert waiter.waited_since(killed) < AT_ONCE
+        waiter.let_it_go()
     finally:
         holder.kill()
 
@@ -122,12 +113,9 @@ def test_a_dead_servers_lock_passes_on_when_its_lease_runs_out(
             in_line(redis_client, redis_prefix, 1)
             killed = time.monotonic()
             dying.kill()  # (its holder's socket closes, but no server is there to hear it)
-            assert waiter.got.wait(NO_HANG_SECONDS)
-            assert waiter.result is True
-            waited = waiter.at - killed
+            waited = waiter.waited_since(killed)
             assert SHORT_LEASE * 2 / 3 - 0.1 <= waited <= SHORT_LEASE + MARGIN, waited
-            waiter.let_go.set()
-            waiter.join(NO_HANG_SECONDS)
+            waiter.let_it_go()
     finally:
         dying.kill()
         if holder is not None:
@@ -207,11 +195,8 @@ def test_a_waiter_of_a_dead_server_is_skipped(
             wait_until(entry_ran_out, "the dead server's waiter's entry ran out")
             released = time.monotonic()
             lock.release()
-            assert waiter.got.wait(NO_HANG_SECONDS)
-            assert waiter.result is True
-            assert waiter.at - released < AT_ONCE
-            waiter.let_go.set()
-            waiter.join(NO_HANG_SECONDS)
+            assert waiter.waited_since(released) < AT_ONCE
+            waiter.let_it_go()
             holder._close()
     finally:
         dying.kill()
@@ -255,11 +240,8 @@ def test_a_push_lost_with_the_subscription_is_made_up_for(
         redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
     released = time.monotonic()
     lock.release()
-    assert waiter.got.wait(NO_HANG_SECONDS)
-    assert waiter.result is True
-    assert waiter.at - released < AT_ONCE + MAX_BACKOFF  # not the lease's 60 s
-    waiter.let_go.set()
-    waiter.join(NO_HANG_SECONDS)
+    assert waiter.waited_since(released) < AT_ONCE + MAX_BACKOFF  # not the lease's 60 s
+    waiter.let_it_go()
     holder._close()
 
 
@@ -306,11 +288,8 @@ def test_a_stopped_servers_locks_pass_on_at_once(
             waiter.start()
             in_line(redis_client, redis_prefix, 1)
             stopped = time.monotonic()
-        assert waiter.got.wait(NO_HANG_SECONDS)
-        assert waiter.result is True
-        assert waiter.at - stopped < AT_ONCE
-        waiter.let_go.set()
-        waiter.join(NO_HANG_SECONDS)
+        assert waiter.waited_since(stopped) < AT_ONCE
+        waiter.let_it_go()
         holder._close()
 
 
