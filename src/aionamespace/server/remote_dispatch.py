@@ -26,6 +26,14 @@ locks.py) goes in its place, answering an ``acquire`` through its ``grant`` call
 the store says (as a timer does, outside any batch), and handing a lock over when its holder's
 connection is lost. The server passes the one a store makes (``lock_table``: a RedisStore's is
 stores/redis_locks.py) and runs its ``run`` among its own tasks.
+
+**Anonymous namespaces.** Alone over its store, the server keeps them as over any store
+(anonymous.py). A store whose servers share them (``anonymous_registry``: a RedisStore's is
+stores/redis_anonymous.py) gives the ``registry`` argument: then a request naming an anonymous
+key that neither its connection nor this server uses yet waits for the registry's answer
+(``SharedAnonymousNamespaces.admit``): the store calls gathered before it are applied, one
+registry call asks for every such key of the batch's remaining requests, and the batch goes on.
+A request on a key its connection used before costs what it costs without a registry.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from .._errors import ConnectionLost, StoreUnavailable
 from ..protocol.connection import BadRequest, Hello, Refusal, Request
 from ..protocol.limits import Limits
 from ..protocol.pieces import Output, Producer, list_reply, values_reply
-from .anonymous import AnonymousNamespaces
+from .anonymous import ANONYMOUS, AnonymousNamespaces, Registry, SharedAnonymousNamespaces
 from .dispatch import Dispatcher, ReplyData
 from .info import anonymous_count
 from .locks import Locks
@@ -65,6 +73,14 @@ _IN_TURN = frozenset({"keys", "info", "export", "unwatch", "acquire", "release"}
 
 #: Spawns a background task (the server's task group's ``start_soon``).
 Spawn = Callable[..., object]
+#: Makes the registry of anonymous namespaces shared through the store, of a grace, the keys
+#: this server uses, and what to tell when some were freed under it (a RedisStore's
+#: ``anonymous_registry``).
+MakeRegistry = Callable[[float, Callable[[], Any], Callable[[list[str]], None]], Registry]
+
+
+class _Unadmitted(Exception):
+    """A request's anonymous key needs the registry's answer before it is applied."""
 
 
 class _Round:
@@ -87,9 +103,13 @@ class RemoteDispatcher(FeedDispatcher):
         call_later: CallLater,
         limits: Limits | None = None,
         locks: Locks | None = None,
+        registry: MakeRegistry | None = None,
     ) -> None:
         #: Starts background tasks (anonymous namespaces' drops); the server sets it.
         self.spawn: Spawn | None = None
+        self._make_registry = registry
+        #: The anonymous namespaces shared by the servers over the store, if they are.
+        self.shared: SharedAnonymousNamespaces | None = None
         # The base's own store reads are never called here: every one goes through ``apply``.
         super().__init__(cast(Store, store), call_later, limits)
         self._feed_from(store)
@@ -100,9 +120,55 @@ class RemoteDispatcher(FeedDispatcher):
         return {"ping": lambda: None}
 
     def _anonymous_namespaces(self, call_later: CallLater, grace: float) -> AnonymousNamespaces:
+        make = self._make_registry
+        if make is not None:  # shared by every server over the store
+            self.shared = SharedAnonymousNamespaces(grace, functools.partial(make, grace))
+            return cast(AnonymousNamespaces, self.shared)
         # The request's own ``open`` creates it; drops are awaited in the background. (Only
         # this server's: another's anonymous namespaces in a shared store are its own.)
         return AnonymousNamespaces(call_later, grace, create=None, drop=self._drop_later)
+
+    def _admit(self, peer: Peer, op: str, key: str) -> str | None:
+        if key[:1] != ANONYMOUS or key in self._anonymous_used.get(peer, ()):
+            return None
+        shared = self.shared
+        if shared is not None and shared.asks(peer, key):
+            raise _Unadmitted
+        return super()._admit(peer, op, key)
+
+    def _asks(self, peer: Peer, event: object) -> bool:
+        """Whether ``event`` (served in turn) names an anonymous key that needs the registry."""
+        if self.shared is None or type(event) is not Request or not event.args:
+            return False
+        key = event.args[0]
+        return (
+            type(key) is str
+            and key[:1] == ANONYMOUS
+            and key not in self._anonymous_used.get(peer, ())
+            and self.shared.asks(peer, key)
+        )
+
+    async def _ask_registry(
+        self, peer: Peer, events: list[Any], start: int, failed: dict[str, StoreUnavailable]
+    ) -> None:
+        """One registry call for the anonymous keys of ``events[start:]`` that need it (each
+        with the op of its first request); those it could not ask about fail (``failed``)."""
+        assert self.shared is not None
+        asked: dict[str, str] = {}
+        for event in events[start:]:
+            if self._asks(peer, event):
+                key = event.args[0]
+                if key not in failed:
+                    asked.setdefault(key, event.op)
+        if not asked:
+            return
+        try:
+            await self.shared.admit(peer, list(asked.items()), lambda: self._alive(peer))
+        except StoreUnavailable as exc:
+            for key in asked:
+                failed[key] = exc
+        if not self._alive(peer):
+            raise Gone
 
     def _drop_later(self, key: str) -> None:
         if self.spawn is None:  # not serving: tried again after another grace period
@@ -134,20 +200,36 @@ class RemoteDispatcher(FeedDispatcher):
         replies: list[ReplyData] = []
         round_ = _Round()
         applied = size = 0
+        failed: dict[str, StoreUnavailable] = {}  # anonymous keys the registry failed on
         try:
             while applied < len(events) and size <= budget:
+                unadmitted = False
                 with self._section(peer):
                     while applied < len(events) and len(round_.calls) < MAX_CALLS_PER_APPLY:
                         event = events[applied]
                         if (type(event) is Request and event.op in _IN_TURN) or _since(event):
                             break
-                        self._plan(peer, event, round_, replies)
+                        if not self._plan(peer, event, round_, replies, failed):
+                            unadmitted = True
+                            break
                         applied += 1
                 size += await self._round(peer, round_, replies)
+                if unadmitted:  # the registry first, then the request again
+                    await self._ask_registry(peer, events, applied, failed)
+                    continue
                 if applied < len(events) and size <= budget:
                     event = events[applied]
                     if type(event) is Request and (event.op in _IN_TURN or _since(event)):
-                        reply = await self._in_turn(peer, event)
+                        reply: ReplyData
+                        if self._asks(peer, event):
+                            failure = failed.get(event.args[0])
+                            if failure is None:
+                                await self._ask_registry(peer, events, applied, failed)
+                                continue
+                            self.requests += 1
+                            reply = peer.protocol.send_error(event.id, failure)
+                        else:
+                            reply = await self._in_turn(peer, event)
                         replies.append(reply)
                         applied += 1
                         size += _size(reply)
@@ -167,26 +249,45 @@ class RemoteDispatcher(FeedDispatcher):
         event: Hello | Request | BadRequest | Refusal,
         round_: _Round,
         replies: list[ReplyData],
-    ) -> None:
+        failed: dict[str, StoreUnavailable],
+    ) -> bool:
         """Answer an event at once, or add its store call to the round (its reply's place
-        kept, filled when the round is back)."""
-        self.requests += 1
+        kept, filled when the round is back); False: not yet, its anonymous key needs the
+        registry first (``_ask_registry``)."""
         if type(event) is not Request:
+            self.requests += 1
             replies.append(self._apply(peer, event))
-            return
+            return True
         request_id, op, args = event.id, event.op, event.args
         if op in _AT_ONCE:
-            replies.append(self.answer(peer, request_id, op, args))
-            return
+            if op == "export_read" and self._asks(peer, event):
+                exc = failed.get(args[0])
+                if exc is None:
+                    return False
+                replies.append(peer.protocol.send_error(request_id, exc))
+            else:
+                replies.append(self.answer(peer, request_id, op, args))
+            self.requests += 1
+            return True
         try:
             created = self._admit(peer, op, args[0])
             call, finish = self._call(peer, request_id, op, args, created)
         except EXPECTED_ERRORS as exc:
+            self.requests += 1
             replies.append(peer.protocol.send_error(request_id, exc))
-            return
+            return True
+        except _Unadmitted:
+            failure = failed.get(args[0])
+            if failure is None:
+                return False
+            self.requests += 1
+            replies.append(peer.protocol.send_error(request_id, failure))
+            return True
+        self.requests += 1
         round_.finish.append((len(replies), finish))
         round_.calls.append(call)
         replies.append(b"")
+        return True
 
     def _call(
         self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...], created: str | None

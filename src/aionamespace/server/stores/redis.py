@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
@@ -73,6 +73,7 @@ from .remote import StoreCall
 
 if TYPE_CHECKING:
     from ..timers import CallLater
+    from .redis_anonymous import AnonymousRegistry
     from .redis_locks import RedisLockTable
 
 __all__ = ["RedisStore"]
@@ -150,6 +151,19 @@ class RedisStore:
         from .redis_locks import RedisLockTable
 
         return RedisLockTable(self, call_later, self.lock_lease)
+
+    def anonymous_registry(
+        self,
+        grace: float,
+        held: Callable[[], Iterable[str]],
+        on_gone: Callable[[list[str]], None],
+    ) -> AnonymousRegistry:
+        """The anonymous namespaces shared by every server over the board
+        (redis_anonymous.py), each server's uses held for ``lock_lease`` seconds past its
+        last renewal."""
+        from .redis_anonymous import AnonymousRegistry
+
+        return AnonymousRegistry(self, grace, self.lock_lease, held, on_gone)
 
     # ------------------------------------------------------------------ the board
 
