@@ -29,11 +29,9 @@ stores/redis_locks.py) and runs its ``run`` among its own tasks.
 
 **Anonymous namespaces.** Alone over its store, the server keeps them as over any store
 (anonymous.py). A store whose servers share them (``anonymous_registry``: a RedisStore's is
-stores/redis_anonymous.py) gives the ``registry`` argument: then a request naming an anonymous
-key that neither its connection nor this server uses yet waits for the registry's answer
-(``SharedAnonymousNamespaces.admit``): the store calls gathered before it are applied, one
-registry call asks for every such key of the batch's remaining requests, and the batch goes on.
-A request on a key its connection used before costs what it costs without a registry.
+stores/redis_anonymous.py) gives the ``registry`` argument: a request naming an anonymous key
+that neither its connection nor this server uses yet then waits, the store calls before it
+applied, for one registry call that asks for every such key of the batch (remote_anonymous.py).
 """
 
 from __future__ import annotations
@@ -47,13 +45,14 @@ from .._errors import ConnectionLost, StoreUnavailable
 from ..protocol.connection import BadRequest, Hello, Refusal, Request
 from ..protocol.limits import Limits
 from ..protocol.pieces import Output, Producer, list_reply, values_reply
-from .anonymous import ANONYMOUS, AnonymousNamespaces, Registry, SharedAnonymousNamespaces
+from .anonymous import AnonymousNamespaces
 from .dispatch import Dispatcher, ReplyData
 from .info import anonymous_count
 from .locks import Locks
 from .outbox import apart
 from .peer import Peer
-from .remote_feed import EXPECTED_ERRORS, FeedDispatcher, Gone
+from .remote_anonymous import MakeRegistry, SharingDispatcher, Unadmitted
+from .remote_feed import EXPECTED_ERRORS, Gone
 from .stores import Store
 from .stores.remote import STORE_CALLS, RemoteStore, StoreCall
 from .timers import CallLater
@@ -73,14 +72,6 @@ _IN_TURN = frozenset({"keys", "info", "export", "unwatch", "acquire", "release"}
 
 #: Spawns a background task (the server's task group's ``start_soon``).
 Spawn = Callable[..., object]
-#: Makes the registry of anonymous namespaces shared through the store, of a grace, the keys
-#: this server uses, and what to tell when some were freed under it (a RedisStore's
-#: ``anonymous_registry``).
-MakeRegistry = Callable[[float, Callable[[], Any], Callable[[list[str]], None]], Registry]
-
-
-class _Unadmitted(Exception):
-    """A request's anonymous key needs the registry's answer before it is applied."""
 
 
 class _Round:
@@ -94,7 +85,7 @@ class _Round:
         self.finish: list[tuple[int, Callable[[Any], ReplyData]]] = []
 
 
-class RemoteDispatcher(FeedDispatcher):
+class RemoteDispatcher(SharingDispatcher):
     """The op layer over a ``RemoteStore``, shared by all connections (module docstring)."""
 
     def __init__(
@@ -107,9 +98,7 @@ class RemoteDispatcher(FeedDispatcher):
     ) -> None:
         #: Starts background tasks (anonymous namespaces' drops); the server sets it.
         self.spawn: Spawn | None = None
-        self._make_registry = registry
-        #: The anonymous namespaces shared by the servers over the store, if they are.
-        self.shared: SharedAnonymousNamespaces | None = None
+        self._share(registry)
         # The base's own store reads are never called here: every one goes through ``apply``.
         super().__init__(cast(Store, store), call_later, limits)
         self._feed_from(store)
@@ -120,55 +109,12 @@ class RemoteDispatcher(FeedDispatcher):
         return {"ping": lambda: None}
 
     def _anonymous_namespaces(self, call_later: CallLater, grace: float) -> AnonymousNamespaces:
-        make = self._make_registry
-        if make is not None:  # shared by every server over the store
-            self.shared = SharedAnonymousNamespaces(grace, functools.partial(make, grace))
-            return cast(AnonymousNamespaces, self.shared)
+        shared = self._shared_anonymous(grace)
+        if shared is not None:
+            return shared
         # The request's own ``open`` creates it; drops are awaited in the background. (Only
         # this server's: another's anonymous namespaces in a shared store are its own.)
         return AnonymousNamespaces(call_later, grace, create=None, drop=self._drop_later)
-
-    def _admit(self, peer: Peer, op: str, key: str) -> str | None:
-        if key[:1] != ANONYMOUS or key in self._anonymous_used.get(peer, ()):
-            return None
-        shared = self.shared
-        if shared is not None and shared.asks(peer, key):
-            raise _Unadmitted
-        return super()._admit(peer, op, key)
-
-    def _asks(self, peer: Peer, event: object) -> bool:
-        """Whether ``event`` (served in turn) names an anonymous key that needs the registry."""
-        if self.shared is None or type(event) is not Request or not event.args:
-            return False
-        key = event.args[0]
-        return (
-            type(key) is str
-            and key[:1] == ANONYMOUS
-            and key not in self._anonymous_used.get(peer, ())
-            and self.shared.asks(peer, key)
-        )
-
-    async def _ask_registry(
-        self, peer: Peer, events: list[Any], start: int, failed: dict[str, StoreUnavailable]
-    ) -> None:
-        """One registry call for the anonymous keys of ``events[start:]`` that need it (each
-        with the op of its first request); those it could not ask about fail (``failed``)."""
-        assert self.shared is not None
-        asked: dict[str, str] = {}
-        for event in events[start:]:
-            if self._asks(peer, event):
-                key = event.args[0]
-                if key not in failed:
-                    asked.setdefault(key, event.op)
-        if not asked:
-            return
-        try:
-            await self.shared.admit(peer, list(asked.items()), lambda: self._alive(peer))
-        except StoreUnavailable as exc:
-            for key in asked:
-                failed[key] = exc
-        if not self._alive(peer):
-            raise Gone
 
     def _drop_later(self, key: str) -> None:
         if self.spawn is None:  # not serving: tried again after another grace period
@@ -276,7 +222,7 @@ class RemoteDispatcher(FeedDispatcher):
             self.requests += 1
             replies.append(peer.protocol.send_error(request_id, exc))
             return True
-        except _Unadmitted:
+        except Unadmitted:
             failure = failed.get(args[0])
             if failure is None:
                 return False

@@ -56,13 +56,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
+from .redis_anonymous import shared_anonymous
 from .redis_calls import Ahead, Call, Guesses, full, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
@@ -73,7 +74,6 @@ from .remote import StoreCall
 
 if TYPE_CHECKING:
     from ..timers import CallLater
-    from .redis_anonymous import AnonymousRegistry
     from .redis_locks import RedisLockTable
 
 __all__ = ["RedisStore"]
@@ -91,6 +91,7 @@ class RedisStore:
     remote = True
     durable = False
     backends = ("asyncio",)  # redis-py's asyncio client: the server refuses trio (remote.py)
+    anonymous_registry = shared_anonymous  # (shared by the board's servers: as lock_table)
 
     def __init__(
         self,
@@ -146,24 +147,10 @@ class RedisStore:
         return f"{self._prefix}{{={key.translate(_ESCAPES)}}}"
 
     def lock_table(self, call_later: CallLater) -> RedisLockTable:
-        """The server's locks, shared through this Redis by every server over the board
-        (redis_locks.py), each held for ``lock_lease`` seconds past its last renewal."""
+        """Locks shared by the board's servers, leased ``lock_lease`` s (redis_locks.py)."""
         from .redis_locks import RedisLockTable
 
         return RedisLockTable(self, call_later, self.lock_lease)
-
-    def anonymous_registry(
-        self,
-        grace: float,
-        held: Callable[[], Iterable[str]],
-        on_gone: Callable[[list[str]], None],
-    ) -> AnonymousRegistry:
-        """The anonymous namespaces shared by every server over the board
-        (redis_anonymous.py), each server's uses held for ``lock_lease`` seconds past its
-        last renewal."""
-        from .redis_anonymous import AnonymousRegistry
-
-        return AnonymousRegistry(self, grace, self.lock_lease, held, on_gone)
 
     # ------------------------------------------------------------------ the board
 
@@ -262,8 +249,7 @@ class RedisStore:
         return True
 
     async def aclose(self) -> None:
-        """Close the client it made from a URL (a client given is the caller's to close) and
-        the subscribers' pools."""
+        """Close the subscribers' pools, and the client it made from a URL (not one given)."""
         await self._follower.subscriptions.aclose()
         if self._owned:
             await self._client.aclose()

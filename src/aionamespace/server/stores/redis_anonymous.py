@@ -75,7 +75,7 @@ from ..._errors import StoreUnavailable
 if TYPE_CHECKING:
     from .redis import RedisStore
 
-__all__ = ["SWEEP_LIMIT", "AnonymousRegistry"]
+__all__ = ["SWEEP_LIMIT", "AnonymousRegistry", "shared_anonymous"]
 
 logger = logging.getLogger("aionamespace.server")
 
@@ -349,3 +349,14 @@ class AnonymousRegistry:
             return await client.evalsha(_SHA, 2, *self._keys, *argv)
         except self._store._noscript:  # (a restart or a failover: nothing ran)
             return await client.eval(REGISTRY, 2, *self._keys, *argv)
+
+
+def shared_anonymous(
+    store: RedisStore,
+    grace: float,
+    held: Callable[[], Iterable[str]],
+    on_gone: Callable[[list[str]], None],
+) -> AnonymousRegistry:
+    """A RedisStore's ``anonymous_registry``: its server's registry, each server's uses held
+    for the store's ``lock_lease`` seconds past its last call (``--store-lock-lease``)."""
+    return AnonymousRegistry(store, grace, store.lock_lease, held, on_gone)
