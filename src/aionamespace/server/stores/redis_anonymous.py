@@ -42,20 +42,24 @@ on it is not held, and a use of it is answered ``gone`` (an ``open`` too: it was
 freed). The sweeping server then drops the namespace (its script, in its slot) and last
 removes the tombstone and the board's registration (``keys``) together. A crash between the
 steps leaves a tombstone: the namespace cannot be used again, and a sweep of any server claims
-a tombstone older than ``stale`` again and finishes the drop (a drop is idempotent). The other
-order, unregistering first, would lose the namespace's name while its keys stay in Redis for
-ever if the server died before the drop.
+a tombstone older than three store timeouts (at least a second) again and finishes the drop
+(a drop is idempotent). The other order, unregistering first, would lose the namespace's name
+while its keys stay in Redis for ever if the server died before the drop.
 
-**Bounds.** A sweep ends at most ``SWEEP_LIMIT`` dead servers' uses and frees at most as many
-namespaces; a full sweep is followed by another soon. Every call of this module goes through
-one lock, in order (a leave, then a later use of the same key), each bounded by the store's
-timeout (``StoreUnavailable`` past it).
+**Bounds.** A sweep ends at most ``SWEEP_LIMIT`` uses of dead servers and frees at most as
+many namespaces; a full sweep is followed by another at once. Every server sweeps, every tenth
+of its grace (at least ``MIN_PERIOD`` apart), a little earlier at random, so that freeing never
+waits for one server and the servers do not sweep in step. Every call of this module goes
+through one lock, in order (a leave, then a later use of the same key), each bounded by the
+store's timeout (``StoreUnavailable`` past it).
 
-**Renewals and failures.** A server calls every third of its lease, a little earlier at random
-(so servers do not sweep in step): its uses survive up to two calls failing in a row (Redis
-unreachable from it for up to two thirds of the lease). A leave that fails is sent again with
-the next call. After a failed call a server does not sweep for a lease: if Redis was
-unreachable for every server, each renews before any may find the others dead.
+**Renewals and failures.** While a server uses some anonymous namespace it calls every third
+of its lease at least (a little earlier at random): its uses survive two calls failing in a
+row, that is Redis unreachable from it for up to two thirds of the lease (a call that waits out
+the store's timeout counts as one). A leave that fails is sent again with the next call, and a
+key whose first use failed is left then too (the call may have been applied). After a failed
+call a server does not sweep for a lease: if Redis was unreachable for every server, each
+renews before any may find the others dead.
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ logger = logging.getLogger("aionamespace.server")
 
 #: The most dead servers' uses ended, and namespaces freed, by one sweep.
 SWEEP_LIMIT = 100
-#: The shortest time between two of a server's calls when nothing is pending (seconds).
-MIN_PERIOD = 0.05
+#: The shortest time between two sweeps of a server (seconds).
+MIN_PERIOD = 0.1
 
 REGISTRY = r"""
 local B, NAMESPACES = KEYS[1], KEYS[2]
@@ -214,8 +218,11 @@ class AnonymousRegistry:
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
         self._quiet_until = 0.0  # (monotonic) no sweep before: a call failed not long ago
-        #: The period of the calls that renew and sweep (seconds).
-        self.period = max(MIN_PERIOD, min(lease, max(grace, MIN_PERIOD)) / 3)
+        #: How often it renews its lease while it uses some (seconds; any call renews it).
+        self.renewal_period = lease / 3
+        #: How often it sweeps, at most: a namespace outlives its grace by a tenth of it at
+        #: most (``MIN_PERIOD`` for a short one), a server idle over the board costs little.
+        self.sweep_period = max(MIN_PERIOD, grace / 10)
 
     # ------------------------------------------------------------------ the server's calls
 
@@ -252,8 +259,9 @@ class AnonymousRegistry:
     # ------------------------------------------------------------------ renewing, sweeping
 
     async def run(self) -> None:
-        """Renew this server's lease and sweep, every ``period`` (a little less, at random),
-        and send queued leaves at once: until cancelled (then the leaves of the connections
+        """Renew this server's lease while it uses some, sweep (``renewal_period``,
+        ``sweep_period``; each a little less, at random), and send queued leaves at once:
+        until cancelled (then the leaves of the connections
         closed as the server stopped get one more try)."""
         try:
             await self._renew_and_sweep()
@@ -266,11 +274,20 @@ class AnonymousRegistry:
                         pass  # (their uses end with this server's lease)
 
     async def _renew_and_sweep(self) -> None:
+        now = time.monotonic()
+        next_sweep = now + self.sweep_period * random.uniform(0.5, 1.0)
+        next_renewal = now + self.renewal_period * random.uniform(0.8, 1.0)
         while True:
-            with anyio.move_on_after(self.period * random.uniform(0.8, 1.0)):
+            using = any(True for _ in self._held())
+            due = min(next_sweep, next_renewal) if using else next_sweep
+            with anyio.move_on_after(max(0.0, due - time.monotonic())):
                 await self._wake.wait()
             self._wake = anyio.Event()
-            sweep = time.monotonic() >= self._quiet_until
+            now = time.monotonic()
+            sweep = now >= next_sweep and now >= self._quiet_until
+            if now >= next_sweep:
+                next_sweep = now + self.sweep_period * random.uniform(0.5, 1.0)
+            next_renewal = now + self.renewal_period * random.uniform(0.8, 1.0)  # (any call)
             try:
                 _, freed = await self._call((), sweep=sweep)
                 while freed:
@@ -313,13 +330,14 @@ class AnonymousRegistry:
 
     async def _renewed(self, keys: Sequence[tuple[str, bool]], sweep: bool) -> Any:
         """Redis no longer has this server's id: use, under a new one, what it uses."""
-        logger.warning(
-            "anonymous namespaces: this server's uses ran out (no renewal for a lease): "
-            "using them again"
-        )
         self.server_id, self._known = secrets.token_hex(8), False
         asked = {key for key, _ in keys}
         again = [key for key in self._held() if key not in asked]
+        if again:
+            logger.warning(
+                "anonymous namespaces: this server's uses ran out (no renewal for a lease): "
+                "using them again"
+            )
         reply = await self._eval((), [(key, False) for key in again] + list(keys), sweep)
         answers = reply[1]
         gone = [key for key, answer in zip(again, answers, strict=False) if answer == b"gone"]
