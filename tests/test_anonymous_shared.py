@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import redis_rig
-from aionamespace import Namespace, NamespaceGone
+from aionamespace import Namespace, NamespaceGone, StoreUnavailable
 from aionamespace.protocol.addresses import parse_address
 from deadlines import NO_HANG_SECONDS, wait_until
 from server_processes import ServeProcess
@@ -36,6 +36,10 @@ LEASE_SECONDS = 1.0
 #: What freeing may take beyond its due time on a loaded machine (sweeps are a third of the
 #: grace apart, jittered; a spawned process, a round trip, a poll).
 SLACK_SECONDS = 2.5
+#: ``--anonymous-grace`` of a server that sweeps seldom (a tenth of it apart).
+SLOW_GRACE_SECONDS = 3.0
+#: ``--store-timeout`` of the servers whose Redis goes away under them.
+STORE_TIMEOUT = 1.0
 
 
 def serve(engine: Any, prefix: str, path: str, grace: float = GRACE_SECONDS) -> ServeProcess:
@@ -218,3 +222,55 @@ def test_only_open_makes_one_and_a_key_never_made_is_gone_everywhere(
     finally:
         for server in servers:
             server.close()
+
+
+def test_redis_down_for_longer_than_a_lease_fails_first_uses_promptly_and_frees_nothing(
+    short_tmp: str, redis_prefix: str
+) -> None:
+    # Redis keeps its data across the restart (an append-only file): the outage alone is tried.
+    redis = redis_rig.private_standalone("appendonly yes\nappendfsync always\n")
+    servers = [
+        ServeProcess(
+            os.path.join(short_tmp, f"p{index}.sock"),
+            "asyncio",
+            "--store",
+            redis.url,
+            "--store-prefix",
+            redis_prefix,
+            "--store-timeout",
+            str(STORE_TIMEOUT),
+            "--anonymous-grace",
+            str(grace),
+            "--store-lock-lease",
+            str(LEASE_SECONDS),
+        )
+        for index, grace in enumerate((SLOW_GRACE_SECONDS, GRACE_SECONDS))
+    ]
+    try:
+        made = Namespace(address(servers[0]))
+        made.x = 1  # used through the first server, its connection open throughout
+        redis.stop()
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="unavailable"):
+            _ = through(made, servers[1]).x  # a first use: the registry does not answer
+        assert time.monotonic() - began < STORE_TIMEOUT + SLACK_SECONDS
+        # Every lease and grace in Redis runs out meanwhile (a non-event to wait out).
+        time.sleep(LEASE_SECONDS + SLOW_GRACE_SECONDS + 1.0)
+        redis.start()
+        # The idle second server sweeps (every 0.1 s) more often than the first calls (every
+        # 0.3 s or so), so it would find the first dead and free its namespace; but no
+        # server sweeps for a lease after its calls failed: each renews first. Nothing is freed,
+        # and the same proxies work again with nothing done by hand.
+        deadline = time.monotonic() + 2 * (LEASE_SECONDS + GRACE_SECONDS)
+        while time.monotonic() < deadline:  # (a non-event, watched for a few leases)
+            try:
+                assert made.x == 1
+            except StoreUnavailable:
+                pass  # (the first calls after Redis is back may still find it gone)
+            time.sleep(0.1)
+        assert made.x == 1
+        assert through(made, servers[1]).x == 1
+    finally:
+        for server in servers:
+            server.close()
+        redis.remove()
