@@ -20,6 +20,11 @@ server's side.
 A key is *held* while ``:u:KEY`` exists or ``:grace`` has it. Every time is Redis's (``TIME``
 inside the script): no two servers' clocks are ever compared.
 
+**Layout version.** These keys are new, and nothing else changed: the board's
+``LAYOUT_VERSION`` stays. A server of the version before them over the same board keeps its own
+anonymous namespaces to itself, as it did (it frees them, and answers ``NamespaceGone`` for
+the others'); it never touches these keys, and the registry never frees its namespaces.
+
 **Leases, not per-key renewals.** A server's uses live as long as the server does: each of its
 calls (a first use, a leave, and one call every third of a lease even when idle) moves its own
 lease end in ``:servers``, one command whatever the number of keys it uses. A server that dies
