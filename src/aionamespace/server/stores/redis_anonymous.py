@@ -266,8 +266,8 @@ class AnonymousRegistry:
     async def run(self) -> None:
         """Renew this server's lease while it uses some, sweep (``renewal_period``,
         ``sweep_period``; each a little less, at random), and send queued leaves at once:
-        until cancelled (then the leaves of the connections
-        closed as the server stopped get one more try)."""
+        until cancelled (then the leaves of the connections closed as the server stopped get
+        one more try)."""
         try:
             await self._renew_and_sweep()
         finally:
@@ -283,16 +283,21 @@ class AnonymousRegistry:
         next_sweep = now + self.sweep_period * random.uniform(0.5, 1.0)
         next_renewal = now + self.renewal_period * random.uniform(0.8, 1.0)
         while True:
-            using = any(True for _ in self._held())
-            due = min(next_sweep, next_renewal) if using else next_sweep
-            with anyio.move_on_after(max(0.0, due - time.monotonic())):
+            # It wakes for each renewal even when it uses nothing: a first use meanwhile (one
+            # call, which renews) must be renewed a third of a lease later at most.
+            with anyio.move_on_after(max(0.0, min(next_sweep, next_renewal) - time.monotonic())):
                 await self._wake.wait()
             self._wake = anyio.Event()
             now = time.monotonic()
-            sweep = now >= next_sweep and now >= self._quiet_until
-            if now >= next_sweep:
+            sweep_due, renewal_due = now >= next_sweep, now >= next_renewal
+            if sweep_due:
                 next_sweep = now + self.sweep_period * random.uniform(0.5, 1.0)
-            next_renewal = now + self.renewal_period * random.uniform(0.8, 1.0)  # (any call)
+            if renewal_due:
+                next_renewal = now + self.renewal_period * random.uniform(0.8, 1.0)
+            using = renewal_due and any(True for _ in self._held())
+            if not (sweep_due or using or self._leaves or self._resend):
+                continue
+            sweep = sweep_due and now >= self._quiet_until
             try:
                 _, freed = await self._call((), sweep=sweep)
                 while freed:
