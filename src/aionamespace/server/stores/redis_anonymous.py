@@ -52,8 +52,8 @@ a tombstone older than three store timeouts (at least a second) again and finish
 while its keys stay in Redis for ever if the server died before the drop.
 
 **Bounds.** A sweep ends at most ``SWEEP_LIMIT`` uses of dead servers and frees at most as
-many namespaces; a full sweep is followed by another at once. Every server sweeps, every tenth
-of its grace (at least ``MIN_PERIOD`` apart), a little earlier at random, so that freeing never
+many namespaces; a full sweep is followed by another at once. Every server sweeps, a twentieth to
+a tenth of its grace apart at random (at least half ``MIN_PERIOD``), so that freeing never
 waits for one server and the servers do not sweep in step. Every call of this module goes
 through one lock, in order (a leave, then a later use of the same key), each bounded by the
 store's timeout (``StoreUnavailable`` past it).
