@@ -31,11 +31,12 @@ revision tell it once.
 past its revision, a key whose revision went back, a subscriber that reconnects: the store
 reads the board's epoch (``RedisStore.check_epoch``), and if it is gone or another, the board
 is new: every followed key is told again from its revision 0 in the new epoch (what the
-history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A node whose
-replication id changed is checked the same way (redis_subscriber.py). A key that went back on
-a board that kept its epoch, with no takeover on its node, was dropped by another server and
-made again: ``on_lost(key)``. Not detected: a drop and a re-creation up to the same revision,
-both while this store's subscription was down.
+history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A node that does not
+continue the replication history its shard had (a failover that lost writes, a restart from
+an AOF) makes a new epoch when the subscriber connects to it (redis_replication.py). A key
+that went back on a board that kept its epoch was dropped by another server and made again
+(or lost with a whole shard: not told apart): ``on_lost(key)``. Not detected: a drop and a
+re-creation up to the same revision, both while this store's subscription was down.
 """
 
 from __future__ import annotations
@@ -100,7 +101,6 @@ class Follower:
             if state.told is not None:
                 state.told = 0
             state.seen = 0
-        self.subscriptions.forget_promotions()
 
     async def _heard(self, channel: str, data: bytes) -> None:
         key = self._channels.get(channel)
@@ -179,8 +179,7 @@ class Follower:
                 return  # told meanwhile (a message, apply): whoever comes next goes on
             if reply[0] == b"expired":
                 revision = int(reply[1])
-                promoted = self.subscriptions.promoted(state.channel)
-                if since > revision and await self._store.check_epoch(renew=promoted):
+                if since > revision and await self._store.check_epoch():
                     return  # revisions went back with the board: a new epoch
                 state.told = state.seen = revision
                 self._lost(state.key)
