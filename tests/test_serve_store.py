@@ -288,3 +288,29 @@ def test_a_manager_takes_the_password_from_the_environment_never_its_command_lin
             assert b"s3cret" not in cmdline.read()
     with redis_private.client(password="s3cret") as client:
         assert client.exists(f"{redis_prefix}{{=board}}:m")
+
+
+def test_info_names_the_redis_store_never_its_password(
+    redis_private: redis_rig.RedisServer,
+    short_tmp: str,
+    redis_prefix: str,
+    cli_servers: list[ServeProcess],
+) -> None:
+    """``info`` says where the board is: the store's URL with its password replaced (as every
+    message shows it) and the key prefix."""
+    with redis_private.client() as client:
+        client.config_set("requirepass", "s3cret")
+    url = f"unix://:s3cret@{redis_private.socket_path}"
+    server = ServeProcess(
+        os.path.join(short_tmp, "s.sock"), "asyncio", "--store", url, "--store-prefix", "board"
+    )
+    cli_servers.append(server)
+    shown = f"unix://:***@{redis_private.socket_path}"
+    with Namespace(server.address, "x") as ns:
+        figures = ns._info()
+    assert (figures["store"], figures["store_location"]) == ("RedisStore", shown)
+    assert figures["store_prefix"] == "board:"
+    printed = run_cli("info", str(server.address))
+    assert printed.returncode == 0, printed.stderr
+    assert f"store        RedisStore at {shown} (keys board:...)" in printed.stdout.splitlines()
+    assert "s3cret" not in printed.stdout

@@ -123,6 +123,7 @@ class RedisStore:
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
         self._prefix = prefix if prefix.endswith(":") else prefix + ":"
+        self.prefix = self._prefix  # (what every key starts with: ``info`` shows it)
         board = self._prefix + "{board}:"
         self._layout_key, self._epoch_key = board + "layout", board + "epoch"
         self._registry = board + "namespaces"
