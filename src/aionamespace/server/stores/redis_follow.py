@@ -107,19 +107,22 @@ class Follower:
         if key is not None:
             await self._message(self._keys[key], data)
 
-    async def _confirmed(self, channel: str) -> None:
-        """Subscribed: what was committed before is fetched (read the key's revision)."""
-        key = self._channels.get(channel)
-        if key is None:
+    async def _confirmed(self, channels: list[str]) -> None:
+        """Subscribed: what was committed before is fetched (the keys' revisions read in one
+        pipeline: one round trip per node however many keys a reconnect subscribes again)."""
+        states = [self._keys[key] for c in channels if (key := self._channels.get(c)) is not None]
+        if not states:
             return
-        state = self._keys[key]
         store = self._store
         async with store._guard():
-            found = await store._client.hget(store.base(state.key) + ":m", "r")
-        revision = int(found or 0)
-        state.seen = max(state.seen, revision)
-        if state.told is not None and revision != state.told:
-            await self.fill(state)
+            pipe = store._client.pipeline(transaction=False)
+            for state in states:
+                pipe.hget(store.base(state.key) + ":m", "r")
+            found = await pipe.execute()
+        for state, revision in zip(states, map(int, (f or 0 for f in found)), strict=True):
+            state.seen = max(state.seen, revision)
+            if state.told is not None and revision != state.told:
+                await self.fill(state)
 
     async def _message(self, state: _Followed, data: bytes) -> None:
         epoch, revision_text, flag, *rest = data.split(b" ", 3)

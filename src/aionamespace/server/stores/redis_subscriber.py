@@ -6,14 +6,17 @@ sender that (un)subscribes the node's channels as ``add`` and ``remove`` change 
 receiver that reads its messages as they come (a blocking read: nothing polls). When it
 (re)connects it reads the node's replication state and the board's epoch first (a node that
 does not continue the history seen on its shard before starts a new epoch:
-redis_replication.py), then subscribes every channel again: each confirmation lets the
-follower fill what went by meanwhile. A lost connection is made again by itself, after a
-backoff from ``MIN_BACKOFF`` to ``MAX_BACKOFF`` seconds; while Redis is unreachable only this
-task waits. In a cluster, each lost connection refreshes the slot map first: the channels of a
-master that died and was replaced by its replica (a failover) go where their slots went. A
-connection silent for ``HEARTBEAT`` seconds is pinged, and given up if the pong does not come
-as soon: a host that died without closing its sockets must not leave the store deaf. A node
-left without channels closes its connection until one comes.
+redis_replication.py), then subscribes every channel again: each confirmation lets the follower
+fill what went by meanwhile. A reconnect costs a few commands, not a few per channel: one
+``SSUBSCRIBE`` names every channel (every channel of one slot, in a cluster, which refuses a
+command across slots), and the confirmations that arrive together are told together, so that
+the follower reads their revisions in one pipeline. A lost connection is made again by itself,
+after a backoff from ``MIN_BACKOFF`` to ``MAX_BACKOFF`` seconds; while Redis is unreachable
+only this task waits. In a cluster, each lost connection refreshes the slot map first: the
+channels of a master that died and was replaced by its replica (a failover) go where their
+slots went. A connection silent for ``HEARTBEAT`` seconds is pinged, and given up if the pong
+does not come as soon: a host that died without closing its sockets must not leave the store
+deaf. A node left without channels closes its connection until one comes.
 
 A channel whose slot moved (MOVED to an ``SSUBSCRIBE``, or a ``sunsubscribe`` Redis sends
 when a slot leaves a node) goes where the refreshed slot map says. redis-py 8.2's asyncio
@@ -50,9 +53,9 @@ HEARTBEAT = 15.0
 #: How often an old master is asked whether it handed over (within the store's timeout).
 ASK_INTERVAL = 0.05
 
-#: Told a channel's message (channel, data), or that a subscription to it is confirmed.
+#: Told a channel's message (channel, data), or that subscriptions are confirmed (channels).
 Heard = Callable[[str, bytes], Awaitable[None]]
-Confirmed = Callable[[str], Awaitable[None]]
+Confirmed = Callable[[list[str]], Awaitable[None]]
 
 
 class _Idle(Exception):
@@ -206,6 +209,10 @@ class Subscriptions:
 
         try:
             await pubsub.connect()
+            # (redis-py makes a pubsub's connection again when a read fails, before it raises,
+            # and subscribes every channel there: this task makes its own instead, and checks
+            # the node first, so that would be one SSUBSCRIBE of every channel for nothing)
+            pubsub.connection.deregister_connect_callback(pubsub.on_connect)
             slots = {self._shard(channel) for channel in node.wanted}
             await self._store.check_epoch(await self._lost_data(node, pubsub.connection, slots))
             self._adopt(node, slots)
@@ -283,26 +290,38 @@ class Subscriptions:
     async def _send(self, node: _Node, pubsub: Any) -> None:
         while True:
             node.changed = anyio.Event()
-            for channel in sorted(node.wanted - node.sent):
-                node.sent.add(channel)
-                await pubsub.ssubscribe(channel)
-            for channel in sorted(node.sent - node.wanted):
-                node.sent.discard(channel)
-                node.leaving.add(channel)
-                await pubsub.sunsubscribe(channel)
+            for channels in self._by_slot(node.wanted - node.sent):
+                node.sent.update(channels)
+                await pubsub.ssubscribe(*channels)
+            for channels in self._by_slot(node.sent - node.wanted):
+                node.sent.difference_update(channels)
+                node.leaving.update(channels)
+                await pubsub.sunsubscribe(*channels)
             if not node.sent and not node.wanted:
                 raise _Idle
             await node.changed.wait()
 
+    def _by_slot(self, channels: set[str]) -> list[list[str]]:
+        """``channels`` in as few commands as Redis takes: one, or one per slot in a cluster."""
+        groups: dict[int, list[str]] = {}
+        for channel in sorted(channels):
+            groups.setdefault(self._shard(channel), []).append(channel)
+        return list(groups.values())
+
     async def _receive(self, node: _Node, pubsub: Any) -> None:
         moved = self._store._moved
         pinged = False
+        confirmed: list[str] = []  # subscriptions confirmed, told once no more come at once
         while True:
             try:
-                message = await pubsub.get_message(timeout=HEARTBEAT)
+                message = await pubsub.get_message(timeout=0 if confirmed else HEARTBEAT)
             except moved as exc:  # an ssubscribe to a node that no longer holds the slot
                 slot = exc.slot_id
                 await self._rehome({c for c in node.sent if self._slot(c) == slot})
+                continue
+            if message is None and confirmed:
+                told, confirmed = confirmed, []
+                await self._confirmed([c for c in told if c in self._channels])
                 continue
             if message is None:  # silence: is the node still there? (a dead host says nothing)
                 if pinged:
@@ -330,7 +349,7 @@ class Subscriptions:
             elif kind == "ssubscribe":
                 if node.seen is not None:
                     self._seen[self._shard(channel)] = node.seen
-                await self._confirmed(channel)
+                confirmed.append(channel)
 
     def _slot(self, channel: str) -> int:
         return int(self._store._client.keyslot(channel))
