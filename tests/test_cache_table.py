@@ -23,7 +23,7 @@ ITEM = ("k", "x")
 
 def cached(table: CacheTable, item: tuple[str, str] = ITEM) -> Any:
     """What a read of ``item`` would be served from the cache (ABSENT: it asks the server)."""
-    entry = table.values.get(item, ABSENT)
+    entry = table.entry(*item)
     return entry if entry is ABSENT else entry_value(entry, item[1])
 
 
@@ -38,7 +38,7 @@ def test_an_immutable_value_is_kept_as_it_is(table: CacheTable, value: Any) -> N
     entry = table.answered(1, encode_value(value), None)
     assert entry == value
     assert type(entry) is type(value)
-    assert table.values[ITEM] is entry  # the same object for every read: it cannot change
+    assert table.namespace("k")["x"] is entry  # the same object for every read: it cannot change
 
 
 @pytest.mark.parametrize("value", [[1, 2], {"a": [1]}, {1, 2}, bytearray(b"ab"), (1, [2])])
@@ -86,7 +86,7 @@ def test_a_reply_to_a_request_that_was_no_cached_read_leaves_nothing(table: Cach
     assert table.answered(3, encode_value(1), None) is None  # e.g. a set's reply
     table.expect(4, ITEM)
     assert table.answered(5, encode_value(1), None) is None
-    assert table.values == {}
+    assert table.namespaces == {}
     assert table.answered(4, encode_value(2), None) == 2  # the expected read is still expected
     assert table.answered(4, encode_value(3), None) is None  # and answered only once
     assert cached(table) == 2
@@ -190,6 +190,47 @@ def test_clear_forgets_the_entries_and_the_reads_in_flight(table: CacheTable) ->
     table.answered(1, encode_value(1), None)
     table.expect(2, ("k", "y"))
     table.clear()
-    assert table.values == {}
+    assert table.namespaces == {}
     assert table.answered(2, encode_value(2), None) is None  # its connection is gone
     assert cached(table, ("k", "y")) is ABSENT
+
+
+def fill(table: CacheTable, request_id: int, item: tuple[str, str], value: Any) -> None:
+    table.expect(request_id, item)
+    table.answered(request_id, encode_value(value), None)
+
+
+def test_a_namespace_dict_holds_what_reads_serve(table: CacheTable) -> None:
+    """A proxy holds its namespace's dict and reads it with one lookup (no tuple, no table)."""
+    values = table.namespace("k")
+    fill(table, 1, ITEM, 1)
+    fill(table, 2, ("other", "x"), 2)
+    assert values == {"x": 1}
+    assert table.namespace("k") is values
+    table.invalidate("k", "x")
+    assert values == {}
+
+
+def test_a_dict_let_go_once_emptied_is_never_filled_again(table: CacheTable) -> None:
+    """An emptied namespace's dict is dropped (a table keeps no dict per namespace ever read)
+    and the next reply fills a new one: a proxy still holding the old one finds nothing there,
+    never a value an invalidation has since removed."""
+    fill(table, 1, ITEM, 1)
+    held = table.namespace("k")
+    table.invalidate("k", "x")
+    assert table.namespaces == {}
+    fill(table, 2, ITEM, 2)
+    assert held == {}
+    assert table.namespace("k") == {"x": 2}
+    table.forget("k", ("x",))
+    assert table.namespaces == {}
+
+
+def test_clear_empties_the_dicts_proxies_hold(table: CacheTable) -> None:
+    """The connection is lost: every dict a proxy may hold is emptied in place, so that no read
+    is served from it (no flag checked per read)."""
+    fill(table, 1, ITEM, 1)
+    fill(table, 2, ("other", "y"), 2)
+    held = [table.namespace("k"), table.namespace("other")]
+    table.clear()
+    assert held == [{}, {}]
