@@ -9,7 +9,10 @@ caller but not kept.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import tracemalloc
+import uuid
 from typing import Any
 
 import pytest
@@ -32,7 +35,15 @@ def table() -> CacheTable:
     return CacheTable()
 
 
-@pytest.mark.parametrize("value", [None, True, 7, 2**70, 1.5, "text", b"bytes", 1 - 2j])
+IMMUTABLE_VALUES = [
+    None, True, 7, 2**70, 1.5, "text", b"bytes", 1 - 2j,
+    (1, "a"), frozenset({1, (2, 3)}), decimal.Decimal("1.5"), uuid.UUID(int=7),
+    datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.timezone.utc), datetime.date(2026, 1, 2),
+    datetime.time(3, 4), datetime.timedelta(seconds=5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", IMMUTABLE_VALUES)
 def test_an_immutable_value_is_kept_as_it_is(table: CacheTable, value: Any) -> None:
     table.expect(1, ITEM)
     entry = table.answered(1, encode_value(value), None)
@@ -41,14 +52,53 @@ def test_an_immutable_value_is_kept_as_it_is(table: CacheTable, value: Any) -> N
     assert table.namespace("k")["x"] is entry  # the same object for every read: it cannot change
 
 
-@pytest.mark.parametrize("value", [[1, 2], {"a": [1]}, {1, 2}, bytearray(b"ab"), (1, [2])])
-def test_a_mutable_value_is_decoded_afresh_for_each_read(table: CacheTable, value: Any) -> None:
+MUTABLE_VALUES = [
+    [1, 2],
+    ["a", (1, 2)],
+    {"a": 1},
+    {"a": [1]},
+    {1, 2},
+    bytearray(b"ab"),
+    (1, [2]),
+    [[1], 2],
+]
+
+
+@pytest.mark.parametrize("value", MUTABLE_VALUES)
+def test_a_mutable_value_is_a_fresh_copy_for_each_read(table: CacheTable, value: Any) -> None:
     table.expect(1, ITEM)
     table.answered(1, encode_value(value), None)
     first, second = cached(table), cached(table)
     assert first == second == value
     assert type(first) is type(value)
     assert first is not second  # a caller changing its copy changes nobody else's
+
+
+def _mutate(value: Any) -> None:
+    """Change a read value, and every mutable value it holds, in place."""
+    if isinstance(value, (list, bytearray)):
+        for item in value:
+            _mutate(item)
+        value.append(9)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _mutate(item)
+        value["new"] = 9
+    elif isinstance(value, set):
+        value.add(9)
+    elif isinstance(value, tuple):
+        for item in value:
+            _mutate(item)
+
+
+@pytest.mark.parametrize("value", MUTABLE_VALUES)
+def test_changing_a_read_value_changes_no_later_read(table: CacheTable, value: Any) -> None:
+    """Whatever the cache keeps (a container to copy, or the encoding to decode again), a
+    caller changing what it read, however deep, changes nobody else's value."""
+    table.expect(1, ITEM)
+    table.answered(1, encode_value(value), None)
+    _mutate(cached(table))
+    assert cached(table) == value
 
 
 def test_a_large_value_received_into_a_bytearray_is_kept(table: CacheTable) -> None:

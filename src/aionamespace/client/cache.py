@@ -19,6 +19,9 @@ socket and been applied by the reader thread; benchmarks/compare.py measures tha
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import uuid
 from typing import Any
 
 from ..protocol.codec import decode_value
@@ -26,8 +29,18 @@ from ..protocol.events import missing_attribute
 
 __all__ = ["ABSENT", "NOTHING_CACHED", "NOT_VALUES", "CacheTable", "entry_value"]
 
-#: Decoded values of these types are immutable: the cache may hand out the same object.
-_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes, complex})
+#: Decoded values of these types are immutable: the cache may hand out the same object (a
+#: frozenset's items are hashable, so decoded ones are immutable too).
+_IMMUTABLE = frozenset(
+    {
+        type(None), bool, int, float, str, bytes, complex, frozenset,
+        datetime.datetime, datetime.date, datetime.time, datetime.timedelta,
+        decimal.Decimal, uuid.UUID,
+    }
+)  # fmt: skip
+#: Containers whose ``copy()`` is a copy of their own for a reader when every item is of an
+#: immutable type (a set's items always are: decoded hashable values are immutable).
+_SHALLOW = frozenset({list, dict, set, bytearray})
 
 
 class _Missing:
@@ -42,8 +55,18 @@ _MISSING = _Missing()
 ABSENT = _Absent()
 
 
+class _Copied:
+    """A cached container of immutable items: each read gets its ``copy()``, a shallow copy
+    being a whole one here, and far cheaper than decoding."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: list[Any] | dict[Any, Any] | set[Any] | bytearray) -> None:
+        self.value = value
+
+
 class _Blob:
-    """A cached value of a mutable type: decoded afresh for each read (values are copies)."""
+    """A cached value holding mutable values: decoded afresh for each read (values are copies)."""
 
     __slots__ = ("data",)
 
@@ -53,7 +76,7 @@ class _Blob:
 
 #: The types of what a namespace's dict ``.get(name, ABSENT)`` gives that is not a value to
 #: hand out as it is: one membership test tells a proxy's hot path that it has nothing more to do.
-NOT_VALUES = frozenset({_Blob, _Missing, _Absent})
+NOT_VALUES = frozenset({_Copied, _Blob, _Missing, _Absent})
 
 #: What a proxy reads while it has no namespace dict to read (no cache, or not kept current).
 #: Nothing ever fills it.
@@ -62,11 +85,32 @@ NOTHING_CACHED: dict[str, Any] = {}
 
 def entry_value(entry: Any, name: str) -> Any:
     """What a cache entry means: a value, a fresh copy of one, or AttributeError."""
-    if type(entry) is _Blob:
+    kind = type(entry)
+    if kind is _Copied:
+        return entry.value.copy()
+    if kind is _Blob:
         return decode_value(entry.data)
     if entry is _MISSING:
         raise missing_attribute(name)
     return entry
+
+
+def _entry(value: Any, data: bytes) -> Any:
+    """How to keep a decoded value (``data``, its encoding) so that reads get copies of it."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    immutable = _IMMUTABLE
+    if kind is tuple:
+        if all(type(item) in immutable for item in value):
+            return value
+    elif kind is dict:
+        if all(type(item) in immutable for item in value.values()):
+            return _Copied(value)
+    elif kind in _SHALLOW:
+        if kind is not list or all(type(item) in immutable for item in value):
+            return _Copied(value)
+    return _Blob(data)
 
 
 class CacheTable:
@@ -125,8 +169,7 @@ class CacheTable:
         elif error is not None or type(result) not in (bytes, bytearray):
             return None
         else:
-            value = decode_value(result)
-            entry = value if type(value) in _IMMUTABLE else _Blob(result)
+            entry = _entry(decode_value(result), result)
         if reads[1] == generation:
             self.namespace(item[0])[item[1]] = entry  # else our own write came since
         return entry
