@@ -56,10 +56,16 @@ async def _cached(value: Any) -> Any:
     return value
 
 
+async def _cached_entry(entry: Any, name: str) -> Any:
+    """``await ns.x`` of another entry found in the cache: a fresh copy of a mutable value, or
+    AttributeError (raised by the await, as for a read through the server)."""
+    return entry_value(entry, name)
+
+
 async def _read_cached(state: AsyncState, name: str) -> Any:
-    """``await ns.x`` with a cache, when the namespace's dict had no value to hand out as it
-    is: a fresh copy or a cached "no such attribute" while the pump keeps the cache current,
-    else a request."""
+    """``await ns.x`` with a cache, when the namespace's dict the proxy holds had nothing: from
+    the cache if the pump keeps it current (the dict held may have been let go), else a
+    request."""
     transport = state.bound()
     entry = transport.cached(state.key, name)
     if entry is not ABSENT:
@@ -119,6 +125,8 @@ class AsyncNamespace(ProxyBase):
         entry = state.cached.get(name, ABSENT)  # NOTHING_CACHED unless the pump keeps it
         if type(entry) not in NOT_VALUES:  # the hot path: a cached immutable value
             return _cached(entry)
+        if entry is not ABSENT:
+            return _cached_entry(entry, name)
         if name[:1] == "_":
             return object.__getattribute__(self, name)
         if state.table.cache is None:
