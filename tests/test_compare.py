@@ -1,13 +1,15 @@
 """benchmarks/compare.py keeps running: its --quick mode, end to end, in a subprocess.
 
 The figures of a quick run mean nothing; what is checked is that every row is measured for
-aionamespace and the stdlib, that the JSON holds numbers, and that the table is printed. Redis
+aionamespace and the stdlib (or, for the rows measured against a yardstick of the same run,
+that yardstick), that the JSON holds numbers, and that the table is printed. Redis
 is measured only when redis-server and redis-py are installed: the test passes either way; with
 them, the rows of a server over Redis (and over a cluster) must be measured too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -27,8 +29,11 @@ ROWS = (
     "get_blob",
     "cached_get",
     "processes_get",
+    "connections_get",
     "idle_connections",
 )
+#: Rows whose yardstick is another measurement of the same run (not in the table's columns).
+YARDSTICK_ROWS = {"async_get_trio": "asyncio row", "cached_floor": "floor"}
 #: A server over Redis (and over a cluster) against redis-py direct: measured with Redis.
 STORE_ROWS = tuple(
     f"store_{kind}{suffix}"
@@ -94,6 +99,17 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
             assert is_number(figures["redis"]), (key, figures)
         assert row["targets"]
         assert row["met"] in ("yes", "n/a") or row["met"].startswith(("yes", "NO"))
+    for key, yardstick in YARDSTICK_ROWS.items():
+        row = rows[key]
+        assert any(line.startswith(row["label"]) for line in lines), f"{key} not in the table"
+        assert is_number(row["figures"]["aionamespace"]), (key, row)
+        assert is_number(row["details"][yardstick]), (key, row)
+        assert row["met"] in ("yes", "NO"), (key, row)
+    # Each async row says which loop its client ran on (uvloop when it is installed).
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    notes = rows["async_get"]["notes"]
+    assert any(f"client on {loop}" in note for note in notes), notes
+    assert any("trio" in note for note in rows["async_get_trio"]["notes"])
     if results["redis"]["available"]:
         for key in STORE_ROWS:
             row = rows[key]
