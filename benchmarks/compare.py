@@ -21,6 +21,7 @@ once, on fresh servers started for it.
     python benchmarks/compare.py                        # 9 rounds: about two minutes
     python benchmarks/compare.py --quick                # tiny counts, a smoke test (< 30 s)
     python benchmarks/compare.py --rounds 15 --json out.json --plot out.png
+    python benchmarks/compare.py --growth               # then growth.py's tables (a minute more)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import aionamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import durable
+import growth
 import many_connections
 import store_rows
 import yardstick_rows
@@ -1275,6 +1277,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also draw the ratios against their targets (needs matplotlib)",
     )
     parser.add_argument("--no-redis", action="store_true", help="leave Redis out")
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="then how cost grows with work (growth.py; its chart: FILE-growth.png)",
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -1368,6 +1375,11 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "rows": report(rows),
     }
+    if args.growth:
+        growth_plot = None
+        if args.plot and not plot_problem:
+            growth_plot = os.path.splitext(args.plot)[0] + "-growth.png"
+        results["growth"] = growth.run(args.quick, growth_plot)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)
