@@ -1379,7 +1379,7 @@ def main(argv: list[str] | None = None) -> int:
         growth_plot = None
         if args.plot and not plot_problem:
             growth_plot = os.path.splitext(args.plot)[0] + "-growth.png"
-        results["growth"] = growth.run(args.quick, growth_plot)
+        results["growth"] = growth.run(args.quick, growth_plot, command)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)

@@ -322,8 +322,9 @@ def watchers_section(directory: str, sizes: Sizes) -> Section:
 # ---------------------------------------------------------------------------------- run
 
 
-def run(quick: bool, plot_path: str | None = None) -> dict[str, Any]:
-    """Every section, printed; their figures as a dict (for --json); the chart if asked."""
+def run(quick: bool, plot_path: str | None = None, command: str = "") -> dict[str, Any]:
+    """Every section, printed; their figures as a dict (for --json); the chart if asked
+    (``command``, the one that ran this, is its title)."""
     sizes = Sizes.make(quick)
     rng = random.Random(17)
     print(
@@ -338,7 +339,7 @@ def run(quick: bool, plot_path: str | None = None) -> dict[str, Any]:
     for section in sections:
         section.print()
     if plot_path:
-        plot(sections, plot_path)
+        plot(sections, plot_path, f"how cost grows with work\n{command}")
         print(f"\nplot written to {plot_path}")
     return {
         "quick": quick,
@@ -347,7 +348,7 @@ def run(quick: bool, plot_path: str | None = None) -> dict[str, Any]:
     }
 
 
-def plot(sections: list[Section], path: str) -> None:
+def plot(sections: list[Section], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,6 +377,7 @@ def plot(sections: list[Section], path: str) -> None:
             fontsize=7,
             va="top",
         )
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -391,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the chart (matplotlib)")
     args = parser.parse_args(argv)
-    print(f"$ {shlex.join([sys.executable, *sys.argv])}")
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"$ {command}")
     print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
-    results = run(args.quick, args.plot)
+    results = run(args.quick, args.plot, f"{command}; load average {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)
