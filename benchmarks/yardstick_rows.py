@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import importlib.metadata
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -125,8 +125,9 @@ def setup(bench: Any, namespace: str, Repeat: Any, gets: Any, awaits_per_clock: 
             portal, lambda: ours.x, s.tasks, awaits_per_clock
         )
         trio_row.samplers[ASYNCIO] = rows["async_get"].samplers["aionamespace"]
+        trio = importlib.metadata.version("trio")
         trio_row.notes.append(
-            f"client: trio {_version('trio')} in a thread (anyio blocking portal), "
+            f"client: trio {trio} in a thread (anyio blocking portal), "
             f"{s.tasks} tasks on one AsyncNamespace; server: the Manager's, asyncio busy-polling; "
             f"yardstick: the asyncio row's sampler (client on {bench.client_loop_name}), "
             "in the same slices"
@@ -157,11 +158,3 @@ def finish(rows: dict[str, Any]) -> None:
             f"{who}: {figure:,.0f} {row.unit} in the same slices; {ratio:.2f}x it "
             "(median of the rounds' paired ratios)"
         )
-
-
-def _version(package: str) -> str:
-    with contextlib.suppress(Exception):
-        import importlib.metadata
-
-        return importlib.metadata.version(package)
-    return "?"
