@@ -10,7 +10,8 @@ own, store_server.py) against redis-py talking to that Redis directly. Two rows 
 against a yardstick of the same run (yardstick_rows.py): 64 tasks on trio against the asyncio
 row, and the cached read against a dict-backed ``__getattribute__``; one row holds 1,000
 connections from 8 spawned processes against a thread per connection (many_connections.py).
-The async rows' clients run on uvloop when it is installed; each row's notes name its loops.
+The async get row's clients run on uvloop when it is installed (the other async rows', on
+asyncio's loop); the notes of the rows added for issue 17 name their loops.
 
 Each row is measured for every contender in every round, interleaved (the contenders' order
 rotates from round to round) so that the noise of a shared machine hits them alike. A figure is
