@@ -6,7 +6,7 @@
   sampler, run in the same slices, so the ratio is paired round by round (issue 17: >= 0.5x).
 * **cached read against its floor**: the cached proxy's read of an unchanged attribute against
   the least a Python attribute read can cost when it is answered by ``__getattribute__`` from a
-  dict (``DictFloor``), measured by the same loop (issue 17: >= 0.5x the floor).
+  dict (cached_read.py's ``DictFloor``), measured by the same loop (issue 17: >= 0.5x it).
 
 ``fastest_loop()`` is the client loop of the asyncio async rows: uvloop when it is importable
 (the ``uvloop`` extra), else asyncio's own; the rows' notes name it.
@@ -23,7 +23,9 @@ from typing import Any
 import anyio
 import anyio.from_thread
 
-__all__ = ["DictFloor", "PortalRepeat", "fastest_loop", "finish", "make_rows", "setup"]
+from cached_read import DictFloor  # the floor cached_read.py measures the cache against
+
+__all__ = ["PortalRepeat", "fastest_loop", "finish", "make_rows", "setup"]
 
 #: The contenders of these rows that are not servers (Row.ratio pairs them like any other).
 ASYNCIO, FLOOR = "asyncio row", "floor"
@@ -37,19 +39,6 @@ def fastest_loop() -> tuple[asyncio.AbstractEventLoop, str]:
     except ImportError:
         return asyncio.new_event_loop(), "asyncio"
     return uvloop.new_event_loop(), f"uvloop {uvloop.__version__}"
-
-
-class DictFloor:
-    """The floor of a proxy's cached read: an object whose ``__getattribute__`` returns from
-    a dict it holds, with nothing else (no name check, no cache rule, no decoding)."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        object.__setattr__(self, "_values", values)
-
-    def __getattribute__(self, name: str) -> Any:
-        return object.__getattribute__(self, "_values")[name]
 
 
 class PortalRepeat:
