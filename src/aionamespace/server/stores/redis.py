@@ -67,8 +67,10 @@ from .redis_calls import Ahead, Call, Guesses, full, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
 from .redis_history import replay
+from .redis_link import Links
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RENEW_EPOCH, RESERVE
 from .redis_urls import parse_store_url
+from .redis_wire import ReplyError, RespError, ScriptCall, pack
 from .remote import StoreCall
 
 if TYPE_CHECKING:
@@ -78,6 +80,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
+#: MOVED replies one batch follows (the slot map read again each time) before it gives up.
+MAX_MOVES = 3
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -117,15 +121,24 @@ class RedisStore:
                 "a script retried after a lost reply would run twice"
             )
         self._client = client
-        self._errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+        self._errors = (
+            redis.RedisError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+            ReplyError,
+            RespError,
+        )
         self._noscript = redis.exceptions.NoScriptError
         self._moved = redis.exceptions.MovedError
+        self._links: Links | None = None  # (made by start: a loop runs there)
+        self._script_call = ScriptCall(_SHA)
         self.name = name
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
         self._prefix = prefix if prefix.endswith(":") else prefix + ":"
         board = self._prefix + "{board}:"
         self._layout_key, self._epoch_key = board + "layout", board + "epoch"
+        self._read_epoch = (self._epoch_key.encode(), pack("GET", self._epoch_key))
         self._registry = board + "namespaces"
         self._timeout = timeout
         self.lock_lease = lock_lease
@@ -163,6 +176,7 @@ class RedisStore:
         async with self._guard():
             self.epoch = await self._board()
             await self._load_script()
+        self._links = Links(self._client, self._cluster)
 
     async def _board(self) -> str:
         """The board's epoch, the board made if new; DataFileError if of another layout."""
@@ -251,6 +265,8 @@ class RedisStore:
         """Close the client it made from a URL (a client given is the caller's to close) and
         the subscribers' pools."""
         await self._follower.subscriptions.aclose()
+        if self._links is not None:
+            self._links.close()
         if self._owned:
             await self._client.aclose()
 
@@ -348,37 +364,50 @@ class RedisStore:
                 queues.setdefault(call.key, []).append(call)
         created: set[str] = set()
         reloaded = False
+        moves = 0
         first_round = True
+        links = self._links
+        if links is None:
+            raise RuntimeError("the store was not started")
+        revisions, size = self._bounds
         while queues:
             self._rounds += 1
             token = f"{self._id}:{self._rounds}"
             sending: list[Call] = []
-            pipe = self._client.pipeline(transaction=False)
-            if first_round:
-                pipe.get(self._epoch_key)  # (lost data: a new board, a new epoch)
+            commands: list[tuple[bytes, bytes]] = [self._read_epoch] if first_round else []
             ahead: Ahead = {}
-            for queue in queues.values():
+            for key, queue in queues.items():
+                base = self.base(key).encode()
+                may_create = int(key not in refused)
                 blocking = False  # a conditional write came first: the rest waits for it
                 for at, call in enumerate(queue):
                     sending.append(call)
                     call.foresee(ahead)
                     op, args = call.request()
-                    may_create = call.key not in refused
                     blocks = call.again and at + 1 < len(queue)
                     marked = token if blocking or blocks else ""
-                    self._queue(
-                        pipe, call.key, op, args, may_create, call.want_list, marked, blocks
-                    )
+                    command = self._script_call.pack(
+                        base,
+                        (op, revisions, size, may_create, int(call.want_list), marked,
+                         int(blocks), self.epoch, *args),
+                    )  # fmt: skip
+                    commands.append((base, command))
                     blocking = blocking or blocks
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await links.execute(commands)
             if first_round:
                 first_round, found = False, replies.pop(0)
                 if not isinstance(found, Exception):
                     epoch = None if found is None else found.decode()
-            missing_script = False
+            missing_script = moved = False
             for call, reply in zip(sending, replies, strict=True):
-                if isinstance(reply, self._noscript):
-                    missing_script = True  # nothing ran: sent again, in order
+                if type(reply) is ReplyError:
+                    text = str(reply)
+                    if text.startswith("NOSCRIPT"):
+                        missing_script = True  # nothing ran: sent again, in order
+                    elif text.startswith("MOVED "):
+                        moved = True  # nothing ran: sent again, to the slot's node
+                    else:
+                        call.finish(self._unavailable(reply))
                 elif isinstance(reply, Exception):
                     call.finish(self._unavailable(reply))
                 else:
@@ -394,6 +423,13 @@ class RedisStore:
                         call.answer(answer)
                     except Exception as exc:
                         call.finish(exc)
+            if moved:
+                moves += 1
+                if moves > MAX_MOVES:
+                    raise self._unavailable(
+                        ReplyError(f"the cluster moved a slot {MAX_MOVES} times in one batch")
+                    )
+                await links.refresh()
             if missing_script:
                 if reloaded:
                     raise self._unavailable(RuntimeError("the script vanished again once loaded"))
