@@ -135,6 +135,8 @@ class RedisStore:
         self.name = name
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
+        # A reply holds a namespace's names and values, which a frame must hold (as values).
+        self._max_reply_bytes = 2 * limits.max_frame_bytes
         self._prefix = prefix if prefix.endswith(":") else prefix + ":"
         board = self._prefix + "{board}:"
         self._layout_key, self._epoch_key = board + "layout", board + "epoch"
@@ -176,7 +178,7 @@ class RedisStore:
         async with self._guard():
             self.epoch = await self._board()
             await self._load_script()
-        self._links = Links(self._client, self._cluster)
+        self._links = Links(self._client, self._cluster, self._max_reply_bytes)
 
     async def _board(self) -> str:
         """The board's epoch, the board made if new; DataFileError if of another layout."""
@@ -306,16 +308,22 @@ class RedisStore:
             call.want_list = self.on_commit is not None and call.key in self._follower
             prepared.append(call)
         try:
-            async with self._guard():
-                granted, refused = await self._reserve(prepared)
+            # (Each step bounded by the timeout: the rounds by their links' deadline, the
+            # rest, rarer, by a Guard; a Guard costs a cancel scope, a round only a timer.)
+            granted, refused = await self._reserve(prepared)
+            try:
                 epoch, created = await self._run(prepared, refused)
-                if epoch != self.epoch:
-                    await self._new_epoch()
-                else:
-                    created -= granted
-                if created:  # (made without this store's check: dropped, or flushed, meanwhile)
-                    await self._client.sadd(self._registry, *created)
-                    self._registered.update(created)
+            except self._errors as exc:
+                raise self._unavailable(exc) from exc
+            if epoch != self.epoch or created - granted:
+                async with self._guard():
+                    if epoch != self.epoch:
+                        await self._new_epoch()
+                    else:
+                        created -= granted
+                    if created:  # (made without this store's check: dropped, or flushed)
+                        await self._client.sadd(self._registry, *created)
+                        self._registered.update(created)
         except StoreUnavailable as exc:
             for call in prepared:
                 if not call.done:
@@ -348,7 +356,8 @@ class RedisStore:
         refused: set[str] = set()
         if new:
             bound = -1 if self.max_namespaces is None else self.max_namespaces
-            answers = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
+            async with self._guard():
+                answers = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
             for key, ok in zip(new, answers, strict=True):
                 (granted if ok else refused).add(key)
             self._registered.update(granted)
@@ -393,7 +402,7 @@ class RedisStore:
                     )  # fmt: skip
                     commands.append((base, command))
                     blocking = blocking or blocks
-            replies = await links.execute(commands)
+            replies = await links.execute(commands, self._timeout)
             if first_round:
                 first_round, found = False, replies.pop(0)
                 if not isinstance(found, Exception):
@@ -429,11 +438,13 @@ class RedisStore:
                     raise self._unavailable(
                         ReplyError(f"the cluster moved a slot {MAX_MOVES} times in one batch")
                     )
-                await links.refresh()
+                async with self._guard():
+                    await links.refresh()
             if missing_script:
                 if reloaded:
                     raise self._unavailable(RuntimeError("the script vanished again once loaded"))
-                await self._load_script()
+                async with self._guard():
+                    await self._load_script()
                 reloaded = True
             queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
         return epoch, created

@@ -199,12 +199,21 @@ class Link:
         self.loop = asyncio.get_running_loop()
         self._connecting: asyncio.Future[None] | None = None
 
-    async def call(self, payload: bytes, count: int) -> list[Any]:
-        """Send ``count`` packed commands; their replies (an error reply as a ReplyError)."""
+    async def call(self, payload: bytes, count: int, timeout: float | None = None) -> list[Any]:
+        """Send ``count`` packed commands; their replies (an error reply as a ReplyError).
+        ``timeout``: past it, the connection is closed (TimeoutError) and with it every batch
+        in flight on it, all late alike."""
         connection = self.connection
         if connection is None:
-            connection = await self.connect()
-        return await self.wait(connection.submit(payload, count))
+            connection = await asyncio.wait_for(self.connect(), timeout)
+        future = connection.submit(payload, count)
+        if timeout is None:
+            return await self.wait(future)
+        late = self.loop.call_later(timeout, connection.close, TimeoutError())
+        try:
+            return await self.wait(future)
+        finally:
+            late.cancel()
 
     def submit(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
         """Write a batch on the connected link: the future of its replies."""
@@ -307,12 +316,16 @@ class Links:
             link = self._links[node.name] = Link(endpoint, self._max_reply_bytes)
         return link
 
-    async def execute(self, commands: Sequence[tuple[bytes, bytes]]) -> list[Any]:
+    async def execute(
+        self, commands: Sequence[tuple[bytes, bytes]], timeout: float | None = None
+    ) -> list[Any]:
         """Send (key, packed command) pairs, each to its key's node, every node's in one
-        write and in their order: the replies in order (an error reply as a ReplyError, and a
-        lost connection's ConnectionError for each command sent on it)."""
+        write and in their order: the replies in order (an error reply as a ReplyError). A
+        lost connection (or one silent past ``timeout``) raises ConnectionError (TimeoutError)
+        on a standalone server; in a cluster, it is the reply of each command sent on it."""
         if not self._cluster:
-            return await self.link_for(b"").call(b"".join(c for _, c in commands), len(commands))
+            payload = b"".join([command for _, command in commands])
+            return await self.link_for(b"").call(payload, len(commands), timeout)
         groups: dict[Link, tuple[list[int], list[bytes]]] = {}
         for at, (key, command) in enumerate(commands):
             link = self.link_for(key)
@@ -321,19 +334,24 @@ class Links:
                 group = groups[link] = ([], [])
             group[0].append(at)
             group[1].append(command)
-        for link in groups:
-            if link.connection is None:
-                await link.connect()
-        sent = [
-            (link, places, link.submit(b"".join(payload), len(payload)))
-            for link, (places, payload) in groups.items()
-        ]
         replies: list[Any] = [None] * len(commands)
+        sent = []
+        for link, (places, pieces) in groups.items():
+            try:
+                if link.connection is None:
+                    await asyncio.wait_for(link.connect(), timeout)
+                sent.append((link, places, link.submit(b"".join(pieces), len(pieces))))
+            except OSError as exc:  # (ConnectionError, TimeoutError: that node's commands)
+                for at in places:
+                    replies[at] = exc
+        late = None
+        if timeout is not None:
+            late = asyncio.get_running_loop().call_later(timeout, self._expire, sent)
         try:
             for _link, places, future in sent:
                 try:
                     answers: list[Any] = await future
-                except ConnectionError as exc:
+                except OSError as exc:
                     answers = [exc] * len(places)
                 for at, answer in zip(places, answers, strict=True):
                     replies[at] = answer
@@ -342,7 +360,16 @@ class Links:
                 if not future.done():
                     link.close(ConnectionError(f"a call to {link.endpoint.name} was interrupted"))
             raise
+        finally:
+            if late is not None:
+                late.cancel()
         return replies
+
+    @staticmethod
+    def _expire(sent: list[tuple[Link, list[int], asyncio.Future[list[Any]]]]) -> None:
+        for link, _, future in sent:
+            if not future.done():
+                link.close(TimeoutError())
 
     async def refresh(self) -> None:
         """Read the cluster's slot map again (after a MOVED reply)."""
