@@ -70,7 +70,7 @@ from .redis_history import replay
 from .redis_link import Links
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RENEW_EPOCH, RESERVE
 from .redis_urls import parse_store_url
-from .redis_wire import ReplyError, RespError, ScriptCall, pack
+from .redis_wire import ReplyError, RespError, ScriptCall, pack, pack_args
 from .remote import StoreCall
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
+#: Keys whose bases, and argument heads, a store keeps packed (then it starts again).
+MAX_PACKED = 10_000
 #: MOVED replies one batch follows (the slot map read again each time) before it gives up.
 MAX_MOVES = 3
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
@@ -132,6 +134,9 @@ class RedisStore:
         self._moved = redis.exceptions.MovedError
         self._links: Links | None = None  # (made by start: a loop runs there)
         self._script_call = ScriptCall(_SHA)
+        # (the leading arguments of the usual script calls, packed once: MAX_PACKED of them)
+        self._packed: dict[tuple[str, int, int, str], bytes] = {}
+        self._bases: dict[str, bytes] = {}  # key -> its base, encoded (MAX_PACKED of them)
         self.name = name
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
@@ -379,14 +384,19 @@ class RedisStore:
         if links is None:
             raise RuntimeError("the store was not started")
         revisions, size = self._bounds
+        packed, bases, script = self._packed, self._bases, self._script_call
         while queues:
             self._rounds += 1
-            token = f"{self._id}:{self._rounds}"
+            token = ""
             sending: list[Call] = []
             commands: list[tuple[bytes, bytes]] = [self._read_epoch] if first_round else []
             ahead: Ahead = {}
             for key, queue in queues.items():
-                base = self.base(key).encode()
+                base = bases.get(key)
+                if base is None:
+                    if len(bases) >= MAX_PACKED:
+                        bases.clear()
+                    base = bases[key] = self.base(key).encode()
                 may_create = int(key not in refused)
                 blocking = False  # a conditional write came first: the rest waits for it
                 for at, call in enumerate(queue):
@@ -394,13 +404,22 @@ class RedisStore:
                     call.foresee(ahead)
                     op, args = call.request()
                     blocks = call.again and at + 1 < len(queue)
-                    marked = token if blocking or blocks else ""
-                    command = self._script_call.pack(
-                        base,
-                        (op, revisions, size, may_create, int(call.want_list), marked,
-                         int(blocks), self.epoch, *args),
-                    )  # fmt: skip
-                    commands.append((base, command))
+                    if blocking or blocks:
+                        token = token or f"{self._id}:{self._rounds}"
+                        head = pack_args(
+                            op, revisions, size, may_create, int(call.want_list), token,
+                            int(blocks), self.epoch,
+                        )  # fmt: skip
+                    else:
+                        usual = (op, may_create, int(call.want_list), self.epoch)
+                        head = packed.get(usual, b"")
+                        if not head:
+                            if len(packed) >= MAX_PACKED:
+                                packed.clear()
+                            head = packed[usual] = pack_args(
+                                op, revisions, size, *usual[1:3], "", 0, self.epoch
+                            )
+                    commands.append((base, script.pack(base, args, head, 8)))
                     blocking = blocking or blocks
             replies = await links.execute(commands, self._timeout)
             if first_round:

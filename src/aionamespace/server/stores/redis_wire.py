@@ -37,6 +37,7 @@ __all__ = [
     "hiredis_available",
     "new_reader",
     "pack",
+    "pack_args",
 ]
 
 #: The longest status, error or integer line RespReader accepts.
@@ -81,15 +82,28 @@ class ScriptCall:
         self._sha = sha.encode()
         self._heads: dict[int, bytes] = {}
 
-    def pack(self, key: bytes, args: Sequence[Any]) -> bytes:
-        count = len(args)
+    def pack(self, key: bytes, args: Sequence[Any], packed: bytes = b"", count: int = 0) -> bytes:
+        """The call of ``key`` with ``packed`` (``count`` arguments packed already, by
+        ``pack_args``) and then ``args``."""
+        count += len(args)
         head = self._heads.get(count)
         if head is None:
             head = self._heads[count] = b"*%d\r\n%b" % (
                 count + 4,
                 _arg(b"EVALSHA") + _arg(self._sha) + _arg(b"1"),
             )
-        return head + b"$%d\r\n%b\r\n" % (len(key), key) + b"".join(map(_arg, args))
+        return b"%b$%d\r\n%b\r\n%b%b" % (
+            head,
+            len(key),
+            key,
+            packed,
+            b"".join(map(_arg, args)),
+        )
+
+
+def pack_args(*args: Any) -> bytes:
+    """Arguments packed once, for ``ScriptCall.pack``'s ``packed``."""
+    return b"".join(map(_arg, args))
 
 
 class _Incomplete(Exception):
