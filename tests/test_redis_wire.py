@@ -180,3 +180,25 @@ def test_commands_are_packed_as_redis_reads_them() -> None:
     ]
     with pytest.raises(TypeError):
         pack("SET", "k", 1.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.text(max_size=6), st.binary(max_size=6), st.integers(-(2**70), 2**70)),
+        max_size=24,
+    )
+)
+def test_many_arguments_pack_as_each_alone(values: list[Any]) -> None:
+    """The fast paths for many names (or names and values) write what one at a time does."""
+    names = [value for value in values if isinstance(value, str)]
+    pairs = [item for name in names for item in (name, name.encode())]
+    for arguments in (values, names, pairs):
+        assert pack("X", *arguments) == b"*%d\r\n" % (len(arguments) + 1) + b"".join(
+            pack_one(argument) for argument in ["X", *arguments]
+        )
+
+
+def pack_one(value: Any) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)

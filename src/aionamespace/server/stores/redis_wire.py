@@ -68,9 +68,38 @@ def _arg(value: Any) -> bytes:
     raise TypeError(f"a Redis command's argument is bytes, str or int, not {type(value).__name__}")
 
 
+def _args(values: Sequence[Any]) -> bytes:
+    """Arguments packed. Many of them are a snapshot's names (ASCII str, mostly: packed as
+    one str, encoded once) or an update's names and values (str, bytes: packed in pairs)."""
+    if len(values) > 8:
+        kinds = set(map(type, values))
+        if kinds == {str} and all(map(str.isascii, values)):
+            return "".join([f"${len(v)}\r\n{v}\r\n" for v in values]).encode()
+        if kinds == {str, bytes} and len(values) % 2 == 0:
+            names, data = values[::2], values[1::2]
+            if set(map(type, names)) == {str} and set(map(type, data)) == {bytes}:
+                return b"".join(
+                    [
+                        b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(n), n, len(v), v)
+                        for n, v in zip([n.encode() for n in names], data, strict=True)
+                    ]
+                )
+    packed = []
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            value = value.encode()
+            packed.append(b"$%d\r\n%b\r\n" % (len(value), value))
+        elif kind is bytes:
+            packed.append(b"$%d\r\n%b\r\n" % (len(value), value))
+        else:
+            packed.append(_arg(value))
+    return b"".join(packed)
+
+
 def pack(*args: Any) -> bytes:
     """One command (its name and arguments: bytes, str or int) as RESP2 bytes."""
-    return b"*%d\r\n%b" % (len(args), b"".join(map(_arg, args)))
+    return b"*%d\r\n%b" % (len(args), _args(args))
 
 
 class ScriptCall:
@@ -97,13 +126,13 @@ class ScriptCall:
             len(key),
             key,
             packed,
-            b"".join(map(_arg, args)),
+            _args(args),
         )
 
 
 def pack_args(*args: Any) -> bytes:
     """Arguments packed once, for ``ScriptCall.pack``'s ``packed``."""
-    return b"".join(map(_arg, args))
+    return _args(args)
 
 
 class _Incomplete(Exception):
