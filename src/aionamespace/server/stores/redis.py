@@ -1,5 +1,6 @@
 """The Redis store: the board in a Redis or Valkey (standalone or cluster) that any number of
-servers share (remote.py's ``RemoteStore``), over redis-py's asyncio client.
+servers share (remote.py's ``RemoteStore``): a batch's calls over connections of its own
+(redis_link.py), everything else over redis-py's asyncio client.
 
 **Layout.** Every key starts with the prefix. The board's own keys share the hash tag
 ``{board}``: its layout version (a store refuses another), its epoch (made with the board) and
@@ -9,7 +10,11 @@ readable in Redis, and no two keys with one tag. What each namespace key holds, 
 are kept as they are: redis_scripts.py.
 
 **Calls.** ``apply`` sends a batch as one pipeline (not a transaction): one ``EVALSHA`` of the
-namespace script per call, each atomic, the calls on one namespace in their order. An ``incr``
+namespace script per call, each atomic, the calls on one namespace in their order, packed into
+one buffer per node and written at once on the store's own pipelined connection to that node
+(redis_link.py, redis_wire.py: redis-py's pipeline cost most of a server's CPU per call). In
+a cluster each call goes to the node of its namespace's slot; a ``MOVED`` reply (the call did
+not run) reads the slot map again and sends the call there, up to ``MAX_MOVES`` times. An ``incr``
 or a ``cas`` whose conditional write fails (redis_calls.py) tries again in another round trip,
 and the later calls on its namespace wait for it (redis_scripts.py, Rounds); the other
 namespaces are done.
@@ -41,9 +46,13 @@ that may evict any key (``allkeys-*``) could take one of them and leave the name
 the board's Redis needs ``maxmemory-policy noeviction`` (the default) or a ``volatile-*`` one.
 Not checked here (managed services often refuse CONFIG).
 
-**Failures.** Every redis-py error (and a call that outlives ``timeout``) becomes
-``StoreUnavailable`` naming the store, the original as ``__cause__``. redis-py must not retry
-on its own: a retried script could run twice, so a client given with retries is refused.
+**Failures.** Every redis-py error, every failure of a link (a lost connection, an error
+reply, bytes that are not RESP2) and every round trip that outlives ``timeout`` becomes
+``StoreUnavailable`` naming the store, the original as ``__cause__``. Nothing that may have
+run is sent again: only a ``NOSCRIPT`` or ``MOVED`` reply, which say the script did not run,
+is. redis-py must not retry on its own either (a retried script could run twice), so a
+client given with retries is refused. The links are the store's: ``aclose`` closes them (and
+they close when their event loop's run ends, for a store over a client its caller closes).
 
 **Followed namespaces.** Every revision is published on its namespace's shard channel, with
 its changes when small; ``run`` keeps one subscriber connection per node and tells

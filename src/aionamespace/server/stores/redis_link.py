@@ -11,9 +11,12 @@ replies go to the batches in the order they were written.
 
 **Failures.** Nothing is ever sent twice here: a lost connection fails every batch in flight
 on it (``ConnectionError``, whose outcome is unknown: a script may have run), and the next
-batch connects again. A batch whose waiter is cancelled (the store's deadline) closes its
-link, as redis-py drops a connection so interrupted: the replies still owed on it would
-otherwise hold up every later batch. Bytes that are not RESP2 close the link too.
+batch connects again. A batch not answered within its ``timeout`` (one timer, cheaper than
+a cancel scope) closes its link with ``TimeoutError``, and so does a batch whose waiter is
+cancelled, as redis-py drops a connection so interrupted: the replies still owed on it would
+otherwise hold up every later batch. Bytes that are not RESP2 close the link too. A link also
+closes when its event loop's run ends (``asyncio.run`` cancels the task each connection
+keeps), so that a store over a redis-py client its caller closes leaves no socket behind.
 
 **Bounds.** What Redis sends is parsed as it comes; the bytes of a reply not yet whole may
 reach ``max_reply_bytes`` (by default the largest frame the server may send,
@@ -309,7 +312,10 @@ class Links:
             if len(self._slots) >= 100_000:
                 self._slots.clear()
             slot = self._slots[key] = self._key_slot(key)
-        node = self._client.nodes_manager.slots_cache[slot][0]
+        try:
+            node = self._client.nodes_manager.slots_cache[slot][0]
+        except (KeyError, IndexError):
+            raise ConnectionError(f"no node of the cluster holds slot {slot}") from None
         link = self._links.get(node.name)
         if link is None:
             endpoint = endpoint_of(node.connection_class, node.connection_kwargs)
