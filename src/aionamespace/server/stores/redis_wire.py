@@ -212,7 +212,19 @@ class RespReader:
             if depth >= self._max_depth:
                 raise RespError(f"arrays nested deeper than {self._max_depth}")
             items = []
+            size = len(buffer)
             for _ in range(length):
+                # A bulk string of a few digits' length is read here (most items of a
+                # snapshot's reply): no call per item. Anything else by _parse.
+                if at < size and buffer[at] == 36:
+                    end = buffer.find(b"\r\n", at + 1, at + 8)
+                    if end > at + 1 and buffer[at + 1 : end].isdigit():
+                        start = end + 2
+                        stop = start + int(buffer[at + 1 : end])
+                        if stop + 2 <= size and buffer[stop : stop + 2] == b"\r\n":
+                            items.append(bytes(buffer[start:stop]))
+                            at = stop + 2
+                            continue
                 item, at = self._parse(at, depth + 1)
                 items.append(item)
             return items, at
