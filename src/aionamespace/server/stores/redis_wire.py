@@ -25,6 +25,7 @@ price of being short.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -238,21 +239,22 @@ class RespReader:
         raise RespError(f"not a RESP2 reply type: {bytes([kind])!r}")
 
 
-def hiredis_available() -> bool:
+def _hiredis() -> Any:
+    """The hiredis module, or None (an optional extra: imported by name, so that a type
+    checker without it installed is not asked for its stubs)."""
     try:
-        import hiredis  # noqa: F401
+        return importlib.import_module("hiredis")
     except ImportError:
-        return False
-    return True
+        return None
+
+
+def hiredis_available() -> bool:
+    return _hiredis() is not None
 
 
 def new_reader(use_hiredis: bool = True) -> Any:
     """A reply reader: hiredis's when installed (and ``use_hiredis``), else ``RespReader``."""
-    if use_hiredis:
-        try:
-            import hiredis
-        except ImportError:
-            pass
-        else:
-            return hiredis.Reader(protocolError=RespError, replyError=ReplyError)
+    hiredis = _hiredis() if use_hiredis else None
+    if hiredis is not None:
+        return hiredis.Reader(protocolError=RespError, replyError=ReplyError)
     return RespReader()
