@@ -14,7 +14,7 @@ namespace script per call, each atomic, the calls on one namespace in their orde
 one buffer per node and written at once on the store's own pipelined connection to that node
 (redis_link.py, redis_wire.py: redis-py's pipeline cost most of a server's CPU per call). In
 a cluster each call goes to the node of its namespace's slot; a ``MOVED`` reply (the call did
-not run) reads the slot map again and sends the call there, up to ``MAX_MOVES`` times. An ``incr``
+not run) reads the slot map again and sends the call there (redis_rounds.py). An ``incr``
 or a ``cas`` whose conditional write fails (redis_calls.py) tries again in another round trip,
 and the later calls on its namespace wait for it (redis_scripts.py, Rounds); the other
 namespaces are done.
@@ -63,7 +63,6 @@ appended lists are fetched whole; ``apply`` tells its own revisions after those 
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -71,14 +70,15 @@ from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
-from .redis_calls import Ahead, Call, Guesses, full, prepare
+from .redis_calls import Call, Guesses, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
 from .redis_history import replay
 from .redis_link import Links
+from .redis_rounds import Rounds
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RENEW_EPOCH, RESERVE
 from .redis_urls import parse_store_url
-from .redis_wire import ReplyError, RespError, ScriptCall, pack, pack_args
+from .redis_wire import ReplyError, RespError
 from .remote import StoreCall
 
 if TYPE_CHECKING:
@@ -88,10 +88,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
-#: Keys whose bases, and argument heads, a store keeps packed (then it starts again).
-MAX_PACKED = 10_000
-#: MOVED replies one batch follows (the slot map read again each time) before it gives up.
-MAX_MOVES = 3
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -141,10 +137,6 @@ class RedisStore:
         self._noscript = redis.exceptions.NoScriptError
         self._moved = redis.exceptions.MovedError
         self._links: Links | None = None  # (made by start: a loop runs there)
-        self._script_call = ScriptCall(_SHA)
-        # (the leading arguments of the usual script calls, packed once: MAX_PACKED of them)
-        self._packed: dict[tuple[str, int, int, str], bytes] = {}
-        self._bases: dict[str, bytes] = {}  # key -> its base, encoded (MAX_PACKED of them)
         self.name = name
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
@@ -154,15 +146,13 @@ class RedisStore:
         self.prefix = self._prefix  # (what every key starts with: ``info`` shows it)
         board = self._prefix + "{board}:"
         self._layout_key, self._epoch_key = board + "layout", board + "epoch"
-        self._read_epoch = (self._epoch_key.encode(), pack("GET", self._epoch_key))
         self._registry = board + "namespaces"
         self._timeout = timeout
         self.lock_lease = lock_lease
         self._registered: set[str] = set()
         self._guesses: Guesses = {}
         self._follower = Follower(self, self._cluster)
-        self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
-        self._rounds = 0
+        self._rounds = Rounds(self, _SHA, self._epoch_key)
         self.epoch = ""
         self.max_namespaces: int | None = None
         self.on_commit: Callable[[str, int, Changes], None] | None = None
@@ -192,7 +182,7 @@ class RedisStore:
         async with self._guard():
             self.epoch = await self._board()
             await self._load_script()
-        self._links = Links(self._client, self._cluster, self._max_reply_bytes)
+        self._links = self._rounds.links = Links(self._client, self._cluster, self._max_reply_bytes)
 
     async def _board(self) -> str:
         """The board's epoch, the board made if new; DataFileError if of another layout."""
@@ -326,7 +316,7 @@ class RedisStore:
             # rest, rarer, by a Guard; a Guard costs a cancel scope, a round only a timer.)
             granted, refused = await self._reserve(prepared)
             try:
-                epoch, created = await self._run(prepared, refused)
+                epoch, created = await self._rounds.run(prepared, refused)
             except self._errors as exc:
                 raise self._unavailable(exc) from exc
             if epoch != self.epoch or created - granted:
@@ -376,106 +366,6 @@ class RedisStore:
                 (granted if ok else refused).add(key)
             self._registered.update(granted)
         return granted, refused
-
-    async def _run(self, calls: list[Call], refused: set[str]) -> tuple[str | None, set[str]]:
-        """Run the calls (rounds of one pipeline each): the board's epoch, read first, and the
-        namespaces made that this store did not know were registered."""
-        epoch: str | None = self.epoch
-        queues: dict[str, list[Call]] = {}
-        for call in calls:
-            if not call.done:
-                queues.setdefault(call.key, []).append(call)
-        created: set[str] = set()
-        reloaded = False
-        moves = 0
-        first_round = True
-        links = self._links
-        if links is None:
-            raise RuntimeError("the store was not started")
-        revisions, size = self._bounds
-        packed, bases, script = self._packed, self._bases, self._script_call
-        while queues:
-            self._rounds += 1
-            token = ""
-            sending: list[Call] = []
-            commands: list[tuple[bytes, bytes]] = [self._read_epoch] if first_round else []
-            ahead: Ahead = {}
-            for key, queue in queues.items():
-                base = bases.get(key)
-                if base is None:
-                    if len(bases) >= MAX_PACKED:
-                        bases.clear()
-                    base = bases[key] = self.base(key).encode()
-                may_create = int(key not in refused)
-                blocking = False  # a conditional write came first: the rest waits for it
-                for at, call in enumerate(queue):
-                    sending.append(call)
-                    call.foresee(ahead)
-                    op, args = call.request()
-                    blocks = call.again and at + 1 < len(queue)
-                    if blocking or blocks:
-                        token = token or f"{self._id}:{self._rounds}"
-                        head = pack_args(
-                            op, revisions, size, may_create, int(call.want_list), token,
-                            int(blocks), self.epoch,
-                        )  # fmt: skip
-                    else:
-                        usual = (op, may_create, int(call.want_list), self.epoch)
-                        head = packed.get(usual, b"")
-                        if not head:
-                            if len(packed) >= MAX_PACKED:
-                                packed.clear()
-                            head = packed[usual] = pack_args(
-                                op, revisions, size, *usual[1:3], "", 0, self.epoch
-                            )
-                    commands.append((base, script.pack(base, args, head, 8)))
-                    blocking = blocking or blocks
-            replies = await links.execute(commands, self._timeout)
-            if first_round:
-                first_round, found = False, replies.pop(0)
-                if not isinstance(found, Exception):
-                    epoch = None if found is None else found.decode()
-            missing_script = moved = False
-            for call, reply in zip(sending, replies, strict=True):
-                if type(reply) is ReplyError:
-                    text = str(reply)
-                    if text.startswith("NOSCRIPT"):
-                        missing_script = True  # nothing ran: sent again, in order
-                    elif text.startswith("MOVED "):
-                        moved = True  # nothing ran: sent again, to the slot's node
-                    else:
-                        call.finish(self._unavailable(reply))
-                elif isinstance(reply, Exception):
-                    call.finish(self._unavailable(reply))
-                else:
-                    made, answer = reply
-                    if answer[0] == b"skipped":
-                        continue  # after a conditional write that did not happen: again
-                    if made:
-                        created.add(call.key)
-                    if answer[0] == b"full":
-                        call.finish(full(call.key, self.max_namespaces))
-                        continue
-                    try:
-                        call.answer(answer)
-                    except Exception as exc:
-                        call.finish(exc)
-            if moved:
-                moves += 1
-                if moves > MAX_MOVES:
-                    raise self._unavailable(
-                        ReplyError(f"the cluster moved a slot {MAX_MOVES} times in one batch")
-                    )
-                async with self._guard():
-                    await links.refresh()
-            if missing_script:
-                if reloaded:
-                    raise self._unavailable(RuntimeError("the script vanished again once loaded"))
-                async with self._guard():
-                    await self._load_script()
-                reloaded = True
-            queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
-        return epoch, created
 
     async def _new_epoch(self) -> None:
         """The board's epoch is gone (Redis lost the data: restarted empty, flushed) or was
