@@ -26,7 +26,8 @@ whole of the batches in flight, which the batches' sizes bound).
 
 **Where.** ``Links`` keeps one link per node: the standalone server's, or each cluster
 primary's, the command going to the node that owns its key's slot in the map redis-py's
-``RedisCluster`` keeps (``refresh`` reads it again after a ``MOVED``). A link connects as the
+``RedisCluster`` keeps (read again after a ``MOVED``, and before the next batch once a node
+failed: a failover moves its slots to a node at another address). A link connects as the
 redis-py client it was made from does: its socket path or host and port, TLS with that
 client's SSL context, ``AUTH`` and ``SELECT`` (RESP2, no ``HELLO``).
 """
@@ -208,7 +209,7 @@ class Link:
         in flight on it, all late alike."""
         connection = self.connection
         if connection is None:
-            connection = await asyncio.wait_for(self.connect(), timeout)
+            connection = await self.connect(timeout)
         future = connection.submit(payload, count)
         if timeout is None:
             return await self.wait(future)
@@ -235,11 +236,12 @@ class Link:
         if self.connection is not None:
             self.connection.close(error)
 
-    async def connect(self) -> _Connection:
-        """Connect (and authenticate), unless connected; one attempt for every caller."""
+    async def connect(self, timeout: float | None = None) -> _Connection:
+        """Connect (and authenticate), unless connected; one attempt for every caller, given
+        up after ``timeout`` (the first caller's: connecting and the handshake)."""
         if self.connection is None:
             if self._connecting is None:
-                self._connecting = asyncio.ensure_future(self._connect())
+                self._connecting = asyncio.ensure_future(asyncio.wait_for(self._connect(), timeout))
                 self._connecting.add_done_callback(self._tried)
             await asyncio.shield(self._connecting)
         if self.connection is None:  # (lost as soon as made)
@@ -293,6 +295,7 @@ class Links:
         self._max_reply_bytes = max_reply_bytes
         self._links: dict[str, Link] = {}
         self._slots: dict[bytes, int] = {}
+        self._stale = False  # a node failed: read the slot map again before the next batch
         if cluster:
             from redis.crc import key_slot
 
@@ -332,6 +335,9 @@ class Links:
         if not self._cluster:
             payload = b"".join([command for _, command in commands])
             return await self.link_for(b"").call(payload, len(commands), timeout)
+        if self._stale:  # (a failover moves slots to a node at another address)
+            self._stale = False
+            await asyncio.wait_for(self.refresh(), timeout)
         groups: dict[Link, tuple[list[int], list[bytes]]] = {}
         for at, (key, command) in enumerate(commands):
             link = self.link_for(key)
@@ -345,9 +351,10 @@ class Links:
         for link, (places, pieces) in groups.items():
             try:
                 if link.connection is None:
-                    await asyncio.wait_for(link.connect(), timeout)
+                    await link.connect(timeout)
                 sent.append((link, places, link.submit(b"".join(pieces), len(pieces))))
             except OSError as exc:  # (ConnectionError, TimeoutError: that node's commands)
+                self._stale = True
                 for at in places:
                     replies[at] = exc
         late = None
@@ -358,6 +365,7 @@ class Links:
                 try:
                     answers: list[Any] = await future
                 except OSError as exc:
+                    self._stale = True
                     answers = [exc] * len(places)
                 for at, answer in zip(places, answers, strict=True):
                     replies[at] = answer
