@@ -35,7 +35,7 @@ import trio.lowlevel
 from .._errors import ConnectionLost, ProtocolError
 from .asyncio_transport import WRITE_AT_FRAMES
 from .calls import Operation
-from .liveness import handshake_timeout
+from .liveness import IDLE_CHECK_SECONDS, handshake_timeout, left_while_idle
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .stream_transport import open_stream
 from .transport import connection_lost, map_connection_errors
@@ -127,6 +127,7 @@ class TrioTransport(PipelinedTransport):
         self.watched = self.period is None
         self.next_check = math.inf
         self.watch_scope: trio.CancelScope | None = None
+        self.fresh_until = 0.0  # until then the link was in use: no idle check (_freshen)
 
     def current(self) -> bool:
         try:
@@ -150,6 +151,8 @@ class TrioTransport(PipelinedTransport):
         if token is not self.token:
             return await self.state.bound().call(operation, args, failures)
         table = self.table
+        if not table.waiters:  # (an idle link: did its server leave it meanwhile?)
+            self._freshen()
         waiter = Parked(_current_task())
         request_id = table.request(operation, args, waiter)
         try:
@@ -242,9 +245,7 @@ class TrioTransport(PipelinedTransport):
                 if not self.backlog:
                     self._write(link)
         if scope.cancelled_caught and self.link is link:
-            self.lost(self.timed_out(), link)
-        if self.link is not link and self.last_error is not None:
-            raise self.last_error
+            self.lost(self.timed_out(), link)  # (every waiter hears it: nothing to raise)
 
     def _broken(self, exc: BaseException, link: TrioLink) -> ConnectionLost:
         """``exc`` broke the connection: drop it, and the error to raise."""
@@ -279,48 +280,16 @@ class TrioTransport(PipelinedTransport):
 
     async def _read(self, link: TrioLink) -> None:
         """The connection's reader: hands what arrives to the table until the link closes."""
-        sock, table = link.sock, self.table
-        protocol, buffer = table.protocol, self.buffer
         try:
             while not link.closed:
                 with trio.CancelScope(deadline=self.next_check) as scope:
                     self.watch_scope = scope
-                    await trio.lowlevel.wait_readable(sock)
+                    await trio.lowlevel.wait_readable(link.sock)
                 self.watch_scope = None
                 if scope.cancelled_caught:
                     self._look(link)
-                    continue
-                try:
-                    large = protocol.large_value()
-                    if large is None:
-                        count = sock.recv_into(buffer)
-                        events: list[Any] = protocol.receive_frames(buffer[:count])
-                    else:
-                        count = sock.recv_into(large)
-                        events = protocol.large_received(count) if count else []
-                except BlockingIOError:
-                    continue
-                except ProtocolError as exc:
-                    self.lost(exc, link)
-                    return
-                except OSError as exc:
-                    self._broken(exc, link)
-                    return
-                if not count:
-                    self.lost(
-                        ConnectionLost(
-                            "lost the connection to the aionamespace server at "
-                            f"{self.target.address!r}: the server closed the connection"
-                        ),
-                        link,
-                    )
-                    return
-                self.reads += 1  # the server is alive (liveness.py)
-                if events:
-                    goodbye = table.receive(events)
-                    if goodbye is not None:  # the server said goodbye in one of those frames
-                        self.lost(goodbye, link)
-                        return
+                else:
+                    self._read_chunk(link)
         except trio.ClosedResourceError:
             pass  # closed by close_link, which said why
         except trio.Cancelled:  # the run is ending: its connection with it
@@ -332,6 +301,69 @@ class TrioTransport(PipelinedTransport):
             self.lost(error, link)
         finally:
             self.watch_scope = None
+
+    def _read_chunk(self, link: TrioLink) -> None:
+        """Read what the socket holds and hand it to the table (nothing, if it holds nothing);
+        an end, a reset, garbage or a goodbye drops the link."""
+        protocol = self.table.protocol
+        try:
+            large = protocol.large_value()
+            if large is None:
+                count = link.sock.recv_into(self.buffer)
+                events: list[Any] = protocol.receive_frames(self.buffer[:count])
+            else:
+                count = link.sock.recv_into(large)
+                events = protocol.large_received(count) if count else []
+        except BlockingIOError:
+            return
+        except ProtocolError as exc:
+            self.lost(exc, link)
+            return
+        except OSError as exc:
+            self._broken(exc, link)
+            return
+        if not count:
+            self.lost(
+                ConnectionLost(
+                    "lost the connection to the aionamespace server at "
+                    f"{self.target.address!r}: the server closed the connection"
+                ),
+                link,
+            )
+            return
+        self.reads += 1  # the server is alive (liveness.py)
+        if events:
+            goodbye = self.table.receive(events)
+            if goodbye is not None:  # the server said goodbye in one of those frames
+                self.lost(goodbye, link)
+
+    async def freshen(self) -> None:
+        self._freshen()
+
+    def _freshen(self) -> None:
+        """Before sending on a link with nothing in flight and unused for a while: look at
+        what waits there (an end of stream, a reset, a goodbye) in a read that cannot block,
+        so that a server that left while it was idle is found before a request is lost in it
+        (the request then goes out on a new connection; liveness.py). The reader would find
+        the same, but only once the run polls for I/O again."""
+        link, table = self.link, self.table
+        if link is None or table.waiters or table.inflight_writes:
+            return
+        now = trio.current_time()
+        if now <= self.fresh_until:
+            return
+        self.fresh_until = now + IDLE_CHECK_SECONDS
+        try:
+            waiting = link.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # nothing there
+        except OSError:
+            waiting = b""
+        if waiting:
+            self._read_chunk(link)  # (the reader, woken later, finds nothing left)
+        else:
+            why = "it closed the connection"
+            self.lost(left_while_idle(self.target.address, why), link)
 
     def _look(self, link: TrioLink) -> None:
         """The reader's periodic look at the connection (``check_silence``)."""
