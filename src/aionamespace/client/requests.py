@@ -9,10 +9,10 @@ follows it from queued to in flight to acknowledged, and keeps its failure for t
 ``_flush()``. Other waiters wait for every reply up to an id (a flush), for a watch event, or
 for the connection to end.
 
-A transport (``asyncio_transport``, ``stream_transport``, ``loopback``) moves the bytes: it
-hands the table what arrived (``receive``) and says when the connection ended (``lost``). The
-table outlives its transports: a proxy used from a new event loop gets a new transport, and its
-queued writes go out on it.
+A transport (``asyncio_transport``, ``trio_transport``, ``stream_transport``, ``loopback``)
+moves the bytes: it hands the table what arrived (``receive``) and says when the connection
+ended (``lost``). The table outlives its transports: a proxy used from a new event loop gets a
+new transport, and its queued writes go out on it.
 """
 
 from __future__ import annotations
