@@ -158,9 +158,11 @@ class RedisServer(_Owned):
 
 
 class RedisCluster(_Owned):
-    """Three redis-server masters on loopback with the 16384 slots split between them."""
+    """Three redis-server masters on loopback with the 16384 slots split between them, and
+    ``replicas`` replicas of the first master (``nodes`` lists the masters first; the
+    replicas are ``replica_nodes``)."""
 
-    def __init__(self, binary: str, masters: int = 3) -> None:
+    def __init__(self, binary: str, masters: int = 3, replicas: int = 0) -> None:
         super().__init__()
         self.binary = binary
         self.directory = tempfile.mkdtemp(prefix="ans-cluster-")
@@ -168,6 +170,14 @@ class RedisCluster(_Owned):
         self._bus_ports: list[int] = []
         self._processes: list[RedisProcess] = []
         self._masters = masters
+        self._replicas = replicas
+
+    @property
+    def replica_nodes(self) -> list[tuple[str, int]]:
+        return self.nodes[self._masters :]
+
+    def pid_of(self, node: tuple[str, int]) -> int:
+        return self._processes[self.nodes.index(node)].popen.pid
 
     @property
     def url(self) -> str:
@@ -188,9 +198,11 @@ class RedisCluster(_Owned):
         if self._processes:
             raise RuntimeError("a RedisCluster starts once; make a new one")
         try:
-            for index in range(self._masters):
+            for index in range(self._masters + self._replicas):
                 self._start_node(index)
             self._form()
+            if self._replicas:
+                self._replicate()
         except BaseException:
             self.stop()  # no half-made cluster lingers until exit
             raise
@@ -235,10 +247,10 @@ class RedisCluster(_Owned):
 
         clients = [redis.Redis(host, port) for host, port in self.nodes]
         try:
-            share = CLUSTER_SLOTS // len(clients)
-            for index, client in enumerate(clients):
+            share = CLUSTER_SLOTS // self._masters
+            for index, client in enumerate(clients[: self._masters]):
                 first = index * share
-                last = CLUSTER_SLOTS - 1 if index == len(clients) - 1 else first + share - 1
+                last = CLUSTER_SLOTS - 1 if index == self._masters - 1 else first + share - 1
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
             # Every node meets every other: none waits for gossip to hear of a third.
@@ -248,6 +260,25 @@ class RedisCluster(_Owned):
                         bus_port = self._bus_ports[other]
                         client.execute_command("CLUSTER", "MEET", host, port, bus_port)
             wait_until(lambda: _agreed(clients), "every cluster node reports cluster_state:ok")
+        finally:
+            for client in clients:
+                client.close()
+
+    def _replicate(self) -> None:
+        """Make the replicas replicas of the first master; return once each is in sync."""
+        import redis
+
+        clients = [redis.Redis(host, port) for host, port in self.replica_nodes]
+        try:
+            with redis.Redis(*self.nodes[0]) as master:
+                master_id = master.execute_command("CLUSTER MYID").decode()
+            for client in clients:
+                wait_until(
+                    lambda client=client: _knows(client, master_id), "a replica knows its master"
+                )
+                client.execute_command("CLUSTER REPLICATE", master_id)
+            for client in clients:
+                wait_until(lambda client=client: _in_sync(client), "a replica is in sync")
         finally:
             for client in clients:
                 client.close()
@@ -277,6 +308,16 @@ def _agreed(clients: list[Any]) -> bool:
         return False
     (ranges,) = maps
     return sum(last - first + 1 for first, last, _port in ranges) == CLUSTER_SLOTS
+
+
+def _knows(client: Any, node_id: str) -> bool:
+    known = client.cluster("nodes")  # (parsed by redis-py: address -> fields)
+    return any(fields.get("node_id") == node_id for fields in known.values())
+
+
+def _in_sync(client: Any) -> bool:
+    info = client.info("replication")
+    return bool(info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"))
 
 
 def standalone() -> RedisServer:

@@ -90,6 +90,8 @@ def test_info_figures_of_a_server_with_known_contents(
         "backend": server_backend,
         "loop": server_backend,  # a ServerThread's loop: the backend's own
         "store": "MemoryStore",
+        "store_location": None,  # (the server's memory)
+        "store_prefix": None,
         "connections": 4,
         "authenticated_connections": 3,
         "handshaking_connections": 1,
@@ -172,6 +174,20 @@ def test_info_command_prints_the_figures(socket_path: str) -> None:
     figures = json.loads(as_json.stdout)
     assert (figures["names"], figures["value_bytes"], figures["namespaces"]) == (2, 5, 1)
     assert figures["limits"]["max_namespaces"] == 50
+
+
+def test_info_names_a_data_file(socket_path: str, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "board.db")
+    store = aionamespace.SQLiteStore(path)
+    try:
+        with ServerThread(socket_path, store=store), Namespace(socket_path, "board") as ns:
+            figures = ns._info()
+            result = run_cli("info", socket_path)
+    finally:
+        store.close()
+    assert (figures["store"], figures["store_location"]) == ("SQLiteStore", path)
+    assert figures["store_prefix"] is None
+    assert f"store        SQLiteStore at {path}" in result.stdout.splitlines()
 
 
 def test_info_command_of_an_unreachable_server(short_tmp: str) -> None:

@@ -525,3 +525,57 @@ def test_a_silent_connection_is_given_up_and_made_anew(
         run(main)
     finally:
         server.remove()
+
+
+def test_a_reconnect_costs_a_few_round_trips_not_one_per_key() -> None:
+    """B follows 60 keys; its subscriber connection is killed. Subscribing them again is one
+    SSUBSCRIBE, and reading their revisions one pipeline (or a few, as the confirmations
+    arrive), not one round trip per key: Redis's own counts (``INFO commandstats``, and
+    ``total_reads_processed``, its reads from clients: one per round trip of a client that
+    waits for each answer) say so, less what this test's own client asked."""
+    keys = 60
+    server = redis_rig.private_standalone()
+
+    def reconnect_costs() -> tuple[int, int, int]:
+        """(SSUBSCRIBE calls, HGET calls, read events) of B's reconnect."""
+        with server.client() as client:
+            asked = 0
+
+            def counts() -> tuple[int, int, int]:
+                nonlocal asked
+                asked += 2
+                stats = client.info("commandstats")
+                reads = client.info("stats")["total_reads_processed"]
+                return (
+                    stats.get("cmdstat_ssubscribe", {}).get("calls", 0),
+                    stats.get("cmdstat_hget", {}).get("calls", 0),
+                    int(reads),
+                )
+
+            before = counts()
+            assert client.execute_command("CLIENT KILL TYPE pubsub") == 1
+            asked += 1
+            wait_until(lambda: counts()[1] >= before[1] + keys, "B read every key's revision")
+            after = counts()
+        ssubscribes, hgets, reads = (now - then for now, then in zip(after, before, strict=True))
+        return ssubscribes, hgets, reads - asked
+
+    async def main() -> None:
+        async with servers("standalone", server) as (a, b, heard):
+            names = [f"k{index}" for index in range(keys)]
+            await a.apply([("set", (key, "x", ONE)) for key in names])
+            for key in names:
+                b.follow(key, 0)
+            await heard.until(lambda: len(heard.commits) >= keys, "B heard every key's 1")
+            ssubscribes, hgets, reads = await anyio.to_thread.run_sync(reconnect_costs)
+            assert ssubscribes == 1
+            assert hgets == keys
+            assert reads < 15, reads  # (HELLO and INFO of the connection, the epoch, ...)
+            await a.apply([("set", (key, "x", TWO)) for key in names])
+            await heard.until(lambda: len(heard.commits) >= 2 * keys, "B heard every key's 2")
+            assert not heard.lost
+
+    try:
+        run(main)
+    finally:
+        server.remove()

@@ -8,8 +8,10 @@ in test_scale_out.py.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from multiprocessing import get_context
 
 import pytest
@@ -210,3 +212,105 @@ def test_a_password_from_the_environment_or_the_url_never_shown(
     with Namespace(server.address, "board") as ns:
         ns.x = 1
         assert ns.x == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "said"),
+    [
+        ({"store_timeout": 0}, ValueError, "store_timeout wants seconds above 0"),
+        ({"store_timeout": float("inf")}, ValueError, "store_timeout wants seconds above 0"),
+        ({"store_timeout": float("nan")}, ValueError, "store_timeout wants seconds above 0"),
+        ({"store_lock_lease": -1}, ValueError, "store_lock_lease wants seconds above 0"),
+        ({"store_timeout": "5"}, TypeError, "store_timeout is a number of seconds, not str"),
+        ({"store_lock_lease": True}, TypeError, "store_lock_lease is a number of seconds"),
+        ({"store": None, "store_timeout": 1}, ValueError, "store_timeout applies to a Redis"),
+        ({"store": None, "store_lock_lease": 1}, ValueError, "store_lock_lease applies"),
+    ],
+)
+def test_manager_store_options_are_checked_before_anything_starts(
+    options: dict[str, object], error: type[Exception], said: str
+) -> None:
+    arguments: dict[str, object] = {"store": "redis://h", **options}
+    with pytest.raises(error, match=said):
+        Manager(**arguments)  # type: ignore[arg-type]
+
+
+def test_a_manager_refuses_two_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIONAMESPACE_STORE_PASSWORD", "s3cret")
+    with pytest.raises(ValueError, match="gives one too") as refused:
+        Manager(store="redis://:other@h")
+    assert "other" not in str(refused.value)
+
+
+def test_a_manager_gives_its_server_the_store_timeout_and_lock_lease(
+    redis_private: redis_rig.RedisServer, redis_prefix: str
+) -> None:
+    """The lease shows in the lock key's TTL in Redis (three leases, redis_lock_scripts.py;
+    the default lease would make it 30 s); the timeout, in how soon a call fails once Redis
+    stops answering (SIGSTOP), well within the default of 5 seconds."""
+    with Manager(
+        store=redis_private.url,
+        store_prefix=redis_prefix,
+        store_timeout=0.5,
+        store_lock_lease=1.5,
+    ) as manager:
+        lock = manager.Lock("jobs")
+        with lock, redis_private.client() as client:
+            ttls = [client.pttl(key) for key in client.scan_iter(f"{redis_prefix}*")]
+            leases = [ttl for ttl in ttls if ttl > 0]  # (a namespace's keys have none)
+            assert len(leases) == 1
+            assert 3000 < leases[0] <= 3 * 1500
+        ns = manager.Namespace("board")
+        ns.x = 1
+        assert redis_private.pid is not None
+        os.kill(redis_private.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=r"no answer within 0\.5 seconds"):
+                ns.x = 2
+            assert time.monotonic() - began < 2.5  # (the default would take 5)
+        finally:
+            os.kill(redis_private.pid, signal.SIGCONT)
+
+
+def test_a_manager_takes_the_password_from_the_environment_never_its_command_line(
+    redis_private: redis_rig.RedisServer, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with redis_private.client() as client:
+        client.config_set("requirepass", "s3cret")
+    with pytest.raises(StoreUnavailable, match="AuthenticationError"):
+        Manager(store=redis_private.url, store_prefix=redis_prefix).start()
+    monkeypatch.setenv("AIONAMESPACE_STORE_PASSWORD", "s3cret")
+    with Manager(store=redis_private.url, store_prefix=redis_prefix) as manager:
+        manager.Namespace("board").x = 1
+        assert manager._process is not None
+        with open(f"/proc/{manager._process.pid}/cmdline", "rb") as cmdline:
+            assert b"s3cret" not in cmdline.read()
+    with redis_private.client(password="s3cret") as client:
+        assert client.exists(f"{redis_prefix}{{=board}}:m")
+
+
+def test_info_names_the_redis_store_never_its_password(
+    redis_private: redis_rig.RedisServer,
+    short_tmp: str,
+    redis_prefix: str,
+    cli_servers: list[ServeProcess],
+) -> None:
+    """``info`` says where the board is: the store's URL with its password replaced (as every
+    message shows it) and the key prefix."""
+    with redis_private.client() as client:
+        client.config_set("requirepass", "s3cret")
+    url = f"unix://:s3cret@{redis_private.socket_path}"
+    server = ServeProcess(
+        os.path.join(short_tmp, "s.sock"), "asyncio", "--store", url, "--store-prefix", "board"
+    )
+    cli_servers.append(server)
+    shown = f"unix://:***@{redis_private.socket_path}"
+    with Namespace(server.address, "x") as ns:
+        figures = ns._info()
+    assert (figures["store"], figures["store_location"]) == ("RedisStore", shown)
+    assert figures["store_prefix"] == "board:"
+    printed = run_cli("info", str(server.address))
+    assert printed.returncode == 0, printed.stderr
+    assert f"store        RedisStore at {shown} (keys board:...)" in printed.stdout.splitlines()
+    assert "s3cret" not in printed.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import selectors
@@ -66,6 +67,11 @@ class Manager:
     ``store_prefix``, shared with every server over the same board (README, "Scaling out"):
     the server runs on asyncio, and ``start()`` raises StoreUnavailable if Redis cannot be
     reached, DataFileError if the board there is of another version's layout.
+    ``store_timeout`` and ``store_lock_lease`` (seconds; None: the server's defaults) are
+    ``serve``'s ``--store-timeout`` and ``--store-lock-lease``; a URL without a password takes
+    the one in ``AIONAMESPACE_STORE_PASSWORD``, as ``serve`` does (the server inherits this
+    process's environment; the URL itself reaches it over its private pipe, never its
+    command line).
     """
 
     def __init__(
@@ -79,12 +85,20 @@ class Manager:
         fsync: bool = False,
         store: str | None = None,
         store_prefix: str = "aionamespace",
+        store_timeout: float | None = None,
+        store_lock_lease: float | None = None,
     ) -> None:
         if fsync and data is None:
             raise ValueError("fsync=True needs a data file: Manager(data=PATH, fsync=True)")
+        seconds = {"store_timeout": store_timeout, "store_lock_lease": store_lock_lease}
         if store is not None:
-            check_store(store, store_prefix, data, backend)
+            check_store(store, store_prefix, data, backend, seconds)
+        else:
+            for name, value in seconds.items():
+                if value is not None:
+                    raise ValueError(f"{name} applies to a Redis store: Manager(store=URL, ...)")
         self._store, self._store_prefix = store, store_prefix
+        self._store_seconds = seconds
         self._data = os.path.abspath(data) if data is not None else None
         self._fsync = fsync
         if authkey is not None and not isinstance(authkey, bytes):
@@ -159,6 +173,7 @@ class Manager:
                 fsync=self._fsync,
                 store=self._store,
                 store_prefix=self._store_prefix,
+                **self._store_seconds,
             )
         except BaseException:
             if private_dir is not None:
@@ -293,8 +308,11 @@ class Manager:
         return Target.create(self.address, name, authkey=self._authkey, limits=self.limits)
 
 
-def check_store(store: str, prefix: str, data: object, backend: str) -> None:
+def check_store(
+    store: str, prefix: str, data: object, backend: str, seconds: dict[str, float | None]
+) -> None:
     """Refuse, before any process starts, what a Redis store's server could not serve."""
+    from .cli.serve_store import STORE_PASSWORD_ENV
     from .server.stores.redis_client import redis_py
     from .server.stores.redis_urls import parse_store_url
 
@@ -304,9 +322,18 @@ def check_store(store: str, prefix: str, data: object, backend: str) -> None:
         raise ValueError(
             f"a Redis store is served on asyncio (redis-py's asyncio client), not {backend}"
         )
-    parse_store_url(store)  # ValueError naming what is wrong, never the password
+    url = parse_store_url(store)  # ValueError naming what is wrong, never the password
+    if url.password is not None and os.environ.get(STORE_PASSWORD_ENV):
+        raise ValueError(f"the store URL has a password and {STORE_PASSWORD_ENV} gives one too")
     if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
         raise ValueError(f"store_prefix is a str without braces, not {prefix!r}")
+    for name, value in seconds.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} is a number of seconds, not {type(value).__name__}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name} wants seconds above 0 (and finite), not {value!r}")
     redis_py()  # ImportError saying how to install it
 
 

@@ -66,6 +66,8 @@ class ParentConfig:
     fsync: bool = False
     store: str | None = None  # a Redis store's URL (``serve --store``), and its key prefix
     store_prefix: str | None = None
+    store_timeout: float | None = None  # ``--store-timeout``, ``--store-lock-lease``
+    store_lock_lease: float | None = None
     stop_requested: bool = False  # bytes after the first line: the Manager already said stop
 
 
@@ -80,6 +82,8 @@ def encode_config(
     fsync: bool = False,
     store: str | None = None,
     store_prefix: str | None = None,
+    store_timeout: float | None = None,
+    store_lock_lease: float | None = None,
 ) -> bytes:
     """The Manager's first line (``initializer`` must pickle: TypeError if it does not)."""
     config: dict[str, Any] = {
@@ -91,6 +95,7 @@ def encode_config(
         config.update(data=data, fsync=fsync)
     if store is not None:  # (its password, if any, crosses this private pipe only)
         config.update(store=store, store_prefix=store_prefix)
+        config.update(store_timeout=store_timeout, store_lock_lease=store_lock_lease)
     if initializer is not None:
         from multiprocessing import spawn
 
@@ -135,6 +140,8 @@ def read_config(fd: int) -> ParentConfig:
         fsync=bool(config.get("fsync", False)),
         store=config.get("store"),
         store_prefix=config.get("store_prefix"),
+        store_timeout=config.get("store_timeout"),
+        store_lock_lease=config.get("store_lock_lease"),
         # more bytes: the Manager already said stop; no whole line: it is already gone
         stop_requested=bool(rest) or b"\n" not in data,
     )

@@ -50,7 +50,7 @@ def describe(figures: dict[str, Any], address: Address) -> list[str]:
         f"epoch        {get('epoch') or '?'}",
         f"uptime       {_duration(get('uptime'))}",
         f"backend      {get('backend') or '?'} (event loop: {get('loop') or '?'})",
-        f"store        {get('store') or '?'}",
+        f"store        {get('store') or '?'}{_place(get('store_location'), get('store_prefix'))}",
         f"connections  {count('connections')} open: {count('authenticated_connections')} "
         f"authenticated, {count('handshaking_connections')} in their handshake "
         f"(at most {limit('max_connections')}, {limit('max_handshakes')} in their handshake); "
@@ -74,6 +74,13 @@ def describe(figures: dict[str, Any], address: Address) -> list[str]:
     lines += [f"  {name:<25}{_number(value)}" for name, value in sorted(limits.items())]
     lines += [f"{name:<13}{figures[name]!r}" for name in sorted(set(figures) - shown)]
     return lines
+
+
+def _place(location: Any, prefix: Any) -> str:
+    """Where the store keeps the board, after its kind: `` at URL (keys PREFIX...)``."""
+    if not location:
+        return ""
+    return f" at {location}" + (f" (keys {prefix}...)" if prefix else "")
 
 
 def _number(value: Any) -> str:

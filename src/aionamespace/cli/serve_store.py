@@ -92,16 +92,18 @@ def make_store(
     """The store the flags (or a Manager's config) ask for; None: the server's memory.
     CommandFailed when it cannot be made (the library's error as its cause)."""
     if parent is not None:
-        url, prefix, timeout = parent.store, parent.store_prefix, None
+        url, prefix = _with_password(parent.store), parent.store_prefix
+        timeout, lock_lease = parent.store_timeout, parent.store_lock_lease
         data, fsync = parent.data, parent.fsync
     else:
-        url, prefix, timeout = _with_password(args.store), args.store_prefix, args.store_timeout
+        url, prefix = _with_password(args.store), args.store_prefix
+        timeout, lock_lease = args.store_timeout, args.store_lock_lease
         data, fsync = args.data, args.fsync
     if url is not None:
         options: dict[str, Any] = {"prefix": prefix or DEFAULT_STORE_PREFIX}
         options["timeout"] = timeout or DEFAULT_STORE_TIMEOUT
-        if parent is None and args.store_lock_lease is not None:
-            options["lock_lease"] = args.store_lock_lease
+        if lock_lease is not None:
+            options["lock_lease"] = lock_lease
         try:
             return RedisStore(url, limits, **options)
         except ImportError as exc:  # redis-py is an extra
@@ -117,7 +119,8 @@ def make_store(
 
 
 def _with_password(url: str | None) -> str | None:
-    """``url`` with the password of ``STORE_PASSWORD_ENV`` if it has none."""
+    """``url`` with the password of ``STORE_PASSWORD_ENV`` if it has none (a Manager's server
+    inherits its environment: the same rule)."""
     password = os.environ.get(STORE_PASSWORD_ENV)
     if url is None or not password:
         return url

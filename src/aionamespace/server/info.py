@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.events import PROTOCOL_VERSION
 from .anonymous import ANONYMOUS
-from .stores import StoreUsage
+from .stores import RedisStore, SQLiteStore, StoreUsage
 
 if TYPE_CHECKING:
     from .admission import Connections
@@ -60,6 +61,17 @@ def anonymous_count(keys: list[str]) -> int:
     return sum(1 for key in keys if key[:1] == ANONYMOUS)
 
 
+def store_location(store: object) -> dict[str, str | None]:
+    """Where the store keeps the board: a Redis store's URL (its password never shown:
+    redis_urls.py's ``redacted``, as every message names it) and key prefix; a data file's
+    absolute path; nil for the server's memory."""
+    if isinstance(store, RedisStore):
+        return {"store_location": store.name, "store_prefix": store.prefix}
+    if isinstance(store, SQLiteStore):
+        return {"store_location": os.path.abspath(store.path), "store_prefix": None}
+    return {"store_location": None, "store_prefix": None}
+
+
 def dispatcher_figures(
     dispatcher: Dispatcher, store_figures: StoreFigures | None = None
 ) -> dict[str, Any]:
@@ -77,6 +89,7 @@ def dispatcher_figures(
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
         "store": type(dispatcher.store).__name__,
+        **store_location(dispatcher.store),
         "namespaces": usage.namespaces,
         "named_namespaces": usage.namespaces - anonymous,
         "anonymous_namespaces": anonymous,

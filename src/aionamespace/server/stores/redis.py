@@ -31,10 +31,9 @@ registry.
 **Epochs.** Each batch's first pipeline reads the board's epoch too (one more command, no more
 round trips): if it is gone (Redis restarted empty, or was flushed) the store makes a new
 board and epoch (or takes the one another server made first) and calls ``on_epoch`` before
-telling the batch's commits. The subscriber checks it too, when it reconnects and when a
-message says the board may be new, and it watches each node's replication id: data lost
-under a surviving epoch key (a failover to a lagging replica, a restart from an AOF) makes a
-new epoch too (redis_follow.py).
+telling the batch's commits. The subscriber checks it too (redis_follow.py) and compares each
+master it connects to with the one it saw on that shard, as PSYNC would: a failover that may
+have lost writes under a surviving epoch key makes a new epoch (redis_replication.py).
 
 **Redis's configuration.** A namespace is several keys, none with a TTL: an eviction policy
 that may evict any key (``allkeys-*``) could take one of them and leave the namespace torn, so
@@ -124,6 +123,7 @@ class RedisStore:
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
         self._prefix = prefix if prefix.endswith(":") else prefix + ":"
+        self.prefix = self._prefix  # (what every key starts with: ``info`` shows it)
         board = self._prefix + "{board}:"
         self._layout_key, self._epoch_key = board + "layout", board + "epoch"
         self._registry = board + "namespaces"

@@ -31,11 +31,12 @@ revision tell it once.
 past its revision, a key whose revision went back, a subscriber that reconnects: the store
 reads the board's epoch (``RedisStore.check_epoch``), and if it is gone or another, the board
 is new: every followed key is told again from its revision 0 in the new epoch (what the
-history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A node whose
-replication id changed is checked the same way (redis_subscriber.py). A key that went back on
-a board that kept its epoch, with no takeover on its node, was dropped by another server and
-made again: ``on_lost(key)``. Not detected: a drop and a re-creation up to the same revision,
-both while this store's subscription was down.
+history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A node that does not
+continue the replication history its shard had (a failover that lost writes, a restart from
+an AOF) makes a new epoch when the subscriber connects to it (redis_replication.py). A key
+that went back on a board that kept its epoch was dropped by another server and made again
+(or lost with a whole shard: not told apart): ``on_lost(key)``. Not detected: a drop and a
+re-creation up to the same revision, both while this store's subscription was down.
 """
 
 from __future__ import annotations
@@ -100,26 +101,28 @@ class Follower:
             if state.told is not None:
                 state.told = 0
             state.seen = 0
-        self.subscriptions.forget_promotions()
 
     async def _heard(self, channel: str, data: bytes) -> None:
         key = self._channels.get(channel)
         if key is not None:
             await self._message(self._keys[key], data)
 
-    async def _confirmed(self, channel: str) -> None:
-        """Subscribed: what was committed before is fetched (read the key's revision)."""
-        key = self._channels.get(channel)
-        if key is None:
+    async def _confirmed(self, channels: list[str]) -> None:
+        """Subscribed: what was committed before is fetched (the keys' revisions read in one
+        pipeline: one round trip per node however many keys a reconnect subscribes again)."""
+        states = [self._keys[key] for c in channels if (key := self._channels.get(c)) is not None]
+        if not states:
             return
-        state = self._keys[key]
         store = self._store
         async with store._guard():
-            found = await store._client.hget(store.base(state.key) + ":m", "r")
-        revision = int(found or 0)
-        state.seen = max(state.seen, revision)
-        if state.told is not None and revision != state.told:
-            await self.fill(state)
+            pipe = store._client.pipeline(transaction=False)
+            for state in states:
+                pipe.hget(store.base(state.key) + ":m", "r")
+            found = await pipe.execute()
+        for state, revision in zip(states, map(int, (f or 0 for f in found)), strict=True):
+            state.seen = max(state.seen, revision)
+            if state.told is not None and revision != state.told:
+                await self.fill(state)
 
     async def _message(self, state: _Followed, data: bytes) -> None:
         epoch, revision_text, flag, *rest = data.split(b" ", 3)
@@ -179,8 +182,7 @@ class Follower:
                 return  # told meanwhile (a message, apply): whoever comes next goes on
             if reply[0] == b"expired":
                 revision = int(reply[1])
-                promoted = self.subscriptions.promoted(state.channel)
-                if since > revision and await self._store.check_epoch(renew=promoted):
+                if since > revision and await self._store.check_epoch():
                     return  # revisions went back with the board: a new epoch
                 state.told = state.seen = revision
                 self._lost(state.key)

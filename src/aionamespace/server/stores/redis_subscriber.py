@@ -4,13 +4,19 @@ the namespaces it follows (redis_follow.py says what it does with what they hear
 A ``_Node`` task owns the connection to one node (the one server of a standalone Redis): a
 sender that (un)subscribes the node's channels as ``add`` and ``remove`` change them, and a
 receiver that reads its messages as they come (a blocking read: nothing polls). When it
-(re)connects it reads the node's replication id and the board's epoch first, then subscribes
-every channel again: each confirmation lets the follower fill what went by meanwhile. A lost
-connection is made again by itself, after a backoff from ``MIN_BACKOFF`` to ``MAX_BACKOFF``
-seconds; while Redis is unreachable only this task waits. A connection silent for
-``HEARTBEAT`` seconds is pinged, and given up if the pong does not come as soon: a host that
-died without closing its sockets must not leave the store deaf. A node left without channels
-closes its connection until one comes.
+(re)connects it reads the node's replication state and the board's epoch first (a node that
+does not continue the history seen on its shard before starts a new epoch:
+redis_replication.py), then subscribes every channel again: each confirmation lets the follower
+fill what went by meanwhile. A reconnect costs a few commands, not a few per channel: one
+``SSUBSCRIBE`` names every channel (every channel of one slot, in a cluster, which refuses a
+command across slots), and the confirmations that arrive together are told together, so that
+the follower reads their revisions in one pipeline. A lost connection is made again by itself,
+after a backoff from ``MIN_BACKOFF`` to ``MAX_BACKOFF`` seconds; while Redis is unreachable
+only this task waits. In a cluster, each lost connection refreshes the slot map first: the
+channels of a master that died and was replaced by its replica (a failover) go where their
+slots went. A connection silent for ``HEARTBEAT`` seconds is pinged, and given up if the pong
+does not come as soon: a host that died without closing its sockets must not leave the store
+deaf. A node left without channels closes its connection until one comes.
 
 A channel whose slot moved (MOVED to an ``SSUBSCRIBE``, or a ``sunsubscribe`` Redis sends
 when a slot leaves a node) goes where the refreshed slot map says. redis-py 8.2's asyncio
@@ -31,6 +37,7 @@ import anyio.abc
 
 from ..._errors import StoreUnavailable
 from .redis_client import subscriber
+from .redis_replication import Replication, Seen, handed_over, verdict
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -43,14 +50,21 @@ MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 #: A connection silent this long is pinged; silent as long again, it is given up and made anew.
 HEARTBEAT = 15.0
+#: How often an old master is asked whether it handed over (within the store's timeout).
+ASK_INTERVAL = 0.05
 
-#: Told a channel's message (channel, data), or that a subscription to it is confirmed.
+#: Told a channel's message (channel, data), or that subscriptions are confirmed (channels).
 Heard = Callable[[str, bytes], Awaitable[None]]
-Confirmed = Callable[[str], Awaitable[None]]
+Confirmed = Callable[[list[str]], Awaitable[None]]
 
 
 class _Idle(Exception):
     """A node's connection has no channel left: closed until one comes."""
+
+
+class _Misplaced(Exception):
+    """A cluster node no longer serves the slots of its channels as a master (a replica now,
+    or a slot map not refreshed yet): connected again once the slot map is read again."""
 
 
 class _Node:
@@ -62,6 +76,7 @@ class _Node:
         self.sent: set[str] = set()  # channels subscribed on the current connection
         self.leaving: set[str] = set()  # channels unsubscribed, not yet confirmed
         self.changed = anyio.Event()
+        self.seen: Seen | None = None  # its history as read when it connected (a master)
 
     def wake(self) -> None:
         self.changed.set()
@@ -80,8 +95,7 @@ class Subscriptions:
         self._nodes: dict[str, _Node] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self._pools: dict[str, Any] = {}  # a node's name ("" standalone) -> its pool
-        self._replids: dict[str, bytes] = {}  # a node's name -> its replication id, last seen
-        self._promoted: set[str] = set()  # nodes whose replica took over (keys may go back)
+        self._seen: dict[int, Seen] = {}  # a followed slot (-1 standalone) -> its master
 
     def add(self, channel: str) -> None:
         """Subscribe ``channel`` (again, if it is: its confirmation comes all the same)."""
@@ -94,16 +108,6 @@ class Subscriptions:
             if channel in node.wanted:
                 node.wanted.discard(channel)
                 node.wake()
-
-    def promoted(self, channel: str) -> bool:
-        """Whether ``channel``'s node is a replica that took over (a key of it that goes back
-        lost data)."""
-        return any(
-            channel in self._nodes[name].wanted for name in self._promoted if name in self._nodes
-        )
-
-    def forget_promotions(self) -> None:
-        self._promoted.clear()
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
@@ -126,9 +130,9 @@ class Subscriptions:
         node.sent.discard(channel)  # (subscribed again all the same: its confirmation fills)
         node.wake()
 
-    async def _rehome(self, channels: set[str]) -> None:
+    async def _rehome(self, channels: set[str], refresh: bool = True) -> None:
         """The slot of these channels moved: refresh the slot map, subscribe where it went."""
-        if self._cluster:
+        if self._cluster and refresh:
             await self._store._client.nodes_manager.initialize()
         for node in self._nodes.values():
             node.wanted -= channels
@@ -173,11 +177,28 @@ class Subscriptions:
             logger.info("subscriber of %s (%s) lost: %s", self._store.name, node.name, ended)
             await anyio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
+            await self._moved_away(node)
+
+    async def _moved_away(self, node: _Node) -> None:
+        """In a cluster, after a lost connection: the channels whose slots another node holds
+        now (the node died, its replica took over) go there. The slot map is read again
+        (within the store's timeout); if it cannot be, the node is tried again as it was."""
+        if not self._cluster or not node.wanted:
+            return
+        client = self._store._client
+        try:
+            with anyio.fail_after(self._store._timeout):
+                await client.nodes_manager.initialize()
+        except (TimeoutError, *self._store._errors):
+            return
+        gone = {c for c in node.wanted if client.get_node_from_key(c).name != node.name}
+        if gone:
+            await self._rehome(gone, refresh=False)
 
     async def _connected(self, node: _Node, pubsub: Any) -> BaseException:
         """Check the epoch, connect, subscribe, receive: what ended it (an error, or _Idle)."""
         ended: list[BaseException] = []
-        expected = (_Idle, StoreUnavailable, *self._store._errors)
+        expected = (_Idle, _Misplaced, StoreUnavailable, *self._store._errors)
 
         async def guarded(step: Callable[[_Node, Any], Any]) -> None:
             try:
@@ -188,7 +209,13 @@ class Subscriptions:
 
         try:
             await pubsub.connect()
-            await self._store.check_epoch(await self._lost_data(node, pubsub.connection))
+            # (redis-py makes a pubsub's connection again when a read fails, before it raises,
+            # and subscribes every channel there: this task makes its own instead, and checks
+            # the node first, so that would be one SSUBSCRIBE of every channel for nothing)
+            pubsub.connection.deregister_connect_callback(pubsub.on_connect)
+            slots = {self._shard(channel) for channel in node.wanted}
+            await self._store.check_epoch(await self._lost_data(node, pubsub.connection, slots))
+            self._adopt(node, slots)
         except expected as exc:
             return exc
         async with anyio.create_task_group() as group:
@@ -196,53 +223,105 @@ class Subscriptions:
             group.start_soon(guarded, self._receive)
         return ended[0] if ended else _Idle()
 
-    async def _lost_data(self, node: _Node, connection: Any) -> bool:
-        """Whether the node lost data since this store last connected to it: its replication
-        id changed, and the new one does not continue the old (``master_replid2``: a replica
-        that took over continues its master's history, though maybe not all of it: a key seen
-        to go back on it is data lost too, ``fill``). A restart that loads an RDB file keeps
-        the id; one from an AOF does not, and counts as a loss: a needless new epoch costs the
-        clients a resync, a missed one would replay wrong data."""
-        await connection.send_command("INFO", "replication")
-        info = dict(
-            line.split(b":", 1)
-            for line in (await connection.read_response()).splitlines()
-            if b":" in line
-        )
-        replid, last = info.get(b"master_replid"), self._replids.get(node.name)
-        if replid is None:
+    async def _lost_data(self, node: _Node, connection: Any, slots: set[int]) -> bool:
+        """Whether Redis may have lost data under ``slots`` (those this node serves) since
+        the subscriber last saw their master: the node does not continue that master's history
+        (redis_replication.py). A needless new epoch costs the clients a resync; a missed one
+        would replay wrong data: when unsure, it is a loss."""
+        now = await _replication(connection)
+        node.seen = Seen(node.name, now.replid, now.offset) if now.master else None
+        if node.seen is None:  # (a replica serves its master's shard channels too)
+            if self._cluster:
+                raise _Misplaced(f"{node.name} is a replica")
+            return False  # (its offset trails its master's: nothing to compare)
+        lost = False
+        asked: dict[Seen, bool] = {}
+        for seen in {self._seen[slot] for slot in slots if slot in self._seen}:
+            judged = verdict(seen, node.name, now)
+            if judged == "ask" and seen not in asked:
+                asked[seen] = await self._handed_over(seen, now)
+            if judged == "lost" or (judged == "ask" and not asked[seen]):
+                logger.warning(
+                    "%s: %s does not continue the replication history of %s (%s): Redis may "
+                    "have lost writes; a new epoch starts",
+                    self._store.name,
+                    node.name or "Redis",
+                    seen.node or "its master before",
+                    "it took over, the old master did not hand over all"
+                    if judged == "ask"
+                    else "another history, or behind it",
+                )
+                lost = True
+        return lost
+
+    def _adopt(self, node: _Node, slots: set[int]) -> None:
+        """The node's history, judged (a new epoch started if it lost data), is the one its
+        ``slots`` are compared with from now on (each subscription confirmed there says so
+        too: those of channels added later)."""
+        if node.seen is not None:
+            for slot in slots:
+                self._seen[slot] = node.seen
+
+    async def _handed_over(self, seen: Seen, new: Replication) -> bool:
+        """Ask the master ``seen`` (its state polled: no event says it was demoted) whether it
+        handed everything over to ``new``, within the store's timeout; unreachable: no. (Its
+        connections are made from the pool of the subscriptions it confirmed: the refreshed
+        slot map may not list it yet.)"""
+        pool = self._pools.get(seen.node)
+        if pool is None:
             return False
-        self._replids[node.name] = replid
-        if last is None or replid == last:
-            return False
-        if info.get(b"master_replid2") == last:
-            self._promoted.add(node.name)
-            return False
-        return True
+        with anyio.move_on_after(self._store._timeout):
+            while True:
+                connection = pool.make_connection()
+                try:
+                    await connection.connect()
+                    old = await _replication(connection)
+                except self._store._errors:
+                    return False
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await connection.disconnect()
+                answer = handed_over(seen, new, old)
+                if answer is not None:
+                    return answer
+                await anyio.sleep(ASK_INTERVAL)
+        return False
 
     async def _send(self, node: _Node, pubsub: Any) -> None:
         while True:
             node.changed = anyio.Event()
-            for channel in sorted(node.wanted - node.sent):
-                node.sent.add(channel)
-                await pubsub.ssubscribe(channel)
-            for channel in sorted(node.sent - node.wanted):
-                node.sent.discard(channel)
-                node.leaving.add(channel)
-                await pubsub.sunsubscribe(channel)
+            for channels in self._by_slot(node.wanted - node.sent):
+                node.sent.update(channels)
+                await pubsub.ssubscribe(*channels)
+            for channels in self._by_slot(node.sent - node.wanted):
+                node.sent.difference_update(channels)
+                node.leaving.update(channels)
+                await pubsub.sunsubscribe(*channels)
             if not node.sent and not node.wanted:
                 raise _Idle
             await node.changed.wait()
 
+    def _by_slot(self, channels: set[str]) -> list[list[str]]:
+        """``channels`` in as few commands as Redis takes: one, or one per slot in a cluster."""
+        groups: dict[int, list[str]] = {}
+        for channel in sorted(channels):
+            groups.setdefault(self._shard(channel), []).append(channel)
+        return list(groups.values())
+
     async def _receive(self, node: _Node, pubsub: Any) -> None:
         moved = self._store._moved
         pinged = False
+        confirmed: list[str] = []  # subscriptions confirmed, told once no more come at once
         while True:
             try:
-                message = await pubsub.get_message(timeout=HEARTBEAT)
+                message = await pubsub.get_message(timeout=0 if confirmed else HEARTBEAT)
             except moved as exc:  # an ssubscribe to a node that no longer holds the slot
                 slot = exc.slot_id
                 await self._rehome({c for c in node.sent if self._slot(c) == slot})
+                continue
+            if message is None and confirmed:
+                told, confirmed = confirmed, []
+                await self._confirmed([c for c in told if c in self._channels])
                 continue
             if message is None:  # silence: is the node still there? (a dead host says nothing)
                 if pinged:
@@ -260,13 +339,26 @@ class Subscriptions:
                     node.leaving.discard(channel)
                 elif channel in node.sent:  # unasked: its slot left the node
                     await self._rehome({channel})
+                    if channel in node.wanted:  # the slot map says it did not: read it again
+                        raise _Misplaced(f"{node.name} no longer serves {channel}")
                 continue
             if channel not in self._channels:
                 continue  # (no longer followed)
             if kind == "smessage":
                 await self._heard(channel, message["data"])
             elif kind == "ssubscribe":
-                await self._confirmed(channel)
+                if node.seen is not None:
+                    self._seen[self._shard(channel)] = node.seen
+                confirmed.append(channel)
 
     def _slot(self, channel: str) -> int:
         return int(self._store._client.keyslot(channel))
+
+    def _shard(self, channel: str) -> int:
+        """What ``_seen`` is keyed by: the channel's slot (-1: the one master standalone)."""
+        return self._slot(channel) if self._cluster else -1
+
+
+async def _replication(connection: Any) -> Replication:
+    await connection.send_command("INFO", "replication")
+    return Replication.parse(await connection.read_response())
