@@ -215,6 +215,8 @@ class PipelinedTransport:
         self.last_error = error
         if self.connected.is_set():
             self.connected = anyio.Event()
+        self.silent = self.quiet = 0  # (a new connection's silence is counted afresh)
+        self.seen = self.reads
         self.table.lost(error)
 
     def abandon(self) -> None:

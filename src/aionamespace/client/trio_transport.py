@@ -401,6 +401,7 @@ class TrioTransport(PipelinedTransport):
                 raise
         link = TrioLink(sock)
         self.backlog.clear()
+        self.watched, self.next_check = self.period is None, math.inf  # (a call arms it)
         trio.lowlevel.spawn_system_task(self._read, link, name="aionamespace reader")
         return link
 
