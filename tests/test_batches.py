@@ -232,12 +232,16 @@ def test_private_names_in_a_batch_are_refused_before_sending(server: ServerThrea
         ns._update(a=1, _secret=2)
     with pytest.raises(ValueError, match="'_secret' starts with '_'"):
         ns._snapshot("n1", "_secret")
+    with pytest.raises(ValueError, match="'_first' starts with '_'"):
+        ns._update(_first=1, b=2)
     with pytest.raises(ValueError, match="names must be str, not int"):
         ns._snapshot("n1", 5)  # type: ignore[arg-type]
     snapshot = ns._snapshot(*(f"n{i}" for i in range(100)))
     assert snapshot == {f"n{i}": i for i in range(100)}
     assert snapshot.revision == 1
     assert not hasattr(ns, "a")  # the refused update changed nothing
+    ns._update(**{"a\0_b": 1})  # "_" after a NUL, inside a name: shared all the same
+    assert ns._snapshot("a\0_b") == {"a\0_b": 1}
 
 
 def test_names_found_valid_once_are_still_checked_against_each_limit() -> None:

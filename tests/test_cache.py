@@ -39,7 +39,7 @@ def test_cached_reads_see_other_writers(server: ServerThread) -> None:
     assert reader.x == 1
     cache = CACHES.existing(reader._aionamespace.target)
     assert cache is not None
-    assert cache.values[("board", "x")] == 1  # served locally from now on
+    assert cache.table.namespace("board")["x"] == 1  # served locally from now on
     for value in range(2, 50):
         writer.x = value
         eventually(lambda: reader.x, value)
@@ -139,6 +139,47 @@ def test_a_lost_connection_empties_the_cache(short_tmp: str) -> None:
 
 def _child_reads(ns: Namespace, queue: Any) -> None:
     queue.put(ns.x)
+
+
+def _child_reads_once_told(ns: Namespace, told: Any, queue: Any) -> None:
+    told.wait(10)
+    queue.put(ns.x)
+
+
+def test_a_forked_child_never_reads_what_the_parent_cached(server: ServerThread) -> None:
+    """A forked child's proxy holds a copy of its namespace's dict, which no reader thread
+    keeps current there: it must be empty in the child, whatever changes after the fork."""
+    writer = Namespace(server.address, "forked-later")
+    reader = Namespace(server.address, "forked-later", cache=True)
+    writer.x = "before"
+    assert reader.x == "before"  # cached, in the dict the proxy holds
+    context = multiprocessing.get_context("fork")
+    queue, told = context.Queue(), context.Event()
+    child = context.Process(target=_child_reads_once_told, args=(reader, told, queue))
+    child.start()
+    writer.x = "after"  # invalidates the parent's cache, not the child's copy of it
+    told.set()
+    assert queue.get(timeout=10) == "after"
+    child.join(timeout=10)
+    assert child.exitcode == 0
+    queue.close()
+    queue.join_thread()
+
+
+def test_reads_are_cached_again_after_an_invalidation(server: ServerThread) -> None:
+    """An invalidation that empties the namespace's dict lets it go (``CacheTable``); the next
+    read through the server points the proxy at the dict its reply filled, so the reads after
+    it are served locally again."""
+    writer = Namespace(server.address, "again")
+    reader = Namespace(server.address, "again", cache=True)
+    writer.x = 1
+    assert reader.x == 1
+    writer.x = 2
+    eventually(lambda: reader.x, 2)
+    cache = CACHES.existing(reader._aionamespace.target)
+    assert cache is not None
+    assert reader._aionamespace.values is cache.table.namespace("again")
+    assert reader._aionamespace.values == {"x": 2}
 
 
 def test_a_forked_child_reads_through_its_own_cache(server: ServerThread) -> None:

@@ -9,7 +9,10 @@ caller but not kept.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import tracemalloc
+import uuid
 from typing import Any
 
 import pytest
@@ -23,7 +26,7 @@ ITEM = ("k", "x")
 
 def cached(table: CacheTable, item: tuple[str, str] = ITEM) -> Any:
     """What a read of ``item`` would be served from the cache (ABSENT: it asks the server)."""
-    entry = table.values.get(item, ABSENT)
+    entry = table.entry(*item)
     return entry if entry is ABSENT else entry_value(entry, item[1])
 
 
@@ -32,23 +35,70 @@ def table() -> CacheTable:
     return CacheTable()
 
 
-@pytest.mark.parametrize("value", [None, True, 7, 2**70, 1.5, "text", b"bytes", 1 - 2j])
+IMMUTABLE_VALUES = [
+    None, True, 7, 2**70, 1.5, "text", b"bytes", 1 - 2j,
+    (1, "a"), frozenset({1, (2, 3)}), decimal.Decimal("1.5"), uuid.UUID(int=7),
+    datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.timezone.utc), datetime.date(2026, 1, 2),
+    datetime.time(3, 4), datetime.timedelta(seconds=5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", IMMUTABLE_VALUES)
 def test_an_immutable_value_is_kept_as_it_is(table: CacheTable, value: Any) -> None:
     table.expect(1, ITEM)
     entry = table.answered(1, encode_value(value), None)
     assert entry == value
     assert type(entry) is type(value)
-    assert table.values[ITEM] is entry  # the same object for every read: it cannot change
+    assert table.namespace("k")["x"] is entry  # the same object for every read: it cannot change
 
 
-@pytest.mark.parametrize("value", [[1, 2], {"a": [1]}, {1, 2}, bytearray(b"ab"), (1, [2])])
-def test_a_mutable_value_is_decoded_afresh_for_each_read(table: CacheTable, value: Any) -> None:
+MUTABLE_VALUES = [
+    [1, 2],
+    ["a", (1, 2)],
+    {"a": 1},
+    {"a": [1]},
+    {1, 2},
+    bytearray(b"ab"),
+    (1, [2]),
+    [[1], 2],
+]
+
+
+@pytest.mark.parametrize("value", MUTABLE_VALUES)
+def test_a_mutable_value_is_a_fresh_copy_for_each_read(table: CacheTable, value: Any) -> None:
     table.expect(1, ITEM)
     table.answered(1, encode_value(value), None)
     first, second = cached(table), cached(table)
     assert first == second == value
     assert type(first) is type(value)
     assert first is not second  # a caller changing its copy changes nobody else's
+
+
+def _mutate(value: Any) -> None:
+    """Change a read value, and every mutable value it holds, in place."""
+    if isinstance(value, (list, bytearray)):
+        for item in value:
+            _mutate(item)
+        value.append(9)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _mutate(item)
+        value["new"] = 9
+    elif isinstance(value, set):
+        value.add(9)
+    elif isinstance(value, tuple):
+        for item in value:
+            _mutate(item)
+
+
+@pytest.mark.parametrize("value", MUTABLE_VALUES)
+def test_changing_a_read_value_changes_no_later_read(table: CacheTable, value: Any) -> None:
+    """Whatever the cache keeps (a container to copy, or the encoding to decode again), a
+    caller changing what it read, however deep, changes nobody else's value."""
+    table.expect(1, ITEM)
+    table.answered(1, encode_value(value), None)
+    _mutate(cached(table))
+    assert cached(table) == value
 
 
 def test_a_large_value_received_into_a_bytearray_is_kept(table: CacheTable) -> None:
@@ -86,7 +136,7 @@ def test_a_reply_to_a_request_that_was_no_cached_read_leaves_nothing(table: Cach
     assert table.answered(3, encode_value(1), None) is None  # e.g. a set's reply
     table.expect(4, ITEM)
     assert table.answered(5, encode_value(1), None) is None
-    assert table.values == {}
+    assert table.namespaces == {}
     assert table.answered(4, encode_value(2), None) == 2  # the expected read is still expected
     assert table.answered(4, encode_value(3), None) is None  # and answered only once
     assert cached(table) == 2
@@ -190,6 +240,47 @@ def test_clear_forgets_the_entries_and_the_reads_in_flight(table: CacheTable) ->
     table.answered(1, encode_value(1), None)
     table.expect(2, ("k", "y"))
     table.clear()
-    assert table.values == {}
+    assert table.namespaces == {}
     assert table.answered(2, encode_value(2), None) is None  # its connection is gone
     assert cached(table, ("k", "y")) is ABSENT
+
+
+def fill(table: CacheTable, request_id: int, item: tuple[str, str], value: Any) -> None:
+    table.expect(request_id, item)
+    table.answered(request_id, encode_value(value), None)
+
+
+def test_a_namespace_dict_holds_what_reads_serve(table: CacheTable) -> None:
+    """A proxy holds its namespace's dict and reads it with one lookup (no tuple, no table)."""
+    values = table.namespace("k")
+    fill(table, 1, ITEM, 1)
+    fill(table, 2, ("other", "x"), 2)
+    assert values == {"x": 1}
+    assert table.namespace("k") is values
+    table.invalidate("k", "x")
+    assert values == {}
+
+
+def test_a_dict_let_go_once_emptied_is_never_filled_again(table: CacheTable) -> None:
+    """An emptied namespace's dict is dropped (a table keeps no dict per namespace ever read)
+    and the next reply fills a new one: a proxy still holding the old one finds nothing there,
+    never a value an invalidation has since removed."""
+    fill(table, 1, ITEM, 1)
+    held = table.namespace("k")
+    table.invalidate("k", "x")
+    assert table.namespaces == {}
+    fill(table, 2, ITEM, 2)
+    assert held == {}
+    assert table.namespace("k") == {"x": 2}
+    table.forget("k", ("x",))
+    assert table.namespaces == {}
+
+
+def test_clear_empties_the_dicts_proxies_hold(table: CacheTable) -> None:
+    """The connection is lost: every dict a proxy may hold is emptied in place, so that no read
+    is served from it (no flag checked per read)."""
+    fill(table, 1, ITEM, 1)
+    fill(table, 2, ("other", "y"), 2)
+    held = [table.namespace("k"), table.namespace("other")]
+    table.clear()
+    assert held == [{}, {}]

@@ -314,3 +314,39 @@ def test_the_log_is_checkpointed_in_a_thread_and_reused(
     assert len(checkpoints) >= 10
     assert os.path.getsize(path + "-wal") <= wal  # reused, not grown
     assert decode_value(reopen(store, opened).get("board", "x")) == 199
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_a_few_writes_commit_on_the_loop_and_many_in_a_thread(
+    path: str, opened: list[SQLiteStore], monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    """A commit of a few writes runs on the event loop's thread, even with fsync (a thread and
+    back would cost it more than it saves); a commit of many (with fsync) or of many bytes runs
+    in a thread, so the loop applies the next batches meanwhile."""
+    store = SQLiteStore(path, fsync=fsync)
+    opened.append(store)
+    loop_thread = threading.get_ident()
+    writers: list[int] = []
+    write = store._file.write
+
+    def recorded(statements: Any) -> None:
+        writers.append(threading.get_ident())
+        write(statements)
+
+    store.set("board", "made", b"\x01")  # (the namespace made: not a write counted below)
+    store.commit_now()
+    monkeypatch.setattr(store._file, "write", recorded)
+
+    async def commit(writes: int, size: int) -> None:
+        for i in range(writes):
+            store.set("board", f"x{i}", encode_value(b"v" * size))
+        await store.commit()
+
+    anyio.run(commit, sqlite_module.INLINE_FSYNC_REVISIONS, 10)
+    assert writers == [loop_thread]
+    anyio.run(commit, sqlite_module.INLINE_FSYNC_REVISIONS + 1, 10)
+    assert (writers[-1] == loop_thread) is (not fsync)
+    anyio.run(commit, 1, sqlite_module.INLINE_COMMIT_BYTES + 1)
+    assert writers[-1] != loop_thread
+    assert len(writers) == 3
+    assert decode_value(reopen(store, opened).get("board", "x8")) == b"v" * 10

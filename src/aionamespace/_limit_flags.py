@@ -73,7 +73,7 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
             dest=_DEST_PREFIX + field.name,
             type=_number(field, flag),
             default=argparse.SUPPRESS,  # absent unless given: Limits keeps its default
-            metavar="SECONDS" if field.name.endswith(("timeout", "grace")) else "N",
+            metavar="SECONDS" if field.name.endswith(("timeout", "grace", "poll")) else "N",
             help=_help(field),
         )
 

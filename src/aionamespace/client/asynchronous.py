@@ -19,7 +19,7 @@ import anyio
 from ..protocol.codec import decode_values
 from . import calls
 from .asyncio_transport import AsyncioTransport
-from .cache import ABSENT, entry_value
+from .cache import ABSENT, NOT_VALUES, entry_value
 from .locks import AsyncLock
 from .pipelined import AsyncState, PipelinedTransport
 from .proxy import ProxyBase, Target, check_attribute_name
@@ -50,8 +50,25 @@ def _state(target: Target) -> AsyncState:
     return AsyncState(RequestTable(target), _new_transport)
 
 
+#: A proxy's state, read from its slot without going through ``__getattribute__``.
+_STATE: Callable[[ProxyBase], AsyncState] = ProxyBase.__dict__["_aionamespace"].__get__
+
+
+async def _cached(value: Any) -> Any:
+    """``await ns.x`` of an immutable value found in the cache."""
+    return value
+
+
+async def _cached_entry(entry: Any, name: str) -> Any:
+    """``await ns.x`` of another entry found in the cache: a fresh copy of a mutable value, or
+    AttributeError (raised by the await, as for a read through the server)."""
+    return entry_value(entry, name)
+
+
 async def _read_cached(state: AsyncState, name: str) -> Any:
-    """``await ns.x`` with a cache: from it while the pump keeps it current, else a request."""
+    """``await ns.x`` with a cache, when the namespace's dict the proxy holds had nothing: from
+    the cache if the pump keeps it current (the dict held may have been let go), else a
+    request."""
     transport = state.bound()
     entry = transport.cached(state.key, name)
     if entry is not ABSENT:
@@ -102,9 +119,19 @@ class AsyncNamespace(ProxyBase):
         # The proxy's own attributes all start with "_" (it has no public ones to shadow).
         # ``ns.x`` is the transport's coroutine itself (not an awaitable object wrapping it,
         # one more frame per read); forgetting the await draws the "never awaited" warning.
+        # The cached read comes first, before the name is even checked: only reads of shared
+        # names are ever cached, so the namespace's dict holds no "_" name.
+        try:
+            state = _STATE(self)
+        except AttributeError:  # not attached yet: being made (ProxyBase.__init__, _rebuild)
+            return object.__getattribute__(self, name)
+        entry = state.cached.get(name, ABSENT)  # NOTHING_CACHED unless the pump keeps it
+        if type(entry) not in NOT_VALUES:  # the hot path: a cached immutable value
+            return _cached(entry)
+        if entry is not ABSENT:
+            return _cached_entry(entry, name)
         if name[:1] == "_":
             return object.__getattribute__(self, name)
-        state: AsyncState = object.__getattribute__(self, "_aionamespace")
         if state.table.cache is None:
             return state.transport.call(calls.GET, (state.key, name))
         return _read_cached(state, name)

@@ -28,6 +28,7 @@ from typing import Any
 from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.addresses import Address
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
+from .busypoll import ReplyPoll
 from .calls import Operation
 from .leases import Lease, thread_leases_lost
 from .liveness import (
@@ -103,6 +104,7 @@ class SocketTransport:
         # invalidations, has no such bound); Python's own socket timeout, if it keeps one.
         self.call_timeout = None if track else target.limits.call_timeout
         self.sock_timeout: float | None = None
+        self._poll: ReplyPoll | None = None
         self.fresh_until = 0.0  # until then the connection was in use: no idle check
         self.check_idle = target.in_process is None  # (a loopback end cannot go stale)
         timeout = handshake_timeout(target.limits)
@@ -118,6 +120,11 @@ class SocketTransport:
                     if set_call_timeout(self.sock, self.call_timeout):
                         self.sock_timeout = self.call_timeout
                 self.fresh_until = monotonic() + IDLE_CHECK_SECONDS
+                # A reply is polled for on a plain socket (busypoll.py), never one to a
+                # server in this process, nor the cache's reader, which waits for pushes.
+                poll = target.limits.reply_poll
+                if poll > 0 and not track and type(self.sock) is socket.socket:
+                    self._poll = ReplyPoll(poll)
                 self.closed = False
             except BaseException:
                 self.close()
@@ -179,7 +186,11 @@ class SocketTransport:
             self.busy = True
             sock.sendall(frame)
             sent = True
-            received = sock.recv_into(self._buffer)
+            poll = self._poll
+            if poll is None:
+                received = sock.recv_into(self._buffer)
+            else:
+                received = poll.receive(sock, self._buffer)
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:

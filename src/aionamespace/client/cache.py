@@ -19,27 +19,54 @@ socket and been applied by the reader thread; benchmarks/compare.py measures tha
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import uuid
 from typing import Any
 
 from ..protocol.codec import decode_value
 from ..protocol.events import missing_attribute
 
-__all__ = ["ABSENT", "SPECIAL_ENTRIES", "CacheTable", "entry_value"]
+__all__ = ["ABSENT", "NOTHING_CACHED", "NOT_VALUES", "CacheTable", "entry_value"]
 
-#: Decoded values of these types are immutable: the cache may hand out the same object.
-_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes, complex})
+#: Decoded values of these types are immutable: the cache may hand out the same object (a
+#: frozenset's items are hashable, so decoded ones are immutable too).
+_IMMUTABLE = frozenset(
+    {
+        type(None), bool, int, float, str, bytes, complex, frozenset,
+        datetime.datetime, datetime.date, datetime.time, datetime.timedelta,
+        decimal.Decimal, uuid.UUID,
+    }
+)  # fmt: skip
+#: Containers whose ``copy()`` is a copy of their own for a reader when every item is of an
+#: immutable type (a set's items always are: decoded hashable values are immutable).
+_SHALLOW = frozenset({list, dict, set, bytearray})
 
 
 class _Missing:
     """The cached answer "no such attribute"."""
 
 
+class _Absent:
+    """Not in the cache."""
+
+
 _MISSING = _Missing()
-ABSENT = object()  # not in the cache
+ABSENT = _Absent()
+
+
+class _Copied:
+    """A cached container of immutable items: each read gets its ``copy()``, a shallow copy
+    being a whole one here, and far cheaper than decoding."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: list[Any] | dict[Any, Any] | set[Any] | bytearray) -> None:
+        self.value = value
 
 
 class _Blob:
-    """A cached value of a mutable type: decoded afresh for each read (values are copies)."""
+    """A cached value holding mutable values: decoded afresh for each read (values are copies)."""
 
     __slots__ = ("data",)
 
@@ -47,21 +74,54 @@ class _Blob:
         self.data = data
 
 
-#: Cache entries that are not the value itself (everything else is: an immutable value).
-SPECIAL_ENTRIES = frozenset({_Blob, _Missing})
+#: The types of what a namespace's dict ``.get(name, ABSENT)`` gives that is not a value to
+#: hand out as it is: one membership test tells a proxy's hot path that it has nothing more to do.
+NOT_VALUES = frozenset({_Copied, _Blob, _Missing, _Absent})
+
+#: What a proxy reads while it has no namespace dict to read (no cache, or not kept current).
+#: Nothing ever fills it.
+NOTHING_CACHED: dict[str, Any] = {}
 
 
 def entry_value(entry: Any, name: str) -> Any:
     """What a cache entry means: a value, a fresh copy of one, or AttributeError."""
-    if type(entry) is _Blob:
+    kind = type(entry)
+    if kind is _Copied:
+        return entry.value.copy()
+    if kind is _Blob:
         return decode_value(entry.data)
     if entry is _MISSING:
         raise missing_attribute(name)
     return entry
 
 
+def _entry(value: Any, data: bytes) -> Any:
+    """How to keep a decoded value (``data``, its encoding) so that reads get copies of it."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    immutable = _IMMUTABLE
+    if kind is tuple:
+        if all(type(item) in immutable for item in value):
+            return value
+    elif kind is dict:
+        if all(type(item) in immutable for item in value.values()):
+            return _Copied(value)
+    elif kind in _SHALLOW:
+        if kind is not list or all(type(item) in immutable for item in value):
+            return _Copied(value)
+    return _Blob(data)
+
+
 class CacheTable:
     """What a cache holds, and the rules for changing it: shared by both proxies.
+
+    The entries are kept in one dict per namespace (``namespace(key)``: ``{name: entry}``) so
+    that a proxy can hold its namespace's dict and read it with one lookup. Such a dict is only
+    ever emptied in place, never filled again once the table has let it go (an emptied one is
+    dropped, and ``clear`` empties them all when the connection is lost): a proxy holding one
+    finds nothing there and asks the table for its namespace's dict again on its way to the
+    server, so a reference is never stale, only empty.
 
     ``expect`` notes a read on its way (with the name's generation), ``answered`` turns its
     reply into an entry and keeps it unless our own write came since, ``invalidate`` applies
@@ -71,10 +131,22 @@ class CacheTable:
     """
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, str], Any] = {}  # what reads serve, see entry_value
+        self.namespaces: dict[str, dict[str, Any]] = {}  # key -> {name: entry}, see entry_value
         # name -> [reads of it in flight, generation]: only names with reads in flight
         self._reads: dict[tuple[str, str], list[int]] = {}
         self._expected: dict[int, tuple[tuple[str, str], list[int], int]] = {}  # by request id
+
+    def namespace(self, key: str) -> dict[str, Any]:
+        """The dict of a namespace's entries (made empty if there is none): what reads serve."""
+        values = self.namespaces.get(key)
+        if values is None:
+            values = self.namespaces[key] = {}
+        return values
+
+    def entry(self, key: str, name: str) -> Any:
+        """The entry for a name, or ABSENT."""
+        values = self.namespaces.get(key)
+        return ABSENT if values is None else values.get(name, ABSENT)
 
     def expect(self, request_id: int, item: tuple[str, str]) -> None:
         reads = self._reads.get(item)
@@ -97,27 +169,36 @@ class CacheTable:
         elif error is not None or type(result) not in (bytes, bytearray):
             return None
         else:
-            value = decode_value(result)
-            entry = value if type(value) in _IMMUTABLE else _Blob(result)
+            entry = _entry(decode_value(result), result)
         if reads[1] == generation:
-            self.values[item] = entry  # else our own write came since: don't keep it
+            self.namespace(item[0])[item[1]] = entry  # else our own write came since
         return entry
 
     def invalidate(self, key: str, name: str) -> None:
-        self.values.pop((key, name), None)
+        values = self.namespaces.get(key)
+        if values is not None:
+            self._drop(key, values, name)
 
     def forget(self, key: str, names: tuple[str, ...]) -> None:
         """Our own write changes these (or just did): drop them, and outdate the reads of
         them in flight, whose replies may hold what they held before."""
+        values = self.namespaces.get(key)
         for name in names:
-            item = (key, name)
-            self.values.pop(item, None)
-            reads = self._reads.get(item)
+            if values is not None:
+                self._drop(key, values, name)
+            reads = self._reads.get((key, name))
             if reads is not None:
                 reads[1] += 1
 
+    def _drop(self, key: str, values: dict[str, Any], name: str) -> None:
+        if values.pop(name, ABSENT) is not ABSENT and not values:
+            del self.namespaces[key]  # (a proxy may hold it: it stays empty)
+
     def clear(self) -> None:
-        """The connection is gone: nothing cached can be trusted any more."""
-        self.values.clear()
+        """The connection is gone: nothing cached can be trusted any more. Every namespace's
+        dict is emptied in place, so that no proxy holding one reads from it again."""
+        for values in self.namespaces.values():
+            values.clear()
+        self.namespaces.clear()
         self._expected.clear()
         self._reads.clear()

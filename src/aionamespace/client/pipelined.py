@@ -23,7 +23,7 @@ import anyio.abc
 
 from .._errors import AuthenticationError, ConnectionLost, ServerTimeout
 from ..protocol.connection import ClientConnection, WatchPush
-from .cache import ABSENT
+from .cache import ABSENT, NOTHING_CACHED
 from .calls import PING
 from .liveness import server_timeout
 from .requests import RequestTable, Waiter
@@ -62,7 +62,7 @@ async def handshake(
 class AsyncState:
     """What an ``AsyncNamespace`` holds: its table, and the transport of the loop it is in."""
 
-    __slots__ = ("bind", "key", "table", "target", "transport")
+    __slots__ = ("bind", "cached", "key", "table", "target", "transport")
 
     def __init__(self, table: RequestTable, bind: Any) -> None:
         self.table = table
@@ -70,6 +70,9 @@ class AsyncState:
         self.key = table.target.key
         self.bind = bind  # () -> a new transport for the running loop
         self.transport: PipelinedTransport = _Unbound(self)
+        # What cached reads are served from: the namespace's dict in the table's cache while
+        # a task keeps it current (``PipelinedTransport.keep_cache``), else nothing.
+        self.cached: dict[str, Any] = NOTHING_CACHED
 
     def bound(self) -> PipelinedTransport:
         """The transport of the running event loop (a new one if the loop changed: the old
@@ -281,11 +284,23 @@ class PipelinedTransport:
 
     def cached(self, key: str, name: str) -> Any:
         """The cache entry for a name, or ABSENT; only while the cache is being kept current
-        (inside ``async with``, where a task reads the server's invalidations as they come)."""
+        (inside ``async with``, where a task reads the server's invalidations as they come).
+        Points the proxy's reads at the namespace's dict again (``CacheTable``: the one it
+        held may have been let go once emptied)."""
         cache = self.table.cache
         if cache is None or not self.keeping_cache or self.link is None:
             return ABSENT
-        return cache.values.get((key, name), ABSENT)
+        values = self.state.cached = cache.namespace(key)
+        return values.get(name, ABSENT)
+
+    def keep_cache(self, keeping: bool) -> None:
+        """Whether a task applies the server's invalidations as they arrive (the pump's):
+        only meanwhile do the proxy's reads look in its cache. A lost connection empties
+        the cache at once (``RequestTable.lost``), before this is called again."""
+        self.keeping_cache = keeping
+        cache = self.table.cache
+        if cache is not None:
+            self.state.cached = cache.namespace(self.state.key) if keeping else NOTHING_CACHED
 
     async def start_pump(self) -> None:
         if self.pump is not None:
@@ -391,8 +406,8 @@ class Pump:
         try:
             while True:
                 await transport.connected.wait()
-                transport.keeping_cache = True
+                transport.keep_cache(True)
                 await transport.wait_for(Waiter(transport.new_wakeup))  # ends with the link
-                transport.keeping_cache = False
+                transport.keep_cache(False)
         finally:
-            transport.keeping_cache = False
+            transport.keep_cache(False)

@@ -17,14 +17,12 @@ from .._errors import ConnectionLost
 from ..protocol.codec import decode_values
 from . import calls
 from .blocking import POOL, open_transport
-from .cache import SPECIAL_ENTRIES, entry_value
+from .cache import ABSENT, NOT_VALUES, NOTHING_CACHED, entry_value
 from .locks import Lock
 from .proxy import ProxyBase, Target, check_attribute_name, format_namespace
 from .tracking import CACHES, CacheConnection
 
 __all__ = ["Namespace", "Watch"]
-
-_ABSENT = object()
 
 
 class Watch:
@@ -74,11 +72,41 @@ class Watch:
 
 
 class _State:
-    __slots__ = ("cache", "target")
+    """A proxy's target, and with a cache, its connection and its namespace's cached entries
+    (``values``: the dict that connection's table keeps for the namespace, emptied in place
+    when the connection is lost or the process forks; ``NOTHING_CACHED`` until then)."""
+
+    __slots__ = ("cache", "target", "values")
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self.cache: CacheConnection | None = None
+        self.values: dict[str, Any] = NOTHING_CACHED
+
+
+def _read_cached(state: _State, name: str) -> Any:
+    """A cached proxy's read that found nothing in its namespace's dict: through the process's
+    cache connection (a new one if that was lost, or made before a fork), whose dict for the
+    namespace the next reads then look in."""
+    cache = state.cache = CACHES.connection(state.target)
+    key = state.target.key
+    try:
+        return cache.get(key, name)
+    finally:
+        state.values = cache.namespace(key)
+
+
+# The closures a read may need are made in these, not in ``__getattribute__``: a variable a
+# closure captures is a cell, made afresh on every call of the function that holds it.
+
+
+def _read_through_cache(proxy: Namespace, state: _State, name: str) -> Any:
+    return proxy._retrying("get", lambda: _read_cached(state, name))
+
+
+def _retry_get(proxy: Namespace, target: Target, name: str, failed: ConnectionLost) -> Any:
+    get = (target.key, name)
+    return proxy._retrying("get", lambda: POOL.transport(target).call(calls.GET, get), failed)
 
 
 #: A proxy's state, read from its slot without going through ``__getattribute__``.
@@ -160,28 +188,26 @@ class Namespace(ProxyBase):
         # Shared names are looked up here, not in __getattr__: that is only called after the
         # normal lookup has raised (and thrown away) an AttributeError, which would cost a
         # cached read more than its dict lookup. Everything of the proxy's own starts with "_".
+        # The cached read comes first, before the name is even checked: only reads of shared
+        # names are ever cached, so the namespace's dict holds no "_" name.
+        try:
+            state: _State = _STATE(self)
+        except AttributeError:  # not attached yet: being made (ProxyBase.__init__, _rebuild)
+            return object.__getattribute__(self, name)
+        entry = state.values.get(name, ABSENT)
+        if type(entry) not in NOT_VALUES:  # the hot path: a cached read of an immutable value
+            return entry
+        if entry is not ABSENT:  # a fresh copy of a mutable value, or AttributeError
+            return entry_value(entry, name)
         if name[:1] == "_":
             return object.__getattribute__(self, name)
-        state: _State = object.__getattribute__(self, "_aionamespace")
-        if state.target.cache:
-            cache = state.cache
-            if cache is not None and cache.usable:  # the hot path: one dict lookup
-                entry = cache.values.get((state.target.key, name), _ABSENT)
-                if entry is not _ABSENT:
-                    return entry if type(entry) not in SPECIAL_ENTRIES else entry_value(entry, name)
-            return self._retrying("get", lambda: self._cache().get(state.target.key, name))
         target = state.target
-        try:  # the first attempt without _run's checks or a closure: the hot path
+        if target.cache:
+            return _read_through_cache(self, state, name)
+        try:  # the first attempt without _run's checks: the hot path of an uncached proxy
             return POOL.transport(target).call(calls.GET, (target.key, name))
         except ConnectionLost as exc:
-            return self._retrying(
-                "get", lambda: POOL.transport(target).call(calls.GET, (target.key, name)), exc
-            )
-
-    def _cache(self) -> CacheConnection:
-        state: _State = self._aionamespace
-        state.cache = CACHES.connection(state.target)
-        return state.cache
+            return _retry_get(self, target, name, exc)
 
     def __setattr__(self, name: str, value: Any) -> None:
         check_attribute_name(name)

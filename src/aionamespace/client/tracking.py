@@ -40,7 +40,6 @@ class CacheConnection:
         self._transport = open_transport(target, track=True)
         self.alive = True
         self.table = CacheTable()
-        self.values = self.table.values  # what reads serve (the proxy's hot path reads it)
         self._pending: dict[int, _Pending] = {}
         # Sending, the pending table, the cache table. Re-entrant: a signal handler may read
         # or write on the thread that holds it (then ``_registering`` says so).
@@ -55,10 +54,16 @@ class CacheConnection:
     def usable(self) -> bool:
         return self.alive and self.forks == CACHES.forks
 
+    def namespace(self, key: str) -> dict[str, Any]:
+        """The dict of ``key``'s entries, which a proxy reads until it finds nothing there
+        (``CacheTable``): under the lock, so that it is the one the reader thread fills."""
+        with self._lock:
+            return self.table.namespace(key)
+
     def get(self, key: str, name: str) -> Any:
         """The value of ``name``: from the cache, or read (and cached) through the server."""
         item = (key, name)
-        entry = self.values.get(item, ABSENT)
+        entry = self.table.entry(key, name)
         if entry is ABSENT:
             entry = self._read(item)
             if entry is ABSENT:  # a signal handler interrupted a read here: read uncached
@@ -159,6 +164,11 @@ class _Caches:
         return cache if cache is not None and cache.usable else None
 
     def after_fork(self) -> None:
+        """In a forked child: the parent's connections are not ours. Their tables are emptied
+        (in the child's copy of memory), so that a proxy holding a namespace's dict from
+        before the fork reads nothing there and opens the child's own connection."""
+        for cache in self._by_server.values():
+            cache.table.clear()
         self._lock = threading.RLock()
         self._by_server = {}
         self.forks += 1

@@ -23,7 +23,10 @@ class Limits:
     ``handshake_timeout``: the seconds a new connection has to say hello and authenticate (a
     proxy whose server has not greeted it by then raises ConnectionLost). The proxies alone use
     ``call_timeout``: the seconds a call waits for a server that sends nothing at all before
-    they take it for frozen (ServerTimeout; None: wait for ever). The async proxy alone
+    they take it for frozen (ServerTimeout; None: wait for ever), and the sync proxy alone
+    ``reply_poll``: the seconds a call reads its socket without blocking, once its request is
+    sent, before it sleeps until the reply comes (0: it sleeps at once; client/busypoll.py says
+    why a short poll pays, and when it stops polling by itself). The async proxy alone
     uses ``max_queued_writes`` (``ns.x = v`` raises WriteQueueFull beyond that many writes not
     yet acknowledged). The server alone uses:
 
@@ -95,6 +98,10 @@ class Limits:
     # how long a proxy waits for a server that sends nothing before taking it for frozen
     call_timeout: float | None = described(
         10.0, "seconds a proxy waits for a silent server before ConnectionLost (none: for ever)"
+    )
+    # how long a sync proxy polls its socket for a reply before it sleeps (client/busypoll.py)
+    reply_poll: float = described(
+        200e-6, "seconds a sync proxy polls for its reply before it sleeps (0: never polls)"
     )
 
     def check_name(self, name: object) -> str | None:

@@ -42,6 +42,12 @@ _DROPPED: Changes = {}
 _NO_HISTORY = -1  # a journal entry's size when it makes no history row (``restore``)
 #: A commit without fsync of at most this many bytes of values runs on the event loop.
 INLINE_COMMIT_BYTES = 64 * 1024
+#: A commit with fsync of at most this many revisions (and ``INLINE_COMMIT_BYTES``) runs on the
+#: event loop too, in the committer task, so after every batch that arrived meanwhile: a thread
+#: lets the loop apply the next batches during the fsync, which pays only when there are many
+#: to apply; for a few writes, handing the commit to a thread and back costs more than it saves,
+#: and the writes that arrive during the fsync still go to the next commit together.
+INLINE_FSYNC_REVISIONS = 8
 #: Checkpoint the data file's write-ahead log (``DataFile.checkpoint``, in a thread) once about
 #: this many pages were written to it since the last: SQLite's own default, estimated as a page
 #: per commit and one per ``PAGE_BYTES`` of values.
@@ -148,17 +154,22 @@ class SQLiteStore(MemoryStore):
         return bool(self._journal)
 
     async def commit(self) -> None:
-        """Write every change made so far, in one transaction: off the event loop, unless
-        ``commit_inline`` can do it on the loop; first, when one is due, a checkpoint."""
+        """Write every change made so far, in one transaction; first, when one is due, a
+        checkpoint. Off the event loop, unless it is small: without fsync a few pages written
+        to the log, with fsync also a few revisions (``INLINE_FSYNC_REVISIONS``)."""
         if self._logged >= CHECKPOINT_PAGES:
             await anyio.to_thread.run_sync(self._file.checkpoint)
             self._logged = 0
-        if not self.commit_inline():
-            volume = self._volume()
-            statements = self._statements()
-            if statements:
-                await anyio.to_thread.run_sync(self._file.write, statements)
-                self._logged += 1 + volume // PAGE_BYTES
+        volume = self._volume()
+        if volume <= INLINE_COMMIT_BYTES and (
+            not self.fsync or len(self._journal) <= INLINE_FSYNC_REVISIONS
+        ):
+            self._write_now(volume)
+            return
+        statements = self._statements()
+        if statements:
+            await anyio.to_thread.run_sync(self._file.write, statements)
+            self._logged += 1 + volume // PAGE_BYTES
 
     def commit_inline(self) -> bool:
         """Commit now, on this thread, if it is a small commit without fsync: a few pages
@@ -316,25 +327,6 @@ def _drop(key: str) -> list[Statement]:
         (f"DELETE FROM {table} WHERE key = ?", (key,))
         for table in ("namespaces", "attributes", "list_chunks", "history")
     ]
-
-
-_INSERT_REVISIONS = "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)"
-#: Writes attributes, each keeping its place if the file has it, else taking the one given.
-_UPSERT_ATTRIBUTES = (
-    "INSERT INTO attributes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, name) DO UPDATE"
-    " SET value = excluded.value, list_since = excluded.list_since,"
-    " list_count = excluded.list_count"
-)
-
-#: Forgets the chunks of a namespace's lists that are no attribute's value any more and whose
-#: last append is older than the history's oldest revision: (key, key, oldest, key).
-_FORGET_LISTS = """
-DELETE FROM list_chunks WHERE key = ? AND (name, since) IN (
-    SELECT name, since FROM list_chunks WHERE key = ? GROUP BY name, since
-    HAVING max(revision) < ?
-    EXCEPT SELECT name, list_since FROM attributes WHERE key = ? AND list_since IS NOT NULL
-)
-"""
 
 
 def _pack_changes(changes: Changes) -> bytes:
