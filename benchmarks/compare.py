@@ -6,7 +6,12 @@ and, when ``redis-server`` is on PATH and redis-py is importable, a Redis of our
 socket in a temporary directory (``--port 0 --save "" --appendonly no``). The durable rows
 (durable.py) add two Managers with data files and two Redis servers with append-only files;
 the store rows (store_rows.py), an aionamespace server over the run's Redis (a process of its
-own, store_server.py) against redis-py talking to that Redis directly.
+own, store_server.py) against redis-py talking to that Redis directly. Two rows are measured
+against a yardstick of the same run (yardstick_rows.py): 64 tasks on trio against the asyncio
+row, and the cached read against a dict-backed ``__getattribute__``; one row holds 1,000
+connections from 8 spawned processes against a thread per connection (many_connections.py).
+The async get row's clients run on uvloop when it is installed (the other async rows', on
+asyncio's loop); the notes of the rows added for issue 17 name their loops.
 
 Each row is measured for every contender in every round, interleaved (the contenders' order
 rotates from round to round) so that the noise of a shared machine hits them alike. A figure is
@@ -17,6 +22,7 @@ once, on fresh servers started for it.
     python benchmarks/compare.py                        # 9 rounds: about two minutes
     python benchmarks/compare.py --quick                # tiny counts, a smoke test (< 30 s)
     python benchmarks/compare.py --rounds 15 --json out.json --plot out.png
+    python benchmarks/compare.py --growth               # then growth.py's tables (a minute more)
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ import aionamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import durable
+import growth
+import many_connections
 import store_rows
+import yardstick_rows
 
 CONTENDERS = ("aionamespace", "stdlib", "redis")
 NAMESPACE = "bench"
@@ -78,6 +87,8 @@ class Settings:
     tasks: int = 64
     names: int = 100
     blob_bytes: int = 1 << 20
+    crowd_processes: int = 8  # the many-connections row: processes, connections in each
+    crowd_connections: int = 125
 
     @classmethod
     def make(cls, quick: bool, rounds: int | None) -> Settings:
@@ -90,6 +101,8 @@ class Settings:
                 idle_connections_stdlib=50,
                 slices=1,
                 process_slices=1,
+                crowd_processes=2,
+                crowd_connections=8,
             )
         return cls(
             rounds=rounds or 9,
@@ -161,6 +174,9 @@ class Row:
 
 def make_rows(settings: Settings) -> dict[str, Row]:
     n, mib = settings.names, settings.blob_bytes / (1 << 20)
+    # Rows of their own modules, each placed after the row it extends.
+    beside = yardstick_rows.make_rows(settings, Row, Target)
+    beside |= many_connections.make_rows(settings, Row, Target)
     rows = [
         Row("sync_get", "sync get, one client", "ops/s", (Target(">= 1.0x stdlib", "stdlib", 1),)),
         Row("sync_set", "sync set, one client", "ops/s", (Target(">= 1.0x stdlib", "stdlib", 1),)),
@@ -170,6 +186,7 @@ def make_rows(settings: Settings) -> dict[str, Row]:
             "ops/s",
             (Target(">= 20x stdlib", "stdlib", 20), Target(">= 5x redis", "redis", 5)),
         ),
+        beside["async_get_trio"],
         Row(
             "snapshot",
             f"_snapshot of {n} names",
@@ -194,12 +211,14 @@ def make_rows(settings: Settings) -> dict[str, Row]:
             "ops/s",
             (Target(">= 50x stdlib get", "stdlib", 50),),
         ),
+        beside["cached_floor"],
         Row(
             "processes_get",
             f"{settings.processes} spawned processes, aggregate get",
             "ops/s",
             (Target(">= 1.5x stdlib", "stdlib", 1.5),),
         ),
+        beside["connections_get"],
         Row(
             "idle_connections",
             f"{settings.idle_connections:,} idle connections, server RSS",
@@ -773,17 +792,21 @@ class Bench:
         if redis.available:
             _, self.redis_path = stack.enter_context(redis_server(self.directory, "redis"))
         self.loop = asyncio.new_event_loop()
-        stack.callback(self._close_loop)
+        stack.callback(self._close_loop, self.loop)
+        # The async get row's client loop: the fastest installed (uvloop, with the extra).
+        self.client_loop, self.client_loop_name = yardstick_rows.fastest_loop()
+        stack.callback(self._close_loop, self.client_loop)
         self.blob = os.urandom(settings.blob_bytes)
         self.values = {f"n{i}": i for i in range(settings.names)}
         self.cached: Any | None = None
 
-    def _close_loop(self) -> None:
+    @staticmethod
+    def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         try:
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
         finally:
-            self.loop.close()
+            loop.close()
 
     def setup(self) -> None:
         s, rows, names = self.settings, self.rows, list(self.values)
@@ -802,7 +825,7 @@ class Bench:
         ours._update(**self.values)
         self.stack.callback(ours._close)
         aours = self.manager.AsyncNamespace(NAMESPACE)
-        self.stack.callback(lambda: self.loop.run_until_complete(aours._close()))
+        self.stack.callback(lambda: self.client_loop.run_until_complete(aours._close()))
         # stdlib
         theirs = self.stdlib_manager.Namespace()
         for name, value in {"x": 1, "c": 1, "blob": self.blob, **self.values}.items():
@@ -815,10 +838,14 @@ class Bench:
             rows["get_blob"].samplers[who] = Repeat(gets(ns, "blob"), mib)
 
         rows["async_get"].samplers["aionamespace"] = AsyncRepeat(
-            self.loop, lambda: aours.x, s.tasks
+            self.client_loop, lambda: aours.x, s.tasks
         )
         rows["async_get"].samplers["stdlib"] = AsyncRepeat(
-            self.loop, lambda: asyncio.to_thread(getattr, theirs, "x"), s.tasks
+            self.client_loop, lambda: asyncio.to_thread(getattr, theirs, "x"), s.tasks
+        )
+        rows["async_get"].notes.append(
+            f"every contender's client on {self.client_loop_name}; "
+            "aionamespace's server: the Manager's, asyncio busy-polling"
         )
 
         rows["snapshot"].samplers["aionamespace"] = Repeat(
@@ -846,6 +873,7 @@ class Bench:
             rows["cached_get"].samplers["aionamespace"] = Repeat(gets(cached, "c"))
         rows["cached_get"].samplers["stdlib"] = Repeat(gets(theirs, "c"))
 
+        yardstick_rows.setup(self, NAMESPACE, Repeat, gets, AWAITS_PER_CLOCK)
         durable.setup(self, redis_server, Repeat, AsyncRepeat, sets)
         store_rows.setup(self, STORE_HELPERS)
         self._check_values(ours, theirs, cached)
@@ -858,6 +886,7 @@ class Bench:
         print(f"  spawning {s.processes} worker processes ...", flush=True)
         workers = Workers(s.processes, theirs, ours, self.redis_path)
         self.stack.callback(workers.close)
+        many_connections.setup(self, NAMESPACE, theirs)
         for who in ("aionamespace", "stdlib", "redis"):
             if who == "redis" and self.redis_path is None:
                 continue
@@ -911,9 +940,9 @@ class Bench:
         rows["snapshot"].samplers["redis"] = Repeat(repeat(lambda: client.mget(keys)), s.names)
         rows["update"].samplers["redis"] = Repeat(repeat(lambda: client.mset(self.values)), s.names)
         aclient = redis.asyncio.Redis(unix_socket_path=path)
-        self.stack.callback(lambda: self.loop.run_until_complete(aclient.aclose()))
+        self.stack.callback(lambda: self.client_loop.run_until_complete(aclient.aclose()))
         rows["async_get"].samplers["redis"] = AsyncRepeat(
-            self.loop, lambda: aclient.get("x"), s.tasks
+            self.client_loop, lambda: aclient.get("x"), s.tasks
         )
         rows["async_get"].notes.append(
             "stdlib: asyncio.to_thread(getattr, ns, 'x') on the default executor; redis: "
@@ -941,7 +970,7 @@ class Bench:
             for sampler in row.samplers.values():
                 if isinstance(sampler, Repeat):
                     sampler.calibrate()
-                elif isinstance(sampler, AsyncRepeat):
+                elif isinstance(sampler, AsyncRepeat | yardstick_rows.PortalRepeat):
                     sampler(0.02)
 
     def run_rounds(self) -> None:
@@ -1249,6 +1278,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also draw the ratios against their targets (needs matplotlib)",
     )
     parser.add_argument("--no-redis", action="store_true", help="leave Redis out")
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="then how cost grows with work (growth.py; its chart: FILE-growth.png)",
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -1300,11 +1334,13 @@ def main(argv: list[str] | None = None) -> int:
     stack = contextlib.ExitStack()
     try:
         print("setting up ...", flush=True)
+        raise_open_file_limit()  # before any server starts: they inherit it
         bench = Bench(settings, rows, redis, stack)
         bench.setup()
         bench.warm_up()
         print("measuring, interleaved ...", flush=True)
         bench.run_rounds()
+        yardstick_rows.finish(rows)
         durable.finish(rows, Target)
         store_rows.finish(rows, Target)
         bench.check_cache_invalidation()
@@ -1340,6 +1376,11 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "rows": report(rows),
     }
+    if args.growth:
+        growth_plot = None
+        if args.plot and not plot_problem:
+            growth_plot = os.path.splitext(args.plot)[0] + "-growth.png"
+        results["growth"] = growth.run(args.quick, growth_plot, command)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)

@@ -1,13 +1,16 @@
 """benchmarks/compare.py keeps running: its --quick mode, end to end, in a subprocess.
 
 The figures of a quick run mean nothing; what is checked is that every row is measured for
-aionamespace and the stdlib, that the JSON holds numbers, and that the table is printed. Redis
+aionamespace and the stdlib (or, for the rows measured against a yardstick of the same run,
+that yardstick), that the JSON holds numbers, and that the table is printed. Redis
 is measured only when redis-server and redis-py are installed: the test passes either way; with
-them, the rows of a server over Redis (and over a cluster) must be measured too.
+them, the rows of a server over Redis (and over a cluster) must be measured too. ``--growth``
+adds growth.py's sections, checked as tests/test_growth.py checks them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from test_growth import check_sections
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
 ROWS = (
@@ -27,8 +32,11 @@ ROWS = (
     "get_blob",
     "cached_get",
     "processes_get",
+    "connections_get",
     "idle_connections",
 )
+#: Rows whose yardstick is another measurement of the same run (not in the table's columns).
+YARDSTICK_ROWS = {"async_get_trio": "asyncio row", "cached_floor": "floor"}
 #: A server over Redis (and over a cluster) against redis-py direct: measured with Redis.
 STORE_ROWS = tuple(
     f"store_{kind}{suffix}"
@@ -57,7 +65,7 @@ def is_number(value: Any) -> bool:
 def test_quick_run_measures_every_row(tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--quick", "--growth", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -67,7 +75,7 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
 
     lines = done.stdout.splitlines()
     assert lines[0].startswith("$ ")  # the exact command comes first
-    assert "compare.py --quick --json" in lines[0]
+    assert "compare.py --quick --growth --json" in lines[0]
     header = next((line for line in lines if line.startswith("row ")), None)
     assert header is not None, done.stdout
     for column in TABLE_HEADER:
@@ -94,6 +102,18 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
             assert is_number(figures["redis"]), (key, figures)
         assert row["targets"]
         assert row["met"] in ("yes", "n/a") or row["met"].startswith(("yes", "NO"))
+    for key, yardstick in YARDSTICK_ROWS.items():
+        row = rows[key]
+        assert any(line.startswith(row["label"]) for line in lines), f"{key} not in the table"
+        assert is_number(row["figures"]["aionamespace"]), (key, row)
+        assert is_number(row["details"][yardstick]), (key, row)
+        assert row["met"] in ("yes", "NO"), (key, row)
+    # Each async row says which loop its client ran on (uvloop when it is installed).
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    notes = rows["async_get"]["notes"]
+    assert any(f"client on {loop}" in note for note in notes), notes
+    assert any("trio" in note for note in rows["async_get_trio"]["notes"])
+    check_sections(results["growth"], done.stdout)  # --growth: growth.py's sections
     if results["redis"]["available"]:
         for key in STORE_ROWS:
             row = rows[key]

@@ -585,3 +585,29 @@ def test_a_store_made_from_a_url(target: str) -> None:
             await nowhere.aclose()
 
     run(main)
+
+
+def test_a_snapshot_of_thousands_of_names_reads_them_all(target: str) -> None:
+    """The script reads named values a thousand at a time: 2,500 names, half of them missing
+    and a list among them, come back in the order asked, the missing ones left out."""
+    prefix = redis_rig.unique_prefix()
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, prefix)
+            values = {f"n{i}": encode_value(i) for i in range(0, 2500, 2)}
+            assert await store.apply([("update", ("big", values))]) == [1]
+            assert await store.apply([("append", ("big", "n1501", [ONE, TWO]))]) == [2]
+            names = [f"n{i}" for i in range(2500)]
+            ((revision, found),) = await store.apply([("snapshot", ("big", names))])
+            assert revision == 2
+            expected = {**values, "n1501": encode_value([1, 2])}
+            expected = {name: expected[name] for name in names if name in expected}
+            assert list(found) == list(expected)
+            assert found == expected
+            await store.aclose()
+        finally:
+            await client.aclose()
+
+    run(main)

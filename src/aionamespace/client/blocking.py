@@ -120,11 +120,7 @@ class SocketTransport:
                     if set_call_timeout(self.sock, self.call_timeout):
                         self.sock_timeout = self.call_timeout
                 self.fresh_until = monotonic() + IDLE_CHECK_SECONDS
-                # A reply is polled for on a plain socket (busypoll.py), never one to a
-                # server in this process, nor the cache's reader, which waits for pushes.
-                poll = target.limits.reply_poll
-                if poll > 0 and not track and type(self.sock) is socket.socket:
-                    self._poll = ReplyPoll(poll)
+                self._poll = ReplyPoll.for_socket(self.sock, target.limits.reply_poll, track)
                 self.closed = False
             except BaseException:
                 self.close()
@@ -187,10 +183,9 @@ class SocketTransport:
             sock.sendall(frame)
             sent = True
             poll = self._poll
-            if poll is None:
-                received = sock.recv_into(self._buffer)
-            else:
-                received = poll.receive(sock, self._buffer)
+            received = (
+                sock.recv_into(self._buffer) if poll is None else poll.receive(sock, self._buffer)
+            )
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:

@@ -48,6 +48,15 @@ class ReplyPoll:
         self.skip = 0  # calls left that sleep at once
         self.backoff = 1  # how many the next stop lasts
 
+    @classmethod
+    def for_socket(cls, sock: object, seconds: float, tracking: bool) -> ReplyPoll | None:
+        """A poll for a sync transport's socket, or None: polling is off (``seconds`` 0), the
+        socket is not a plain one (TLS, or an end of a server in this process), or it is the
+        cache's reader, which waits for pushes rather than replies."""
+        if seconds > 0 and not tracking and type(sock) is socket.socket:
+            return cls(seconds)
+        return None
+
     def receive(self, sock: socket.socket, buffer: memoryview) -> int:
         """``sock.recv_into(buffer)``, polled first (the socket's own timeout still bounds
         the blocking read, which follows a poll that caught nothing)."""

@@ -2,11 +2,14 @@
 
 ``admission.Connections`` applies what a connection sent at once, in the shell's callback.
 Over a ``RemoteStore`` a batch must await the store, so ``RemoteConnections`` hands it to a
-task (``respond_awaiting``, remote_dispatch.py) and tells the shell to stop reading that
-connection meanwhile (``received`` and ``apply`` return False): its next chunk waits in the
-socket, so its requests keep their order and what it costs stays bounded, while other
-connections go on. When the batch's answers are written, the shell is told to go on
-(``Connection.proceed``): it applies what waits, or reads again. A peer that does not read its
+task (``respond_awaiting``, remote_dispatch.py), and the connection's requests that arrive
+meanwhile wait for it, in order: the shell is told to stop reading that connection when a
+chunk arrives while its batch is in the store (``received`` returns False), so its next
+chunk waits in the socket and what it costs stays bounded by one chunk, while other
+connections go on. (Not at once when the batch starts: a client that waits for each answer
+sends nothing meanwhile, and pausing and resuming a socket costs two system calls.) When the
+batch's answers are written, the shell is told to go on (``Connection.proceed``): it applies
+what waits, or reads again. A peer that does not read its
 answers is held to the reply budget as on every other path.
 
 A batch's task is cheap to start (``BatchTasks``): on asyncio a bare asyncio task (anyio's task
@@ -89,7 +92,9 @@ class RemoteConnections(Connections):
         if self.handshaking and connection in self.handshaking and connection.protocol.ready:
             self.handshaking.pop(connection)()  # its deadline; the slot goes to the next
         connection.pending.extend(events)
-        return self.apply(connection)
+        if connection in self._serving:
+            return False  # more while a batch is in the store: it waits, and so does the socket
+        return self.apply(connection) or connection in self._serving
 
     def apply(self, connection: Connection) -> bool:
         """Start serving what the connection sent, unless a batch of it is in the store or its

@@ -1,5 +1,6 @@
 """The Redis store: the board in a Redis or Valkey (standalone or cluster) that any number of
-servers share (remote.py's ``RemoteStore``), over redis-py's asyncio client.
+servers share (remote.py's ``RemoteStore``): a batch's calls over connections of its own
+(redis_link.py), everything else over redis-py's asyncio client.
 
 **Layout.** Every key starts with the prefix. The board's own keys share the hash tag
 ``{board}``: its layout version (a store refuses another), its epoch (made with the board) and
@@ -9,7 +10,11 @@ readable in Redis, and no two keys with one tag. What each namespace key holds, 
 are kept as they are: redis_scripts.py.
 
 **Calls.** ``apply`` sends a batch as one pipeline (not a transaction): one ``EVALSHA`` of the
-namespace script per call, each atomic, the calls on one namespace in their order. An ``incr``
+namespace script per call, each atomic, the calls on one namespace in their order, packed into
+one buffer per node and written at once on the store's own pipelined connection to that node
+(redis_link.py, redis_wire.py: redis-py's pipeline cost most of a server's CPU per call). In
+a cluster each call goes to the node of its namespace's slot; a ``MOVED`` reply (the call did
+not run) reads the slot map again and sends the call there (redis_rounds.py). An ``incr``
 or a ``cas`` whose conditional write fails (redis_calls.py) tries again in another round trip,
 and the later calls on its namespace wait for it (redis_scripts.py, Rounds); the other
 namespaces are done.
@@ -40,9 +45,13 @@ that may evict any key (``allkeys-*``) could take one of them and leave the name
 the board's Redis needs ``maxmemory-policy noeviction`` (the default) or a ``volatile-*`` one.
 Not checked here (managed services often refuse CONFIG).
 
-**Failures.** Every redis-py error (and a call that outlives ``timeout``) becomes
-``StoreUnavailable`` naming the store, the original as ``__cause__``. redis-py must not retry
-on its own: a retried script could run twice, so a client given with retries is refused.
+**Failures.** Every redis-py error, every failure of a link (a lost connection, an error
+reply, bytes that are not RESP2) and every round trip that outlives ``timeout`` becomes
+``StoreUnavailable`` naming the store, the original as ``__cause__``. Nothing that may have
+run is sent again: only a ``NOSCRIPT`` or ``MOVED`` reply, which say the script did not run,
+is. redis-py must not retry on its own either (a retried script could run twice), so a
+client given with retries is refused. The links are the store's: ``aclose`` closes them (and
+they close when their event loop's run ends, for a store over a client its caller closes).
 
 **Followed namespaces.** Every revision is published on its namespace's shard channel, with
 its changes when small; ``run`` keeps one subscriber connection per node and tells
@@ -54,7 +63,6 @@ appended lists are fetched whole; ``apply`` tells its own revisions after those 
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +70,15 @@ from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
-from .redis_calls import Ahead, Call, Guesses, full, prepare
+from .redis_calls import Call, Guesses, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
 from .redis_history import replay
+from .redis_link import Links
+from .redis_rounds import Rounds
 from .redis_scripts import BOARD_START, LAYOUT_VERSION, NAMESPACE, RENEW_EPOCH, RESERVE
 from .redis_urls import parse_store_url
+from .redis_wire import ReplyError, RespError
 from .remote import StoreCall
 
 if TYPE_CHECKING:
@@ -116,12 +127,21 @@ class RedisStore:
                 "a script retried after a lost reply would run twice"
             )
         self._client = client
-        self._errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+        self._errors = (
+            redis.RedisError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+            ReplyError,
+            RespError,
+        )
         self._noscript = redis.exceptions.NoScriptError
         self._moved = redis.exceptions.MovedError
+        self._links: Links | None = None  # (made by start: a loop runs there)
         self.name = name
         limits = limits or Limits()
         self._bounds = (limits.max_history_revisions, limits.max_history_bytes)
+        # A reply holds a namespace's names and values, which a frame must hold (as values).
+        self._max_reply_bytes = 2 * limits.max_frame_bytes
         self._prefix = prefix if prefix.endswith(":") else prefix + ":"
         self.prefix = self._prefix  # (what every key starts with: ``info`` shows it)
         board = self._prefix + "{board}:"
@@ -132,8 +152,7 @@ class RedisStore:
         self._registered: set[str] = set()
         self._guesses: Guesses = {}
         self._follower = Follower(self, self._cluster)
-        self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
-        self._rounds = 0
+        self._rounds = Rounds(self, _SHA, self._epoch_key)
         self.epoch = ""
         self.max_namespaces: int | None = None
         self.on_commit: Callable[[str, int, Changes], None] | None = None
@@ -163,6 +182,7 @@ class RedisStore:
         async with self._guard():
             self.epoch = await self._board()
             await self._load_script()
+        self._links = self._rounds.links = Links(self._client, self._cluster, self._max_reply_bytes)
 
     async def _board(self) -> str:
         """The board's epoch, the board made if new; DataFileError if of another layout."""
@@ -251,6 +271,8 @@ class RedisStore:
         """Close the client it made from a URL (a client given is the caller's to close) and
         the subscribers' pools."""
         await self._follower.subscriptions.aclose()
+        if self._links is not None:
+            self._links.close()
         if self._owned:
             await self._client.aclose()
 
@@ -290,16 +312,22 @@ class RedisStore:
             call.want_list = self.on_commit is not None and call.key in self._follower
             prepared.append(call)
         try:
-            async with self._guard():
-                granted, refused = await self._reserve(prepared)
-                epoch, created = await self._run(prepared, refused)
-                if epoch != self.epoch:
-                    await self._new_epoch()
-                else:
-                    created -= granted
-                if created:  # (made without this store's check: dropped, or flushed, meanwhile)
-                    await self._client.sadd(self._registry, *created)
-                    self._registered.update(created)
+            # (Each step bounded by the timeout: the rounds by their links' deadline, the
+            # rest, rarer, by a Guard; a Guard costs a cancel scope, a round only a timer.)
+            granted, refused = await self._reserve(prepared)
+            try:
+                epoch, created = await self._rounds.run(prepared, refused)
+            except self._errors as exc:
+                raise self._unavailable(exc) from exc
+            if epoch != self.epoch or created - granted:
+                async with self._guard():
+                    if epoch != self.epoch:
+                        await self._new_epoch()
+                    else:
+                        created -= granted
+                    if created:  # (made without this store's check: dropped, or flushed)
+                        await self._client.sadd(self._registry, *created)
+                        self._registered.update(created)
         except StoreUnavailable as exc:
             for call in prepared:
                 if not call.done:
@@ -332,75 +360,12 @@ class RedisStore:
         refused: set[str] = set()
         if new:
             bound = -1 if self.max_namespaces is None else self.max_namespaces
-            answers = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
+            async with self._guard():
+                answers = await self._client.eval(RESERVE, 1, self._registry, bound, *new)
             for key, ok in zip(new, answers, strict=True):
                 (granted if ok else refused).add(key)
             self._registered.update(granted)
         return granted, refused
-
-    async def _run(self, calls: list[Call], refused: set[str]) -> tuple[str | None, set[str]]:
-        """Run the calls (rounds of one pipeline each): the board's epoch, read first, and the
-        namespaces made that this store did not know were registered."""
-        epoch: str | None = self.epoch
-        queues: dict[str, list[Call]] = {}
-        for call in calls:
-            if not call.done:
-                queues.setdefault(call.key, []).append(call)
-        created: set[str] = set()
-        reloaded = False
-        first_round = True
-        while queues:
-            self._rounds += 1
-            token = f"{self._id}:{self._rounds}"
-            sending: list[Call] = []
-            pipe = self._client.pipeline(transaction=False)
-            if first_round:
-                pipe.get(self._epoch_key)  # (lost data: a new board, a new epoch)
-            ahead: Ahead = {}
-            for queue in queues.values():
-                blocking = False  # a conditional write came first: the rest waits for it
-                for at, call in enumerate(queue):
-                    sending.append(call)
-                    call.foresee(ahead)
-                    op, args = call.request()
-                    may_create = call.key not in refused
-                    blocks = call.again and at + 1 < len(queue)
-                    marked = token if blocking or blocks else ""
-                    self._queue(
-                        pipe, call.key, op, args, may_create, call.want_list, marked, blocks
-                    )
-                    blocking = blocking or blocks
-            replies = await pipe.execute(raise_on_error=False)
-            if first_round:
-                first_round, found = False, replies.pop(0)
-                if not isinstance(found, Exception):
-                    epoch = None if found is None else found.decode()
-            missing_script = False
-            for call, reply in zip(sending, replies, strict=True):
-                if isinstance(reply, self._noscript):
-                    missing_script = True  # nothing ran: sent again, in order
-                elif isinstance(reply, Exception):
-                    call.finish(self._unavailable(reply))
-                else:
-                    made, answer = reply
-                    if answer[0] == b"skipped":
-                        continue  # after a conditional write that did not happen: again
-                    if made:
-                        created.add(call.key)
-                    if answer[0] == b"full":
-                        call.finish(full(call.key, self.max_namespaces))
-                        continue
-                    try:
-                        call.answer(answer)
-                    except Exception as exc:
-                        call.finish(exc)
-            if missing_script:
-                if reloaded:
-                    raise self._unavailable(RuntimeError("the script vanished again once loaded"))
-                await self._load_script()
-                reloaded = True
-            queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
-        return epoch, created
 
     async def _new_epoch(self) -> None:
         """The board's epoch is gone (Redis lost the data: restarted empty, flushed) or was

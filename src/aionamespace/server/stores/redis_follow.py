@@ -127,8 +127,13 @@ class Follower:
     async def _message(self, state: _Followed, data: bytes) -> None:
         epoch, revision_text, flag, *rest = data.split(b" ", 3)
         revision = int(revision_text)
-        # (a namespace is made at revision 1; its message after a fill that told it is no news)
+        # (a namespace is made at revision 1; its message after a fill that told it is no news:
+        # one published before the revision read at the subscription, and queued behind that
+        # read, is told by the fill the read started. Made again, the namespace is now behind
+        # what was told; a message that came late finds it there or further.)
         made_again = flag == b"n" and state.told is not None and state.told > revision
+        if made_again and epoch.decode() == self._store.epoch:
+            made_again = await self._revision(state.key) < (state.told or 0)
         if (epoch.decode() != self._store.epoch or made_again) and await self._store.check_epoch():
             made_again = False  # a new board: every key starts again from 0
         if revision == 0 or made_again:  # dropped (and made again) by another server
@@ -149,6 +154,13 @@ class Follower:
             self.tell(state, revision, changes)
         else:
             await self.fill(state)
+
+    async def _revision(self, key: str) -> int:
+        """The namespace's revision in Redis now (0: it has none)."""
+        store = self._store
+        async with store._guard():
+            found = await store._client.hget(store.base(key) + ":m", "r")
+        return int(found or 0)
 
     def tell(self, state: _Followed, revision: int, changes: Changes) -> bool:
         """Tell ``revision`` if it is the next one; False if it is not."""

@@ -260,9 +260,14 @@ function ops.snapshot(a)
       out[#out + 1], out[#out + 2] = pair[2], v
     end
   else
-    for i = 2, #a do
-      local v = value(a[i])
-      if v then out[#out + 1], out[#out + 2] = a[i], v end
+    for first = 2, #a, 1000 do  -- one HMGET per thousand names (unpack's stack is bounded)
+      local last = math.min(first + 999, #a)
+      local values = redis.call('HMGET', V, unpack(a, first, last))
+      for i = first, last do
+        local v = values[i - first + 1]
+        if v == '' then v = value(a[i]) end
+        if v then out[#out + 1], out[#out + 2] = a[i], v end
+      end
     end
   end
   return {'ok', revision(), out}

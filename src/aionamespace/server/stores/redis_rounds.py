@@ -1,0 +1,150 @@
+"""A batch's rounds over the Redis store's own connections (redis_link.py): the hot path.
+
+Each round packs the calls still to run (redis_wire.py), each an ``EVALSHA`` of the namespace
+script, the first round with the read of the board's epoch, and sends them, every node's in one
+write; then it reads each call's reply (redis_calls.py). A call is sent again only when its
+reply says the script did not run: ``NOSCRIPT`` (the script is loaded again, once) or ``MOVED``
+(the cluster's slot map is read again, ``MAX_MOVES`` times at most), and after a conditional
+write that failed (redis_scripts.py, Rounds). Whatever else fails is the call's
+``StoreUnavailable``: nothing that may have run runs twice.
+
+What most calls send is the same but for their names and values, so it is packed once: the
+script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
+bounds, the flags, the epoch) per (operation, flags, epoch), each namespace's base; these
+caches are bounded (``MAX_PACKED``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from .redis_calls import Ahead, Call, full
+from .redis_link import Links
+from .redis_wire import ReplyError, ScriptCall, pack, pack_args
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+__all__ = ["MAX_MOVES", "MAX_PACKED", "Rounds"]
+
+#: Keys whose bases, and argument heads, a store keeps packed (then it starts again).
+MAX_PACKED = 10_000
+#: MOVED replies one batch follows (the slot map read again each time) before it gives up.
+MAX_MOVES = 3
+
+
+class Rounds:
+    """Runs a store's batches in rounds over its links (``links``: set once it started)."""
+
+    def __init__(self, store: RedisStore, sha: str, epoch_key: str) -> None:
+        self._store = store
+        self.links: Links | None = None
+        self._script_call = ScriptCall(sha)
+        self._read_epoch = (epoch_key.encode(), pack("GET", epoch_key))
+        self._packed: dict[tuple[str, int, int, str], bytes] = {}
+        self._bases: dict[str, bytes] = {}  # key -> its base, encoded
+        self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
+        self._rounds = 0
+
+    async def run(self, calls: list[Call], refused: set[str]) -> tuple[str | None, set[str]]:
+        """Run the calls (rounds of one pipeline each): the board's epoch, read first, and the
+        namespaces made that the store did not know were registered (``refused``: those it
+        may not create)."""
+        store = self._store
+        epoch: str | None = store.epoch
+        queues: dict[str, list[Call]] = {}
+        for call in calls:
+            if not call.done:
+                queues.setdefault(call.key, []).append(call)
+        created: set[str] = set()
+        reloaded = False
+        moves = 0
+        first_round = True
+        links = self.links
+        if links is None:
+            raise RuntimeError("the store was not started")
+        revisions, size = store._bounds
+        packed, bases, script = self._packed, self._bases, self._script_call
+        while queues:
+            self._rounds += 1
+            token = ""
+            sending: list[Call] = []
+            commands: list[tuple[bytes, bytes]] = [self._read_epoch] if first_round else []
+            ahead: Ahead = {}
+            for key, queue in queues.items():
+                base = bases.get(key)
+                if base is None:
+                    if len(bases) >= MAX_PACKED:
+                        bases.clear()
+                    base = bases[key] = store.base(key).encode()
+                may_create = int(key not in refused)
+                blocking = False  # a conditional write came first: the rest waits for it
+                for at, call in enumerate(queue):
+                    sending.append(call)
+                    call.foresee(ahead)
+                    op, args = call.request()
+                    blocks = call.again and at + 1 < len(queue)
+                    if blocking or blocks:
+                        token = token or f"{self._id}:{self._rounds}"
+                        head = pack_args(
+                            op, revisions, size, may_create, int(call.want_list), token,
+                            int(blocks), store.epoch,
+                        )  # fmt: skip
+                    else:
+                        usual = (op, may_create, int(call.want_list), store.epoch)
+                        head = packed.get(usual, b"")
+                        if not head:
+                            if len(packed) >= MAX_PACKED:
+                                packed.clear()
+                            head = packed[usual] = pack_args(
+                                op, revisions, size, *usual[1:3], "", 0, store.epoch
+                            )
+                    commands.append((base, script.pack(base, args, head, 8)))
+                    blocking = blocking or blocks
+            replies = await links.execute(commands, store._timeout)
+            if first_round:
+                first_round, found = False, replies.pop(0)
+                if not isinstance(found, Exception):
+                    epoch = None if found is None else found.decode()
+            missing_script = moved = False
+            for call, reply in zip(sending, replies, strict=True):
+                if type(reply) is ReplyError:
+                    text = str(reply)
+                    if text.startswith("NOSCRIPT"):
+                        missing_script = True  # nothing ran: sent again, in order
+                    elif text.startswith("MOVED "):
+                        moved = True  # nothing ran: sent again, to the slot's node
+                    else:
+                        call.finish(store._unavailable(reply))
+                elif isinstance(reply, Exception):
+                    call.finish(store._unavailable(reply))
+                else:
+                    made, answer = reply
+                    if answer[0] == b"skipped":
+                        continue  # after a conditional write that did not happen: again
+                    if made:
+                        created.add(call.key)
+                    if answer[0] == b"full":
+                        call.finish(full(call.key, store.max_namespaces))
+                        continue
+                    try:
+                        call.answer(answer)
+                    except Exception as exc:
+                        call.finish(exc)
+            if moved:
+                moves += 1
+                if moves > MAX_MOVES:
+                    raise store._unavailable(
+                        ReplyError(f"the cluster moved a slot {MAX_MOVES} times in one batch")
+                    )
+                async with store._guard():
+                    await links.refresh()
+            if missing_script:
+                if reloaded:
+                    raise store._unavailable(RuntimeError("the script vanished again once loaded"))
+                async with store._guard():
+                    await store._load_script()
+                reloaded = True
+            queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
+        return epoch, created
