@@ -147,10 +147,13 @@ def test_the_three_wings_are_there() -> None:
         assert f"aionamespace.{wing}" in MODULES
 
 
-def test_an_awaited_get_on_asyncio_visits_three_client_modules() -> None:
-    """``await ns.x`` on asyncio: the proxy, its transport, the request table; nothing else of
-    the client wing runs (the protocol's own modules do the encoding and parsing)."""
-    import asyncio
+@pytest.mark.parametrize(
+    ("backend", "transport"), [("asyncio", "asyncio_transport"), ("trio", "trio_transport")]
+)
+def test_an_awaited_get_visits_three_client_modules(backend: str, transport: str) -> None:
+    """``await ns.x``: the proxy, its transport, the request table; nothing else of the
+    client wing runs (the protocol's own modules do the encoding and parsing)."""
+    import anyio
 
     from aionamespace import AsyncNamespace, ServerThread
 
@@ -165,7 +168,7 @@ def test_an_awaited_get_on_asyncio_visits_three_client_modules() -> None:
         ns.x = 1
         await ns._flush()
         assert await ns.x == 1  # connected, warm
-        sys.setprofile(profile)
+        sys.setprofile(profile)  # (this thread's: on trio, the reader's calls too)
         try:
             assert await ns.x == 1
         finally:
@@ -173,10 +176,12 @@ def test_an_awaited_get_on_asyncio_visits_three_client_modules() -> None:
         await ns._close()
 
     with ServerThread() as server:
-        asyncio.run(main(server.address))
+        anyio.run(main, server.address, backend=backend)
     client = sorted(m for m in visited if m.startswith("aionamespace.client"))
-    assert client == [
-        "aionamespace.client.asynchronous",
-        "aionamespace.client.asyncio_transport",
-        "aionamespace.client.requests",
-    ], sorted(visited)
+    assert client == sorted(
+        [
+            "aionamespace.client.asynchronous",
+            f"aionamespace.client.{transport}",
+            "aionamespace.client.requests",
+        ]
+    ), sorted(visited)

@@ -12,14 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import anyio
+import msgpack
 import pytest
 
 from aionamespace import AsyncNamespace, Limits, Namespace, Retry, ServerTimeout
+from aionamespace.protocol.codec import encode_value
+from aionamespace.protocol.connection import PROTOCOL_NAME, PROTOCOL_VERSION
 from deadlines import NO_HANG_SECONDS
 from server_processes import ServeProcess
 
@@ -260,6 +264,64 @@ async def test_async_flush_on_a_frozen_server_raises(serve: ServeProcess) -> Non
             await ns._flush()
         assert caught.value.request_sent is True
     await ns._close()
+
+
+class SilentThenSlow(threading.Thread):
+    """A raw server whose first connection never answers (the client gives up on it), and
+    whose later ones answer each request ``delay`` seconds late: slow, but within the timeout."""
+
+    def __init__(self, path: str, delay: float) -> None:
+        super().__init__(name="silent-then-slow", daemon=True)
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen()
+        self.delay = delay
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):  # (the listener closed: done)
+            for connection in range(2):
+                conn, _ = self.listener.accept()
+                with conn:
+                    conn.settimeout(NO_HANG_SECONDS)
+                    self._serve(conn, answer=connection > 0)
+
+    def _serve(self, conn: socket.socket, answer: bool) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        greeted = False
+        while data := conn.recv(65536):
+            unpacker.feed(data)
+            for frame in unpacker:
+                if not greeted:
+                    hello = {"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION}
+                    conn.sendall(msgpack.packb(hello))
+                    greeted = True
+                elif answer:
+                    time.sleep(self.delay)  # the slowness under test
+                    conn.sendall(msgpack.packb([frame[0], 0, encode_value(1)]))
+
+    def close(self) -> None:
+        self.listener.close()
+        self.join(NO_HANG_SECONDS)
+
+
+@pytest.mark.anyio
+async def test_after_a_server_timeout_the_next_connection_gets_the_whole_timeout(
+    short_tmp: str,
+) -> None:
+    """The silence counted against a connection that timed out is not counted again against
+    the next one: its first request may take most of call_timeout."""
+    path = os.path.join(short_tmp, "slow.sock")
+    server = SilentThenSlow(path, delay=CALL_TIMEOUT / 2)
+    server.start()
+    ns = AsyncNamespace(path, "board", limits=LIMITS, retry=Retry(attempts=1))
+    try:
+        with anyio.fail_after(NO_HANG_SECONDS):
+            with pytest.raises(ServerTimeout):
+                await ns.x  # the first connection: silent
+            assert await ns.x == 1  # the second: slow, within the timeout
+    finally:
+        await ns._close()
+        server.close()
 
 
 def test_manager_proxies_carry_the_call_timeout() -> None:

@@ -1,7 +1,7 @@
 """AsyncNamespace on asyncio: replies delivered by protocol callbacks (AsyncioTransport).
 
-The rest of the suite runs every async test on both paths (asyncio: AsyncioTransport; trio: the
-reader role on anyio streams). These tests pin which path is taken, and what the push path has
+The rest of the suite runs every async test on both paths (asyncio: AsyncioTransport; trio: a
+reader task, TrioTransport). These tests pin which path is taken, and what the push path has
 to get right itself: a server that answers with garbage or goes away while tasks wait (on both
 paths), and flow control while a large outbox is sent and replies keep coming.
 """
@@ -23,7 +23,7 @@ import pytest
 from aionamespace import AsyncNamespace, ConnectionLost, Retry, ServerThread
 from aionamespace._errors import ProtocolError
 from aionamespace.client.asyncio_transport import WRITE_AT_FRAMES, AsyncioTransport, SocketLink
-from aionamespace.client.stream_transport import StreamTransport
+from aionamespace.client.trio_transport import TrioLink, TrioTransport
 from aionamespace.protocol.connection import PROTOCOL_NAME
 from deadlines import async_wait_until
 from waiting_calls import request_waiting
@@ -31,7 +31,7 @@ from waiting_calls import request_waiting
 pytestmark = pytest.mark.anyio
 
 
-async def test_asyncio_uses_protocol_callbacks_and_trio_the_reader_role(
+async def test_asyncio_uses_protocol_callbacks_and_trio_a_reader_task(
     server: ServerThread, anyio_backend: str
 ) -> None:
     ns = AsyncNamespace(server.address, "which")
@@ -42,8 +42,8 @@ async def test_asyncio_uses_protocol_callbacks_and_trio_the_reader_role(
         assert type(transport) is AsyncioTransport
         assert type(transport.link) is SocketLink
     else:
-        assert type(transport) is StreamTransport
-        assert isinstance(transport.link, anyio.abc.ByteStream)
+        assert type(transport) is TrioTransport
+        assert type(transport.link) is TrioLink
     await ns._close()
     assert transport.link is None
 

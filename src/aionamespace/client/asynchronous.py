@@ -31,15 +31,18 @@ __all__ = ["AsyncNamespace", "AsyncWatch"]
 
 def _new_transport(state: AsyncState) -> PipelinedTransport:
     """A transport for the running event loop: asyncio's protocol callbacks on plain asyncio
-    sockets, an anyio stream for TLS and trio, or what the address opens (a loopback)."""
+    sockets, a reader task on plain trio sockets, an anyio stream for TLS, or what the
+    address opens (a loopback)."""
     if state.target.in_process is not None:
         return state.target.in_process.async_transport(state)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return StreamTransport(state)  # trio
     if state.target.ssl_context is not None:
         return StreamTransport(state)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # trio (anyio runs on nothing else), an optional dependency
+        from .trio_transport import TrioTransport
+
+        return TrioTransport(state)
     return AsyncioTransport(state, loop)
 
 

@@ -4,7 +4,8 @@ Bytes are parsed in ``buffer_updated`` and each reply goes straight to its reque
 the same loop iteration, the way the server's own asyncio connections work: no task reads for
 the others, and ``await ns.x`` is one coroutine, ``AsyncioTransport.call``, which encodes the
 request, hands the outbox to the transport and awaits a bare Future (a Task awaits it on its C
-fast path; the reply's result is the Future's). TLS and trio take ``stream_transport.py``.
+fast path; the reply's result is the Future's). trio takes ``trio_transport.py``, TLS
+``stream_transport.py``.
 
 Writing never blocks (``asyncio.Transport.write``); a sender then waits for the transport's
 flow control (``writable``) while replies keep arriving, so nothing can deadlock against a

@@ -2,8 +2,9 @@
 
 An async transport carries the requests of every task of one ``AsyncNamespace`` over one
 connection, pipelined through the proxy's ``RequestTable`` (``requests.py``). Its subclasses
-say how bytes move: asyncio's protocol callbacks (``asyncio_transport.py``), an anyio stream
-(``stream_transport.py``), or a server in this process (``loopback.py``). Each defines the
+say how bytes move: asyncio's protocol callbacks (``asyncio_transport.py``), a reader task on
+trio (``trio_transport.py``), an anyio stream (``stream_transport.py``: TLS), or a server in
+this process (``loopback.py``). Each defines the
 request path itself (``call``: the hot path, written for its loop) and the hooks below; what
 does not depend on how bytes move is here: connecting once for everyone, retries, flushing
 queued writes, watch events, closing, and the tasks of ``async with ns:`` (``Pump``).
@@ -217,6 +218,8 @@ class PipelinedTransport:
         self.last_error = error
         if self.connected.is_set():
             self.connected = anyio.Event()
+        self.silent = self.quiet = 0  # (a new connection's silence is counted afresh)
+        self.seen = self.reads
         self.table.lost(error)
 
     def abandon(self) -> None:

@@ -9,10 +9,10 @@ follows it from queued to in flight to acknowledged, and keeps its failure for t
 ``_flush()``. Other waiters wait for every reply up to an id (a flush), for a watch event, or
 for the connection to end.
 
-A transport (``asyncio_transport``, ``stream_transport``, ``loopback``) moves the bytes: it
-hands the table what arrived (``receive``) and says when the connection ended (``lost``). The
-table outlives its transports: a proxy used from a new event loop gets a new transport, and its
-queued writes go out on it.
+A transport (``asyncio_transport``, ``trio_transport``, ``stream_transport``, ``loopback``)
+moves the bytes: it hands the table what arrived (``receive``) and says when the connection
+ended (``lost``). The table outlives its transports: a proxy used from a new event loop gets a
+new transport, and its queued writes go out on it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .._errors import ConnectionLost, ServerTimeout, WriteQueueFull
 from ..protocol.connection import ClientConnection, Invalidation, Reply, WatchPush
@@ -30,7 +30,7 @@ from .leases import Lease, current_task, lock_lost
 from .liveness import WAITS
 from .proxy import Target
 
-__all__ = ["RequestTable", "Waiter", "settle"]
+__all__ = ["FutureLike", "RequestTable", "Waiter", "settle"]
 
 
 class Waiter:
@@ -84,8 +84,27 @@ class Waiter:
         self.wakeup = self.new_wakeup()
 
 
+class FutureLike(Protocol):
+    """What the table asks of a request's waiter when it is not a ``Waiter``: the part of
+    ``asyncio.Future`` it uses. A bare asyncio Future is one; so is ``trio_transport.Parked``,
+    a trio task parked until its reply resumes it. ``cancel()`` withdraws the request: its
+    reply, if one comes, is dropped."""
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 def settle(
-    waiter: Waiter | asyncio.Future[Any], result: Any = None, error: BaseException | None = None
+    waiter: Waiter | FutureLike, result: Any = None, error: BaseException | None = None
 ) -> None:
     """Give ``waiter`` its outcome (a Future whose task was cancelled is left as it is)."""
     if isinstance(waiter, Waiter):
@@ -105,7 +124,7 @@ class RequestTable:
         self.protocol = ClientConnection(target.limits, target.authkey, track=target.cache)
         self.outbox: list[tuple[int, bytes]] = []  # (request id, frame), not sent yet
         self.sent_through = 0  # the highest request id ever handed to a connection
-        self.waiters: dict[int, Waiter | asyncio.Future[Any]] = {}  # requests, by id
+        self.waiters: dict[int, Waiter | FutureLike] = {}  # requests, by id
         self.flushing: list[Waiter] = []  # waiting for every reply up to an id
         self.others: list[Waiter] = []  # waiting for a watch event, or the connection's end
         self.queued_writes: set[int] = set()  # write ids in the outbox
@@ -124,7 +143,7 @@ class RequestTable:
     # ------------------------------------------------------------------ requests
 
     def request(
-        self, operation: Operation, args: tuple[Any, ...], waiter: Waiter | asyncio.Future[Any]
+        self, operation: Operation, args: tuple[Any, ...], waiter: Waiter | FutureLike
     ) -> int:
         """Encode a request into the outbox, to be answered to ``waiter``; its id."""
         if self.lost_leases:
@@ -221,7 +240,7 @@ class RequestTable:
         self.sent_through = sent_through
 
     def unanswered(
-        self, request_id: int, waiter: Waiter | asyncio.Future[Any], exc: BaseException
+        self, request_id: int, waiter: Waiter | FutureLike, exc: BaseException
     ) -> BaseException:
         """A request ends without its result (``exc`` was raised while it waited): forget it,
         and say what its caller should raise."""
@@ -288,7 +307,7 @@ class RequestTable:
         for event in events:
             if type(event) is list:  # a ResultFrame, [id, REPLY_OK, result]: the commonest
                 waiter = waiters.pop(event[0], None)
-                if plain and type(waiter) is asyncio.Future:
+                if plain and waiter is not None and not isinstance(waiter, Waiter):  # a future
                     if not waiter.done():  # _reply's common case, without its calls
                         waiter.set_result(event[2])
                     continue
@@ -314,7 +333,7 @@ class RequestTable:
     def _reply(
         self,
         reply: Reply,
-        waiter: Waiter | asyncio.Future[Any] | None,
+        waiter: Waiter | FutureLike | None,
     ) -> BaseException | None:
         if reply.id == 0:  # the server is dropping the connection and says why
             return reply.error or ConnectionLost("the server closed the connection")

@@ -1,4 +1,4 @@
-"""The async transport on an anyio stream: trio, and TLS on any loop.
+"""The async transport on an anyio stream: TLS on any loop (and a loopback on trio).
 
 Nobody reads an anyio stream for us, and anyio has no task to spare outside a task group, so
 one waiting task at a time is the *reader*: it reads chunks and hands each reply to its
