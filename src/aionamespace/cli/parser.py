@@ -173,7 +173,8 @@ def _serve_command(commands: argparse._SubParsersAction[_Parser]) -> None:
         type=float,
         metavar="SECONDS",
         help="with --store: a lock held through a server that dies passes on this long after "
-        "the server last renewed it (default 10)",
+        "the server last renewed it, and its uses of anonymous namespaces end then "
+        "(default 10)",
     )
     serve_cmd.add_argument("--parent-pipe", action="store_true", help=argparse.SUPPRESS)
     add_limit_flags(serve_cmd)

@@ -13,21 +13,38 @@ The store is reached through two callables, so that a store the server awaits fi
 ``create`` makes the namespace at its first ``open`` (None: the ``open`` request itself does,
 and ``undo_first_use`` takes the use back if it fails), ``drop`` frees it (it may only start
 the drop, and call ``free_later`` if the drop fails, so that the namespace is not forgotten).
+
+**Shared by the servers over one store.** Over a store that keeps a registry of who uses each
+anonymous namespace (a Redis board: stores/redis_anonymous.py), ``SharedAnonymousNamespaces``
+applies the same rule across every server: "the server holds it" becomes "the registry holds
+it". A connection's first use of a key this server does not use yet asks the registry first
+(``admit``, one round trip, awaited before the request is applied); a key this server already
+uses costs what it costs above. The registry frees a namespace once no server used it for the
+grace, whichever server sweeps; this server only tells it when its own last connection using a
+key closes.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from .._errors import NamespaceGone
 from .stores import Store
 from .timers import CallLater
 
-__all__ = ["ANONYMOUS", "AnonymousNamespaces"]
+__all__ = ["ANONYMOUS", "AnonymousNamespaces", "Registry", "SharedAnonymousNamespaces"]
 
 #: The first character of an anonymous namespace's key.
 ANONYMOUS = "#"
+
+
+def gone(key: str, grace: float, where: str = "on this server") -> NamespaceGone:
+    return NamespaceGone(
+        f"the anonymous namespace {key!r} is not {where}: it was freed after no connection "
+        f"used it for {grace:g} seconds (Limits.anonymous_grace), or never created"
+    )
 
 
 class AnonymousNamespaces:
@@ -70,11 +87,7 @@ class AnonymousNamespaces:
         it (and it does not become a user)."""
         if key not in self._users:
             if op != "open":
-                raise NamespaceGone(
-                    f"the anonymous namespace {key!r} is not on this server: it was freed "
-                    f"after no connection used it for {self.grace:g} seconds "
-                    "(Limits.anonymous_grace), or never created"
-                )
+                raise gone(key, self.grace)
             if self._create is not None:
                 self._create(key)  # (LimitExceeded at max_namespaces)
             self._users[key] = 0
@@ -121,3 +134,126 @@ class AnonymousNamespaces:
         if self._users.get(key) == 0:
             del self._users[key], self._unused[key]
             self._drop(key)
+
+
+class Registry(Protocol):
+    """Where the servers over one store record their uses (stores/redis_anonymous.py)."""
+
+    async def use(self, keys: Sequence[tuple[str, bool]]) -> list[str]: ...
+    def leave(self, key: str) -> None: ...
+    def take_back(self, key: str) -> bool: ...
+    def leaving(self, key: str) -> bool: ...
+    async def run(self) -> None: ...
+
+
+#: The keys this server uses (a registry reads them); what a registry tells of keys freed.
+Held = Callable[[], Iterable[str]]
+Gone = Callable[[list[str]], None]
+
+#: Where a namespace is when a registry says it is gone.
+SHARED = "held by the servers sharing this store"
+
+
+class SharedAnonymousNamespaces:
+    """``AnonymousNamespaces``' interface over a registry shared by the servers of a store
+    (see the module's docstring). The registry is made with this object's ``held`` and
+    ``gone`` (``make_registry(held, gone)``)."""
+
+    def __init__(
+        self,
+        grace: float,
+        make_registry: Callable[[Held, Gone], Registry],
+    ) -> None:
+        self.grace = grace
+        self.used: dict[object, set[str]] = {}  # connection -> anonymous keys it used
+        #: Keys this server uses in the registry -> its connections that use them.
+        self._users: dict[str, int] = {}
+        #: Connection -> keys the registry said are gone, for the requests that asked.
+        self._refused: dict[object, set[str]] = {}
+        self.registry = make_registry(self._users.keys, self._gone)
+
+    def asks(self, connection: object, key: str) -> bool:
+        """Whether a first use of ``key`` by ``connection`` needs the registry first."""
+        if key in self._users or self.registry.leaving(key):
+            return False
+        refused = self._refused.get(connection)
+        return refused is None or key not in refused
+
+    async def admit(
+        self, connection: object, keys: Sequence[tuple[str, str]], alive: Callable[[], bool]
+    ) -> None:
+        """Ask the registry for the first uses of ``keys`` ((key, op) pairs) by
+        ``connection``: it uses those held (an ``open`` makes its key if absent); the others
+        are gone (``first_use`` says so). StoreUnavailable if the registry did not answer."""
+        answers = await self.registry.use([(key, op == "open") for key, op in keys])
+        living = alive()
+        for (key, _), answer in zip(keys, answers, strict=True):
+            if answer == "gone":
+                if living:
+                    self._refused.setdefault(connection, set()).add(key)
+                continue
+            count = self._users.get(key)
+            if not living:  # gone meanwhile: this server's use ends, unless others use it
+                if count is None:
+                    self.registry.leave(key)
+                continue
+            if count is None:
+                self.registry.take_back(key)  # (a leave queued meanwhile is moot)
+                self._users[key] = 1
+            elif key not in self.used.get(connection, ()):
+                self._users[key] = count + 1
+            else:
+                continue
+            self.used.setdefault(connection, set()).add(key)
+
+    def first_use(self, connection: object, op: str, key: str) -> None:
+        """``connection`` names ``key`` for the first time, its registry answer known (or
+        this server uses it already): it uses it from now on, or NamespaceGone."""
+        refused = self._refused.get(connection)
+        if refused is not None and key in refused:
+            refused.discard(key)
+            if not refused:
+                del self._refused[connection]
+            raise gone(key, self.grace, SHARED)
+        count = self._users.get(key)
+        if count is None:
+            if not self.registry.take_back(key):  # (the dispatcher asks first: never so)
+                raise gone(key, self.grace, SHARED)
+            count = 0
+        self._users[key] = count + 1
+        self.used.setdefault(connection, set()).add(key)
+
+    def holds(self, key: str) -> bool:
+        """Whether this server uses ``key`` (a first use then needs no registry)."""
+        return key in self._users or self.registry.leaving(key)
+
+    def connection_lost(self, connection: object) -> None:
+        """The connection is gone: this server's use of the keys it alone used ends."""
+        self._refused.pop(connection, None)
+        for key in self.used.pop(connection, ()):
+            users = self._users[key] - 1
+            if users:
+                self._users[key] = users
+            else:
+                del self._users[key]
+                self.registry.leave(key)
+
+    def undo_first_use(self, connection: object, key: str) -> None:
+        """(Nothing: a failed ``open`` still used the namespace, as PROTOCOL.md section 6 says
+        of any request; it is freed after its connection closes, and the grace.)"""
+
+    def free_later(self, key: str) -> None:
+        """(Nothing: the registry's sweeps free what a failed drop left.)"""
+
+    def _gone(self, keys: list[str]) -> None:
+        """The registry freed these while this server's connections used them (it could not
+        renew for a whole lease): those connections are dropped, their clients told so."""
+        doomed = set(keys)
+        for key in doomed:
+            self._users.pop(key, None)
+        for connection, used in list(self.used.items()):
+            if used & doomed:
+                used -= doomed
+                drop = getattr(connection, "drop", None)
+                if drop is not None:
+                    drop()

@@ -26,6 +26,12 @@ locks.py) goes in its place, answering an ``acquire`` through its ``grant`` call
 the store says (as a timer does, outside any batch), and handing a lock over when its holder's
 connection is lost. The server passes the one a store makes (``lock_table``: a RedisStore's is
 stores/redis_locks.py) and runs its ``run`` among its own tasks.
+
+**Anonymous namespaces.** Alone over its store, the server keeps them as over any store
+(anonymous.py). A store whose servers share them (``anonymous_registry``: a RedisStore's is
+stores/redis_anonymous.py) gives the ``registry`` argument: a request naming an anonymous key
+that neither its connection nor this server uses yet then waits, the store calls before it
+applied, for one registry call that asks for every such key of the batch (remote_anonymous.py).
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from .info import anonymous_count
 from .locks import Locks
 from .outbox import apart
 from .peer import Peer
-from .remote_feed import EXPECTED_ERRORS, FeedDispatcher, Gone
+from .remote_anonymous import MakeRegistry, SharingDispatcher, Unadmitted
+from .remote_feed import EXPECTED_ERRORS, Gone
 from .stores import Store
 from .stores.remote import STORE_CALLS, RemoteStore, StoreCall
 from .timers import CallLater
@@ -78,7 +85,7 @@ class _Round:
         self.finish: list[tuple[int, Callable[[Any], ReplyData]]] = []
 
 
-class RemoteDispatcher(FeedDispatcher):
+class RemoteDispatcher(SharingDispatcher):
     """The op layer over a ``RemoteStore``, shared by all connections (module docstring)."""
 
     def __init__(
@@ -87,9 +94,11 @@ class RemoteDispatcher(FeedDispatcher):
         call_later: CallLater,
         limits: Limits | None = None,
         locks: Locks | None = None,
+        registry: MakeRegistry | None = None,
     ) -> None:
         #: Starts background tasks (anonymous namespaces' drops); the server sets it.
         self.spawn: Spawn | None = None
+        self._share(registry)
         # The base's own store reads are never called here: every one goes through ``apply``.
         super().__init__(cast(Store, store), call_later, limits)
         self._feed_from(store)
@@ -100,6 +109,9 @@ class RemoteDispatcher(FeedDispatcher):
         return {"ping": lambda: None}
 
     def _anonymous_namespaces(self, call_later: CallLater, grace: float) -> AnonymousNamespaces:
+        shared = self._shared_anonymous(grace)
+        if shared is not None:
+            return shared
         # The request's own ``open`` creates it; drops are awaited in the background. (Only
         # this server's: another's anonymous namespaces in a shared store are its own.)
         return AnonymousNamespaces(call_later, grace, create=None, drop=self._drop_later)
@@ -134,20 +146,36 @@ class RemoteDispatcher(FeedDispatcher):
         replies: list[ReplyData] = []
         round_ = _Round()
         applied = size = 0
+        failed: dict[str, StoreUnavailable] = {}  # anonymous keys the registry failed on
         try:
             while applied < len(events) and size <= budget:
+                unadmitted = False
                 with self._section(peer):
                     while applied < len(events) and len(round_.calls) < MAX_CALLS_PER_APPLY:
                         event = events[applied]
                         if (type(event) is Request and event.op in _IN_TURN) or _since(event):
                             break
-                        self._plan(peer, event, round_, replies)
+                        if not self._plan(peer, event, round_, replies, failed):
+                            unadmitted = True
+                            break
                         applied += 1
                 size += await self._round(peer, round_, replies)
+                if unadmitted:  # the registry first, then the request again
+                    await self._ask_registry(peer, events, applied, failed)
+                    continue
                 if applied < len(events) and size <= budget:
                     event = events[applied]
                     if type(event) is Request and (event.op in _IN_TURN or _since(event)):
-                        reply = await self._in_turn(peer, event)
+                        reply: ReplyData
+                        if self._asks(peer, event):
+                            failure = failed.get(event.args[0])
+                            if failure is None:
+                                await self._ask_registry(peer, events, applied, failed)
+                                continue
+                            self.requests += 1
+                            reply = peer.protocol.send_error(event.id, failure)
+                        else:
+                            reply = await self._in_turn(peer, event)
                         replies.append(reply)
                         applied += 1
                         size += _size(reply)
@@ -167,26 +195,45 @@ class RemoteDispatcher(FeedDispatcher):
         event: Hello | Request | BadRequest | Refusal,
         round_: _Round,
         replies: list[ReplyData],
-    ) -> None:
+        failed: dict[str, StoreUnavailable],
+    ) -> bool:
         """Answer an event at once, or add its store call to the round (its reply's place
-        kept, filled when the round is back)."""
-        self.requests += 1
+        kept, filled when the round is back); False: not yet, its anonymous key needs the
+        registry first (``_ask_registry``)."""
         if type(event) is not Request:
+            self.requests += 1
             replies.append(self._apply(peer, event))
-            return
+            return True
         request_id, op, args = event.id, event.op, event.args
         if op in _AT_ONCE:
-            replies.append(self.answer(peer, request_id, op, args))
-            return
+            if op == "export_read" and self._asks(peer, event):
+                exc = failed.get(args[0])
+                if exc is None:
+                    return False
+                replies.append(peer.protocol.send_error(request_id, exc))
+            else:
+                replies.append(self.answer(peer, request_id, op, args))
+            self.requests += 1
+            return True
         try:
             created = self._admit(peer, op, args[0])
             call, finish = self._call(peer, request_id, op, args, created)
         except EXPECTED_ERRORS as exc:
+            self.requests += 1
             replies.append(peer.protocol.send_error(request_id, exc))
-            return
+            return True
+        except Unadmitted:
+            failure = failed.get(args[0])
+            if failure is None:
+                return False
+            self.requests += 1
+            replies.append(peer.protocol.send_error(request_id, failure))
+            return True
+        self.requests += 1
         round_.finish.append((len(replies), finish))
         round_.calls.append(call)
         replies.append(b"")
+        return True
 
     def _call(
         self, peer: Peer, request_id: int, op: str, args: tuple[Any, ...], created: str | None

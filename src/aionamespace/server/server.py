@@ -88,8 +88,10 @@ class Server:
             # A store that shares locks between its servers gives the table (redis_locks.py).
             lock_table = getattr(self.remote, "lock_table", None)
             locks = lock_table(self._call_later) if lock_table is not None else None
+            # And one that shares anonymous namespaces, their registry (redis_anonymous.py).
+            registry = getattr(self.remote, "anonymous_registry", None)
             self.dispatcher = RemoteDispatcher(
-                self.remote, self._call_later, self.limits, locks=locks
+                self.remote, self._call_later, self.limits, locks=locks, registry=registry
             )
         else:
             self.dispatcher = Dispatcher(cast(Store, self.store), self._call_later, self.limits)
@@ -183,6 +185,8 @@ class Server:
             run_locks = getattr(dispatcher.locks, "run", None)  # (a table shared through it)
             if run_locks is not None:
                 helpers.start_soon(run_locks)
+            if dispatcher.shared is not None:  # renewing and sweeping the shared registry
+                helpers.start_soon(dispatcher.shared.registry.run)
             return RemoteConnections(
                 self.limits,
                 dispatcher,

@@ -70,6 +70,7 @@ from ..._errors import DataFileError, HistoryExpired, StoreUnavailable
 from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
+from .redis_anonymous import shared_anonymous
 from .redis_calls import Call, Guesses, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
@@ -100,6 +101,7 @@ class RedisStore:
     remote = True
     durable = False
     backends = ("asyncio",)  # redis-py's asyncio client: the server refuses trio (remote.py)
+    anonymous_registry = shared_anonymous  # (shared by the board's servers: as lock_table)
 
     def __init__(
         self,
@@ -164,8 +166,7 @@ class RedisStore:
         return f"{self._prefix}{{={key.translate(_ESCAPES)}}}"
 
     def lock_table(self, call_later: CallLater) -> RedisLockTable:
-        """The server's locks, shared through this Redis by every server over the board
-        (redis_locks.py), each held for ``lock_lease`` seconds past its last renewal."""
+        """Locks shared by the board's servers, leased ``lock_lease`` s (redis_locks.py)."""
         from .redis_locks import RedisLockTable
 
         return RedisLockTable(self, call_later, self.lock_lease)
@@ -268,8 +269,7 @@ class RedisStore:
         return True
 
     async def aclose(self) -> None:
-        """Close the client it made from a URL (a client given is the caller's to close) and
-        the subscribers' pools."""
+        """Close the subscribers' pools, and the client it made from a URL (not one given)."""
         await self._follower.subscriptions.aclose()
         if self._links is not None:
             self._links.close()
