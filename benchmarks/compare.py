@@ -64,6 +64,7 @@ import growth
 import many_connections
 import store_rows
 import yardstick_rows
+from spawned import Spawned
 
 CONTENDERS = ("aionamespace", "stdlib", "redis")
 NAMESPACE = "bench"
@@ -562,57 +563,25 @@ def _worker(
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-class Workers:
+class Workers(Spawned):
     """N spawned processes, each with a proxy (or client) per contender."""
 
     def __init__(self, count: int, stdlib_ns: Any, our_ns: Any, redis_path: str | None) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.processes: list[Any] = []
-        self.conns: list[multiprocessing.connection.Connection] = []
+        super().__init__(count, _worker, (stdlib_ns, our_ns, redis_path), "a worker")
         try:
-            for _ in range(count):
-                parent, child = context.Pipe()
-                process = context.Process(
-                    target=_worker, daemon=True, args=(child, stdlib_ns, our_ns, redis_path)
-                )
-                process.start()
-                child.close()
-                self.processes.append(process)
-                self.conns.append(parent)
             for conn in self.conns:
-                self._receive(conn, SERVER_START_TIMEOUT * 2)
+                self.value(conn, SERVER_START_TIMEOUT * 2)
         except BaseException:
             self.close()
             raise
-
-    def _receive(self, conn: multiprocessing.connection.Connection, timeout: float) -> Any:
-        if not conn.poll(timeout):
-            raise RuntimeError(f"a worker did not answer within {timeout:.0f} s")
-        kind, value = conn.recv()
-        if kind == "error":
-            raise RuntimeError(f"a worker failed: {value}")
-        return value
 
     def sample(self, who: str, seconds: float) -> tuple[float, float]:
         """Every worker gets from ``who`` during the same ``seconds``: the sum of their gets."""
         start_at = time.monotonic() + WORKER_START_MARGIN
         for conn in self.conns:
             conn.send((who, start_at, start_at + seconds))
-        counts = [self._receive(conn, seconds + 60) for conn in self.conns]
+        counts = [self.value(conn, seconds + 60) for conn in self.conns]
         return float(sum(counts)), seconds
-
-    def close(self) -> None:
-        for conn in self.conns:
-            _close_quietly(lambda conn=conn: conn.send(None))  # type: ignore[misc]
-            _close_quietly(conn.close)
-        for process in self.processes:
-            process.join(2)
-            if process.is_alive():
-                process.terminate()
-                process.join(2)
-            if process.is_alive():
-                process.kill()
-                process.join()
 
 
 # ---------------------------------------------------------------------------------- idle
