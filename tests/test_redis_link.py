@@ -66,11 +66,13 @@ def test_a_reply_past_the_bound_fails_the_batches_in_flight_and_no_other() -> No
             client.delete(big, small)
 
 
-def test_a_redis_killed_with_a_batch_in_flight_fails_it_at_once() -> None:
+def test_a_redis_killed_with_a_batch_in_flight_fails_it_at_once(
+    redis_private: redis_rig.RedisServer,
+) -> None:
     """The store's Redis is stopped with a batch sent, then killed: that batch's calls fail
     with StoreUnavailable when the connection drops (not at the store's deadline, minutes
     away), and once Redis is back the next batch connects again."""
-    server = redis_rig.private_standalone()
+    server = redis_private
 
     async def main() -> None:
         client = await new_redis_client(False, server)
@@ -104,10 +106,7 @@ def test_a_redis_killed_with_a_batch_in_flight_fails_it_at_once() -> None:
         finally:
             await client.aclose()
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
 def test_a_slot_moved_to_another_node_is_followed() -> None:
