@@ -430,34 +430,11 @@ def test_a_slot_that_moves_takes_its_subscription_along() -> None:
     ids = [node.execute_command("CLUSTER MYID").decode() for node in nodes]
 
     def owner(slot: int) -> int:
-        for first, last, (_, port, *_rest), *_ in nodes[0].execute_command("CLUSTER SLOTS"):
-            if first <= slot <= last:
-                return [port for _, port in redis_rig.cluster().nodes].index(port)
-        raise AssertionError(f"slot {slot} has no owner")
-
-    def give(slot: int, to: int) -> None:
-        for node in nodes:
-            node.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
-        wait_until(lambda: all(owner_seen(node, slot) == ids[to] for node in nodes), "moved")
-
-    def owner_seen(node: Any, slot: int) -> str:
-        for first, last, (_, _, node_id, *_), *_ in node.execute_command("CLUSTER SLOTS"):
-            if first <= slot <= last:
-                return str(node_id.decode())
-        return ""
+        return ids.index(redis_rig.slot_owner(nodes[0], slot))
 
     async def main() -> None:
         async with servers("cluster") as (a, b, heard):
-            key = next(
-                f"moving-{i}"
-                for i in range(1000)
-                if nodes[0].execute_command(
-                    "CLUSTER COUNTKEYSINSLOT",
-                    nodes[0].execute_command("CLUSTER KEYSLOT", b.base(f"moving-{i}")),
-                )
-                == 0
-            )
-            slot = nodes[0].execute_command("CLUSTER KEYSLOT", b.base(key))
+            key, slot = redis_rig.key_in_empty_slot(nodes[0], b.base, "moving")
             before = owner(slot)
             channel = b.base(key) + ":c"
             b.follow(key, 0)
@@ -465,7 +442,7 @@ def test_a_slot_that_moves_takes_its_subscription_along() -> None:
                 _wait_until, lambda: subscribers("cluster", channel) == 1
             )
             try:
-                give(slot, (before + 1) % len(nodes))
+                redis_rig.move_slot(nodes, slot, ids[(before + 1) % len(nodes)])
                 await anyio.to_thread.run_sync(
                     _wait_until,
                     lambda: _subscribed_on(nodes[(before + 1) % len(nodes)], channel),
@@ -475,7 +452,7 @@ def test_a_slot_that_moves_takes_its_subscription_along() -> None:
                 assert heard.commits == [(key, 1, {"x": ONE})]
             finally:
                 await a.drop(key)
-                give(slot, before)
+                redis_rig.move_slot(nodes, slot, ids[before])
 
     try:
         run(main)

@@ -19,7 +19,7 @@ from aionamespace.protocol.codec import encode_value
 from aionamespace.server.stores.redis import RedisStore
 from aionamespace.server.stores.redis_link import Endpoint, Link
 from aionamespace.server.stores.redis_wire import ReplyError, pack
-from deadlines import async_wait_until, wait_until
+from deadlines import async_wait_until
 from store_rig import new_redis_client
 
 ONE, TWO = encode_value(1), encode_value(2)
@@ -118,37 +118,17 @@ def test_a_slot_moved_to_another_node_is_followed() -> None:
     nodes = [redis.Redis(host=host, port=port) for host, port in redis_rig.cluster().nodes]
     ids = [node.execute_command("CLUSTER MYID").decode() for node in nodes]
 
-    def owner(node: Any, slot: int) -> str:
-        for first, last, (_, _, node_id, *_), *_ in node.execute_command("CLUSTER SLOTS"):
-            if first <= slot <= last:
-                return str(node_id.decode())
-        return ""
-
-    def give(slot: int, to: str) -> None:
-        for node in nodes:
-            node.execute_command("CLUSTER SETSLOT", slot, "NODE", to)
-        wait_until(lambda: all(owner(node, slot) == to for node in nodes), "the slot moved")
-
     async def main() -> None:
         client = await new_redis_client(True)
         store = RedisStore(client, prefix=redis_rig.unique_prefix())
         try:
             await store.start()
-            key = next(
-                f"moving-{i}"
-                for i in range(1000)
-                if nodes[0].execute_command(
-                    "CLUSTER COUNTKEYSINSLOT",
-                    nodes[0].execute_command("CLUSTER KEYSLOT", store.base(f"moving-{i}")),
-                )
-                == 0
-            )
-            slot = nodes[0].execute_command("CLUSTER KEYSLOT", store.base(key))
-            before = owner(nodes[0], slot)
+            key, slot = redis_rig.key_in_empty_slot(nodes[0], store.base, "moving")
+            before = redis_rig.slot_owner(nodes[0], slot)
             after = ids[(ids.index(before) + 1) % len(ids)]
             (missing,) = await store.apply([("get", (key, "x"))])  # (the old node's link)
             assert isinstance(missing, AttributeError)
-            give(slot, after)
+            redis_rig.move_slot(nodes, slot, after)
             try:
                 assert await store.apply([("set", (key, "x", ONE)), ("get", (key, "x"))]) == [
                     1,
@@ -159,7 +139,7 @@ def test_a_slot_moved_to_another_node_is_followed() -> None:
                 assert await store.apply([("set", (key, "x", TWO))]) == [2]  # applied once each
             finally:
                 await store.drop(key)
-                give(slot, before)
+                redis_rig.move_slot(nodes, slot, before)
         finally:
             await store.aclose()
             await client.aclose()
