@@ -172,8 +172,11 @@ class SocketTransport:
                 self.busy = False
         self.fresh_until = now + IDLE_CHECK_SECONDS
         protocol = self.protocol
-        if operation.op == "get":
+        op = operation.op
+        if op == "get":
             request_id, frame = protocol.send_get(*args)
+        elif op == "set":
+            request_id, frame = protocol.send_set(*args)
         else:
             request_id, frame = protocol.send_request(operation.op, *args)
         sock = self.sock
