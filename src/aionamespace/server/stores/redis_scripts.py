@@ -154,9 +154,35 @@ local function record(rev, fields, size, retired, inline)
   redis.call('HSET', M, 'r', rev, 'hb', hb)
 end
 
--- set (value) or delete (false) names as one revision of size bytes (plus replaced lists)
-local function commit(names, values, size)
+-- set several names (all distinct) in one HSET, and place the new ones in one HSET, in their
+-- order (one HMGET tells which are new): a command per name costs Redis more than its work
+local function set_all(names, values)
+  local pairs_, new = {}, {}
+  for first = 1, #names, 1000 do  -- (unpack's stack is bounded)
+    local last = math.min(first + 999, #names)
+    local known = redis.call('HMGET', O, unpack(names, first, last))
+    for i = first, last do
+      pairs_[#pairs_ + 1], pairs_[#pairs_ + 2] = names[i], values[i]
+      if not known[i - first + 1] then new[#new + 1] = names[i] end
+    end
+  end
+  for first = 1, #pairs_, 2000 do
+    redis.call('HSET', V, unpack(pairs_, first, math.min(first + 1999, #pairs_)))
+  end
+  if #new == 0 then return end
+  local n = redis.call('HINCRBY', M, 'n', #new) - #new
+  local order = {}
+  for i, name in ipairs(new) do order[2 * i - 1], order[2 * i] = name, n + i end
+  for first = 1, #order, 2000 do
+    redis.call('HSET', O, unpack(order, first, math.min(first + 1999, #order)))
+  end
+end
+
+-- set (value) or delete (false) names as one revision of size bytes (plus replaced lists);
+-- distinct: the names are distinct and all set (then set_all writes them)
+local function commit(names, values, size, distinct)
   local rev = revision() + 1
+  local together = distinct and #names > 1
   local fields, retired, oldest = {}, nil, nil
   local lists = redis.call('HLEN', L) > 0
   for i, name in ipairs(names) do
@@ -178,7 +204,9 @@ local function commit(names, values, size)
     end
     local at = #fields
     if v then
-      if redis.call('HSET', V, name, v) == 1 then placed(name) end
+      if not together then
+        if redis.call('HSET', V, name, v) == 1 then placed(name) end
+      end
       fields[at + 1], fields[at + 2], fields[at + 3] = 's', name, v
     else
       redis.call('HDEL', V, name)
@@ -186,6 +214,7 @@ local function commit(names, values, size)
       fields[at + 1], fields[at + 2], fields[at + 3] = 'd', name, ''
     end
   end
+  if together then set_all(names, values) end
   record(rev, fields, size, retired, true)
   return rev
 end
@@ -222,7 +251,7 @@ function ops.update(a)
     names[#names + 1], values[#values + 1] = a[i], a[i + 1]
     size = size + #a[i + 1] + OVERHEAD
   end
-  return {'ok', commit(names, values, size)}
+  return {'ok', commit(names, values, size, true)}
 end
 
 function ops.open(a)
@@ -259,15 +288,17 @@ function ops.snapshot(a)
       if v == '' then v = value(pair[2]) end
       out[#out + 1], out[#out + 2] = pair[2], v
     end
-  else
-    for first = 2, #a, 1000 do  -- one HMGET per thousand names (unpack's stack is bounded)
-      local last = math.min(first + 999, #a)
-      local values = redis.call('HMGET', V, unpack(a, first, last))
-      for i = first, last do
-        local v = values[i - first + 1]
-        if v == '' then v = value(a[i]) end
-        if v then out[#out + 1], out[#out + 2] = a[i], v end
-      end
+    return {'ok', revision(), out}
+  end
+  -- the names asked for: their values in their order, false (nil) for those missing
+  for first = 2, #a, 1000 do  -- one HMGET per thousand names (unpack's stack is bounded)
+    local last = math.min(first + 999, #a)
+    local values = redis.call('HMGET', V, unpack(a, first, last))
+    if first == 2 and last == #a then out = values end  -- (most snapshots: no copy)
+    for i = first, last do
+      local v = values[i - first + 1]
+      if v == '' then v = value(a[i]) end
+      out[i - 1] = v
     end
   end
   return {'ok', revision(), out}
