@@ -15,7 +15,9 @@ the store loads it and sends them again in their order (redis.py).
 in one cluster slot and one script call touches them all::
 
     base:m  hash   r: revision, hb: the history's size (base.py's rules), summed, n: names set
-    base:v  hash   name -> encoded value, or "" for a list that appends grew
+    base:v  hash   name -> encoded value, or "" for a list that appends grew; and once the
+                   namespace placed 32 names, "" -> 65 bytes of padding, no name: it makes
+                   Redis keep the hash as a hash table (``grown`` in the script says why)
     base:o  hash   name -> when it was set first (m's counter n): a snapshot lists names in
                    that order, as a Python dict (the in-memory store) does
     base:l  hash   "c"+name -> such a list's length, "r"+name -> the revision of its last append
@@ -107,10 +109,24 @@ local function revision() return tonumber(redis.call('HGET', M, 'r') or 0) end
 local function body_key(name) return B .. ':b:' .. name end
 local function retired_key(rev, name) return B .. ':x:' .. rev .. ':' .. name end
 
+-- once LARGE names were placed in a namespace, its values hash gets the field "" (never a
+-- name) with a value too long for a listpack: Redis then keeps the hash as a hash table, where
+-- reading or writing a field costs the same whatever the hash holds, not a scan of the
+-- listpack (an HMGET of each name of a hundred scans a hundred times)
+local LARGE, PAD = 32, string.rep('-', 65)
+local function grown(before, after)
+  if before < LARGE and after >= LARGE then redis.call('HSET', V, '', PAD) end
+end
+
 -- a name set for the first time comes after the others (a snapshot lists them in that order)
-local function placed(name) redis.call('HSET', O, name, redis.call('HINCRBY', M, 'n', 1)) end
+local function placed(name)
+  local n = redis.call('HINCRBY', M, 'n', 1)
+  redis.call('HSET', O, name, n)
+  grown(n - 1, n)
+end
 
 local function value(name)
+  if name == '' then return false end  -- (the padding of grown; the server refuses the name)
   local v = redis.call('HGET', V, name)
   if v == false or v ~= '' then return v end
   local count = tonumber(redis.call('HGET', L, 'c' .. name))
@@ -154,28 +170,34 @@ local function record(rev, fields, size, retired, inline)
   redis.call('HSET', M, 'r', rev, 'hb', hb)
 end
 
--- set several names (all distinct) in one HSET, and place the new ones in one HSET, in their
--- order (one HMGET tells which are new): a command per name costs Redis more than its work
+-- set several names (all distinct) in one HSET, and place the new ones, in their order, in
+-- one HSET (the first HSET's count says how many are new; when some but not all, one HMGET of
+-- the order hash says which): a command per name costs Redis more than its work
 local function set_all(names, values)
-  local pairs_, new = {}, {}
-  for first = 1, #names, 1000 do  -- (unpack's stack is bounded)
-    local last = math.min(first + 999, #names)
-    local known = redis.call('HMGET', O, unpack(names, first, last))
-    for i = first, last do
-      pairs_[#pairs_ + 1], pairs_[#pairs_ + 2] = names[i], values[i]
-      if not known[i - first + 1] then new[#new + 1] = names[i] end
+  local pairs_, added = {}, 0
+  for i = 1, #names do pairs_[2 * i - 1], pairs_[2 * i] = names[i], values[i] end
+  for first = 1, #pairs_, 2000 do  -- (unpack's stack is bounded)
+    added = added + redis.call('HSET', V, unpack(pairs_, first, math.min(first + 1999, #pairs_)))
+  end
+  if added == 0 then return end
+  local new = names
+  if added < #names then
+    new = {}
+    for first = 1, #names, 1000 do
+      local last = math.min(first + 999, #names)
+      local known = redis.call('HMGET', O, unpack(names, first, last))
+      for i = first, last do
+        if not known[i - first + 1] then new[#new + 1] = names[i] end
+      end
     end
   end
-  for first = 1, #pairs_, 2000 do
-    redis.call('HSET', V, unpack(pairs_, first, math.min(first + 1999, #pairs_)))
-  end
-  if #new == 0 then return end
   local n = redis.call('HINCRBY', M, 'n', #new) - #new
   local order = {}
   for i, name in ipairs(new) do order[2 * i - 1], order[2 * i] = name, n + i end
   for first = 1, #order, 2000 do
     redis.call('HSET', O, unpack(order, first, math.min(first + 1999, #order)))
   end
+  grown(n, n + #new)
 end
 
 -- set (value) or delete (false) names as one revision of size bytes (plus replaced lists);
@@ -297,7 +319,7 @@ function ops.snapshot(a)
     if first == 2 and last == #a then out = values end  -- (most snapshots: no copy)
     for i = first, last do
       local v = values[i - first + 1]
-      if v == '' then v = value(a[i]) end
+      if v == '' then v = value(a[i]) elseif a[i] == '' then v = false end
       out[i - 1] = v
     end
   end
@@ -408,17 +430,19 @@ end
 
 function ops.usage(a)
   if redis.call('EXISTS', M) == 0 then return {'ok', 0, 0, 0, 0, 0} end
-  local all, bytes = redis.call('HGETALL', V), 0
+  local all, bytes, names = redis.call('HGETALL', V), 0, 0
   for i = 2, #all, 2 do
-    if all[i] == '' then
-      local name = all[i - 1]
+    local name = all[i - 1]
+    if name == '' then  -- (not a name: see grown)
+    elseif all[i] == '' then
+      names = names + 1
       bytes = bytes + #header(tonumber(redis.call('HGET', L, 'c' .. name)))
         + redis.call('STRLEN', body_key(name))
     else
-      bytes = bytes + #all[i]
+      names, bytes = names + 1, bytes + #all[i]
     end
   end
-  return {'ok', 1, #all / 2, bytes, redis.call('LLEN', S), tonumber(redis.call('HGET', M, 'hb'))}
+  return {'ok', 1, names, bytes, redis.call('LLEN', S), tonumber(redis.call('HGET', M, 'hb'))}
 end
 
 if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
