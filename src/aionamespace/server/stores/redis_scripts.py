@@ -64,6 +64,26 @@ local M, V, L, H, S, O = B .. ':m', B .. ':v', B .. ':l', B .. ':h', B .. ':s', 
 local MAXREV, MAXBYTES = tonumber(ARGV[2]), tonumber(ARGV[3])
 local MAY_CREATE, WANT_LIST = ARGV[4] == '1', ARGV[5] == '1'
 local TOKEN, BLOCKS = ARGV[6], ARGV[7] == '1'
+-- the most frequent call, before the rest of the script is defined (which each call costs): a
+-- get of a value that is no list (a list's, or a get in a blocked round, goes the whole way)
+if ARGV[1] == 'get' and TOKEN == '' and ARGV[9] ~= '' then
+  local v = redis.call('HGET', V, ARGV[9])
+  if v ~= '' then
+    local rev = tonumber(redis.call('HGET', M, 'r') or 0)
+    if v then return {0, {'ok', v, rev}} end
+    return {0, {'missing', rev}}
+  end
+end
+-- and a snapshot of up to a thousand names none of which is a list
+if ARGV[1] == 'snapshot' and TOKEN == '' and ARGV[9] == '-' and #ARGV >= 10
+    and #ARGV <= 1009 then
+  if redis.call('EXISTS', M) == 0 then return {0, {'ok', 0, {}}} end
+  local values, plain = redis.call('HMGET', V, unpack(ARGV, 10)), true
+  for i = 1, #values do
+    if values[i] == '' or ARGV[i + 9] == '' then plain = false break end
+  end
+  if plain then return {0, {'ok', tonumber(redis.call('HGET', M, 'r') or 0), values}} end
+end
 local EPOCH, CHANNEL = ARGV[8], B .. ':c'
 local OVERHEAD, MAX_LIST, MAX_INLINE = @OVERHEAD@, @MAX_LIST@, @MAX_INLINE@
 local MARKERS = {@MARKERS@}
