@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import operator
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import msgpack
@@ -48,10 +49,12 @@ __all__ = [
     "SCALAR_LENGTHS",
     "ExtCode",
     "ValueDecodeError",
+    "decode_array",
     "decode_value",
     "decode_values",
     "encode_value",
     "encode_values",
+    "whole_scalars",
 ]
 
 
@@ -227,6 +230,9 @@ def encode_values(values: dict[str, Any]) -> dict[str, bytes]:
     }
 
 
+_ARRAY_HEADER = msgpack.Packer().pack_array_header
+
+
 # ---------------------------------------------------------------------------- decoding
 
 
@@ -269,8 +275,26 @@ def decode_value(data: bytes | bytearray) -> Any:
         value = _ONE_BYTE_VALUES[data[0]]
         if value is not _NOT_ONE_BYTE:
             return value
+    value = _unpack(data)
+    if type(value) is _Marker:
+        raise ValueDecodeError("a container marker alone is not a value")
+    return value
+
+
+def decode_array(data: bytes) -> list[Any]:
+    """Decode bytes holding an array of values (as ``snapshot_packed`` carries them), in one
+    call into msgpack, whatever their number: ``[decode_value(v) for v in encoded]``."""
+    values = _unpack(data)
+    if type(values) is not list:  # (an array led by a lone marker became a container)
+        raise ValueDecodeError(f"expected an array of values, not a {type(values).__name__}")
+    if _Marker in map(type, values):
+        raise ValueDecodeError("a container marker alone is not a value")
+    return values
+
+
+def _unpack(data: bytes | bytearray) -> Any:
     try:
-        value = msgpack.unpackb(
+        return msgpack.unpackb(
             data,
             ext_hook=_ext_hook,
             list_hook=_list_hook,
@@ -290,9 +314,6 @@ def decode_value(data: bytes | bytearray) -> Any:
         msgpack.UnpackException,
     ) as exc:
         raise ValueDecodeError(f"malformed value: {type(exc).__name__}: {exc}") from None
-    if type(value) is _Marker:
-        raise ValueDecodeError("a container marker alone is not a value")
-    return value
 
 
 # Every one-byte encoding that is a whole value (fixints, nil, false, true), by its byte.
@@ -318,6 +339,29 @@ _FIXED_LENGTHS = {
 SCALAR_LENGTHS = bytes(
     1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0) for b in range(256)
 )
+
+
+_FIRST = operator.itemgetter(0)
+_BYTES_ONLY = frozenset({bytes})
+#: The bytes that are a whole value alone (fixints, nil, false, true).
+_ONE_BYTE_WHOLES = bytes(byte for byte in range(256) if SCALAR_LENGTHS[byte] == 1)
+
+
+def whole_scalars(blobs: Collection[Any]) -> bool:
+    """Whether every item is bytes holding one whole int, float, nil or bool and nothing more
+    (``SCALAR_LENGTHS``), judged by loops in C with no Python call per item: a batch of
+    one-byte items by its bytes joined, any other by the lengths its first bytes give
+    (``bytes.translate`` by ``SCALAR_LENGTHS``) held against the items' own."""
+    if not _BYTES_ONLY.issuperset(map(type, blobs)):
+        return False
+    if sum(map(len, blobs)) == len(blobs) and b"" not in blobs:  # one byte each
+        return not b"".join(blobs).translate(None, _ONE_BYTE_WHOLES)
+    try:
+        lengths = bytes(map(len, blobs))  # ValueError: an item longer than any scalar
+        firsts = bytes(map(_FIRST, blobs))  # IndexError: an empty item
+    except (IndexError, ValueError):
+        return False
+    return lengths == firsts.translate(SCALAR_LENGTHS)
 
 
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
