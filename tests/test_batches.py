@@ -29,7 +29,6 @@ from aionamespace.protocol.codec import (
     decode_values,
     encode_value,
     encode_values,
-    whole_scalars,
 )
 from aionamespace.protocol.ops import check_args, check_names
 from aionamespace.protocol.values import check_unpacked, check_value
@@ -66,22 +65,6 @@ def test_the_scalar_shortcut_accepts_exactly_the_whole_scalars(data: bytes) -> N
     elif SCALAR_LENGTHS[data[0]]:  # a scalar's first byte, the wrong length: refused
         with pytest.raises(ValueDecodeError):
             check_value(data)
-
-
-SCALAR_SAMPLES = [
-    encode_value(value) for value in (0, -1, 127, 128, -33, 2**40, -(2**63), 1.5, None, True)
-]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.binary(max_size=10), st.sampled_from(SCALAR_SAMPLES)), max_size=6))
-@example([b"\x01" * 300])  # longer than any scalar, too long for a length byte
-@example([b"\x01", b"", b"\x02\x03"])  # one byte each on average, not each
-def test_whole_scalars_of_a_batch_is_the_shortcut_of_each(items: list[bytes]) -> None:
-    each = all(item and len(item) == SCALAR_LENGTHS[item[0]] for item in items)
-    assert whole_scalars(items) is each
-    assert whole_scalars([*items, bytearray(b"\x01")]) is False  # values travel as bytes
-    assert whole_scalars([*items, "a"]) is False
 
 
 @pytest.mark.parametrize(

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
-import operator
 import threading
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -54,7 +53,6 @@ __all__ = [
     "decode_values",
     "encode_value",
     "encode_values",
-    "whole_scalars",
 ]
 
 
@@ -339,29 +337,6 @@ _FIXED_LENGTHS = {
 SCALAR_LENGTHS = bytes(
     1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0) for b in range(256)
 )
-
-
-_FIRST = operator.itemgetter(0)
-_BYTES_ONLY = frozenset({bytes})
-#: The bytes that are a whole value alone (fixints, nil, false, true).
-_ONE_BYTE_WHOLES = bytes(byte for byte in range(256) if SCALAR_LENGTHS[byte] == 1)
-
-
-def whole_scalars(blobs: Collection[Any]) -> bool:
-    """Whether every item is bytes holding one whole int, float, nil or bool and nothing more
-    (``SCALAR_LENGTHS``), judged by loops in C with no Python call per item: a batch of
-    one-byte items by its bytes joined, any other by the lengths its first bytes give
-    (``bytes.translate`` by ``SCALAR_LENGTHS``) held against the items' own."""
-    if not _BYTES_ONLY.issuperset(map(type, blobs)):
-        return False
-    if sum(map(len, blobs)) == len(blobs) and b"" not in blobs:  # one byte each
-        return not b"".join(blobs).translate(None, _ONE_BYTE_WHOLES)
-    try:
-        lengths = bytes(map(len, blobs))  # ValueError: an item longer than any scalar
-        firsts = bytes(map(_FIRST, blobs))  # IndexError: an empty item
-    except (IndexError, ValueError):
-        return False
-    return lengths == firsts.translate(SCALAR_LENGTHS)
 
 
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:

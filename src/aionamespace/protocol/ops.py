@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError, whole_scalars
+from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError
 from .values import check_value
 
 if TYPE_CHECKING:
@@ -101,8 +101,6 @@ def _values(limits: Limits, values: Any) -> str | None:
     problem = check_each_name(limits, values)
     if problem is not None:
         return problem
-    if whole_scalars(values.values()):  # the usual batch, judged by loops in C
-        return None
     lengths = SCALAR_LENGTHS
     for value in values.values():
         if type(value) is bytes and value and len(value) == lengths[value[0]]:
