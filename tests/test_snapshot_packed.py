@@ -96,6 +96,16 @@ def test_a_snapshot_is_sent_packed_only_to_a_server_that_announced_it(ops: Any, 
     assert msgpack.unpackb(frame)[1:] == [sent, "k", ["a", "b"]]
 
 
+def test_a_new_connection_forgets_what_the_last_server_announced() -> None:
+    """Requests sent behind the hello, before the server's comes back, go as plain snapshots:
+    the server reached on reconnecting may be an older one."""
+    connection = greeted({"version": PROTOCOL_VERSION, "ops": ["snapshot_packed"]})
+    assert connection.packs_snapshots
+    connection.start()
+    _, frame = connection.send_request("snapshot", "k", ["a"])
+    assert msgpack.unpackb(frame)[1] == "snapshot"
+
+
 def test_the_reader_takes_both_forms() -> None:
     operation, _ = calls.snapshot("k", ("a", "b"))
     assert operation.read is not None

@@ -121,6 +121,7 @@ class ClientConnection:
         self._large = None
         self._proof = b""
         self.greeted = False
+        self.packs_snapshots = False  # until this server's hello says (it may be another)
 
     def start(self) -> bytes:
         """A new connection's first bytes: ``reset()``, then our hello."""
