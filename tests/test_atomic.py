@@ -9,6 +9,9 @@ the namespace's revision is compared before and after.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import decimal
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -252,6 +255,56 @@ def test_snapshot_of_names_reads_only_those_that_exist(client: Client) -> None:
     assert snapshot.revision == 1
     assert repr(snapshot) == "Snapshot(revision=1, {'a': 1, 'c': 3})"
     assert client("_snapshot", "missing") == {}
+
+
+EVERY_TYPE: dict[str, Any] = {
+    "small": 7,
+    "negative": -33,
+    "wide": 2**64 - 1,
+    "big": -(2**70),
+    "float": 0.1,
+    "none": None,
+    "true": True,
+    "text": "é" * 40,
+    "blob": b"\x00\xff" * 50,
+    "array": bytearray(b"ab"),
+    "list": [1, [2, "x"]],
+    "tuple": (1, (2, 3)),
+    "set": {1, 2},
+    "frozenset": frozenset({"a", (1, 2)}),
+    "dict": {"a": {1: (2,)}, 3: None},
+    "complex": 1.5 - 2j,
+    "when": dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc),
+    "day": dt.date(2026, 11, 25),
+    "time": dt.time(1, 2, 3, 4),
+    "span": dt.timedelta(1, 2, 3),
+    "decimal": decimal.Decimal("-1.5E+7"),
+    "uuid": uuid.UUID(int=7),
+}
+
+
+def test_a_snapshot_of_names_brings_every_type_back_exactly(client: Client) -> None:
+    """The values of a snapshot of names travel as one array (snapshot_packed): each comes back
+    equal, of its own type, in whatever order and number the names were asked."""
+    revision = client("_update", **EVERY_TYPE)
+    for names in (list(EVERY_TYPE), list(reversed(EVERY_TYPE)), ["tuple", "missing", "tuple"]):
+        snapshot = client("_snapshot", *names)
+        expected = {name: EVERY_TYPE[name] for name in names if name in EVERY_TYPE}
+        assert snapshot == expected
+        assert list(snapshot) == list(expected)
+        assert {n: type(v) for n, v in snapshot.items()} == {
+            n: type(v) for n, v in expected.items()
+        }
+        assert snapshot.revision == revision
+
+
+def test_a_snapshot_holding_a_large_value_reads_it_whole(client: Client) -> None:
+    """Values adding up to 64 KiB or more are answered as snapshot's map, not copied into one
+    array: the reader takes either."""
+    big = bytes(range(256)) * 300
+    client("_update", big=big, small=1)
+    assert client("_snapshot", "small", "big") == {"small": 1, "big": big}
+    assert client("_snapshot", "small") == {"small": 1}
 
 
 def test_changes_that_fail_or_find_nothing_do_not_count(client: Client) -> None:

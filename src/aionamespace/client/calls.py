@@ -12,11 +12,19 @@ transport takes a call as it is (``transport.call(*call)``), the hot ``get`` inc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from ..protocol.codec import decode_value, decode_values, encode_value, encode_values
+from .._errors import RemoteProtocolError
+from ..protocol.codec import (
+    decode_array,
+    decode_value,
+    decode_values,
+    encode_value,
+    encode_values,
+)
 
 __all__ = ["GET", "Call", "Operation", "Revision", "Snapshot", "WatchEvent"]
 
@@ -86,7 +94,9 @@ class Snapshot(dict[str, Any]):
 
     revision: int
 
-    def __init__(self, revision: int, values: dict[str, Any]) -> None:
+    def __init__(
+        self, revision: int, values: Mapping[str, Any] | Iterable[tuple[str, Any]]
+    ) -> None:
         super().__init__(values)
         self.revision = revision
 
@@ -104,8 +114,19 @@ class WatchEvent:
     deleted: bool = False
 
 
-def _read_snapshot(result: list[Any]) -> Snapshot:
-    return Snapshot(result[0], decode_values(result[1]))
+def _read_snapshot(result: list[Any], asked: Sequence[str] = ()) -> Snapshot:
+    """A ``snapshot``'s result, ``[revision, map]``, or a ``snapshot_packed``'s, ``[revision,
+    names, bin]`` (names nil: those ``asked``), whose values are decoded in one call."""
+    if len(result) == 2:
+        return Snapshot(result[0], decode_values(result[1]))
+    revision, names, packed = result
+    values = decode_array(packed)
+    names = asked if names is None else names
+    if len(names) != len(values):
+        raise RemoteProtocolError(
+            f"a snapshot of {len(names)} names came with {len(values)} values"
+        )
+    return Snapshot(revision, zip(names, values, strict=True))  # (no dict made to be copied)
 
 
 PING = Operation("ping")
@@ -178,7 +199,10 @@ def dump(key: str) -> Call:
 
 def snapshot(key: str, names: tuple[str, ...]) -> Call:
     _shared_names(names)
-    return SNAPSHOT, (key, list(names) or None)
+    if not names:
+        return SNAPSHOT, (key, None)
+    asked = list(names)  # (a reply to snapshot_packed may leave them out: these, in order)
+    return Operation("snapshot", functools.partial(_read_snapshot, asked=asked)), (key, asked)
 
 
 def update(key: str, values: dict[str, Any]) -> Call:

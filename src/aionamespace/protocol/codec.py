@@ -48,6 +48,7 @@ __all__ = [
     "SCALAR_LENGTHS",
     "ExtCode",
     "ValueDecodeError",
+    "decode_array",
     "decode_value",
     "decode_values",
     "encode_value",
@@ -227,6 +228,9 @@ def encode_values(values: dict[str, Any]) -> dict[str, bytes]:
     }
 
 
+_ARRAY_HEADER = msgpack.Packer().pack_array_header
+
+
 # ---------------------------------------------------------------------------- decoding
 
 
@@ -269,8 +273,26 @@ def decode_value(data: bytes | bytearray) -> Any:
         value = _ONE_BYTE_VALUES[data[0]]
         if value is not _NOT_ONE_BYTE:
             return value
+    value = _unpack(data)
+    if type(value) is _Marker:
+        raise ValueDecodeError("a container marker alone is not a value")
+    return value
+
+
+def decode_array(data: bytes) -> list[Any]:
+    """Decode bytes holding an array of values (as ``snapshot_packed`` carries them), in one
+    call into msgpack, whatever their number: ``[decode_value(v) for v in encoded]``."""
+    values = _unpack(data)
+    if type(values) is not list:  # (an array led by a lone marker became a container)
+        raise ValueDecodeError(f"expected an array of values, not a {type(values).__name__}")
+    if _Marker in map(type, values):
+        raise ValueDecodeError("a container marker alone is not a value")
+    return values
+
+
+def _unpack(data: bytes | bytearray) -> Any:
     try:
-        value = msgpack.unpackb(
+        return msgpack.unpackb(
             data,
             ext_hook=_ext_hook,
             list_hook=_list_hook,
@@ -290,9 +312,6 @@ def decode_value(data: bytes | bytearray) -> Any:
         msgpack.UnpackException,
     ) as exc:
         raise ValueDecodeError(f"malformed value: {type(exc).__name__}: {exc}") from None
-    if type(value) is _Marker:
-        raise ValueDecodeError("a container marker alone is not a value")
-    return value
 
 
 # Every one-byte encoding that is a whole value (fixints, nil, false, true), by its byte.

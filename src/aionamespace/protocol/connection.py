@@ -112,6 +112,8 @@ class ClientConnection:
         self.send_limit = self.receive_limit = self.limits.max_frame_bytes
         self.greeted = False
         self.epoch: str | None = None  # of the server, as its hello said (None: it did not)
+        # Whether the server announced snapshot_packed: then a snapshot is sent as one.
+        self.packs_snapshots = False
 
     def reset(self) -> None:
         """Start over on a new connection; request ids keep counting up."""
@@ -119,6 +121,7 @@ class ClientConnection:
         self._large = None
         self._proof = b""
         self.greeted = False
+        self.packs_snapshots = False  # until this server's hello says (it may be another)
 
     def start(self) -> bytes:
         """A new connection's first bytes: ``reset()``, then our hello."""
@@ -164,11 +167,17 @@ class ClientConnection:
                 self._decoder = FrameDecoder(announced)
         epoch = hello.info.get("epoch")
         self.epoch = epoch if type(epoch) is str and 0 < len(epoch) <= MAX_EPOCH_LENGTH else None
+        ops = hello.info.get("ops")
+        self.packs_snapshots = type(ops) is list and "snapshot_packed" in ops
         self.greeted = True
         return hello
 
     def send_request(self, op: str, *args: Any) -> tuple[int, bytes]:
-        """Allocate an id and encode ``[id, op, *args]``."""
+        """Allocate an id and encode ``[id, op, *args]``; a ``snapshot`` goes as
+        ``snapshot_packed`` to a server that announced it (whose result a reader of a snapshot's
+        takes too: see ``client/calls.py``)."""
+        if op == "snapshot" and self.packs_snapshots:
+            op = "snapshot_packed"
         if op not in OPS:
             raise LocalProtocolError(f"unknown operation {op!r}")
         if len(args) != len(OPS[op]):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .limits import Limits
 
 __all__ = [
+    "ANNOUNCED_OPS",
     "DEFERRED_OPS",
     "OPS",
     "READ_OPS",
@@ -42,6 +43,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "del": ("key", "name"),  # -> revision
     "dump": ("key",),  # -> {name: value}
     "snapshot": ("key", "names?"),  # -> [revision, {name: value}]
+    # -> [revision, [name, ...] or nil (the names asked), bin(array of values)]
+    "snapshot_packed": ("key", "names?"),
     "update": ("key", "values"),  # all at once, one revision -> revision
     "setdefault": ("key", "name", "value"),  # -> the value now held
     "pop": ("key", "name"),  # -> the value removed
@@ -63,7 +66,12 @@ DEFERRED_OPS = frozenset({"acquire"})
 
 #: Ops a client may send again after losing the connection: they change nothing (``open``
 #: only fills in missing names, so a second one is a no-op).
-SAFE_TO_RESEND = frozenset({"ping", "keys", "get", "dump", "snapshot", "open", "info"})
+SAFE_TO_RESEND = frozenset(
+    {"ping", "keys", "get", "dump", "snapshot", "snapshot_packed", "open", "info"}
+)
+#: Ops added to version 1 that a server announces in its hello (``ops``): a client sends one
+#: only to a server that announced it.
+ANNOUNCED_OPS = ("snapshot_packed",)
 #: Ops that only read: they commit nothing, so they push nothing to anyone.
 READ_OPS = SAFE_TO_RESEND - {"open"}
 

@@ -32,7 +32,7 @@ from .frames import (
 )
 from .handshake import HandshakeDecoder
 from .limits import Limits
-from .ops import OPS, check_args, valid_names
+from .ops import ANNOUNCED_OPS, OPS, check_args, valid_names
 
 __all__ = ["ServerConnection"]
 
@@ -149,6 +149,7 @@ class ServerConnection:
         }
         if self.epoch is not None:
             hello["epoch"] = self.epoch
+        hello["ops"] = list(ANNOUNCED_OPS)
         if self._authkey is not None:
             hello["challenge"] = self._challenges[1]
             hello["proof"] = _auth.server_proof(self._authkey, *self._challenges)

@@ -43,6 +43,7 @@ from ..protocol.pieces import (
     Producer,
     event_tail,
     list_reply,
+    packed_values_reply,
     replay,
     values_reply,
 )
@@ -107,6 +108,7 @@ class Dispatcher:
             "keys": self._keys,
             "dump": self._dump,
             "snapshot": self._snapshot,
+            "snapshot_packed": self._snapshot_packed,
             "track": self._track,
             "watch": self._watch,
             "unwatch": self._unwatch,
@@ -400,6 +402,13 @@ class Dispatcher:
         revision, values = self.store.snapshot(key, names)
         budget = peer.protocol.limits.max_reply_backlog_bytes
         return values_reply(request_id, (revision,), values, budget)
+
+    def _snapshot_packed(
+        self, peer: Peer, request_id: int, key: str, names: list[str] | None
+    ) -> ReplyData:
+        revision, values = self.store.snapshot(key, names)
+        budget = peer.protocol.limits.max_reply_backlog_bytes
+        return packed_values_reply(request_id, revision, names, values, budget)
 
     # ------------------------------------------------------------------ client caches
 

@@ -44,7 +44,7 @@ from typing import Any, cast
 from .._errors import ConnectionLost, StoreUnavailable
 from ..protocol.connection import BadRequest, Hello, Refusal, Request
 from ..protocol.limits import Limits
-from ..protocol.pieces import Output, Producer, list_reply, values_reply
+from ..protocol.pieces import Output, Producer, list_reply, packed_values_reply, values_reply
 from .anonymous import AnonymousNamespaces
 from .dispatch import Dispatcher, ReplyData
 from .info import anonymous_count
@@ -253,6 +253,11 @@ class RemoteDispatcher(SharingDispatcher):
         elif op == "snapshot":
             call = ("snapshot", args)
             make = lambda result: values_reply(request_id, (result[0],), result[1], budget)  # noqa: E731
+        elif op == "snapshot_packed":
+            call = ("snapshot", args)
+            make = lambda result: packed_values_reply(  # noqa: E731
+                request_id, result[0], args[1], result[1], budget
+            )
         elif op == "dump":
             call = ("snapshot", (args[0], None))
             make = lambda result: values_reply(request_id, (), result[1], budget)  # noqa: E731

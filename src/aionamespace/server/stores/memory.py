@@ -161,7 +161,10 @@ class MemoryStore:
         if names is None:
             values = dict(attributes)
         else:
-            values = {n: attributes[n] for n in names if n in attributes}
+            try:  # every name there (the usual snapshot): looked up by loops in C
+                values = dict(zip(names, map(attributes.__getitem__, names), strict=True))
+            except KeyError:
+                values = {n: attributes[n] for n in names if n in attributes}
         for name in namespace.lists.intersection(values) if namespace.lists else ():
             stored = attributes[name]
             assert isinstance(stored, StoredList)
