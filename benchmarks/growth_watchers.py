@@ -16,10 +16,10 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import time
-from types import TracebackType
 from typing import Any
 
 import aionamespace
+from spawned import Spawned
 
 __all__ = ["Watchers"]
 
@@ -28,41 +28,22 @@ SEEN_TIMEOUT = 60.0
 CONNECT_AT_ONCE = 50  # watchers a process connects concurrently (the server bounds handshakes)
 
 
-class Watchers:
+class Watchers(Spawned):
     """``processes`` spawned processes watching ``name`` ``x`` of namespace ``key`` at ``path``."""
 
     def __init__(self, processes: int, path: str, key: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.processes: list[Any] = []
-        self.conns: list[multiprocessing.connection.Connection] = []
+        super().__init__(processes, _process, (path, key), "a watcher process")
         try:
-            for _ in range(processes):
-                parent, child = context.Pipe()
-                process = context.Process(target=_process, daemon=True, args=(child, path, key))
-                process.start()
-                child.close()
-                self.processes.append(process)
-                self.conns.append(parent)
             for conn in self.conns:
                 self._receive(conn, "started", START_TIMEOUT)
         except BaseException:
             self.close()
             raise
 
-    def __enter__(self) -> Watchers:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def _receive(
         self, conn: multiprocessing.connection.Connection, kind: str, timeout: float
     ) -> Any:
-        if not conn.poll(timeout):
-            raise RuntimeError(f"a watcher process sent no {kind!r} within {timeout:.0f} s")
-        got, *values = conn.recv()
+        got, *values = self.message(conn, timeout, repr(kind))
         if got != kind:
             raise RuntimeError(f"a watcher process sent {got!r} {values}, not {kind!r}")
         return values
@@ -92,18 +73,6 @@ class Watchers:
         for conn in active:
             self._receive(conn, "closed", START_TIMEOUT)
         return times
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(Exception):
-                conn.send(None)
-        for conn, process in zip(self.conns, self.processes, strict=False):
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 # ---------------------------------------------------------------------------------- in a process

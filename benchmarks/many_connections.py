@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import aionamespace
+from spawned import Spawned
 from yardstick_rows import fastest_loop
 
 __all__ = ["Crowd", "make_rows", "setup"]
@@ -84,7 +85,7 @@ def setup(bench: Any, namespace: str, theirs: Any) -> None:
     )
 
 
-class Crowd:
+class Crowd(Spawned):
     """``processes`` spawned processes, each holding ``connections`` connections per contender
     (``server``: the Manager's address and authkey)."""
 
@@ -96,35 +97,15 @@ class Crowd:
         namespace: str,
         theirs: Any,
     ) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.processes: list[Any] = []
-        self.conns: list[multiprocessing.connection.Connection] = []
         address, authkey = server
+        arguments = (connections, address, authkey, namespace, theirs)
+        super().__init__(processes, _process, arguments, "a crowd process")
         try:
-            for _ in range(processes):
-                parent, child = context.Pipe()
-                process = context.Process(
-                    target=_process,
-                    daemon=True,
-                    args=(child, connections, address, authkey, namespace, theirs),
-                )
-                process.start()
-                child.close()
-                self.processes.append(process)
-                self.conns.append(parent)
-            names = {self._receive(conn, START_TIMEOUT) for conn in self.conns}
+            names = {self.value(conn, START_TIMEOUT) for conn in self.conns}
             self.loop_name = ", ".join(sorted(names))
         except BaseException:
             self.close()
             raise
-
-    def _receive(self, conn: multiprocessing.connection.Connection, timeout: float) -> Any:
-        if not conn.poll(timeout):
-            raise RuntimeError(f"a crowd process did not answer within {timeout:.0f} s")
-        kind, value = conn.recv()
-        if kind == "error":
-            raise RuntimeError(f"a crowd process failed: {value}")
-        return value
 
     def sample(self, who: str, seconds: float) -> tuple[float, float]:
         """Every connection of every process gets from ``who`` during the same ``seconds``."""
@@ -132,20 +113,8 @@ class Crowd:
         count_at = start_at + LEAD_IN
         for conn in self.conns:
             conn.send((who, start_at, count_at, count_at + seconds))
-        counts = [self._receive(conn, seconds + 60) for conn in self.conns]
+        counts = [self.value(conn, seconds + 60) for conn in self.conns]
         return float(sum(counts)), seconds
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(Exception):
-                conn.send(None)
-        for conn, process in zip(self.conns, self.processes, strict=False):
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 # ---------------------------------------------------------------------------------- in a process

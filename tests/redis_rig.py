@@ -348,6 +348,34 @@ def private_standalone(config: str = "") -> RedisServer:
     return RedisServer(find_binary(), config).start()
 
 
+def slot_owner(node: Any, slot: int) -> str:
+    """The id of the node that ``node`` (a redis-py client of a cluster node) says serves
+    ``slot``, or "" if none does."""
+    for first, last, (_, _, node_id, *_), *_ in node.execute_command("CLUSTER SLOTS"):
+        if first <= slot <= last:
+            return str(node_id.decode())
+    return ""
+
+
+def move_slot(nodes: list[Any], slot: int, to: str) -> None:
+    """Give ``slot`` to the node of id ``to``, telling every node of ``nodes``; return once
+    they all say so."""
+    for node in nodes:
+        node.execute_command("CLUSTER SETSLOT", slot, "NODE", to)
+    wait_until(lambda: all(slot_owner(node, slot) == to for node in nodes), "the slot moved")
+
+
+def key_in_empty_slot(node: Any, key_of: Any, label: str) -> tuple[str, int]:
+    """A namespace ``label-N`` whose Redis key (``key_of(namespace)``) is in a slot holding no
+    key yet, and that slot."""
+    for i in range(1000):
+        namespace = f"{label}-{i}"
+        slot = node.execute_command("CLUSTER KEYSLOT", key_of(namespace))
+        if node.execute_command("CLUSTER COUNTKEYSINSLOT", slot) == 0:
+            return namespace, slot
+    raise AssertionError("no empty slot among a thousand keys")
+
+
 def unique_prefix(label: str = "test") -> str:
     """A key prefix no other caller gets: tests sharing one Redis never see each other's keys.
     (No braces: a store's own hash tags follow it.)"""

@@ -23,6 +23,7 @@ import pytest
 from test_growth import check_sections
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+VERDICT = SCRIPT.with_name("verdict.py")
 ROWS = (
     "sync_get",
     "sync_set",
@@ -102,6 +103,12 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
             assert is_number(figures["redis"]), (key, figures)
         assert row["targets"]
         assert row["met"] in ("yes", "n/a") or row["met"].startswith(("yes", "NO"))
+    for row in rows.values():  # each target's score: what benchmarks/verdict.py judges
+        for target in row["targets"]:
+            if target["met"] is not None:
+                assert is_number(target["score"]), (row["label"], target)
+                assert target["met"] == (target["score"] >= 1), (row["label"], target)
+    check_verdict(results, out)
     for key, yardstick in YARDSTICK_ROWS.items():
         row = rows[key]
         assert any(line.startswith(row["label"]) for line in lines), f"{key} not in the table"
@@ -122,3 +129,60 @@ def test_quick_run_measures_every_row(tmp_path: Path) -> None:
                 assert row["met"] in ("yes", "NO"), (key, row)  # against the in-memory read
             else:
                 assert is_number(row["ratio_vs_redis"]), (key, row)
+
+
+def load_verdict() -> Any:
+    spec = importlib.util.spec_from_file_location("verdict", VERDICT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_verdict(results: dict[str, Any], out: Path) -> None:
+    """verdict.py reads compare.py's JSON: a line per target, and it refuses a --quick run."""
+    verdict = load_verdict()
+    lines = verdict.table([results, results])
+    targets = [(r["label"], t["text"]) for r in results["rows"].values() for t in r["targets"]]
+    assert [tuple(line[:2]) for line in lines[1:]] == list(dict.fromkeys(targets))
+    for line in lines[1:]:
+        assert line[2] in ("2/2", "0/2"), line
+    refused = subprocess.run(
+        [sys.executable, str(VERDICT), str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "--quick run" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("scores", "verdict"),
+    [
+        ([1.3, 1.1, 1.0, 0.95, 1.2, 1.05, 1.4], "met"),  # a run below, within 10%: met
+        ([1.3, 1.1, 1.0, 0.85, 1.2, 1.05, 1.4], "NO (worst run)"),  # one run 15% short
+        ([0.9, 0.95, 1.5], "NO (median)"),
+        ([], "not measured"),
+    ],
+)
+def test_verdict_over_runs(scores: list[float], verdict: str) -> None:
+    assert load_verdict().judge(scores) == verdict
+
+
+def test_verdict_exit_status_says_whether_every_target_is_met(tmp_path: Path) -> None:
+    def run(score: float) -> dict[str, Any]:
+        target = {"text": ">= 2x stdlib", "kind": "stdlib", "value": 2, "score": score}
+        return {"quick": False, "rows": {"r": {"label": "a row", "targets": [target]}}}
+
+    for name, scores, status in (("met", [1.1, 1.0, 0.95], 0), ("missed", [1.1, 0.8, 0.99], 1)):
+        paths = []
+        for i, score in enumerate(scores):
+            paths.append(tmp_path / f"{name}{i}.json")
+            paths[-1].write_text(json.dumps(run(score)))
+        done = subprocess.run(
+            [sys.executable, str(VERDICT), *map(str, paths)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == status, done.stdout + done.stderr
+        assert "a row" in done.stdout

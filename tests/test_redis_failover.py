@@ -14,11 +14,12 @@ first thing it does on waking is take over, before it could make its link again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -233,6 +234,40 @@ def test_a_clean_failover_keeps_the_epoch(
         second.close()
 
 
+@contextlib.contextmanager
+def lagging(
+    shard: redis_rig.RedisCluster, master: tuple[str, int], replica: tuple[str, int]
+) -> Iterator[Callable[[], None]]:
+    """Once the replica has every write, it is SIGSTOPped and its master drops its link: what
+    is written in the block is the master's alone. The block may call what it is given to
+    have the replica take over (CLUSTER FAILOVER TAKEOVER, sent now, run once the replica
+    resumes); the replica resumes at the block's end, and a takeover asked for is checked
+    done."""
+    import redis
+
+    wait_until(lambda: in_sync(master, replica), "the replica has every write")
+    pid = shard.pid_of(replica)
+    asked: list[socket.socket] = []
+
+    def take_over() -> None:
+        takeover = socket.create_connection(replica, timeout=NO_HANG_SECONDS)
+        asked.append(takeover)
+        takeover.sendall(b"CLUSTER FAILOVER TAKEOVER\r\n")
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with redis.Redis(*master) as client:
+            assert client.execute_command("CLIENT KILL TYPE replica") == 1
+        yield take_over
+        os.kill(pid, signal.SIGCONT)
+        for takeover in asked:
+            assert takeover.recv(64) == b"+OK\r\n"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        for takeover in asked:
+            takeover.close()
+
+
 def test_a_lagging_replica_that_takes_over_starts_a_new_epoch(
     shard: redis_rig.RedisCluster, short_tmp: str, redis_prefix: str
 ) -> None:
@@ -241,7 +276,6 @@ def test_a_lagging_replica_that_takes_over_starts_a_new_epoch(
     a new epoch: the watching connection is ended, the cached reader drops its cache (it read
     the lost value), and a ``since`` of the old epoch gets HistoryExpired, even once the
     namespace's revisions have passed it again."""
-    import redis
 
     master, replica = shard_nodes(shard)
     key = key_on(shard, master, redis_prefix)
@@ -256,24 +290,14 @@ def test_a_lagging_replica_that_takes_over_starts_a_new_epoch(
             assert reader.x == "kept"
             epoch = reader._info()["epoch"]
             with watched._watch() as watch:
-                wait_until(lambda: in_sync(master, replica), "the replica has every write")
-                pid = shard.pid_of(replica)
-                os.kill(pid, signal.SIGSTOP)
-                try:
-                    with redis.Redis(*master) as client:
-                        assert client.execute_command("CLIENT KILL TYPE replica") == 1
+                with lagging(shard, master, replica) as take_over:
                     writer.x = "lost"  # acknowledged by the master alone
                     since = writer._snapshot().revision
                     assert watch.next(timeout=NO_HANG_SECONDS).value == "lost"
                     deadline = time.monotonic() + NO_HANG_SECONDS
                     while reader.x != "lost":  # the cache was invalidated, then read again
                         assert time.monotonic() < deadline
-                    takeover = socket.create_connection(replica, timeout=NO_HANG_SECONDS)
-                    takeover.sendall(b"CLUSTER FAILOVER TAKEOVER\r\n")
-                finally:
-                    os.kill(pid, signal.SIGCONT)
-                assert takeover.recv(64) == b"+OK\r\n"
-                takeover.close()
+                    take_over()
                 with pytest.raises(ConnectionLost):  # as if the server had restarted
                     watch.next(timeout=NO_HANG_SECONDS)
             deadline = time.monotonic() + NO_HANG_SECONDS
@@ -298,7 +322,6 @@ def test_a_takeover_after_the_master_died_starts_a_new_epoch_and_delivery_goes_o
     node's connection is lost), the old master cannot say it handed everything over: a new
     epoch; and the writes that follow reach a watcher on the other server. (Last in the
     module: the shard's old master stays dead.)"""
-    import redis
 
     master, replica = shard_nodes(shard)
     key = key_on(shard, master, redis_prefix)
@@ -311,23 +334,13 @@ def test_a_takeover_after_the_master_died_starts_a_new_epoch_and_delivery_goes_o
             writer.x = "kept"
             assert reader.x == "kept"
             epoch = reader._info()["epoch"]
-            wait_until(lambda: in_sync(master, replica), "the replica has every write")
-            pid = shard.pid_of(replica)
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                with redis.Redis(*master) as client:
-                    assert client.execute_command("CLIENT KILL TYPE replica") == 1
+            with lagging(shard, master, replica) as take_over:
                 writer.x = "lost"  # acknowledged by the master alone
                 deadline = time.monotonic() + NO_HANG_SECONDS
                 while reader.x != "lost":
                     assert time.monotonic() < deadline
                 os.kill(shard.pid_of(master), signal.SIGKILL)
-                takeover = socket.create_connection(replica, timeout=NO_HANG_SECONDS)
-                takeover.sendall(b"CLUSTER FAILOVER TAKEOVER\r\n")
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            assert takeover.recv(64) == b"+OK\r\n"
-            takeover.close()
+                take_over()
             deadline = time.monotonic() + NO_HANG_SECONDS
             while read(reader, "x") != "kept":  # the new master's: the lost one's cache dropped
                 assert time.monotonic() < deadline

@@ -344,8 +344,10 @@ def _wait_until(condition: Callable[[], bool]) -> None:
     wait_until(condition, "Redis's subscriptions are as expected")
 
 
-def test_a_flushed_board_under_a_follower_starts_a_new_epoch() -> None:
-    server = redis_rig.private_standalone()
+def test_a_flushed_board_under_a_follower_starts_a_new_epoch(
+    redis_private: redis_rig.RedisServer,
+) -> None:
+    server = redis_private
 
     async def main() -> None:
         async with servers("standalone", server) as (a, b, heard):
@@ -362,14 +364,13 @@ def test_a_flushed_board_under_a_follower_starts_a_new_epoch() -> None:
             assert heard.revisions("k") == [1, 2, 1]
             assert heard.commits[-1] == ("k", 1, {"y": ONE})
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
-def test_a_restarted_redis_is_a_new_epoch_and_delivery_resumes() -> None:
-    server = redis_rig.private_standalone()
+def test_a_restarted_redis_is_a_new_epoch_and_delivery_resumes(
+    redis_private: redis_rig.RedisServer,
+) -> None:
+    server = redis_private
 
     async def main() -> None:
         async with servers("standalone", server) as (a, b, heard):
@@ -386,10 +387,7 @@ def test_a_restarted_redis_is_a_new_epoch_and_delivery_resumes() -> None:
             assert heard.commits[-1] == ("k", 1, {"x": TWO})
             assert a.epoch == b.epoch == heard.epochs[0]
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
 def test_a_new_replication_id_under_a_surviving_epoch_is_a_new_epoch() -> None:
@@ -432,34 +430,11 @@ def test_a_slot_that_moves_takes_its_subscription_along() -> None:
     ids = [node.execute_command("CLUSTER MYID").decode() for node in nodes]
 
     def owner(slot: int) -> int:
-        for first, last, (_, port, *_rest), *_ in nodes[0].execute_command("CLUSTER SLOTS"):
-            if first <= slot <= last:
-                return [port for _, port in redis_rig.cluster().nodes].index(port)
-        raise AssertionError(f"slot {slot} has no owner")
-
-    def give(slot: int, to: int) -> None:
-        for node in nodes:
-            node.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
-        wait_until(lambda: all(owner_seen(node, slot) == ids[to] for node in nodes), "moved")
-
-    def owner_seen(node: Any, slot: int) -> str:
-        for first, last, (_, _, node_id, *_), *_ in node.execute_command("CLUSTER SLOTS"):
-            if first <= slot <= last:
-                return str(node_id.decode())
-        return ""
+        return ids.index(redis_rig.slot_owner(nodes[0], slot))
 
     async def main() -> None:
         async with servers("cluster") as (a, b, heard):
-            key = next(
-                f"moving-{i}"
-                for i in range(1000)
-                if nodes[0].execute_command(
-                    "CLUSTER COUNTKEYSINSLOT",
-                    nodes[0].execute_command("CLUSTER KEYSLOT", b.base(f"moving-{i}")),
-                )
-                == 0
-            )
-            slot = nodes[0].execute_command("CLUSTER KEYSLOT", b.base(key))
+            key, slot = redis_rig.key_in_empty_slot(nodes[0], b.base, "moving")
             before = owner(slot)
             channel = b.base(key) + ":c"
             b.follow(key, 0)
@@ -467,7 +442,7 @@ def test_a_slot_that_moves_takes_its_subscription_along() -> None:
                 _wait_until, lambda: subscribers("cluster", channel) == 1
             )
             try:
-                give(slot, (before + 1) % len(nodes))
+                redis_rig.move_slot(nodes, slot, ids[(before + 1) % len(nodes)])
                 await anyio.to_thread.run_sync(
                     _wait_until,
                     lambda: _subscribed_on(nodes[(before + 1) % len(nodes)], channel),
@@ -477,7 +452,7 @@ def test_a_slot_that_moves_takes_its_subscription_along() -> None:
                 assert heard.commits == [(key, 1, {"x": ONE})]
             finally:
                 await a.drop(key)
-                give(slot, before)
+                redis_rig.move_slot(nodes, slot, ids[before])
 
     try:
         run(main)
@@ -491,13 +466,15 @@ def _subscribed_on(node: Any, channel: str) -> bool:
 
 
 def test_a_silent_connection_is_given_up_and_made_anew(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    redis_private: redis_rig.RedisServer,
 ) -> None:
     """A node that stops answering (SIGSTOP: as a host that died without closing its sockets)
     is pinged after HEARTBEAT seconds of silence and its connection given up; meanwhile the
     store's calls fail promptly; once it answers again, delivery goes on."""
     monkeypatch.setattr(redis_subscriber, "HEARTBEAT", 0.2)
-    server = redis_rig.private_standalone()
+    server = redis_private
 
     def given_up() -> bool:
         return any("no answer to a ping" in record.getMessage() for record in caplog.records)
@@ -521,20 +498,19 @@ def test_a_silent_connection_is_given_up_and_made_anew(
             assert heard.revisions("k") == list(range(1, revision + 1))
 
     caplog.set_level(logging.INFO, logger="aionamespace.server")
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
-def test_a_reconnect_costs_a_few_round_trips_not_one_per_key() -> None:
+def test_a_reconnect_costs_a_few_round_trips_not_one_per_key(
+    redis_private: redis_rig.RedisServer,
+) -> None:
     """B follows 60 keys; its subscriber connection is killed. Subscribing them again is one
     SSUBSCRIBE, and reading their revisions one pipeline (or a few, as the confirmations
     arrive), not one round trip per key: Redis's own counts (``INFO commandstats``, and
     ``total_reads_processed``, its reads from clients: one per round trip of a client that
     waits for each answer) say so, less what this test's own client asked."""
     keys = 60
-    server = redis_rig.private_standalone()
+    server = redis_private
 
     def reconnect_costs() -> tuple[int, int, int]:
         """(SSUBSCRIBE calls, HGET calls, read events) of B's reconnect."""
@@ -575,7 +551,4 @@ def test_a_reconnect_costs_a_few_round_trips_not_one_per_key() -> None:
             await heard.until(lambda: len(heard.commits) >= 2 * keys, "B heard every key's 2")
             assert not heard.lost
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)

@@ -19,7 +19,7 @@ from aionamespace.protocol.codec import encode_value
 from aionamespace.server.stores.redis import RedisStore
 from aionamespace.server.stores.redis_link import Endpoint, Link
 from aionamespace.server.stores.redis_wire import ReplyError, pack
-from deadlines import async_wait_until, wait_until
+from deadlines import async_wait_until
 from store_rig import new_redis_client
 
 ONE, TWO = encode_value(1), encode_value(2)
@@ -66,11 +66,13 @@ def test_a_reply_past_the_bound_fails_the_batches_in_flight_and_no_other() -> No
             client.delete(big, small)
 
 
-def test_a_redis_killed_with_a_batch_in_flight_fails_it_at_once() -> None:
+def test_a_redis_killed_with_a_batch_in_flight_fails_it_at_once(
+    redis_private: redis_rig.RedisServer,
+) -> None:
     """The store's Redis is stopped with a batch sent, then killed: that batch's calls fail
     with StoreUnavailable when the connection drops (not at the store's deadline, minutes
     away), and once Redis is back the next batch connects again."""
-    server = redis_rig.private_standalone()
+    server = redis_private
 
     async def main() -> None:
         client = await new_redis_client(False, server)
@@ -104,10 +106,7 @@ def test_a_redis_killed_with_a_batch_in_flight_fails_it_at_once() -> None:
         finally:
             await client.aclose()
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
 def test_a_slot_moved_to_another_node_is_followed() -> None:
@@ -119,37 +118,17 @@ def test_a_slot_moved_to_another_node_is_followed() -> None:
     nodes = [redis.Redis(host=host, port=port) for host, port in redis_rig.cluster().nodes]
     ids = [node.execute_command("CLUSTER MYID").decode() for node in nodes]
 
-    def owner(node: Any, slot: int) -> str:
-        for first, last, (_, _, node_id, *_), *_ in node.execute_command("CLUSTER SLOTS"):
-            if first <= slot <= last:
-                return str(node_id.decode())
-        return ""
-
-    def give(slot: int, to: str) -> None:
-        for node in nodes:
-            node.execute_command("CLUSTER SETSLOT", slot, "NODE", to)
-        wait_until(lambda: all(owner(node, slot) == to for node in nodes), "the slot moved")
-
     async def main() -> None:
         client = await new_redis_client(True)
         store = RedisStore(client, prefix=redis_rig.unique_prefix())
         try:
             await store.start()
-            key = next(
-                f"moving-{i}"
-                for i in range(1000)
-                if nodes[0].execute_command(
-                    "CLUSTER COUNTKEYSINSLOT",
-                    nodes[0].execute_command("CLUSTER KEYSLOT", store.base(f"moving-{i}")),
-                )
-                == 0
-            )
-            slot = nodes[0].execute_command("CLUSTER KEYSLOT", store.base(key))
-            before = owner(nodes[0], slot)
+            key, slot = redis_rig.key_in_empty_slot(nodes[0], store.base, "moving")
+            before = redis_rig.slot_owner(nodes[0], slot)
             after = ids[(ids.index(before) + 1) % len(ids)]
             (missing,) = await store.apply([("get", (key, "x"))])  # (the old node's link)
             assert isinstance(missing, AttributeError)
-            give(slot, after)
+            redis_rig.move_slot(nodes, slot, after)
             try:
                 assert await store.apply([("set", (key, "x", ONE)), ("get", (key, "x"))]) == [
                     1,
@@ -160,7 +139,7 @@ def test_a_slot_moved_to_another_node_is_followed() -> None:
                 assert await store.apply([("set", (key, "x", TWO))]) == [2]  # applied once each
             finally:
                 await store.drop(key)
-                give(slot, before)
+                redis_rig.move_slot(nodes, slot, before)
         finally:
             await store.aclose()
             await client.aclose()

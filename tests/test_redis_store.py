@@ -207,8 +207,8 @@ def test_the_epoch_is_the_boards(target: str) -> None:
     run(main)
 
 
-def test_a_flushed_redis_makes_a_new_epoch() -> None:
-    server = redis_rig.private_standalone()
+def test_a_flushed_redis_makes_a_new_epoch(redis_private: redis_rig.RedisServer) -> None:
+    server = redis_private
 
     async def main() -> None:
         client = await new_redis_client(False, server)
@@ -219,17 +219,16 @@ def test_a_flushed_redis_makes_a_new_epoch() -> None:
         finally:
             await client.aclose()
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
-def test_a_frozen_redis_fails_calls_promptly_then_recovers() -> None:
+def test_a_frozen_redis_fails_calls_promptly_then_recovers(
+    redis_private: redis_rig.RedisServer,
+) -> None:
     """SIGSTOP: every call fails within the store's timeout, as StoreUnavailable naming the
     store; SIGCONT: the same store works again. Stopped and restarted (empty, without the
     script): the same."""
-    server = redis_rig.private_standalone()
+    server = redis_private
 
     async def main() -> None:
         client = await new_redis_client(False, server, socket_timeout=None)
@@ -264,10 +263,7 @@ def test_a_frozen_redis_fails_calls_promptly_then_recovers() -> None:
         finally:
             await client.aclose()
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
 def test_a_frozen_cluster_node_fails_calls_promptly_then_recovers() -> None:
@@ -515,11 +511,13 @@ def test_usage_counts_as_the_memory_store_does(target: str) -> None:
     run(main)
 
 
-def test_a_store_finds_its_board_flushed_and_starts_a_new_epoch() -> None:
+def test_a_store_finds_its_board_flushed_and_starts_a_new_epoch(
+    redis_private: redis_rig.RedisServer,
+) -> None:
     """Redis lost the board under a running store (here FLUSHALL; a restart without
     persistence is the same): the next batch finds the epoch gone, makes a new board and
     tells ``on_epoch`` before its commits; what it wrote is registered on the new board."""
-    server = redis_rig.private_standalone()
+    server = redis_private
     told: list[tuple[str, Any]] = []
 
     async def main() -> None:
@@ -539,10 +537,7 @@ def test_a_store_finds_its_board_flushed_and_starts_a_new_epoch() -> None:
         finally:
             await client.aclose()
 
-    try:
-        run(main)
-    finally:
-        server.remove()
+    run(main)
 
 
 def test_a_namespace_dropped_by_another_store_is_registered_again(target: str) -> None:

@@ -314,6 +314,34 @@ def test_a_lost_key_ends_its_watches_and_invalidates_its_cached_names(
     ns._close()
 
 
+def test_a_read_in_the_store_when_a_new_epoch_ends_its_connection_is_no_internal_error(
+    awaited: tuple[ServerThread, AwaitedStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cached connection's read is in the store when a new epoch ends the connection: the
+    read's answer is moot (the connection is gone), which is no internal error to log."""
+    server, store = awaited
+    address = str(server.address)
+    Namespace(address, "moot").x = 1
+    cacher, cacher_frames = connect_raw(address)
+    assert exchange(cacher, cacher_frames, [1, "track", True]) == [[1, 0, None]]
+    store.hold("moot")
+    with caplog.at_level(logging.WARNING, logger="aionamespace.server"):
+        cacher.sendall(pack([2, "get", "moot", "x"]))
+        wait_until(lambda: store.held == 1, "the tracked read is in the store")
+        new = store.call(store.board.lose_data)
+        store.release("moot")
+        (refusal,) = read_to_the_end(cacher, cacher_frames)
+        assert refusal[:3] == [0, 1, "ConnectionLost"]
+        assert new in refusal[3]
+        wait_until(lambda: store.held == 0, "the read came back from the store")
+        plain, plain_frames = connect_raw(address)
+        assert exchange(plain, plain_frames, [1, "ping"]) == [[1, 0, None]]  # served after
+    assert "a new epoch" in caplog.text
+    assert "internal error" not in caplog.text
+    plain.close()
+    cacher.close()
+
+
 def test_a_new_epoch_ends_watches_and_caches_and_is_announced(
     awaited: tuple[ServerThread, AwaitedStore],
 ) -> None:

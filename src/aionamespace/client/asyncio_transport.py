@@ -32,6 +32,7 @@ from .calls import Operation
 from .liveness import enable_keepalive, handshake_timeout
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .transport import map_connection_errors
+from .unix_connect import connect_unix_async
 
 __all__ = ["WRITE_AT_FRAMES", "AsyncioTransport", "Pacing"]
 
@@ -362,7 +363,10 @@ async def _connect(loop: asyncio.AbstractEventLoop, address: Address) -> socket.
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 enable_keepalive(sock)
-            await loop.sock_connect(sock, sockaddr)
+            if family == socket.AF_UNIX:
+                await connect_unix_async(sock, sockaddr)
+            else:
+                await loop.sock_connect(sock, sockaddr)
         except OSError as exc:
             sock.close()
             error = exc

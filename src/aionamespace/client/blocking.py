@@ -44,6 +44,7 @@ from .liveness import (
 )
 from .proxy import Target
 from .transport import Transport, connection_lost, map_connection_errors
+from .unix_connect import connect_unix
 
 __all__ = ["POOL", "SocketTransport", "open_socket", "open_transport"]
 
@@ -65,7 +66,7 @@ def open_socket(
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(address)
+            connect_unix(sock, address, timeout)
         except BaseException:
             sock.close()
             raise
@@ -171,8 +172,11 @@ class SocketTransport:
                 self.busy = False
         self.fresh_until = now + IDLE_CHECK_SECONDS
         protocol = self.protocol
-        if operation.op == "get":
+        op = operation.op
+        if op == "get":
             request_id, frame = protocol.send_get(*args)
+        elif op == "set":
+            request_id, frame = protocol.send_set(*args)
         else:
             request_id, frame = protocol.send_request(operation.op, *args)
         sock = self.sock

@@ -101,10 +101,10 @@ class ClientConnection:
         self._next_id = 1
         self._large: LargeValue | None = None  # a large value being received
         self._valid_names = valid_names(self.limits)  # see send_get
-        # send_get's own packer: pack_frame looks its packer up in a thread-local on every
-        # call. A get's frame cannot fail to pack (an int and three checked strs), and a
-        # connection is used by one thread at a time.
-        self._pack_get = new_packer().pack
+        # send_get's and send_set's own packer: pack_frame looks its packer up in a
+        # thread-local on every call. Their frames cannot fail to pack (an int, checked strs
+        # and bytes), and a connection is used by one thread at a time.
+        self._pack = new_packer().pack
         # The largest frame we send, and the largest we take: ours until the server says its
         # own in its hello, then the server's (kept across reconnects: requests queued before
         # a connection are checked against it). The server bounds what it stores: a proxy
@@ -197,7 +197,26 @@ class ClientConnection:
                 raise ValueError(problem)
         request_id = self._next_id
         self._next_id += 1
-        return request_id, self._pack_get([request_id, "get", key, name])
+        return request_id, self._pack([request_id, "get", key, name])
+
+    def send_set(self, key: str, name: str, value: bytes) -> tuple[int, bytes]:
+        """``send_request("set", key, name, value)`` (``value`` encoded), for the commonest
+        write, with names checked as ``send_get`` checks them."""
+        valid = self._valid_names
+        if key not in valid or name not in valid:
+            problem = check_each_name(self.limits, (key, name))
+            if problem is not None:
+                raise ValueError(problem)
+        request_id = self._next_id
+        frame = self._pack([request_id, "set", key, name, value])
+        if len(frame) > self.send_limit:
+            whose = "" if self.send_limit == self.limits.max_frame_bytes else "the server's "
+            raise ValueError(
+                f"set request is {len(frame)} bytes, over {whose}max_frame_bytes "
+                f"({self.send_limit})"
+            )
+        self._next_id = request_id + 1
+        return request_id, frame
 
     def receive_data(
         self,

@@ -39,9 +39,15 @@ class TLSListener(_AnyioTLSListener):
         logger.debug("TLS handshake failed: %r", exc)
 
 
+#: Connections the kernel queues for the server to accept (capped by net.core.somaxconn): a
+#: burst of connects from many processes (a pool starting) waits there rather than being
+#: refused while the loop is busy.
+LISTEN_BACKLOG = 4096
+
+
 def make_listening_socket(
     address: Address,
-    backlog: int = 4096,
+    backlog: int = LISTEN_BACKLOG,
 ) -> tuple[socket.socket, Address]:
     """A bound, listening socket; Unix sockets get mode 0600 and replace a stale socket file."""
     if isinstance(address, tuple):

@@ -49,8 +49,9 @@ __all__ = ["EXPECTED_ERRORS", "Arrivals", "FeedDispatcher", "Gone", "missed"]
 
 logger = logging.getLogger("aionamespace.server")
 
-#: Errors a request may end with on purpose: its error reply, nothing logged.
-EXPECTED_ERRORS = (*_CALLER_ERRORS, StoreUnavailable)
+#: Errors a request may end with on purpose: its error reply, nothing logged. ConnectionLost:
+#: its connection went while it was in the store (a new epoch ended it), so its answer is moot.
+EXPECTED_ERRORS = (*_CALLER_ERRORS, StoreUnavailable, ConnectionLost)
 
 
 class Arrivals:

@@ -41,7 +41,7 @@ from .admission import FAREWELL_SECONDS, Connections
 from .dispatch import Dispatcher
 from .durability import Durability
 from .info import RequestRate, server_figures
-from .listeners import TLSListener, make_listening_socket
+from .listeners import LISTEN_BACKLOG, TLSListener, make_listening_socket
 from .remote_dispatch import RemoteDispatcher
 from .remote_serving import BatchTasks, RemoteConnections
 from .shells import READ_CHUNK_BYTES, AsyncioConnection, StreamConnection
@@ -248,10 +248,13 @@ class Server:
         tls: dict[str, Any] = {}
         if self._ssl_context is not None:
             tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self.limits.handshake_timeout}
+        # (asyncio listens on the socket again, with a backlog of 100 unless told otherwise)
         if sock.family == socket.AF_UNIX:
-            server = await loop.create_unix_server(factory, sock=sock, **tls)
+            server = await loop.create_unix_server(
+                factory, sock=sock, backlog=LISTEN_BACKLOG, **tls
+            )
         else:
-            server = await loop.create_server(factory, sock=sock, **tls)
+            server = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG, **tls)
         try:
             self._address = address
             task_status.started(address)

@@ -1,0 +1,55 @@
+"""Connecting a Unix socket to a server whose listen backlog is full.
+
+A Unix connect is never "in progress", as a TCP one is: it is done at once, or, when the
+server has not accepted the connects queued before it and its listen backlog is full, it fails
+with EAGAIN (``BlockingIOError``). A blocking socket waits in the kernel for room; one with a
+timeout (the sync proxy's, bounded by the handshake's deadline) or a non-blocking one (the
+async proxy's) does not, and ``loop.sock_connect`` takes EAGAIN for a connect in progress: it
+returns once the socket is writable, which an unconnected Unix socket is at once, and the first
+read failed with ENOTCONN ("[Errno 107] Transport endpoint is not connected"). So both proxies
+try again, with a short backoff, while the server accepts: a burst of connects (a pool of
+processes starting at once) waits for room instead of failing. The caller's deadline bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+__all__ = ["connect_unix", "connect_unix_async"]
+
+#: The first wait before trying a refused connect again; it doubles up to the second.
+RETRY_SECONDS = 0.001
+MAX_RETRY_SECONDS = 0.05
+
+
+def connect_unix(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """``sock.connect(path)``, tried again while the backlog is full, for up to ``timeout``
+    seconds (``TimeoutError`` then)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = RETRY_SECONDS
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise TimeoutError(
+                    f"the server's listen backlog stayed full for {timeout} s"
+                ) from None
+            time.sleep(delay)
+            delay = min(2 * delay, MAX_RETRY_SECONDS)
+
+
+async def connect_unix_async(sock: socket.socket, path: str) -> None:
+    """``connect_unix`` for a non-blocking socket on asyncio (the caller's deadline bounds
+    it)."""
+    delay = RETRY_SECONDS
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, MAX_RETRY_SECONDS)
