@@ -606,3 +606,65 @@ def test_a_snapshot_of_thousands_of_names_reads_them_all(target: str) -> None:
             await client.aclose()
 
     run(main)
+
+
+def test_an_update_of_thousands_of_names_places_the_new_ones_in_its_order(target: str) -> None:
+    """The script writes an update's values in one HSET (two thousand values at a time) and
+    places the names it makes new after the others, in the update's order: a snapshot of all
+    lists them as a dict updated so would, a later new name last, and no value is lost."""
+    prefix = redis_rig.unique_prefix()
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, prefix)
+            first = {f"n{i}": encode_value(i) for i in range(0, 3000, 3)}
+            assert await store.apply([("update", ("order", first))]) == [1]
+            second = {f"n{i}": encode_value(-i) for i in range(2999, -1, -1)}  # new and old
+            assert await store.apply([("update", ("order", second))]) == [2]
+            assert await store.apply([("set", ("order", "last", ONE))]) == [3]
+            expected = {**first, **second, "last": ONE}
+            ((revision, found),) = await store.apply([("snapshot", ("order", None))])
+            assert revision == 3
+            assert list(found) == list(expected)
+            assert found == expected
+            await store.aclose()
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
+@pytest.mark.parametrize("one_by_one", [True, False], ids=["sets", "update"])
+def test_a_namespace_of_many_names_is_kept_in_a_hash_table_unseen(
+    target: str, one_by_one: bool
+) -> None:
+    """Past 32 names placed, by sets or by one update, a namespace's values hash is a hash
+    table in Redis (its padding field makes it one), and the padding is no name: not in a
+    snapshot of all, nor in the names or bytes the store's usage counts."""
+    prefix = redis_rig.unique_prefix()
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, prefix)
+            values = {f"n{i}": encode_value(i) for i in range(40)}
+            if one_by_one:
+                for name, value in values.items():
+                    await store.apply([("set", ("wide", name, value))])
+            else:
+                await store.apply([("update", ("wide", values))])
+            encoding = await client.object("encoding", store.base("wide") + ":v")
+            assert encoding == b"hashtable"
+            ((_, found),) = await store.apply([("snapshot", ("wide", None))])
+            assert found == values
+            ((_, some),) = await store.apply([("snapshot", ("wide", ["n39", "", "n0"]))])
+            assert some == {"n39": values["n39"], "n0": values["n0"]}
+            usage = await store.usage()
+            assert (usage.namespaces, usage.names) == (1, 40)
+            assert usage.value_bytes == sum(map(len, values.values()))
+            await store.aclose()
+        finally:
+            await client.aclose()
+
+    run(main)

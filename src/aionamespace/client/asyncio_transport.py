@@ -29,10 +29,10 @@ import anyio
 from .._errors import ConnectionLost, ProtocolError
 from ..protocol.addresses import Address
 from .calls import Operation
+from .connecting import connect_unix_async
 from .liveness import enable_keepalive, handshake_timeout
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .transport import map_connection_errors
-from .unix_connect import connect_unix_async
 
 __all__ = ["WRITE_AT_FRAMES", "AsyncioTransport", "Pacing"]
 

@@ -20,22 +20,20 @@ from __future__ import annotations
 import collections
 import os
 import socket
-import ssl
 import threading
 from time import monotonic
 from typing import Any
 
 from .._errors import ConnectionLost, LockLost, ServerTimeout
-from ..protocol.addresses import Address
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
 from .busypoll import ReplyPoll
 from .calls import Operation
+from .connecting import open_socket
 from .leases import Lease, thread_leases_lost
 from .liveness import (
     CALL_TIMEOUTS,
     IDLE_CHECK_SECONDS,
     WAITS,
-    enable_keepalive,
     handshake_timeout,
     left_while_idle,
     peek,
@@ -44,40 +42,12 @@ from .liveness import (
 )
 from .proxy import Target
 from .transport import Transport, connection_lost, map_connection_errors
-from .unix_connect import connect_unix
 
 __all__ = ["POOL", "SocketTransport", "open_socket", "open_transport"]
 
 READ_CHUNK_BYTES = 256 * 1024  # one buffer per transport, reused: large values in fewer reads
 
 Event = Hello | Reply | WatchPush | Invalidation
-
-
-def open_socket(
-    address: Address, ssl_context: ssl.SSLContext | None = None, timeout: float | None = None
-) -> socket.socket:
-    """A connected socket (TCP_NODELAY for TCP: every frame is a whole message), with
-    ``timeout`` on its operations until the caller lifts it (the handshake's bound)."""
-    if isinstance(address, tuple):
-        sock = socket.create_connection(address, timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        enable_keepalive(sock)
-    else:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            connect_unix(sock, address, timeout)
-        except BaseException:
-            sock.close()
-            raise
-    if ssl_context is None:
-        return sock
-    hostname = address[0] if isinstance(address, tuple) else None
-    try:
-        return ssl_context.wrap_socket(sock, server_hostname=hostname)
-    except BaseException:
-        sock.close()
-        raise
 
 
 def open_transport(target: Target, *, track: bool = False) -> Transport:

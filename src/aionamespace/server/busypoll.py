@@ -14,18 +14,44 @@ that caught nothing (a loaded machine: the spin would take a CPU from the client
 come fast again, so an idle or crowded server still sleeps.
 Only processes that own their loop use it (``python -m aionamespace serve``, ``Manager``);
 a ``Server`` run inside your own event loop leaves your loop alone.
+
+**A reply due.** A server over a Redis store waits, per batch, for Redis's reply, and the spin
+above rarely covers it: a sync client's next request comes later than a spin, so after a few
+misses the selector sleeps, and Redis's reply then wakes a CPU gone idle, late. So while a
+reply is due (``replies_due``, kept by the store's links, redis_link.py) a select first polls
+for up to ``reply_poll_seconds`` (DEFAULT_REPLY_POLL_SECONDS), yielding the CPU between two
+polls (``sched_yield``: Redis, on this CPU maybe, goes first), as a sync proxy polls for its own
+reply (client/busypoll.py), and backs off as it does: a poll that caught nothing, or that the
+CPUs being busy left less than half of its time to run, is a miss, and after a few misses in a
+row no reply is polled for during a number of selects that doubles each time. Nothing due,
+nothing polled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 import time
+import weakref
 from typing import Any
 
-__all__ = ["DEFAULT_SPIN_SECONDS", "BusyPollSelector", "busy_poll_loop_factory"]
+__all__ = [
+    "DEFAULT_REPLY_POLL_SECONDS",
+    "DEFAULT_SPIN_SECONDS",
+    "BusyPollSelector",
+    "busy_poll_loop_factory",
+    "selector_of",
+]
 
 DEFAULT_SPIN_SECONDS = 50e-6
+#: As long as a sync proxy polls for its reply (``Limits.reply_poll``).
+DEFAULT_REPLY_POLL_SECONDS = 200e-6
+
+_yield = getattr(os, "sched_yield", lambda: None)
+_selectors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BusyPollSelector] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class BusyPollSelector(selectors.DefaultSelector):
@@ -36,14 +62,32 @@ class BusyPollSelector(selectors.DefaultSelector):
     #: one spin, which says events come fast enough again.
     MAX_MISSES = 3
 
-    def __init__(self, spin_seconds: float = DEFAULT_SPIN_SECONDS) -> None:
+    #: The most selects a reply poll stops for after ``MAX_MISSES`` misses in a row.
+    MAX_REPLY_BACKOFF = 4096
+
+    def __init__(
+        self,
+        spin_seconds: float = DEFAULT_SPIN_SECONDS,
+        reply_poll_seconds: float = DEFAULT_REPLY_POLL_SECONDS,
+    ) -> None:
         super().__init__()
         self._spin_seconds = spin_seconds
         self._misses = 0
+        #: Replies this loop awaits from a store (its links count them): polled for.
+        self.replies_due = 0
+        self._reply_poll_seconds = reply_poll_seconds
+        self._reply_misses = 0
+        self._reply_skip = 0  # selects left that do not poll for a reply
+        self._reply_backoff = 1  # how many the next stop lasts
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         if timeout is not None and timeout <= 0:
             return super().select(timeout)
+        if self.replies_due and self._reply_poll_seconds > 0:
+            if self._reply_skip:
+                self._reply_skip -= 1
+            else:
+                return self._poll_reply(timeout)
         spin = self._spin_seconds if timeout is None else min(self._spin_seconds, timeout)
         if self._misses < self.MAX_MISSES:
             deadline = time.perf_counter() + spin
@@ -63,9 +107,49 @@ class BusyPollSelector(selectors.DefaultSelector):
             self._misses = 0  # it would have been caught spinning: spin again
         return ready
 
+    def _poll_reply(self, timeout: float | None) -> list[tuple[Any, int]]:
+        """Poll while a reply is due (module docstring), then sleep for what is left of
+        ``timeout``."""
+        window = (
+            self._reply_poll_seconds if timeout is None else min(self._reply_poll_seconds, timeout)
+        )
+        started, ran = time.perf_counter(), time.thread_time()
+        deadline = started + window
+        while True:
+            ready = super().select(0)
+            if ready:
+                if 2 * (time.thread_time() - ran) < time.perf_counter() - started:
+                    self._reply_missed()  # caught, but the CPUs are busy
+                else:
+                    self._reply_misses, self._reply_backoff = 0, 1
+                return ready
+            if time.perf_counter() >= deadline:
+                break
+            _yield()
+        self._reply_missed()
+        if timeout is not None:
+            timeout = max(0.0, timeout - window)
+        return super().select(timeout)
+
+    def _reply_missed(self) -> None:
+        self._reply_misses += 1
+        if self._reply_misses >= self.MAX_MISSES:
+            self._reply_misses = 0
+            self._reply_skip = self._reply_backoff
+            self._reply_backoff = min(2 * self._reply_backoff, self.MAX_REPLY_BACKOFF)
+
 
 def busy_poll_loop_factory(
     spin_seconds: float = DEFAULT_SPIN_SECONDS,
+    reply_poll_seconds: float = DEFAULT_REPLY_POLL_SECONDS,
 ) -> asyncio.AbstractEventLoop:
     """A new selector event loop using ``BusyPollSelector`` (for anyio's ``loop_factory``)."""
-    return asyncio.SelectorEventLoop(BusyPollSelector(spin_seconds))
+    selector = BusyPollSelector(spin_seconds, reply_poll_seconds)
+    loop = asyncio.SelectorEventLoop(selector)
+    _selectors[loop] = selector
+    return loop
+
+
+def selector_of(loop: asyncio.AbstractEventLoop) -> BusyPollSelector | None:
+    """The busy-polling selector of a loop ``busy_poll_loop_factory`` made, else None."""
+    return _selectors.get(loop)

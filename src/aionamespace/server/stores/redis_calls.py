@@ -210,8 +210,18 @@ class Snapshot(Call):
         return "snapshot", ["*"] if self.names is None else ["-", *self.names]
 
     def answer(self, reply: list[Any]) -> None:
-        flat = reply[2]
-        values = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+        found = reply[2]
+        values: dict[str, bytes]
+        if self.names is None:  # all of them: name, value, ... in the namespace's order
+            values = {found[i].decode(): found[i + 1] for i in range(0, len(found), 2)}
+        elif not found:  # (no such namespace)
+            values = {}
+        else:  # the names asked for: their values in order, None for one missing
+            values = {
+                name: value
+                for name, value in zip(self.names, found, strict=True)
+                if value is not None
+            }
         self.observed = reply[1]
         self.finish((reply[1], values))
 

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..busypoll import selector_of
 from .redis_wire import RespError, new_reader, pack
 
 __all__ = ["DEFAULT_MAX_REPLY_BYTES", "Endpoint", "Link", "Links", "endpoint_of"]
@@ -135,6 +136,9 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         future: asyncio.Future[list[Any]] = self.link.loop.create_future()
         self.waiting.append(_Batch(count, future))
+        poller = self.link.poller
+        if poller is not None:
+            poller.replies_due += 1
         self.transport.write(payload)
         return future
 
@@ -158,6 +162,8 @@ class _Connection(asyncio.Protocol):
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.count:
                     waiting.popleft()
+                    if self.link.poller is not None:
+                        self.link.poller.replies_due -= 1
                     if not batch.future.done():
                         batch.future.set_result(batch.replies)
         except RespError as exc:
@@ -185,6 +191,8 @@ class _Connection(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
         waiting, self.waiting = self.waiting, collections.deque()
+        if self.link.poller is not None:
+            self.link.poller.replies_due -= len(waiting)
         for batch in waiting:
             if not batch.future.done():
                 batch.future.set_exception(error)
@@ -201,6 +209,8 @@ class Link:
         self.max_reply_bytes = max_reply_bytes
         self.connection: _Connection | None = None
         self.loop = asyncio.get_running_loop()
+        #: The loop's busy-polling selector, told of the replies due (server/busypoll.py).
+        self.poller = selector_of(self.loop)
         self._connecting: asyncio.Future[None] | None = None
 
     async def call(self, payload: bytes, count: int, timeout: float | None = None) -> list[Any]:

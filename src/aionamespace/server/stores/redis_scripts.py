@@ -15,7 +15,9 @@ the store loads it and sends them again in their order (redis.py).
 in one cluster slot and one script call touches them all::
 
     base:m  hash   r: revision, hb: the history's size (base.py's rules), summed, n: names set
-    base:v  hash   name -> encoded value, or "" for a list that appends grew
+    base:v  hash   name -> encoded value, or "" for a list that appends grew; and once the
+                   namespace placed 32 names, "" -> 65 bytes of padding, no name: it makes
+                   Redis keep the hash as a hash table (``grown`` in the script says why)
     base:o  hash   name -> when it was set first (m's counter n): a snapshot lists names in
                    that order, as a Python dict (the in-memory store) does
     base:l  hash   "c"+name -> such a list's length, "r"+name -> the revision of its last append
@@ -39,6 +41,7 @@ from __future__ import annotations
 from ...protocol.codec import MARKER_CODES
 from ...protocol.lists import MAX_LIST_LENGTH
 from .base import CHANGE_OVERHEAD_BYTES
+from .redis_script_ops import OPERATIONS
 
 __all__ = [
     "BOARD_START",
@@ -62,6 +65,26 @@ local M, V, L, H, S, O = B .. ':m', B .. ':v', B .. ':l', B .. ':h', B .. ':s', 
 local MAXREV, MAXBYTES = tonumber(ARGV[2]), tonumber(ARGV[3])
 local MAY_CREATE, WANT_LIST = ARGV[4] == '1', ARGV[5] == '1'
 local TOKEN, BLOCKS = ARGV[6], ARGV[7] == '1'
+-- the most frequent call, before the rest of the script is defined (which each call costs): a
+-- get of a value that is no list (a list's, or a get in a blocked round, goes the whole way)
+if ARGV[1] == 'get' and TOKEN == '' and ARGV[9] ~= '' then
+  local v = redis.call('HGET', V, ARGV[9])
+  if v ~= '' then
+    local rev = tonumber(redis.call('HGET', M, 'r') or 0)
+    if v then return {0, {'ok', v, rev}} end
+    return {0, {'missing', rev}}
+  end
+end
+-- and a snapshot of up to a thousand names none of which is a list
+if ARGV[1] == 'snapshot' and TOKEN == '' and ARGV[9] == '-' and #ARGV >= 10
+    and #ARGV <= 1009 then
+  if redis.call('EXISTS', M) == 0 then return {0, {'ok', 0, {}}} end
+  local values, plain = redis.call('HMGET', V, unpack(ARGV, 10)), true
+  for i = 1, #values do
+    if values[i] == '' or ARGV[i + 9] == '' then plain = false break end
+  end
+  if plain then return {0, {'ok', tonumber(redis.call('HGET', M, 'r') or 0), values}} end
+end
 local EPOCH, CHANNEL = ARGV[8], B .. ':c'
 local OVERHEAD, MAX_LIST, MAX_INLINE = @OVERHEAD@, @MAX_LIST@, @MAX_INLINE@
 local MARKERS = {@MARKERS@}
@@ -107,10 +130,24 @@ local function revision() return tonumber(redis.call('HGET', M, 'r') or 0) end
 local function body_key(name) return B .. ':b:' .. name end
 local function retired_key(rev, name) return B .. ':x:' .. rev .. ':' .. name end
 
+-- once LARGE names were placed in a namespace, its values hash gets the field "" (never a
+-- name) with a value too long for a listpack: Redis then keeps the hash as a hash table, where
+-- reading or writing a field costs the same whatever the hash holds, not a scan of the
+-- listpack (an HMGET of each name of a hundred scans a hundred times)
+local LARGE, PAD = 32, string.rep('-', 65)
+local function grown(before, after)
+  if before < LARGE and after >= LARGE then redis.call('HSET', V, '', PAD) end
+end
+
 -- a name set for the first time comes after the others (a snapshot lists them in that order)
-local function placed(name) redis.call('HSET', O, name, redis.call('HINCRBY', M, 'n', 1)) end
+local function placed(name)
+  local n = redis.call('HINCRBY', M, 'n', 1)
+  redis.call('HSET', O, name, n)
+  grown(n - 1, n)
+end
 
 local function value(name)
+  if name == '' then return false end  -- (the padding of grown; the server refuses the name)
   local v = redis.call('HGET', V, name)
   if v == false or v ~= '' then return v end
   local count = tonumber(redis.call('HGET', L, 'c' .. name))
@@ -154,9 +191,41 @@ local function record(rev, fields, size, retired, inline)
   redis.call('HSET', M, 'r', rev, 'hb', hb)
 end
 
--- set (value) or delete (false) names as one revision of size bytes (plus replaced lists)
-local function commit(names, values, size)
+-- set several names (all distinct) in one HSET, and place the new ones, in their order, in
+-- one HSET (the first HSET's count says how many are new; when some but not all, one HMGET of
+-- the order hash says which): a command per name costs Redis more than its work
+local function set_all(names, values)
+  local pairs_, added = {}, 0
+  for i = 1, #names do pairs_[2 * i - 1], pairs_[2 * i] = names[i], values[i] end
+  for first = 1, #pairs_, 2000 do  -- (unpack's stack is bounded)
+    added = added + redis.call('HSET', V, unpack(pairs_, first, math.min(first + 1999, #pairs_)))
+  end
+  if added == 0 then return end
+  local new = names
+  if added < #names then
+    new = {}
+    for first = 1, #names, 1000 do
+      local last = math.min(first + 999, #names)
+      local known = redis.call('HMGET', O, unpack(names, first, last))
+      for i = first, last do
+        if not known[i - first + 1] then new[#new + 1] = names[i] end
+      end
+    end
+  end
+  local n = redis.call('HINCRBY', M, 'n', #new) - #new
+  local order = {}
+  for i, name in ipairs(new) do order[2 * i - 1], order[2 * i] = name, n + i end
+  for first = 1, #order, 2000 do
+    redis.call('HSET', O, unpack(order, first, math.min(first + 1999, #order)))
+  end
+  grown(n, n + #new)
+end
+
+-- set (value) or delete (false) names as one revision of size bytes (plus replaced lists);
+-- distinct: the names are distinct and all set (then set_all writes them)
+local function commit(names, values, size, distinct)
   local rev = revision() + 1
+  local together = distinct and #names > 1
   local fields, retired, oldest = {}, nil, nil
   local lists = redis.call('HLEN', L) > 0
   for i, name in ipairs(names) do
@@ -178,7 +247,9 @@ local function commit(names, values, size)
     end
     local at = #fields
     if v then
-      if redis.call('HSET', V, name, v) == 1 then placed(name) end
+      if not together then
+        if redis.call('HSET', V, name, v) == 1 then placed(name) end
+      end
       fields[at + 1], fields[at + 2], fields[at + 3] = 's', name, v
     else
       redis.call('HDEL', V, name)
@@ -186,215 +257,11 @@ local function commit(names, values, size)
       fields[at + 1], fields[at + 2], fields[at + 3] = 'd', name, ''
     end
   end
+  if together then set_all(names, values) end
   record(rev, fields, size, retired, true)
   return rev
 end
 
-local ops = {}
-
-function ops.get(a)
-  local v = value(a[1])
-  if not v then return {'missing', revision()} end
-  return {'ok', v, revision()}
-end
-
-function ops.set(a)
-  if not ensure() then return {'full'} end
-  return {'ok', commit({a[1]}, {a[2]}, #a[2] + OVERHEAD)}
-end
-
-function ops.del(a)
-  if redis.call('HEXISTS', V, a[1]) == 0 then return {'missing'} end
-  return {'ok', commit({a[1]}, {false}, OVERHEAD)}
-end
-
-function ops.pop(a)
-  local v = value(a[1])
-  if not v then return {'missing'} end
-  return {'ok', v, commit({a[1]}, {false}, OVERHEAD)}
-end
-
-function ops.update(a)
-  if not ensure() then return {'full'} end
-  if #a == 0 then return {'ok', revision()} end
-  local names, values, size = {}, {}, 0
-  for i = 1, #a, 2 do
-    names[#names + 1], values[#values + 1] = a[i], a[i + 1]
-    size = size + #a[i + 1] + OVERHEAD
-  end
-  return {'ok', commit(names, values, size)}
-end
-
-function ops.open(a)
-  if not ensure() then return {'full'} end
-  local names, values, size = {}, {}, 0
-  for i = 1, #a, 2 do
-    if redis.call('HEXISTS', V, a[i]) == 0 then
-      names[#names + 1], values[#values + 1] = a[i], a[i + 1]
-      size = size + #a[i + 1] + OVERHEAD
-    end
-  end
-  if #names == 0 then return {'ok', 0, names} end
-  return {'ok', commit(names, values, size), names}
-end
-
-function ops.setdefault(a)
-  if not ensure() then return {'full'} end
-  local v = value(a[1])
-  if v then return {'ok', v} end
-  return {'set', commit({a[1]}, {a[2]}, #a[2] + OVERHEAD)}
-end
-
-function ops.snapshot(a)
-  if redis.call('EXISTS', M) == 0 then return {'ok', 0, {}} end
-  local out = {}
-  if a[1] == '*' then
-    local all, order, named = redis.call('HGETALL', V), redis.call('HGETALL', O), {}
-    for i = 1, #order, 2 do named[#named + 1] = {tonumber(order[i + 1]), order[i]} end
-    table.sort(named, function(x, y) return x[1] < y[1] end)
-    local values = {}
-    for i = 1, #all, 2 do values[all[i]] = all[i + 1] end
-    for _, pair in ipairs(named) do
-      local v = values[pair[2]]
-      if v == '' then v = value(pair[2]) end
-      out[#out + 1], out[#out + 2] = pair[2], v
-    end
-  else
-    for first = 2, #a, 1000 do  -- one HMGET per thousand names (unpack's stack is bounded)
-      local last = math.min(first + 999, #a)
-      local values = redis.call('HMGET', V, unpack(a, first, last))
-      for i = first, last do
-        local v = values[i - first + 1]
-        if v == '' then v = value(a[i]) end
-        if v then out[#out + 1], out[#out + 2] = a[i], v end
-      end
-    end
-  end
-  return {'ok', revision(), out}
-end
-
--- set a[1] to a[4] if it holds what the caller read: a[2] 'm' (missing), 'v' (the bytes a[3]),
--- 'l' (the list whose last append was revision a[3]), 'u' (unknown: never); else say what it
--- holds (a list's bytes only if a[5] == '1'), and block the round's token: the calls after
--- this one on the namespace, sent in the same pipeline, must wait for its next attempt
-function ops.cond(a)
-  if not ensure() then return {'full'} end
-  local name, kind, expected = a[1], a[2], a[3]
-  local current = redis.call('HGET', V, name)
-  local token = nil
-  if current == '' then token = redis.call('HGET', L, 'r' .. name) end
-  if (current == false and kind == 'm') or (token and kind == 'l' and token == expected)
-      or (current and not token and kind == 'v' and current == expected) then
-    return {'ok', commit({name}, {a[4]}, #a[4] + OVERHEAD)}
-  end
-  if BLOCKS then redis.call('HSET', M, 'blk', TOKEN) end
-  if current == false then return {'m'} end
-  if token then
-    if a[5] == '1' then return {'l', token, value(name)} end
-    return {'l', token}
-  end
-  return {'v', current}
-end
-
--- append the items a[3] (a[2] of them) to the list a[1]
-function ops.append(a)
-  if not ensure() then return {'full'} end
-  local name, n, items = a[1], tonumber(a[2]), a[3]
-  local current = redis.call('HGET', V, name)
-  local body, count = body_key(name), nil
-  if current == '' then
-    count = tonumber(redis.call('HGET', L, 'c' .. name))
-    if count + n > MAX_LIST then return {'toolong'} end
-  else
-    local encoded = current or '\144'
-    local hl
-    count, hl = split(encoded)
-    if count == nil then return {'notlist', encoded} end
-    if count + n > MAX_LIST then return {'toolong'} end
-    redis.call('SET', body, string.sub(encoded, hl + 1))
-    redis.call('HSET', V, name, '')
-    if current == false then placed(name) end
-  end
-  local rev = revision() + 1
-  local size = redis.call('APPEND', body, items)
-  count = count + n
-  redis.call('HSET', L, 'c' .. name, count, 'r' .. name, rev)
-  record(rev, {'a', name, count .. ' ' .. size}, #items + OVERHEAD, nil, false)
-  if WANT_LIST then return {'ok', count, rev, header(count) .. redis.call('GET', body)} end
-  return {'ok', count, rev, size}
-end
-
--- the changes after revision a[1], and the elements of every list they append to
-function ops.history(a)
-  local since, rev = tonumber(a[1]), revision()
-  local oldest = rev - redis.call('LLEN', S) + 1
-  if since > rev or (since < rev and since < oldest - 1) then
-    return {'expired', rev, oldest}
-  end
-  if since == rev then return {'ok', {}, {}, rev} end
-  local entries = redis.call('XRANGE', H, (since + 1) .. '-0', '+')
-  local pending, bodies = {}, {}
-  for _, entry in ipairs(entries) do
-    local at = tonumber(string.match(entry[1], '^(%d+)'))
-    local fields = cmsgpack.unpack(entry[2][2])
-    for i = 1, #fields, 3 do
-      local name = fields[i + 1]
-      if fields[i] == 'a' then
-        pending[name] = true
-      elseif pending[name] then
-        pending[name] = nil
-        local n = #bodies
-        bodies[n + 1], bodies[n + 2] = at, name
-        bodies[n + 3] = redis.call('GET', retired_key(at, name)) or ''
-      end
-    end
-  end
-  for name in pairs(pending) do
-    local n = #bodies
-    bodies[n + 1], bodies[n + 2], bodies[n + 3] = 0, name, redis.call('GET', body_key(name)) or ''
-  end
-  return {'ok', entries, bodies, rev}
-end
-
-function ops.drop(a)
-  local sizes = redis.call('LRANGE', S, 0, -1)
-  local first = revision() - #sizes + 1
-  for i, e in ipairs(sizes) do
-    local space = string.find(e, ' ', 1, true)
-    if space then
-      for _, name in ipairs(cmsgpack.unpack(string.sub(e, space + 1))) do
-        redis.call('DEL', retired_key(first + i - 1, name))
-      end
-    end
-  end
-  for _, field in ipairs(redis.call('HKEYS', L)) do
-    if string.sub(field, 1, 1) == 'c' then redis.call('DEL', body_key(string.sub(field, 2))) end
-  end
-  redis.call('DEL', M, V, L, H, S, O)
-  publish(0, false)
-  return {'ok'}
-end
-
-function ops.usage(a)
-  if redis.call('EXISTS', M) == 0 then return {'ok', 0, 0, 0, 0, 0} end
-  local all, bytes = redis.call('HGETALL', V), 0
-  for i = 2, #all, 2 do
-    if all[i] == '' then
-      local name = all[i - 1]
-      bytes = bytes + #header(tonumber(redis.call('HGET', L, 'c' .. name)))
-        + redis.call('STRLEN', body_key(name))
-    else
-      bytes = bytes + #all[i]
-    end
-  end
-  return {'ok', 1, #all / 2, bytes, redis.call('LLEN', S), tonumber(redis.call('HGET', M, 'hb'))}
-end
-
-if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
-local args = {}
-for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
-local reply = ops[ARGV[1]](args)  -- (before reading created, which it may set)
-return {created, reply}
 """
 
 #: Every operation on one namespace: KEYS[1] its base; ARGV: op, max_history_revisions,
@@ -403,7 +270,8 @@ return {created, reply}
 #: (published with each revision), the op's args.
 #: Returns {created (1/0), the op's reply}; {0, {"skipped"}} if the token is blocked.
 NAMESPACE = (
-    _NAMESPACE.replace("@OVERHEAD@", str(CHANGE_OVERHEAD_BYTES))
+    (_NAMESPACE + OPERATIONS)
+    .replace("@OVERHEAD@", str(CHANGE_OVERHEAD_BYTES))
     .replace("@MAX_LIST@", str(MAX_LIST_LENGTH))
     .replace("@MAX_INLINE@", str(MAX_INLINE_BYTES))
     .replace("@MARKERS@", ", ".join(f"[{int(code)}] = true" for code in sorted(MARKER_CODES)))

@@ -1,5 +1,6 @@
-"""Connecting a Unix socket to a server whose listen backlog is full.
+"""Opening a proxy's socket, and connecting a Unix socket whose server's listen backlog is full.
 
+``open_socket`` is the sync proxy's: TCP (``TCP_NODELAY``, keepalive) or Unix, TLS if asked.
 A Unix connect is never "in progress", as a TCP one is: it is done at once, or, when the
 server has not accepted the connects queued before it and its listen backlog is full, it fails
 with EAGAIN (``BlockingIOError``). A blocking socket waits in the kernel for room; one with a
@@ -15,9 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 
-__all__ = ["connect_unix", "connect_unix_async"]
+from ..protocol.addresses import Address
+from .liveness import enable_keepalive
+
+__all__ = ["connect_unix", "connect_unix_async", "open_socket"]
 
 #: The first wait before trying a refused connect again; it doubles up to the second.
 RETRY_SECONDS = 0.001
@@ -53,3 +58,30 @@ async def connect_unix_async(sock: socket.socket, path: str) -> None:
         except BlockingIOError:
             await asyncio.sleep(delay)
             delay = min(2 * delay, MAX_RETRY_SECONDS)
+
+
+def open_socket(
+    address: Address, ssl_context: ssl.SSLContext | None = None, timeout: float | None = None
+) -> socket.socket:
+    """A connected socket (TCP_NODELAY for TCP: every frame is a whole message), with
+    ``timeout`` on its operations until the caller lifts it (the handshake's bound)."""
+    if isinstance(address, tuple):
+        sock = socket.create_connection(address, timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        enable_keepalive(sock)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            connect_unix(sock, address, timeout)
+        except BaseException:
+            sock.close()
+            raise
+    if ssl_context is None:
+        return sock
+    hostname = address[0] if isinstance(address, tuple) else None
+    try:
+        return ssl_context.wrap_socket(sock, server_hostname=hostname)
+    except BaseException:
+        sock.close()
+        raise
