@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
+from time import perf_counter
 from typing import Any
 
 import anyio
@@ -32,14 +34,71 @@ from .liveness import enable_keepalive, handshake_timeout
 from .pipelined import AsyncState, PipelinedTransport, handshake
 from .transport import map_connection_errors
 
-__all__ = ["WRITE_AT_FRAMES", "AsyncioTransport"]
+__all__ = ["WRITE_AT_FRAMES", "AsyncioTransport", "Pacing"]
 
 READ_CHUNK_BYTES = 256 * 1024
 
 #: An outbox this long is written at once rather than when every ready task has queued its
 #: frame: the server answers these while our other tasks queue theirs, so both ends work at
-#: the same time (benchmarks/compare.py's async row measures it).
+#: the same time (benchmarks/compare.py's async row measures it). Only while the client has
+#: a CPU to itself, though (``Pacing``).
 WRITE_AT_FRAMES = 16
+
+#: How often the sender looks at whether its thread was preempted (``Pacing``).
+PACING_SECONDS = 0.002
+
+try:
+    from resource import RUSAGE_THREAD, getrusage
+except ImportError:  # not Linux: no count per thread, so the sender always writes early
+    getrusage = None  # type: ignore[assignment]
+
+
+def _preemptions() -> int:
+    """How often this thread was preempted so far (its involuntary context switches)."""
+    return getrusage(RUSAGE_THREAD).ru_nivcsw if getrusage is not None else 0
+
+
+class Pacing:
+    """When the sender writes: early (``WRITE_AT_FRAMES``), or once per loop iteration.
+
+    Writing early pays while the client and the server each run on a CPU of their own. On a
+    crowded machine it costs: every early write wakes a server that had gone to sleep, and
+    the scheduler, told by the socket that we are about to wait (a "sync" wake-up), may run
+    it on our CPU, preempting us, so that the two take turns instead of overlapping, one
+    turn per write (benchmarks/costs.py counts the sleeps and preemptions). So every
+    ``PACING_SECONDS`` the sender looks at whether its thread was preempted meanwhile: if it
+    was, the outbox goes out once per loop iteration, whole, for ``backoff`` such spells, a
+    number that doubles each time early writes are tried again and preempted again (up to
+    ``MAX_BACKOFF``), and is one again once a spell of early writes passes without.
+    """
+
+    __slots__ = ("backoff", "preempted", "since", "spells", "write_at")
+
+    #: The most spells the sender writes whole before it tries early writes again.
+    MAX_BACKOFF = 64
+
+    def __init__(self) -> None:
+        self.write_at = WRITE_AT_FRAMES
+        self.since, self.preempted = perf_counter(), _preemptions()
+        self.spells = 0  # spells left of writing whole
+        self.backoff = 1  # how many the next stretch lasts
+
+    def look(self) -> None:
+        now = perf_counter()
+        if now - self.since < PACING_SECONDS:
+            return
+        preempted = _preemptions()
+        if self.spells:
+            self.spells -= 1
+            if not self.spells:
+                self.write_at = WRITE_AT_FRAMES  # try early writes again
+        elif preempted != self.preempted:
+            self.write_at = sys.maxsize
+            self.spells = self.backoff
+            self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
+        else:
+            self.backoff = 1
+        self.since, self.preempted = now, preempted
 
 
 class AsyncioTransport(PipelinedTransport):
@@ -50,6 +109,7 @@ class AsyncioTransport(PipelinedTransport):
         self.loop = loop
         self.link: SocketLink | None = None
         self.watchdog: asyncio.TimerHandle | None = None  # checks silence while one waits
+        self.pacing = Pacing()
 
     def current(self) -> bool:
         try:
@@ -80,7 +140,7 @@ class AsyncioTransport(PipelinedTransport):
             if link is None:
                 await self.connect()
                 await self.drain()
-            elif len(table.outbox) >= WRITE_AT_FRAMES:
+            elif len(table.outbox) >= self.pacing.write_at:
                 self._write(link)  # the server starts on these meanwhile
             elif not self.sending:
                 await self.drain()
@@ -98,8 +158,9 @@ class AsyncioTransport(PipelinedTransport):
 
         One task at a time is the sender. When other requests are in flight, it first yields
         once, so that every task ready to run queues its frame and one write carries them all
-        (``call`` writes early once WRITE_AT_FRAMES are queued). The transport's write never
-        blocks, so the outbox is handed over whole even if the sender is cancelled then.
+        (``call`` writes early once WRITE_AT_FRAMES are queued, as ``Pacing`` says). The
+        transport's write never blocks, so the outbox is handed over whole even if the sender
+        is cancelled then.
         """
         link = self.link
         if self.sending or link is None:
@@ -107,6 +168,7 @@ class AsyncioTransport(PipelinedTransport):
         self.sending = True
         try:
             if len(self.table.waiters) > 1:
+                self.pacing.look()
                 await asyncio.sleep(0)  # every task ready to run queues its frame first
         finally:
             self.sending = False

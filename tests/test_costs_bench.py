@@ -1,0 +1,39 @@
+"""benchmarks/costs.py keeps running: its --quick mode, in a subprocess, against real servers.
+
+The figures of a quick run mean nothing; what is checked is that both rows are measured,
+printed and written to the JSON, every figure a finite count, the gets counted non-zero
+(CPU is read in clock ticks: a quick run's samples are too short for it to be more).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "costs.py"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_quick_costs_prints_and_writes_both_rows(tmp_path: Path) -> None:
+    out = tmp_path / "costs.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"async", "processes"}
+    for row in rows.values():
+        assert row["title"] in done.stdout
+        assert len(row["samples"]) == 2
+        for sample in [*row["samples"], row["median"]]:
+            assert len(sample) == len(row["columns"]) == 7
+            assert all(math.isfinite(value) and value >= 0 for value in sample)
+        assert row["median"][0] > 0  # gets/s

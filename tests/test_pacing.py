@@ -1,0 +1,156 @@
+"""The asyncio sender writes early only while nothing preempts it (asyncio_transport.Pacing).
+
+A crowded CPU is made for real: the test's thread and two spinning processes pinned to one
+CPU, so that the scheduler preempts the test's thread between them. Then the sender writes
+its outbox whole, once per loop iteration, instead of every WRITE_AT_FRAMES frames (each
+early write would wake the server to preempt us again), and tries early writes again after
+a stretch that doubles each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import anyio
+import msgpack
+import pytest
+
+import aionamespace
+from aionamespace.client import asyncio_transport
+from aionamespace.client.asyncio_transport import WRITE_AT_FRAMES, Pacing, SocketLink
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="pins CPUs, counts preemptions per thread"
+)
+
+_SPIN = "import sys\nprint('spinning', flush=True)\nwhile True: pass\n"
+
+
+@contextlib.contextmanager
+def crowded_cpu() -> Iterator[None]:
+    """This thread and two spinning processes on one CPU, for the block's duration."""
+    mine = os.sched_getaffinity(0)
+    cpu = min(mine)
+    spinners: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(2):
+            spinner = subprocess.Popen(
+                [sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True
+            )
+            spinners.append(spinner)
+            assert spinner.stdout is not None
+            assert spinner.stdout.readline() == "spinning\n"
+            os.sched_setaffinity(spinner.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})  # (0: the calling thread only, on Linux)
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+            assert spinner.stdout is not None
+            spinner.stdout.close()
+
+
+def _spin_looking(pacing: Pacing, until: float) -> None:
+    while time.monotonic() < until and pacing.write_at == WRITE_AT_FRAMES:
+        pacing.look()
+
+
+def test_a_preempted_sender_writes_whole_then_tries_early_writes_again() -> None:
+    pacing = Pacing()
+    assert pacing.write_at == WRITE_AT_FRAMES
+    with crowded_cpu():
+        _spin_looking(pacing, time.monotonic() + 30)  # until a preemption is seen
+    assert pacing.write_at == sys.maxsize
+    assert (pacing.spells, pacing.backoff) == (1, 2)
+    deadline = time.monotonic() + 30
+    while pacing.spells:  # one spell of writing whole, then early writes are tried again
+        assert time.monotonic() < deadline
+        pacing.look()
+    assert pacing.write_at == WRITE_AT_FRAMES
+
+
+def test_stretches_of_writing_whole_double_up_to_the_bound() -> None:
+    pacing = Pacing()
+    deadline = time.monotonic() + 60
+    with crowded_cpu():
+        for backoff in (2, 4, 8):
+            while pacing.backoff != backoff:  # preempted while trying early writes
+                assert time.monotonic() < deadline
+                pacing.look()
+            assert pacing.spells == backoff // 2
+    pacing.backoff = Pacing.MAX_BACKOFF
+    pacing.spells, pacing.write_at = 0, WRITE_AT_FRAMES
+    pacing.preempted -= 1  # a preemption seen at the next look
+    pacing.since -= 1
+    pacing.look()
+    assert (pacing.spells, pacing.backoff) == (Pacing.MAX_BACKOFF, Pacing.MAX_BACKOFF)
+
+
+@pytest.fixture
+def manager() -> Iterator[aionamespace.Manager]:
+    with aionamespace.Manager() as started:
+        yield started
+
+
+def test_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
+    manager: aionamespace.Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 tasks set then get their own name: on a crowded CPU their frames go out in whole
+    writes, longer than early writes can be (on main they never were), and each task reads
+    back what it wrote."""
+    tasks = 64
+    writes: list[int] = []
+    write = SocketLink.write
+
+    def counting_write(self: SocketLink, data: bytes) -> None:
+        writes.append(len(list(msgpack.Unpacker(io.BytesIO(data)))))  # frames in this write
+        write(self, data)
+
+    monkeypatch.setattr(SocketLink, "write", counting_write)
+
+    async def run() -> dict[int, object]:
+        ns = manager.AsyncNamespace("paced")
+        got: dict[int, object] = {}
+
+        async def set_then_get(i: int, rounds: int) -> None:
+            for r in range(rounds):
+                setattr(ns, f"v{i}", (i, r))
+                got[i] = await getattr(ns, f"v{i}")
+                assert got[i] == (i, r)
+
+        ns.warm = 1
+        await ns._flush()  # connected: the pacing is the connection's transport's
+        pacing = ns._aionamespace.transport.pacing
+        with anyio.fail_after(60):
+            while pacing.write_at == WRITE_AT_FRAMES:  # until the sender has been preempted
+                await asyncio.gather(*(set_then_get(i, 1) for i in range(tasks)))
+            writes.clear()
+            await asyncio.gather(*(set_then_get(i, 3) for i in range(tasks)))
+        await ns._close()
+        return got
+
+    with crowded_cpu():
+        got = asyncio.run(run())
+    assert got == {i: (i, 2) for i in range(tasks)}
+    assert max(writes) > 2 * WRITE_AT_FRAMES, writes  # (early: a set and a get past it)
+
+
+def test_early_writes_are_kept_while_nothing_is_looked_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the pacing never looking (as tests/test_push.py pins it), writes stay early."""
+    monkeypatch.setattr(asyncio_transport, "PACING_SECONDS", math.inf)
+    pacing = Pacing()
+    with crowded_cpu():
+        until = time.monotonic() + 0.05
+        while time.monotonic() < until:
+            pacing.look()
+    assert pacing.write_at == WRITE_AT_FRAMES
