@@ -52,19 +52,36 @@ def judge(measured: list[float]) -> str:
 
 
 def table(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
-    lines = [["row", "target", "runs", "median score", "worst score", "verdict"]]
+    lines = [["row", "target", "runs", "median", "worst", "median score", "verdict"]]
+    asked = {
+        (row["label"], target["text"]): target
+        for run in runs
+        for row in run["rows"].values()
+        for target in row["targets"]
+    }
     for (label, text), measured in scores(runs).items():
+        target = asked[(label, text)]
         lines.append(
             [
                 label,
                 text,
                 f"{len(measured)}/{len(runs)}",
+                shown(target, statistics.median(measured)) if measured else "-",
+                shown(target, min(measured)) if measured else "-",
                 f"{statistics.median(measured):.2f}" if measured else "-",
-                f"{min(measured):.2f}" if measured else "-",
                 judge(measured),
             ]
         )
     return lines
+
+
+def shown(target: dict[str, Any], score: float) -> str:
+    """What a score means in the target's own terms: a ratio, or a figure."""
+    if target["kind"] == "below":
+        return f"{target['value'] / score:,.1f}"
+    if target["kind"] == "at_least":
+        return f"{target['value'] * score:,.0f}"
+    return f"{target['value'] * score:.2f}x"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
