@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = table(runs)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
         if n == 0:
             print("  ".join("-" * width for width in widths))
     print(
