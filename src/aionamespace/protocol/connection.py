@@ -199,11 +199,7 @@ class ClientConnection:
     def send_get(self, key: str, name: str) -> tuple[int, bytes]:
         """``send_request("get", key, name)``, for the commonest request: names found valid
         before (``ops.valid_names``) are not checked again on every read."""
-        valid = self._valid_names
-        if key not in valid or name not in valid:
-            problem = check_each_name(self.limits, (key, name))
-            if problem is not None:
-                raise ValueError(problem)
+        self._check_pair(key, name)
         request_id = self._next_id
         self._next_id += 1
         return request_id, self._pack([request_id, "get", key, name])
@@ -211,11 +207,7 @@ class ClientConnection:
     def send_set(self, key: str, name: str, value: bytes) -> tuple[int, bytes]:
         """``send_request("set", key, name, value)`` (``value`` encoded), for the commonest
         write, with names checked as ``send_get`` checks them."""
-        valid = self._valid_names
-        if key not in valid or name not in valid:
-            problem = check_each_name(self.limits, (key, name))
-            if problem is not None:
-                raise ValueError(problem)
+        self._check_pair(key, name)
         request_id = self._next_id
         frame = self._pack([request_id, "set", key, name, value])
         if len(frame) > self.send_limit:
@@ -226,6 +218,15 @@ class ClientConnection:
             )
         self._next_id = request_id + 1
         return request_id, frame
+
+    def _check_pair(self, key: str, name: str) -> None:
+        """ValueError if ``key`` or ``name`` is not a valid name; names found valid before
+        (``ops.valid_names``) are not checked again."""
+        valid = self._valid_names
+        if key not in valid or name not in valid:
+            problem = check_each_name(self.limits, (key, name))
+            if problem is not None:
+                raise ValueError(problem)
 
     def receive_data(
         self,
