@@ -29,14 +29,21 @@ WORST_RUN_SLACK = 0.10
 def scores(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[float]]:
     """Every (row label, target text) with the scores its runs measured, in the runs' order of
     first appearance."""
-    found: dict[tuple[str, str], list[float]] = {}
+    return {item: [score for score, _ in pairs] for item, pairs in measured(runs).items()}
+
+
+def measured(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[float, str]]]:
+    """Every (row label, target text) with each run's score and what it means in the target's
+    own terms (a ratio, or a figure: an absolute target's value may differ from run to run, as
+    "10x one sync client" does)."""
+    found: dict[tuple[str, str], list[tuple[float, str]]] = {}
     for run in runs:
         for row in run["rows"].values():
             for target in row["targets"]:
-                found.setdefault((row["label"], target["text"]), [])
+                pairs = found.setdefault((row["label"], target["text"]), [])
                 score = target.get("score")
                 if score is not None:
-                    found[(row["label"], target["text"])].append(score)
+                    pairs.append((score, shown(target, score)))
     return found
 
 
@@ -53,30 +60,25 @@ def judge(measured: list[float]) -> str:
 
 def table(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
     lines = [["row", "target", "runs", "median", "worst", "median score", "verdict"]]
-    asked = {
-        (row["label"], target["text"]): target
-        for run in runs
-        for row in run["rows"].values()
-        for target in row["targets"]
-    }
-    for (label, text), measured in scores(runs).items():
-        target = asked[(label, text)]
+    for (label, text), pairs in measured(runs).items():
+        ordered = sorted(pairs)  # by score: the median run's, and the worst run's
+        median_run = ordered[(len(ordered) - 1) // 2] if ordered else None
         lines.append(
             [
                 label,
                 text,
-                f"{len(measured)}/{len(runs)}",
-                shown(target, statistics.median(measured)) if measured else "-",
-                shown(target, min(measured)) if measured else "-",
-                f"{statistics.median(measured):.2f}" if measured else "-",
-                judge(measured),
+                f"{len(pairs)}/{len(runs)}",
+                median_run[1] if median_run else "-",
+                ordered[0][1] if ordered else "-",
+                f"{statistics.median(score for score, _ in pairs):.2f}" if pairs else "-",
+                judge([score for score, _ in pairs]),
             ]
         )
     return lines
 
 
 def shown(target: dict[str, Any], score: float) -> str:
-    """What a score means in the target's own terms: a ratio, or a figure."""
+    """What ``score`` means in ``target``'s own terms: a ratio, or a figure."""
     if target["kind"] == "below":
         return f"{target['value'] / score:,.1f}"
     if target["kind"] == "at_least":
