@@ -403,15 +403,6 @@ def wait_for_line(
     )
 
 
-def rss_mb(pid: int) -> float:
-    """A process's resident set size (VmRSS) in MB (10**6 bytes)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
-
-
 def raise_open_file_limit() -> int:
     """Lift this process's soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
     import resource
@@ -604,7 +595,7 @@ def hold_idle(
     """The server ``process``'s RSS when settled, then while it holds ``count`` connections,
     each opened by ``connect(i)`` (which returns something to ``close()``)."""
     time.sleep(SETTLE_SECONDS)
-    baseline = rss_mb(process.pid)
+    baseline = growth.rss_mb(process.pid)
     held: list[Any] = []
     try:
         for i in range(count):
@@ -612,7 +603,7 @@ def hold_idle(
         time.sleep(SETTLE_SECONDS)
         if process.poll() is not None:
             raise RuntimeError(f"{what} died holding the connections")
-        rss = rss_mb(process.pid)
+        rss = growth.rss_mb(process.pid)
     finally:
         for connection in held:
             connection.close()
