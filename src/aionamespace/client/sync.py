@@ -242,17 +242,18 @@ class Namespace(ProxyBase):
 
     def _snapshot(self, *names: str) -> calls.Snapshot:
         """All attributes (or those of ``names`` that exist), read together; ``.revision``."""
-        snapshot: calls.Snapshot = self._run(calls.snapshot(self._key, names))
-        snapshot.revision = calls.revision(snapshot.revision, self._epoch())
+        # Namespace._run and _STATE, as in __setattr__: self._run, self._key and self._epoch
+        # would each go through __getattribute__ (and _key through it twice).
+        target = _STATE(self).target
+        snapshot: calls.Snapshot = Namespace._run(self, calls.snapshot(target.key, names))
+        snapshot.revision = calls.revision(snapshot.revision, POOL.transport(target).epoch)
         return snapshot
 
     def _update(self, **values: Any) -> int:
         """Set several attributes at once (one revision, all or nothing); returns it."""
-        return calls.revision(self._run(calls.update(self._key, values)), self._epoch())
-
-    def _epoch(self) -> str | None:
-        """The epoch of the server this thread's last call reached."""
-        return POOL.transport(_STATE(self).target).epoch
+        target = _STATE(self).target
+        revision = Namespace._run(self, calls.update(target.key, values))
+        return calls.revision(revision, POOL.transport(target).epoch)
 
     def _incr(self, name: str, by: int | float = 1) -> Any:
         """Add ``by`` on the server (a missing name starts at 0); returns the new value."""
