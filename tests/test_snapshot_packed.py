@@ -58,6 +58,17 @@ def test_other_names_are_listed_beside_their_values(
     assert dict(zip(names, decode_array(packed), strict=True)) == {n: VALUES[n] for n in held}
 
 
+def test_a_list_grown_by_appends_is_read_in_its_place() -> None:
+    # The memory store's fast path (values in the order asked) leaves such a list to snapshot.
+    rig = Rig()
+    peer = rig.connect()
+    rig.send(peer, [1, "update", "k", encode_values({"a": 1, "log": [0]})])
+    rig.send(peer, [2, "append", "k", "log", [encode_value(1), encode_value("two")]])
+    ((_, _, (revision, names, packed)),) = rig.send(peer, [3, "snapshot_packed", "k", ["log", "a"]])
+    assert (revision, names) == (2, None)
+    assert decode_array(packed) == [[0, 1, "two"], 1]
+
+
 def test_large_values_are_answered_as_a_snapshot_map() -> None:
     rig = Rig()
     peer = rig.connect()

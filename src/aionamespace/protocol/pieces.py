@@ -35,6 +35,8 @@ __all__ = [
     "event_head",
     "event_tail",
     "list_reply",
+    "packed_list_reply",
+    "packed_values_reply",
     "replay",
     "unfold",
     "values_reply",
@@ -210,6 +212,19 @@ def packed_values_reply(
         names, blobs = list(values), list(values.values())
     packed = _ARRAY_HEADER(len(blobs)) + b"".join(blobs)
     return pack_frame([request_id, REPLY_OK, [revision, names, packed]])
+
+
+def packed_list_reply(
+    request_id: int, revision: int, asked: Sequence[str], blobs: list[bytes], budget: int
+) -> Output:
+    """``packed_values_reply`` when ``blobs`` are the values of ``asked``, in order, each name
+    held and none asked twice (so ``names`` goes as nil): no dict of them is made unless the
+    values are too large to join, when the reply is ``snapshot``'s."""
+    size = sum(map(len, blobs))
+    if size >= LARGE_VALUE_BYTES or size > budget:
+        return values_reply(request_id, (revision,), dict(zip(asked, blobs)), budget)
+    packed = _ARRAY_HEADER(len(blobs)) + b"".join(blobs)
+    return pack_frame([request_id, REPLY_OK, [revision, None, packed]])
 
 
 _ARRAY_HEADER = msgpack.Packer().pack_array_header

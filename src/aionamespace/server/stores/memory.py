@@ -171,6 +171,19 @@ class MemoryStore:
             values[name] = stored.encoded()
         return namespace.revision, values  # type: ignore[return-value]
 
+    def snapshot_in_order(self, key: str, names: list[str]) -> tuple[int, list[bytes]] | None:
+        """``snapshot`` of ``names`` as a list in their order, when the namespace holds each of
+        them as bytes (no list that appends grew); else None, and ``snapshot`` says. The
+        dispatcher's fast path for ``snapshot_packed``: no dict made to be taken apart again."""
+        namespace = self._namespaces.get(key)
+        if namespace is None or (namespace.lists and not namespace.lists.isdisjoint(names)):
+            return None
+        try:
+            values = list(map(namespace.attributes.__getitem__, names))
+        except KeyError:
+            return None
+        return namespace.revision, values  # type: ignore[return-value]  # (no list among them)
+
     def keys(self) -> list[str]:
         return sorted(self._namespaces)
 
