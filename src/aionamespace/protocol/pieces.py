@@ -222,7 +222,7 @@ def packed_list_reply(
     values are too large to join, when the reply is ``snapshot``'s."""
     size = sum(map(len, blobs))
     if size >= LARGE_VALUE_BYTES or size > budget:
-        return values_reply(request_id, (revision,), dict(zip(asked, blobs)), budget)
+        return values_reply(request_id, (revision,), dict(zip(asked, blobs, strict=True)), budget)
     packed = _ARRAY_HEADER(len(blobs)) + b"".join(blobs)
     return pack_frame([request_id, REPLY_OK, [revision, None, packed]])
 
