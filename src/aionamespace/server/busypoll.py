@@ -15,6 +15,17 @@ come fast again, so an idle or crowded server still sleeps.
 Only processes that own their loop use it (``python -m aionamespace serve``, ``Manager``);
 a ``Server`` run inside your own event loop leaves your loop alone.
 
+**Widening.** A sync client whose next request regularly comes a little after the spin
+ended (one that reads a snapshot of 100 names, and makes its next request, takes longer than
+a get) would make every spin miss, and every request then wakes a CPU gone idle. So when a
+sleep ends with events less than ``MAX_WIDENING`` spins after the loop ran out of work, the
+next spin lasts twice that wait (at most ``MAX_WIDENING`` spins); a widened spin that misses,
+or that the CPUs being busy left less than half of its time to run, narrows back to
+``spin_seconds`` and stops widening for a number of wake-ups that doubles each time (on a
+crowded machine a widened spin mostly misses, and each miss takes a CPU the client wanted),
+until a widened spin catches its events with a CPU to itself. A selector spinning 0 seconds
+never widens.
+
 **A reply due.** A server over a Redis store waits, per batch, for Redis's reply, and the spin
 above rarely covers it: a sync client's next request comes later than a spin, so after a few
 misses the selector sleeps, and Redis's reply then wakes a CPU gone idle, late. So while a
@@ -65,6 +76,9 @@ class BusyPollSelector(selectors.DefaultSelector):
     #: The most selects a reply poll stops for after ``MAX_MISSES`` misses in a row.
     MAX_REPLY_BACKOFF = 4096
 
+    #: How many times ``spin_seconds`` a spin may widen to (module docstring, "Widening").
+    MAX_WIDENING = 4
+
     def __init__(
         self,
         spin_seconds: float = DEFAULT_SPIN_SECONDS,
@@ -72,6 +86,9 @@ class BusyPollSelector(selectors.DefaultSelector):
     ) -> None:
         super().__init__()
         self._spin_seconds = spin_seconds
+        self._window = spin_seconds  # how long the next spin lasts: widened, or spin_seconds
+        self._widen_skip = 0  # selects left that do not widen the spin
+        self._widen_backoff = 1  # how many the next stop lasts
         self._misses = 0
         #: Replies this loop awaits from a store (its links count them): polled for.
         self.replies_due = 0
@@ -88,24 +105,57 @@ class BusyPollSelector(selectors.DefaultSelector):
                 self._reply_skip -= 1
             else:
                 return self._poll_reply(timeout)
-        spin = self._spin_seconds if timeout is None else min(self._spin_seconds, timeout)
+        spin = self._window if timeout is None else min(self._window, timeout)
+        idle = time.perf_counter()  # when the loop ran out of work
         if self._misses < self.MAX_MISSES:
-            deadline = time.perf_counter() + spin
+            deadline = idle + spin
+            widened = self._window > self._spin_seconds
+            ran = time.thread_time() if widened else 0.0  # (a system call: only when needed)
             while True:
                 ready = super().select(0)
                 if ready:
                     self._misses = 0
+                    if widened:
+                        if self._crowded(idle, ran):
+                            self._narrow()
+                        else:
+                            self._widen_backoff = 1
                     return ready
                 if time.perf_counter() >= deadline:
                     break
             self._misses += 1
+            if widened:
+                self._narrow()
             if timeout is not None:
                 timeout = max(0.0, timeout - spin)
         started = time.perf_counter()
         ready = super().select(timeout)
-        if ready and time.perf_counter() - started < spin:
-            self._misses = 0  # it would have been caught spinning: spin again
+        if ready:
+            now = time.perf_counter()
+            if now - started < spin:
+                self._misses = 0  # it would have been caught spinning: spin again
+            elif self._widen_skip:
+                self._widen_skip -= 1
+            elif now - idle < self._spin_seconds * self.MAX_WIDENING:
+                # Events came a little after the spin ended: the next spin lasts twice as
+                # long as this wait did, within MAX_WIDENING spins.
+                self._window = min(2 * (now - idle), self._spin_seconds * self.MAX_WIDENING)
+                self._misses = 0
         return ready
+
+    def _narrow(self) -> None:
+        """A widened spin missed, or the CPUs are busy: back to ``spin_seconds``, and no
+        widening for a number of wake-ups that doubles each time (a widened spin that catches
+        its events with a CPU to itself sets it back to one)."""
+        self._window = self._spin_seconds
+        self._widen_skip = self._widen_backoff
+        self._widen_backoff = min(2 * self._widen_backoff, self.MAX_REPLY_BACKOFF)
+
+    @staticmethod
+    def _crowded(started: float, ran: float) -> bool:
+        """Whether a spin since ``started`` (wall) and ``ran`` (this thread's CPU time) ran
+        for less than half its time: other processes want the CPUs, so widening costs them."""
+        return 2 * (time.thread_time() - ran) < time.perf_counter() - started
 
     def _poll_reply(self, timeout: float | None) -> list[tuple[Any, int]]:
         """Poll while a reply is due (module docstring), then sleep for what is left of
