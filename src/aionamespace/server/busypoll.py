@@ -9,9 +9,10 @@ of the 2-core VM this project is built on).
 ``BusyPollSelector`` closes that gap the way kernel busy polling does: after the loop wakes up,
 each ``select`` first polls without blocking for up to ``spin_seconds`` (DEFAULT_SPIN_SECONDS), so a
 client's next request usually arrives while the server is still awake. It spins at most that
-long per sleep, not at all while events keep arriving, and stops spinning after a few spins
-that caught nothing (a loaded machine: the spin would take a CPU from the clients) until events
-come fast again, so an idle or crowded server still sleeps.
+long per sleep (or up to MAX_WIDENING times that: "Widening"), not at all while events keep
+arriving, and stops spinning after a few spins that caught nothing (a loaded machine: the
+spin would take a CPU from the clients) until events come fast again, so an idle or crowded
+server still sleeps.
 Only processes that own their loop use it (``python -m aionamespace serve``, ``Manager``);
 a ``Server`` run inside your own event loop leaves your loop alone.
 
