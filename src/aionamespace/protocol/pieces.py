@@ -35,7 +35,6 @@ __all__ = [
     "event_head",
     "event_tail",
     "list_reply",
-    "packed_list_reply",
     "packed_values_reply",
     "replay",
     "unfold",
@@ -194,37 +193,30 @@ def packed_values_reply(
     request_id: int,
     revision: int,
     asked: Sequence[str] | None,
-    values: Mapping[str, bytes],
+    values: Mapping[str, bytes] | list[bytes],
     budget: int,
 ) -> Output:
     """The reply to ``snapshot_packed``: ``[request_id, 0, [revision, names, bin]]``, the bin
     holding the values as one msgpack array (the stored bytes joined behind an array header),
     ``names`` nil when they are the names ``asked``, in order (each there, none twice). A
     reader decodes them in one call, with no object per value in between. Values adding up to
-    LARGE_VALUE_BYTES or more are not copied into one bin: the reply is ``snapshot``'s."""
-    size = sum(map(len, values.values()))
-    if size >= LARGE_VALUE_BYTES or size > budget:
-        return values_reply(request_id, (revision,), values, budget)
+    LARGE_VALUE_BYTES or more are not copied into one bin: the reply is ``snapshot``'s.
+    ``values`` as a list: those of ``asked``, in order, each held and none asked twice (a
+    store's ``snapshot_in_order``), so no dict of them is made unless they are that large."""
     names: list[str] | None
-    if asked is not None and len(values) == len(asked):  # (values: those of asked that exist)
+    if isinstance(values, list):
+        names, blobs = None, values
+    elif asked is not None and len(values) == len(asked):  # (values: those of asked held)
         names, blobs = None, list(map(values.__getitem__, asked))
     else:
         names, blobs = list(values), list(values.values())
-    packed = _ARRAY_HEADER(len(blobs)) + b"".join(blobs)
-    return pack_frame([request_id, REPLY_OK, [revision, names, packed]])
-
-
-def packed_list_reply(
-    request_id: int, revision: int, asked: Sequence[str], blobs: list[bytes], budget: int
-) -> Output:
-    """``packed_values_reply`` when ``blobs`` are the values of ``asked``, in order, each name
-    held and none asked twice (so ``names`` goes as nil): no dict of them is made unless the
-    values are too large to join, when the reply is ``snapshot``'s."""
     size = sum(map(len, blobs))
     if size >= LARGE_VALUE_BYTES or size > budget:
-        return values_reply(request_id, (revision,), dict(zip(asked, blobs, strict=True)), budget)
+        if isinstance(values, list):
+            values = dict(zip(asked or (), values, strict=True))
+        return values_reply(request_id, (revision,), values, budget)
     packed = _ARRAY_HEADER(len(blobs)) + b"".join(blobs)
-    return pack_frame([request_id, REPLY_OK, [revision, None, packed]])
+    return pack_frame([request_id, REPLY_OK, [revision, names, packed]])
 
 
 _ARRAY_HEADER = msgpack.Packer().pack_array_header

@@ -43,7 +43,6 @@ from ..protocol.pieces import (
     Producer,
     event_tail,
     list_reply,
-    packed_list_reply,
     packed_values_reply,
     replay,
     values_reply,
@@ -104,9 +103,7 @@ class Dispatcher:
         self._tracked: dict[tuple[str, str], set[Peer]] = {}  # (key, name) -> who cached it
         self._peer_tracked: dict[Peer, set[tuple[str, str]]] = {}  # the same, per connection
         self.exports = Exports(store)
-        #: A store's optional fast path for ``snapshot_packed`` (stores/base.py).
-        self._snapshot_in_order: Callable[[str, list[str]], tuple[int, list[bytes]] | None] | None
-        self._snapshot_in_order = getattr(store, "snapshot_in_order", None)
+        self._in_order = getattr(store, "snapshot_in_order", None)  # optional (stores/base.py)
         self._peer_ops: dict[str, Callable[..., ReplyData]] = {
             "get": self._get,
             "keys": self._keys,
@@ -410,13 +407,9 @@ class Dispatcher:
     def _snapshot_packed(
         self, peer: Peer, request_id: int, key: str, names: list[str] | None
     ) -> ReplyData:
+        found = self._in_order(key, names) if names and self._in_order else None
+        revision, values = found or self.store.snapshot(key, names)
         budget = peer.protocol.limits.max_reply_backlog_bytes
-        in_order = self._snapshot_in_order
-        if in_order is not None and names and len(set(names)) == len(names):
-            found = in_order(key, names)  # (None: a name missing, or a list: the long way)
-            if found is not None:
-                return packed_list_reply(request_id, found[0], names, found[1], budget)
-        revision, values = self.store.snapshot(key, names)
         return packed_values_reply(request_id, revision, names, values, budget)
 
     # ------------------------------------------------------------------ client caches

@@ -173,10 +173,13 @@ class MemoryStore:
 
     def snapshot_in_order(self, key: str, names: list[str]) -> tuple[int, list[bytes]] | None:
         """``snapshot`` of ``names`` as a list in their order, when the namespace holds each of
-        them as bytes (no list that appends grew); else None, and ``snapshot`` says. The
-        dispatcher's fast path for ``snapshot_packed``: no dict made to be taken apart again."""
+        them as bytes (no list that appends grew) and none is asked twice; else None, and
+        ``snapshot`` says. The dispatcher's fast path for ``snapshot_packed``: no dict made to
+        be taken apart again."""
         namespace = self._namespaces.get(key)
         if namespace is None or (namespace.lists and not namespace.lists.isdisjoint(names)):
+            return None
+        if len(set(names)) != len(names):
             return None
         try:
             values = list(map(namespace.attributes.__getitem__, names))
