@@ -67,8 +67,12 @@ def test_a_widened_spin_that_misses_narrows_and_stops_widening_for_ever_longer(
     assert chosen.select(WIDEST) == []  # nothing comes: the widened spin missed
     assert chosen._window == SPIN
     assert (chosen._widen_skip, chosen._widen_backoff) == (1, 2)
-    _late_event(chosen, ours, theirs)  # in reach, but the one wake-up that does not widen
-    assert (chosen._window, chosen._widen_skip) == (SPIN, 0)
+    for _ in range(5):  # (a crowded machine may have it caught, not slept on: again)
+        _late_event(chosen, ours, theirs)  # in reach, but during the stop: never widens
+        assert chosen._window == SPIN
+        if chosen._widen_skip == 0:
+            break
+    assert chosen._widen_skip == 0
     assert _widened(chosen, ours, theirs)
     assert chosen.select(WIDEST) == []
     assert (chosen._window, chosen._widen_skip, chosen._widen_backoff) == (SPIN, 2, 4)
@@ -81,8 +85,10 @@ def test_a_widened_spin_that_catches_its_event_sets_the_stop_back(selector) -> N
     theirs.sendall(b"x")  # there at once: caught by the widened spin, the CPU its own
     assert len(chosen.select(1.0)) == 1
     assert ours.recv(16) == b"x"
-    assert chosen._window > SPIN
-    assert chosen._widen_backoff == 1
+    if chosen._window > SPIN:  # the spin ran with a CPU to itself: the stop is set back
+        assert chosen._widen_backoff == 1
+    else:  # a crowded machine took the CPU meanwhile: narrowed, as after a miss
+        assert (chosen._widen_skip, chosen._widen_backoff) == (8, 16)
 
 
 def test_a_selector_that_does_not_spin_never_widens() -> None:
