@@ -22,6 +22,13 @@ one transaction for as many batches as arrived during the last (group commit, wh
 relies on). When a commit ends and nothing changed meanwhile, ``holding`` ends and
 output goes straight out again.
 
+A *lone writer* is a connection whose changes alone made the last ``LONE_COMMITS`` commits (one
+sync client writing, say). Its small commits are made at its batch's end even with fsync
+(``commit_inline(lone=True)``): with no one else writing there is nothing to group its commit
+with, and waking the committer, one more turn of the loop and the gate cost it as much again as
+its commit's own work. As soon as another connection (or a timer) changes something, the
+changes are no longer one writer's, and commits go back to the committer, which groups them.
+
 An in-memory store is not durable: ``holding`` never becomes true, and what a connection sends
 pays one attribute check for all this.
 """
@@ -34,7 +41,10 @@ import anyio
 
 from .stores import Store
 
-__all__ = ["Durability", "Gate"]
+__all__ = ["LONE_COMMITS", "Durability", "Gate"]
+
+#: Commits that a connection's changes alone must have made in a row before it is a lone writer.
+LONE_COMMITS = 4
 
 
 class Held(Protocol):
@@ -70,31 +80,56 @@ class Durability:
         self._failure: Exception | None = None  # of a commit at a batch's end, for ``run``
         #: A batch is being applied: its changes are committed at its end (``batch_ended``).
         self.batching = False
+        # Whose changes wait for a commit: one connection's (``_writer``), or several's.
+        self._writer: object | None = None
+        self._several = False
+        # The last commits' writer, and how many commits in a row held its changes alone.
+        self._lone: object | None = None
+        self._lone_commits = 0
         if getattr(store, "durable", False):  # (a store the server awaits has no such flag)
             store.on_change = self._on_change
 
     def _on_change(self) -> None:
         self.holding = self._dirty = True
+        if not self.batching:  # (a timer's change: no connection's)
+            self._several = True
         if self.gate is self._committing:  # the running commit does not hold this change
             self.gate = Gate()
         if self._changed is not None and not self.batching:
             self._changed.set()
 
-    def settle(self) -> None:
-        """During a batch, before its replies are written: commit what it changed so far now,
-        if no commit is running and the store can do it on this thread (then the replies go
-        straight out, with no gate to wait at)."""
+    def settle(self, connection: object) -> None:
+        """During a batch of ``connection``'s, before its replies are written: commit what it
+        changed so far now, if no commit is running and the store can do it on this thread
+        (then the replies go straight out, with no gate to wait at)."""
         if not self._dirty or self._committing is not None:
             return
+        # (a connection whose batch finds changes waiting counts as a writer of them)
+        if self._writer is None:
+            self._writer = connection
+        elif self._writer is not connection:
+            self._several = True
+        lone = self._lone is connection and not self._several and self._lone_commits >= LONE_COMMITS
         gate = self.gate
         try:
-            done = self.store.commit_inline()
+            done = self.store.commit_inline(lone=lone)
         except Exception as exc:  # the committer raises it: the server stops (see run)
             self._failure = exc
             return
         if done:
             self._dirty = False
+            self._taken()
             self._opened(gate)
+
+    def _taken(self) -> None:
+        """A commit took what changed: count its writer's commits in a row."""
+        writer = None if self._several else self._writer
+        if writer is not None and writer is self._lone:
+            self._lone_commits += 1
+        else:
+            self._lone, self._lone_commits = writer, int(writer is not None)
+        self._writer = None
+        self._several = False
 
     def batch_ended(self) -> None:
         """A batch of requests was applied: what it changed and ``settle`` could not commit
@@ -126,6 +161,7 @@ class Durability:
         the commit does not hold: what follows that waits for the next commit."""
         self._committing = gate = self.gate
         self._dirty = False
+        self._taken()
         try:
             await self.store.commit()
         finally:

@@ -171,11 +171,15 @@ class SQLiteStore(MemoryStore):
             await anyio.to_thread.run_sync(self._file.write, statements)
             self._logged += 1 + volume // PAGE_BYTES
 
-    def commit_inline(self) -> bool:
+    def commit_inline(self, *, lone: bool = False) -> bool:
         """Commit now, on this thread, if it is a small commit without fsync: a few pages
         written to the log, which cost less than handing them to a thread and back
-        (benchmarks/durable.py). False: not done, ``commit`` does it (and any checkpoint due)."""
-        if self.fsync or self._logged >= CHECKPOINT_PAGES:
+        (benchmarks/durable.py); with ``lone`` (a lone writer's batch: server/durability.py),
+        with fsync too if it holds a few revisions (``INLINE_FSYNC_REVISIONS``), as ``commit``
+        would on this thread. False: not done, ``commit`` does it (and any checkpoint due)."""
+        if self._logged >= CHECKPOINT_PAGES:
+            return False
+        if self.fsync and not (lone and len(self._journal) <= INLINE_FSYNC_REVISIONS):
             return False
         volume = self._volume()
         if volume > INLINE_COMMIT_BYTES:
