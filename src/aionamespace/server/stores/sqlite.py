@@ -118,6 +118,8 @@ class SQLiteStore(MemoryStore):
         self._listed = set(self._namespaces)  # the namespaces the file has a row of
         self.fold_revisions, self.fold_bytes = FOLD_REVISIONS, FOLD_BYTES
         self._logged = 0  # pages written to the log since the last checkpoint (estimated)
+        # (one per store, used on the loop's thread: ``msgpack.packb`` makes one per call)
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     def _journaled(self, key: str, revision: int, changes: Changes, size: int) -> None:
         if not self._journal and self.on_change is not None:
@@ -212,6 +214,9 @@ class SQLiteStore(MemoryStore):
         chunks: dict[tuple[str, str], dict[StoredList, None]] = {}  # the lists appended to
         touched: dict[str, None] = {}
 
+        pack = self._packer.pack
+        in_file, in_file_bytes = self._in_file, self._in_file_bytes
+
         def insert_revisions() -> None:
             if revisions:
                 statements.append((_INSERT_REVISIONS, revisions[:]))
@@ -240,16 +245,15 @@ class SQLiteStore(MemoryStore):
                 for name, value in changes.items():
                     if isinstance(value, ListVersion):
                         chunks.setdefault((key, name), {})[value.stored] = None
-                packed = _pack_changes(changes)
+                packed = pack(_packable(changes))
             else:  # bytes and deletions only: packed as they are
-                packed = msgpack.packb(
-                    changes if type(changes) is dict else dict(changes), use_bin_type=True
-                )
+                packed = pack(changes if type(changes) is dict else dict(changes))
             revisions.append((key, revision, size, packed))
-            self._in_file.setdefault(key, collections.deque()).append(
-                (revision, tuple(changes), size)
-            )
-            self._in_file_bytes[key] = self._in_file_bytes.get(key, 0) + size
+            revisions_in_file = in_file.get(key)
+            if revisions_in_file is None:
+                revisions_in_file = in_file[key] = collections.deque()
+            revisions_in_file.append((revision, tuple(changes), size))
+            in_file_bytes[key] = in_file_bytes.get(key, 0) + size
         insert_revisions()
         for (key, name), lists in chunks.items():
             statements.extend(self._chunks(key, name, lists))
@@ -333,12 +337,13 @@ def _drop(key: str) -> list[Statement]:
     ]
 
 
-def _pack_changes(changes: Changes) -> bytes:
-    packed: dict[str, Any] = {}
+def _packable(changes: Changes) -> dict[str, Any]:
+    """A history row's changes, its appends as ``[since, start, end, count]``."""
+    packable: dict[str, Any] = {}
     for name, value in changes.items():
         if isinstance(value, ListVersion):
             stored = value.stored
-            packed[name] = [stored.since, value.start, value.size, value.count]
+            packable[name] = [stored.since, value.start, value.size, value.count]
         else:
-            packed[name] = value
-    return msgpack.packb(packed, use_bin_type=True)  # type: ignore[no-any-return]
+            packable[name] = value
+    return packable
