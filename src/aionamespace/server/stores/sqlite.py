@@ -215,7 +215,7 @@ class SQLiteStore(MemoryStore):
         touched: dict[str, None] = {}
 
         pack = self._packer.pack
-        in_file, in_file_bytes = self._in_file, self._in_file_bytes
+        file_history, file_bytes = self._in_file, self._in_file_bytes
 
         def insert_revisions() -> None:
             if revisions:
@@ -249,11 +249,11 @@ class SQLiteStore(MemoryStore):
             else:  # bytes and deletions only: packed as they are
                 packed = pack(changes if type(changes) is dict else dict(changes))
             revisions.append((key, revision, size, packed))
-            revisions_in_file = in_file.get(key)
-            if revisions_in_file is None:
-                revisions_in_file = in_file[key] = collections.deque()
-            revisions_in_file.append((revision, tuple(changes), size))
-            in_file_bytes[key] = in_file_bytes.get(key, 0) + size
+            in_file = file_history.get(key)
+            if in_file is None:
+                in_file = file_history[key] = collections.deque()
+            in_file.append((revision, tuple(changes), size))
+            file_bytes[key] = file_bytes.get(key, 0) + size
         insert_revisions()
         for (key, name), lists in chunks.items():
             statements.extend(self._chunks(key, name, lists))
