@@ -40,14 +40,13 @@ __all__ = ["CHECKPOINT_PAGES", "FOLD_BYTES", "FOLD_REVISIONS", "SQLiteStore"]
 _CREATED: Changes = {}
 _DROPPED: Changes = {}
 _NO_HISTORY = -1  # a journal entry's size when it makes no history row (``restore``)
-#: A commit without fsync of at most this many bytes of values runs on the event loop.
+#: A commit of at most this many bytes of values runs on the event loop's thread; a larger one
+#: in a thread. With fsync too: on a machine whose other CPU runs the clients, a thread would
+#: not fsync in parallel with the loop so much as take turns with it, and handing the commit to
+#: it and back (a wake-up each way, often a preemption) cost the 64-task --fsync row more than
+#: the loop lost by waiting for the fsync, during which the next batches gather in the sockets
+#: and go to the next commit together all the same (benchmarks/durable.py; README).
 INLINE_COMMIT_BYTES = 64 * 1024
-#: A commit with fsync of at most this many revisions (and ``INLINE_COMMIT_BYTES``) runs on the
-#: event loop too, in the committer task, so after every batch that arrived meanwhile: a thread
-#: lets the loop apply the next batches during the fsync, which pays only when there are many
-#: to apply; for a few writes, handing the commit to a thread and back costs more than it saves,
-#: and the writes that arrive during the fsync still go to the next commit together.
-INLINE_FSYNC_REVISIONS = 8
 #: Checkpoint the data file's write-ahead log (``DataFile.checkpoint``, in a thread) once about
 #: this many pages were written to it since the last: SQLite's own default, estimated as a page
 #: per commit and one per ``PAGE_BYTES`` of values.
@@ -157,15 +156,12 @@ class SQLiteStore(MemoryStore):
 
     async def commit(self) -> None:
         """Write every change made so far, in one transaction; first, when one is due, a
-        checkpoint. Off the event loop, unless it is small: without fsync a few pages written
-        to the log, with fsync also a few revisions (``INLINE_FSYNC_REVISIONS``)."""
+        checkpoint. Off the event loop, unless it is small (``INLINE_COMMIT_BYTES``)."""
         if self._logged >= CHECKPOINT_PAGES:
             await anyio.to_thread.run_sync(self._file.checkpoint)
             self._logged = 0
         volume = self._volume()
-        if volume <= INLINE_COMMIT_BYTES and (
-            not self.fsync or len(self._journal) <= INLINE_FSYNC_REVISIONS
-        ):
+        if volume <= INLINE_COMMIT_BYTES:
             self._write_now(volume)
             return
         statements = self._statements()
@@ -174,14 +170,12 @@ class SQLiteStore(MemoryStore):
             self._logged += 1 + volume // PAGE_BYTES
 
     def commit_inline(self, *, lone: bool = False) -> bool:
-        """Commit now, on this thread, if it is a small commit without fsync: a few pages
-        written to the log, which cost less than handing them to a thread and back
-        (benchmarks/durable.py); with ``lone`` (a lone writer's batch: server/durability.py),
-        with fsync too if it holds a few revisions (``INLINE_FSYNC_REVISIONS``), as ``commit``
-        would on this thread. False: not done, ``commit`` does it (and any checkpoint due)."""
-        if self._logged >= CHECKPOINT_PAGES:
-            return False
-        if self.fsync and not (lone and len(self._journal) <= INLINE_FSYNC_REVISIONS):
+        """Commit now, on this thread, if it is a small commit (``INLINE_COMMIT_BYTES``)
+        without fsync: a few pages written to the log, which cost less than waking the
+        committer task to do it; with fsync, only for a lone writer (``lone``: see
+        server/durability.py), whose commit has nothing to wait for to be grouped with.
+        False: not done, ``commit`` does it (and any checkpoint due)."""
+        if self._logged >= CHECKPOINT_PAGES or (self.fsync and not lone):
             return False
         volume = self._volume()
         if volume > INLINE_COMMIT_BYTES:
