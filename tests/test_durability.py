@@ -278,3 +278,42 @@ async def test_writers_on_many_connections_share_fsync_commits(short_tmp: str) -
                 await writer._close()
     finally:
         store.close()
+
+
+async def test_with_fsync_a_few_changes_wait_for_the_many_the_last_commit_answered(
+    short_tmp: str,
+) -> None:
+    """After a commit of many changes, a commit of a few waits (at most as long as the last
+    one took) for the rest of its writers' next changes, so that all share one fsync: the
+    group-commit of 64 tasks, which would otherwise split into two groups taking turns."""
+    store = SQLiteStore(os.path.join(short_tmp, "data.db"), fsync=True)
+    durability = Durability(store)
+    connection = object()  # (the identity of a connection is all Durability keeps of it)
+
+    def batch(changes: int) -> None:
+        durability.batching = True
+        for i in range(changes):
+            store.set("board", f"x{i}", b"\x01")
+            durability.settle(connection)
+        durability.batch_ended()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(durability.run)
+            batch(63)
+            await async_wait_until(lambda: not store.dirty, "the 63 are committed")
+            # As if that commit had taken a minute: the wait below cannot end at its deadline
+            # on a slow machine before the test looks.
+            durability._last_seconds = 60.0
+            batch(1)
+            await anyio.wait_all_tasks_blocked()
+            assert store.waiting() == 1  # not committed: it waits for the others
+            batch(62)
+            await async_wait_until(lambda: not store.dirty, "the 63 are committed together")
+            assert durability._last_size == 63
+            batch(2)  # fewer than a quarter of 63, and nothing follows: committed at the
+            await async_wait_until(lambda: not store.dirty, "the deadline")  # deadline
+            assert durability._last_size == 2
+            group.cancel_scope.cancel()
+    finally:
+        store.close()

@@ -154,6 +154,10 @@ class SQLiteStore(MemoryStore):
         """Whether changes wait for a commit."""
         return bool(self._journal)
 
+    def waiting(self) -> int:
+        """How many changes wait for a commit (server/durability.py gathers on it)."""
+        return len(self._journal)
+
     async def commit(self) -> None:
         """Write every change made so far, in one transaction; first, when one is due, a
         checkpoint. Off the event loop, unless it is small (``INLINE_COMMIT_BYTES``)."""
