@@ -25,9 +25,10 @@ output goes straight out again.
 A *lone writer* is a connection whose changes alone made the last ``LONE_COMMITS`` commits (one
 sync client writing, say). Its small commits are made at its batch's end even with fsync
 (``commit_inline(lone=True)``): with no one else writing there is nothing to group its commit
-with, and waking the committer, one more turn of the loop and the gate cost it as much again as
-its commit's own work. As soon as another connection (or a timer) changes something, the
-changes are no longer one writer's, and commits go back to the committer, which groups them.
+with, and waking the committer, one more turn of the loop and the gate would cost the server
+more Python than the commit itself (README's Durable rows). As soon as another connection (or a
+timer) changes something, the changes are no longer one writer's, and commits go back to the
+committer, which groups them.
 
 With fsync a commit may also wait before it starts (*gathering*): when the changes waiting are
 few against the last commit's (``GATHER_FRACTION``), the writers that commit answered are
