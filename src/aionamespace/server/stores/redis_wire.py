@@ -71,8 +71,11 @@ def _arg(value: Any) -> bytes:
 
 def _args(values: Sequence[Any]) -> bytes:
     """Arguments packed. Many of them are a snapshot's names (ASCII str, mostly: packed as
-    one str, encoded once) or an update's names and values (str, bytes: packed in pairs)."""
+    one str, encoded once) or an update's names and values (str, bytes: packed in pairs,
+    after its history entry)."""
     if len(values) > 8:
+        if len(values) % 2 == 1 and type(values[0]) is bytes:
+            return _arg(values[0]) + _args(values[1:])
         kinds = set(map(type, values))
         if kinds == {str} and all(map(str.isascii, values)):
             return "".join([f"${len(v)}\r\n{v}\r\n" for v in values]).encode()
