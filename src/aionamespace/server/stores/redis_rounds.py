@@ -82,9 +82,13 @@ class Rounds:
                 blocking = False  # a conditional write came first: the rest waits for it
                 for at, call in enumerate(queue):
                     sending.append(call)
-                    call.foresee(ahead)
+                    followed = at + 1 < len(queue)
+                    # (what a call leaves matters only to the calls after it on its key; an
+                    # incr or a cas also reads what the calls before it leave)
+                    if followed or call.again:
+                        call.foresee(ahead)
                     op, args = call.request()
-                    blocks = call.again and at + 1 < len(queue)
+                    blocks = call.again and followed
                     if blocking or blocks:
                         token = token or f"{self._id}:{self._rounds}"
                         head = pack_args(
