@@ -30,6 +30,8 @@ __all__ = ["MAX_MOVES", "MAX_PACKED", "Rounds"]
 
 #: Keys whose bases, and argument heads, a store keeps packed (then it starts again).
 MAX_PACKED = 10_000
+#: The replies of a read sent as MULTI, its two commands, EXEC (Call.transaction).
+TRANSACTION_REPLIES = 4
 #: MOVED replies one batch follows (the slot map read again each time) before it gives up.
 MAX_MOVES = 3
 
@@ -41,7 +43,7 @@ class Rounds:
         self._store = store
         self.links: Links | None = None
         self._script_call = ScriptCall(sha)
-        self._read_epoch = (epoch_key.encode(), pack("GET", epoch_key))
+        self._read_epoch = (epoch_key.encode(), pack("GET", epoch_key), 1)
         self._packed: dict[tuple[str, int, int, str], bytes] = {}
         self._bases: dict[str, bytes] = {}  # key -> its base, encoded
         self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
@@ -70,7 +72,8 @@ class Rounds:
             self._rounds += 1
             token = ""
             sending: list[Call] = []
-            commands: list[tuple[bytes, bytes]] = [self._read_epoch] if first_round else []
+            plain: list[bool] = []  # whether each call was sent as a transaction
+            commands: list[tuple[bytes, bytes, int]] = [self._read_epoch] if first_round else []
             ahead: Ahead = {}
             for key, queue in queues.items():
                 base = bases.get(key)
@@ -80,8 +83,17 @@ class Rounds:
                     base = bases[key] = store.base(key).encode()
                 may_create = int(key not in refused)
                 blocking = False  # a conditional write came first: the rest waits for it
+                # A read goes as a transaction only if no write follows it on its key: one
+                # that finds a list is sent again to the script, after what came later.
+                writes = [at for at, call in enumerate(queue) if not call.reads]
+                last_write = writes[-1] if writes else -1
                 for at, call in enumerate(queue):
                     sending.append(call)
+                    reads = b"" if blocking or at < last_write else call.transaction(base)
+                    plain.append(bool(reads))
+                    if reads:  # (MULTI, its reads, EXEC: a reply each)
+                        commands.append((base, reads, TRANSACTION_REPLIES))
+                        continue
                     followed = at + 1 < len(queue)
                     # (what a call leaves matters only to the calls after it on its key; an
                     # incr or a cas also reads what the calls before it leave)
@@ -104,7 +116,7 @@ class Rounds:
                             head = packed[usual] = pack_args(
                                 op, revisions, size, *usual[1:3], "", 0, store.epoch
                             )
-                    commands.append((base, script.pack(base, args, head, 8)))
+                    commands.append((base, script.pack(base, args, head, 8), 1))
                     blocking = blocking or blocks
             replies = await links.execute(commands, store._timeout)
             if first_round:
@@ -112,17 +124,33 @@ class Rounds:
                 if not isinstance(found, Exception):
                     epoch = None if found is None else found.decode()
             missing_script = moved = False
-            for call, reply in zip(sending, replies, strict=True):
+            again: set[str] = set()  # keys with a call that did not run, sent again
+            for call, reply, read in zip(sending, replies, plain, strict=True):
+                if read and call.key in again:
+                    continue  # (it read before a write sent again: it reads again after it)
                 if type(reply) is ReplyError:
                     text = str(reply)
                     if text.startswith("NOSCRIPT"):
                         missing_script = True  # nothing ran: sent again, in order
+                        again.add(call.key)
                     elif text.startswith("MOVED "):
                         moved = True  # nothing ran: sent again, to the slot's node
+                        again.add(call.key)
                     else:
                         call.finish(store._unavailable(reply))
                 elif isinstance(reply, Exception):
                     call.finish(store._unavailable(reply))
+                elif read:
+                    failed = next((r for r in reply if isinstance(r, Exception)), None)
+                    if failed is None:
+                        try:
+                            call.answer_plain(reply[-1])
+                        except Exception as exc:
+                            call.finish(exc)
+                    elif str(failed).startswith("MOVED "):
+                        moved = True  # nothing ran: sent again, to the slot's node
+                    else:
+                        call.finish(store._unavailable(failed))
                 else:
                     made, answer = reply
                     if answer[0] == b"skipped":

@@ -36,6 +36,7 @@ __all__ = [
     "RespReader",
     "ScriptCall",
     "hiredis_available",
+    "multi",
     "new_reader",
     "pack",
     "pack_args",
@@ -132,6 +133,15 @@ class ScriptCall:
             packed,
             _args(args),
         )
+
+
+_MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+
+
+def multi(*commands: bytes) -> bytes:
+    """Packed commands in ``MULTI`` ... ``EXEC``: their replies, ``+OK``, a ``+QUEUED`` each,
+    then ``EXEC``'s array of theirs."""
+    return b"%b%b%b" % (_MULTI, b"".join(commands), _EXEC)
 
 
 def pack_args(*args: Any) -> bytes:
