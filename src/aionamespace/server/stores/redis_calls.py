@@ -11,11 +11,8 @@ trip; a ``cas`` first tries the expected bytes themselves, so an equal value cos
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import msgpack
 
 from ..._errors import LimitExceeded
 from ...protocol.equality import cas_equal
@@ -23,7 +20,7 @@ from ...protocol.events import missing_attribute
 from ...protocol.lists import MAX_LIST_LENGTH
 from .base import Changes
 from .redis_history import UnfetchedList
-from .redis_wire import multi, pack, pack_args
+from .redis_wire import Packed, multi, pack, pack_args, pack_pairs
 from .typed import incremented, list_refused, step_of
 
 __all__ = ["Ahead", "Call", "Guesses", "full", "prepare"]
@@ -33,8 +30,41 @@ Guesses = dict[tuple[str, str], "bytes | None"]
 #: What (key, name) will hold once the calls before, in a round, have run (None: missing).
 Ahead = dict[tuple[str, str], "bytes | None"]
 MAX_GUESSES = 10_000
-#: A revision's changes packed as the script's cmsgpack packs them (strings all raw).
-_pack_changes = functools.partial(msgpack.packb, use_bin_type=False)
+
+
+def _raw(length: int) -> bytes:
+    """A msgpack raw string's header (the old spec's: no str8, no bin)."""
+    if length < 32:
+        return _FIXRAW[length]
+    return (
+        b"\xda%b" % length.to_bytes(2, "big")
+        if length < 65536
+        else b"\xdb%b" % length.to_bytes(4, "big")
+    )
+
+
+_FIXRAW = [bytes([0xA0 | length]) for length in range(32)]
+
+
+def _changes(names: Sequence[bytes], data: Sequence[bytes]) -> bytes:
+    """An update's history entry, msgpack ``["s", name, value, ...]`` with every string raw:
+    as ``msgpack.packb(..., use_bin_type=False)`` packs it (tests/test_redis_wire.py), in
+    one format per name."""
+    count = 3 * len(names)
+    if count < 16:
+        head = bytes([0x90 | count])
+    else:
+        head = (
+            b"\xdc%b" % count.to_bytes(2, "big")
+            if count < 65536
+            else b"\xdd%b" % count.to_bytes(4, "big")
+        )
+    return head + b"".join(
+        [
+            b"\xa1s%b%b%b%b" % (_raw(len(n)), n, _raw(len(v)), v)
+            for n, v in zip(names, data, strict=True)
+        ]
+    )
 
 
 class Call:
@@ -62,7 +92,7 @@ class Call:
         self.observed = -1  # the namespace's revision a read saw (a followed key starts there)
         self.scripted = False  # a plain read found a list: the script reads it
 
-    def request(self) -> tuple[str, Sequence[Any]]:
+    def request(self) -> tuple[str, Sequence[Any] | Packed]:
         raise NotImplementedError
 
     def transaction(self, base: bytes) -> bytes:
@@ -204,14 +234,13 @@ class Update(Call):
         super().__init__(key)
         self.values = values
 
-    def request(self) -> tuple[str, Sequence[Any]]:
-        flat: list[Any] = [item for pair in self.values.items() for item in pair]
-        # The history entry packed here (raw strings, as the script's cmsgpack packs them):
-        # packing it in Lua costs Redis more than all the rest of the call.
-        changes = _pack_changes(
-            [item for name, value in self.values.items() for item in ("s", name, value)]
-        )
-        return "update", [changes, *flat]
+    def request(self) -> tuple[str, Sequence[Any] | Packed]:
+        # The history entry packed here, as the script's cmsgpack would (packing it in Lua
+        # costs Redis more than all the rest of the call), then the names and values.
+        names, data = [name.encode() for name in self.values], list(self.values.values())
+        changes = _changes(names, data)
+        packed = b"$%d\r\n%b\r\n%b" % (len(changes), changes, pack_pairs(names, data))
+        return "update", Packed(packed, 1 + 2 * len(names))
 
     def foresee(self, ahead: Ahead) -> None:
         for name, value in self.values.items():

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .redis_calls import Ahead, Call, full
 from .redis_link import Links
-from .redis_wire import ReplyError, ScriptCall, pack, pack_args
+from .redis_wire import Packed, ReplyError, ScriptCall, pack, pack_args
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -116,7 +116,11 @@ class Rounds:
                             head = packed[usual] = pack_args(
                                 op, revisions, size, *usual[1:3], "", 0, store.epoch
                             )
-                    commands.append((base, script.pack(base, args, head, 8), 1))
+                    if type(args) is Packed:
+                        command = script.pack(base, (), head + args.data, 8 + args.arguments)
+                    else:
+                        command = script.pack(base, args, head, 8)
+                    commands.append((base, command, 1))
                     blocking = blocking or blocks
             replies = await links.execute(commands, store._timeout)
             if first_round:

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "Packed",
     "ReplyError",
     "RespError",
     "RespReader",
@@ -40,6 +41,7 @@ __all__ = [
     "new_reader",
     "pack",
     "pack_args",
+    "pack_pairs",
 ]
 
 #: The longest status, error or integer line RespReader accepts.
@@ -72,11 +74,8 @@ def _arg(value: Any) -> bytes:
 
 def _args(values: Sequence[Any]) -> bytes:
     """Arguments packed. Many of them are a snapshot's names (ASCII str, mostly: packed as
-    one str, encoded once) or an update's names and values (str, bytes: packed in pairs,
-    after its history entry)."""
+    one str, encoded once) or an update's names and values (str, bytes: packed in pairs)."""
     if len(values) > 8:
-        if len(values) % 2 == 1 and type(values[0]) is bytes:
-            return _arg(values[0]) + _args(values[1:])
         kinds = set(map(type, values))
         if kinds == {str} and all(map(str.isascii, values)):
             return "".join([f"${len(v)}\r\n{v}\r\n" for v in values]).encode()
@@ -142,6 +141,24 @@ def multi(*commands: bytes) -> bytes:
     """Packed commands in ``MULTI`` ... ``EXEC``: their replies, ``+OK``, a ``+QUEUED`` each,
     then ``EXEC``'s array of theirs."""
     return b"%b%b%b" % (_MULTI, b"".join(commands), _EXEC)
+
+
+class Packed(NamedTuple):
+    """A call's arguments packed already (``arguments`` of them): what ``Call.request`` may give
+    instead of a sequence, when it packs them faster than ``_args`` would."""
+
+    data: bytes
+    arguments: int  # how many
+
+
+def pack_pairs(names: Sequence[bytes], data: Sequence[bytes]) -> bytes:
+    """Arguments name, value, name, value, ... packed, in one format per pair."""
+    return b"".join(
+        [
+            b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(n), n, len(v), v)
+            for n, v in zip(names, data, strict=True)
+        ]
+    )
 
 
 def pack_args(*args: Any) -> bytes:
