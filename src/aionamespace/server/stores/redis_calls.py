@@ -19,7 +19,7 @@ from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
 from ...protocol.lists import MAX_LIST_LENGTH
 from .base import Changes
-from .redis_history import UnfetchedList
+from .redis_history import UnfetchedList, pack_changes
 from .redis_wire import Packed, multi, pack, pack_args, pack_pairs
 from .typed import incremented, list_refused, step_of
 
@@ -30,41 +30,6 @@ Guesses = dict[tuple[str, str], "bytes | None"]
 #: What (key, name) will hold once the calls before, in a round, have run (None: missing).
 Ahead = dict[tuple[str, str], "bytes | None"]
 MAX_GUESSES = 10_000
-
-
-def _raw(length: int) -> bytes:
-    """A msgpack raw string's header (the old spec's: no str8, no bin)."""
-    if length < 32:
-        return _FIXRAW[length]
-    return (
-        b"\xda%b" % length.to_bytes(2, "big")
-        if length < 65536
-        else b"\xdb%b" % length.to_bytes(4, "big")
-    )
-
-
-_FIXRAW = [bytes([0xA0 | length]) for length in range(32)]
-
-
-def _changes(names: Sequence[bytes], data: Sequence[bytes]) -> bytes:
-    """An update's history entry, msgpack ``["s", name, value, ...]`` with every string raw:
-    as ``msgpack.packb(..., use_bin_type=False)`` packs it (tests/test_redis_wire.py), in
-    one format per name."""
-    count = 3 * len(names)
-    if count < 16:
-        head = bytes([0x90 | count])
-    else:
-        head = (
-            b"\xdc%b" % count.to_bytes(2, "big")
-            if count < 65536
-            else b"\xdd%b" % count.to_bytes(4, "big")
-        )
-    return head + b"".join(
-        [
-            b"\xa1s%b%b%b%b" % (_raw(len(n)), n, _raw(len(v)), v)
-            for n, v in zip(names, data, strict=True)
-        ]
-    )
 
 
 class Call:
@@ -238,7 +203,7 @@ class Update(Call):
         # The history entry packed here, as the script's cmsgpack would (packing it in Lua
         # costs Redis more than all the rest of the call), then the names and values.
         names, data = [name.encode() for name in self.values], list(self.values.values())
-        changes = _changes(names, data)
+        changes = pack_changes(names, data)
         packed = b"$%d\r\n%b\r\n%b" % (len(changes), changes, pack_pairs(names, data))
         return "update", Packed(packed, 1 + 2 * len(names))
 

@@ -2,11 +2,16 @@
 
 Each round packs the calls still to run (redis_wire.py), each an ``EVALSHA`` of the namespace
 script, the first round with the read of the board's epoch, and sends them, every node's in one
-write; then it reads each call's reply (redis_calls.py). A call is sent again only when its
+write; then it reads each call's reply (redis_calls.py). A get or a snapshot of named values
+goes as plain reads in ``MULTI``/``EXEC`` instead (``Call.transaction``: as atomic, and it
+costs Redis a fraction of the script's Lua), unless a write follows it on its namespace in
+the round: a read that finds a list goes to the script in the next round, and must not be
+answered after a write that was sent after it. A call is sent again only when its
 reply says the script did not run: ``NOSCRIPT`` (the script is loaded again, once) or ``MOVED``
 (the cluster's slot map is read again, ``MAX_MOVES`` times at most), and after a conditional
-write that failed (redis_scripts.py, Rounds). Whatever else fails is the call's
-``StoreUnavailable``: nothing that may have run runs twice.
+write that failed (redis_scripts.py, Rounds); a plain read after such a call on its
+namespace is read again after it. Whatever else fails is the call's ``StoreUnavailable``:
+nothing that may have run runs twice.
 
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's

@@ -6,8 +6,9 @@ round's *token*: if the conditional write did not happen it marks the namespace 
 field blk), and the calls carrying that token answer "skipped" without running, to be sent
 again after it. So a batch is one round trip unless a conditional write fails.
 
-**One script, not one per operation.** Every call of a batch is ``EVALSHA`` of ``NAMESPACE``
-with the operation as its first argument: a node either knows the script or does not, so after
+**One script, not one per operation.** Every call of a batch that writes is ``EVALSHA`` of
+``NAMESPACE`` with the operation as its first argument (a plain get or snapshot is mostly
+read without it, redis_rounds.py): a node either knows the script or does not, so after
 a restart or a failover every call to that node fails with NOSCRIPT alike (nothing ran), and
 the store loads it and sends them again in their order (redis.py).
 
