@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from aionamespace import AsyncNamespace, ConnectionLost, DataFileError, Server, SQLiteStore
-from aionamespace.server.durability import Durability
+from aionamespace.server.durability import LONE_COMMITS, Durability
 from aionamespace.server.stores import MemoryStore
 from deadlines import async_wait_until
 
@@ -35,7 +35,7 @@ class GatedStore(SQLiteStore):
         self.gets += 1
         return super().get(key, name)
 
-    def commit_inline(self) -> bool:
+    def commit_inline(self, *, lone: bool = False) -> bool:
         return False  # every commit waits for the test
 
     async def commit(self) -> None:
@@ -139,15 +139,15 @@ def test_an_in_memory_store_never_holds() -> None:
 class CountingStore(SQLiteStore):
     """An SQLite store that counts the commits made at a batch's end and those awaited."""
 
-    def __init__(self, path: str, *, fail: bool = False) -> None:
-        super().__init__(path)
+    def __init__(self, path: str, *, fail: bool = False, fsync: bool = False) -> None:
+        super().__init__(path, fsync=fsync)
         self.inline = self.awaited = 0
         self.fail = fail
 
-    def commit_inline(self) -> bool:
+    def commit_inline(self, *, lone: bool = False) -> bool:
         if self.fail and self.dirty:
             raise DataFileError("a commit failed (the test's)")
-        done = super().commit_inline()
+        done = super().commit_inline(lone=lone)
         self.inline += done
         return done
 
@@ -201,3 +201,119 @@ async def test_a_commit_failing_at_a_batch_end_stops_the_server_unacknowledged(
                 await ns._close()
         store.close()
     assert not acknowledged
+
+
+async def test_a_lone_writers_fsync_commits_are_made_at_the_end_of_its_batches(
+    short_tmp: str,
+) -> None:
+    """With fsync, one connection writing alone has its commits made by its batches, not by
+    the committer task (which would cost it a wake-up, a turn of the loop and the gate)."""
+    path = os.path.join(short_tmp, "data.db")
+    store = CountingStore(path, fsync=True)
+    try:
+        async with Server(os.path.join(short_tmp, "s.sock"), store=store) as server:
+            ns = AsyncNamespace(server.address, "board")
+            for _ in range(LONE_COMMITS):
+                await ns._incr("n")
+            assert store.awaited == LONE_COMMITS  # not a lone writer yet
+            for _ in range(20):
+                await ns._incr("n")
+                assert not store.dirty  # acknowledged: already in the file
+            assert store.inline == 20
+            assert store.awaited == LONE_COMMITS
+            await ns._close()
+    finally:
+        store.close()
+    reopened = SQLiteStore(path)
+    try:
+        assert reopened.get("board", "n") == bytes([LONE_COMMITS + 20])
+    finally:
+        reopened.close()
+
+
+async def test_a_second_writer_sends_commits_back_to_the_committer(short_tmp: str) -> None:
+    """Once another connection writes, the lone writer's commits go back to the committer
+    task, where the batches of both share commits; it is lone again after LONE_COMMITS."""
+    store = CountingStore(os.path.join(short_tmp, "data.db"), fsync=True)
+    try:
+        async with Server(os.path.join(short_tmp, "s.sock"), store=store) as server:
+            lone = AsyncNamespace(server.address, "board")
+            other = AsyncNamespace(server.address, "board")
+            for _ in range(LONE_COMMITS + 1):
+                await lone._incr("n")
+            assert store.inline == 1
+            await other._incr("n")
+            assert store.inline == 1  # the other's batch: not a lone writer's
+            for _ in range(LONE_COMMITS):
+                await lone._incr("n")
+            assert store.inline == 1  # no longer alone: the committer commits
+            await lone._incr("n")
+            assert store.inline == 2  # alone again
+            assert await other.n == 2 * LONE_COMMITS + 3
+            await lone._close()
+            await other._close()
+    finally:
+        store.close()
+
+
+async def test_writers_on_many_connections_share_fsync_commits(short_tmp: str) -> None:
+    """Group commit across connections: 16 writers' 160 increments take far fewer commits."""
+    store = CountingStore(os.path.join(short_tmp, "data.db"), fsync=True)
+    try:
+        async with Server(os.path.join(short_tmp, "s.sock"), store=store) as server:
+            writers = [AsyncNamespace(server.address, "board") for _ in range(16)]
+            for writer in writers:
+                await writer._ping()
+
+            async def write(ns: AsyncNamespace) -> None:
+                for _ in range(10):
+                    await ns._incr("n")
+
+            async with anyio.create_task_group() as group:
+                for writer in writers:
+                    group.start_soon(write, writer)
+            assert await writers[0].n == 160
+            assert store.inline + store.awaited < 160 // 4
+            for writer in writers:
+                await writer._close()
+    finally:
+        store.close()
+
+
+async def test_with_fsync_a_few_changes_wait_for_the_many_the_last_commit_answered(
+    short_tmp: str,
+) -> None:
+    """After a commit of many changes, a commit of a few waits (at most as long as the last
+    one took) for the rest of its writers' next changes, so that all share one fsync: the
+    group-commit of 64 tasks, which would otherwise split into two groups taking turns."""
+    store = SQLiteStore(os.path.join(short_tmp, "data.db"), fsync=True)
+    durability = Durability(store)
+    connection = object()  # (the identity of a connection is all Durability keeps of it)
+
+    def batch(changes: int) -> None:
+        durability.batching = True
+        for i in range(changes):
+            store.set("board", f"x{i}", b"\x01")
+            durability.settle(connection)
+        durability.batch_ended()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(durability.run)
+            batch(63)
+            await async_wait_until(lambda: not store.dirty, "the 63 are committed")
+            # As if that commit had taken a minute: the wait below cannot end at its deadline
+            # on a slow machine before the test looks.
+            durability._last_seconds = 60.0
+            batch(1)
+            await anyio.wait_all_tasks_blocked()
+            assert store.waiting() == 1  # not committed: it waits for the others
+            batch(62)
+            await async_wait_until(lambda: not store.dirty, "the 63 are committed together")
+            assert durability._last_size == 63
+            batch(2)  # fewer than a quarter of 63, and nothing follows: committed at the
+            await async_wait_until(lambda: not store.dirty, "the deadline")  # deadline
+            assert durability._last_size == 2
+            group.cancel_scope.cancel()
+    finally:
+        store.close()

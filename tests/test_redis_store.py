@@ -222,6 +222,41 @@ def test_a_flushed_redis_makes_a_new_epoch(redis_private: redis_rig.RedisServer)
     run(main)
 
 
+def test_reads_of_lists_and_reads_before_writes_keep_their_order(target: str) -> None:
+    """A get or a snapshot goes to Redis as plain reads (MULTI/EXEC) unless the script must
+    answer: one that finds a list that appends grew is read again through the script, and a
+    read with a write after it on its namespace, in the same batch, goes through the script
+    at once (had it read the list plainly, the write would have run before it read again)."""
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, redis_rig.unique_prefix())
+            listed = encode_value([1, 2])
+            await store.apply([("update", ("k", {"x": ONE})), ("append", ("k", "log", [ONE, TWO]))])
+            assert await store.apply(
+                [("get", ("k", "log")), ("snapshot", ("k", ["x", "log", "nope"]))]
+            ) == [listed, (2, {"x": ONE, "log": listed})]
+            assert await store.apply(
+                [
+                    ("get", ("k", "log")),
+                    ("snapshot", ("k", ["log"])),
+                    ("set", ("k", "log", TWO)),
+                    ("get", ("k", "log")),
+                ]
+            ) == [listed, (2, {"log": listed}), 3, TWO]
+            assert await store.apply([("get", ("k", "x")), ("snapshot", ("none", ["x"]))]) == [
+                ONE,
+                (0, {}),
+            ]
+            (missing,) = await store.apply([("get", ("k", "nope"))])
+            assert isinstance(missing, AttributeError)
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
 def test_a_frozen_redis_fails_calls_promptly_then_recovers(
     redis_private: redis_rig.RedisServer,
 ) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import redis_rig
+from aionamespace.server.stores.redis_calls import Update
 from aionamespace.server.stores.redis_wire import (
     MAX_LINE_BYTES,
     ReplyError,
@@ -202,3 +204,29 @@ def test_many_arguments_pack_as_each_alone(values: list[Any]) -> None:
 def pack_one(value: Any) -> bytes:
     data = value if isinstance(value, bytes) else str(value).encode()
     return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=40),
+        st.one_of(st.binary(max_size=40), st.integers(65530, 65540).map(b"x".__mul__)),
+        max_size=12,
+    ),
+    st.integers(0, 6000),
+)
+def test_an_updates_arguments_are_its_history_entry_then_its_pairs(
+    values: dict[str, bytes], more: int
+) -> None:
+    """The update packs its history entry as msgpack would (raw strings, as the script's
+    cmsgpack reads them: every reader decodes both alike), then name, value, ..."""
+    values = {**values, **{f"n{i}": b"v" for i in range(more if more > 5990 else 0)}}
+    data, arguments = Update("k", values).request()[1]
+    entry = msgpack.packb(
+        [item for name, value in values.items() for item in ("s", name, value)],
+        use_bin_type=False,
+    )
+    assert arguments == 1 + 2 * len(values)
+    assert data == pack_one(entry) + b"".join(
+        pack_one(item) for pair in values.items() for item in pair
+    )

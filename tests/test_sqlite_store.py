@@ -317,12 +317,12 @@ def test_the_log_is_checkpointed_in_a_thread_and_reused(
 
 
 @pytest.mark.parametrize("fsync", [False, True])
-def test_a_few_writes_commit_on_the_loop_and_many_in_a_thread(
+def test_a_small_commit_runs_on_the_loop_and_a_large_one_in_a_thread(
     path: str, opened: list[SQLiteStore], monkeypatch: pytest.MonkeyPatch, fsync: bool
 ) -> None:
-    """A commit of a few writes runs on the event loop's thread, even with fsync (a thread and
-    back would cost it more than it saves); a commit of many (with fsync) or of many bytes runs
-    in a thread, so the loop applies the next batches meanwhile."""
+    """A commit of a few pages runs on the event loop's thread, however many writes it holds
+    and even with fsync (a thread and back would cost it more than it saves); a commit of many
+    bytes runs in a thread, so the loop applies the next batches meanwhile."""
     store = SQLiteStore(path, fsync=fsync)
     opened.append(store)
     loop_thread = threading.get_ident()
@@ -342,10 +342,10 @@ def test_a_few_writes_commit_on_the_loop_and_many_in_a_thread(
             store.set("board", f"x{i}", encode_value(b"v" * size))
         await store.commit()
 
-    anyio.run(commit, sqlite_module.INLINE_FSYNC_REVISIONS, 10)
+    anyio.run(commit, 8, 10)
     assert writers == [loop_thread]
-    anyio.run(commit, sqlite_module.INLINE_FSYNC_REVISIONS + 1, 10)
-    assert (writers[-1] == loop_thread) is (not fsync)
+    anyio.run(commit, 64, 10)
+    assert writers[-1] == loop_thread
     anyio.run(commit, 1, sqlite_module.INLINE_COMMIT_BYTES + 1)
     assert writers[-1] != loop_thread
     assert len(writers) == 3

@@ -145,7 +145,7 @@ class Connections:
                     return False
                 answers, applied = self.dispatcher.respond_some(connection, pending, budget)
                 del pending[:applied]
-                durability.settle()  # (a small commit: done now, and the answers go at once)
+                durability.settle(connection)  # (a small commit: done now, the answers go at once)
                 if len(answers) == 1:
                     connection.write(answers[0])
                 else:

@@ -141,6 +141,8 @@ class Store(Protocol):
     def usage(self) -> StoreUsage: ...  # what it holds, counted when asked (``info``)
     async def commit(self) -> None: ...  # write every change made since the last commit
     #: ``commit`` now, on this thread, if the store can do it cheaply (a small commit without
-    #: fsync); False: not done, ``await commit()`` must (the server calls it after each batch).
-    def commit_inline(self) -> bool: ...
+    #: fsync; with ``lone``, the changes of a lone writer's batch, also one with fsync: see
+    #: server/durability.py); False: not done, ``await commit()`` must (the server calls it
+    #: after each batch).
+    def commit_inline(self, *, lone: bool = False) -> bool: ...
     def close(self) -> None: ...  # release what the store holds (files); it is not used again

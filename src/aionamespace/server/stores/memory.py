@@ -220,7 +220,7 @@ class MemoryStore:
     async def commit(self) -> None:
         """Nothing to write: what is in memory is all there is."""
 
-    def commit_inline(self) -> bool:
+    def commit_inline(self, *, lone: bool = False) -> bool:
         """Nothing to write, done at once."""
         return True
 

@@ -19,7 +19,8 @@ from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
 from ...protocol.lists import MAX_LIST_LENGTH
 from .base import Changes
-from .redis_history import UnfetchedList
+from .redis_history import UnfetchedList, pack_changes
+from .redis_wire import Packed, multi, pack, pack_args, pack_pairs
 from .typed import incremented, list_refused, step_of
 
 __all__ = ["Ahead", "Call", "Guesses", "full", "prepare"]
@@ -38,9 +39,12 @@ class Call:
     write (if they write: the calls after a conditional write that fails do not run): it
     updates that with what it leaves itself, so that an incr after it guesses right."""
 
-    __slots__ = ("changes", "done", "key", "observed", "result", "revision", "want_list")
+    __slots__ = (
+        "changes", "done", "key", "observed", "result", "revision", "scripted", "want_list",
+    )  # fmt: skip
 
     creates = False  # may create its namespace (the ops PROTOCOL.md lists)
+    reads = False  # writes nothing
     again = False  # may need another round trip before it is done
 
     def __init__(self, key: str) -> None:
@@ -51,8 +55,19 @@ class Call:
         self.changes: Changes | None = None  # the revision it made, told to on_commit
         self.want_list = False  # an append asks for the whole list (the store sets it)
         self.observed = -1  # the namespace's revision a read saw (a followed key starts there)
+        self.scripted = False  # a plain read found a list: the script reads it
 
-    def request(self) -> tuple[str, Sequence[Any]]:
+    def request(self) -> tuple[str, Sequence[Any] | Packed]:
+        raise NotImplementedError
+
+    def transaction(self, base: bytes) -> bytes:
+        """A read's plain commands in ``MULTI``/``EXEC`` (redis_wire.multi), which cost Redis
+        less than the script's Lua, or b"": this call goes through the script."""
+        return b""
+
+    def answer_plain(self, found: list[Any]) -> None:
+        """Take ``EXEC``'s replies to ``transaction()``; not done if the script must answer
+        (then ``scripted`` is set: the call goes to the script in the next round)."""
         raise NotImplementedError
 
     def answer(self, reply: list[Any]) -> None:
@@ -86,9 +101,26 @@ class _Named(Call):
 
 class Get(_Named):
     __slots__ = ()
+    reads = True
 
     def request(self) -> tuple[str, Sequence[Any]]:
         return "get", (self.name,)
+
+    def transaction(self, base: bytes) -> bytes:
+        if self.scripted or not self.name:
+            return b""
+        return multi(pack("HGET", base + b":v", self.name), pack("HGET", base + b":m", "r"))
+
+    def answer_plain(self, found: list[Any]) -> None:
+        value, revision = found
+        if value == b"":  # a list that appends grew: its elements are elsewhere
+            self.scripted = True
+            return
+        self.answer(
+            [b"missing", int(revision or 0)]
+            if value is None
+            else [b"ok", value, int(revision or 0)]
+        )
 
     def answer(self, reply: list[Any]) -> None:
         if reply[0] == b"missing":
@@ -167,8 +199,13 @@ class Update(Call):
         super().__init__(key)
         self.values = values
 
-    def request(self) -> tuple[str, Sequence[Any]]:
-        return "update", [item for pair in self.values.items() for item in pair]
+    def request(self) -> tuple[str, Sequence[Any] | Packed]:
+        # The history entry packed here, as the script's cmsgpack would (packing it in Lua
+        # costs Redis more than all the rest of the call), then the names and values.
+        names, data = [name.encode() for name in self.values], list(self.values.values())
+        changes = pack_changes(names, data)
+        packed = b"$%d\r\n%b\r\n%b" % (len(changes), changes, pack_pairs(names, data))
+        return "update", Packed(packed, 1 + 2 * len(names))
 
     def foresee(self, ahead: Ahead) -> None:
         for name, value in self.values.items():
@@ -201,6 +238,7 @@ class Open(Update):
 
 class Snapshot(Call):
     __slots__ = ("names",)
+    reads = True
 
     def __init__(self, key: str, names: Sequence[str] | None) -> None:
         super().__init__(key)
@@ -208,6 +246,20 @@ class Snapshot(Call):
 
     def request(self) -> tuple[str, Sequence[Any]]:
         return "snapshot", ["*"] if self.names is None else ["-", *self.names]
+
+    def transaction(self, base: bytes) -> bytes:
+        names = self.names
+        if self.scripted or not names or "" in names:
+            return b""
+        head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b:v\r\n" % (len(names) + 2, len(base) + 2, base)
+        return multi(head + pack_args(*names), pack("HGET", base + b":m", "r"))
+
+    def answer_plain(self, found: list[Any]) -> None:
+        values, revision = found
+        if b"" in values:  # a list that appends grew: its elements are elsewhere
+            self.scripted = True
+            return
+        self.answer([b"ok", int(revision or 0), values])
 
     def answer(self, reply: list[Any]) -> None:
         found = reply[2]

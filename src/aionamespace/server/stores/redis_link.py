@@ -336,33 +336,39 @@ class Links:
         return link
 
     async def execute(
-        self, commands: Sequence[tuple[bytes, bytes]], timeout: float | None = None
+        self, commands: Sequence[tuple[bytes, bytes, int]], timeout: float | None = None
     ) -> list[Any]:
-        """Send (key, packed command) pairs, each to its key's node, every node's in one
-        write and in their order: the replies in order (an error reply as a ReplyError). A
-        lost connection (or one silent past ``timeout``) raises ConnectionError (TimeoutError)
-        on a standalone server; in a cluster, it is the reply of each command sent on it."""
+        """Send (key, packed commands, how many) triples, each to its key's node, every
+        node's in one write and in their order: the replies in order (an error reply as a
+        ReplyError; of a triple of several commands, the list of theirs). A lost connection
+        (or one silent past ``timeout``) raises ConnectionError (TimeoutError) on a
+        standalone server; in a cluster, it is the reply of each triple sent on it."""
         if not self._cluster:
-            payload = b"".join([command for _, command in commands])
-            return await self.link_for(b"").call(payload, len(commands), timeout)
+            payload = b"".join([command for _, command, _ in commands])
+            total = sum([count for _, _, count in commands])
+            flat = await self.link_for(b"").call(payload, total, timeout)
+            return flat if total == len(commands) else _grouped(flat, commands)
         if self._stale:  # (a failover moves slots to a node at another address)
             self._stale = False
             await asyncio.wait_for(self.refresh(), timeout)
-        groups: dict[Link, tuple[list[int], list[bytes]]] = {}
-        for at, (key, command) in enumerate(commands):
-            link = self.link_for(key)
+        groups: dict[Link, tuple[list[int], list[tuple[bytes, bytes, int]]]] = {}
+        for at, triple in enumerate(commands):
+            link = self.link_for(triple[0])
             group = groups.get(link)
             if group is None:
                 group = groups[link] = ([], [])
             group[0].append(at)
-            group[1].append(command)
+            group[1].append(triple)
         replies: list[Any] = [None] * len(commands)
         sent = []
-        for link, (places, pieces) in groups.items():
+        for link, (places, triples) in groups.items():
             try:
                 if link.connection is None:
                     await link.connect(timeout)
-                sent.append((link, places, link.submit(b"".join(pieces), len(pieces))))
+                payload = b"".join([command for _, command, _ in triples])
+                total = sum([count for _, _, count in triples])
+                future = link.submit(payload, total)
+                sent.append((link, places, triples, future))
             except OSError as exc:  # (ConnectionError, TimeoutError: that node's commands)
                 self._stale = True
                 for at in places:
@@ -371,16 +377,18 @@ class Links:
         if timeout is not None:
             late = asyncio.get_running_loop().call_later(timeout, self._expire, sent)
         try:
-            for _link, places, future in sent:
+            for _link, places, triples, future in sent:
                 try:
                     answers: list[Any] = await future
+                    if len(answers) != len(triples):
+                        answers = _grouped(answers, triples)
                 except OSError as exc:
                     self._stale = True
                     answers = [exc] * len(places)
                 for at, answer in zip(places, answers, strict=True):
                     replies[at] = answer
         except asyncio.CancelledError:
-            for link, _, future in sent:
+            for link, _, _, future in sent:
                 if not future.done():
                     link.close(ConnectionError(f"a call to {link.endpoint.name} was interrupted"))
             raise
@@ -390,8 +398,8 @@ class Links:
         return replies
 
     @staticmethod
-    def _expire(sent: list[tuple[Link, list[int], asyncio.Future[list[Any]]]]) -> None:
-        for link, _, future in sent:
+    def _expire(sent: list[tuple[Link, list[int], Any, asyncio.Future[list[Any]]]]) -> None:
+        for link, _, _, future in sent:
             if not future.done():
                 link.close(TimeoutError())
 
@@ -403,3 +411,12 @@ class Links:
         for link in self._links.values():
             link.close(ConnectionError("the store is closed"))
         self._links.clear()
+
+
+def _grouped(replies: list[Any], commands: Sequence[tuple[bytes, bytes, int]]) -> list[Any]:
+    """The replies of each triple: one reply, or the list of a triple of several commands'."""
+    out, at = [], 0
+    for _, _, count in commands:
+        out.append(replies[at] if count == 1 else replies[at : at + count])
+        at += count
+    return out

@@ -2,11 +2,16 @@
 
 Each round packs the calls still to run (redis_wire.py), each an ``EVALSHA`` of the namespace
 script, the first round with the read of the board's epoch, and sends them, every node's in one
-write; then it reads each call's reply (redis_calls.py). A call is sent again only when its
+write; then it reads each call's reply (redis_calls.py). A get or a snapshot of named values
+goes as plain reads in ``MULTI``/``EXEC`` instead (``Call.transaction``: as atomic, and it
+costs Redis a fraction of the script's Lua), unless a write follows it on its namespace in
+the round: a read that finds a list goes to the script in the next round, and must not be
+answered after a write that was sent after it. A call is sent again only when its
 reply says the script did not run: ``NOSCRIPT`` (the script is loaded again, once) or ``MOVED``
 (the cluster's slot map is read again, ``MAX_MOVES`` times at most), and after a conditional
-write that failed (redis_scripts.py, Rounds). Whatever else fails is the call's
-``StoreUnavailable``: nothing that may have run runs twice.
+write that failed (redis_scripts.py, Rounds); a plain read after such a call on its
+namespace is read again after it. Whatever else fails is the call's ``StoreUnavailable``:
+nothing that may have run runs twice.
 
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .redis_calls import Ahead, Call, full
 from .redis_link import Links
-from .redis_wire import ReplyError, ScriptCall, pack, pack_args
+from .redis_wire import Packed, ReplyError, ScriptCall, pack, pack_args
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -30,6 +35,8 @@ __all__ = ["MAX_MOVES", "MAX_PACKED", "Rounds"]
 
 #: Keys whose bases, and argument heads, a store keeps packed (then it starts again).
 MAX_PACKED = 10_000
+#: The replies of a read sent as MULTI, its two commands, EXEC (Call.transaction).
+TRANSACTION_REPLIES = 4
 #: MOVED replies one batch follows (the slot map read again each time) before it gives up.
 MAX_MOVES = 3
 
@@ -41,7 +48,7 @@ class Rounds:
         self._store = store
         self.links: Links | None = None
         self._script_call = ScriptCall(sha)
-        self._read_epoch = (epoch_key.encode(), pack("GET", epoch_key))
+        self._read_epoch = (epoch_key.encode(), pack("GET", epoch_key), 1)
         self._packed: dict[tuple[str, int, int, str], bytes] = {}
         self._bases: dict[str, bytes] = {}  # key -> its base, encoded
         self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
@@ -70,7 +77,8 @@ class Rounds:
             self._rounds += 1
             token = ""
             sending: list[Call] = []
-            commands: list[tuple[bytes, bytes]] = [self._read_epoch] if first_round else []
+            plain: list[bool] = []  # whether each call was sent as a transaction
+            commands: list[tuple[bytes, bytes, int]] = [self._read_epoch] if first_round else []
             ahead: Ahead = {}
             for key, queue in queues.items():
                 base = bases.get(key)
@@ -80,11 +88,24 @@ class Rounds:
                     base = bases[key] = store.base(key).encode()
                 may_create = int(key not in refused)
                 blocking = False  # a conditional write came first: the rest waits for it
+                # A read goes as a transaction only if no write follows it on its key: one
+                # that finds a list is sent again to the script, after what came later.
+                writes = [at for at, call in enumerate(queue) if not call.reads]
+                last_write = writes[-1] if writes else -1
                 for at, call in enumerate(queue):
                     sending.append(call)
-                    call.foresee(ahead)
+                    reads = b"" if blocking or at < last_write else call.transaction(base)
+                    plain.append(bool(reads))
+                    if reads:  # (MULTI, its reads, EXEC: a reply each)
+                        commands.append((base, reads, TRANSACTION_REPLIES))
+                        continue
+                    followed = at + 1 < len(queue)
+                    # (what a call leaves matters only to the calls after it on its key; an
+                    # incr or a cas also reads what the calls before it leave)
+                    if followed or call.again:
+                        call.foresee(ahead)
                     op, args = call.request()
-                    blocks = call.again and at + 1 < len(queue)
+                    blocks = call.again and followed
                     if blocking or blocks:
                         token = token or f"{self._id}:{self._rounds}"
                         head = pack_args(
@@ -100,7 +121,11 @@ class Rounds:
                             head = packed[usual] = pack_args(
                                 op, revisions, size, *usual[1:3], "", 0, store.epoch
                             )
-                    commands.append((base, script.pack(base, args, head, 8)))
+                    if type(args) is Packed:
+                        command = script.pack(base, (), head + args.data, 8 + args.arguments)
+                    else:
+                        command = script.pack(base, args, head, 8)
+                    commands.append((base, command, 1))
                     blocking = blocking or blocks
             replies = await links.execute(commands, store._timeout)
             if first_round:
@@ -108,17 +133,33 @@ class Rounds:
                 if not isinstance(found, Exception):
                     epoch = None if found is None else found.decode()
             missing_script = moved = False
-            for call, reply in zip(sending, replies, strict=True):
+            again: set[str] = set()  # keys with a call that did not run, sent again
+            for call, reply, read in zip(sending, replies, plain, strict=True):
+                if read and call.key in again:
+                    continue  # (it read before a write sent again: it reads again after it)
                 if type(reply) is ReplyError:
                     text = str(reply)
                     if text.startswith("NOSCRIPT"):
                         missing_script = True  # nothing ran: sent again, in order
+                        again.add(call.key)
                     elif text.startswith("MOVED "):
                         moved = True  # nothing ran: sent again, to the slot's node
+                        again.add(call.key)
                     else:
                         call.finish(store._unavailable(reply))
                 elif isinstance(reply, Exception):
                     call.finish(store._unavailable(reply))
+                elif read:
+                    failed = next((r for r in reply if isinstance(r, Exception)), None)
+                    if failed is None:
+                        try:
+                            call.answer_plain(reply[-1])
+                        except Exception as exc:
+                            call.finish(exc)
+                    elif str(failed).startswith("MOVED "):
+                        moved = True  # nothing ran: sent again, to the slot's node
+                    else:
+                        call.finish(store._unavailable(failed))
                 else:
                     made, answer = reply
                     if answer[0] == b"skipped":

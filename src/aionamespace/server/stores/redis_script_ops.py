@@ -36,15 +36,30 @@ function ops.pop(a)
   return {'ok', v, commit({a[1]}, {false}, OVERHEAD)}
 end
 
-function ops.update(a)
+-- a[at]: the revision's changes as the caller packed them (msgpack ['s', name, value, ...]:
+-- what record would pack, which costs Redis more than the rest of the call), then name,
+-- value, ... (distinct names): set straight from the arguments, no table built per name
+-- (a is ARGV itself, the arguments from its at: too many to copy as the others' are)
+function ops.update(a, at)
   if not ensure() then return {'full'} end
-  if #a == 0 then return {'ok', revision()} end
-  local names, values, size = {}, {}, 0
-  for i = 1, #a, 2 do
-    names[#names + 1], values[#values + 1] = a[i], a[i + 1]
+  local last = #a
+  if last == at then return {'ok', revision()} end
+  local rev, size, retired = revision() + 1, 0, nil
+  local lists = redis.call('HLEN', L) > 0
+  for i = at + 1, last, 2 do
     size = size + #a[i + 1] + OVERHEAD
+    if lists then
+      local more, kept = unlist(a[i], rev)
+      size = size + more
+      if kept then
+        retired = retired or {}
+        retired[#retired + 1] = kept
+      end
+    end
   end
-  return {'ok', commit(names, values, size, true)}
+  set_all(a, at + 1, last)
+  record(rev, nil, size, retired, true, a[at])
+  return {'ok', rev}
 end
 
 function ops.open(a)
@@ -217,8 +232,13 @@ function ops.usage(a)
 end
 
 if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
-local args = {}
-for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
-local reply = ops[ARGV[1]](args)  -- (before reading created, which it may set)
+local reply  -- (before reading created, which the op may set)
+if ARGV[1] == 'update' then
+  reply = ops.update(ARGV, 9)
+else
+  local args = {}
+  for i = 9, #ARGV do args[i - 8] = ARGV[i] end
+  reply = ops[ARGV[1]](args)
+end
 return {created, reply}
 """

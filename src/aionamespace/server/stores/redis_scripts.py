@@ -6,8 +6,9 @@ round's *token*: if the conditional write did not happen it marks the namespace 
 field blk), and the calls carrying that token answer "skipped" without running, to be sent
 again after it. So a batch is one round trip unless a conditional write fails.
 
-**One script, not one per operation.** Every call of a batch is ``EVALSHA`` of ``NAMESPACE``
-with the operation as its first argument: a node either knows the script or does not, so after
+**One script, not one per operation.** Every call of a batch that writes is ``EVALSHA`` of
+``NAMESPACE`` with the operation as its first argument (a plain get or snapshot is mostly
+read without it, redis_rounds.py): a node either knows the script or does not, so after
 a restart or a failover every call to that node fails with NOSCRIPT alike (nothing ran), and
 the store loads it and sends them again in their order (redis.py).
 
@@ -163,9 +164,10 @@ local function publish(rev, packed)
 end
 
 -- count revision rev (already applied) into the history, then forget what the bounds require;
--- publish it, with its changes unless inline is false (an append's list is not in them)
-local function record(rev, fields, size, retired, inline)
-  local packed = cmsgpack.pack(fields)
+-- publish it, with its changes unless inline is false (an append's list is not in them);
+-- packed: the changes as the caller packed them (then fields is not read)
+local function record(rev, fields, size, retired, inline, packed)
+  packed = packed or cmsgpack.pack(fields)
   redis.call('XADD', H, rev .. '-1', 'c', packed)
   publish(rev, inline and packed)
   local entry = tostring(size)
@@ -191,65 +193,74 @@ local function record(rev, fields, size, retired, inline)
   redis.call('HSET', M, 'r', rev, 'hb', hb)
 end
 
--- set several names (all distinct) in one HSET, and place the new ones, in their order, in
--- one HSET (the first HSET's count says how many are new; when some but not all, one HMGET of
--- the order hash says which): a command per name costs Redis more than its work
-local function set_all(names, values)
-  local pairs_, added = {}, 0
-  for i = 1, #names do pairs_[2 * i - 1], pairs_[2 * i] = names[i], values[i] end
-  for first = 1, #pairs_, 2000 do  -- (unpack's stack is bounded)
-    added = added + redis.call('HSET', V, unpack(pairs_, first, math.min(first + 1999, #pairs_)))
+-- set the names of flat[first..last] (name, value, ...: all distinct) in one HSET, straight
+-- from the caller's arguments, and place the new ones, in their order, in one HSET (the first
+-- HSET's count says how many are new; when some but not all, one HMGET of the order hash says
+-- which): a command per name costs Redis more than its work, and so does copying the pairs
+local function set_all(flat, first, last)
+  local added = 0
+  for at = first, last, 2000 do  -- (unpack's stack is bounded)
+    added = added + redis.call('HSET', V, unpack(flat, at, math.min(at + 1999, last)))
   end
   if added == 0 then return end
-  local new = names
+  local names, new = {}, {}
+  for i = first, last, 2 do names[#names + 1] = flat[i] end
   if added < #names then
-    new = {}
-    for first = 1, #names, 1000 do
-      local last = math.min(first + 999, #names)
-      local known = redis.call('HMGET', O, unpack(names, first, last))
-      for i = first, last do
-        if not known[i - first + 1] then new[#new + 1] = names[i] end
+    for at = 1, #names, 1000 do
+      local stop = math.min(at + 999, #names)
+      local known = redis.call('HMGET', O, unpack(names, at, stop))
+      for i = at, stop do
+        if not known[i - at + 1] then new[#new + 1] = names[i] end
       end
     end
+  else
+    new = names
   end
   local n = redis.call('HINCRBY', M, 'n', #new) - #new
   local order = {}
   for i, name in ipairs(new) do order[2 * i - 1], order[2 * i] = name, n + i end
-  for first = 1, #order, 2000 do
-    redis.call('HSET', O, unpack(order, first, math.min(first + 1999, #order)))
+  for at = 1, #order, 2000 do
+    redis.call('HSET', O, unpack(order, at, math.min(at + 1999, #order)))
   end
   grown(n, n + #new)
 end
 
--- set (value) or delete (false) names as one revision of size bytes (plus replaced lists);
--- distinct: the names are distinct and all set (then set_all writes them)
-local function commit(names, values, size, distinct)
+-- name, set or deleted in revision rev, held a list that appends grew: its string goes, or
+-- is kept for the history (base:x:REV:NAME) while the history replays one of its appends.
+-- Returns what it adds to the revision's size and, if kept, the name to list as retired.
+local oldest = nil
+local function unlist(name, rev)
+  local last = redis.call('HGET', L, 'r' .. name)
+  if not last then return 0, nil end
+  redis.call('HDEL', L, 'c' .. name, 'r' .. name)
+  oldest = oldest or (rev - redis.call('LLEN', S))
+  if tonumber(last) >= oldest then
+    local size = redis.call('STRLEN', body_key(name))
+    redis.call('RENAME', body_key(name), retired_key(rev, name))
+    return size, name
+  end
+  redis.call('DEL', body_key(name))
+  return 0, nil
+end
+
+-- set (value) or delete (false) names as one revision of size bytes (plus replaced lists)
+local function commit(names, values, size)
   local rev = revision() + 1
-  local together = distinct and #names > 1
-  local fields, retired, oldest = {}, nil, nil
+  local fields, retired = {}, nil
   local lists = redis.call('HLEN', L) > 0
   for i, name in ipairs(names) do
     local v = values[i]
     if lists then
-      local last = redis.call('HGET', L, 'r' .. name)
-      if last then
-        oldest = oldest or (rev - redis.call('LLEN', S))
-        if tonumber(last) >= oldest then
-          size = size + redis.call('STRLEN', body_key(name))
-          redis.call('RENAME', body_key(name), retired_key(rev, name))
-          retired = retired or {}
-          retired[#retired + 1] = name
-        else
-          redis.call('DEL', body_key(name))
-        end
-        redis.call('HDEL', L, 'c' .. name, 'r' .. name)
+      local more, kept = unlist(name, rev)
+      size = size + more
+      if kept then
+        retired = retired or {}
+        retired[#retired + 1] = kept
       end
     end
     local at = #fields
     if v then
-      if not together then
-        if redis.call('HSET', V, name, v) == 1 then placed(name) end
-      end
+      if redis.call('HSET', V, name, v) == 1 then placed(name) end
       fields[at + 1], fields[at + 2], fields[at + 3] = 's', name, v
     else
       redis.call('HDEL', V, name)
@@ -257,7 +268,6 @@ local function commit(names, values, size, distinct)
       fields[at + 1], fields[at + 2], fields[at + 3] = 'd', name, ''
     end
   end
-  if together then set_all(names, values) end
   record(rev, fields, size, retired, true)
   return rev
 end

@@ -40,14 +40,13 @@ __all__ = ["CHECKPOINT_PAGES", "FOLD_BYTES", "FOLD_REVISIONS", "SQLiteStore"]
 _CREATED: Changes = {}
 _DROPPED: Changes = {}
 _NO_HISTORY = -1  # a journal entry's size when it makes no history row (``restore``)
-#: A commit without fsync of at most this many bytes of values runs on the event loop.
+#: A commit of at most this many bytes of values runs on the event loop's thread; a larger one
+#: in a thread. With fsync too: on a machine whose other CPU runs the clients, a thread would
+#: not fsync in parallel with the loop so much as take turns with it, and handing the commit to
+#: it and back (a wake-up each way, often a preemption) cost the 64-task --fsync row more than
+#: the loop lost by waiting for the fsync, during which the next batches gather in the sockets
+#: and go to the next commit together all the same (benchmarks/durable.py; README).
 INLINE_COMMIT_BYTES = 64 * 1024
-#: A commit with fsync of at most this many revisions (and ``INLINE_COMMIT_BYTES``) runs on the
-#: event loop too, in the committer task, so after every batch that arrived meanwhile: a thread
-#: lets the loop apply the next batches during the fsync, which pays only when there are many
-#: to apply; for a few writes, handing the commit to a thread and back costs more than it saves,
-#: and the writes that arrive during the fsync still go to the next commit together.
-INLINE_FSYNC_REVISIONS = 8
 #: Checkpoint the data file's write-ahead log (``DataFile.checkpoint``, in a thread) once about
 #: this many pages were written to it since the last: SQLite's own default, estimated as a page
 #: per commit and one per ``PAGE_BYTES`` of values.
@@ -118,6 +117,8 @@ class SQLiteStore(MemoryStore):
         self._listed = set(self._namespaces)  # the namespaces the file has a row of
         self.fold_revisions, self.fold_bytes = FOLD_REVISIONS, FOLD_BYTES
         self._logged = 0  # pages written to the log since the last checkpoint (estimated)
+        # (one per store, used on the loop's thread: ``msgpack.packb`` makes one per call)
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     def _journaled(self, key: str, revision: int, changes: Changes, size: int) -> None:
         if not self._journal and self.on_change is not None:
@@ -153,17 +154,18 @@ class SQLiteStore(MemoryStore):
         """Whether changes wait for a commit."""
         return bool(self._journal)
 
+    def waiting(self) -> int:
+        """How many changes wait for a commit (server/durability.py gathers on it)."""
+        return len(self._journal)
+
     async def commit(self) -> None:
         """Write every change made so far, in one transaction; first, when one is due, a
-        checkpoint. Off the event loop, unless it is small: without fsync a few pages written
-        to the log, with fsync also a few revisions (``INLINE_FSYNC_REVISIONS``)."""
+        checkpoint. Off the event loop, unless it is small (``INLINE_COMMIT_BYTES``)."""
         if self._logged >= CHECKPOINT_PAGES:
             await anyio.to_thread.run_sync(self._file.checkpoint)
             self._logged = 0
         volume = self._volume()
-        if volume <= INLINE_COMMIT_BYTES and (
-            not self.fsync or len(self._journal) <= INLINE_FSYNC_REVISIONS
-        ):
+        if volume <= INLINE_COMMIT_BYTES:
             self._write_now(volume)
             return
         statements = self._statements()
@@ -171,11 +173,13 @@ class SQLiteStore(MemoryStore):
             await anyio.to_thread.run_sync(self._file.write, statements)
             self._logged += 1 + volume // PAGE_BYTES
 
-    def commit_inline(self) -> bool:
-        """Commit now, on this thread, if it is a small commit without fsync: a few pages
-        written to the log, which cost less than handing them to a thread and back
-        (benchmarks/durable.py). False: not done, ``commit`` does it (and any checkpoint due)."""
-        if self.fsync or self._logged >= CHECKPOINT_PAGES:
+    def commit_inline(self, *, lone: bool = False) -> bool:
+        """Commit now, on this thread, if it is a small commit (``INLINE_COMMIT_BYTES``)
+        without fsync: a few pages written to the log, which cost less than waking the
+        committer task to do it; with fsync, only for a lone writer (``lone``: see
+        server/durability.py), whose commit has nothing to wait for to be grouped with.
+        False: not done, ``commit`` does it (and any checkpoint due)."""
+        if self._logged >= CHECKPOINT_PAGES or (self.fsync and not lone):
             return False
         volume = self._volume()
         if volume > INLINE_COMMIT_BYTES:
@@ -208,6 +212,9 @@ class SQLiteStore(MemoryStore):
         chunks: dict[tuple[str, str], dict[StoredList, None]] = {}  # the lists appended to
         touched: dict[str, None] = {}
 
+        pack = self._packer.pack
+        file_history, file_bytes = self._in_file, self._in_file_bytes
+
         def insert_revisions() -> None:
             if revisions:
                 statements.append((_INSERT_REVISIONS, revisions[:]))
@@ -236,16 +243,15 @@ class SQLiteStore(MemoryStore):
                 for name, value in changes.items():
                     if isinstance(value, ListVersion):
                         chunks.setdefault((key, name), {})[value.stored] = None
-                packed = _pack_changes(changes)
+                packed = pack(_packable(changes))
             else:  # bytes and deletions only: packed as they are
-                packed = msgpack.packb(
-                    changes if type(changes) is dict else dict(changes), use_bin_type=True
-                )
+                packed = pack(changes if type(changes) is dict else dict(changes))
             revisions.append((key, revision, size, packed))
-            self._in_file.setdefault(key, collections.deque()).append(
-                (revision, tuple(changes), size)
-            )
-            self._in_file_bytes[key] = self._in_file_bytes.get(key, 0) + size
+            in_file = file_history.get(key)
+            if in_file is None:
+                in_file = file_history[key] = collections.deque()
+            in_file.append((revision, tuple(changes), size))
+            file_bytes[key] = file_bytes.get(key, 0) + size
         insert_revisions()
         for (key, name), lists in chunks.items():
             statements.extend(self._chunks(key, name, lists))
@@ -329,12 +335,13 @@ def _drop(key: str) -> list[Statement]:
     ]
 
 
-def _pack_changes(changes: Changes) -> bytes:
-    packed: dict[str, Any] = {}
+def _packable(changes: Changes) -> dict[str, Any]:
+    """A history row's changes, its appends as ``[since, start, end, count]``."""
+    packable: dict[str, Any] = {}
     for name, value in changes.items():
         if isinstance(value, ListVersion):
             stored = value.stored
-            packed[name] = [stored.since, value.start, value.size, value.count]
+            packable[name] = [stored.since, value.start, value.size, value.count]
         else:
-            packed[name] = value
-    return msgpack.packb(packed, use_bin_type=True)  # type: ignore[no-any-return]
+            packable[name] = value
+    return packable
