@@ -48,14 +48,7 @@ function ops.update(a, at)
   local lists = redis.call('HLEN', L) > 0
   for i = at + 1, last, 2 do
     size = size + #a[i + 1] + OVERHEAD
-    if lists then
-      local more, kept = unlist(a[i], rev)
-      size = size + more
-      if kept then
-        retired = retired or {}
-        retired[#retired + 1] = kept
-      end
-    end
+    if lists then size, retired = unlist(a[i], rev, size, retired) end
   end
   set_all(a, at + 1, last)
   record(rev, nil, size, retired, true, a[at])

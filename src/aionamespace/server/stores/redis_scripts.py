@@ -227,20 +227,22 @@ end
 
 -- name, set or deleted in revision rev, held a list that appends grew: its string goes, or
 -- is kept for the history (base:x:REV:NAME) while the history replays one of its appends.
--- Returns what it adds to the revision's size and, if kept, the name to list as retired.
+-- Returns the revision's size and its retired names (nil while none), with this one's.
 local oldest = nil
-local function unlist(name, rev)
+local function unlist(name, rev, size, retired)
   local last = redis.call('HGET', L, 'r' .. name)
-  if not last then return 0, nil end
+  if not last then return size, retired end
   redis.call('HDEL', L, 'c' .. name, 'r' .. name)
   oldest = oldest or (rev - redis.call('LLEN', S))
   if tonumber(last) >= oldest then
-    local size = redis.call('STRLEN', body_key(name))
+    size = size + redis.call('STRLEN', body_key(name))
     redis.call('RENAME', body_key(name), retired_key(rev, name))
-    return size, name
+    retired = retired or {}
+    retired[#retired + 1] = name
+    return size, retired
   end
   redis.call('DEL', body_key(name))
-  return 0, nil
+  return size, retired
 end
 
 -- set (value) or delete (false) names as one revision of size bytes (plus replaced lists)
@@ -250,14 +252,7 @@ local function commit(names, values, size)
   local lists = redis.call('HLEN', L) > 0
   for i, name in ipairs(names) do
     local v = values[i]
-    if lists then
-      local more, kept = unlist(name, rev)
-      size = size + more
-      if kept then
-        retired = retired or {}
-        retired[#retired + 1] = kept
-      end
-    end
+    if lists then size, retired = unlist(name, rev, size, retired) end
     local at = #fields
     if v then
       if redis.call('HSET', V, name, v) == 1 then placed(name) end
