@@ -8,17 +8,20 @@ the *client's* (the event loop of an async test, anyio's ``anyio_backend`` fixtu
 from __future__ import annotations
 
 import gc
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import settings
 
 import redis_rig
 from aionamespace import Manager, ServerThread
+from aionamespace.client.asyncio_transport import SocketLink
 from aionamespace.protocol.connection import Address
 from awaited_store import REDIS_KINDS, new_store
 from server_processes import ServeProcess
@@ -85,6 +88,21 @@ def cli_servers() -> Iterator[list[ServeProcess]]:
     yield started
     for server in started:
         server.close()
+
+
+@pytest.fixture
+def frames_per_write(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many frames each write of an asyncio AsyncNamespace's connection carried, in order
+    (its ``SocketLink.write`` patched to count them) for the rest of the test."""
+    writes: list[int] = []
+    write = SocketLink.write
+
+    def counting_write(self: SocketLink, data: bytes) -> None:
+        writes.append(len(list(msgpack.Unpacker(io.BytesIO(data)))))
+        write(self, data)
+
+    monkeypatch.setattr(SocketLink, "write", counting_write)
+    return writes
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import math
 import os
 import subprocess
@@ -20,12 +19,11 @@ import time
 from collections.abc import Iterator
 
 import anyio
-import msgpack
 import pytest
 
 import aionamespace
 from aionamespace.client import asyncio_transport
-from aionamespace.client.asyncio_transport import WRITE_AT_FRAMES, Pacing, SocketLink
+from aionamespace.client.asyncio_transport import WRITE_AT_FRAMES, Pacing
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="pins CPUs, counts preemptions per thread"
@@ -103,20 +101,13 @@ def manager() -> Iterator[aionamespace.Manager]:
 
 
 def test_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
-    manager: aionamespace.Manager, monkeypatch: pytest.MonkeyPatch
+    manager: aionamespace.Manager, frames_per_write: list[int]
 ) -> None:
     """64 tasks set then get their own name: on a crowded CPU their frames go out in whole
     writes, longer than early writes can be (on main they never were), and each task reads
     back what it wrote."""
     tasks = 64
-    writes: list[int] = []
-    write = SocketLink.write
-
-    def counting_write(self: SocketLink, data: bytes) -> None:
-        writes.append(len(list(msgpack.Unpacker(io.BytesIO(data)))))  # frames in this write
-        write(self, data)
-
-    monkeypatch.setattr(SocketLink, "write", counting_write)
+    writes = frames_per_write
 
     async def run() -> dict[int, object]:
         ns = manager.AsyncNamespace("paced")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import math
 import os
 import socket
@@ -142,7 +141,7 @@ async def test_a_large_outbox_waits_for_the_socket_while_replies_arrive(
 
 @ASYNCIO_ONLY
 async def test_a_long_outbox_is_written_before_every_task_has_queued(
-    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch, frames_per_write: list[int]
 ) -> None:
     """WRITE_AT_FRAMES frames go out at once, so the server works while more are queued; the
     frames still leave in order: each task reads back the value it queued just before. (The
@@ -150,14 +149,7 @@ async def test_a_long_outbox_is_written_before_every_task_has_queued(
     tests/test_pacing.py.)"""
     monkeypatch.setattr(asyncio_transport, "PACING_SECONDS", math.inf)
     tasks = 4 * WRITE_AT_FRAMES
-    writes: list[int] = []
-    write = SocketLink.write
-
-    def counting_write(self: SocketLink, data: bytes) -> None:
-        writes.append(len(list(msgpack.Unpacker(io.BytesIO(data)))))  # frames in this write
-        write(self, data)
-
-    monkeypatch.setattr(SocketLink, "write", counting_write)
+    writes = frames_per_write
     ns = AsyncNamespace(server.address, "early")
     ns.warm = 1
     await ns._flush()
