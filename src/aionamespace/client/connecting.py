@@ -18,6 +18,7 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 
 from ..protocol.addresses import Address
 from .liveness import enable_keepalive
@@ -29,12 +30,19 @@ RETRY_SECONDS = 0.001
 MAX_RETRY_SECONDS = 0.05
 
 
+def _retry_delays() -> Iterator[float]:
+    """The waits between connects the full backlog refused: doubling, up to the most."""
+    delay = RETRY_SECONDS
+    while True:
+        yield delay
+        delay = min(2 * delay, MAX_RETRY_SECONDS)
+
+
 def connect_unix(sock: socket.socket, path: str, timeout: float | None) -> None:
     """``sock.connect(path)``, tried again while the backlog is full, for up to ``timeout``
     seconds (``TimeoutError`` then)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = RETRY_SECONDS
-    while True:
+    for delay in _retry_delays():
         try:
             sock.connect(path)
             return
@@ -44,20 +52,17 @@ def connect_unix(sock: socket.socket, path: str, timeout: float | None) -> None:
                     f"the server's listen backlog stayed full for {timeout} s"
                 ) from None
             time.sleep(delay)
-            delay = min(2 * delay, MAX_RETRY_SECONDS)
 
 
 async def connect_unix_async(sock: socket.socket, path: str) -> None:
     """``connect_unix`` for a non-blocking socket on asyncio (the caller's deadline bounds
     it)."""
-    delay = RETRY_SECONDS
-    while True:
+    for delay in _retry_delays():
         try:
             sock.connect(path)
             return
         except BlockingIOError:
             await asyncio.sleep(delay)
-            delay = min(2 * delay, MAX_RETRY_SECONDS)
 
 
 def open_socket(
