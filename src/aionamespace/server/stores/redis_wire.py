@@ -82,12 +82,7 @@ def _args(values: Sequence[Any]) -> bytes:
         if kinds == {str, bytes} and len(values) % 2 == 0:
             names, data = values[::2], values[1::2]
             if set(map(type, names)) == {str} and set(map(type, data)) == {bytes}:
-                return b"".join(
-                    [
-                        b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(n), n, len(v), v)
-                        for n, v in zip([n.encode() for n in names], data, strict=True)
-                    ]
-                )
+                return pack_pairs([n.encode() for n in names], data)
     packed = []
     for value in values:
         kind = type(value)
