@@ -23,6 +23,7 @@ from aionamespace import DataFileError, LimitExceeded, Limits, StoreUnavailable
 from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.server.stores import MemoryStore
 from aionamespace.server.stores.redis import RedisStore
+from aionamespace.server.stores.redis_calls import PackedReads
 from store_rig import new_redis_client
 
 ONE, TWO = encode_value(1), encode_value(2)
@@ -703,3 +704,54 @@ def test_a_namespace_of_many_names_is_kept_in_a_hash_table_unseen(
             await client.aclose()
 
     run(main)
+
+
+def test_reads_packed_once_are_read_anew(target: str) -> None:
+    """A store keeps the commands of the plain reads it packed (a polled name, a snapshot of
+    the same names): sent again, they read what the namespace holds now, and its revision,
+    whatever was written in between, and a value that became a list goes to the script."""
+    prefix = redis_rig.unique_prefix()
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, prefix)
+            names = ["a", "b", "c"]
+            assert await store.apply([("update", ("ns", {"a": ONE, "b": ONE}))]) == [1]
+            reads = [("snapshot", ("ns", names)), ("get", ("ns", "a"))]
+            assert await store.apply(reads) == [(1, {"a": ONE, "b": ONE}), ONE]
+            kept = len(store._rounds._reads)
+            assert kept == 2
+            assert await store.apply([("update", ("ns", {"a": TWO, "c": TWO}))]) == [2]
+            assert await store.apply(reads) == [(2, {"a": TWO, "b": ONE, "c": TWO}), TWO]
+            assert await store.apply([("set", ("ns", "b", encode_value([1])))]) == [3]
+            assert await store.apply([("append", ("ns", "b", [TWO]))]) == [2]
+            found = await store.apply([*reads, ("get", ("ns", "b"))])
+            both = encode_value([1, 2])
+            assert found == [(4, {"a": TWO, "b": both, "c": TWO}), TWO, both]
+            assert len(store._rounds._reads) == kept + 1  # (only the get of b is new)
+            await store.aclose()
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
+def test_the_reads_kept_packed_are_bounded() -> None:
+    """``PackedReads`` holds at most its entries and its bytes (then starts again), and never
+    a command longer than its bound."""
+    kept = PackedReads(max_entries=3, max_bytes=100, max_command_bytes=40)
+    for name in "abc":
+        kept.keep((b"base", name), b"x" * 30)
+    assert len(kept) == 3
+    assert kept.get((b"base", "a")) == b"x" * 30
+    kept.keep((b"base", "d"), b"y" * 30)  # a fourth: it starts again
+    assert len(kept) == 1
+    assert kept.get((b"base", "a")) is None
+    assert kept.get((b"base", "d")) == b"y" * 30
+    kept.keep((b"base", ("e", "f")), b"z" * 41)  # too long to keep
+    assert kept.get((b"base", ("e", "f"))) is None
+    for name in "ghi":  # 30 + 3 x 30 bytes pass 100: it starts again at the third
+        kept.keep((b"base", name), b"w" * 30)
+    assert len(kept) == 1
+    assert kept.get((b"base", "i")) == b"w" * 30

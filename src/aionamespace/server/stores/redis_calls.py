@@ -23,13 +23,44 @@ from .redis_history import UnfetchedList, pack_changes
 from .redis_wire import Packed, multi, pack, pack_args, pack_pairs
 from .typed import incremented, list_refused, step_of
 
-__all__ = ["Ahead", "Call", "Guesses", "full", "prepare"]
+__all__ = ["Ahead", "Call", "Guesses", "PackedReads", "full", "prepare"]
 
 #: The last value this server saw of (key, name), None for missing: an incr's first guess.
 Guesses = dict[tuple[str, str], "bytes | None"]
 #: What (key, name) will hold once the calls before, in a round, have run (None: missing).
 Ahead = dict[tuple[str, str], "bytes | None"]
 MAX_GUESSES = 10_000
+
+
+class PackedReads:
+    """The plain reads a store packed (``Call.transaction``), by (base, names), kept until
+    they hold ``max_entries`` or ``max_bytes`` (then it starts again): a command longer than
+    ``max_command_bytes`` is not kept."""
+
+    __slots__ = ("_bytes", "_commands", "max_bytes", "max_command_bytes", "max_entries")
+
+    def __init__(
+        self, max_entries: int = 10_000, max_bytes: int = 4 << 20, max_command_bytes: int = 16_384
+    ) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.max_command_bytes = max_command_bytes
+        self._commands: dict[tuple[bytes, str | tuple[str, ...]], bytes] = {}
+        self._bytes = 0
+
+    def get(self, item: tuple[bytes, str | tuple[str, ...]]) -> bytes | None:
+        return self._commands.get(item)
+
+    def keep(self, item: tuple[bytes, str | tuple[str, ...]], command: bytes) -> None:
+        if len(command) > self.max_command_bytes:
+            return
+        if len(self._commands) >= self.max_entries or self._bytes + len(command) > self.max_bytes:
+            self._commands.clear()
+            self._bytes = 0
+        self._commands[item] = command
+        self._bytes += len(command)
+
+    def __len__(self) -> int:
+        return len(self._commands)
 
 
 class Call:
@@ -60,9 +91,11 @@ class Call:
     def request(self) -> tuple[str, Sequence[Any] | Packed]:
         raise NotImplementedError
 
-    def transaction(self, base: bytes) -> bytes:
+    def transaction(self, base: bytes, packed: PackedReads) -> bytes:
         """A read's plain commands in ``MULTI``/``EXEC`` (redis_wire.multi), which cost Redis
-        less than the script's Lua, or b"": this call goes through the script."""
+        less than the script's Lua, or b"": this call goes through the script. ``packed``
+        keeps such commands, as the same reads come again (a polled name, a snapshot of the
+        same names): packing them is most of what the server spends on a read's request."""
         return b""
 
     def answer_plain(self, found: list[Any]) -> None:
@@ -106,10 +139,15 @@ class Get(_Named):
     def request(self) -> tuple[str, Sequence[Any]]:
         return "get", (self.name,)
 
-    def transaction(self, base: bytes) -> bytes:
+    def transaction(self, base: bytes, packed: PackedReads) -> bytes:
         if self.scripted or not self.name:
             return b""
-        return multi(pack("HGET", base + b":v", self.name), pack("HGET", base + b":m", "r"))
+        item = (base, self.name)
+        command = packed.get(item)
+        if command is None:
+            command = multi(pack("HGET", base + b":v", self.name), pack("HGET", base + b":m", "r"))
+            packed.keep(item, command)
+        return command
 
     def answer_plain(self, found: list[Any]) -> None:
         value, revision = found
@@ -247,12 +285,19 @@ class Snapshot(Call):
     def request(self) -> tuple[str, Sequence[Any]]:
         return "snapshot", ["*"] if self.names is None else ["-", *self.names]
 
-    def transaction(self, base: bytes) -> bytes:
+    def transaction(self, base: bytes, packed: PackedReads) -> bytes:
         names = self.names
         if self.scripted or not names or "" in names:
             return b""
-        head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b:v\r\n" % (len(names) + 2, len(base) + 2, base)
-        return multi(head + pack_args(*names), pack("HGET", base + b":m", "r"))
+        item = (base, tuple(names))
+        command = packed.get(item)
+        if command is None:
+            head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%b:v\r\n" % (
+                len(names) + 2, len(base) + 2, base,
+            )  # fmt: skip
+            command = multi(head + pack_args(*names), pack("HGET", base + b":m", "r"))
+            packed.keep(item, command)
+        return command
 
     def answer_plain(self, found: list[Any]) -> None:
         values, revision = found

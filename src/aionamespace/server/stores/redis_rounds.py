@@ -15,8 +15,9 @@ nothing that may have run runs twice.
 
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
-bounds, the flags, the epoch) per (operation, flags, epoch), each namespace's base; these
-caches are bounded (``MAX_PACKED``).
+bounds, the flags, the epoch) per (operation, flags, epoch), each namespace's base, and the
+plain reads of a name or of a snapshot's names (``PackedReads``); these caches are bounded
+(``MAX_PACKED``, and ``PackedReads``'s entries and bytes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from .redis_calls import Ahead, Call, full
+from .redis_calls import Ahead, Call, PackedReads, full
 from .redis_link import Links
 from .redis_wire import Packed, ReplyError, ScriptCall, pack, pack_args
 
@@ -51,6 +52,7 @@ class Rounds:
         self._read_epoch = (epoch_key.encode(), pack("GET", epoch_key), 1)
         self._packed: dict[tuple[str, int, int, str], bytes] = {}
         self._bases: dict[str, bytes] = {}  # key -> its base, encoded
+        self._reads = PackedReads()  # the plain reads packed, by (base, names)
         self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
         self._rounds = 0
 
@@ -72,7 +74,9 @@ class Rounds:
         if links is None:
             raise RuntimeError("the store was not started")
         revisions, size = store._bounds
-        packed, bases, script = self._packed, self._bases, self._script_call
+        packed, bases, script, plain_reads = (
+            self._packed, self._bases, self._script_call, self._reads
+        )  # fmt: skip
         while queues:
             self._rounds += 1
             token = ""
@@ -94,7 +98,9 @@ class Rounds:
                 last_write = writes[-1] if writes else -1
                 for at, call in enumerate(queue):
                     sending.append(call)
-                    reads = b"" if blocking or at < last_write else call.transaction(base)
+                    reads = b""
+                    if not blocking and at >= last_write:
+                        reads = call.transaction(base, plain_reads)
                     plain.append(bool(reads))
                     if reads:  # (MULTI, its reads, EXEC: a reply each)
                         commands.append((base, reads, TRANSACTION_REPLIES))
