@@ -23,7 +23,7 @@ from aionamespace import DataFileError, LimitExceeded, Limits, StoreUnavailable
 from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.server.stores import MemoryStore
 from aionamespace.server.stores.redis import RedisStore
-from aionamespace.server.stores.redis_calls import PackedReads
+from aionamespace.server.stores.redis_wire import PackedReads
 from store_rig import new_redis_client
 
 ONE, TWO = encode_value(1), encode_value(2)

@@ -20,47 +20,16 @@ from ...protocol.events import missing_attribute
 from ...protocol.lists import MAX_LIST_LENGTH
 from .base import Changes
 from .redis_history import UnfetchedList, pack_changes
-from .redis_wire import Packed, multi, pack, pack_args, pack_pairs
+from .redis_wire import Packed, PackedReads, multi, pack, pack_args, pack_pairs
 from .typed import incremented, list_refused, step_of
 
-__all__ = ["Ahead", "Call", "Guesses", "PackedReads", "full", "prepare"]
+__all__ = ["Ahead", "Call", "Guesses", "full", "prepare"]
 
 #: The last value this server saw of (key, name), None for missing: an incr's first guess.
 Guesses = dict[tuple[str, str], "bytes | None"]
 #: What (key, name) will hold once the calls before, in a round, have run (None: missing).
 Ahead = dict[tuple[str, str], "bytes | None"]
 MAX_GUESSES = 10_000
-
-
-class PackedReads:
-    """The plain reads a store packed (``Call.transaction``), by (base, names), kept until
-    they hold ``max_entries`` or ``max_bytes`` (then it starts again): a command longer than
-    ``max_command_bytes`` is not kept."""
-
-    __slots__ = ("_bytes", "_commands", "max_bytes", "max_command_bytes", "max_entries")
-
-    def __init__(
-        self, max_entries: int = 10_000, max_bytes: int = 4 << 20, max_command_bytes: int = 16_384
-    ) -> None:
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self.max_command_bytes = max_command_bytes
-        self._commands: dict[tuple[bytes, str | tuple[str, ...]], bytes] = {}
-        self._bytes = 0
-
-    def get(self, item: tuple[bytes, str | tuple[str, ...]]) -> bytes | None:
-        return self._commands.get(item)
-
-    def keep(self, item: tuple[bytes, str | tuple[str, ...]], command: bytes) -> None:
-        if len(command) > self.max_command_bytes:
-            return
-        if len(self._commands) >= self.max_entries or self._bytes + len(command) > self.max_bytes:
-            self._commands.clear()
-            self._bytes = 0
-        self._commands[item] = command
-        self._bytes += len(command)
-
-    def __len__(self) -> int:
-        return len(self._commands)
 
 
 class Call:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from .redis_calls import Ahead, Call, PackedReads, full
+from .redis_calls import Ahead, Call, full
 from .redis_link import Links
-from .redis_wire import Packed, ReplyError, ScriptCall, pack, pack_args
+from .redis_wire import Packed, PackedReads, ReplyError, ScriptCall, pack, pack_args
 
 if TYPE_CHECKING:
     from .redis import RedisStore

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "MAX_LINE_BYTES",
     "Packed",
+    "PackedReads",
     "ReplyError",
     "RespError",
     "RespReader",
@@ -127,6 +128,37 @@ class ScriptCall:
             packed,
             _args(args),
         )
+
+
+class PackedReads:
+    """The plain reads a store packed (``Call.transaction``), by (base, names), kept until
+    they hold ``max_entries`` or ``max_bytes`` (then it starts again): a command longer than
+    ``max_command_bytes`` is not kept."""
+
+    __slots__ = ("_bytes", "_commands", "max_bytes", "max_command_bytes", "max_entries")
+
+    def __init__(
+        self, max_entries: int = 10_000, max_bytes: int = 4 << 20, max_command_bytes: int = 16_384
+    ) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.max_command_bytes = max_command_bytes
+        self._commands: dict[tuple[bytes, str | tuple[str, ...]], bytes] = {}
+        self._bytes = 0
+
+    def get(self, item: tuple[bytes, str | tuple[str, ...]]) -> bytes | None:
+        return self._commands.get(item)
+
+    def keep(self, item: tuple[bytes, str | tuple[str, ...]], command: bytes) -> None:
+        if len(command) > self.max_command_bytes:
+            return
+        if len(self._commands) >= self.max_entries or self._bytes + len(command) > self.max_bytes:
+            self._commands.clear()
+            self._bytes = 0
+        self._commands[item] = command
+        self._bytes += len(command)
+
+    def __len__(self) -> int:
+        return len(self._commands)
 
 
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
