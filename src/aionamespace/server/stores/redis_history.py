@@ -94,6 +94,8 @@ def pack_changes(names: Sequence[bytes], data: Sequence[bytes]) -> bytes:
     """An update's history entry, msgpack ``["s", name, value, ...]`` with every string raw,
     as the script's cmsgpack packs it (what ``replay`` reads; tests/test_redis_wire.py): the
     flat list made and packed in C, no Python step per name."""
+    if len(names) != len(data):  # (zip with repeat would drop the extra ones silently)
+        raise ValueError("as many names as values")
     flat = list(chain.from_iterable(zip(repeat(b"s"), names, data)))
     packed: bytes = msgpack.packb(flat, use_bin_type=False)  # (every string raw: no str8)
     return packed

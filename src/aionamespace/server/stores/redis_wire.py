@@ -149,7 +149,7 @@ class Packed(NamedTuple):
 
 def pack_pairs(names: Sequence[bytes], data: Sequence[bytes]) -> bytes:
     """Arguments name, value, name, value, ... packed: their pieces joined in C (no Python
-    step per pair), unless a string is as long as ``_HEADS`` knows (then a format each)."""
+    step per pair), unless a string has ``_SHORT`` bytes or more (then a format each)."""
     if len(names) != len(data):
         raise ValueError("as many names as values")
     pieces = zip(
