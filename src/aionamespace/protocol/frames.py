@@ -25,6 +25,7 @@ __all__ = [
     "FrameDecoder",
     "LargeValue",
     "coalesce",
+    "frame_packer",
     "large_reply",
     "large_reply_header",
     "new_packer",
@@ -162,6 +163,15 @@ _packers = threading.local()
 def new_packer() -> msgpack.Packer:
     """A Packer of frames, as ``pack_frame`` uses; not thread-safe."""
     return msgpack.Packer(use_bin_type=True)
+
+
+def frame_packer() -> msgpack.Packer:
+    """This thread's Packer of frames, for a caller packing many frames that cannot fail
+    (ints, strs, bytes, None): one that may fails through ``pack_frame``, which resets it."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = new_packer()
+    return packer
 
 
 def pack_frame(frame: Any) -> bytes:

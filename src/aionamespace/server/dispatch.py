@@ -37,6 +37,8 @@ from .._errors import (
     RemoteProtocolError,
 )
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
+from ..protocol.events import REPLY_OK
+from ..protocol.frames import LARGE_VALUE_BYTES, frame_packer
 from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
@@ -168,9 +170,26 @@ class Dispatcher:
         self._in_batch = True
         self._batch_peer = peer
         self._own_pushes = 0
+        # A plain get (the commonest request, pipelined by the dozen from an async proxy) is
+        # answered here from the store: no cache tracks it, its namespace is not anonymous, its
+        # value is small. Anything else, an error included, goes through ``_apply``.
+        tracking = self._tracking  # (a "track" earlier in the batch may add the peer)
+        store_get = self.store.get
+        pack = frame_packer().pack
         try:
             for event in events:
-                answer = self._apply(peer, event)
+                if type(event) is Request and event.op == "get" and peer not in tracking:
+                    key, name = event.args
+                    try:
+                        value = store_get(key, name) if key[0] != ANONYMOUS else None
+                    except Exception:
+                        value = None
+                    if value is not None and len(value) < LARGE_VALUE_BYTES:
+                        answer: ReplyData = pack([event.id, REPLY_OK, value])
+                    else:
+                        answer = self._apply(peer, event)
+                else:
+                    answer = self._apply(peer, event)
                 applied += 1
                 if type(answer) is bytes:
                     out.append(answer)
