@@ -218,8 +218,9 @@ class ClientConnection:
         tails = self._get_tails
         if len(tails) >= MAX_GET_TAILS:
             tails.clear()
-        tail = tails[key, name] = self._pack(["get", key, name])[1:]  # (without the array's
-        return tail  #                                                    header, of 3)
+        packed: bytes = self._pack(["get", key, name])
+        tail = tails[key, name] = packed[1:]  # (without that array's header, of 3)
+        return tail
 
     def send_set(self, key: str, name: str, value: bytes) -> tuple[int, bytes]:
         """``send_request("set", key, name, value)`` (``value`` encoded), for the commonest
