@@ -37,8 +37,6 @@ from .._errors import (
     RemoteProtocolError,
 )
 from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
-from ..protocol.events import REPLY_OK
-from ..protocol.frames import LARGE_VALUE_BYTES, frame_packer
 from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
@@ -55,6 +53,7 @@ from .info import dispatcher_figures
 from .locks import Locks, LockTable
 from .outbox import apart
 from .peer import Peer
+from .plain_gets import plain_gets
 from .stores import Changes, Store, materialised
 from .timers import CallLater
 from .watches import NO_WATCHES, WatchTable
@@ -167,29 +166,12 @@ class Dispatcher:
         out: list[Output] = []
         size = applied = 0
         large = False
-        self._in_batch = True
-        self._batch_peer = peer
+        self._in_batch, self._batch_peer = True, peer
         self._own_pushes = 0
-        # A plain get (the commonest request, pipelined by the dozen from an async proxy) is
-        # answered here from the store: no cache tracks it, its namespace is not anonymous, its
-        # value is small. Anything else, an error included, goes through ``_apply``.
-        tracking = self._tracking  # (a "track" earlier in the batch may add the peer)
-        store_get = self.store.get
-        pack = frame_packer().pack
+        plain_get = plain_gets(self.store.get, self._tracking, peer)  # (plain_gets.py)
         try:
             for event in events:
-                if type(event) is Request and event.op == "get" and peer not in tracking:
-                    key, name = event.args
-                    try:
-                        value = store_get(key, name) if key[0] != ANONYMOUS else None
-                    except Exception:
-                        value = None
-                    if value is not None and len(value) < LARGE_VALUE_BYTES:
-                        answer: ReplyData = pack([event.id, REPLY_OK, value])
-                    else:
-                        answer = self._apply(peer, event)
-                else:
-                    answer = self._apply(peer, event)
+                answer = plain_get(event) or self._apply(peer, event)
                 applied += 1
                 if type(answer) is bytes:
                     out.append(answer)
