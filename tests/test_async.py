@@ -277,3 +277,39 @@ async def test_close_after_a_lost_write_does_not_wait_for_writes_never_sent(
     with anyio.fail_after(NO_HANG_SECONDS), pytest.raises(ConnectionLost) as lost:
         await ns._close()
     assert lost.value.request_sent  # the write that was in flight: it may have been applied
+
+
+def test_a_proxy_follows_its_loop_from_thread_to_thread_and_to_another_loop(
+    server: ServerThread,
+) -> None:
+    """A transport belongs to its loop: the same loop run again by another thread keeps it
+    (reads go on over the same connection), a loop that is not running never gets to use
+    it, and each loop's reads are answered."""
+    import asyncio
+
+    Namespace(server.address, "loops").x = 1
+    ns = AsyncNamespace(server.address, "loops")
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(ns.x) == 1
+        first = ns._aionamespace.transport
+        answers: list[object] = []
+        runner = threading.Thread(target=lambda: answers.append(loop.run_until_complete(ns.x)))
+        runner.start()
+        runner.join(NO_HANG_SECONDS)
+        assert answers == [1]
+        assert ns._aionamespace.transport is first  # its loop's, run by another thread
+
+        async def read_and_close() -> object:
+            try:
+                return await ns.x
+            finally:
+                assert ns._aionamespace.transport is not first
+                await ns._close()
+
+        assert asyncio.run(read_and_close()) == 1  # another loop: a transport of its own
+        assert loop.run_until_complete(ns.x) == 1  # and back: a new one again
+        assert ns._aionamespace.transport is not first
+        loop.run_until_complete(ns._close())
+    finally:
+        loop.close()

@@ -30,9 +30,13 @@ from aionamespace.protocol.codec import (
     encode_value,
     encode_values,
 )
+from aionamespace.protocol.connection import ClientConnection
+from aionamespace.protocol.frames import LARGE_VALUE_BYTES
 from aionamespace.protocol.ops import check_args, check_names
 from aionamespace.protocol.values import check_unpacked, check_value
 from aionamespace.server.stores import Change, MemoryStore
+from dispatch_rig import ONE, TWO, Rig, invalidation
+from memory_peer import unpack_all
 
 
 @pytest.mark.parametrize("byte", range(256))
@@ -264,3 +268,67 @@ def test_the_memory_of_valid_names_is_bounded() -> None:
     for batch in range(30):
         check_names(limits, "snapshot", ("k", [f"b{batch}-{i}" for i in range(5_000)]))
     assert len(_ops._VALID_NAMES[200]) <= _ops._MAX_VALID_NAMES + 5_000
+
+
+@given(st.integers(min_value=1, max_value=2**64 - 2))
+@example(0x7F)
+@example(0x80)
+@example(0xFF)
+@example(0x100)
+@example(0xFFFF)
+@example(0x10000)
+@example(0xFFFFFFFF)
+@example(0x100000000)
+def test_a_get_is_the_frame_the_packer_makes(request_id: int) -> None:
+    client = ClientConnection()
+    client._next_id = request_id
+    for _ in range(2):  # the pair's packed tail made, then reused
+        sent_id, frame = client.send_get("costs", "x")
+        assert frame == msgpack.packb([sent_id, "get", "costs", "x"])
+    assert sent_id == request_id + 1
+
+
+def test_a_get_of_an_invalid_name_is_refused_every_time() -> None:
+    client = ClientConnection(Limits(max_name_length=8))
+    for _ in range(2):  # nothing kept of a refused pair
+        with pytest.raises(ValueError, match="longer than 8"):
+            client.send_get("costs", "n" * 9)
+        with pytest.raises(ValueError, match="empty"):
+            client.send_get("", "x")
+    assert client.send_get("costs", "n" * 8)[0] == 1  # no id was spent on the refusals
+
+
+def test_the_packed_gets_a_connection_keeps_are_bounded() -> None:
+    from aionamespace.protocol.connection import MAX_GET_TAILS
+
+    client = ClientConnection()
+    for i in range(3 * MAX_GET_TAILS):
+        _, frame = client.send_get("costs", f"n{i}")
+        assert msgpack.unpackb(frame)[3] == f"n{i}"
+    assert len(client._get_tails) <= MAX_GET_TAILS
+
+
+def test_a_batch_of_gets_is_answered_as_each_get_alone_would_be() -> None:
+    """The dispatcher's shortcut for a batch's plain gets against ``answer``, the long way:
+    small, large and missing values, an anonymous namespace, and gets after a ``track``
+    request of the same batch (whose reads are then tracked: the long way's business)."""
+    rig = Rig()
+    peer = rig.connect()
+    large = encode_value(b"v" * LARGE_VALUE_BYTES)
+    rig.send(peer, [1, "update", "k", {"small": ONE, "large": large}])
+    anonymous = "#" + "5e" * 16
+    rig.send(peer, [2, "open", anonymous, {"a": ONE}])
+    gets = [("k", "small"), ("k", "large"), ("k", "missing"), ("gone", "x"), (anonymous, "a")]
+    requests = [[10 + i, "get", key, name] for i, (key, name) in enumerate(gets)]
+    requests += [[20, "track", True]] + [[30 + i, "get", k, n] for i, (k, n) in enumerate(gets)]
+    batch = rig.send(peer, *requests)
+
+    alone = rig.connect()
+    expected = []
+    for request_id, op, *args in requests:
+        answer = rig.dispatcher.answer(alone, request_id, op, tuple(args))
+        expected.append(b"".join(answer) if type(answer) is tuple else answer)
+    assert batch == unpack_all(b"".join(expected))
+    assert [frame[1] for frame in batch] == [0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0]
+    rig.send(rig.connect(), [3, "set", "k", "small", TWO])  # tracked after the track only:
+    assert peer.writes == [msgpack.packb(invalidation("k", "small"))]  # invalidated once

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import socket
 import sys
+from threading import get_ident
 from time import perf_counter
 from typing import Any
 
@@ -110,6 +111,7 @@ class AsyncioTransport(PipelinedTransport):
         self.link: SocketLink | None = None
         self.watchdog: asyncio.TimerHandle | None = None  # checks silence while one waits
         self.pacing = Pacing()
+        self.thread = get_ident()  # made in the loop's thread, as it runs (see ``call``)
 
     def current(self) -> bool:
         try:
@@ -126,12 +128,17 @@ class AsyncioTransport(PipelinedTransport):
         args: tuple[Any, ...],
         failures: int = 0,
     ) -> Any:
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not self.loop:
-            return await self.state.bound().call(operation, args, failures)
+        # Whether this runs in our loop, without asking asyncio.get_running_loop(), which
+        # makes a system call (getpid) on every call in CPython 3.11: a thread runs one
+        # loop at a time, so if ours runs in the thread that made us, this is ours (unless
+        # it was since run by another thread, and this one runs another loop meanwhile
+        # with the same proxy: a proxy is used by one thread at a time).
+        loop = self.loop
+        if get_ident() != self.thread or not loop.is_running():
+            transport = self.state.bound()
+            if transport is not self:
+                return await transport.call(operation, args, failures)
+            self.thread = get_ident()  # our loop after all, run by another thread now
         table = self.table
         future: asyncio.Future[Any] = asyncio.Future(loop=loop)
         request_id = table.request(operation, args, future)

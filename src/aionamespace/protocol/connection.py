@@ -44,6 +44,7 @@ from .frames import (
     NO_FRAME,
     FrameDecoder,
     LargeValue,
+    get_head,
     large_reply,
     new_packer,
     pack_frame,
@@ -73,6 +74,10 @@ __all__ = [
     "format_address",
     "parse_address",
 ]
+
+#: The most (key, name) pairs a connection keeps the packed get of (``send_get``); past it,
+#: it forgets them all and starts over.
+MAX_GET_TAILS = 1024
 
 
 class ClientConnection:
@@ -105,6 +110,7 @@ class ClientConnection:
         # thread-local on every call. Their frames cannot fail to pack (an int, checked strs
         # and bytes), and a connection is used by one thread at a time.
         self._pack = new_packer().pack
+        self._get_tails: dict[tuple[str, str], bytes] = {}  # see send_get
         # The largest frame we send, and the largest we take: ours until the server says its
         # own in its hello, then the server's (kept across reconnects: requests queued before
         # a connection are checked against it). The server bounds what it stores: a proxy
@@ -197,12 +203,24 @@ class ClientConnection:
         return request_id, frame
 
     def send_get(self, key: str, name: str) -> tuple[int, bytes]:
-        """``send_request("get", key, name)``, for the commonest request: names found valid
-        before (``ops.valid_names``) are not checked again on every read."""
-        self._check_pair(key, name)
+        """``send_request("get", key, name)``, for the commonest request: the frame's bytes
+        after the id are packed (and the names checked) once per key and name, then kept
+        (up to MAX_GET_TAILS pairs); each get packs only its id."""
+        tail = self._get_tails.get((key, name))
+        if tail is None:
+            tail = self._get_tail(key, name)
         request_id = self._next_id
-        self._next_id += 1
-        return request_id, self._pack([request_id, "get", key, name])
+        self._next_id = request_id + 1
+        return request_id, get_head(request_id) + tail
+
+    def _get_tail(self, key: str, name: str) -> bytes:
+        self._check_pair(key, name)
+        tails = self._get_tails
+        if len(tails) >= MAX_GET_TAILS:
+            tails.clear()
+        packed: bytes = self._pack(["get", key, name])
+        tail = tails[key, name] = packed[1:]  # (without that array's header, of 3)
+        return tail
 
     def send_set(self, key: str, name: str, value: bytes) -> tuple[int, bytes]:
         """``send_request("set", key, name, value)`` (``value`` encoded), for the commonest

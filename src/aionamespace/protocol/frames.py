@@ -25,6 +25,8 @@ __all__ = [
     "FrameDecoder",
     "LargeValue",
     "coalesce",
+    "frame_packer",
+    "get_head",
     "large_reply",
     "large_reply_header",
     "new_packer",
@@ -164,6 +166,15 @@ def new_packer() -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True)
 
 
+def frame_packer() -> msgpack.Packer:
+    """This thread's Packer of frames, for a caller packing many frames that cannot fail
+    (ints, strs, bytes, None): one that may fails through ``pack_frame``, which resets it."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = new_packer()
+    return packer
+
+
 def pack_frame(frame: Any) -> bytes:
     # One Packer per thread, reused (msgpack.packb makes one per call).
     packer = getattr(_packers, "packer", None)
@@ -184,6 +195,27 @@ _ID_FORMATS = {
     0xCF: struct.Struct(">Q"),
 }
 _BIN32 = struct.Struct(">BI")
+
+
+_GET_HEAD8 = struct.Struct(">BBB").pack
+_GET_HEAD16 = struct.Struct(">BBH").pack
+_GET_HEAD32 = struct.Struct(">BBI").pack
+_GET_HEAD64 = struct.Struct(">BBQ").pack
+
+
+def get_head(request_id: int) -> bytes:
+    """The first bytes of a get request, ``[request_id, "get", key, name]``, as a Packer
+    writes them (an array of 4, then the id in its shortest form): a client sends this and
+    the rest of the frame, packed once per key and name (``ClientConnection.send_get``)."""
+    if request_id < 0x10000:
+        if request_id < 0x80:
+            return bytes((0x94, request_id))
+        if request_id < 0x100:
+            return _GET_HEAD8(0x94, 0xCC, request_id)
+        return _GET_HEAD16(0x94, 0xCD, request_id)
+    if request_id < 0x100000000:
+        return _GET_HEAD32(0x94, 0xCE, request_id)
+    return _GET_HEAD64(0x94, 0xCF, request_id)
 
 
 def large_reply_header(request_id: int, size: int) -> bytes:

@@ -53,6 +53,7 @@ from .info import dispatcher_figures
 from .locks import Locks, LockTable
 from .outbox import apart
 from .peer import Peer
+from .plain_gets import plain_gets
 from .stores import Changes, Store, materialised
 from .timers import CallLater
 from .watches import NO_WATCHES, WatchTable
@@ -165,12 +166,12 @@ class Dispatcher:
         out: list[Output] = []
         size = applied = 0
         large = False
-        self._in_batch = True
-        self._batch_peer = peer
+        self._in_batch, self._batch_peer = True, peer
         self._own_pushes = 0
+        plain_get = plain_gets(self.store.get, self._tracking, peer)  # (plain_gets.py)
         try:
             for event in events:
-                answer = self._apply(peer, event)
+                answer = plain_get(event) or self._apply(peer, event)
                 applied += 1
                 if type(answer) is bytes:
                     out.append(answer)
