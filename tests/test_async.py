@@ -313,3 +313,33 @@ def test_a_proxy_follows_its_loop_from_thread_to_thread_and_to_another_loop(
         loop.run_until_complete(ns._close())
     finally:
         loop.close()
+
+
+def test_a_proxy_used_under_one_asyncio_run_then_another_closes_the_first_connection(
+    server: ServerThread,
+) -> None:
+    """``asyncio.run`` closes its loop with the proxy's connection still open; the next
+    ``asyncio.run`` gets a connection of its own, and the one whose loop is gone is closed
+    (it used to raise "Event loop is closed" from the second run's first read)."""
+    import asyncio
+
+    ns = AsyncNamespace(server.address, "two-runs")
+
+    async def write_and_read(value: int) -> object:
+        await ns._update(x=value)
+        return await ns.x
+
+    assert asyncio.run(write_and_read(1)) == 1
+    first = ns._aionamespace.transport.link
+    assert first is not None
+    assert first.transport is not None
+    old_socket = first.transport.get_extra_info("socket")
+
+    async def read_and_close() -> object:
+        try:
+            return await write_and_read(2)
+        finally:
+            await ns._close()
+
+    assert asyncio.run(read_and_close()) == 2
+    assert old_socket.fileno() == -1  # closed, not left to the garbage collector

@@ -344,10 +344,24 @@ class SocketLink(asyncio.BufferedProtocol):
             if sock is not None:
                 with contextlib.suppress(OSError, TypeError):  # (uvloop's refuses: TypeError)
                     sock.shutdown(socket.SHUT_RDWR)
-            self.transport.abort()
+            if self.owner.loop.is_closed():
+                _close_orphan(self.transport)
+            else:
+                self.transport.abort()
         _wake(self._writable)
         if notify:
             self.owner.lost(error, self)
+
+
+def _close_orphan(transport: asyncio.Transport) -> None:
+    """Close a transport whose loop was closed while it was open (the proxy was used under
+    one ``asyncio.run`` and is now used under another): ``abort()`` would schedule the
+    closing on that loop, which raises. asyncio's own transports are closed by the callback
+    it would have scheduled, run here; another loop's are left to it (uvloop closes its
+    handles itself when its loop closes)."""
+    lost = getattr(transport, "_call_connection_lost", None)
+    if lost is not None and getattr(transport, "_sock", None) is not None:
+        lost(None)
 
 
 def _wake(future: asyncio.Future[None] | None) -> None:
