@@ -157,9 +157,12 @@ class SocketTransport:
             sock.sendall(frame)
             sent = True
             poll = self._poll
-            received = (
-                sock.recv_into(self._buffer) if poll is None else poll.receive(sock, self._buffer)
-            )
+            if poll is None or poll.skip:  # not polling (now): a blocking read, no call more
+                if poll is not None:
+                    poll.skip -= 1
+                received = sock.recv_into(self._buffer)
+            else:
+                received = poll.receive(sock, self._buffer)
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:

@@ -199,7 +199,9 @@ class ClientConnection:
     def send_get(self, key: str, name: str) -> tuple[int, bytes]:
         """``send_request("get", key, name)``, for the commonest request: names found valid
         before (``ops.valid_names``) are not checked again on every read."""
-        self._check_pair(key, name)
+        valid = self._valid_names
+        if key not in valid or name not in valid:  # (_check_pair's test, without its call)
+            self._check_pair(key, name)
         request_id = self._next_id
         self._next_id += 1
         return request_id, self._pack([request_id, "get", key, name])
