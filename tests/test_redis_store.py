@@ -446,6 +446,39 @@ def test_calls_after_a_conditional_write_wait_for_it(target: str) -> None:
             server.remove()
 
 
+def test_writes_after_a_conditional_write_run_after_it(target: str) -> None:
+    """A set and an update after a cas that takes a second round trip (equal values, not its
+    bytes) are held back with it (the script checks the round's token before it runs them):
+    they run after its write, in their order, and their revisions follow its."""
+    server = redis_rig.private_standalone() if target == "standalone" else None
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster", server)
+        try:
+            store = await started(client, redis_rig.unique_prefix())
+            await store.apply([("set", ("k", "x", b"\xd0\x01"))])  # revision 1
+            three = encode_value(3)
+            results = await store.apply(
+                [
+                    ("cas", ("k", "x", ONE, TWO)),
+                    ("set", ("k", "x", three)),
+                    ("update", ("k", {"y": ONE, "z": TWO})),
+                    ("get", ("k", "x")),
+                ]
+            )
+            assert results == [True, 3, 4, three]
+            ((revision, values),) = await store.apply([("snapshot", ("k", None))])
+            assert (revision, values) == (4, {"x": three, "y": ONE, "z": TWO})
+        finally:
+            await client.aclose()
+
+    try:
+        run(main)
+    finally:
+        if server is not None:
+            server.remove()
+
+
 def test_max_namespaces_holds_across_stores(target: str) -> None:
     """The registry admits a namespace atomically: two stores on one board create no more than
     the bound between them; a refused call changes nothing and creates nothing."""

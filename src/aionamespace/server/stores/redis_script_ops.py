@@ -1,6 +1,7 @@
 """The namespace script's operations (redis_scripts.py has the script's keys, helpers and
-commits, which these call): one Lua function per operation of ``RedisStore.apply``, and the
-dispatch that runs the one a call names.
+commits, which these call): one Lua function per operation of ``RedisStore.apply`` but the
+two the script runs before it defines these (set and update), and the dispatch that runs the
+one a call names.
 
 Each takes the operation's own arguments (``ARGV[9:]``) and returns its reply: a status
 (``ok``, ``missing``, ``full``, ...) and what the operation answers (redis_calls.py reads it).
@@ -20,11 +21,6 @@ function ops.get(a)
   return {'ok', v, revision()}
 end
 
-function ops.set(a)
-  if not ensure() then return {'full'} end
-  return {'ok', commit({a[1]}, {a[2]}, #a[2] + OVERHEAD)}
-end
-
 function ops.del(a)
   if redis.call('HEXISTS', V, a[1]) == 0 then return {'missing'} end
   return {'ok', commit({a[1]}, {false}, OVERHEAD)}
@@ -34,25 +30,6 @@ function ops.pop(a)
   local v = value(a[1])
   if not v then return {'missing'} end
   return {'ok', v, commit({a[1]}, {false}, OVERHEAD)}
-end
-
--- a[at]: the revision's changes as the caller packed them (msgpack ['s', name, value, ...]:
--- what record would pack, which costs Redis more than the rest of the call), then name,
--- value, ... (distinct names): set straight from the arguments, no table built per name
--- (a is ARGV itself, the arguments from its at: too many to copy as the others' are)
-function ops.update(a, at)
-  if not ensure() then return {'full'} end
-  local last = #a
-  if last == at then return {'ok', revision()} end
-  local rev, size, retired = revision() + 1, 0, nil
-  local lists = redis.call('HLEN', L) > 0
-  for i = at + 1, last, 2 do
-    size = size + #a[i + 1] + OVERHEAD
-    if lists then size, retired = unlist(a[i], rev, size, retired) end
-  end
-  set_all(a, at + 1, last)
-  record(rev, nil, size, retired, true, a[at])
-  return {'ok', rev}
 end
 
 function ops.open(a)
@@ -224,14 +201,8 @@ function ops.usage(a)
   return {'ok', 1, names, bytes, redis.call('LLEN', S), tonumber(redis.call('HGET', M, 'hb'))}
 end
 
-if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
-local reply  -- (before reading created, which the op may set)
-if ARGV[1] == 'update' then
-  reply = ops.update(ARGV, 9)
-else
-  local args = {}
-  for i = 9, #ARGV do args[i - 8] = ARGV[i] end
-  reply = ops[ARGV[1]](args)
-end
+local args = {}
+for i = 9, #ARGV do args[i - 8] = ARGV[i] end
+local reply = ops[ARGV[1]](args)  -- (before reading created, which the op may set)
 return {created, reply}
 """

@@ -88,36 +88,7 @@ if ARGV[1] == 'snapshot' and TOKEN == '' and ARGV[9] == '-' and #ARGV >= 10
 end
 local EPOCH, CHANNEL = ARGV[8], B .. ':c'
 local OVERHEAD, MAX_LIST, MAX_INLINE = @OVERHEAD@, @MAX_LIST@, @MAX_INLINE@
-local MARKERS = {@MARKERS@}
-local ZERO_EXT = {[199] = 1, [200] = 2, [201] = 4}
 local created = 0
-
-local function header(n)
-  if n < 16 then return string.char(144 + n) end
-  if n < 65536 then return string.char(220, math.floor(n / 256), n % 256) end
-  return string.char(221, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
-                     math.floor(n / 256) % 256, n % 256)
-end
-
--- protocol/lists.py's split_list: (length, header bytes), or nil if not a list
-local function split(s)
-  local b, count, hl = string.byte(s, 1), nil, nil
-  if b >= 144 and b <= 159 then count, hl = b - 144, 1
-  elseif b == 220 then count, hl = string.byte(s, 2) * 256 + string.byte(s, 3), 3
-  elseif b == 221 then
-    local b1, b2, b3, b4 = string.byte(s, 2, 5)
-    count, hl = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, 5
-  else return nil end
-  if count > 0 then
-    local at = hl + 1
-    local width = ZERO_EXT[string.byte(s, at)]
-    if width and string.sub(s, at + 1, at + width) == string.rep('\0', width)
-        and MARKERS[string.byte(s, at + width + 1)] then
-      return nil
-    end
-  end
-  return count, hl
-end
 
 local function ensure()
   if redis.call('EXISTS', M) == 1 then return true end
@@ -145,14 +116,6 @@ local function placed(name)
   local n = redis.call('HINCRBY', M, 'n', 1)
   redis.call('HSET', O, name, n)
   grown(n - 1, n)
-end
-
-local function value(name)
-  if name == '' then return false end  -- (the padding of grown; the server refuses the name)
-  local v = redis.call('HGET', V, name)
-  if v == false or v ~= '' then return v end
-  local count = tonumber(redis.call('HGET', L, 'c' .. name))
-  return header(count) .. (redis.call('GET', body_key(name)) or '')
 end
 
 -- tell the followers (redis_follow.py): "EPOCH REV FLAG [CHANGES]", FLAG "n" if this call
@@ -265,6 +228,78 @@ local function commit(names, values, size)
   end
   record(rev, fields, size, retired, true)
   return rev
+end
+
+-- a[at]: the revision's changes as the caller packed them (msgpack ['s', name, value, ...]:
+-- what record would pack, which costs Redis more than the rest of the call), then name,
+-- value, ... (distinct names): set straight from the arguments, no table built per name
+-- (a is ARGV itself, the arguments from its at: too many to copy as the others' are)
+local function update(a, at)
+  if not ensure() then return {'full'} end
+  local last = #a
+  if last == at then return {'ok', revision()} end
+  local rev, size, retired = revision() + 1, 0, nil
+  local lists = redis.call('HLEN', L) > 0
+  for i = at + 1, last, 2 do
+    size = size + #a[i + 1] + OVERHEAD
+    if lists then size, retired = unlist(a[i], rev, size, retired) end
+  end
+  set_all(a, at + 1, last)
+  record(rev, nil, size, retired, true, a[at])
+  return {'ok', rev}
+end
+
+if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipped'}} end
+-- the most frequent writes, before the rest of the script is defined (each call costs Redis
+-- what it defines: the other operations' closures and tables): a set or an update ends here
+if ARGV[1] == 'update' or ARGV[1] == 'set' then
+  local reply  -- (before reading created, which the op may set)
+  if ARGV[1] == 'update' then
+    reply = update(ARGV, 9)
+  elseif not ensure() then
+    reply = {'full'}
+  else
+    reply = {'ok', commit({ARGV[9]}, {ARGV[10]}, #ARGV[10] + OVERHEAD)}
+  end
+  return {created, reply}
+end
+
+local MARKERS = {@MARKERS@}
+local ZERO_EXT = {[199] = 1, [200] = 2, [201] = 4}
+
+local function header(n)
+  if n < 16 then return string.char(144 + n) end
+  if n < 65536 then return string.char(220, math.floor(n / 256), n % 256) end
+  return string.char(221, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+                     math.floor(n / 256) % 256, n % 256)
+end
+
+-- protocol/lists.py's split_list: (length, header bytes), or nil if not a list
+local function split(s)
+  local b, count, hl = string.byte(s, 1), nil, nil
+  if b >= 144 and b <= 159 then count, hl = b - 144, 1
+  elseif b == 220 then count, hl = string.byte(s, 2) * 256 + string.byte(s, 3), 3
+  elseif b == 221 then
+    local b1, b2, b3, b4 = string.byte(s, 2, 5)
+    count, hl = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, 5
+  else return nil end
+  if count > 0 then
+    local at = hl + 1
+    local width = ZERO_EXT[string.byte(s, at)]
+    if width and string.sub(s, at + 1, at + width) == string.rep('\0', width)
+        and MARKERS[string.byte(s, at + width + 1)] then
+      return nil
+    end
+  end
+  return count, hl
+end
+
+local function value(name)
+  if name == '' then return false end  -- (the padding of grown; the server refuses the name)
+  local v = redis.call('HGET', V, name)
+  if v == false or v ~= '' then return v end
+  local count = tonumber(redis.call('HGET', L, 'c' .. name))
+  return header(count) .. (redis.call('GET', body_key(name)) or '')
 end
 
 """

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -147,13 +148,32 @@ class Packed(NamedTuple):
 
 
 def pack_pairs(names: Sequence[bytes], data: Sequence[bytes]) -> bytes:
-    """Arguments name, value, name, value, ... packed, in one format per pair."""
-    return b"".join(
-        [
-            b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(n), n, len(v), v)
-            for n, v in zip(names, data, strict=True)
-        ]
+    """Arguments name, value, name, value, ... packed: their pieces joined in C (no Python
+    step per pair), unless a string has ``_SHORT`` bytes or more (then a format each)."""
+    if len(names) != len(data):
+        raise ValueError("as many names as values")
+    pieces = zip(
+        map(_HEADS.__getitem__, map(len, names)),
+        names,
+        map(_HEADS_AFTER.__getitem__, map(len, data)),
+        data,
+        repeat(b"\r\n"),
     )
+    try:
+        return b"".join(chain.from_iterable(pieces))
+    except IndexError:  # (a string of _SHORT bytes or more)
+        return b"".join(
+            [
+                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(n), n, len(v), v)
+                for n, v in zip(names, data, strict=True)
+            ]
+        )
+
+
+#: A bulk string's header by length (and after the string before it, its CRLF first).
+_SHORT = 1024
+_HEADS = [b"$%d\r\n" % length for length in range(_SHORT)]
+_HEADS_AFTER = [b"\r\n" + head for head in _HEADS]
 
 
 def pack_args(*args: Any) -> bytes:
