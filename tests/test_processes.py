@@ -80,6 +80,13 @@ def use_inherited_proxy(ns: Namespace) -> None:
     gc.collect()  # inherited connections are collected now: they must not hurt the parent's
 
 
+def get_on_a_connection_of_its_own(ns: Namespace) -> None:
+    """A forked child: a get on an inherited proxy goes over a connection this process opened
+    (the proxy keeps the pool's per-thread slot, which held the parent's connection)."""
+    assert ns.value == 1
+    assert ns._aionamespace.local.transport.pid == os.getpid()
+
+
 def open_board(address: Address, authkey: bytes, name: str, report: Any) -> None:
     board = aionamespace.Namespace(address, name, authkey=authkey)
     report.put(("a", board.a))
@@ -187,6 +194,15 @@ def test_fork_after_the_parent_used_its_proxy(manager: Manager) -> None:
     assert ns.value == 3
     assert run_child(fork, use_inherited_proxy, manager.Namespace(value=1)) == 0
     assert ns.value == 3
+
+
+@allow_fork
+def test_a_forked_child_gets_on_its_own_connection(manager: Manager) -> None:
+    fork = context_for("fork")
+    ns = manager.Namespace(value=1)
+    assert ns.value == 1  # this thread's connection is in the slot the proxy keeps
+    assert run_child(fork, get_on_a_connection_of_its_own, ns) == 0
+    assert ns.value == 1
 
 
 def test_threads_share_one_sync_proxy(manager: Manager) -> None:

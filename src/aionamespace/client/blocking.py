@@ -157,9 +157,12 @@ class SocketTransport:
             sock.sendall(frame)
             sent = True
             poll = self._poll
-            received = (
-                sock.recv_into(self._buffer) if poll is None else poll.receive(sock, self._buffer)
-            )
+            if poll is None or poll.skip:  # not polling (now): a blocking read, no call more
+                if poll is not None:
+                    poll.skip -= 1
+                received = sock.recv_into(self._buffer)
+            else:
+                received = poll.receive(sock, self._buffer)
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:
@@ -384,20 +387,30 @@ class SocketTransport:
 
 
 class _Pool:
-    """Per-thread transports, keyed by server; emptied in a forked child."""
+    """Per-thread transports, keyed by server; a forked child drops those it inherited.
+
+    Each server's ``threading.local`` lives as long as the process: a sync proxy keeps its
+    server's (``local``) and finds this thread's transport there in one attribute read, where
+    ``transport()`` would cost it a Python call and a lookup by a tuple on every get."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()  # (a signal handler may take it on the same thread)
         self.locals: dict[tuple[Any, ...], threading.local] = {}
 
-    def transport(self, target: Target) -> Transport:
+    def local(self, target: Target) -> threading.local:
+        """The ``threading.local`` whose ``transport`` is this thread's to ``target``'s
+        server, once opened (``transport()`` opens it)."""
         server = target.server
         local = self.locals.get(server)
         if local is None:
             with self.lock:
                 local = self.locals.setdefault(server, threading.local())
+        return local
+
+    def transport(self, target: Target) -> Transport:
+        local = self.local(target)
         transport: Transport | None = getattr(local, "transport", None)
-        if transport is None or transport.closed:  # (a forked child: see after_fork)
+        if transport is None or transport.closed:
             if transport is not None and transport.leases:  # never reconnect under a lost lock
                 raise transport.lease_lost()
             transport = local.transport = open_transport(target)
@@ -413,8 +426,12 @@ class _Pool:
                 del local.transport  # type: ignore[union-attr]
 
     def after_fork(self) -> None:
+        """In a forked child: drop the transports inherited from the thread that forked (the
+        only one left; the others' went with their threads), which are closed, never shut
+        down, as they are collected. The locals stay: proxies hold them."""
         self.lock = threading.RLock()
-        self.locals = {}  # inherited transports are closed (not shut down) as they are collected
+        for local in self.locals.values():
+            local.__dict__.pop("transport", None)
 
 
 POOL = _Pool()

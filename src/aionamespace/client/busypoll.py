@@ -45,7 +45,7 @@ class ReplyPoll:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.misses = 0
-        self.skip = 0  # calls left that sleep at once
+        self.skip = 0  # calls left that sleep at once (the sync transport counts them down itself)
         self.backoff = 1  # how many the next stop lasts
 
     @classmethod

@@ -20,6 +20,7 @@ operations start with ``_`` and their state sits in one slot, ``_aionamespace``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 import ssl
 from typing import TYPE_CHECKING, Any, cast
@@ -122,9 +123,13 @@ class Target:
             parsed, key, named, authkey, limits, retry or Retry(), ssl_context, cache, in_process
         )
 
-    @property
+    @functools.cached_property
     def server(self) -> tuple[Any, ...]:
-        """What a connection to the server depends on (proxies sharing it share connections)."""
+        """What a connection to the server depends on (proxies sharing it share connections).
+
+        Made once (every sync call looks its transport up by it): a tuple made and hashed
+        afresh on each call cost a get more than the rest of the pool's lookup. (A cached
+        property writes the instance's dict directly, which a frozen dataclass allows.)"""
         return (self.address, self.authkey, self.ssl_context, self.in_process)
 
     @property

@@ -72,14 +72,16 @@ class Watch:
 
 
 class _State:
-    """A proxy's target, and with a cache, its connection and its namespace's cached entries
-    (``values``: the dict that connection's table keeps for the namespace, emptied in place
-    when the connection is lost or the process forks; ``NOTHING_CACHED`` until then)."""
+    """A proxy's target, its server's per-thread transports (``local``, the pool's), and with
+    a cache, its connection and its namespace's cached entries (``values``: the dict that
+    connection's table keeps for the namespace, emptied in place when the connection is lost
+    or the process forks; ``NOTHING_CACHED`` until then)."""
 
-    __slots__ = ("cache", "target", "values")
+    __slots__ = ("cache", "local", "target", "values")
 
     def __init__(self, target: Target) -> None:
         self.target = target
+        self.local = POOL.local(target)
         self.cache: CacheConnection | None = None
         self.values: dict[str, Any] = NOTHING_CACHED
 
@@ -148,12 +150,16 @@ class Namespace(ProxyBase):
 
     def _run(self, call: calls.Call) -> Any:
         """Send ``call`` on this thread's transport, retrying as the target's policy says."""
-        target = _STATE(self).target  # not self._aionamespace: that is a Python call, here
+        state = _STATE(self)  # not self._aionamespace: that is a Python call, here
+        target = state.target
         operation, args = call
         if target.cache and operation.changes:
             return self._write_cached(operation, args)
-        try:  # the first attempt without a closure: the hot path (gets, sets)
-            return POOL.transport(target).call(operation, args)
+        try:  # the first attempt without a closure: the hot path (sets; see __getattribute__)
+            transport = getattr(state.local, "transport", None)
+            if transport is None or transport.closed:
+                transport = POOL.transport(target)
+            return transport.call(operation, args)
         except ConnectionLost as exc:
             return self._retrying(
                 operation.op, lambda: POOL.transport(target).call(operation, args), exc
@@ -205,7 +211,13 @@ class Namespace(ProxyBase):
         if target.cache:
             return _read_through_cache(self, state, name)
         try:  # the first attempt without _run's checks: the hot path of an uncached proxy
-            return POOL.transport(target).call(calls.GET, (target.key, name))
+            # This thread's transport, read from the pool's local without a call into the pool
+            # (a Python call and a lookup by a tuple: on a crowded machine, where every get
+            # starts with cold caches, a large share of a get's own Python).
+            transport = getattr(state.local, "transport", None)
+            if transport is None or transport.closed:
+                transport = POOL.transport(target)
+            return transport.call(calls.GET, (target.key, name))
         except ConnectionLost as exc:
             return _retry_get(self, target, name, exc)
 
