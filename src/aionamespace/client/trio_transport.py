@@ -51,6 +51,7 @@ _park = trio.lowlevel.wait_task_rescheduled
 _reschedule = trio.lowlevel.reschedule
 _Value, _Error = outcome.Value, outcome.Error
 _ABORTED = trio.lowlevel.Abort.SUCCEEDED
+_wait_readable = trio.lowlevel.wait_readable
 
 
 class Parked:
@@ -283,16 +284,19 @@ class TrioTransport(PipelinedTransport):
 
     async def _read(self, link: TrioLink) -> None:
         """The connection's reader: hands what arrives to the table until the link closes."""
+        sock = link.sock
         try:
             while not link.closed:
+                # One scope per look at the connection's silence, not one per chunk read:
+                # a scope with a deadline is registered and unregistered with the run.
                 with trio.CancelScope(deadline=self.next_check) as scope:
                     self.watch_scope = scope
-                    await trio.lowlevel.wait_readable(link.sock)
+                    while not link.closed:
+                        await _wait_readable(sock)
+                        self._read_chunk(link)
                 self.watch_scope = None
                 if scope.cancelled_caught:
                     self._look(link)
-                else:
-                    self._read_chunk(link)
         except trio.ClosedResourceError:
             pass  # closed by close_link, which said why
         except trio.Cancelled:  # the run is ending: its connection with it
