@@ -168,10 +168,15 @@ class Dispatcher:
         large = False
         self._in_batch, self._batch_peer = True, peer
         self._own_pushes = 0
-        plain_get = plain_gets(self.store.get, self._tracking, peer)  # (plain_gets.py)
+        plain_run = plain_gets(self.store.get, self._tracking, peer)  # (plain_gets.py)
+        count = len(events)
         try:
-            for event in events:
-                answer = plain_get(event) or self._apply(peer, event)
+            while applied < count:
+                applied, size = plain_run(events, applied, out, size, budget)
+                if applied == count or size > budget:
+                    break
+                event = events[applied]
+                answer = self._apply(peer, event)
                 applied += 1
                 if type(answer) is bytes:
                     out.append(answer)
