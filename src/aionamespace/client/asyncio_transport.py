@@ -29,7 +29,7 @@ import anyio
 
 from .._errors import ConnectionLost, ProtocolError
 from ..protocol.addresses import Address
-from .calls import GET, Operation
+from .calls import Operation
 from .connecting import connect_unix_async
 from .liveness import enable_keepalive, handshake_timeout
 from .pipelined import AsyncState, PipelinedTransport, handshake
@@ -38,8 +38,6 @@ from .transport import map_connection_errors
 __all__ = ["WRITE_AT_FRAMES", "AsyncioTransport", "Pacing"]
 
 READ_CHUNK_BYTES = 256 * 1024
-
-_Future = asyncio.Future  # (one global lookup per call, not a module's attribute too)
 
 #: An outbox this long is written at once rather than when every ready task has queued its
 #: frame: the server answers these while our other tasks queue theirs, so both ends work at
@@ -142,11 +140,8 @@ class AsyncioTransport(PipelinedTransport):
                 return await transport.call(operation, args, failures)
             self.thread = get_ident()  # our loop after all, run by another thread now
         table = self.table
-        future: asyncio.Future[Any] = _Future(loop=loop)
-        if operation is GET:
-            request_id = table.request_get(args, future)
-        else:
-            request_id = table.request(operation, args, future)
+        future: asyncio.Future[Any] = asyncio.Future(loop=loop)
+        request_id = table.request(operation, args, future)
         try:
             link = self.link
             if link is None:

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import operator
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .._errors import ConnectionLost, ServerTimeout, WriteQueueFull
 from ..protocol.connection import ClientConnection, Invalidation, Reply, WatchPush
 from .cache import CacheTable
-from .calls import GET, Operation
+from .calls import Operation
 from .leases import Lease, current_task, lock_lost
 from .liveness import WAITS
 from .proxy import Target
 
 __all__ = ["FutureLike", "RequestTable", "Waiter", "settle"]
-
-_FRAME = operator.itemgetter(1)  # an outbox entry's frame
 
 
 class Waiter:
@@ -149,24 +146,17 @@ class RequestTable:
         self, operation: Operation, args: tuple[Any, ...], waiter: Waiter | FutureLike
     ) -> int:
         """Encode a request into the outbox, to be answered to ``waiter``; its id."""
-        if operation is GET:
-            return self.request_get(args, waiter)
         if self.lost_leases:
             self.refuse_lost_lease()
-        request_id, frame = self.protocol.send_request(operation.op, *args)
-        if operation.op in WAITS:
-            self.waits.add(request_id)
-        self.outbox.append((request_id, frame))
-        self.waiters[request_id] = waiter
-        return request_id
-
-    def request_get(self, args: tuple[str, str], waiter: Waiter | FutureLike) -> int:
-        """``request(GET, args, waiter)``: the commonest request, in fewer steps."""
-        if self.lost_leases:
-            self.refuse_lost_lease()
-        request_id, frame = self.protocol.send_get(*args)
-        if self.cache is not None:
-            self.cache.expect(request_id, args)
+        protocol = self.protocol
+        if operation.op == "get":
+            request_id, frame = protocol.send_get(*args)
+            if self.cache is not None:
+                self.cache.expect(request_id, args)
+        else:
+            request_id, frame = protocol.send_request(operation.op, *args)
+            if operation.op in WAITS:
+                self.waits.add(request_id)
         self.outbox.append((request_id, frame))
         self.waiters[request_id] = waiter
         return request_id
@@ -243,7 +233,7 @@ class RequestTable:
                 if request_id in self.queued_writes:
                     self.queued_writes.discard(request_id)
                     self.inflight_writes.add(request_id)
-        return b"".join(map(_FRAME, batch))
+        return b"".join([frame for _, frame in batch])
 
     def unsent(self, sent_through: int) -> None:
         """A write of the outbox failed: nothing past ``sent_through`` left after all."""
@@ -312,18 +302,18 @@ class RequestTable:
         Returns why the connection ends if the server said goodbye among them (nothing after
         the goodbye counts): the transport then calls ``lost`` with it.
         """
-        pop = self.waiters.pop
+        waiters = self.waiters
         plain = self.cache is None and not self.flushing
         for event in events:
             if type(event) is list:  # a ResultFrame, [id, REPLY_OK, result]: the commonest
-                waiter = pop(event[0], None)
+                waiter = waiters.pop(event[0], None)
                 if plain and waiter is not None and not isinstance(waiter, Waiter):  # a future
                     if not waiter.done():  # _reply's common case, without its calls
                         waiter.set_result(event[2])
                     continue
                 goodbye = self._reply(Reply(event[0], event[2]), waiter)
             elif type(event) is Reply:
-                goodbye = self._reply(event, pop(event.id, None))
+                goodbye = self._reply(event, waiters.pop(event.id, None))
             elif type(event) is Invalidation:
                 if self.cache is not None:
                     self.cache.invalidate(event.key, event.name)

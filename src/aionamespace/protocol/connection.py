@@ -20,7 +20,6 @@ Like h11, the parser's promise is: whatever bytes arrive, it either yields event
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from .._errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
@@ -79,9 +78,6 @@ __all__ = [
 #: The most (key, name) pairs a connection keeps the packed get of (``send_get``); past it,
 #: it forgets them all and starts over.
 MAX_GET_TAILS = 1024
-
-#: ``get_head`` of an id that takes four bytes, as ``send_get`` packs it itself.
-_GET_HEAD32 = struct.Struct(">BBI").pack
 
 
 class ClientConnection:
@@ -215,8 +211,6 @@ class ClientConnection:
             tail = self._get_tail(key, name)
         request_id = self._next_id
         self._next_id = request_id + 1
-        if 0x10000 <= request_id < 0x100000000:  # get_head's commonest case, without a call
-            return request_id, _GET_HEAD32(0x94, 0xCE, request_id) + tail
         return request_id, get_head(request_id) + tail
 
     def _get_tail(self, key: str, name: str) -> bytes:
@@ -321,29 +315,21 @@ class ClientConnection:
     def _decode(
         self, data: memoryview, events: list[ResultFrame | Hello | Reply | WatchPush | Invalidation]
     ) -> None:
-        frames = self._decoder.feed(data)
-        if not self.greeted:
-            for at, frame in enumerate(frames):
-                if self.greeted:  # what follows the hello is checked as replies
-                    self._check_replies(frames[at:], events)
-                    break
-                events.append(self._check_server_hello(frame))
-        else:
-            self._check_replies(frames, events)
-        if self._decoder.error is not None:  # the server sent garbage: this connection is done
-            raise self._decoder.error
-
-    @staticmethod
-    def _check_replies(frames: list[Any], events: list[Any]) -> None:
-        append = events.append
-        for frame in frames:
+        greeted = self.greeted
+        for frame in self._decoder.feed(data):
             if (
-                type(frame) is list
+                greeted
+                and type(frame) is list
                 and len(frame) == 3
-                and type(frame[0]) is int
                 and frame[1] == REPLY_OK
+                and type(frame[0]) is int
                 and frame[0] > 0
             ):
-                append(frame)  # a ResultFrame: the commonest frame, checked here
+                events.append(frame)  # a ResultFrame: the commonest frame, checked here
+            elif not greeted:
+                events.append(self._check_server_hello(frame))
+                greeted = self.greeted
             else:
-                append(check_reply(frame))
+                events.append(check_reply(frame))
+        if self._decoder.error is not None:  # the server sent garbage: this connection is done
+            raise self._decoder.error

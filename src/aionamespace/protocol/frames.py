@@ -99,7 +99,6 @@ class FrameDecoder:
             unpacker = self._unpacker = _borrow_unpacker(self._max)
             self._fed = self._frame_start = unpacker.tell()
             self._outgrown = False
-        append, tell = frames.append, unpacker.tell
         try:
             while True:
                 room = self._max - (self._fed - self._frame_start)
@@ -110,11 +109,9 @@ class FrameDecoder:
                 self._fed += len(piece)
                 if self._fed - self._frame_start > POOLED_BUFFER_BYTES:
                     self._outgrown = True  # its buffer may hold that much: never shrinks
-                start = self._frame_start
                 for frame in unpacker:
-                    append(frame)
-                    start = tell()
-                self._frame_start = start
+                    frames.append(frame)
+                    self._frame_start = unpacker.tell()
                 if not view:
                     if self._fed == self._frame_start:  # nothing unfinished: give it back
                         self._unpacker = None
