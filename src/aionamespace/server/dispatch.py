@@ -169,14 +169,12 @@ class Dispatcher:
         self._in_batch, self._batch_peer = True, peer
         self._own_pushes = 0
         plain_run = plain_gets(self.store.get, self._tracking, peer)  # (plain_gets.py)
-        count = len(events)
         try:
-            while applied < count:
+            while applied < len(events):
                 applied, size = plain_run(events, applied, out, size, budget)
-                if applied == count or size > budget:
+                if applied == len(events) or size > budget:
                     break
-                event = events[applied]
-                answer = self._apply(peer, event)
+                answer = self._apply(peer, events[applied])
                 applied += 1
                 if type(answer) is bytes:
                     out.append(answer)
@@ -201,11 +199,8 @@ class Dispatcher:
                 if self._pushes:
                     large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
             finally:
-                self._in_batch = False
-                self._batch_peer = None
-        if large:
-            return out, applied
-        return [b"".join(out)], applied  # type: ignore[arg-type]  # (bytes, as not large)
+                self._in_batch, self._batch_peer = False, None
+        return (out if large else [b"".join(out)]), applied  # type: ignore[arg-type]  # (bytes)
 
     def _flush(self, peer: Peer, out: list[Output], refused: bool) -> bool:
         """Write the frames a batch gave rise to for other connections; put those for ``peer``
