@@ -5,8 +5,8 @@ where waking a sleeping CPU is dear (virtual machines above all), a thread aslee
 is woken late, and the longer the CPU it ran on stays idle, the later: a reply that takes the
 server a little longer to make (a commit to a data file) then costs the client much more than
 the difference. So a sync call, once its request is sent, first reads the socket without
-blocking for up to ``Limits.reply_poll`` seconds, and sleeps in ``recv`` only if the reply has
-not come by then.
+blocking for up to ``Limits.reply_poll`` seconds, and sleeps (in ``poll``: below) only if the
+reply has not come by then.
 
 Polling pays only while a CPU is idle. On a crowded machine it costs twice: the CPU it takes
 is another process's (the server's, maybe), and a process that polled instead of sleeping
