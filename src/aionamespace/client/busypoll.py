@@ -78,8 +78,8 @@ class ReplyPoll:
         return None
 
     def receive(self, sock: socket.socket, buffer: memoryview) -> int:
-        """``sock.recv_into(buffer)``, polled first (the socket's own timeout still bounds
-        the blocking read, which follows a poll that caught nothing)."""
+        """``sock.recv_into(buffer)``, polled first; a poll that caught nothing sleeps in
+        ``wait``, whose call timeout bounds it (TimeoutError)."""
         if self.skip:
             self.skip -= 1
             return receive_when_readable(self.wait, sock, buffer)
