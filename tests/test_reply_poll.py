@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import pytest
 import aionamespace
 from aionamespace import Limits
 from aionamespace.client.blocking import SocketTransport
-from aionamespace.client.busypoll import ReplyPoll
+from aionamespace.client.busypoll import ReplyPoll, reply_wait
 from aionamespace.client.proxy import Target
 
 
@@ -31,17 +30,10 @@ def pair():
     theirs.close()
 
 
-def _receive_timeout(sock: socket.socket, seconds: float) -> None:
-    """A kernel receive timeout, as a sync proxy's call_timeout is (liveness.py)."""
-    whole = int(seconds)
-    interval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
-
-
 def test_a_reply_already_there_is_read_by_the_poll(pair):
     ours, theirs = pair
     theirs.sendall(b"reply")
-    poll, buffer = ReplyPoll(0.001), memoryview(bytearray(64))
+    poll, buffer = ReplyPoll(0.001, reply_wait(ours, None)), memoryview(bytearray(64))
     assert poll.receive(ours, buffer) == 5
     assert bytes(buffer[:5]) == b"reply"
     assert poll.misses == 0
@@ -50,7 +42,7 @@ def test_a_reply_already_there_is_read_by_the_poll(pair):
 def test_a_reply_that_comes_while_polling_is_caught_there(pair):
     ours, theirs = pair
     window = 30.0  # a blocking read would follow only after it: the test's bound shows which
-    poll, buffer = ReplyPoll(window), memoryview(bytearray(64))
+    poll, buffer = ReplyPoll(window, reply_wait(ours, None)), memoryview(bytearray(64))
     sender = threading.Thread(target=theirs.sendall, args=(b"late",))
     started = time.monotonic()
     sender.start()
@@ -61,12 +53,12 @@ def test_a_reply_that_comes_while_polling_is_caught_there(pair):
 
 def test_polls_that_catch_nothing_stop_for_ever_longer_and_a_caught_reply_resets(pair):
     ours, theirs = pair
-    _receive_timeout(ours, 0.02)  # the blocking read after each poll gives up: EAGAIN
-    poll, buffer = ReplyPoll(0.0005), memoryview(bytearray(64))
+    # the sleep after each poll gives up, as a call's after its call timeout
+    poll, buffer = ReplyPoll(0.0005, reply_wait(ours, 0.02)), memoryview(bytearray(64))
 
     def miss(times: int) -> None:
         for _ in range(times):
-            with pytest.raises(BlockingIOError):
+            with pytest.raises(TimeoutError):
                 poll.receive(ours, buffer)
 
     miss(ReplyPoll.MAX_MISSES - 1)
@@ -86,9 +78,9 @@ def test_polls_that_catch_nothing_stop_for_ever_longer_and_a_caught_reply_resets
 
 _STOPPED_POLL = """
 import socket, sys
-from aionamespace.client.busypoll import ReplyPoll
+from aionamespace.client.busypoll import ReplyPoll, reply_wait
 ours = socket.socket(fileno=int(sys.argv[1]))
-poll = ReplyPoll(60.0)
+poll = ReplyPoll(60.0, reply_wait(ours, None))
 print("polling", flush=True)
 received = poll.receive(ours, memoryview(bytearray(8)))
 print(received, poll.misses, flush=True)
@@ -137,7 +129,7 @@ def test_a_reply_caught_while_the_cpus_were_busy_counts_as_a_miss(pair):
 def test_a_closed_peer_reads_as_the_end_while_polling(pair):
     ours, theirs = pair
     theirs.close()
-    assert ReplyPoll(0.001).receive(ours, memoryview(bytearray(8))) == 0
+    assert ReplyPoll(0.001, reply_wait(ours, None)).receive(ours, memoryview(bytearray(8))) == 0
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from typing import Any
 
 from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
-from .busypoll import ReplyPoll
+from .busypoll import ReplyPoll, ReplyWait, reply_wait
 from .calls import Operation
 from .connecting import open_socket
 from .leases import Lease, thread_leases_lost
@@ -76,6 +76,7 @@ class SocketTransport:
         self.call_timeout = None if track else target.limits.call_timeout
         self.sock_timeout: float | None = None
         self._poll: ReplyPoll | None = None
+        self._wait: ReplyWait | None = None  # what a call sleeps in until its reply is readable
         self.fresh_until = 0.0  # until then the connection was in use: no idle check
         self.check_idle = target.in_process is None  # (a loopback end cannot go stale)
         timeout = handshake_timeout(target.limits)
@@ -91,7 +92,11 @@ class SocketTransport:
                     if set_call_timeout(self.sock, self.call_timeout):
                         self.sock_timeout = self.call_timeout
                 self.fresh_until = monotonic() + IDLE_CHECK_SECONDS
-                self._poll = ReplyPoll.for_socket(self.sock, target.limits.reply_poll, track)
+                if not track:
+                    self._wait = reply_wait(self.sock, self.call_timeout)
+                self._poll = ReplyPoll.for_socket(
+                    self.sock, target.limits.reply_poll, track, self._wait
+                )
                 self.closed = False
             except BaseException:
                 self.close()
@@ -160,6 +165,9 @@ class SocketTransport:
             if poll is None or poll.skip:  # not polling (now): a blocking read, no call more
                 if poll is not None:
                     poll.skip -= 1
+                wait = self._wait
+                if wait is not None and not wait():  # (busypoll.py: "Sleeping in poll")
+                    raise TimeoutError("no reply within the call timeout")
                 received = sock.recv_into(self._buffer)
             else:
                 received = poll.receive(sock, self._buffer)
