@@ -102,6 +102,10 @@ class RemoteDispatcher(SharingDispatcher):
         # The base's own store reads are never called here: every one goes through ``apply``.
         super().__init__(cast(Store, store), call_later, limits)
         self._feed_from(store)
+        #: The store call of a ``snapshot_packed``: one that may answer with a list.
+        self._snapshot_in_order = (
+            "snapshot_in_order" if getattr(store, "in_order", False) else "snapshot"
+        )
         if locks is not None:  # the seam of a lock table shared through the store
             self.locks = locks
 
@@ -254,7 +258,7 @@ class RemoteDispatcher(SharingDispatcher):
             call = ("snapshot", args)
             make = lambda result: values_reply(request_id, (result[0],), result[1], budget)  # noqa: E731
         elif op == "snapshot_packed":
-            call = ("snapshot", args)
+            call = (self._snapshot_in_order, args)
             make = lambda result: packed_values_reply(  # noqa: E731
                 request_id, result[0], args[1], result[1], budget
             )

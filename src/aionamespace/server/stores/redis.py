@@ -102,6 +102,7 @@ class RedisStore:
     durable = False
     backends = ("asyncio",)  # redis-py's asyncio client: the server refuses trio (remote.py)
     anonymous_registry = shared_anonymous  # (shared by the board's servers: as lock_table)
+    in_order = True  # apply takes snapshot_in_order (remote.py)
 
     def __init__(
         self,

@@ -292,6 +292,26 @@ class Snapshot(Call):
         self.finish((reply[1], values))
 
 
+class SnapshotInOrder(Snapshot):
+    """A snapshot of named values whose result may hold them as a list, in the names' order
+    (remote.py's ``snapshot_in_order``): the reply to ``snapshot_packed`` is made of that
+    list as it is, no dict built to be taken apart again."""
+
+    __slots__ = ()
+
+    def answer_plain(self, found: list[Any]) -> None:
+        values, revision = found
+        names = self.names
+        assert names is not None  # (transaction() sends no plain read without names)
+        # (None: missing, b"": a list that appends grew; every value held is a msgpack
+        # encoding, never empty)
+        if not all(values) or len(set(names)) != len(names):
+            super().answer_plain(found)  # (one missing, a list, a name twice: a dict)
+            return
+        self.observed = int(revision or 0)
+        self.finish((self.observed, values))
+
+
 class Append(_Named):
     __slots__ = ("items",)
     creates = True
@@ -428,4 +448,5 @@ _CALLS: dict[str, Any] = {
     "append": Append,
     "cas": Cas,
     "snapshot": Snapshot,
+    "snapshot_in_order": SnapshotInOrder,
 }

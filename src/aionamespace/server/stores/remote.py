@@ -90,6 +90,11 @@ class RemoteStore(Protocol):
     on_epoch: Callable[[str], None] | None
     # Optional: ``backends: tuple[str, ...]``, the anyio backends it works on (module's
     # docstring); a Protocol cannot say "optional", so it is read with getattr.
+    # Optional: ``in_order = True``, when ``apply`` also takes ``("snapshot_in_order", (key,
+    # names))``: ``snapshot``'s result, except that the values may be a list, those of
+    # ``names`` in their order, when each is held as bytes and none was asked twice (the
+    # dispatcher's path for ``snapshot_packed``, which needs no dict: stores/base.py's
+    # ``snapshot_in_order``).
 
     async def start(self) -> None: ...  # connect; check the layout; read or make the epoch
     async def apply(self, calls: Sequence[StoreCall]) -> list[Any]: ...
