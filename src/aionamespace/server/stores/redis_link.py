@@ -11,8 +11,10 @@ replies go to the batches in the order they were written.
 
 **Failures.** Nothing is ever sent twice here: a lost connection fails every batch in flight
 on it (``ConnectionError``, whose outcome is unknown: a script may have run), and the next
-batch connects again. A batch not answered within its ``timeout`` (one timer, cheaper than
-a cancel scope) closes its link with ``TimeoutError``, and so does a batch whose waiter is
+batch connects again. A batch not answered within its ``timeout`` closes its link with
+``TimeoutError``: each batch notes its deadline, and one timer per connection (cheaper than a
+cancel scope, or a timer made and cancelled per batch) wakes at the earliest deadline of the
+batches in flight, and again at the next one while some are; so does a batch whose waiter is
 cancelled, as redis-py drops a connection so interrupted: the replies still owed on it would
 otherwise hold up every later batch. Bytes that are not RESP2 close the link too. A link also
 closes when its event loop's run ends (``asyncio.run`` cancels the task each connection
@@ -105,10 +107,12 @@ def endpoint_of(connection_class: Any, options: dict[str, Any]) -> Endpoint:
 
 
 class _Batch:
-    __slots__ = ("count", "future", "replies")
+    __slots__ = ("count", "deadline", "future", "replies")
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
-        self.count, self.future = count, future
+    def __init__(
+        self, count: int, future: asyncio.Future[list[Any]], deadline: float | None
+    ) -> None:
+        self.count, self.future, self.deadline = count, future, deadline
         self.replies: list[Any] = []
 
 
@@ -124,6 +128,7 @@ class _Connection(asyncio.Protocol):
         self._unfinished = 0  # bytes received since the last whole reply (a bound on the next)
         self.closed: asyncio.Future[None] = link.loop.create_future()
         self.keeper: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None  # at the earliest deadline, if any
 
     async def keep(self) -> None:
         """Close the connection when its loop's run ends (the run cancels this task)."""
@@ -132,15 +137,40 @@ class _Connection(asyncio.Protocol):
         finally:
             self.close(ConnectionError(f"the connection to {self.name} was closed"))
 
-    def submit(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
+    def submit(
+        self, payload: bytes, count: int, timeout: float | None = None
+    ) -> asyncio.Future[list[Any]]:
         assert self.transport is not None
-        future: asyncio.Future[list[Any]] = self.link.loop.create_future()
-        self.waiting.append(_Batch(count, future))
+        loop = self.link.loop
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        deadline = None
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            watchdog = self._watchdog
+            if watchdog is None:
+                self._watchdog = loop.call_at(deadline, self._expire)
+            elif deadline < watchdog.when():  # (a shorter timeout than those in flight)
+                watchdog.cancel()
+                self._watchdog = loop.call_at(deadline, self._expire)
+        self.waiting.append(_Batch(count, future, deadline))
         poller = self.link.poller
         if poller is not None:
             poller.replies_due += 1
         self.transport.write(payload)
         return future
+
+    def _expire(self) -> None:
+        """The watchdog's wake-up: close the connection if a batch in flight is past its
+        deadline, else wake again at the earliest one (none: sleep until a batch comes)."""
+        self._watchdog = None
+        deadlines = [batch.deadline for batch in self.waiting if batch.deadline is not None]
+        if not deadlines:
+            return
+        earliest = min(deadlines)
+        if earliest <= self.link.loop.time():
+            self.close(TimeoutError())
+        else:
+            self._watchdog = self.link.loop.call_at(earliest, self._expire)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -190,6 +220,9 @@ class _Connection(asyncio.Protocol):
         transport, self.transport = self.transport, None
         if not self.closed.done():
             self.closed.set_result(None)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         waiting, self.waiting = self.waiting, collections.deque()
         if self.link.poller is not None:
             self.link.poller.replies_due -= len(waiting)
@@ -220,19 +253,15 @@ class Link:
         connection = self.connection
         if connection is None:
             connection = await self.connect(timeout)
-        future = connection.submit(payload, count)
-        if timeout is None:
-            return await self.wait(future)
-        late = self.loop.call_later(timeout, connection.close, TimeoutError())
-        try:
-            return await self.wait(future)
-        finally:
-            late.cancel()
+        return await self.wait(connection.submit(payload, count, timeout))
 
-    def submit(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        """Write a batch on the connected link: the future of its replies."""
+    def submit(
+        self, payload: bytes, count: int, timeout: float | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """Write a batch on the connected link: the future of its replies (past ``timeout``
+        unanswered, the connection is closed: ``call``)."""
         assert self.connection is not None
-        return self.connection.submit(payload, count)
+        return self.connection.submit(payload, count, timeout)
 
     async def wait(self, future: asyncio.Future[list[Any]]) -> list[Any]:
         try:
@@ -367,15 +396,12 @@ class Links:
                     await link.connect(timeout)
                 payload = b"".join([command for _, command, _ in triples])
                 total = sum([count for _, _, count in triples])
-                future = link.submit(payload, total)
+                future = link.submit(payload, total, timeout)
                 sent.append((link, places, triples, future))
             except OSError as exc:  # (ConnectionError, TimeoutError: that node's commands)
                 self._stale = True
                 for at in places:
                     replies[at] = exc
-        late = None
-        if timeout is not None:
-            late = asyncio.get_running_loop().call_later(timeout, self._expire, sent)
         try:
             for _link, places, triples, future in sent:
                 try:
@@ -392,16 +418,7 @@ class Links:
                 if not future.done():
                     link.close(ConnectionError(f"a call to {link.endpoint.name} was interrupted"))
             raise
-        finally:
-            if late is not None:
-                late.cancel()
         return replies
-
-    @staticmethod
-    def _expire(sent: list[tuple[Link, list[int], Any, asyncio.Future[list[Any]]]]) -> None:
-        for link, _, _, future in sent:
-            if not future.done():
-                link.close(TimeoutError())
 
     async def refresh(self) -> None:
         """Read the cluster's slot map again (after a MOVED reply)."""
