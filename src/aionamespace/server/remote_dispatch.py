@@ -145,8 +145,8 @@ class RemoteDispatcher(SharingDispatcher):
     ) -> tuple[list[Output], int]:
         """Apply events in order, awaiting the store, until the answers pass ``budget``
         bytes: (answers, applied), as ``Dispatcher.respond_some`` returns them."""
-        held: list[Output] = []
-        self._held[peer] = held
+        # (a batch read at once that came back to this path left what was held for it)
+        held = self._held.setdefault(peer, [])
         replies: list[ReplyData] = []
         round_ = _Round()
         applied = size = 0

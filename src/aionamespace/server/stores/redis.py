@@ -62,6 +62,7 @@ appended lists are fetched whole; ``apply`` tells its own revisions after those 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
+#: The calls ``read_now`` sends at once (plain reads).
+_AT_ONCE = frozenset({"get", "snapshot", "snapshot_in_order"})
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -345,6 +348,27 @@ class RedisStore:
             elif call.changes is not None and self.on_commit is not None:
                 self.on_commit(call.key, call.revision, call.changes)
         return [call.result for call in prepared]
+
+    def read_now(
+        self, calls: Sequence[StoreCall], done: Callable[[list[Any] | None], None]
+    ) -> bool:
+        """Send a batch of plain reads at once, without a task (remote.py's ``read_now``):
+        False, and nothing sent, unless each is a get or a snapshot of names of a namespace
+        not followed and the link is connected; else ``done`` is told their results from the
+        callback that reads the replies, or None: serve them with ``apply``."""
+        follower, guesses = self._follower, self._guesses
+        prepared = []
+        for op, args in calls:
+            if op not in _AT_ONCE or args[0] in follower:
+                return False
+            prepared.append(prepare(op, args, guesses))
+        return self._rounds.read_now(prepared, functools.partial(self._read, done))
+
+    def _read(self, done: Callable[[list[Any] | None], None], calls: list[Call] | None) -> None:
+        if calls is None or any(call.key in self._follower for call in calls):
+            done(None)  # (followed meanwhile: apply tells the follower what it read)
+        else:
+            done([call.result for call in calls])
 
     async def _reserve(self, calls: list[Call]) -> tuple[set[str], set[str]]:
         """Register the namespaces the batch may create that this store has not registered

@@ -6,8 +6,9 @@ an asyncio stream: most of a server's CPU per operation (docs/SCALING.md). A ``L
 connection to one Redis node, as an ``asyncio.Protocol``: a batch is written as one buffer
 (redis_wire.py packs it) with one ``transport.write``, and its replies are parsed in
 ``data_received`` (hiredis's reader when installed) and handed over as one list through one
-Future. Several batches may be in flight on a link at once: Redis answers in order, so the
-replies go to the batches in the order they were written.
+Future, or to a callback called from ``data_received`` (``Link.submit_then``: a caller that
+answers without a task). Several batches may be in flight on a link at once: Redis answers in
+order, so the replies go to the batches in the order they were written.
 
 **Failures.** Nothing is ever sent twice here: a lost connection fails every batch in flight
 on it (``ConnectionError``, whose outcome is unknown: a script may have run), and the next
@@ -39,14 +40,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..busypoll import selector_of
 from .redis_wire import RespError, new_reader, pack
 
-__all__ = ["DEFAULT_MAX_REPLY_BYTES", "Endpoint", "Link", "Links", "endpoint_of"]
+__all__ = ["DEFAULT_MAX_REPLY_BYTES", "Endpoint", "Link", "Links", "Then", "endpoint_of"]
 
 DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
 
@@ -106,14 +107,29 @@ def endpoint_of(connection_class: Any, options: dict[str, Any]) -> Endpoint:
     )
 
 
+#: Told a batch's replies, or the exception that failed it; it must not raise.
+Then = Callable[[list[Any] | Exception], None]
+
+
 class _Batch:
-    __slots__ = ("count", "deadline", "future", "replies")
+    __slots__ = ("count", "deadline", "future", "replies", "then")
 
     def __init__(
-        self, count: int, future: asyncio.Future[list[Any]], deadline: float | None
+        self,
+        count: int,
+        future: asyncio.Future[list[Any]] | None,
+        deadline: float | None,
+        then: Then | None = None,
     ) -> None:
-        self.count, self.future, self.deadline = count, future, deadline
+        self.count, self.future, self.deadline, self.then = count, future, deadline, then
         self.replies: list[Any] = []
+
+    def fail(self, error: Exception) -> None:
+        if self.then is not None:
+            self.then(error)
+        elif self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+            self.future.exception()  # (a cancelled waiter never reads it)
 
 
 class _Connection(asyncio.Protocol):
@@ -140,9 +156,14 @@ class _Connection(asyncio.Protocol):
     def submit(
         self, payload: bytes, count: int, timeout: float | None = None
     ) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = self.link.loop.create_future()
+        self.write(payload, _Batch(count, future, None), timeout)
+        return future
+
+    def write(self, payload: bytes, batch: _Batch, timeout: float | None) -> None:
+        """Write a batch, its replies due to ``batch`` (its deadline set from ``timeout``)."""
         assert self.transport is not None
         loop = self.link.loop
-        future: asyncio.Future[list[Any]] = loop.create_future()
         deadline = None
         if timeout is not None:
             deadline = loop.time() + timeout
@@ -152,12 +173,12 @@ class _Connection(asyncio.Protocol):
             elif deadline < watchdog.when():  # (a shorter timeout than those in flight)
                 watchdog.cancel()
                 self._watchdog = loop.call_at(deadline, self._expire)
-        self.waiting.append(_Batch(count, future, deadline))
+        batch.deadline = deadline
+        self.waiting.append(batch)
         poller = self.link.poller
         if poller is not None:
             poller.replies_due += 1
         self.transport.write(payload)
-        return future
 
     def _expire(self) -> None:
         """The watchdog's wake-up: close the connection if a batch in flight is past its
@@ -194,7 +215,9 @@ class _Connection(asyncio.Protocol):
                     waiting.popleft()
                     if self.link.poller is not None:
                         self.link.poller.replies_due -= 1
-                    if not batch.future.done():
+                    if batch.then is not None:
+                        batch.then(batch.replies)
+                    elif batch.future is not None and not batch.future.done():
                         batch.future.set_result(batch.replies)
         except RespError as exc:
             self.close(ConnectionError(f"{self.name} sent what is not RESP2: {exc}"))
@@ -227,9 +250,7 @@ class _Connection(asyncio.Protocol):
         if self.link.poller is not None:
             self.link.poller.replies_due -= len(waiting)
         for batch in waiting:
-            if not batch.future.done():
-                batch.future.set_exception(error)
-                batch.future.exception()  # (a cancelled waiter never reads it)
+            batch.fail(error)
         if transport is not None:
             transport.abort()
 
@@ -262,6 +283,15 @@ class Link:
         unanswered, the connection is closed: ``call``)."""
         assert self.connection is not None
         return self.connection.submit(payload, count, timeout)
+
+    def submit_then(self, payload: bytes, count: int, timeout: float | None, then: Then) -> bool:
+        """Write a batch if the link is connected, its replies (or what failed it) told to
+        ``then`` from the callback that reads them: False, and nothing written, if not."""
+        connection = self.connection
+        if connection is None or connection.transport is None:
+            return False
+        connection.write(payload, _Batch(count, None, None, then), timeout)
+        return True
 
     async def wait(self, future: asyncio.Future[list[Any]]) -> list[Any]:
         try:
@@ -363,6 +393,13 @@ class Links:
             endpoint = endpoint_of(node.connection_class, node.connection_kwargs)
             link = self._links[node.name] = Link(endpoint, self._max_reply_bytes)
         return link
+
+    def submit_then(self, payload: bytes, count: int, timeout: float | None, then: Then) -> bool:
+        """``Link.submit_then`` on a standalone server's connected link (False: a cluster,
+        whose commands go to their nodes, or not connected; nothing written)."""
+        if self._cluster:
+            return False
+        return self.link_for(b"").submit_then(payload, count, timeout, then)
 
     async def execute(
         self, commands: Sequence[tuple[bytes, bytes, int]], timeout: float | None = None

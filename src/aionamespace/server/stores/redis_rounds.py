@@ -13,6 +13,13 @@ write that failed (redis_scripts.py, Rounds); a plain read after such a call on 
 namespace is read again after it. Whatever else fails is the call's ``StoreUnavailable``:
 nothing that may have run runs twice.
 
+**At once.** A batch of plain reads only (``read_now``: gets and snapshots of names, each
+sent as its ``MULTI``/``EXEC``, after the epoch's read) may go without a round at all: written
+from the caller's callback, its replies parsed and answered in the link's (``submit_then``),
+no await. If any reply is not a plain read's answer (an error, a list found, the epoch
+changed), the caller is told None and serves the batch the usual way: reads have no effect,
+so nothing runs twice that should not.
+
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
 bounds, the flags, the epoch) per (operation, flags, epoch), each namespace's base, and the
@@ -22,9 +29,12 @@ plain reads of a name or of a snapshot's names (``PackedReads``); these caches a
 
 from __future__ import annotations
 
+import functools
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from ..._errors import StoreUnavailable
 from .redis_calls import Ahead, Call, full
 from .redis_link import Links
 from .redis_wire import Packed, PackedReads, ReplyError, ScriptCall, pack, pack_args
@@ -56,6 +66,68 @@ class Rounds:
         self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
         self._rounds = 0
 
+    def base(self, key: str) -> bytes:
+        """The key's base, encoded (kept)."""
+        base = self._bases.get(key)
+        if base is None:
+            if len(self._bases) >= MAX_PACKED:
+                self._bases.clear()
+            base = self._bases[key] = self._store.base(key).encode()
+        return base
+
+    def read_now(self, calls: list[Call], done: Callable[[list[Call] | None], None]) -> bool:
+        """Send plain reads at once (module's docstring): False, and nothing sent, if one of
+        them is not one or the link is not connected; else ``done`` is told the calls, done,
+        or None (serve them the usual way)."""
+        links, plain_reads = self.links, self._reads
+        if links is None:
+            return False
+        commands = [self._read_epoch[1]]
+        for call in calls:
+            reads = call.transaction(self.base(call.key), plain_reads)
+            if not reads:
+                return False
+            commands.append(reads)
+        count = 1 + TRANSACTION_REPLIES * len(calls)
+        then = functools.partial(self._read, calls, done)
+        return links.submit_then(b"".join(commands), count, self._store._timeout, then)
+
+    def _read(
+        self,
+        calls: list[Call],
+        done: Callable[[list[Call] | None], None],
+        replies: list[Any] | Exception,
+    ) -> None:
+        store = self._store
+        if isinstance(replies, Exception):  # (the link was lost, or timed out)
+            failure = store._unavailable(replies)
+            for call in calls:
+                lost = StoreUnavailable(*failure.args)
+                lost.__cause__ = replies
+                call.finish(lost)
+            done(calls)
+            return
+        found = replies[0]
+        if isinstance(found, Exception) or found is None or found.decode() != store.epoch:
+            done(None)  # (the usual way takes the new epoch)
+            return
+        at = 1
+        for call in calls:
+            reply = replies[at : at + TRANSACTION_REPLIES]
+            at += TRANSACTION_REPLIES
+            executed = reply[-1]
+            if any(isinstance(r, Exception) for r in reply) or executed is None:
+                done(None)
+                return
+            try:
+                call.answer_plain(executed)
+            except Exception as exc:
+                call.finish(exc)
+            if not call.done:  # (a list found: the script reads it)
+                done(None)
+                return
+        done(calls)
+
     async def run(self, calls: list[Call], refused: set[str]) -> tuple[str | None, set[str]]:
         """Run the calls (rounds of one pipeline each): the board's epoch, read first, and the
         namespaces made that the store did not know were registered (``refused``: those it
@@ -85,11 +157,7 @@ class Rounds:
             commands: list[tuple[bytes, bytes, int]] = [self._read_epoch] if first_round else []
             ahead: Ahead = {}
             for key, queue in queues.items():
-                base = bases.get(key)
-                if base is None:
-                    if len(bases) >= MAX_PACKED:
-                        bases.clear()
-                    base = bases[key] = store.base(key).encode()
+                base = bases.get(key) or self.base(key)
                 may_create = int(key not in refused)
                 blocking = False  # a conditional write came first: the rest waits for it
                 # A read goes as a transaction only if no write follows it on its key: one

@@ -95,6 +95,11 @@ class RemoteStore(Protocol):
     # ``names`` in their order, when each is held as bytes and none was asked twice (the
     # dispatcher's path for ``snapshot_packed``, which needs no dict: stores/base.py's
     # ``snapshot_in_order``).
+    # Optional: ``read_now(calls, done) -> bool``, a batch of plain reads sent without a task
+    # (the Redis store's: redis_rounds.py): False, and nothing sent, if it cannot; else
+    # ``done`` is called, from the loop's callback that got the answer, with their results
+    # as ``apply`` gives them, after which ``apply`` would have told nobody anything (no
+    # revision made, no key followed), or with None: serve them with ``apply``.
 
     async def start(self) -> None: ...  # connect; check the layout; read or make the epoch
     async def apply(self, calls: Sequence[StoreCall]) -> list[Any]: ...
