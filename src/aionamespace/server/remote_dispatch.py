@@ -145,7 +145,7 @@ class RemoteDispatcher(SharingDispatcher):
     ) -> tuple[list[Output], int]:
         """Apply events in order, awaiting the store, until the answers pass ``budget``
         bytes: (answers, applied), as ``Dispatcher.respond_some`` returns them."""
-        # (a batch read at once that came back to this path left what was held for it)
+        # (a batch sent at once that came back to this path left what was held for it)
         held = self._held.setdefault(peer, [])
         replies: list[ReplyData] = []
         round_ = _Round()

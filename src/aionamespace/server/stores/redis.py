@@ -90,8 +90,9 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
-#: The calls ``read_now`` sends at once (plain reads).
-_AT_ONCE = frozenset({"get", "snapshot", "snapshot_in_order"})
+#: The calls ``apply_now`` sends at once: plain reads, or one of these writes alone.
+_READS_AT_ONCE = frozenset({"get", "snapshot", "snapshot_in_order"})
+_WRITES_AT_ONCE = frozenset({"set", "update"})
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -338,8 +339,13 @@ class RedisStore:
                     lost = StoreUnavailable(*exc.args)
                     lost.__cause__ = exc.__cause__
                     call.finish(lost)
+        await self._told(prepared)
+        return [call.result for call in prepared]
+
+    async def _told(self, calls: list[Call]) -> None:
+        """Tell the revisions the calls made (and, of a followed key, what they read)."""
         follower = self._follower
-        for call in prepared:
+        for call in calls:
             if call.key in follower:  # in order, after what other servers did before
                 if call.observed >= 0:
                     await follower.after_read(call.key, call.observed)
@@ -347,28 +353,63 @@ class RedisStore:
                     await follower.own(call.key, call.revision, call.changes)
             elif call.changes is not None and self.on_commit is not None:
                 self.on_commit(call.key, call.revision, call.changes)
-        return [call.result for call in prepared]
 
-    def read_now(
-        self, calls: Sequence[StoreCall], done: Callable[[list[Any] | None], None]
-    ) -> bool:
-        """Send a batch of plain reads at once, without a task (remote.py's ``read_now``):
-        False, and nothing sent, unless each is a get or a snapshot of names of a namespace
-        not followed and the link is connected; else ``done`` is told their results from the
-        callback that reads the replies, or None: serve them with ``apply``."""
-        follower, guesses = self._follower, self._guesses
+    def apply_now(self, calls: Sequence[StoreCall], done: Callable[[Any], None]) -> bool:
+        """Send a batch at once, without a task (remote.py's ``apply_now``), if it is plain
+        reads (gets, snapshots of names) of namespaces not followed, or one set or update of
+        a namespace registered and not followed: False, and nothing sent, if not. ``done`` is
+        then told, from the callback that reads the replies, their results, or an awaitable
+        of them (what a write needs done after it: a new epoch, its namespace registered, a
+        follower told), or None: nothing ran, serve them with ``apply``."""
+        follower = self._follower
+        if len(calls) == 1 and calls[0][0] in _WRITES_AT_ONCE:
+            op, args = calls[0]
+            key = args[0]
+            if key not in self._registered or key in follower:
+                return False
+            write = prepare(op, args, self._guesses)
+            return self._rounds.write_now(write, functools.partial(self._written, write, done))
         prepared = []
         for op, args in calls:
-            if op not in _AT_ONCE or args[0] in follower:
+            if op not in _READS_AT_ONCE or args[0] in follower:
                 return False
-            prepared.append(prepare(op, args, guesses))
+            prepared.append(prepare(op, args, self._guesses))
         return self._rounds.read_now(prepared, functools.partial(self._read, done))
 
-    def _read(self, done: Callable[[list[Any] | None], None], calls: list[Call] | None) -> None:
+    def _read(self, done: Callable[[Any], None], calls: list[Call] | None) -> None:
         if calls is None or any(call.key in self._follower for call in calls):
             done(None)  # (followed meanwhile: apply tells the follower what it read)
         else:
             done([call.result for call in calls])
+
+    def _written(
+        self, call: Call, done: Callable[[Any], None], outcome: tuple[str | None, bool] | None
+    ) -> None:
+        if outcome is None:
+            done(None)
+            return
+        epoch, made = outcome
+        if epoch != self.epoch or made or call.key in self._follower:
+            done(self._after(call, epoch, made))
+            return
+        if call.changes is not None and self.on_commit is not None:
+            self.on_commit(call.key, call.revision, call.changes)
+        done([call.result])
+
+    async def _after(self, call: Call, epoch: str | None, made: bool) -> list[Any]:
+        """What ``apply`` does after its rounds, for a write sent at once."""
+        try:
+            if epoch != self.epoch or made:
+                async with self._guard():
+                    if epoch != self.epoch:
+                        await self._new_epoch()
+                    if made:  # (made without this store's check: dropped, or flushed)
+                        await self._client.sadd(self._registry, call.key)
+                        self._registered.add(call.key)
+        except StoreUnavailable:
+            pass  # (the call is done: its result stands, as in apply)
+        await self._told([call])
+        return [call.result]
 
     async def _reserve(self, calls: list[Call]) -> tuple[set[str], set[str]]:
         """Register the namespaces the batch may create that this store has not registered

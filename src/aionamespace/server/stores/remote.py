@@ -95,11 +95,12 @@ class RemoteStore(Protocol):
     # ``names`` in their order, when each is held as bytes and none was asked twice (the
     # dispatcher's path for ``snapshot_packed``, which needs no dict: stores/base.py's
     # ``snapshot_in_order``).
-    # Optional: ``read_now(calls, done) -> bool``, a batch of plain reads sent without a task
-    # (the Redis store's: redis_rounds.py): False, and nothing sent, if it cannot; else
-    # ``done`` is called, from the loop's callback that got the answer, with their results
-    # as ``apply`` gives them, after which ``apply`` would have told nobody anything (no
-    # revision made, no key followed), or with None: serve them with ``apply``.
+    # Optional: ``apply_now(calls, done) -> bool``, a batch sent without a task, if the store
+    # can (the Redis store's: plain reads, or one set or update; redis_rounds.py): False, and
+    # nothing sent, if not; else ``done`` is called, from the loop's callback that got the
+    # answer, with the results as ``apply`` returns them (what ``apply`` tells ``on_commit``
+    # told already), or an awaitable of them (the rest of what ``apply`` does: await it), or
+    # None: nothing ran, serve them with ``apply``.
 
     async def start(self) -> None: ...  # connect; check the layout; read or make the epoch
     async def apply(self, calls: Sequence[StoreCall]) -> list[Any]: ...
