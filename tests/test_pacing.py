@@ -77,21 +77,69 @@ def test_a_preempted_sender_writes_whole_then_tries_early_writes_again() -> None
     assert pacing.write_at == WRITE_AT_FRAMES
 
 
-def test_stretches_of_writing_whole_double_up_to_the_bound() -> None:
+class _Clock:
+    """The pacing's two readings, advanced by the test: seconds and this thread's preemptions.
+
+    The real ones (a crowded CPU, as above) show that a preemption is seen; what the pacing
+    then does with a sequence of looks is arithmetic, and a scheduler does not give a test
+    the sequence it asks for, so this one is told."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now, self.preempted = 100.0, 0
+        monkeypatch.setattr(asyncio_transport, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(asyncio_transport, "_preemptions", lambda: self.preempted)
+
+    def look(self, pacing: Pacing, *, preempted: bool) -> None:
+        """One look a pacing period and a half after the last, preempted meanwhile or not."""
+        self.now += 1.5 * asyncio_transport.PACING_SECONDS
+        self.preempted += preempted
+        pacing.look()
+
+
+def test_stretches_of_writing_whole_double_up_to_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock(monkeypatch)
     pacing = Pacing()
-    deadline = time.monotonic() + 60
-    with crowded_cpu():
-        for backoff in (2, 4, 8):
-            while pacing.backoff != backoff:  # preempted while trying early writes
-                assert time.monotonic() < deadline
-                pacing.look()
-            assert pacing.spells == backoff // 2
-    pacing.backoff = Pacing.MAX_BACKOFF
-    pacing.spells, pacing.write_at = 0, WRITE_AT_FRAMES
-    pacing.preempted -= 1  # a preemption seen at the next look
-    pacing.since -= 1
+    stretches = []
+    for _ in range(9):
+        clock.look(pacing, preempted=True)  # preempted while trying early writes
+        assert pacing.write_at == sys.maxsize
+        stretches.append(pacing.spells)
+        while pacing.spells:  # each spell writes whole, preempted or not
+            assert pacing.write_at == sys.maxsize
+            clock.look(pacing, preempted=True)
+        assert pacing.write_at == WRITE_AT_FRAMES  # then early writes are tried again
+    assert stretches == [1, 2, 4, 8, 16, 32, 64, 64, 64]
+    assert Pacing.MAX_BACKOFF == 64
+
+
+def test_a_stretch_of_early_writes_without_preemption_starts_the_doubling_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock(monkeypatch)
+    pacing = Pacing()
+    for _ in range(3):
+        clock.look(pacing, preempted=True)
+        while pacing.spells:
+            clock.look(pacing, preempted=False)
+    assert pacing.backoff == 8
+    clock.look(pacing, preempted=False)  # a period of early writes, not preempted
+    assert (pacing.write_at, pacing.backoff) == (WRITE_AT_FRAMES, 1)
+    clock.look(pacing, preempted=True)
+    assert (pacing.write_at, pacing.spells) == (sys.maxsize, 1)
+
+
+def test_a_look_within_the_period_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock(monkeypatch)
+    pacing = Pacing()
+    clock.preempted += 1
+    clock.now += asyncio_transport.PACING_SECONDS / 2
     pacing.look()
-    assert (pacing.spells, pacing.backoff) == (Pacing.MAX_BACKOFF, Pacing.MAX_BACKOFF)
+    assert (pacing.write_at, pacing.spells) == (WRITE_AT_FRAMES, 0)
+    clock.now += asyncio_transport.PACING_SECONDS
+    pacing.look()  # the preemption is seen once the period has passed
+    assert (pacing.write_at, pacing.spells) == (sys.maxsize, 1)
 
 
 @pytest.fixture
@@ -101,11 +149,15 @@ def manager() -> Iterator[aionamespace.Manager]:
 
 
 def test_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
-    manager: aionamespace.Manager, frames_per_write: list[int]
+    manager: aionamespace.Manager, frames_per_write: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """64 tasks set then get their own name: on a crowded CPU their frames go out in whole
     writes, longer than early writes can be (on main they never were), and each task reads
-    back what it wrote."""
+    back what it wrote.
+
+    Once the sender has been seen preempted, the pacing stops looking, so that the rounds
+    measured are all in one spell of writing whole: how long a spell lasts is the
+    scheduler's to decide (the tests above tell the pacing what it sees)."""
     tasks = 64
     writes = frames_per_write
 
@@ -125,6 +177,8 @@ def test_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
         with anyio.fail_after(60):
             while pacing.write_at == WRITE_AT_FRAMES:  # until the sender has been preempted
                 await asyncio.gather(*(set_then_get(i, 1) for i in range(tasks)))
+            monkeypatch.setattr(asyncio_transport, "PACING_SECONDS", math.inf)
+            assert pacing.write_at == sys.maxsize
             writes.clear()
             await asyncio.gather(*(set_then_get(i, 3) for i in range(tasks)))
         await ns._close()
