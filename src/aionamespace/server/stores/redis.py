@@ -62,7 +62,6 @@ appended lists are fetched whole; ``apply`` tells its own revisions after those 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -72,6 +71,7 @@ from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
 from .redis_anonymous import shared_anonymous
+from .redis_at_once import apply_now
 from .redis_calls import Call, Guesses, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
@@ -90,9 +90,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 _SHA = hashlib.sha1(NAMESPACE.encode()).hexdigest()
-#: The calls ``apply_now`` sends at once: plain reads, or one of these writes alone.
-_READS_AT_ONCE = frozenset({"get", "snapshot", "snapshot_in_order"})
-_WRITES_AT_ONCE = frozenset({"set", "update"})
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -355,61 +352,8 @@ class RedisStore:
                 self.on_commit(call.key, call.revision, call.changes)
 
     def apply_now(self, calls: Sequence[StoreCall], done: Callable[[Any], None]) -> bool:
-        """Send a batch at once, without a task (remote.py's ``apply_now``), if it is plain
-        reads (gets, snapshots of names) of namespaces not followed, or one set or update of
-        a namespace registered and not followed: False, and nothing sent, if not. ``done`` is
-        then told, from the callback that reads the replies, their results, or an awaitable
-        of them (what a write needs done after it: a new epoch, its namespace registered, a
-        follower told), or None: nothing ran, serve them with ``apply``."""
-        follower = self._follower
-        if len(calls) == 1 and calls[0][0] in _WRITES_AT_ONCE:
-            op, args = calls[0]
-            key = args[0]
-            if key not in self._registered or key in follower:
-                return False
-            write = prepare(op, args, self._guesses)
-            return self._rounds.write_now(write, functools.partial(self._written, write, done))
-        prepared = []
-        for op, args in calls:
-            if op not in _READS_AT_ONCE or args[0] in follower:
-                return False
-            prepared.append(prepare(op, args, self._guesses))
-        return self._rounds.read_now(prepared, functools.partial(self._read, done))
-
-    def _read(self, done: Callable[[Any], None], calls: list[Call] | None) -> None:
-        if calls is None or any(call.key in self._follower for call in calls):
-            done(None)  # (followed meanwhile: apply tells the follower what it read)
-        else:
-            done([call.result for call in calls])
-
-    def _written(
-        self, call: Call, done: Callable[[Any], None], outcome: tuple[str | None, bool] | None
-    ) -> None:
-        if outcome is None:
-            done(None)
-            return
-        epoch, made = outcome
-        if epoch != self.epoch or made or call.key in self._follower:
-            done(self._after(call, epoch, made))
-            return
-        if call.changes is not None and self.on_commit is not None:
-            self.on_commit(call.key, call.revision, call.changes)
-        done([call.result])
-
-    async def _after(self, call: Call, epoch: str | None, made: bool) -> list[Any]:
-        """What ``apply`` does after its rounds, for a write sent at once."""
-        try:
-            if epoch != self.epoch or made:
-                async with self._guard():
-                    if epoch != self.epoch:
-                        await self._new_epoch()
-                    if made:  # (made without this store's check: dropped, or flushed)
-                        await self._client.sadd(self._registry, call.key)
-                        self._registered.add(call.key)
-        except StoreUnavailable:
-            pass  # (the call is done: its result stands, as in apply)
-        await self._told([call])
-        return [call.result]
+        """remote.py's ``apply_now``: plain reads, or one set or update (redis_at_once.py)."""
+        return apply_now(self, calls, done)
 
     async def _reserve(self, calls: list[Call]) -> tuple[set[str], set[str]]:
         """Register the namespaces the batch may create that this store has not registered

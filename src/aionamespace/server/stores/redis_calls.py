@@ -293,9 +293,8 @@ class Snapshot(Call):
 
 
 class SnapshotInOrder(Snapshot):
-    """A snapshot of named values whose result may hold them as a list, in the names' order
-    (remote.py's ``snapshot_in_order``): the reply to ``snapshot_packed`` is made of that
-    list as it is, no dict built to be taken apart again."""
+    """A snapshot of names whose values may come as a list in their order (remote.py's
+    ``snapshot_in_order``): ``snapshot_packed``'s reply, made of it as it is."""
 
     __slots__ = ()
 
@@ -303,8 +302,7 @@ class SnapshotInOrder(Snapshot):
         values, revision = found
         names = self.names
         assert names is not None  # (transaction() sends no plain read without names)
-        # (None: missing, b"": a list that appends grew; every value held is a msgpack
-        # encoding, never empty)
+        # (None: missing, b"": a list that appends grew; a value held is never empty)
         if not all(values) or len(set(names)) != len(names):
             super().answer_plain(found)  # (one missing, a list, a name twice: a dict)
             return

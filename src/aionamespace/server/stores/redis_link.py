@@ -32,79 +32,23 @@ primary's, the command going to the node that owns its key's slot in the map red
 ``RedisCluster`` keeps (read again after a ``MOVED``, and before the next batch once a node
 failed: a failover moves its slots to a node at another address). A link connects as the
 redis-py client it was made from does: its socket path or host and port, TLS with that
-client's SSL context, ``AUTH`` and ``SELECT`` (RESP2, no ``HELLO``).
+client's SSL context, ``AUTH`` and ``SELECT`` (RESP2, no ``HELLO``): redis_endpoints.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..busypoll import selector_of
-from .redis_wire import RespError, new_reader, pack
+from .redis_endpoints import Endpoint, endpoint_of
+from .redis_wire import RespError, new_reader
 
 __all__ = ["DEFAULT_MAX_REPLY_BYTES", "Endpoint", "Link", "Links", "Then", "endpoint_of"]
 
 DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a link connects, and how (from a redis-py client's connection settings)."""
-
-    name: str
-    path: str | None = None
-    host: str = "localhost"
-    port: int = 6379
-    tls: ssl.SSLContext | None = None
-    server_hostname: str | None = None
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-    connect_timeout: float | None = None
-
-    def handshake(self) -> list[bytes]:
-        """The commands a new connection sends before any other."""
-        commands = []
-        if self.password is not None:
-            user = () if self.username is None else (self.username,)
-            commands.append(pack("AUTH", *user, self.password))
-        if self.db:
-            commands.append(pack("SELECT", self.db))
-        return commands
-
-
-def endpoint_of(connection_class: Any, options: dict[str, Any]) -> Endpoint:
-    """The endpoint of a redis-py connection class and its keyword arguments (a client's
-    pool's ``connection_kwargs``, a cluster node's)."""
-    username, password = options.get("username"), options.get("password")
-    provider = options.get("credential_provider")
-    if provider is not None:
-        credentials = provider.get_credentials()
-        username, password = (None, *credentials) if len(credentials) == 1 else credentials
-    path = options.get("path")
-    host, port = options.get("host", "localhost"), int(options.get("port", 6379))
-    context = None
-    from redis.asyncio.connection import SSLConnection
-
-    if isinstance(connection_class, type) and issubclass(connection_class, SSLConnection):
-        context = connection_class(**options).ssl_context.get()  # the client's own TLS settings
-    return Endpoint(
-        name=f"unix://{path}" if path else f"{host}:{port}",
-        path=path,
-        host=host,
-        port=port,
-        tls=context,
-        server_hostname=host if context is not None and context.check_hostname else None,
-        username=username,
-        password=password,
-        db=int(options.get("db") or 0),
-        connect_timeout=options.get("socket_connect_timeout"),
-    )
 
 
 #: Told a batch's replies, or the exception that failed it; it must not raise.
