@@ -9,12 +9,13 @@ paid for) or was preempted (involuntary ones: on a crowded machine, mostly a wok
 taking the CPU it ran on). Throughput is printed too, the median sample and the best. CPU
 time is read in clock ticks: samples of a second or so keep that coarseness small.
 
-    python benchmarks/costs.py                     # both rows, 9 samples each
+    python benchmarks/costs.py                     # every row, 9 samples each
     python benchmarks/costs.py --rows async --samples 21 --json out.json
     python benchmarks/costs.py --quick             # a smoke test: the figures mean nothing
 
 Rows: ``async``, ``--tasks`` tasks awaiting ``ns.x`` through one AsyncNamespace on the fastest
-loop installed (uvloop with the extra), as compare.py's async row; ``processes``,
+loop installed (uvloop with the extra), as compare.py's async row; ``trio``, the same tasks on
+trio (the ``trio`` extra), as compare.py's trio row (which runs them in a thread); ``processes``,
 ``--processes`` spawned processes doing sync gets, each its own proxy. The server is a Manager's
 (asyncio, busy-polling), one per row. The client's figures of the processes row are the sum
 over its processes.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -124,6 +126,44 @@ def async_row(tasks: int, samples: int, seconds: float) -> tuple[str, list[list[
             loop.close()
 
 
+def trio_row(tasks: int, samples: int, seconds: float) -> tuple[str, list[list[float]]]:
+    """The async row's gets with the client on trio, run in this process's main thread."""
+    import trio
+
+    with aionamespace.Manager() as manager:
+        manager.Namespace("costs").x = 1
+        ns = manager.AsyncNamespace("costs")
+        server = server_pid(manager)
+
+        async def sample() -> list[float]:
+            deadline, done = time.perf_counter() + seconds, 0
+
+            async def task() -> None:
+                nonlocal done
+                while time.perf_counter() < deadline:
+                    for _ in range(8):
+                        await ns.x
+                    done += 8
+
+            before = [books(os.getpid()), books(server)]
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(tasks):
+                    nursery.start_soon(task)
+            elapsed = time.perf_counter() - start
+            after = [books(os.getpid()), books(server)]
+            return [done / elapsed, *per_thousand(done, before, after)]
+
+        async def run() -> list[list[float]]:
+            await sample()  # connect and warm up
+            measured = [await sample() for _ in range(samples)]
+            await ns._close()
+            return measured
+
+        version = importlib.metadata.version("trio")
+        return f"async get, {tasks} tasks, client on trio {version}", trio.run(run)
+
+
 # ---------------------------------------------------------------------------------- processes
 
 
@@ -207,7 +247,9 @@ def print_row(row: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rows", default="async,processes", help="async, processes or both")
+    parser.add_argument(
+        "--rows", default="async,trio,processes", help="some of async, trio, processes"
+    )
     parser.add_argument("--samples", type=int, default=9)
     parser.add_argument("--seconds", type=float, default=1.0, help="per sample")
     parser.add_argument("--tasks", type=int, default=64)
@@ -230,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     if "async" in wanted:
         results["async"] = summary(*async_row(args.tasks, args.samples, args.seconds))
         print_row(results["async"])
+    if "trio" in wanted:
+        results["trio"] = summary(*trio_row(args.tasks, args.samples, args.seconds))
+        print_row(results["trio"])
     if "processes" in wanted:
         results["processes"] = summary(*processes_row(args.processes, args.samples, args.seconds))
         print_row(results["processes"])

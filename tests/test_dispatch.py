@@ -71,6 +71,38 @@ def test_a_batch_stops_once_its_answers_pass_the_budget() -> None:
     assert (applied, unpack_all(b"".join(answers))) == (2, [ok(3, 2), ok(4)])
 
 
+def test_runs_of_gets_between_other_requests_read_what_came_before() -> None:
+    """A batch's gets are answered a run at a time (plain_gets.py): a run ends at a write,
+    at a get the long way answers (a missing name, a large value), and starts again after."""
+    rig = Rig()
+    peer = rig.connect()
+    large = encode_value(b"v" * LARGE_VALUE_BYTES)
+    rig.store.set("k", "big", large)
+    answers = rig.send(
+        peer,
+        [1, "set", "k", "x", ONE],
+        [2, "get", "k", "x"],
+        [3, "get", "k", "x"],
+        [4, "set", "k", "x", TWO],
+        [5, "get", "k", "x"],
+        [6, "get", "k", "nope"],
+        [7, "get", "k", "x"],
+        [8, "get", "k", "big"],
+        [9, "get", "k", "x"],
+    )
+    assert answers == [
+        ok(1, 2),
+        ok(2, ONE),
+        ok(3, ONE),
+        ok(4, 3),
+        ok(5, TWO),
+        failed(6, "AttributeError", "'Namespace' object has no attribute 'nope'"),
+        ok(7, TWO),
+        ok(8, large),
+        ok(9, TWO),
+    ]
+
+
 @pytest.mark.parametrize("kind", ["replays", "own pushes"])
 def test_what_a_batch_queues_for_its_own_connection_counts_against_the_budget(
     kind: str,

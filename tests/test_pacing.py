@@ -1,4 +1,5 @@
-"""The asyncio sender writes early only while nothing preempts it (asyncio_transport.Pacing).
+"""The async sender writes early only while nothing preempts it (asyncio_transport.Pacing),
+on asyncio and on trio alike.
 
 A crowded CPU is made for real: the test's thread and two spinning processes pinned to one
 CPU, so that the scheduler preempts the test's thread between them. Then the sender writes
@@ -20,10 +21,12 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+import trio
 
 import aionamespace
 from aionamespace.client import asyncio_transport
 from aionamespace.client.asyncio_transport import WRITE_AT_FRAMES, Pacing
+from aionamespace.client.requests import RequestTable
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="pins CPUs, counts preemptions per thread"
@@ -186,6 +189,56 @@ def test_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
 
     with crowded_cpu():
         got = asyncio.run(run())
+    assert got == {i: (i, 2) for i in range(tasks)}
+    assert max(writes) > 2 * WRITE_AT_FRAMES, writes  # (early: a set and a get past it)
+
+
+def test_trio_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
+    manager: aionamespace.Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on trio: once its sender has been seen preempted, each batch of tasks the
+    run resumes sends its frames in one write (on main the trio sender always wrote early),
+    and each task reads back what it wrote. The pacing then stops looking, as above."""
+    tasks = 64
+    writes: list[int] = []  # frames per write: what each take of the outbox held
+    take_outbox = RequestTable.take_outbox
+
+    def counting_take(self: RequestTable) -> bytes:
+        writes.append(len(self.outbox))
+        return take_outbox(self)
+
+    monkeypatch.setattr(RequestTable, "take_outbox", counting_take)
+
+    async def run() -> dict[int, object]:
+        ns = manager.AsyncNamespace("paced")
+        got: dict[int, object] = {}
+
+        async def set_then_get(i: int, rounds: int) -> None:
+            for r in range(rounds):
+                setattr(ns, f"v{i}", (i, r))
+                got[i] = await getattr(ns, f"v{i}")
+                assert got[i] == (i, r)
+
+        async def everyone(rounds: int) -> None:
+            async with trio.open_nursery() as nursery:
+                for i in range(tasks):
+                    nursery.start_soon(set_then_get, i, rounds)
+
+        ns.warm = 1
+        await ns._flush()
+        pacing = ns._aionamespace.transport.pacing
+        with trio.fail_after(60):
+            while pacing.write_at == WRITE_AT_FRAMES:  # until the sender has been preempted
+                await everyone(1)
+            monkeypatch.setattr(asyncio_transport, "PACING_SECONDS", math.inf)
+            assert pacing.write_at == sys.maxsize
+            writes.clear()
+            await everyone(3)
+        await ns._close()
+        return got
+
+    with crowded_cpu():
+        got = trio.run(run)
     assert got == {i: (i, 2) for i in range(tasks)}
     assert max(writes) > 2 * WRITE_AT_FRAMES, writes  # (early: a set and a get past it)
 

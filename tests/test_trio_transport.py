@@ -171,3 +171,25 @@ async def test_parked_tasks_cancelled_at_any_moment_never_take_each_others_repli
     assert ns._aionamespace.table.waiters == {}
     assert [await getattr(ns, f"v{i}") for i in range(tasks)] == list(range(tasks))
     await ns._close()
+
+
+@on_trio
+async def test_the_reader_waits_in_one_cancel_scope_across_reads(server: ServerThread) -> None:
+    """The reader's scope (whose deadline is the next look at the connection's silence)
+    lasts from one look to the next, not one read: 50 round trips, one scope (on main, a
+    new one for each chunk read)."""
+    ns = AsyncNamespace(server.address, "scope")
+    ns.v = 1
+    await ns._flush()
+    transport = ns._aionamespace.transport
+    assert isinstance(transport, TrioTransport)
+    assert transport.period is not None
+    scopes = []
+    start = trio.current_time()
+    for _ in range(50):
+        assert await ns.v == 1
+        scopes.append(transport.watch_scope)  # (the reader waits in it now)
+    looks = (trio.current_time() - start) / transport.period  # (on a slow machine, some)
+    assert all(scope is not None for scope in scopes)
+    assert len({id(scope) for scope in scopes}) <= 2 + looks
+    await ns._close()

@@ -6,8 +6,9 @@ reply's task with ``trio.lowlevel.reschedule``: a task waiting for a reply is pa
 ``wait_task_rescheduled`` with no Event, no reader role to pass on, and no wake-up of a task
 that has nothing to do (``stream_transport.py``, which TLS keeps, wakes two tasks per reply).
 ``await ns.x`` is one coroutine, ``TrioTransport.call``, as on asyncio (``asyncio_transport``):
-it encodes the request, writes the outbox when ``WRITE_AT_FRAMES`` are queued (else once every
-task ready to run has queued its frame), and parks.
+it encodes the request, writes the outbox when ``WRITE_AT_FRAMES`` are queued while nothing
+preempts the sender (``asyncio_transport.Pacing``, as on asyncio), else once every task ready
+to run has queued its frame, and parks.
 
 Writes go straight to the non-blocking socket; what it does not take waits in a backlog that
 the sending task flushes (``wait_writable``), shielded and bounded by ``call_timeout``, while
@@ -33,7 +34,7 @@ import trio
 import trio.lowlevel
 
 from .._errors import ConnectionLost, ProtocolError
-from .asyncio_transport import WRITE_AT_FRAMES
+from .asyncio_transport import Pacing
 from .calls import Operation
 from .liveness import IDLE_CHECK_SECONDS, handshake_timeout, left_while_idle
 from .pipelined import AsyncState, PipelinedTransport, handshake
@@ -50,6 +51,7 @@ _park = trio.lowlevel.wait_task_rescheduled
 _reschedule = trio.lowlevel.reschedule
 _Value, _Error = outcome.Value, outcome.Error
 _ABORTED = trio.lowlevel.Abort.SUCCEEDED
+_wait_readable = trio.lowlevel.wait_readable
 
 
 class Parked:
@@ -122,6 +124,7 @@ class TrioTransport(PipelinedTransport):
         self.link: TrioLink | None = None
         self.backlog = bytearray()  # written, not taken by the socket yet: sent before more
         self.buffer = memoryview(bytearray(READ_CHUNK_BYTES))
+        self.pacing = Pacing()  # when to write early: as on asyncio
         # Liveness (liveness.py): the reader's wait ends at ``next_check`` to look at the
         # connection's silence, while something waits (``watched``; a call arms it).
         self.watched = self.period is None
@@ -160,7 +163,7 @@ class TrioTransport(PipelinedTransport):
             if link is None:
                 await self.connect()
                 await self.drain()
-            elif len(table.outbox) >= WRITE_AT_FRAMES and not self.backlog:
+            elif len(table.outbox) >= self.pacing.write_at and not self.backlog:
                 self._write(link)  # the server starts on these meanwhile
                 if self.backlog and not self.sending:
                     await self.drain()
@@ -194,6 +197,7 @@ class TrioTransport(PipelinedTransport):
         self.sending = True
         try:
             if len(self.table.waiters) > 1:
+                self.pacing.look()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             link = self.link
             if link is not None:
@@ -280,16 +284,19 @@ class TrioTransport(PipelinedTransport):
 
     async def _read(self, link: TrioLink) -> None:
         """The connection's reader: hands what arrives to the table until the link closes."""
+        sock = link.sock
         try:
             while not link.closed:
+                # One scope per look at the connection's silence, not one per chunk read:
+                # a scope with a deadline is registered and unregistered with the run.
                 with trio.CancelScope(deadline=self.next_check) as scope:
                     self.watch_scope = scope
-                    await trio.lowlevel.wait_readable(link.sock)
+                    while not link.closed:
+                        await _wait_readable(sock)
+                        self._read_chunk(link)
                 self.watch_scope = None
                 if scope.cancelled_caught:
                     self._look(link)
-                else:
-                    self._read_chunk(link)
         except trio.ClosedResourceError:
             pass  # closed by close_link, which said why
         except trio.Cancelled:  # the run is ending: its connection with it

@@ -84,8 +84,9 @@ class ServerConnection:
                 self._handshake, data = None, handshake.rest  # it meets the full limits
                 if not data:
                     return events
+            check, append = self._check_request, events.append
             for frame in self._decoder.feed(data):
-                events.append(self._check_request(frame))
+                append(check(frame))
             if self._decoder.error is not None:
                 raise self._decoder.error
         except Exception as exc:  # never let a peer's bytes raise anything unexpected here
@@ -123,16 +124,23 @@ class ServerConnection:
         self.authenticated = True
 
     def _check_request(self, frame: Any) -> Request | BadRequest:
+        if type(frame) is list and len(frame) == 4 and frame[1] == "get":  # the commonest
+            request_id, op, key, name = frame
+            valid = self._valid_names  # names seen valid before
+            if (
+                type(request_id) is int
+                and request_id > 0
+                and type(key) is str
+                and type(name) is str
+                and key in valid
+                and name in valid
+            ):
+                return Request(request_id, op, (key, name))
         if type(frame) is not list or len(frame) < 2 or type(frame[0]) is not int:
             raise RemoteProtocolError("a request must be an array [id, op, *args]")
         request_id, op = frame[0], frame[1]
         if request_id <= 0:
             raise RemoteProtocolError("request ids must be positive")
-        if op == "get" and len(frame) == 4:  # the commonest request: names seen valid before
-            key, name = frame[2], frame[3]
-            valid = self._valid_names
-            if type(key) is str and type(name) is str and key in valid and name in valid:
-                return Request(request_id, op, (key, name))
         args = tuple(frame[2:])
         if type(op) is not str or op not in OPS:
             return BadRequest(request_id, f"unknown operation {op!r}")

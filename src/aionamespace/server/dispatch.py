@@ -168,10 +168,13 @@ class Dispatcher:
         large = False
         self._in_batch, self._batch_peer = True, peer
         self._own_pushes = 0
-        plain_get = plain_gets(self.store.get, self._tracking, peer)  # (plain_gets.py)
+        plain_run = plain_gets(self.store.get, self._tracking, peer)  # (plain_gets.py)
         try:
-            for event in events:
-                answer = plain_get(event) or self._apply(peer, event)
+            while applied < len(events):
+                applied, size = plain_run(events, applied, out, size, budget)
+                if applied == len(events) or size > budget:
+                    break
+                answer = self._apply(peer, events[applied])
                 applied += 1
                 if type(answer) is bytes:
                     out.append(answer)
@@ -196,11 +199,8 @@ class Dispatcher:
                 if self._pushes:
                     large = self._flush(peer, out, type(events[applied - 1]) is Refusal) or large
             finally:
-                self._in_batch = False
-                self._batch_peer = None
-        if large:
-            return out, applied
-        return [b"".join(out)], applied  # type: ignore[arg-type]  # (bytes, as not large)
+                self._in_batch, self._batch_peer = False, None
+        return (out if large else [b"".join(out)]), applied  # type: ignore[arg-type]  # (bytes)
 
     def _flush(self, peer: Peer, out: list[Output], refused: bool) -> bool:
         """Write the frames a batch gave rise to for other connections; put those for ``peer``

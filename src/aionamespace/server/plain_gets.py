@@ -2,11 +2,11 @@
 
 An async proxy pipelines its gets by the dozen, and each went through the dispatcher's
 ``_apply``, ``answer``, the op table, ``_get``, ``send_value`` and ``pack_frame``.
-``Dispatcher.respond_some`` first asks ``plain_gets`` for a batch's answerer, which answers a
-get straight from the store, packed by the thread's Packer, when no cache tracks the
-connection (checked per get: a ``track`` earlier in the batch counts), the namespace is not
-anonymous and the value is small. Anything else, an error included, it leaves to ``_apply``
-(None), so every reply is the bytes the long way makes.
+``Dispatcher.respond_some`` first asks ``plain_gets`` for a batch's answerer, which answers
+each run of gets straight from the store, packed by the thread's Packer, when no cache tracks
+the connection (checked per run: a ``track`` earlier in the batch counts), the namespace is
+not anonymous and the value is small. Anything else, an error included, ends the run and is
+left to ``_apply``, so every reply is the bytes the long way makes.
 """
 
 from __future__ import annotations
@@ -23,23 +23,39 @@ __all__ = ["plain_gets"]
 
 def plain_gets(
     get: Callable[[str, str], bytes], tracking: Container[Any], peer: object
-) -> Callable[[Any], bytes | None]:
-    """For one batch of ``peer``'s: event -> the reply to a plain get, or None."""
+) -> Callable[[list[Any], int, list[Any], int, float], tuple[int, int]]:
+    """For one batch of ``peer``'s: ``answer(events, at, out, size, budget)`` answers the run
+    of plain gets in ``events`` from ``at`` on into ``out``, one tight loop for the run (not a
+    call per get), until another event, or until the answers' ``size`` passes ``budget``;
+    it returns where it stopped and the size."""
     pack = frame_packer().pack
 
-    def answer(event: Any) -> bytes | None:
-        if type(event) is not Request or event.op != "get" or peer in tracking:
-            return None
-        key, name = event.args
-        if key[0] == ANONYMOUS:
-            return None
-        try:
-            value = get(key, name)
-        except Exception:  # (the long way says what)
-            return None
-        if len(value) >= LARGE_VALUE_BYTES:
-            return None
-        packed: bytes = pack([event.id, REPLY_OK, value])
-        return packed
+    def answer(
+        events: list[Any], at: int, out: list[Any], size: int, budget: float
+    ) -> tuple[int, int]:
+        if peer in tracking:  # (a run holds gets alone: no track within it changes this)
+            return at, size
+        append = out.append
+        end = len(events)
+        while at < end:
+            event = events[at]
+            if type(event) is not Request or event.op != "get":
+                break
+            key, name = event.args
+            if key[0] == ANONYMOUS:
+                break
+            try:
+                value = get(key, name)
+            except Exception:  # (the long way says what)
+                break
+            if len(value) >= LARGE_VALUE_BYTES:
+                break
+            packed: bytes = pack([event.id, REPLY_OK, value])
+            append(packed)
+            size += len(packed)
+            at += 1
+            if size > budget:
+                break
+        return at, size
 
     return answer

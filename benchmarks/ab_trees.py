@@ -1,0 +1,202 @@
+"""Two source trees of aionamespace, measured in one process, alternated round by round.
+
+On a machine that other jobs share, an A/B across processes or across minutes measures the
+load more than the change: a get's CPU cost moves by a third from one run to the next. Here
+both trees are imported into one process, as two packages (the package imports itself only
+relatively, so a copy under another name is a second, independent aionamespace), and each
+round measures one after the other, so what the machine does falls on both alike; the
+figure to read is the median over rounds of after/before.
+
+Rows: ``server``, a read of ``--batch`` gets parsed (``ServerConnection``) and answered
+(``Dispatcher.respond_some``) with no socket; ``client``, ``--tasks`` tasks awaiting ``ns.x``
+on one AsyncNamespace on the fastest loop installed, whose connection is real but whose
+replies are made in this process (packed as a server packs them), so only the client's
+part of a get is timed (and that packing, the same for both). CPU time per get.
+
+    python benchmarks/ab_trees.py /work/main/src src            # before, after
+    python benchmarks/ab_trees.py A/src B/src --rounds 41 --rows server
+    python benchmarks/ab_trees.py src src --quick               # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import msgpack
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import yardstick_rows
+
+TREES = ("before", "after")
+
+
+def import_trees(sources: list[str], into: str) -> dict[str, ModuleType]:
+    """Each ``source``'s aionamespace package, copied under ``into`` as ``tree_<name>``."""
+    sys.path.insert(0, into)
+    trees = {}
+    for name, source in zip(TREES, sources, strict=True):
+        shutil.copytree(
+            os.path.join(source, "aionamespace"),
+            os.path.join(into, f"tree_{name}"),
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        trees[name] = importlib.import_module(f"tree_{name}")
+    return trees
+
+
+class _Peer:
+    """What ``Dispatcher.respond_some`` asks of a connection that reads all it is sent."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def backlog(self) -> int:
+        return 0
+
+
+def server_run(tree: ModuleType, batch: int) -> Callable[[], None]:
+    """Parse and answer one read of ``batch`` gets, as a server shell does."""
+    connection = importlib.import_module(f"{tree.__name__}.protocol.connection")
+    dispatch = importlib.import_module(f"{tree.__name__}.server.dispatch")
+    codec = importlib.import_module(f"{tree.__name__}.protocol.codec")
+    store = tree.MemoryStore()
+    dispatcher = dispatch.Dispatcher(store, lambda *args: None, None)
+    peer = _Peer(connection.ServerConnection())
+    hello = {"protocol": connection.PROTOCOL_NAME, "version": connection.PROTOCOL_VERSION}
+    dispatcher.respond(peer, peer.protocol.receive_data(msgpack.packb(hello)))
+    store.set("k", "x", codec.encode_value(1))
+    first = 70_000  # (ids past 65,535, as on a connection that has served a while)
+    data = b"".join(msgpack.packb([i, "get", "k", "x"]) for i in range(first, first + batch))
+
+    def run() -> None:
+        dispatcher.respond_some(peer, peer.protocol.receive_data(data), 1 << 20)
+
+    run()
+    return run
+
+
+def server_row(trees: dict[str, ModuleType], args: argparse.Namespace) -> dict[str, list[float]]:
+    runs = {name: server_run(tree, args.batch) for name, tree in trees.items()}
+    per_get: dict[str, list[float]] = {name: [] for name in runs}
+    number = max(1, args.gets // args.batch)
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            best = min(timeit.repeat(run, timer=time.process_time, number=number, repeat=3))
+            per_get[name].append(best / number / args.batch * 1e6)
+    return per_get
+
+
+async def _answered_here(tree: ModuleType, address: str) -> Any:
+    """An AsyncNamespace of ``tree``, connected, whose replies are then made in-process."""
+    tree.Namespace(address, "ab").x = 1
+    ns = tree.AsyncNamespace(address, "ab")
+    await ns.x  # connect
+    transport = ns._aionamespace.transport
+    link = transport.link
+    loop = asyncio.get_running_loop()
+    answered = [transport.table.sent_through]
+    pack = msgpack.Packer(use_bin_type=True).pack
+
+    def deliver(replies: bytes) -> None:
+        link.buffer[: len(replies)] = replies
+        link.buffer_updated(len(replies))
+
+    class AnswersHere:
+        """Stands in for the link's asyncio transport: every write is answered."""
+
+        def write(self, data: bytes) -> None:
+            first, last = answered[0] + 1, transport.table.sent_through
+            answered[0] = last
+            replies = b"".join([pack([i, 0, b"\x01"]) for i in range(first, last + 1)])
+            loop.call_soon(deliver, replies)
+
+        def get_extra_info(self, *args: Any) -> None:
+            return None
+
+        def abort(self) -> None:
+            pass
+
+    link.transport = AnswersHere()
+    return ns
+
+
+async def _client_rounds(
+    trees: dict[str, ModuleType], address: str, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    proxies = {name: await _answered_here(tree, address) for name, tree in trees.items()}
+    per_get: dict[str, list[float]] = {name: [] for name in proxies}
+    for _ in range(args.rounds):
+        for name, ns in proxies.items():
+            done = 0
+
+            async def task(ns: Any = ns) -> None:
+                nonlocal done
+                while done < args.gets:
+                    for _ in range(8):
+                        await ns.x
+                    done += 8
+
+            start = time.process_time()
+            await asyncio.gather(*(task() for _ in range(args.tasks)))
+            per_get[name].append((time.process_time() - start) / done * 1e6)
+    return per_get
+
+
+def client_row(trees: dict[str, ModuleType], args: argparse.Namespace) -> dict[str, list[float]]:
+    loop, _ = yardstick_rows.fastest_loop()
+    with tempfile.TemporaryDirectory(prefix="ab-") as directory:
+        address = os.path.join(directory, "s.sock")
+        with trees["after"].ServerThread(address):
+            try:
+                return loop.run_until_complete(_client_rounds(trees, address, args))
+            finally:
+                loop.close()
+
+
+def report(title: str, per_get: dict[str, list[float]]) -> float:
+    ratios = [after / before for before, after in zip(*per_get.values(), strict=True)]
+    print(f"\n{title} (CPU µs per get, {len(ratios)} rounds)")
+    for name, values in per_get.items():
+        print(f"  {name:>6}: median {statistics.median(values):.3f}  best {min(values):.3f}")
+    ratio = statistics.median(ratios)
+    print(f"  after/before, median over rounds: {ratio:.3f}")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("before", help="a source tree holding aionamespace/ (say main's src)")
+    parser.add_argument("after", help="another (say this branch's src)")
+    parser.add_argument("--rows", default="server,client")
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--batch", type=int, default=48, help="gets per read (server row)")
+    parser.add_argument("--tasks", type=int, default=64, help="tasks (client row)")
+    parser.add_argument("--gets", type=int, default=30_000, help="gets per round and tree")
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.gets, args.tasks = 2, 400, 8
+    wanted = args.rows.split(",")
+    with tempfile.TemporaryDirectory(prefix="ab-trees-") as into:
+        trees = import_trees([args.before, args.after], into)
+        if "server" in wanted:
+            report(f"server: parse and answer a read of {args.batch} gets", server_row(trees, args))
+        if "client" in wanted:
+            report(f"client: {args.tasks} tasks, replies made in process", client_row(trees, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
