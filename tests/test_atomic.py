@@ -257,6 +257,22 @@ def test_snapshot_of_names_reads_only_those_that_exist(client: Client) -> None:
     assert client("_snapshot", "missing") == {}
 
 
+def test_a_snapshot_of_names_held_asked_twice_or_appended_to(client: Client) -> None:
+    """Each name held: a store may answer with their values in order (the Redis store's
+    snapshot_in_order); a name asked twice, or a list that appends grew, takes the other way,
+    and every answer is the same as a full snapshot's part."""
+    client("_update", a=1, b="two")
+    client("_append", "log", 1)
+    client("_append", "log", 2)
+    revision = client("_snapshot").revision
+    for names in (["b", "a"], ["a", "a"], ["a", "b", "a"], ["log", "a"], ["a", "log"]):
+        snapshot = client("_snapshot", *names)
+        expected = {name: {"a": 1, "b": "two", "log": [1, 2]}[name] for name in names}
+        assert snapshot == expected, names
+        assert list(snapshot) == list(expected), names
+        assert snapshot.revision == revision, names
+
+
 EVERY_TYPE: dict[str, Any] = {
     "small": 7,
     "negative": -33,

@@ -302,6 +302,46 @@ def test_a_frozen_redis_fails_calls_promptly_then_recovers(
     run(main)
 
 
+def test_a_call_answered_within_its_own_timeout_is_not_cut_off_by_an_earlier_one(
+    redis_private: redis_rig.RedisServer,
+) -> None:
+    """Each batch has its own deadline (one timer per connection wakes at the earliest of
+    those in flight): a call sent after an earlier one was answered, and answered late but
+    within its own timeout, is answered, though the earlier call's deadline passed while it
+    waited. (Redis frozen across that deadline, less long than the timeout.)"""
+    server = redis_private
+    timeout, freeze = 2.0, 1.2
+
+    async def main() -> None:
+        client = await new_redis_client(False, server, socket_timeout=None)
+        try:
+            store = await started(client, "board", timeout=timeout)
+            first = time.monotonic()
+            assert await store.apply([("set", ("k", "x", ONE))]) == [1]
+            await anyio.sleep(timeout - freeze / 2 - (time.monotonic() - first))
+            pid = server.pid
+            assert pid is not None
+
+            async def thaw() -> None:
+                await anyio.sleep(freeze)
+                os.kill(pid, signal.SIGCONT)
+
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(thaw)
+                    began = time.monotonic()
+                    assert await store.apply([("get", ("k", "x"))]) == [ONE]
+                    assert time.monotonic() - first > timeout  # past the first deadline
+                    assert time.monotonic() - began < timeout
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
 def test_a_frozen_cluster_node_fails_calls_promptly_then_recovers() -> None:
     nodes = redis_rig.cluster()
 

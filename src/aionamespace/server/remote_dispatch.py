@@ -102,6 +102,10 @@ class RemoteDispatcher(SharingDispatcher):
         # The base's own store reads are never called here: every one goes through ``apply``.
         super().__init__(cast(Store, store), call_later, limits)
         self._feed_from(store)
+        #: The store call of a ``snapshot_packed``: one that may answer with a list.
+        self._snapshot_in_order = (
+            "snapshot_in_order" if getattr(store, "in_order", False) else "snapshot"
+        )
         if locks is not None:  # the seam of a lock table shared through the store
             self.locks = locks
 
@@ -141,8 +145,8 @@ class RemoteDispatcher(SharingDispatcher):
     ) -> tuple[list[Output], int]:
         """Apply events in order, awaiting the store, until the answers pass ``budget``
         bytes: (answers, applied), as ``Dispatcher.respond_some`` returns them."""
-        held: list[Output] = []
-        self._held[peer] = held
+        # (a batch sent at once that came back to this path left what was held for it)
+        held = self._held.setdefault(peer, [])
         replies: list[ReplyData] = []
         round_ = _Round()
         applied = size = 0
@@ -254,7 +258,7 @@ class RemoteDispatcher(SharingDispatcher):
             call = ("snapshot", args)
             make = lambda result: values_reply(request_id, (result[0],), result[1], budget)  # noqa: E731
         elif op == "snapshot_packed":
-            call = ("snapshot", args)
+            call = (self._snapshot_in_order, args)
             make = lambda result: packed_values_reply(  # noqa: E731
                 request_id, result[0], args[1], result[1], budget
             )

@@ -12,6 +12,8 @@ batch's answers are written, the shell is told to go on (``Connection.proceed``)
 what waits, or reads again. A peer that does not read its
 answers is held to the reply budget as on every other path.
 
+A batch of plain reads, or of one set or update, goes without a task (remote_at_once.py)
+when the store can send it so.
 A batch's task is cheap to start (``BatchTasks``): on asyncio a bare asyncio task (anyio's task
 group costs a sync get over a store a third more), cancelled and awaited when the server
 stops; on another backend, one of the server's task group.
@@ -30,6 +32,7 @@ from ..protocol.connection import ServerConnection
 from ..protocol.limits import Limits
 from .admission import Connections
 from .durability import Durability
+from .remote_at_once import AtOnce
 from .remote_dispatch import RemoteDispatcher
 from .timers import CallLater
 
@@ -92,6 +95,7 @@ class RemoteConnections(Connections):
         self.tasks = tasks
         self._spawn = tasks.start
         self._serving: set[Connection] = set()  # those with a batch in the store
+        self._at_once = AtOnce(dispatcher, self._finished, self._again, self.failed, tasks.start)
 
     def received(self, connection: Connection, data: bytes | memoryview) -> bool:
         """Parse what a connection sent; its batch goes to a task (False: read no more until
@@ -112,7 +116,8 @@ class RemoteConnections(Connections):
         if connection.pending and not connection.closed:
             if connection.backlog() <= self.budget:
                 self._serving.add(connection)
-                self._spawn(self._serve, connection)
+                if not self._at_once.start(connection):
+                    self._spawn(self._serve, connection)
             return False
         if connection.protocol.refused:
             connection.pending.clear()
@@ -139,6 +144,15 @@ class RemoteConnections(Connections):
         finally:
             self._serving.discard(connection)
             connection.proceed()
+
+    def _finished(self, connection: Connection) -> None:
+        """A batch sent at once is answered (or its connection gone)."""
+        self._serving.discard(connection)
+        connection.proceed()
+
+    def _again(self, connection: Connection) -> None:
+        """A batch sent at once must be served the usual way after all (nothing ran)."""
+        self._spawn(self._serve, connection)
 
     def gone(self, connection: Connection) -> None:
         connection.pending.clear()

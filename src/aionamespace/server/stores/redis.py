@@ -71,6 +71,7 @@ from ...protocol.limits import Limits
 from .base import Change, Changes, StoreUsage
 from .memory import new_epoch
 from .redis_anonymous import shared_anonymous
+from .redis_at_once import apply_now
 from .redis_calls import Call, Guesses, prepare
 from .redis_client import Guard, client_for, describe, on_asyncio, redis_py, unavailable
 from .redis_follow import Follower
@@ -102,6 +103,7 @@ class RedisStore:
     durable = False
     backends = ("asyncio",)  # redis-py's asyncio client: the server refuses trio (remote.py)
     anonymous_registry = shared_anonymous  # (shared by the board's servers: as lock_table)
+    in_order = True  # apply takes snapshot_in_order (remote.py)
 
     def __init__(
         self,
@@ -334,8 +336,13 @@ class RedisStore:
                     lost = StoreUnavailable(*exc.args)
                     lost.__cause__ = exc.__cause__
                     call.finish(lost)
+        await self._told(prepared)
+        return [call.result for call in prepared]
+
+    async def _told(self, calls: list[Call]) -> None:
+        """Tell the revisions the calls made (and, of a followed key, what they read)."""
         follower = self._follower
-        for call in prepared:
+        for call in calls:
             if call.key in follower:  # in order, after what other servers did before
                 if call.observed >= 0:
                     await follower.after_read(call.key, call.observed)
@@ -343,7 +350,10 @@ class RedisStore:
                     await follower.own(call.key, call.revision, call.changes)
             elif call.changes is not None and self.on_commit is not None:
                 self.on_commit(call.key, call.revision, call.changes)
-        return [call.result for call in prepared]
+
+    def apply_now(self, calls: Sequence[StoreCall], done: Callable[[Any], None]) -> bool:
+        """remote.py's ``apply_now``: plain reads, or one set or update (redis_at_once.py)."""
+        return apply_now(self, calls, done)
 
     async def _reserve(self, calls: list[Call]) -> tuple[set[str], set[str]]:
         """Register the namespaces the batch may create that this store has not registered

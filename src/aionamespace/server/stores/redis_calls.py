@@ -292,6 +292,24 @@ class Snapshot(Call):
         self.finish((reply[1], values))
 
 
+class SnapshotInOrder(Snapshot):
+    """A snapshot of names whose values may come as a list in their order (remote.py's
+    ``snapshot_in_order``): ``snapshot_packed``'s reply, made of it as it is."""
+
+    __slots__ = ()
+
+    def answer_plain(self, found: list[Any]) -> None:
+        values, revision = found
+        names = self.names
+        assert names is not None  # (transaction() sends no plain read without names)
+        # (None: missing, b"": a list that appends grew; a value held is never empty)
+        if not all(values) or len(set(names)) != len(names):
+            super().answer_plain(found)  # (one missing, a list, a name twice: a dict)
+            return
+        self.observed = int(revision or 0)
+        self.finish((self.observed, values))
+
+
 class Append(_Named):
     __slots__ = ("items",)
     creates = True
@@ -428,4 +446,5 @@ _CALLS: dict[str, Any] = {
     "append": Append,
     "cas": Cas,
     "snapshot": Snapshot,
+    "snapshot_in_order": SnapshotInOrder,
 }

@@ -6,13 +6,16 @@ an asyncio stream: most of a server's CPU per operation (docs/SCALING.md). A ``L
 connection to one Redis node, as an ``asyncio.Protocol``: a batch is written as one buffer
 (redis_wire.py packs it) with one ``transport.write``, and its replies are parsed in
 ``data_received`` (hiredis's reader when installed) and handed over as one list through one
-Future. Several batches may be in flight on a link at once: Redis answers in order, so the
-replies go to the batches in the order they were written.
+Future, or to a callback called from ``data_received`` (``Link.submit_then``: a caller that
+answers without a task). Several batches may be in flight on a link at once: Redis answers in
+order, so the replies go to the batches in the order they were written.
 
 **Failures.** Nothing is ever sent twice here: a lost connection fails every batch in flight
 on it (``ConnectionError``, whose outcome is unknown: a script may have run), and the next
-batch connects again. A batch not answered within its ``timeout`` (one timer, cheaper than
-a cancel scope) closes its link with ``TimeoutError``, and so does a batch whose waiter is
+batch connects again. A batch not answered within its ``timeout`` closes its link with
+``TimeoutError``: each batch notes its deadline, and one timer per connection (cheaper than a
+cancel scope, or a timer made and cancelled per batch) wakes at the earliest deadline of the
+batches in flight, and again at the next one while some are; so does a batch whose waiter is
 cancelled, as redis-py drops a connection so interrupted: the replies still owed on it would
 otherwise hold up every later batch. Bytes that are not RESP2 close the link too. A link also
 closes when its event loop's run ends (``asyncio.run`` cancels the task each connection
@@ -29,87 +32,48 @@ primary's, the command going to the node that owns its key's slot in the map red
 ``RedisCluster`` keeps (read again after a ``MOVED``, and before the next batch once a node
 failed: a failover moves its slots to a node at another address). A link connects as the
 redis-py client it was made from does: its socket path or host and port, TLS with that
-client's SSL context, ``AUTH`` and ``SELECT`` (RESP2, no ``HELLO``).
+client's SSL context, ``AUTH`` and ``SELECT`` (RESP2, no ``HELLO``): redis_endpoints.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..busypoll import selector_of
-from .redis_wire import RespError, new_reader, pack
+from .redis_endpoints import Endpoint, endpoint_of
+from .redis_wire import RespError, new_reader
 
-__all__ = ["DEFAULT_MAX_REPLY_BYTES", "Endpoint", "Link", "Links", "endpoint_of"]
+__all__ = ["DEFAULT_MAX_REPLY_BYTES", "Endpoint", "Link", "Links", "Then", "endpoint_of"]
 
 DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a link connects, and how (from a redis-py client's connection settings)."""
-
-    name: str
-    path: str | None = None
-    host: str = "localhost"
-    port: int = 6379
-    tls: ssl.SSLContext | None = None
-    server_hostname: str | None = None
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-    connect_timeout: float | None = None
-
-    def handshake(self) -> list[bytes]:
-        """The commands a new connection sends before any other."""
-        commands = []
-        if self.password is not None:
-            user = () if self.username is None else (self.username,)
-            commands.append(pack("AUTH", *user, self.password))
-        if self.db:
-            commands.append(pack("SELECT", self.db))
-        return commands
-
-
-def endpoint_of(connection_class: Any, options: dict[str, Any]) -> Endpoint:
-    """The endpoint of a redis-py connection class and its keyword arguments (a client's
-    pool's ``connection_kwargs``, a cluster node's)."""
-    username, password = options.get("username"), options.get("password")
-    provider = options.get("credential_provider")
-    if provider is not None:
-        credentials = provider.get_credentials()
-        username, password = (None, *credentials) if len(credentials) == 1 else credentials
-    path = options.get("path")
-    host, port = options.get("host", "localhost"), int(options.get("port", 6379))
-    context = None
-    from redis.asyncio.connection import SSLConnection
-
-    if isinstance(connection_class, type) and issubclass(connection_class, SSLConnection):
-        context = connection_class(**options).ssl_context.get()  # the client's own TLS settings
-    return Endpoint(
-        name=f"unix://{path}" if path else f"{host}:{port}",
-        path=path,
-        host=host,
-        port=port,
-        tls=context,
-        server_hostname=host if context is not None and context.check_hostname else None,
-        username=username,
-        password=password,
-        db=int(options.get("db") or 0),
-        connect_timeout=options.get("socket_connect_timeout"),
-    )
+#: Told a batch's replies, or the exception that failed it; it must not raise.
+Then = Callable[[list[Any] | Exception], None]
 
 
 class _Batch:
-    __slots__ = ("count", "future", "replies")
+    __slots__ = ("count", "deadline", "future", "replies", "then")
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
-        self.count, self.future = count, future
+    def __init__(
+        self,
+        count: int,
+        future: asyncio.Future[list[Any]] | None,
+        deadline: float | None,
+        then: Then | None = None,
+    ) -> None:
+        self.count, self.future, self.deadline, self.then = count, future, deadline, then
         self.replies: list[Any] = []
+
+    def fail(self, error: Exception) -> None:
+        if self.then is not None:
+            self.then(error)
+        elif self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+            self.future.exception()  # (a cancelled waiter never reads it)
 
 
 class _Connection(asyncio.Protocol):
@@ -124,6 +88,7 @@ class _Connection(asyncio.Protocol):
         self._unfinished = 0  # bytes received since the last whole reply (a bound on the next)
         self.closed: asyncio.Future[None] = link.loop.create_future()
         self.keeper: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None  # at the earliest deadline, if any
 
     async def keep(self) -> None:
         """Close the connection when its loop's run ends (the run cancels this task)."""
@@ -132,15 +97,45 @@ class _Connection(asyncio.Protocol):
         finally:
             self.close(ConnectionError(f"the connection to {self.name} was closed"))
 
-    def submit(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        assert self.transport is not None
+    def submit(
+        self, payload: bytes, count: int, timeout: float | None = None
+    ) -> asyncio.Future[list[Any]]:
         future: asyncio.Future[list[Any]] = self.link.loop.create_future()
-        self.waiting.append(_Batch(count, future))
+        self.write(payload, _Batch(count, future, None), timeout)
+        return future
+
+    def write(self, payload: bytes, batch: _Batch, timeout: float | None) -> None:
+        """Write a batch, its replies due to ``batch`` (its deadline set from ``timeout``)."""
+        assert self.transport is not None
+        loop = self.link.loop
+        deadline = None
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            watchdog = self._watchdog
+            if watchdog is None:
+                self._watchdog = loop.call_at(deadline, self._expire)
+            elif deadline < watchdog.when():  # (a shorter timeout than those in flight)
+                watchdog.cancel()
+                self._watchdog = loop.call_at(deadline, self._expire)
+        batch.deadline = deadline
+        self.waiting.append(batch)
         poller = self.link.poller
         if poller is not None:
             poller.replies_due += 1
         self.transport.write(payload)
-        return future
+
+    def _expire(self) -> None:
+        """The watchdog's wake-up: close the connection if a batch in flight is past its
+        deadline, else wake again at the earliest one (none: sleep until a batch comes)."""
+        self._watchdog = None
+        deadlines = [batch.deadline for batch in self.waiting if batch.deadline is not None]
+        if not deadlines:
+            return
+        earliest = min(deadlines)
+        if earliest <= self.link.loop.time():
+            self.close(TimeoutError())
+        else:
+            self._watchdog = self.link.loop.call_at(earliest, self._expire)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -164,7 +159,9 @@ class _Connection(asyncio.Protocol):
                     waiting.popleft()
                     if self.link.poller is not None:
                         self.link.poller.replies_due -= 1
-                    if not batch.future.done():
+                    if batch.then is not None:
+                        batch.then(batch.replies)
+                    elif batch.future is not None and not batch.future.done():
                         batch.future.set_result(batch.replies)
         except RespError as exc:
             self.close(ConnectionError(f"{self.name} sent what is not RESP2: {exc}"))
@@ -190,13 +187,14 @@ class _Connection(asyncio.Protocol):
         transport, self.transport = self.transport, None
         if not self.closed.done():
             self.closed.set_result(None)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         waiting, self.waiting = self.waiting, collections.deque()
         if self.link.poller is not None:
             self.link.poller.replies_due -= len(waiting)
         for batch in waiting:
-            if not batch.future.done():
-                batch.future.set_exception(error)
-                batch.future.exception()  # (a cancelled waiter never reads it)
+            batch.fail(error)
         if transport is not None:
             transport.abort()
 
@@ -220,19 +218,24 @@ class Link:
         connection = self.connection
         if connection is None:
             connection = await self.connect(timeout)
-        future = connection.submit(payload, count)
-        if timeout is None:
-            return await self.wait(future)
-        late = self.loop.call_later(timeout, connection.close, TimeoutError())
-        try:
-            return await self.wait(future)
-        finally:
-            late.cancel()
+        return await self.wait(connection.submit(payload, count, timeout))
 
-    def submit(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        """Write a batch on the connected link: the future of its replies."""
+    def submit(
+        self, payload: bytes, count: int, timeout: float | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """Write a batch on the connected link: the future of its replies (past ``timeout``
+        unanswered, the connection is closed: ``call``)."""
         assert self.connection is not None
-        return self.connection.submit(payload, count)
+        return self.connection.submit(payload, count, timeout)
+
+    def submit_then(self, payload: bytes, count: int, timeout: float | None, then: Then) -> bool:
+        """Write a batch if the link is connected, its replies (or what failed it) told to
+        ``then`` from the callback that reads them: False, and nothing written, if not."""
+        connection = self.connection
+        if connection is None or connection.transport is None:
+            return False
+        connection.write(payload, _Batch(count, None, None, then), timeout)
+        return True
 
     async def wait(self, future: asyncio.Future[list[Any]]) -> list[Any]:
         try:
@@ -335,6 +338,13 @@ class Links:
             link = self._links[node.name] = Link(endpoint, self._max_reply_bytes)
         return link
 
+    def submit_then(self, payload: bytes, count: int, timeout: float | None, then: Then) -> bool:
+        """``Link.submit_then`` on a standalone server's connected link (False: a cluster,
+        whose commands go to their nodes, or not connected; nothing written)."""
+        if self._cluster:
+            return False
+        return self.link_for(b"").submit_then(payload, count, timeout, then)
+
     async def execute(
         self, commands: Sequence[tuple[bytes, bytes, int]], timeout: float | None = None
     ) -> list[Any]:
@@ -367,15 +377,12 @@ class Links:
                     await link.connect(timeout)
                 payload = b"".join([command for _, command, _ in triples])
                 total = sum([count for _, _, count in triples])
-                future = link.submit(payload, total)
+                future = link.submit(payload, total, timeout)
                 sent.append((link, places, triples, future))
             except OSError as exc:  # (ConnectionError, TimeoutError: that node's commands)
                 self._stale = True
                 for at in places:
                     replies[at] = exc
-        late = None
-        if timeout is not None:
-            late = asyncio.get_running_loop().call_later(timeout, self._expire, sent)
         try:
             for _link, places, triples, future in sent:
                 try:
@@ -392,16 +399,7 @@ class Links:
                 if not future.done():
                     link.close(ConnectionError(f"a call to {link.endpoint.name} was interrupted"))
             raise
-        finally:
-            if late is not None:
-                late.cancel()
         return replies
-
-    @staticmethod
-    def _expire(sent: list[tuple[Link, list[int], Any, asyncio.Future[list[Any]]]]) -> None:
-        for link, _, _, future in sent:
-            if not future.done():
-                link.close(TimeoutError())
 
     async def refresh(self) -> None:
         """Read the cluster's slot map again (after a MOVED reply)."""

@@ -13,6 +13,15 @@ write that failed (redis_scripts.py, Rounds); a plain read after such a call on 
 namespace is read again after it. Whatever else fails is the call's ``StoreUnavailable``:
 nothing that may have run runs twice.
 
+**At once.** A batch of plain reads only (``read_now``: gets and snapshots of names, each
+sent as its ``MULTI``/``EXEC``, after the epoch's read), or of one write that needs no more
+than one script call (``write_now``: a set, an update), may go without a round at all:
+written from the caller's callback, its replies parsed in the link's (``submit_then``), no
+await. If a read's reply is not a plain read's answer (an error, a list found, the epoch
+changed), the caller is told None and serves the batch the usual way: reads have no effect.
+A write is told None only if its script did not run (``NOSCRIPT``, ``MOVED``): what may have
+run is never sent again.
+
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
 bounds, the flags, the epoch) per (operation, flags, epoch), each namespace's base, and the
@@ -22,9 +31,12 @@ plain reads of a name or of a snapshot's names (``PackedReads``); these caches a
 
 from __future__ import annotations
 
+import functools
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from ..._errors import StoreUnavailable
 from .redis_calls import Ahead, Call, full
 from .redis_link import Links
 from .redis_wire import Packed, PackedReads, ReplyError, ScriptCall, pack, pack_args
@@ -56,6 +68,138 @@ class Rounds:
         self._id = secrets.token_hex(8)  # with a count, the tokens of its rounds
         self._rounds = 0
 
+    def base(self, key: str) -> bytes:
+        """The key's base, encoded (kept)."""
+        base = self._bases.get(key)
+        if base is None:
+            if len(self._bases) >= MAX_PACKED:
+                self._bases.clear()
+            base = self._bases[key] = self._store.base(key).encode()
+        return base
+
+    def read_now(self, calls: list[Call], done: Callable[[list[Call] | None], None]) -> bool:
+        """Send plain reads at once (module's docstring): False, and nothing sent, if one of
+        them is not one or the link is not connected; else ``done`` is told the calls, done,
+        or None (serve them the usual way)."""
+        links, plain_reads = self.links, self._reads
+        if links is None:
+            return False
+        commands = [self._read_epoch[1]]
+        for call in calls:
+            reads = call.transaction(self.base(call.key), plain_reads)
+            if not reads:
+                return False
+            commands.append(reads)
+        count = 1 + TRANSACTION_REPLIES * len(calls)
+        then = functools.partial(self._read, calls, done)
+        return links.submit_then(b"".join(commands), count, self._store._timeout, then)
+
+    def write_now(self, call: Call, done: Callable[[tuple[str | None, bool] | None], None]) -> bool:
+        """Send one write of a namespace the store registered, at once (module's docstring):
+        False, and nothing sent, if the link is not connected; else ``done`` is told, once
+        the call is done, the board's epoch read with it and whether it made its namespace,
+        or None if its script did not run."""
+        links = self.links
+        if links is None:
+            return False
+        store = self._store
+        op, args = call.request()
+        head = self._usual_head(op, 1, int(call.want_list))
+        base = self.base(call.key)
+        if type(args) is Packed:
+            command = self._script_call.pack(base, (), head + args.data, 8 + args.arguments)
+        else:
+            command = self._script_call.pack(base, args, head, 8)
+        then = functools.partial(self._written, call, done)
+        return links.submit_then(self._read_epoch[1] + command, 2, store._timeout, then)
+
+    def _written(
+        self,
+        call: Call,
+        done: Callable[[tuple[str | None, bool] | None], None],
+        replies: list[Any] | Exception,
+    ) -> None:
+        store = self._store
+        if isinstance(replies, Exception):  # (lost, or timed out: it may have run)
+            call.finish(store._unavailable(replies))
+            done((store.epoch, False))
+            return
+        found, reply = replies
+        epoch: str | None = store.epoch
+        if not isinstance(found, Exception):
+            epoch = None if found is None else found.decode()
+        made = False
+        if type(reply) is ReplyError:
+            if str(reply).startswith(("NOSCRIPT", "MOVED ")):
+                done(None)  # (it did not run)
+                return
+            call.finish(store._unavailable(reply))
+        elif isinstance(reply, Exception):
+            call.finish(store._unavailable(reply))
+        else:
+            made, answer = reply
+            if answer[0] == b"skipped":  # (only after a conditional write: none here)
+                done(None)
+                return
+            if answer[0] == b"full":
+                call.finish(full(call.key, store.max_namespaces))
+            else:
+                try:
+                    call.answer(answer)
+                except Exception as exc:
+                    call.finish(exc)
+        done((epoch, bool(made)))
+
+    def _usual_head(self, op: str, may_create: int, want_list: int) -> bytes:
+        """The leading arguments of a call of no round token, packed (kept)."""
+        store, packed = self._store, self._packed
+        usual = (op, may_create, want_list, store.epoch)
+        head = packed.get(usual, b"")
+        if not head:
+            if len(packed) >= MAX_PACKED:
+                packed.clear()
+            revisions, size = store._bounds
+            head = packed[usual] = pack_args(
+                op, revisions, size, may_create, want_list, "", 0, store.epoch
+            )
+        return head
+
+    def _read(
+        self,
+        calls: list[Call],
+        done: Callable[[list[Call] | None], None],
+        replies: list[Any] | Exception,
+    ) -> None:
+        store = self._store
+        if isinstance(replies, Exception):  # (the link was lost, or timed out)
+            failure = store._unavailable(replies)
+            for call in calls:
+                lost = StoreUnavailable(*failure.args)
+                lost.__cause__ = replies
+                call.finish(lost)
+            done(calls)
+            return
+        found = replies[0]
+        if isinstance(found, Exception) or found is None or found.decode() != store.epoch:
+            done(None)  # (the usual way takes the new epoch)
+            return
+        at = 1
+        for call in calls:
+            reply = replies[at : at + TRANSACTION_REPLIES]
+            at += TRANSACTION_REPLIES
+            executed = reply[-1]
+            if any(isinstance(r, Exception) for r in reply) or executed is None:
+                done(None)
+                return
+            try:
+                call.answer_plain(executed)
+            except Exception as exc:
+                call.finish(exc)
+            if not call.done:  # (a list found: the script reads it)
+                done(None)
+                return
+        done(calls)
+
     async def run(self, calls: list[Call], refused: set[str]) -> tuple[str | None, set[str]]:
         """Run the calls (rounds of one pipeline each): the board's epoch, read first, and the
         namespaces made that the store did not know were registered (``refused``: those it
@@ -74,9 +218,7 @@ class Rounds:
         if links is None:
             raise RuntimeError("the store was not started")
         revisions, size = store._bounds
-        packed, bases, script, plain_reads = (
-            self._packed, self._bases, self._script_call, self._reads
-        )  # fmt: skip
+        bases, script, plain_reads = self._bases, self._script_call, self._reads
         while queues:
             self._rounds += 1
             token = ""
@@ -85,11 +227,7 @@ class Rounds:
             commands: list[tuple[bytes, bytes, int]] = [self._read_epoch] if first_round else []
             ahead: Ahead = {}
             for key, queue in queues.items():
-                base = bases.get(key)
-                if base is None:
-                    if len(bases) >= MAX_PACKED:
-                        bases.clear()
-                    base = bases[key] = store.base(key).encode()
+                base = bases.get(key) or self.base(key)
                 may_create = int(key not in refused)
                 blocking = False  # a conditional write came first: the rest waits for it
                 # A read goes as a transaction only if no write follows it on its key: one
@@ -119,14 +257,7 @@ class Rounds:
                             int(blocks), store.epoch,
                         )  # fmt: skip
                     else:
-                        usual = (op, may_create, int(call.want_list), store.epoch)
-                        head = packed.get(usual, b"")
-                        if not head:
-                            if len(packed) >= MAX_PACKED:
-                                packed.clear()
-                            head = packed[usual] = pack_args(
-                                op, revisions, size, *usual[1:3], "", 0, store.epoch
-                            )
+                        head = self._usual_head(op, may_create, int(call.want_list))
                     if type(args) is Packed:
                         command = script.pack(base, (), head + args.data, 8 + args.arguments)
                     else:

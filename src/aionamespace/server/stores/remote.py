@@ -90,6 +90,17 @@ class RemoteStore(Protocol):
     on_epoch: Callable[[str], None] | None
     # Optional: ``backends: tuple[str, ...]``, the anyio backends it works on (module's
     # docstring); a Protocol cannot say "optional", so it is read with getattr.
+    # Optional: ``in_order = True``, when ``apply`` also takes ``("snapshot_in_order", (key,
+    # names))``: ``snapshot``'s result, except that the values may be a list, those of
+    # ``names`` in their order, when each is held as bytes and none was asked twice (the
+    # dispatcher's path for ``snapshot_packed``, which needs no dict: stores/base.py's
+    # ``snapshot_in_order``).
+    # Optional: ``apply_now(calls, done) -> bool``, a batch sent without a task, if the store
+    # can (the Redis store's: plain reads, or one set or update; redis_rounds.py): False, and
+    # nothing sent, if not; else ``done`` is called, from the loop's callback that got the
+    # answer, with the results as ``apply`` returns them (what ``apply`` tells ``on_commit``
+    # told already), or an awaitable of them (the rest of what ``apply`` does: await it), or
+    # None: nothing ran, serve them with ``apply``.
 
     async def start(self) -> None: ...  # connect; check the layout; read or make the epoch
     async def apply(self, calls: Sequence[StoreCall]) -> list[Any]: ...

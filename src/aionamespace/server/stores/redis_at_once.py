@@ -1,0 +1,92 @@
+"""The Redis store's batches sent at once, without a task (remote.py's ``apply_now``).
+
+Plain reads (gets, snapshots of names) of namespaces not followed, or one set or update of a
+namespace the store registered and nobody follows, on a standalone server whose link is
+connected: sent by ``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read
+in the link's callback. ``done`` is told, from there, the results as ``apply`` returns them,
+or an awaitable of them (what ``apply`` does after its rounds that a write needs: a new
+epoch, its namespace registered, a follower told), or None: nothing ran, serve them with
+``apply``. Anything else (a cluster, whose commands go to their nodes; a namespace not yet
+registered) is not sent at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..._errors import StoreUnavailable
+from .redis_calls import Call, prepare
+from .remote import StoreCall
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+__all__ = ["apply_now"]
+
+#: What is sent at once: plain reads, or one of these writes alone.
+_READS = frozenset({"get", "snapshot", "snapshot_in_order"})
+_WRITES = frozenset({"set", "update"})
+
+
+def apply_now(store: RedisStore, calls: Sequence[StoreCall], done: Callable[[Any], None]) -> bool:
+    """Send the calls at once, if they are a batch to send so (module docstring): False, and
+    nothing sent, if not."""
+    if store._cluster:
+        return False
+    follower = store._follower
+    if len(calls) == 1 and calls[0][0] in _WRITES:
+        op, args = calls[0]
+        key = args[0]
+        if key not in store._registered or key in follower:
+            return False
+        write = prepare(op, args, store._guesses)
+        return store._rounds.write_now(write, functools.partial(_written, store, write, done))
+    prepared = []
+    for op, args in calls:
+        if op not in _READS or args[0] in follower:
+            return False
+        prepared.append(prepare(op, args, store._guesses))
+    return store._rounds.read_now(prepared, functools.partial(_read, store, done))
+
+
+def _read(store: RedisStore, done: Callable[[Any], None], calls: list[Call] | None) -> None:
+    if calls is None or any(call.key in store._follower for call in calls):
+        done(None)  # (followed meanwhile: apply tells the follower what it read)
+    else:
+        done([call.result for call in calls])
+
+
+def _written(
+    store: RedisStore,
+    call: Call,
+    done: Callable[[Any], None],
+    outcome: tuple[str | None, bool] | None,
+) -> None:
+    if outcome is None:
+        done(None)
+        return
+    epoch, made = outcome
+    if epoch != store.epoch or made or call.key in store._follower:
+        done(_after(store, call, epoch, made))
+        return
+    if call.changes is not None and store.on_commit is not None:
+        store.on_commit(call.key, call.revision, call.changes)
+    done([call.result])
+
+
+async def _after(store: RedisStore, call: Call, epoch: str | None, made: bool) -> list[Any]:
+    """What ``apply`` does after its rounds, for a write sent at once."""
+    try:
+        if epoch != store.epoch or made:
+            async with store._guard():
+                if epoch != store.epoch:
+                    await store._new_epoch()
+                if made:  # (made without the store's check: dropped, or flushed)
+                    await store._client.sadd(store._registry, call.key)
+                    store._registered.add(call.key)
+    except StoreUnavailable:
+        pass  # (the call is done: its result stands, as in apply)
+    await store._told([call])
+    return [call.result]

@@ -1,0 +1,163 @@
+"""Batches over the Redis store answered without a task (server/remote_at_once.py): the
+same answers as the usual path's when Redis lost the board, froze, or the reader left.
+
+A batch of gets and named snapshots, or of one set or update, is sent from the callback that
+parsed the client's frame and answered from the one that parsed Redis's reply; whatever that
+cannot answer goes the usual way (tests/test_atomic.py's lists grown by appends, over every
+store, take it too), and a write whose script ran is never sent again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+
+import redis_rig
+from aionamespace import Namespace, ServerThread, StoreUnavailable
+from aionamespace.protocol.codec import encode_value
+from aionamespace.server.stores.redis import RedisStore
+from deadlines import NO_HANG_SECONDS
+from raw_client import connect_raw, exchange, read_frames
+
+pytestmark = pytest.mark.usefixtures("collect_garbage")
+
+STORE_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def served(redis_private: redis_rig.RedisServer, short_tmp: str) -> Iterator[ServerThread]:
+    store = RedisStore(redis_private.url, prefix="reads", timeout=STORE_TIMEOUT)
+    with ServerThread(os.path.join(short_tmp, "r.sock"), store=store) as server:
+        yield server
+
+
+def test_a_read_that_finds_the_board_flushed_starts_the_new_epoch(
+    served: ServerThread, redis_private: redis_rig.RedisServer
+) -> None:
+    """The epoch is read with the reads: a board Redis lost (FLUSHALL) is found by a get of
+    a namespace nobody watches, as by any batch; the get answers from the new board, and the
+    server ends the connections whose watches were of the old one."""
+    with Namespace(served.address, "board") as ns:
+        ns.x = 1
+        assert ns.x == 1
+        assert ns._snapshot("x") == {"x": 1}
+        watcher, frames = connect_raw(served.address)
+        try:
+            assert exchange(watcher, frames, [1, "watch", "w", None, None])[0][:2] == [1, 0]
+            with redis_private.client() as direct:
+                direct.flushall()
+            with pytest.raises(AttributeError):
+                _ = ns.x  # (the new board's answer)
+            (refusal,) = read_frames(watcher, frames, until_eof=True)
+            assert refusal[:3] == [0, 1, "ConnectionLost"]
+            assert "new epoch" in refusal[3]
+        finally:
+            watcher.close()
+        ns.x = 2
+        assert ns._snapshot("x") == {"x": 2}
+
+
+def test_a_frozen_redis_fails_reads_within_the_store_timeout_then_they_go_on(
+    served: ServerThread, redis_private: redis_rig.RedisServer
+) -> None:
+    """SIGSTOP: a get, a snapshot and an update fail with StoreUnavailable within the store's
+    timeout, a reader that leaves meanwhile is forgotten; SIGCONT: the same proxy reads
+    again."""
+    assert redis_private.pid is not None
+    with Namespace(served.address, "board") as ns:
+        ns._update(x=1, y=2)
+        assert ns.x == 1
+        leaver, _ = connect_raw(served.address)
+        os.kill(redis_private.pid, signal.SIGSTOP)
+        try:
+            leaver.sendall(msgpack.packb([1, "get", "board", "x"]))
+            leaver.close()  # (gone while its read is in the store)
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=r"no answer within 0\.5 seconds"):
+                _ = ns.x
+            with pytest.raises(StoreUnavailable):
+                ns._snapshot("x", "y")
+            with pytest.raises(StoreUnavailable, match=r"no answer within 0\.5 seconds"):
+                ns._update(z=3)  # (whether it ran is not known)
+            assert time.monotonic() - began < 3 * STORE_TIMEOUT + NO_HANG_SECONDS / 2
+        finally:
+            os.kill(redis_private.pid, signal.SIGCONT)
+        assert ns.x == 1
+        assert ns._snapshot("y", "x") == {"y": 2, "x": 1}
+    reader, frames = connect_raw(served.address)
+    try:
+        reader.sendall(
+            msgpack.packb([1, "get", "board", "x"]) + msgpack.packb([2, "get", "board", "y"])
+        )
+        replies = []
+        while len(replies) < 2:
+            data = reader.recv(65536)
+            assert data, "the server closed the connection"
+            frames.feed(data)
+            replies.extend(frames)
+        assert replies == [[1, 0, encode_value(1)], [2, 0, encode_value(2)]]
+    finally:
+        reader.close()
+
+
+def test_sets_and_updates_sent_at_once_make_one_revision_each(served: ServerThread) -> None:
+    """A sync proxy's set or update is a batch of one write, sent at once: each makes one
+    revision, and a read after it sees it."""
+    with Namespace(served.address, "board") as ns:
+        ns.x = 0
+        first = ns._snapshot().revision
+        for step in range(1, 7):
+            if step % 2:
+                ns.x = step
+                assert ns.x == step
+            else:
+                assert ns._update(x=step, y=step) == first + step
+                assert ns._snapshot("x", "y") == {"x": step, "y": step}
+        assert ns._snapshot().revision == first + 6
+
+
+def test_a_write_that_finds_its_script_gone_runs_once(
+    served: ServerThread, redis_private: redis_rig.RedisServer
+) -> None:
+    """SCRIPT FLUSH: the next set or update sent at once gets NOSCRIPT (its script did not
+    run), and the usual path loads the script and runs it: one revision each, none lost."""
+    with Namespace(served.address, "board") as ns:
+        ns.x = 0
+        first = ns._snapshot().revision
+        for step in range(1, 4):
+            with redis_private.client() as direct:
+                direct.script_flush()
+            if step % 2:
+                ns.x = step
+            else:
+                assert ns._update(x=step, y=step) == first + step
+            assert ns._snapshot().revision == first + step
+        assert ns._snapshot() == {"x": 3, "y": 2}
+
+
+def test_a_write_that_finds_the_board_flushed_starts_the_new_epoch(
+    served: ServerThread, redis_private: redis_rig.RedisServer
+) -> None:
+    """An update sent at once onto a board Redis lost: it makes revision 1 of its namespace
+    on the new board, registered there (its key listed), and the old
+    epoch's watchers are ended, as when any batch finds the board gone."""
+    with Namespace(served.address, "board") as ns:
+        ns._update(x=1, y=2)
+        watcher, frames = connect_raw(served.address)
+        try:
+            assert exchange(watcher, frames, [1, "watch", "w", None, None])[0][:2] == [1, 0]
+            with redis_private.client() as direct:
+                direct.flushall()
+            assert ns._update(x=2) == 1
+            (refusal,) = read_frames(watcher, frames, until_eof=True)
+            assert refusal[:3] == [0, 1, "ConnectionLost"]
+            assert "new epoch" in refusal[3]
+        finally:
+            watcher.close()
+        assert ns._snapshot() == {"x": 2}
+        assert ns._keys() == ["board"]
