@@ -32,6 +32,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aionamespace
@@ -88,40 +89,51 @@ def per_thousand(gets: int, before: list[tuple[float, int, int]], after: list[An
 # ---------------------------------------------------------------------------------- async
 
 
+def _sampler(
+    ns: Any, server: int, seconds: float, run_all: Callable[[Callable[[], Any]], Any]
+) -> Callable[[], Any]:
+    """A coroutine function measuring one sample: ``run_all(task)`` runs the tasks at once."""
+
+    async def sample() -> list[float]:
+        deadline, done = time.perf_counter() + seconds, 0
+
+        async def task() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                for _ in range(8):
+                    await ns.x
+                done += 8
+
+        before = [books(os.getpid()), books(server)]
+        start = time.perf_counter()
+        await run_all(task)
+        elapsed = time.perf_counter() - start
+        after = [books(os.getpid()), books(server)]
+        return [done / elapsed, *per_thousand(done, before, after)]
+
+    return sample
+
+
+async def _samples(ns: Any, sample: Callable[[], Any], samples: int) -> list[list[float]]:
+    await sample()  # connect and warm up
+    measured = [await sample() for _ in range(samples)]
+    await ns._close()
+    return measured
+
+
 def async_row(tasks: int, samples: int, seconds: float) -> tuple[str, list[list[float]]]:
     loop, loop_name = yardstick_rows.fastest_loop()
     with aionamespace.Manager() as manager:
         manager.Namespace("costs").x = 1
         ns = manager.AsyncNamespace("costs")
-        server = server_pid(manager)
 
-        async def sample() -> list[float]:
-            deadline, done = time.perf_counter() + seconds, 0
-
-            async def task() -> None:
-                nonlocal done
-                while time.perf_counter() < deadline:
-                    for _ in range(8):
-                        await ns.x
-                    done += 8
-
-            before = [books(os.getpid()), books(server)]
-            start = time.perf_counter()
+        async def run_all(task: Callable[[], Any]) -> None:
             await asyncio.gather(*(task() for _ in range(tasks)))
-            elapsed = time.perf_counter() - start
-            after = [books(os.getpid()), books(server)]
-            return [done / elapsed, *per_thousand(done, before, after)]
 
-        async def run() -> list[list[float]]:
-            await sample()  # connect and warm up
-            measured = [await sample() for _ in range(samples)]
-            await ns._close()
-            return measured
-
+        sample = _sampler(ns, server_pid(manager), seconds, run_all)
         try:
-            return f"async get, {tasks} tasks, client on {loop_name}", loop.run_until_complete(
-                run()
-            )
+            measured = loop.run_until_complete(_samples(ns, sample, samples))
+            return f"async get, {tasks} tasks, client on {loop_name}", measured
         finally:
             loop.close()
 
@@ -133,35 +145,16 @@ def trio_row(tasks: int, samples: int, seconds: float) -> tuple[str, list[list[f
     with aionamespace.Manager() as manager:
         manager.Namespace("costs").x = 1
         ns = manager.AsyncNamespace("costs")
-        server = server_pid(manager)
 
-        async def sample() -> list[float]:
-            deadline, done = time.perf_counter() + seconds, 0
-
-            async def task() -> None:
-                nonlocal done
-                while time.perf_counter() < deadline:
-                    for _ in range(8):
-                        await ns.x
-                    done += 8
-
-            before = [books(os.getpid()), books(server)]
-            start = time.perf_counter()
+        async def run_all(task: Callable[[], Any]) -> None:
             async with trio.open_nursery() as nursery:
                 for _ in range(tasks):
                     nursery.start_soon(task)
-            elapsed = time.perf_counter() - start
-            after = [books(os.getpid()), books(server)]
-            return [done / elapsed, *per_thousand(done, before, after)]
 
-        async def run() -> list[list[float]]:
-            await sample()  # connect and warm up
-            measured = [await sample() for _ in range(samples)]
-            await ns._close()
-            return measured
-
+        sample = _sampler(ns, server_pid(manager), seconds, run_all)
         version = importlib.metadata.version("trio")
-        return f"async get, {tasks} tasks, client on trio {version}", trio.run(run)
+        measured = trio.run(_samples, ns, sample, samples)
+        return f"async get, {tasks} tasks, client on trio {version}", measured
 
 
 # ---------------------------------------------------------------------------------- processes

@@ -17,7 +17,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -145,6 +146,37 @@ def test_a_look_within_the_period_changes_nothing(monkeypatch: pytest.MonkeyPatc
     assert (pacing.write_at, pacing.spells) == (sys.maxsize, 1)
 
 
+TASKS = 64
+
+
+async def _rounds_once_preempted(
+    ns: Any, everyone: Callable[..., Awaitable[None]], monkeypatch: Any, writes: list[int]
+) -> dict[int, object]:
+    """``TASKS`` tasks set then get their own name (``everyone`` runs them at once), in rounds
+    until the sender has been seen preempted, then three rounds in that spell of writing
+    whole, counted afresh in ``writes``: what each task got last."""
+    got: dict[int, object] = {}
+
+    async def set_then_get(i: int, rounds: int) -> None:
+        for r in range(rounds):
+            setattr(ns, f"v{i}", (i, r))
+            got[i] = await getattr(ns, f"v{i}")
+            assert got[i] == (i, r)
+
+    ns.warm = 1
+    await ns._flush()  # connected: the pacing is the connection's transport's
+    pacing = ns._aionamespace.transport.pacing
+    with anyio.fail_after(60):
+        while pacing.write_at == WRITE_AT_FRAMES:  # until the sender has been preempted
+            await everyone(set_then_get, 1)
+        monkeypatch.setattr(asyncio_transport, "PACING_SECONDS", math.inf)
+        assert pacing.write_at == sys.maxsize
+        writes.clear()
+        await everyone(set_then_get, 3)
+    await ns._close()
+    return got
+
+
 @pytest.fixture
 def manager() -> Iterator[aionamespace.Manager]:
     with aionamespace.Manager() as started:
@@ -161,36 +193,18 @@ def test_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
     Once the sender has been seen preempted, the pacing stops looking, so that the rounds
     measured are all in one spell of writing whole: how long a spell lasts is the
     scheduler's to decide (the tests above tell the pacing what it sees)."""
-    tasks = 64
-    writes = frames_per_write
+
+    def everyone(set_then_get: Callable[[int, int], Awaitable[None]], rounds: int) -> Any:
+        return asyncio.gather(*(set_then_get(i, rounds) for i in range(TASKS)))
 
     async def run() -> dict[int, object]:
         ns = manager.AsyncNamespace("paced")
-        got: dict[int, object] = {}
-
-        async def set_then_get(i: int, rounds: int) -> None:
-            for r in range(rounds):
-                setattr(ns, f"v{i}", (i, r))
-                got[i] = await getattr(ns, f"v{i}")
-                assert got[i] == (i, r)
-
-        ns.warm = 1
-        await ns._flush()  # connected: the pacing is the connection's transport's
-        pacing = ns._aionamespace.transport.pacing
-        with anyio.fail_after(60):
-            while pacing.write_at == WRITE_AT_FRAMES:  # until the sender has been preempted
-                await asyncio.gather(*(set_then_get(i, 1) for i in range(tasks)))
-            monkeypatch.setattr(asyncio_transport, "PACING_SECONDS", math.inf)
-            assert pacing.write_at == sys.maxsize
-            writes.clear()
-            await asyncio.gather(*(set_then_get(i, 3) for i in range(tasks)))
-        await ns._close()
-        return got
+        return await _rounds_once_preempted(ns, everyone, monkeypatch, frames_per_write)
 
     with crowded_cpu():
         got = asyncio.run(run())
-    assert got == {i: (i, 2) for i in range(tasks)}
-    assert max(writes) > 2 * WRITE_AT_FRAMES, writes  # (early: a set and a get past it)
+    assert got == {i: (i, 2) for i in range(TASKS)}
+    assert max(frames_per_write) > 2 * WRITE_AT_FRAMES, frames_per_write  # (early: past it)
 
 
 def test_trio_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
@@ -199,7 +213,6 @@ def test_trio_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
     """The same on trio: once its sender has been seen preempted, each batch of tasks the
     run resumes sends its frames in one write (on main the trio sender always wrote early),
     and each task reads back what it wrote. The pacing then stops looking, as above."""
-    tasks = 64
     writes: list[int] = []  # frames per write: what each take of the outbox held
     take_outbox = RequestTable.take_outbox
 
@@ -209,37 +222,18 @@ def test_trio_tasks_on_a_crowded_cpu_share_whole_writes_and_read_their_own(
 
     monkeypatch.setattr(RequestTable, "take_outbox", counting_take)
 
+    async def everyone(set_then_get: Callable[[int, int], Awaitable[None]], rounds: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(TASKS):
+                nursery.start_soon(set_then_get, i, rounds)
+
     async def run() -> dict[int, object]:
         ns = manager.AsyncNamespace("paced")
-        got: dict[int, object] = {}
-
-        async def set_then_get(i: int, rounds: int) -> None:
-            for r in range(rounds):
-                setattr(ns, f"v{i}", (i, r))
-                got[i] = await getattr(ns, f"v{i}")
-                assert got[i] == (i, r)
-
-        async def everyone(rounds: int) -> None:
-            async with trio.open_nursery() as nursery:
-                for i in range(tasks):
-                    nursery.start_soon(set_then_get, i, rounds)
-
-        ns.warm = 1
-        await ns._flush()
-        pacing = ns._aionamespace.transport.pacing
-        with trio.fail_after(60):
-            while pacing.write_at == WRITE_AT_FRAMES:  # until the sender has been preempted
-                await everyone(1)
-            monkeypatch.setattr(asyncio_transport, "PACING_SECONDS", math.inf)
-            assert pacing.write_at == sys.maxsize
-            writes.clear()
-            await everyone(3)
-        await ns._close()
-        return got
+        return await _rounds_once_preempted(ns, everyone, monkeypatch, writes)
 
     with crowded_cpu():
         got = trio.run(run)
-    assert got == {i: (i, 2) for i in range(tasks)}
+    assert got == {i: (i, 2) for i in range(TASKS)}
     assert max(writes) > 2 * WRITE_AT_FRAMES, writes  # (early: a set and a get past it)
 
 
