@@ -26,7 +26,7 @@ from typing import Any
 
 from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
-from .busypoll import ReplyPoll, ReplyWait, reply_wait
+from .busypoll import ReplyPoll, ReplyWait, receive_when_readable, reply_wait
 from .calls import Operation
 from .connecting import open_socket
 from .leases import Lease, thread_leases_lost
@@ -165,10 +165,11 @@ class SocketTransport:
             if poll is None or poll.skip:  # not polling (now): a blocking read, no call more
                 if poll is not None:
                     poll.skip -= 1
-                wait = self._wait
-                if wait is not None and not wait():  # (busypoll.py: "Sleeping in poll")
-                    raise TimeoutError("no reply within the call timeout")
-                received = sock.recv_into(self._buffer)
+                wait = self._wait  # (busypoll.py: "Sleeping in poll")
+                if wait is None:
+                    received = sock.recv_into(self._buffer)
+                else:
+                    received = receive_when_readable(wait, sock, self._buffer)
             else:
                 received = poll.receive(sock, self._buffer)
             if received:
