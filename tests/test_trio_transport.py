@@ -133,7 +133,7 @@ async def test_a_parked_task_is_resumed_with_its_own_result_or_error() -> None:
         waiter = waiters[number] = Parked(trio.lowlevel.current_task())
         waiter.parked = True
         try:
-            outcomes[number] = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
+            outcomes[number] = await trio.lowlevel.wait_task_rescheduled(waiter)
         except ConnectionLost as exc:
             outcomes[number] = exc
 

@@ -114,6 +114,10 @@ class Parked:
         self.withdrawn = True
         return _ABORTED
 
+    # The waiter is its own abort function (``wait_task_rescheduled(waiter)``): no bound
+    # method made for each park.
+    __call__ = abort
+
 
 class TrioLink:
     """One connection: its socket (non-blocking), and the process that opened it (a forked
@@ -189,7 +193,7 @@ class TrioTransport(PipelinedTransport):
                 result = waiter.result
             else:
                 waiter.parked = True
-                result = await _park(waiter.abort)
+                result = await _park(waiter)
         except BaseException as exc:
             error = table.unanswered(request_id, waiter, exc)
             if isinstance(error, ConnectionLost):
