@@ -11,10 +11,13 @@ Rows: ``server``, a read of ``--batch`` gets parsed (``ServerConnection``) and a
 (``Dispatcher.respond_some``) with no socket; ``client``, ``--tasks`` tasks awaiting ``ns.x``
 on one AsyncNamespace on the fastest loop installed, whose connection is real but whose
 replies are made in this process (packed as a server packs them), so only the client's
-part of a get is timed (and that packing, the same for both). CPU time per get.
+part of a get is timed (and that packing, the same for both); ``trio``, the same tasks on
+trio, whose socket is wrapped so that each write is answered at once, in this process, on a
+second socket the reader then reads (``trio`` installed). CPU time per get.
 
     python benchmarks/ab_trees.py /work/main/src src            # before, after
     python benchmarks/ab_trees.py A/src B/src --rounds 41 --rows server
+    python benchmarks/ab_trees.py /work/main/src src --rows trio
     python benchmarks/ab_trees.py src src --quick               # a smoke test
 """
 
@@ -165,6 +168,97 @@ def client_row(trees: dict[str, ModuleType], args: argparse.Namespace) -> dict[s
                 loop.close()
 
 
+class _AnsweredSocket:
+    """Stands in for a trio link's socket: a write is answered at once, in this process, by
+    replies sent on ``peer``, the other end of the socket (``sock``) the reader reads."""
+
+    def __init__(self, sock: Any, peer: Any, table: Any) -> None:
+        self.sock, self.peer, self.table = sock, peer, table
+        self.answered = table.sent_through
+        self.pack = msgpack.Packer(use_bin_type=True).pack
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def send(self, data: bytes) -> int:
+        first, last = self.answered + 1, self.table.sent_through
+        self.answered = last
+        pack = self.pack
+        self.peer.sendall(b"".join([pack([i, 0, b"\x01"]) for i in range(first, last + 1)]))
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:  # recv_into, recv, shutdown, close
+        return getattr(self.sock, name)
+
+
+async def _trio_answered_here(tree: ModuleType, address: str) -> Any:
+    import socket
+
+    tree.Namespace(address, "ab").x = 1
+    ns = tree.AsyncNamespace(address, "ab")
+    transport = ns._aionamespace.bound()
+    open_link, sockets = transport.open_link, []
+
+    async def answered_link() -> Any:
+        # Swapped before the reader task first runs: it waits on the wrapper's socket.
+        link = await open_link()
+        mine, peer = socket.socketpair()
+        mine.setblocking(False)
+        sockets.extend([mine, peer, link.sock])
+        link.sock = _AnsweredSocket(mine, peer, transport.table)
+        return link
+
+    transport.open_link = answered_link
+    await ns.x  # connect
+    return ns, sockets
+
+
+async def _trio_client_rounds(
+    trees: dict[str, ModuleType], address: str, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    import trio
+
+    proxies, sockets = {}, []
+    for name, tree in trees.items():
+        proxies[name], opened = await _trio_answered_here(tree, address)
+        sockets.extend(opened)
+    per_get: dict[str, list[float]] = {name: [] for name in proxies}
+    try:
+        for _ in range(args.rounds):
+            for name, ns in proxies.items():
+                done = 0
+
+                async def task(ns: Any = ns) -> None:
+                    nonlocal done
+                    while done < args.gets:
+                        for _ in range(8):
+                            await ns.x
+                        done += 8
+
+                start = time.process_time()
+                async with trio.open_nursery() as nursery:
+                    for _ in range(args.tasks):
+                        nursery.start_soon(task)
+                per_get[name].append((time.process_time() - start) / done * 1e6)
+    finally:
+        for ns in proxies.values():
+            await ns._close()
+        for sock in sockets:
+            sock.close()
+    return per_get
+
+
+def trio_client_row(
+    trees: dict[str, ModuleType], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    import trio
+
+    with tempfile.TemporaryDirectory(prefix="ab-") as directory:
+        address = os.path.join(directory, "s.sock")
+        with trees["after"].ServerThread(address):
+            return trio.run(_trio_client_rounds, trees, address, args)
+
+
 def report(title: str, per_get: dict[str, list[float]]) -> float:
     ratios = [after / before for before, after in zip(*per_get.values(), strict=True)]
     print(f"\n{title} (CPU µs per get, {len(ratios)} rounds)")
@@ -179,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("before", help="a source tree holding aionamespace/ (say main's src)")
     parser.add_argument("after", help="another (say this branch's src)")
-    parser.add_argument("--rows", default="server,client")
+    parser.add_argument("--rows", default="server,client,trio")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--batch", type=int, default=48, help="gets per read (server row)")
     parser.add_argument("--tasks", type=int, default=64, help="tasks (client row)")
@@ -195,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             report(f"server: parse and answer a read of {args.batch} gets", server_row(trees, args))
         if "client" in wanted:
             report(f"client: {args.tasks} tasks, replies made in process", client_row(trees, args))
+        if "trio" in wanted:
+            title = f"trio client: {args.tasks} tasks, replies made in process"
+            report(title, trio_client_row(trees, args))
     return 0
 
 

@@ -122,6 +122,33 @@ async def test_each_request_waits_as_its_parked_task(server: ServerThread) -> No
 
 
 @on_trio
+async def test_a_parked_task_is_resumed_with_its_own_result_or_error() -> None:
+    """The waiter itself is what ``wait_task_rescheduled`` unwraps: its result, returned,
+    or its error, raised (a reply's, or a lost connection's: one error for many waiters)."""
+    error = ConnectionLost("gone")
+    outcomes: dict[int, object] = {}
+    waiters: dict[int, Parked] = {}
+
+    async def park(number: int) -> None:
+        waiter = waiters[number] = Parked(trio.lowlevel.current_task())
+        waiter.parked = True
+        try:
+            outcomes[number] = await trio.lowlevel.wait_task_rescheduled(waiter)
+        except ConnectionLost as exc:
+            outcomes[number] = exc
+
+    async with trio.open_nursery() as nursery:
+        for number in range(3):
+            nursery.start_soon(park, number)
+        await trio.testing.wait_all_tasks_blocked()
+        waiters[0].set_result("zero")
+        waiters[1].set_exception(error)
+        waiters[2].set_exception(error)
+    assert outcomes == {0: "zero", 1: error, 2: error}
+    assert not any(waiter.parked for waiter in waiters.values())
+
+
+@on_trio
 async def test_parked_tasks_cancelled_at_any_moment_never_take_each_others_replies(
     server: ServerThread,
 ) -> None:
