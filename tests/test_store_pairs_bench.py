@@ -1,0 +1,48 @@
+"""benchmarks/store_pairs.py keeps running: its --quick mode, in a subprocess, over a
+redis-server it starts (skipped without one, a failure under AIONAMESPACE_REQUIRE_REDIS=1).
+
+The figures of a quick run mean nothing; what is checked is that each of the three rows is
+measured on both sides and printed with its ratios, every figure a positive number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redis_processes import find_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "store_pairs.py"
+
+
+@pytest.mark.timeout(120)
+def test_quick_store_pairs_measures_the_three_rows() -> None:
+    binary = find_binary()
+    pytest.importorskip("redis")
+    if Path(binary).name != "redis-server":
+        pytest.skip("store_pairs.py starts a redis-server (compare.py's), not " + binary)
+    env = dict(os.environ)  # (the script starts "redis-server" from PATH: the one found first)
+    env["PATH"] = os.pathsep.join([str(Path(binary).parent), env.get("PATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(
+        r"^(get|snapshot|update) +([0-9.]+) +([0-9.]+) +([0-9.]+) +([0-9,]+) +([0-9,]+) +(\d+)$",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert [row[0] for row in rows] == ["get", "snapshot", "update"], done.stdout
+    for _, *figures, misses in rows:
+        assert all(float(figure.replace(",", "")) > 0 for figure in figures)
+        assert 0 <= int(misses) <= 1000
