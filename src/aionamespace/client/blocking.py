@@ -63,6 +63,7 @@ class SocketTransport:
         self.address = target.address
         self.pid = os.getpid()
         self.protocol = ClientConnection(target.limits, target.authkey, track=track)
+        self.protocol.reuse_large_buffer(0 if track else 16 * READ_CHUNK_BYTES)  # call() reads now
         self.sock: socket.socket | None = None
         self.closed = True  # until connected (an attribute: the pool tests it on every call)
         self.busy = False  # between sending a request and reading its reply
@@ -192,8 +193,9 @@ class SocketTransport:
             if reply.id == 0:  # the server dropped the whole connection
                 self.close()
             raise reply.error
-        read = operation.read
-        return reply.result if read is None else read(reply.result)
+        if operation.read is not None:
+            return operation.read(reply.result)
+        return bytearray(reply.result) if type(reply.result) is memoryview else reply.result
 
     def nested(self) -> SocketTransport:
         """The transport for calls made while this one is busy (opened on first use)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -243,13 +244,16 @@ def coalesce(buffers: list[bytes]) -> list[bytes]:
 
 
 class LargeValue:
-    """The value of a reply ``[id, 0, bin 32]``, received into a buffer of its own size."""
+    """The value of a reply ``[id, 0, bin 32]``, received into a buffer of its own size: a new
+    bytearray, or ``buffer`` (that many bytes, which the value overwrites)."""
 
     __slots__ = ("buffer", "filled", "request_id")
 
-    def __init__(self, request_id: int, size: int) -> None:
+    def __init__(
+        self, request_id: int, size: int, buffer: bytearray | memoryview | None = None
+    ) -> None:
         self.request_id = request_id
-        self.buffer = bytearray(size)
+        self.buffer = bytearray(size) if buffer is None else buffer
         self.filled = 0
 
     def unfilled(self) -> memoryview:
@@ -262,10 +266,15 @@ class LargeValue:
         return self.filled == len(self.buffer)
 
 
-def large_reply(data: memoryview, max_frame_bytes: int) -> tuple[LargeValue, int] | None:
+def large_reply(
+    data: memoryview,
+    max_frame_bytes: int,
+    buffer: Callable[[int], bytearray | memoryview] = bytearray,
+) -> tuple[LargeValue, int] | None:
     """If ``data`` starts a reply ``[id, 0, bin 32]`` of LARGE_VALUE_BYTES or more: the value to
     fill and the header's length. None for anything else (the FrameDecoder's business),
-    including a header not whole yet: that reply just takes the slower path.
+    including a header not whole yet: that reply just takes the slower path. The value is received
+    into ``buffer(size)``.
     """
     if len(data) < 8 or data[0] != 0x93:  # fixarray of 3
         return None
@@ -288,4 +297,4 @@ def large_reply(data: memoryview, max_frame_bytes: int) -> tuple[LargeValue, int
     header = at + 6
     if header + size > max_frame_bytes:
         raise RemoteProtocolError(f"frame larger than max_frame_bytes ({max_frame_bytes})")
-    return LargeValue(request_id, size), header
+    return LargeValue(request_id, size, buffer(size)), header
