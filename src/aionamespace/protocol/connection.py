@@ -307,6 +307,11 @@ class ClientConnection:
                 return frame[2]
         return NO_FRAME
 
+    @property
+    def between_frames(self) -> bool:
+        """Whether the next byte received starts a frame (none is half-received)."""
+        return self.greeted and self._large is None and self._decoder.idle
+
     def reuse_large_buffer(self, up_to: int) -> None:
         """Receive each large value of up to ``up_to`` bytes into one buffer, kept for that: a
         new buffer of a large value is paged in by the kernel on first write, which costs more
