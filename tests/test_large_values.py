@@ -172,6 +172,52 @@ def test_the_fast_path_yields_what_the_decoder_would_however_bytes_are_cut(cuts:
     assert events == reference
 
 
+# Large replies back to back, each smaller than one before it: each fits in the buffer.
+REUSED_STREAM: list[list[Any]] = [
+    [1, 0, b"A" * (3 * LARGE_VALUE_BYTES)],
+    [2, 0, b"B" * LARGE_VALUE_BYTES],
+    [3, 0, b"C" * (2 * LARGE_VALUE_BYTES)],
+    [4, 0, b"small"],
+    [5, 0, b"D" * LARGE_VALUE_BYTES],
+]
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=1_200_000), max_size=12))
+def test_a_reused_buffer_yields_what_the_decoder_would_if_each_result_is_read_at_once(
+    cuts: list[int],
+) -> None:
+    """A sync transport's way (``reuse_large_buffer``): every result is read before the next
+    bytes go in; two large values ending in one read must not share the buffer."""
+    data = b"".join(msgpack.packb(frame) for frame in REUSED_STREAM + STREAM)
+    reference = [
+        (e.id, e.result) for e in plain(greeted_client().receive_data(data)) if type(e) is Reply
+    ]
+    client = greeted_client()
+    client.reuse_large_buffer(4 * LARGE_VALUE_BYTES)
+    replies: list[Any] = []
+    edges = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    for start, end in itertools.pairwise(edges):
+        for e in client.receive_data(data[start:end]):
+            if type(e) is Reply:  # read now, as the transport does
+                result = bytes(e.result) if isinstance(e.result, memoryview) else e.result
+                replies.append((e.id, result))
+    assert replies == reference
+
+
+def test_a_reused_buffer_serves_values_of_any_size_in_turn() -> None:
+    client = greeted_client()
+    client.reuse_large_buffer(2 * LARGE_VALUE_BYTES)
+    sizes = [LARGE_VALUE_BYTES, 2 * LARGE_VALUE_BYTES, 3 * LARGE_VALUE_BYTES, LARGE_VALUE_BYTES + 1]
+    for request_id, size in enumerate(sizes, 1):
+        value = os.urandom(size)
+        (reply,) = client.receive_data(msgpack.packb([request_id, 0, value]))
+        assert type(reply) is Reply
+        assert reply.id == request_id
+        assert bytes(reply.result) == value
+        # up to the bound: a view of the one buffer; past it: a buffer of its own
+        assert isinstance(reply.result, memoryview if size <= 2 * LARGE_VALUE_BYTES else bytearray)
+
+
 # ------------------------------------------------------------------------------ a real server
 
 
@@ -238,6 +284,23 @@ def test_sync_gets_of_large_values_round_trip(server: ServerThread, size: int) -
             assert ns.text == "é" * (size // 2)
             assert ns.nested == [1, blob, (blob[:10],)]
             assert ns.small == 1
+
+
+def test_sync_gets_of_large_values_of_changing_sizes_stay_intact(server: ServerThread) -> None:
+    """One connection's reused receive buffer: earlier results are the caller's own."""
+    blobs = [os.urandom(size) for size in (LARGE_VALUE_BYTES, 3 << 20, 1 << 20, 5 << 20, 70_000)]
+    with Namespace(server.address, "turns") as ns:
+        got = []
+        for blob in blobs:
+            ns.blob = blob
+            got.append(ns.blob)
+            ns.array = bytearray(blob)
+            got.append(ns.array)
+        for n, blob in enumerate(blobs):
+            assert got[2 * n] == blob
+            assert type(got[2 * n]) is bytes
+            assert got[2 * n + 1] == bytearray(blob)
+            assert type(got[2 * n + 1]) is bytearray
 
 
 @over_every_store

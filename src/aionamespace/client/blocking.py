@@ -28,7 +28,8 @@ from .._errors import ConnectionLost, LockLost, ServerTimeout
 from ..protocol.connection import NO_FRAME, ClientConnection, Hello, Invalidation, Reply, WatchPush
 from .busypoll import ReplyPoll, ReplyWait, receive_when_readable, reply_wait
 from .calls import Operation
-from .connecting import open_socket
+from .connecting import handshake, open_socket
+from .large_gets import LargeGets
 from .leases import Lease, thread_leases_lost
 from .liveness import (
     CALL_TIMEOUTS,
@@ -63,6 +64,7 @@ class SocketTransport:
         self.address = target.address
         self.pid = os.getpid()
         self.protocol = ClientConnection(target.limits, target.authkey, track=track)
+        self.protocol.reuse_large_buffer(0 if track else 16 * READ_CHUNK_BYTES)  # call() reads now
         self.sock: socket.socket | None = None
         self.closed = True  # until connected (an attribute: the pool tests it on every call)
         self.busy = False  # between sending a request and reading its reply
@@ -86,7 +88,7 @@ class SocketTransport:
             else:  # a server in this process: an in-memory end (loopback.py)
                 self.sock = target.in_process.socket(timeout)
             try:
-                self._handshake()
+                handshake(self.sock, self.protocol, self._buffer, self._events)
                 self.sock.settimeout(None)
                 if self.call_timeout is not None:  # set once: a call arms nothing (liveness)
                     if set_call_timeout(self.sock, self.call_timeout):
@@ -97,36 +99,11 @@ class SocketTransport:
                 self._poll = ReplyPoll.for_socket(
                     self.sock, target.limits.reply_poll, track, self._wait
                 )
+                self._large_gets = LargeGets(self._wait is not None, self.address)
                 self.closed = False
             except BaseException:
                 self.close()
                 raise
-
-    def _handshake(self) -> None:
-        """``ClientConnection``'s handshake over the blocking socket."""
-        assert self.sock is not None
-        try:
-            self.sock.sendall(self.protocol.start())
-        except OSError:
-            self._read_refusal()  # a server refusing us at once may have said why
-            raise
-        while not self.protocol.greeted:
-            self._events(self.sock.recv_into(self._buffer))
-        reply = self.protocol.handshake_reply()
-        if reply:
-            self.sock.sendall(reply)
-
-    def _read_refusal(self) -> None:
-        """Raise the reason a refusing server sent before closing, if it is there to read."""
-        assert self.sock is not None
-        self.sock.settimeout(1.0)
-        try:
-            received = self.sock.recv_into(self._buffer)
-        except OSError:
-            return  # nothing readable: the caller raises its own error
-        finally:
-            self.sock.settimeout(None)
-        self.protocol.receive_data(self._buffer[:received])  # a refusal raises its reason
 
     def call(self, operation: Operation, args: tuple[Any, ...]) -> Any:
         """Send one request and block until its reply; raise what the server raised.
@@ -146,10 +123,13 @@ class SocketTransport:
             finally:
                 self.busy = False
         self.fresh_until = now + IDLE_CHECK_SECONDS
-        protocol = self.protocol
-        op = operation.op
+        protocol, large = self.protocol, self._large_gets
+        op, head = operation.op, 0  # head: a get of large bytes reads their head first
         if op == "get":
             request_id, frame = protocol.send_get(*args)
+            if args == large.args:
+                head = large.head(args, request_id, protocol.between_frames)
+                limit = protocol.receive_limit
         elif op == "set":
             request_id, frame = protocol.send_set(*args)
         else:
@@ -161,17 +141,22 @@ class SocketTransport:
             self.busy = True
             sock.sendall(frame)
             sent = True
-            poll = self._poll
+            poll, buffer = self._poll, self._buffer[:head] if head else self._buffer
             if poll is None or poll.skip:  # not polling (now): a blocking read, no call more
                 if poll is not None:
                     poll.skip -= 1
                 wait = self._wait  # (busypoll.py: "Sleeping in poll")
                 if wait is None:
-                    received = sock.recv_into(self._buffer)
+                    received = sock.recv_into(buffer)
                 else:
-                    received = receive_when_readable(wait, sock, self._buffer)
+                    received = receive_when_readable(wait, sock, buffer)
             else:
-                received = poll.receive(sock, self._buffer)
+                received = poll.receive(sock, buffer)
+            if head and received:  # a get of large bytes, probably: their head first
+                value, received = large.receive(sock, buffer, received, request_id, limit)
+                if value is not None:
+                    self.busy = False
+                    return value
             if received:
                 result = protocol.lone_result(request_id, self._buffer[:received])
                 if result is not NO_FRAME:
@@ -192,8 +177,12 @@ class SocketTransport:
             if reply.id == 0:  # the server dropped the whole connection
                 self.close()
             raise reply.error
-        read = operation.read
-        return reply.result if read is None else read(reply.result)
+        if operation.read is not None:
+            value = operation.read(reply.result)
+            if op == "get":
+                large.learn(args, value)
+            return value
+        return bytearray(reply.result) if type(reply.result) is memoryview else reply.result
 
     def nested(self) -> SocketTransport:
         """The transport for calls made while this one is busy (opened on first use)."""

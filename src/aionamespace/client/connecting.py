@@ -18,12 +18,14 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..protocol.addresses import Address
+from ..protocol.connection import ClientConnection
 from .liveness import enable_keepalive
 
-__all__ = ["connect_unix", "connect_unix_async", "open_socket"]
+__all__ = ["connect_unix", "connect_unix_async", "handshake", "open_socket"]
 
 #: The first wait before trying a refused connect again; it doubles up to the second.
 RETRY_SECONDS = 0.001
@@ -90,3 +92,32 @@ def open_socket(
     except BaseException:
         sock.close()
         raise
+
+
+def handshake(
+    sock: Any, protocol: ClientConnection, buffer: memoryview, events: Callable[[int], Any]
+) -> None:
+    """``protocol``'s handshake over the blocking socket ``sock`` just opened: what is read
+    goes into ``buffer``, and ``events(received)`` takes it (ConnectionLost on 0)."""
+    try:
+        sock.sendall(protocol.start())
+    except OSError:
+        _read_refusal(sock, protocol, buffer)  # a server refusing us at once may have said why
+        raise
+    while not protocol.greeted:
+        events(sock.recv_into(buffer))
+    reply = protocol.handshake_reply()
+    if reply:
+        sock.sendall(reply)
+
+
+def _read_refusal(sock: Any, protocol: ClientConnection, buffer: memoryview) -> None:
+    """Raise the reason a refusing server sent before closing, if it is there to read."""
+    sock.settimeout(1.0)
+    try:
+        received = sock.recv_into(buffer)
+    except OSError:
+        return  # nothing readable: the caller raises its own error
+    finally:
+        sock.settimeout(None)
+    protocol.receive_data(buffer[:received])  # a refusal raises its reason

@@ -105,6 +105,12 @@ class ClientConnection:
         self._proof = b""
         self._next_id = 1
         self._large: LargeValue | None = None  # a large value being received
+        # A large value up to this size is received into one buffer kept for it (``_reused``)
+        # rather than a new one: 0 unless the caller decodes each reply before it reads on
+        # (``reuse_large_buffer``).
+        self._reuse_up_to = 0
+        self._reused = bytearray()
+        self._reused_free = False  # no result received into it may still be unread
         self._valid_names = valid_names(self.limits)  # see send_get
         # send_get's and send_set's own packer: pack_frame looks its packer up in a
         # thread-local on every call. Their frames cannot fail to pack (an int, checked strs
@@ -265,6 +271,9 @@ class ClientConnection:
         pipelined replies so, without building a Reply object for each."""
         events: list[ResultFrame | Hello | Reply | WatchPush | Invalidation] = []
         view = memoryview(data)
+        # The results of earlier calls have been read, as reuse_large_buffer's caller vows;
+        # one being received may end among these events, unread: then not this time.
+        self._reused_free = self._large is None
         while view:
             if self._large is not None:  # copy the value's share in, as a recv_into would
                 target = self._large.unfilled()
@@ -273,7 +282,7 @@ class ClientConnection:
                 events.extend(self.large_received(count))
                 continue
             if self.greeted and self._decoder.idle:
-                found = large_reply(view, self.receive_limit)
+                found = large_reply(view, self.receive_limit, self._large_buffer)
                 if found is not None:
                     self._large, header = found
                     view = view[header:]
@@ -297,6 +306,27 @@ class ClientConnection:
             ):
                 return frame[2]
         return NO_FRAME
+
+    @property
+    def between_frames(self) -> bool:
+        """Whether the next byte received starts a frame (none is half-received)."""
+        return self.greeted and self._large is None and self._decoder.idle
+
+    def reuse_large_buffer(self, up_to: int) -> None:
+        """Receive each large value of up to ``up_to`` bytes into one buffer, kept for that: a
+        new buffer of a large value is paged in by the kernel on first write, which costs more
+        than the copy. The caller guarantees that a reply's result is read (copied out) before
+        the next bytes are received; a result so received is a memoryview of that buffer.
+        (Of two large values in one ``receive_data``, the second gets a buffer of its own.)"""
+        self._reuse_up_to = up_to
+
+    def _large_buffer(self, size: int) -> bytearray | memoryview:
+        if size > self._reuse_up_to or not self._reused_free:
+            return bytearray(size)
+        self._reused_free = False
+        if len(self._reused) < size:
+            self._reused = bytearray(size)
+        return memoryview(self._reused)[:size]
 
     def large_value(self) -> memoryview | None:
         """Where the rest of a large value being received goes, if one is: ``recv_into`` it

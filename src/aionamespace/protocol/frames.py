@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -18,12 +19,16 @@ import msgpack
 from .._errors import RemoteProtocolError
 
 __all__ = [
+    "BYTES_HEAD_BYTES",
     "LARGE_VALUE_BYTES",
     "MAX_IDLE_UNPACKERS",
     "NO_FRAME",
     "POOLED_BUFFER_BYTES",
     "FrameDecoder",
     "LargeValue",
+    "bytes_head_coming",
+    "bytes_reply_head",
+    "bytes_reply_size",
     "coalesce",
     "frame_packer",
     "get_head",
@@ -243,13 +248,16 @@ def coalesce(buffers: list[bytes]) -> list[bytes]:
 
 
 class LargeValue:
-    """The value of a reply ``[id, 0, bin 32]``, received into a buffer of its own size."""
+    """The value of a reply ``[id, 0, bin 32]``, received into a buffer of its own size: a new
+    bytearray, or ``buffer`` (that many bytes, which the value overwrites)."""
 
     __slots__ = ("buffer", "filled", "request_id")
 
-    def __init__(self, request_id: int, size: int) -> None:
+    def __init__(
+        self, request_id: int, size: int, buffer: bytearray | memoryview | None = None
+    ) -> None:
         self.request_id = request_id
-        self.buffer = bytearray(size)
+        self.buffer = bytearray(size) if buffer is None else buffer
         self.filled = 0
 
     def unfilled(self) -> memoryview:
@@ -262,10 +270,15 @@ class LargeValue:
         return self.filled == len(self.buffer)
 
 
-def large_reply(data: memoryview, max_frame_bytes: int) -> tuple[LargeValue, int] | None:
+def large_reply(
+    data: memoryview,
+    max_frame_bytes: int,
+    buffer: Callable[[int], bytearray | memoryview] = bytearray,
+) -> tuple[LargeValue, int] | None:
     """If ``data`` starts a reply ``[id, 0, bin 32]`` of LARGE_VALUE_BYTES or more: the value to
     fill and the header's length. None for anything else (the FrameDecoder's business),
-    including a header not whole yet: that reply just takes the slower path.
+    including a header not whole yet: that reply just takes the slower path. The value is received
+    into ``buffer(size)``.
     """
     if len(data) < 8 or data[0] != 0x93:  # fixarray of 3
         return None
@@ -288,4 +301,50 @@ def large_reply(data: memoryview, max_frame_bytes: int) -> tuple[LargeValue, int
     header = at + 6
     if header + size > max_frame_bytes:
         raise RemoteProtocolError(f"frame larger than max_frame_bytes ({max_frame_bytes})")
-    return LargeValue(request_id, size), header
+    return LargeValue(request_id, size, buffer(size)), header
+
+
+#: What follows a reply's id in the head of a reply carrying bytes of LARGE_VALUE_BYTES or
+#: more: the status (0), the bin 32 of the value, and the value's own bin 32 (encode_value).
+BYTES_HEAD_BYTES = 1 + _BIN32.size + _BIN32.size
+
+
+def bytes_reply_head(request_id: int) -> int:
+    """The length of the head ``bytes_reply_size`` reads, for the reply to ``request_id``."""
+    return len(get_head(request_id)) + BYTES_HEAD_BYTES  # (an array's byte, then the id)
+
+
+def bytes_head_coming(start: bytes | memoryview, request_id: int) -> bool:
+    """Whether ``start``, shorter than ``bytes_reply_head(request_id)``, is how the head of a
+    reply carrying large bytes begins, and so sure to be followed by the rest of that head:
+    up to its value's bin 32 marker, the frame is at least that long; then its length must
+    be LARGE_VALUE_BYTES or more (a reply may come in pieces: wait for the rest of a head)."""
+    marker = b"\x93" + msgpack.packb(request_id) + b"\x00\xc6"
+    if start[: len(marker)] != marker[: len(start)]:
+        return False
+    if len(start) < len(marker) + _BIN32.size - 1:
+        return True
+    (size,) = struct.unpack_from(">I", start, len(marker))
+    return bool(size >= LARGE_VALUE_BYTES + _BIN32.size)
+
+
+def bytes_reply_size(head: bytes | memoryview, request_id: int, max_frame_bytes: int) -> int:
+    """If ``head`` is the whole head of the reply to ``request_id`` carrying ``bytes`` of
+    LARGE_VALUE_BYTES or more (``[id, 0, bin 32 of (bin 32 of the bytes)]``, as msgpack packs
+    it, ``BYTES_HEAD_BYTES`` after the id): how many bytes of the value follow, which are
+    the value itself. 0 for any other reply, or a head cut short."""
+    packed_id: bytes = msgpack.packb(request_id)
+    at = 1 + len(packed_id)
+    if len(head) != at + BYTES_HEAD_BYTES or head[0] != 0x93 or head[1:at] != packed_id:
+        return 0
+    if head[at] != 0x00:  # status 0: a result
+        return 0
+    kind, size = _BIN32.unpack_from(head, at + 1)
+    inner_kind, inner_size = _BIN32.unpack_from(head, at + 1 + _BIN32.size)
+    if kind != 0xC6 or inner_kind != 0xC6 or inner_size != size - _BIN32.size:
+        return 0
+    if inner_size < LARGE_VALUE_BYTES:
+        return 0
+    if at + 1 + _BIN32.size + size > max_frame_bytes:
+        raise RemoteProtocolError(f"frame larger than max_frame_bytes ({max_frame_bytes})")
+    return int(inner_size)
