@@ -36,7 +36,7 @@ DISCONNECTS = 50
 DISCONNECTS_SECONDS = 3.0  # before: ~0.26 s per disconnect with 200,000 locks held
 TIMED_WAITS = 50_000
 BYTES_PER_WAIT = 3_000  # before: ~7,500 (an anyio task sleeping in a cancel scope per wait)
-CLOSE_STALL_SECONDS = 0.5  # before: 1.2 to 4.2 s
+CLOSE_STALL_SECONDS = 1.0  # before: 1.2 to 4.2 s on an idle machine, more when loaded
 SLOW_FOR_A_LONG_TIME = 3600  # a timeout that never fires during the test
 
 
