@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any
 
@@ -139,6 +139,16 @@ async def _client_rounds(
     trees: dict[str, ModuleType], address: str, args: argparse.Namespace
 ) -> dict[str, list[float]]:
     proxies = {name: await _answered_here(tree, address) for name, tree in trees.items()}
+    return await _rounds(proxies, args, _gathered)
+
+
+async def _rounds(
+    proxies: dict[str, Any],
+    args: argparse.Namespace,
+    run: Callable[[Callable[[], Awaitable[None]], int], Awaitable[None]],
+) -> dict[str, list[float]]:
+    """CPU µs per get of each proxy, round by round: ``args.tasks`` tasks, run together by
+    ``run(task, count)`` (on asyncio or trio), share ``args.gets`` gets."""
     per_get: dict[str, list[float]] = {name: [] for name in proxies}
     for _ in range(args.rounds):
         for name, ns in proxies.items():
@@ -152,9 +162,13 @@ async def _client_rounds(
                     done += 8
 
             start = time.process_time()
-            await asyncio.gather(*(task() for _ in range(args.tasks)))
+            await run(task, args.tasks)
             per_get[name].append((time.process_time() - start) / done * 1e6)
     return per_get
+
+
+async def _gathered(task: Callable[[], Awaitable[None]], count: int) -> None:
+    await asyncio.gather(*(task() for _ in range(count)))
 
 
 def client_row(trees: dict[str, ModuleType], args: argparse.Namespace) -> dict[str, list[float]]:
@@ -222,30 +236,19 @@ async def _trio_client_rounds(
     for name, tree in trees.items():
         proxies[name], opened = await _trio_answered_here(tree, address)
         sockets.extend(opened)
-    per_get: dict[str, list[float]] = {name: [] for name in proxies}
+
+    async def in_nursery(task: Callable[[], Awaitable[None]], count: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(task)
+
     try:
-        for _ in range(args.rounds):
-            for name, ns in proxies.items():
-                done = 0
-
-                async def task(ns: Any = ns) -> None:
-                    nonlocal done
-                    while done < args.gets:
-                        for _ in range(8):
-                            await ns.x
-                        done += 8
-
-                start = time.process_time()
-                async with trio.open_nursery() as nursery:
-                    for _ in range(args.tasks):
-                        nursery.start_soon(task)
-                per_get[name].append((time.process_time() - start) / done * 1e6)
+        return await _rounds(proxies, args, in_nursery)
     finally:
         for ns in proxies.values():
             await ns._close()
         for sock in sockets:
             sock.close()
-    return per_get
 
 
 def trio_client_row(

@@ -9,29 +9,21 @@ both trees and their ratio printed, every figure a positive number.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "ab_trees.py"
+from benchmark_runs import run_benchmark
+
+SOURCE = str(Path(__file__).resolve().parent.parent / "src")
 
 
 def test_quick_ab_trees_measures_every_row_for_both_trees() -> None:
-    source = str(ROOT / "src")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), source, source, "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "server: parse and answer a read of 48 gets" in done.stdout
-    assert "client: 8 tasks" in done.stdout
-    assert "trio client: 8 tasks" in done.stdout
-    medians = re.findall(r"(before|after): median ([0-9.]+)", done.stdout)
+    output = run_benchmark("ab_trees.py", SOURCE, SOURCE, "--quick")
+    assert "server: parse and answer a read of 48 gets" in output
+    assert "client: 8 tasks" in output
+    assert "trio client: 8 tasks" in output
+    medians = re.findall(r"(before|after): median ([0-9.]+)", output)
     assert [tree for tree, _ in medians] == ["before", "after"] * 3
     assert all(float(value) > 0 for _, value in medians)
-    ratios = re.findall(r"after/before, median over rounds: ([0-9.]+)", done.stdout)
+    ratios = re.findall(r"after/before, median over rounds: ([0-9.]+)", output)
     assert len(ratios) == 3
     assert all(float(ratio) > 0 for ratio in ratios)

@@ -5,28 +5,20 @@ measured for both trees (and the stdlib, for the get) and their ratios printed, 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "bulk_ab.py"
+from benchmark_runs import run_benchmark
+
+SOURCE = str(Path(__file__).resolve().parent.parent / "src")
 
 
 def test_quick_bulk_ab_measures_both_rows_for_both_trees() -> None:
-    source = str(ROOT / "src")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), source, source, "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "get: a sync get of 1 MiB of bytes" in done.stdout
-    assert "update: _update of 100 names" in done.stdout
-    trees = re.findall(r"(before|after|stdlib): wall ([0-9.]+) µs  CPU ([0-9.]+) µs", done.stdout)
+    output = run_benchmark("bulk_ab.py", SOURCE, SOURCE, "--quick")
+    assert "get: a sync get of 1 MiB of bytes" in output
+    assert "update: _update of 100 names" in output
+    trees = re.findall(r"(before|after|stdlib): wall ([0-9.]+) µs  CPU ([0-9.]+) µs", output)
     assert [tree for tree, _, _ in trees] == ["before", "after", "stdlib", "before", "after"]
     assert all(float(wall) > 0 and float(cpu) >= 0 for _, wall, cpu in trees)
-    ratios = re.findall(r"median over rounds: ([0-9.]+)", done.stdout)
+    ratios = re.findall(r"median over rounds: ([0-9.]+)", output)
     assert len(ratios) == 6
     assert all(float(ratio) > 0 for ratio in ratios)

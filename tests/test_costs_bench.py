@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "costs.py"
+from benchmark_runs import run_benchmark
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_quick_costs_prints_and_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "costs.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    output = run_benchmark("costs.py", "--quick", "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"async", "trio", "processes"}
     for row in rows.values():
-        assert row["title"] in done.stdout
+        assert row["title"] in output
         assert len(row["samples"]) == 2
         for sample in [*row["samples"], row["median"]]:
             assert len(sample) == len(row["columns"]) == 7

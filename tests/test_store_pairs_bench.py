@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmark_runs import run_benchmark
 from redis_processes import find_binary
-
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "store_pairs.py"
 
 
 @pytest.mark.timeout(120)
@@ -29,20 +25,13 @@ def test_quick_store_pairs_measures_the_three_rows() -> None:
         pytest.skip("store_pairs.py starts a redis-server (compare.py's), not " + binary)
     env = dict(os.environ)  # (the script starts "redis-server" from PATH: the one found first)
     env["PATH"] = os.pathsep.join([str(Path(binary).parent), env.get("PATH", "")])
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
+    output = run_benchmark("store_pairs.py", "--quick", timeout=100, env=env)
     rows = re.findall(
         r"^(get|snapshot|update) +([0-9.]+) +([0-9.]+) +([0-9.]+) +([0-9,]+) +([0-9,]+) +(\d+)$",
-        done.stdout,
+        output,
         re.MULTILINE,
     )
-    assert [row[0] for row in rows] == ["get", "snapshot", "update"], done.stdout
+    assert [row[0] for row in rows] == ["get", "snapshot", "update"], output
     for _, *figures, misses in rows:
         assert all(float(figure.replace(",", "")) > 0 for figure in figures)
         assert 0 <= int(misses) <= 1000
