@@ -12,14 +12,45 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 import aionamespace
 from aionamespace import Limits
+from aionamespace.client import busypoll
 from aionamespace.client.blocking import SocketTransport
 from aionamespace.client.busypoll import ReplyPoll, reply_wait
 from aionamespace.client.proxy import Target
+
+
+def _own_cpu_clocks() -> tuple[Callable[[], float], Callable[[], float]]:
+    """(wall clock, thread time) for a poll whose thread has the CPU to itself: its thread
+    time grows faster than the wall clock, so the busy-CPU rule cannot fire, however the real
+    scheduler treats the test (a deschedule between two real readings once made a caught
+    reply count as a miss)."""
+    ticks = [0]
+
+    def wall() -> float:
+        ticks[0] += 1
+        return ticks[0] * 1e-6
+
+    def thread() -> float:
+        ticks[0] += 1
+        return 2 * ticks[0] * 1e-6
+
+    return wall, thread
+
+
+def _no_sleep() -> list[tuple[int, int]]:
+    raise AssertionError("the poll slept: the reply already there was not read by polling")
+
+
+@pytest.fixture
+def own_cpu(monkeypatch):
+    wall, thread = _own_cpu_clocks()
+    monkeypatch.setattr(busypoll, "perf_counter", wall)
+    monkeypatch.setattr(busypoll, "thread_time", thread)
 
 
 @pytest.fixture
@@ -30,10 +61,11 @@ def pair():
     theirs.close()
 
 
-def test_a_reply_already_there_is_read_by_the_poll(pair):
+def test_a_reply_already_there_is_read_by_the_poll(pair, own_cpu):
     ours, theirs = pair
     theirs.sendall(b"reply")
-    poll, buffer = ReplyPoll(0.001, reply_wait(ours, None)), memoryview(bytearray(64))
+    poll, buffer = ReplyPoll(0.001, _no_sleep), memoryview(bytearray(64))
+    poll.misses = ReplyPoll.MAX_MISSES - 1  # a caught reply with the CPU to itself resets it
     assert poll.receive(ours, buffer) == 5
     assert bytes(buffer[:5]) == b"reply"
     assert poll.misses == 0
@@ -72,12 +104,17 @@ def test_polls_that_catch_nothing_stop_for_ever_longer_and_a_caught_reply_resets
     miss(2)
     theirs.sendall(b"x")  # a reply there at once: caught by a poll with the CPU to itself
     poll.seconds = 5.0
-    assert poll.receive(ours, buffer) == 1
+    wall, thread = _own_cpu_clocks()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(busypoll, "perf_counter", wall)
+        patch.setattr(busypoll, "thread_time", thread)
+        assert poll.receive(ours, buffer) == 1
     assert (poll.misses, poll.skip, poll.backoff) == (0, 0, 1)
 
 
 _STOPPED_POLL = """
 import socket, sys
+from aionamespace.client import busypoll
 from aionamespace.client.busypoll import ReplyPoll, reply_wait
 ours = socket.socket(fileno=int(sys.argv[1]))
 poll = ReplyPoll(60.0, reply_wait(ours, None))
