@@ -103,6 +103,34 @@ def test_runs_of_gets_between_other_requests_read_what_came_before() -> None:
     ]
 
 
+def test_a_run_of_gets_answers_each_with_its_own_key_and_name() -> None:
+    """A run reads a (key, name) once for the gets of it in a row (plain_gets.py): a get of
+    another name or of the same name in another namespace reads its own value."""
+    rig = Rig()
+    peer = rig.connect()
+    for key, name, value in [("k", "x", ONE), ("k", "y", TWO), ("j", "x", THREE)]:
+        rig.store.set(key, name, value)
+    answers = rig.send(
+        peer,
+        [1, "get", "k", "x"],
+        [2, "get", "k", "x"],
+        [3, "get", "k", "y"],
+        [4, "get", "k", "x"],
+        [5, "get", "j", "x"],
+        [6, "get", "j", "x"],
+        [7, "get", "k", "x"],
+    )
+    assert answers == [
+        ok(1, ONE),
+        ok(2, ONE),
+        ok(3, TWO),
+        ok(4, ONE),
+        ok(5, THREE),
+        ok(6, THREE),
+        ok(7, ONE),
+    ]
+
+
 @pytest.mark.parametrize("kind", ["replays", "own pushes"])
 def test_what_a_batch_queues_for_its_own_connection_counts_against_the_budget(
     kind: str,

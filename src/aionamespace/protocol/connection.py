@@ -48,6 +48,7 @@ from .frames import (
     large_reply,
     new_packer,
     pack_frame,
+    pack_get_head32,
 )
 from .limits import Limits
 from .ops import MAX_EPOCH_LENGTH, OPS, check_each_name, check_names, valid_names
@@ -217,6 +218,8 @@ class ClientConnection:
             tail = self._get_tail(key, name)
         request_id = self._next_id
         self._next_id = request_id + 1
+        if 0xFFFF < request_id <= 0xFFFFFFFF:  # (a busy connection's: get_head without a call)
+            return request_id, pack_get_head32(0x94, 0xCE, request_id) + tail
         return request_id, get_head(request_id) + tail
 
     def _get_tail(self, key: str, name: str) -> bytes:

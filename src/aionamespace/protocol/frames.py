@@ -36,6 +36,7 @@ __all__ = [
     "large_reply_header",
     "new_packer",
     "pack_frame",
+    "pack_get_head32",
 ]
 
 #: Replies carrying a value at least this long take the LargeValue path. msgpack encodes a bin
@@ -206,6 +207,11 @@ _GET_HEAD8 = struct.Struct(">BBB").pack
 _GET_HEAD16 = struct.Struct(">BBH").pack
 _GET_HEAD32 = struct.Struct(">BBI").pack
 _GET_HEAD64 = struct.Struct(">BBQ").pack
+
+
+#: ``get_head`` of an id from 0x10000 to 0xFFFFFFFF (``pack_get_head32(0x94, 0xCE, id)``):
+#: every id of a connection past its first 65,535 requests, packed without a call to it.
+pack_get_head32 = _GET_HEAD32
 
 
 def get_head(request_id: int) -> bytes:

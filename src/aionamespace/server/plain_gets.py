@@ -5,8 +5,10 @@ An async proxy pipelines its gets by the dozen, and each went through the dispat
 ``Dispatcher.respond_some`` first asks ``plain_gets`` for a batch's answerer, which answers
 each run of gets straight from the store, packed by the thread's Packer, when no cache tracks
 the connection (checked per run: a ``track`` earlier in the batch counts), the namespace is
-not anonymous and the value is small. Anything else, an error included, ends the run and is
-left to ``_apply``, so every reply is the bytes the long way makes.
+not anonymous and the value is small. Gets of one name in a row (many tasks reading it) read
+the store once: nothing runs between two gets of a run, so its value stands. Anything else,
+an error included, ends the run and is left to ``_apply``, so every reply is the bytes the
+long way makes.
 """
 
 from __future__ import annotations
@@ -37,19 +39,24 @@ def plain_gets(
             return at, size
         append = out.append
         end = len(events)
+        last = None  # the (key, name) read last in this run, whose value is ``value``
+        value = b""
         while at < end:
             event = events[at]
             if type(event) is not Request or event.op != "get":
                 break
-            key, name = event.args
-            if key[0] == ANONYMOUS:
-                break
-            try:
-                value = get(key, name)
-            except Exception:  # (the long way says what)
-                break
-            if len(value) >= LARGE_VALUE_BYTES:
-                break
+            args = event.args
+            if args != last:  # (nothing runs between two gets of a run: the value stands)
+                key, name = args
+                if key[0] == ANONYMOUS:
+                    break
+                try:
+                    value = get(key, name)
+                except Exception:  # (the long way says what)
+                    break
+                if len(value) >= LARGE_VALUE_BYTES:
+                    break
+                last = args
             packed: bytes = pack([event.id, REPLY_OK, value])
             append(packed)
             size += len(packed)
