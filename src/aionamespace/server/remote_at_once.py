@@ -11,8 +11,10 @@ the store's callback that parsed its reply makes the answers and writes them. Wh
 gives rise to for its connection meanwhile (pushes) follows its answers, as on the usual path
 (``_held``).
 
-The store may answer with an awaitable instead (a write after which it has more to do: a new
-epoch, a namespace to register, a follower to tell): a task awaits it, then answers. What it
+The store may answer with a coroutine function instead (a write after which it has more to
+do: a new epoch, a namespace to register, a follower to tell): a task calls and awaits it,
+then answers. (A function, not a coroutine made already: one that the task never got to
+await, the server stopping first, would be reported as never awaited.) What it
 cannot answer at once, it says before anything ran (None: a list found, an error reply, a
 script to load again): the batch is then served the usual way, from its start, with what was
 held kept.
@@ -21,7 +23,6 @@ held kept.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -96,11 +97,11 @@ class AtOnce:
         connection: Connection,
         held: list[Output],
         makers: list[Callable[[Any], ReplyData]],
-        results: list[Any] | Awaitable[list[Any]] | None,
+        results: list[Any] | Callable[[], Awaitable[list[Any]]] | None,
     ) -> None:
         dispatcher = self._dispatcher
         if dispatcher._held.get(connection) is not held:  # gone meanwhile
-            if inspect.isawaitable(results):  # (the store's rest is done all the same)
+            if callable(results):  # (the store's rest is done all the same)
                 self._spawn(self._later, connection, held, makers, results)
                 return
             self._finished(connection)
@@ -108,7 +109,7 @@ class AtOnce:
         if results is None:
             self._again(connection)  # (held stays: respond_awaiting goes on with it)
             return
-        if inspect.isawaitable(results):
+        if callable(results):
             self._spawn(self._later, connection, held, makers, results)
             return
         try:
@@ -134,10 +135,10 @@ class AtOnce:
         connection: Connection,
         held: list[Output],
         makers: list[Callable[[Any], ReplyData]],
-        results: Awaitable[list[Any]],
+        results: Callable[[], Awaitable[list[Any]]],
     ) -> None:
         try:
-            done = await results
+            done = await results()
         except Exception as exc:  # a MemoryError, or a bug: this connection only
             self._failed(connection, exc)
             self._finished(connection)

@@ -69,7 +69,9 @@ def _written(
         return
     epoch, made = outcome
     if epoch != store.epoch or made or call.key in store._follower:
-        done(_after(store, call, epoch, made))
+        # (what is left to do, not begun: a coroutine made here would warn, never awaited, if
+        # the server stopped before the task that awaits it ran)
+        done(functools.partial(_after, store, call, epoch, made))
         return
     if call.changes is not None and store.on_commit is not None:
         store.on_commit(call.key, call.revision, call.changes)

@@ -99,8 +99,8 @@ class RemoteStore(Protocol):
     # can (the Redis store's: plain reads, or one set or update; redis_rounds.py): False, and
     # nothing sent, if not; else ``done`` is called, from the loop's callback that got the
     # answer, with the results as ``apply`` returns them (what ``apply`` tells ``on_commit``
-    # told already), or an awaitable of them (the rest of what ``apply`` does: await it), or
-    # None: nothing ran, serve them with ``apply``.
+    # told already), or a coroutine function returning them (the rest of what ``apply``
+    # does: call it and await that), or None: nothing ran, serve them with ``apply``.
 
     async def start(self) -> None: ...  # connect; check the layout; read or make the epoch
     async def apply(self, calls: Sequence[StoreCall]) -> list[Any]: ...
