@@ -56,6 +56,8 @@ PAGE_BYTES = 4096
 #: them, older than what its history keeps (the module's docstring).
 FOLD_REVISIONS = 1024
 FOLD_BYTES = 4 * 1024 * 1024
+#: A history row of at most this many bytes is handed to SQLite as a copy (``_blob``).
+_BLOB_COPY_BYTES = 4096
 _INSERT_REVISIONS = "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)"
 _INSERT_CHUNK = "INSERT OR REPLACE INTO list_chunks VALUES (?, ?, ?, ?, ?, ?)"
 #: Writes attributes, each keeping its place if the file has it, else taking the one given.
@@ -246,7 +248,7 @@ class SQLiteStore(MemoryStore):
                 packed = pack(_packable(changes))
             else:  # bytes and deletions only: packed as they are
                 packed = pack(changes if type(changes) is dict else dict(changes))
-            revisions.append((key, revision, size, packed))
+            revisions.append((key, revision, size, _blob(packed)))
             in_file = file_history.get(key)
             if in_file is None:
                 in_file = file_history[key] = collections.deque()
@@ -326,6 +328,13 @@ class SQLiteStore(MemoryStore):
         if rows:
             statements.append((_UPSERT_ATTRIBUTES, rows))
         return statements
+
+
+def _blob(data: bytes) -> bytes | bytearray:
+    """``data`` as SQLite is given it cheapest: Python's sqlite3 looks for an adapter for
+    ``bytes`` on every binding (a failed attribute lookup, an exception made and cleared), not
+    for ``bytearray``, whose copy costs less while ``data`` is small (``_BLOB_COPY_BYTES``)."""
+    return bytearray(data) if len(data) <= _BLOB_COPY_BYTES else data
 
 
 def _drop(key: str) -> list[Statement]:
