@@ -209,6 +209,31 @@ def test_a_batch_of_values_is_checked_like_one_value() -> None:
         assert problem in found
 
 
+@pytest.mark.parametrize(
+    "blobs",
+    [
+        [b"", b"\x01\x02"],  # as many bytes as values, but not one each
+        [b"\x01", b"\xc1"],  # a byte msgpack never uses
+        [b"\x01", b"\xcc"],  # a uint8 without its byte
+        [b"\x01", b"\xd9"],  # a str8 without its length
+        [b"\x01", bytearray(b"\x02")],  # bin, not bytes: never from the decoder, refused
+    ],
+)
+def test_a_batch_of_one_byte_values_is_refused_for_any_bad_one(blobs: list[Any]) -> None:
+    values = {f"n{i}": blob for i, blob in enumerate(blobs)}
+    assert check_args(Limits(), "update", ("k", values)) is not None
+
+
+@given(st.lists(st.binary(min_size=0, max_size=3), max_size=8))
+@example([b"", b"\x01\x02"])
+@example([b"\x90", b"\xa0", b"\x80", b"\xc0", b"\xc2", b"\xc3", b"\xe0", b"\x7f"])
+def test_a_batch_is_accepted_exactly_when_each_value_is(blobs: list[bytes]) -> None:
+    values = {f"n{i}": blob for i, blob in enumerate(blobs)}
+    alone = [check_args(Limits(), "set", ("k", "n", blob)) for blob in blobs]
+    batch = check_args(Limits(), "update", ("k", values))
+    assert (batch is None) == all(problem is None for problem in alone)
+
+
 def test_the_history_replays_what_each_revision_changed() -> None:
     store = MemoryStore()
     seen: list[tuple[str, int, dict[str, bytes | None]]] = []

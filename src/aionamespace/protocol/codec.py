@@ -45,6 +45,7 @@ from .extensions import MAX_DEPTH, PAYLOAD_PARSERS, ExtCode, ValueDecodeError
 __all__ = [
     "MARKER_CODES",
     "MAX_DEPTH",
+    "ONE_BYTE_VALUES",
     "SCALAR_LENGTHS",
     "ExtCode",
     "ValueDecodeError",
@@ -337,6 +338,8 @@ _FIXED_LENGTHS = {
 SCALAR_LENGTHS = bytes(
     1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0) for b in range(256)
 )
+#: Every byte that is a whole value alone (``bytes.translate`` deletes them all at once).
+ONE_BYTE_VALUES = bytes(b for b in range(256) if SCALAR_LENGTHS[b] == 1)
 
 
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:
