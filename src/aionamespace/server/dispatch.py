@@ -26,6 +26,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 from .._errors import (
@@ -325,16 +326,18 @@ class Dispatcher:
             raise
 
     def _push(self, key: str, revision: int, changes: Changes) -> None:
+        if key not in self._watches:
+            # Caches to invalidate only: the changed names that are tracked found in C (a
+            # change of many names mostly holds none), then dropped in the changes' order.
+            tracked = self._tracked.keys() & zip(repeat(key), changes)
+            if tracked:
+                for name in changes:
+                    if (key, name) in tracked:
+                        self._invalidate(key, name)
+            return
         for name, value in changes.items():
             if self._tracked:
-                item = (key, name)
-                readers = self._tracked.get(item)
-                if readers:
-                    frame = ServerConnection.send_invalidation(key, name)
-                    for reader in readers:  # invalidated once: a reader that gets again re-tracks
-                        self._peer_tracked[reader].discard(item)
-                        self._pushes.setdefault(reader, []).append(frame)
-                    del self._tracked[item]
+                self._invalidate(key, name)
             tail: tuple[bytes, ...] | None = None  # made once, shared by every watch
             for watch in self._watches.get(key, NO_WATCHES).values():
                 if watch.names is None or name in watch.names:
@@ -345,6 +348,17 @@ class Dispatcher:
                     frames.extend(tail)
                     if watch.peer is self._batch_peer:  # counts against its reply budget
                         self._own_pushes += len(watch.head) + sum(map(len, tail))
+
+    def _invalidate(self, key: str, name: str) -> None:
+        """Tell the connections that cache ``name`` of ``key`` (if any) it changed."""
+        item = (key, name)
+        readers = self._tracked.get(item)
+        if readers:
+            frame = ServerConnection.send_invalidation(key, name)
+            for reader in readers:  # invalidated once: a reader that gets again re-tracks
+                self._peer_tracked[reader].discard(item)
+                self._pushes.setdefault(reader, []).append(frame)
+            del self._tracked[item]
 
     def _watch(
         self,
