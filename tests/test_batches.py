@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import enum
 import os
 import uuid
 from typing import Any
@@ -156,6 +157,34 @@ def test_encode_values_is_encode_value_of_each() -> None:
     encoded = encode_values(VALUES)
     assert encoded == {name: encode_value(value) for name, value in VALUES.items()}
     assert list(encoded) == list(VALUES)
+
+
+class IntFlag(enum.IntEnum):
+    A = 1
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0, 1, -32, 127, None],  # the one-byte table
+        [1, True],  # equal to 1, packed as true
+        [1, 1.0],  # equal to 1, packed as a float
+        [1, 128],  # no longer one byte
+        [1, -33],
+        [5, 2**61 + 4],  # (hash(2**61 + 4) == hash(5))
+        [1, IntFlag.A],  # an int of a subclass: refused as encode_value refuses it
+    ],
+)
+def test_encode_values_of_small_ints_is_encode_value_of_each(values: list[Any]) -> None:
+    batch = {f"n{i}": value for i, value in enumerate(values)}
+    try:
+        expected = {name: encode_value(value) for name, value in batch.items()}
+    except TypeError:
+        with pytest.raises(TypeError):
+            encode_values(batch)
+        return
+    encoded = encode_values(batch)
+    assert list(encoded.items()) == list(expected.items())
 
 
 def test_encode_values_names_an_unshareable_type() -> None:

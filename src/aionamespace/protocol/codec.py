@@ -222,12 +222,23 @@ def encode_value(value: Any) -> bytes:
 
 def encode_values(values: dict[str, Any]) -> dict[str, bytes]:
     """``encode_value`` of each value (a batch of scalars is packed without a call each)."""
+    blobs = values.values()
+    if _SMALL_KINDS.issuperset(map(type, blobs)):
+        try:  # every value a small int or None: each one's one byte, looked up in C
+            return dict(zip(values, map(_SMALL_ENCODINGS.__getitem__, blobs), strict=True))
+        except KeyError:  # an int of more than one byte
+            pass
     pack = _packer().pack  # a scalar of a native type cannot fail half-way through
     return {
         name: pack(value) if type(value) in _NATIVE_SCALARS else encode_value(value)
         for name, value in values.items()
     }
 
+
+#: The one-byte encodings of None and of the ints msgpack packs in one byte, by value (no
+#: bool or float among them: True == 1 and 1.0 == 1 would find an int's).
+_SMALL_KINDS = frozenset({int, type(None)})
+_SMALL_ENCODINGS = {value: msgpack.packb(value) for value in (None, *range(-32, 128))}
 
 _ARRAY_HEADER = msgpack.Packer().pack_array_header
 
