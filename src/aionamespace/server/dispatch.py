@@ -327,12 +327,17 @@ class Dispatcher:
 
     def _push(self, key: str, revision: int, changes: Changes) -> None:
         if key not in self._watches:
-            # Caches to invalidate only: the changed names that are tracked found in C (a
-            # change of many names mostly holds none), then dropped in the changes' order.
-            tracked = self._tracked.keys() & zip(repeat(key), changes)
-            if tracked:
+            # Caches to invalidate only: the changed names that are tracked, found by looking
+            # up the fewer of the two in the other (a change of many names mostly holds none),
+            # then invalidated in the changes' order.
+            tracked = self._tracked
+            if len(tracked) < len(changes):
+                hit = {item for item in tracked if item[0] == key and item[1] in changes}
+            else:
+                hit = tracked.keys() & zip(repeat(key), changes)
+            if hit:
                 for name in changes:
-                    if (key, name) in tracked:
+                    if (key, name) in hit:
                         self._invalidate(key, name)
             return
         for name, value in changes.items():
