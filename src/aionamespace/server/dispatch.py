@@ -26,7 +26,6 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any
 
 from .._errors import (
@@ -37,7 +36,7 @@ from .._errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
+from ..protocol.connection import BadRequest, Hello, Refusal, Request
 from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
@@ -51,6 +50,7 @@ from ..protocol.pieces import (
 from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .exports import Exports
 from .info import dispatcher_figures
+from .invalidations import cached_among, invalidate
 from .locks import Locks, LockTable
 from .outbox import apart
 from .peer import Peer
@@ -326,23 +326,13 @@ class Dispatcher:
             raise
 
     def _push(self, key: str, revision: int, changes: Changes) -> None:
-        if key not in self._watches:
-            # Caches to invalidate only: the changed names that are tracked, found by looking
-            # up the fewer of the two in the other (a change of many names mostly holds none),
-            # then invalidated in the changes' order.
-            tracked = self._tracked
-            if len(tracked) < len(changes):
-                hit = {item for item in tracked if item[0] == key and item[1] in changes}
-            else:
-                hit = tracked.keys() & zip(repeat(key), changes)
-            if hit:
-                for name in changes:
-                    if (key, name) in hit:
-                        self._invalidate(key, name)
+        if key not in self._watches:  # caches to invalidate only (invalidations.py)
+            for name in cached_among(self._tracked, key, changes):
+                invalidate(self._tracked, self._peer_tracked, self._pushes, key, name)
             return
         for name, value in changes.items():
             if self._tracked:
-                self._invalidate(key, name)
+                invalidate(self._tracked, self._peer_tracked, self._pushes, key, name)
             tail: tuple[bytes, ...] | None = None  # made once, shared by every watch
             for watch in self._watches.get(key, NO_WATCHES).values():
                 if watch.names is None or name in watch.names:
@@ -353,17 +343,6 @@ class Dispatcher:
                     frames.extend(tail)
                     if watch.peer is self._batch_peer:  # counts against its reply budget
                         self._own_pushes += len(watch.head) + sum(map(len, tail))
-
-    def _invalidate(self, key: str, name: str) -> None:
-        """Tell the connections that cache ``name`` of ``key`` (if any) it changed."""
-        item = (key, name)
-        readers = self._tracked.get(item)
-        if readers:
-            frame = ServerConnection.send_invalidation(key, name)
-            for reader in readers:  # invalidated once: a reader that gets again re-tracks
-                self._peer_tracked[reader].discard(item)
-                self._pushes.setdefault(reader, []).append(frame)
-            del self._tracked[item]
 
     def _watch(
         self,
