@@ -13,14 +13,18 @@ on one AsyncNamespace on the fastest loop installed, whose connection is real bu
 replies are made in this process (packed as a server packs them), so only the client's
 part of a get is timed (and that packing, the same for both); ``trio``, the same tasks on
 trio, whose socket is wrapped so that each write is answered at once, in this process, on a
-second socket the reader then reads (``trio`` installed); ``durable``, a sync client's sets,
-one per read, received and answered (``Connections.received``) by a server over a data file
-(the SQLite store without fsync, as ``--data``), each committed before its reply, with no
-socket. CPU time per get (per set).
+second socket the reader then reads (``trio`` installed). CPU time per get. Rows not run
+unless asked: ``update``, an ``_update`` of ``--names`` small ints parsed and answered by the
+server (no socket), ``update_cached`` the same while another connection caches a name of
+that namespace (as in compare.py's run). CPU time per update. ``durable``, a sync client's
+sets, one per read, received and answered (``Connections.received``) by a server over a data
+file (the SQLite store without fsync, as ``--data``), each committed before its reply, with
+no socket. CPU time per set.
 
     python benchmarks/ab_trees.py /work/main/src src            # before, after
     python benchmarks/ab_trees.py A/src B/src --rounds 41 --rows server
     python benchmarks/ab_trees.py /work/main/src src --rows trio
+    python benchmarks/ab_trees.py /work/main/src src --rows update,update_cached
     python benchmarks/ab_trees.py /work/main/src src --rows durable --rounds 15
     python benchmarks/ab_trees.py src src --quick               # a smoke test
 """
@@ -92,6 +96,45 @@ def server_run(tree: ModuleType, batch: int) -> Callable[[], None]:
 
     run()
     return run
+
+
+def update_run(tree: ModuleType, names: int, cached: bool) -> Callable[[], None]:
+    """Parse and answer one ``_update`` of ``names`` small ints, read alone, as a server shell
+    does; ``cached``: while another connection caches a name of that namespace (tracks it, as
+    compare.py's cached proxy does), so that every commit is looked at for invalidations."""
+    connection = importlib.import_module(f"{tree.__name__}.protocol.connection")
+    dispatch = importlib.import_module(f"{tree.__name__}.server.dispatch")
+    calls = importlib.import_module(f"{tree.__name__}.client.calls")
+    dispatcher = dispatch.Dispatcher(tree.MemoryStore(), lambda *args: None, None)
+    hello = {"protocol": connection.PROTOCOL_NAME, "version": connection.PROTOCOL_VERSION}
+    peer, other = _Peer(connection.ServerConnection()), _Peer(connection.ServerConnection())
+    for each in (peer, other):
+        dispatcher.respond(each, each.protocol.receive_data(msgpack.packb(hello)))
+    dispatcher.respond(peer, peer.protocol.receive_data(msgpack.packb([1, "set", "k", "c", b"\1"])))
+    if cached:
+        track = msgpack.packb([1, "track", True]) + msgpack.packb([2, "get", "k", "c"])
+        dispatcher.respond(other, other.protocol.receive_data(track))
+    _, args = calls.update("k", {f"n{i}": i for i in range(names)})
+    frame = msgpack.packb([70_000, "update", *args])
+
+    def run() -> None:
+        dispatcher.respond_some(peer, peer.protocol.receive_data(frame), 1 << 20)
+
+    run()
+    return run
+
+
+def update_row(
+    trees: dict[str, ModuleType], args: argparse.Namespace, cached: bool
+) -> dict[str, list[float]]:
+    runs = {name: update_run(tree, args.names, cached) for name, tree in trees.items()}
+    per_update: dict[str, list[float]] = {name: [] for name in runs}
+    number = max(1, args.gets // args.names)
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            best = min(timeit.repeat(run, timer=time.process_time, number=number, repeat=3))
+            per_update[name].append(best / number * 1e6)
+    return per_update
 
 
 def server_row(trees: dict[str, ModuleType], args: argparse.Namespace) -> dict[str, list[float]]:
@@ -334,9 +377,9 @@ def trio_client_row(
             return trio.run(_trio_client_rounds, trees, address, args)
 
 
-def report(title: str, per_get: dict[str, list[float]]) -> float:
+def report(title: str, per_get: dict[str, list[float]], unit: str = "get") -> float:
     ratios = [after / before for before, after in zip(*per_get.values(), strict=True)]
-    print(f"\n{title} (CPU µs per get, {len(ratios)} rounds)")
+    print(f"\n{title} (CPU µs per {unit}, {len(ratios)} rounds)")
     for name, values in per_get.items():
         print(f"  {name:>6}: median {statistics.median(values):.3f}  best {min(values):.3f}")
     ratio = statistics.median(ratios)
@@ -351,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="server,client,trio,durable")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--batch", type=int, default=48, help="gets per read (server row)")
+    parser.add_argument("--names", type=int, default=100, help="names per _update (update rows)")
     parser.add_argument("--tasks", type=int, default=64, help="tasks (client row)")
     parser.add_argument("--gets", type=int, default=30_000, help="gets per round and tree")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
@@ -362,14 +406,19 @@ def main(argv: list[str] | None = None) -> int:
         trees = import_trees([args.before, args.after], into)
         if "server" in wanted:
             report(f"server: parse and answer a read of {args.batch} gets", server_row(trees, args))
+        for row, cached in (("update", False), ("update_cached", True)):
+            if row in wanted:
+                title = f"server: parse and answer an _update of {args.names} names"
+                title += ", a name of it cached elsewhere" if cached else ""
+                report(title, update_row(trees, args, cached), "update")
         if "client" in wanted:
             report(f"client: {args.tasks} tasks, replies made in process", client_row(trees, args))
         if "trio" in wanted:
             title = f"trio client: {args.tasks} tasks, replies made in process"
             report(title, trio_client_row(trees, args))
         if "durable" in wanted:
-            title = "durable: a sync client's sets, each committed to a data file (a get: a set)"
-            report(title, durable_row(trees, args))
+            title = "durable: a sync client's sets, each committed to a data file"
+            report(title, durable_row(trees, args), "set")
     return 0
 
 

@@ -70,7 +70,8 @@ CONTENDERS = ("aionamespace", "stdlib", "redis")
 NAMESPACE = "bench"
 CALIBRATION_SECONDS = 0.002  # grow a batch of sync operations until it takes this long
 WORKER_START_MARGIN = 0.15  # seconds between telling the workers and their common start
-SETTLE_SECONDS = 1.0  # before reading a server's RSS
+SETTLE_SECONDS = 1.0  # before reading a server's RSS (--quick: QUICK_SETTLE_SECONDS)
+QUICK_SETTLE_SECONDS = 0.1  # a quick run's RSS means nothing: only the code path is exercised
 SERVER_START_TIMEOUT = 30.0
 
 # ---------------------------------------------------------------------------------- settings
@@ -91,6 +92,7 @@ class Settings:
     blob_bytes: int = 1 << 20
     crowd_processes: int = 8  # the many-connections row: processes, connections in each
     crowd_connections: int = 125
+    settle_seconds: float = SETTLE_SECONDS
 
     @classmethod
     def make(cls, quick: bool, rounds: int | None) -> Settings:
@@ -103,8 +105,10 @@ class Settings:
                 idle_connections_stdlib=50,
                 slices=1,
                 process_slices=1,
+                processes=2,
                 crowd_processes=2,
                 crowd_connections=8,
+                settle_seconds=QUICK_SETTLE_SECONDS,
             )
         return cls(
             rounds=rounds or 9,
@@ -590,17 +594,22 @@ def _read_msgpack_object(sock: socket.socket) -> Any:
 
 
 def hold_idle(
-    process: subprocess.Popen[bytes], count: int, connect: Callable[[int], Any], what: str
+    process: subprocess.Popen[bytes],
+    count: int,
+    connect: Callable[[int], Any],
+    what: str,
+    settle: float,
 ) -> dict[str, Any]:
-    """The server ``process``'s RSS when settled, then while it holds ``count`` connections,
-    each opened by ``connect(i)`` (which returns something to ``close()``)."""
-    time.sleep(SETTLE_SECONDS)
+    """The server ``process``'s RSS when settled (``settle`` seconds), then while it holds
+    ``count`` connections, each opened by ``connect(i)`` (which returns something to
+    ``close()``)."""
+    time.sleep(settle)
     baseline = growth.rss_mb(process.pid)
     held: list[Any] = []
     try:
         for i in range(count):
             held.append(connect(i))
-        time.sleep(SETTLE_SECONDS)
+        time.sleep(settle)
         if process.poll() is not None:
             raise RuntimeError(f"{what} died holding the connections")
         rss = growth.rss_mb(process.pid)
@@ -625,7 +634,7 @@ def _connected_socket(path: str) -> socket.socket:
     return sock
 
 
-def idle_aionamespace(directory: str, count: int) -> dict[str, Any]:
+def idle_aionamespace(directory: str, count: int, settle: float) -> dict[str, Any]:
     """``python -m aionamespace serve``, then ``count`` raw connections that said hello."""
     path = os.path.join(directory, "idle-aionamespace.sock")
     command = [sys.executable, "-m", "aionamespace", "serve", "--unix", path]
@@ -642,7 +651,7 @@ def idle_aionamespace(directory: str, count: int) -> dict[str, Any]:
 
     with child_process(command, server_environment()) as process:
         wait_for_line(process, b"serving on")
-        return hold_idle(process, count, connect, "the aionamespace server")
+        return hold_idle(process, count, connect, "the aionamespace server", settle)
 
 
 STDLIB_SERVER = """
@@ -655,7 +664,7 @@ server.serve_forever()
 """
 
 
-def idle_stdlib(directory: str, count: int) -> dict[str, Any]:
+def idle_stdlib(directory: str, count: int, settle: float) -> dict[str, Any]:
     """A SyncManager server in a fresh interpreter; ``count`` connections, each accepted the
     way a proxy's first use is (authentication, then ``accept_connection``: a thread each)."""
     from multiprocessing.managers import dispatch  # type: ignore[attr-defined]
@@ -671,10 +680,10 @@ def idle_stdlib(directory: str, count: int) -> dict[str, Any]:
 
     with child_process([sys.executable, "-c", STDLIB_SERVER, path], env) as process:
         wait_for_line(process, b"ready")
-        return hold_idle(process, count, connect, "the stdlib manager")
+        return hold_idle(process, count, connect, "the stdlib manager", settle)
 
 
-def idle_redis(directory: str, count: int) -> dict[str, Any]:
+def idle_redis(directory: str, count: int, settle: float) -> dict[str, Any]:
     """A fresh redis-server; ``count`` connections, each answered one PING."""
 
     def connect(i: int) -> socket.socket:
@@ -693,7 +702,7 @@ def idle_redis(directory: str, count: int) -> dict[str, Any]:
         return sock
 
     with redis_server(directory, "idle-redis", maxclients=count + 100) as (process, path):
-        return hold_idle(process, count, connect, "redis-server")
+        return hold_idle(process, count, connect, "redis-server", settle)
 
 
 def measure_idle(row: Row, settings: Settings, directory: str, redis: RedisInfo) -> None:
@@ -712,7 +721,7 @@ def measure_idle(row: Row, settings: Settings, directory: str, redis: RedisInfo)
     for who, n in counts.items():
         if n < wanted[who]:
             row.notes.append(f"{who}: only {n:,} connections (RLIMIT_NOFILE is {limit:,})")
-    measures: dict[str, Callable[[str, int], dict[str, Any]]] = {
+    measures: dict[str, Callable[[str, int, float], dict[str, Any]]] = {
         "aionamespace": idle_aionamespace,
         "stdlib": idle_stdlib,
     }
@@ -722,7 +731,7 @@ def measure_idle(row: Row, settings: Settings, directory: str, redis: RedisInfo)
         row.missing["redis"] = "n/a"
     for who, measure in measures.items():
         print(f"  idle connections: {who}, {counts[who]:,} connections ...", flush=True)
-        result = measure(directory, counts[who])
+        result = measure(directory, counts[who], settings.settle_seconds)
         row.single[who] = result["rss_mb"]
         row.extra[who] = result
     ours = row.extra["aionamespace"]["per_connection_kib"]

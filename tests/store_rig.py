@@ -5,11 +5,11 @@ parametrized over it): a new store joins every store test by joining it. "sqlite
 an SQLiteStore committed, closed and loaded again from its file before every call, so every
 store test also checks that what it tests survives a restart; "sqlite reopened, folding" the
 same, folding its history into its attributes at every commit. ``close_stores`` closes the
-files the SQLite stores made so far hold (in a directory removed at exit). "redis" and "redis
-cluster" are RedisStores (a ``RemoteStore``, awaited) seen through ``OnPortal``, each under a
-prefix of its own on this process's Redis server or cluster. ``Commits`` records
-what ``on_commit`` was told, values materialised during the call as the server does;
-``replayed`` is ``history`` with its values materialised.
+files the SQLite stores made so far hold (in a directory removed at exit, on tmpfs where there
+is one). "redis" and "redis cluster" are RedisStores (a ``RemoteStore``, awaited) seen through
+``OnPortal``, each under a prefix of its own on this process's Redis server or cluster.
+``Commits`` records what ``on_commit`` was told, values materialised during the call as the
+server does; ``replayed`` is ``history`` with its values materialised.
 """
 
 from __future__ import annotations
@@ -46,7 +46,15 @@ __all__ = [
 #: Makes a store with the given limits (None: the defaults).
 MakeStore = Callable[[Limits | None], Store]
 
-_DIRECTORY = tempfile.mkdtemp(prefix="aionamespace-stores-")
+#: Where the SQLite stores' files go: in memory (tmpfs) where the machine has one. "sqlite
+#: reopened" closes its file before every call, and closing checkpoints the WAL with an fsync:
+#: on a disk other jobs also write to, the tests would mostly wait for the disk. Nothing here
+#: tests durability against a power cut (tests/test_durable_crash.py kills a real server).
+_TMPFS = "/dev/shm"
+_DIRECTORY = tempfile.mkdtemp(
+    prefix="aionamespace-stores-",
+    dir=_TMPFS if os.path.isdir(_TMPFS) and os.access(_TMPFS, os.W_OK) else None,
+)
 atexit.register(shutil.rmtree, _DIRECTORY, ignore_errors=True)
 _PATHS = (os.path.join(_DIRECTORY, f"{n}.db") for n in itertools.count())
 _OPENED: list[SQLiteStore] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import enum
 import os
 import uuid
 from typing import Any
@@ -158,6 +159,34 @@ def test_encode_values_is_encode_value_of_each() -> None:
     assert list(encoded) == list(VALUES)
 
 
+class IntFlag(enum.IntEnum):
+    A = 1
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0, 1, -32, 127, None],  # the one-byte table
+        [1, True],  # equal to 1, packed as true
+        [1, 1.0],  # equal to 1, packed as a float
+        [1, 128],  # no longer one byte
+        [1, -33],
+        [5, 2**61 + 4],  # (hash(2**61 + 4) == hash(5))
+        [1, IntFlag.A],  # an int of a subclass: refused as encode_value refuses it
+    ],
+)
+def test_encode_values_of_small_ints_is_encode_value_of_each(values: list[Any]) -> None:
+    batch = {f"n{i}": value for i, value in enumerate(values)}
+    try:
+        expected = {name: encode_value(value) for name, value in batch.items()}
+    except TypeError:
+        with pytest.raises(TypeError):
+            encode_values(batch)
+        return
+    encoded = encode_values(batch)
+    assert list(encoded.items()) == list(expected.items())
+
+
 def test_encode_values_names_an_unshareable_type() -> None:
     with pytest.raises(TypeError, match="object"):
         encode_values({"a": 1, "b": object()})
@@ -207,6 +236,31 @@ def test_a_batch_of_values_is_checked_like_one_value() -> None:
         found = check_args(limits, "update", ("k", batch))
         assert found is not None
         assert problem in found
+
+
+@pytest.mark.parametrize(
+    "blobs",
+    [
+        [b"", b"\x01\x02"],  # as many bytes as values, but not one each
+        [b"\x01", b"\xc1"],  # a byte msgpack never uses
+        [b"\x01", b"\xcc"],  # a uint8 without its byte
+        [b"\x01", b"\xd9"],  # a str8 without its length
+        [b"\x01", bytearray(b"\x02")],  # bin, not bytes: never from the decoder, refused
+    ],
+)
+def test_a_batch_of_one_byte_values_is_refused_for_any_bad_one(blobs: list[Any]) -> None:
+    values = {f"n{i}": blob for i, blob in enumerate(blobs)}
+    assert check_args(Limits(), "update", ("k", values)) is not None
+
+
+@given(st.lists(st.binary(min_size=0, max_size=3), max_size=8))
+@example([b"", b"\x01\x02"])
+@example([b"\x90", b"\xa0", b"\x80", b"\xc0", b"\xc2", b"\xc3", b"\xe0", b"\x7f"])
+def test_a_batch_is_accepted_exactly_when_each_value_is(blobs: list[bytes]) -> None:
+    values = {f"n{i}": blob for i, blob in enumerate(blobs)}
+    alone = [check_args(Limits(), "set", ("k", "n", blob)) for blob in blobs]
+    batch = check_args(Limits(), "update", ("k", values))
+    assert (batch is None) == all(problem is None for problem in alone)
 
 
 def test_the_history_replays_what_each_revision_changed() -> None:

@@ -368,3 +368,31 @@ def test_tracking_off_tracks_no_more_but_invalidates_what_it_tracked() -> None:
     )
     rig.send(writer, [2, "set", "k", "y", TWO], [3, "set", "k", "x", TWO])
     assert reader.written() == [invalidation("k", "x")]
+
+
+@pytest.mark.parametrize("crowd", [0, 300])
+@pytest.mark.parametrize("watched", [False, True])
+def test_an_update_of_many_names_invalidates_the_cached_ones_in_its_order(
+    watched: bool, crowd: int
+) -> None:
+    """With no watch on the namespace the cached names are found at once (the shortcut: the
+    fewer of the changes and the cached names, here or with ``crowd`` more cached, looked up in
+    the other), with one name by name: the same invalidations, none for another namespace's."""
+    rig = Rig()
+    writer, reader = rig.connect(), rig.connect()
+    if watched:
+        rig.watch(rig.connect(), "k")
+    names = [f"n{i}" for i in range(100)]
+    rig.send(writer, [1, "update", "k", dict.fromkeys(names, ONE)])
+    rig.send(writer, [2, "update", "other", dict.fromkeys(names, ONE)])
+    rig.send(reader, [1, "track", True], [2, "get", "k", "n70"], [3, "get", "k", "n5"])
+    rig.send(reader, [4, "get", "other", "n1"])
+    rig.send(reader, *([10 + i, "get", "crowd", f"n{i}"] for i in range(crowd)))
+    assert len(rig.dispatcher._tracked) == 3 + crowd
+    reader.writes.clear()
+    rig.send(writer, [3, "update", "k", dict.fromkeys(reversed(names), TWO)])
+    assert reader.written() == [invalidation("k", "n70"), invalidation("k", "n5")]
+    rig.send(writer, [4, "update", "k", dict.fromkeys(names, ONE)])  # invalidated once
+    assert reader.written()[2:] == []
+    rig.send(writer, [5, "update", "other", {"n2": TWO, "n1": TWO}])
+    assert reader.written()[2:] == [invalidation("other", "n1")]

@@ -23,7 +23,7 @@ import pytest
 import redis_rig
 from aionamespace import Limits, StoreUnavailable
 from aionamespace.protocol.codec import decode_value, encode_value
-from aionamespace.server.stores import redis_subscriber
+from aionamespace.server.stores import redis_follow, redis_subscriber
 from aionamespace.server.stores.base import materialised
 from aionamespace.server.stores.redis import RedisStore
 from deadlines import NO_HANG_SECONDS, async_wait_until, wait_until
@@ -123,6 +123,23 @@ def subscribers(target: str, channel: str) -> int:
         finally:
             node.close()
     return total
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        [],
+        [b"s", b"n2", b"\x02", b"s", b"n1", b"\x01", b"s", "é".encode(), b""],  # all sets
+        [b"s", b"n2", b"\x02", b"d", b"n1", b"", b"s", b"n3", b"\x03"],  # a delete among them
+        [b"d", b"n1", b""],
+    ],
+)
+def test_a_messages_changes_are_its_triples_in_order(flat: list[bytes]) -> None:
+    changes = redis_follow._changes(flat)
+    triples = [flat[i : i + 3] for i in range(0, len(flat), 3)]
+    assert list(changes.items()) == [
+        (name.decode(), value if op == b"s" else None) for op, name, value in triples
+    ]
 
 
 def test_every_kind_of_write_reaches_the_follower_in_order(target: str) -> None:

@@ -45,6 +45,7 @@ from .extensions import MAX_DEPTH, PAYLOAD_PARSERS, ExtCode, ValueDecodeError
 __all__ = [
     "MARKER_CODES",
     "MAX_DEPTH",
+    "ONE_BYTE_VALUES",
     "SCALAR_LENGTHS",
     "ExtCode",
     "ValueDecodeError",
@@ -221,12 +222,23 @@ def encode_value(value: Any) -> bytes:
 
 def encode_values(values: dict[str, Any]) -> dict[str, bytes]:
     """``encode_value`` of each value (a batch of scalars is packed without a call each)."""
+    blobs = values.values()
+    if _SMALL_KINDS.issuperset(map(type, blobs)):
+        try:  # every value a small int or None: each one's one byte, looked up in C
+            return dict(zip(values, map(_SMALL_ENCODINGS.__getitem__, blobs), strict=True))
+        except KeyError:  # an int of more than one byte
+            pass
     pack = _packer().pack  # a scalar of a native type cannot fail half-way through
     return {
         name: pack(value) if type(value) in _NATIVE_SCALARS else encode_value(value)
         for name, value in values.items()
     }
 
+
+#: The one-byte encodings of None and of the ints msgpack packs in one byte, by value (no
+#: bool or float among them: True == 1 and 1.0 == 1 would find an int's).
+_SMALL_KINDS = frozenset({int, type(None)})
+_SMALL_ENCODINGS = {value: msgpack.packb(value) for value in (None, *range(-32, 128))}
 
 _ARRAY_HEADER = msgpack.Packer().pack_array_header
 
@@ -337,6 +349,8 @@ _FIXED_LENGTHS = {
 SCALAR_LENGTHS = bytes(
     1 if _ONE_BYTE_VALUES[b] is not _NOT_ONE_BYTE else _FIXED_LENGTHS.get(b, 0) for b in range(256)
 )
+#: Every byte that is a whole value alone (``bytes.translate`` deletes them all at once).
+ONE_BYTE_VALUES = bytes(b for b in range(256) if SCALAR_LENGTHS[b] == 1)
 
 
 def decode_values(blobs: dict[str, bytes]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from .codec import MAX_DEPTH, SCALAR_LENGTHS, ValueDecodeError
+from .codec import MAX_DEPTH, ONE_BYTE_VALUES, SCALAR_LENGTHS, ValueDecodeError
 from .values import check_value
 
 if TYPE_CHECKING:
@@ -95,14 +95,22 @@ def _value(limits: Limits, value: Any) -> str | None:
     return None
 
 
+_BIN = frozenset({bytes})
+
+
 def _values(limits: Limits, values: Any) -> str | None:
     if type(values) is not dict:
         return "expected a map of name to value"
     problem = check_each_name(limits, values)
     if problem is not None:
         return problem
+    blobs = values.values()
+    if _BIN.issuperset(map(type, blobs)) and all(blobs):
+        joined = b"".join(blobs)
+        if len(joined) == len(blobs) and not joined.translate(None, ONE_BYTE_VALUES):
+            return None  # each value one byte, a whole value (a small int, None, a bool)
     lengths = SCALAR_LENGTHS
-    for value in values.values():
+    for value in blobs:
         if type(value) is bytes and value and len(value) == lengths[value[0]]:
             continue  # a whole int, float, None or bool: check_value's own first test, inlined
         problem = _value(limits, value)

@@ -36,7 +36,7 @@ from .._errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from ..protocol.connection import BadRequest, Hello, Refusal, Request, ServerConnection
+from ..protocol.connection import BadRequest, Hello, Refusal, Request
 from ..protocol.limits import Limits
 from ..protocol.pieces import (
     Output,
@@ -50,6 +50,7 @@ from ..protocol.pieces import (
 from .anonymous import ANONYMOUS, AnonymousNamespaces
 from .exports import Exports
 from .info import dispatcher_figures
+from .invalidations import cached_among, invalidate
 from .locks import Locks, LockTable
 from .outbox import apart
 from .peer import Peer
@@ -325,16 +326,13 @@ class Dispatcher:
             raise
 
     def _push(self, key: str, revision: int, changes: Changes) -> None:
+        if key not in self._watches:  # caches to invalidate only (invalidations.py)
+            for name in cached_among(self._tracked, key, changes):
+                invalidate(self._tracked, self._peer_tracked, self._pushes, key, name)
+            return
         for name, value in changes.items():
             if self._tracked:
-                item = (key, name)
-                readers = self._tracked.get(item)
-                if readers:
-                    frame = ServerConnection.send_invalidation(key, name)
-                    for reader in readers:  # invalidated once: a reader that gets again re-tracks
-                        self._peer_tracked[reader].discard(item)
-                        self._pushes.setdefault(reader, []).append(frame)
-                    del self._tracked[item]
+                invalidate(self._tracked, self._peer_tracked, self._pushes, key, name)
             tail: tuple[bytes, ...] | None = None  # made once, shared by every watch
             for watch in self._watches.get(key, NO_WATCHES).values():
                 if watch.names is None or name in watch.names:

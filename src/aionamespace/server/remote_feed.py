@@ -325,7 +325,7 @@ class FeedDispatcher(Dispatcher):
             logger.error("out of memory pushing revision %d of %r", revision, key)
         tracked = self._key_tracked.get(key)
         if tracked:
-            for name in changes:
+            for name in tracked.intersection(changes):  # (in C: a change holds many names)
                 if (key, name) not in self._tracked:  # invalidated: no longer tracked
                     tracked.discard(name)
             if not tracked:

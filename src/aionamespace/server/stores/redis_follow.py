@@ -57,6 +57,17 @@ if TYPE_CHECKING:
 __all__ = ["Follower"]
 
 
+def _changes(flat: list[Any]) -> Changes:
+    """A message's changes, ``[op, name, value, ...]`` (op "s" set, "d" deleted): when every
+    one is a set (an update's, mostly), zipped in C rather than taken three by three."""
+    if len(flat) % 3 == 0 and flat[0::3].count(b"s") * 3 == len(flat):
+        return dict(zip(map(bytes.decode, flat[1::3]), flat[2::3], strict=True))
+    return {
+        flat[i + 1].decode(): flat[i + 2] if flat[i] == b"s" else None
+        for i in range(0, len(flat), 3)
+    }
+
+
 class _Followed:
     """A key the store follows: its channel, the last revision told, the newest known."""
 
@@ -146,12 +157,7 @@ class Follower:
         if state.told is None or revision <= state.told:
             return
         if revision == state.told + 1 and rest:
-            flat = msgpack.unpackb(rest[0], raw=True, use_list=True)
-            changes: Changes = {
-                flat[i + 1].decode(): flat[i + 2] if flat[i] == b"s" else None
-                for i in range(0, len(flat), 3)
-            }
-            self.tell(state, revision, changes)
+            self.tell(state, revision, _changes(msgpack.unpackb(rest[0], raw=True, use_list=True)))
         else:
             await self.fill(state)
 
