@@ -16,12 +16,16 @@ trio, whose socket is wrapped so that each write is answered at once, in this pr
 second socket the reader then reads (``trio`` installed). CPU time per get. Rows not run
 unless asked: ``update``, an ``_update`` of ``--names`` small ints parsed and answered by the
 server (no socket), ``update_cached`` the same while another connection caches a name of
-that namespace (as in compare.py's run). CPU time per update.
+that namespace (as in compare.py's run). CPU time per update. ``durable``, a sync client's
+sets, one per read, received and answered (``Connections.received``) by a server over a data
+file (the SQLite store without fsync, as ``--data``), each committed before its reply, with
+no socket. CPU time per set.
 
     python benchmarks/ab_trees.py /work/main/src src            # before, after
     python benchmarks/ab_trees.py A/src B/src --rounds 41 --rows server
     python benchmarks/ab_trees.py /work/main/src src --rows trio
     python benchmarks/ab_trees.py /work/main/src src --rows update,update_cached
+    python benchmarks/ab_trees.py /work/main/src src --rows durable --rounds 15
     python benchmarks/ab_trees.py src src --quick               # a smoke test
 """
 
@@ -142,6 +146,74 @@ def server_row(trees: dict[str, ModuleType], args: argparse.Namespace) -> dict[s
             best = min(timeit.repeat(run, timer=time.process_time, number=number, repeat=3))
             per_get[name].append(best / number / args.batch * 1e6)
     return per_get
+
+
+class _Writer(_Peer):
+    """A sync client's connection, as ``Connections.received`` sees it: replies counted."""
+
+    def __init__(self, protocol: Any) -> None:
+        super().__init__(protocol)
+        self.pending: list[Any] = []
+        self.closed = False
+        self.replies = 0
+
+    def write(self, data: Any) -> None:
+        self.replies += 1
+
+    def write_all(self, outputs: list[Any]) -> None:
+        self.replies += len(outputs)
+
+
+def durable_run(tree: ModuleType, directory: str) -> Callable[[int], None]:
+    """Receive and answer ``n`` sets, one per read (a sync client's), by a server over a data
+    file (the SQLite store, without fsync), each committed before its reply, as ``--data``
+    does; the checkpoints the committer task would run (in a thread) run here, when due."""
+    name = tree.__name__
+    connection = importlib.import_module(f"{name}.protocol.connection")
+    admission = importlib.import_module(f"{name}.server.admission")
+    dispatch = importlib.import_module(f"{name}.server.dispatch")
+    durability = importlib.import_module(f"{name}.server.durability")
+    codec = importlib.import_module(f"{name}.protocol.codec")
+    sqlite = importlib.import_module(f"{name}.server.stores.sqlite")
+    store = tree.SQLiteStore(os.path.join(directory, f"{name}.db"))
+    call_later = lambda *args: lambda: None  # noqa: E731 (no timer is due)
+    dispatcher = dispatch.Dispatcher(store, call_later)
+    connections = admission.Connections(
+        tree.Limits(), dispatcher, call_later, connection.ServerConnection,
+        durability.Durability(store),
+    )  # fmt: skip
+    peer = _Writer(connection.ServerConnection())
+    connections.open.add(peer)
+    hello = {"protocol": connection.PROTOCOL_NAME, "version": connection.PROTOCOL_VERSION}
+    connections.received(peer, msgpack.packb(hello))
+    first = 70_000
+    frames = [
+        msgpack.packb([first + i, "set", "k", "x", codec.encode_value(i)]) for i in range(999)
+    ]
+
+    def run(n: int) -> None:
+        for i in range(n):
+            connections.received(peer, frames[i % 999])
+            if store._logged >= sqlite.CHECKPOINT_PAGES:
+                store._file.checkpoint()
+                store._logged = 0
+        assert not store.dirty  # (every set was committed before its reply)
+
+    run(10)
+    return run
+
+
+def durable_row(trees: dict[str, ModuleType], args: argparse.Namespace) -> dict[str, list[float]]:
+    number = max(1, args.gets // 10)
+    per_set: dict[str, list[float]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="ab-durable-") as directory:
+        runs = {name: durable_run(tree, directory) for name, tree in trees.items()}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                start = time.process_time()
+                run(number)
+                per_set[name].append((time.process_time() - start) / number * 1e6)
+    return per_set
 
 
 async def _answered_here(tree: ModuleType, address: str) -> Any:
@@ -319,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("before", help="a source tree holding aionamespace/ (say main's src)")
     parser.add_argument("after", help="another (say this branch's src)")
-    parser.add_argument("--rows", default="server,client,trio")
+    parser.add_argument("--rows", default="server,client,trio,durable")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--batch", type=int, default=48, help="gets per read (server row)")
     parser.add_argument("--names", type=int, default=100, help="names per _update (update rows)")
@@ -344,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         if "trio" in wanted:
             title = f"trio client: {args.tasks} tasks, replies made in process"
             report(title, trio_client_row(trees, args))
+        if "durable" in wanted:
+            title = "durable: a sync client's sets, each committed to a data file"
+            report(title, durable_row(trees, args), "set")
     return 0
 
 

@@ -21,9 +21,10 @@ def test_quick_ab_trees_measures_every_row_for_both_trees() -> None:
     assert "server: parse and answer a read of 48 gets" in output
     assert "client: 8 tasks" in output
     assert "trio client: 8 tasks" in output
+    assert "durable: a sync client's sets" in output
     medians = re.findall(r"(before|after): median ([0-9.]+)", output)
-    assert [tree for tree, _ in medians] == ["before", "after"] * 3
+    assert [tree for tree, _ in medians] == ["before", "after"] * 4
     assert all(float(value) > 0 for _, value in medians)
     ratios = re.findall(r"after/before, median over rounds: ([0-9.]+)", output)
-    assert len(ratios) == 3
+    assert len(ratios) == 4
     assert all(float(ratio) > 0 for ratio in ratios)

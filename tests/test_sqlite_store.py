@@ -350,3 +350,52 @@ def test_a_small_commit_runs_on_the_loop_and_a_large_one_in_a_thread(
     assert writers[-1] != loop_thread
     assert len(writers) == 3
     assert decode_value(reopen(store, opened).get("board", "x8")) == b"v" * 10
+
+
+def test_a_commit_of_one_revision_writes_what_the_general_path_writes(
+    tmp_path: Path, opened: list[SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit of one revision is made by ``_lone_revision`` when it can: the same rows,
+    table by table, as ``_statements``'s general path writes for it (folds and lists too)."""
+    from aionamespace import Limits
+
+    monkeypatch.setattr(sqlite_module, "FOLD_REVISIONS", 4)
+    limits = Limits(max_history_revisions=3)
+    lone = SQLiteStore(tmp_path / "lone.db", limits)
+    general = SQLiteStore(tmp_path / "general.db", limits)
+    opened += [lone, general]
+    monkeypatch.setattr(general, "_lone_revision", lambda *entry: None)
+    taken: list[bool] = []
+    lone_revision = lone._lone_revision
+
+    def counted(*entry: Any) -> Any:
+        statement = lone_revision(*entry)
+        taken.append(statement is not None)
+        return statement
+
+    monkeypatch.setattr(lone, "_lone_revision", counted)
+    steps: list[Any] = []
+    for i in range(12):
+        steps.append(lambda store, i=i: store.set("k", "x", encode_value(i)))
+        if i % 3 == 0:
+            steps.append(lambda store, i=i: store.update("k", {"y": encode_value(i)}))
+        if i % 4 == 1:
+            steps.append(lambda store: store.delete("k", "y"))
+        if i % 5 == 2:
+            steps.append(lambda store, i=i: store.append("k", "items", [encode_value(i)]))
+    steps.append(lambda store: store.drop("k"))
+    steps += [lambda store, i=i: store.set("k", "x", encode_value(i)) for i in range(3)]
+    for step in steps:
+        for store in (lone, general):
+            step(store)
+            store.commit_now()
+        for table in ("namespaces", "attributes", "list_chunks", "history"):
+            query = f"SELECT * FROM {table} ORDER BY 1, 2"
+            rows = [store._file.db.execute(query).fetchall() for store in (lone, general)]
+            assert rows[0] == rows[1], table
+    assert any(taken)  # (both paths were taken by the lone store)
+    assert not all(taken)
+    assert reopen(lone, opened).snapshot("k", None) == (
+        general.snapshot("k", None)[0],
+        {"x": encode_value(2)},
+    )

@@ -136,7 +136,9 @@ class Durability:
             and not self._gathering()
         )
         gate = self.gate
-        size, start = self._size(), time.monotonic()
+        timed = self._waiting is not None  # (only gathering reads a commit's size and time)
+        if timed:
+            size, start = self._size(), time.monotonic()
         try:
             done = self.store.commit_inline(lone=lone)
         except Exception as exc:  # the committer raises it: the server stops (see run)
@@ -145,7 +147,8 @@ class Durability:
         if done:
             self._dirty = False
             self._taken()
-            self._timed(size, start)
+            if timed:
+                self._timed(size, start)
             self._opened(gate)
 
     def _size(self) -> int:

@@ -56,6 +56,8 @@ PAGE_BYTES = 4096
 #: them, older than what its history keeps (the module's docstring).
 FOLD_REVISIONS = 1024
 FOLD_BYTES = 4 * 1024 * 1024
+#: A history row of at most this many bytes is handed to SQLite as a copy (``_blob``).
+_BLOB_COPY_BYTES = 4096
 _INSERT_REVISIONS = "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)"
 _INSERT_CHUNK = "INSERT OR REPLACE INTO list_chunks VALUES (?, ?, ?, ?, ?, ?)"
 #: Writes attributes, each keeping its place if the file has it, else taking the one given.
@@ -133,7 +135,10 @@ class SQLiteStore(MemoryStore):
         return namespace
 
     def _record(self, key: str, namespace: _Namespace, changes: Changes, size: int) -> int:
-        self._journaled(key, namespace.revision + 1, changes, size)
+        journal = self._journal  # (``_journaled``, inlined: this runs at every change)
+        if not journal and self.on_change is not None:
+            self.on_change()
+        journal.append((key, namespace.revision + 1, changes, size))
         return super()._record(key, namespace, changes, size)
 
     def restore(self, key: str, revision: int, values: Mapping[str, bytes]) -> None:
@@ -192,7 +197,10 @@ class SQLiteStore(MemoryStore):
         self._write_now(self._volume())
 
     def _volume(self) -> int:
-        return sum(size for _, _, _, size in self._journal)
+        journal = self._journal
+        if len(journal) == 1:
+            return journal[0][3]
+        return sum(size for _, _, _, size in journal)
 
     def _write_now(self, volume: int) -> None:
         statements = self._statements()
@@ -207,6 +215,10 @@ class SQLiteStore(MemoryStore):
         """The journal as SQL statements (taken on the loop's thread: what they carry is the
         state now, and later changes go to the next commit)."""
         journal, self._journal = self._journal, []
+        if len(journal) == 1:  # (a lone writer's commit, as a rule: one revision)
+            statement = self._lone_revision(*journal[0])
+            if statement is not None:
+                return [statement]
         statements: list[Statement] = []
         revisions: list[tuple[Any, ...]] = []  # history rows, inserted in one go
         chunks: dict[tuple[str, str], dict[StoredList, None]] = {}  # the lists appended to
@@ -246,7 +258,7 @@ class SQLiteStore(MemoryStore):
                 packed = pack(_packable(changes))
             else:  # bytes and deletions only: packed as they are
                 packed = pack(changes if type(changes) is dict else dict(changes))
-            revisions.append((key, revision, size, packed))
+            revisions.append((key, revision, size, _blob(packed)))
             in_file = file_history.get(key)
             if in_file is None:
                 in_file = file_history[key] = collections.deque()
@@ -267,6 +279,36 @@ class SQLiteStore(MemoryStore):
                     ("INSERT OR REPLACE INTO namespaces VALUES (?, ?)", (key, namespace.revision))
                 )
         return statements
+
+    def _lone_revision(
+        self, key: str, revision: int, changes: Changes, size: int
+    ) -> Statement | None:
+        """A commit of one revision of values and deletions, of a namespace the file lists
+        (with its history: a drop forgets both), with no fold due: its history row, the one
+        statement ``_statements`` would make, made with less Python. None for any other commit
+        (``_statements`` makes it)."""
+        in_file = self._in_file.get(key)
+        namespace = self._namespaces.get(key)
+        if (
+            in_file is None
+            or namespace is None
+            or size < 0
+            or changes is _CREATED
+            or changes is _DROPPED
+            or type(changes) is not dict
+            or key not in self._listed
+            or ListVersion in set(map(type, changes.values()))
+        ):
+            return None
+        file_bytes = self._in_file_bytes.get(key, 0) + size
+        if (
+            len(in_file) + 1 - len(namespace.history) >= self.fold_revisions
+            or file_bytes - namespace.history_bytes >= self.fold_bytes
+        ):
+            return None
+        in_file.append((revision, tuple(changes), size))
+        self._in_file_bytes[key] = file_bytes
+        return (_INSERT_REVISIONS, (key, revision, size, _blob(self._packer.pack(changes))))
 
     def _chunks(self, key: str, name: str, lists: Iterable[StoredList]) -> list[Statement]:
         """The bytes the file lacks of the lists appended to under ``name`` in this commit."""
@@ -326,6 +368,13 @@ class SQLiteStore(MemoryStore):
         if rows:
             statements.append((_UPSERT_ATTRIBUTES, rows))
         return statements
+
+
+def _blob(data: bytes) -> bytes | bytearray:
+    """``data`` as SQLite is given it cheapest: Python's sqlite3 looks for an adapter for
+    ``bytes`` on every binding (a failed attribute lookup, an exception made and cleared), not
+    for ``bytearray``, whose copy costs less while ``data`` is small (``_BLOB_COPY_BYTES``)."""
+    return bytearray(data) if len(data) <= _BLOB_COPY_BYTES else data
 
 
 def _drop(key: str) -> list[Statement]:
