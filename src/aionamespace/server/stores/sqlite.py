@@ -135,10 +135,7 @@ class SQLiteStore(MemoryStore):
         return namespace
 
     def _record(self, key: str, namespace: _Namespace, changes: Changes, size: int) -> int:
-        journal = self._journal  # (``_journaled``, inlined: this runs at every change)
-        if not journal and self.on_change is not None:
-            self.on_change()
-        journal.append((key, namespace.revision + 1, changes, size))
+        self._journaled(key, namespace.revision + 1, changes, size)
         return super()._record(key, namespace, changes, size)
 
     def restore(self, key: str, revision: int, values: Mapping[str, bytes]) -> None:
@@ -301,10 +298,7 @@ class SQLiteStore(MemoryStore):
         ):
             return None
         file_bytes = self._in_file_bytes.get(key, 0) + size
-        if (
-            len(in_file) + 1 - len(namespace.history) >= self.fold_revisions
-            or file_bytes - namespace.history_bytes >= self.fold_bytes
-        ):
+        if self._fold_due(namespace, len(in_file) + 1, file_bytes):
             return None
         in_file.append((revision, tuple(changes), size))
         self._in_file_bytes[key] = file_bytes
@@ -324,6 +318,15 @@ class SQLiteStore(MemoryStore):
             self._written[key, name] = (stored.since, stored.size)
         return statements
 
+    def _fold_due(self, namespace: _Namespace, revisions: int, size: int) -> bool:
+        """Whether a namespace whose file holds ``revisions`` revisions of ``size`` bytes in
+        all is due a fold. The history in memory is the newest part of the file's: what is
+        beyond it is counted without a walk (this runs at every commit)."""
+        return (
+            revisions - len(namespace.history) >= self.fold_revisions
+            or size - namespace.history_bytes >= self.fold_bytes
+        )
+
     def _fold_when_due(self, key: str, namespace: _Namespace) -> list[Statement]:
         """Fold the revisions the file holds beyond what the history keeps, once they are
         ``FOLD_REVISIONS`` (or ``FOLD_BYTES``): write the attributes they changed, as they are
@@ -331,12 +334,9 @@ class SQLiteStore(MemoryStore):
         in_file = self._in_file.get(key)
         if not in_file:
             return []
-        # The history in memory is the newest part of the file's: what is beyond it, counted
-        # without a walk (this runs at every commit).
-        count = len(in_file) - len(namespace.history)
-        size = self._in_file_bytes[key] - namespace.history_bytes
-        if count < self.fold_revisions and size < self.fold_bytes:
+        if not self._fold_due(namespace, len(in_file), self._in_file_bytes[key]):
             return []
+        count = len(in_file) - len(namespace.history)
         oldest = namespace.history[0][0] if namespace.history else namespace.revision + 1
         names: dict[str, None] = {}
         for _ in range(count):
