@@ -1,13 +1,18 @@
 """The Redis store's batches sent at once, without a task (remote.py's ``apply_now``).
 
-Plain reads (gets, snapshots of names) of namespaces not followed, or one set or update of a
-namespace the store registered and nobody follows, on a standalone server whose link is
-connected: sent by ``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read
-in the link's callback. ``done`` is told, from there, the results as ``apply`` returns them,
-or an awaitable of them (what ``apply`` does after its rounds that a write needs: a new
-epoch, its namespace registered, a follower told), or None: nothing ran, serve them with
-``apply``. Anything else (a cluster, whose commands go to their nodes; a namespace not yet
-registered) is not sent at all.
+Plain reads (gets, snapshots of names), or one set or update of a namespace the store
+registered, on a standalone server whose link is connected: sent by ``Rounds.read_now`` /
+``write_now`` (redis_rounds.py), their replies read in the link's callback. ``done`` is told,
+from there, the results as ``apply`` returns them, or an awaitable of them (what ``apply`` does
+after its rounds that a write needs: a new epoch, its namespace registered), or None: nothing
+ran, serve them with ``apply``. Anything else (a cluster, whose commands go to their nodes; a
+namespace not yet registered) is not sent at all.
+
+A followed namespace (redis_follow.py) goes at once too: the callback tells the follower what
+``apply`` would (``Follower.own_now``: the write's revision, in order through the same gate
+as the messages; ``read_now``: the revision a read saw). Only when that needs a fetch first
+(another server's revisions not told yet) is it handed on as an awaitable: ``apply``'s
+``_told``, which fetches them, then tells.
 """
 
 from __future__ import annotations
@@ -35,27 +40,40 @@ def apply_now(store: RedisStore, calls: Sequence[StoreCall], done: Callable[[Any
     nothing sent, if not."""
     if store._cluster:
         return False
-    follower = store._follower
     if len(calls) == 1 and calls[0][0] in _WRITES:
         op, args = calls[0]
-        key = args[0]
-        if key not in store._registered or key in follower:
+        if args[0] not in store._registered:
             return False
         write = prepare(op, args, store._guesses)
         return store._rounds.write_now(write, functools.partial(_written, store, write, done))
     prepared = []
     for op, args in calls:
-        if op not in _READS or args[0] in follower:
+        if op not in _READS:
             return False
         prepared.append(prepare(op, args, store._guesses))
     return store._rounds.read_now(prepared, functools.partial(_read, store, done))
 
 
 def _read(store: RedisStore, done: Callable[[Any], None], calls: list[Call] | None) -> None:
-    if calls is None or any(call.key in store._follower for call in calls):
-        done(None)  # (followed meanwhile: apply tells the follower what it read)
+    if calls is None:
+        done(None)
+        return
+    follower = store._follower
+    behind = False
+    for call in calls:  # (as apply's _told: what a read saw of a followed key is told first)
+        if call.observed >= 0 and call.key in follower:
+            behind = not follower.read_now(call.key, call.observed) or behind
+    if behind:
+        done(functools.partial(_told, store, calls))
     else:
         done([call.result for call in calls])
+
+
+async def _told(store: RedisStore, calls: list[Call]) -> list[Any]:
+    """What ``apply`` does after its rounds, for reads of a followed key told less than they
+    saw (its history fetched first: a watch started at the revision read sees none twice)."""
+    await store._told(calls)
+    return [call.result for call in calls]
 
 
 def _written(
@@ -68,13 +86,18 @@ def _written(
         done(None)
         return
     epoch, made = outcome
-    if epoch != store.epoch or made or call.key in store._follower:
+    if epoch != store.epoch or made:
         # (what is left to do, not begun: a coroutine made here would warn, never awaited, if
         # the server stopped before the task that awaits it ran)
         done(functools.partial(_after, store, call, epoch, made))
         return
-    if call.changes is not None and store.on_commit is not None:
-        store.on_commit(call.key, call.revision, call.changes)
+    if call.changes is not None:
+        if call.key in store._follower:  # (as apply's _told, unless a fetch is due first)
+            if not store._follower.own_now(call.key, call.revision, call.changes):
+                done(functools.partial(_after, store, call, epoch, made))
+                return
+        elif store.on_commit is not None:
+            store.on_commit(call.key, call.revision, call.changes)
     done([call.result])
 
 

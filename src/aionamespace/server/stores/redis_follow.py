@@ -220,6 +220,13 @@ class Follower:
         if state is not None and state.told is None:
             state.told = revision
 
+    def read_now(self, key: str, revision: int) -> bool:
+        """``after_read`` when it need not fetch (the key is told up to ``revision``): False,
+        and a fetch due (``after_read`` does it), if not."""
+        self.observed(key, revision)
+        state = self._keys.get(key)
+        return state is None or state.told is None or state.told >= revision
+
     async def after_read(self, key: str, revision: int) -> None:
         """A call of ``apply`` (or ``history``) saw ``key`` at ``revision``: a key followed
         from "now" starts there, and one told less is told up to it before the call returns:
@@ -237,6 +244,23 @@ class Follower:
         if state.told is not None and state.told < revision:  # (could not be fetched)
             state.told = state.seen = revision
             self._lost(key)
+
+    def own_now(self, key: str, revision: int, changes: Changes) -> bool:
+        """``own`` when it need not fetch (no other server's revision of the key is untold
+        before this one; ``changes`` whole, as a set's or an update's): False, and nothing
+        done, if it must (``own`` does it)."""
+        state = self._keys.get(key)
+        if state is not None and state.told is not None and revision > state.told + 1:
+            return False
+        if state is None:  # unfollowed meanwhile: told as any other key's
+            if self._store.on_commit is not None:
+                self._store.on_commit(key, revision, changes)
+            return True
+        if state.told is None:
+            state.told = revision - 1
+        state.seen = max(state.seen, revision)
+        self.tell(state, revision, changes)  # (told already if its message came first)
+        return True
 
     async def own(self, key: str, revision: int, changes: Changes) -> None:
         """This store's own revision of a followed key, after those before it."""
