@@ -17,7 +17,8 @@ calls and awaits it, then answers. (A function, not a coroutine made already: on
 never got to await, the server stopping first, would be reported as never awaited.) What it
 cannot answer at once, it says before anything ran (None: a list found, an error reply, a
 script to load again): the batch is then served the usual way, from its start, with what was
-held kept."""
+held kept.
+"""
 
 from __future__ import annotations
 
