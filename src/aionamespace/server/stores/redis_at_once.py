@@ -1,13 +1,14 @@
 """The Redis store's batches sent at once, without a task (remote.py's ``apply_now``).
 
-Plain reads (gets, snapshots of names) of namespaces not followed, or one set or update of a
-namespace the store registered and nobody follows, on a standalone server whose link is
-connected: sent by ``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read
-in the link's callback. ``done`` is told, from there, the results as ``apply`` returns them,
-or an awaitable of them (what ``apply`` does after its rounds that a write needs: a new
-epoch, its namespace registered, a follower told), or None: nothing ran, serve them with
-``apply``. Anything else (a cluster, whose commands go to their nodes; a namespace not yet
-registered) is not sent at all.
+Plain reads (gets, snapshots of names), or one set or update of a namespace the store
+registered and nobody follows, on a standalone server whose link is connected: sent by
+``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read in the link's
+callback. ``done`` is told, from there, the results as ``apply`` returns them, or a function
+that returns an awaitable of them (what ``apply`` does after its rounds that remains: for a
+write, a new epoch, its namespace registered, a follower told; for a read of a followed
+namespace, the follower told the revisions up to what it read, if it was behind), or None:
+nothing ran, serve them with ``apply``. Anything else (a cluster, whose commands go to their
+nodes; a namespace not yet registered) is not sent at all.
 """
 
 from __future__ import annotations
@@ -45,17 +46,31 @@ def apply_now(store: RedisStore, calls: Sequence[StoreCall], done: Callable[[Any
         return store._rounds.write_now(write, functools.partial(_written, store, write, done))
     prepared = []
     for op, args in calls:
-        if op not in _READS or args[0] in follower:
+        if op not in _READS:
             return False
         prepared.append(prepare(op, args, store._guesses))
     return store._rounds.read_now(prepared, functools.partial(_read, store, done))
 
 
 def _read(store: RedisStore, done: Callable[[Any], None], calls: list[Call] | None) -> None:
-    if calls is None or any(call.key in store._follower for call in calls):
-        done(None)  # (followed meanwhile: apply tells the follower what it read)
-    else:
-        done([call.result for call in calls])
+    if calls is None:
+        done(None)
+        return
+    follower = store._follower
+    for at, call in enumerate(calls):  # (as apply's _told, in order: without an await if it can)
+        if call.observed >= 0 and call.key in follower:
+            if not follower.read_told(call.key, call.observed):
+                # (a revision up to what it read is to be told first: a task awaits that)
+                done(functools.partial(_told, store, calls, at))
+                return
+    done([call.result for call in calls])
+
+
+async def _told(store: RedisStore, calls: list[Call], at: int) -> list[Any]:
+    """What ``apply`` does after the rounds of reads sent at once, from the call ``at`` on
+    (the follower told up to what it read: those before it needed no await)."""
+    await store._told(calls[at:])
+    return [call.result for call in calls]
 
 
 def _written(

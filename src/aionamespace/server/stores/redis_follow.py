@@ -220,15 +220,21 @@ class Follower:
         if state is not None and state.told is None:
             state.told = revision
 
+    def read_told(self, key: str, revision: int) -> bool:
+        """What ``after_read`` does without an await: the read is ``observed``, and True if
+        nothing up to ``revision`` is left to tell (else ``after_read`` must be awaited)."""
+        self.observed(key, revision)
+        state = self._keys.get(key)
+        return state is None or state.told is None or state.told >= revision
+
     async def after_read(self, key: str, revision: int) -> None:
         """A call of ``apply`` (or ``history``) saw ``key`` at ``revision``: a key followed
         from "now" starts there, and one told less is told up to it before the call returns:
         the server starts a watch at that revision, so a revision up to it told later would
         reach the new watch twice (server/remote_feed.py)."""
-        self.observed(key, revision)
-        state = self._keys.get(key)
-        if state is None or state.told is None or state.told >= revision:
+        if self.read_told(key, revision):
             return
+        state = self._keys[key]
         state.seen = max(state.seen, revision)
         try:
             await self.fill(state)
