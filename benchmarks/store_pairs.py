@@ -9,7 +9,9 @@ It starts a redis-server (a Unix socket, no persistence) and store_server.py ove
 server of compare.py's store rows: asyncio with the busy-polling loop), then per row and per
 round times one sync proxy through the server and redis-py on the same Redis, in slices that
 alternate (which goes first alternates too), so that a round's ratio compares the two under
-the same load. It prints per row the median of the rounds' ratios (> 1: ours faster), the
+the same load. As in compare.py's rows, a cached proxy (``cache=True``) reads the proxy's
+namespace too, so the server follows it (stores/redis_follow.py); ``--unfollowed`` leaves it
+out. It prints per row the median of the rounds' ratios (> 1: ours faster), the
 worst and best round, each side's median rate, and how often the proxy's reply poll
 (client/busypoll.py) gave up on a call: a *miss* (the reply came after the poll window, or
 the CPUs were busy), per 1,000 calls.
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice", type=float, default=0.25, help="seconds per side per round")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"of {', '.join(ROWS)}")
     parser.add_argument("--quick", action="store_true", help="2 rounds of short slices")
+    parser.add_argument(
+        "--unfollowed",
+        action="store_true",
+        help="without compare.py's cached proxy on the namespace (the server then does not "
+        "follow it)",
+    )
     args = parser.parse_args(argv)
     rows = args.rows.split(",")
     if not set(rows) <= set(ROWS) or args.rounds < 1:
@@ -102,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         compare.wait_for_line(server, b"serving on")
         ours = aionamespace.Namespace(address, "bench")
         stack.callback(ours._close)
+        if not args.unfollowed:  # (compare.py's rows keep one: the server follows "bench")
+            cached = aionamespace.Namespace(address, "bench", cache=True)
+            stack.callback(cached._close)
         direct = redis.Redis(unix_socket_path=path)
         stack.callback(direct.close)
         values = {f"n{i}": i for i in range(NAMES)}
@@ -110,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         ours._update(**values)
         direct.mset({"x": 1, **values})
         assert dict(ours._snapshot(*names)) == values
+        if not args.unfollowed:
+            assert cached.x == 1
         contenders = {
             "get": (lambda: ours.x, lambda: direct.get("x"), 1),
             "snapshot": (lambda: ours._snapshot(*names), lambda: direct.mget(names), NAMES),

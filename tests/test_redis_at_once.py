@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import msgpack
 import pytest
 
@@ -29,6 +30,7 @@ from aionamespace.server.stores.redis import RedisStore
 from aionamespace.server.stores.redis_at_once import _written
 from deadlines import NO_HANG_SECONDS
 from raw_client import connect_raw, exchange, read_frames
+from store_rig import new_redis_client
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
 
@@ -186,3 +188,54 @@ def test_a_write_with_more_to_do_is_handed_on_unbegun() -> None:
         handed.clear()  # the task that would have called it never runs
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_a_read_of_a_followed_namespace_sent_at_once_tells_what_it_saw_first() -> None:
+    """A get of a namespace the store follows is sent at once too: answered from the link's
+    callback when the follower was told up to the revision it read (or follows from "now"),
+    else handed on to a task that tells the follower the revisions up to it first, as
+    ``apply`` does (test_redis_follow.py's reads: a watch starts at what a read saw)."""
+    told: list[tuple[str, int]] = []
+
+    async def at_once(store: RedisStore, calls: list[Any]) -> Any:
+        answered: list[Any] = []
+        event = anyio.Event()
+
+        def done(results: Any) -> None:
+            answered.append(results)
+            event.set()
+
+        assert store.apply_now(calls, done)
+        with anyio.fail_after(NO_HANG_SECONDS):
+            await event.wait()
+        return answered[0]
+
+    async def main() -> None:
+        prefix = redis_rig.unique_prefix()
+        clients = [await new_redis_client(False) for _ in range(2)]
+        try:
+            a, b = (RedisStore(client, prefix=prefix) for client in clients)
+            for store in (a, b):
+                await store.start()
+            b.on_commit = lambda key, revision, changes: told.append((key, revision))
+            await b.apply([("get", ("k", "x"))])  # (registered: b knows the namespace)
+            b.follow("k", 0)  # (its subscriber does not run: only reads tell)
+            for i in range(3):
+                await a.apply([("set", ("k", "x", encode_value(i)))])
+            later = await at_once(b, [("get", ("k", "x"))])
+            assert callable(later)  # the follower is behind: a task tells it first
+            assert told == []
+            assert await later() == [encode_value(2)]
+            assert told == [("k", 1), ("k", 2), ("k", 3)]
+            assert await at_once(b, [("get", ("k", "x"))]) == [encode_value(2)]
+            b.follow("j")  # from "now": the read it sees starts it, nothing to tell
+            await a.apply([("set", ("j", "y", encode_value(1)))])
+            assert await at_once(b, [("get", ("j", "y"))]) == [encode_value(1)]
+            assert b._follower._keys["j"].told == 1
+            for store in (a, b):
+                await store.aclose()
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    anyio.run(main, backend="asyncio")

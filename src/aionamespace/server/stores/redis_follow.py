@@ -232,10 +232,9 @@ class Follower:
         from "now" starts there, and one told less is told up to it before the call returns:
         the server starts a watch at that revision, so a revision up to it told later would
         reach the new watch twice (server/remote_feed.py)."""
-        self.observed(key, revision)
-        state = self._keys.get(key)
-        if state is None or state.told is None or state.told >= revision:
+        if self.read_now(key, revision):
             return
+        state = self._keys[key]
         state.seen = max(state.seen, revision)
         try:
             await self.fill(state)
