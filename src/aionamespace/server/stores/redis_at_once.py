@@ -2,13 +2,13 @@
 
 Plain reads (gets, snapshots of names) on a standalone server, or one set or update of a
 namespace the store registered (in a cluster too: its epoch read goes to the board's node, its
-script to its namespace's, ``submit_each_then``, redis_rounds.py), whose links are connected:
-sent by ``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read in the links'
-callbacks. ``done`` is told, from there, the results as ``apply`` returns them, or an awaitable
-of them (what ``apply`` does after its rounds that a write needs: a new epoch, its namespace
-registered), or None: nothing ran (``NOSCRIPT``, ``MOVED``), serve them with ``apply``.
-Anything else (a cluster's reads, which may span nodes; a namespace not yet registered; a
-cluster whose slot map is to be read again) is not sent at all.
+script to its namespace's, ``Links.submit_each_then``), whose links are connected: sent by
+``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read in the links'
+callbacks. ``done`` is told, from there, the results as ``apply`` returns them, or an
+awaitable of them (what ``apply`` does after its rounds that a write needs: a new epoch, its
+namespace registered), or None: nothing ran (``NOSCRIPT``, ``MOVED``), serve them with
+``apply``. Anything else (a cluster's reads, which may span nodes; a namespace not yet
+registered; a cluster whose slot map is to be read again) is not sent at all.
 
 A followed namespace (redis_follow.py) goes at once too: the callback tells the follower what
 ``apply`` would (``Follower.own_now``: the write's revision, in order through the same gate
