@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -345,46 +344,6 @@ class Links:
         if self._cluster:
             return False
         return self.link_for(b"").submit_then(payload, count, timeout, then)
-
-    def submit_each_then(
-        self, commands: Sequence[tuple[bytes, bytes, int]], timeout: float | None, then: Then
-    ) -> bool:
-        """``execute`` without a task, in a cluster: each (key, packed commands, how many)
-        to its key's node, and ``then`` told, from the callback that read the last node's,
-        the replies as ``execute`` returns them (a failed node's: its error, each). False,
-        and nothing written, if a node's link is not connected or the slot map is stale."""
-        if self._stale:
-            return False
-        groups: dict[Link, tuple[list[int], list[tuple[bytes, bytes, int]]]] = {}
-        try:
-            for at, triple in enumerate(commands):
-                group = groups.setdefault(self.link_for(triple[0]), ([], []))
-                group[0].append(at)
-                group[1].append(triple)
-        except ConnectionError:  # (a slot no node holds: execute says so)
-            return False
-        if any(link.connection is None or link.connection.transport is None for link in groups):
-            return False
-        replies: list[Any] = [None] * len(commands)
-        waiting = [len(groups)]
-
-        def told(places: list[int], triples: list[Any], answers: list[Any] | Exception) -> None:
-            if isinstance(answers, Exception):
-                self._stale = self._stale or isinstance(answers, OSError)
-                answers = [answers] * len(places)
-            elif len(answers) != len(triples):
-                answers = _grouped(answers, triples)
-            for at, answer in zip(places, answers, strict=True):
-                replies[at] = answer
-            waiting[0] -= 1
-            if not waiting[0]:
-                then(replies)
-
-        for link, (places, triples) in groups.items():
-            payload = b"".join([command for _, command, _ in triples])
-            total = sum([count for _, _, count in triples])
-            link.submit_then(payload, total, timeout, functools.partial(told, places, triples))
-        return True
 
     async def execute(
         self, commands: Sequence[tuple[bytes, bytes, int]], timeout: float | None = None

@@ -13,15 +13,14 @@ write that failed (redis_scripts.py, Rounds); a plain read after such a call on 
 namespace is read again after it. Whatever else fails is the call's ``StoreUnavailable``:
 nothing that may have run runs twice.
 
-**At once.** A batch of plain reads only (``read_now``: gets and snapshots of names, each sent
-as its ``MULTI``/``EXEC``, after the epoch's read), or of one write that needs no more than one
-script call (``write_now``: a set, an update), may go without a round at all: written from the
-caller's callback, its replies parsed in the link's (``submit_then``), no await (in a cluster,
-a write only: its epoch read and its script go to their nodes, and the last reply calls back,
-``Links.submit_each_then``). If a read's reply is not a plain read's answer (an error, a list
-found, the epoch changed), the caller is told None and serves the batch the usual way: reads
-have no effect. A write is told None only if its script did not run (``NOSCRIPT``, ``MOVED``):
-what may have run is never sent again.
+**At once.** A batch of plain reads only (``read_now``: gets and snapshots of names, each
+sent as its ``MULTI``/``EXEC``, after the epoch's read), or of one write that needs no more
+than one script call (``write_now``: a set, an update), may go without a round at all:
+written from the caller's callback, its replies parsed in the link's (``submit_then``), no
+await. If a read's reply is not a plain read's answer (an error, a list found, the epoch
+changed), the caller is told None and serves the batch the usual way: reads have no effect.
+A write is told None only if its script did not run (``NOSCRIPT``, ``MOVED``): what may have
+run is never sent again.
 
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
@@ -112,9 +111,6 @@ class Rounds:
         else:
             command = self._script_call.pack(base, args, head, 8)
         then = functools.partial(self._written, call, done)
-        if store._cluster:  # (the epoch and the namespace in slots of their own)
-            commands = [self._read_epoch, (base, command, 1)]
-            return links.submit_each_then(commands, store._timeout, then)
         return links.submit_then(self._read_epoch[1] + command, 2, store._timeout, then)
 
     def _written(
