@@ -13,9 +13,9 @@ gives rise to for its connection meanwhile (pushes) follows its answers, as on t
 
 The store may answer with a coroutine function instead (a call after which it has more to
 do: a new epoch, a namespace to register, a follower to tell what another server did
-first): a task calls and awaits it, then answers. (A function, not a coroutine made already: one that the task never got to
-await, the server stopping first, would be reported as never awaited.) What it
-cannot answer at once, it says before anything ran (None: a list found, an error reply, a
+first): a task calls and awaits it, then answers. (A function, not a coroutine made
+already: one that the task never got to await, the server stopping first, would be reported
+as never awaited.) What it cannot answer at once, it says before anything ran (None: a list found, an error reply, a
 script to load again): the batch is then served the usual way, from its start, with what was
 held kept.
 """
