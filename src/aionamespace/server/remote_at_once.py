@@ -11,13 +11,12 @@ the store's callback that parsed its reply makes the answers and writes them. Wh
 gives rise to for its connection meanwhile (pushes) follows its answers, as on the usual path
 (``_held``).
 
-The store may answer with a coroutine function instead (a call after which it has more to
-do: a new epoch, a namespace to register, a follower to tell what another server did
-first): a task calls and awaits it, then answers. (A function, not a coroutine made
-already: one that the task never got to await, the server stopping first, would be reported
-as never awaited.) What it cannot answer at once, it says before anything ran (None: a list found, an error reply, a
-script to load again): the batch is then served the usual way, from its start, with what was
-held kept.
+The store may answer with a coroutine function instead (a call after which it has more to do: a
+new epoch, a namespace to register, a follower to tell what another server did first): a task
+calls and awaits it, then answers. (A function, not a coroutine made already: one that the task
+never got to await, the server stopping first, would be reported as never awaited.) What it
+cannot answer at once, it says before anything ran (None: a list found, an error reply, a script
+to load again): the batch is then served the usual way, from its start, with what was held kept.
 """
 
 from __future__ import annotations
