@@ -12,7 +12,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import msgpack
@@ -207,6 +207,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+@pytest.hookimpl(wrapper=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> Generator[None, int, int]:
+    """``-n auto`` (README's test command): pytest-xdist's count of CPUs, one worker on each;
+    on a single CPU, no worker at all (0: the run is serial, in this process), since one worker
+    would only add a process between pytest and the tests."""
+    workers = yield
+    return 0 if workers == 1 else workers
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
