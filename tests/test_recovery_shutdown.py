@@ -32,6 +32,16 @@ from waiting_calls import request_waiting
 SHUTDOWN_SECONDS = 1.5  # how long a graceful stop may take, with every client told
 SHUTDOWN_CLIENTS = 1000
 
+
+def shutdown_bound(greeting_seconds: float) -> float:
+    """How long the stop of SHUTDOWN_CLIENTS clients may take: SHUTDOWN_SECONDS, plus as long
+    as greeting them took. Telling 1,000 clients goodbye is work of the same kind and size as
+    greeting them, so on a machine that other processes keep busy (a second pytest worker, a
+    benchmark) the bound grows with what the machine did then, instead of failing a prompt stop
+    that only shared its cores."""
+    return SHUTDOWN_SECONDS + greeting_seconds
+
+
 pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
@@ -205,7 +215,9 @@ def test_server_thread_stop_says_goodbye_to_1000_clients(
         server.start()
         clients: RawClients | None = None
         try:
+            greeting = time.monotonic()
             clients = RawClients(socket_path, SHUTDOWN_CLIENTS)
+            greeting = time.monotonic() - greeting
             proxies = start_proxies(socket_path)
             start = time.monotonic()
             server.stop()
@@ -215,7 +227,7 @@ def test_server_thread_stop_says_goodbye_to_1000_clients(
             server.stop()
             if clients is not None:
                 clients.close()
-    assert elapsed < SHUTDOWN_SECONDS
+    assert elapsed < shutdown_bound(greeting), (elapsed, greeting)
     assert not os.path.exists(socket_path)
 
 
@@ -228,7 +240,9 @@ def test_sigterm_says_goodbye_to_1000_clients(
         limit = process_open_file_limit(server.process.pid)
         if limit is not None and limit < SHUTDOWN_CLIENTS + 64:
             pytest.skip(f"the server process may open only {limit} files")
+        greeting = time.monotonic()
         clients = RawClients(socket_path, SHUTDOWN_CLIENTS)
+        greeting = time.monotonic() - greeting
         try:
             proxies = start_proxies(socket_path)
             start = time.monotonic()
@@ -239,5 +253,5 @@ def test_sigterm_says_goodbye_to_1000_clients(
         finally:
             clients.close()
     assert code == 0
-    assert elapsed < SHUTDOWN_SECONDS
+    assert elapsed < shutdown_bound(greeting), (elapsed, greeting)
     assert not os.path.exists(socket_path)
