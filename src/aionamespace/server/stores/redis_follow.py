@@ -251,26 +251,31 @@ class Follower:
         state = self._keys.get(key)
         if state is not None and state.told is not None and revision > state.told + 1:
             return False
-        if state is None:  # unfollowed meanwhile: told as any other key's
+        followed = self._owned(key, state, revision, changes)
+        if followed is not None:
+            self.tell(followed, revision, changes)  # (told already if its message came first)
+        return True
+
+    def _owned(
+        self, key: str, state: _Followed | None, revision: int, changes: Changes
+    ) -> _Followed | None:
+        """What ``own`` and ``own_now`` do first with this store's own revision: an unfollowed
+        key's (``state`` None: unfollowed meanwhile) is told as any other key's, and None; a
+        key followed from "now" starts before it, and its state is returned."""
+        if state is None:
             if self._store.on_commit is not None:
                 self._store.on_commit(key, revision, changes)
-            return True
+            return None
         if state.told is None:
             state.told = revision - 1
         state.seen = max(state.seen, revision)
-        self.tell(state, revision, changes)  # (told already if its message came first)
-        return True
+        return state
 
     async def own(self, key: str, revision: int, changes: Changes) -> None:
         """This store's own revision of a followed key, after those before it."""
-        state = self._keys.get(key)
-        if state is None:  # unfollowed meanwhile: told as any other key's
-            if self._store.on_commit is not None:
-                self._store.on_commit(key, revision, changes)
+        state = self._owned(key, self._keys.get(key), revision, changes)
+        if state is None:
             return
-        if state.told is None:
-            state.told = revision - 1
-        state.seen = max(state.seen, revision)
         whole = not any(isinstance(value, UnfetchedList) for value in changes.values())
         while state.told is not None and state.told < revision:
             if revision == state.told + 1 and whole:
