@@ -29,9 +29,9 @@ import redis
 
 import aionamespace
 import compare
+from store_costs import process_cpu
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "store_server.py")
-TICK = os.sysconf("SC_CLK_TCK")
 VALUES = {f"n{i}": i for i in range(100)}
 NAMES = list(VALUES)
 ROWS = {
@@ -40,12 +40,6 @@ ROWS = {
     "get": lambda ns: ns.x,
     "set": lambda ns: setattr(ns, "x", 2),
 }
-
-
-def process_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def redis_cpu(client: Any) -> float:
