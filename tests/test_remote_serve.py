@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import msgpack
 import pytest
 
@@ -31,6 +32,7 @@ from aionamespace import (
 from aionamespace.client.calls import WatchEvent
 from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.protocol.events import PUSH_EVENT, PUSH_INVALIDATE
+from aionamespace.server.locks import LockTable
 from awaited_store import AwaitedStore, Board, servers_on_one_loop
 from deadlines import NO_HANG_SECONDS, wait_until
 from raw_client import connect_raw, exchange, hello_frame, pack
@@ -534,3 +536,61 @@ def test_an_export_reads_every_namespace_through_the_store(
         [3, 0, [1, {"x": encode_value(1)}]],
     ]
     sock.close()
+
+
+class _SettlingLocks(LockTable):
+    """A lock table shared through its store, as a RedisStore's is: a ``release`` is answered
+    once ``settled`` returns, which here waits at a gate the test opens."""
+
+    def __init__(self, call_later: Any) -> None:
+        super().__init__(call_later)
+        self.gate: anyio.Event | None = None
+        self.settling = 0
+
+    async def settled(self) -> None:
+        if self.gate is not None:
+            self.settling += 1
+            await self.gate.wait()
+
+
+class _StoreSharingLocks(AwaitedStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.locks: _SettlingLocks | None = None
+
+    def lock_table(self, call_later: Any) -> _SettlingLocks:
+        self.locks = _SettlingLocks(call_later)
+        return self.locks
+
+
+def test_a_connection_ended_while_its_release_settles_is_no_internal_error(
+    server_backend: str, short_tmp: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A release is answered once the store has it (``settled``); the connection is ended
+    meanwhile (here: a new epoch ends a cached connection; over Redis, a lease that ran out).
+    Its batch stops there: no error is logged, and the server serves on. (Before, the batch
+    went on over the emptied requests and the server logged an IndexError.)"""
+    store = _StoreSharingLocks()
+    address = os.path.join(short_tmp, "r.sock")
+    with ServerThread(address, backend=server_backend, store=store) as server:
+        locks = store.locks
+        assert locks is not None
+        holder, holder_frames = connect_raw(str(server.address))
+        assert exchange(holder, holder_frames, [1, "track", True]) == [[1, 0, None]]
+        acquire = [2, "acquire", "k", "L", b"h", None]
+        assert exchange(holder, holder_frames, acquire) == [[2, 0, None]]
+        store.call(lambda: setattr(locks, "gate", anyio.Event()))
+        with caplog.at_level(logging.WARNING, logger="aionamespace.server"):
+            holder.sendall(pack([3, "release", "k", "L", b"h"]))
+            wait_until(lambda: locks.settling == 1, "the release waits until it settles")
+            store.call(store.board.lose_data)  # ends the cached connection
+            store.call(lambda: locks.gate.set())  # type: ignore[union-attr]
+            (refusal,) = read_to_the_end(holder, holder_frames)
+            assert refusal[:3] == [0, 1, "ConnectionLost"]
+            plain, plain_frames = connect_raw(str(server.address))
+            assert exchange(plain, plain_frames, [1, "ping"]) == [[1, 0, None]]  # served on
+        assert "a new epoch" in caplog.text
+        assert "could not be served" not in caplog.text
+        assert "IndexError" not in caplog.text
+        plain.close()
+        holder.close()

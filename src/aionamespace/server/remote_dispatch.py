@@ -348,6 +348,8 @@ class RemoteDispatcher(SharingDispatcher):
             settled = getattr(self.locks, "settled", None)  # (a table shared through the store)
             if op == "release" and settled is not None:
                 await settled()  # answered once others can see it: a release, then their acquire
+                if not self._alive(peer):  # ended meanwhile (a lease that ran out, an epoch)
+                    raise Gone
             return reply
         if op == "watch":
             return await self._watch_since(peer, request_id, *args)
