@@ -428,6 +428,37 @@ def test_scripts_lost_by_redis_are_loaded_again(target: str) -> None:
     run(main)
 
 
+def test_calls_outside_batches_load_lost_scripts_again(target: str) -> None:
+    """The calls that do not go in a batch's rounds (``usage``, ``history``, ``drop``) find
+    the script cache emptied too (a restart, a failover to a replica that never loaded it):
+    each loads the script again and is answered. (``usage`` failed with NoScriptError, as
+    ``_info()`` did after a failover to a lagging replica.)"""
+
+    async def main() -> None:
+        client = await new_redis_client(target == "cluster")
+        try:
+            store = await started(client, redis_rig.unique_prefix())
+            assert await store.apply([("set", ("k", "x", ONE)), ("set", ("j", "y", ONE))]) == [1, 1]
+
+            def flush() -> None:
+                for node in node_clients(target):
+                    node.script_flush()
+                    node.close()
+
+            flush()
+            usage = await store.usage()
+            assert (usage.namespaces, usage.names) == (2, 2)
+            flush()
+            assert [change.revision for change in await store.history("k", 0)] == [1]
+            flush()
+            await store.drop("j")
+            assert await store.keys() == ["k"]
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
 def test_a_client_that_retries_is_refused() -> None:
     async def main() -> None:
         from redis.asyncio import Redis

@@ -200,8 +200,13 @@ class RedisStore:
             )
         return str(epoch.decode())
 
-    async def _load_script(self) -> None:
+    async def _load_script(self, refresh: bool = False) -> None:
+        """Load the namespace script on every master; ``refresh``: after a NOSCRIPT reply,
+        which a failover gives too, so the masters are read again first (a promoted replica
+        never loaded it, and the client may still list the master it replaced)."""
         if self._cluster:
+            if refresh:
+                await self._client.nodes_manager.initialize()
             await self._client.execute_command(
                 "SCRIPT LOAD", NAMESPACE, target_nodes=self._client.PRIMARIES
             )
@@ -228,10 +233,10 @@ class RedisStore:
         """Counted when asked: one script call per namespace, in one pipeline."""
         keys = await self.keys()
         async with self._guard():
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                self._queue(pipe, key, "usage", ())
-            replies = await pipe.execute(raise_on_error=True)
+            replies = await self._usage_pipeline(keys, raise_on_error=False)
+            if any(isinstance(reply, self._noscript) for reply in replies):
+                await self._load_script(refresh=True)  # (a restart or a failover: nothing ran)
+                replies = await self._usage_pipeline(keys, raise_on_error=True)
         figures = [reply[1][1:] for reply in replies]
         return StoreUsage(
             sum(exists for exists, *_ in figures),
@@ -242,6 +247,12 @@ class RedisStore:
             max((revisions for *_, revisions, _ in figures), default=0),
             max((size for *_, size in figures), default=0),
         )
+
+    async def _usage_pipeline(self, keys: list[str], raise_on_error: bool) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            self._queue(pipe, key, "usage", ())
+        return list(await pipe.execute(raise_on_error=raise_on_error))
 
     # ------------------------------------------------------------------ following
 
@@ -412,7 +423,7 @@ class RedisStore:
         try:
             reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
         except self._noscript:
-            await self._load_script()
+            await self._load_script(refresh=True)
             reply = await self._client.evalsha(_SHA, 1, self.base(key), *argv)
         return reply[1]
 

@@ -206,6 +206,7 @@ class LockScript:
     async def _load(self) -> None:
         client = self._store._client
         if self._store._cluster:
+            await client.nodes_manager.initialize()  # (a promoted replica: see _load_script)
             await client.execute_command("SCRIPT LOAD", LOCK_SCRIPT, target_nodes=client.PRIMARIES)
         else:
             await client.script_load(LOCK_SCRIPT)

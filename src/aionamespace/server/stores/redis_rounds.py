@@ -322,7 +322,7 @@ class Rounds:
                 if reloaded:
                     raise store._unavailable(RuntimeError("the script vanished again once loaded"))
                 async with store._guard():
-                    await store._load_script()
+                    await store._load_script(refresh=True)
                 reloaded = True
             queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
         return epoch, created
