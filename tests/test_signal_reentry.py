@@ -79,7 +79,7 @@ CHILD = textwrap.dedent(
         assert ns.x == "value"
         ns.y = number
         assert ns.y == number
-        if number % 500 == 0:
+        if number % 100 == 0:
             print("at", number, flush=True)  # progress: only a stall is a hang
     signal.setitimer(signal.ITIMER_REAL, 0)
     print(written, ns.hits if written else 0)
