@@ -352,6 +352,53 @@ def test_a_get_of_an_invalid_name_is_refused_every_time() -> None:
     assert client.send_get("costs", "n" * 8)[0] == 1  # no id was spent on the refusals
 
 
+_SET_VALUES = st.one_of(
+    st.builds(
+        encode_value,
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(min_value=-(2**70), max_value=2**70),
+            st.floats(allow_nan=False),
+            st.text(max_size=40),
+            st.lists(st.integers(), max_size=3),
+            st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        ),
+    ),
+    st.sampled_from([b"", b"\xc1", b"\xcc", b"\xcd\x01", b"\xd4\x00", b"\x91", b"\xc0\xc0"]),
+    st.sampled_from([None, 1, "x", [b"\x01"]]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    request_id=st.one_of(st.integers(min_value=1, max_value=2**64 - 1), st.sampled_from([0, -1])),
+    key=st.sampled_from(["k", "unseen-key", "", "n" * 300, 7]),
+    name=st.sampled_from(["x", "unseen", "", "n" * 300, None]),
+    value=_SET_VALUES,
+)
+def test_a_set_checked_on_the_short_path_is_the_long_paths_request(
+    request_id: Any, key: Any, name: Any, value: Any
+) -> None:
+    """``receive_data`` takes a set of names seen valid to a whole scalar without the op's
+    checks; whatever the frame, it gives what the long way (``_check_request``) gives."""
+    rig = Rig()
+    peer = rig.connect()
+    rig.send(peer, [1, "set", "k", "x", ONE])  # "k" and "x" seen valid
+    frame = [request_id, "set", key, name, value]
+    (event,) = peer.protocol.receive_data(msgpack.packb(frame))
+    expected: Any
+    try:
+        expected = rig.connect().protocol._check_request(frame)
+    except Exception as exc:  # refused: the frame ends the connection
+        expected = exc
+    if isinstance(expected, Exception):
+        assert type(event).__name__ == "Refusal"
+        assert type(event.error) is type(expected)
+    else:
+        assert event == expected
+
+
 def test_the_packed_gets_a_connection_keeps_are_bounded() -> None:
     from aionamespace.protocol.connection import MAX_GET_TAILS
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .._errors import AuthenticationError, RemoteProtocolError
 from . import auth as _auth
+from .codec import SCALAR_LENGTHS
 from .events import (
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
@@ -85,9 +86,11 @@ class ServerConnection:
                 if not data:
                     return events
             check, append, valid = self._check_request, events.append, self._valid_names
+            lengths = SCALAR_LENGTHS
             for frame in self._decoder.feed(data):
-                # The commonest request, a get of names seen valid before, checked here
-                # (not by a call per frame: async proxies pipeline gets by the dozen).
+                # The commonest requests, checked here (not by a call per frame: async proxies
+                # pipeline gets by the dozen): a get of names seen valid before, and a set of
+                # such names to a whole int, float, None or bool (check_value's first test).
                 if type(frame) is list and len(frame) == 4 and frame[1] == "get":
                     request_id, op, key, name = frame
                     if (
@@ -99,6 +102,21 @@ class ServerConnection:
                         and name in valid
                     ):
                         append(Request(request_id, op, (key, name)))
+                        continue
+                elif type(frame) is list and len(frame) == 5 and frame[1] == "set":
+                    request_id, op, key, name, value = frame
+                    if (
+                        type(request_id) is int
+                        and request_id > 0
+                        and type(key) is str
+                        and type(name) is str
+                        and key in valid
+                        and name in valid
+                        and type(value) is bytes
+                        and value
+                        and len(value) == lengths[value[0]]
+                    ):
+                        append(Request(request_id, op, (key, name, value)))
                         continue
                 append(check(frame))
             if self._decoder.error is not None:
@@ -138,7 +156,8 @@ class ServerConnection:
         self.authenticated = True
 
     def _check_request(self, frame: Any) -> Request | BadRequest:
-        """Any request but a get of names seen valid before (``receive_data`` checks those)."""
+        """Any request but a get, or a set to a whole scalar, of names seen valid before
+        (``receive_data`` checks those)."""
         if type(frame) is not list or len(frame) < 2 or type(frame[0]) is not int:
             raise RemoteProtocolError("a request must be an array [id, op, *args]")
         request_id, op = frame[0], frame[1]
