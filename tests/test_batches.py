@@ -380,23 +380,24 @@ _SET_VALUES = st.one_of(
 def test_a_set_checked_on_the_short_path_is_the_long_paths_request(
     request_id: Any, key: Any, name: Any, value: Any
 ) -> None:
-    """``receive_data`` takes a set of names seen valid to a whole scalar without the op's
-    checks; whatever the frame, it gives what the long way (``_check_request``) gives."""
-    rig = Rig()
-    peer = rig.connect()
-    rig.send(peer, [1, "set", "k", "x", ONE])  # "k" and "x" seen valid
-    frame = [request_id, "set", key, name, value]
-    (event,) = peer.protocol.receive_data(msgpack.packb(frame))
-    expected: Any
-    try:
-        expected = rig.connect().protocol._check_request(frame)
-    except Exception as exc:  # refused: the frame ends the connection
-        expected = exc
-    if isinstance(expected, Exception):
-        assert type(event).__name__ == "Refusal"
-        assert type(event.error) is type(expected)
-    else:
-        assert event == expected
+    """``receive_data`` takes a get, or a set to a whole scalar, of names seen valid without
+    the op's checks; whatever the frame, it gives what the long way (``_check_request``)
+    gives (a get's frame made of the same id, key and name)."""
+    for frame in ([request_id, "set", key, name, value], [request_id, "get", key, name]):
+        rig = Rig()
+        peer = rig.connect()
+        rig.send(peer, [1, "set", "k", "x", ONE])  # "k" and "x" seen valid
+        (event,) = peer.protocol.receive_data(msgpack.packb(frame))
+        expected: Any
+        try:
+            expected = rig.connect().protocol._check_request(frame)
+        except Exception as exc:  # refused: the frame ends the connection
+            expected = exc
+        if isinstance(expected, Exception):
+            assert type(event).__name__ == "Refusal"
+            assert type(event.error) is type(expected)
+        else:
+            assert event == expected
 
 
 def test_the_packed_gets_a_connection_keeps_are_bounded() -> None:

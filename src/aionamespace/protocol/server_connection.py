@@ -91,8 +91,8 @@ class ServerConnection:
                 # The commonest requests, checked here (not by a call per frame: async proxies
                 # pipeline gets by the dozen): a get of names seen valid before, and a set of
                 # such names to a whole int, float, None or bool (check_value's first test).
-                if type(frame) is list and len(frame) == 4 and frame[1] == "get":
-                    request_id, op, key, name = frame
+                if type(frame) is list and 4 <= len(frame) <= 5:
+                    request_id, op, key, name = frame[0], frame[1], frame[2], frame[3]
                     if (
                         type(request_id) is int
                         and request_id > 0
@@ -101,23 +101,15 @@ class ServerConnection:
                         and key in valid
                         and name in valid
                     ):
-                        append(Request(request_id, op, (key, name)))
-                        continue
-                elif type(frame) is list and len(frame) == 5 and frame[1] == "set":
-                    request_id, op, key, name, value = frame
-                    if (
-                        type(request_id) is int
-                        and request_id > 0
-                        and type(key) is str
-                        and type(name) is str
-                        and key in valid
-                        and name in valid
-                        and type(value) is bytes
-                        and value
-                        and len(value) == lengths[value[0]]
-                    ):
-                        append(Request(request_id, op, (key, name, value)))
-                        continue
+                        if len(frame) == 4:
+                            if op == "get":
+                                append(Request(request_id, op, (key, name)))
+                                continue
+                        elif op == "set":
+                            value = frame[4]
+                            if type(value) is bytes and value and len(value) == lengths[value[0]]:
+                                append(Request(request_id, op, (key, name, value)))
+                                continue
                 append(check(frame))
             if self._decoder.error is not None:
                 raise self._decoder.error
