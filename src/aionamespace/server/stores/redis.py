@@ -200,18 +200,19 @@ class RedisStore:
             )
         return str(epoch.decode())
 
-    async def _load_script(self, refresh: bool = False) -> None:
-        """Load the namespace script on every master; ``refresh``: after a NOSCRIPT reply,
-        which a failover gives too, so the masters are read again first (a promoted replica
-        never loaded it, and the client may still list the master it replaced)."""
+    async def _load_script(self, refresh: bool = False, script: str = NAMESPACE) -> None:
+        """Load ``script`` (the namespace script) on every master; ``refresh``: after a
+        NOSCRIPT reply, which a failover gives too, so the masters are read again first (a
+        promoted replica never loaded it, and the client may still list the master it
+        replaced)."""
         if self._cluster:
             if refresh:
                 await self._client.nodes_manager.initialize()
             await self._client.execute_command(
-                "SCRIPT LOAD", NAMESPACE, target_nodes=self._client.PRIMARIES
+                "SCRIPT LOAD", script, target_nodes=self._client.PRIMARIES
             )
         else:
-            await self._client.script_load(NAMESPACE)
+            await self._client.script_load(script)
 
     async def keys(self) -> list[str]:
         async with self._guard():

@@ -204,9 +204,4 @@ class LockScript:
         return list(await pipe.execute(raise_on_error=False))
 
     async def _load(self) -> None:
-        client = self._store._client
-        if self._store._cluster:
-            await client.nodes_manager.initialize()  # (a promoted replica: see _load_script)
-            await client.execute_command("SCRIPT LOAD", LOCK_SCRIPT, target_nodes=client.PRIMARIES)
-        else:
-            await client.script_load(LOCK_SCRIPT)
+        await self._store._load_script(refresh=True, script=LOCK_SCRIPT)
