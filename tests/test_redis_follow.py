@@ -266,6 +266,37 @@ def test_what_a_read_saw_was_told_before_it_returns(target: str) -> None:
     run(main)
 
 
+def test_a_message_told_while_a_read_fetches_does_not_lose_the_rest(target: str) -> None:
+    """A read sees the key at 3 with 0 told, and fetches 1..3; meanwhile the message of 1
+    arrives and is told. The fetch's reply still holds 2 and 3: they are told before the read
+    returns, and nothing is lost. (Before, the fetch gave up when ``told`` moved under it, and
+    the read declared the key lost: a watch started there ended with "missed changes".)"""
+
+    async def main() -> None:
+        async with servers(target, running=False) as (a, b, heard):
+            b.follow("k", 0)
+            for i in range(3):
+                await a.apply([("set", ("k", "x", encode_value(i)))])
+            follower = b._follower
+            state = follower._keys["k"]
+            fetch = b._script
+
+            async def overtaken(key: str, op: str, args: Any) -> Any:
+                reply = await fetch(key, op, args)
+                if op == "history":  # (the subscriber's message, told as the fetch returns)
+                    follower.tell(state, 1, {"x": encode_value(0)})
+                return reply
+
+            b._script = overtaken  # type: ignore[method-assign]
+            ((revision, _),) = await b.apply([("snapshot", ("k", None))])
+            assert revision == 3
+            assert heard.lost == []
+            assert heard.revisions("k") == [1, 2, 3]
+            assert [decode_value(values["x"]) for *_, values in heard.commits] == [0, 1, 2]
+
+    run(main)
+
+
 def test_a_gap_beyond_the_history_is_lost_then_delivery_goes_on(target: str) -> None:
     async def main() -> None:
         async with servers(target, limits=Limits(max_history_revisions=3)) as (a, b, heard):

@@ -191,20 +191,25 @@ class Follower:
     async def fill(self, state: _Followed) -> None:
         """Tell what the history holds after ``told`` (on_lost if it no longer reaches it)."""
         async with state.lock:
-            since = state.told
-            if since is None or self._keys.get(state.key) is not state:
-                return
-            async with self._store._guard():  # (the script's reply, redis_scripts.py)
-                reply = await self._store._script(state.key, "history", (since,))
-            if state.told != since:
-                return  # told meanwhile (a message, apply): whoever comes next goes on
-            if reply[0] == b"expired":
+            while True:
+                since = state.told
+                if since is None or self._keys.get(state.key) is not state:
+                    return
+                async with self._store._guard():  # (the script's reply, redis_scripts.py)
+                    reply = await self._store._script(state.key, "history", (since,))
+                if reply[0] != b"expired":
+                    break
+                if state.told != since:
+                    continue  # told meanwhile (a message): the history may reach it now
                 revision = int(reply[1])
                 if since > revision and await self._store.check_epoch():
                     return  # revisions went back with the board: a new epoch
                 state.told = state.seen = revision
                 self._lost(state.key)
                 return
+            # (revisions told meanwhile, by a message or apply, are in the reply too: tell
+            # skips them and goes on with the rest; giving up here would leave a read that
+            # waits for them to call the key lost)
             by_revision: dict[int, dict[str, Any]] = {}
             for change in replay(state.key, reply[1], reply[2]):
                 by_revision.setdefault(change.revision, {})[change.name] = change.value
