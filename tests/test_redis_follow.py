@@ -204,6 +204,41 @@ def test_own_and_other_writes_interleave_in_order(target: str) -> None:
     run(main)
 
 
+def test_reads_racing_messages_and_writes_lose_nothing(target: str) -> None:
+    """B's subscriber runs while A writes, B writes, and B's readers read the key again and
+    again (each read waits until what it saw is told: ``after_read``, whose fetches messages
+    overtake): B is told every revision once, in order, and loses none."""
+    writes = 300
+
+    async def main() -> None:
+        async with servers(target) as (a, b, heard):
+            b.follow("k", 0)
+            written = anyio.Event()
+
+            async def bump(store: RedisStore, count: int) -> None:
+                for _ in range(count):
+                    await store.apply([("incr", ("k", "n", ONE))])
+
+            async def read() -> None:
+                while not written.is_set():
+                    ((revision, _),) = await b.apply([("snapshot", ("k", None))])
+                    assert heard.revisions("k")[-1:] >= [revision] or revision == 0
+
+            async with anyio.create_task_group() as readers:
+                for _ in range(3):
+                    readers.start_soon(read)
+                async with anyio.create_task_group() as writers:
+                    for _ in range(4):  # (several of A's revisions between two of B's reads)
+                        writers.start_soon(bump, a, writes // 5)
+                    writers.start_soon(bump, b, writes // 5)
+                written.set()
+            await heard.until(lambda: len(heard.commits) >= writes, "B heard every revision")
+            assert heard.lost == []
+            assert heard.revisions("k") == list(range(1, writes + 1))
+
+    run(main)
+
+
 def test_follow_since_replays_the_history_first(target: str) -> None:
     async def main() -> None:
         async with servers(target) as (a, b, heard):
