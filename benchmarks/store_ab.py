@@ -8,9 +8,10 @@ prefix), each with a plain sync proxy and a cached proxy on the namespace (so th
 follows it, as in compare.py's store rows). Per round and row, ``--calls`` calls through each
 server in turn (which goes first alternates): wall time, this process's CPU, the server's CPU
 (/proc) and Redis's (INFO cpu) per call, and Redis's commands per call (INFO commandstats:
-calls per call x usec_per_call). Prints each side's medians and the medians of after/before
-per round. ``BP="--busy-poll-us 0"``: the servers run the plain asyncio loop, whose CPU time
-is all work. Rows: update, snapshot (of 100 names), get, set.
+calls per call x usec_per_call; over a cluster's nodes with ``--cluster``). Prints each side's
+medians and the medians of after/before per round. ``BP="--busy-poll-us 0"``: the servers run
+the plain asyncio loop, whose CPU time is all work. Rows: update, snapshot (of 100 names), get,
+set.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import redis
 
 import aionamespace
 import compare
+from redis_cluster import redis_cluster
 from store_costs import process_cpu
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "store_server.py")
@@ -42,24 +44,25 @@ ROWS = {
 }
 
 
-def redis_cpu(client: Any) -> float:
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_user"] + cpu["used_cpu_sys"])
+def redis_cpu(clients: list[Any]) -> float:
+    cpus = [client.info("cpu") for client in clients]
+    return float(sum(cpu["used_cpu_user"] + cpu["used_cpu_sys"] for cpu in cpus))
 
 
-def measure(client: Any, ns: Any, pid: int, row: str, calls: int) -> tuple[Any, ...]:
-    client.config_resetstat()
+def measure(clients: list[Any], ns: Any, pid: int, row: str, calls: int) -> tuple[Any, ...]:
+    for client in clients:
+        client.config_resetstat()
     run = ROWS[row]
-    c0, s0, r0, w0 = time.process_time(), process_cpu(pid), redis_cpu(client), time.perf_counter()
+    c0, s0, r0, w0 = time.process_time(), process_cpu(pid), redis_cpu(clients), time.perf_counter()
     for _ in range(calls):
         run(ns)
-    w1, c1, s1, r1 = time.perf_counter(), time.process_time(), process_cpu(pid), redis_cpu(client)
-    stats = client.info("commandstats")
-    commands = {
-        name.removeprefix("cmdstat_"): (s["calls"], s["usec"])
-        for name, s in stats.items()
-        if name not in ("cmdstat_config|resetstat", "cmdstat_info")
-    }
+    w1, c1, s1, r1 = time.perf_counter(), time.process_time(), process_cpu(pid), redis_cpu(clients)
+    commands: dict[str, tuple[int, int]] = {}
+    for client in clients:
+        for name, s in client.info("commandstats").items():
+            if name not in ("cmdstat_config|resetstat", "cmdstat_info"):
+                done, usec = commands.get(name.removeprefix("cmdstat_"), (0, 0))
+                commands[name.removeprefix("cmdstat_")] = (done + s["calls"], usec + s["usec"])
     per = 1e6 / calls
     return (w1 - w0) * per, (c1 - c0) * per, (s1 - s0) * per, (r1 - r0) * per, commands
 
@@ -71,6 +74,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--rows", default="update,snapshot")
+    parser.add_argument("--cluster", action="store_true", help="over a 3-master cluster")
     args = parser.parse_args()
     trees, rows = (args.before, args.after), args.rows.split(",")
     directory = tempfile.mkdtemp()
@@ -80,6 +84,7 @@ def main() -> int:
         command += ["--save", "", "--appendonly", "no"]
         stack.enter_context(compare.child_process(command))
         client = redis.Redis(unix_socket_path=path)
+        url = f"unix://{path}"
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -89,11 +94,16 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        clients = [client]
+        if args.cluster:
+            nodes = stack.enter_context(redis_cluster(directory, compare.child_process))
+            url = "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in nodes)
+            clients = [redis.Redis(host=host, port=port) for host, port in nodes]
         sides = []
         for i, tree in enumerate(trees):
             address = os.path.join(directory, f"s{i}.sock")
             env = dict(os.environ, PYTHONPATH=tree)
-            command = [sys.executable, SERVER, "--unix", address, "--store", f"unix://{path}"]
+            command = [sys.executable, SERVER, "--unix", address, "--store", url]
             command += ["--prefix", f"p{i}", *os.environ.get("BP", "").split()]
             process = stack.enter_context(compare.child_process(command, env))
             compare.wait_for_line(process, b"serving on")
@@ -108,7 +118,7 @@ def main() -> int:
             for row in rows:
                 for side in (0, 1) if round_ % 2 == 0 else (1, 0):
                     ns, pid = sides[side]
-                    results[row][side].append(measure(client, ns, pid, row, args.calls))
+                    results[row][side].append(measure(clients, ns, pid, row, args.calls))
         labels = ("wall", "client", "server", "redis")
         for row in rows:
             print(f"== {row}: {args.rounds} rounds of {args.calls}; us per call (medians)")

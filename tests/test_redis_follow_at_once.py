@@ -2,7 +2,8 @@
 follower is told from the callback that read Redis's reply what ``apply`` would tell it, in
 revision order, each once, and a read returns only once what it saw was told; when another
 server's revisions come first, the call is handed on to fetch them (an awaitable), never told
-out of order. Standalone only: a cluster's calls are not sent at once.
+out of order. In a cluster, a write goes at once too (its epoch read and its script to their
+nodes); reads do not (they may span nodes).
 """
 
 from __future__ import annotations
@@ -89,5 +90,31 @@ def test_followed_writes_at_once_race_their_messages_without_duplicates() -> Non
             assert heard.revisions("k") == list(range(1, writes + 1))
             assert [decode_value(c[2]["n"]) for c in heard.commits] == list(range(writes))
             assert not heard.lost
+
+    run(main)
+
+
+def test_a_clusters_followed_writes_go_at_once_its_reads_do_not() -> None:
+    """In a cluster, B's sets and updates go at once, the epoch read on the board's node and
+    the script on the namespace's: each makes the next revision, told once, in order (A's
+    fetched first); a read is not sent at once there."""
+
+    async def main() -> None:
+        async with servers("cluster", running=False) as (a, b, heard):
+            b.follow("k", 0)
+            await b.apply([("set", ("k", "x", encode_value(0)))])  # (registers k in B)
+            for step in range(3):
+                await a.apply([("set", ("k", "a", encode_value(step)))])
+                update = ("update", ("k", {"b": encode_value(step), "c": encode_value(step)}))
+                (revision,), fetched = await at_once(b, [update])
+                assert fetched
+                assert revision == 3 + 3 * step
+                (after,), fetched = await at_once(b, [("set", ("k", "x", encode_value(step)))])
+                assert not fetched
+                assert after == revision + 1
+            assert heard.revisions("k") == list(range(1, 11))
+            assert heard.commits[-2][2] == {"b": encode_value(2), "c": encode_value(2)}
+            assert not b.apply_now([("get", ("k", "x"))], lambda results: None)
+            assert await b.apply([("get", ("k", "x"))]) == [encode_value(2)]
 
     run(main)

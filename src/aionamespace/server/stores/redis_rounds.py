@@ -13,14 +13,15 @@ write that failed (redis_scripts.py, Rounds); a plain read after such a call on 
 namespace is read again after it. Whatever else fails is the call's ``StoreUnavailable``:
 nothing that may have run runs twice.
 
-**At once.** A batch of plain reads only (``read_now``: gets and snapshots of names, each
-sent as its ``MULTI``/``EXEC``, after the epoch's read), or of one write that needs no more
-than one script call (``write_now``: a set, an update), may go without a round at all:
-written from the caller's callback, its replies parsed in the link's (``submit_then``), no
-await. If a read's reply is not a plain read's answer (an error, a list found, the epoch
-changed), the caller is told None and serves the batch the usual way: reads have no effect.
-A write is told None only if its script did not run (``NOSCRIPT``, ``MOVED``): what may have
-run is never sent again.
+**At once.** A batch of plain reads only (``read_now``: gets and snapshots of names, each sent
+as its ``MULTI``/``EXEC``, after the epoch's read), or of one write that needs no more than one
+script call (``write_now``: a set, an update), may go without a round at all: written from the
+caller's callback, its replies parsed in the link's (``submit_then``), no await (in a cluster,
+a write only: its epoch read and its script go to their nodes, and the last reply calls back,
+``submit_each_then``). If a read's reply is not a plain read's answer (an error, a list
+found, the epoch changed), the caller is told None and serves the batch the usual way: reads
+have no effect. A write is told None only if its script did not run (``NOSCRIPT``, ``MOVED``):
+what may have run is never sent again.
 
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
@@ -33,12 +34,12 @@ from __future__ import annotations
 
 import functools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import StoreUnavailable
 from .redis_calls import Ahead, Call, full
-from .redis_link import Links
+from .redis_link import Link, Links, Then, _grouped
 from .redis_wire import Packed, PackedReads, ReplyError, ScriptCall, pack, pack_args
 
 if TYPE_CHECKING:
@@ -111,6 +112,9 @@ class Rounds:
         else:
             command = self._script_call.pack(base, args, head, 8)
         then = functools.partial(self._written, call, done)
+        if store._cluster:  # (the epoch and the namespace in slots of their own)
+            commands = [self._read_epoch, (base, command, 1)]
+            return submit_each_then(links, commands, store._timeout, then)
         return links.submit_then(self._read_epoch[1] + command, 2, store._timeout, then)
 
     def _written(
@@ -326,3 +330,44 @@ class Rounds:
                 reloaded = True
             queues = {k: left for k, q in queues.items() if (left := [c for c in q if not c.done])}
         return epoch, created
+
+
+def submit_each_then(
+    links: Links, commands: Sequence[tuple[bytes, bytes, int]], timeout: float, then: Then
+) -> bool:
+    """``Links.execute`` without a task, in a cluster: each (key, packed commands, how many) to
+    its key's node, and ``then`` told, from the callback that read the last node's, the
+    replies as ``execute`` returns them (a failed node's: its error, each). False, and nothing
+    written, if a node's link is not connected or the slot map is to be read again."""
+    if links._stale:
+        return False
+    groups: dict[Link, tuple[list[int], list[tuple[bytes, bytes, int]]]] = {}
+    try:
+        for at, triple in enumerate(commands):
+            group = groups.setdefault(links.link_for(triple[0]), ([], []))
+            group[0].append(at)
+            group[1].append(triple)
+    except ConnectionError:  # (a slot no node holds: execute says so)
+        return False
+    if any(link.connection is None or link.connection.transport is None for link in groups):
+        return False
+    replies: list[Any] = [None] * len(commands)
+    waiting = [len(groups)]
+
+    def told(places: list[int], triples: list[Any], answers: list[Any] | Exception) -> None:
+        if isinstance(answers, Exception):
+            links._stale = links._stale or isinstance(answers, OSError)
+            answers = [answers] * len(places)
+        elif len(answers) != len(triples):
+            answers = _grouped(answers, triples)
+        for at, answer in zip(places, answers, strict=True):
+            replies[at] = answer
+        waiting[0] -= 1
+        if not waiting[0]:
+            then(replies)
+
+    for link, (places, triples) in groups.items():
+        payload = b"".join([command for _, command, _ in triples])
+        total = sum([count for _, _, count in triples])
+        link.submit_then(payload, total, timeout, functools.partial(told, places, triples))
+    return True
