@@ -2,8 +2,8 @@
 follower is told from the callback that read Redis's reply what ``apply`` would tell it, in
 revision order, each once, and a read returns only once what it saw was told; when another
 server's revisions come first, the call is handed on to fetch them (an awaitable), never told
-out of order. In a cluster, a write goes at once too (its epoch read and its script to their
-nodes); reads do not (they may span nodes).
+out of order. In a cluster, the epoch's read and each call go to their nodes, and the last
+node's reply answers.
 """
 
 from __future__ import annotations
@@ -94,10 +94,11 @@ def test_followed_writes_at_once_race_their_messages_without_duplicates() -> Non
     run(main)
 
 
-def test_a_clusters_followed_writes_go_at_once_its_reads_do_not() -> None:
+def test_a_clusters_followed_writes_and_reads_go_at_once() -> None:
     """In a cluster, B's sets and updates go at once, the epoch read on the board's node and
     the script on the namespace's: each makes the next revision, told once, in order (A's
-    fetched first); a read is not sent at once there."""
+    fetched first). Reads go at once too, a batch's gets each to its namespace's node (here
+    on several nodes, none the epoch's alone), and answer what the usual path answers."""
 
     async def main() -> None:
         async with servers("cluster", running=False) as (a, b, heard):
@@ -114,7 +115,25 @@ def test_a_clusters_followed_writes_go_at_once_its_reads_do_not() -> None:
                 assert after == revision + 1
             assert heard.revisions("k") == list(range(1, 11))
             assert heard.commits[-2][2] == {"b": encode_value(2), "c": encode_value(2)}
-            assert not b.apply_now([("get", ("k", "x"))], lambda results: None)
-            assert await b.apply([("get", ("k", "x"))]) == [encode_value(2)]
+            (value,), fetched = await at_once(b, [("get", ("k", "x"))])
+            assert (value, fetched) == (encode_value(2), False)
+            await a.apply([("set", ("k", "x", encode_value(7)))])  # (A's: fetched, then told)
+            (value,), fetched = await at_once(b, [("get", ("k", "x"))])
+            assert (value, fetched) == (encode_value(7), True)
+            assert heard.revisions("k") == list(range(1, 12))
+
+            links = b._rounds.links
+            assert links is not None
+            keys = [f"spread{i}" for i in range(12)]
+            for i, key in enumerate(keys):
+                await a.apply([("set", (key, "v", encode_value(i)))])
+            nodes = {links.link_for(b._rounds.base(key)) for key in keys}
+            assert len(nodes) == 3, "the keys span the 3 masters"
+            gets = [("get", (key, "v")) for key in keys] + [("get", ("k", "nothing"))]
+            usual = await b.apply(gets)  # (B's first call to some nodes: it connects there)
+            results, fetched = await at_once(b, gets)
+            assert not fetched
+            assert results[:-1] == [encode_value(i) for i in range(12)] == usual[:-1]
+            assert type(results[-1]) is type(usual[-1]) is AttributeError
 
     run(main)

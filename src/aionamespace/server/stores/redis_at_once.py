@@ -1,13 +1,13 @@
 """The Redis store's batches sent at once, without a task (remote.py's ``apply_now``).
 
-Plain reads (gets, snapshots of names) on a standalone server, or one set or update of a
-namespace the store registered (in a cluster too: its epoch read goes to the board's node, its
-script to its namespace's, ``submit_each_then``, redis_rounds.py), whose links are connected:
-sent by ``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read in the links'
+Plain reads (gets, snapshots of names), or one set or update of a namespace the store
+registered, whose links are connected (in a cluster, the epoch's read goes to the board's node
+and each call to its namespace's: ``submit_each_then``, redis_rounds.py): sent by
+``Rounds.read_now`` / ``write_now`` (redis_rounds.py), their replies read in the links'
 callbacks. ``done`` is told, from there, the results as ``apply`` returns them, or an awaitable
 of them (what ``apply`` does after its rounds that a write needs: a new epoch, its namespace
-registered), or None: nothing ran (``NOSCRIPT``, ``MOVED``), serve them with ``apply``.
-Anything else (a cluster's reads, which may span nodes; a namespace not yet registered; a
+registered), or None: nothing ran (``NOSCRIPT``, ``MOVED``; a read that is not plain, or whose
+node failed), serve them with ``apply``. Anything else (a namespace not yet registered; a
 cluster whose slot map is to be read again) is not sent at all.
 
 A followed namespace (redis_follow.py) goes at once too: the callback tells the follower what
@@ -46,8 +46,6 @@ def apply_now(store: RedisStore, calls: Sequence[StoreCall], done: Callable[[Any
             return False
         write = prepare(op, args, store._guesses)
         return store._rounds.write_now(write, functools.partial(_written, store, write, done))
-    if store._cluster:
-        return False
     prepared = []
     for op, args in calls:
         if op not in _READS:

@@ -17,11 +17,11 @@ nothing that may have run runs twice.
 as its ``MULTI``/``EXEC``, after the epoch's read), or of one write that needs no more than one
 script call (``write_now``: a set, an update), may go without a round at all: written from the
 caller's callback, its replies parsed in the link's (``submit_then``), no await (in a cluster,
-a write only: its epoch read and its script go to their nodes, and the last reply calls back,
-``submit_each_then``). If a read's reply is not a plain read's answer (an error, a list
-found, the epoch changed), the caller is told None and serves the batch the usual way: reads
-have no effect. A write is told None only if its script did not run (``NOSCRIPT``, ``MOVED``):
-what may have run is never sent again.
+the epoch's read and each call go to their nodes, and the last node's reply calls back,
+``submit_each_then``). If a read's reply is not a plain read's answer (an error, a node that
+failed, a list found, the epoch changed), the caller is told None and serves the batch the
+usual way: reads have no effect. A write is told None only if its script did not run
+(``NOSCRIPT``, ``MOVED``): what may have run is never sent again.
 
 What most calls send is the same but for their names and values, so it is packed once: the
 script call's head (``ScriptCall``), the usual leading arguments (the operation, the history's
@@ -85,6 +85,17 @@ class Rounds:
         links, plain_reads = self.links, self._reads
         if links is None:
             return False
+        store = self._store
+        if store._cluster:  # (each read, and the epoch's, to its node)
+            triples = [self._read_epoch]
+            for call in calls:
+                base = self.base(call.key)
+                reads = call.transaction(base, plain_reads)
+                if not reads:
+                    return False
+                triples.append((base, reads, TRANSACTION_REPLIES))
+            then = functools.partial(self._read_grouped, calls, done)
+            return submit_each_then(links, triples, store._timeout, then)
         commands = [self._read_epoch[1]]
         for call in calls:
             reads = call.transaction(self.base(call.key), plain_reads)
@@ -93,7 +104,7 @@ class Rounds:
             commands.append(reads)
         count = 1 + TRANSACTION_REPLIES * len(calls)
         then = functools.partial(self._read, calls, done)
-        return links.submit_then(b"".join(commands), count, self._store._timeout, then)
+        return links.submit_then(b"".join(commands), count, store._timeout, then)
 
     def write_now(self, call: Call, done: Callable[[tuple[str | None, bool] | None], None]) -> bool:
         """Send one write of a namespace the store registered, at once (module's docstring):
@@ -167,6 +178,21 @@ class Rounds:
                 op, revisions, size, may_create, want_list, "", 0, store.epoch
             )
         return head
+
+    def _read_grouped(
+        self,
+        calls: list[Call],
+        done: Callable[[list[Call] | None], None],
+        replies: list[Any] | Exception,
+    ) -> None:
+        """``_read`` of a cluster's replies (``submit_each_then``'s: each read's four in a list
+        of their own, or its node's failure in their place: the usual way then reads again)."""
+        if isinstance(replies, list):
+            flat = [replies[0]]
+            for group in replies[1:]:
+                flat.extend(group if type(group) is list else [group] * TRANSACTION_REPLIES)
+            replies = flat
+        self._read(calls, done, replies)
 
     def _read(
         self,
