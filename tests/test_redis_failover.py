@@ -39,7 +39,7 @@ OLD, NEW, OTHER = b"a" * 40, b"b" * 40, b"c" * 40
 NONE = b"0" * 40
 SEEN = Seen("10.0.0.1:7000", OLD, 100)
 
-# One worker runs them all (README's parallel command uses --dist loadgroup): the cluster
+# One worker runs them all (README's test command uses --dist loadgroup): the cluster
 # with a replica is the module's (started once), and the tests take turns failing it over.
 pytestmark = pytest.mark.xdist_group("redis_failover")
 
