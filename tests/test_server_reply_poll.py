@@ -55,7 +55,7 @@ def test_a_reply_due_is_polled_for_and_nothing_due_is_slept_on(selector, monkeyp
 
 
 def test_reply_polls_that_catch_nothing_stop_for_ever_longer_and_a_caught_reply_resets(
-    selector,
+    selector, monkeypatch
 ):
     chosen, theirs = selector
     chosen.replies_due = 1
@@ -76,8 +76,27 @@ def test_reply_polls_that_catch_nothing_stop_for_ever_longer_and_a_caught_reply_
     miss(2)
     theirs.sendall(b"x")  # a reply there at once: caught by a poll with the CPU to itself
     chosen._reply_poll_seconds = 5.0
+    _crowded(monkeypatch, chosen, False)
     assert len(chosen.select(None)) == 1
     assert (chosen._reply_misses, chosen._reply_skip, chosen._reply_backoff) == (0, 0, 1)
+
+
+def test_a_reply_caught_while_the_cpus_are_busy_counts_as_a_miss(selector, monkeypatch):
+    """A poll that catches its reply but got less than half a CPU meanwhile (other processes
+    want the CPUs) is no reason to go on polling: it counts as a miss."""
+    chosen, theirs = selector
+    chosen.replies_due = 1
+    theirs.sendall(b"x")
+    chosen._reply_poll_seconds = 5.0
+    _crowded(monkeypatch, chosen, True)
+    assert len(chosen.select(None)) == 1
+    assert (chosen._reply_misses, chosen._reply_skip, chosen._reply_backoff) == (1, 0, 1)
+
+
+def _crowded(monkeypatch: pytest.MonkeyPatch, chosen: BusyPollSelector, crowded: bool) -> None:
+    """Whether the selector's polls had less than half a CPU: the test's choice, not the
+    machine's (the suite's workers, beside it, preempt it at times)."""
+    monkeypatch.setattr(chosen, "_crowded", lambda started, ran: crowded)
 
 
 def test_a_link_tells_its_loops_selector_the_replies_due() -> None:

@@ -169,7 +169,7 @@ class BusyPollSelector(selectors.DefaultSelector):
         while True:
             ready = super().select(0)
             if ready:
-                if 2 * (time.thread_time() - ran) < time.perf_counter() - started:
+                if self._crowded(started, ran):
                     self._reply_missed()  # caught, but the CPUs are busy
                 else:
                     self._reply_misses, self._reply_backoff = 0, 1
