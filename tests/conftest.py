@@ -211,7 +211,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(wrapper=True, optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> Generator[None, int, int]:
-    """``-n auto`` (README's parallel command): pytest-xdist's count of CPUs, one worker on each;
+    """``-n auto`` (README's test command): pytest-xdist's count of CPUs, one worker on each;
     on a single CPU, no worker at all (0: the run is serial, in this process), since one worker
     would only add a process between pytest and the tests."""
     workers = yield
