@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -30,17 +31,22 @@ def test_ctrl_c_leaves_the_server_to_the_programs_shutdown_handler(
     how: str, short_tmp: str
 ) -> None:
     record = os.path.join(short_tmp, "initializer.json")
-    with subprocess.Popen(
-        [sys.executable, str(PROGRAMS / "ctrl_c.py"), how, record],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a process group of its own, as a terminal's job
-    ) as program:
+    errors = os.path.join(short_tmp, "stderr.txt")
+    with (
+        open(errors, "w") as stderr,
+        subprocess.Popen(
+            [sys.executable, str(PROGRAMS / "ctrl_c.py"), how, record],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,  # a process group of its own, as a terminal's job
+        ) as program,
+    ):
         assert program.stdout is not None
         try:
             server_pid = json.loads(program.stdout.readline())["server"]
             os.killpg(program.pid, signal.SIGINT)  # Ctrl-C
-            report = json.loads(program.stdout.readline())
+            report = json.loads(_line_or_stacks(program, errors))
             assert program.wait(NO_HANG_SECONDS) == 0
         finally:
             if program.poll() is None:
@@ -50,6 +56,22 @@ def test_ctrl_c_leaves_the_server_to_the_programs_shutdown_handler(
     if how == "initializer":  # it ran in the server, found in the script's __main__
         with open(record) as ran:
             assert json.load(ran) == {"pid": server_pid, "main": "__mp_main__"}
+
+
+def _line_or_stacks(program: subprocess.Popen[str], errors: str) -> str:
+    """The program's next line; if none comes in time, a failure that shows where each of its
+    threads is (faulthandler, on SIGUSR1, into its stderr file ``errors``)."""
+    assert program.stdout is not None
+    if select.select([program.stdout], [], [], 3 * NO_HANG_SECONDS)[0]:
+        return program.stdout.readline()
+    os.kill(program.pid, signal.SIGUSR1)
+
+    def stacks() -> str:
+        with open(errors) as written:
+            return written.read()
+
+    wait_until(lambda: "most recent call first" in stacks(), "the program dumped its stacks")
+    pytest.fail(f"no report after Ctrl-C; the program's stderr and threads:\n{stacks()}")
 
 
 def test_the_initializer_runs_in_the_server_before_it_serves(short_tmp: str) -> None:

@@ -9,11 +9,13 @@ SIGINT in the server, and that records where it ran in the file named by the nex
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from aionamespace import Manager, Namespace
@@ -42,6 +44,7 @@ def read_on_a_new_connection(address: Any, authkey: bytes | None) -> object:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's view of a hang
     manager = Manager()
     if sys.argv[1] == "initializer":
         manager.start(ignore_ctrl_c, (sys.argv[2],))
@@ -52,7 +55,10 @@ if __name__ == "__main__":
     assert process is not None
     try:  # (the test's Ctrl-C may come as soon as this line is out: while it is flushed)
         print(json.dumps({"server": process.pid}), flush=True)
-        signal.pause()  # the program's work, until Ctrl-C
+        while True:  # the program's work, until Ctrl-C
+            # (not signal.pause(): a Ctrl-C between the last check of signals and pause()
+            # blocking would never be seen; here the next bytecode after a sleep sees it)
+            time.sleep(0.05)
     except KeyboardInterrupt:
         try:  # the shutdown handler: save what it can
             ns.stopped = True
