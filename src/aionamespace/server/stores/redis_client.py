@@ -22,7 +22,6 @@ __all__ = [
     "describe",
     "on_asyncio",
     "redis_py",
-    "subscriber",
     "unavailable",
 ]
 
@@ -57,32 +56,6 @@ def client_for(url: StoreUrl, timeout: float) -> Any:
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in url.nodes]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
     return redis.asyncio.Redis(**options)
-
-
-def subscriber(client: Any, node: Any, pools: dict[str, Any]) -> Any:
-    """A new pub/sub connection (not connected yet) of ``client`` (a standalone one, ``node``
-    None) or to the cluster ``node``, made as the client makes its connections but never
-    retrying (``pools``: one per node, kept by the caller, who closes them).
-
-    Unlike the store's commands (``client_for``), a subscriber's connection keeps a socket
-    timeout (the connect timeout, unless the client has one): its reads outside the
-    heartbeat of ``get_message`` (the replication id read on connecting) must not wait
-    forever for a host that died without closing its sockets."""
-    redis = redis_py()
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    name = "" if node is None else node.name
-    pool = pools.get(name)
-    if pool is None:
-        source = client.connection_pool if node is None else node
-        options = dict(source.connection_kwargs, retry=Retry(NoBackoff(), 0))
-        if options.get("socket_timeout") is None:
-            options["socket_timeout"] = options.get("socket_connect_timeout")
-        pool = pools[name] = redis.asyncio.ConnectionPool(
-            connection_class=source.connection_class, **options
-        )
-    return redis.asyncio.Redis(connection_pool=pool).pubsub()
 
 
 def on_asyncio() -> bool:

@@ -87,7 +87,9 @@ class Follower:
         self._store = store
         self._keys: dict[str, _Followed] = {}
         self._channels: dict[str, str] = {}  # channel -> key
-        self.subscriptions = Subscriptions(store, cluster, self._heard, self._confirmed)
+        self.subscriptions = Subscriptions(
+            store, cluster, self._heard, self._confirmed, self._heard_now
+        )
 
     def __contains__(self, key: str) -> bool:
         return key in self._keys
@@ -117,6 +119,28 @@ class Follower:
         key = self._channels.get(channel)
         if key is not None:
             await self._message(self._keys[key], data)
+
+    def _heard_now(self, channel: str, data: bytes) -> bool:
+        """``_message`` where it needs no await (the message of the epoch, of a namespace not
+        dropped or made again, told or the next one with its changes): True if done here."""
+        key = self._channels.get(channel)
+        if key is None:
+            return True
+        state = self._keys[key]
+        epoch, revision_text, flag, *rest = data.split(b" ", 3)
+        revision, told = int(revision_text), state.told
+        if epoch.decode() != self._store.epoch or revision == 0:
+            return False
+        if flag == b"n" and told is not None and told > revision:
+            return False  # (made again, or late: _message reads the revision to say which)
+        if told is None or revision <= told:
+            state.seen = max(state.seen, revision)
+            return True
+        if revision == told + 1 and rest:
+            state.seen = max(state.seen, revision)
+            self.tell(state, revision, _changes(msgpack.unpackb(rest[0], raw=True, use_list=True)))
+            return True
+        return False  # (a fetch of the history: _message)
 
     async def _confirmed(self, channels: list[str]) -> None:
         """Subscribed: what was committed before is fetched (the keys' revisions read in one

@@ -23,7 +23,10 @@ when a slot leaves a node) goes where the refreshed slot map says. redis-py 8.2'
 ``ClusterPubSub`` has ``ssubscribe`` too, but one reader polls every node in turn with a slice
 of a timeout (a message waits out the slices of idle nodes), and it reconnects and resubscribes
 on its own, so the store could not tell when to fill a gap: we keep our own connection per
-node, made like the cluster client's, never retrying (redis_client.py's ``subscriber``).
+node, made as the store's links are (redis_endpoints.py), never retrying. It is an
+``asyncio.Protocol`` of its own (redis_push.py), which hands a message to the follower from
+a callback (``heard_now``) when nothing waits before it: a followed write's message costs its
+server a parse and a call, not a task's wake-up.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ import anyio
 import anyio.abc
 
 from ..._errors import StoreUnavailable
-from .redis_client import subscriber
+from .redis_endpoints import Endpoint, endpoint_of
+from .redis_push import PushConnection
 from .redis_replication import Replication, Seen, handed_over, verdict
+from .redis_wire import ReplyError
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -56,6 +61,9 @@ ASK_INTERVAL = 0.05
 #: Told a channel's message (channel, data), or that subscriptions are confirmed (channels).
 Heard = Callable[[str, bytes], Awaitable[None]]
 Confirmed = Callable[[list[str]], Awaitable[None]]
+#: Told a channel's message from a callback: True if it dealt with it, else it is told to
+#: ``Heard`` in order (redis_push.py). It must not raise.
+HeardNow = Callable[[str, bytes], bool]
 
 
 class _Idle(Exception):
@@ -70,7 +78,7 @@ class _Misplaced(Exception):
 class _Node:
     """The subscriber connection to one node (the one server of a standalone Redis)."""
 
-    def __init__(self, name: str, make: Callable[[], Any]) -> None:
+    def __init__(self, name: str, make: Callable[[], PushConnection]) -> None:
         self.name, self.make = name, make
         self.wanted: set[str] = set()  # channels it should be subscribed to
         self.sent: set[str] = set()  # channels subscribed on the current connection
@@ -86,15 +94,20 @@ class Subscriptions:
     """The shard channels a store subscribes to, and the tasks that hold the subscriptions."""
 
     def __init__(
-        self, store: RedisStore, cluster: bool, heard: Heard, confirmed: Confirmed
+        self,
+        store: RedisStore,
+        cluster: bool,
+        heard: Heard,
+        confirmed: Confirmed,
+        heard_now: HeardNow | None = None,
     ) -> None:
         self._store = store
         self._cluster = cluster
-        self._heard, self._confirmed = heard, confirmed
+        self._heard, self._confirmed, self._heard_now = heard, confirmed, heard_now
         self._channels: set[str] = set()
         self._nodes: dict[str, _Node] = {}
         self._group: anyio.abc.TaskGroup | None = None
-        self._pools: dict[str, Any] = {}  # a node's name ("" standalone) -> its pool
+        self._endpoints: dict[str, Endpoint] = {}  # a node's name ("" standalone) -> where
         self._seen: dict[int, Seen] = {}  # a followed slot (-1 standalone) -> its master
 
     def add(self, channel: str) -> None:
@@ -110,20 +123,35 @@ class Subscriptions:
                 node.wake()
 
     async def aclose(self) -> None:
-        for pool in self._pools.values():
-            await pool.aclose()
+        """(Each node's task closes its connection as it ends: nothing else is held.)"""
+
+    def _connection(self, name: str) -> PushConnection:
+        """A new connection (not connected yet) to the node ``name`` ("": the standalone
+        server), made as the store's client connects (redis_endpoints.py)."""
+        endpoint = self._endpoints[name]
+        fast = None if self._heard_now is None else self._fast
+        return PushConnection(endpoint, self._store._max_reply_bytes, fast)
+
+    def _fast(self, channel: bytes, data: bytes) -> bool:
+        name = channel.decode()
+        if name not in self._channels:
+            return True  # (no longer followed)
+        assert self._heard_now is not None
+        return self._heard_now(name, data)
 
     def _place(self, channel: str) -> None:
         """Subscribe ``channel`` on the node that holds its slot."""
+        client = self._store._client
         if self._cluster:
-            found = self._store._client.get_node_from_key(channel)
-            name = found.name
+            found = client.get_node_from_key(channel)
+            name, source = found.name, found
         else:
-            found, name = None, ""
+            name, source = "", client.connection_pool
+        if name not in self._endpoints:
+            self._endpoints[name] = endpoint_of(source.connection_class, source.connection_kwargs)
         node = self._nodes.get(name)
         if node is None:
-            client = self._store._client
-            node = self._nodes[name] = _Node(name, lambda: subscriber(client, found, self._pools))
+            node = self._nodes[name] = _Node(name, lambda: self._connection(name))
             if self._group is not None:
                 self._group.start_soon(self._serve, node)
         node.wanted.add(channel)
@@ -161,16 +189,12 @@ class Subscriptions:
                 if not node.wanted:
                     await node.changed.wait()
                 continue
-            pubsub = node.make()
+            connection = node.make()
             node.sent, node.leaving = set(), set()
             try:
-                ended = await self._connected(node, pubsub)
+                ended = await self._connected(node, connection)
             finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await pubsub.aclose()
-                    except Exception:  # (a broken connection closes as it can)
-                        pass
+                connection.close()
             if isinstance(ended, _Idle):
                 delay = MIN_BACKOFF
                 continue
@@ -195,26 +219,22 @@ class Subscriptions:
         if gone:
             await self._rehome(gone, refresh=False)
 
-    async def _connected(self, node: _Node, pubsub: Any) -> BaseException:
+    async def _connected(self, node: _Node, connection: PushConnection) -> BaseException:
         """Check the epoch, connect, subscribe, receive: what ended it (an error, or _Idle)."""
         ended: list[BaseException] = []
         expected = (_Idle, _Misplaced, StoreUnavailable, *self._store._errors)
 
-        async def guarded(step: Callable[[_Node, Any], Any]) -> None:
+        async def guarded(step: Callable[[_Node, PushConnection], Any]) -> None:
             try:
-                await step(node, pubsub)
+                await step(node, connection)
             except expected as exc:
                 ended.append(exc)
                 group.cancel_scope.cancel()
 
         try:
-            await pubsub.connect()
-            # (redis-py makes a pubsub's connection again when a read fails, before it raises,
-            # and subscribes every channel there: this task makes its own instead, and checks
-            # the node first, so that would be one SSUBSCRIBE of every channel for nothing)
-            pubsub.connection.deregister_connect_callback(pubsub.on_connect)
+            await connection.connect(self._store._timeout)
             slots = {self._shard(channel) for channel in node.wanted}
-            await self._store.check_epoch(await self._lost_data(node, pubsub.connection, slots))
+            await self._store.check_epoch(await self._lost_data(node, connection, slots))
             self._adopt(node, slots)
         except expected as exc:
             return exc
@@ -223,12 +243,12 @@ class Subscriptions:
             group.start_soon(guarded, self._receive)
         return ended[0] if ended else _Idle()
 
-    async def _lost_data(self, node: _Node, connection: Any, slots: set[int]) -> bool:
+    async def _lost_data(self, node: _Node, connection: PushConnection, slots: set[int]) -> bool:
         """Whether Redis may have lost data under ``slots`` (those this node serves) since
         the subscriber last saw their master: the node does not continue that master's history
         (redis_replication.py). A needless new epoch costs the clients a resync; a missed one
         would replay wrong data: when unsure, it is a loss."""
-        now = await _replication(connection)
+        now = await self._replication(connection)
         node.seen = Seen(node.name, now.replid, now.offset) if now.master else None
         if node.seen is None:  # (a replica serves its master's shard channels too)
             if self._cluster:
@@ -265,38 +285,36 @@ class Subscriptions:
     async def _handed_over(self, seen: Seen, new: Replication) -> bool:
         """Ask the master ``seen`` (its state polled: no event says it was demoted) whether it
         handed everything over to ``new``, within the store's timeout; unreachable: no. (Its
-        connections are made from the pool of the subscriptions it confirmed: the refreshed
-        slot map may not list it yet.)"""
-        pool = self._pools.get(seen.node)
-        if pool is None:
+        connections are made as its subscriber's were: the refreshed slot map may not list
+        it yet.)"""
+        if seen.node not in self._endpoints:
             return False
         with anyio.move_on_after(self._store._timeout):
             while True:
-                connection = pool.make_connection()
+                connection = PushConnection(self._endpoints[seen.node], 1 << 20, None)
                 try:
-                    await connection.connect()
-                    old = await _replication(connection)
+                    await connection.connect(self._store._timeout)
+                    old = await self._replication(connection)
                 except self._store._errors:
                     return False
                 finally:
-                    with anyio.CancelScope(shield=True):
-                        await connection.disconnect()
+                    connection.close()
                 answer = handed_over(seen, new, old)
                 if answer is not None:
                     return answer
                 await anyio.sleep(ASK_INTERVAL)
         return False
 
-    async def _send(self, node: _Node, pubsub: Any) -> None:
+    async def _send(self, node: _Node, connection: PushConnection) -> None:
         while True:
             node.changed = anyio.Event()
             for channels in self._by_slot(node.wanted - node.sent):
                 node.sent.update(channels)
-                await pubsub.ssubscribe(*channels)
+                connection.send("SSUBSCRIBE", *channels)
             for channels in self._by_slot(node.sent - node.wanted):
                 node.sent.difference_update(channels)
                 node.leaving.update(channels)
-                await pubsub.sunsubscribe(*channels)
+                connection.send("SUNSUBSCRIBE", *channels)
             if not node.sent and not node.wanted:
                 raise _Idle
             await node.changed.wait()
@@ -308,33 +326,33 @@ class Subscriptions:
             groups.setdefault(self._shard(channel), []).append(channel)
         return list(groups.values())
 
-    async def _receive(self, node: _Node, pubsub: Any) -> None:
-        moved = self._store._moved
+    async def _receive(self, node: _Node, connection: PushConnection) -> None:
         pinged = False
         confirmed: list[str] = []  # subscriptions confirmed, told once no more come at once
         while True:
-            try:
-                message = await pubsub.get_message(timeout=0 if confirmed else HEARTBEAT)
-            except moved as exc:  # an ssubscribe to a node that no longer holds the slot
-                slot = exc.slot_id
-                await self._rehome({c for c in node.sent if self._slot(c) == slot})
-                continue
-            if message is None and confirmed:
+            push = await connection.next(0 if confirmed else HEARTBEAT)
+            if push is None and confirmed:
                 told, confirmed = confirmed, []
                 await self._confirmed([c for c in told if c in self._channels])
                 continue
-            if message is None:  # silence: is the node still there? (a dead host says nothing)
+            if push is None:  # silence: is the node still there? (a dead host says nothing)
                 if pinged:
                     raise TimeoutError(f"no answer to a ping within {HEARTBEAT} seconds")
-                await pubsub.ping()
+                connection.send("PING")
                 pinged = True
                 continue
             pinged = False
-            kind = message["type"]
-            if kind == "pong":
-                continue
-            channel = message["channel"].decode()
-            if kind == "sunsubscribe":
+            if isinstance(push, ReplyError):
+                text = str(push)
+                if text.startswith("MOVED "):  # an SSUBSCRIBE to a node without the slot
+                    slot = int(text.split()[1])
+                    await self._rehome({c for c in node.sent if self._slot(c) == slot})
+                    continue
+                raise push
+            if type(push) is not list or len(push) < 2 or push[0] == b"pong":
+                continue  # (a pong: RESP2's is ["pong", ""] while subscribed, else PONG)
+            kind, channel = push[0], push[1].decode()
+            if kind == b"sunsubscribe":
                 if channel in node.leaving:
                     node.leaving.discard(channel)
                 elif channel in node.sent:  # unasked: its slot left the node
@@ -344,12 +362,15 @@ class Subscriptions:
                 continue
             if channel not in self._channels:
                 continue  # (no longer followed)
-            if kind == "smessage":
-                await self._heard(channel, message["data"])
-            elif kind == "ssubscribe":
+            if kind == b"smessage":
+                await self._heard(channel, push[2])
+            elif kind == b"ssubscribe":
                 if node.seen is not None:
                     self._seen[self._shard(channel)] = node.seen
                 confirmed.append(channel)
+
+    async def _replication(self, connection: PushConnection) -> Replication:
+        return Replication.parse(await connection.call(self._store._timeout, "INFO", "replication"))
 
     def _slot(self, channel: str) -> int:
         return int(self._store._client.keyslot(channel))
@@ -357,8 +378,3 @@ class Subscriptions:
     def _shard(self, channel: str) -> int:
         """What ``_seen`` is keyed by: the channel's slot (-1: the one master standalone)."""
         return self._slot(channel) if self._cluster else -1
-
-
-async def _replication(connection: Any) -> Replication:
-    await connection.send_command("INFO", "replication")
-    return Replication.parse(await connection.read_response())
