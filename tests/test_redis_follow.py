@@ -26,6 +26,7 @@ from aionamespace.protocol.codec import decode_value, encode_value
 from aionamespace.server.stores import redis_follow, redis_subscriber
 from aionamespace.server.stores.base import materialised
 from aionamespace.server.stores.redis import RedisStore
+from aionamespace.server.stores.redis_history import pack_changes
 from deadlines import NO_HANG_SECONDS, async_wait_until, wait_until
 from store_rig import new_redis_client
 
@@ -328,6 +329,74 @@ def test_a_message_told_while_a_read_fetches_does_not_lose_the_rest(target: str)
             assert heard.lost == []
             assert heard.revisions("k") == [1, 2, 3]
             assert [decode_value(values["x"]) for *_, values in heard.commits] == [0, 1, 2]
+
+    run(main)
+
+
+def test_the_old_boards_messages_that_come_after_a_flush_are_not_told_as_the_new_ones(
+    redis_private: redis_rig.RedisServer,
+) -> None:
+    """B told 1 and 2 (x) from the history; then the board is flushed and A writes the new
+    board's 1 (y). The old board's messages of 1 and 2, late (queued behind the fill that
+    told them), reach B after that: the first makes B take the new epoch, and B tells the
+    new board's 1 from its history, never the old messages' changes. (Before, B told
+    ``("k", 1, {"x": 1})`` from the late message: the full suite's parallel run met it.)"""
+    server = redis_private
+
+    async def main() -> None:
+        async with servers("standalone", server, running=False) as (a, b, heard):
+            b.follow("k", 0)
+            await a.apply([("set", ("k", "x", ONE)), ("set", ("k", "x", TWO))])
+            follower = b._follower
+            state = follower._keys["k"]
+            await follower.fill(state)
+            assert heard.revisions("k") == [1, 2]
+            old = b.epoch
+            late = [
+                f"{old} 1 n ".encode() + pack_changes([b"x"], [ONE]),
+                f"{old} 2 - ".encode() + pack_changes([b"x"], [TWO]),
+            ]
+            with server.client() as client:
+                client.flushall()
+            await a.apply([("set", ("k", "y", ONE))])
+            for data in late:
+                await follower._message(state, data)
+            assert b.epoch == a.epoch != old
+            assert heard.epochs == [b.epoch]
+            assert heard.commits[2:] == [("k", 1, {"y": ONE})]
+
+    run(main)
+
+
+def test_a_fetch_that_a_new_board_overtook_is_not_told(
+    redis_private: redis_rig.RedisServer,
+) -> None:
+    """B fetches k's history (1, 2: x) while the board is flushed, A writes the new board's 1
+    (y) and B takes the new epoch. The fetch's reply is the old board's: B fetches again, and
+    tells the new board's 1, not the old one's."""
+    server = redis_private
+
+    async def main() -> None:
+        async with servers("standalone", server, running=False) as (a, b, heard):
+            b.follow("k", 0)
+            await a.apply([("set", ("k", "x", ONE)), ("set", ("k", "x", TWO))])
+            follower = b._follower
+            state = follower._keys["k"]
+            fetch, old = b._script, b.epoch
+
+            async def overtaken(key: str, op: str, args: Any) -> Any:
+                reply = await fetch(key, op, args)
+                if op == "history" and b.epoch == old:  # (the new board, as the reply comes)
+                    with server.client() as client:
+                        client.flushall()
+                    await a.apply([("set", ("k", "y", ONE))])
+                    assert await b.check_epoch()
+                return reply
+
+            b._script = overtaken  # type: ignore[method-assign]
+            await follower.fill(state)
+            assert b.epoch == a.epoch != old
+            assert heard.commits == [("k", 1, {"y": ONE})]
 
     run(main)
 

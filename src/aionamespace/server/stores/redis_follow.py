@@ -31,7 +31,11 @@ revision tell it once.
 past its revision, a key whose revision went back, a subscriber that reconnects: the store
 reads the board's epoch (``RedisStore.check_epoch``), and if it is gone or another, the board
 is new: every followed key is told again from its revision 0 in the new epoch (what the
-history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A node that does not
+history holds; ``on_lost`` beyond it) and the server gets ``on_epoch``. A message of another
+epoch than the board's (the old board's, late; or a writer's that had not seen the new board
+yet) is never told from its changes, which may be the old board's under a revision the new
+one reuses: it makes the store fetch from the history. So does a fetch whose reply came after
+a new epoch started: it is made again. A node that does not
 continue the replication history its shard had (a failover that lost writes, a restart from
 an AOF) makes a new epoch when the subscriber connects to it (redis_replication.py). A key
 that went back on a board that kept its epoch was dropped by another server and made again
@@ -177,10 +181,15 @@ class Follower:
                 self._lost(state.key)
             if revision == 0:
                 return
-        state.seen = max(state.seen, revision)
+        # A message of another epoch than the board's (published before a flush, or by a
+        # writer that had not seen the new board yet) may hold the old board's changes, under
+        # a revision the new board reuses: it says that something happened, the history what.
+        current = epoch.decode() == self._store.epoch
+        if current:
+            state.seen = max(state.seen, revision)
         if state.told is None or revision <= state.told:
             return
-        if revision == state.told + 1 and rest:
+        if revision == state.told + 1 and rest and current:
             self.tell(state, revision, _changes(msgpack.unpackb(rest[0], raw=True, use_list=True)))
         else:
             await self.fill(state)
@@ -219,8 +228,11 @@ class Follower:
                 since = state.told
                 if since is None or self._keys.get(state.key) is not state:
                     return
+                epoch = self._store.epoch
                 async with self._store._guard():  # (the script's reply, redis_scripts.py)
                     reply = await self._store._script(state.key, "history", (since,))
+                if self._store.epoch != epoch:
+                    continue  # a new board meanwhile (told again from its 0): not the old one's
                 if reply[0] != b"expired":
                     break
                 if state.told != since:
