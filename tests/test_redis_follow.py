@@ -333,6 +333,25 @@ def test_a_message_told_while_a_read_fetches_does_not_lose_the_rest(target: str)
     run(main)
 
 
+@asynccontextmanager
+async def written_twice(
+    server: redis_rig.RedisServer,
+) -> AsyncIterator[tuple[RedisStore, RedisStore, Heard, Any]]:
+    """A and B on ``server``'s board (B's subscriber not running), B following k, which A set
+    twice (x: 1, 2); and B's state of k."""
+    async with servers("standalone", server, running=False) as (a, b, heard):
+        b.follow("k", 0)
+        await a.apply([("set", ("k", "x", ONE)), ("set", ("k", "x", TWO))])
+        yield a, b, heard, b._follower._keys["k"]
+
+
+async def a_new_board(server: redis_rig.RedisServer, a: RedisStore) -> None:
+    """The board flushed, and A's first write on the new one: k's revision 1, y."""
+    with server.client() as client:
+        client.flushall()
+    await a.apply([("set", ("k", "y", ONE))])
+
+
 def test_the_old_boards_messages_that_come_after_a_flush_are_not_told_as_the_new_ones(
     redis_private: redis_rig.RedisServer,
 ) -> None:
@@ -344,23 +363,17 @@ def test_the_old_boards_messages_that_come_after_a_flush_are_not_told_as_the_new
     server = redis_private
 
     async def main() -> None:
-        async with servers("standalone", server, running=False) as (a, b, heard):
-            b.follow("k", 0)
-            await a.apply([("set", ("k", "x", ONE)), ("set", ("k", "x", TWO))])
-            follower = b._follower
-            state = follower._keys["k"]
-            await follower.fill(state)
+        async with written_twice(server) as (a, b, heard, state):
+            await b._follower.fill(state)
             assert heard.revisions("k") == [1, 2]
             old = b.epoch
             late = [
                 f"{old} 1 n ".encode() + pack_changes([b"x"], [ONE]),
                 f"{old} 2 - ".encode() + pack_changes([b"x"], [TWO]),
             ]
-            with server.client() as client:
-                client.flushall()
-            await a.apply([("set", ("k", "y", ONE))])
+            await a_new_board(server, a)
             for data in late:
-                await follower._message(state, data)
+                await b._follower._message(state, data)
             assert b.epoch == a.epoch != old
             assert heard.epochs == [b.epoch]
             assert heard.commits[2:] == [("k", 1, {"y": ONE})]
@@ -377,24 +390,18 @@ def test_a_fetch_that_a_new_board_overtook_is_not_told(
     server = redis_private
 
     async def main() -> None:
-        async with servers("standalone", server, running=False) as (a, b, heard):
-            b.follow("k", 0)
-            await a.apply([("set", ("k", "x", ONE)), ("set", ("k", "x", TWO))])
-            follower = b._follower
-            state = follower._keys["k"]
+        async with written_twice(server) as (a, b, heard, state):
             fetch, old = b._script, b.epoch
 
             async def overtaken(key: str, op: str, args: Any) -> Any:
                 reply = await fetch(key, op, args)
                 if op == "history" and b.epoch == old:  # (the new board, as the reply comes)
-                    with server.client() as client:
-                        client.flushall()
-                    await a.apply([("set", ("k", "y", ONE))])
+                    await a_new_board(server, a)
                     assert await b.check_epoch()
                 return reply
 
             b._script = overtaken  # type: ignore[method-assign]
-            await follower.fill(state)
+            await b._follower.fill(state)
             assert b.epoch == a.epoch != old
             assert heard.commits == [("k", 1, {"y": ONE})]
 

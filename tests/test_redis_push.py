@@ -9,7 +9,8 @@ hears another server's writes through such a connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -52,6 +53,42 @@ class Fast:
         return data not in self.declined
 
 
+@asynccontextmanager
+async def subscribed(
+    channel: str, fast: Fast, max_reply_bytes: int = 1 << 20
+) -> AsyncIterator[PushConnection]:
+    """A connection to this process's Redis, subscribed to ``channel`` (confirmed), closed
+    after."""
+    connection = PushConnection(endpoint(redis_rig.standalone()), max_reply_bytes, fast)
+    await connection.connect(NO_HANG_SECONDS)
+    try:
+        connection.send("SSUBSCRIBE", channel)
+        assert await connection.next(NO_HANG_SECONDS) == [b"ssubscribe", channel.encode(), 1]
+        yield connection
+    finally:
+        connection.close()
+
+
+async def next_while(
+    connection: PushConnection, action: Callable[[], None], in_thread: bool = False
+) -> Any:
+    """What ``next`` returns to a task that waits in it while ``action`` runs (in a thread of
+    its own if ``in_thread``: one that blocks)."""
+    got: list[Any] = []
+    async with anyio.create_task_group() as group:
+
+        async def take() -> None:
+            got.append(await connection.next(NO_HANG_SECONDS))
+
+        group.start_soon(take)
+        await anyio.wait_all_tasks_blocked()
+        if in_thread:
+            await anyio.to_thread.run_sync(action)
+        else:
+            action()
+    return got[0]
+
+
 def test_a_push_is_handled_after_the_other_callbacks_of_its_loop_turn() -> None:
     """The message read with the reply of a server's own write goes after that reply's
     callback (which tells the revision with its changes at hand): handled in the next turn."""
@@ -87,18 +124,13 @@ def test_messages_go_to_fast_in_order_never_while_the_task_is_busy() -> None:
         await asyncio.sleep(0)
         assert fast.given == []
         assert await connection.next(0) == [b"smessage", b"ch", b"m1"]
+
         # the task waits: m2 goes to fast, m3 is declined, m4 waits behind m3
-        got: list[Any] = []
-        async with anyio.create_task_group() as group:
-
-            async def take() -> None:
-                got.append(await connection.next(NO_HANG_SECONDS))
-
-            group.start_soon(take)
-            await anyio.wait_all_tasks_blocked()
+        def more() -> None:
             assert not connection.busy
             connection.data_received(message(b"m2") + message(b"m3") + message(b"m4"))
-        assert got == [[b"smessage", b"ch", b"m3"]]
+
+        assert await next_while(connection, more) == [b"smessage", b"ch", b"m3"]
         assert fast.given == [b"m2", b"m3"]
         assert await connection.next(0) == [b"smessage", b"ch", b"m4"]
         assert fast.given == [b"m2", b"m3"]
@@ -112,43 +144,26 @@ def test_a_subscribed_channels_messages_reach_fast_while_the_task_waits() -> Non
     fast = Fast({b"last"})
 
     async def main() -> None:
-        connection = PushConnection(endpoint(server), 1 << 20, fast)
-        await connection.connect(NO_HANG_SECONDS)
-        try:
-            connection.send("SSUBSCRIBE", channel)
-            assert await connection.next(NO_HANG_SECONDS) == [b"ssubscribe", channel.encode(), 1]
-            got: list[Any] = []
-            async with anyio.create_task_group() as group:
+        async with subscribed(channel, fast) as connection:
 
-                async def take() -> None:
-                    got.append(await connection.next(NO_HANG_SECONDS))
+            def more() -> None:
+                publish(server, channel, b"a", b"b", b"last")
 
-                group.start_soon(take)
-                await anyio.wait_all_tasks_blocked()
-                await anyio.to_thread.run_sync(publish, server, channel, b"a", b"b", b"last")
-            assert got == [[b"smessage", channel.encode(), b"last"]]
+            got = await next_while(connection, more, in_thread=True)
+            assert got == [b"smessage", channel.encode(), b"last"]
             assert fast.given == [b"a", b"b", b"last"]
-        finally:
-            connection.close()
 
     run(main)
 
 
 def test_silence_is_none_and_a_ping_is_answered() -> None:
-    server = redis_rig.standalone()
     channel = redis_rig.unique_prefix("push") + ":c"
 
     async def main() -> None:
-        connection = PushConnection(endpoint(server), 1 << 20, Fast())
-        await connection.connect(NO_HANG_SECONDS)
-        try:
-            connection.send("SSUBSCRIBE", channel)
-            assert (await connection.next(NO_HANG_SECONDS))[0] == b"ssubscribe"
+        async with subscribed(channel, Fast()) as connection:
             assert await connection.next(0.05) is None
             connection.send("PING")
             assert await connection.next(NO_HANG_SECONDS) == [b"pong", b""]
-        finally:
-            connection.close()
 
     run(main)
 
@@ -158,16 +173,13 @@ def test_a_push_past_the_bound_closes_the_connection() -> None:
     channel = redis_rig.unique_prefix("push") + ":c"
 
     async def main() -> None:
-        connection = PushConnection(endpoint(server), 1000, Fast())
-        await connection.connect(NO_HANG_SECONDS)
-        connection.send("SSUBSCRIBE", channel)
-        assert (await connection.next(NO_HANG_SECONDS))[0] == b"ssubscribe"
-        await anyio.to_thread.run_sync(publish, server, channel, b"x" * 5000)
-        with pytest.raises(ConnectionError, match="a push of more than 1000 bytes"):
-            with anyio.fail_after(NO_HANG_SECONDS):
-                await connection.next(NO_HANG_SECONDS)
-        with pytest.raises(ConnectionError):
-            connection.send("PING")
+        async with subscribed(channel, Fast(), max_reply_bytes=1000) as connection:
+            await anyio.to_thread.run_sync(publish, server, channel, b"x" * 5000)
+            with pytest.raises(ConnectionError, match="a push of more than 1000 bytes"):
+                with anyio.fail_after(NO_HANG_SECONDS):
+                    await connection.next(NO_HANG_SECONDS)
+            with pytest.raises(ConnectionError):
+                connection.send("PING")
 
     run(main)
 

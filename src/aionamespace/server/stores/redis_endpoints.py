@@ -4,7 +4,9 @@ that client's SSL context, ``AUTH`` and ``SELECT``: RESP2, no ``HELLO``)."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,18 @@ class Endpoint:
     password: str | None = None
     db: int = 0
     connect_timeout: float | None = None
+
+    def open(self, loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol) -> Awaitable[Any]:
+        """The connection of ``protocol`` to this endpoint being made (await it, bounded)."""
+        if self.path is not None:
+            return loop.create_unix_connection(lambda: protocol, self.path)
+        return loop.create_connection(
+            lambda: protocol,
+            self.host,
+            self.port,
+            ssl=self.tls,
+            server_hostname=self.server_hostname,
+        )
 
     def handshake(self) -> list[bytes]:
         """The commands a new connection sends before any other."""

@@ -269,18 +269,7 @@ class Link:
     async def _connect(self) -> None:
         endpoint, loop = self.endpoint, self.loop
         connection = _Connection(self)
-        opening: Any
-        if endpoint.path is not None:
-            opening = loop.create_unix_connection(lambda: connection, endpoint.path)
-        else:
-            opening = loop.create_connection(
-                lambda: connection,
-                endpoint.host,
-                endpoint.port,
-                ssl=endpoint.tls,
-                server_hostname=endpoint.server_hostname,
-            )
-        await asyncio.wait_for(opening, endpoint.connect_timeout)
+        await asyncio.wait_for(endpoint.open(loop, connection), endpoint.connect_timeout)
         handshake = endpoint.handshake()
         if handshake:
             try:

@@ -64,22 +64,11 @@ class PushConnection(asyncio.Protocol):
     async def connect(self, timeout: float) -> None:
         """Connect and authenticate within ``timeout`` seconds (or the endpoint's connect
         timeout, if shorter)."""
-        endpoint, loop = self.endpoint, self._loop
+        endpoint = self.endpoint
         if endpoint.connect_timeout is not None:
             timeout = min(timeout, endpoint.connect_timeout)
-        opening: Any
-        if endpoint.path is not None:
-            opening = loop.create_unix_connection(lambda: self, endpoint.path)
-        else:
-            opening = loop.create_connection(
-                lambda: self,
-                endpoint.host,
-                endpoint.port,
-                ssl=endpoint.tls,
-                server_hostname=endpoint.server_hostname,
-            )
         try:
-            await asyncio.wait_for(opening, timeout)
+            await asyncio.wait_for(endpoint.open(self._loop, self), timeout)
         except asyncio.TimeoutError:  # (not the builtin one before Python 3.11)
             late = TimeoutError(f"could not connect to {self.name} within {timeout} seconds")
             raise late from None
