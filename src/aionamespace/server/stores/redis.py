@@ -139,7 +139,6 @@ class RedisStore:
             RespError,
         )
         self._noscript = redis.exceptions.NoScriptError
-        self._moved = redis.exceptions.MovedError
         self._links: Links | None = None  # (made by start: a loop runs there)
         self.name = name
         limits = limits or Limits()

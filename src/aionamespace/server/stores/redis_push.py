@@ -37,7 +37,7 @@ from .redis_wire import ReplyError, RespError, new_reader, pack
 
 __all__ = ["Fast", "PushConnection"]
 
-#: Given a shard message (channel, data) in the callback that read it: True if it dealt with
+#: Given a shard message (channel, data) from a callback (``_flush``): True if it dealt with
 #: it, False to have the subscriber's task take it (``next``). It must not raise.
 Fast = Callable[[bytes, bytes], bool]
 

@@ -291,7 +291,9 @@ class Subscriptions:
             return False
         with anyio.move_on_after(self._store._timeout):
             while True:
-                connection = PushConnection(self._endpoints[seen.node], 1 << 20, None)
+                connection = PushConnection(
+                    self._endpoints[seen.node], self._store._max_reply_bytes, None
+                )
                 try:
                     await connection.connect(self._store._timeout)
                     old = await self._replication(connection)
