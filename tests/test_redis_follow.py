@@ -18,15 +18,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import msgpack
 import pytest
 
 import redis_rig
 from aionamespace import Limits, StoreUnavailable
 from aionamespace.protocol.codec import decode_value, encode_value
-from aionamespace.server.stores import redis_follow, redis_subscriber
+from aionamespace.server.stores import redis_subscriber
 from aionamespace.server.stores.base import materialised
 from aionamespace.server.stores.redis import RedisStore
-from aionamespace.server.stores.redis_history import pack_changes
+from aionamespace.server.stores.redis_history import pack_update, unpack_changes
 from deadlines import NO_HANG_SECONDS, async_wait_until, wait_until
 from store_rig import new_redis_client
 
@@ -136,11 +137,21 @@ def subscribers(target: str, channel: str) -> int:
     ],
 )
 def test_a_messages_changes_are_its_triples_in_order(flat: list[bytes]) -> None:
-    changes = redis_follow._changes(flat)
+    changes = unpack_changes(msgpack.packb(flat, use_bin_type=False))
     triples = [flat[i : i + 3] for i in range(0, len(flat), 3)]
     assert list(changes.items()) == [
         (name.decode(), value if op == b"s" else None) for op, name, value in triples
     ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"n2": b"\x02", "n1": b"\x01", "é": b""}, {"s": b"d", "d": b"s", "u": b"u" * 40}],
+)
+def test_an_updates_message_is_its_pairs_in_order(values: dict[str, bytes]) -> None:
+    """An update's entry, ``["u", name, value, ...]``: every name set, in the update's order
+    (names that are ops themselves read as names)."""
+    assert list(unpack_changes(pack_update(values)).items()) == list(values.items())
 
 
 def test_every_kind_of_write_reaches_the_follower_in_order(target: str) -> None:
@@ -175,6 +186,43 @@ def test_every_kind_of_write_reaches_the_follower_in_order(target: str) -> None:
             assert heard.revisions("k") == list(range(1, 13))
             logs = [values["log"] for _, _, values in heard.commits if "log" in values]
             assert [decode_value(v) for v in logs] == [[1, 2], [1, 2, 1], [], [2]]
+
+    run(main)
+
+
+def test_an_updates_names_and_values_come_back_as_they_went(target: str) -> None:
+    """An update's entry is packed here and read by the script's cmsgpack: values whose raw
+    strings take each size of header, names that are the entries' ops, a space, a long one.
+    A replay of the history (B follows from 0 after two updates, one too large for its
+    message), a message (a third update) and a snapshot give them back, in order."""
+    small = {
+        "é": encode_value("é"),
+        "s": encode_value(b""),
+        "u": encode_value(b"x" * 29),
+        "d": encode_value(b"x" * 30),
+        "a b": encode_value(b"x" * 250),
+        "n" * 40: encode_value(b"x" * 253),
+    }
+    large = {f"v{n}": encode_value(b"x" * n) for n in (65530, 65533, 65536)}
+    again = {"u": ONE, "s": TWO}
+
+    async def main() -> None:
+        async with servers(target) as (a, b, heard):
+            assert await a.apply([("update", ("k", small))]) == [1]
+            assert await a.apply([("update", ("k", large))]) == [2]
+            b.follow("k", 0)
+            await heard.until(lambda: len(heard.commits) >= 2, "B replayed 1 and 2")
+            assert await a.apply([("update", ("k", again))]) == [3]
+            await heard.until(lambda: len(heard.commits) >= 3, "B heard 3")
+            assert heard.commits == [("k", 1, small), ("k", 2, large), ("k", 3, again)]
+            assert [list(values) for *_, values in heard.commits] == [
+                list(small),
+                list(large),
+                list(again),
+            ]
+            ((revision, found),) = await a.apply([("snapshot", ("k", None))])
+            assert revision == 3
+            assert list(found.items()) == list({**small, **large, **again}.items())
 
     run(main)
 
@@ -368,8 +416,8 @@ def test_the_old_boards_messages_that_come_after_a_flush_are_not_told_as_the_new
             assert heard.revisions("k") == [1, 2]
             old = b.epoch
             late = [
-                f"{old} 1 n ".encode() + pack_changes([b"x"], [ONE]),
-                f"{old} 2 - ".encode() + pack_changes([b"x"], [TWO]),
+                f"{old} 1 n ".encode() + pack_update({"x": ONE}),
+                f"{old} 2 - ".encode() + pack_update({"x": TWO}),
             ]
             await a_new_board(server, a)
             for data in late:

@@ -135,6 +135,26 @@ def test_replacing_a_list_the_history_replays_counts_the_list(make_store: MakeSt
         store.history("k", 25)
 
 
+def test_a_list_an_update_replaced_replays_as_its_appends_left_it(make_store: MakeStore) -> None:
+    """An append, then an update that replaces the list (with other names): a replay from
+    before the append finds the list the update replaced, not the new value. (The Redis
+    store's history read took an update's entry for three-by-three changes: a KeyError.)"""
+    store = make_store(Limits())
+    store.append("k", "log", [ONE])
+    store.append("k", "log", [ONE])
+    store.update("k", {"a": ONE, "log": encode_value([]), "b": ONE})
+    assert replayed(store, "k", 0) == [
+        (1, "log", encode_value([1])),
+        (2, "log", encode_value([1, 1])),
+        (3, "a", ONE),
+        (3, "log", encode_value([])),
+        (3, "b", ONE),
+    ]
+    store.append("k", "log", [ONE])
+    store.update("k", {"log": ONE})
+    assert replayed(store, "k", 3) == [(4, "log", encode_value([1])), (5, "log", ONE)]
+
+
 # ---------------------------------------------------------------------------- against a model
 
 

@@ -19,8 +19,8 @@ from ...protocol.equality import cas_equal
 from ...protocol.events import missing_attribute
 from ...protocol.lists import MAX_LIST_LENGTH
 from .base import Changes
-from .redis_history import UnfetchedList, pack_changes
-from .redis_wire import Packed, PackedReads, multi, pack, pack_args, pack_pairs
+from .redis_history import UnfetchedList, pack_update
+from .redis_wire import Packed, PackedReads, multi, pack, pack_args
 from .typed import incremented, list_refused, step_of
 
 __all__ = ["Ahead", "Call", "Guesses", "full", "prepare"]
@@ -207,12 +207,10 @@ class Update(Call):
         self.values = values
 
     def request(self) -> tuple[str, Sequence[Any] | Packed]:
-        # The history entry packed here, as the script's cmsgpack would (packing it in Lua
-        # costs Redis more than all the rest of the call), then the names and values.
-        names, data = [name.encode() for name in self.values], list(self.values.values())
-        changes = pack_changes(names, data)
-        packed = b"$%d\r\n%b\r\n%b" % (len(changes), changes, pack_pairs(names, data))
-        return "update", Packed(packed, 1 + 2 * len(names))
+        # One argument: the history entry, packed here (packing it in Lua costs Redis more
+        # than all the rest of the call), from which the script reads the names and values.
+        entry = pack_update(self.values)
+        return "update", Packed(b"$%d\r\n%b\r\n" % (len(entry), entry), 1)
 
     def foresee(self, ahead: Ahead) -> None:
         for name, value in self.values.items():

@@ -48,28 +48,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgpack
 
 from ..._errors import StoreUnavailable
 from .base import Changes
-from .redis_history import UnfetchedList, replay
+from .redis_history import UnfetchedList, replay, unpack_changes
 from .redis_subscriber import Subscriptions
 
 if TYPE_CHECKING:
     from .redis import RedisStore
 
 __all__ = ["Follower"]
-
-
-def _changes(flat: list[Any]) -> Changes:
-    """A message's changes, ``[op, name, value, ...]`` (op "s" set, "d" deleted): when every
-    one is a set (an update's, mostly), zipped in C rather than taken three by three."""
-    if len(flat) % 3 == 0 and flat[0::3].count(b"s") * 3 == len(flat):
-        return dict(zip(map(bytes.decode, flat[1::3]), flat[2::3], strict=True))
-    return {
-        flat[i + 1].decode(): flat[i + 2] if flat[i] == b"s" else None
-        for i in range(0, len(flat), 3)
-    }
 
 
 class _Followed:
@@ -142,7 +130,7 @@ class Follower:
             return True
         if revision == told + 1 and rest:
             state.seen = max(state.seen, revision)
-            self.tell(state, revision, _changes(msgpack.unpackb(rest[0], raw=True, use_list=True)))
+            self.tell(state, revision, unpack_changes(rest[0]))
             return True
         return False  # (a fetch of the history: _message)
 
@@ -190,7 +178,7 @@ class Follower:
         if state.told is None or revision <= state.told:
             return
         if revision == state.told + 1 and rest and current:
-            self.tell(state, revision, _changes(msgpack.unpackb(rest[0], raw=True, use_list=True)))
+            self.tell(state, revision, unpack_changes(rest[0]))
         else:
             await self.fill(state)
 

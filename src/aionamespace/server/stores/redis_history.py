@@ -1,7 +1,8 @@
 """A namespace's history as the Redis store replays it, and the lists its changes carry.
 
 The namespace script's ``history`` reply holds the revisions after ``since`` (stream entries,
-each ``[id, [b"c", msgpack [op, name, value, ...]]]``) and, once per list they append to, the
+each ``[id, [b"c", msgpack [op, name, value, ...]]]``, or an update's ``["u", name, value,
+...]``) and, once per list they append to, the
 list's elements as of the last of those appends: its current string, or the one a later
 revision of the window retired (redis_scripts.py). Each append replays as a ``ListVersion``,
 a prefix of those bytes made into an encoding only when asked (base.py: materialised when
@@ -10,7 +11,7 @@ someone needs it), so a replay of many appends to one list holds the list once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from itertools import chain, repeat
 from typing import Any
 
@@ -19,7 +20,10 @@ import msgpack
 from ...protocol.lists import array_header
 from .base import Change, Value
 
-__all__ = ["ListVersion", "UnfetchedList", "pack_changes", "replay"]
+__all__ = ["UPDATE", "ListVersion", "UnfetchedList", "pack_update", "replay", "unpack_changes"]
+
+#: The op of an update's history entry: the names and values that follow it are all sets.
+UPDATE = b"u"
 
 
 class ListVersion:
@@ -69,7 +73,7 @@ def replay(key: str, entries: list[Any], bodies: list[Any]) -> list[Change]:
     }
     revisions = []
     for entry_id, fields in entries:
-        flat = msgpack.unpackb(fields[1], raw=True, use_list=True)
+        flat = _triples(msgpack.unpackb(fields[1], raw=True, use_list=True))
         revisions.append((int(entry_id.split(b"-", 1)[0]), flat))
     # Walk back from the newest: an append's list is the one the next replacement of its name
     # (in the window) retired, or the current one if none.
@@ -90,12 +94,33 @@ def replay(key: str, entries: list[Any], bodies: list[Any]) -> list[Change]:
     return changes
 
 
-def pack_changes(names: Sequence[bytes], data: Sequence[bytes]) -> bytes:
-    """An update's history entry, msgpack ``["s", name, value, ...]`` with every string raw,
-    as the script's cmsgpack packs it (what ``replay`` reads; tests/test_redis_wire.py): the
-    flat list made and packed in C, no Python step per name."""
-    if len(names) != len(data):  # (zip with repeat would drop the extra ones silently)
-        raise ValueError("as many names as values")
-    flat = list(chain.from_iterable(zip(repeat(b"s"), names, data)))
+def pack_update(values: Mapping[str, bytes]) -> bytes:
+    """An update's history entry, msgpack ``["u", name, value, ...]`` with every string raw:
+    the flat list made and packed in C, no Python step per name. The update's script reads
+    its names and values from it with cmsgpack (the old-spec raw strings it reads), so the
+    command carries them once (tests/test_redis_wire.py)."""
+    flat: list[str | bytes] = ["u"]
+    flat.extend(chain.from_iterable(values.items()))
     packed: bytes = msgpack.packb(flat, use_bin_type=False)  # (every string raw: no str8)
     return packed
+
+
+def unpack_changes(packed: bytes) -> dict[str, bytes | None]:
+    """The changes of an entry packed (a message's, which holds no append), by name, in
+    order: an update's zipped in C, and so a run of sets (else taken three by three)."""
+    flat = msgpack.unpackb(packed, raw=True, use_list=True)
+    if flat and flat[0] == UPDATE:
+        return dict(zip(map(bytes.decode, flat[1::2]), flat[2::2], strict=True))
+    if len(flat) % 3 == 0 and flat[0::3].count(b"s") * 3 == len(flat):
+        return dict(zip(map(bytes.decode, flat[1::3]), flat[2::3], strict=True))
+    return {
+        flat[i + 1].decode(): flat[i + 2] if flat[i] == b"s" else None
+        for i in range(0, len(flat), 3)
+    }
+
+
+def _triples(flat: list[Any]) -> list[Any]:
+    """An entry as ``[op, name, value, ...]``: an update's pairs each made a set."""
+    if flat and flat[0] == UPDATE:
+        return list(chain.from_iterable(zip(repeat(b"s"), flat[1::2], flat[2::2])))
+    return flat

@@ -143,19 +143,24 @@ function ops.history(a)
   if since == rev then return {'ok', {}, {}, rev} end
   local entries = redis.call('XRANGE', H, (since + 1) .. '-0', '+')
   local pending, bodies = {}, {}
+  -- name appended to (op 'a'), or replaced at revision at: the list it replaced, retired then
+  local function changed(op, name, at)
+    if op == 'a' then
+      pending[name] = true
+    elseif pending[name] then
+      pending[name] = nil
+      local n = #bodies
+      bodies[n + 1], bodies[n + 2] = at, name
+      bodies[n + 3] = redis.call('GET', retired_key(at, name)) or ''
+    end
+  end
   for _, entry in ipairs(entries) do
     local at = tonumber(string.match(entry[1], '^(%d+)'))
     local fields = cmsgpack.unpack(entry[2][2])
-    for i = 1, #fields, 3 do
-      local name = fields[i + 1]
-      if fields[i] == 'a' then
-        pending[name] = true
-      elseif pending[name] then
-        pending[name] = nil
-        local n = #bodies
-        bodies[n + 1], bodies[n + 2] = at, name
-        bodies[n + 3] = redis.call('GET', retired_key(at, name)) or ''
-      end
+    if fields[1] == 'u' then  -- (an update's: name, value, ..., every one set)
+      for i = 2, #fields, 2 do changed('s', fields[i], at) end
+    else
+      for i = 1, #fields, 3 do changed(fields[i], fields[i + 1], at) end
     end
   end
   for name in pairs(pending) do

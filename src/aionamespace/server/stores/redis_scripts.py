@@ -25,7 +25,8 @@ in one cluster slot and one script call touches them all::
     base:b:NAME    string: such a list's elements (its encoding without the array header)
     base:h  stream one entry per revision kept, id "<revision>-1", field c: the changes,
                    msgpack [op, name, value, ...]: op "s" set, "d" deleted, "a" appended
-                   (value "<length> <elements' bytes>": the list as of that revision)
+                   (value "<length> <elements' bytes>": the list as of that revision);
+                   an update's ["u", name, value, name, value, ...]: all of them set
     base:s  list   the size of each revision kept, oldest first, with the names of the lists
                    it replaced that the history still replays (kept as base:x:REV:NAME)
     base:c  shard channel: every revision is published on it (redis_follow.py), and a drop
@@ -54,8 +55,9 @@ __all__ = [
 
 #: The version of the key layout above (and of what the script publishes: a server that does
 #: not publish its revisions would leave the others' followers behind); a store refuses a
-#: board of another.
-LAYOUT_VERSION = "2"
+#: board of another. 3: an update's history entry (and message) is ["u", name, value, ...],
+#: which a server of layout 2 would read three by three, wrongly.
+LAYOUT_VERSION = "3"
 #: A revision's changes ride in its message up to this size (packed); beyond, or for an
 #: append, a follower fetches them from the history (redis_follow.py).
 MAX_INLINE_BYTES = 8192
@@ -157,7 +159,7 @@ local function record(rev, fields, size, retired, inline, packed)
 end
 
 -- set the names of flat[first..last] (name, value, ...: all distinct) in one HSET, straight
--- from the caller's arguments, and place the new ones, in their order, in one HSET (the first
+-- from the table given, and place the new ones, in their order, in one HSET (the first
 -- HSET's count says how many are new; when some but not all, one HMGET of the order hash says
 -- which): a command per name costs Redis more than its work, and so does copying the pairs
 local function set_all(flat, first, last)
@@ -230,22 +232,23 @@ local function commit(names, values, size)
   return rev
 end
 
--- a[at]: the revision's changes as the caller packed them (msgpack ['s', name, value, ...]:
--- what record would pack, which costs Redis more than the rest of the call), then name,
--- value, ... (distinct names): set straight from the arguments, no table built per name
--- (a is ARGV itself, the arguments from its at: too many to copy as the others' are)
-local function update(a, at)
+-- packed: the revision's changes as the caller packed them, msgpack ['u', name, value, ...]
+-- (distinct names; packing them here would cost Redis more than the rest of the call): the
+-- history entry as it is, and the names and values read from it, one string each, as ARGV
+-- would hold them had they come as arguments, and set from that table
+local function update(packed)
   if not ensure() then return {'full'} end
-  local last = #a
-  if last == at then return {'ok', revision()} end
+  local flat = cmsgpack.unpack(packed)
+  local last = #flat
+  if last == 1 then return {'ok', revision()} end
   local rev, size, retired = revision() + 1, 0, nil
   local lists = redis.call('HLEN', L) > 0
-  for i = at + 1, last, 2 do
-    size = size + #a[i + 1] + OVERHEAD
-    if lists then size, retired = unlist(a[i], rev, size, retired) end
+  for i = 2, last, 2 do
+    size = size + #flat[i + 1] + OVERHEAD
+    if lists then size, retired = unlist(flat[i], rev, size, retired) end
   end
-  set_all(a, at + 1, last)
-  record(rev, nil, size, retired, true, a[at])
+  set_all(flat, 2, last)
+  record(rev, nil, size, retired, true, packed)
   return {'ok', rev}
 end
 
@@ -255,7 +258,7 @@ if TOKEN ~= '' and redis.call('HGET', M, 'blk') == TOKEN then return {0, {'skipp
 if ARGV[1] == 'update' or ARGV[1] == 'set' then
   local reply  -- (before reading created, which the op may set)
   if ARGV[1] == 'update' then
-    reply = update(ARGV, 9)
+    reply = update(ARGV[9])
   elseif not ensure() then
     reply = {'full'}
   else
