@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import redis_rig
 from aionamespace.server.stores.redis_calls import Update
+from aionamespace.server.stores.redis_history import pack_update
 from aionamespace.server.stores.redis_wire import (
     MAX_LINE_BYTES,
     ReplyError,
@@ -226,3 +227,12 @@ def test_an_updates_one_argument_is_its_history_entry(values: dict[str, bytes], 
     )
     assert arguments == 1
     assert data == pack_one(entry)
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65535, 65536])
+def test_an_updates_entry_is_the_flat_array_whatever_its_headers(count: int) -> None:
+    """pack_update packs the values as a map and puts an array's header before the pairs:
+    at every size where either header grows, the bytes are the flat array's."""
+    values = {f"n{i}": b"v" for i in range(count)}
+    flat = ["u", *(item for pair in values.items() for item in pair)]
+    assert pack_update(values) == msgpack.packb(flat, use_bin_type=False)
