@@ -1,12 +1,12 @@
 """A namespace's history as the Redis store replays it, and the lists its changes carry.
 
 The namespace script's ``history`` reply holds the revisions after ``since`` (stream entries,
-each ``[id, [b"c", msgpack [op, name, value, ...]]]``, or an update's ``["u", name, value,
-...]``) and, once per list they append to, the
-list's elements as of the last of those appends: its current string, or the one a later
-revision of the window retired (redis_scripts.py). Each append replays as a ``ListVersion``,
-a prefix of those bytes made into an encoding only when asked (base.py: materialised when
-someone needs it), so a replay of many appends to one list holds the list once.
+each ``[id, [b"c", msgpack [op, name, value, ...]]]``, an update's ``["u", name, value, ...]``)
+and, once per list they append to, the list's elements as of the last of those appends: its
+current string, or the one a later revision of the window retired (redis_scripts.py). Each
+append replays as a ``ListVersion``, a prefix of those bytes made into an encoding only when
+asked (base.py: materialised when someone needs it), so a replay of many appends to one list
+holds the list once.
 """
 
 from __future__ import annotations
