@@ -82,28 +82,22 @@ def serve(argv: list[str]) -> None:
 
         return answer
 
-    def wrap_sent(method: Callable[..., Any]) -> Callable[..., Any]:
-        def sent(self: Any, *args: Any) -> Any:
-            if marks[0] and not marks[1]:
-                marks[1] = clock()
+    def wrap_mark(method: Callable[..., Any], at: int) -> Callable[..., Any]:
+        """Mark ``at`` (1: command out, 2: reply in) the first time, once the one before it is."""
+
+        def marked(self: Any, *args: Any) -> Any:
+            if marks[at - 1] and not marks[at]:
+                marks[at] = clock()
             return method(self, *args)
 
-        return sent
-
-    def wrap_back(method: Callable[..., Any]) -> Callable[..., Any]:
-        def back(self: Any, *args: Any) -> Any:
-            if marks[1] and not marks[2]:
-                marks[2] = clock()
-            return method(self, *args)
-
-        return back
+        return marked
 
     connection, link = shells.AsyncioConnection, redis_link._Connection
     connection.buffer_updated = wrap_received(connection.buffer_updated)  # type: ignore[method-assign]
     connection.write = wrap_answer(connection.write)  # type: ignore[method-assign]
     connection.write_all = wrap_answer(connection.write_all)  # type: ignore[method-assign]
-    link.write = wrap_sent(link.write)  # type: ignore[method-assign]
-    link.data_received = wrap_back(link.data_received)  # type: ignore[method-assign]
+    link.write = wrap_mark(link.write, 1)  # type: ignore[method-assign]
+    link.data_received = wrap_mark(link.data_received, 2)  # type: ignore[method-assign]
 
     def report(signum: int, frame: Any) -> None:
         medians = {

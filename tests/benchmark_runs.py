@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["BENCHMARKS", "run_benchmark"]
+import pytest
+
+from redis_processes import find_binary
+
+__all__ = ["BENCHMARKS", "redis_server_env", "run_benchmark"]
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -26,3 +31,16 @@ def run_benchmark(
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def redis_server_env(script: str) -> dict[str, str]:
+    """The environment for a benchmark that starts compare.py's "redis-server" from PATH: the
+    binary the tests found first on PATH; a skip without one or without redis-py (a failure
+    under AIONAMESPACE_REQUIRE_REDIS=1), or when the binary found is not a redis-server."""
+    binary = find_binary()
+    pytest.importorskip("redis")
+    if Path(binary).name != "redis-server":
+        pytest.skip(f"{script} starts a redis-server (compare.py's), not {binary}")
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(binary).parent), env.get("PATH", "")])
+    return env

@@ -7,24 +7,16 @@ measured on both sides and printed with its ratios, every figure a positive numb
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from benchmark_runs import run_benchmark
-from redis_processes import find_binary
+from benchmark_runs import redis_server_env, run_benchmark
 
 
 @pytest.mark.timeout(120)
 def test_quick_store_pairs_measures_the_three_rows() -> None:
-    binary = find_binary()
-    pytest.importorskip("redis")
-    if Path(binary).name != "redis-server":
-        pytest.skip("store_pairs.py starts a redis-server (compare.py's), not " + binary)
-    env = dict(os.environ)  # (the script starts "redis-server" from PATH: the one found first)
-    env["PATH"] = os.pathsep.join([str(Path(binary).parent), env.get("PATH", "")])
+    env = redis_server_env("store_pairs.py")
     output = run_benchmark("store_pairs.py", "--quick", timeout=100, env=env)
     rows = re.findall(
         r"^(get|snapshot|update) +([0-9.]+) +([0-9.]+) +([0-9.]+) +([0-9,]+) +([0-9,]+) +(\d+)$",

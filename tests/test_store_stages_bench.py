@@ -9,13 +9,11 @@ server found their calls), and that the stages fit in the call's wall time.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from benchmark_runs import run_benchmark
-from redis_processes import find_binary
+from benchmark_runs import redis_server_env, run_benchmark
 
 THROUGH_THE_SERVER = ["get", "set", "_snapshot of 100 names", "_update of 100 names"]
 DIRECT = ["redis-py GET", "redis-py MGET of 100", "redis-py MSET of 100"]
@@ -23,12 +21,7 @@ DIRECT = ["redis-py GET", "redis-py MGET of 100", "redis-py MSET of 100"]
 
 @pytest.mark.timeout(120)
 def test_quick_store_stages_splits_each_call(tmp_path: Path) -> None:
-    binary = find_binary()
-    pytest.importorskip("redis")
-    if Path(binary).name != "redis-server":
-        pytest.skip("store_stages.py starts a redis-server (compare.py's), not " + binary)
-    env = dict(os.environ)  # (the script starts "redis-server" from PATH: the one found first)
-    env["PATH"] = os.pathsep.join([str(Path(binary).parent), env.get("PATH", "")])
+    env = redis_server_env("store_stages.py")
     out = tmp_path / "stages.json"
     output = run_benchmark("store_stages.py", "--quick", "--json", str(out), timeout=100, env=env)
     rows = json.loads(out.read_text())
